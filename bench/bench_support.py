@@ -1,0 +1,244 @@
+"""Process, port, HTTP-probe, CPU-accounting and wrk helpers for run_proxy_bench.py.
+
+Everything here targets 127.0.0.1 only and every wait is bounded by a deadline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+LOOPBACK = "127.0.0.1"
+SBIN_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class BenchError(RuntimeError):
+    """A setup step failed; the message is meant for the person running the bench."""
+
+
+class StartFailed(BenchError):
+    """A contestant did not come up (or did not do its job); it is skipped, not fatal."""
+
+
+# ---------------------------------------------------------------- Debian packages
+def which(binary: str) -> str | None:
+    return shutil.which(binary, path=SBIN_PATH)
+
+
+def ensure_debian_packages(binary_to_package: dict[str, str]) -> None:
+    """apt-get install the packages whose binaries are missing; fail clearly otherwise."""
+    missing = sorted({pkg for binary, pkg in binary_to_package.items() if which(binary) is None})
+    if not missing:
+        return
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        raise BenchError(
+            f"missing Debian packages {missing} and cannot install them (need root and apt-get);"
+            f" run: sudo apt-get install -y {' '.join(missing)}"
+        )
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "--no-install-recommends", *missing]
+    print(f"# installing {' '.join(missing)} with apt-get ...", flush=True)
+    if subprocess.run(install, env=env, capture_output=True, timeout=600).returncode != 0:
+        # The package lists may be absent or stale: update once and try again.
+        subprocess.run(["apt-get", "update"], env=env, capture_output=True, timeout=600)
+        done = subprocess.run(install, env=env, capture_output=True, text=True, timeout=600)
+        if done.returncode != 0:
+            raise BenchError(f"apt-get install {' '.join(missing)} failed:\n{done.stderr[-2000:]}")
+    still = [b for b in binary_to_package if which(b) is None]
+    if still:
+        raise BenchError(f"installed {missing} but still cannot find {still} on PATH")
+
+
+# ---------------------------------------------------------------- ports and HTTP
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+def http_get(port: int, path: str = "/", headers: dict[str, str] | None = None,
+             timeout: float = 2.0) -> tuple[int, bytes]:
+    """One GET to 127.0.0.1:<port>; (status, body)."""
+    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=timeout)
+    try:
+        conn.request("GET", path, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+# ---------------------------------------------------------------- processes
+class Launcher:
+    """Starts processes in their own process groups and stops every one of them."""
+
+    def __init__(self, logdir: Path) -> None:
+        self.logdir = logdir
+        self._procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def start(
+        self, name: str, argv: Sequence[str], *, cpu: int | None,
+        env: dict[str, str] | None = None, cwd: Path | None = None,
+    ) -> subprocess.Popen[bytes]:
+        command = [*(["taskset", "-c", str(cpu)] if cpu is not None else []), *argv]
+        with open(self.log_path(name), "ab") as log:
+            proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True,
+                                    env=env, cwd=cwd)
+        self._procs.append((name, proc))
+        return proc
+
+    def log_path(self, name: str) -> Path:
+        return self.logdir / f"{name}.log"
+
+    def log_tail(self, name: str, lines: int = 8) -> str:
+        try:
+            text = self.log_path(name).read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.strip().splitlines()[-lines:])
+
+    def stop(self, proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)  # the group: workers and helpers go too
+            try:
+                proc.wait(timeout=grace)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+        proc.wait(timeout=grace)
+
+    def stop_all(self) -> None:
+        while self._procs:
+            _, proc = self._procs.pop()
+            try:
+                self.stop(proc)
+            except Exception as exc:  # keep stopping the others
+                print(f"# warning: could not stop pid {proc.pid}: {exc}", flush=True)
+
+
+def wait_ready(launcher: Launcher, name: str, proc: subprocess.Popen[bytes],
+               probe: Callable[[], str | None], timeout: float) -> None:
+    """Poll probe() (None = ready, else why not) until ready, the process dies, or timeout."""
+    deadline = time.monotonic() + timeout
+    reason = "no probe yet"
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise StartFailed(f"exited with code {proc.returncode}: {launcher.log_tail(name)}")
+        try:
+            result = probe()
+        except OSError as exc:
+            result = f"{type(exc).__name__}: {exc}"
+        if result is None:
+            return
+        reason = result
+        time.sleep(0.1)
+    raise StartFailed(f"not ready after {timeout:.0f}s ({reason}); {launcher.log_tail(name)}")
+
+
+# ---------------------------------------------------------------- CPU accounting
+def _stat_fields(pid: str) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return raw[raw.rindex(")") + 2 :].split()  # fields from #3 (state) on
+
+
+def tree_cpu_seconds(root_pid: int) -> float:
+    """utime+stime (+ reaped children's) of root_pid and all its descendants / session."""
+    table: dict[int, tuple[int, int, int]] = {}  # pid -> (ppid, session, ticks)
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        fields = _stat_fields(entry.name)
+        if fields is None:
+            continue
+        ticks = sum(int(fields[i]) for i in (11, 12, 13, 14))  # utime stime cutime cstime
+        table[int(entry.name)] = (int(fields[1]), int(fields[3]), ticks)
+    if root_pid not in table:
+        return 0.0
+    session = table[root_pid][1]
+    total = 0
+    for pid, (_ppid, sid, ticks) in table.items():
+        if sid == session or pid == root_pid or _descends_from(pid, root_pid, table):
+            total += ticks
+    return total / CLOCK_TICKS
+
+
+def _descends_from(pid: int, root: int, table: dict[int, tuple[int, int, int]]) -> bool:
+    for _ in range(64):  # bounded walk up the tree
+        parent = table.get(pid, (0, 0, 0))[0]
+        if parent == root:
+            return True
+        if parent <= 1:
+            return False
+        pid = parent
+    return False
+
+
+# ---------------------------------------------------------------- wrk
+@dataclass(frozen=True)
+class WrkResult:
+    requests: int
+    seconds: float
+    p50_us: float
+    p99_us: float
+    errors: int  # socket errors + non-2xx/3xx
+    cpu_seconds: float = 0.0
+
+    @property
+    def req_per_s(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+    @property
+    def cpu_us_per_req(self) -> float:
+        return self.cpu_seconds * 1e6 / self.requests if self.requests else float("nan")
+
+    @property
+    def cpu_percent(self) -> float:
+        return 100.0 * self.cpu_seconds / self.seconds if self.seconds else 0.0
+
+
+_RESULT = re.compile(r"^BENCH_RESULT (.*)$", re.MULTILINE)
+
+
+def run_wrk(*, port: int, duration: int, connections: int, threads: int,
+            headers: dict[str, str], cpu: int, lua: Path) -> WrkResult:
+    """Run wrk against 127.0.0.1:<port>/ and parse the line printed by wrk_report.lua."""
+    wrk = which("wrk")
+    if wrk is None:
+        raise BenchError("wrk is not installed")
+    argv = [wrk, "-t", str(threads), "-c", str(connections), "-d", f"{duration}s", "--latency",
+            "--timeout", "5s", "-s", str(lua)]
+    for key, value in headers.items():
+        argv += ["-H", f"{key}: {value}"]
+    argv.append(f"http://{LOOPBACK}:{port}/")
+    proc = subprocess.Popen(["taskset", "-c", str(cpu), *argv], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=duration + 30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=5)
+    text = out.decode(errors="replace")
+    match = _RESULT.search(text)
+    if proc.returncode != 0 or match is None:
+        raise BenchError(f"wrk failed (exit {proc.returncode}):\n{text[-1500:]}")
+    values = {k: float(v) for k, v in (kv.split("=") for kv in match.group(1).split())}
+    errors = sum(int(values[k]) for k in ("connect", "read", "write", "status", "timeout"))
+    return WrkResult(requests=int(values["requests"]), seconds=values["duration_us"] / 1e6,
+                     p50_us=values["p50_us"], p99_us=values["p99_us"], errors=errors)

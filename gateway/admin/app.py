@@ -1,0 +1,96 @@
+"""Admin API application: config (masked), reload, metrics; every call authenticated."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import orjson
+import structlog
+from aiohttp import web
+
+from gateway.admin.auth import identify_admin
+from gateway.config import ConfigError, effective_config
+from gateway.context import request_id_for
+from gateway.errors import (
+    BadRequest,
+    GatewayError,
+    InternalError,
+    MethodNotAllowed,
+    NotFound,
+    problem_body,
+    problem_headers,
+)
+from gateway.metrics import render_metrics
+from gateway.runtime import Runtime
+
+log = structlog.get_logger("gateway.admin")
+Reloader = Callable[[], Awaitable[Runtime]]
+RuntimeKey = web.AppKey("current_runtime", Callable[[], Runtime])
+ReloadKey = web.AppKey("reload", Reloader)
+
+
+def _json(data: object, status: int = 200) -> web.Response:
+    return web.Response(
+        status=status,
+        body=orjson.dumps(data),
+        content_type="application/json",
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+@web.middleware
+async def admin_errors_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    request_id = request_id_for(request.headers.get("X-Request-ID"))
+    try:
+        identify_admin(request.headers.get("Authorization"), request.app[RuntimeKey]().admin_tokens)
+        response = await handler(request)
+    except web.HTTPNotFound:
+        response = _problem(NotFound("No such admin endpoint"), request_id)
+    except web.HTTPMethodNotAllowed as exc:
+        allow = {"Allow": exc.headers.get("Allow", "")}
+        response = _problem(MethodNotAllowed("Method not allowed here", headers=allow), request_id)
+    except GatewayError as error:
+        response = _problem(error, request_id)
+    except Exception:
+        log.exception("admin_request_failed", request_id=request_id)
+        response = _problem(InternalError(), request_id)
+    response.headers["X-Request-ID"] = request_id
+    response.headers["Server"] = "shopino-gateway"
+    return response
+
+
+def _problem(error: GatewayError, request_id: str) -> web.Response:
+    headers = problem_headers(error)
+    return web.Response(status=error.status, body=problem_body(error, request_id), headers=headers)
+
+
+async def get_config(request: web.Request) -> web.Response:
+    return _json(effective_config(request.app[RuntimeKey]().config))
+
+
+async def post_reload(request: web.Request) -> web.Response:
+    try:
+        runtime = await request.app[ReloadKey]()
+    except ConfigError as exc:
+        # The operator needs the key paths to fix the file; they hold no secrets by design.
+        raise BadRequest(
+            "The new config is invalid; the current one keeps serving", extensions={"errors": exc.errors}
+        ) from None
+    return _json({"reloaded": True, "generation": runtime.generation, "source": runtime.config.source})
+
+
+async def get_metrics(request: web.Request) -> web.Response:
+    body, content_type = render_metrics()
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+def make_admin_app(current_runtime: Callable[[], Runtime], reload: Reloader) -> web.Application:
+    app = web.Application(middlewares=[admin_errors_middleware], client_max_size=1024 * 1024)
+    app[RuntimeKey] = current_runtime
+    app[ReloadKey] = reload
+    app.router.add_get("/admin/config", get_config)
+    app.router.add_post("/admin/reload", post_reload)
+    app.router.add_get("/metrics", get_metrics)
+    return app

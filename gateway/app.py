@@ -1,0 +1,89 @@
+"""The public request handler: request id, the pipeline, the proxy, one error renderer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import structlog
+from aiohttp import web
+
+from gateway.context import RequestContext, request_id_for
+from gateway.errors import GatewayError, InternalError, problem_body, problem_headers
+from gateway.listener import GuardedRequestHandler
+from gateway.metrics import METRICS
+from gateway.pipeline import PIPELINE
+from gateway.proxy import proxy_request
+from gateway.runtime import Runtime
+
+log = structlog.get_logger("gateway.public")
+
+
+def render_problem(error: GatewayError, ctx: RequestContext | None, request_id: str) -> web.Response:
+    """The one place a refusal becomes a response (SPEC §13)."""
+    headers = problem_headers(error)
+    headers["X-Request-ID"] = request_id
+    headers["X-Content-Type-Options"] = "nosniff"
+    if ctx is not None:
+        ctx.status = error.status
+        if ctx.runtime.tls:
+            headers["Strict-Transport-Security"] = "max-age=31536000; includeSubDomains"
+        for name, value in ctx.response_headers.items():
+            headers.setdefault(name, value)
+    METRICS.gateway_errors.labels(error.slug).inc()
+    return web.Response(status=error.status, body=problem_body(error, request_id), headers=headers)
+
+
+class PublicHandler:
+    """Called by aiohttp's low-level server for every request on the public listener."""
+
+    def __init__(self, current_runtime: Callable[[], Runtime]) -> None:
+        self._current_runtime = current_runtime
+
+    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        runtime = self._current_runtime()
+        request_id = request_id_for(request.headers.get("X-Request-ID"))
+        peer = request.remote or ""
+        trusted = peer in runtime.trusted_proxies
+        ctx = RequestContext(
+            request=request,
+            runtime=runtime,
+            request_id=request_id,
+            client_ip=runtime.trusted_proxies.client_ip(peer, request.headers.getall("X-Forwarded-For", ())),
+            peer_ip=peer,
+            peer_trusted=trusted,
+        )
+        ctx.response_headers["X-Request-ID"] = request_id
+        # SECURITY: fingerprinting — neither aiohttp's nor the upstream's version is disclosed.
+        ctx.response_headers["Server"] = "shopino-gateway"
+        protocol = request.protocol
+        guarded = isinstance(protocol, GuardedRequestHandler)
+        if guarded:
+            protocol.request_started()
+        try:
+            response = await self._run(ctx)
+        except GatewayError as error:
+            response = self._refuse(error, ctx)
+        except Exception:
+            log.exception("request_failed", request_id=request_id)
+            response = self._refuse(InternalError(), ctx)
+        finally:
+            if guarded:
+                protocol.request_finished()
+        METRICS.observe_request(ctx)
+        return response
+
+    @staticmethod
+    def _refuse(error: GatewayError, ctx: RequestContext) -> web.StreamResponse:
+        if ctx.status and ctx.request.writer is not None and ctx.request.writer.output_size > 0:
+            raise ConnectionResetError("response already started")
+        return render_problem(error, ctx, ctx.request_id)
+
+    @staticmethod
+    async def _run(ctx: RequestContext) -> web.StreamResponse:
+        for stage in PIPELINE:
+            early = await stage(ctx)
+            if early is not None:
+                for name, value in ctx.response_headers.items():
+                    early.headers.setdefault(name, value)
+                return early
+        return await proxy_request(ctx)

@@ -1,0 +1,153 @@
+"""``shopino-gateway`` commands (SPEC §1). Exit codes: 0 ok, 1 usage/config error,
+2 the gateway answered with an error, 3 the gateway was unreachable."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+import orjson
+import yaml
+
+from gateway import operator_client
+from gateway.config import ConfigError, default_config_path, effective_config, load_config
+
+EXIT_OK, EXIT_USAGE, EXIT_REMOTE_ERROR, EXIT_UNREACHABLE = 0, 1, 2, 3
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _load_or_exit(path_arg: str | None) -> tuple[Path, object]:
+    path = default_config_path(path_arg)
+    try:
+        return path, load_config(path)
+    except ConfigError as exc:
+        for line in exc.errors:
+            print(line, file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    path, config = _load_or_exit(args.config)
+    data = effective_config(config)  # type: ignore[arg-type]
+    if args.json:
+        print(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(f"# {path}: valid", file=sys.stderr)
+        print(yaml.safe_dump(data, sort_keys=False), end="")
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from gateway.logs import configure_logging
+    from gateway.main import run_gateway
+
+    path, config = _load_or_exit(args.config)
+    configure_logging(config.logging.level)  # type: ignore[attr-defined]
+    return run_gateway(config, path)  # type: ignore[arg-type]
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from gateway.demo.command import run_demo
+
+    return run_demo(port=args.port, admin_port=args.admin_port, backend_port=args.backend_port)
+
+
+def cmd_token_mint(args: argparse.Namespace) -> int:
+    from gateway.tokens import MintError, mint_token
+
+    try:
+        print(
+            mint_token(
+                key_file=args.key,
+                kid=args.kid,
+                issuer=args.iss,
+                audience=args.aud,
+                subject=args.sub,
+                tenant=args.tenant,
+                roles=args.roles,
+                amr=args.amr,
+                auth_time=args.auth_time,
+                ttl=args.ttl,
+                extra_claims=args.claim,
+            )
+        )
+    except MintError as exc:
+        print(f"token mint: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    return operator_client.run_verb(args, "POST", "/admin/reload", None, _print_reload)
+
+
+def _print_reload(data: dict[str, object]) -> str:
+    return f"reloaded: generation {data.get('generation')} from {data.get('source')}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="shopino-gateway", description="The ShopinoERP security gateway.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = commands.add_parser("run", help="start the gateway")
+    run.add_argument(
+        "-c", "--config", help="config file (default: $SHOPINO_GATEWAY_CONFIG or config/gateway.yaml)"
+    )
+    run.set_defaults(func=cmd_run)
+
+    check = commands.add_parser("check-config", help="validate a config and print it with secrets masked")
+    check.add_argument("-c", "--config")
+    check.add_argument("--json", action="store_true")
+    check.set_defaults(func=cmd_check_config)
+
+    demo = commands.add_parser("demo", help="run a demo ERP and the gateway in front of it")
+    demo.add_argument("--port", type=int, default=8443)
+    demo.add_argument("--admin-port", type=int, default=9090)
+    demo.add_argument("--backend-port", type=int, default=9000)
+    demo.set_defaults(func=cmd_demo)
+
+    token = commands.add_parser("token", help="test tokens").add_subparsers(
+        dest="token_command", required=True
+    )
+    mint = token.add_parser("mint", help="mint a signed test token")
+    mint.add_argument("--key", required=True, help="private key PEM (EC P-256, RSA or Ed25519)")
+    mint.add_argument("--kid")
+    mint.add_argument("--iss", required=True)
+    mint.add_argument("--aud", required=True)
+    mint.add_argument("--sub", required=True)
+    mint.add_argument("--tenant", required=True)
+    mint.add_argument("--roles", default="")
+    mint.add_argument("--amr", default="pwd")
+    mint.add_argument("--auth-time", default="now")
+    mint.add_argument("--ttl", default="15m")
+    mint.add_argument("--claim", action="append", default=[], metavar="K=V")
+    mint.set_defaults(func=cmd_token_mint)
+
+    reload = commands.add_parser("reload", help="reload the config on every worker (admin API)")
+    operator_client.add_common_arguments(reload)
+    reload.set_defaults(func=cmd_reload)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def entrypoint() -> None:
+    raise SystemExit(main())
+
+
+if __name__ == "__main__":
+    entrypoint()

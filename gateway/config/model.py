@@ -1,0 +1,124 @@
+"""The frozen, typed configuration objects. Built once by ``gateway.config.schema``."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Literal
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+TlsMode = Literal["off", "self-signed", "files"]
+AuthMode = Literal["jwt", "none"]
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    mode: TlsMode = "off"
+    cert: str | None = None
+    key: str | None = None
+    min_version: str = "1.3"
+    ciphers: str | None = None
+
+
+@dataclass(frozen=True)
+class ListenLimits:
+    max_connections: int = 10000
+    header_timeout: float = 10.0
+    keepalive_timeout: float = 75.0
+    max_header_bytes: int = 16 * 1024
+    max_headers: int = 100
+
+
+@dataclass(frozen=True)
+class ListenConfig:
+    host: str = "0.0.0.0"
+    port: int = 8443
+    workers: int = 1
+    tls: TlsConfig = field(default_factory=lambda: TlsConfig(mode="self-signed"))
+    limits: ListenLimits = field(default_factory=ListenLimits)
+    drain_timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class AdminToken:
+    name: str
+    sha256: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    host: str = "127.0.0.1"
+    port: int = 9090
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    jwt_issuers: tuple[str, ...] = ()
+    tokens: tuple[AdminToken, ...] = ()
+
+
+@dataclass(frozen=True)
+class StateConfig:
+    url: str = field(default="local:./var/state", repr=False)
+
+
+@dataclass(frozen=True)
+class UpstreamTls:
+    verify: bool = True
+    ca_file: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
+
+
+@dataclass(frozen=True)
+class UpstreamConfig:
+    name: str
+    urls: tuple[str, ...]
+    connect_timeout: float = 2.0
+    read_timeout: float = 30.0
+    max_fails: int = 3
+    eject_for: float = 10.0
+    pool_size: int = 100
+    tls: UpstreamTls = field(default_factory=UpstreamTls)
+
+
+@dataclass(frozen=True)
+class RouteConfig:
+    name: str
+    prefix: str
+    upstream: str
+    methods: frozenset[str] | None = None
+    module: str | None = None
+    auth: AuthMode = "jwt"
+    mfa: bool = True
+    max_body: int | None = None
+    cors: str | None = None
+    websocket: bool = True
+
+
+@dataclass(frozen=True)
+class CorsPolicy:
+    name: str
+    origins: frozenset[str]
+    methods: tuple[str, ...] = ("GET", "POST", "PUT", "PATCH", "DELETE")
+    headers: tuple[str, ...] = ("Authorization", "Content-Type")
+    expose_headers: tuple[str, ...] = ()
+    credentials: bool = False
+    max_age: float = 600.0
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: str = "info"
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    listen: ListenConfig
+    admin: AdminConfig
+    state: StateConfig
+    trusted_proxies: tuple[IPNetwork, ...]
+    upstreams: dict[str, UpstreamConfig]
+    routes: tuple[RouteConfig, ...]
+    routes_case_insensitive: bool
+    cors: dict[str, CorsPolicy]
+    logging: LoggingConfig
+    source: str = "<memory>"
+    secret_paths: frozenset[str] = frozenset()

@@ -1,0 +1,280 @@
+"""Section builders: raw YAML data → frozen config objects, every error reported by key path.
+
+Each section's rules sit in its own function; cross-field rules are named validators at the end.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Any
+from urllib.parse import urlsplit
+
+from gateway.config.model import (
+    AdminConfig,
+    AdminToken,
+    CorsPolicy,
+    GatewayConfig,
+    IPNetwork,
+    ListenConfig,
+    ListenLimits,
+    LoggingConfig,
+    RouteConfig,
+    StateConfig,
+    TlsConfig,
+    UpstreamConfig,
+    UpstreamTls,
+)
+from gateway.config.reader import Node, Report
+
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+def build_config(data: object, report: Report, source: str) -> GatewayConfig:
+    root = Node(data, "", report)
+    config = GatewayConfig(
+        listen=_listen(root.child("listen")),
+        admin=_admin(root.child("admin")),
+        state=_state(root.child("state")),
+        trusted_proxies=_networks(root, "trusted_proxies"),
+        upstreams=_upstreams(root),
+        routes=_routes(root),
+        routes_case_insensitive=root.boolean("routes_case_insensitive", False),
+        cors=_cors(root),
+        logging=_logging(root.child("logging")),
+        source=source,
+    )
+    root.done()
+    _check_references(config, report)
+    _check_workers_and_state(config, report)
+    return config
+
+
+def _tls(node: Node, raw: Any, default_mode: str) -> TlsConfig:
+    if raw is None:
+        raw = default_mode
+    if isinstance(raw, bool) and raw is False:
+        raw = "off"  # YAML 1.1 reads a bare `off` as false
+    if isinstance(raw, str):
+        if raw not in ("off", "self-signed"):
+            node.report.error(node.path, "expected 'off', 'self-signed' or a mapping with cert and key")
+            return TlsConfig()
+        return TlsConfig(mode=raw)  # type: ignore[arg-type]
+    tls = Node(raw, node.path, node.report)
+    result = TlsConfig(
+        mode="files",
+        cert=tls.string("cert"),
+        key=tls.string("key"),
+        min_version=tls.string("min_version", "1.3", choices=("1.2", "1.3")),
+        ciphers=tls.string("ciphers", None),
+    )
+    tls.done()
+    return result
+
+
+def _listen(node: Node) -> ListenConfig:
+    limits_node = node.child("limits")
+    limits = ListenLimits(
+        max_connections=limits_node.integer("max_connections", 10000, minimum=1),
+        header_timeout=limits_node.duration("header_timeout", 10.0),
+        keepalive_timeout=limits_node.duration("keepalive_timeout", 75.0),
+        max_header_bytes=limits_node.size("max_header_bytes", 16 * 1024),
+        max_headers=limits_node.integer("max_headers", 100, minimum=1, maximum=1000),
+    )
+    limits_node.done()
+    tls_path = node.child_path("tls")
+    result = ListenConfig(
+        host=node.string("host", "0.0.0.0"),
+        port=node.integer("port", 8443, minimum=0, maximum=65535),
+        workers=node.integer("workers", 1, minimum=1, maximum=64),
+        tls=_tls(Node({}, tls_path, node.report), node.raw("tls", None), "self-signed"),
+        limits=limits,
+        drain_timeout=node.duration("drain_timeout", 30.0),
+    )
+    node.done()
+    return result
+
+
+def _host_port(node: Node, key: str, default: str) -> tuple[str, int]:
+    text = node.string(key, default)
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not host or int(port) > 65535:
+        node.report.error(node.child_path(key), "expected HOST:PORT")
+        return "127.0.0.1", 9090
+    return host.strip("[]"), int(port)
+
+
+def _admin(node: Node) -> AdminConfig:
+    host, port = _host_port(node, "listen", "127.0.0.1:9090")
+    tokens: list[AdminToken] = []
+    for _, raw, path in node.items("tokens"):
+        token = Node(raw, path, node.report)
+        name, digest = token.string("name"), token.string("sha256").lower()
+        if digest and not _SHA256_RE.match(digest):
+            node.report.error(f"{path}.sha256", "expected 64 lowercase hex digits (sha256 of the token)")
+        token.done()
+        tokens.append(AdminToken(name=name, sha256=digest))
+    result = AdminConfig(
+        host=host,
+        port=port,
+        tls=_tls(Node({}, node.child_path("tls"), node.report), node.raw("tls", None), "off"),
+        jwt_issuers=node.string_list("jwt_issuers"),
+        tokens=tuple(tokens),
+    )
+    node.done()
+    return result
+
+
+def _state(node: Node) -> StateConfig:
+    url = node.string("url", "local:./var/state")
+    if url and not url.startswith(("local:", "redis://", "rediss://", "redis+sentinel://")):
+        node.report.error(
+            node.child_path("url"), "expected local:PATH, redis://, rediss:// or redis+sentinel://"
+        )
+    node.done()
+    return StateConfig(url=url)
+
+
+def _networks(root: Node, key: str) -> tuple[IPNetwork, ...]:
+    networks: list[IPNetwork] = []
+    for _, raw, path in root.items(key):
+        try:
+            networks.append(ipaddress.ip_network(str(raw), strict=False))
+        except ValueError:
+            root.report.error(path, "expected an IP address or CIDR network")
+    return tuple(networks)
+
+
+def _upstreams(root: Node) -> dict[str, UpstreamConfig]:
+    upstreams: dict[str, UpstreamConfig] = {}
+    section = root.child("upstreams")
+    for name in list(section.data):
+        node = section.child(name)
+        urls = node.string_list("urls")
+        if not urls:
+            node.report.error(node.child_path("urls"), "at least one URL is required")
+        for index, url in enumerate(urls):
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+                node.report.error(
+                    f"{node.child_path('urls')}[{index}]", "expected http(s)://host:port without a path"
+                )
+        tls_node = node.child("tls")
+        tls = UpstreamTls(
+            verify=tls_node.boolean("verify", True),
+            ca_file=tls_node.string("ca_file", None),
+            client_cert=tls_node.string("client_cert", None),
+            client_key=tls_node.string("client_key", None),
+        )
+        if (tls.client_cert is None) != (tls.client_key is None):
+            node.report.error(tls_node.path, "client_cert and client_key go together")
+        tls_node.done()
+        upstreams[name] = UpstreamConfig(
+            name=name,
+            urls=tuple(u.rstrip("/") for u in urls),
+            connect_timeout=node.duration("connect_timeout", 2.0),
+            read_timeout=node.duration("read_timeout", 30.0),
+            max_fails=node.integer("max_fails", 3, minimum=1),
+            eject_for=node.duration("eject_for", 10.0),
+            pool_size=node.integer("pool_size", 100, minimum=1),
+            tls=tls,
+        )
+        node.done()
+    section.done()
+    return upstreams
+
+
+def _methods(node: Node) -> frozenset[str] | None:
+    if not node.has("methods"):
+        node.raw("methods", None)
+        return None
+    methods = frozenset(m.upper() for m in node.string_list("methods"))
+    unknown = sorted(methods - HTTP_METHODS)
+    if unknown:
+        node.report.error(node.child_path("methods"), f"unknown method {unknown[0]}")
+    return methods
+
+
+def _routes(root: Node) -> tuple[RouteConfig, ...]:
+    routes: list[RouteConfig] = []
+    names: set[str] = set()
+    prefixes: set[str] = set()
+    case_insensitive = root.data.get("routes_case_insensitive") is True
+    for _, raw, path in root.items("routes"):
+        node = Node(raw, path, root.report)
+        name = node.string("name")
+        prefix = node.string("prefix")
+        if name in names:
+            node.report.error(node.child_path("name"), f"duplicate route name {name!r}")
+        names.add(name)
+        key = prefix.rstrip("/") or "/"
+        key = key.casefold() if case_insensitive else key
+        if prefix and key in prefixes:
+            # One of two equal prefixes would silently shadow the other.
+            node.report.error(node.child_path("prefix"), f"another route already has prefix {prefix!r}")
+        prefixes.add(key)
+        if prefix and (not prefix.startswith("/") or "//" in prefix or "/../" in f"{prefix}/"):
+            node.report.error(node.child_path("prefix"), "expected an absolute path like /api/finance")
+        routes.append(
+            RouteConfig(
+                name=name,
+                prefix=prefix,
+                upstream=node.string("upstream"),
+                methods=_methods(node),
+                module=node.string("module", None),
+                auth=node.string("auth", "jwt", choices=("jwt", "none")),
+                mfa=node.boolean("mfa", True),
+                max_body=node.size("max_body", None),
+                cors=node.string("cors", None),
+                websocket=node.boolean("websocket", True),
+            )
+        )
+        node.done()
+    return tuple(routes)
+
+
+def _cors(root: Node) -> dict[str, CorsPolicy]:
+    policies: dict[str, CorsPolicy] = {}
+    section = root.child("cors")
+    for name in list(section.data):
+        node = section.child(name)
+        origins = node.string_list("origins")
+        if "*" in origins and node.data.get("credentials"):
+            node.report.error(node.child_path("origins"), "'*' cannot be combined with credentials: true")
+        policies[name] = CorsPolicy(
+            name=name,
+            origins=frozenset(origins),
+            methods=tuple(m.upper() for m in node.string_list("methods", CorsPolicy.methods)),
+            headers=node.string_list("headers", CorsPolicy.headers),
+            expose_headers=node.string_list("expose_headers", ()),
+            credentials=node.boolean("credentials", False),
+            max_age=node.duration("max_age", 600.0),
+        )
+        node.done()
+    section.done()
+    return policies
+
+
+def _logging(node: Node) -> LoggingConfig:
+    result = LoggingConfig(level=node.string("level", "info", choices=LOG_LEVELS))
+    node.done()
+    return result
+
+
+def _check_references(config: GatewayConfig, report: Report) -> None:
+    for index, route in enumerate(config.routes):
+        if route.upstream and route.upstream not in config.upstreams:
+            report.error(f"routes[{index}].upstream", f"no upstream named {route.upstream!r}")
+        if route.cors is not None and route.cors not in config.cors:
+            report.error(f"routes[{index}].cors", f"no cors policy named {route.cors!r}")
+        if route.name and not _NAME_RE.match(route.name):
+            report.error(f"routes[{index}].name", "use letters, digits, '-', '_' or '.' (max 64)")
+
+
+def _check_workers_and_state(config: GatewayConfig, report: Report) -> None:
+    # SPEC §14: local state is a single-process store; several workers would each hold a copy.
+    if config.listen.workers > 1 and config.state.url.startswith("local:"):
+        report.error("listen.workers", "must be 1 with local: state (use a redis:// state.url)")

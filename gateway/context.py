@@ -1,0 +1,41 @@
+"""The per-request context every pipeline stage reads and writes (and nothing else)."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from gateway.config import RouteConfig
+    from gateway.routing import CanonicalTarget
+    from gateway.runtime import Runtime
+
+# SPEC §3: a client-chosen id is kept only when it is short and harmless in a log line.
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._~:-]{1,64}$")
+
+
+def request_id_for(incoming: str | None) -> str:
+    if incoming is not None and _REQUEST_ID_RE.match(incoming):
+        return incoming
+    return str(uuid.uuid4())
+
+
+@dataclass(slots=True)
+class RequestContext:
+    request: web.BaseRequest
+    runtime: Runtime
+    request_id: str
+    client_ip: str
+    peer_ip: str
+    peer_trusted: bool
+    started: float = field(default_factory=time.monotonic)
+    target: CanonicalTarget | None = None
+    route: RouteConfig | None = None
+    response_headers: dict[str, str] = field(default_factory=dict)
+    status: int = 0
+    upstream_url: str | None = None

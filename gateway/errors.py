@@ -1,0 +1,137 @@
+"""One error family for everything the gateway refuses, and the one problem+json renderer.
+
+Stages raise a ``GatewayError`` subclass; exactly one place (``render_problem``) turns it into
+an RFC 9457 body. ``detail`` must be safe to show a client: it never contains header values,
+token contents, internal addresses or stack traces.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import orjson
+
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+TYPE_PREFIX = "urn:shopino-gateway:"
+
+
+class GatewayError(Exception):
+    """A refusal with a status, a stable slug and a client-safe detail."""
+
+    status: ClassVar[int] = 500
+    slug: ClassVar[str] = "internal"
+    title: ClassVar[str] = "Internal error"
+
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        headers: Mapping[str, str] | None = None,
+        extensions: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.detail = detail or self.title
+        self.headers: dict[str, str] = dict(headers or {})
+        self.extensions: dict[str, Any] = dict(extensions or {})
+        super().__init__(self.detail)
+
+
+class BadRequest(GatewayError):
+    status, slug, title = 400, "bad-request", "Bad request"
+
+
+class MissingToken(GatewayError):
+    status, slug, title = 401, "missing-token", "Authentication required"
+
+
+class InvalidToken(GatewayError):
+    status, slug, title = 401, "invalid-token", "Invalid token"
+
+
+class MfaRequired(GatewayError):
+    status, slug, title = 401, "mfa-required", "Multi-factor authentication required"
+
+
+class Forbidden(GatewayError):
+    status, slug, title = 403, "forbidden", "Forbidden"
+
+
+class TenantMismatch(GatewayError):
+    status, slug, title = 403, "tenant-mismatch", "Tenant mismatch"
+
+
+class NotFound(GatewayError):
+    status, slug, title = 404, "not-found", "Not found"
+
+
+class MethodNotAllowed(GatewayError):
+    status, slug, title = 405, "method-not-allowed", "Method not allowed"
+
+
+class Conflict(GatewayError):
+    status, slug, title = 409, "conflict", "Conflict"
+
+
+class PayloadTooLarge(GatewayError):
+    status, slug, title = 413, "payload-too-large", "Payload too large"
+
+
+class HeadersTooLarge(GatewayError):
+    status, slug, title = 431, "headers-too-large", "Request header fields too large"
+
+
+class RateLimited(GatewayError):
+    status, slug, title = 429, "rate-limited", "Too many requests"
+
+
+class LockedOut(GatewayError):
+    status, slug, title = 429, "locked-out", "Too many failed attempts"
+
+
+class TenantLeakBlocked(GatewayError):
+    status, slug, title = 502, "tenant-leak-blocked", "Upstream response withheld"
+
+
+class UpstreamUnavailable(GatewayError):
+    status, slug, title = 502, "upstream-unavailable", "Upstream unavailable"
+
+
+class Isolated(GatewayError):
+    status, slug, title = 503, "isolated", "Isolated by an incident response switch"
+
+
+class NotReady(GatewayError):
+    status, slug, title = 503, "not-ready", "Gateway not ready"
+
+
+class StoreUnavailable(GatewayError):
+    """The state store cannot be reached. Raised by every store backend for any driver error."""
+
+    status, slug, title = 503, "store-unavailable", "State store unavailable"
+
+
+class UpstreamTimeout(GatewayError):
+    status, slug, title = 504, "upstream-timeout", "Upstream timeout"
+
+
+class InternalError(GatewayError):
+    status, slug, title = 500, "internal", "Internal error"
+
+
+def problem_body(error: GatewayError, request_id: str | None) -> bytes:
+    """The RFC 9457 body for ``error``; extensions never override the standard members."""
+    body: dict[str, Any] = dict(error.extensions)
+    body.update(
+        type=TYPE_PREFIX + error.slug,
+        title=error.title,
+        status=error.status,
+        detail=error.detail,
+        request_id=request_id,
+    )
+    return orjson.dumps(body)
+
+
+def problem_headers(error: GatewayError) -> dict[str, str]:
+    headers = {"Content-Type": PROBLEM_CONTENT_TYPE, "Cache-Control": "no-store"}
+    headers.update(error.headers)
+    return headers

@@ -1,0 +1,129 @@
+"""Who the client is, and the headers that tell the upstream (SPEC §8 client IP, §10, App. B).
+
+The client IP is the socket peer unless that peer is a trusted proxy; only then is
+``X-Forwarded-For`` read, from the right, skipping further trusted hops.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Sequence
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from gateway.config.model import IPNetwork
+
+# RFC 9110 §7.6.1 plus the de-facto Proxy-Connection: never forwarded in either direction.
+HOP_BY_HOP = frozenset(
+    h.lower()
+    for h in (
+        "Connection",
+        "Keep-Alive",
+        "Proxy-Authenticate",
+        "Proxy-Authorization",
+        "TE",
+        "Trailer",
+        "Transfer-Encoding",
+        "Upgrade",
+        "Proxy-Connection",
+    )
+)
+FORWARDING_HEADERS = frozenset(
+    ("x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-port", "forwarded", "x-real-ip")
+)
+RESPONSE_STRIPPED = frozenset(("server", "x-powered-by"))
+
+
+class TrustedProxies:
+    def __init__(self, networks: Sequence[IPNetwork]) -> None:
+        self._networks = tuple(networks)
+
+    def __contains__(self, address: str) -> bool:
+        if not self._networks:
+            return False
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in net for net in self._networks)
+
+    def client_ip(self, peer: str, forwarded_for: Iterable[str]) -> str:
+        """The rightmost hop not in ``trusted_proxies`` (SPEC §8)."""
+        # SECURITY: an untrusted peer's X-Forwarded-For is ignored (IP spoofing past limits).
+        if peer not in self:
+            return peer
+        hops = [h.strip() for value in forwarded_for for h in value.split(",")]
+        client = peer
+        for hop in reversed(hops):
+            try:
+                ipaddress.ip_address(hop)
+            except ValueError:
+                # SECURITY: garbage in the chain ends the walk at the last hop a trusted proxy vouched for.
+                break
+            client = hop
+            if hop not in self:
+                break
+        return client
+
+
+def connection_tokens(headers: CIMultiDictProxy[str]) -> set[str]:
+    tokens: set[str] = set()
+    for value in headers.getall("Connection", ()):
+        tokens.update(t.strip().lower() for t in value.split(",") if t.strip())
+    return tokens
+
+
+def upstream_request_headers(
+    incoming: CIMultiDictProxy[str],
+    *,
+    peer_ip: str,
+    peer_trusted: bool,
+    scheme: str,
+    host: str,
+    upstream_host: str,
+    drop: frozenset[str] = frozenset(),
+) -> CIMultiDict[str]:
+    """Headers for the upstream: hop-by-hop removed, forwarding headers set or appended."""
+    named_hop = connection_tokens(incoming)
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in incoming.items():
+        lower = name.lower()
+        if lower in HOP_BY_HOP or lower in named_hop or lower in drop or lower == "host":
+            continue
+        if lower == "expect":
+            continue  # the gateway itself answers 100-continue (App. B)
+        if lower in FORWARDING_HEADERS and not peer_trusted:
+            # SECURITY: forged X-Forwarded-*/Forwarded from an untrusted peer are dropped.
+            continue
+        out.add(name, value)
+    prior_xff = out.popall("X-Forwarded-For", [])
+    out["X-Forwarded-For"] = ", ".join([*prior_xff, peer_ip])
+    if "X-Forwarded-Proto" not in out:
+        out["X-Forwarded-Proto"] = scheme
+    if "X-Forwarded-Host" not in out and host:
+        out["X-Forwarded-Host"] = host
+    node = f'"[{peer_ip}]"' if ":" in peer_ip else peer_ip
+    element = f"for={node};proto={scheme}" + (f';host="{host}"' if host else "")
+    prior_fwd = out.popall("Forwarded", [])
+    out["Forwarded"] = ", ".join([*prior_fwd, element])
+    out["Host"] = upstream_host
+    return out
+
+
+def downstream_response_headers(
+    upstream: CIMultiDictProxy[str] | CIMultiDict[str], *, tls: bool
+) -> CIMultiDict[str]:
+    """Response headers for the client: hop-by-hop and backend fingerprints removed."""
+    named_hop = connection_tokens(CIMultiDictProxy(CIMultiDict(upstream)))
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in upstream.items():
+        lower = name.lower()
+        if lower in HOP_BY_HOP or lower in named_hop or lower in RESPONSE_STRIPPED:
+            continue
+        if lower == "content-length":
+            continue  # set by the response object from the upstream's value
+        out.add(name, value)
+    out.setdefault("X-Content-Type-Options", "nosniff")
+    if tls:
+        out["Strict-Transport-Security"] = "max-age=31536000; includeSubDomains"
+    return out

@@ -1,0 +1,49 @@
+"""``/_gateway/health`` (live) and ``/_gateway/ready`` (SPEC §11) on the public listener."""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+from aiohttp import web
+
+from gateway.context import RequestContext
+from gateway.errors import MethodNotAllowed, NotReady
+
+HEALTH = "/_gateway/health"
+READY = "/_gateway/ready"
+GATEWAY_ENDPOINTS = frozenset((HEALTH, READY))
+
+
+def _json(status: int, body: dict[str, object]) -> web.Response:
+    return web.Response(
+        status=status,
+        body=orjson.dumps(body),
+        content_type="application/json",
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+async def serve_gateway_endpoint(ctx: RequestContext) -> web.StreamResponse:
+    assert ctx.target is not None
+    if ctx.request.method not in ("GET", "HEAD"):
+        raise MethodNotAllowed("Use GET", headers={"Allow": "GET, HEAD"})
+    status = ctx.runtime.status
+    ctx.status = 200
+    if ctx.target.path == HEALTH:
+        return _json(200, {"status": "ok", "instance": status.instance_id})
+    if not status.snapshot_loaded:
+        # SPEC App. B: without a first snapshot of shared state the gateway cannot enforce it.
+        raise NotReady("The gateway has not loaded its state yet", headers={"Retry-After": "1"})
+    return _json(
+        200,
+        {
+            "state": "ready" if status.store_healthy else "degraded",
+            "instance": status.instance_id,
+            "config_generation": ctx.runtime.generation,
+            "store": {
+                "healthy": status.store_healthy,
+                "checked_ago_s": round(time.time() - status.store_checked_at, 3),
+            },
+        },
+    )

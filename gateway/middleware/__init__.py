@@ -1,0 +1,1 @@
+"""Pipeline stages: thin adapters, one per file, ordered in ``gateway.pipeline.PIPELINE``."""

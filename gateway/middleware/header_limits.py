@@ -1,0 +1,26 @@
+"""``listen.limits`` header size and count, checked by the gateway itself (App. B).
+
+aiohttp's parser limits sit above these, so an oversized request normally meets this stage's
+problem+json 431 rather than the parser's plain-text error; the parser error path is
+covered by ``GuardedRequestHandler.handle_error``.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway.context import RequestContext
+from gateway.errors import HeadersTooLarge
+
+
+async def enforce_header_limits(ctx: RequestContext) -> web.StreamResponse | None:
+    limits = ctx.runtime.config.listen.limits
+    raw = ctx.request.raw_headers
+    if len(raw) > limits.max_headers:
+        raise HeadersTooLarge("Too many request header fields")
+    # name + ": " + value + CRLF, as on the wire
+    size = sum(len(name) + len(value) + 4 for name, value in raw)
+    if size > limits.max_header_bytes:
+        # SECURITY: the detail names no header and no value (tokens must never be echoed).
+        raise HeadersTooLarge("The request header section is too large")
+    return None

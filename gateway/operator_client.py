@@ -1,0 +1,83 @@
+"""The operator verbs' admin-API client: one request, a human line or ``--json``, an exit code."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import ssl
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+EXIT_OK, EXIT_USAGE, EXIT_REMOTE_ERROR, EXIT_UNREACHABLE = 0, 1, 2, 3
+DEFAULT_ADMIN_URL = "http://127.0.0.1:9090"
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--admin-url", default=None, help="admin API base URL ($SHOPINO_GATEWAY_ADMIN_URL)")
+    parser.add_argument("--json", action="store_true", help="print the API's JSON answer")
+    parser.add_argument("--cafile", default=None, help="CA bundle for an https admin URL")
+
+
+def call_admin(
+    method: str,
+    path: str,
+    body: dict[str, Any] | None,
+    *,
+    admin_url: str | None,
+    cafile: str | None = None,
+    timeout: float = 10.0,
+) -> tuple[int, dict[str, Any]]:
+    """(HTTP status, JSON body). Raises ``OSError`` when the gateway cannot be reached."""
+    base = (admin_url or os.environ.get("SHOPINO_GATEWAY_ADMIN_URL") or DEFAULT_ADMIN_URL).rstrip("/")
+    token = os.environ.get("SHOPINO_GATEWAY_ADMIN_TOKEN", "")
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(base + path, data=data, method=method)  # noqa: S310 - operator-given URL
+    request.add_header("Accept", "application/json")
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    context = ssl.create_default_context(cafile=cafile) if base.startswith("https:") else None
+    try:
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:  # noqa: S310
+            return response.status, _json(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, _json(error.read())
+
+
+def _json(raw: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(raw or b"{}")
+    except ValueError:
+        return {"detail": "the gateway answered with a non-JSON body"}
+    return value if isinstance(value, dict) else {"items": value}
+
+
+def run_verb(
+    args: argparse.Namespace,
+    method: str,
+    path: str,
+    body: dict[str, Any] | None,
+    human: Callable[[dict[str, Any]], str],
+) -> int:
+    try:
+        status, data = call_admin(method, path, body, admin_url=args.admin_url, cafile=args.cafile)
+    except (OSError, urllib.error.URLError) as exc:
+        reason = getattr(exc, "reason", exc)
+        print(f"error: the gateway's admin API is unreachable ({reason})", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    if args.json:
+        print(json.dumps(data, indent=2, sort_keys=True))
+    if status >= 400:
+        if not args.json:
+            print(f"error {status}: {data.get('title', '')}: {data.get('detail', '')}", file=sys.stderr)
+            for line in data.get("errors", []):
+                print(f"  {line}", file=sys.stderr)
+        return EXIT_REMOTE_ERROR
+    if not args.json:
+        print(human(data))
+    return EXIT_OK

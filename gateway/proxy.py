@@ -1,0 +1,166 @@
+"""Forwarding one request to its upstream and streaming the answer back (SPEC §10).
+
+Bodies stream both ways in chunks (constant memory); the response check hook runs on the
+upstream's status and headers before a single byte of its body reaches the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+
+from gateway.context import RequestContext
+from gateway.errors import PayloadTooLarge, UpstreamTimeout, UpstreamUnavailable
+from gateway.forwarding import downstream_response_headers, upstream_request_headers
+from gateway.upstream import IDEMPOTENT_METHODS
+
+CHUNK = 64 * 1024
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class _BodyLimit:
+    """Counts streamed request bytes; remembers that the limit was hit for the 413 answer."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.exceeded = False
+
+    async def stream(self, request: web.BaseRequest) -> AsyncIterator[bytes]:
+        seen = 0
+        async for chunk in request.content.iter_chunked(CHUNK):
+            seen += len(chunk)
+            if self.limit is not None and seen > self.limit:
+                self.exceeded = True
+                raise PayloadTooLarge("The request body is larger than this route allows")
+            yield chunk
+
+
+def _has_body(request: web.BaseRequest) -> bool:
+    if request.headers.get("Transfer-Encoding", "").lower().strip() == "chunked":
+        return True
+    return request.content_length not in (None, 0)
+
+
+def _wants_websocket(request: web.BaseRequest) -> bool:
+    return (
+        request.method == "GET"
+        and request.headers.get("Upgrade", "").lower() == "websocket"
+        and "upgrade" in request.headers.get("Connection", "").lower()
+    )
+
+
+def _send_continue(request: web.BaseRequest) -> None:
+    # App. B: 100-continue only once every check has passed, so a refused client never uploads.
+    if request.version >= (1, 1) and request.headers.get("Expect", "").lower() == "100-continue":
+        request.transport and request.transport.write(_CONTINUE)
+
+
+async def proxy_request(ctx: RequestContext) -> web.StreamResponse:
+    assert ctx.route is not None and ctx.target is not None
+    request = ctx.request
+    runtime = ctx.runtime
+    transport = runtime.upstreams[ctx.route.upstream]
+    headers = upstream_request_headers(
+        request.headers,
+        peer_ip=ctx.peer_ip,
+        peer_trusted=ctx.peer_trusted,
+        scheme=runtime.scheme,
+        host=request.host,
+        upstream_host="",
+    )
+    headers["X-Request-ID"] = ctx.request_id
+    if _wants_websocket(request) and ctx.route.websocket:
+        return await _proxy_websocket(ctx, headers)
+
+    limit = _BodyLimit(ctx.route.max_body)
+    has_body = _has_body(request)
+    _send_continue(request)
+    try:
+        upstream = await transport.send(
+            request.method,
+            ctx.target.upstream_target,
+            headers,
+            limit.stream(request) if has_body else None,
+            retryable=request.method in IDEMPOTENT_METHODS and not has_body,
+        )
+    except (UpstreamUnavailable, UpstreamTimeout):
+        if limit.exceeded:
+            raise PayloadTooLarge("The request body is larger than this route allows") from None
+        raise
+    try:
+        return await _stream_response(ctx, upstream)
+    finally:
+        upstream.release()
+
+
+async def _stream_response(ctx: RequestContext, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
+    headers = downstream_response_headers(upstream.headers, tls=ctx.runtime.tls)
+    headers.update(ctx.response_headers)
+    response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+    length = upstream.headers.get("Content-Length")
+    if length is not None and length.isdigit():
+        response.content_length = int(length)
+    ctx.status = upstream.status
+    await response.prepare(ctx.request)
+    try:
+        async for chunk in upstream.content.iter_chunked(CHUNK):
+            await response.write(chunk)
+    except (TimeoutError, aiohttp.ClientError):
+        # Headers are gone already: the only honest signal left is a cut connection.
+        ctx.request.transport and ctx.request.transport.abort()
+        raise
+    await response.write_eof()
+    return response
+
+
+async def _proxy_websocket(ctx: RequestContext, headers: CIMultiDict[str]) -> web.StreamResponse:
+    assert ctx.route is not None and ctx.target is not None
+    request = ctx.request
+    transport = ctx.runtime.upstreams[ctx.route.upstream]
+    offered = tuple(
+        p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()
+    )
+    upstream_headers = CIMultiDict(headers)
+    for name in (
+        "Sec-WebSocket-Key",
+        "Sec-WebSocket-Version",
+        "Sec-WebSocket-Protocol",
+        "Sec-WebSocket-Extensions",
+    ):
+        upstream_headers.popall(name, None)
+    upstream = await transport.websocket(ctx.target.upstream_target, upstream_headers, offered)
+    downstream = web.WebSocketResponse(
+        protocols=(upstream.protocol,) if upstream.protocol else (),
+        autoping=False,
+        max_msg_size=0,
+    )
+    ctx.status = 101
+    await downstream.prepare(request)
+    try:
+        await asyncio.gather(_pump(upstream, downstream), _pump(downstream, upstream))
+    finally:
+        await upstream.close()
+        await downstream.close()
+    return downstream
+
+
+async def _pump(
+    source: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+    sink: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+) -> None:
+    async for message in source:
+        if sink.closed:
+            break
+        if message.type == aiohttp.WSMsgType.TEXT:
+            await sink.send_str(message.data)
+        elif message.type == aiohttp.WSMsgType.BINARY:
+            await sink.send_bytes(message.data)
+        elif message.type == aiohttp.WSMsgType.PING:
+            await sink.ping(message.data)
+        elif message.type == aiohttp.WSMsgType.PONG:
+            await sink.pong(message.data)
+    await sink.close()

@@ -1,0 +1,66 @@
+"""The immutable ``Runtime`` built from one config; a reload builds a new one and swaps it.
+
+In-flight requests keep the runtime they started with (they hold a reference in their
+context), so a reload never changes the rules under a request's feet.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from gateway.config import GatewayConfig
+from gateway.forwarding import TrustedProxies
+from gateway.routing import RouteTable
+from gateway.upstream import UpstreamRegistry, UpstreamTransport
+
+
+@dataclass
+class GatewayStatus:
+    """Process-wide facts that outlive any one runtime (readiness, store health)."""
+
+    instance_id: str
+    store_description: str
+    snapshot_loaded: bool = False
+    store_healthy: bool = False
+    store_checked_at: float = 0.0
+    reloads: int = 0
+    last_reload_error: str | None = None
+    started_at: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    config: GatewayConfig
+    generation: int
+    routes: RouteTable
+    upstreams: Mapping[str, UpstreamTransport]
+    trusted_proxies: TrustedProxies
+    admin_tokens: Mapping[str, str]  # sha256 hex → token name
+    status: GatewayStatus
+    tls: bool
+    scheme: str
+
+
+def build_runtime(
+    config: GatewayConfig, *, registry: UpstreamRegistry, status: GatewayStatus, generation: int
+) -> Runtime:
+    tls = config.listen.tls.mode != "off"
+    return Runtime(
+        config=config,
+        generation=generation,
+        routes=RouteTable(config.routes, case_insensitive=config.routes_case_insensitive),
+        upstreams=MappingProxyType(dict(registry.pools_for(config.upstreams))),
+        trusted_proxies=TrustedProxies(config.trusted_proxies),
+        admin_tokens=MappingProxyType({t.sha256: t.name for t in config.admin.tokens}),
+        status=status,
+        tls=tls,
+        scheme="https" if tls else "http",
+    )
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()

@@ -1,0 +1,228 @@
+"""One gateway process: listeners, TLS, the state store, reload, graceful drain (SPEC §2, §14)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import time
+import uuid
+from pathlib import Path
+
+import orjson
+import structlog
+from aiohttp import web
+
+from gateway.admin.app import make_admin_app
+from gateway.app import PublicHandler
+from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.errors import StoreUnavailable
+from gateway.listener import GuardedServer
+from gateway.metrics import METRICS
+from gateway.runtime import GatewayStatus, Runtime, build_runtime
+from gateway.state import StateStore, open_store
+from gateway.tls import server_ssl_context
+from gateway.upstream import UpstreamRegistry
+
+log = structlog.get_logger("gateway.server")
+RELOAD_CHANNEL = "config.reload"
+STORE_PROBE_INTERVAL = 1.0
+
+
+class GatewayProcess:
+    def __init__(
+        self, config: GatewayConfig, config_path: Path | None, *, workdir: Path | None = None
+    ) -> None:
+        self.config_path = config_path
+        self.workdir = workdir
+        self.instance_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.store: StateStore = open_store(config.state.url)
+        self.status = GatewayStatus(instance_id=self.instance_id, store_description=self.store.describe())
+        self.registry = UpstreamRegistry()
+        self._runtime = build_runtime(config, registry=self.registry, status=self.status, generation=1)
+        self._runners: list[web.BaseRunner] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._reload_lock = asyncio.Lock()
+        self.public_port: int | None = None
+        self.admin_port: int | None = None
+
+    def runtime(self) -> Runtime:
+        return self._runtime
+
+    async def start(self) -> None:
+        config = self._runtime.config
+        await self.store.open()
+        self._warn_about_insecure_settings(config)
+        limits = config.listen.limits
+        public = GuardedServer(
+            PublicHandler(self.runtime),
+            max_connections=limits.max_connections,
+            header_timeout=limits.header_timeout,
+            keepalive_timeout=limits.keepalive_timeout,
+            # aiohttp's parser limits sit above the gateway's own (App. B): its errors are the
+            # last resort, the gateway's 431 problem+json is the rule.
+            max_headers=limits.max_headers + 16,
+            max_field_size=limits.max_header_bytes + 1024,
+            max_line_size=max(16384, limits.max_header_bytes + 1024),
+            access_log=None,
+        )
+        reuse_port = config.listen.workers > 1
+        public_runner = web.ServerRunner(public, shutdown_timeout=config.listen.drain_timeout)
+        await public_runner.setup()
+        site = web.TCPSite(
+            public_runner,
+            config.listen.host,
+            config.listen.port,
+            reuse_port=reuse_port,
+            backlog=1024,
+            ssl_context=server_ssl_context(config.listen.tls, self.workdir),
+        )
+        await site.start()
+        self._runners.append(public_runner)
+        admin_runner = web.AppRunner(make_admin_app(self.runtime, self.reload_everywhere), access_log=None)
+        await admin_runner.setup()
+        admin_site = web.TCPSite(
+            admin_runner,
+            config.admin.host,
+            config.admin.port,
+            reuse_port=reuse_port,
+            ssl_context=server_ssl_context(config.admin.tls, self.workdir),
+        )
+        await admin_site.start()
+        self._runners.append(admin_runner)
+        self.public_port = _bound_port(public_runner)
+        self.admin_port = _bound_port(admin_runner)
+        self._tasks.append(asyncio.create_task(self._watch_store()))
+        if self.store.shared:
+            self._tasks.append(asyncio.create_task(self._follow_reloads()))
+        log.info(
+            "gateway_started",
+            instance=self.instance_id,
+            public_port=self.public_port,
+            admin_port=self.admin_port,
+            tls=config.listen.tls.mode,
+            state=self.store.kind,
+        )
+
+    def _warn_about_insecure_settings(self, config: GatewayConfig) -> None:
+        if config.listen.tls.mode == "off":
+            log.warning("tls_disabled", detail="listen.tls is off: traffic to the gateway is plain text")
+        for upstream in config.upstreams.values():
+            if not upstream.tls.verify:
+                log.warning("upstream_tls_unverified", upstream=upstream.name)
+
+    async def reload(self) -> Runtime:
+        """Build a new runtime from the config file and swap it; raises ``ConfigError``."""
+        async with self._reload_lock:
+            if self.config_path is None:
+                raise ConfigError(["<file>: this gateway was started without a config file"])
+            try:
+                config = load_config(self.config_path)
+            except ConfigError as exc:
+                METRICS.reloads.labels("rejected").inc()
+                self.status.last_reload_error = "; ".join(exc.errors)
+                log.error("config_reload_rejected", errors=exc.errors)
+                raise
+            old = self._runtime
+            if (config.listen, config.admin, config.state) != (
+                old.config.listen,
+                old.config.admin,
+                old.config.state,
+            ):
+                log.warning("config_reload_partial", detail="listen, admin and state apply at restart")
+            self._runtime = build_runtime(
+                config, registry=self.registry, status=self.status, generation=old.generation + 1
+            )
+            self.status.reloads += 1
+            self.status.last_reload_error = None
+            METRICS.reloads.labels("applied").inc()
+            log.info("config_reloaded", generation=self._runtime.generation)
+            self._tasks.append(
+                asyncio.create_task(
+                    self.registry.retire_unused(
+                        lambda: self._runtime.config.upstreams, old.config.listen.drain_timeout
+                    )
+                )
+            )
+            return self._runtime
+
+    async def reload_everywhere(self) -> Runtime:
+        """Admin reload: this worker first (so errors come back), then every other worker."""
+        runtime = await self.reload()
+        if self.store.shared:
+            with contextlib.suppress(StoreUnavailable):
+                await self.store.publish(RELOAD_CHANNEL, orjson.dumps({"from": self.instance_id}))
+        return runtime
+
+    async def _follow_reloads(self) -> None:
+        while True:
+            try:
+                subscription = await self.store.subscribe(RELOAD_CHANNEL)
+                try:
+                    async for _, message in subscription:
+                        if orjson.loads(message).get("from") != self.instance_id:
+                            with contextlib.suppress(ConfigError):
+                                await self.reload()
+                finally:
+                    await subscription.close()
+            except StoreUnavailable:
+                await asyncio.sleep(STORE_PROBE_INTERVAL)
+
+    async def _watch_store(self) -> None:
+        while True:
+            try:
+                await self.store.ping()
+                healthy = True
+            except StoreUnavailable:
+                healthy = False
+                METRICS.store_errors.inc()
+            if healthy != self.status.store_healthy:
+                log.info("state_store_health", healthy=healthy, store=self.status.store_description)
+            self.status.store_healthy = healthy
+            self.status.snapshot_loaded = self.status.snapshot_loaded or healthy
+            self.status.store_checked_at = time.time()
+            METRICS.store_healthy.set(1 if healthy else 0)
+            await asyncio.sleep(STORE_PROBE_INTERVAL)
+
+    async def stop(self) -> None:
+        """Stop accepting, let in-flight requests finish (up to drain_timeout), release all."""
+        log.info("gateway_stopping", instance=self.instance_id)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for runner in self._runners:
+            await runner.cleanup()
+        await self.registry.close()
+        await self.store.close()
+        log.info("gateway_stopped", instance=self.instance_id)
+
+
+def _bound_port(runner: web.BaseRunner) -> int | None:
+    for address in runner.addresses:
+        if isinstance(address, tuple):
+            return int(address[1])
+    return None
+
+
+async def serve(config: GatewayConfig, config_path: Path | None, *, workdir: Path | None = None) -> None:
+    """Run one gateway process until SIGTERM/SIGINT; SIGHUP reloads."""
+    process = GatewayProcess(config, config_path, workdir=workdir)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(_reload_quietly(process)))
+    await process.start()
+    try:
+        await stop.wait()
+    finally:
+        await process.stop()
+
+
+async def _reload_quietly(process: GatewayProcess) -> None:
+    with contextlib.suppress(ConfigError):
+        await process.reload()

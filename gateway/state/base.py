@@ -1,0 +1,187 @@
+"""The one state-store interface every feature is written against (SPEC §14).
+
+Keys, hash fields, set members and channels are ``str``; values and records are ``bytes``
+(callers choose their own encoding, usually orjson). Every backend failure - unreachable,
+timed out, disk error, closed store - raises ``StoreUnavailable`` and nothing else, so each
+caller decides its own failure mode (fail closed, serve a snapshot, spool to disk).
+
+Namespaces: plain values, hashes and sets share one key namespace (``keys``/``delete_prefix``
+see all three); append-only logs live in their own namespace and are reached only through
+the ``log_*`` methods. Using one key as two types is a caller bug; backends may differ there.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator
+from types import TracebackType
+from typing import Self
+
+from gateway.errors import StoreUnavailable
+
+
+class Subscription(abc.ABC):
+    """Messages published on some channels, as ``(channel, message)`` pairs, until closed.
+
+    Iteration raises ``StoreUnavailable`` when the subscription is broken (for Redis: the
+    connection was lost); messages published meanwhile are lost, so the caller resubscribes
+    and then reloads whatever the channel announces (``SyncedSnapshot`` does exactly that).
+    Iteration stops (``StopAsyncIteration``) after ``close()``.
+    """
+
+    def __aiter__(self) -> Self:
+        return self
+
+    @abc.abstractmethod
+    async def __anext__(self) -> tuple[str, bytes]: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Unsubscribe and release the connection; idempotent."""
+
+
+class StateStore(abc.ABC):
+    """Durable key/value, hash, set, append-only log and pub/sub state."""
+
+    kind: str
+    """``"local"`` or ``"redis"``."""
+    shared: bool
+    """True when every instance and worker sees the same state (Redis); False for local."""
+
+    # -- lifecycle -------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Prepare the backend. Redis does not contact the server here (start-up without the
+        store must work); use ``ping()`` to check reachability."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release everything, ending open subscriptions; idempotent."""
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """Return when the backend answers; raise ``StoreUnavailable`` otherwise."""
+
+    @abc.abstractmethod
+    def describe(self) -> str:
+        """The store URL with any password masked, for logs and the admin config view."""
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        # SECURITY: describe() masks the password, so a logged store never leaks it.
+        return f"<{type(self).__name__} {self.describe()}>"
+
+    # -- plain values ----------------------------------------------------------------------
+    @abc.abstractmethod
+    async def get(self, key: str) -> bytes | None:
+        """The value, or None when absent or expired."""
+
+    @abc.abstractmethod
+    async def set(
+        self, key: str, value: bytes, *, ttl: float | None = None, only_if_absent: bool = False
+    ) -> bool:
+        """Store ``value`` (expiring after ``ttl`` seconds if given; a set without ttl clears
+        an earlier one). With ``only_if_absent`` nothing changes if the key exists. Returns
+        whether the value was written."""
+
+    @abc.abstractmethod
+    async def delete(self, *keys: str) -> int:
+        """Remove keys of any type; returns how many existed."""
+
+    @abc.abstractmethod
+    async def incr(self, key: str, amount: int = 1, *, ttl: float | None = None) -> int:
+        """Atomically add ``amount`` and return the new value. ``ttl`` applies only when this
+        call creates the key (a fixed window, as lockouts need). ``ValueError`` if the stored
+        value is not an integer."""
+
+    # -- hashes ----------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def hset(self, key: str, field: str, value: bytes) -> None: ...
+
+    @abc.abstractmethod
+    async def hget(self, key: str, field: str) -> bytes | None: ...
+
+    @abc.abstractmethod
+    async def hgetall(self, key: str) -> dict[str, bytes]: ...
+
+    @abc.abstractmethod
+    async def hdel(self, key: str, *fields: str) -> int:
+        """Remove fields; returns how many existed."""
+
+    # -- sets ------------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def sadd(self, key: str, *members: str) -> int:
+        """Add members; returns how many were new."""
+
+    @abc.abstractmethod
+    async def srem(self, key: str, *members: str) -> int:
+        """Remove members; returns how many were present."""
+
+    @abc.abstractmethod
+    async def smembers(self, key: str) -> set[str]: ...
+
+    # -- append-only logs (per-tenant audit trails) ----------------------------------------
+    @abc.abstractmethod
+    async def log_append(self, stream: str, record: bytes) -> int:
+        """Append ``record`` and return its seq: 1, 2, 3... per stream, gapless and atomic
+        even under concurrent appenders on many instances."""
+
+    @abc.abstractmethod
+    def log_read(
+        self, stream: str, *, start_seq: int = 1, end_seq: int | None = None
+    ) -> AsyncIterator[tuple[int, bytes]]:
+        """``(seq, record)`` in seq order, start and end inclusive, fetched in batches so a
+        million records stream in constant memory."""
+
+    @abc.abstractmethod
+    async def log_length(self, stream: str) -> int:
+        """The highest seq ever appended (0 for a new stream); trimming does not lower it."""
+
+    @abc.abstractmethod
+    async def log_trim(self, stream: str, upto_seq: int) -> int:
+        """Remove records with seq <= ``upto_seq``; returns how many. Numbering continues."""
+
+    @abc.abstractmethod
+    async def log_streams(self, prefix: str) -> list[str]:
+        """Names of streams starting with ``prefix``, sorted."""
+
+    # -- key listing -----------------------------------------------------------------------
+    @abc.abstractmethod
+    async def keys(self, prefix: str) -> list[str]:
+        """Keys (values, hashes, sets) starting with ``prefix``, sorted. Never blocks Redis."""
+
+    @abc.abstractmethod
+    async def delete_prefix(self, prefix: str) -> int:
+        """Delete every key starting with ``prefix`` (logs excluded); returns how many."""
+
+    # -- pub/sub ---------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def publish(self, channel: str, message: bytes) -> None:
+        """Fire-and-forget: subscribers connected right now receive it, nobody else."""
+
+    @abc.abstractmethod
+    async def subscribe(self, *channels: str) -> Subscription:
+        """Subscribe; messages published after this returns are delivered."""
+
+
+def ttl_ms(ttl: float | None) -> int | None:
+    """A ttl in whole milliseconds (at least 1), rejecting zero and negative ttls."""
+    if ttl is None:
+        return None
+    if ttl <= 0:
+        raise ValueError("ttl must be positive")
+    return max(1, round(ttl * 1000))
+
+
+__all__ = ["StateStore", "StoreUnavailable", "Subscription", "ttl_ms"]

@@ -1,0 +1,136 @@
+"""``SyncedSnapshot``: an in-memory copy of some stored state, kept fresh by pub/sub plus a
+periodic resync, so the hot path reads a local attribute instead of making a store round trip
+(ARCHITECTURE property 4). Kill switches, revocation epochs and signing keys use it.
+
+Protocol: a writer changes the store, then publishes anything on the channel. The snapshot
+reloads on every message (bursts coalesce into one reload), every ``resync`` seconds (covers
+lost messages and hung stores), and after every (re)subscribe (covers messages published
+while the subscription was down). When the store is down it keeps the last value and reports
+``healthy = False``; it retries every ``retry`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+from gateway.errors import StoreUnavailable
+from gateway.state.base import StateStore, Subscription
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+
+class SyncedSnapshot(Generic[T]):
+    """The latest value of ``load()``; read ``.value`` freely, it never touches the store."""
+
+    def __init__(
+        self,
+        store: StateStore,
+        channel: str,
+        load: Callable[[], Awaitable[T]],
+        *,
+        resync: float = 30.0,
+        retry: float = 1.0,
+        initial: T | None = None,
+    ) -> None:
+        if resync <= 0 or retry <= 0:
+            raise ValueError("resync and retry must be positive")
+        self.value: T | None = initial
+        self.loaded_at: float | None = None  # time.time() of the last successful load
+        self.healthy = False  # last load succeeded and the subscription is live
+        self._store, self._channel, self._load = store, channel, load
+        self._resync, self._retry = resync, retry
+        self._loaded = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded.is_set()
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"snapshot:{self._channel}")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.healthy = False
+
+    async def wait_loaded(self, timeout: float | None = None) -> None:
+        """Return once a first value is held; ``TimeoutError`` after ``timeout`` seconds."""
+        async with asyncio.timeout(timeout):
+            await self._loaded.wait()
+
+    async def reload(self) -> bool:
+        """Load now; True on success. Failures keep the last value and mark it unhealthy."""
+        try:
+            value = await self._load()
+        except StoreUnavailable as exc:
+            # Warn on the transition only: an outage retried every second must not flood logs.
+            level = logging.WARNING if self.healthy else logging.DEBUG
+            log.log(
+                level, "snapshot %s: store unavailable, keeping last value: %s", self._channel, exc
+            )
+            self.healthy = False
+            return False
+        except Exception:
+            # A bug in load() must not kill the refresher: keep serving the last value.
+            log.exception("snapshot %s: load failed, keeping last value", self._channel)
+            self.healthy = False
+            return False
+        self.value, self.loaded_at, self.healthy = value, time.time(), True
+        self._loaded.set()
+        return True
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                sub = await self._store.subscribe(self._channel)
+            except StoreUnavailable:
+                self.healthy = False
+                # Still try to load: a first value is worth having even without propagation.
+                if await self.reload():
+                    self.healthy = False
+                await asyncio.sleep(self._retry)
+                continue
+            try:
+                await self._follow(sub)
+            finally:
+                await sub.close()
+            self.healthy = False
+            await asyncio.sleep(self._retry)
+
+    async def _follow(self, sub: Subscription) -> None:
+        """Reload on messages and timers until the subscription breaks."""
+        wake = asyncio.Event()
+        broken = False
+
+        async def listen() -> None:
+            nonlocal broken
+            with contextlib.suppress(StoreUnavailable):
+                async for _channel, _message in sub:
+                    wake.set()
+            broken = True
+            wake.set()
+
+        # A separate listener task, so timers never cancel a pub/sub read halfway through.
+        listener = asyncio.create_task(listen(), name=f"snapshot-listen:{self._channel}")
+        try:
+            while not broken:
+                wake.clear()  # cleared before loading: a change during the load reloads again
+                ok = await self.reload()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._resync if ok else self._retry):
+                        await wake.wait()
+        finally:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener

@@ -1,0 +1,39 @@
+"""Shared pytest fixtures: real redis-server processes on loopback.
+
+One session-wide server serves every test that only needs "a Redis" (flushed before each
+test, so tests stay independent and the suite pays one start-up); tests that stop, restart or
+SIGSTOP Redis get their own ``redis_server`` so they cannot disturb the others.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.redis_server import RedisServer
+
+
+@pytest.fixture(scope="session")
+def shared_redis_server() -> Iterator[RedisServer]:
+    server = RedisServer().start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def redis_url(shared_redis_server: RedisServer) -> str:
+    """URL of the shared server, emptied for this test."""
+    if shared_redis_server.paused or shared_redis_server.proc is None:
+        pytest.fail("the shared redis-server was disturbed; use the redis_server fixture")
+    shared_redis_server.flushall()
+    return shared_redis_server.url
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A private server this test may stop, restart or pause (append-only, so restarts keep
+    data)."""
+    server = RedisServer(appendonly=True).start()
+    yield server
+    server.cleanup()

@@ -1,0 +1,137 @@
+"""The real CLI in a subprocess: ``python -m gateway run -c FILE`` on free loopback ports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ADMIN_TOKEN = "test-admin-token"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def insecure_client_context() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+class GatewayProc:
+    """A gateway process with its config, stdout log file and ports."""
+
+    def __init__(self, tmp: Path, config: dict[str, Any], *, env: dict[str, str] | None = None) -> None:
+        import hashlib
+
+        self.tmp = tmp
+        self.port = config.setdefault("listen", {}).setdefault("port", free_port())
+        config["listen"].setdefault("host", "127.0.0.1")
+        config["listen"].setdefault("tls", "off")
+        admin = config.setdefault("admin", {})
+        self.admin_port = free_port()
+        admin.setdefault("listen", f"127.0.0.1:{self.admin_port}")
+        self.admin_port = int(admin["listen"].rpartition(":")[2])
+        admin.setdefault(
+            "tokens", [{"name": "tests", "sha256": hashlib.sha256(ADMIN_TOKEN.encode()).hexdigest()}]
+        )
+        config.setdefault("state", {"url": f"local:{tmp / 'state'}"})
+        config.setdefault("logging", {"level": "info"})
+        self.config = config
+        self.config_path = tmp / "gateway.yaml"
+        self.write_config(config)
+        self.log_path = tmp / "gateway.log"
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def scheme(self) -> str:
+        return "http" if self.config["listen"]["tls"] == "off" else "https"
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        self.config_path.write_text(yaml.safe_dump(config))
+
+    def start(self, *, wait: bool = True, timeout: float = 20.0) -> GatewayProc:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "run", "-c", str(self.config_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            start_new_session=True,
+        )
+        log.close()
+        if wait:
+            self.wait_healthy(timeout)
+        return self
+
+    def wait_healthy(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        context = insecure_client_context() if self.scheme == "https" else None
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"gateway exited with {self.proc.returncode}:\n{self.logs()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/_gateway/health", timeout=1, context=context):  # noqa: S310
+                    return
+            except (OSError, urllib.error.URLError):
+                time.sleep(0.1)
+        raise AssertionError(f"gateway not healthy within {timeout}s:\n{self.logs()}")
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signum)
+
+    def rss_kib(self) -> int:
+        """Resident memory of the gateway and its worker processes."""
+        assert self.proc is not None
+        pids = [self.proc.pid, *_children(self.proc.pid)]
+        total = 0
+        for pid in pids:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        return total
+
+    def stop(self, timeout: float = 15.0) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            return self.proc.wait(5)
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]

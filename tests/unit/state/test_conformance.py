@@ -1,0 +1,208 @@
+"""One conformance suite, run against every backend: local (sqlite in tmp_path) and Redis (a
+real redis-server). A feature written against StateStore must behave the same on both."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from gateway.state import StateStore, open_store
+
+
+@pytest.fixture(params=["local", "redis"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StateStore]:
+    local = f"local:{tmp_path / 'state'}"
+    url = local if request.param == "local" else request.getfixturevalue("redis_url")
+    async with open_store(url) as opened:
+        yield opened
+
+
+async def test_get_set_delete(store: StateStore) -> None:
+    assert await store.get("a") is None
+    assert await store.set("a", b"\x00bin\xff") is True
+    assert await store.get("a") == b"\x00bin\xff"
+    assert await store.set("a", b"two") is True
+    assert await store.get("a") == b"two"
+    assert await store.delete("a", "missing") == 1
+    assert await store.get("a") is None
+    assert await store.delete() == 0
+
+
+async def test_only_if_absent(store: StateStore) -> None:
+    assert await store.set("k", b"first", only_if_absent=True) is True
+    assert await store.set("k", b"second", only_if_absent=True) is False
+    assert await store.get("k") == b"first"
+
+
+async def test_ttl_expires_and_absent_after_expiry(store: StateStore) -> None:
+    await store.set("short", b"v", ttl=0.15)
+    await store.set("long", b"v", ttl=60)
+    assert await store.get("short") == b"v"
+    await asyncio.sleep(0.3)
+    assert await store.get("short") is None
+    assert await store.get("long") == b"v"
+    assert await store.keys("short") == []
+    # an expired key is absent for only_if_absent too
+    assert await store.set("short", b"again", only_if_absent=True) is True
+
+
+async def test_set_without_ttl_clears_ttl(store: StateStore) -> None:
+    await store.set("k", b"v", ttl=0.15)
+    await store.set("k", b"w")
+    await asyncio.sleep(0.3)
+    assert await store.get("k") == b"w"
+
+
+async def test_invalid_ttl_rejected(store: StateStore) -> None:
+    with pytest.raises(ValueError):
+        await store.set("k", b"v", ttl=0)
+    with pytest.raises(ValueError):
+        await store.incr("k", ttl=-1)
+
+
+async def test_incr_is_atomic_and_ttl_set_on_create_only(store: StateStore) -> None:
+    assert await store.incr("n") == 1
+    assert await store.incr("n", 5) == 6
+    assert await store.incr("n", -2) == 4
+    assert await store.get("n") == b"4"
+    results = await asyncio.gather(*(store.incr("c") for _ in range(200)))
+    assert sorted(results) == list(range(1, 201))
+
+    assert await store.incr("w", ttl=0.2) == 1
+    await asyncio.sleep(0.1)
+    assert await store.incr("w", ttl=0.2) == 2  # does not extend the window
+    await asyncio.sleep(0.2)
+    assert await store.get("w") is None
+    assert await store.incr("w", ttl=0.2) == 1
+
+
+async def test_incr_on_non_integer(store: StateStore) -> None:
+    await store.set("text", b"abc")
+    with pytest.raises(ValueError):
+        await store.incr("text")
+    assert await store.get("text") == b"abc"
+
+
+async def test_hashes(store: StateStore) -> None:
+    assert await store.hgetall("h") == {}
+    await store.hset("h", "f1", b"one")
+    await store.hset("h", "f2", b"two")
+    await store.hset("h", "f1", b"uno")
+    assert await store.hget("h", "f1") == b"uno"
+    assert await store.hget("h", "nope") is None
+    assert await store.hgetall("h") == {"f1": b"uno", "f2": b"two"}
+    assert await store.hdel("h", "f1", "nope") == 1
+    assert await store.hgetall("h") == {"f2": b"two"}
+    assert await store.delete("h") == 1
+    assert await store.hgetall("h") == {}
+
+
+async def test_sets(store: StateStore) -> None:
+    assert await store.smembers("s") == set()
+    assert await store.sadd("s", "a", "b", "a") == 2
+    assert await store.sadd("s", "b", "c") == 1
+    assert await store.smembers("s") == {"a", "b", "c"}
+    assert await store.srem("s", "a", "zz") == 1
+    assert await store.smembers("s") == {"b", "c"}
+    assert await store.delete("s") == 1
+
+
+async def test_keys_and_delete_prefix_cover_all_types(store: StateStore) -> None:
+    await store.set("tenant:acme:mfa:u1", b"x")
+    await store.hset("tenant:acme:grants", "g1", b"y")
+    await store.sadd("tenant:acme:codes", "c1")
+    await store.set("tenant:acme2:mfa", b"z")
+    await store.set("tenant:ACME:mfa", b"case")
+    await store.set("tenant:a*:literal", b"glob")
+    await store.log_append("tenant:acme:audit", b"rec")
+    assert await store.keys("tenant:acme:") == [
+        "tenant:acme:codes",
+        "tenant:acme:grants",
+        "tenant:acme:mfa:u1",
+    ]
+    assert await store.keys("tenant:a*") == ["tenant:a*:literal"]  # prefix, not a pattern
+    assert await store.delete_prefix("tenant:acme:") == 3
+    assert await store.keys("tenant:acme:") == []
+    assert await store.get("tenant:acme2:mfa") == b"z"
+    assert await store.get("tenant:ACME:mfa") == b"case"
+    assert await store.log_length("tenant:acme:audit") == 1  # logs are their own namespace
+    assert await store.delete_prefix("nothing:") == 0
+
+
+async def test_log_append_read_and_trim(store: StateStore) -> None:
+    assert await store.log_length("audit:t1") == 0
+    assert [r async for r in store.log_read("audit:t1")] == []
+    for i in range(1, 6):
+        assert await store.log_append("audit:t1", b"r%d" % i) == i
+    assert await store.log_append("audit:t2", b"other") == 1
+    assert [r async for r in store.log_read("audit:t1")] == [(i, b"r%d" % i) for i in range(1, 6)]
+    assert [s async for s, _ in store.log_read("audit:t1", start_seq=2, end_seq=4)] == [2, 3, 4]
+    assert await store.log_trim("audit:t1", 3) == 3
+    assert [s async for s, _ in store.log_read("audit:t1")] == [4, 5]
+    assert await store.log_length("audit:t1") == 5
+    assert await store.log_append("audit:t1", b"r6") == 6  # numbering continues after a trim
+    assert await store.log_trim("audit:t1", 100) == 3
+    assert await store.log_append("audit:t1", b"r7") == 7
+    assert await store.log_streams("audit:") == ["audit:t1", "audit:t2"]
+    assert await store.log_streams("audit:t2") == ["audit:t2"]
+
+
+async def test_log_append_gapless_under_concurrency(store: StateStore) -> None:
+    seqs = await asyncio.gather(*(store.log_append("s", b"%d" % i) for i in range(300)))
+    assert sorted(seqs) == list(range(1, 301))
+    records = [r async for r in store.log_read("s")]
+    assert [s for s, _ in records] == list(range(1, 301))
+    # each record sits at the seq its append returned
+    assert {int(rec): seq for seq, rec in records} == {i: seqs[i] for i in range(300)}
+
+
+async def test_log_read_streams_across_batches(store: StateStore) -> None:
+    for i in range(1, 1202):
+        await store.log_append("big", b"%d" % i)
+    count, expected = 0, 1
+    async for seq, record in store.log_read("big", start_seq=1):
+        assert (seq, record) == (expected, b"%d" % expected)
+        expected += 1
+        count += 1
+    assert count == 1201
+    tail = [s async for s, _ in store.log_read("big", start_seq=999, end_seq=1001)]
+    assert tail == [999, 1000, 1001]
+
+
+async def test_pubsub_delivers_to_subscribers_of_that_channel(store: StateStore) -> None:
+    sub = await store.subscribe("killswitch", "revocations")
+    other = await store.subscribe("keys")
+    await store.publish("killswitch", b"changed")
+    await store.publish("unrelated", b"nope")
+    await store.publish("revocations", b"epoch")
+    async with asyncio.timeout(3):
+        assert await anext(sub) == ("killswitch", b"changed")
+        assert await anext(sub) == ("revocations", b"epoch")
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.2):
+            await anext(other)
+    await sub.close()
+    await other.close()
+    with pytest.raises(StopAsyncIteration):
+        await anext(sub)
+
+
+async def test_close_ends_iteration_of_a_waiting_subscriber(store: StateStore) -> None:
+    sub = await store.subscribe("c")
+    waiter = asyncio.create_task(anext(sub))
+    await asyncio.sleep(0.05)
+    await sub.close()
+    with pytest.raises(StopAsyncIteration):
+        async with asyncio.timeout(3):
+            await waiter
+
+
+async def test_ping_describe_and_repr(store: StateStore) -> None:
+    await store.ping()
+    assert store.kind in ("local", "redis")
+    assert store.shared is (store.kind == "redis")
+    assert "s3cret" not in store.describe()
+    assert "s3cret" not in repr(store)
