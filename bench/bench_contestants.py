@@ -217,10 +217,13 @@ frontend fe_jwt
     bind {LOOPBACK}:{port}
     # per-user request rate, keyed by the verified token's sub claim
     stick-table type string len 64 size 100k expire 60s store http_req_rate(10s)
+    acl jwt_alg_es256 var(txn.jwt_alg) -m str ES256
+    acl jwt_signature_ok var(txn.bearer),jwt_verify(txn.jwt_alg,"{pem}") -m int 1
     http-request set-var(txn.bearer) http_auth_bearer
     http-request set-var(txn.jwt_alg) var(txn.bearer),jwt_header_query('$.alg')
-    http-request deny deny_status 401 unless {{ var(txn.jwt_alg) -m str ES256 }}
-    http-request deny deny_status 401 unless {{ var(txn.bearer),jwt_verify(txn.jwt_alg,"{pem}") -m int 1 }}
+    # the alg check first: never let the token pick HMAC against a public key
+    http-request deny deny_status 401 unless jwt_alg_es256
+    http-request deny deny_status 401 unless jwt_signature_ok
     http-request set-var(txn.sub) var(txn.bearer),jwt_payload_query('$.sub')
     http-request deny deny_status 401 unless {{ var(txn.sub) -m found }}
     http-request track-sc0 var(txn.sub)
@@ -231,7 +234,7 @@ frontend fe_jwt
 backend be_app
     http-reuse always
     server app {LOOPBACK}:{upstream_port}
-"""  # noqa: E501
+"""
 
 
 def start_haproxy_jwt(env: BenchEnv) -> Running:

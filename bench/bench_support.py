@@ -189,6 +189,25 @@ def _descends_from(pid: int, root: int, table: dict[int, tuple[int, int, int]]) 
     return False
 
 
+def core_ticks() -> dict[int, tuple[int, int]]:
+    """Per CPU: (busy, total) jiffies since boot, from /proc/stat (busy = not idle/iowait)."""
+    ticks: dict[int, tuple[int, int]] = {}
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *values = line.split()
+        if name.startswith("cpu") and name[3:].isdigit():
+            numbers = [int(v) for v in values]
+            total = sum(numbers[:8])  # guest time is already inside user
+            ticks[int(name[3:])] = (total - numbers[3] - numbers[4], total)
+    return ticks
+
+
+def core_busy_percent(before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]],
+                      cpu: int) -> float:
+    busy = after[cpu][0] - before[cpu][0]
+    total = after[cpu][1] - before[cpu][1]
+    return 100.0 * busy / total if total else 0.0
+
+
 # ---------------------------------------------------------------- wrk
 @dataclass(frozen=True)
 class WrkResult:
@@ -198,6 +217,7 @@ class WrkResult:
     p99_us: float
     errors: int  # socket errors + non-2xx/3xx
     cpu_seconds: float = 0.0
+    core_busy: tuple[float, ...] = ()  # whole-machine busy % per CPU during the run
 
     @property
     def req_per_s(self) -> float:

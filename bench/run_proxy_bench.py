@@ -38,6 +38,8 @@ from bench_support import (
     Launcher,
     StartFailed,
     WrkResult,
+    core_busy_percent,
+    core_ticks,
     ensure_debian_packages,
     run_wrk,
     tree_cpu_seconds,
@@ -133,9 +135,10 @@ def measure(args: argparse.Namespace, launcher: Launcher, env: BenchEnv,
             try:
                 if args.warmup:
                     run_wrk(port=target.port, duration=args.warmup, **wrk_args)
-                before = tree_cpu_seconds(target.pid)
+                cores_before, before = core_ticks(), tree_cpu_seconds(target.pid)
                 result = run_wrk(port=target.port, duration=args.duration, **wrk_args)
                 cpu = tree_cpu_seconds(target.pid) - before
+                cores_after = core_ticks()
             except BenchError as exc:
                 skipped[name] = f"failed in round {round_no + 1}: {exc}"
                 print(f"#   {name}: {skipped[name]}", flush=True)
@@ -143,7 +146,9 @@ def measure(args: argparse.Namespace, launcher: Launcher, env: BenchEnv,
             if not alive(target.pid):
                 skipped[name] = f"died during round {round_no + 1}"
                 continue
-            result = dataclasses.replace(result, cpu_seconds=cpu)
+            busy = tuple(core_busy_percent(cores_before, cores_after, c)
+                         for c in (PROXY_CPU, LOAD_CPU))
+            result = dataclasses.replace(result, cpu_seconds=cpu, core_busy=busy)
             runs[name].append(result)
             print(f"# round {round_no + 1}/{args.rounds} {name:12s} {result.req_per_s:9.0f} req/s"
                   f"  p50 {result.p50_us / 1000:6.2f} ms  p99 {result.p99_us / 1000:6.2f} ms"
@@ -203,6 +208,10 @@ def render_table(names: list[str], summaries: dict[str, Summary], skipped: dict[
         notes = [f"{pick} of {len(s.runs)}: " + " / ".join(f"{r.req_per_s:,.0f}" for r in s.runs)]
         if s.errors:
             notes.append(f"**{s.errors} errors/non-2xx**")
+        if name != "direct":
+            others = max(r.core_busy[0] - r.cpu_percent for r in s.runs if r.core_busy)
+            if others > 10:
+                notes.append(f"other work took up to {others:.0f}% of CPU {PROXY_CPU}")
         lines.append(
             f"| {name} | {s.req_per_s:,.0f} | {s.p50_us / 1000:.2f} | {s.p99_us / 1000:.2f} "
             f"| {s.cpu_us_per_req:.1f} | {s.cpu_percent:.0f} "
@@ -215,13 +224,15 @@ def render_table(names: list[str], summaries: dict[str, Summary], skipped: dict[
 
 
 def render_runs(runs: dict[str, list[WrkResult]]) -> str:
-    lines = ["| contestant | run | req/s | p50 ms | p99 ms | CPU µs/req | CPU % | errors |",
-             "|---|--:|--:|--:|--:|--:|--:|--:|"]
+    lines = ["| contestant | run | req/s | p50 ms | p99 ms | CPU µs/req | CPU % | errors "
+             f"| CPU {PROXY_CPU} busy % | CPU {LOAD_CPU} busy % |",
+             "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
     for name, results in runs.items():
         for i, r in enumerate(results, 1):
             lines.append(f"| {name} | {i} | {r.req_per_s:,.0f} | {r.p50_us / 1000:.2f} "
                          f"| {r.p99_us / 1000:.2f} | {r.cpu_us_per_req:.1f} "
-                         f"| {r.cpu_percent:.0f} | {r.errors} |")
+                         f"| {r.cpu_percent:.0f} | {r.errors} "
+                         f"| {' | '.join(f'{b:.0f}' for b in r.core_busy)} |")
     return "\n".join(lines)
 
 

@@ -46,10 +46,14 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    path, config = _load_or_exit(args.config)
+    if config.listen.workers > 1:  # type: ignore[attr-defined]
+        from gateway.workers import prepare_metrics_dir
+
+        prepare_metrics_dir()
     from gateway.logs import configure_logging
     from gateway.main import run_gateway
 
-    path, config = _load_or_exit(args.config)
     configure_logging(config.logging.level)  # type: ignore[attr-defined]
     return run_gateway(config, path)  # type: ignore[arg-type]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -20,8 +21,17 @@ import structlog
 log = structlog.get_logger("gateway.workers")
 
 
-def supervise(count: int, run_worker: Callable[[int], None], drain_timeout: float) -> int:
+def prepare_metrics_dir() -> None:
+    """Must run before ``gateway.metrics`` is first imported: prometheus-client picks its value
+    storage (in memory or shared files) at import time."""
+    if "prometheus_client" in sys.modules:
+        raise RuntimeError("prepare_metrics_dir() must run before prometheus_client is imported")
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="shopino-gateway-metrics-"))
+
+
+def supervise(count: int, run_worker: Callable[[int], None], drain_timeout: float) -> int:
+    from prometheus_client import multiprocess as prometheus_multiprocess
+
     context = multiprocessing.get_context("fork")
     workers: dict[int, BaseProcess] = {}
     stopping = False
@@ -51,6 +61,8 @@ def supervise(count: int, run_worker: Callable[[int], None], drain_timeout: floa
         for index, process in list(workers.items()):
             if not stopping and not process.is_alive():
                 log.warning("worker_died", index=index, exitcode=process.exitcode)
+                if process.pid is not None:
+                    prometheus_multiprocess.mark_process_dead(process.pid)
                 start(index)
     _forward(workers.values(), signal.SIGTERM)
     deadline = time.monotonic() + drain_timeout + 5

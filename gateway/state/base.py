@@ -13,6 +13,7 @@ the ``log_*`` methods. Using one key as two types is a caller bug; backends may 
 from __future__ import annotations
 
 import abc
+import builtins
 from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Self
@@ -129,7 +130,7 @@ class StateStore(abc.ABC):
         """Remove members; returns how many were present."""
 
     @abc.abstractmethod
-    async def smembers(self, key: str) -> set[str]: ...
+    async def smembers(self, key: str) -> builtins.set[str]: ...
 
     # -- append-only logs (per-tenant audit trails) ----------------------------------------
     @abc.abstractmethod

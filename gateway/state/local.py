@@ -12,12 +12,14 @@ The sqlite calls are synchronous on purpose: they are indexed point reads and sm
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import os
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 from gateway.errors import StoreUnavailable
 from gateway.state.base import StateStore, Subscription, ttl_ms
@@ -98,7 +100,7 @@ class LocalStore(StateStore):
             raise StoreUnavailable("local state store is not open")
         return self._db
 
-    def _run(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple]:
+    def _run(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
         try:
             return self._conn().execute(sql, params).fetchall()
         except sqlite3.Error as exc:
@@ -218,7 +220,7 @@ class LocalStore(StateStore):
                 for m in set(members)
             )
 
-    async def smembers(self, key: str) -> set[str]:
+    async def smembers(self, key: str) -> builtins.set[str]:
         return {m for (m,) in self._run("SELECT member FROM sets WHERE key = ?", (key,))}
 
     # -- append-only logs ------------------------------------------------------------------

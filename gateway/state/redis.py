@@ -13,8 +13,9 @@ call, so the same store object recovers after a Redis restart.
 
 from __future__ import annotations
 
+import builtins
 import functools
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from redis.asyncio import BlockingConnectionPool, Redis, SSLConnection
@@ -47,8 +48,8 @@ class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
 
 
 def _guarded(
-    method: Callable[Concatenate[RedisStore, P], Awaitable[R]],
-) -> Callable[Concatenate[RedisStore, P], Awaitable[R]]:
+    method: Callable[Concatenate[RedisStore, P], Coroutine[Any, Any, R]],
+) -> Callable[Concatenate[RedisStore, P], Coroutine[Any, Any, R]]:
     """Turn every driver/socket error into StoreUnavailable, the one failure callers see."""
 
     @functools.wraps(method)
@@ -95,7 +96,7 @@ class RedisStore(StateStore):
         if t.scheme == "redis+sentinel":
             assert t.service is not None
             sentinel_kwargs = {k: v for k, v in t.options.items() if k.startswith("socket_")}
-            sentinel_kwargs["password"] = t.sentinel_password
+            sentinel_kwargs.update(password=t.sentinel_password, retry=Retry(NoBackoff(), 0))
             sentinel = Sentinel(list(t.hosts), sentinel_kwargs=sentinel_kwargs)
             self._sentinels = list(sentinel.sentinels)
             self._client = sentinel.master_for(
@@ -119,7 +120,8 @@ class RedisStore(StateStore):
         for client in clients:
             await client.aclose()
 
-    def _redis(self) -> Redis:
+    def _redis(self) -> Any:
+        # Any: redis-py's asyncio hints are shared with the sync client (``Awaitable[T] | T``).
         if self._client is None:
             raise StoreUnavailable("redis state store is not open")
         return self._client
@@ -134,7 +136,7 @@ class RedisStore(StateStore):
     # -- plain values ----------------------------------------------------------------------
     @_guarded
     async def get(self, key: str) -> bytes | None:
-        return await self._redis().get(self._k(key))  # type: ignore[no-any-return]
+        return await self._redis().get(self._k(key))
 
     @_guarded
     async def set(
@@ -163,39 +165,39 @@ class RedisStore(StateStore):
     # -- hashes ----------------------------------------------------------------------------
     @_guarded
     async def hset(self, key: str, field: str, value: bytes) -> None:
-        await self._redis().hset(self._k(key), field, value)  # type: ignore[misc]
+        await self._redis().hset(self._k(key), field, value)
 
     @_guarded
     async def hget(self, key: str, field: str) -> bytes | None:
-        return await self._redis().hget(self._k(key), field)  # type: ignore[no-any-return, misc]
+        return await self._redis().hget(self._k(key), field)
 
     @_guarded
     async def hgetall(self, key: str) -> dict[str, bytes]:
-        raw = await self._redis().hgetall(self._k(key))  # type: ignore[misc]
+        raw = await self._redis().hgetall(self._k(key))
         return {f.decode(): v for f, v in raw.items()}
 
     @_guarded
     async def hdel(self, key: str, *fields: str) -> int:
         if not fields:
             return 0
-        return int(await self._redis().hdel(self._k(key), *fields))  # type: ignore[misc]
+        return int(await self._redis().hdel(self._k(key), *fields))
 
     # -- sets ------------------------------------------------------------------------------
     @_guarded
     async def sadd(self, key: str, *members: str) -> int:
         if not members:
             return 0
-        return int(await self._redis().sadd(self._k(key), *members))  # type: ignore[misc]
+        return int(await self._redis().sadd(self._k(key), *members))
 
     @_guarded
     async def srem(self, key: str, *members: str) -> int:
         if not members:
             return 0
-        return int(await self._redis().srem(self._k(key), *members))  # type: ignore[misc]
+        return int(await self._redis().srem(self._k(key), *members))
 
     @_guarded
-    async def smembers(self, key: str) -> set[str]:
-        raw = await self._redis().smembers(self._k(key))  # type: ignore[misc]
+    async def smembers(self, key: str) -> builtins.set[str]:
+        raw = await self._redis().smembers(self._k(key))
         return {m.decode() for m in raw}
 
     # -- append-only logs ------------------------------------------------------------------
@@ -221,8 +223,8 @@ class RedisStore(StateStore):
             start = int(batch[-1][0].split(b"-", 1)[0]) + 1
 
     @_guarded
-    async def _xrange(self, name: str, low: str, high: str) -> list[tuple[bytes, dict]]:
-        return await self._redis().xrange(name, low, high, count=_LOG_BATCH)  # type: ignore[no-any-return]
+    async def _xrange(self, name: str, low: str, high: str) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        return await self._redis().xrange(name, low, high, count=_LOG_BATCH)
 
     @_guarded
     async def log_length(self, stream: str) -> int:
@@ -244,7 +246,7 @@ class RedisStore(StateStore):
     async def _scan(self, namespace: str, prefix: str) -> list[str]:
         # SCAN, never KEYS: KEYS blocks Redis for every other instance while it walks.
         pattern = (namespace + prefix).translate(_GLOB_SPECIAL) + "*"
-        found = set()  # SCAN may return a key more than once
+        found: builtins.set[str] = set()  # SCAN may return a key more than once
         async for raw in self._redis().scan_iter(match=pattern, count=_SCAN_COUNT):
             found.add(raw.decode()[len(namespace) :])
         return sorted(found)

@@ -76,9 +76,7 @@ class SyncedSnapshot(Generic[T]):
         except StoreUnavailable as exc:
             # Warn on the transition only: an outage retried every second must not flood logs.
             level = logging.WARNING if self.healthy else logging.DEBUG
-            log.log(
-                level, "snapshot %s: store unavailable, keeping last value: %s", self._channel, exc
-            )
+            log.log(level, "snapshot %s: store unavailable, keeping last value: %s", self._channel, exc)
             self.healthy = False
             return False
         except Exception:

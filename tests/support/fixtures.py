@@ -7,11 +7,15 @@ SIGSTOP Redis get their own ``redis_server`` so they cannot disturb the others.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tests.support.gateway_proc import GatewayProc
 from tests.support.redis_server import RedisServer
+from tests.support.upstream import Upstream
 
 
 @pytest.fixture(scope="session")
@@ -37,3 +41,27 @@ def redis_server() -> Iterator[RedisServer]:
     server = RedisServer(appendonly=True).start()
     yield server
     server.cleanup()
+
+
+@pytest.fixture
+def upstream() -> Iterator[Upstream]:
+    server = Upstream("primary").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def gateway_factory(tmp_path: Path) -> Iterator[Callable[..., GatewayProc]]:
+    """Start gateway processes from config dicts; every one is stopped at the end."""
+    started: list[GatewayProc] = []
+
+    def factory(config: dict[str, Any], *, start: bool = True, env: dict[str, str] | None = None) -> GatewayProc:
+        directory = tmp_path / f"gw{len(started)}"
+        directory.mkdir()
+        proc = GatewayProc(directory, config, env=env)
+        started.append(proc)
+        return proc.start() if start else proc
+
+    yield factory
+    for proc in started:
+        proc.stop()

@@ -69,9 +69,7 @@ class RedisServer:
 
     def _client(self) -> redis.Redis:
         tls = {"ssl": True, "ssl_ca_certs": str(self.cert)} if self.tls else {}
-        return redis.Redis(
-            host="127.0.0.1", port=self.port, password=self.password, socket_timeout=2, **tls
-        )
+        return redis.Redis(host="127.0.0.1", port=self.port, password=self.password, socket_timeout=2, **tls)
 
     def _args(self) -> list[str]:
         common = ["--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir)]
@@ -96,9 +94,7 @@ class RedisServer:
     def start(self, timeout: float = 10.0) -> RedisServer:
         """Start (or restart on the same port) and wait until it answers PING."""
         assert self.proc is None, "already running"
-        self.proc = subprocess.Popen(
-            self._args(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
+        self.proc = subprocess.Popen(self._args(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = self._client()
         deadline = time.monotonic() + timeout
         try:

@@ -1,0 +1,155 @@
+"""SyncedSnapshot: picks up published changes, resyncs on a timer, keeps serving the last
+value while the store is down, and recovers when it returns."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from gateway.state import StateStore, StoreUnavailable, SyncedSnapshot, open_store
+from tests.support.redis_server import RedisServer
+
+
+@pytest.fixture(params=["local", "redis"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StateStore]:
+    local = f"local:{tmp_path / 'state'}"
+    url = local if request.param == "local" else request.getfixturevalue("redis_url")
+    async with open_store(url) as opened:
+        yield opened
+
+
+def loader(store: StateStore, calls: list[int] | None = None) -> Callable[[], Awaitable[bytes]]:
+    async def load() -> bytes:
+        if calls is not None:
+            calls.append(1)
+        return await store.get("switches") or b"none"
+
+    return load
+
+
+async def eventually(check: Callable[[], bool], timeout: float = 3.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not check():
+            await asyncio.sleep(0.01)
+
+
+async def test_publish_triggers_reload(store: StateStore) -> None:
+    await store.set("switches", b"v1")
+    calls: list[int] = []
+    snap = SyncedSnapshot(store, "switches", loader(store, calls), resync=60)
+    await snap.start()
+    try:
+        await snap.wait_loaded(timeout=3)
+        assert (snap.value, snap.healthy) == (b"v1", True)
+        assert snap.loaded_at is not None
+        await store.set("switches", b"v2")
+        await store.publish("switches", b"")
+        await eventually(lambda: snap.value == b"v2")
+        before = len(calls)
+        # a burst arriving while a reload runs coalesces into one more reload, not fifty
+        await asyncio.gather(*(store.publish("switches", b"") for _ in range(50)))
+        await asyncio.sleep(0.2)
+        assert len(calls) - before < 25
+    finally:
+        await snap.stop()
+    assert snap.healthy is False
+
+
+async def test_periodic_resync_without_a_message(store: StateStore) -> None:
+    snap = SyncedSnapshot(store, "switches", loader(store), resync=0.1)
+    await snap.start()
+    try:
+        await snap.wait_loaded(timeout=3)
+        assert snap.value == b"none"
+        await store.set("switches", b"silent-change")  # no publish: a lost message
+        await eventually(lambda: snap.value == b"silent-change")
+    finally:
+        await snap.stop()
+
+
+async def test_failing_loader_keeps_last_value(tmp_path: Path) -> None:
+    async with open_store(f"local:{tmp_path}") as store:
+        fail = False
+
+        async def load() -> str:
+            if fail:
+                raise RuntimeError("bug in load")
+            return "good"
+
+        snap = SyncedSnapshot(store, "c", load, resync=60, retry=0.05)
+        await snap.start()
+        await snap.wait_loaded(timeout=3)
+        fail = True
+        await store.publish("c", b"")
+        await eventually(lambda: not snap.healthy)
+        assert snap.value == "good"
+        fail = False
+        await eventually(lambda: snap.healthy)  # retried without waiting for a message
+        await snap.stop()
+
+
+async def test_redis_outage_keeps_last_value_and_recovers(redis_server: RedisServer) -> None:
+    async with open_store(redis_server.url + "?socket_timeout=0.3") as store:
+        await store.set("switches", b"engaged")
+        snap = SyncedSnapshot(store, "switches", loader(store), resync=0.2, retry=0.05)
+        await snap.start()
+        try:
+            await snap.wait_loaded(timeout=3)
+            redis_server.stop()
+            await eventually(lambda: not snap.healthy)
+            assert snap.value == b"engaged"  # served from memory while Redis is down
+            redis_server.start()
+            await eventually(lambda: snap.healthy, timeout=5)
+            await store.set("switches", b"released")
+            await store.publish("switches", b"")
+            await eventually(lambda: snap.value == b"released")
+        finally:
+            await snap.stop()
+
+
+async def test_hung_redis_marks_unhealthy_via_resync(redis_server: RedisServer) -> None:
+    async with open_store(redis_server.url + "?socket_timeout=0.3") as store:
+        await store.set("switches", b"on")
+        snap = SyncedSnapshot(store, "switches", loader(store), resync=0.1, retry=0.05)
+        await snap.start()
+        try:
+            await snap.wait_loaded(timeout=3)
+            redis_server.pause()
+            await eventually(lambda: not snap.healthy)
+            assert snap.value == b"on"
+            redis_server.resume()
+            await eventually(lambda: snap.healthy, timeout=5)
+        finally:
+            await snap.stop()
+
+
+async def test_start_without_store_loads_once_it_appears(redis_server: RedisServer) -> None:
+    redis_server.stop()
+    async with open_store(redis_server.url + "?socket_timeout=0.3") as store:
+        snap = SyncedSnapshot(store, "switches", loader(store), retry=0.05)
+        await snap.start()
+        try:
+            with pytest.raises(TimeoutError):
+                await snap.wait_loaded(timeout=0.3)
+            assert snap.value is None and not snap.loaded
+            redis_server.start()
+            await snap.wait_loaded(timeout=5)
+            assert snap.value == b"none" and snap.healthy
+        finally:
+            await snap.stop()
+
+
+async def test_store_unavailable_from_loader_is_not_fatal(tmp_path: Path) -> None:
+    async with open_store(f"local:{tmp_path}") as store:
+
+        async def load() -> int:
+            raise StoreUnavailable("down")
+
+        snap = SyncedSnapshot(store, "c", load, retry=0.05, initial=7)
+        await snap.start()
+        await asyncio.sleep(0.2)
+        assert (snap.value, snap.healthy, snap.loaded) == (7, False, False)
+        await snap.stop()
