@@ -46,7 +46,9 @@ class GatewayMetrics:
         self.reloads = Counter("shopino_gateway_config_reloads", "Config reloads, by result", ("result",))
         self.store_errors = Counter("shopino_gateway_state_store_errors", "State store failures")
         self.store_healthy = Gauge(
-            "shopino_gateway_state_store_healthy", "1 while the state store answers", multiprocess_mode="livemin"
+            "shopino_gateway_state_store_healthy",
+            "1 while the state store answers",
+            multiprocess_mode="livemin",
         )
 
     def observe_request(self, ctx: RequestContext) -> None:

@@ -36,19 +36,26 @@ async def wait_until(predicate, timeout: float = 10.0) -> None:
     raise AssertionError("condition not met in time")
 
 
-async def test_sighup_reload_keeps_in_flight_request_and_applies_new_routes(gateway_factory, upstream) -> None:
+async def test_sighup_reload_keeps_in_flight_request_and_applies_new_routes(
+    gateway_factory, upstream
+) -> None:
     gw: GatewayProc = gateway_factory(routes_config(upstream))
     async with aiohttp.ClientSession() as http:
         slow = asyncio.create_task(http.get(f"{gw.url}/slow?seconds=2"))
         await asyncio.sleep(0.5)
         new = routes_config(upstream, prefix="/v2")
-        new["admin"], new["state"], new["listen"] = gw.config["admin"], gw.config["state"], gw.config["listen"]
+        new["admin"], new["state"], new["listen"] = (
+            gw.config["admin"],
+            gw.config["state"],
+            gw.config["listen"],
+        )
         gw.write_config(new)
         gw.signal(signal.SIGHUP)
 
         async def moved() -> bool:
             async with http.get(f"{gw.url}/echo") as r:
                 return r.status == 404
+
         await wait_until(moved)
         response = await slow
         assert response.status == 200
@@ -102,12 +109,14 @@ async def test_admin_api_requires_a_valid_token_and_masks_secrets(gateway_factor
     gw.start(wait=False)
     await asyncio.sleep(0)
     async with aiohttp.ClientSession() as http:
+
         async def up() -> bool:
             try:
                 async with http.get(f"{gw.admin_url}/admin/config") as r:
                     return r.status == 401
             except aiohttp.ClientConnectionError:
                 return False
+
         await wait_until(up)
         async with http.get(f"{gw.admin_url}/admin/config", headers={"Authorization": "Bearer wrong"}) as r:
             assert r.status == 401
@@ -148,7 +157,8 @@ async def test_two_workers_share_port_reload_everywhere_and_sum_metrics(
         async with http.get(f"{gw.admin_url}/metrics", headers=AUTH) as r:
             metrics = await r.text()
         total = sum(
-            float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+            float(line.rsplit(" ", 1)[1])
+            for line in metrics.splitlines()
             if line.startswith('shopino_gateway_requests_total{route="open",status="200"}')
         )
         assert total == 10
@@ -165,6 +175,7 @@ async def test_two_workers_share_port_reload_everywhere_and_sum_metrics(
                     if r.status != 200:
                         return False
             return True
+
         await wait_until(everywhere)
     pids = gw.proc.pid if gw.proc else 0
     assert pids and os.path.exists(f"/proc/{pids}")
@@ -177,9 +188,11 @@ async def test_store_outage_degrades_ready_without_dropping_traffic(
     config["state"] = {"url": redis_server.url}
     gw: GatewayProc = gateway_factory(config)
     async with aiohttp.ClientSession() as http:
+
         async def state() -> str:
             async with http.get(f"{gw.url}/_gateway/ready") as r:
                 return (await r.json()).get("state", "")
+
         await wait_until(lambda: _eq(state(), "ready"))
         redis_server.stop()
         await wait_until(lambda: _eq(state(), "degraded"))
@@ -195,25 +208,48 @@ async def _eq(coro, expected: str) -> bool:
 
 def test_check_config_reports_every_error_and_masks_secrets(tmp_path) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump({
-        "listen": {"port": "http", "limits": {"header_timeout": "soon"}},
-        "routes": [{"name": "a", "prefix": "/a", "upstream": "nowhere", "colour": "red"}],
-        "surprise": True,
-    }))
-    result = subprocess.run([sys.executable, "-m", "gateway", "check-config", "-c", str(bad)],
-                            capture_output=True, text=True, timeout=30)
+    bad.write_text(
+        yaml.safe_dump(
+            {
+                "listen": {"port": "http", "limits": {"header_timeout": "soon"}},
+                "routes": [{"name": "a", "prefix": "/a", "upstream": "nowhere", "colour": "red"}],
+                "surprise": True,
+            }
+        )
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "check-config", "-c", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 1
-    for line in ("listen.port: expected an integer", "listen.limits.header_timeout: expected a duration",
-                 "routes[0].colour: unknown key", "routes[0].upstream: no upstream named 'nowhere'",
-                 "surprise: unknown key"):
+    for line in (
+        "listen.port: expected an integer",
+        "listen.limits.header_timeout: expected a duration",
+        "routes[0].colour: unknown key",
+        "routes[0].upstream: no upstream named 'nowhere'",
+        "surprise: unknown key",
+    ):
         assert line in result.stderr
     good = tmp_path / "good.yaml"
-    good.write_text(yaml.safe_dump({"state": {"url": "${SG_TEST_STATE}"},
-                                    "upstreams": {"a": {"urls": ["http://127.0.0.1:1"]}},
-                                    "routes": [{"name": "a", "prefix": "/", "upstream": "a"}]}))
+    good.write_text(
+        yaml.safe_dump(
+            {
+                "state": {"url": "${SG_TEST_STATE}"},
+                "upstreams": {"a": {"urls": ["http://127.0.0.1:1"]}},
+                "routes": [{"name": "a", "prefix": "/", "upstream": "a"}],
+            }
+        )
+    )
     env = {**os.environ, "SG_TEST_STATE": "redis://:s3cret-pw@127.0.0.1:6379/0"}
-    result = subprocess.run([sys.executable, "-m", "gateway", "check-config", "-c", str(good)],
-                            capture_output=True, text=True, timeout=30, env=env)
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "check-config", "-c", str(good)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+    )
     assert result.returncode == 0, result.stderr
     assert "s3cret-pw" not in result.stdout
     assert "url: '********'" in result.stdout
@@ -222,12 +258,22 @@ def test_check_config_reports_every_error_and_masks_secrets(tmp_path) -> None:
 def test_operator_verb_exit_codes(gateway_factory, upstream) -> None:
     gw: GatewayProc = gateway_factory(routes_config(upstream))
     base = [sys.executable, "-m", "gateway", "reload", "--admin-url", gw.admin_url]
-    ok = subprocess.run(base, capture_output=True, text=True, timeout=30,
-                        env={**os.environ, "SHOPINO_GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN})
+    ok = subprocess.run(
+        base,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "SHOPINO_GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN},
+    )
     assert ok.returncode == 0, ok.stderr
     assert "generation 2" in ok.stdout
-    denied = subprocess.run(base, capture_output=True, text=True, timeout=30,
-                            env={**os.environ, "SHOPINO_GATEWAY_ADMIN_TOKEN": "nope"})
+    denied = subprocess.run(
+        base,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "SHOPINO_GATEWAY_ADMIN_TOKEN": "nope"},
+    )
     assert denied.returncode == 2
     gone = subprocess.run([*base[:-1], "http://127.0.0.1:1"], capture_output=True, text=True, timeout=30)
     assert gone.returncode == 3

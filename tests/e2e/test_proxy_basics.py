@@ -17,7 +17,9 @@ def header(record: dict, name: str) -> list[str]:
     return [v for k, v in record["headers"] if k.lower() == name.lower()]
 
 
-async def test_upstream_receives_canonical_path_and_query(shared_gateway: GatewayProc, http: aiohttp.ClientSession) -> None:
+async def test_upstream_receives_canonical_path_and_query(
+    shared_gateway: GatewayProc, http: aiohttp.ClientSession
+) -> None:
     raw = URL(f"{shared_gateway.url}/a/./b//c/../d%41?x=1&y=%2F", encoded=True)  # sent as is
     async with http.get(raw) as response:
         assert response.status == 200
@@ -49,7 +51,11 @@ def raw_request(port: int, text: str, timeout: float = 5.0) -> tuple[int, str, b
             data += chunk
         head, _, body = data.partition(b"\r\n\r\n")
         length = next(
-            (int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")),
+            (
+                int(line.split(b":")[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            ),
             0,
         )
         while len(body) < length:
@@ -114,7 +120,9 @@ async def test_auth_routes_fail_closed(shared_gateway: GatewayProc, http: aiohtt
         assert body["type"] == "urn:shopino-gateway:missing-token"
         assert body["request_id"] == response.headers["X-Request-ID"]
     token = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0."
-    async with http.get(f"{shared_gateway.url}/api/ledger", headers={"Authorization": f"Bearer {token}"}) as response:
+    async with http.get(
+        f"{shared_gateway.url}/api/ledger", headers={"Authorization": f"Bearer {token}"}
+    ) as response:
         assert response.status == 401
         assert 'error="invalid_token"' in response.headers["WWW-Authenticate"]
         assert token not in await response.text()
@@ -174,9 +182,14 @@ def test_slowloris_connection_closed_after_header_timeout(shared_gateway: Gatewa
         assert sock.recv(1024) == b""
 
 
-async def test_cors_preflight_answered_before_auth(shared_gateway: GatewayProc, http: aiohttp.ClientSession) -> None:
-    headers = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST",
-               "Access-Control-Request-Headers": "authorization, content-type"}
+async def test_cors_preflight_answered_before_auth(
+    shared_gateway: GatewayProc, http: aiohttp.ClientSession
+) -> None:
+    headers = {
+        "Origin": "https://app.example",
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization, content-type",
+    }
     async with http.options(f"{shared_gateway.url}/web/items", headers=headers) as response:
         assert response.status == 204
         assert response.headers["Access-Control-Allow-Origin"] == "https://app.example"
@@ -184,13 +197,17 @@ async def test_cors_preflight_answered_before_auth(shared_gateway: GatewayProc, 
     evil = {**headers, "Origin": "https://evil.example"}
     async with http.options(f"{shared_gateway.url}/web/items", headers=evil) as response:
         assert "Access-Control-Allow-Origin" not in response.headers
-    async with http.get(f"{shared_gateway.url}/web/items", headers={"Origin": "https://app.example"}) as response:
+    async with http.get(
+        f"{shared_gateway.url}/web/items", headers={"Origin": "https://app.example"}
+    ) as response:
         assert response.headers["Access-Control-Allow-Origin"] == "https://app.example"
 
 
 async def test_expect_continue_refused_before_upload(shared_gateway: GatewayProc) -> None:
     with socket.create_connection(("127.0.0.1", shared_gateway.port), timeout=5) as sock:
-        sock.sendall(b"POST /api/x HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\nExpect: 100-continue\r\n\r\n")
+        sock.sendall(
+            b"POST /api/x HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\nExpect: 100-continue\r\n\r\n"
+        )
         data = sock.recv(4096)
     assert data.startswith(b"HTTP/1.1 401"), data[:40]
     assert b"100 Continue" not in data
@@ -206,7 +223,9 @@ async def test_expect_continue_sent_once_checks_pass(shared_gateway: GatewayProc
     assert b"200 OK" in first + rest
 
 
-async def test_websocket_echo_through_gateway(shared_gateway: GatewayProc, http: aiohttp.ClientSession) -> None:
+async def test_websocket_echo_through_gateway(
+    shared_gateway: GatewayProc, http: aiohttp.ClientSession
+) -> None:
     ws_url = shared_gateway.url.replace("http", "ws") + "/ws"
     async with http.ws_connect(ws_url, protocols=("chat",)) as ws:
         assert ws.protocol == "chat"
@@ -217,11 +236,15 @@ async def test_websocket_echo_through_gateway(shared_gateway: GatewayProc, http:
         assert (await asyncio.wait_for(ws.receive(), 5)).data == b"\x00\x01"
 
 
-async def test_no_route_is_404_problem(tmp_path, gateway_factory, upstream: Upstream, http: aiohttp.ClientSession) -> None:
-    gw = gateway_factory({
-        "upstreams": {"app": {"urls": [upstream.url]}},
-        "routes": [{"name": "fin", "prefix": "/api/fin", "upstream": "app", "auth": "none"}],
-    })
+async def test_no_route_is_404_problem(
+    tmp_path, gateway_factory, upstream: Upstream, http: aiohttp.ClientSession
+) -> None:
+    gw = gateway_factory(
+        {
+            "upstreams": {"app": {"urls": [upstream.url]}},
+            "routes": [{"name": "fin", "prefix": "/api/fin", "upstream": "app", "auth": "none"}],
+        }
+    )
     async with http.get(f"{gw.url}/api/finance") as response:  # segment boundary: no match
         assert response.status == 404
         assert (await response.json())["type"] == "urn:shopino-gateway:not-found"

@@ -14,10 +14,12 @@ LIMIT_KIB = 64 * 1024
 
 
 async def test_100mb_down_and_up_in_constant_memory(gateway_factory, upstream: Upstream) -> None:
-    gw: GatewayProc = gateway_factory({
-        "upstreams": {"app": {"urls": [upstream.url], "read_timeout": "30s"}},
-        "routes": [{"name": "open", "prefix": "/", "upstream": "app", "auth": "none"}],
-    })
+    gw: GatewayProc = gateway_factory(
+        {
+            "upstreams": {"app": {"urls": [upstream.url], "read_timeout": "30s"}},
+            "routes": [{"name": "open", "prefix": "/", "upstream": "app", "auth": "none"}],
+        }
+    )
     async with aiohttp.ClientSession() as http:
         async with http.get(f"{gw.url}/echo") as response:  # warm up pools and imports
             assert response.status == 200

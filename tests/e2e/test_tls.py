@@ -22,11 +22,13 @@ def handshake(port: int, version: ssl.TLSVersion) -> str:
 
 
 async def test_tls13_only_by_default(gateway_factory, upstream: Upstream) -> None:
-    gw = gateway_factory({
-        "listen": {"tls": "self-signed"},
-        "upstreams": {"app": {"urls": [upstream.url]}},
-        "routes": [{"name": "open", "prefix": "/", "upstream": "app", "auth": "none"}],
-    })
+    gw = gateway_factory(
+        {
+            "listen": {"tls": "self-signed"},
+            "upstreams": {"app": {"urls": [upstream.url]}},
+            "routes": [{"name": "open", "prefix": "/", "upstream": "app", "auth": "none"}],
+        }
+    )
     assert handshake(gw.port, ssl.TLSVersion.TLSv1_3) == "TLSv1.3"
     with pytest.raises(ssl.SSLError):
         handshake(gw.port, ssl.TLSVersion.TLSv1_2)
@@ -40,15 +42,19 @@ async def test_tls13_only_by_default(gateway_factory, upstream: Upstream) -> Non
     assert ["X-Forwarded-Proto", "https"] in record["headers"]
 
 
-async def test_tls12_when_configured_uses_forward_secret_aead(gateway_factory, upstream: Upstream, tmp_path) -> None:
+async def test_tls12_when_configured_uses_forward_secret_aead(
+    gateway_factory, upstream: Upstream, tmp_path
+) -> None:
     from gateway.tls import self_signed_certificate
 
     cert, key = self_signed_certificate(tmp_path / "certs")
-    gw = gateway_factory({
-        "listen": {"tls": {"cert": str(cert), "key": str(key), "min_version": "1.2"}},
-        "upstreams": {"app": {"urls": [upstream.url]}},
-        "routes": [{"name": "open", "prefix": "/", "upstream": "app", "auth": "none"}],
-    })
+    gw = gateway_factory(
+        {
+            "listen": {"tls": {"cert": str(cert), "key": str(key), "min_version": "1.2"}},
+            "upstreams": {"app": {"urls": [upstream.url]}},
+            "routes": [{"name": "open", "prefix": "/", "upstream": "app", "auth": "none"}],
+        }
+    )
     assert handshake(gw.port, ssl.TLSVersion.TLSv1_2) == "TLSv1.2"
     # A client offering only CBC suites (no AEAD, no forward secrecy) is refused.
     context = ssl.create_default_context()

@@ -10,8 +10,15 @@ from tests.support.upstream import Upstream
 
 def config(urls: list[str], read_timeout: str = "1s") -> dict:
     return {
-        "upstreams": {"app": {"urls": urls, "connect_timeout": "1s", "read_timeout": read_timeout,
-                              "max_fails": 1, "eject_for": "30s"}},
+        "upstreams": {
+            "app": {
+                "urls": urls,
+                "connect_timeout": "1s",
+                "read_timeout": read_timeout,
+                "max_fails": 1,
+                "eject_for": "30s",
+            }
+        },
         "routes": [{"name": "open", "prefix": "/", "upstream": "app", "auth": "none"}],
     }
 
@@ -54,8 +61,12 @@ async def test_post_is_not_retried_on_another_url(gateway_factory) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
     second = Upstream("second").start()
     try:
-        gw = gateway_factory({**config([dead, second.url]),
-                              "upstreams": {"app": {"urls": [dead, second.url], "max_fails": 100}}})
+        gw = gateway_factory(
+            {
+                **config([dead, second.url]),
+                "upstreams": {"app": {"urls": [dead, second.url], "max_fails": 100}},
+            }
+        )
         statuses = []
         async with aiohttp.ClientSession() as http:
             for _ in range(4):  # round robin: some of these start at the dead URL

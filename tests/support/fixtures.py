@@ -55,7 +55,9 @@ def gateway_factory(tmp_path: Path) -> Iterator[Callable[..., GatewayProc]]:
     """Start gateway processes from config dicts; every one is stopped at the end."""
     started: list[GatewayProc] = []
 
-    def factory(config: dict[str, Any], *, start: bool = True, env: dict[str, str] | None = None) -> GatewayProc:
+    def factory(
+        config: dict[str, Any], *, start: bool = True, env: dict[str, str] | None = None
+    ) -> GatewayProc:
         directory = tmp_path / f"gw{len(started)}"
         directory.mkdir()
         proc = GatewayProc(directory, config, env=env)

@@ -79,8 +79,13 @@ class Upstream:
     async def leaky(self, request: web.Request) -> web.Response:
         return web.Response(
             text="ok",
-            headers={"Server": "Apache/2.4.1", "X-Powered-By": "PHP/5.4", "Keep-Alive": "timeout=5",
-                     "Connection": "X-Internal", "X-Internal": "secret-topology"},
+            headers={
+                "Server": "Apache/2.4.1",
+                "X-Powered-By": "PHP/5.4",
+                "Keep-Alive": "timeout=5",
+                "Connection": "X-Internal",
+                "X-Internal": "secret-topology",
+            },
         )
 
     async def ws(self, request: web.Request) -> web.WebSocketResponse:
