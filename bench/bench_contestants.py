@@ -13,7 +13,6 @@ import hmac
 import json
 import os
 import socket
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,6 +49,7 @@ class BenchEnv:
     upstream_pid: int
     jwt: JwtMaterial
     proxy_cpu: int
+    python: str  # interpreter for the Python contestants
 
     @property
     def bearer(self) -> dict[str, str]:
@@ -160,7 +160,7 @@ def start_nginx_proxy(env: BenchEnv) -> Running:
 # ---------------------------------------------------------------- aiohttp-min
 def start_aiohttp_min(env: BenchEnv) -> Running:
     port = free_port()
-    argv = [sys.executable, str(BENCH_DIR / "minimal_aiohttp_proxy.py"), "--port", str(port),
+    argv = [env.python, str(BENCH_DIR / "minimal_aiohttp_proxy.py"), "--port", str(port),
             "--upstream", f"http://{LOOPBACK}:{env.upstream_port}"]
     proc = env.launcher.start("aiohttp-min", argv, cpu=env.proxy_cpu)
     wait_ready(env.launcher, "aiohttp-min", proc, body_probe(port, env.bearer), START_TIMEOUT)
@@ -307,7 +307,7 @@ def start_gateway(env: BenchEnv) -> Running:
     pythonpath = os.pathsep.join(filter(None, [str(env.project_root),
                                                os.environ.get("PYTHONPATH")]))
     proc = env.launcher.start(
-        "gateway", [sys.executable, "-m", "gateway", "run", "-c", str(cfg)], cpu=env.proxy_cpu,
+        "gateway", [env.python, "-m", "gateway", "run", "-c", str(cfg)], cpu=env.proxy_cpu,
         env={**os.environ, "PYTHONPATH": pythonpath}, cwd=env.project_root,
     )
 

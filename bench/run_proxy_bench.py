@@ -82,6 +82,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--pick", choices=("best", "median"), default="best",
                         help="best = the round with the highest req/s (default); "
                              "median = per-metric median over rounds")
+    parser.add_argument("--python", default=sys.executable,
+                        help="interpreter for aiohttp-min and gateway (default: this one)")
     parser.add_argument("--results-dir", type=Path, default=BENCH_DIR / "results")
     parser.add_argument("--keep-workdir", action="store_true",
                         help="keep the temporary configs and logs for inspection")
@@ -245,6 +247,12 @@ def command_output(argv: list[str]) -> str:
     return text.splitlines()[0] if text else "?"
 
 
+def python_versions(python: str) -> str:
+    probe = ("import sys, aiohttp, uvloop; print('Python', sys.version.split()[0], "
+             "'aiohttp', aiohttp.__version__, 'uvloop', uvloop.__version__)")
+    return command_output([python, "-c", probe])
+
+
 def environment_notes(args: argparse.Namespace) -> list[str]:
     cpu_model = "?"
     for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -252,12 +260,11 @@ def environment_notes(args: argparse.Namespace) -> list[str]:
             cpu_model = line.split(":", 1)[1].strip()
             break
     git = command_output(["git", "-C", str(PROJECT_ROOT), "rev-parse", "--short", "HEAD"])
-    import aiohttp  # local: only for its version string
-
     return [
         f"- date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}; git: {git}",
         f"- machine: {os.cpu_count()} CPUs ({cpu_model}), kernel {platform.release()}",
-        f"- python {platform.python_version()}, aiohttp {aiohttp.__version__}; "
+        f"- Python contestants run on {args.python}: {python_versions(args.python)}",
+        f"- "
         f"{command_output([which('nginx') or 'nginx', '-v'])}; "
         f"{command_output([which('haproxy') or 'haproxy', '-v'])}; "
         f"{command_output([which('wrk') or 'wrk', '-v'])}",
@@ -321,7 +328,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise BenchError(f"the nginx upstream did not start: {exc}") from exc
         env = BenchEnv(launcher=launcher, workdir=workdir, project_root=PROJECT_ROOT,
                        upstream_port=upstream.port, upstream_pid=upstream.pid,
-                       jwt=make_jwt_material(workdir), proxy_cpu=PROXY_CPU)
+                       jwt=make_jwt_material(workdir), proxy_cpu=PROXY_CPU,
+                       python=args.python)
         running, skipped = start_contestants(env, args.contestants)
         runs = measure(args, launcher, env, running, skipped)
         summaries = {n: summarise(r, args.pick) for n, r in runs.items() if r}

@@ -152,8 +152,8 @@ async def login(request: web.Request) -> web.Response:
     # Unknown users are checked against a dummy hash: same scrypt cost, same answer, so neither
     # the body nor the timing tells an attacker which usernames exist. In a thread, because
     # scrypt is tens of ms of CPU and would otherwise stall every other request.
-    hashed = user.password_hash if user is not None else None
-    valid = hashed is not None and await asyncio.to_thread(hashed.verify, password)
+    hashed = user.password_hash if user is not None else request.app[DUMMY_HASH]
+    valid = await asyncio.to_thread(hashed.verify, password)
     if user is None or not valid:
         return web.json_response(_INVALID_LOGIN, status=401)
     token = request.app[ISSUER].mint(user, amr=("pwd",), ttl=LOGIN_TTL)
@@ -288,8 +288,8 @@ async def leak(request: web.Request) -> web.Response:
 
 async def _close_websockets(app: web.Application) -> None:
     # Open WebSockets would otherwise hold shutdown until the runner's timeout.
-    open_sockets = tuple(app[WEBSOCKETS])  # snapshot: closing mutates the WeakSet
-    for ws in open_sockets:
+    sockets: weakref.WeakSet[web.WebSocketResponse] = app[WEBSOCKETS]
+    for ws in tuple(sockets):  # a snapshot: closing one mutates the WeakSet
         await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
 
 

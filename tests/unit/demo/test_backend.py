@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import stat
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -310,7 +311,9 @@ async def test_start_backend_serves_and_closes(issuer: DemoIssuer,
         async with session.get(f"{backend.url}/healthz") as response:
             assert response.status == 200
         ws = await session.ws_connect(f"{backend.url}/debug/ws")
+        started = time.monotonic()
         await backend.close()  # with a WebSocket still open: closed for it, not waited on
+        assert time.monotonic() - started < 1.0
         assert (await ws.receive()).type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
         await ws.close()
         with pytest.raises(aiohttp.ClientConnectionError):
