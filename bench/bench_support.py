@@ -136,7 +136,8 @@ def wait_ready(launcher: Launcher, name: str, proc: subprocess.Popen[bytes],
     reason = "no probe yet"
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise StartFailed(f"exited with code {proc.returncode}: {launcher.log_tail(name)}")
+            output = launcher.log_tail(name) or "(no output)"
+            raise StartFailed(f"exited with code {proc.returncode}: {output}")
         try:
             result = probe()
         except OSError as exc:

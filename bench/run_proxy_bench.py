@@ -340,7 +340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name, why in skipped.items():
             print(f"SKIPPED {name}: {why}")
         print(f"written: {path}")
-        return 0
+        return 0 if summaries else 1
     except KeyboardInterrupt:
         print("\ninterrupted; stopping everything", file=sys.stderr)
         return 130

@@ -250,3 +250,29 @@ async def test_no_route_is_404_problem(
         assert (await response.json())["type"] == "urn:shopino-gateway:not-found"
     async with http.get(f"{gw.url}/api/fin/x") as response:
         assert response.status == 200
+
+
+def test_connections_over_the_cap_are_closed(gateway_factory, upstream: Upstream) -> None:
+    gw = gateway_factory(
+        {
+            "listen": {"limits": {"max_connections": 2}},
+            "upstreams": {"app": {"urls": [upstream.url]}},
+            "routes": [{"name": "open", "prefix": "/", "upstream": "app", "auth": "none"}],
+        }
+    )
+    held = [socket.create_connection(("127.0.0.1", gw.port), timeout=5) for _ in range(2)]
+    try:
+        extra = socket.create_connection(("127.0.0.1", gw.port), timeout=5)
+        with extra:
+            try:
+                extra.sendall(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
+                answer = extra.recv(1024)
+            except ConnectionResetError:
+                answer = b""
+            assert answer == b""  # closed (or reset) without an answer
+        for sock in held:  # the first two still work
+            sock.sendall(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert sock.recv(1024).startswith(b"HTTP/1.1 200")
+    finally:
+        for sock in held:
+            sock.close()
