@@ -108,16 +108,14 @@ http {{
 """
 
 
-def _start_nginx(launcher: Launcher, workdir: Path, name: str, conf: str, port: int,
-                 cpu: int) -> Running:
+def _start_nginx(launcher: Launcher, workdir: Path, name: str, conf: str, port: int, cpu: int) -> Running:
     nginx = which("nginx")
     if nginx is None:
         raise StartFailed("nginx is not installed")
     rundir = workdir / name
     rundir.mkdir(parents=True, exist_ok=True)
     (rundir / "nginx.conf").write_text(conf)
-    argv = [nginx, "-p", str(rundir), "-e", str(rundir / "error.log"),
-            "-c", str(rundir / "nginx.conf")]
+    argv = [nginx, "-p", str(rundir), "-e", str(rundir / "error.log"), "-c", str(rundir / "nginx.conf")]
     proc = launcher.start(name, argv, cpu=cpu)
     wait_ready(launcher, name, proc, body_probe(port), START_TIMEOUT)
     return Running(port=port, pid=proc.pid)
@@ -160,8 +158,14 @@ def start_nginx_proxy(env: BenchEnv) -> Running:
 # ---------------------------------------------------------------- aiohttp-min
 def start_aiohttp_min(env: BenchEnv) -> Running:
     port = free_port()
-    argv = [env.python, str(BENCH_DIR / "minimal_aiohttp_proxy.py"), "--port", str(port),
-            "--upstream", f"http://{LOOPBACK}:{env.upstream_port}"]
+    argv = [
+        env.python,
+        str(BENCH_DIR / "minimal_aiohttp_proxy.py"),
+        "--port",
+        str(port),
+        "--upstream",
+        f"http://{LOOPBACK}:{env.upstream_port}",
+    ]
     proc = env.launcher.start("aiohttp-min", argv, cpu=env.proxy_cpu)
     wait_ready(env.launcher, "aiohttp-min", proc, body_probe(port, env.bearer), START_TIMEOUT)
     return Running(port=port, pid=proc.pid)
@@ -177,18 +181,26 @@ def make_jwt_material(workdir: Path) -> JwtMaterial:
     public_pem = workdir / "jwt-es256-public.pem"
     public_pem.write_bytes(pem)
     now = int(time.time())
-    claims = {"sub": JWT_SUB, "iss": "https://id.bench.invalid", "aud": "shopino-gateway",
-              "tid": "tenant-bench", "iat": now, "exp": now + 86400}
+    claims = {
+        "sub": JWT_SUB,
+        "iss": "https://id.bench.invalid",
+        "aud": "shopino-gateway",
+        "tid": "tenant-bench",
+        "iat": now,
+        "exp": now + 86400,
+    }
     token = jwt.encode(claims, key, algorithm="ES256", headers={"kid": "bench"})
     header, payload, signature = token.split(".")
     middle = len(signature) // 2
     flipped = "A" if signature[middle] != "A" else "B"
-    tampered = f"{header}.{payload}.{signature[:middle]}{flipped}{signature[middle + 1:]}"
+    tampered = f"{header}.{payload}.{signature[:middle]}{flipped}{signature[middle + 1 :]}"
     none_header = _b64url(json.dumps({"alg": "none", "typ": "JWT"}).encode())
     hs_header = _b64url(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
     hs_sig = hmac.new(pem, f"{hs_header}.{payload}".encode(), hashlib.sha256).digest()
     return JwtMaterial(
-        public_pem=public_pem, token=token, tampered=tampered,
+        public_pem=public_pem,
+        token=token,
+        tampered=tampered,
         alg_none=f"{none_header}.{payload}.",
         hs256_with_public_key=f"{hs_header}.{payload}.{_b64url(hs_sig)}",
     )
@@ -258,9 +270,12 @@ def start_haproxy_jwt(env: BenchEnv) -> Running:
 
 def verify_haproxy_does_the_job(port: int, material: JwtMaterial, stats_socket: Path) -> None:
     """200 with the token; 401 without, tampered, alg=none, HS256-with-the-public-key."""
-    refused = {"no token": None, "tampered signature": material.tampered,
-               "alg none": material.alg_none, "HS256 keyed with the public key":
-               material.hs256_with_public_key}
+    refused = {
+        "no token": None,
+        "tampered signature": material.tampered,
+        "alg none": material.alg_none,
+        "HS256 keyed with the public key": material.hs256_with_public_key,
+    }
     for label, token in refused.items():
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         status, _ = http_get(port, "/", headers)
@@ -304,11 +319,13 @@ def start_gateway(env: BenchEnv) -> Running:
     rundir.mkdir(parents=True, exist_ok=True)
     cfg = rundir / "gateway.yaml"
     cfg.write_text(gateway_config(port, admin_port, rundir / "state", env.upstream_port))
-    pythonpath = os.pathsep.join(filter(None, [str(env.project_root),
-                                               os.environ.get("PYTHONPATH")]))
+    pythonpath = os.pathsep.join(filter(None, [str(env.project_root), os.environ.get("PYTHONPATH")]))
     proc = env.launcher.start(
-        "gateway", [env.python, "-m", "gateway", "run", "-c", str(cfg)], cpu=env.proxy_cpu,
-        env={**os.environ, "PYTHONPATH": pythonpath}, cwd=env.project_root,
+        "gateway",
+        [env.python, "-m", "gateway", "run", "-c", str(cfg)],
+        cpu=env.proxy_cpu,
+        env={**os.environ, "PYTHONPATH": pythonpath},
+        cwd=env.project_root,
     )
 
     def health() -> str | None:
@@ -326,7 +343,6 @@ CONTESTANTS: tuple[Contestant, ...] = (
     Contestant("direct", "nginx upstream, no proxy (CPU 1)", start_direct),
     Contestant("nginx-proxy", "nginx reverse proxy, keep-alive pool", start_nginx_proxy),
     Contestant("aiohttp-min", "bench/minimal_aiohttp_proxy.py", start_aiohttp_min),
-    Contestant("haproxy-jwt", "HAProxy ES256 jwt_verify + per-sub stick table",
-               start_haproxy_jwt),
+    Contestant("haproxy-jwt", "HAProxy ES256 jwt_verify + per-sub stick table", start_haproxy_jwt),
     Contestant("gateway", "python -m gateway run, route auth: none", start_gateway),
 )

@@ -67,8 +67,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def http_get(port: int, path: str = "/", headers: dict[str, str] | None = None,
-             timeout: float = 2.0) -> tuple[int, bytes]:
+def http_get(
+    port: int, path: str = "/", headers: dict[str, str] | None = None, timeout: float = 2.0
+) -> tuple[int, bytes]:
     """One GET to 127.0.0.1:<port>; (status, body)."""
     conn = http.client.HTTPConnection(LOOPBACK, port, timeout=timeout)
     try:
@@ -88,14 +89,25 @@ class Launcher:
         self._procs: list[tuple[str, subprocess.Popen[bytes]]] = []
 
     def start(
-        self, name: str, argv: Sequence[str], *, cpu: int | None,
-        env: dict[str, str] | None = None, cwd: Path | None = None,
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        cpu: int | None,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
     ) -> subprocess.Popen[bytes]:
         command = [*(["taskset", "-c", str(cpu)] if cpu is not None else []), *argv]
         with open(self.log_path(name), "ab") as log:
-            proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True,
-                                    env=env, cwd=cwd)
+            proc = subprocess.Popen(
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env=env,
+                cwd=cwd,
+            )
         self._procs.append((name, proc))
         return proc
 
@@ -129,8 +141,13 @@ class Launcher:
                 print(f"# warning: could not stop pid {proc.pid}: {exc}", flush=True)
 
 
-def wait_ready(launcher: Launcher, name: str, proc: subprocess.Popen[bytes],
-               probe: Callable[[], str | None], timeout: float) -> None:
+def wait_ready(
+    launcher: Launcher,
+    name: str,
+    proc: subprocess.Popen[bytes],
+    probe: Callable[[], str | None],
+    timeout: float,
+) -> None:
     """Poll probe() (None = ready, else why not) until ready, the process dies, or timeout."""
     deadline = time.monotonic() + timeout
     reason = "no probe yet"
@@ -202,8 +219,9 @@ def core_ticks() -> dict[int, tuple[int, int]]:
     return ticks
 
 
-def core_busy_percent(before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]],
-                      cpu: int) -> float:
+def core_busy_percent(
+    before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]], cpu: int
+) -> float:
     busy = after[cpu][0] - before[cpu][0]
     total = after[cpu][1] - before[cpu][1]
     return 100.0 * busy / total if total else 0.0
@@ -236,19 +254,36 @@ class WrkResult:
 _RESULT = re.compile(r"^BENCH_RESULT (.*)$", re.MULTILINE)
 
 
-def run_wrk(*, port: int, duration: int, connections: int, threads: int,
-            headers: dict[str, str], cpu: int, lua: Path) -> WrkResult:
+def run_wrk(
+    *, port: int, duration: int, connections: int, threads: int, headers: dict[str, str], cpu: int, lua: Path
+) -> WrkResult:
     """Run wrk against 127.0.0.1:<port>/ and parse the line printed by wrk_report.lua."""
     wrk = which("wrk")
     if wrk is None:
         raise BenchError("wrk is not installed")
-    argv = [wrk, "-t", str(threads), "-c", str(connections), "-d", f"{duration}s", "--latency",
-            "--timeout", "5s", "-s", str(lua)]
+    argv = [
+        wrk,
+        "-t",
+        str(threads),
+        "-c",
+        str(connections),
+        "-d",
+        f"{duration}s",
+        "--latency",
+        "--timeout",
+        "5s",
+        "-s",
+        str(lua),
+    ]
     for key, value in headers.items():
         argv += ["-H", f"{key}: {value}"]
     argv.append(f"http://{LOOPBACK}:{port}/")
-    proc = subprocess.Popen(["taskset", "-c", str(cpu), *argv], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        ["taskset", "-c", str(cpu), *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         out, _ = proc.communicate(timeout=duration + 30)
     finally:
@@ -261,5 +296,10 @@ def run_wrk(*, port: int, duration: int, connections: int, threads: int,
         raise BenchError(f"wrk failed (exit {proc.returncode}):\n{text[-1500:]}")
     values = {k: float(v) for k, v in (kv.split("=") for kv in match.group(1).split())}
     errors = sum(int(values[k]) for k in ("connect", "read", "write", "status", "timeout"))
-    return WrkResult(requests=int(values["requests"]), seconds=values["duration_us"] / 1e6,
-                     p50_us=values["p50_us"], p99_us=values["p99_us"], errors=errors)
+    return WrkResult(
+        requests=int(values["requests"]),
+        seconds=values["duration_us"] / 1e6,
+        p50_us=values["p50_us"],
+        p99_us=values["p99_us"],
+        errors=errors,
+    )

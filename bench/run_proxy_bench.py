@@ -69,24 +69,31 @@ class Summary:
 # ---------------------------------------------------------------- command line
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     names = ", ".join(c.name for c in CONTESTANTS)
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rounds", type=int, help="interleaved rounds (default 2)")
     parser.add_argument("--duration", type=int, help="seconds per measured run (default 10)")
-    parser.add_argument("--warmup", type=int, default=1,
-                        help="unmeasured wrk seconds before each run, 0 = none (default 1)")
+    parser.add_argument(
+        "--warmup", type=int, default=1, help="unmeasured wrk seconds before each run, 0 = none (default 1)"
+    )
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--threads", type=int, default=1, help="wrk threads (default 1)")
     parser.add_argument("--only", help=f"comma-separated subset of: {names}")
     parser.add_argument("--quick", action="store_true", help="smoke check: 2 s runs, 1 round")
-    parser.add_argument("--pick", choices=("best", "median"), default="best",
-                        help="best = the round with the highest req/s (default); "
-                             "median = per-metric median over rounds")
-    parser.add_argument("--python", default=sys.executable,
-                        help="interpreter for aiohttp-min and gateway (default: this one)")
+    parser.add_argument(
+        "--pick",
+        choices=("best", "median"),
+        default="best",
+        help="best = the round with the highest req/s (default); median = per-metric median over rounds",
+    )
+    parser.add_argument(
+        "--python", default=sys.executable, help="interpreter for aiohttp-min and gateway (default: this one)"
+    )
     parser.add_argument("--results-dir", type=Path, default=BENCH_DIR / "results")
-    parser.add_argument("--keep-workdir", action="store_true",
-                        help="keep the temporary configs and logs for inspection")
+    parser.add_argument(
+        "--keep-workdir", action="store_true", help="keep the temporary configs and logs for inspection"
+    )
     args = parser.parse_args(argv)
     args.rounds = args.rounds or (1 if args.quick else 2)
     args.duration = args.duration or (2 if args.quick else 10)
@@ -108,8 +115,9 @@ def select_contestants(parser: argparse.ArgumentParser, only: str | None) -> lis
 
 
 # ---------------------------------------------------------------- running
-def start_contestants(env: BenchEnv, contestants: list[Contestant]
-                      ) -> tuple[dict[str, Running], dict[str, str]]:
+def start_contestants(
+    env: BenchEnv, contestants: list[Contestant]
+) -> tuple[dict[str, Running], dict[str, str]]:
     running: dict[str, Running] = {}
     skipped: dict[str, str] = {}
     for contestant in contestants:
@@ -122,12 +130,22 @@ def start_contestants(env: BenchEnv, contestants: list[Contestant]
     return running, skipped
 
 
-def measure(args: argparse.Namespace, launcher: Launcher, env: BenchEnv,
-            running: dict[str, Running], skipped: dict[str, str]) -> dict[str, list[WrkResult]]:
+def measure(
+    args: argparse.Namespace,
+    launcher: Launcher,
+    env: BenchEnv,
+    running: dict[str, Running],
+    skipped: dict[str, str],
+) -> dict[str, list[WrkResult]]:
     runs: dict[str, list[WrkResult]] = {name: [] for name in running}
     order = list(running)
-    wrk_args = {"connections": args.connections, "threads": args.threads,
-                "headers": env.bearer, "cpu": LOAD_CPU, "lua": BENCH_DIR / "wrk_report.lua"}
+    wrk_args = {
+        "connections": args.connections,
+        "threads": args.threads,
+        "headers": env.bearer,
+        "cpu": LOAD_CPU,
+        "lua": BENCH_DIR / "wrk_report.lua",
+    }
     for round_no in range(args.rounds):
         shift = round_no % max(len(order), 1)  # rotate so no one always runs first
         for name in order[shift:] + order[:shift]:
@@ -148,14 +166,16 @@ def measure(args: argparse.Namespace, launcher: Launcher, env: BenchEnv,
             if not alive(target.pid):
                 skipped[name] = f"died during round {round_no + 1}"
                 continue
-            busy = tuple(core_busy_percent(cores_before, cores_after, c)
-                         for c in (PROXY_CPU, LOAD_CPU))
+            busy = tuple(core_busy_percent(cores_before, cores_after, c) for c in (PROXY_CPU, LOAD_CPU))
             result = dataclasses.replace(result, cpu_seconds=cpu, core_busy=busy)
             runs[name].append(result)
-            print(f"# round {round_no + 1}/{args.rounds} {name:12s} {result.req_per_s:9.0f} req/s"
-                  f"  p50 {result.p50_us / 1000:6.2f} ms  p99 {result.p99_us / 1000:6.2f} ms"
-                  f"  cpu {result.cpu_us_per_req:6.1f} us/req ({result.cpu_percent:3.0f}%)"
-                  f"  errors {result.errors}", flush=True)
+            print(
+                f"# round {round_no + 1}/{args.rounds} {name:12s} {result.req_per_s:9.0f} req/s"
+                f"  p50 {result.p50_us / 1000:6.2f} ms  p99 {result.p99_us / 1000:6.2f} ms"
+                f"  cpu {result.cpu_us_per_req:6.1f} us/req ({result.cpu_percent:3.0f}%)"
+                f"  errors {result.errors}",
+                flush=True,
+            )
     return runs
 
 
@@ -170,13 +190,25 @@ def alive(pid: int) -> bool:
 def summarise(results: list[WrkResult], pick: str) -> Summary:
     if pick == "best":
         best = max(results, key=lambda r: r.req_per_s)
-        return Summary(best.req_per_s, best.p50_us, best.p99_us, best.cpu_us_per_req,
-                       best.cpu_percent, best.errors, tuple(results))
+        return Summary(
+            best.req_per_s,
+            best.p50_us,
+            best.p99_us,
+            best.cpu_us_per_req,
+            best.cpu_percent,
+            best.errors,
+            tuple(results),
+        )
     med = statistics.median
-    return Summary(med(r.req_per_s for r in results), med(r.p50_us for r in results),
-                   med(r.p99_us for r in results), med(r.cpu_us_per_req for r in results),
-                   med(r.cpu_percent for r in results), max(r.errors for r in results),
-                   tuple(results))
+    return Summary(
+        med(r.req_per_s for r in results),
+        med(r.p50_us for r in results),
+        med(r.p99_us for r in results),
+        med(r.cpu_us_per_req for r in results),
+        med(r.cpu_percent for r in results),
+        max(r.errors for r in results),
+        tuple(results),
+    )
 
 
 # ---------------------------------------------------------------- report
@@ -191,8 +223,7 @@ def one_line(text: str, limit: int = 160) -> str:
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
-def render_table(names: list[str], summaries: dict[str, Summary], skipped: dict[str, str],
-                 pick: str) -> str:
+def render_table(names: list[str], summaries: dict[str, Summary], skipped: dict[str, str], pick: str) -> str:
     base = {b: summaries.get(b) for b in BASELINES}
     rps = {b: (s.req_per_s if s else None) for b, s in base.items()}
     haproxy = base["haproxy-jwt"]
@@ -226,15 +257,19 @@ def render_table(names: list[str], summaries: dict[str, Summary], skipped: dict[
 
 
 def render_runs(runs: dict[str, list[WrkResult]]) -> str:
-    lines = ["| contestant | run | req/s | p50 ms | p99 ms | CPU µs/req | CPU % | errors "
-             f"| CPU {PROXY_CPU} busy % | CPU {LOAD_CPU} busy % |",
-             "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+    lines = [
+        "| contestant | run | req/s | p50 ms | p99 ms | CPU µs/req | CPU % | errors "
+        f"| CPU {PROXY_CPU} busy % | CPU {LOAD_CPU} busy % |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
     for name, results in runs.items():
         for i, r in enumerate(results, 1):
-            lines.append(f"| {name} | {i} | {r.req_per_s:,.0f} | {r.p50_us / 1000:.2f} "
-                         f"| {r.p99_us / 1000:.2f} | {r.cpu_us_per_req:.1f} "
-                         f"| {r.cpu_percent:.0f} | {r.errors} "
-                         f"| {' | '.join(f'{b:.0f}' for b in r.core_busy)} |")
+            lines.append(
+                f"| {name} | {i} | {r.req_per_s:,.0f} | {r.p50_us / 1000:.2f} "
+                f"| {r.p99_us / 1000:.2f} | {r.cpu_us_per_req:.1f} "
+                f"| {r.cpu_percent:.0f} | {r.errors} "
+                f"| {' | '.join(f'{b:.0f}' for b in r.core_busy)} |"
+            )
     return "\n".join(lines)
 
 
@@ -248,8 +283,10 @@ def command_output(argv: list[str]) -> str:
 
 
 def python_versions(python: str) -> str:
-    probe = ("import sys, aiohttp, uvloop; print('Python', sys.version.split()[0], "
-             "'aiohttp', aiohttp.__version__, 'uvloop', uvloop.__version__)")
+    probe = (
+        "import sys, aiohttp, uvloop; print('Python', sys.version.split()[0], "
+        "'aiohttp', aiohttp.__version__, 'uvloop', uvloop.__version__)"
+    )
     return command_output([python, "-c", probe])
 
 
@@ -279,12 +316,23 @@ def environment_notes(args: argparse.Namespace) -> list[str]:
     ]
 
 
-def write_report(args: argparse.Namespace, table: str, runs: dict[str, list[WrkResult]],
-                 skipped: dict[str, str]) -> Path:
+def write_report(
+    args: argparse.Namespace, table: str, runs: dict[str, list[WrkResult]], skipped: dict[str, str]
+) -> Path:
     args.results_dir.mkdir(parents=True, exist_ok=True)
     path = args.results_dir / f"proxy-{time.strftime('%Y%m%d-%H%M%S')}.md"
-    parts = ["# Proxy benchmark (loopback)", "", *environment_notes(args), "", table, "",
-             "## All runs", "", render_runs(runs), ""]
+    parts = [
+        "# Proxy benchmark (loopback)",
+        "",
+        *environment_notes(args),
+        "",
+        table,
+        "",
+        "## All runs",
+        "",
+        render_runs(runs),
+        "",
+    ]
     if skipped:
         parts += ["## Skipped", ""]
         parts += [f"- **{name}**: {one_line(why, 2000)}" for name, why in skipped.items()]
@@ -326,10 +374,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             upstream = start_upstream(launcher, workdir, LOAD_CPU)
         except StartFailed as exc:
             raise BenchError(f"the nginx upstream did not start: {exc}") from exc
-        env = BenchEnv(launcher=launcher, workdir=workdir, project_root=PROJECT_ROOT,
-                       upstream_port=upstream.port, upstream_pid=upstream.pid,
-                       jwt=make_jwt_material(workdir), proxy_cpu=PROXY_CPU,
-                       python=args.python)
+        env = BenchEnv(
+            launcher=launcher,
+            workdir=workdir,
+            project_root=PROJECT_ROOT,
+            upstream_port=upstream.port,
+            upstream_pid=upstream.pid,
+            jwt=make_jwt_material(workdir),
+            proxy_cpu=PROXY_CPU,
+            python=args.python,
+        )
         running, skipped = start_contestants(env, args.contestants)
         runs = measure(args, launcher, env, running, skipped)
         summaries = {n: summarise(r, args.pick) for n, r in runs.items() if r}

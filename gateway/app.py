@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import structlog
-from aiohttp import web
+from aiohttp import ClientConnectionResetError, web
 
 from gateway.context import RequestContext, request_id_for
 from gateway.errors import GatewayError, InternalError, problem_body, problem_headers
@@ -63,6 +63,10 @@ class PublicHandler:
             response = await self._run(ctx)
         except GatewayError as error:
             response = self._refuse(error, ctx)
+        except (ConnectionResetError, ClientConnectionResetError):
+            # The client went away mid-response: nothing to answer, nothing to alarm anyone about.
+            log.debug("client_disconnected", request_id=request_id)
+            raise
         except Exception:
             log.exception("request_failed", request_id=request_id)
             response = self._refuse(InternalError(), ctx)

@@ -16,7 +16,8 @@ from multidict import CIMultiDict
 from gateway.context import RequestContext
 from gateway.errors import PayloadTooLarge, UpstreamTimeout, UpstreamUnavailable
 from gateway.forwarding import downstream_response_headers, upstream_request_headers
-from gateway.upstream import IDEMPOTENT_METHODS
+from gateway.metrics import METRICS
+from gateway.upstream import IDEMPOTENT_METHODS, UpstreamResponse
 
 CHUNK = 64 * 1024
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -87,9 +88,10 @@ async def proxy_request(ctx: RequestContext) -> web.StreamResponse:
             limit.stream(request) if has_body else None,
             retryable=request.method in IDEMPOTENT_METHODS and not has_body,
         )
-    except (UpstreamUnavailable, UpstreamTimeout):
+    except (UpstreamUnavailable, UpstreamTimeout) as error:
         if limit.exceeded:
             raise PayloadTooLarge("The request body is larger than this route allows") from None
+        METRICS.upstream_errors.labels(ctx.route.upstream, error.slug).inc()
         raise
     try:
         return await _stream_response(ctx, upstream)
@@ -97,21 +99,22 @@ async def proxy_request(ctx: RequestContext) -> web.StreamResponse:
         upstream.release()
 
 
-async def _stream_response(ctx: RequestContext, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
+async def _stream_response(ctx: RequestContext, upstream: UpstreamResponse) -> web.StreamResponse:
     headers = downstream_response_headers(upstream.headers, tls=ctx.runtime.tls)
     headers.update(ctx.response_headers)
-    response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+    response = web.StreamResponse(status=upstream.status, reason=upstream.reason or None, headers=headers)
     length = upstream.headers.get("Content-Length")
     if length is not None and length.isdigit():
         response.content_length = int(length)
     ctx.status = upstream.status
     await response.prepare(ctx.request)
     try:
-        async for chunk in upstream.content.iter_chunked(CHUNK):
+        async for chunk in upstream.iter_chunks():
             await response.write(chunk)
-    except (TimeoutError, aiohttp.ClientError):
+    except (UpstreamTimeout, UpstreamUnavailable):
         # Headers are gone already: the only honest signal left is a cut connection.
-        ctx.request.transport and ctx.request.transport.abort()
+        if ctx.request.transport is not None:
+            ctx.request.transport.abort()
         raise
     await response.write_eof()
     return response

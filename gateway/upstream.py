@@ -8,18 +8,15 @@ and a leaner httptools transport can replace it without touching the pipeline.
 from __future__ import annotations
 
 import asyncio
-import ssl
 import time
-from collections.abc import AsyncIterable, Callable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import aiohttp
-from multidict import CIMultiDict
-from yarl import URL
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.config.model import UpstreamConfig
-from gateway.errors import UpstreamTimeout, UpstreamUnavailable
 
 # RFC 9110 §9.2.2; a request with a body is never retried (it may have been half consumed).
 IDEMPOTENT_METHODS = frozenset(("GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"))
@@ -62,7 +59,29 @@ class Balancer:
         endpoint.ejected_until = 0.0
 
 
+class UpstreamResponse(Protocol):
+    """The head of an upstream answer and a way to stream its body.
+
+    ``iter_chunks`` raises ``UpstreamTimeout`` / ``UpstreamUnavailable`` when the body stalls or
+    breaks; ``release`` returns the connection to the pool (or closes it if the body was not
+    read to the end) and is safe to call twice.
+    """
+
+    status: int
+    reason: str
+    headers: CIMultiDict[str] | CIMultiDictProxy[str]
+
+    def iter_chunks(self) -> AsyncIterator[bytes]: ...
+
+    def release(self) -> None: ...
+
+
 class UpstreamTransport(Protocol):
+    """One pool per upstream. Errors before a response head are ``UpstreamUnavailable`` (connect
+    failure: the next endpoint is tried when ``retryable``) or ``UpstreamTimeout``."""
+
+    balancer: Balancer
+
     async def send(
         self,
         method: str,
@@ -71,7 +90,7 @@ class UpstreamTransport(Protocol):
         body: AsyncIterable[bytes] | None,
         *,
         retryable: bool,
-    ) -> aiohttp.ClientResponse: ...
+    ) -> UpstreamResponse: ...
 
     async def websocket(
         self, target: str, headers: CIMultiDict[str], protocols: tuple[str, ...]
@@ -80,141 +99,16 @@ class UpstreamTransport(Protocol):
     async def close(self) -> None: ...
 
 
-def upstream_ssl_context(config: UpstreamConfig) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=config.tls.ca_file)
-    if config.tls.client_cert and config.tls.client_key:
-        context.load_cert_chain(config.tls.client_cert, config.tls.client_key)
-    if not config.tls.verify:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
-
-
-class AiohttpTransport:
-    """One ``ClientSession`` (one keep-alive pool) for all endpoints of one upstream."""
-
-    def __init__(self, config: UpstreamConfig) -> None:
-        self.config = config
-        self.balancer = Balancer(
-            [Endpoint(url, URL(url).raw_authority) for url in config.urls],
-            max_fails=config.max_fails,
-            eject_for=config.eject_for,
-        )
-        self._timeout = aiohttp.ClientTimeout(
-            total=None,
-            connect=None,
-            sock_connect=config.connect_timeout,
-            sock_read=config.read_timeout,
-        )
-        self._ssl = upstream_ssl_context(config) if any(u.startswith("https:") for u in config.urls) else None
-        self._session: aiohttp.ClientSession | None = None
-
-    def _get_session(self) -> aiohttp.ClientSession:
-        # Created lazily so it binds to the running loop of the worker that uses it.
-        if self._session is None:
-            connector = aiohttp.TCPConnector(
-                limit=self.config.pool_size,
-                ssl=self._ssl if self._ssl else True,
-                keepalive_timeout=30,
-                ttl_dns_cache=60,
-            )
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                timeout=self._timeout,
-                auto_decompress=False,
-                # SECURITY: no cookie jar, or one client's cookies would reach the next.
-                cookie_jar=aiohttp.DummyCookieJar(),
-                skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
-                trust_env=False,
-                max_line_size=65536,
-                max_field_size=65536,
-            )
-        return self._session
-
-    async def send(
-        self,
-        method: str,
-        target: str,
-        headers: CIMultiDict[str],
-        body: AsyncIterable[bytes] | None,
-        *,
-        retryable: bool,
-    ) -> aiohttp.ClientResponse:
-        session = self._get_session()
-        last_error: Exception | None = None
-        for endpoint in self.balancer.order():
-            headers["Host"] = endpoint.host_header
-            url = URL(endpoint.url + target, encoded=True)
-            try:
-                response = await session.request(
-                    method,
-                    url,
-                    headers=headers,
-                    data=body,
-                    allow_redirects=False,
-                    compress=None,
-                    chunked=None,
-                )
-            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-                self.balancer.failed(endpoint)
-                last_error = exc
-                if retryable:
-                    continue
-                break
-            except aiohttp.SocketTimeoutError as exc:
-                raise UpstreamTimeout("The upstream did not answer in time") from exc
-            except (aiohttp.ClientError, OSError) as exc:
-                self.balancer.failed(endpoint)
-                raise UpstreamUnavailable("The upstream connection failed") from exc
-            self.balancer.succeeded(endpoint)
-            return response
-        raise UpstreamUnavailable("No upstream could be reached") from last_error
-
-    async def websocket(
-        self, target: str, headers: CIMultiDict[str], protocols: tuple[str, ...]
-    ) -> aiohttp.ClientWebSocketResponse:
-        session = self._get_session()
-        last_error: Exception | None = None
-        for endpoint in self.balancer.order():
-            headers["Host"] = endpoint.host_header
-            base = URL(endpoint.url)
-            scheme = "wss" if base.scheme == "https" else "ws"
-            url = URL(f"{scheme}://{base.raw_authority}{target}", encoded=True)
-            try:
-                ws = await session.ws_connect(
-                    url,
-                    headers=headers,
-                    protocols=protocols,
-                    autoping=False,
-                    max_msg_size=0,
-                    timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5),
-                )
-            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-                self.balancer.failed(endpoint)
-                last_error = exc
-                continue
-            except aiohttp.WSServerHandshakeError as exc:
-                raise UpstreamUnavailable("The upstream refused the WebSocket upgrade") from exc
-            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-                raise UpstreamUnavailable("The upstream connection failed") from exc
-            self.balancer.succeeded(endpoint)
-            return ws
-        raise UpstreamUnavailable("No upstream could be reached") from last_error
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-
 class UpstreamRegistry:
     """Pools survive reloads when their upstream's config is unchanged (no cold pools)."""
 
     def __init__(self) -> None:
-        self._pools: dict[UpstreamConfig, AiohttpTransport] = {}
+        self._pools: dict[UpstreamConfig, UpstreamTransport] = {}
 
-    def pools_for(self, configs: dict[str, UpstreamConfig]) -> dict[str, AiohttpTransport]:
-        result: dict[str, AiohttpTransport] = {}
+    def pools_for(self, configs: dict[str, UpstreamConfig]) -> dict[str, UpstreamTransport]:
+        from gateway.transport_aiohttp import AiohttpTransport
+
+        result: dict[str, UpstreamTransport] = {}
         for name, config in configs.items():
             if config not in self._pools:
                 self._pools[config] = AiohttpTransport(config)
