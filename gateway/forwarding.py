@@ -45,6 +45,8 @@ class TrustedProxies:
             ip = ipaddress.ip_address(address)
         except ValueError:
             return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped  # a dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d
         return any(ip in net for net in self._networks)
 
     def client_ip(self, peer: str, forwarded_for: Iterable[str]) -> str:
@@ -103,7 +105,9 @@ def upstream_request_headers(
     if "X-Forwarded-Host" not in out and host:
         out["X-Forwarded-Host"] = host
     node = f'"[{peer_ip}]"' if ":" in peer_ip else peer_ip
-    element = f"for={node};proto={scheme}" + (f';host="{host}"' if host else "")
+    # SECURITY: RFC 7239 quoted-string escaping — a '"' in Host must not inject a forged for=.
+    quoted_host = host.replace("\\", "\\\\").replace('"', '\\"')
+    element = f"for={node};proto={scheme}" + (f';host="{quoted_host}"' if host else "")
     prior_fwd = out.popall("Forwarded", [])
     out["Forwarded"] = ", ".join([*prior_fwd, element])
     out["Host"] = upstream_host

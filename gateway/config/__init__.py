@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -69,7 +70,11 @@ def parse_config(text: str, source: str = "<memory>") -> GatewayConfig:
     config = build_config(data, report, source)
     if report.errors:
         raise ConfigError(report.errors)
-    return dataclasses.replace(config, secret_paths=frozenset(report.secret_paths))
+    return dataclasses.replace(
+        config,
+        secret_paths=frozenset(report.secret_paths),
+        secret_values=frozenset(v for v in report.secret_values if v),
+    )
 
 
 def load_config(path: str | Path) -> GatewayConfig:
@@ -84,7 +89,7 @@ def load_config(path: str | Path) -> GatewayConfig:
 def _plain(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, tuple | list):
         return [_plain(v) for v in value]
@@ -97,36 +102,45 @@ def _plain(value: Any) -> Any:
 
 def _mask_url_password(url: str) -> str:
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", f":{MASK}@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = netloc.replace(f":{parts.password}@", f":{MASK}@", 1)
+    # Query options such as sentinel_password carry secrets too.
+    query = "&".join(
+        f"{k}={MASK}" if "password" in k.lower() or "secret" in k.lower() else f"{k}={v}"
+        for k, _, v in (item.partition("=") for item in parts.query.split("&") if item)
+    )
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def effective_config(config: GatewayConfig) -> dict[str, Any]:
     """The config as plain data for printing, with every secret masked."""
     data: dict[str, Any] = _plain(config)
     data.pop("secret_paths", None)
-    data["state"]["url"] = _mask_url_password(config.state.url)
+    data.pop("secret_values", None)
+    secrets = sorted(config.secret_values, key=len, reverse=True)
+    data["state"]["url"] = _mask_values(_mask_url_password(config.state.url), secrets)
+    if any(secret in config.state.url for secret in secrets):
+        data["state"]["url"] = MASK
     for token in data["admin"]["tokens"]:
         token["sha256"] = MASK
-    # Anything that came from ${ENV} is treated as a secret: that is how secrets arrive.
-    for path in config.secret_paths:
-        _mask_path(data, path)
-    return data
+    # Anything that came from ${ENV} is treated as a secret: that is how secrets arrive. Masked
+    # by value, wherever it ended up (split into host/port, sorted into a set, renamed).
+    return _mask_values(data, secrets)
 
 
-def _mask_path(data: dict[str, Any], path: str) -> None:
-    """Best effort: ``routes[0].upstream`` style paths from the reader, mapped onto ``data``."""
-    node: Any = data
-    parts = path.replace("[", ".[").split(".")
-    for index, part in enumerate(parts):
-        last = index == len(parts) - 1
-        key: Any = int(part[1:-1]) if part.startswith("[") else part
-        try:
-            if last:
-                node[key] = MASK
-            else:
-                node = node[key]
-        except (KeyError, IndexError, TypeError):
-            return
+def _mask_values(value: Any, secrets: list[str]) -> Any:
+    if not secrets:
+        return value
+    if isinstance(value, dict):
+        return {k: _mask_values(v, secrets) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mask_values(v, secrets) for v in value]
+    if isinstance(value, bool) or value is None:
+        return value
+    text = str(value)
+    # Either direction: a secret inside a value, or a value cut out of a secret (a host or port
+    # split off a HOST:PORT that came from the environment).
+    if any(secret in text or (len(text) >= 4 and text in secret) for secret in secrets):
+        return MASK
+    return value

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -105,8 +106,23 @@ class CorsPolicy:
 
 
 @dataclass(frozen=True)
+class RedactConfig:
+    extra_keys: tuple[str, ...] = ()
+    extra_patterns: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     level: str = "info"
+    pseudonymize: bool = True
+    access_log: bool = True
+    redact: RedactConfig = field(default_factory=RedactConfig)
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    retention: float = 400 * 86400.0
+    spool_dir: str = "./var/audit-spool"
 
 
 @dataclass(frozen=True)
@@ -115,10 +131,12 @@ class GatewayConfig:
     admin: AdminConfig
     state: StateConfig
     trusted_proxies: tuple[IPNetwork, ...]
-    upstreams: dict[str, UpstreamConfig]
+    upstreams: Mapping[str, UpstreamConfig]
     routes: tuple[RouteConfig, ...]
     routes_case_insensitive: bool
-    cors: dict[str, CorsPolicy]
+    cors: Mapping[str, CorsPolicy]
     logging: LoggingConfig
+    audit: AuditConfig = field(default_factory=AuditConfig)
     source: str = "<memory>"
     secret_paths: frozenset[str] = frozenset()
+    secret_values: frozenset[str] = field(default=frozenset(), repr=False)

@@ -22,6 +22,7 @@ class Report:
 
     errors: list[str] = field(default_factory=list)
     secret_paths: set[str] = field(default_factory=set)
+    secret_values: list[str] = field(default_factory=list)
 
     def error(self, path: str, message: str) -> None:
         self.errors.append(f"{path or '<root>'}: {message}")
@@ -63,7 +64,7 @@ class Node:
             return [self._interpolated(v, f"{path}[{i}]") for i, v in enumerate(value)]
         if isinstance(value, str) and "${" in value:
             try:
-                value, replaced = interpolate_env(value)
+                value, replaced = interpolate_env(value, sink=self.report.secret_values)
             except ValueError as exc:
                 self.report.error(path, str(exc))
                 return None

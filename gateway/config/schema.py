@@ -7,18 +7,21 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
 from gateway.config.model import (
     AdminConfig,
     AdminToken,
+    AuditConfig,
     CorsPolicy,
     GatewayConfig,
     IPNetwork,
     ListenConfig,
     ListenLimits,
     LoggingConfig,
+    RedactConfig,
     RouteConfig,
     StateConfig,
     TlsConfig,
@@ -40,11 +43,12 @@ def build_config(data: object, report: Report, source: str) -> GatewayConfig:
         admin=_admin(root.child("admin")),
         state=_state(root.child("state")),
         trusted_proxies=_networks(root, "trusted_proxies"),
-        upstreams=_upstreams(root),
+        upstreams=MappingProxyType(_upstreams(root)),
         routes=_routes(root),
         routes_case_insensitive=root.boolean("routes_case_insensitive", False),
-        cors=_cors(root),
+        cors=MappingProxyType(_cors(root)),
         logging=_logging(root.child("logging")),
+        audit=_audit(root.child("audit")),
         source=source,
     )
     root.done()
@@ -158,7 +162,12 @@ def _upstreams(root: Node) -> dict[str, UpstreamConfig]:
             node.report.error(node.child_path("urls"), "at least one URL is required")
         for index, url in enumerate(urls):
             parts = urlsplit(url)
-            if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+            try:
+                port_ok = parts.port is None or parts.port > 0
+            except ValueError:
+                port_ok = False
+            bad_shape = parts.scheme not in ("http", "https") or not parts.hostname or parts.username
+            if bad_shape or not port_ok or parts.path not in ("", "/") or parts.query:
                 node.report.error(
                     f"{node.child_path('urls')}[{index}]", "expected http(s)://host:port without a path"
                 )
@@ -207,7 +216,7 @@ def _routes(root: Node) -> tuple[RouteConfig, ...]:
         node = Node(raw, path, root.report)
         name = node.string("name")
         prefix = node.string("prefix")
-        if name in names:
+        if name and name in names:
             node.report.error(node.child_path("name"), f"duplicate route name {name!r}")
         names.add(name)
         key = prefix.rstrip("/") or "/"
@@ -259,7 +268,32 @@ def _cors(root: Node) -> dict[str, CorsPolicy]:
 
 
 def _logging(node: Node) -> LoggingConfig:
-    result = LoggingConfig(level=node.string("level", "info", choices=LOG_LEVELS))
+    redact = node.child("redact")
+    patterns = redact.string_list("extra_patterns")
+    for index, pattern in enumerate(patterns):
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            node.report.error(f"{redact.child_path('extra_patterns')}[{index}]", f"invalid regex: {exc.msg}")
+    redact_config = RedactConfig(extra_keys=redact.string_list("extra_keys"), extra_patterns=patterns)
+    redact.done()
+    result = LoggingConfig(
+        level=node.string("level", "info", choices=LOG_LEVELS),
+        pseudonymize=node.boolean("pseudonymize", True),
+        access_log=node.boolean("access_log", True),
+        redact=redact_config,
+    )
+    node.done()
+    return result
+
+
+def _audit(node: Node) -> AuditConfig:
+    result = AuditConfig(
+        retention=node.duration("retention", 400 * 86400.0),
+        spool_dir=node.string("spool_dir", "./var/audit-spool"),
+    )
+    if result.retention < 86400:
+        node.report.error(node.child_path("retention"), "must be at least 1d")
     node.done()
     return result
 

@@ -5,6 +5,7 @@ Each parser raises ``ValueError`` with a message meant to follow ``key.path: `` 
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -36,6 +37,8 @@ def parse_duration(value: object) -> float:
         seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
     else:
         raise ValueError("expected a duration like '30s', '15m' or '2h'")
+    if not math.isfinite(seconds):
+        raise ValueError("duration must be a finite number")
     if seconds < 0:
         raise ValueError("duration must not be negative")
     return seconds
@@ -59,7 +62,9 @@ def parse_size(value: object) -> int:
     return size
 
 
-def interpolate_env(text: str, environ: Mapping[str, str] | None = None) -> tuple[str, bool]:
+def interpolate_env(
+    text: str, environ: Mapping[str, str] | None = None, *, sink: list[str] | None = None
+) -> tuple[str, bool]:
     """Replace ``${VAR}`` / ``${VAR:-default}``; returns the text and whether the environment
     supplied any part of it (such values are masked when the config is printed).
 
@@ -68,13 +73,16 @@ def interpolate_env(text: str, environ: Mapping[str, str] | None = None) -> tupl
     env = os.environ if environ is None else environ
     missing: list[str] = []
     from_env: list[str] = []
+    secrets_seen: list[str] = []
 
     def substitute(match: re.Match[str]) -> str:
         name, default = match.group(1), match.group(2)
-        if name in env:
+        value = env.get(name)
+        if value is not None and (value or default is None):
             from_env.append(name)
-            return env[name]
-        if default is not None:
+            secrets_seen.append(value)
+            return value
+        if default is not None:  # shell semantics: unset or empty takes the default
             return default
         missing.append(name)
         return ""
@@ -82,4 +90,6 @@ def interpolate_env(text: str, environ: Mapping[str, str] | None = None) -> tupl
     result = _ENV_RE.sub(substitute, text)
     if missing:
         raise ValueError(f"environment variable {missing[0]} is not set")
+    if sink is not None:
+        sink.extend(secrets_seen)
     return result, bool(from_env)

@@ -2,16 +2,37 @@
 
 from __future__ import annotations
 
+import re
+
 from aiohttp import web
 
 from gateway.context import RequestContext
+from gateway.errors import BadRequest
 from gateway.health import GATEWAY_ENDPOINTS, serve_gateway_endpoint
 from gateway.routing import normalise_target
+
+# RFC 3986 host (reg-name or IP literal) and optional port; anything else in Host is an attack on
+# whatever reads it downstream (Forwarded/X-Forwarded-Host injection, cache poisoning).
+_HOST_RE = re.compile(r"^(?:\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9._-]{1,253})(?::[0-9]{1,5})?$")
+
+
+def checked_host(request: web.BaseRequest) -> str | None:
+    hosts = request.headers.getall("Host", ())
+    if len(hosts) > 1:
+        raise BadRequest("More than one Host header")
+    if not hosts:
+        if request.version >= (1, 1):
+            raise BadRequest("Host header required")
+        return None
+    # SECURITY: Host header injection (quotes, spaces, control characters) is refused.
+    if not _HOST_RE.match(hosts[0]):
+        raise BadRequest("Invalid Host header")
+    return hosts[0]
 
 
 async def resolve_route(ctx: RequestContext) -> web.StreamResponse | None:
     request = ctx.request
-    ctx.target = normalise_target(request.raw_path, host=request.headers.get("Host"))
+    ctx.target = normalise_target(request.raw_path, host=checked_host(request))
     if ctx.target.path in GATEWAY_ENDPOINTS:
         return await serve_gateway_endpoint(ctx)
     ctx.route = ctx.runtime.routes.match(ctx.target.path, request.method)

@@ -276,3 +276,17 @@ def test_connections_over_the_cap_are_closed(gateway_factory, upstream: Upstream
     finally:
         for sock in held:
             sock.close()
+
+
+@pytest.mark.parametrize(
+    "host", ['shop.example";for=6.6.6.6;x="', "a b", "evil.example\tx", ""]
+)
+def test_malformed_host_header_refused(shared_gateway: GatewayProc, host: str) -> None:
+    status, _, body = raw_request(shared_gateway.port, f"GET /echo HTTP/1.1\r\nHost: {host}\r\n\r\n")
+    assert status == 400
+    assert b"6.6.6.6" not in body
+
+
+def test_duplicate_host_header_refused(shared_gateway: GatewayProc) -> None:
+    status, _, _ = raw_request(shared_gateway.port, "GET /echo HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+    assert status == 400

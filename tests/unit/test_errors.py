@@ -1,0 +1,187 @@
+"""SPEC §13 and Appendix B "Problem types": one error family, one problem+json rendering."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from gateway import errors
+from gateway.errors import (
+    GatewayError,
+    Isolated,
+    MethodNotAllowed,
+    RateLimited,
+    problem_body,
+    problem_headers,
+)
+
+# SPEC Appendix B "Problem types", verbatim: slug → status.
+SPEC_PROBLEM_TYPES = {
+    "bad-request": 400,
+    "missing-token": 401,
+    "invalid-token": 401,
+    "mfa-required": 401,
+    "forbidden": 403,
+    "tenant-mismatch": 403,
+    "not-found": 404,
+    "method-not-allowed": 405,
+    "conflict": 409,
+    "payload-too-large": 413,
+    "headers-too-large": 431,
+    "rate-limited": 429,
+    "locked-out": 429,
+    "tenant-leak-blocked": 502,
+    "upstream-unavailable": 502,
+    "isolated": 503,
+    "not-ready": 503,
+    "store-unavailable": 503,
+    "upstream-timeout": 504,
+    "internal": 500,
+}
+
+# The class raised for each problem type.
+CLASSES = {
+    "BadRequest": "bad-request",
+    "MissingToken": "missing-token",
+    "InvalidToken": "invalid-token",
+    "MfaRequired": "mfa-required",
+    "Forbidden": "forbidden",
+    "TenantMismatch": "tenant-mismatch",
+    "NotFound": "not-found",
+    "MethodNotAllowed": "method-not-allowed",
+    "Conflict": "conflict",
+    "PayloadTooLarge": "payload-too-large",
+    "HeadersTooLarge": "headers-too-large",
+    "RateLimited": "rate-limited",
+    "LockedOut": "locked-out",
+    "TenantLeakBlocked": "tenant-leak-blocked",
+    "UpstreamUnavailable": "upstream-unavailable",
+    "Isolated": "isolated",
+    "NotReady": "not-ready",
+    "StoreUnavailable": "store-unavailable",
+    "UpstreamTimeout": "upstream-timeout",
+    "InternalError": "internal",
+}
+
+
+def _module_subclasses() -> list[type[GatewayError]]:
+    found: list[type[GatewayError]] = []
+    pending = list(GatewayError.__subclasses__())
+    while pending:
+        cls = pending.pop()
+        pending.extend(cls.__subclasses__())
+        if cls.__module__ == errors.__name__:
+            found.append(cls)
+    return found
+
+
+def test_spec_table_has_twenty_problem_types() -> None:
+    assert len(SPEC_PROBLEM_TYPES) == 20
+    assert set(CLASSES.values()) == set(SPEC_PROBLEM_TYPES)
+
+
+@pytest.mark.parametrize(("class_name", "slug"), sorted(CLASSES.items()))
+def test_error_class_has_spec_status_and_slug(class_name: str, slug: str) -> None:
+    cls = getattr(errors, class_name)
+    assert issubclass(cls, GatewayError)
+    assert cls.slug == slug
+    assert cls.status == SPEC_PROBLEM_TYPES[slug]
+    assert cls.title and cls.title.strip() == cls.title
+
+
+def test_every_subclass_uses_a_spec_problem_type() -> None:
+    subclasses = _module_subclasses()
+    assert {cls.slug for cls in subclasses} == set(SPEC_PROBLEM_TYPES)
+    for cls in subclasses:
+        assert SPEC_PROBLEM_TYPES[cls.slug] == cls.status, cls.__name__
+    # No two classes share one slug (the slug is the client's stable identifier).
+    assert len({cls.slug for cls in subclasses}) == len(subclasses)
+
+
+def test_base_class_is_an_internal_error() -> None:
+    assert (GatewayError.status, GatewayError.slug) == (500, "internal")
+
+
+def test_detail_defaults_to_title() -> None:
+    error = Isolated()
+    assert error.detail == "Isolated by an incident response switch"
+    assert str(error) == error.detail
+    assert Isolated("Finance is isolated").detail == "Finance is isolated"
+
+
+def test_problem_body_shape() -> None:
+    error = RateLimited("Slow down", extensions={"retry_after": 30})
+    body = orjson.loads(problem_body(error, "req-123"))
+    assert body == {
+        "type": "urn:shopino-gateway:rate-limited",
+        "title": "Too many requests",
+        "status": 429,
+        "detail": "Slow down",
+        "request_id": "req-123",
+        "retry_after": 30,
+    }
+
+
+def test_problem_body_without_request_id_is_null() -> None:
+    body = orjson.loads(problem_body(errors.NotReady(), None))
+    assert body["request_id"] is None
+    assert body["type"] == "urn:shopino-gateway:not-ready"
+    assert body["status"] == 503
+
+
+@pytest.mark.parametrize("slug", sorted(SPEC_PROBLEM_TYPES))
+def test_problem_body_type_is_the_urn_of_the_slug(slug: str) -> None:
+    class_name = next(name for name, s in CLASSES.items() if s == slug)
+    body = orjson.loads(problem_body(getattr(errors, class_name)(), "r"))
+    assert body["type"] == f"urn:shopino-gateway:{slug}"
+    assert body["status"] == SPEC_PROBLEM_TYPES[slug]
+    assert set(body) == {"type", "title", "status", "detail", "request_id"}
+
+
+def test_extensions_cannot_override_standard_members() -> None:
+    error = Isolated(
+        "Tenant isolated",
+        extensions={
+            "type": "urn:evil",
+            "title": "Fine",
+            "status": 200,
+            "detail": "<stack trace>",
+            "request_id": "forged",
+            "incident": "INC-42",
+        },
+    )
+    body = orjson.loads(problem_body(error, "req-1"))
+    assert body == {
+        "type": "urn:shopino-gateway:isolated",
+        "title": "Isolated by an incident response switch",
+        "status": 503,
+        "detail": "Tenant isolated",
+        "request_id": "req-1",
+        "incident": "INC-42",
+    }
+
+
+def test_error_copies_its_mappings() -> None:
+    ext = {"incident": "INC-1"}
+    hdrs = {"Retry-After": "5"}
+    error = Isolated(extensions=ext, headers=hdrs)
+    ext["incident"] = "changed"
+    hdrs["Retry-After"] = "999"
+    assert error.extensions == {"incident": "INC-1"}
+    assert error.headers == {"Retry-After": "5"}
+
+
+def test_problem_headers_content_type_and_no_store() -> None:
+    assert problem_headers(errors.NotFound()) == {
+        "Content-Type": "application/problem+json",
+        "Cache-Control": "no-store",
+    }
+
+
+def test_problem_headers_include_the_errors_headers() -> None:
+    limited = problem_headers(RateLimited(headers={"Retry-After": "30"}))
+    assert limited["Retry-After"] == "30"
+    assert limited["Content-Type"] == "application/problem+json"
+    assert limited["Cache-Control"] == "no-store"
+    refused = problem_headers(MethodNotAllowed(headers={"Allow": "GET, HEAD"}))
+    assert refused["Allow"] == "GET, HEAD"

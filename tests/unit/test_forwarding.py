@@ -1,0 +1,387 @@
+"""SPEC §8 (client IP), §10 and Appendix B "Forwarding headers": who the client is, and what
+the upstream and the client are told."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from gateway.forwarding import (
+    TrustedProxies,
+    connection_tokens,
+    downstream_response_headers,
+    upstream_request_headers,
+)
+
+MAX_EXAMPLES = 50 if os.environ.get("CI") == "true" else 300
+TRUSTED_NETS = [ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("fd00::/8")]
+PROXIES = TrustedProxies(TRUSTED_NETS)
+LB = "10.0.0.5"  # a trusted load balancer
+CLIENT = "203.0.113.7"
+
+
+def headers(*pairs: tuple[str, str]) -> CIMultiDictProxy[str]:
+    return CIMultiDictProxy(CIMultiDict(pairs))
+
+
+# --- TrustedProxies ----------------------------------------------------------------------------
+
+
+def test_membership() -> None:
+    assert "10.1.2.3" in PROXIES
+    assert "fd12::1" in PROXIES
+    assert "11.0.0.1" not in PROXIES
+    assert "2001:db8::1" not in PROXIES
+    assert "not-an-ip" not in PROXIES
+    assert "" not in PROXIES
+    assert "10.0.0.1" not in TrustedProxies([])
+
+
+def test_untrusted_peer_is_the_client_even_with_x_forwarded_for() -> None:
+    assert PROXIES.client_ip(CLIENT, ["1.2.3.4"]) == CLIENT
+    assert PROXIES.client_ip(CLIENT, ["10.0.0.9, 1.2.3.4"]) == CLIENT
+
+
+def test_no_trusted_proxies_configured_ignores_x_forwarded_for() -> None:
+    assert TrustedProxies([]).client_ip("10.0.0.5", ["1.2.3.4"]) == "10.0.0.5"
+
+
+def test_trusted_peer_without_x_forwarded_for_is_the_client() -> None:
+    assert PROXIES.client_ip(LB, []) == LB
+
+
+def test_trusted_peer_gives_rightmost_untrusted_hop() -> None:
+    # The client may prepend anything; only the hop the load balancer appended counts.
+    assert PROXIES.client_ip(LB, ["6.6.6.6, 198.51.100.1, " + CLIENT]) == CLIENT
+
+
+def test_chain_of_trusted_proxies_is_skipped() -> None:
+    assert PROXIES.client_ip(LB, [f"6.6.6.6, {CLIENT}, 10.2.0.1, 10.3.0.1"]) == CLIENT
+
+
+def test_all_hops_trusted_gives_the_leftmost_trusted_hop() -> None:
+    assert PROXIES.client_ip(LB, ["10.9.9.9, 10.2.0.1"]) == "10.9.9.9"
+
+
+@pytest.mark.parametrize(
+    ("xff", "expected"),
+    [
+        pytest.param(["garbage"], LB, id="only-garbage"),
+        pytest.param([f"{CLIENT}, garbage"], LB, id="garbage-rightmost"),
+        pytest.param([f"garbage, {CLIENT}"], CLIENT, id="garbage-left-of-client"),
+        pytest.param([f"{CLIENT}, garbage, 10.2.0.1"], "10.2.0.1", id="garbage-behind-trusted-hop"),
+        pytest.param([f"{CLIENT}:4711"], LB, id="ip-with-port"),
+        pytest.param(["unknown"], LB, id="unknown-token"),
+        pytest.param([""], LB, id="empty-header"),
+        pytest.param([f"{CLIENT},"], LB, id="trailing-comma"),
+    ],
+)
+def test_garbage_ends_the_walk_at_the_last_vouched_hop(xff: list[str], expected: str) -> None:
+    assert PROXIES.client_ip(LB, xff) == expected
+
+
+def test_whitespace_around_hops_is_ignored() -> None:
+    assert PROXIES.client_ip(LB, [f"  {CLIENT}  ,   10.2.0.1  "]) == CLIENT
+
+
+def test_ipv6_hops_and_peers() -> None:
+    assert PROXIES.client_ip("fd00::1", ["2001:db8::42"]) == "2001:db8::42"
+    assert PROXIES.client_ip("fd00::1", ["2001:db8::42, fd00::2"]) == "2001:db8::42"
+    assert PROXIES.client_ip(LB, ["2001:db8::42, fd00::2, 10.1.1.1"]) == "2001:db8::42"
+    assert PROXIES.client_ip("2001:db8::99", ["2001:db8::42"]) == "2001:db8::99"
+
+
+def test_multiple_x_forwarded_for_lines_form_one_list() -> None:
+    # Lines are concatenated in order (RFC 9110 §5.3), so the last line holds the rightmost hops.
+    assert PROXIES.client_ip(LB, ["6.6.6.6", f"{CLIENT}, 10.2.0.1"]) == CLIENT
+    assert PROXIES.client_ip(LB, [CLIENT, "10.2.0.1", "10.3.0.1"]) == CLIENT
+    assert PROXIES.client_ip(LB, [CLIENT, "198.51.100.9"]) == "198.51.100.9"
+
+
+# --- upstream_request_headers ------------------------------------------------------------------
+
+
+def upstream(
+    incoming: CIMultiDictProxy[str],
+    *,
+    peer: str = CLIENT,
+    trusted: bool = False,
+    scheme: str = "https",
+    host: str = "shop.example.com",
+    upstream_host: str = "erp.internal:9000",
+    drop: frozenset[str] = frozenset(),
+) -> CIMultiDict[str]:
+    return upstream_request_headers(
+        incoming,
+        peer_ip=peer,
+        peer_trusted=trusted,
+        scheme=scheme,
+        host=host,
+        upstream_host=upstream_host,
+        drop=drop,
+    )
+
+
+def test_connection_tokens_are_collected_from_every_line() -> None:
+    tokens = connection_tokens(headers(("Connection", "keep-alive, X-Foo"), ("connection", " Upgrade ,,")))
+    assert tokens == {"keep-alive", "x-foo", "upgrade"}
+
+
+def test_hop_by_hop_headers_are_removed() -> None:
+    out = upstream(
+        headers(
+            ("Connection", "keep-alive, X-Secret-Hop"),
+            ("Keep-Alive", "timeout=5"),
+            ("Proxy-Authorization", "Basic abc"),
+            ("Proxy-Connection", "keep-alive"),
+            ("TE", "trailers"),
+            ("Trailer", "X-Checksum"),
+            ("Transfer-Encoding", "chunked"),
+            ("Upgrade", "h2c"),
+            ("X-Secret-Hop", "named in Connection"),
+            ("Accept", "application/json"),
+            ("Authorization", "Bearer t"),
+        )
+    )
+    for name in (
+        "Connection",
+        "Keep-Alive",
+        "Proxy-Authorization",
+        "Proxy-Connection",
+        "TE",
+        "Trailer",
+        "Transfer-Encoding",
+        "Upgrade",
+        "X-Secret-Hop",
+    ):
+        assert name not in out, name
+    assert out["Accept"] == "application/json"
+    assert out["Authorization"] == "Bearer t"
+
+
+def test_end_to_end_headers_keep_order_and_repeats() -> None:
+    out = upstream(headers(("Cookie", "a=1"), ("X-Trace", "1"), ("Cookie", "b=2")))
+    assert out.getall("Cookie") == ["a=1", "b=2"]
+    assert out["X-Trace"] == "1"
+
+
+def test_drop_removes_named_headers() -> None:
+    out = upstream(
+        headers(("X-Tenant-ID", "evil"), ("X-User-ID", "root"), ("Accept", "*/*")),
+        drop=frozenset({"x-tenant-id", "x-user-id"}),
+    )
+    assert "X-Tenant-ID" not in out
+    assert "X-User-ID" not in out
+    assert out["Accept"] == "*/*"
+
+
+def test_untrusted_peer_forwarding_headers_are_replaced() -> None:
+    out = upstream(
+        headers(
+            ("X-Forwarded-For", "1.1.1.1"),
+            ("X-Forwarded-For", "2.2.2.2"),
+            ("X-Forwarded-Proto", "http"),
+            ("X-Forwarded-Host", "evil.example"),
+            ("X-Forwarded-Port", "80"),
+            ("X-Real-IP", "3.3.3.3"),
+            ("Forwarded", "for=4.4.4.4;proto=http"),
+        ),
+        peer=CLIENT,
+        trusted=False,
+    )
+    assert out.getall("X-Forwarded-For") == [CLIENT]
+    assert out.getall("X-Forwarded-Proto") == ["https"]
+    assert out.getall("X-Forwarded-Host") == ["shop.example.com"]
+    assert out.getall("Forwarded") == [f'for={CLIENT};proto=https;host="shop.example.com"']
+    assert "X-Forwarded-Port" not in out
+    assert "X-Real-IP" not in out
+
+
+def test_trusted_peer_hop_is_appended() -> None:
+    out = upstream(
+        headers(
+            ("X-Forwarded-For", f"6.6.6.6, {CLIENT}"),
+            ("X-Forwarded-For", "10.2.0.1"),
+            ("Forwarded", "for=203.0.113.7"),
+            ("Forwarded", "for=10.2.0.1"),
+        ),
+        peer=LB,
+        trusted=True,
+    )
+    assert out.getall("X-Forwarded-For") == [f"6.6.6.6, {CLIENT}, 10.2.0.1, {LB}"]
+    assert out.getall("Forwarded") == [
+        f'for=203.0.113.7, for=10.2.0.1, for={LB};proto=https;host="shop.example.com"'
+    ]
+
+
+def test_trusted_peer_keeps_its_proto_host_port_and_real_ip() -> None:
+    out = upstream(
+        headers(
+            ("X-Forwarded-Proto", "https"),
+            ("X-Forwarded-Host", "public.example"),
+            ("X-Forwarded-Port", "443"),
+            ("X-Real-IP", CLIENT),
+        ),
+        peer=LB,
+        trusted=True,
+        scheme="http",
+        host="gateway.internal:8080",
+    )
+    assert out.getall("X-Forwarded-Proto") == ["https"]
+    assert out.getall("X-Forwarded-Host") == ["public.example"]
+    assert out["X-Forwarded-Port"] == "443"
+    assert out["X-Real-IP"] == CLIENT
+    # The gateway's own hop describes the connection it saw.
+    assert out["Forwarded"] == f'for={LB};proto=http;host="gateway.internal:8080"'
+
+
+def test_trusted_peer_without_forwarding_headers_gets_them_set() -> None:
+    out = upstream(headers(), peer=LB, trusted=True, scheme="http")
+    assert out["X-Forwarded-For"] == LB
+    assert out["X-Forwarded-Proto"] == "http"
+    assert out["X-Forwarded-Host"] == "shop.example.com"
+
+
+def test_forwarded_quotes_ipv6_nodes() -> None:
+    out = upstream(headers(), peer="2001:db8::7")
+    assert out["Forwarded"] == 'for="[2001:db8::7]";proto=https;host="shop.example.com"'
+    assert out["X-Forwarded-For"] == "2001:db8::7"  # X-Forwarded-For carries it bare
+
+
+def test_forwarded_without_host_has_no_host_parameter() -> None:
+    out = upstream(headers(), host="")
+    assert out["Forwarded"] == f"for={CLIENT};proto=https"
+    assert "X-Forwarded-Host" not in out
+
+
+def _forwarded_params(value: str) -> list[tuple[str, str]]:
+    """RFC 7239 pairs of one Forwarded header value (quoted-strings with backslash escapes)."""
+    pairs: list[tuple[str, str]] = []
+    i = 0
+    while i < len(value):
+        while i < len(value) and value[i] in " ;,":
+            i += 1
+        start = value.find("=", i)
+        if start < 0:
+            break
+        name = value[i:start].strip().lower()
+        i = start + 1
+        if i < len(value) and value[i] == '"':
+            i += 1
+            chars: list[str] = []
+            while i < len(value) and value[i] != '"':
+                if value[i] == "\\":
+                    i += 1
+                chars.append(value[i])
+                i += 1
+            i += 1
+            pairs.append((name, "".join(chars)))
+        else:
+            end = i
+            while end < len(value) and value[end] not in ";,":
+                end += 1
+            pairs.append((name, value[i:end]))
+            i = end
+    return pairs
+
+
+def test_forwarded_parser_helper_reads_quoted_strings() -> None:
+    assert _forwarded_params('for="[2001:db8::1]";proto=https;host="a\\"b"') == [
+        ("for", "[2001:db8::1]"),
+        ("proto", "https"),
+        ("host", 'a"b'),
+    ]
+
+
+def test_client_host_cannot_inject_forwarded_parameters() -> None:
+    out = upstream(headers(), peer=CLIENT, host='shop.example.com";for=6.6.6.6;x="')
+    params = _forwarded_params(out["Forwarded"])
+    assert [value for name, value in params if name == "for"] == [CLIENT]
+
+
+def test_host_is_replaced_and_expect_dropped() -> None:
+    out = upstream(
+        headers(("Host", "shop.example.com"), ("Expect", "100-continue"), ("Content-Length", "5")),
+        upstream_host="erp.internal:9000",
+    )
+    assert out.getall("Host") == ["erp.internal:9000"]
+    assert "Expect" not in out
+    assert out["Content-Length"] == "5"
+
+
+# The property: an untrusted peer can never choose its client IP or what the upstream sees.
+untrusted_peers = st.ip_addresses().map(str).filter(lambda ip: ip not in PROXIES)
+hop = st.one_of(
+    st.ip_addresses().map(str),
+    st.sampled_from(["10.0.0.1", "10.255.0.9", "fd00::1", LB]),  # trusted-looking hops
+    st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=20),
+)
+xff_lines = st.lists(st.lists(hop, max_size=4).map(", ".join), max_size=5)
+
+
+@settings(max_examples=MAX_EXAMPLES, database=None, deadline=None)
+@given(peer=untrusted_peers, lines=xff_lines)
+def test_untrusted_peer_property(peer: str, lines: list[str]) -> None:
+    assert PROXIES.client_ip(peer, lines) == peer
+    incoming = headers(*[("X-Forwarded-For", line) for line in lines])
+    out = upstream(incoming, peer=peer, trusted=peer in PROXIES)
+    assert out.getall("X-Forwarded-For") == [peer]
+
+
+# --- downstream_response_headers ---------------------------------------------------------------
+
+
+def test_response_fingerprints_and_hop_by_hop_are_removed() -> None:
+    out = downstream_response_headers(
+        CIMultiDict(
+            [
+                ("Server", "nginx/1.2.3"),
+                ("X-Powered-By", "PHP/8.1"),
+                ("Connection", "keep-alive, X-Backend-Node"),
+                ("X-Backend-Node", "erp-3"),
+                ("Keep-Alive", "timeout=5"),
+                ("Transfer-Encoding", "chunked"),
+                ("Upgrade", "h2c"),
+                ("Content-Length", "12"),
+                ("Content-Type", "application/json"),
+                ("Set-Cookie", "a=1"),
+                ("Set-Cookie", "b=2"),
+            ]
+        ),
+        tls=False,
+    )
+    for name in (
+        "Server",
+        "X-Powered-By",
+        "Connection",
+        "X-Backend-Node",
+        "Keep-Alive",
+        "Transfer-Encoding",
+        "Upgrade",
+        "Content-Length",
+    ):
+        assert name not in out, name
+    assert out["Content-Type"] == "application/json"
+    assert out.getall("Set-Cookie") == ["a=1", "b=2"]
+
+
+def test_nosniff_added_and_not_duplicated() -> None:
+    assert downstream_response_headers(CIMultiDict(), tls=False)["X-Content-Type-Options"] == "nosniff"
+    kept = downstream_response_headers(CIMultiDict([("x-content-type-options", "nosniff")]), tls=False)
+    assert kept.getall("X-Content-Type-Options") == ["nosniff"]
+
+
+def test_hsts_only_on_tls_listeners() -> None:
+    plain = downstream_response_headers(CIMultiDict(), tls=False)
+    assert "Strict-Transport-Security" not in plain
+    secure = downstream_response_headers(
+        CIMultiDictProxy(CIMultiDict([("Strict-Transport-Security", "max-age=0")])), tls=True
+    )
+    # The gateway's policy replaces whatever the upstream said.
+    assert secure.getall("Strict-Transport-Security") == ["max-age=31536000; includeSubDomains"]
+    assert secure["X-Content-Type-Options"] == "nosniff"
