@@ -14,6 +14,7 @@ COPY config/gateway.yaml /etc/shopino/gateway.yaml
 ENV SHOPINO_GATEWAY_CONFIG=/etc/shopino/gateway.yaml \
     SHOPINO_DEMO_HOST=0.0.0.0 \
     SHOPINO_DEMO_STATE=local:/var/lib/shopino/state \
+    SHOPINO_DEMO_AUDIT_SPOOL=/var/lib/shopino/audit-spool \
     PYTHONUNBUFFERED=1
 USER shopino
 VOLUME ["/etc/shopino", "/var/lib/shopino"]

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import structlog
 from aiohttp import ClientConnectionResetError, web
 
-from gateway.context import RequestContext, request_id_for
+from gateway.context import ContextKey, RequestContext, request_id_for
 from gateway.errors import GatewayError, InternalError, problem_body, problem_headers
 from gateway.listener import GuardedRequestHandler
 from gateway.metrics import METRICS
@@ -52,6 +52,7 @@ class PublicHandler:
             peer_ip=peer,
             peer_trusted=trusted,
         )
+        request[ContextKey] = ctx
         ctx.response_headers["X-Request-ID"] = request_id
         # SECURITY: fingerprinting — neither aiohttp's nor the upstream's version is disclosed.
         ctx.response_headers["Server"] = "shopino-gateway"

@@ -13,6 +13,7 @@ import orjson
 import yaml
 
 from gateway import operator_client
+from gateway.cli_audit import add_audit_commands
 from gateway.config import ConfigError, default_config_path, effective_config, load_config
 
 EXIT_OK, EXIT_USAGE, EXIT_REMOTE_ERROR, EXIT_UNREACHABLE = 0, 1, 2, 3
@@ -54,7 +55,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from gateway.logs import configure_logging
     from gateway.main import run_gateway
 
-    configure_logging(config.logging.level)  # type: ignore[attr-defined]
+    configure_logging(config.logging)  # type: ignore[attr-defined]
     return run_gateway(config, path)  # type: ignore[arg-type]
 
 
@@ -134,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     mint.add_argument("--ttl", default="15m")
     mint.add_argument("--claim", action="append", default=[], metavar="K=V")
     mint.set_defaults(func=cmd_token_mint)
+
+    add_audit_commands(commands)
 
     reload = commands.add_parser("reload", help="reload the config on every worker (admin API)")
     operator_client.add_common_arguments(reload)

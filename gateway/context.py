@@ -39,3 +39,8 @@ class RequestContext:
     response_headers: dict[str, str] = field(default_factory=dict)
     status: int = 0
     upstream_url: str | None = None
+    user: str | None = None  # set by authentication
+    tenant: str | None = None  # set by tenant context
+
+
+ContextKey = web.RequestKey("gateway_context", RequestContext)

@@ -51,6 +51,12 @@ class GatewayMetrics:
             multiprocess_mode="livemin",
         )
 
+        self.audit_spooled = Gauge(
+            "shopino_gateway_audit_spooled_records",
+            "Audit records waiting on local disk for the store to return",
+            multiprocess_mode="livesum",
+        )
+
     def observe_request(self, ctx: RequestContext) -> None:
         route = ctx.route.name if ctx.route is not None else "-"
         self.requests.labels(route, str(ctx.status or 0)).inc()

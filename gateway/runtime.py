@@ -12,8 +12,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from gateway.access_log import AccessLogWriter
 from gateway.config import GatewayConfig
 from gateway.forwarding import TrustedProxies
+from gateway.redaction import Redactor
 from gateway.routing import RouteTable
 from gateway.upstream import UpstreamRegistry, UpstreamTransport
 
@@ -43,6 +45,7 @@ class Runtime:
     status: GatewayStatus
     tls: bool
     scheme: str
+    access_log: AccessLogWriter
 
 
 def build_runtime(
@@ -59,6 +62,11 @@ def build_runtime(
         status=status,
         tls=tls,
         scheme="https" if tls else "http",
+        access_log=AccessLogWriter(
+            Redactor(config.logging.redact.extra_keys, config.logging.redact.extra_patterns),
+            enabled=config.logging.access_log,
+            pseudonymize=config.logging.pseudonymize,
+        ),
     )
 
 

@@ -15,11 +15,14 @@ import orjson
 import structlog
 from aiohttp import web
 
+from gateway.access_log import ACCESS_LOGGER, GatewayAccessLogger
 from gateway.admin.app import make_admin_app
 from gateway.app import PublicHandler
+from gateway.audit import SYSTEM_TRAIL, AuditTrail
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.errors import StoreUnavailable
 from gateway.listener import GuardedServer
+from gateway.logs import configure_logging
 from gateway.metrics import METRICS
 from gateway.runtime import GatewayStatus, Runtime, build_runtime
 from gateway.state import StateStore, open_store
@@ -41,6 +44,7 @@ class GatewayProcess:
         self.store: StateStore = open_store(config.state.url)
         self.status = GatewayStatus(instance_id=self.instance_id, store_description=self.store.describe())
         self.registry = UpstreamRegistry()
+        self.audit = AuditTrail(self.store, spool_dir=Path(config.audit.spool_dir))
         self._runtime = build_runtime(config, registry=self.registry, status=self.status, generation=1)
         self._runners: list[web.BaseRunner] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -66,7 +70,8 @@ class GatewayProcess:
             max_headers=limits.max_headers + 16,
             max_field_size=limits.max_header_bytes + 1024,
             max_line_size=max(16384, limits.max_header_bytes + 1024),
-            access_log=None,
+            access_log_class=GatewayAccessLogger,
+            access_log=ACCESS_LOGGER,
         )
         reuse_port = config.listen.workers > 1
         public_runner = web.ServerRunner(public, shutdown_timeout=config.listen.drain_timeout)
@@ -81,7 +86,9 @@ class GatewayProcess:
         )
         await site.start()
         self._runners.append(public_runner)
-        admin_runner = web.AppRunner(make_admin_app(self.runtime, self.reload_everywhere), access_log=None)
+        admin_runner = web.AppRunner(
+            make_admin_app(self.runtime, self.reload_everywhere, self.audit), access_log=None
+        )
         await admin_runner.setup()
         admin_site = web.TCPSite(
             admin_runner,
@@ -95,6 +102,7 @@ class GatewayProcess:
         self.public_port = _bound_port(public_runner)
         self.admin_port = _bound_port(admin_runner)
         self._tasks.append(asyncio.create_task(self._watch_store()))
+        self._tasks.append(asyncio.create_task(self._maintain_audit()))
         if self.store.shared:
             self._tasks.append(asyncio.create_task(self._follow_reloads()))
         log.info(
@@ -113,8 +121,10 @@ class GatewayProcess:
             if not upstream.tls.verify:
                 log.warning("upstream_tls_unverified", upstream=upstream.name)
 
-    async def reload(self) -> Runtime:
-        """Build a new runtime from the config file and swap it; raises ``ConfigError``."""
+    async def reload(self, actor: str | None = "signal:SIGHUP", request_id: str | None = None) -> Runtime:
+        """Build a new runtime from the config file and swap it; raises ``ConfigError``.
+
+        ``actor`` None means a peer worker asked (its origin already audited the reload)."""
         async with self._reload_lock:
             if self.config_path is None:
                 raise ConfigError(["<file>: this gateway was started without a config file"])
@@ -124,8 +134,17 @@ class GatewayProcess:
                 METRICS.reloads.labels("rejected").inc()
                 self.status.last_reload_error = "; ".join(exc.errors)
                 log.error("config_reload_rejected", errors=exc.errors)
+                if actor is not None:
+                    await self.audit.record(
+                        "config.reload_rejected",
+                        tenants=[SYSTEM_TRAIL],
+                        actor=actor,
+                        request_id=request_id,
+                        details={"errors": exc.errors},
+                    )
                 raise
             old = self._runtime
+            configure_logging(config.logging)
             if (config.listen, config.admin, config.state) != (
                 old.config.listen,
                 old.config.admin,
@@ -139,6 +158,14 @@ class GatewayProcess:
             self.status.last_reload_error = None
             METRICS.reloads.labels("applied").inc()
             log.info("config_reloaded", generation=self._runtime.generation)
+            if actor is not None:
+                await self.audit.record(
+                    "config.reloaded",
+                    tenants=[SYSTEM_TRAIL],
+                    actor=actor,
+                    request_id=request_id,
+                    details={"generation": self._runtime.generation, "source": str(self.config_path)},
+                )
             self._tasks.append(
                 asyncio.create_task(
                     self.registry.retire_unused(
@@ -148,9 +175,9 @@ class GatewayProcess:
             )
             return self._runtime
 
-    async def reload_everywhere(self) -> Runtime:
+    async def reload_everywhere(self, actor: str, request_id: str | None) -> Runtime:
         """Admin reload: this worker first (so errors come back), then every other worker."""
-        runtime = await self.reload()
+        runtime = await self.reload(actor, request_id)
         if self.store.shared:
             with contextlib.suppress(StoreUnavailable):
                 await self.store.publish(RELOAD_CHANNEL, orjson.dumps({"from": self.instance_id}))
@@ -164,7 +191,7 @@ class GatewayProcess:
                     async for _, message in subscription:
                         if orjson.loads(message).get("from") != self.instance_id:
                             with contextlib.suppress(ConfigError):
-                                await self.reload()
+                                await self.reload(actor=None)
                 finally:
                     await subscription.close()
             except StoreUnavailable:
@@ -184,6 +211,21 @@ class GatewayProcess:
             self.status.snapshot_loaded = self.status.snapshot_loaded or healthy
             self.status.store_checked_at = time.time()
             METRICS.store_healthy.set(1 if healthy else 0)
+            await asyncio.sleep(STORE_PROBE_INTERVAL)
+
+    async def _maintain_audit(self) -> None:
+        """Replay spooled audit records once the store is back; apply retention hourly."""
+        next_retention = 0.0
+        while True:
+            try:
+                await self.audit.replay_spool()
+                if time.monotonic() >= next_retention:
+                    retention = self._runtime.config.audit.retention
+                    await self.audit.apply_retention_all(retention)
+                    next_retention = time.monotonic() + 3600
+            except StoreUnavailable:
+                pass
+            METRICS.audit_spooled.set(self.audit.spooled_count)
             await asyncio.sleep(STORE_PROBE_INTERVAL)
 
     async def stop(self) -> None:
@@ -225,4 +267,4 @@ async def serve(config: GatewayConfig, config_path: Path | None, *, workdir: Pat
 
 async def _reload_quietly(process: GatewayProcess) -> None:
     with contextlib.suppress(ConfigError):
-        await process.reload()
+        await process.reload("signal:SIGHUP")

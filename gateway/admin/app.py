@@ -8,7 +8,10 @@ import orjson
 import structlog
 from aiohttp import web
 
+from gateway.admin.audit_api import add_audit_routes
 from gateway.admin.auth import identify_admin
+from gateway.admin.context import ActorKey, AuditKey
+from gateway.audit import AuditTrail
 from gateway.config import ConfigError, effective_config
 from gateway.context import request_id_for
 from gateway.errors import (
@@ -24,7 +27,7 @@ from gateway.metrics import render_metrics
 from gateway.runtime import Runtime
 
 log = structlog.get_logger("gateway.admin")
-Reloader = Callable[[], Awaitable[Runtime]]
+Reloader = Callable[[str, str | None], Awaitable[Runtime]]
 RuntimeKey = web.AppKey("current_runtime", Callable[[], Runtime])
 ReloadKey = web.AppKey("reload", Reloader)
 
@@ -44,7 +47,8 @@ async def admin_errors_middleware(
 ) -> web.StreamResponse:
     request_id = request_id_for(request.headers.get("X-Request-ID"))
     try:
-        identify_admin(request.headers.get("Authorization"), request.app[RuntimeKey]().admin_tokens)
+        name = identify_admin(request.headers.get("Authorization"), request.app[RuntimeKey]().admin_tokens)
+        request[ActorKey] = f"admin-token:{name}"
         response = await handler(request)
     except web.HTTPNotFound:
         response = _problem(NotFound("No such admin endpoint"), request_id)
@@ -71,8 +75,9 @@ async def get_config(request: web.Request) -> web.Response:
 
 
 async def post_reload(request: web.Request) -> web.Response:
+    request_id = request_id_for(request.headers.get("X-Request-ID"))
     try:
-        runtime = await request.app[ReloadKey]()
+        runtime = await request.app[ReloadKey](request[ActorKey], request_id)
     except ConfigError as exc:
         # The operator needs the key paths to fix the file; they hold no secrets by design.
         raise BadRequest(
@@ -86,10 +91,14 @@ async def get_metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": content_type})
 
 
-def make_admin_app(current_runtime: Callable[[], Runtime], reload: Reloader) -> web.Application:
+def make_admin_app(
+    current_runtime: Callable[[], Runtime], reload: Reloader, audit: AuditTrail
+) -> web.Application:
     app = web.Application(middlewares=[admin_errors_middleware], client_max_size=1024 * 1024)
     app[RuntimeKey] = current_runtime
     app[ReloadKey] = reload
+    app[AuditKey] = audit
+    add_audit_routes(app)
     app.router.add_get("/admin/config", get_config)
     app.router.add_post("/admin/reload", post_reload)
     app.router.add_get("/metrics", get_metrics)

@@ -68,6 +68,7 @@ async def _demo(config_path: Path, workdir: Path, port: int, admin_port: int, ba
             "SHOPINO_DEMO_ADMIN_PORT": str(admin_port),
             "SHOPINO_DEMO_UPSTREAM": backend.url,
             "SHOPINO_DEMO_STATE": f"local:{workdir / 'state'}",
+        "SHOPINO_DEMO_AUDIT_SPOOL": str(workdir / "audit-spool"),
         }
     )
     try:
@@ -76,7 +77,7 @@ async def _demo(config_path: Path, workdir: Path, port: int, admin_port: int, ba
         await backend.close()
         print("\n".join(exc.errors), file=sys.stderr)
         return 1
-    configure_logging(config.logging.level)
+    configure_logging(config.logging)
     process = GatewayProcess(config, config_path, workdir=workdir / "tls")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

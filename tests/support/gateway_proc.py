@@ -51,6 +51,7 @@ class GatewayProc:
         )
         config.setdefault("state", {"url": f"local:{tmp / 'state'}"})
         config.setdefault("logging", {"level": "info"})
+        config.setdefault("audit", {"spool_dir": str(tmp / "audit-spool")})
         self.config = config
         self.config_path = tmp / "gateway.yaml"
         self.write_config(config)

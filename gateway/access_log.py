@@ -1,0 +1,97 @@
+"""The access log: one typed JSON line per request, written by an aiohttp access logger.
+
+Typed fields the gateway produces itself are emitted as they are (cheap); the only free text,
+the path and query, goes through the redactor. Users appear as keyed pseudonyms and client
+IPs truncated unless ``logging.pseudonymize: false`` (SPEC §11).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import logging
+import os
+import secrets
+import sys
+from typing import TextIO
+
+import orjson
+import structlog
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from gateway.context import ContextKey
+from gateway.redaction import Pseudonymizer, Redactor, truncate_ip
+
+log = structlog.get_logger("gateway.access")
+ACCESS_LOGGER = logging.getLogger("gateway.access")
+
+
+def pseudonym_key() -> tuple[bytes, str]:
+    """($SHOPINO_GATEWAY_PSEUDONYM_KEY, else HKDF of the master key, else a per-process key)."""
+    explicit = os.environ.get("SHOPINO_GATEWAY_PSEUDONYM_KEY")
+    if explicit:
+        return explicit.encode(), "env"
+    master = os.environ.get("SHOPINO_GATEWAY_MASTER_KEY", "")
+    if master:
+        first = master.split(",")[0]
+        raw = base64.b64decode(first.rpartition(":")[2] if ":" in first else first)
+        hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"shopino-gateway pseudonyms")
+        return hkdf.derive(raw), "master-key"
+    return secrets.token_bytes(32), "ephemeral"
+
+
+class AccessLogWriter:
+    """Built once per runtime: holds the redactor and pseudonymizer, writes one line per call."""
+
+    def __init__(
+        self, redactor: Redactor, *, enabled: bool, pseudonymize: bool, stream: TextIO | None = None
+    ) -> None:
+        self.enabled = enabled
+        self._redactor = redactor
+        self._pseudonymize = pseudonymize
+        key, _source = pseudonym_key()
+        self._pseudonymizer = Pseudonymizer(key)
+        self._stream = stream
+
+    def write(self, request: web.BaseRequest, response: web.StreamResponse, elapsed: float) -> None:
+        ctx = request.get(ContextKey)
+        if ctx is None:
+            return
+        target = ctx.target
+        path = target.path if target is not None else "-"
+        line: dict[str, object] = {
+            "timestamp": datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds"),
+            "level": "info",
+            "event": "access",
+            "request_id": ctx.request_id,
+            "method": request.method,
+            "route": ctx.route.name if ctx.route is not None else None,
+            "path": self._redactor.redact_text(path),
+            "status": response.status,
+            "duration_ms": round(elapsed * 1000, 3),
+            "bytes": response.body_length,
+            "client_ip": truncate_ip(ctx.client_ip) if self._pseudonymize else ctx.client_ip,
+        }
+        if target is not None and target.query:
+            line["query"] = self._redactor.redact_query(target.query)
+        if ctx.user is not None:
+            line["user"] = self._pseudonymizer(ctx.user) if self._pseudonymize else ctx.user
+        if ctx.tenant is not None:
+            line["tenant"] = ctx.tenant
+        (self._stream or sys.stdout).write(orjson.dumps(line).decode() + "\n")
+
+
+class GatewayAccessLogger(AbstractAccessLogger):
+    """aiohttp creates one per connection; the writer comes from the request's runtime."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        ctx = request.get(ContextKey)
+        if ctx is not None and ctx.runtime.access_log.enabled:
+            ctx.runtime.access_log.write(request, response, time)
+
+    @property
+    def enabled(self) -> bool:
+        return True

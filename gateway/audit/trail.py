@@ -1,0 +1,296 @@
+"""Per-tenant, hash-chained audit trails on the state store (SPEC §11, Appendix B).
+
+How a record is chained under concurrency: ``gateway.audit.chain`` and ``gateway.audit.lock``.
+
+Writes never vanish (``gateway.audit.spool``): an event whose append fails with
+``StoreUnavailable`` is spooled to local disk, and so is every later event while anything is
+spooled, so each process's events keep their order. ``replay_spool`` (called periodically by the
+owner, and by ``record`` once ``retry_interval`` has passed since the last failure) appends
+them in order; a replayed record keeps its original ``time`` while its seq and prev_hash are
+assigned at replay, so a trail can show a time earlier than the record before it.
+
+Retention and purge never break verification: they first append a record (``audit.checkpoint``
+or ``tenant.purged``) whose details carry ``removed_through_seq`` and ``removed_last_hash``, and
+only then trim the log up to that seq. The first remaining record's prev_hash is the hash the
+vouching record names, which ``verify`` requires (``gateway.audit.verify``). Appending before
+trimming means a crash in between leaves extra records, never an unvouched gap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from gateway.audit import export as _export
+from gateway.audit.chain import STREAM_PREFIX, ChainWriter, stream_name
+from gateway.audit.record import (
+    CHECKPOINT_EVENT,
+    GENESIS_HASH,
+    PURGED_EVENT,
+    SYSTEM_TENANT,
+    build_record,
+    canonical_bytes,
+    decode_record,
+    format_time,
+    normalize_details,
+    validate_tenant,
+)
+from gateway.audit.spool import PendingRecord, Spool
+from gateway.audit.verify import ChainVerifier, VerifyResult
+from gateway.errors import StoreUnavailable
+from gateway.state.base import StateStore
+
+log = structlog.get_logger("gateway.audit")
+
+GATEWAY_ACTOR = "gateway"
+_TENANT_DATA: list[str] = []
+
+
+def register_tenant_data(prefix_template: str) -> None:
+    """Declare a per-tenant key prefix (e.g. ``"mfa:{tenant}:"``) that ``purge_tenant`` deletes.
+
+    ``{tenant}`` must be followed by ``:`` (which tenant ids never contain), so that purging
+    tenant ``a`` can never match keys of tenant ``ab``. Registering twice is harmless."""
+    if "{tenant}:" not in prefix_template or prefix_template.count("{") != 1:
+        raise ValueError("prefix template must contain '{tenant}:' once, e.g. 'mfa:{tenant}:'")
+    if prefix_template not in _TENANT_DATA:
+        _TENANT_DATA.append(prefix_template)
+
+
+def registered_tenant_data() -> tuple[str, ...]:
+    return tuple(_TENANT_DATA)
+
+
+def _closing(iterator: AsyncIterator[Any]) -> contextlib.AbstractAsyncContextManager[Any]:
+    # Close a half-read log_read generator at once instead of leaving it to the GC.
+    return contextlib.aclosing(iterator) if hasattr(iterator, "aclose") else contextlib.nullcontext()
+
+
+class AuditTrail:
+    """Write, export, verify, trim and purge tenant audit trails."""
+
+    def __init__(
+        self,
+        store: StateStore,
+        *,
+        spool_dir: Path,
+        clock: Callable[[], float] = time.time,
+        lock_ttl: float = 10.0,
+        lock_wait: float = 2.0,
+        retry_interval: float = 1.0,
+    ) -> None:
+        self._store = store
+        self._spool = Spool(spool_dir)
+        self._clock = clock
+        self._chain = ChainWriter(store, lock_ttl=lock_ttl, lock_wait=lock_wait)
+        self._retry_interval = retry_interval
+        self._retry_at = 0.0  # monotonic: no implicit replay before this
+        self._replaying = False
+
+    @property
+    def spooled_count(self) -> int:
+        """Events waiting in the local spool (for the metric)."""
+        return self._spool.pending
+
+    def close(self) -> None:
+        """Release the spool file; pending events stay on disk for the next process."""
+        self._spool.close()
+
+    # -- writing ---------------------------------------------------------------------------
+    async def record(
+        self,
+        event: str,
+        *,
+        tenants: Sequence[str],
+        actor: str | None,
+        request_id: str | None = None,
+        incident: str | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> None:
+        """File ``event`` in the trail of every tenant in ``tenants`` (``["_system"]`` for global
+        events). Returns once each copy is in the store or fsync'd to the spool. ValueError for
+        caller bugs (bad tenant id, non-JSON details); OSError only if the store is unreachable
+        and the spool directory cannot be written either."""
+        if not isinstance(event, str) or not event:
+            raise ValueError("audit event name must be a non-empty string")
+        if isinstance(tenants, str) or not tenants:
+            raise ValueError("tenants must be a non-empty list of tenant ids")
+        targets = list(dict.fromkeys(validate_tenant(t) for t in tenants))
+        clean = normalize_details(details)
+        try:
+            canonical_bytes(clean)
+        except UnicodeEncodeError:
+            raise ValueError("audit details contain text that is not valid Unicode") from None
+        stamp = format_time(self._clock())
+        pending = [PendingRecord(t, stamp, event, actor, request_id, incident, dict(clean)) for t in targets]
+        if self._spool.pending or self._replaying:
+            # Something is queued: go behind it, so this process's events keep their order.
+            self._spool.add(pending)
+            if not self._replaying and time.monotonic() >= self._retry_at:
+                await self.replay_spool()
+            return
+        for index, rec in enumerate(pending):
+            try:
+                await self._chain.append(rec)
+            except StoreUnavailable:
+                self._spool.add(pending[index:])
+                self._retry_at = time.monotonic() + self._retry_interval
+                log.warning("audit.spooled", audit_event=event, spooled=self._spool.pending)
+                return
+
+    async def replay_spool(self) -> int:
+        """Append spooled events in order (adopting spools of dead processes first); returns how
+        many were written. Stops quietly at the first store failure."""
+        if self._replaying:
+            return 0
+        self._replaying = True
+        written = 0
+        try:
+            self._spool.adopt_orphans()
+            while (rec := self._spool.peek()) is not None:
+                try:
+                    if not (await self._chain.already_stored(rec)):
+                        await self._chain.append(rec, functools.partial(self._spool.mark_try, rec))
+                except StoreUnavailable:
+                    self._retry_at = time.monotonic() + self._retry_interval
+                    break
+                self._spool.done(rec)
+                written += 1
+        finally:
+            self._replaying = False
+        if written:
+            log.info("audit.spool_replayed", written=written, pending=self._spool.pending)
+        return written
+
+    # -- reading ---------------------------------------------------------------------------
+    async def tenants(self) -> list[str]:
+        """Tenants that have a trail, sorted."""
+        streams = await self._store.log_streams(STREAM_PREFIX)
+        return [s.removeprefix(STREAM_PREFIX) for s in streams]
+
+    async def _records(self, tenant: str) -> AsyncIterator[dict[str, Any]]:
+        async with _closing(self._store.log_read(stream_name(tenant))) as rows:
+            async for _, raw in rows:
+                rec = decode_record(raw)
+                if rec is not None:
+                    yield rec
+
+    def export(
+        self,
+        tenant: str,
+        *,
+        since: str | float | None = None,
+        until: str | float | None = None,
+        fmt: str = "json",
+    ) -> AsyncIterator[bytes]:
+        """The trail as ``fmt`` ("json", "csv", "xml"), in chunks. Arguments are checked now
+        (ValueError), before the first chunk, so an HTTP handler can still answer 400."""
+        validate_tenant(tenant)
+        if fmt not in _export.FORMATS:
+            raise ValueError("format must be one of json, csv, xml")
+        keep = _export.time_filter(
+            _export.parse_time_bound(since, name="since"), _export.parse_time_bound(until, name="until")
+        )
+        return _export.render(self._records(tenant), tenant=tenant, fmt=fmt, keep=keep)
+
+    async def verify(self, tenant: str) -> VerifyResult:
+        """Check the stored chain of ``tenant`` (streamed)."""
+        stream = stream_name(validate_tenant(tenant))
+        expected_last = await self._store.log_length(stream)
+        checker = ChainVerifier(tenant=tenant)
+        async with _closing(self._store.log_read(stream, end_seq=expected_last)) as rows:
+            async for seq, raw in rows:
+                if not checker.feed(decode_record(raw), position=seq):
+                    break
+        return checker.finish(expected_last=expected_last)
+
+    # -- retention and purge ---------------------------------------------------------------
+    async def apply_retention(self, tenant: str, older_than_seconds: float) -> int:
+        """Remove the oldest records, up to the first one not older than the cutoff, behind an
+        ``audit.checkpoint``; returns how many were removed. Needs the store (StoreUnavailable)."""
+        stream = stream_name(validate_tenant(tenant))
+        cutoff = format_time(self._clock() - older_than_seconds)
+        through, last_hash, count = 0, GENESIS_HASH, 0
+        # A prefix only: trimming works by seq, and a spool replay can put an old time after a
+        # newer one, so the scan stops at the first record that must stay.
+        async with _closing(self._store.log_read(stream)) as rows:
+            async for seq, raw in rows:
+                rec = decode_record(raw)
+                if rec is None or not isinstance(rec.get("time"), str) or rec["time"] >= cutoff:
+                    break
+                through, last_hash, count = seq, str(rec.get("hash")), count + 1
+        if not count:
+            return 0
+        details = {
+            "removed_through_seq": through,
+            "removed_last_hash": last_hash,
+            "removed_count": count,
+            "cutoff": cutoff,
+        }
+        await self._chain.append(
+            PendingRecord(
+                tenant, format_time(self._clock()), CHECKPOINT_EVENT, GATEWAY_ACTOR, None, None, details
+            )
+        )
+        await self._store.log_trim(stream, through)
+        return count
+
+    async def apply_retention_all(self, older_than_seconds: float) -> dict[str, int]:
+        """``apply_retention`` on every trail; tenant -> records removed (only those > 0)."""
+        removed: dict[str, int] = {}
+        for tenant in await self.tenants():
+            count = await self.apply_retention(tenant, older_than_seconds)
+            if count:
+                removed[tenant] = count
+        return removed
+
+    async def purge_tenant(
+        self, tenant: str, *, actor: str | None, request_id: str | None = None
+    ) -> dict[str, Any]:
+        """Delete ``tenant``'s registered data and its trail, leaving one ``tenant.purged``
+        record that still verifies; audited in ``_system`` too. Idempotent."""
+        if validate_tenant(tenant) == SYSTEM_TENANT:
+            raise ValueError("the _system trail cannot be purged")
+        stream = stream_name(tenant)
+        # Replay first so this process's spooled events for the tenant are purged as well.
+        await self.replay_spool()
+        prefixes = [template.format(tenant=tenant) for template in _TENANT_DATA]
+        deleted_keys = 0
+        for prefix in prefixes:
+            deleted_keys += await self._store.delete_prefix(prefix)
+        counted_through = await self._store.log_length(stream)
+        counted = await self._chain.count(tenant, 1, counted_through)
+        summary: dict[str, Any] = {}
+
+        async def build(head_seq: int, head_hash: str) -> dict[str, Any]:
+            removed = counted + await self._chain.count(tenant, counted_through + 1, head_seq)
+            summary.update(removed_records=removed, data_prefixes=prefixes, deleted_keys=deleted_keys)
+            details = {**summary, "removed_through_seq": head_seq, "removed_last_hash": head_hash}
+            return build_record(
+                seq=head_seq + 1,
+                time=format_time(self._clock()),
+                tenant=tenant,
+                event=PURGED_EVENT,
+                actor=actor,
+                request_id=request_id,
+                incident=None,
+                details=details,
+                prev_hash=head_hash,
+            )
+
+        purged = await self._chain.append_built(tenant, build)
+        await self._store.log_trim(stream, purged["seq"] - 1)
+        await self.record(
+            PURGED_EVENT,
+            tenants=[SYSTEM_TENANT],
+            actor=actor,
+            request_id=request_id,
+            details={"tenant": tenant, **summary},
+        )
+        return summary

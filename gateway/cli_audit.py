@@ -1,0 +1,144 @@
+"""``audit export|verify`` and ``tenant purge`` (SPEC §1, App. B)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from gateway import operator_client
+from gateway.operator_client import EXIT_OK, EXIT_REMOTE_ERROR, EXIT_UNREACHABLE, EXIT_USAGE
+
+EXIT_TAMPERED = 4
+
+
+def add_audit_commands(commands: Any) -> None:
+    audit = commands.add_parser("audit", help="export or verify a tenant's audit trail")
+    verbs = audit.add_subparsers(dest="audit_command", required=True)
+    export = verbs.add_parser("export", help="stream a tenant's trail as json, csv or xml")
+    export.add_argument("--tenant", required=True)
+    export.add_argument("--format", choices=("json", "csv", "xml"), default="json")
+    export.add_argument("--since", help="RFC 3339 time or Unix seconds")
+    export.add_argument("--until", help="RFC 3339 time or Unix seconds")
+    export.add_argument("-o", "--output", help="file to write (default: stdout)")
+    operator_client.add_common_arguments(export)
+    export.set_defaults(func=cmd_audit_export)
+
+    verify = verbs.add_parser("verify", help="check a trail's hash chain (exit 4 when broken)")
+    source = verify.add_mutually_exclusive_group(required=True)
+    source.add_argument("--tenant")
+    source.add_argument("--file", help="a JSON export, checked offline")
+    operator_client.add_common_arguments(verify)
+    verify.set_defaults(func=cmd_audit_verify)
+
+    tenant = commands.add_parser("tenant", help="tenant data operations")
+    tenant_verbs = tenant.add_subparsers(dest="tenant_command", required=True)
+    purge = tenant_verbs.add_parser("purge", help="delete a tenant's gateway data and audit trail")
+    purge.add_argument("tenant")
+    purge.add_argument("--yes", action="store_true", help="confirm: this cannot be undone")
+    operator_client.add_common_arguments(purge)
+    purge.set_defaults(func=cmd_tenant_purge)
+
+
+def cmd_audit_export(args: argparse.Namespace) -> int:
+    query = {"tenant": args.tenant, "format": args.format}
+    query.update({k: v for k in ("since", "until") if (v := getattr(args, k))})
+    base = args.admin_url or os.environ.get("SHOPINO_GATEWAY_ADMIN_URL") or operator_client.DEFAULT_ADMIN_URL
+    if not base.startswith(("http://", "https://")):
+        print("error: --admin-url must be an http(s) URL", file=sys.stderr)
+        return EXIT_USAGE
+    url = f"{base.rstrip('/')}/admin/audit?{urllib.parse.urlencode(query)}"
+    request = urllib.request.Request(url)  # noqa: S310 - scheme checked above
+    token = os.environ.get("SHOPINO_GATEWAY_ADMIN_TOKEN", "")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310 - operator-given URL
+            target = open(args.output, "wb") if args.output else sys.stdout.buffer  # noqa: SIM115
+            try:
+                shutil.copyfileobj(response, target, 64 * 1024)  # streamed: constant memory
+            finally:
+                if args.output:
+                    target.close()
+    except urllib.error.HTTPError as error:
+        body = error.read()
+        print(f"error {error.code}: {_detail(body)}", file=sys.stderr)
+        return EXIT_REMOTE_ERROR
+    except (OSError, urllib.error.URLError) as exc:
+        print(
+            f"error: the gateway's admin API is unreachable ({getattr(exc, 'reason', exc)})", file=sys.stderr
+        )
+        return EXIT_UNREACHABLE
+    return EXIT_OK
+
+
+def _detail(body: bytes) -> str:
+    try:
+        return str(json.loads(body).get("detail", ""))
+    except ValueError:
+        return "the gateway answered with a non-JSON body"
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    if args.file:
+        from gateway.audit import verify_records
+
+        try:
+            records = json.loads(Path(args.file).read_bytes())
+        except (OSError, ValueError) as exc:
+            print(f"audit verify: cannot read a JSON export from {args.file}: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        if not isinstance(records, list):
+            print("audit verify: the file is not a JSON array of audit records", file=sys.stderr)
+            return EXIT_USAGE
+        result = verify_records(records)
+        data = {"file": args.file, "ok": result.ok, "records": result.records, "problem": result.problem}
+        return _report_verify(args, data)
+    query = urllib.parse.urlencode({"tenant": args.tenant})
+    try:
+        status, data = operator_client.call_admin(
+            "GET", f"/admin/audit/verify?{query}", None, admin_url=args.admin_url, cafile=args.cafile
+        )
+    except (OSError, urllib.error.URLError) as exc:
+        print(
+            f"error: the gateway's admin API is unreachable ({getattr(exc, 'reason', exc)})", file=sys.stderr
+        )
+        return EXIT_UNREACHABLE
+    if status >= 400:
+        print(f"error {status}: {data.get('detail', '')}", file=sys.stderr)
+        return EXIT_REMOTE_ERROR
+    return _report_verify(args, data)
+
+
+def _report_verify(args: argparse.Namespace, data: dict[str, Any]) -> int:
+    if args.json:
+        print(json.dumps(data, indent=2, sort_keys=True))
+    elif data.get("ok"):
+        print(f"intact: {data.get('records')} records")
+    else:
+        print(f"BROKEN: {data.get('problem')}")
+    return EXIT_OK if data.get("ok") else EXIT_TAMPERED
+
+
+def cmd_tenant_purge(args: argparse.Namespace) -> int:
+    if not args.yes:
+        print("tenant purge deletes the tenant's gateway data and audit trail; add --yes", file=sys.stderr)
+        return EXIT_USAGE
+    path = f"/admin/tenants/{urllib.parse.quote(args.tenant, safe='')}"
+    return operator_client.run_verb(
+        args,
+        "DELETE",
+        path,
+        None,
+        lambda d: (
+            f"purged tenant {d.get('tenant')}: {d.get('removed_records', 0)} "
+            "audit records removed; one tenant.purged record remains"
+        ),
+    )
