@@ -51,6 +51,9 @@ class GatewayMetrics:
             multiprocess_mode="livemin",
         )
 
+        self.auth_failures = Counter(
+            "shopino_gateway_auth_failures", "Refused authentications, by reason", ("reason",)
+        )
         self.audit_spooled = Gauge(
             "shopino_gateway_audit_spooled_records",
             "Audit records waiting on local disk for the store to return",

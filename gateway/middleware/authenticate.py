@@ -11,6 +11,7 @@ from aiohttp import web
 
 from gateway.context import RequestContext
 from gateway.errors import InvalidToken, MissingToken
+from gateway.metrics import METRICS
 
 _REALM = 'Bearer realm="shopino"'
 
@@ -27,8 +28,10 @@ async def authenticate(ctx: RequestContext) -> web.StreamResponse | None:
     if ctx.route is None or ctx.route.auth == "none":
         return None
     if bearer_token(ctx.request) is None:
+        METRICS.auth_failures.labels("missing_token").inc()
         raise MissingToken("A bearer token is required", headers={"WWW-Authenticate": _REALM})
     # SECURITY: no trusted issuer → no token can be valid (fail closed).
+    METRICS.auth_failures.labels("no_trusted_issuer").inc()
     raise InvalidToken(
         "The bearer token is not valid",
         headers={"WWW-Authenticate": f'{_REALM}, error="invalid_token"'},
