@@ -8,6 +8,7 @@ benchmark then lists it as skipped.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import json
@@ -301,24 +302,29 @@ def _haproxy_command(stats_socket: Path, command: str) -> str:
 
 
 # ---------------------------------------------------------------- gateway
-def gateway_config(port: int, admin_port: int, state_dir: Path, upstream_port: int) -> str:
+def gateway_config(
+    port: int, admin_port: int, state_dir: Path, upstream_port: int, *, access_log: bool = True
+) -> str:
     config = {
         "listen": {"host": LOOPBACK, "port": port, "tls": "off", "workers": 1},
         "admin": {"listen": f"{LOOPBACK}:{admin_port}"},
         "state": {"url": f"local:{state_dir}"},
         "upstreams": {"app": {"urls": [f"http://{LOOPBACK}:{upstream_port}"]}},
         "routes": [{"name": "bench", "prefix": "/", "upstream": "app", "auth": "none"}],
-        "logging": {"level": "warning"},
+        "logging": {"level": "warning", "access_log": access_log},
+        "audit": {"spool_dir": str(state_dir.parent / "audit-spool")},
     }
     return yaml.safe_dump(config, sort_keys=False)
 
 
-def start_gateway(env: BenchEnv) -> Running:
+def start_gateway(env: BenchEnv, *, access_log: bool = True) -> Running:
     port, admin_port = free_port(), free_port()
-    rundir = env.workdir / "gateway"
+    rundir = env.workdir / ("gateway" if access_log else "gateway-nolog")
     rundir.mkdir(parents=True, exist_ok=True)
     cfg = rundir / "gateway.yaml"
-    cfg.write_text(gateway_config(port, admin_port, rundir / "state", env.upstream_port))
+    cfg.write_text(
+        gateway_config(port, admin_port, rundir / "state", env.upstream_port, access_log=access_log)
+    )
     pythonpath = os.pathsep.join(filter(None, [str(env.project_root), os.environ.get("PYTHONPATH")]))
     proc = env.launcher.start(
         "gateway",
@@ -344,5 +350,10 @@ CONTESTANTS: tuple[Contestant, ...] = (
     Contestant("nginx-proxy", "nginx reverse proxy, keep-alive pool", start_nginx_proxy),
     Contestant("aiohttp-min", "bench/minimal_aiohttp_proxy.py", start_aiohttp_min),
     Contestant("haproxy-jwt", "HAProxy ES256 jwt_verify + per-sub stick table", start_haproxy_jwt),
-    Contestant("gateway", "python -m gateway run, route auth: none", start_gateway),
+    Contestant("gateway", "python -m gateway run, route auth: none, access log on", start_gateway),
+    Contestant(
+        "gateway-nolog",
+        "the same with logging.access_log: false (logging cost = ratio to gateway)",
+        functools.partial(start_gateway, access_log=False),
+    ),
 )
