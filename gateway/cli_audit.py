@@ -10,7 +10,6 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
-from pathlib import Path
 from typing import Any
 
 from gateway import operator_client
@@ -88,17 +87,14 @@ def _detail(body: bytes) -> str:
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     if args.file:
-        from gateway.audit import verify_records
+        from gateway.audit import iter_export_records, verify_records
 
         try:
-            records = json.loads(Path(args.file).read_bytes())
+            with open(args.file, "rb") as handle:  # streamed: constant memory for big exports
+                result = verify_records(iter_export_records(handle))
         except (OSError, ValueError) as exc:
             print(f"audit verify: cannot read a JSON export from {args.file}: {exc}", file=sys.stderr)
             return EXIT_USAGE
-        if not isinstance(records, list):
-            print("audit verify: the file is not a JSON array of audit records", file=sys.stderr)
-            return EXIT_USAGE
-        result = verify_records(records)
         data = {"file": args.file, "ok": result.ok, "records": result.records, "problem": result.problem}
         return _report_verify(args, data)
     query = urllib.parse.urlencode({"tenant": args.tenant})

@@ -239,6 +239,9 @@ class GatewayProcess:
         for runner in self._runners:
             await runner.cleanup()
         await self.registry.close()
+        with contextlib.suppress(StoreUnavailable):
+            await self.audit.replay_spool()  # a last chance before the spool waits for next start
+        self.audit.close()
         await self.store.close()
         log.info("gateway_stopped", instance=self.instance_id)
 
