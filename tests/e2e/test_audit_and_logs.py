@@ -3,6 +3,7 @@ offline, exit 4 on tampering), tenant purge, and PII-free stdout during attacks.
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
@@ -117,3 +118,26 @@ async def test_stdout_carries_no_secrets_or_pii_during_attacks(gateway_factory, 
         assert value not in logs, name
     access = [json.loads(line) for line in logs.splitlines() if '"event":"access"' in line]
     assert all(line["client_ip"] == "127.0.0.0" for line in access)  # truncated
+
+
+async def test_audit_writes_spool_while_store_is_down_and_replay(
+    gateway_factory, upstream, redis_server
+) -> None:
+    cfg = config(upstream)
+    cfg["state"] = {"url": redis_server.url}
+    gw: GatewayProc = gateway_factory(cfg)
+    async with aiohttp.ClientSession() as http:
+        redis_server.stop()
+        async with http.post(f"{gw.admin_url}/admin/reload", headers=AUTH) as r:
+            assert r.status == 200  # the act succeeds; its audit record waits on disk
+        spool = list((gw.tmp / "audit-spool").glob("*.jsonl"))
+        assert spool and any("config.reloaded" in p.read_text() for p in spool)
+        redis_server.start()
+        deadline = asyncio.get_running_loop().time() + 10
+        while True:
+            result = cli(gw, "audit", "export", "--tenant", "_system")
+            if result.returncode == 0 and "config.reloaded" in result.stdout:
+                break
+            assert asyncio.get_running_loop().time() < deadline, result.stderr
+            await asyncio.sleep(0.3)
+    assert cli(gw, "audit", "verify", "--tenant", "_system").returncode == 0
