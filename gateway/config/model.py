@@ -120,6 +120,38 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True)
+class IssuerConfig:
+    """One trusted token issuer (SPEC §5). Exactly one key source is set."""
+
+    issuer: str
+    audience: tuple[str, ...]
+    algorithms: tuple[str, ...] = ("ES256", "RS256", "EdDSA")
+    jwks_file: str | None = None
+    jwks_url: str | None = None
+    jwks_refresh: float = 600.0
+    public_key_file: str | None = None
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    issuers: tuple[IssuerConfig, ...] = ()
+    token_cookie: str | None = None
+    leeway: float = 30.0
+    max_token_lifetime: float = 86400.0
+    roles_claim: str = "roles"
+    max_token_bytes: int = 8192
+
+
+@dataclass(frozen=True)
+class MfaConfig:
+    issuer: str = "https://gateway.shopino.example"
+    accepted_amr: tuple[str, ...] = ("otp", "mfa", "hwk")
+    token_ttl: float = 900.0
+    max_attempts: int = 5
+    lockout: float = 900.0
+
+
+@dataclass(frozen=True)
 class AuditConfig:
     retention: float = 400 * 86400.0
     spool_dir: str = "./var/audit-spool"
