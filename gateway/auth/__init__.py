@@ -1,0 +1,1 @@
+"""Authentication: JWT verification, the gateway's MFA step, signing keys."""
