@@ -1,26 +1,7 @@
 """Log redaction (SPEC §11): masked keys at any depth, PII and secret patterns in any string,
 query-string masking, keyed pseudonyms and truncated client IPs. Pure Python, no aiohttp.
 
-Masked-key rule (a key's *value* becomes ``[REDACTED]``). The key is normalised first:
-camelCase is split, ``-``/``.``/spaces become ``_``, everything is lower-cased, giving words
-(``X-Api-Key`` -> ``x api key``) and a compact form with the separators dropped (``xapikey``).
-The key is masked when any of these holds:
-
-1. the compact form *contains* a distinctive secret word: ``password``, ``passwd``,
-   ``passphrase``, ``token``, ``secret``, ``authorization``, ``cookie``, ``apikey``,
-   ``privatekey``, ``consumerkey``, ``otpauth`` (so ``db_password``, ``totp_secret``,
-   ``x_api_key``, ``Set-Cookie``, ``refreshToken``, ``consumer_secret`` are all masked);
-2. a word ends in ``otp``/``otps`` (``otp``, ``totp``, ``sms_otp``); never a mere substring,
-   because ``footprint`` contains "otp";
-3. a word is ``code``/``codes`` and the word right before it is not a known non-secret
-   qualifier (``status``, ``error``, ``http``, ``country``, …, see ``_SAFE_CODE_QUALIFIERS``):
-   ``code``, ``recovery_code``, ``mfa_code``, ``code_verifier`` are masked, ``status_code``,
-   ``error_code``, ``countryCode`` are not; or a word is a secret prefix glued to ``code``
-   (``authcode``, ``otpcode``, ``recoverycodes``);
-4. a word is ``key``/``keys`` right after a secret qualifier (``signing_key``, ``hmac_key``,
-   ``access_key``), so ``cache_key``/``key_id`` stay readable;
-5. an ``extra_keys`` entry, normalised the same way, occurs as whole consecutive words
-   (``iban`` masks ``customer_iban`` and ``ibanNumber`` but ``pin`` does not mask ``shipping``).
+The masked-key rule and the pattern table live in ``redaction_patterns``.
 """
 
 from __future__ import annotations
@@ -51,67 +32,21 @@ __all__ = [
     "truncate_ip",
 ]
 
-_SECRET_SUBSTRINGS = (
-    "password", "passwd", "passphrase", "token", "secret", "authorization", "cookie",
-    "apikey", "privatekey", "consumerkey", "otpauth",
-)  # fmt: skip
-_SAFE_CODE_QUALIFIERS = frozenset((
-    "status", "error", "err", "http", "response", "resp", "exit", "return", "result", "reason",
-    "failure", "country", "currency", "language", "lang", "locale", "region", "postal", "zip",
-    "area", "dial", "iso", "product", "item", "sku", "hs", "tax", "branch", "swift", "bic", "sort",
-    "event", "message", "msg", "category", "city", "airport", "unit", "state",
-))  # fmt: skip
-_SECRET_CODE_PREFIXES = frozenset((
-    "otp", "totp", "hotp", "mfa", "auth", "recovery", "backup", "verification", "verify", "sms",
-    "reset", "confirm", "login", "security", "access", "oauth",
-))  # fmt: skip
-_SECRET_KEY_QUALIFIERS = frozenset((
-    "private", "secret", "signing", "hmac", "encryption", "master", "api", "consumer", "session",
-    "shared", "access", "client",
-))  # fmt: skip
-_CAMEL_RE = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
-_NON_WORD_RE = re.compile(r"[^a-z0-9]+")
-
 # Gateway-produced fields whose values skip the pattern scan when they look safe (see
 # RedactionProcessor). Add a field here only if the gateway itself generates its value.
 TRUSTED_FIELDS = frozenset({"status", "duration_ms", "route", "method", "level", "timestamp", "request_id"})
-# SECURITY: stricter than "short identifier": a 7+ digit run (phone, card, CNIC, IBAN), a JWT
-# header or a WooCommerce key prefix sends even a trusted field through the full scan.
-_TRUSTED_STR_RE = re.compile(r"(?!.*(?:[0-9]{7}|eyJ|c[ks]_))[A-Za-z0-9_.:/-]{0,64}")
-_TRUSTED_SCALARS = (int, float, bool)
+# Trust rests on provenance: the shape check only stops free text (spaces, "@", quotes) that
+# slipped into such a field. A request id taken from a client header must be validated to this
+# shape by whoever accepts it, or the field must leave this set.
+_TRUSTED_STR_RE = re.compile(r"[A-Za-z0-9_.:/-]{0,64}")
+_TRUSTED_SCALARS = frozenset({int, float, bool})
+_PSEUDONYM_RE = re.compile(r"u_[0-9a-f]{16}")
 
 _SAFE_SCALARS = (float, bool, type(None), dt.datetime, dt.date, dt.time, dt.timedelta, uuid.UUID)
 _BIG_INT = 10**12  # ints of 13+ digits may be a card or CNIC stored as a number
 _MAX_DEPTH = 32
 _CACHE_LIMIT = 4096
 _CLEAN_CACHE_MAX_LEN = 256
-
-
-def _key_words(key: str) -> tuple[str, ...]:
-    return tuple(w for w in _NON_WORD_RE.split(_CAMEL_RE.sub("_", key).lower()) if w)
-
-
-def _contains_run(words: tuple[str, ...], run: tuple[str, ...]) -> bool:
-    size = len(run)
-    return any(words[i : i + size] == run for i in range(len(words) - size + 1))
-
-
-def _is_secret_key(words: tuple[str, ...], extra: tuple[tuple[str, ...], ...]) -> bool:
-    compact = "".join(words)
-    if any(word in compact for word in _SECRET_SUBSTRINGS):
-        return True
-    for index, word in enumerate(words):
-        before = words[index - 1] if index else ""
-        if word.endswith(("otp", "otps")):
-            return True
-        if word in ("code", "codes"):
-            if before not in _SAFE_CODE_QUALIFIERS:
-                return True
-        elif word.endswith(("code", "codes")) and word.rstrip("s")[:-4] in _SECRET_CODE_PREFIXES:
-            return True
-        if word in ("key", "keys") and before in _SECRET_KEY_QUALIFIERS:
-            return True
-    return any(_contains_run(words, run) for run in extra)
 
 
 def _compile_extra(index: int, pattern: str) -> re.Pattern[str]:
@@ -130,7 +65,7 @@ class Redactor:
     """Compiled once per runtime; masks secrets in any value before it is logged."""
 
     def __init__(self, extra_keys: Iterable[str] = (), extra_patterns: Iterable[str] = ()) -> None:
-        self._extra_keys = tuple(words for words in map(_key_words, extra_keys) if words)
+        self._extra_keys = tuple(words for words in map(pat.key_words, extra_keys) if words)
         self._extra_patterns = tuple(_compile_extra(i, p) for i, p in enumerate(extra_patterns))
         # key -> (masked?, key as shown); strings known to need no change. Both bounded:
         # keys and messages can come from clients (headers, query), so a flood only resets them.
@@ -144,7 +79,7 @@ class Redactor:
             if len(self._keys) >= _CACHE_LIMIT:
                 self._keys.clear()
             known = self._keys[key] = (
-                _is_secret_key(_key_words(key), self._extra_keys),
+                pat.is_secret_key(pat.key_words(key), self._extra_keys),
                 self.redact_text(key),
             )
         return known
@@ -157,9 +92,10 @@ class Redactor:
         if text in self._clean:
             return text
         out = text
-        for pattern in self._extra_patterns:
-            out = pattern.sub(pat.EXTRA, out)
-        out = pat.scan_builtin_patterns(out)
+        if not _is_pseudonym(text):
+            for pattern in self._extra_patterns:
+                out = pattern.sub(pat.EXTRA, out)
+            out = pat.scan_builtin_patterns(out)
         if out == text and len(text) <= _CLEAN_CACHE_MAX_LEN:
             if len(self._clean) >= _CACHE_LIMIT:
                 self._clean.clear()
@@ -215,7 +151,8 @@ class Redactor:
             if shown == key and ("%" in key or "+" in key):
                 # SECURITY: "ali%40mail.com", "0300+1234567" hide PII from the scan until decoded.
                 decoded = unquote_plus(key)
-                shown = key if self.redact_text(decoded) == decoded else self.redact_text(decoded)
+                masked = self.redact_text(decoded)
+                shown = key if masked == decoded else masked
             if not equals:
                 parts.append(shown)  # a bare "?flag" is shown as a (pattern-masked) key
             else:
@@ -223,11 +160,30 @@ class Redactor:
         return prefix + "&".join(parts)
 
 
-def _is_trusted_value(value: object) -> bool:
-    kind = type(value)
-    if kind is str:
-        return len(value) <= 64 and _TRUSTED_STR_RE.fullmatch(value) is not None  # type: ignore[arg-type]
-    return kind in _TRUSTED_SCALARS
+def _is_pseudonym(text: str) -> bool:
+    # Our own pseudonyms are scanned often (one per user) and are safe by construction; skipping
+    # them also keeps hex that happens to look like a phone from being mangled. SECURITY: an
+    # all-digit body could be a card written as "u_<digits>", so that one is still scanned.
+    return (
+        len(text) == 18
+        and text[:2] == "u_"
+        and _PSEUDONYM_RE.fullmatch(text) is not None
+        and not text[2:].isdigit()
+    )
+
+
+def _is_trusted_str(text: str) -> bool:
+    # SECURITY: a JWT or a WooCommerce key fits the identifier shape; both are cheap to rule out
+    # with substring checks, so neither rides through a trusted field unscanned.
+    if len(text) > 64 or not text.isascii():
+        return False
+    if text.isalnum():  # "GET", "info": fits the shape below, without a regex call
+        return True
+    return (
+        _TRUSTED_STR_RE.fullmatch(text) is not None
+        and "eyJ" not in text
+        and ("_" not in text or ("k_" not in text and "s_" not in text))
+    )
 
 
 class RedactionProcessor:
@@ -242,26 +198,47 @@ class RedactionProcessor:
     def __init__(self, redactor: Redactor, trusted_fields: Iterable[str] = TRUSTED_FIELDS) -> None:
         self._redactor = redactor
         self._trusted = frozenset(trusted_fields)
+        self._shaped: set[str] = set()  # trusted-field values already shape-checked (route, method)
+
+    def _trusted_shape(self, text: str) -> bool:
+        if not _is_trusted_str(text):
+            return False
+        if len(self._shaped) >= _CACHE_LIMIT:
+            self._shaped.clear()
+        self._shaped.add(text)
+        return True
 
     def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
         if "exc_info" in event_dict:
             event_dict = format_exc_info(logger, method_name, event_dict)
+        # Runs for every log line: the cache look-ups that redact_text/classify_key start with
+        # are inlined, so a typical access line costs dict and set probes, not method calls.
         redactor = self._redactor
-        trusted = self._trusted
+        trusted, keys, clean, shaped = self._trusted, redactor._keys, redactor._clean, self._shaped
         out: EventDict = {}
         for key, value in event_dict.items():
-            if key in trusted and _is_trusted_value(value):
+            kind = type(value)
+            if key in trusted and (
+                kind in _TRUSTED_SCALARS or (kind is str and (value in shaped or self._trusted_shape(value)))
+            ):
                 out[key] = value
                 continue
-            masked, shown = redactor.classify_key(key)
-            out[shown] = pat.MASK if masked else redactor.redact_value(value)
+            masked, shown = keys.get(key) or redactor.classify_key(key)
+            if masked:
+                out[shown] = pat.MASK
+            elif kind is str:
+                out[shown] = value if value in clean else redactor.redact_text(value)
+            elif kind is float or (kind is int and -_BIG_INT < value < _BIG_INT):
+                out[shown] = value
+            else:
+                out[shown] = redactor.redact_value(value)
         return out
 
 
 class Pseudonymizer:
     """Keyed pseudonym of a user id: ``u_`` + 16 hex chars of HMAC-SHA256. Key prepared once."""
 
-    __slots__ = ("_mac",)
+    __slots__ = ("_known", "_mac")
 
     def __init__(self, key: bytes) -> None:
         # SECURITY: a short or empty key makes pseudonyms a plain hash, reversible by hashing
@@ -269,11 +246,17 @@ class Pseudonymizer:
         if len(key) < 16:
             raise ValueError("pseudonymization key must be at least 16 bytes")
         self._mac = hmac.new(key, digestmod=hashlib.sha256)
+        self._known: dict[str, str] = {}  # active users repeat; an HMAC costs ~2 µs
 
     def __call__(self, value: str) -> str:
-        mac = self._mac.copy()
-        mac.update(value.encode("utf-8", "surrogatepass"))
-        return "u_" + mac.hexdigest()[:16]
+        known = self._known.get(value)
+        if known is None:
+            mac = self._mac.copy()
+            mac.update(value.encode("utf-8", "surrogatepass"))
+            if len(self._known) >= _CACHE_LIMIT:
+                self._known.clear()
+            known = self._known[value] = "u_" + mac.hexdigest()[:16]
+        return known
 
     def __repr__(self) -> str:
         return "Pseudonymizer(key=<masked>)"

@@ -1,10 +1,16 @@
-"""The pattern table behind log redaction (SPEC §11): regexes, validators, placeholders.
+"""The tables behind log redaction (SPEC §11): the masked-key rule, pattern regexes, validators
+and placeholders.
 
-Kinds are scanned in separate passes (see ``Redactor.redact_text``) so that a candidate one
-kind rejects (a 16-digit number that fails Luhn) never hides a different kind overlapping it.
-Within a pass, alternatives are combined into one regex. Boundaries are "not a letter or
-digit" rather than ``\\b`` because ``_`` is a word character and ``x_0300-1234567`` must
-still be caught.
+Kinds are scanned in separate passes (``scan_builtin_patterns``) so that a candidate one kind
+rejects (a 16-digit number failing Luhn) never hides another kind overlapping it; within a
+pass the alternatives share one regex. Boundaries are "not a letter or digit" rather than
+``\\b``, because ``_`` is a word character and ``x_0300-1234567`` must still be caught.
+
+Speed (this runs on every log line): every regex starts with a literal or a character class,
+so ``re`` skips ahead to possible first characters instead of trying each alternative at each
+position; boundary look-behinds therefore sit *after* the first character. Credentials are
+matched on a lower-cased copy for the same reason (no case-insensitive alternation), and the
+digit passes only run when the text holds 7 digits close together.
 """
 
 from __future__ import annotations
@@ -22,90 +28,145 @@ BEARER = "[bearer]"
 WC_KEY = "[wc-key]"
 EXTRA = "[redacted]"  # matches of logging.redact.extra_patterns
 
-_NOT_ALNUM_BEFORE = r"(?<![A-Za-z0-9])"
-_B64URL = r"[A-Za-z0-9_-]"
+# --- masked keys -------------------------------------------------------------------------
+# Masked-key rule (a key's *value* becomes ``[REDACTED]``). The key is normalised first:
+# camelCase is split, ``-``/``.``/spaces become ``_``, everything is lower-cased, giving words
+# (``X-Api-Key`` -> ``x api key``) and a compact form with the separators dropped (``xapikey``).
+# The key is masked when any of these holds:
+#
+# 1. the compact form *contains* a distinctive secret word: ``password``, ``passwd``,
+#    ``passphrase``, ``token``, ``secret``, ``authorization``, ``cookie``, ``apikey``,
+#    ``privatekey``, ``consumerkey``, ``otpauth`` (so ``db_password``, ``totp_secret``,
+#    ``x_api_key``, ``Set-Cookie``, ``refreshToken``, ``consumer_secret`` are all masked);
+# 2. a word ends in ``otp``/``otps`` (``otp``, ``totp``, ``sms_otp``); never a mere substring,
+#    because ``footprint`` contains "otp";
+# 3. a word is ``code``/``codes`` and the word right before it is not a known non-secret
+#    qualifier (``status``, ``error``, ``http``, ``country``, …, see ``_SAFE_CODE_QUALIFIERS``):
+#    ``code``, ``recovery_code``, ``mfa_code``, ``code_verifier`` are masked, ``status_code``,
+#    ``error_code``, ``countryCode`` are not; or a word is a secret prefix glued to ``code``
+#    (``authcode``, ``otpcode``, ``passcode``, ``recoverycodes``);
+# 4. a word is ``key``/``keys`` right after a secret qualifier (``signing_key``, ``hmac_key``,
+#    ``access_key``), so ``cache_key``/``key_id`` stay readable;
+# 5. an ``extra_keys`` entry, normalised the same way, occurs as whole consecutive words
+#    (``iban`` masks ``customer_iban`` and ``ibanNumber`` but ``pin`` does not mask ``shipping``).
+_SECRET_SUBSTRINGS = (
+    "password", "passwd", "passphrase", "token", "secret", "authorization", "cookie",
+    "apikey", "privatekey", "consumerkey", "otpauth",
+)  # fmt: skip
+_SAFE_CODE_QUALIFIERS = frozenset((
+    "status", "error", "err", "http", "response", "resp", "exit", "return", "result", "reason",
+    "failure", "country", "currency", "language", "lang", "locale", "region", "postal", "zip",
+    "area", "dial", "iso", "product", "item", "sku", "hs", "tax", "branch", "swift", "bic", "sort",
+    "event", "message", "msg", "category", "city", "airport", "unit", "state",
+))  # fmt: skip
+_SECRET_CODE_PREFIXES = frozenset((
+    "otp", "totp", "hotp", "mfa", "auth", "recovery", "backup", "verification", "verify", "sms",
+    "reset", "confirm", "login", "security", "access", "oauth", "pass",
+))  # fmt: skip
+_SECRET_KEY_QUALIFIERS = frozenset((
+    "private", "secret", "signing", "hmac", "encryption", "master", "api", "consumer", "session",
+    "shared", "access", "client",
+))  # fmt: skip
+_CAMEL_RE = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+_NON_WORD_RE = re.compile(r"[^a-z0-9]+")
 
-# Pass 1: credentials. None needs a checksum, so first match wins. Before e-mail, so an
-# address-like prefix ("x@a.Bearer …") cannot swallow the word that marks a credential.
-TOKEN_RE = re.compile(
-    # SECURITY: credentials in Authorization-style text. "Token-ish" (a digit, inner
-    # punctuation, or 16+ chars) so prose such as "missing bearer token" stays readable.
-    rf"(?P<bearer>{_NOT_ALNUM_BEFORE}(?P<scheme>(?i:bearer|basic))[ \t]+"
-    r"(?=[A-Za-z0-9._~+/-]{16}|[A-Za-z]*[0-9]|[A-Za-z0-9]*[.~+/-][A-Za-z0-9])"
-    r"[A-Za-z0-9._~+/-]+=*)"
-    # SECURITY: JWT/JWS/JWE (base64url JSON header always starts "eyJ"); no boundary on the
-    # left so a token glued to other text is still masked from its header on.
-    rf"|(?P<jwt>eyJ{_B64URL}+\.{_B64URL}+(?:\.{_B64URL}*){{1,3}})"
+
+def key_words(key: str) -> tuple[str, ...]:
+    """``"X-Api-Key"`` -> ``("x", "api", "key")``; ``"HTTPStatusCode"`` -> ``("http", "status", "code")``."""
+    return tuple(w for w in _NON_WORD_RE.split(_CAMEL_RE.sub("_", key).lower()) if w)
+
+
+def _contains_run(words: tuple[str, ...], run: tuple[str, ...]) -> bool:
+    size = len(run)
+    return any(words[i : i + size] == run for i in range(len(words) - size + 1))
+
+
+def is_secret_key(words: tuple[str, ...], extra: tuple[tuple[str, ...], ...]) -> bool:
+    """The masked-key rule above, for a key already split by ``key_words``."""
+    compact = "".join(words)
+    if any(word in compact for word in _SECRET_SUBSTRINGS):
+        return True
+    for index, word in enumerate(words):
+        before = words[index - 1] if index else ""
+        if word.endswith(("otp", "otps")):
+            return True
+        if word in ("code", "codes"):
+            if before not in _SAFE_CODE_QUALIFIERS:
+                return True
+        elif word.endswith(("code", "codes")) and word.rstrip("s")[:-4] in _SECRET_CODE_PREFIXES:
+            return True
+        if word in ("key", "keys") and before in _SECRET_KEY_QUALIFIERS:
+            return True
+    return any(_contains_run(words, run) for run in extra)
+
+
+# --- patterns ----------------------------------------------------------------------------
+_KV = r"[\"']?[ \t]*[:=][ \t]*[\"']?(?:(?:bearer|basic)[ \t]+)?[^\s\"'&,;}]+"
+# Pass 1, on the lower-cased text: credentials. No checksum, so the first match wins; before
+# e-mail so an address-like prefix ("x@a.Bearer …") cannot swallow the word marking one.
+CREDENTIAL_RE = re.compile(
+    # SECURITY: Authorization-style credentials. "Token-ish" (a digit, inner punctuation or
+    # 16+ chars) so prose such as "missing bearer token" stays readable.
+    r"b(?<![a-z0-9]b)(?:earer|asic)[ \t]+"
+    r"(?=[a-z0-9._~+/-]{16}|[a-z]*[0-9]|[a-z0-9]*[.~+/-][a-z0-9])[a-z0-9._~+/-]+=*"
+    # SECURITY: JWT/JWS/JWE: the base64url JSON header always starts "eyJ". No left boundary,
+    # so a token glued to other text is still masked from its header on.
+    r"|eyj[a-z0-9_-]+\.[a-z0-9_-]+(?:\.[a-z0-9_-]*){1,3}"
     # SECURITY: WooCommerce REST consumer key/secret, the ERP's API credentials.
-    r"|(?P<wckey>c[ks]_[0-9a-fA-F]{40})"
-    # SECURITY: "password=…", '"token": "…"', "Authorization: Basic …" inside free text (a raw
-    # body, a URL in an error message). "code" only as a whole word followed by "=", so
-    # "status_code=404" and "error code: 5" survive while "?code=…" (OAuth) does not.
-    r"|(?P<kv>(?:(?i:pass(?:word|wd|phrase)|token|secret|api[_-]?key|authorization|cookie|otp"
-    r"|recovery[_-]?codes?)[\"']?[ \t]*[:=][ \t]*[\"']?|(?<![A-Za-z0-9_])(?i:code)=)"
-    r"(?P<kvval>(?:(?i:bearer|basic)[ \t]+)?[^\s\"'&,;}]+))"
+    r"|c[ks]_[0-9a-f]{40}"
+    # SECURITY: "password=…", '"token": "…"', "Authorization: Basic …" in free text (a raw
+    # body, a URL in an error). "code" only as a whole word before "=", so "status_code=404"
+    # and "error code: 5" survive while "?code=…" (OAuth) does not.
+    rf"|pass(?:word|wd|phrase){_KV}|token{_KV}|secret{_KV}|api[_-]?key{_KV}|authorization{_KV}"
+    rf"|cookie{_KV}|otp{_KV}|recovery[_-]?codes?{_KV}|code(?<![a-z0-9_]code)={_KV[_KV.index('(?:(?:') :]}"
 )
-TOKEN_PLACEHOLDERS = {"jwt": JWT, "wckey": WC_KEY}
+KV_VALUE_START_RE = re.compile(r"[:=][ \t]*[\"']?")
 
 # Pass 2: e-mail, also percent-encoded ("%40") as it appears in logged paths.
 EMAIL_RE = re.compile(r"[A-Za-z0-9._%+-]+(?:@|%40)[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
 
-# Pass 3: IBAN candidates (ISO 13616): country, check digits, then 11-30 alphanumerics in
-# optional groups separated by single spaces; confirmed by length table + mod-97 in code.
-IBAN_RE = re.compile(rf"{_NOT_ALNUM_BEFORE}[A-Za-z]{{2}}[0-9]{{2}}(?: ?[A-Za-z0-9]){{11,30}}")
+# Gate for passes 3-5 (after a cheap count of 7+ digits): phones, cards, CNICs and IBANs all
+# hold 7+ digits at most a few characters apart.
+DIGITS_GATE_RE = re.compile(r"[0-9](?:[^0-9]{0,4}[0-9]){6}")
 
-# Pass 4: dashed CNIC and phone numbers. Each ends where no further digit follows.
+# Pass 3: IBAN candidates (ISO 13616), found by their check digits (so the scan skips to
+# digits): two letters at a boundary, two digits, then 11-30 alphanumerics in groups split by
+# single spaces. The match starts at the first check digit; the country is the 2 chars before.
+# Confirmed by the length table and mod-97 in code.
+IBAN_RE = re.compile(r"[0-9](?<=(?<![A-Za-z0-9])[A-Za-z]{2}[0-9])[0-9](?: ?[A-Za-z0-9]){11,30}")
+
+# Pass 4: dashed CNIC and phone numbers. The first character is consumed by a shared class;
+# each alternative checks it with a look-behind. Nothing may follow but a non-digit.
 NUMBER_RE = re.compile(
-    rf"{_NOT_ALNUM_BEFORE}(?:"
-    r"(?P<cnic>[0-9]{5}[ -][0-9]{7}[ -][0-9])"
-    # E.164: "+", country code, 8-15 digits, loose grouping ("+1 (415) 555-2671").
-    r"|(?P<e164>\+[1-9](?:[ .()-]{0,2}[0-9]){7,14})"
-    # Pakistan: 0092 3xx…, bare 92 3xx…, national 03xx-xxxxxxx.
-    r"|(?P<pk>(?:00[ -]?)?92[ -]?3(?:[ -]?[0-9]){9}|03[0-9]{2}(?:[ -]?[0-9]){7})"
-    # Bangladesh: 00880 1x…, bare 880 1x…, national 01x (11 digits).
-    r"|(?P<bd>(?:00[ -]?)?880[ -]?1[3-9](?:[ -]?[0-9]){8}|01[3-9](?:[ -]?[0-9]){8})"
+    r"[0-9+](?<![A-Za-z0-9][0-9+])(?:"
+    r"(?<=[0-9])([0-9]{4}[ -][0-9]{7}[ -][0-9])"  # group 1: CNIC 12345-1234567-1
+    r"|(?<=\+)[1-9](?:[ .()-]{0,2}[0-9]){7,14}"  # E.164, loose grouping "+1 (415) 555-2671"
+    r"|(?<=0)0[ -]?92[ -]?3(?:[ -]?[0-9]){9}|(?<=9)2[ -]?3(?:[ -]?[0-9]){9}"  # 0092 3xx, 92 3xx
+    r"|(?<=0)3[0-9]{2}(?:[ -]?[0-9]){7}"  # Pakistan national 03xx-xxxxxxx
+    r"|(?<=0)0[ -]?880[ -]?1[3-9](?:[ -]?[0-9]){8}|(?<=8)80[ -]?1[3-9](?:[ -]?[0-9]){8}"  # 00880, 880
+    r"|(?<=0)1[3-9](?:[ -]?[0-9]){8}"  # Bangladesh national 01x, 11 digits
     r")(?![0-9])"
 )
-NUMBER_PLACEHOLDERS = {"cnic": CNIC, "e164": PHONE, "pk": PHONE, "bd": PHONE}
 
 # Pass 5: digit runs that could hold a card or a bare CNIC: groups of 3+ digits joined by one
-# space or dash, at least 13 digits in all (the lookahead keeps ordinary numbers off the
-# Python callback). Which groups form a card is decided by Luhn in code.
-DIGITS_RE = re.compile(rf"{_NOT_ALNUM_BEFORE}(?=[0-9](?:[ -]?[0-9]){{12}})[0-9]{{3,}}(?:[ -][0-9]{{3,}})*")
+# space or dash, 13+ digits in all (the look-ahead keeps ordinary numbers off the Python
+# callback). Which groups form a card is decided by Luhn in code.
+DIGITS_RE = re.compile(r"[0-9](?<![A-Za-z0-9][0-9])(?=(?:[ -]?[0-9]){12})[0-9]{2,}(?:[ -][0-9]{3,})*")
 DIGIT_GROUP_RE = re.compile(r"[0-9]+")
-
-# Fast path: a string matching none of these cannot contain any built-in kind.
-HINT_RE = re.compile(r"[0-9]{2}|@|%40|eyJ|c[ks]_|(?i:bearer|basic|pass|token|secret|key|auth|cookie)")
-# Passes 3-5 all need digits.
-HAS_DIGITS_RE = re.compile(r"[0-9]{2}")
 
 # Registered IBAN lengths (ISO 13616 registry, incl. the partial/experimental African ones).
 # SECURITY: an exact length per country keeps mod-97 (1 in 97 random strings pass) precise.
+_IBAN_TABLE = """
+15 NO | 16 BE | 18 DK FI FO GL NL SD FK | 19 MK SI | 20 AT BA EE KZ LT LU MN XK | 21 CH HR LI LV
+22 BG BH CR DE GB GE IE ME RS VA | 23 AE GI IL IQ OM SO TL | 24 AD CZ ES MD PK RO SA SE SK TN VG
+25 LY PT ST AO CV GW MZ | 26 IS TR DZ IR | 27 BI DJ FR GR IT MC MR SM CM CG GA GQ TD CF KM MG
+27 GF GP MQ RE PF TF YT NC PM WF BL MF | 28 AL AZ BY CY DO GT HU LB NI PL SV BJ BF CI ML SN NE TG
+28 HN MA | 29 BR EG PS QA UA | 30 JO KW MU YE | 31 MT SC | 32 LC | 33 RU
+"""
 IBAN_LENGTHS: dict[str, int] = {
-    **dict.fromkeys(["NO"], 15),
-    **dict.fromkeys(["BE"], 16),
-    **dict.fromkeys(["DK", "FI", "FO", "GL", "NL", "SD", "FK"], 18),
-    **dict.fromkeys(["MK", "SI"], 19),
-    **dict.fromkeys(["AT", "BA", "EE", "KZ", "LT", "LU", "MN", "XK"], 20),
-    **dict.fromkeys(["CH", "HR", "LI", "LV"], 21),
-    **dict.fromkeys(["BG", "BH", "CR", "DE", "GB", "GE", "IE", "ME", "RS", "VA"], 22),
-    **dict.fromkeys(["AE", "GI", "IL", "IQ", "OM", "SO", "TL"], 23),
-    **dict.fromkeys(["AD", "CZ", "ES", "MD", "PK", "RO", "SA", "SE", "SK", "TN", "VG"], 24),
-    **dict.fromkeys(["LY", "PT", "ST", "AO", "CV", "GW", "MZ"], 25),
-    **dict.fromkeys(["IS", "TR", "DZ", "IR"], 26),
-    **dict.fromkeys(
-        ["BI", "DJ", "FR", "GR", "IT", "MC", "MR", "SM", "CM", "CG", "GA", "GQ", "TD", "CF", "KM", "MG"],
-        27,
-    ),
-    **dict.fromkeys(["GF", "GP", "MQ", "RE", "PF", "TF", "YT", "NC", "PM", "WF", "BL", "MF"], 27),
-    **dict.fromkeys(["AL", "AZ", "BY", "CY", "DO", "GT", "HU", "LB", "NI", "PL", "SV"], 28),
-    **dict.fromkeys(["BJ", "BF", "CI", "ML", "SN", "NE", "TG", "HN", "MA"], 28),
-    **dict.fromkeys(["BR", "EG", "PS", "QA", "UA"], 29),
-    **dict.fromkeys(["JO", "KW", "MU", "YE"], 30),
-    **dict.fromkeys(["MT", "SC"], 31),
-    **dict.fromkeys(["LC"], 32),
-    **dict.fromkeys(["RU"], 33),
-}
+    country: int(row.split()[0]) for row in _IBAN_TABLE.replace("\n", "|").split("|") if row.strip()
+    for country in row.split()[1:]
+}  # fmt: skip
 
 # Letters A-Z become 10-35 for the mod-97 check.
 _IBAN_DIGITS = str.maketrans({chr(c): str(c - 55) for c in range(ord("A"), ord("Z") + 1)})
@@ -123,7 +184,7 @@ def luhn_valid(digits: str) -> bool:
 
 def iban_valid(compact: str) -> bool:
     """True for an upper-case, space-free IBAN of its country's length whose mod-97 is 1."""
-    if IBAN_LENGTHS.get(compact[:2]) != len(compact) or not compact.isalnum():
+    if IBAN_LENGTHS.get(compact[:2]) != len(compact) or not (compact.isascii() and compact.isalnum()):
         return False
     rearranged = (compact[4:] + compact[:4]).translate(_IBAN_DIGITS)
     return rearranged.isdigit() and int(rearranged) % 97 == 1
@@ -131,30 +192,63 @@ def iban_valid(compact: str) -> bool:
 
 def scan_builtin_patterns(text: str) -> str:
     """Mask every built-in kind in ``text``; returns ``text`` itself when nothing matched."""
-    if HINT_RE.search(text) is None:
-        return text  # fast path: no digits pair, "@", "eyJ", key prefix or secret word
-    text = TOKEN_RE.sub(_token_repl, text)
+    lowered = text.lower()
+    if _may_hold_credential(lowered) and CREDENTIAL_RE.search(lowered) is not None:
+        text = _mask_credentials(text, lowered)
     if "@" in text or "%40" in text:
         text = EMAIL_RE.sub(EMAIL, text)
-    if HAS_DIGITS_RE.search(text) is not None:
+    encoded = text.encode("utf-8", "surrogatepass")
+    if len(encoded) - len(encoded.translate(None, b"0123456789")) >= 7 and DIGITS_GATE_RE.search(text):
         text = _mask_ibans(text)
         text = NUMBER_RE.sub(_number_repl, text)
         text = DIGITS_RE.sub(_digits_repl, text)
     return text
 
 
-def _token_repl(match: re.Match[str]) -> str:
-    # lastgroup names the innermost group for nested alternatives, so test those directly.
-    placeholder = TOKEN_PLACEHOLDERS.get(match.lastgroup or "")
-    if placeholder is not None:
-        return placeholder
-    if match.start("kvval") >= 0:  # keep "password=" / '"token": "', mask only the value
-        return match.string[match.start() : match.start("kvval")] + MASK
-    return f"{match.group('scheme')} {BEARER}"
+def _may_hold_credential(lowered: str) -> bool:
+    # Substring probes are several times cheaper than one regex scan, and most lines fail them.
+    return (
+        "eyj" in lowered
+        or "k_" in lowered
+        or "s_" in lowered
+        or "bearer" in lowered
+        or "basic" in lowered
+        or (("=" in lowered or ":" in lowered) and any(word in lowered for word in _KV_WORDS))
+    )
+
+
+_KV_WORDS = ("pass", "token", "secret", "key", "authorization", "cookie", "otp", "code")
+
+
+def _mask_credentials(text: str, lowered: str) -> str:
+    if len(lowered) != len(text):
+        # A few non-ASCII letters change length when lower-cased, so spans found in the copy
+        # would not fit; fall back to a case-insensitive scan of the text itself.
+        return _CREDENTIAL_RE_I.sub(lambda m: _credential_placeholder(m.group(), m.group().lower()), text)
+    parts, done = [], 0
+    for match in CREDENTIAL_RE.finditer(lowered):
+        start, end = match.span()
+        parts += (text[done:start], _credential_placeholder(text[start:end], match.group()))
+        done = end
+    return "".join(parts) + text[done:]
+
+
+_CREDENTIAL_RE_I = re.compile(CREDENTIAL_RE.pattern, re.IGNORECASE)
+
+
+def _credential_placeholder(original: str, lowered: str) -> str:
+    if lowered.startswith(("bearer", "basic")):
+        return f"{original.split(None, 1)[0]} {BEARER}"  # keep the scheme as written
+    if lowered.startswith("eyj"):
+        return JWT
+    if lowered[2:3] == "_" and lowered[:2] in ("ck", "cs"):
+        return WC_KEY
+    value = KV_VALUE_START_RE.search(original)  # keep "password=" / '"token": "'
+    return original[: value.end()] + MASK if value else MASK
 
 
 def _number_repl(match: re.Match[str]) -> str:
-    return NUMBER_PLACEHOLDERS[match.lastgroup or ""]
+    return CNIC if match.group(1) else PHONE
 
 
 def _mask_ibans(text: str) -> str:
@@ -162,12 +256,13 @@ def _mask_ibans(text: str) -> str:
     # at its next group ("AB12 GB82 WEST…"), which re.sub would already have skipped.
     parts, done, pos = [], 0, 0
     while (match := IBAN_RE.search(text, pos)) is not None:
-        length = _iban_length(match.group())
+        start = match.start() - 2  # the country code before the check digits
+        length = _iban_length(text[start : match.end()])
         if length:
-            parts += (text[done : match.start()], IBAN)
-            done = pos = match.start() + length
+            parts += (text[done:start], IBAN)
+            done = pos = start + length
         else:
-            space = text.find(" ", match.start(), match.end())
+            space = text.find(" ", start, match.end())
             pos = space + 1 if space >= 0 else match.end()
     return "".join(parts) + text[done:] if parts else text
 

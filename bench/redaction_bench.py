@@ -1,0 +1,120 @@
+"""Micro-benchmark of log redaction (issue 3: redaction cost per access-log line, in µs).
+
+    python bench/redaction_bench.py [--iterations 200000]
+
+Measures, with time.perf_counter over many iterations on one core:
+- the RedactionProcessor on a typical access-log event dict (typed fields: method, route,
+  status, duration, pseudonymised user, truncated IP, masked query), alone and with the work
+  that produces those fields (pseudonym, IP truncation, query masking) and an orjson render;
+- redact_text on free-text messages without PII (a repeated one, which the clean-string cache
+  answers, and distinct ones, which it cannot) and with PII.
+The budget in ARCHITECTURE.md is "logging ≤ 5 µs" per request; nothing here asserts on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import string
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from gateway.redaction import Pseudonymizer, RedactionProcessor, Redactor, truncate_ip
+
+REDACTOR = Redactor(extra_keys=["iban"], extra_patterns=[r"\bPK\d{2}[A-Z]{4}\d{16}\b"])
+PROCESSOR = RedactionProcessor(REDACTOR)
+DISTINCT = 16384
+PSEUDONYM = Pseudonymizer(b"bench-pseudonym-key-0123456789ab")
+
+
+def access_event(query: str = "page=2&sort=created_at&q=[REDACTED]") -> dict[str, object]:
+    return {
+        "event": "access",
+        "level": "info",
+        "timestamp": "2026-11-27T19:37:35.123456Z",
+        "request_id": "r-7b3d4c5e8f9a0b1c",
+        "tenant": "acme",
+        "method": "GET",
+        "route": "/api/v1/orders",
+        "status": 200,
+        "duration_ms": 12.84,
+        "user": "u_1f2e3d4c5b6a7980",
+        "client_ip": "203.0.113.0",
+        "query": query,
+        "bytes": 1834,
+    }
+
+
+def bench(name: str, iterations: int, call: Callable[[int], object], rounds: int = 5) -> float:
+    """Best of ``rounds`` rounds (µs per call): the least disturbed by other load on the box."""
+    for i in range(min(iterations, 2000)):  # warm caches and the allocator
+        call(i)
+    per_round = max(iterations // rounds, 1)
+    timings = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for i in range(per_round):
+            call(i)
+        timings.append((time.perf_counter() - start) / per_round * 1e6)
+    timings.sort()
+    print(f"{name:<62} {timings[0]:8.2f} µs  (median {timings[len(timings) // 2]:.2f})")
+    return timings[0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--iterations", type=int, default=200_000)
+    n = parser.parse_args().iterations
+    rng = random.Random(7)
+    # More distinct messages than the clean-string cache holds (4096), so "distinct" misses it.
+    words = ["".join(rng.choices(string.ascii_lowercase, k=8)) for _ in range(DISTINCT)]
+    user_ids = [f"user-{i}" for i in range(4096)]
+    ips = [f"203.0.{i % 256}.{i % 200}" for i in range(1024)]
+    plain = "upstream responded slowly; retrying once on the same connection pool"
+    no_digits = [f"{plain} {w}" for w in words]
+    with_digits = [
+        f"upstream {w} timed out after 30s on /api/orders/{i} (attempt 2)" for i, w in enumerate(words)
+    ]
+    pii = [
+        "refund requested by ali.khan+orders@gmail.com for card 4111 1111 1111 1111",
+        "customer 0300-1234567 (CNIC 35202-1234567-1) asked for IBAN PK36SCBL0000001123456702",
+        "retrying with Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1MSJ9.c2lnbmF0dXJl",
+    ]
+
+    print(f"{n} iterations each in 5 rounds, best round shown; Python {sys.version.split()[0]}")
+    bench("access event: RedactionProcessor only", n, lambda i: PROCESSOR(None, "info", access_event()))
+    bench("access event: building the dict only (baseline to subtract)", n, lambda i: access_event())
+
+    def full_access_line(i: int) -> bytes:
+        event = access_event(REDACTOR.redact_query(f"page={i % 9}&sort=created_at&q=shoes"))
+        event["user"] = PSEUDONYM(user_ids[i % 4096])
+        event["client_ip"] = truncate_ip(ips[i % 1024])
+        return orjson.dumps(PROCESSOR(None, "info", event))
+
+    bench("access line: pseudonym + IP + query + processor + orjson", n, full_access_line)
+    bench("free text, no PII, repeated (clean cache)", n, lambda i: REDACTOR.redact_text(plain))
+    bench(
+        "free text, no PII, no digits, distinct", n, lambda i: REDACTOR.redact_text(no_digits[i % DISTINCT])
+    )
+    bench(
+        "free text, no PII, digits, distinct (full scan)",
+        n,
+        lambda i: REDACTOR.redact_text(with_digits[i % DISTINCT]),
+    )
+    bench(
+        "free text with PII (email+card / phone+cnic+iban / bearer)",
+        n,
+        lambda i: REDACTOR.redact_text(pii[i % 3]),
+    )
+
+
+if __name__ == "__main__":
+    main()
