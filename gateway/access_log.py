@@ -78,9 +78,12 @@ class AccessLogWriter:
         if target is not None and target.query:
             line["query"] = self._redactor.redact_query(target.query)
         if ctx.user is not None:
-            line["user"] = self._pseudonymizer(ctx.user) if self._pseudonymize else ctx.user
+            user = ctx.user
+            line["user"] = (
+                self._pseudonymizer(user) if self._pseudonymize else self._redactor.redact_text(user)
+            )
         if ctx.tenant is not None:
-            line["tenant"] = ctx.tenant
+            line["tenant"] = self._redactor.redact_text(ctx.tenant)
         (self._stream or sys.stdout).write(orjson.dumps(line).decode() + "\n")
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,6 +49,20 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     path, config = _load_or_exit(args.config)
+    from gateway.crypto import Keyring, KeyringError
+
+    try:
+        Keyring.from_env(os.environ)  # fail before binding ports, with a message, not a traceback
+    except KeyringError as exc:
+        print(f"shopino-gateway run: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    from gateway.runtime import build_verifier
+
+    try:
+        build_verifier(config, None)  # type: ignore[arg-type]  # key files readable and valid
+    except ConfigError as exc:
+        print("\n".join(exc.errors), file=sys.stderr)
+        return EXIT_USAGE
     if config.listen.workers > 1:  # type: ignore[attr-defined]
         from gateway.workers import prepare_metrics_dir
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 if TYPE_CHECKING:
+    from gateway.auth.jwt import VerifiedClaims
     from gateway.config import RouteConfig
     from gateway.routing import CanonicalTarget
     from gateway.runtime import Runtime
@@ -39,6 +40,7 @@ class RequestContext:
     response_headers: dict[str, str] = field(default_factory=dict)
     status: int = 0
     upstream_url: str | None = None
+    claims: VerifiedClaims | None = None  # set by authentication
     user: str | None = None  # set by authentication
     tenant: str | None = None  # set by tenant context
 

@@ -8,11 +8,10 @@ import orjson
 from aiohttp import web
 
 from gateway.context import RequestContext
-from gateway.errors import MethodNotAllowed, NotReady
+from gateway.errors import NotReady
 
 HEALTH = "/_gateway/health"
 READY = "/_gateway/ready"
-GATEWAY_ENDPOINTS = frozenset((HEALTH, READY))
 
 
 def _json(status: int, body: dict[str, object]) -> web.Response:
@@ -24,14 +23,12 @@ def _json(status: int, body: dict[str, object]) -> web.Response:
     )
 
 
-async def serve_gateway_endpoint(ctx: RequestContext) -> web.StreamResponse:
-    assert ctx.target is not None
-    if ctx.request.method not in ("GET", "HEAD"):
-        raise MethodNotAllowed("Use GET", headers={"Allow": "GET, HEAD"})
+async def health(ctx: RequestContext) -> web.StreamResponse:
+    return _json(200, {"status": "ok", "instance": ctx.runtime.status.instance_id})
+
+
+async def ready(ctx: RequestContext) -> web.StreamResponse:
     status = ctx.runtime.status
-    ctx.status = 200
-    if ctx.target.path == HEALTH:
-        return _json(200, {"status": "ok", "instance": status.instance_id})
     if not status.snapshot_loaded:
         # SPEC App. B: without a first snapshot of shared state the gateway cannot enforce it.
         raise NotReady("The gateway has not loaded its state yet", headers={"Retry-After": "1"})

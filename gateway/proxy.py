@@ -20,6 +20,9 @@ from gateway.metrics import METRICS
 from gateway.upstream import IDEMPOTENT_METHODS, UpstreamResponse
 
 CHUNK = 64 * 1024
+# SECURITY: identity spoofing — client-supplied identity headers never reach an upstream
+# (SPEC §7), in any letter case and however often repeated (the match is case-insensitive).
+IDENTITY_HEADERS = frozenset(("x-tenant-id", "x-user-id", "x-user-roles", "x-gateway-context"))
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
@@ -72,8 +75,15 @@ async def proxy_request(ctx: RequestContext) -> web.StreamResponse:
         scheme=runtime.scheme,
         host=request.host,
         upstream_host="",
+        drop=IDENTITY_HEADERS,
     )
     headers["X-Request-ID"] = ctx.request_id
+    claims = ctx.claims
+    if claims is not None:
+        # The identity the upstream acts on comes from the verified token, never the client.
+        headers["X-Tenant-ID"] = claims.tenant
+        headers["X-User-ID"] = claims.subject
+        headers["X-User-Roles"] = ",".join(claims.roles)
     if _wants_websocket(request) and ctx.route.websocket:
         return await _proxy_websocket(ctx, headers)
 

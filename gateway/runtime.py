@@ -13,10 +13,17 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from gateway.access_log import AccessLogWriter
-from gateway.config import GatewayConfig
+from gateway.audit import AuditTrail
+from gateway.auth.jwt import JwtVerifier
+from gateway.auth.mfa import MfaService
+from gateway.auth.signing import SigningKeys
+from gateway.config import ConfigError, GatewayConfig
+from gateway.config.model import IssuerConfig
+from gateway.crypto import Keyring
 from gateway.forwarding import TrustedProxies
 from gateway.redaction import Redactor
 from gateway.routing import RouteTable
+from gateway.state import StateStore
 from gateway.upstream import UpstreamRegistry, UpstreamTransport
 
 
@@ -35,6 +42,25 @@ class GatewayStatus:
 
 
 @dataclass(frozen=True)
+class ProcessServices:
+    """Built once per process; every runtime shares them."""
+
+    store: StateStore
+    audit: AuditTrail
+    keyring: Keyring
+    signing: SigningKeys
+
+
+@dataclass(frozen=True)
+class RuntimeServices:
+    """Process services plus those that depend on the config (rebuilt on reload)."""
+
+    audit: AuditTrail
+    signing: SigningKeys
+    mfa: MfaService
+
+
+@dataclass(frozen=True)
 class Runtime:
     config: GatewayConfig
     generation: int
@@ -46,10 +72,18 @@ class Runtime:
     tls: bool
     scheme: str
     access_log: AccessLogWriter
+    verifier: JwtVerifier
+    services: RuntimeServices
 
 
 def build_runtime(
-    config: GatewayConfig, *, registry: UpstreamRegistry, status: GatewayStatus, generation: int
+    config: GatewayConfig,
+    *,
+    registry: UpstreamRegistry,
+    status: GatewayStatus,
+    generation: int,
+    process: ProcessServices,
+    verifier: JwtVerifier,
 ) -> Runtime:
     tls = config.listen.tls.mode != "off"
     return Runtime(
@@ -67,7 +101,29 @@ def build_runtime(
             enabled=config.logging.access_log,
             pseudonymize=config.logging.pseudonymize,
         ),
+        verifier=verifier,
+        services=RuntimeServices(
+            audit=process.audit,
+            signing=process.signing,
+            mfa=MfaService(process.store, process.keyring, config.mfa),
+        ),
     )
+
+
+def build_verifier(config: GatewayConfig, signing: SigningKeys | None) -> JwtVerifier:
+    """Configured issuers plus the gateway's own MFA issuer, which is always trusted (SPEC §5).
+
+    The gateway's tokens copy ``aud`` from the first-factor token, so its issuer accepts every
+    audience a configured issuer accepts."""
+    audiences = tuple(dict.fromkeys(a for issuer in config.auth.issuers for a in issuer.audience))
+    own = IssuerConfig(
+        issuer=config.mfa.issuer, audience=audiences or ("shopino-erp",), algorithms=("ES256",)
+    )
+    extra = [(own, signing)] if signing is not None else []
+    try:
+        return JwtVerifier(config.auth, extra_issuers=extra)
+    except ValueError as exc:  # KeySourceError included: unreadable or invalid key files
+        raise ConfigError([f"auth.issuers: {exc}"]) from None
 
 
 def token_digest(token: str) -> str:

@@ -19,12 +19,15 @@ from gateway.access_log import ACCESS_LOGGER, GatewayAccessLogger
 from gateway.admin.app import make_admin_app
 from gateway.app import PublicHandler
 from gateway.audit import SYSTEM_TRAIL, AuditTrail
+from gateway.auth.jwt import JwtVerifier
+from gateway.auth.signing import SigningKeys
 from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.crypto import Keyring
 from gateway.errors import StoreUnavailable
 from gateway.listener import GuardedServer
 from gateway.logs import configure_logging
 from gateway.metrics import METRICS
-from gateway.runtime import GatewayStatus, Runtime, build_runtime
+from gateway.runtime import GatewayStatus, ProcessServices, Runtime, build_runtime, build_verifier
 from gateway.state import StateStore, open_store
 from gateway.tls import server_ssl_context
 from gateway.upstream import UpstreamRegistry
@@ -36,7 +39,12 @@ STORE_PROBE_INTERVAL = 1.0
 
 class GatewayProcess:
     def __init__(
-        self, config: GatewayConfig, config_path: Path | None, *, workdir: Path | None = None
+        self,
+        config: GatewayConfig,
+        config_path: Path | None,
+        *,
+        workdir: Path | None = None,
+        demo: bool = False,
     ) -> None:
         self.config_path = config_path
         self.workdir = workdir
@@ -45,7 +53,19 @@ class GatewayProcess:
         self.status = GatewayStatus(instance_id=self.instance_id, store_description=self.store.describe())
         self.registry = UpstreamRegistry()
         self.audit = AuditTrail(self.store, spool_dir=Path(config.audit.spool_dir))
-        self._runtime = build_runtime(config, registry=self.registry, status=self.status, generation=1)
+        # SPEC §6: outside the demo a missing master key is a start-up error (KeyringError).
+        keyring = Keyring.from_env(os.environ, demo=demo)
+        self.services = ProcessServices(
+            store=self.store, audit=self.audit, keyring=keyring, signing=SigningKeys(self.store, keyring)
+        )
+        self._runtime = build_runtime(
+            config,
+            registry=self.registry,
+            status=self.status,
+            generation=1,
+            process=self.services,
+            verifier=build_verifier(config, self.services.signing),
+        )
         self._runners: list[web.BaseRunner] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._reload_lock = asyncio.Lock()
@@ -59,6 +79,8 @@ class GatewayProcess:
         config = self._runtime.config
         await self.store.open()
         self._warn_about_insecure_settings(config)
+        await self.services.signing.start()
+        await self._runtime.verifier.start()
         limits = config.listen.limits
         public = GuardedServer(
             PublicHandler(self.runtime),
@@ -151,8 +173,18 @@ class GatewayProcess:
                 old.config.state,
             ):
                 log.warning("config_reload_partial", detail="listen, admin and state apply at restart")
+            verifier = build_verifier(config, self.services.signing)
+            await verifier.start()
             self._runtime = build_runtime(
-                config, registry=self.registry, status=self.status, generation=old.generation + 1
+                config,
+                registry=self.registry,
+                status=self.status,
+                generation=old.generation + 1,
+                process=self.services,
+                verifier=verifier,
+            )
+            self._tasks.append(
+                asyncio.create_task(_stop_later(old.verifier, old.config.listen.drain_timeout))
             )
             self.status.reloads += 1
             self.status.last_reload_error = None
@@ -208,7 +240,9 @@ class GatewayProcess:
             if healthy != self.status.store_healthy:
                 log.info("state_store_health", healthy=healthy, store=self.status.store_description)
             self.status.store_healthy = healthy
-            self.status.snapshot_loaded = self.status.snapshot_loaded or healthy
+            # Ready once the store answered and the signing keys are held (SPEC §11).
+            loaded = healthy and self.services.signing.loaded
+            self.status.snapshot_loaded = self.status.snapshot_loaded or loaded
             self.status.store_checked_at = time.time()
             METRICS.store_healthy.set(1 if healthy else 0)
             await asyncio.sleep(STORE_PROBE_INTERVAL)
@@ -239,6 +273,8 @@ class GatewayProcess:
         for runner in self._runners:
             await runner.cleanup()
         await self.registry.close()
+        await self._runtime.verifier.stop()
+        await self.services.signing.stop()
         with contextlib.suppress(StoreUnavailable):
             await self.audit.replay_spool()  # a last chance before the spool waits for next start
         self.audit.close()
@@ -266,6 +302,11 @@ async def serve(config: GatewayConfig, config_path: Path | None, *, workdir: Pat
         await stop.wait()
     finally:
         await process.stop()
+
+
+async def _stop_later(verifier: JwtVerifier, delay: float) -> None:
+    await asyncio.sleep(delay)
+    await verifier.stop()
 
 
 async def _reload_quietly(process: GatewayProcess) -> None:

@@ -174,6 +174,11 @@ class SigningKeys:
         if snapshot is not None:
             await snapshot.stop()
 
+    @property
+    def loaded(self) -> bool:
+        """True once the keys were read (or created) at least once."""
+        return self._snapshot is not None and self._snapshot.loaded
+
     async def wait_loaded(self, timeout: float | None = None) -> None:
         if self._snapshot is not None:
             await self._snapshot.wait_loaded(timeout)

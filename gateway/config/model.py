@@ -89,6 +89,7 @@ class RouteConfig:
     module: str | None = None
     auth: AuthMode = "jwt"
     mfa: bool = True
+    mfa_max_age: float | None = None
     max_body: int | None = None
     cors: str | None = None
     websocket: bool = True
@@ -169,6 +170,8 @@ class GatewayConfig:
     cors: Mapping[str, CorsPolicy]
     logging: LoggingConfig
     audit: AuditConfig = field(default_factory=AuditConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    mfa: MfaConfig = field(default_factory=MfaConfig)
     source: str = "<memory>"
     secret_paths: frozenset[str] = frozenset()
     secret_values: frozenset[str] = field(default=frozenset(), repr=False)

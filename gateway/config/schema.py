@@ -15,12 +15,15 @@ from gateway.config.model import (
     AdminConfig,
     AdminToken,
     AuditConfig,
+    AuthConfig,
     CorsPolicy,
     GatewayConfig,
     IPNetwork,
+    IssuerConfig,
     ListenConfig,
     ListenLimits,
     LoggingConfig,
+    MfaConfig,
     RedactConfig,
     RouteConfig,
     StateConfig,
@@ -49,6 +52,8 @@ def build_config(data: object, report: Report, source: str) -> GatewayConfig:
         cors=MappingProxyType(_cors(root)),
         logging=_logging(root.child("logging")),
         audit=_audit(root.child("audit")),
+        auth=_auth(root.child("auth")),
+        mfa=_mfa(root.child("mfa")),
         source=source,
     )
     root.done()
@@ -236,6 +241,7 @@ def _routes(root: Node) -> tuple[RouteConfig, ...]:
                 module=node.string("module", None),
                 auth=node.string("auth", "jwt", choices=("jwt", "none")),
                 mfa=node.boolean("mfa", True),
+                mfa_max_age=node.duration("mfa_max_age", None),
                 max_body=node.size("max_body", None),
                 cors=node.string("cors", None),
                 websocket=node.boolean("websocket", True),
@@ -271,10 +277,14 @@ def _logging(node: Node) -> LoggingConfig:
     redact = node.child("redact")
     patterns = redact.string_list("extra_patterns")
     for index, pattern in enumerate(patterns):
+        where = f"{redact.child_path('extra_patterns')}[{index}]"
         try:
-            re.compile(pattern)
+            if re.compile(pattern).fullmatch(""):
+                node.report.error(
+                    where, "must not match the empty string (it would mask between every character)"
+                )
         except re.error as exc:
-            node.report.error(f"{redact.child_path('extra_patterns')}[{index}]", f"invalid regex: {exc.msg}")
+            node.report.error(where, f"invalid regex: {exc.msg}")
     redact_config = RedactConfig(extra_keys=redact.string_list("extra_keys"), extra_patterns=patterns)
     redact.done()
     result = LoggingConfig(
@@ -282,6 +292,71 @@ def _logging(node: Node) -> LoggingConfig:
         pseudonymize=node.boolean("pseudonymize", True),
         access_log=node.boolean("access_log", True),
         redact=redact_config,
+    )
+    node.done()
+    return result
+
+
+_ALGORITHMS = ("ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "EdDSA")
+
+
+def _issuer(node: Node) -> IssuerConfig:
+    audience_raw = node.raw("audience")
+    audience: tuple[str, ...] = ()
+    if isinstance(audience_raw, str) and audience_raw:
+        audience = (audience_raw,)
+    elif isinstance(audience_raw, list) and audience_raw and all(isinstance(a, str) for a in audience_raw):
+        audience = tuple(audience_raw)
+    elif audience_raw is not None:
+        node.report.error(node.child_path("audience"), "expected a string or a list of strings")
+    algorithms = node.string_list("algorithms", IssuerConfig.algorithms)
+    for name in algorithms:
+        if name not in _ALGORITHMS:
+            # SECURITY: HMAC algorithms and "none" can never verify an issuer's public-key tokens.
+            node.report.error(
+                node.child_path("algorithms"), f"{name} is not allowed (use {', '.join(_ALGORITHMS)})"
+            )
+    result = IssuerConfig(
+        issuer=node.string("issuer"),
+        audience=audience,
+        algorithms=algorithms,
+        jwks_file=node.string("jwks_file", None),
+        jwks_url=node.string("jwks_url", None),
+        jwks_refresh=node.duration("jwks_refresh", 600.0),
+        public_key_file=node.string("public_key_file", None),
+    )
+    sources = [s for s in (result.jwks_file, result.jwks_url, result.public_key_file) if s]
+    if len(sources) != 1:
+        node.report.error(node.path, "exactly one of jwks_file, jwks_url, public_key_file is required")
+    if result.jwks_url and not result.jwks_url.startswith(("https://", "http://127.", "http://localhost")):
+        node.report.error(node.child_path("jwks_url"), "must be https:// (plain http only on loopback)")
+    node.done()
+    return result
+
+
+def _auth(node: Node) -> AuthConfig:
+    issuers = tuple(_issuer(Node(raw, path, node.report)) for _, raw, path in node.items("issuers"))
+    result = AuthConfig(
+        issuers=issuers,
+        token_cookie=node.string("token_cookie", None),
+        leeway=node.duration("leeway", 30.0),
+        max_token_lifetime=node.duration("max_token_lifetime", 86400.0),
+        roles_claim=node.string("roles_claim", "roles"),
+        max_token_bytes=node.size("max_token_bytes", 8192),
+    )
+    if result.leeway > 300:
+        node.report.error(node.child_path("leeway"), "must be at most 5m")
+    node.done()
+    return result
+
+
+def _mfa(node: Node) -> MfaConfig:
+    result = MfaConfig(
+        issuer=node.string("issuer", MfaConfig.issuer),
+        accepted_amr=node.string_list("accepted_amr", MfaConfig.accepted_amr),
+        token_ttl=node.duration("token_ttl", 900.0),
+        max_attempts=node.integer("max_attempts", 5, minimum=1, maximum=100),
+        lockout=node.duration("lockout", 900.0),
     )
     node.done()
     return result

@@ -69,6 +69,8 @@ async def _demo(config_path: Path, workdir: Path, port: int, admin_port: int, ba
             "SHOPINO_DEMO_UPSTREAM": backend.url,
             "SHOPINO_DEMO_STATE": f"local:{workdir / 'state'}",
         "SHOPINO_DEMO_AUDIT_SPOOL": str(workdir / "audit-spool"),
+        "SHOPINO_DEMO_ISSUER": issuer.issuer,
+        "SHOPINO_DEMO_JWKS": str(workdir / "demo-issuer.jwks.json"),
         }
     )
     try:
@@ -78,7 +80,7 @@ async def _demo(config_path: Path, workdir: Path, port: int, admin_port: int, ba
         print("\n".join(exc.errors), file=sys.stderr)
         return 1
     configure_logging(config.logging)
-    process = GatewayProcess(config, config_path, workdir=workdir / "tls")
+    process = GatewayProcess(config, config_path, workdir=workdir / "tls", demo=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -8,7 +8,7 @@ from aiohttp import web
 
 from gateway.context import RequestContext
 from gateway.errors import BadRequest
-from gateway.health import GATEWAY_ENDPOINTS, serve_gateway_endpoint
+from gateway.gateway_endpoints import GATEWAY_ENDPOINTS, serve_gateway_endpoint
 from gateway.routing import normalise_target
 
 # RFC 3986 host (reg-name or IP literal) and optional port; anything else in Host is an attack on

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import os
+import secrets
 import signal
 import socket
 import ssl
@@ -56,7 +58,8 @@ class GatewayProc:
         self.config_path = tmp / "gateway.yaml"
         self.write_config(config)
         self.log_path = tmp / "gateway.log"
-        self.env = {**os.environ, **(env or {})}
+        master_key = base64.b64encode(secrets.token_bytes(32)).decode()
+        self.env = {**os.environ, "SHOPINO_GATEWAY_MASTER_KEY": master_key, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property

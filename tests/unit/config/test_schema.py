@@ -85,7 +85,7 @@ def two_routes(first: str, second: str, *, case_insensitive: bool = False) -> st
 ERROR_CASES = [
     # unknown keys
     pytest.param("foo: 1\n", ["foo: unknown key"], id="unknown-root"),
-    pytest.param("auth: {}\n", ["auth: unknown key"], id="unknown-root-not-yet-in-schema"),
+    pytest.param("tenancy: {}\n", ["tenancy: unknown key"], id="unknown-root-not-yet-in-schema"),
     pytest.param(
         "listen:\n  limits:\n    max_conns: 5\n",
         ["listen.limits.max_conns: unknown key"],

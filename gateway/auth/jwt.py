@@ -1,0 +1,379 @@
+"""JWT verification (SPEC §5) and the MFA predicates (SPEC §6).
+
+pyjwt does all the cryptography and the registered-claim checks; this module only decides
+*which* key and algorithm may be tried, refuses dangerous headers before that, and checks the
+gateway's own claim rules. Every refusal is a ``TokenRejected`` whose ``reason`` (one of
+``REASONS``) is for logs and metrics only; it never carries token content.
+
+Time: pyjwt checks ``exp``/``nbf``/``iat`` against the wall clock, and the verifier checks them
+again against its ``clock`` (the same clock in production), which also drives the cache.
+
+Cache: verified claims are cached by SHA-256 of the token (LRU, ``cache_size`` entries) until
+``exp``. A hit re-checks ``exp`` against the clock and that the verifying key is still served
+by its issuer's key source (so a revoked or retired key ends its cached tokens too).
+Refusals are not cached: an attacker picks the tokens, so a negative cache would only hold
+their garbage, and every refusal before the signature check is already cheap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import math
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import aiohttp
+import jwt
+from jwt.exceptions import InvalidJTIError, InvalidSubjectError
+
+from gateway.auth.keysources import (
+    ASYMMETRIC_ALGORITHMS,
+    KeySource,
+    PublicKey,
+    RemoteJwks,
+    StaticKeys,
+    algorithms_for_key,
+)
+from gateway.config.model import AuthConfig, IssuerConfig
+
+REASONS = frozenset(
+    {
+        "malformed", "oversized", "alg_not_allowed", "alg_none", "forbidden_header", "bad_kid",
+        "unknown_kid", "unknown_issuer", "bad_signature", "expired", "not_yet_valid",
+        "issued_in_future", "lifetime_too_long", "wrong_audience", "missing_claim", "bad_claim_type",
+    }
+)  # fmt: skip
+# SECURITY: jku/x5u (key URL injection), jwk/x5c (attacker-embedded key), crit (extensions we do
+# not implement), b64 (unencoded payloads), zip (compression): never honoured, always refused.
+FORBIDDEN_HEADERS = frozenset({"jku", "x5u", "x5c", "jwk", "crit", "b64", "zip"})
+# typ, when present, must name a JWT or an access token (RFC 9068, vendor "...at+jwt" forms):
+# SECURITY: token confusion: a logout token or DPoP proof signed by the same key is refused.
+_TYP = re.compile(r"(application/)?(jwt|([a-z0-9.-]+-)?at\+jwt)")
+# Compact JWS: three base64url segments; the signature may be empty only to name "none" clearly.
+_SHAPE = re.compile(r"[A-Za-z0-9_\-]+={0,2}\.[A-Za-z0-9_\-]+={0,2}\.[A-Za-z0-9_\-]*={0,2}")
+# SECURITY: kid injection (path traversal, SQL, header smuggling): a short token of safe
+# characters, without "..". It is only ever used as a dict key, but garbage is refused early.
+_KID = re.compile(r"[A-Za-z0-9._~+/=:@#\-]{1,128}")
+_MAX_CANDIDATES = 8  # bounds the signature checks one token can cost
+
+
+log = logging.getLogger(__name__)
+
+
+class TokenRejected(Exception):
+    """A refused token. ``reason`` is from ``REASONS``; never echo it to the client."""
+
+    def __init__(self, reason: str) -> None:
+        if reason not in REASONS:
+            raise ValueError(f"unknown rejection reason {reason!r}")
+        super().__init__(f"token rejected: {reason}")
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class VerifiedClaims:
+    issuer: str
+    subject: str
+    tenant: str
+    audience: tuple[str, ...]
+    roles: tuple[str, ...]
+    amr: tuple[str, ...]
+    auth_time: int | None
+    issued_at: int
+    expires_at: int
+    token_id: str | None
+    raw: Mapping[str, Any] = field(repr=False, compare=False)  # deep read-only (lists → tuples)
+
+
+@dataclass(frozen=True)
+class _Issuer:
+    config: IssuerConfig
+    source: KeySource
+    algorithms: frozenset[str]
+
+
+@dataclass(frozen=True)
+class _Cached:
+    claims: VerifiedClaims
+    issuer: _Issuer
+    kid: str | None
+    key: PublicKey
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, dict):
+        return MappingProxyType({k: _freeze(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+def _reason_for(exc: Exception) -> str:
+    """pyjwt's exception → our reason. Order matters: subclasses before their bases."""
+    if isinstance(exc, jwt.InvalidSignatureError):
+        return "bad_signature"
+    if isinstance(exc, jwt.ExpiredSignatureError):
+        return "expired"
+    if isinstance(exc, jwt.ImmatureSignatureError):
+        return "issued_in_future" if "(iat)" in str(exc) else "not_yet_valid"
+    if isinstance(exc, jwt.MissingRequiredClaimError):
+        return "missing_claim"
+    if isinstance(exc, jwt.InvalidAudienceError):
+        return "wrong_audience"
+    if isinstance(exc, jwt.InvalidIssuerError):
+        return "unknown_issuer"
+    if isinstance(exc, jwt.InvalidAlgorithmError):
+        return "alg_not_allowed"
+    if isinstance(exc, jwt.InvalidIssuedAtError | InvalidSubjectError | InvalidJTIError):
+        return "bad_claim_type"
+    if isinstance(exc, jwt.DecodeError) and "must be an integer" in str(exc):
+        return "bad_claim_type"  # non-numeric exp/nbf
+    return "malformed"
+
+
+def _number(payload: Mapping[str, Any], name: str) -> int | None:
+    value = payload.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TokenRejected("bad_claim_type")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise TokenRejected("bad_claim_type")
+    return int(value)
+
+
+def _string(payload: Mapping[str, Any], name: str) -> str:
+    value = payload.get(name)
+    if value is None:
+        raise TokenRejected("missing_claim")
+    if not isinstance(value, str) or not value:
+        raise TokenRejected("bad_claim_type")
+    return value
+
+
+def _strings(payload: Mapping[str, Any], name: str) -> tuple[str, ...]:
+    value = payload.get(name)
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise TokenRejected("bad_claim_type")
+    return tuple(value)
+
+
+class JwtVerifier:
+    """Verifies bearer tokens of the configured issuers plus ``extra_issuers`` (the gateway's
+    own MFA issuer, always trusted, SPEC §5). Extra sources are started/stopped by their
+    owner; ``start()``/``stop()`` here drive only the remote JWKS sources built from config."""
+
+    def __init__(
+        self,
+        auth: AuthConfig,
+        *,
+        tenant_claim: str = "tid",
+        extra_issuers: Sequence[tuple[IssuerConfig, KeySource]] = (),
+        clock: Callable[[], float] = time.time,
+        session_factory: Callable[[], aiohttp.ClientSession] | None = None,
+        cache_size: int = 10_000,
+    ) -> None:
+        self._auth, self._tenant_claim, self._clock = auth, tenant_claim, clock
+        self._leeway = float(auth.leeway)
+        self._require = ["exp", "iat", "sub", "iss", "aud", tenant_claim]
+        self._remote: list[RemoteJwks] = []
+        self._issuers: dict[str, _Issuer] = {}
+        for config in auth.issuers:
+            self._add(config, self._source_for(config, session_factory))
+        for config, source in extra_issuers:
+            self._add(config, source)
+        self._cache: OrderedDict[bytes, _Cached] = OrderedDict()
+        self._cache_size = cache_size
+
+    def _source_for(
+        self, config: IssuerConfig, session_factory: Callable[[], aiohttp.ClientSession] | None
+    ) -> KeySource:
+        if config.jwks_file:
+            return StaticKeys.from_jwks_file(config.jwks_file)
+        if config.public_key_file:
+            return StaticKeys.from_pem_file(config.public_key_file)
+        if config.jwks_url:
+            remote = RemoteJwks(config.jwks_url, config.jwks_refresh, session_factory=session_factory)
+            self._remote.append(remote)
+            return remote
+        raise ValueError(f"issuer {config.issuer!r} has no key source")
+
+    def _add(self, config: IssuerConfig, source: KeySource) -> None:
+        if config.issuer in self._issuers:
+            raise ValueError(f"issuer {config.issuer!r} is configured twice")
+        # SECURITY: whatever the config says, HMAC and "none" never get through.
+        allowed = frozenset(config.algorithms) & ASYMMETRIC_ALGORITHMS
+        self._issuers[config.issuer] = _Issuer(config, source, allowed)
+
+    @property
+    def issuers(self) -> tuple[str, ...]:
+        return tuple(self._issuers)
+
+    async def start(self) -> None:
+        await asyncio.gather(*(remote.start() for remote in self._remote))
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(remote.stop() for remote in self._remote))
+
+    async def verify(self, token: str) -> VerifiedClaims:
+        if not isinstance(token, str):
+            raise TokenRejected("malformed")
+        # SECURITY: size first, before any parsing: oversized tokens cost nothing (DoS).
+        if len(token) > self._auth.max_token_bytes:
+            raise TokenRejected("oversized")
+        if not token.isascii() or not _SHAPE.fullmatch(token):
+            raise TokenRejected("malformed")
+        digest = hashlib.sha256(token.encode("ascii")).digest()
+        cached = self._cache.get(digest)
+        if cached is not None:
+            return await self._revalidate(digest, cached)
+        header, payload = self._unverified(token)
+        alg, kid = self._check_header(header)
+        iss = payload.get("iss")
+        if not isinstance(iss, str):
+            raise TokenRejected("missing_claim" if iss is None else "bad_claim_type")
+        issuer = self._issuers.get(iss)  # unverified: it only picks the key set to try
+        if issuer is None:
+            raise TokenRejected("unknown_issuer")
+        if alg not in issuer.algorithms:
+            raise TokenRejected("alg_not_allowed")
+        candidates = list(await issuer.source.key_for(kid))
+        if not candidates:
+            raise TokenRejected("unknown_kid")
+        # SECURITY: alg confusion: the algorithm must belong to the key's own family, re-derived
+        # from the key object, whatever the source claims.
+        usable = [k for k, algs in candidates if alg in algs and alg in algorithms_for_key(k)]
+        if not usable:
+            raise TokenRejected("alg_not_allowed")
+        for key in usable[:_MAX_CANDIDATES]:
+            try:
+                verified = jwt.decode(
+                    token,
+                    key,
+                    algorithms=[alg],  # one fixed algorithm, checked above against issuer and key
+                    audience=list(issuer.config.audience),
+                    issuer=issuer.config.issuer,
+                    leeway=self._leeway,
+                    options={"require": self._require, "enforce_minimum_key_length": True},
+                )
+            except jwt.InvalidSignatureError:
+                continue
+            except jwt.PyJWTError as exc:
+                raise TokenRejected(_reason_for(exc)) from None
+            except Exception as exc:  # fail closed; the type only, messages could quote input
+                log.error("jwt: unexpected %s while verifying a token", type(exc).__name__)
+                raise TokenRejected("malformed") from None
+            claims = self._claims(verified, issuer.config.issuer)
+            self._remember(digest, _Cached(claims, issuer, kid, key))
+            return claims
+        raise TokenRejected("bad_signature")
+
+    def _unverified(self, token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Header and payload, unverified: only to choose the issuer, key and algorithm."""
+        try:
+            header = jwt.get_unverified_header(token)
+            payload = jwt.decode(token, options={"verify_signature": False})
+        except jwt.DecodeError:
+            raise TokenRejected("malformed") from None
+        except jwt.InvalidTokenError as exc:  # pyjwt's own header checks: crit, or a non-string kid
+            text = str(exc).lower()
+            raise TokenRejected(
+                "forbidden_header" if "crit" in text else "bad_kid" if "key id" in text else "malformed"
+            ) from None
+        except Exception:  # fail closed on anything unexpected in attacker-controlled input
+            raise TokenRejected("malformed") from None
+        return header, payload
+
+    def _check_header(self, header: Mapping[str, Any]) -> tuple[str, str | None]:
+        alg = header.get("alg")
+        if not isinstance(alg, str):
+            raise TokenRejected("malformed")
+        if alg.lower() == "none":
+            raise TokenRejected("alg_none")  # SECURITY: unsigned tokens (CVE-2015-9235)
+        if alg not in ASYMMETRIC_ALGORITHMS:
+            raise TokenRejected("alg_not_allowed")  # SECURITY: HS* with a public key as secret
+        if FORBIDDEN_HEADERS & header.keys():
+            raise TokenRejected("forbidden_header")
+        typ = header.get("typ")
+        if typ is not None and (not isinstance(typ, str) or not _TYP.fullmatch(typ.lower())):
+            raise TokenRejected("forbidden_header")
+        kid = header.get("kid")
+        if kid is not None and (not isinstance(kid, str) or not _KID.fullmatch(kid) or ".." in kid):
+            raise TokenRejected("bad_kid")  # SECURITY: kid injection
+        return alg, kid
+
+    def _claims(self, payload: dict[str, Any], issuer: str) -> VerifiedClaims:
+        now, leeway = self._clock(), self._leeway
+        exp, iat, nbf = _number(payload, "exp"), _number(payload, "iat"), _number(payload, "nbf")
+        auth_time = _number(payload, "auth_time")
+        if exp is None or iat is None:
+            raise TokenRejected("missing_claim")
+        if exp <= now - leeway:
+            raise TokenRejected("expired")
+        if nbf is not None and nbf > now + leeway:
+            raise TokenRejected("not_yet_valid")
+        if iat > now + leeway or (auth_time is not None and auth_time > now + leeway):
+            raise TokenRejected("issued_in_future")
+        if exp - iat > self._auth.max_token_lifetime:
+            raise TokenRejected("lifetime_too_long")
+        aud = payload.get("aud")
+        token_id = payload.get("jti")
+        if token_id is not None and not isinstance(token_id, str):
+            raise TokenRejected("bad_claim_type")
+        return VerifiedClaims(
+            issuer=issuer,
+            subject=_string(payload, "sub"),
+            tenant=_string(payload, self._tenant_claim),
+            audience=(aud,) if isinstance(aud, str) else _strings(payload, "aud"),
+            roles=_strings(payload, self._auth.roles_claim),
+            amr=_strings(payload, "amr"),
+            auth_time=auth_time,
+            issued_at=iat,
+            expires_at=exp,
+            token_id=token_id,
+            raw=_freeze(payload),
+        )
+
+    def _remember(self, digest: bytes, entry: _Cached) -> None:
+        self._cache[digest] = entry
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+
+    async def _revalidate(self, digest: bytes, cached: _Cached) -> VerifiedClaims:
+        if cached.claims.expires_at <= self._clock() - self._leeway:
+            self._cache.pop(digest, None)
+            raise TokenRejected("expired")
+        # The key may have been retired or revoked since (keys rotate --revoke-old, JWKS change).
+        keys = await cached.issuer.source.key_for(cached.kid)
+        if not any(key == cached.key for key, _ in keys):
+            self._cache.pop(digest, None)
+            raise TokenRejected("unknown_kid")
+        self._cache.move_to_end(digest)
+        return cached.claims
+
+    @property
+    def cache_size(self) -> int:
+        return len(self._cache)
+
+
+def has_mfa(claims: VerifiedClaims, accepted_amr: Sequence[str]) -> bool:
+    """SPEC §6: MFA-backed means ``amr`` names at least one accepted method."""
+    return not set(claims.amr).isdisjoint(accepted_amr)
+
+
+def mfa_fresh(claims: VerifiedClaims, max_age: float, now: float) -> bool:
+    """SPEC §6 ``mfa_max_age``: the authentication (``auth_time``) is at most ``max_age`` old.
+    No ``auth_time`` means unknown age: not fresh."""
+    return claims.auth_time is not None and now - claims.auth_time <= max_age
+
+
+__all__ = ["REASONS", "JwtVerifier", "TokenRejected", "VerifiedClaims", "has_mfa", "mfa_fresh"]

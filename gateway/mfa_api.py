@@ -1,0 +1,127 @@
+"""The gateway's own TOTP step under ``/_gateway/mfa/`` (SPEC §6).
+
+Each call is authenticated by a first-factor token (``amr`` contains ``pwd``) from a trusted
+issuer; ``verify`` answers with a gateway-signed, MFA-backed access token.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from gateway.auth.jwt import TokenRejected, VerifiedClaims, has_mfa
+from gateway.context import RequestContext
+from gateway.errors import BadRequest, GatewayError, InvalidToken, MissingToken, PayloadTooLarge
+from gateway.metrics import METRICS
+from gateway.middleware.authenticate import REALM, bearer_token
+
+MAX_BODY = 4096
+_NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+def _json(body: dict[str, Any]) -> web.Response:
+    return web.Response(body=orjson.dumps(body), content_type="application/json", headers=_NO_STORE)
+
+
+async def _first_factor(ctx: RequestContext) -> VerifiedClaims:
+    token = bearer_token(ctx.request)
+    if token is None:
+        raise MissingToken("A first-factor bearer token is required", headers={"WWW-Authenticate": REALM})
+    try:
+        claims = await ctx.runtime.verifier.verify(token)
+    except TokenRejected as rejected:
+        METRICS.auth_failures.labels(rejected.reason).inc()
+        raise InvalidToken(
+            "The bearer token is not valid", headers={"WWW-Authenticate": f'{REALM}, error="invalid_token"'}
+        ) from None
+    if "pwd" not in claims.amr and not has_mfa(claims, ctx.runtime.config.mfa.accepted_amr):
+        raise InvalidToken(
+            "A first-factor (password) token is required",
+            headers={"WWW-Authenticate": f'{REALM}, error="invalid_token"'},
+        )
+    ctx.claims, ctx.user, ctx.tenant = claims, claims.subject, claims.tenant
+    return claims
+
+
+async def _body(ctx: RequestContext) -> dict[str, Any]:
+    request = ctx.request
+    if (request.content_length or 0) > MAX_BODY:
+        raise PayloadTooLarge("The request body is too large")
+    raw = await request.content.read(MAX_BODY + 1)
+    if len(raw) > MAX_BODY:
+        raise PayloadTooLarge("The request body is too large")
+    try:
+        data = orjson.loads(raw or b"{}")
+    except orjson.JSONDecodeError:
+        raise BadRequest("The body must be a JSON object") from None
+    if not isinstance(data, dict):
+        raise BadRequest("The body must be a JSON object")
+    return data
+
+
+def _code(data: dict[str, Any], field: str) -> str:
+    value = data.get(field)
+    if not isinstance(value, str) or not value or len(value) > 64:
+        raise BadRequest(f"'{field}' is required")
+    return value
+
+
+async def _audit(ctx: RequestContext, event: str, **details: Any) -> None:
+    services = ctx.runtime.services
+    await services.audit.record(
+        event, tenants=[ctx.tenant or "_system"], actor=ctx.user, request_id=ctx.request_id, details=details
+    )
+
+
+async def enroll(ctx: RequestContext) -> web.StreamResponse:
+    claims = await _first_factor(ctx)
+    mfa_backed = has_mfa(claims, ctx.runtime.config.mfa.accepted_amr)
+    enrollment = await ctx.runtime.services.mfa.enroll(claims.tenant, claims.subject, mfa_backed=mfa_backed)
+    await _audit(ctx, "mfa.enrolled", replaced_active=mfa_backed)
+    return _json(
+        {"otpauth_uri": enrollment.otpauth_uri, "secret": enrollment.secret, "qr_svg": enrollment.qr_svg}
+    )
+
+
+async def activate(ctx: RequestContext) -> web.StreamResponse:
+    claims = await _first_factor(ctx)
+    code = _code(await _body(ctx), "code")
+    try:
+        recovery = await ctx.runtime.services.mfa.activate(claims.tenant, claims.subject, code)
+    except GatewayError as error:
+        await _audit(ctx, "mfa.activation_failed", problem=error.slug)
+        raise
+    await _audit(ctx, "mfa.activated")
+    return _json({"recovery_codes": recovery})
+
+
+async def verify(ctx: RequestContext) -> web.StreamResponse:
+    claims = await _first_factor(ctx)
+    data = await _body(ctx)
+    services = ctx.runtime.services
+    method = "recovery_code" if "recovery_code" in data else "totp"
+    try:
+        if method == "recovery_code":
+            await services.mfa.verify_recovery_code(
+                claims.tenant, claims.subject, _code(data, "recovery_code")
+            )
+        else:
+            await services.mfa.verify_code(claims.tenant, claims.subject, _code(data, "code"))
+    except GatewayError as error:
+        METRICS.auth_failures.labels(f"mfa_{error.slug}").inc()
+        await _audit(ctx, "mfa.failed", method=method, problem=error.slug)
+        raise
+    token, expires_in = await services.mfa.mint_access_token(
+        claims.raw, services.signing, roles_claim=ctx.runtime.config.auth.roles_claim
+    )
+    await _audit(ctx, "mfa.verified", method=method)
+    return _json({"access_token": token, "token_type": "Bearer", "expires_in": expires_in})
+
+
+async def jwks(ctx: RequestContext) -> web.StreamResponse:
+    body = orjson.dumps(ctx.runtime.services.signing.jwks())
+    return web.Response(
+        body=body, content_type="application/json", headers={"Cache-Control": "public, max-age=60"}
+    )
