@@ -171,7 +171,7 @@ async def test_mfa_requirements(auth_gateway, issuer: DemoIssuer) -> None:
 
 
 async def test_identity_headers_come_from_the_token_only(auth_gateway, issuer: DemoIssuer) -> None:
-    gw, upstream = auth_gateway
+    gw, _upstream = auth_gateway
     spoof = {
         "x-tenant-id": "globex",
         "X-USER-ID": "mallory",
@@ -190,7 +190,7 @@ async def test_identity_headers_come_from_the_token_only(auth_gateway, issuer: D
 
 
 async def test_totp_step_end_to_end(auth_gateway, issuer: DemoIssuer, tmp_path: Path) -> None:
-    gw, upstream = auth_gateway
+    gw, _upstream = auth_gateway
     key_file = tmp_path / "idp.pem"
     key_file.write_bytes(issuer.private_pem())
     minted = subprocess.run(
