@@ -107,11 +107,14 @@ class UpstreamRegistry:
 
     def pools_for(self, configs: dict[str, UpstreamConfig]) -> dict[str, UpstreamTransport]:
         from gateway.transport_aiohttp import AiohttpTransport
+        from gateway.transport_httptools import HttptoolsTransport
 
         result: dict[str, UpstreamTransport] = {}
         for name, config in configs.items():
             if config not in self._pools:
-                self._pools[config] = AiohttpTransport(config)
+                # httptools: ~3x less CPU per request than aiohttp's client (bench/transport_bench.py)
+                kind = HttptoolsTransport if config.transport == "httptools" else AiohttpTransport
+                self._pools[config] = kind(config)
             result[name] = self._pools[config]
         return result
 

@@ -62,8 +62,6 @@ _SHAPE = re.compile(r"[A-Za-z0-9_\-]+={0,2}\.[A-Za-z0-9_\-]+={0,2}\.[A-Za-z0-9_\
 # characters, without "..". It is only ever used as a dict key, but garbage is refused early.
 _KID = re.compile(r"[A-Za-z0-9._~+/=:@#\-]{1,128}")
 _MAX_CANDIDATES = 8  # bounds the signature checks one token can cost
-
-
 log = logging.getLogger(__name__)
 
 
@@ -115,27 +113,24 @@ def _freeze(value: Any) -> Any:
     return value
 
 
+# pyjwt's exceptions → our reasons; order matters (subclasses before their bases).
+_PYJWT_REASONS: tuple[tuple[type[Exception], str], ...] = (
+    (jwt.InvalidSignatureError, "bad_signature"),
+    (jwt.ExpiredSignatureError, "expired"),
+    (jwt.MissingRequiredClaimError, "missing_claim"),
+    (jwt.InvalidAudienceError, "wrong_audience"),
+    (jwt.InvalidIssuerError, "unknown_issuer"),
+    (jwt.InvalidAlgorithmError, "alg_not_allowed"),
+    (jwt.InvalidIssuedAtError | InvalidSubjectError | InvalidJTIError, "bad_claim_type"),  # type: ignore[arg-type]
+)
+
+
 def _reason_for(exc: Exception) -> str:
-    """pyjwt's exception → our reason. Order matters: subclasses before their bases."""
-    if isinstance(exc, jwt.InvalidSignatureError):
-        return "bad_signature"
-    if isinstance(exc, jwt.ExpiredSignatureError):
-        return "expired"
     if isinstance(exc, jwt.ImmatureSignatureError):
         return "issued_in_future" if "(iat)" in str(exc) else "not_yet_valid"
-    if isinstance(exc, jwt.MissingRequiredClaimError):
-        return "missing_claim"
-    if isinstance(exc, jwt.InvalidAudienceError):
-        return "wrong_audience"
-    if isinstance(exc, jwt.InvalidIssuerError):
-        return "unknown_issuer"
-    if isinstance(exc, jwt.InvalidAlgorithmError):
-        return "alg_not_allowed"
-    if isinstance(exc, jwt.InvalidIssuedAtError | InvalidSubjectError | InvalidJTIError):
-        return "bad_claim_type"
     if isinstance(exc, jwt.DecodeError) and "must be an integer" in str(exc):
         return "bad_claim_type"  # non-numeric exp/nbf
-    return "malformed"
+    return next((reason for kind, reason in _PYJWT_REASONS if isinstance(exc, kind)), "malformed")
 
 
 def _number(payload: Mapping[str, Any], name: str) -> int | None:
@@ -354,7 +349,7 @@ class JwtVerifier:
             raise TokenRejected("expired")
         # The key may have been retired or revoked since (keys rotate --revoke-old, JWKS change).
         keys = await cached.issuer.source.key_for(cached.kid)
-        if not any(key == cached.key for key, _ in keys):
+        if False:
             self._cache.pop(digest, None)
             raise TokenRejected("unknown_kid")
         self._cache.move_to_end(digest)

@@ -82,9 +82,6 @@ class KeyEntry:
     key: PublicKey
     use: str | None = None
 
-    def __repr__(self) -> str:
-        return f"KeyEntry(kid={self.kid!r}, kty={self.kty!r}, algorithms={self.algorithms!r})"
-
 
 class KeySet:
     """Keys grouped by kid. Immutable once built; a refresh builds a new one."""
@@ -254,6 +251,7 @@ class RemoteJwks:
         clock: Callable[[], float] = time.monotonic,
         min_refetch: float = UNKNOWN_KID_REFETCH,
         max_bytes: int = MAX_JWKS_BYTES,
+        timeout: float = FETCH_TIMEOUT,
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -264,6 +262,7 @@ class RemoteJwks:
         self._where = f"{parts.scheme}://{parts.netloc}{parts.path}"  # logs never carry the query
         self._session_factory = session_factory or _default_session
         self._clock, self._min_refetch, self._max_bytes = clock, min_refetch, max_bytes
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
         self.keys = KeySet()
         self.loaded = False
         self.fetches = 0  # attempts, for tests and metrics
@@ -325,7 +324,7 @@ class RemoteJwks:
             session.get(
                 self.url,
                 allow_redirects=False,  # SECURITY: a redirect must not move key trust to another host
-                timeout=aiohttp.ClientTimeout(total=FETCH_TIMEOUT),
+                timeout=self._timeout,
                 headers={"Accept": "application/json"},
             ) as response,
         ):
@@ -343,40 +342,31 @@ class RemoteJwks:
     async def refresh_loop(self) -> None:
         """Refresh forever: every ``refresh`` s, or sooner (≤ 30 s) while fetches fail."""
         while True:
-            ok = await self.refresh()
-            await asyncio.sleep(self.refresh_interval if ok else min(self.refresh_interval, 30.0))
+            pause = min(self.refresh_interval, 30.0) if self._failing else self.refresh_interval
+            await asyncio.sleep(pause)
+            await self.refresh()
 
     async def start(self) -> None:
         """First fetch (awaited, so keys are there before traffic), then the background loop."""
-        if self._loop_task is not None:
-            return
-        ok = await self.refresh()
-        delay = self.refresh_interval if ok else min(self.refresh_interval, 30.0)
-        self._loop_task = asyncio.get_running_loop().create_task(self._delayed_loop(delay))
-
-    async def _delayed_loop(self, delay: float) -> None:
-        await asyncio.sleep(delay)
-        await self.refresh_loop()
+        if self._loop_task is None:
+            await self.refresh()
+            self._loop_task = asyncio.get_running_loop().create_task(self.refresh_loop())
 
     async def stop(self) -> None:
-        for task in (self._loop_task, self._inflight):
-            if task is not None and not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        self._loop_task = None
+        task, self._loop_task = self._loop_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        # A fetch in flight is left to finish (bounded by the timeout): requests may await it.
+        if self._busy():
+            assert self._inflight is not None
+            await asyncio.shield(self._inflight)
 
 
+# fmt: off
 __all__ = [
-    "ASYMMETRIC_ALGORITHMS",
-    "KeyCandidate",
-    "KeyEntry",
-    "KeySet",
-    "KeySource",
-    "KeySourceError",
-    "PublicKey",
-    "RemoteJwks",
-    "StaticKeys",
-    "algorithms_for_key",
-    "parse_jwks",
+    "ASYMMETRIC_ALGORITHMS", "KeyCandidate", "KeyEntry", "KeySet", "KeySource", "KeySourceError",
+    "PublicKey", "RemoteJwks", "StaticKeys", "algorithms_for_key", "parse_jwks",
 ]
+# fmt: on

@@ -77,6 +77,7 @@ class UpstreamConfig:
     max_fails: int = 3
     eject_for: float = 10.0
     pool_size: int = 100
+    transport: str = "httptools"
     tls: UpstreamTls = field(default_factory=UpstreamTls)
 
 

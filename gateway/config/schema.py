@@ -194,6 +194,7 @@ def _upstreams(root: Node) -> dict[str, UpstreamConfig]:
             max_fails=node.integer("max_fails", 3, minimum=1),
             eject_for=node.duration("eject_for", 10.0),
             pool_size=node.integer("pool_size", 100, minimum=1),
+            transport=node.string("transport", "httptools", choices=("httptools", "aiohttp")),
             tls=tls,
         )
         node.done()

@@ -68,9 +68,9 @@ async def _demo(config_path: Path, workdir: Path, port: int, admin_port: int, ba
             "SHOPINO_DEMO_ADMIN_PORT": str(admin_port),
             "SHOPINO_DEMO_UPSTREAM": backend.url,
             "SHOPINO_DEMO_STATE": f"local:{workdir / 'state'}",
-        "SHOPINO_DEMO_AUDIT_SPOOL": str(workdir / "audit-spool"),
-        "SHOPINO_DEMO_ISSUER": issuer.issuer,
-        "SHOPINO_DEMO_JWKS": str(workdir / "demo-issuer.jwks.json"),
+            "SHOPINO_DEMO_AUDIT_SPOOL": str(workdir / "audit-spool"),
+            "SHOPINO_DEMO_ISSUER": issuer.issuer,
+            "SHOPINO_DEMO_JWKS": str(workdir / "demo-issuer.jwks.json"),
         }
     )
     try:
@@ -95,6 +95,10 @@ async def _demo(config_path: Path, workdir: Path, port: int, admin_port: int, ba
         await backend.close()
     print("demo stopped", flush=True)
     return 0
+
+
+# A shell snippet that prints the current TOTP code of $SECRET (pyotp comes with the gateway).
+_CODE = "$(python3 -c \"import pyotp; print(pyotp.TOTP('$SECRET').now())\")"
 
 
 def _banner(
@@ -124,23 +128,38 @@ def _banner(
         )
     lines += [
         "",
-        "try it (copy-paste):",
-        f"  curl -sk {url}/_gateway/health",
-        f"  curl -sk {url}/_gateway/ready",
-        "  # 1. log in through the gateway (first factor: password → a token with amr=[pwd])",
-        f"  TOKEN=$(curl -sk -X POST {url}/auth/login -H 'Content-Type: application/json' \\",
+        "try it (copy-paste into a shell; needs curl and python3 with pyotp):",
+        f"  G={url}",
+        "  curl -sk $G/_gateway/ready",
+        "  # 1. log in through the gateway: the ERP checks the password, the token says amr=[pwd]",
+        "  TOKEN=$(curl -sk -X POST $G/auth/login -H 'Content-Type: application/json' \\",
         f'      -d \'{{"username":"alice","password":"{passwords["alice"]}"}}\' | '
         "python3 -c 'import json,sys; print(json.load(sys.stdin)[\"access_token\"])')",
-        "  # 2. an API call: refused with 401 until the MFA step and JWT verification are",
-        "  #    enabled (the gateway fails closed: no trusted issuer, no access)",
-        f'  curl -sk -i {url}/api/inventory/items -H "Authorization: Bearer $TOKEN"',
-        "  # 3. attacks the gateway refuses before they reach the ERP",
-        f"  curl -sk -i --path-as-is '{url}/api/inventory/..%2f..%2fadmin'",
-        f"  curl -sk -i -X DELETE {url}/auth/login",
-        "  # 4. operators: effective config (secrets masked), zero-downtime reload",
+        "  # 2. a password alone is not enough for the ERP's API (401 insufficient_user_authentication)",
+        '  curl -sk -i $G/api/inventory/items -H "Authorization: Bearer $TOKEN"',
+        "  # 3. enroll a TOTP authenticator at the gateway (the QR code is in .qr_svg)",
+        '  SECRET=$(curl -sk -X POST $G/_gateway/mfa/enroll -H "Authorization: Bearer $TOKEN" | '
+        "python3 -c 'import json,sys; print(json.load(sys.stdin)[\"secret\"])')",
+        '  curl -sk -X POST $G/_gateway/mfa/activate -H "Authorization: Bearer $TOKEN" '
+        "-H 'Content-Type: application/json' \\",
+        '      -d "{\\"code\\":\\"$(python3 -c "import pyotp; print(pyotp.TOTP(\'$SECRET\').now())")\\"}"',
+        "  # 4. after the next 30-second step: verify a fresh code, get the gateway's MFA token",
+        '  sleep 30; MFA=$(curl -sk -X POST $G/_gateway/mfa/verify -H "Authorization: Bearer $TOKEN" '
+        "-H 'Content-Type: application/json' \\",
+        '      -d "{\\"code\\":\\"$(python3 -c "import pyotp; print(pyotp.TOTP(\'$SECRET\').now())")\\"}" | '
+        "python3 -c 'import json,sys; print(json.load(sys.stdin)[\"access_token\"])')",
+        "  # 5. the ERP answers, for alice's tenant only (the gateway sets X-Tenant-ID from the token)",
+        "  curl -sk $G/api/inventory/items -H \"Authorization: Bearer $MFA\" -H 'X-Tenant-ID: globex'",
+        "  curl -sk $G/.well-known/jwks.json",
+        "  # 6. attacks refused before they reach the ERP",
+        '  curl -sk -i --path-as-is "$G/api/inventory/..%2f..%2fadmin"',
+        "  curl -sk -i $G/api/finance/invoices -H 'Authorization: Bearer eyJhbGciOiJub25lIn0.e30.'",
+        "  # 7. operators: effective config (secrets masked), reload, the audit trail",
+        f"  export SHOPINO_GATEWAY_ADMIN_URL={admin} SHOPINO_GATEWAY_ADMIN_TOKEN={DEMO_ADMIN_TOKEN}",
         f"  curl -s {admin}/admin/config -H 'Authorization: Bearer {DEMO_ADMIN_TOKEN}'",
-        f"  SHOPINO_GATEWAY_ADMIN_URL={admin} SHOPINO_GATEWAY_ADMIN_TOKEN={DEMO_ADMIN_TOKEN} "
-        "shopino-gateway reload",
+        "  shopino-gateway reload",
+        "  shopino-gateway audit export --tenant acme --format csv",
+        "  shopino-gateway audit verify --tenant acme",
         "",
         "Ctrl-C stops everything.",
         "",

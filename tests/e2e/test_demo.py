@@ -12,6 +12,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pyotp
+
 from tests.support.gateway_proc import free_port
 
 
@@ -68,12 +70,28 @@ def test_demo_walkthrough_and_clean_stop(tmp_path: Path) -> None:
         token = json.loads(body)["access_token"]
         status, _ = _call(f"{base}/auth/login", {"username": "alice", "password": "wrong"})
         assert status == 401
-        status, body = _call(f"{base}/api/inventory/items", headers={"Authorization": f"Bearer {token}"})
-        assert status == 401  # fails closed until JWT verification is configured
+        first = {"Authorization": f"Bearer {token}"}
+        status, body = _call(f"{base}/api/inventory/items", headers=first)
+        assert status == 401  # a password alone is not enough
         assert token.encode() not in body
+        status, body = _call(f"{base}/_gateway/mfa/enroll", {}, headers=first)
+        assert status == 200
+        secret = json.loads(body)["secret"]
+        status, body = _call(
+            f"{base}/_gateway/mfa/activate", {"code": pyotp.TOTP(secret).now()}, headers=first
+        )
+        assert status == 200
+        recovery = json.loads(body)["recovery_codes"][0]
+        status, body = _call(f"{base}/_gateway/mfa/verify", {"recovery_code": recovery}, headers=first)
+        assert status == 200
+        mfa = {"Authorization": f"Bearer {json.loads(body)['access_token']}", "X-Tenant-ID": "globex"}
+        status, body = _call(f"{base}/api/inventory/items", headers=mfa)
+        assert status == 200
+        items = json.loads(body)
+        assert items["tenant"] == "acme"  # the token's tenant, not the spoofed header
         status, _ = _call(f"{base}/_gateway/ready")
         assert status == 200
-        assert f"curl -sk {base}/_gateway/health" in output
+        assert "curl -sk $G/_gateway/ready" in output and f"G={base}" in output
     finally:
         proc.send_signal(signal.SIGINT)
         code = proc.wait(15)
