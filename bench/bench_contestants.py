@@ -317,6 +317,9 @@ def gateway_config(
     return yaml.safe_dump(config, sort_keys=False)
 
 
+_MASTER_KEY = base64.b64encode(os.urandom(32)).decode()  # a throwaway key for the bench run
+
+
 def start_gateway(env: BenchEnv, *, access_log: bool = True) -> Running:
     port, admin_port = free_port(), free_port()
     rundir = env.workdir / ("gateway" if access_log else "gateway-nolog")
@@ -330,7 +333,7 @@ def start_gateway(env: BenchEnv, *, access_log: bool = True) -> Running:
         "gateway",
         [env.python, "-m", "gateway", "run", "-c", str(cfg)],
         cpu=env.proxy_cpu,
-        env={**os.environ, "PYTHONPATH": pythonpath},
+        env={**os.environ, "PYTHONPATH": pythonpath, "SHOPINO_GATEWAY_MASTER_KEY": _MASTER_KEY},
         cwd=env.project_root,
     )
 

@@ -53,6 +53,10 @@ class PublicHandler:
             peer_trusted=trusted,
         )
         request[ContextKey] = ctx
+        # Every log line of this request carries its id (requests on one keep-alive connection
+        # share a task, so the previous request's bindings are cleared first).
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=request_id)
         ctx.response_headers["X-Request-ID"] = request_id
         # SECURITY: fingerprinting — neither aiohttp's nor the upstream's version is disclosed.
         ctx.response_headers["Server"] = "shopino-gateway"

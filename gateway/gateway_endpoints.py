@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from gateway import health, mfa_api
+from gateway import health, mfa_api, tenant_audit_api
 from gateway.context import RequestContext
 from gateway.errors import MethodNotAllowed
 
@@ -21,6 +21,7 @@ GATEWAY_ENDPOINTS: dict[str, tuple[frozenset[str], Endpoint]] = {
     "/_gateway/mfa/enroll": (_POST, mfa_api.enroll),
     "/_gateway/mfa/activate": (_POST, mfa_api.activate),
     "/_gateway/mfa/verify": (_POST, mfa_api.verify),
+    "/_gateway/audit": (_READ, tenant_audit_api.export_own_trail),
 }
 
 

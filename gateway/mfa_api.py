@@ -25,7 +25,8 @@ def _json(body: dict[str, Any]) -> web.Response:
     return web.Response(body=orjson.dumps(body), content_type="application/json", headers=_NO_STORE)
 
 
-async def _first_factor(ctx: RequestContext) -> VerifiedClaims:
+async def authenticated_claims(ctx: RequestContext) -> VerifiedClaims:
+    """A valid token of a trusted issuer (any factor), or a 401."""
     token = bearer_token(ctx.request)
     if token is None:
         raise MissingToken("A first-factor bearer token is required", headers={"WWW-Authenticate": REALM})
@@ -36,12 +37,17 @@ async def _first_factor(ctx: RequestContext) -> VerifiedClaims:
         raise InvalidToken(
             "The bearer token is not valid", headers={"WWW-Authenticate": f'{REALM}, error="invalid_token"'}
         ) from None
+    ctx.claims, ctx.user, ctx.tenant = claims, claims.subject, claims.tenant
+    return claims
+
+
+async def _first_factor(ctx: RequestContext) -> VerifiedClaims:
+    claims = await authenticated_claims(ctx)
     if "pwd" not in claims.amr and not has_mfa(claims, ctx.runtime.config.mfa.accepted_amr):
         raise InvalidToken(
             "A first-factor (password) token is required",
             headers={"WWW-Authenticate": f'{REALM}, error="invalid_token"'},
         )
-    ctx.claims, ctx.user, ctx.tenant = claims, claims.subject, claims.tenant
     return claims
 
 

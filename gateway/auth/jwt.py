@@ -349,7 +349,7 @@ class JwtVerifier:
             raise TokenRejected("expired")
         # The key may have been retired or revoked since (keys rotate --revoke-old, JWKS change).
         keys = await cached.issuer.source.key_for(cached.kid)
-        if False:
+        if not any(key == cached.key for key, _ in keys):
             self._cache.pop(digest, None)
             raise TokenRejected("unknown_kid")
         self._cache.move_to_end(digest)

@@ -51,6 +51,7 @@ async def authenticate(ctx: RequestContext) -> web.StreamResponse | None:
     ctx.claims = claims
     ctx.user = claims.subject
     ctx.tenant = claims.tenant
+    structlog.contextvars.bind_contextvars(tenant=claims.tenant)
     if route.mfa:
         _require_mfa(ctx, route.mfa_max_age)
     return None

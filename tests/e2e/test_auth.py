@@ -268,3 +268,39 @@ async def test_totp_step_end_to_end(auth_gateway, issuer: DemoIssuer, tmp_path: 
             assert r.status == 200
             record = await r.json()
         assert ["X-Tenant-ID", "acme"] in record["headers"]
+
+
+async def test_tenant_admin_exports_only_its_own_trail(auth_gateway, issuer: DemoIssuer) -> None:
+    gw, _ = auth_gateway
+    now = int(time.time())
+    admin_acme = _sign(issuer, _claims(roles=["tenant-admin"]))
+    admin_globex = _sign(issuer, _claims(sub="carol", tid="globex", roles=["tenant-admin"]))
+    clerk = _sign(issuer, _claims(roles=["inventory"]))
+    stale = _sign(issuer, _claims(roles=["tenant-admin"], auth_time=now - 3600))
+    async with aiohttp.ClientSession() as http:
+        # Put an event into globex's trail, then make sure acme's export never shows it.
+        async with http.get(
+            f"{gw.url}/_gateway/audit", headers={"Authorization": f"Bearer {admin_globex}"}
+        ) as r:
+            assert r.status == 200
+        for fmt in ("json", "csv", "xml"):
+            async with http.get(
+                f"{gw.url}/_gateway/audit?format={fmt}&tenant=globex",
+                headers={"Authorization": f"Bearer {admin_acme}"},
+            ) as r:
+                assert r.status == 200, fmt
+                body = await r.text()
+            assert "globex" not in body and "carol" not in body, fmt
+        async with http.get(
+            f"{gw.url}/_gateway/audit", headers={"Authorization": f"Bearer {admin_acme}"}
+        ) as r:
+            records = await r.json()
+        assert records and {rec["tenant"] for rec in records} == {"acme"}
+        assert records[-1]["event"] == "audit.exported"
+        async with http.get(f"{gw.url}/_gateway/audit", headers={"Authorization": f"Bearer {clerk}"}) as r:
+            assert r.status == 403
+        async with http.get(f"{gw.url}/_gateway/audit", headers={"Authorization": f"Bearer {stale}"}) as r:
+            assert r.status == 401
+            assert "max_age=900" in r.headers["WWW-Authenticate"]
+        async with http.get(f"{gw.url}/_gateway/audit") as r:
+            assert r.status == 401
