@@ -136,13 +136,14 @@ def _hs256(secret: bytes, claims: dict[str, Any], kid: str) -> str:
 
 async def test_jwt_attack_matrix_refused_without_echo(auth_gateway, issuer: DemoIssuer) -> None:
     gw, upstream = auth_gateway
+    tokens = attack_tokens(issuer)
     before = len(upstream.requests)
     async with aiohttp.ClientSession() as http:
         async with http.get(
             f"{gw.url}/api/x", headers={"Authorization": f"Bearer {_sign(issuer, _claims())}"}
         ) as r:
             assert r.status == 200  # the control case: a valid token passes
-        for name, token in attack_tokens(issuer).items():
+        for name, token in tokens.items():
             async with http.get(f"{gw.url}/api/x", headers={"Authorization": f"Bearer {token}"}) as r:
                 body = await r.text()
                 assert r.status in (401, 431), name
@@ -150,6 +151,12 @@ async def test_jwt_attack_matrix_refused_without_echo(auth_gateway, issuer: Demo
                     assert 'error="invalid_token"' in r.headers["WWW-Authenticate"], name
                 assert token[:60] not in body and token[-20:] not in body, name
     assert len(upstream.requests) == before + 1  # no attack reached the upstream
+    logs = gw.logs()
+    assert '"reason":' in logs  # refusals are logged with their reason ...
+    for name, token in tokens.items():  # ... and never with the token
+        signature = token.split(".")[-1]
+        assert len(signature) < 16 or signature[:40] not in logs, name
+        assert token[:80] not in logs, name
 
 
 async def test_mfa_requirements(auth_gateway, issuer: DemoIssuer) -> None:
