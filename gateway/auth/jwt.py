@@ -121,7 +121,9 @@ _PYJWT_REASONS: tuple[tuple[type[Exception], str], ...] = (
     (jwt.InvalidAudienceError, "wrong_audience"),
     (jwt.InvalidIssuerError, "unknown_issuer"),
     (jwt.InvalidAlgorithmError, "alg_not_allowed"),
-    (jwt.InvalidIssuedAtError | InvalidSubjectError | InvalidJTIError, "bad_claim_type"),  # type: ignore[arg-type]
+    (jwt.InvalidIssuedAtError, "bad_claim_type"),
+    (InvalidSubjectError, "bad_claim_type"),
+    (InvalidJTIError, "bad_claim_type"),
 )
 
 

@@ -49,6 +49,10 @@ MAX_FILE_BYTES = 1024 * 1024
 MAX_JWKS_BYTES = 256 * 1024
 UNKNOWN_KID_REFETCH = 30.0  # SPEC §5: at most one re-fetch per 30 s on an unknown kid
 FETCH_TIMEOUT = 3.0
+_JWK_FAMILIES: dict[tuple[Any, Any], tuple[str, ...]] = {
+    ("EC", "P-256"): ("ES256",), ("EC", "P-384"): ("ES384",), ("EC", "P-521"): ("ES512",),
+    ("OKP", "Ed25519"): ("EdDSA",), ("OKP", "Ed448"): ("EdDSA",),
+}  # fmt: skip
 _PRIVATE = (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)
 
 
@@ -124,19 +128,10 @@ def _entry(jwk: Any, index: int) -> tuple[KeyEntry | None, str | None]:
     ops = jwk.get("key_ops")
     if ops is not None and (not isinstance(ops, list) or "verify" not in ops):
         return None, f"{where}: key_ops does not allow 'verify'"
-    if kty == "EC":
-        family: tuple[str, ...] = {"P-256": ("ES256",), "P-384": ("ES384",), "P-521": ("ES512",)}.get(
-            jwk.get("crv"), ()
-        )
-    elif kty == "RSA":
-        family = RSA_ALGORITHMS
-    elif kty == "OKP":
-        family = ("EdDSA",) if jwk.get("crv") in ("Ed25519", "Ed448") else ()
-    else:
-        # SECURITY: "oct" (HMAC secrets) and unknown types are never verification keys.
-        return None, f"{where}: key type {kty!r} is not supported"
+    family = RSA_ALGORITHMS if kty == "RSA" else _JWK_FAMILIES.get((kty, jwk.get("crv")), ())
     if not family:
-        return None, f"{where}: curve {jwk.get('crv')!r} is not supported"
+        # SECURITY: "oct" (HMAC secrets) and unknown types or curves are never verification keys.
+        return None, f"{where}: key type {kty!r} (crv {jwk.get('crv')!r}) is not supported"
     if alg is not None and alg not in family:
         return None, f"{where}: alg {alg!r} does not fit a {kty} key"
     try:
@@ -149,7 +144,7 @@ def _entry(jwk: Any, index: int) -> tuple[KeyEntry | None, str | None]:
     usable = algorithms_for_key(key)
     if not usable:
         return None, f"{where}: key too weak or unsupported"
-    return KeyEntry(kid, kty, (alg,) if alg else usable, key, use), None
+    return KeyEntry(kid, str(kty), (alg,) if alg else usable, key, use), None
 
 
 def parse_jwks(data: Any) -> tuple[KeySet, list[str]]:

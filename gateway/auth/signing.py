@@ -211,7 +211,7 @@ class SigningKeys:
             entries.append({**jwk, "kid": key.kid, "alg": ALGORITHM, "use": "sig"})
         return {"keys": entries}
 
-    async def key_for(self, kid: str) -> list[tuple[ec.EllipticCurvePublicKey, tuple[str, ...]]]:
+    async def key_for(self, kid: str | None) -> list[tuple[ec.EllipticCurvePublicKey, tuple[str, ...]]]:
         """The KeySource protocol of the JWT verifier: ``[(public key, ("ES256",))]`` for a kid
         that is still verifiable, ``[]`` otherwise (revoked, retired or unknown)."""
         key = self._find(kid)
