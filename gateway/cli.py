@@ -109,6 +109,20 @@ def cmd_reload(args: argparse.Namespace) -> int:
     return operator_client.run_verb(args, "POST", "/admin/reload", None, _print_reload)
 
 
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    return operator_client.run_verb(
+        args,
+        "POST",
+        "/admin/keys/rotate",
+        {"revoke_old": args.revoke_old},
+        lambda d: (
+            f"new signing key {d.get('kid')}; older keys "
+            + ("revoked now" if d.get("revoke_old") else "verifiable until their tokens expire")
+            + f"; published: {', '.join(d.get('jwks_kids', []))}"
+        ),
+    )
+
+
 def _print_reload(data: dict[str, object]) -> str:
     return f"reloaded: generation {data.get('generation')} from {data.get('source')}"
 
@@ -152,6 +166,14 @@ def build_parser() -> argparse.ArgumentParser:
     mint.set_defaults(func=cmd_token_mint)
 
     add_audit_commands(commands)
+
+    keys = commands.add_parser("keys", help="the gateway's token signing keys").add_subparsers(
+        dest="keys_command", required=True
+    )
+    rotate = keys.add_parser("rotate", help="add a new signing key (admin API)")
+    rotate.add_argument("--revoke-old", action="store_true", help="an exposed key: invalidate older keys now")
+    operator_client.add_common_arguments(rotate)
+    rotate.set_defaults(func=cmd_keys_rotate)
 
     reload = commands.add_parser("reload", help="reload the config on every worker (admin API)")
     operator_client.add_common_arguments(reload)

@@ -109,7 +109,8 @@ class GatewayProcess:
         await site.start()
         self._runners.append(public_runner)
         admin_runner = web.AppRunner(
-            make_admin_app(self.runtime, self.reload_everywhere, self.audit), access_log=None
+            make_admin_app(self.runtime, self.reload_everywhere, self.audit, self.services.signing),
+            access_log=None,
         )
         await admin_runner.setup()
         admin_site = web.TCPSite(

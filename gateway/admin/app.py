@@ -10,8 +10,10 @@ from aiohttp import web
 
 from gateway.admin.audit_api import add_audit_routes
 from gateway.admin.auth import identify_admin
-from gateway.admin.context import ActorKey, AuditKey
+from gateway.admin.context import ActorKey, AuditKey, RuntimeKey, SigningKey
+from gateway.admin.keys_api import add_key_routes
 from gateway.audit import AuditTrail
+from gateway.auth.signing import SigningKeys
 from gateway.config import ConfigError, effective_config
 from gateway.context import request_id_for
 from gateway.errors import (
@@ -28,7 +30,6 @@ from gateway.runtime import Runtime
 
 log = structlog.get_logger("gateway.admin")
 Reloader = Callable[[str, str | None], Awaitable[Runtime]]
-RuntimeKey = web.AppKey("current_runtime", Callable[[], Runtime])
 ReloadKey = web.AppKey("reload", Reloader)
 
 
@@ -92,13 +93,15 @@ async def get_metrics(request: web.Request) -> web.Response:
 
 
 def make_admin_app(
-    current_runtime: Callable[[], Runtime], reload: Reloader, audit: AuditTrail
+    current_runtime: Callable[[], Runtime], reload: Reloader, audit: AuditTrail, signing: SigningKeys
 ) -> web.Application:
     app = web.Application(middlewares=[admin_errors_middleware], client_max_size=1024 * 1024)
     app[RuntimeKey] = current_runtime
     app[ReloadKey] = reload
     app[AuditKey] = audit
+    app[SigningKey] = signing
     add_audit_routes(app)
+    add_key_routes(app)
     app.router.add_get("/admin/config", get_config)
     app.router.add_post("/admin/reload", post_reload)
     app.router.add_get("/metrics", get_metrics)

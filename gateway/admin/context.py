@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from aiohttp import web
 
 from gateway.audit import AuditTrail
+from gateway.auth.signing import SigningKeys
+from gateway.runtime import Runtime
 
 AuditKey = web.AppKey("audit_trail", AuditTrail)
+SigningKey = web.AppKey("signing_keys", SigningKeys)
+RuntimeKey = web.AppKey("current_runtime", Callable[[], Runtime])
 ActorKey = web.RequestKey("admin_actor", str)

@@ -311,3 +311,66 @@ async def test_tenant_admin_exports_only_its_own_trail(auth_gateway, issuer: Dem
             assert "max_age=900" in r.headers["WWW-Authenticate"]
         async with http.get(f"{gw.url}/_gateway/audit") as r:
             assert r.status == 401
+
+
+async def _mfa_token(http: aiohttp.ClientSession, gw: GatewayProc, issuer: DemoIssuer, user: str) -> str:
+    first = {"Authorization": f"Bearer {_sign(issuer, _claims(sub=user, amr=['pwd']))}"}
+    async with http.post(f"{gw.url}/_gateway/mfa/enroll", headers=first) as r:
+        secret = (await r.json())["secret"]
+    async with http.post(
+        f"{gw.url}/_gateway/mfa/activate", headers=first, json={"code": pyotp.TOTP(secret).now()}
+    ) as r:
+        recovery = (await r.json())["recovery_codes"]
+    async with http.post(
+        f"{gw.url}/_gateway/mfa/verify", headers=first, json={"recovery_code": recovery[0]}
+    ) as r:
+        return (await r.json())["access_token"]
+
+
+async def test_keys_rotate_keeps_old_tokens_and_revoke_old_kills_them(
+    auth_gateway, issuer: DemoIssuer
+) -> None:
+    from tests.support.gateway_proc import ADMIN_TOKEN
+
+    gw, _ = auth_gateway
+    env = {
+        **os.environ,
+        "SHOPINO_GATEWAY_ADMIN_URL": gw.admin_url,
+        "SHOPINO_GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN,
+    }
+    async with aiohttp.ClientSession() as http:
+        before = await _mfa_token(http, gw, issuer, "rotating-user")
+        rotated = subprocess.run(
+            [sys.executable, "-m", "gateway", "keys", "rotate", "--json"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=30,
+        )
+        assert rotated.returncode == 0, rotated.stderr
+        assert len(json.loads(rotated.stdout)["jwks_kids"]) == 2  # the old key stays until its tokens expire
+        async with http.get(f"{gw.url}/api/x", headers={"Authorization": f"Bearer {before}"}) as r:
+            assert r.status == 200
+        exposed = subprocess.run(
+            [sys.executable, "-m", "gateway", "keys", "rotate", "--revoke-old", "--json"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=30,
+        )
+        assert exposed.returncode == 0, exposed.stderr
+        assert len(json.loads(exposed.stdout)["jwks_kids"]) == 1
+        async with http.get(f"{gw.url}/api/x", headers={"Authorization": f"Bearer {before}"}) as r:
+            assert r.status == 401  # signed by a revoked key: refused at once, cached claims or not
+        after = await _mfa_token(http, gw, issuer, "rotating-user-2")
+        async with http.get(f"{gw.url}/api/x", headers={"Authorization": f"Bearer {after}"}) as r:
+            assert r.status == 200
+    audit = subprocess.run(
+        [sys.executable, "-m", "gateway", "audit", "export", "--tenant", "_system"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+    )
+    events = [r["event"] for r in json.loads(audit.stdout)]
+    assert events.count("keys.rotated") == 2

@@ -1,0 +1,50 @@
+"""``POST /admin/keys/rotate`` (SPEC §6, App. B): a new gateway signing key; ``revoke_old`` for
+an exposed key makes every older key, and every token it signed, invalid at once."""
+
+from __future__ import annotations
+
+import orjson
+from aiohttp import web
+
+from gateway.admin.context import ActorKey, AuditKey, RuntimeKey, SigningKey
+from gateway.audit import SYSTEM_TRAIL
+from gateway.context import request_id_for
+from gateway.errors import BadRequest
+
+_MAX_BODY = 4096
+
+
+async def _json_body(request: web.Request) -> dict[str, object]:
+    raw = await request.content.read(_MAX_BODY + 1)
+    if len(raw) > _MAX_BODY:
+        raise BadRequest("The body is too large")
+    try:
+        data = orjson.loads(raw or b"{}")
+    except orjson.JSONDecodeError:
+        raise BadRequest("The body must be a JSON object") from None
+    if not isinstance(data, dict):
+        raise BadRequest("The body must be a JSON object")
+    return data
+
+
+async def rotate_keys(request: web.Request) -> web.Response:
+    data = await _json_body(request)
+    revoke_old = data.get("revoke_old", False)
+    if not isinstance(revoke_old, bool):
+        raise BadRequest("'revoke_old' must be true or false")
+    signing = request.app[SigningKey]
+    token_ttl = request.app[RuntimeKey]().config.mfa.token_ttl
+    new = await signing.rotate(revoke_old=revoke_old, token_ttl=token_ttl)
+    await request.app[AuditKey].record(
+        "keys.rotated",
+        tenants=[SYSTEM_TRAIL],
+        actor=request[ActorKey],
+        request_id=request_id_for(request.headers.get("X-Request-ID")),
+        details={"kid": new.kid, "revoke_old": revoke_old},
+    )
+    body = {"kid": new.kid, "revoke_old": revoke_old, "jwks_kids": [k["kid"] for k in signing.jwks()["keys"]]}
+    return web.Response(body=orjson.dumps(body), content_type="application/json")
+
+
+def add_key_routes(app: web.Application) -> None:
+    app.router.add_post("/admin/keys/rotate", rotate_keys)
