@@ -6,6 +6,7 @@ context), so a reload never changes the rules under a request's feet.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from collections.abc import Mapping
@@ -74,6 +75,7 @@ class Runtime:
     access_log: AccessLogWriter
     verifier: JwtVerifier
     services: RuntimeServices
+    admin_verifier: JwtVerifier | None
 
 
 def build_runtime(
@@ -102,12 +104,24 @@ def build_runtime(
             pseudonymize=config.logging.pseudonymize,
         ),
         verifier=verifier,
+        admin_verifier=build_admin_verifier(config),
         services=RuntimeServices(
             audit=process.audit,
             signing=process.signing,
             mfa=MfaService(process.store, process.keyring, config.mfa),
         ),
     )
+
+
+def build_admin_verifier(config: GatewayConfig) -> JwtVerifier | None:
+    """Only the issuers named in ``admin.jwt_issuers`` (SPEC §12); None when there are none."""
+    issuers = tuple(i for i in config.auth.issuers if i.issuer in config.admin.jwt_issuers)
+    if not issuers:
+        return None
+    try:
+        return JwtVerifier(dataclasses.replace(config.auth, issuers=issuers))
+    except ValueError as exc:
+        raise ConfigError([f"admin.jwt_issuers: {exc}"]) from None
 
 
 def build_verifier(config: GatewayConfig, signing: SigningKeys | None) -> JwtVerifier:

@@ -9,7 +9,7 @@ import structlog
 from aiohttp import web
 
 from gateway.admin.audit_api import add_audit_routes
-from gateway.admin.auth import identify_admin
+from gateway.admin.auth import authorize, identify_admin
 from gateway.admin.context import ActorKey, AuditKey, RuntimeKey, SigningKey
 from gateway.admin.keys_api import add_key_routes
 from gateway.audit import AuditTrail
@@ -48,8 +48,15 @@ async def admin_errors_middleware(
 ) -> web.StreamResponse:
     request_id = request_id_for(request.headers.get("X-Request-ID"))
     try:
-        name = identify_admin(request.headers.get("Authorization"), request.app[RuntimeKey]().admin_tokens)
-        request[ActorKey] = f"admin-token:{name}"
+        runtime = request.app[RuntimeKey]()
+        identity = await identify_admin(
+            request.headers.get("Authorization"),
+            runtime.admin_tokens,
+            runtime.admin_verifier,
+            runtime.config.mfa.accepted_amr,
+        )
+        authorize(identity, request.method, request.path)
+        request[ActorKey] = identity.actor
         response = await handler(request)
     except web.HTTPNotFound:
         response = _problem(NotFound("No such admin endpoint"), request_id)

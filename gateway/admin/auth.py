@@ -1,7 +1,9 @@
-"""Admin authentication: static bearer tokens from ``admin.tokens``, stored as SHA-256 hashes.
+"""Admin authentication and the SPEC §12 role matrix.
 
-Admin JWTs (``admin.jwt_issuers``) are verified once JWT verification exists; until then a
-JWT presented here is simply not a known static token and is refused.
+Two kinds of bearer token: static tokens from ``admin.tokens`` (stored as SHA-256 hashes; they
+act as ``gateway-admin``), and MFA-backed JWTs from an issuer in ``admin.jwt_issuers`` — the
+operators' own identity provider, never a tenant's — carrying ``incident-responder`` or
+``gateway-admin``.
 """
 
 from __future__ import annotations
@@ -9,26 +11,92 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Mapping
+from dataclasses import dataclass
 
-from gateway.errors import MissingToken
+from gateway.auth.jwt import JwtVerifier, TokenRejected, has_mfa
+from gateway.errors import Forbidden, MfaRequired, MissingToken
+from gateway.metrics import METRICS
 
 _REALM = 'Bearer realm="shopino-admin"'
+GATEWAY_ADMIN = "gateway-admin"
+INCIDENT_RESPONDER = "incident-responder"
+ADMIN_ROLES = frozenset((GATEWAY_ADMIN, INCIDENT_RESPONDER))
+
+# SPEC §12 and App. B: what an incident responder may call. Everything else is gateway-admin only.
+_RESPONDER_PREFIXES = (
+    "/admin/killswitch",
+    "/admin/sessions",
+    "/admin/keys",
+    "/admin/integrations",
+    "/admin/lockouts",
+    "/admin/audit",
+    "/admin/incidents",
+    "/metrics",
+)
 
 
-def identify_admin(authorization: str | None, tokens: Mapping[str, str]) -> str:
-    """The name of the static token presented, or a refusal."""
-    scheme, _, token = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise MissingToken("An admin bearer token is required", headers={"WWW-Authenticate": _REALM})
-    digest = hashlib.sha256(token.strip().encode()).hexdigest()
+@dataclass(frozen=True)
+class AdminIdentity:
+    actor: str  # for the audit trail: "admin-token:<name>" or "jwt:<sub>"
+    roles: frozenset[str]
+
+
+def _invalid() -> MissingToken:
+    return MissingToken(
+        "The admin token is not valid", headers={"WWW-Authenticate": f'{_REALM}, error="invalid_token"'}
+    )
+
+
+def _static_token(token: str, tokens: Mapping[str, str]) -> AdminIdentity | None:
+    digest = hashlib.sha256(token.encode()).hexdigest()
     name = None
     # SECURITY: compare against every stored hash in constant time (token guessing by timing).
     for stored, token_name in tokens.items():
         if hmac.compare_digest(stored, digest):
             name = token_name
-    if name is None:
-        raise MissingToken(
-            "The admin token is not valid",
-            headers={"WWW-Authenticate": f'{_REALM}, error="invalid_token"'},
+    return AdminIdentity(f"admin-token:{name}", frozenset((GATEWAY_ADMIN,))) if name is not None else None
+
+
+async def identify_admin(
+    authorization: str | None,
+    tokens: Mapping[str, str],
+    verifier: JwtVerifier | None,
+    accepted_amr: tuple[str, ...],
+) -> AdminIdentity:
+    scheme, _, token = (authorization or "").partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise MissingToken("An admin bearer token is required", headers={"WWW-Authenticate": _REALM})
+    identity = _static_token(token, tokens)
+    if identity is not None:
+        return identity
+    if verifier is None or token.count(".") != 2:
+        raise _invalid()
+    try:
+        # SECURITY: this verifier knows only admin.jwt_issuers, so a tenant's IdP cannot mint
+        # operator tokens however it fills the roles claim.
+        claims = await verifier.verify(token)
+    except TokenRejected as rejected:
+        METRICS.auth_failures.labels(f"admin_{rejected.reason}").inc()
+        raise _invalid() from None
+    if not has_mfa(claims, accepted_amr):
+        raise MfaRequired(
+            "Admin calls need a multi-factor authenticated token",
+            headers={"WWW-Authenticate": f'{_REALM}, error="insufficient_user_authentication"'},
         )
-    return name
+    roles = frozenset(claims.roles) & ADMIN_ROLES
+    if not roles:
+        raise Forbidden("This identity has no admin role")
+    return AdminIdentity(f"jwt:{claims.subject}", roles)
+
+
+def authorize(identity: AdminIdentity, method: str, path: str) -> None:
+    if GATEWAY_ADMIN in identity.roles:
+        return
+    if INCIDENT_RESPONDER in identity.roles:
+        if path.startswith(_RESPONDER_PREFIXES):
+            return
+        # Grants: responders list and revoke; only tenant admins create them (SPEC §7).
+        if path.startswith("/admin/grants") and method in ("GET", "DELETE"):
+            return
+    raise Forbidden("This admin role may not call this endpoint")

@@ -59,6 +59,7 @@ def build_config(data: object, report: Report, source: str) -> GatewayConfig:
     root.done()
     _check_references(config, report)
     _check_workers_and_state(config, report)
+    _check_admin_issuers(config, report)
     return config
 
 
@@ -382,6 +383,14 @@ def _check_references(config: GatewayConfig, report: Report) -> None:
             report.error(f"routes[{index}].cors", f"no cors policy named {route.cors!r}")
         if route.name and not _NAME_RE.match(route.name):
             report.error(f"routes[{index}].name", "use letters, digits, '-', '_' or '.' (max 64)")
+
+
+def _check_admin_issuers(config: GatewayConfig, report: Report) -> None:
+    known = {issuer.issuer for issuer in config.auth.issuers}
+    for index, issuer in enumerate(config.admin.jwt_issuers):
+        if issuer not in known:
+            # The keys of an admin issuer are configured once, under auth.issuers.
+            report.error(f"admin.jwt_issuers[{index}]", f"{issuer!r} is not one of auth.issuers")
 
 
 def _check_workers_and_state(config: GatewayConfig, report: Report) -> None:
