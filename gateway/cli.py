@@ -123,6 +123,21 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_sessions_revoke(args: argparse.Namespace) -> int:
+    body = {"tenant": args.tenant, **({"user": args.user} if args.user else {})}
+    return operator_client.run_verb(
+        args,
+        "POST",
+        "/admin/sessions/revoke",
+        body,
+        lambda d: (
+            f"revoked every token of tenant {d.get('tenant')}"
+            + (f", user {d.get('user')}" if d.get("user") else "")
+            + f" issued at or before {d.get('revoked_at')}"
+        ),
+    )
+
+
 def _print_reload(data: dict[str, object]) -> str:
     return f"reloaded: generation {data.get('generation')} from {data.get('source')}"
 
@@ -174,6 +189,15 @@ def build_parser() -> argparse.ArgumentParser:
     rotate.add_argument("--revoke-old", action="store_true", help="an exposed key: invalidate older keys now")
     operator_client.add_common_arguments(rotate)
     rotate.set_defaults(func=cmd_keys_rotate)
+
+    sessions = commands.add_parser("sessions", help="user sessions").add_subparsers(
+        dest="sessions_command", required=True
+    )
+    revoke = sessions.add_parser("revoke", help="refuse every token issued until now (admin API)")
+    revoke.add_argument("--tenant", required=True)
+    revoke.add_argument("--user", help="only this user's tokens (the token's sub)")
+    operator_client.add_common_arguments(revoke)
+    revoke.set_defaults(func=cmd_sessions_revoke)
 
     reload = commands.add_parser("reload", help="reload the config on every worker (admin API)")
     operator_client.add_common_arguments(reload)

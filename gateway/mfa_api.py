@@ -15,7 +15,7 @@ from gateway.auth.jwt import TokenRejected, VerifiedClaims, has_mfa
 from gateway.context import RequestContext
 from gateway.errors import BadRequest, GatewayError, InvalidToken, MissingToken, PayloadTooLarge
 from gateway.metrics import METRICS
-from gateway.middleware.authenticate import REALM, bearer_token
+from gateway.middleware.authenticate import REALM, bearer_token, ensure_not_revoked
 
 MAX_BODY = 4096
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
@@ -37,6 +37,7 @@ async def authenticated_claims(ctx: RequestContext) -> VerifiedClaims:
         raise InvalidToken(
             "The bearer token is not valid", headers={"WWW-Authenticate": f'{REALM}, error="invalid_token"'}
         ) from None
+    ensure_not_revoked(ctx, claims)
     ctx.claims, ctx.user, ctx.tenant = claims, claims.subject, claims.tenant
     return claims
 

@@ -17,6 +17,7 @@ from gateway.access_log import AccessLogWriter
 from gateway.audit import AuditTrail
 from gateway.auth.jwt import JwtVerifier
 from gateway.auth.mfa import MfaService
+from gateway.auth.revocation import RevocationEpochs
 from gateway.auth.signing import SigningKeys
 from gateway.config import ConfigError, GatewayConfig
 from gateway.config.model import IssuerConfig
@@ -50,6 +51,7 @@ class ProcessServices:
     audit: AuditTrail
     keyring: Keyring
     signing: SigningKeys
+    revocations: RevocationEpochs
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,7 @@ class RuntimeServices:
 
     audit: AuditTrail
     signing: SigningKeys
+    revocations: RevocationEpochs
     mfa: MfaService
 
 
@@ -108,6 +111,7 @@ def build_runtime(
         services=RuntimeServices(
             audit=process.audit,
             signing=process.signing,
+            revocations=process.revocations,
             mfa=MfaService(process.store, process.keyring, config.mfa),
         ),
     )

@@ -20,6 +20,7 @@ from gateway.admin.app import make_admin_app
 from gateway.app import PublicHandler
 from gateway.audit import SYSTEM_TRAIL, AuditTrail
 from gateway.auth.jwt import JwtVerifier
+from gateway.auth.revocation import RevocationEpochs
 from gateway.auth.signing import SigningKeys
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.crypto import Keyring
@@ -56,7 +57,11 @@ class GatewayProcess:
         # SPEC §6: outside the demo a missing master key is a start-up error (KeyringError).
         keyring = Keyring.from_env(os.environ, demo=demo)
         self.services = ProcessServices(
-            store=self.store, audit=self.audit, keyring=keyring, signing=SigningKeys(self.store, keyring)
+            store=self.store,
+            audit=self.audit,
+            keyring=keyring,
+            signing=SigningKeys(self.store, keyring),
+            revocations=RevocationEpochs(self.store),
         )
         self._runtime = build_runtime(
             config,
@@ -80,6 +85,7 @@ class GatewayProcess:
         await self.store.open()
         self._warn_about_insecure_settings(config)
         await self.services.signing.start()
+        await self.services.revocations.start()
         await self._runtime.verifier.start()
         limits = config.listen.limits
         public = GuardedServer(
@@ -109,7 +115,13 @@ class GatewayProcess:
         await site.start()
         self._runners.append(public_runner)
         admin_runner = web.AppRunner(
-            make_admin_app(self.runtime, self.reload_everywhere, self.audit, self.services.signing),
+            make_admin_app(
+                self.runtime,
+                self.reload_everywhere,
+                self.audit,
+                self.services.signing,
+                self.services.revocations,
+            ),
             access_log=None,
         )
         await admin_runner.setup()
@@ -242,7 +254,7 @@ class GatewayProcess:
                 log.info("state_store_health", healthy=healthy, store=self.status.store_description)
             self.status.store_healthy = healthy
             # Ready once the store answered and the signing keys are held (SPEC §11).
-            loaded = healthy and self.services.signing.loaded
+            loaded = healthy and self.services.signing.loaded and self.services.revocations.loaded
             self.status.snapshot_loaded = self.status.snapshot_loaded or loaded
             self.status.store_checked_at = time.time()
             METRICS.store_healthy.set(1 if healthy else 0)
@@ -276,6 +288,7 @@ class GatewayProcess:
         await self.registry.close()
         await self._runtime.verifier.stop()
         await self.services.signing.stop()
+        await self.services.revocations.stop()
         with contextlib.suppress(StoreUnavailable):
             await self.audit.replay_spool()  # a last chance before the spool waits for next start
         self.audit.close()

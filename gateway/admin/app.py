@@ -10,9 +10,11 @@ from aiohttp import web
 
 from gateway.admin.audit_api import add_audit_routes
 from gateway.admin.auth import authorize, identify_admin
-from gateway.admin.context import ActorKey, AuditKey, RuntimeKey, SigningKey
+from gateway.admin.context import ActorKey, AuditKey, RevocationsKey, RuntimeKey, SigningKey
 from gateway.admin.keys_api import add_key_routes
+from gateway.admin.sessions_api import add_session_routes
 from gateway.audit import AuditTrail
+from gateway.auth.revocation import RevocationEpochs
 from gateway.auth.signing import SigningKeys
 from gateway.config import ConfigError, effective_config
 from gateway.context import request_id_for
@@ -100,15 +102,21 @@ async def get_metrics(request: web.Request) -> web.Response:
 
 
 def make_admin_app(
-    current_runtime: Callable[[], Runtime], reload: Reloader, audit: AuditTrail, signing: SigningKeys
+    current_runtime: Callable[[], Runtime],
+    reload: Reloader,
+    audit: AuditTrail,
+    signing: SigningKeys,
+    revocations: RevocationEpochs,
 ) -> web.Application:
     app = web.Application(middlewares=[admin_errors_middleware], client_max_size=1024 * 1024)
     app[RuntimeKey] = current_runtime
     app[ReloadKey] = reload
     app[AuditKey] = audit
     app[SigningKey] = signing
+    app[RevocationsKey] = revocations
     add_audit_routes(app)
     add_key_routes(app)
+    add_session_routes(app)
     app.router.add_get("/admin/config", get_config)
     app.router.add_post("/admin/reload", post_reload)
     app.router.add_get("/metrics", get_metrics)

@@ -7,10 +7,12 @@ from collections.abc import Callable
 from aiohttp import web
 
 from gateway.audit import AuditTrail
+from gateway.auth.revocation import RevocationEpochs
 from gateway.auth.signing import SigningKeys
 from gateway.runtime import Runtime
 
 AuditKey = web.AppKey("audit_trail", AuditTrail)
 SigningKey = web.AppKey("signing_keys", SigningKeys)
+RevocationsKey = web.AppKey("revocations", RevocationEpochs)
 RuntimeKey = web.AppKey("current_runtime", Callable[[], Runtime])
 ActorKey = web.RequestKey("admin_actor", str)

@@ -14,7 +14,7 @@ from gateway.errors import BadRequest
 _MAX_BODY = 4096
 
 
-async def _json_body(request: web.Request) -> dict[str, object]:
+async def json_body(request: web.Request) -> dict[str, object]:
     raw = await request.content.read(_MAX_BODY + 1)
     if len(raw) > _MAX_BODY:
         raise BadRequest("The body is too large")
@@ -28,7 +28,7 @@ async def _json_body(request: web.Request) -> dict[str, object]:
 
 
 async def rotate_keys(request: web.Request) -> web.Response:
-    data = await _json_body(request)
+    data = await json_body(request)
     revoke_old = data.get("revoke_old", False)
     if not isinstance(revoke_old, bool):
         raise BadRequest("'revoke_old' must be true or false")

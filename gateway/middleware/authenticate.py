@@ -11,7 +11,7 @@ import time
 import structlog
 from aiohttp import web
 
-from gateway.auth.jwt import TokenRejected, has_mfa, mfa_fresh
+from gateway.auth.jwt import TokenRejected, VerifiedClaims, has_mfa, mfa_fresh
 from gateway.context import RequestContext
 from gateway.errors import InvalidToken, MfaRequired, MissingToken
 from gateway.metrics import METRICS
@@ -48,6 +48,7 @@ async def authenticate(ctx: RequestContext) -> web.StreamResponse | None:
             "The bearer token is not valid",
             headers={"WWW-Authenticate": f'{REALM}, error="invalid_token"'},
         ) from None
+    ensure_not_revoked(ctx, claims)
     ctx.claims = claims
     ctx.user = claims.subject
     ctx.tenant = claims.tenant
@@ -55,6 +56,17 @@ async def authenticate(ctx: RequestContext) -> web.StreamResponse | None:
     if route.mfa:
         _require_mfa(ctx, route.mfa_max_age)
     return None
+
+
+def ensure_not_revoked(ctx: RequestContext, claims: VerifiedClaims) -> None:
+    """SPEC §5: tokens issued at or before a revocation are refused (memory only, no store call)."""
+    if ctx.runtime.services.revocations.is_revoked(claims.tenant, claims.subject, claims.issued_at):
+        METRICS.auth_failures.labels("revoked").inc()
+        log.info("token_rejected", reason="revoked", request_id=ctx.request_id)
+        raise InvalidToken(
+            "The bearer token is not valid",
+            headers={"WWW-Authenticate": f'{REALM}, error="invalid_token"'},
+        )
 
 
 def _require_mfa(ctx: RequestContext, max_age: float | None) -> None:
@@ -65,14 +77,18 @@ def _require_mfa(ctx: RequestContext, max_age: float | None) -> None:
         METRICS.auth_failures.labels("mfa_missing").inc()
         raise MfaRequired(
             "This route needs a multi-factor authenticated token",
-            headers={"WWW-Authenticate": f'{REALM}, error="insufficient_user_authentication", '
-                     'error_description="A multi-factor authentication is required"'},
+            headers={
+                "WWW-Authenticate": f'{REALM}, error="insufficient_user_authentication", '
+                'error_description="A multi-factor authentication is required"'
+            },
         )
     if max_age is not None and not mfa_fresh(claims, max_age, time.time()):
         METRICS.auth_failures.labels("mfa_stale").inc()
         # RFC 9470 §3: max_age tells the client how recent the authentication must be.
         raise MfaRequired(
             "This route needs a recent multi-factor authentication",
-            headers={"WWW-Authenticate": f'{REALM}, error="insufficient_user_authentication", '
-                     f'error_description="A more recent authentication is required", max_age={int(max_age)}'},
+            headers={
+                "WWW-Authenticate": f'{REALM}, error="insufficient_user_authentication", '
+                f'error_description="A more recent authentication is required", max_age={int(max_age)}'
+            },
         )

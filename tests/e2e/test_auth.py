@@ -3,6 +3,7 @@ TOTP step end to end, and client identity headers never reaching the upstream.""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -374,3 +375,56 @@ async def test_keys_rotate_keeps_old_tokens_and_revoke_old_kills_them(
     )
     events = [r["event"] for r in json.loads(audit.stdout)]
     assert events.count("keys.rotated") == 2
+
+
+async def test_session_revocation_by_tenant_and_user(auth_gateway, issuer: DemoIssuer) -> None:
+    from tests.support.gateway_proc import ADMIN_TOKEN
+
+    gw, _ = auth_gateway
+    env = {
+        **os.environ,
+        "SHOPINO_GATEWAY_ADMIN_URL": gw.admin_url,
+        "SHOPINO_GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN,
+    }
+    old = int(time.time()) - 5
+    dave = _sign(issuer, _claims(sub="dave", tid="initech", iat=old, auth_time=old))
+    erin = _sign(issuer, _claims(sub="erin", tid="initech", iat=old, auth_time=old))
+    other_tenant = _sign(issuer, _claims(sub="frank", tid="umbrella", iat=old, auth_time=old))
+
+    async def status(token: str) -> int:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"{gw.url}/api/x", headers={"Authorization": f"Bearer {token}"}) as r,
+        ):
+            return r.status
+
+    assert [await status(t) for t in (dave, erin, other_tenant)] == [200, 200, 200]
+    user_only = subprocess.run(
+        [sys.executable, "-m", "gateway", "sessions", "revoke", "--tenant", "initech", "--user", "dave"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+    )
+    assert user_only.returncode == 0, user_only.stderr
+    assert [await status(t) for t in (dave, erin, other_tenant)] == [401, 200, 200]
+    whole = subprocess.run(
+        [sys.executable, "-m", "gateway", "sessions", "revoke", "--tenant", "initech"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+    )
+    assert whole.returncode == 0, whole.stderr
+    assert [await status(t) for t in (dave, erin, other_tenant)] == [401, 401, 200]
+    await asyncio.sleep(1.1)  # iat has one-second resolution: a token of the next second is new
+    fresh = _sign(issuer, _claims(sub="erin", tid="initech"))
+    assert await status(fresh) == 200
+    trail = subprocess.run(
+        [sys.executable, "-m", "gateway", "audit", "export", "--tenant", "initech"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+    )
+    assert [r["event"] for r in json.loads(trail.stdout)][:2] == ["sessions.revoked", "sessions.revoked"]
