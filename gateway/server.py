@@ -138,6 +138,8 @@ class GatewayProcess:
         self.admin_port = _bound_port(admin_runner)
         self._tasks.append(asyncio.create_task(self._watch_store()))
         self._tasks.append(asyncio.create_task(self._maintain_audit()))
+        if len(self.services.keyring.key_ids) > 1:
+            self._tasks.append(asyncio.create_task(self._reencrypt_under_primary()))
         if self.store.shared:
             self._tasks.append(asyncio.create_task(self._follow_reloads()))
         log.info(
@@ -259,6 +261,24 @@ class GatewayProcess:
             self.status.store_checked_at = time.time()
             METRICS.store_healthy.set(1 if healthy else 0)
             await asyncio.sleep(STORE_PROBE_INTERVAL)
+
+    async def _reencrypt_under_primary(self) -> None:
+        """Master-key rotation (SPEC App. B): values under an older key are rewritten under the
+        first one, so the old key can be dropped from the environment afterwards."""
+        while True:
+            try:
+                signing = await self.services.signing.reencrypt()
+                mfa = await self._runtime.services.mfa.reencrypt()
+            except StoreUnavailable:
+                await asyncio.sleep(STORE_PROBE_INTERVAL)
+                continue
+            log.info(
+                "master_key_reencrypted",
+                signing_records=signing,
+                mfa_records=mfa,
+                primary=self.services.keyring.primary_id,
+            )
+            return
 
     async def _maintain_audit(self) -> None:
         """Replay spooled audit records once the store is back; apply retention hourly."""

@@ -428,3 +428,52 @@ async def test_session_revocation_by_tenant_and_user(auth_gateway, issuer: DemoI
         timeout=30,
     )
     assert [r["event"] for r in json.loads(trail.stdout)][:2] == ["sessions.revoked", "sessions.revoked"]
+
+
+async def test_master_key_rotation_reencrypts_and_old_key_can_go(
+    gateway_factory, issuer: DemoIssuer, tmp_path: Path
+) -> None:
+    upstream = Upstream("erp").start()
+    try:
+        old_key = base64.b64encode(os.urandom(32)).decode()
+        new_key = base64.b64encode(os.urandom(32)).decode()
+        config = {
+            "auth": {
+                "issuers": [
+                    {"issuer": ISS, "audience": AUD, "jwks_file": str(issuer.write_jwks(tmp_path / "j.json"))}
+                ]
+            },
+            "upstreams": {"app": {"urls": [upstream.url]}},
+            "routes": [{"name": "api", "prefix": "/api", "upstream": "app"}],
+        }
+        gw: GatewayProc = gateway_factory(config, env={"SHOPINO_GATEWAY_MASTER_KEY": f"old:{old_key}"})
+        first = {"Authorization": f"Bearer {_sign(issuer, _claims(sub='grace', amr=['pwd']))}"}
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{gw.url}/_gateway/mfa/enroll", headers=first) as r:
+                secret = (await r.json())["secret"]
+            async with http.post(
+                f"{gw.url}/_gateway/mfa/activate", headers=first, json={"code": pyotp.TOTP(secret).now()}
+            ) as r:
+                recovery = (await r.json())["recovery_codes"]
+        gw.stop()
+        gw.env["SHOPINO_GATEWAY_MASTER_KEY"] = f"new:{new_key},old:{old_key}"  # the first encrypts
+        gw.start()
+        for _ in range(50):
+            if "master_key_reencrypted" in gw.logs():
+                break
+            await asyncio.sleep(0.1)
+        line = next(json.loads(x) for x in gw.logs().splitlines() if "master_key_reencrypted" in x)
+        assert line["signing_records"] >= 1 and line["mfa_records"] >= 1
+        gw.stop()
+        gw.env["SHOPINO_GATEWAY_MASTER_KEY"] = f"new:{new_key}"  # the old key is gone
+        gw.start()
+        async with aiohttp.ClientSession() as http:
+            async with http.post(
+                f"{gw.url}/_gateway/mfa/verify", headers=first, json={"recovery_code": recovery[0]}
+            ) as r:
+                assert r.status == 200, await r.text()
+                token = (await r.json())["access_token"]
+            async with http.get(f"{gw.url}/api/x", headers={"Authorization": f"Bearer {token}"}) as r:
+                assert r.status == 200
+    finally:
+        upstream.stop()
