@@ -138,6 +138,26 @@ def cmd_sessions_revoke(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_integrations_rotate(args: argparse.Namespace) -> int:
+    body: dict[str, str] = {}
+    if args.secret_env:
+        value = os.environ.get(args.secret_env)
+        if not value:
+            print(f"integrations rotate: ${args.secret_env} is not set", file=sys.stderr)
+            return EXIT_USAGE
+        body["secret"] = value
+    return operator_client.run_verb(
+        args,
+        "POST",
+        f"/admin/integrations/{args.name}/rotate",
+        body,
+        lambda d: (
+            f"rotated {d.get('integration')}; the old secret verifies for {d.get('grace_seconds')} s"
+            + (f"\nnew secret (shown once): {d['secret']}" if d.get("secret") else "")
+        ),
+    )
+
+
 def _print_reload(data: dict[str, object]) -> str:
     return f"reloaded: generation {data.get('generation')} from {data.get('source')}"
 
@@ -198,6 +218,17 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("--user", help="only this user's tokens (the token's sub)")
     operator_client.add_common_arguments(revoke)
     revoke.set_defaults(func=cmd_sessions_revoke)
+
+    integrations = commands.add_parser("integrations", help="webhook integrations").add_subparsers(
+        dest="integrations_command", required=True
+    )
+    rotate_secret = integrations.add_parser(
+        "rotate", help="new webhook secret; the old one stays valid for a grace"
+    )
+    rotate_secret.add_argument("name")
+    rotate_secret.add_argument("--secret-env", metavar="VAR", help="take the new secret from this variable")
+    operator_client.add_common_arguments(rotate_secret)
+    rotate_secret.set_defaults(func=cmd_integrations_rotate)
 
     reload = commands.add_parser("reload", help="reload the config on every worker (admin API)")
     operator_client.add_common_arguments(reload)

@@ -43,6 +43,8 @@ class RequestContext:
     claims: VerifiedClaims | None = None  # set by authentication
     user: str | None = None  # set by authentication
     tenant: str | None = None  # set by tenant context
+    body: bytes | None = None  # a body the gateway had to read whole (webhook signatures)
+    continue_sent: bool = False  # "100 Continue" already written
 
 
 ContextKey = web.RequestKey("gateway_context", RequestContext)

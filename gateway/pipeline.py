@@ -16,6 +16,7 @@ from gateway.middleware.body_limit import enforce_body_limit
 from gateway.middleware.cors import apply_cors
 from gateway.middleware.header_limits import enforce_header_limits
 from gateway.middleware.route import resolve_route
+from gateway.middleware.webhook import verify_webhook
 
 Stage = Callable[[RequestContext], Awaitable[web.StreamResponse | None]]
 
@@ -24,5 +25,6 @@ PIPELINE: tuple[Stage, ...] = (
     resolve_route,  # §3.2 / §4: canonical path, route match, /_gateway/* endpoints
     apply_cors,  # §3.2: preflights answered before authentication
     enforce_body_limit,  # §10: declared Content-Length over max_body (413)
-    authenticate,  # §3.5 / §5
+    authenticate,  # §3.5 / §5: bearer tokens, MFA, revocation
+    verify_webhook,  # §10: auth: webhook routes, HMAC over the raw body
 )

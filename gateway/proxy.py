@@ -7,14 +7,14 @@ upstream's status and headers before a single byte of its body reaches the clien
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
 from gateway.context import RequestContext
-from gateway.errors import PayloadTooLarge, UpstreamTimeout, UpstreamUnavailable
+from gateway.errors import InternalError, PayloadTooLarge, UpstreamTimeout, UpstreamUnavailable
 from gateway.forwarding import downstream_response_headers, upstream_request_headers
 from gateway.metrics import METRICS
 from gateway.upstream import IDEMPOTENT_METHODS, UpstreamResponse
@@ -43,6 +43,10 @@ class _BodyLimit:
             yield chunk
 
 
+async def _once(body: bytes) -> AsyncIterator[bytes]:
+    yield body
+
+
 def _has_body(request: web.BaseRequest) -> bool:
     if request.headers.get("Transfer-Encoding", "").lower().strip() == "chunked":
         return True
@@ -57,10 +61,14 @@ def _wants_websocket(request: web.BaseRequest) -> bool:
     )
 
 
-def _send_continue(request: web.BaseRequest) -> None:
-    # App. B: 100-continue only once every check has passed, so a refused client never uploads.
-    if request.version >= (1, 1) and request.headers.get("Expect", "").lower() == "100-continue":
-        request.transport and request.transport.write(_CONTINUE)
+def send_continue(ctx: RequestContext) -> None:
+    """App. B: 100-continue only once every check has passed, so a refused client never uploads."""
+    request = ctx.request
+    if ctx.continue_sent or request.version < (1, 1):
+        return
+    if request.headers.get("Expect", "").lower() == "100-continue" and request.transport is not None:
+        request.transport.write(_CONTINUE)
+        ctx.continue_sent = True
 
 
 async def proxy_request(ctx: RequestContext) -> web.StreamResponse:
@@ -87,15 +95,22 @@ async def proxy_request(ctx: RequestContext) -> web.StreamResponse:
     if _wants_websocket(request) and ctx.route.websocket:
         return await _proxy_websocket(ctx, headers)
 
+    if ctx.route.auth == "webhook" and ctx.body is None:
+        # SECURITY: fail closed should the signature stage ever be skipped (it once was, in dev).
+        raise InternalError("The webhook signature was not checked")
     limit = _BodyLimit(ctx.route.max_body)
     has_body = _has_body(request)
-    _send_continue(request)
+    body_source: AsyncIterable[bytes] | None = limit.stream(request) if has_body else None
+    if ctx.body is not None:  # already read (and verified) whole: forward the same bytes
+        headers["Content-Length"] = str(len(ctx.body))
+        body_source = _once(ctx.body)
+    send_continue(ctx)
     try:
         upstream = await transport.send(
             request.method,
             ctx.target.upstream_target,
             headers,
-            limit.stream(request) if has_body else None,
+            body_source,
             retryable=request.method in IDEMPOTENT_METHODS and not has_body,
         )
     except (UpstreamUnavailable, UpstreamTimeout) as error:

@@ -19,6 +19,7 @@ from gateway.auth.jwt import JwtVerifier
 from gateway.auth.mfa import MfaService
 from gateway.auth.revocation import RevocationEpochs
 from gateway.auth.signing import SigningKeys
+from gateway.auth.webhooks import IntegrationSecrets
 from gateway.config import ConfigError, GatewayConfig
 from gateway.config.model import IssuerConfig
 from gateway.crypto import Keyring
@@ -52,6 +53,7 @@ class ProcessServices:
     keyring: Keyring
     signing: SigningKeys
     revocations: RevocationEpochs
+    integrations: IntegrationSecrets
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,7 @@ class RuntimeServices:
     audit: AuditTrail
     signing: SigningKeys
     revocations: RevocationEpochs
+    integrations: IntegrationSecrets
     mfa: MfaService
 
 
@@ -112,6 +115,7 @@ def build_runtime(
             audit=process.audit,
             signing=process.signing,
             revocations=process.revocations,
+            integrations=process.integrations,
             mfa=MfaService(process.store, process.keyring, config.mfa),
         ),
     )

@@ -22,6 +22,7 @@ from gateway.audit import SYSTEM_TRAIL, AuditTrail
 from gateway.auth.jwt import JwtVerifier
 from gateway.auth.revocation import RevocationEpochs
 from gateway.auth.signing import SigningKeys
+from gateway.auth.webhooks import IntegrationSecrets
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.crypto import Keyring
 from gateway.errors import StoreUnavailable
@@ -62,6 +63,7 @@ class GatewayProcess:
             keyring=keyring,
             signing=SigningKeys(self.store, keyring),
             revocations=RevocationEpochs(self.store),
+            integrations=IntegrationSecrets(self.store, keyring),
         )
         self._runtime = build_runtime(
             config,
@@ -86,6 +88,7 @@ class GatewayProcess:
         self._warn_about_insecure_settings(config)
         await self.services.signing.start()
         await self.services.revocations.start()
+        await self.services.integrations.start()
         await self._runtime.verifier.start()
         limits = config.listen.limits
         public = GuardedServer(
@@ -121,6 +124,7 @@ class GatewayProcess:
                 self.audit,
                 self.services.signing,
                 self.services.revocations,
+                self.services.integrations,
             ),
             access_log=None,
         )
@@ -256,7 +260,9 @@ class GatewayProcess:
                 log.info("state_store_health", healthy=healthy, store=self.status.store_description)
             self.status.store_healthy = healthy
             # Ready once the store answered and the signing keys are held (SPEC §11).
-            loaded = healthy and self.services.signing.loaded and self.services.revocations.loaded
+            services = self.services
+            loaded = healthy and services.signing.loaded and services.revocations.loaded
+            loaded = loaded and services.integrations.loaded
             self.status.snapshot_loaded = self.status.snapshot_loaded or loaded
             self.status.store_checked_at = time.time()
             METRICS.store_healthy.set(1 if healthy else 0)
@@ -309,6 +315,7 @@ class GatewayProcess:
         await self._runtime.verifier.stop()
         await self.services.signing.stop()
         await self.services.revocations.stop()
+        await self.services.integrations.stop()
         with contextlib.suppress(StoreUnavailable):
             await self.audit.replay_spool()  # a last chance before the spool waits for next start
         self.audit.close()

@@ -10,12 +10,21 @@ from aiohttp import web
 
 from gateway.admin.audit_api import add_audit_routes
 from gateway.admin.auth import authorize, identify_admin
-from gateway.admin.context import ActorKey, AuditKey, RevocationsKey, RuntimeKey, SigningKey
+from gateway.admin.context import (
+    ActorKey,
+    AuditKey,
+    IntegrationsKey,
+    RevocationsKey,
+    RuntimeKey,
+    SigningKey,
+)
+from gateway.admin.integrations_api import add_integration_routes
 from gateway.admin.keys_api import add_key_routes
 from gateway.admin.sessions_api import add_session_routes
 from gateway.audit import AuditTrail
 from gateway.auth.revocation import RevocationEpochs
 from gateway.auth.signing import SigningKeys
+from gateway.auth.webhooks import IntegrationSecrets
 from gateway.config import ConfigError, effective_config
 from gateway.context import request_id_for
 from gateway.errors import (
@@ -107,6 +116,7 @@ def make_admin_app(
     audit: AuditTrail,
     signing: SigningKeys,
     revocations: RevocationEpochs,
+    integrations: IntegrationSecrets,
 ) -> web.Application:
     app = web.Application(middlewares=[admin_errors_middleware], client_max_size=1024 * 1024)
     app[RuntimeKey] = current_runtime
@@ -114,6 +124,8 @@ def make_admin_app(
     app[AuditKey] = audit
     app[SigningKey] = signing
     app[RevocationsKey] = revocations
+    app[IntegrationsKey] = integrations
+    add_integration_routes(app)
     add_audit_routes(app)
     add_key_routes(app)
     add_session_routes(app)

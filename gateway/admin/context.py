@@ -9,10 +9,12 @@ from aiohttp import web
 from gateway.audit import AuditTrail
 from gateway.auth.revocation import RevocationEpochs
 from gateway.auth.signing import SigningKeys
+from gateway.auth.webhooks import IntegrationSecrets
 from gateway.runtime import Runtime
 
 AuditKey = web.AppKey("audit_trail", AuditTrail)
 SigningKey = web.AppKey("signing_keys", SigningKeys)
 RevocationsKey = web.AppKey("revocations", RevocationEpochs)
+IntegrationsKey = web.AppKey("integrations", IntegrationSecrets)
 RuntimeKey = web.AppKey("current_runtime", Callable[[], Runtime])
 ActorKey = web.RequestKey("admin_actor", str)

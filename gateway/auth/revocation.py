@@ -80,6 +80,7 @@ REVOCATION_INDEX = "revocations-index"  # not under "revocations:": a tenant pur
 register_tenant_data(REVOCATION_PREFIX_TEMPLATE)
 
 _MAX_USER_BYTES = 1024  # bounds field size; JWT subjects are far shorter in practice
+_STOP_RECANCEL = 0.25  # a normal stop takes milliseconds; after this, assume the cancel was lost
 _LOAD_BATCH = 32  # concurrent hgetall calls per batch: leaves Redis pool room for request traffic
 
 log = logging.getLogger(__name__)
@@ -190,8 +191,17 @@ class RevocationEpochs:
         await self._snapshot.start()
 
     async def stop(self) -> None:
-        # The last snapshot stays readable: stopping the refresher must not un-revoke anything.
-        await self._snapshot.stop()
+        """Stop refreshing. The last snapshot stays readable: stopping must not un-revoke."""
+        # Python 3.11's asyncio.wait_for (used by redis-py for every command) returns its result
+        # and drops a cancel() that lands just as the inner call completes, so the single
+        # cancel in SyncedSnapshot.stop() can be lost and the refresher - and our shutdown -
+        # would wait forever. Re-cancel until it has really ended; harmless once it has.
+        task = self._snapshot._task
+        stopping = asyncio.ensure_future(self._snapshot.stop())
+        while not (await asyncio.wait({stopping}, timeout=_STOP_RECANCEL))[0]:
+            if task is not None and not task.done():
+                task.cancel()
+        stopping.result()
 
     async def wait_loaded(self, timeout: float | None = None) -> None:
         await self._snapshot.wait_loaded(timeout)

@@ -124,6 +124,8 @@ def effective_config(config: GatewayConfig) -> dict[str, Any]:
         data["state"]["url"] = MASK
     for token in data["admin"]["tokens"]:
         token["sha256"] = MASK
+    for integration in data.get("integrations", {}).values():
+        integration["secret"] = MASK
     # Anything that came from ${ENV} is treated as a secret: that is how secrets arrive. Masked
     # by value, wherever it ended up (split into host/port, sorted into a set, renamed).
     return _mask_values(data, secrets)

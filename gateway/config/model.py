@@ -5,11 +5,14 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:  # a runtime import would be circular (gateway.auth imports this module)
+    from gateway.auth.webhooks import IntegrationConfig
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 TlsMode = Literal["off", "self-signed", "files"]
-AuthMode = Literal["jwt", "none"]
+AuthMode = Literal["jwt", "none", "webhook"]
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,7 @@ class RouteConfig:
     max_body: int | None = None
     cors: str | None = None
     websocket: bool = True
+    integration: str | None = None
 
 
 @dataclass(frozen=True)
@@ -172,6 +176,7 @@ class GatewayConfig:
     logging: LoggingConfig
     audit: AuditConfig = field(default_factory=AuditConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    integrations: Mapping[str, IntegrationConfig] = field(default_factory=dict)
     mfa: MfaConfig = field(default_factory=MfaConfig)
     source: str = "<memory>"
     secret_paths: frozenset[str] = frozenset()

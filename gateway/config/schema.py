@@ -11,6 +11,7 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
+from gateway.auth.webhooks import IntegrationConfig
 from gateway.config.model import (
     AdminConfig,
     AdminToken,
@@ -54,6 +55,7 @@ def build_config(data: object, report: Report, source: str) -> GatewayConfig:
         audit=_audit(root.child("audit")),
         auth=_auth(root.child("auth")),
         mfa=_mfa(root.child("mfa")),
+        integrations=MappingProxyType(_integrations(root)),
         source=source,
     )
     root.done()
@@ -241,7 +243,8 @@ def _routes(root: Node) -> tuple[RouteConfig, ...]:
                 upstream=node.string("upstream"),
                 methods=_methods(node),
                 module=node.string("module", None),
-                auth=node.string("auth", "jwt", choices=("jwt", "none")),
+                auth=node.string("auth", "jwt", choices=("jwt", "none", "webhook")),
+                integration=node.string("integration", None),
                 mfa=node.boolean("mfa", True),
                 mfa_max_age=node.duration("mfa_max_age", None),
                 max_body=node.size("max_body", None),
@@ -364,6 +367,32 @@ def _mfa(node: Node) -> MfaConfig:
     return result
 
 
+def _integrations(root: Node) -> dict[str, IntegrationConfig]:
+    section = root.child("integrations")
+    result: dict[str, IntegrationConfig] = {}
+    for name in list(section.data):
+        node = section.child(name)
+        fields = {
+            "scheme": node.string("scheme", choices=("woocommerce", "hmac")),
+            "secret": node.string("secret"),
+            "rotation_grace": node.duration("rotation_grace", 86400.0),
+            "header": node.string("header", None),
+            "algorithm": node.string("algorithm", "sha256", choices=("sha256", "sha512")),
+            "encoding": node.string("encoding", "base64", choices=("base64", "hex")),
+            "prefix": node.string("prefix", ""),
+        }
+        node.done()
+        try:
+            result[name] = IntegrationConfig(name=name, **fields)
+        except (ValueError, TypeError) as exc:
+            # The message names the setting, never the secret (IntegrationConfig guarantees it).
+            node.report.error(
+                node.path, str(exc).removeprefix(f"integrations.{name}").lstrip(".: ") or "invalid"
+            )
+    section.done()
+    return result
+
+
 def _audit(node: Node) -> AuditConfig:
     result = AuditConfig(
         retention=node.duration("retention", 400 * 86400.0),
@@ -379,6 +408,12 @@ def _check_references(config: GatewayConfig, report: Report) -> None:
     for index, route in enumerate(config.routes):
         if route.upstream and route.upstream not in config.upstreams:
             report.error(f"routes[{index}].upstream", f"no upstream named {route.upstream!r}")
+        if route.auth == "webhook" and route.integration not in config.integrations:
+            report.error(
+                f"routes[{index}].integration", "auth: webhook needs an integration named under integrations"
+            )
+        if route.auth != "webhook" and route.integration is not None:
+            report.error(f"routes[{index}].integration", "only routes with auth: webhook name an integration")
         if route.cors is not None and route.cors not in config.cors:
             report.error(f"routes[{index}].cors", f"no cors policy named {route.cors!r}")
         if route.name and not _NAME_RE.match(route.name):

@@ -32,8 +32,8 @@ def bearer_token(request: web.BaseRequest, cookie_name: str | None = None) -> st
 
 async def authenticate(ctx: RequestContext) -> web.StreamResponse | None:
     route = ctx.route
-    if route is None or route.auth == "none":
-        return None
+    if route is None or route.auth != "jwt":
+        return None  # auth: none, or auth: webhook (its own signature check, next stage)
     runtime = ctx.runtime
     token = bearer_token(ctx.request, runtime.config.auth.token_cookie)
     if token is None:
