@@ -164,7 +164,7 @@ def _epochs(parsed: Mapping[str, tuple[str | None, float]]) -> TenantEpochs:
 def _validate_user(user: object) -> str:
     if not isinstance(user, str) or not user:
         raise ValueError("user must be a non-empty string")
-    if len(user.encode("utf-8", "surrogatepass")) > _MAX_USER_BYTES:
+    if len(user.encode("utf-8")) > _MAX_USER_BYTES:  # UnicodeEncodeError (a ValueError) on lone surrogates
         raise ValueError(f"user id longer than {_MAX_USER_BYTES} bytes")
     return user
 
