@@ -59,9 +59,13 @@ class SyncedSnapshot(Generic[T]):
     async def stop(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            # Python 3.11's asyncio.wait_for (used by redis-py while connecting) can swallow a
+            # cancellation, leaving the refresher looping: cancel until it really ends.
+            while not task.done():
+                task.cancel()
+                await asyncio.wait({task}, timeout=0.1)
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                task.result()
         self.healthy = False
 
     async def wait_loaded(self, timeout: float | None = None) -> None:
