@@ -13,11 +13,11 @@ from aiohttp import web
 
 from gateway.auth.jwt import TokenRejected, VerifiedClaims, has_mfa
 from gateway.context import RequestContext
-from gateway.errors import BadRequest, GatewayError, InvalidToken, MissingToken, PayloadTooLarge
+from gateway.errors import BadRequest, GatewayError, InvalidToken, MissingToken
+from gateway.json_body import read_json_object
 from gateway.metrics import METRICS
 from gateway.middleware.authenticate import REALM, bearer_token, ensure_not_revoked
 
-MAX_BODY = 4096
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
@@ -52,22 +52,6 @@ async def _first_factor(ctx: RequestContext) -> VerifiedClaims:
     return claims
 
 
-async def _body(ctx: RequestContext) -> dict[str, Any]:
-    request = ctx.request
-    if (request.content_length or 0) > MAX_BODY:
-        raise PayloadTooLarge("The request body is too large")
-    raw = await request.content.read(MAX_BODY + 1)
-    if len(raw) > MAX_BODY:
-        raise PayloadTooLarge("The request body is too large")
-    try:
-        data = orjson.loads(raw or b"{}")
-    except orjson.JSONDecodeError:
-        raise BadRequest("The body must be a JSON object") from None
-    if not isinstance(data, dict):
-        raise BadRequest("The body must be a JSON object")
-    return data
-
-
 def _code(data: dict[str, Any], field: str) -> str:
     value = data.get(field)
     if not isinstance(value, str) or not value or len(value) > 64:
@@ -94,7 +78,7 @@ async def enroll(ctx: RequestContext) -> web.StreamResponse:
 
 async def activate(ctx: RequestContext) -> web.StreamResponse:
     claims = await _first_factor(ctx)
-    code = _code(await _body(ctx), "code")
+    code = _code(await read_json_object(ctx.request), "code")
     try:
         recovery = await ctx.runtime.services.mfa.activate(claims.tenant, claims.subject, code)
     except GatewayError as error:
@@ -106,7 +90,7 @@ async def activate(ctx: RequestContext) -> web.StreamResponse:
 
 async def verify(ctx: RequestContext) -> web.StreamResponse:
     claims = await _first_factor(ctx)
-    data = await _body(ctx)
+    data = await read_json_object(ctx.request)
     services = ctx.runtime.services
     method = "recovery_code" if "recovery_code" in data else "totp"
     try:

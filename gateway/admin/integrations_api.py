@@ -7,10 +7,10 @@ import orjson
 from aiohttp import web
 
 from gateway.admin.context import ActorKey, AuditKey, IntegrationsKey, RuntimeKey
-from gateway.admin.keys_api import json_body
 from gateway.audit import SYSTEM_TRAIL
 from gateway.context import request_id_for
 from gateway.errors import BadRequest, NotFound
+from gateway.json_body import read_json_object
 
 
 async def rotate_integration(request: web.Request) -> web.Response:
@@ -18,7 +18,7 @@ async def rotate_integration(request: web.Request) -> web.Response:
     config = request.app[RuntimeKey]().config.integrations.get(name)
     if config is None:
         raise NotFound("No integration of that name is configured")
-    data = await json_body(request)
+    data = await read_json_object(request)
     given = data.get("secret")
     if given is not None and (not isinstance(given, str) or len(given) < 16 or len(given) > 512):
         raise BadRequest("'secret' must be a string of 16 to 512 characters")

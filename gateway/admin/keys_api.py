@@ -10,25 +10,11 @@ from gateway.admin.context import ActorKey, AuditKey, RuntimeKey, SigningKey
 from gateway.audit import SYSTEM_TRAIL
 from gateway.context import request_id_for
 from gateway.errors import BadRequest
-
-_MAX_BODY = 4096
-
-
-async def json_body(request: web.Request) -> dict[str, object]:
-    raw = await request.content.read(_MAX_BODY + 1)
-    if len(raw) > _MAX_BODY:
-        raise BadRequest("The body is too large")
-    try:
-        data = orjson.loads(raw or b"{}")
-    except orjson.JSONDecodeError:
-        raise BadRequest("The body must be a JSON object") from None
-    if not isinstance(data, dict):
-        raise BadRequest("The body must be a JSON object")
-    return data
+from gateway.json_body import read_json_object
 
 
 async def rotate_keys(request: web.Request) -> web.Response:
-    data = await json_body(request)
+    data = await read_json_object(request)
     revoke_old = data.get("revoke_old", False)
     if not isinstance(revoke_old, bool):
         raise BadRequest("'revoke_old' must be true or false")

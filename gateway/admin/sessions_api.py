@@ -10,13 +10,13 @@ from aiohttp import web
 
 from gateway.admin.audit_api import tenant_param
 from gateway.admin.context import ActorKey, AuditKey, RevocationsKey
-from gateway.admin.keys_api import json_body
 from gateway.context import request_id_for
 from gateway.errors import BadRequest
+from gateway.json_body import read_json_object
 
 
 async def revoke_sessions(request: web.Request) -> web.Response:
-    data = await json_body(request)
+    data = await read_json_object(request)
     tenant = tenant_param(data.get("tenant") if isinstance(data.get("tenant"), str) else None)
     user = data.get("user")
     if user is not None and (not isinstance(user, str) or not user or len(user) > 256):

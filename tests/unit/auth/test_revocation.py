@@ -37,19 +37,6 @@ class Clock:
         return self.now
 
 
-@pytest.fixture(params=["local", "redis"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "local":
-        return f"local:{tmp_path / 'state'}"
-    return str(request.getfixturevalue("redis_url"))
-
-
-@pytest.fixture
-async def store(store_url: str) -> AsyncIterator[StateStore]:
-    async with open_store(store_url) as opened:
-        yield opened
-
-
 @pytest.fixture
 def clock() -> Clock:
     return Clock()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import jwt
@@ -27,19 +26,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture(params=["local", "redis"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "local":
-        return f"local:{tmp_path / 'state'}"
-    return str(request.getfixturevalue("redis_url"))
-
-
-@pytest.fixture
-async def store(store_url: str) -> AsyncIterator[StateStore]:
-    async with open_store(store_url) as opened:
-        yield opened
 
 
 def claims(clock: Clock, **extra: object) -> dict[str, object]:

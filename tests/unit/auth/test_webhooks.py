@@ -9,7 +9,6 @@ import hashlib
 import hmac
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 
 import pytest
 from multidict import CIMultiDict
@@ -171,19 +170,6 @@ def test_config_validation_and_masked_repr() -> None:
 
 
 # -- rotation on both backends -------------------------------------------------------------------
-@pytest.fixture(params=["local", "redis"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "local":
-        return f"local:{tmp_path / 'state'}"
-    return str(request.getfixturevalue("redis_url"))
-
-
-@pytest.fixture
-async def store(store_url: str) -> AsyncIterator[StateStore]:
-    async with open_store(store_url) as opened:
-        yield opened
-
-
 async def stop_all(*instances: IntegrationSecrets) -> None:
     """Stop snapshots once they are idle. On Python 3.11, cancelling a snapshot task while its
     reload is opening a Redis connection can be swallowed (asyncio.wait_for inside redis-py),
