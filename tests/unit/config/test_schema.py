@@ -155,7 +155,7 @@ ERROR_CASES = [
         id="enum-logging-level",
     ),
     pytest.param(
-        with_route(auth="basic"), ["routes[0].auth: must be one of jwt, none"], id="enum-route-auth"
+        with_route(auth="basic"), ["routes[0].auth: must be one of jwt, none, webhook"], id="enum-route-auth"
     ),
     pytest.param(
         "listen:\n  tls: {cert: a.crt, key: a.key, min_version: '1.1'}\n",
@@ -357,7 +357,7 @@ features: {}
         "routes[1].name: duplicate route name 'a'",
         "routes[1].prefix: another route already has prefix '/a/'",
         "routes[2].prefix: expected an absolute path like /api/finance",
-        "routes[2].auth: must be one of jwt, none",
+        "routes[2].auth: must be one of jwt, none, webhook",
         "routes[2].extra: unknown key",
         "cors.web.origins: '*' cannot be combined with credentials: true",
         "logging.level: must be one of debug, info, warning, error, critical",
@@ -571,6 +571,10 @@ def test_effective_config_masks_every_value_from_the_environment(monkeypatch: py
     config = parse_config(
         """
 listen: {host: '${GW_TEST_HOST}', port: '${GW_TEST_PORT}'}
+auth:
+  issuers:
+    - {issuer: 'https://plain.example', audience: erp, jwks_file: /keys/a.json}
+    - {issuer: '${GW_TEST_ISSUER}', audience: erp, jwks_file: /keys/b.json}
 admin:
   jwt_issuers: ['https://plain.example', '${GW_TEST_ISSUER}']
   tokens:
@@ -591,6 +595,7 @@ routes:
     assert config.secret_paths == {
         "listen.host",
         "listen.port",
+        "auth.issuers[1].issuer",
         "admin.jwt_issuers[1]",
         "admin.tokens[0].name",
         "state.url",
@@ -750,3 +755,42 @@ def test_default_config_path_falls_back_to_config_dir(monkeypatch: pytest.Monkey
     assert default_config_path() == Path("config/gateway.yaml")
     monkeypatch.setenv("SHOPINO_GATEWAY_CONFIG", "")
     assert default_config_path() == Path("config/gateway.yaml")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "auth: {issuers: [{issuer: https://a.example, audience: erp, algorithms: [HS256], "
+            "jwks_file: /k}]}\n",
+            "auth.issuers[0].algorithms: HS256 is not allowed",
+        ),
+        (
+            "auth: {issuers: [{issuer: https://a.example, audience: erp}]}\n",
+            "auth.issuers[0]: exactly one of jwks_file, jwks_url, public_key_file is required",
+        ),
+        (
+            "auth: {issuers: [{issuer: https://a.example, audience: erp, jwks_url: 'http://idp.example/j'}]}\n",
+            "auth.issuers[0].jwks_url: must be https:// (plain http only on loopback)",
+        ),
+        (
+            "admin: {jwt_issuers: [https://ops.example]}\n",
+            "admin.jwt_issuers[0]: 'https://ops.example' is not one of auth.issuers",
+        ),
+        (
+            UPSTREAM + "routes:\n  - {name: w, prefix: /w, upstream: erp, auth: webhook}\n",
+            "routes[0].integration: auth: webhook needs an integration named under integrations",
+        ),
+        (
+            "integrations: {woo: {scheme: woocommerce, secret: ''}}\n",
+            "integrations.woo: secret must not be empty",
+        ),
+        (
+            "logging: {redact: {extra_patterns: ['a*']}}\n",
+            "logging.redact.extra_patterns[0]: must not match the empty string",
+        ),
+    ],
+)
+def test_security_settings_are_checked(text: str, expected: str) -> None:
+    errors = errors_of(text)
+    assert any(error.startswith(expected) for error in errors), errors
