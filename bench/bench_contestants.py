@@ -29,6 +29,10 @@ BENCH_DIR = Path(__file__).resolve().parent
 # The upstream's fixed 100-byte answer; every contestant must hand back exactly this.
 BODY = "ok:" + "0123456789" * 9 + "abcdefg"
 JWT_SUB = "bench-user-0001"
+JWT_ISS = "https://id.bench.invalid"
+JWT_AUD = "shopino-gateway"
+JWT_KID = "bench"
+GATEWAY_TOKEN_LIFETIME = 2 * 3600  # within the gateway's max_token_lifetime (24h)
 START_TIMEOUT = 20.0
 
 
@@ -39,6 +43,8 @@ class JwtMaterial:
     tampered: str
     alg_none: str
     hs256_with_public_key: str
+    jwks_file: Path  # the public key as a JWKS (kid JWT_KID) for the gateway's issuer config
+    gateway_token: str  # ES256, with every claim an MFA-protected gateway route needs
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,7 @@ class BenchEnv:
 class Running:
     port: int
     pid: int
+    headers: dict[str, str] | None = None  # what wrk sends; None = env.bearer (the HAProxy token)
 
 
 @dataclass(frozen=True)
@@ -184,13 +191,15 @@ def make_jwt_material(workdir: Path) -> JwtMaterial:
     now = int(time.time())
     claims = {
         "sub": JWT_SUB,
-        "iss": "https://id.bench.invalid",
-        "aud": "shopino-gateway",
+        "iss": JWT_ISS,
+        "aud": JWT_AUD,
         "tid": "tenant-bench",
         "iat": now,
         "exp": now + 86400,
     }
-    token = jwt.encode(claims, key, algorithm="ES256", headers={"kid": "bench"})
+    token = jwt.encode(claims, key, algorithm="ES256", headers={"kid": JWT_KID})
+    jwks_file = workdir / "jwt-es256-jwks.json"
+    jwks_file.write_text(json.dumps(jwks_for(key.public_key())))
     header, payload, signature = token.split(".")
     middle = len(signature) // 2
     flipped = "A" if signature[middle] != "A" else "B"
@@ -204,7 +213,32 @@ def make_jwt_material(workdir: Path) -> JwtMaterial:
         tampered=tampered,
         alg_none=f"{none_header}.{payload}.",
         hs256_with_public_key=f"{hs_header}.{payload}.{_b64url(hs_sig)}",
+        jwks_file=jwks_file,
+        gateway_token=mint_gateway_token(key, now),
     )
+
+
+def jwks_for(public_key: ec.EllipticCurvePublicKey) -> dict[str, object]:
+    jwk = jwt.algorithms.ECAlgorithm.to_jwk(public_key, as_dict=True)
+    return {"keys": [{**jwk, "kid": JWT_KID, "alg": "ES256", "use": "sig"}]}
+
+
+def mint_gateway_token(key: ec.EllipticCurvePrivateKey, now: int, jti: str | None = None) -> str:
+    """An ES256 token the gateway accepts on an MFA route (the HAProxy token has no amr/roles)."""
+    claims: dict[str, object] = {
+        "iss": JWT_ISS,
+        "aud": JWT_AUD,
+        "sub": JWT_SUB,
+        "tid": "bench",
+        "roles": ["bench"],
+        "amr": ["pwd", "otp"],
+        "auth_time": now,
+        "iat": now,
+        "exp": now + GATEWAY_TOKEN_LIFETIME,
+    }
+    if jti is not None:
+        claims["jti"] = jti
+    return jwt.encode(claims, key, algorithm="ES256", headers={"kid": JWT_KID})
 
 
 def _b64url(raw: bytes) -> str:
@@ -303,34 +337,54 @@ def _haproxy_command(stats_socket: Path, command: str) -> str:
 
 # ---------------------------------------------------------------- gateway
 def gateway_config(
-    port: int, admin_port: int, state_dir: Path, upstream_port: int, *, access_log: bool = True
+    port: int,
+    admin_port: int,
+    state_dir: Path,
+    upstream_port: int,
+    *,
+    access_log: bool = True,
+    jwks_file: Path | None = None,
 ) -> str:
-    config = {
+    """One route to the upstream: ``auth: none``, or with ``jwks_file`` the default ``auth: jwt``
+    with ``mfa: true`` against one issuer whose keys are that JWKS."""
+    route: dict[str, object] = {"name": "bench", "prefix": "/", "upstream": "app"}
+    if jwks_file is None:
+        route["auth"] = "none"
+    config: dict[str, object] = {
         "listen": {"host": LOOPBACK, "port": port, "tls": "off", "workers": 1},
         "admin": {"listen": f"{LOOPBACK}:{admin_port}"},
         "state": {"url": f"local:{state_dir}"},
         "upstreams": {"app": {"urls": [f"http://{LOOPBACK}:{upstream_port}"]}},
-        "routes": [{"name": "bench", "prefix": "/", "upstream": "app", "auth": "none"}],
+        "routes": [route],
         "logging": {"level": "warning", "access_log": access_log},
         "audit": {"spool_dir": str(state_dir.parent / "audit-spool")},
     }
+    if jwks_file is not None:
+        config["auth"] = {
+            "issuers": [{"issuer": JWT_ISS, "audience": JWT_AUD, "jwks_file": str(jwks_file)}],
+            "max_token_lifetime": "24h",
+        }
     return yaml.safe_dump(config, sort_keys=False)
 
 
 _MASTER_KEY = base64.b64encode(os.urandom(32)).decode()  # a throwaway key for the bench run
 
 
-def start_gateway(env: BenchEnv, *, access_log: bool = True) -> Running:
+def start_gateway(env: BenchEnv, *, access_log: bool = True, jwt_auth: bool = False) -> Running:
     port, admin_port = free_port(), free_port()
-    rundir = env.workdir / ("gateway" if access_log else "gateway-nolog")
+    name = "gateway-jwt" if jwt_auth else "gateway" if access_log else "gateway-nolog"
+    rundir = env.workdir / name
     rundir.mkdir(parents=True, exist_ok=True)
     cfg = rundir / "gateway.yaml"
+    jwks_file = env.jwt.jwks_file if jwt_auth else None
     cfg.write_text(
-        gateway_config(port, admin_port, rundir / "state", env.upstream_port, access_log=access_log)
+        gateway_config(
+            port, admin_port, rundir / "state", env.upstream_port, access_log=access_log, jwks_file=jwks_file
+        )
     )
     pythonpath = os.pathsep.join(filter(None, [str(env.project_root), os.environ.get("PYTHONPATH")]))
     proc = env.launcher.start(
-        "gateway",
+        name,
         [env.python, "-m", "gateway", "run", "-c", str(cfg)],
         cpu=env.proxy_cpu,
         env={**os.environ, "PYTHONPATH": pythonpath, "SHOPINO_GATEWAY_MASTER_KEY": _MASTER_KEY},
@@ -341,11 +395,29 @@ def start_gateway(env: BenchEnv, *, access_log: bool = True) -> Running:
         status, body = http_get(port, "/_gateway/health")
         return None if status == 200 else f"health -> {status} {body[:80]!r}"
 
-    wait_ready(env.launcher, "gateway", proc, health, START_TIMEOUT)
-    probe = body_probe(port, env.bearer)()
+    wait_ready(env.launcher, name, proc, health, START_TIMEOUT)
+    headers = {"Authorization": f"Bearer {env.jwt.gateway_token}"} if jwt_auth else env.bearer
+    probe = body_probe(port, headers)()
     if probe is not None:
         raise StartFailed(f"healthy but does not proxy: {probe}")
-    return Running(port=port, pid=proc.pid)
+    if jwt_auth:
+        verify_gateway_jwt_does_the_job(port, env.jwt)
+    return Running(port=port, pid=proc.pid, headers=headers)
+
+
+def verify_gateway_jwt_does_the_job(port: int, material: JwtMaterial) -> None:
+    """401 without a token, with a tampered signature, and with the HAProxy token (no amr)."""
+    tampered = material.gateway_token[:-8] + ("A" if material.gateway_token[-8] != "A" else "B")
+    refused = {
+        "no token": None,
+        "tampered signature": tampered + material.gateway_token[-7:],
+        "token without MFA (amr)": material.token,
+    }
+    for label, token in refused.items():
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        status, _ = http_get(port, "/", headers)
+        if status != 401:
+            raise StartFailed(f"verification failed: {label} -> {status}, expected 401")
 
 
 CONTESTANTS: tuple[Contestant, ...] = (
@@ -358,5 +430,10 @@ CONTESTANTS: tuple[Contestant, ...] = (
         "gateway-nolog",
         "the same with logging.access_log: false (logging cost = ratio to gateway)",
         functools.partial(start_gateway, access_log=False),
+    ),
+    Contestant(
+        "gateway-jwt",
+        "the gateway on an auth: jwt + mfa route, valid ES256 token (auth cost = ratio to gateway)",
+        functools.partial(start_gateway, jwt_auth=True),
     ),
 )

@@ -142,7 +142,6 @@ def measure(
     wrk_args = {
         "connections": args.connections,
         "threads": args.threads,
-        "headers": env.bearer,
         "cpu": LOAD_CPU,
         "lua": BENCH_DIR / "wrk_report.lua",
     }
@@ -152,6 +151,7 @@ def measure(
             if name in skipped:
                 continue
             target = running[name]
+            wrk_args["headers"] = target.headers or env.bearer
             try:
                 if args.warmup:
                     run_wrk(port=target.port, duration=args.warmup, **wrk_args)
@@ -310,7 +310,8 @@ def environment_notes(args: argparse.Namespace) -> list[str]:
         f"figures are the **{args.pick}** "
         + ("run (highest req/s) per contestant" if args.pick == "best" else "per metric"),
         f"- proxies pinned to CPU {PROXY_CPU}; wrk and the nginx upstream to CPU {LOAD_CPU}; "
-        "every request carries the same ES256 bearer token",
+        "every request carries an ES256 bearer token (the same one, except `gateway-jwt`: "
+        "the same key, plus the claims an MFA route needs)",
         "- proxy CPU = utime+stime of the proxy's process tree during the measured run "
         "(for `direct` that is the upstream nginx itself, on the load core)",
     ]
