@@ -68,7 +68,7 @@ class TrustedProxies:
         return client
 
 
-def connection_tokens(headers: CIMultiDictProxy[str]) -> set[str]:
+def connection_tokens(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str]:
     tokens: set[str] = set()
     for value in headers.getall("Connection", ()):
         tokens.update(t.strip().lower() for t in value.split(",") if t.strip())
@@ -118,7 +118,7 @@ def downstream_response_headers(
     upstream: CIMultiDictProxy[str] | CIMultiDict[str], *, tls: bool
 ) -> CIMultiDict[str]:
     """Response headers for the client: hop-by-hop and backend fingerprints removed."""
-    named_hop = connection_tokens(CIMultiDictProxy(CIMultiDict(upstream)))
+    named_hop = connection_tokens(upstream)
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in upstream.items():
         lower = name.lower()
