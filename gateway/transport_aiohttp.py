@@ -12,7 +12,7 @@ from yarl import URL
 
 from gateway.config.model import UpstreamConfig
 from gateway.errors import UpstreamTimeout, UpstreamUnavailable
-from gateway.upstream import Balancer, Endpoint
+from gateway.upstream import Balancer
 
 CHUNK = 64 * 1024
 
@@ -54,11 +54,7 @@ class AiohttpTransport:
 
     def __init__(self, config: UpstreamConfig) -> None:
         self.config = config
-        self.balancer = Balancer(
-            [Endpoint(url, URL(url).raw_authority) for url in config.urls],
-            max_fails=config.max_fails,
-            eject_for=config.eject_for,
-        )
+        self.balancer = Balancer.for_upstream(config)
         self._timeout = aiohttp.ClientTimeout(
             total=None,
             connect=None,

@@ -38,7 +38,7 @@ from yarl import URL
 from gateway.config.model import UpstreamConfig
 from gateway.errors import BadRequest, UpstreamTimeout, UpstreamUnavailable
 from gateway.transport_aiohttp import AiohttpTransport, upstream_ssl_context
-from gateway.upstream import IDEMPOTENT_METHODS, Balancer, Endpoint
+from gateway.upstream import IDEMPOTENT_METHODS, Balancer
 
 MAX_HEAD_BYTES = 64 * 1024
 MAX_HEADERS = 200
@@ -482,11 +482,7 @@ class HttptoolsTransport:
 
     def __init__(self, config: UpstreamConfig) -> None:
         self.config = config
-        self.balancer = Balancer(
-            [Endpoint(url, URL(url).raw_authority) for url in config.urls],
-            max_fails=config.max_fails,
-            eject_for=config.eject_for,
-        )
+        self.balancer = Balancer.for_upstream(config)
         context = upstream_ssl_context(config) if any(u.startswith("https:") for u in config.urls) else None
         self._pools = {url: _EndpointPool(url, config, context) for url in config.urls}
         self._websockets: AiohttpTransport | None = None

@@ -15,6 +15,7 @@ from typing import Protocol
 
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
 
 from gateway.config.model import UpstreamConfig
 
@@ -38,6 +39,14 @@ class Balancer:
     max_fails: int
     eject_for: float
     _next: int = field(default=0)
+
+    @classmethod
+    def for_upstream(cls, config: UpstreamConfig) -> Balancer:
+        return cls(
+            [Endpoint(url, URL(url).raw_authority) for url in config.urls],
+            max_fails=config.max_fails,
+            eject_for=config.eject_for,
+        )
 
     def order(self, now: float | None = None) -> list[Endpoint]:
         now = time.monotonic() if now is None else now
