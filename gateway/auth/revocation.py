@@ -72,7 +72,7 @@ from gateway.audit.record import format_time, validate_tenant
 from gateway.audit.trail import register_tenant_data
 from gateway.errors import NotReady
 from gateway.state.base import StateStore
-from gateway.state.sync import SyncedSnapshot
+from gateway.state.sync import SnapshotBacked, SyncedSnapshot
 
 REVOCATION_CHANNEL = "revocations"
 REVOCATION_PREFIX_TEMPLATE = "revocations:{tenant}:"
@@ -80,7 +80,6 @@ REVOCATION_INDEX = "revocations-index"  # not under "revocations:": a tenant pur
 register_tenant_data(REVOCATION_PREFIX_TEMPLATE)
 
 _MAX_USER_BYTES = 1024  # bounds field size; JWT subjects are far shorter in practice
-_STOP_RECANCEL = 0.25  # a normal stop takes milliseconds; after this, assume the cancel was lost
 _LOAD_BATCH = 32  # concurrent hgetall calls per batch: leaves Redis pool room for request traffic
 
 log = logging.getLogger(__name__)
@@ -169,7 +168,7 @@ def _validate_user(user: object) -> str:
     return user
 
 
-class RevocationEpochs:
+class RevocationEpochs(SnapshotBacked):
     """Write revocation epochs to the store and enforce them from an in-memory snapshot."""
 
     def __init__(
@@ -185,43 +184,6 @@ class RevocationEpochs:
         self._snapshot: SyncedSnapshot[Snapshot] = SyncedSnapshot(
             store, REVOCATION_CHANNEL, self.load, resync=resync, retry=retry
         )
-
-    # -- lifecycle -----------------------------------------------------------------------------
-    async def start(self) -> None:
-        await self._snapshot.start()
-
-    async def stop(self) -> None:
-        """Stop refreshing. The last snapshot stays readable: stopping must not un-revoke."""
-        # Python 3.11's asyncio.wait_for (used by redis-py for every command) returns its result
-        # and drops a cancel() that lands just as the inner call completes, so the single
-        # cancel in SyncedSnapshot.stop() can be lost and the refresher - and our shutdown -
-        # would wait forever. Re-cancel until it has really ended; harmless once it has.
-        task = self._snapshot._task
-        stopping = asyncio.ensure_future(self._snapshot.stop())
-        while not (await asyncio.wait({stopping}, timeout=_STOP_RECANCEL))[0]:
-            if task is not None and not task.done():
-                task.cancel()
-        stopping.result()
-
-    async def wait_loaded(self, timeout: float | None = None) -> None:
-        await self._snapshot.wait_loaded(timeout)
-
-    async def reload(self) -> bool:
-        """Load now; True on success (a failure keeps the last snapshot)."""
-        return await self._snapshot.reload()
-
-    @property
-    def loaded(self) -> bool:
-        return self._snapshot.loaded
-
-    @property
-    def healthy(self) -> bool:
-        """False while the store is unreachable: enforcement continues on the last snapshot."""
-        return self._snapshot.healthy
-
-    @property
-    def loaded_at(self) -> float | None:
-        return self._snapshot.loaded_at
 
     # -- the hot path --------------------------------------------------------------------------
     def is_revoked(self, tenant: str, user: str, issued_at: float) -> bool:

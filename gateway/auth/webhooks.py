@@ -55,7 +55,7 @@ from gateway import crypto
 from gateway.crypto import DecryptionError, Keyring
 from gateway.errors import NotReady, StoreUnavailable
 from gateway.state.base import StateStore
-from gateway.state.sync import SyncedSnapshot
+from gateway.state.sync import SnapshotBacked, SyncedSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -269,7 +269,7 @@ def _check_name(name: object) -> str:
     return name
 
 
-class IntegrationSecrets:
+class IntegrationSecrets(SnapshotBacked):
     """The rotating secret set of every integration: written to the store (encrypted), read from
     an in-memory snapshot kept fresh by pub/sub."""
 
@@ -289,27 +289,6 @@ class IntegrationSecrets:
 
     def __repr__(self) -> str:
         return f"IntegrationSecrets(store={self._store!r}, loaded={self.loaded})"
-
-    # -- lifecycle -----------------------------------------------------------------------------
-    async def start(self) -> None:
-        await self._snapshot.start()
-
-    async def stop(self) -> None:
-        await self._snapshot.stop()
-
-    async def wait_loaded(self, timeout: float | None = None) -> None:
-        await self._snapshot.wait_loaded(timeout)
-
-    async def reload(self) -> bool:
-        return await self._snapshot.reload()
-
-    @property
-    def loaded(self) -> bool:
-        return self._snapshot.loaded
-
-    @property
-    def healthy(self) -> bool:
-        return self._snapshot.healthy
 
     # -- the hot path --------------------------------------------------------------------------
     def secrets_for(self, name: str, configured: bytes) -> list[bytes]:

@@ -136,3 +136,39 @@ class SyncedSnapshot(Generic[T]):
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await listener
+
+
+class SnapshotBacked:
+    """Lifecycle of a service whose state is one ``SyncedSnapshot`` held in ``self._snapshot``.
+
+    Stopping only ends the refresher: the last value stays readable (a stopped instance must
+    not forget a revocation or a rotated secret).
+    """
+
+    _snapshot: SyncedSnapshot[object]
+
+    async def start(self) -> None:
+        await self._snapshot.start()
+
+    async def stop(self) -> None:
+        await self._snapshot.stop()
+
+    async def wait_loaded(self, timeout: float | None = None) -> None:
+        await self._snapshot.wait_loaded(timeout)
+
+    async def reload(self) -> bool:
+        """Load now; True on success (a failure keeps the last value)."""
+        return await self._snapshot.reload()
+
+    @property
+    def loaded(self) -> bool:
+        return self._snapshot.loaded
+
+    @property
+    def healthy(self) -> bool:
+        """False while the store is unreachable; the last value is still served."""
+        return self._snapshot.healthy
+
+    @property
+    def loaded_at(self) -> float | None:
+        return self._snapshot.loaded_at
