@@ -10,7 +10,7 @@ import time
 
 from aiohttp import web
 
-from gateway.audit import CONTENT_TYPES
+from gateway.admin.audit_api import stream_export
 from gateway.auth.jwt import has_mfa, mfa_fresh
 from gateway.context import RequestContext
 from gateway.errors import BadRequest, Forbidden, MfaRequired
@@ -49,16 +49,4 @@ async def export_own_trail(ctx: RequestContext) -> web.StreamResponse:
         request_id=ctx.request_id,
         details={"format": fmt, "via": "public"},
     )
-    response = web.StreamResponse(
-        headers={
-            "Content-Type": CONTENT_TYPES[fmt],
-            "Content-Disposition": f'attachment; filename="audit-{claims.tenant}.{fmt}"',
-            "Cache-Control": "no-store",
-            **ctx.response_headers,
-        }
-    )
-    await response.prepare(ctx.request)
-    async for chunk in chunks:
-        await response.write(chunk)
-    await response.write_eof()
-    return response
+    return await stream_export(ctx.request, chunks, claims.tenant, fmt, ctx.response_headers)

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator, Mapping
 
 import orjson
 from aiohttp import web
 
 from gateway.admin.context import ActorKey, AuditKey
-from gateway.audit import SYSTEM_TRAIL, AuditTrail, parse_time_bound
+from gateway.audit import CONTENT_TYPES, SYSTEM_TRAIL, AuditTrail, parse_time_bound
 from gateway.context import request_id_for
 from gateway.errors import BadRequest
 
 _TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-_FORMATS = {"json": "application/json", "csv": "text/csv; charset=utf-8", "xml": "application/xml"}
 
 
 def tenant_param(value: str | None, name: str = "tenant") -> str:
@@ -33,11 +33,34 @@ def _bounds(request: web.Request) -> tuple[float | None, float | None]:
     return since, until
 
 
+async def stream_export(
+    request: web.BaseRequest,
+    chunks: AsyncIterator[bytes],
+    tenant: str,
+    fmt: str,
+    extra_headers: Mapping[str, str] | None = None,
+) -> web.StreamResponse:
+    """Stream an audit export as a download, chunk by chunk (constant memory)."""
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": CONTENT_TYPES[fmt],
+            "Content-Disposition": f'attachment; filename="audit-{tenant}.{fmt}"',
+            "Cache-Control": "no-store",
+            **(extra_headers or {}),
+        }
+    )
+    await response.prepare(request)
+    async for chunk in chunks:
+        await response.write(chunk)
+    await response.write_eof()
+    return response
+
+
 async def export_audit(request: web.Request) -> web.StreamResponse:
     trail: AuditTrail = request.app[AuditKey]
     tenant = tenant_param(request.query.get("tenant"))
     fmt = request.query.get("format", "json")
-    if fmt not in _FORMATS:
+    if fmt not in CONTENT_TYPES:
         raise BadRequest("'format' must be json, csv or xml")
     since, until = _bounds(request)
     # The export itself is an audited act: who pulled which tenant's trail (SPEC §11).
@@ -48,18 +71,7 @@ async def export_audit(request: web.Request) -> web.StreamResponse:
         request_id=request_id_for(request.headers.get("X-Request-ID")),
         details={"format": fmt, "since": since, "until": until, "via": "admin"},
     )
-    response = web.StreamResponse(
-        headers={
-            "Content-Type": _FORMATS[fmt],
-            "Content-Disposition": f'attachment; filename="audit-{tenant}.{fmt}"',
-            "Cache-Control": "no-store",
-        }
-    )
-    await response.prepare(request)
-    async for chunk in trail.export(tenant, since=since, until=until, fmt=fmt):
-        await response.write(chunk)
-    await response.write_eof()
-    return response
+    return await stream_export(request, trail.export(tenant, since=since, until=until, fmt=fmt), tenant, fmt)
 
 
 async def verify_audit(request: web.Request) -> web.Response:
