@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import urllib.error
@@ -49,17 +48,19 @@ def add_audit_commands(commands: Any) -> None:
 def cmd_audit_export(args: argparse.Namespace) -> int:
     query = {"tenant": args.tenant, "format": args.format}
     query.update({k: v for k in ("since", "until") if (v := getattr(args, k))})
-    base = args.admin_url or os.environ.get("SHOPINO_GATEWAY_ADMIN_URL") or operator_client.DEFAULT_ADMIN_URL
-    if not base.startswith(("http://", "https://")):
-        print("error: --admin-url must be an http(s) URL", file=sys.stderr)
-        return EXIT_USAGE
-    url = f"{base.rstrip('/')}/admin/audit?{urllib.parse.urlencode(query)}"
-    request = urllib.request.Request(url)  # noqa: S310 - scheme checked above
-    token = os.environ.get("SHOPINO_GATEWAY_ADMIN_TOKEN", "")
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310 - operator-given URL
+        request, context = operator_client.admin_request(
+            "GET",
+            f"/admin/audit?{urllib.parse.urlencode(query)}",
+            None,
+            admin_url=args.admin_url,
+            cafile=args.cafile,
+        )
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        with urllib.request.urlopen(request, timeout=60, context=context) as response:  # noqa: S310
             target = open(args.output, "wb") if args.output else sys.stdout.buffer  # noqa: SIM115
             try:
                 shutil.copyfileobj(response, target, 64 * 1024)  # streamed: constant memory
@@ -102,6 +103,9 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         status, data = operator_client.call_admin(
             "GET", f"/admin/audit/verify?{query}", None, admin_url=args.admin_url, cafile=args.cafile
         )
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except (OSError, urllib.error.URLError) as exc:
         print(
             f"error: the gateway's admin API is unreachable ({getattr(exc, 'reason', exc)})", file=sys.stderr

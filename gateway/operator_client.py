@@ -22,6 +22,25 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cafile", default=None, help="CA bundle for an https admin URL")
 
 
+def admin_request(
+    method: str, path: str, body: dict[str, Any] | None, *, admin_url: str | None, cafile: str | None = None
+) -> tuple[urllib.request.Request, ssl.SSLContext | None]:
+    """The authenticated request for ``path`` on the admin API; ``ValueError`` for a non-http(s) URL."""
+    base = (admin_url or os.environ.get("SHOPINO_GATEWAY_ADMIN_URL") or DEFAULT_ADMIN_URL).rstrip("/")
+    if not base.startswith(("http://", "https://")):
+        raise ValueError("--admin-url must be an http(s) URL")
+    token = os.environ.get("SHOPINO_GATEWAY_ADMIN_TOKEN", "")
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(base + path, data=data, method=method)  # noqa: S310 - scheme checked
+    request.add_header("Accept", "application/json")
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    context = ssl.create_default_context(cafile=cafile) if base.startswith("https:") else None
+    return request, context
+
+
 def call_admin(
     method: str,
     path: str,
@@ -32,16 +51,7 @@ def call_admin(
     timeout: float = 10.0,
 ) -> tuple[int, dict[str, Any]]:
     """(HTTP status, JSON body). Raises ``OSError`` when the gateway cannot be reached."""
-    base = (admin_url or os.environ.get("SHOPINO_GATEWAY_ADMIN_URL") or DEFAULT_ADMIN_URL).rstrip("/")
-    token = os.environ.get("SHOPINO_GATEWAY_ADMIN_TOKEN", "")
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(base + path, data=data, method=method)  # noqa: S310 - operator-given URL
-    request.add_header("Accept", "application/json")
-    if data is not None:
-        request.add_header("Content-Type", "application/json")
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    context = ssl.create_default_context(cafile=cafile) if base.startswith("https:") else None
+    request, context = admin_request(method, path, body, admin_url=admin_url, cafile=cafile)
     try:
         with urllib.request.urlopen(request, timeout=timeout, context=context) as response:  # noqa: S310
             return response.status, _json(response.read())
@@ -66,6 +76,9 @@ def run_verb(
 ) -> int:
     try:
         status, data = call_admin(method, path, body, admin_url=args.admin_url, cafile=args.cafile)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except (OSError, urllib.error.URLError) as exc:
         reason = getattr(exc, "reason", exc)
         print(f"error: the gateway's admin API is unreachable ({reason})", file=sys.stderr)
