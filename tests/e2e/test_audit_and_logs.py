@@ -7,9 +7,6 @@ import asyncio
 import csv
 import io
 import json
-import os
-import subprocess
-import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -19,17 +16,6 @@ from tests.support.gateway_proc import ADMIN_TOKEN, GatewayProc
 from tests.support.upstream import Upstream
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-
-
-def cli(gw: GatewayProc, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "SHOPINO_GATEWAY_ADMIN_URL": gw.admin_url,
-        "SHOPINO_GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN,
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "gateway", *args], capture_output=True, text=True, env=env, timeout=30
-    )
 
 
 def config(upstream: Upstream) -> dict:
@@ -52,7 +38,7 @@ async def test_admin_acts_are_audited_exported_and_verified(
             assert (await r.json())["purged"] is True
 
     exported = tmp_path / "system.json"
-    result = cli(gw, "audit", "export", "--tenant", "_system", "--format", "json", "-o", str(exported))
+    result = gw.cli("audit", "export", "--tenant", "_system", "--format", "json", "-o", str(exported))
     assert result.returncode == 0, result.stderr
     records = json.loads(exported.read_text())
     events = [r["event"] for r in records]
@@ -61,16 +47,16 @@ async def test_admin_acts_are_audited_exported_and_verified(
     assert all(r["actor"] == "admin-token:tests" for r in records if r["event"] == "config.reloaded")
     assert [r["seq"] for r in records] == list(range(1, len(records) + 1))
 
-    csv_out = cli(gw, "audit", "export", "--tenant", "_system", "--format", "csv")
+    csv_out = gw.cli("audit", "export", "--tenant", "_system", "--format", "csv")
     rows = list(csv.DictReader(io.StringIO(csv_out.stdout)))
     assert [row["hash"] for row in rows][: len(records)] == [r["hash"] for r in records]
-    xml_out = cli(gw, "audit", "export", "--tenant", "_system", "--format", "xml")
+    xml_out = gw.cli("audit", "export", "--tenant", "_system", "--format", "xml")
     root = ET.fromstring(xml_out.stdout)
     assert root.tag == "audit" and root.get("tenant") == "_system"
     assert [rec.findtext("event") for rec in root.findall("record")][: len(records)] == events
 
-    assert cli(gw, "audit", "verify", "--tenant", "_system").returncode == 0
-    assert cli(gw, "audit", "verify", "--file", str(exported)).returncode == 0
+    assert gw.cli("audit", "verify", "--tenant", "_system").returncode == 0
+    assert gw.cli("audit", "verify", "--file", str(exported)).returncode == 0
     # Offline tampering: a changed, a removed and a reordered record are each caught (exit 4).
     changed = [dict(r) for r in records]
     changed[1]["actor"] = "someone-else"
@@ -79,15 +65,15 @@ async def test_admin_acts_are_audited_exported_and_verified(
     for index, variant in enumerate((changed, removed, reordered)):
         path = tmp_path / f"tampered{index}.json"
         path.write_text(json.dumps(variant))
-        result = cli(gw, "audit", "verify", "--file", str(path))
+        result = gw.cli("audit", "verify", "--file", str(path))
         assert result.returncode == 4, (index, result.stdout)
 
     # The purged tenant keeps only the purge record (then this export, which is audited too).
-    acme = json.loads(cli(gw, "audit", "export", "--tenant", "acme").stdout)
+    acme = json.loads(gw.cli("audit", "export", "--tenant", "acme").stdout)
     assert [r["event"] for r in acme] == ["tenant.purged", "audit.exported"]
-    again = cli(gw, "tenant", "purge", "acme", "--yes")
+    again = gw.cli("tenant", "purge", "acme", "--yes")
     assert again.returncode == 0, again.stderr
-    assert cli(gw, "tenant", "purge", "acme").returncode == 1  # --yes is required
+    assert gw.cli("tenant", "purge", "acme").returncode == 1  # --yes is required
 
 
 async def test_stdout_carries_no_secrets_or_pii_during_attacks(gateway_factory, upstream: Upstream) -> None:
@@ -135,9 +121,9 @@ async def test_audit_writes_spool_while_store_is_down_and_replay(
         redis_server.start()
         deadline = asyncio.get_running_loop().time() + 10
         while True:
-            result = cli(gw, "audit", "export", "--tenant", "_system")
+            result = gw.cli("audit", "export", "--tenant", "_system")
             if result.returncode == 0 and "config.reloaded" in result.stdout:
                 break
             assert asyncio.get_running_loop().time() < deadline, result.stderr
             await asyncio.sleep(0.3)
-    assert cli(gw, "audit", "verify", "--tenant", "_system").returncode == 0
+    assert gw.cli("audit", "verify", "--tenant", "_system").returncode == 0

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from gateway.demo.identities import make_user
 from gateway.demo.issuer import DemoIssuer
 from tests.support.gateway_proc import GatewayProc
+from tests.support.mfa_flow import gateway_mfa_token
 from tests.support.upstream import Upstream
 
 ISS, AUD = "https://id.test.example", "shopino-erp"
@@ -315,50 +316,22 @@ async def test_tenant_admin_exports_only_its_own_trail(auth_gateway, issuer: Dem
 
 
 async def _mfa_token(http: aiohttp.ClientSession, gw: GatewayProc, issuer: DemoIssuer, user: str) -> str:
-    first = {"Authorization": f"Bearer {_sign(issuer, _claims(sub=user, amr=['pwd']))}"}
-    async with http.post(f"{gw.url}/_gateway/mfa/enroll", headers=first) as r:
-        secret = (await r.json())["secret"]
-    async with http.post(
-        f"{gw.url}/_gateway/mfa/activate", headers=first, json={"code": pyotp.TOTP(secret).now()}
-    ) as r:
-        recovery = (await r.json())["recovery_codes"]
-    async with http.post(
-        f"{gw.url}/_gateway/mfa/verify", headers=first, json={"recovery_code": recovery[0]}
-    ) as r:
-        return (await r.json())["access_token"]
+    return await gateway_mfa_token(http, gw.url, _sign(issuer, _claims(sub=user, amr=["pwd"])))
 
 
 async def test_keys_rotate_keeps_old_tokens_and_revoke_old_kills_them(
     auth_gateway, issuer: DemoIssuer
 ) -> None:
-    from tests.support.gateway_proc import ADMIN_TOKEN
 
     gw, _ = auth_gateway
-    env = {
-        **os.environ,
-        "SHOPINO_GATEWAY_ADMIN_URL": gw.admin_url,
-        "SHOPINO_GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN,
-    }
     async with aiohttp.ClientSession() as http:
         before = await _mfa_token(http, gw, issuer, "rotating-user")
-        rotated = subprocess.run(
-            [sys.executable, "-m", "gateway", "keys", "rotate", "--json"],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=30,
-        )
+        rotated = gw.cli("keys", "rotate", "--json")
         assert rotated.returncode == 0, rotated.stderr
         assert len(json.loads(rotated.stdout)["jwks_kids"]) == 2  # the old key stays until its tokens expire
         async with http.get(f"{gw.url}/api/x", headers={"Authorization": f"Bearer {before}"}) as r:
             assert r.status == 200
-        exposed = subprocess.run(
-            [sys.executable, "-m", "gateway", "keys", "rotate", "--revoke-old", "--json"],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=30,
-        )
+        exposed = gw.cli("keys", "rotate", "--revoke-old", "--json")
         assert exposed.returncode == 0, exposed.stderr
         assert len(json.loads(exposed.stdout)["jwks_kids"]) == 1
         async with http.get(f"{gw.url}/api/x", headers={"Authorization": f"Bearer {before}"}) as r:
@@ -366,26 +339,14 @@ async def test_keys_rotate_keeps_old_tokens_and_revoke_old_kills_them(
         after = await _mfa_token(http, gw, issuer, "rotating-user-2")
         async with http.get(f"{gw.url}/api/x", headers={"Authorization": f"Bearer {after}"}) as r:
             assert r.status == 200
-    audit = subprocess.run(
-        [sys.executable, "-m", "gateway", "audit", "export", "--tenant", "_system"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=30,
-    )
+    audit = gw.cli("audit", "export", "--tenant", "_system")
     events = [r["event"] for r in json.loads(audit.stdout)]
     assert events.count("keys.rotated") == 2
 
 
 async def test_session_revocation_by_tenant_and_user(auth_gateway, issuer: DemoIssuer) -> None:
-    from tests.support.gateway_proc import ADMIN_TOKEN
 
     gw, _ = auth_gateway
-    env = {
-        **os.environ,
-        "SHOPINO_GATEWAY_ADMIN_URL": gw.admin_url,
-        "SHOPINO_GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN,
-    }
     old = int(time.time()) - 5
     dave = _sign(issuer, _claims(sub="dave", tid="initech", iat=old, auth_time=old))
     erin = _sign(issuer, _claims(sub="erin", tid="initech", iat=old, auth_time=old))
@@ -399,34 +360,16 @@ async def test_session_revocation_by_tenant_and_user(auth_gateway, issuer: DemoI
             return r.status
 
     assert [await status(t) for t in (dave, erin, other_tenant)] == [200, 200, 200]
-    user_only = subprocess.run(
-        [sys.executable, "-m", "gateway", "sessions", "revoke", "--tenant", "initech", "--user", "dave"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=30,
-    )
+    user_only = gw.cli("sessions", "revoke", "--tenant", "initech", "--user", "dave")
     assert user_only.returncode == 0, user_only.stderr
     assert [await status(t) for t in (dave, erin, other_tenant)] == [401, 200, 200]
-    whole = subprocess.run(
-        [sys.executable, "-m", "gateway", "sessions", "revoke", "--tenant", "initech"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=30,
-    )
+    whole = gw.cli("sessions", "revoke", "--tenant", "initech")
     assert whole.returncode == 0, whole.stderr
     assert [await status(t) for t in (dave, erin, other_tenant)] == [401, 401, 200]
     await asyncio.sleep(1.1)  # iat has one-second resolution: a token of the next second is new
     fresh = _sign(issuer, _claims(sub="erin", tid="initech"))
     assert await status(fresh) == 200
-    trail = subprocess.run(
-        [sys.executable, "-m", "gateway", "audit", "export", "--tenant", "initech"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=30,
-    )
+    trail = gw.cli("audit", "export", "--tenant", "initech")
     assert [r["event"] for r in json.loads(trail.stdout)][:2] == ["sessions.revoked", "sessions.revoked"]
 
 

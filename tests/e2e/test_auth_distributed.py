@@ -6,18 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
-import sys
 import time
 from typing import Any
 
 import aiohttp
-import pyotp
 
 from gateway.demo.identities import make_user
 from gateway.demo.issuer import DemoIssuer
-from tests.support.gateway_proc import ADMIN_TOKEN, GatewayProc
+from tests.support.gateway_proc import GatewayProc
 from tests.support.jwks_server import JwksServer
+from tests.support.mfa_flow import gateway_mfa_token
 from tests.support.redis_server import RedisServer
 from tests.support.upstream import Upstream
 
@@ -89,44 +87,22 @@ async def test_second_instance_sees_revocation_and_key_revocation_within_a_secon
     }
     a: GatewayProc = gateway_factory(dict(config), env={"SHOPINO_GATEWAY_MASTER_KEY": master})
     b: GatewayProc = gateway_factory(dict(config), env={"SHOPINO_GATEWAY_MASTER_KEY": master})
-    env = {**os.environ, "SHOPINO_GATEWAY_ADMIN_URL": a.admin_url, "SHOPINO_GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN}
 
     old = int(time.time()) - 2
     session = idp.mint(make_user("bob", "acme", ("inventory",), "x"), amr=("pwd", "otp"), auth_time=old)
     assert await _status(b, session) == 200
-    subprocess.run(
-        [sys.executable, "-m", "gateway", "sessions", "revoke", "--tenant", "acme"],
-        env=env,
-        check=True,
-        capture_output=True,
-        timeout=30,
-    )
+    assert a.cli("sessions", "revoke", "--tenant", "acme").returncode == 0
     revoked_after = await _wait_refused(b, session)
     print(f"revocation enforced by the second instance after {revoked_after * 1000:.0f} ms")
     assert revoked_after < 1.0
 
     # An MFA token signed by the gateway (on A), used on B; then A revokes the signing key.
     await asyncio.sleep(1.1)  # a token of a later second than the revocation above
-    first = {"Authorization": f"Bearer {idp.mint(make_user('carol', 'acme', (), 'x'), amr=('pwd',))}"}
+    carol = idp.mint(make_user("carol", "acme", (), "x"), amr=("pwd",))
     async with aiohttp.ClientSession() as http:
-        async with http.post(f"{a.url}/_gateway/mfa/enroll", headers=first) as r:
-            secret = (await r.json())["secret"]
-        async with http.post(
-            f"{a.url}/_gateway/mfa/activate", headers=first, json={"code": pyotp.TOTP(secret).now()}
-        ) as r:
-            recovery = (await r.json())["recovery_codes"]
-        async with http.post(
-            f"{a.url}/_gateway/mfa/verify", headers=first, json={"recovery_code": recovery[0]}
-        ) as r:
-            gateway_token = (await r.json())["access_token"]
+        gateway_token = await gateway_mfa_token(http, a.url, carol)
     assert await _status(b, gateway_token) == 200
-    subprocess.run(
-        [sys.executable, "-m", "gateway", "keys", "rotate", "--revoke-old"],
-        env=env,
-        check=True,
-        capture_output=True,
-        timeout=30,
-    )
+    assert a.cli("keys", "rotate", "--revoke-old").returncode == 0
     rotated_after = await _wait_refused(b, gateway_token)
     print(f"key revocation enforced by the second instance after {rotated_after * 1000:.0f} ms")
     assert rotated_after < 1.0

@@ -7,13 +7,10 @@ import base64
 import hashlib
 import hmac
 import json
-import os
-import subprocess
-import sys
 
 import aiohttp
 
-from tests.support.gateway_proc import ADMIN_TOKEN, GatewayProc
+from tests.support.gateway_proc import GatewayProc
 from tests.support.upstream import Upstream
 
 SECRET = "wc-secret-for-tests-0123456789"
@@ -71,18 +68,7 @@ async def test_woocommerce_webhooks_and_rotation(gateway_factory, upstream: Upst
     assert len(upstream.requests) == 1
     assert upstream.requests[0]["body_length"] == len(body)
 
-    env = {
-        **os.environ,
-        "SHOPINO_GATEWAY_ADMIN_URL": gw.admin_url,
-        "SHOPINO_GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN,
-    }
-    rotated = subprocess.run(
-        [sys.executable, "-m", "gateway", "integrations", "rotate", "woo", "--json"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=30,
-    )
+    rotated = gw.cli("integrations", "rotate", "woo", "--json")
     assert rotated.returncode == 0, rotated.stderr
     new_secret = json.loads(rotated.stdout)["secret"]
     async with aiohttp.ClientSession() as http:

@@ -122,6 +122,17 @@ class GatewayProc:
                     total += int(line.split()[1])
         return total
 
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """An operator verb through the real CLI, against this gateway's admin API."""
+        env = {
+            **os.environ,
+            "SHOPINO_GATEWAY_ADMIN_URL": self.admin_url,
+            "SHOPINO_GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN,
+        }
+        return subprocess.run(
+            [sys.executable, "-m", "gateway", *args], capture_output=True, text=True, env=env, timeout=30
+        )
+
     def stop(self, timeout: float = 15.0) -> int:
         if self.proc is None or self.proc.poll() is not None:
             return self.proc.returncode if self.proc else 0
