@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -28,6 +28,7 @@ _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 
 
 class GatewayMetrics:
     def __init__(self) -> None:
+        self._request_children: dict[tuple[str, int], tuple[Any, Any]] = {}
         self.requests = Counter(
             "shopino_gateway_requests", "Requests answered, by route and status", ("route", "status")
         )
@@ -62,8 +63,15 @@ class GatewayMetrics:
 
     def observe_request(self, ctx: RequestContext) -> None:
         route = ctx.route.name if ctx.route is not None else "-"
-        self.requests.labels(route, str(ctx.status or 0)).inc()
-        self.latency.labels(route).observe(time.monotonic() - ctx.started)
+        key = (route, ctx.status or 0)
+        children = self._request_children.get(key)
+        if children is None:
+            # labels() hashes and locks on every call; the (route, status) set is small and fixed
+            # by the config, so each pair's children are looked up once per process.
+            children = (self.requests.labels(route, str(key[1])), self.latency.labels(route))
+            self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(time.monotonic() - ctx.started)
 
 
 METRICS = GatewayMetrics()
