@@ -4,27 +4,18 @@ from __future__ import annotations
 
 import time
 
-import orjson
 from aiohttp import web
 
 from gateway.context import RequestContext
 from gateway.errors import NotReady
+from gateway.json_body import json_response
 
 HEALTH = "/_gateway/health"
 READY = "/_gateway/ready"
 
 
-def _json(status: int, body: dict[str, object]) -> web.Response:
-    return web.Response(
-        status=status,
-        body=orjson.dumps(body),
-        content_type="application/json",
-        headers={"Cache-Control": "no-store"},
-    )
-
-
 async def health(ctx: RequestContext) -> web.StreamResponse:
-    return _json(200, {"status": "ok", "instance": ctx.runtime.status.instance_id})
+    return json_response({"status": "ok", "instance": ctx.runtime.status.instance_id})
 
 
 async def ready(ctx: RequestContext) -> web.StreamResponse:
@@ -32,8 +23,7 @@ async def ready(ctx: RequestContext) -> web.StreamResponse:
     if not status.snapshot_loaded:
         # SPEC App. B: without a first snapshot of shared state the gateway cannot enforce it.
         raise NotReady("The gateway has not loaded its state yet", headers={"Retry-After": "1"})
-    return _json(
-        200,
+    return json_response(
         {
             "state": "ready" if status.store_healthy else "degraded",
             "instance": status.instance_id,

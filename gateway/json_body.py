@@ -25,3 +25,13 @@ async def read_json_object(request: web.BaseRequest, limit: int = MAX_JSON_BODY)
     if not isinstance(data, dict):
         raise BadRequest("The body must be a JSON object")
     return data
+
+
+def json_response(body: object, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    """A JSON answer the gateway builds itself; never cached unless ``headers`` say otherwise."""
+    return web.Response(
+        status=status,
+        body=orjson.dumps(body),
+        content_type="application/json",
+        headers={"Cache-Control": "no-store", **(headers or {})},
+    )

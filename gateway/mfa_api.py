@@ -14,15 +14,9 @@ from aiohttp import web
 from gateway.auth.jwt import TokenRejected, VerifiedClaims, has_mfa
 from gateway.context import RequestContext
 from gateway.errors import BadRequest, GatewayError, InvalidToken, MissingToken
-from gateway.json_body import read_json_object
+from gateway.json_body import json_response, read_json_object
 from gateway.metrics import METRICS
 from gateway.middleware.authenticate import REALM, bearer_token, ensure_not_revoked
-
-_NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-
-
-def _json(body: dict[str, Any]) -> web.Response:
-    return web.Response(body=orjson.dumps(body), content_type="application/json", headers=_NO_STORE)
 
 
 async def authenticated_claims(ctx: RequestContext) -> VerifiedClaims:
@@ -71,8 +65,9 @@ async def enroll(ctx: RequestContext) -> web.StreamResponse:
     mfa_backed = has_mfa(claims, ctx.runtime.config.mfa.accepted_amr)
     enrollment = await ctx.runtime.services.mfa.enroll(claims.tenant, claims.subject, mfa_backed=mfa_backed)
     await _audit(ctx, "mfa.enrolled", replaced_active=mfa_backed)
-    return _json(
-        {"otpauth_uri": enrollment.otpauth_uri, "secret": enrollment.secret, "qr_svg": enrollment.qr_svg}
+    return json_response(
+        {"otpauth_uri": enrollment.otpauth_uri, "secret": enrollment.secret, "qr_svg": enrollment.qr_svg},
+        headers={"Pragma": "no-cache"},
     )
 
 
@@ -85,7 +80,7 @@ async def activate(ctx: RequestContext) -> web.StreamResponse:
         await _audit(ctx, "mfa.activation_failed", problem=error.slug)
         raise
     await _audit(ctx, "mfa.activated")
-    return _json({"recovery_codes": recovery})
+    return json_response({"recovery_codes": recovery}, headers={"Pragma": "no-cache"})
 
 
 async def verify(ctx: RequestContext) -> web.StreamResponse:
@@ -108,7 +103,10 @@ async def verify(ctx: RequestContext) -> web.StreamResponse:
         claims.raw, services.signing, roles_claim=ctx.runtime.config.auth.roles_claim
     )
     await _audit(ctx, "mfa.verified", method=method)
-    return _json({"access_token": token, "token_type": "Bearer", "expires_in": expires_in})
+    return json_response(
+        {"access_token": token, "token_type": "Bearer", "expires_in": expires_in},
+        headers={"Pragma": "no-cache"},
+    )
 
 
 async def jwks(ctx: RequestContext) -> web.StreamResponse:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-import orjson
 import structlog
 from aiohttp import web
 
@@ -36,21 +35,13 @@ from gateway.errors import (
     problem_body,
     problem_headers,
 )
+from gateway.json_body import json_response
 from gateway.metrics import render_metrics
 from gateway.runtime import Runtime
 
 log = structlog.get_logger("gateway.admin")
 Reloader = Callable[[str, str | None], Awaitable[Runtime]]
 ReloadKey = web.AppKey("reload", Reloader)
-
-
-def _json(data: object, status: int = 200) -> web.Response:
-    return web.Response(
-        status=status,
-        body=orjson.dumps(data),
-        content_type="application/json",
-        headers={"Cache-Control": "no-store"},
-    )
 
 
 @web.middleware
@@ -90,7 +81,7 @@ def _problem(error: GatewayError, request_id: str) -> web.Response:
 
 
 async def get_config(request: web.Request) -> web.Response:
-    return _json(effective_config(request.app[RuntimeKey]().config))
+    return json_response(effective_config(request.app[RuntimeKey]().config))
 
 
 async def post_reload(request: web.Request) -> web.Response:
@@ -102,7 +93,9 @@ async def post_reload(request: web.Request) -> web.Response:
         raise BadRequest(
             "The new config is invalid; the current one keeps serving", extensions={"errors": exc.errors}
         ) from None
-    return _json({"reloaded": True, "generation": runtime.generation, "source": runtime.config.source})
+    return json_response(
+        {"reloaded": True, "generation": runtime.generation, "source": runtime.config.source}
+    )
 
 
 async def get_metrics(request: web.Request) -> web.Response:
