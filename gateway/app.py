@@ -11,7 +11,7 @@ from gateway.context import ContextKey, RequestContext, request_id_for
 from gateway.errors import GatewayError, InternalError, problem_body, problem_headers
 from gateway.listener import GuardedRequestHandler
 from gateway.metrics import METRICS
-from gateway.pipeline import PIPELINE
+from gateway.pipeline import PIPELINE, RESPONSE_CHECKS
 from gateway.proxy import proxy_request
 from gateway.runtime import Runtime
 
@@ -95,4 +95,4 @@ class PublicHandler:
                 for name, value in ctx.response_headers.items():
                     early.headers.setdefault(name, value)
                 return early
-        return await proxy_request(ctx)
+        return await proxy_request(ctx, RESPONSE_CHECKS)

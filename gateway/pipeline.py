@@ -17,6 +17,7 @@ from gateway.middleware.cors import apply_cors
 from gateway.middleware.header_limits import enforce_header_limits
 from gateway.middleware.route import resolve_route
 from gateway.middleware.webhook import verify_webhook
+from gateway.proxy import ResponseCheck
 
 Stage = Callable[[RequestContext], Awaitable[web.StreamResponse | None]]
 
@@ -28,3 +29,6 @@ PIPELINE: tuple[Stage, ...] = (
     authenticate,  # §3.5 / §5: bearer tokens, MFA, revocation
     verify_webhook,  # §10: auth: webhook routes, HMAC over the raw body
 )
+
+# SPEC §3.9: response checks, in order, on every proxied (non-WebSocket) response.
+RESPONSE_CHECKS: tuple[ResponseCheck, ...] = ()

@@ -7,11 +7,11 @@ upstream's status and headers before a single byte of its body reaches the clien
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.context import RequestContext
 from gateway.errors import InternalError, PayloadTooLarge, UpstreamTimeout, UpstreamUnavailable
@@ -23,6 +23,9 @@ CHUNK = 64 * 1024
 # SECURITY: identity spoofing — client-supplied identity headers never reach an upstream
 # (SPEC §7), in any letter case and however often repeated (the match is case-insensitive).
 IDENTITY_HEADERS = frozenset(("x-tenant-id", "x-user-id", "x-user-roles", "x-gateway-context"))
+ResponseCheck = Callable[[RequestContext, int, "CIMultiDict[str] | CIMultiDictProxy[str]"], Awaitable[None]]
+"""Runs on the upstream's status and headers before a byte of its body reaches the client;
+raising a ``GatewayError`` withholds the body (the upstream connection is then closed)."""
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
@@ -71,7 +74,7 @@ def send_continue(ctx: RequestContext) -> None:
         ctx.continue_sent = True
 
 
-async def proxy_request(ctx: RequestContext) -> web.StreamResponse:
+async def proxy_request(ctx: RequestContext, checks: Sequence[ResponseCheck] = ()) -> web.StreamResponse:
     assert ctx.route is not None and ctx.target is not None
     request = ctx.request
     runtime = ctx.runtime
@@ -119,12 +122,17 @@ async def proxy_request(ctx: RequestContext) -> web.StreamResponse:
         METRICS.upstream_errors.labels(ctx.route.upstream, error.slug).inc()
         raise
     try:
-        return await _stream_response(ctx, upstream)
+        return await _stream_response(ctx, upstream, checks)
     finally:
         upstream.release()
 
 
-async def _stream_response(ctx: RequestContext, upstream: UpstreamResponse) -> web.StreamResponse:
+async def _stream_response(
+    ctx: RequestContext, upstream: UpstreamResponse, checks: Sequence[ResponseCheck]
+) -> web.StreamResponse:
+    ctx.status = upstream.status
+    for check in checks:
+        await check(ctx, upstream.status, upstream.headers)
     headers = downstream_response_headers(upstream.headers, tls=ctx.runtime.tls)
     headers.update(ctx.response_headers)
     response = web.StreamResponse(status=upstream.status, reason=upstream.reason or None, headers=headers)
