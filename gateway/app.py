@@ -7,6 +7,7 @@ from collections.abc import Callable
 import structlog
 from aiohttp import ClientConnectionResetError, web
 
+from gateway.access_audit import audit_access
 from gateway.context import ContextKey, RequestContext, request_id_for
 from gateway.errors import GatewayError, InternalError, problem_body, problem_headers
 from gateway.listener import GuardedRequestHandler
@@ -79,6 +80,8 @@ class PublicHandler:
             if guarded:
                 protocol.request_finished()
         METRICS.observe_request(ctx)
+        if ctx.route is not None and ctx.route.audit:
+            await audit_access(ctx, response.status)
         return response
 
     @staticmethod

@@ -98,6 +98,7 @@ class RouteConfig:
     cors: str | None = None
     websocket: bool = True
     integration: str | None = None
+    audit: bool = False  # every request is filed in the tenant's audit trail (72-hour account)
 
 
 @dataclass(frozen=True)

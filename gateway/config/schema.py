@@ -250,6 +250,7 @@ def _routes(root: Node) -> tuple[RouteConfig, ...]:
                 max_body=node.size("max_body", None),
                 cors=node.string("cors", None),
                 websocket=node.boolean("websocket", True),
+                audit=node.boolean("audit", False),
             )
         )
         node.done()

@@ -1,0 +1,41 @@
+"""Routes with ``audit: true``: every authenticated request is filed in the acting tenant's
+audit trail, so the 72-hour breach notice can say which records of which module were touched,
+by whom and when (SPEC §11 "what was touched").
+
+The query string is left out: it carries search terms and ids that may be personal data, and
+the canonical path already names what was reached.
+"""
+
+from __future__ import annotations
+
+import structlog
+
+from gateway.context import RequestContext
+
+log = structlog.get_logger("gateway.audit")
+ACCESS_EVENT = "data.accessed"
+
+
+async def audit_access(ctx: RequestContext, status: int) -> None:
+    """File one ``data.accessed`` record when the route asks for it and a tenant is known."""
+    route = ctx.route
+    if route is None or not route.audit or ctx.tenant is None or ctx.target is None:
+        return
+    try:
+        await ctx.runtime.services.audit.record(
+            ACCESS_EVENT,
+            tenants=[ctx.tenant],
+            actor=ctx.user,
+            request_id=ctx.request_id,
+            details={
+                "method": ctx.request.method,
+                "path": ctx.target.path,
+                "route": route.name,
+                "module": route.module,
+                "status": status,
+            },
+        )
+    except (OSError, ValueError):
+        # The store and the spool both failed (or a bug): the response is already decided, so
+        # the loss is logged loudly rather than turned into an error the client cannot act on.
+        log.error("access_audit_failed", request_id=ctx.request_id, route=route.name)
