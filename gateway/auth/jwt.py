@@ -227,12 +227,16 @@ class JwtVerifier:
         # SECURITY: size first, before any parsing: oversized tokens cost nothing (DoS).
         if len(token) > self._auth.max_token_bytes:
             raise TokenRejected("oversized")
-        if not token.isascii() or not _SHAPE.fullmatch(token):
+        if not token.isascii():
             raise TokenRejected("malformed")
         digest = hashlib.sha256(token.encode("ascii")).digest()
         cached = self._cache.get(digest)
         if cached is not None:
+            # The very same string passed every check below when it was cached; the shape regex
+            # is the costliest of them on a hit, so it runs on misses only.
             return await self._revalidate(digest, cached)
+        if not _SHAPE.fullmatch(token):
+            raise TokenRejected("malformed")
         header, payload = self._unverified(token)
         alg, kid = self._check_header(header)
         iss = payload.get("iss")
@@ -351,7 +355,8 @@ class JwtVerifier:
             raise TokenRejected("expired")
         # The key may have been retired or revoked since (keys rotate --revoke-old, JWKS change).
         keys = await cached.issuer.source.key_for(cached.kid)
-        if not any(key == cached.key for key, _ in keys):
+        # Identity first: the same key object is the common case, and == on keys is not free.
+        if not any(key is cached.key or key == cached.key for key, _ in keys):
             self._cache.pop(digest, None)
             raise TokenRejected("unknown_kid")
         self._cache.move_to_end(digest)

@@ -14,6 +14,7 @@ reloads on every message, so each instance sees a rotation within a second.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import secrets
 import time
@@ -53,8 +54,9 @@ class SigningKey:
     not_after: float | None = None
     revoked: bool = False
 
-    @property
+    @functools.cached_property
     def public_key(self) -> ec.EllipticCurvePublicKey:
+        # Cached: the verifier compares it by identity on every cached-token check (hot path).
         return self.private_key.public_key()
 
     def verifiable_at(self, now: float) -> bool:
