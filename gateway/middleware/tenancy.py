@@ -1,0 +1,199 @@
+"""SPEC §3.6 / §7: the acting tenant, route roles and support grants; the identity the upstream
+sees; and the response check that withholds another tenant's data.
+
+Decisions (documented in the README):
+* A route's ``roles`` are any-of against the token's roles. A support user acting under a grant
+  is let through by the grant instead: a grant that covers the route's module satisfies the
+  route's roles (the tenant admin chose to open that module). Routes without a ``module`` are
+  never reachable under a grant.
+* A request whose route has ``tenant_from`` but that names no (valid) tenant is refused like a
+  mismatch: the route promised the tenant would be checked, and it cannot be.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import structlog
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from gateway.auth.jwt import VerifiedClaims
+from gateway.context import RequestContext
+from gateway.errors import Forbidden, InvalidToken, StoreUnavailable, TenantLeakBlocked, TenantMismatch
+from gateway.metrics import METRICS
+from gateway.middleware.authenticate import REALM
+from gateway.tenancy.context import CONTEXT_HEADER, ROLES_HEADER, TENANT_HEADER, USER_HEADER
+from gateway.tenancy.grants import SUPPORT_ROLE
+from gateway.tenancy.resolve import TENANT_ID_RE, TenantNotNamed
+
+log = structlog.get_logger("gateway.tenancy")
+# SECURITY: identity values become upstream header values and MAC fields: no control characters
+# (header injection, field confusion in the "\n"-joined MAC), no comma inside a role.
+_USER_RE = re.compile(r"[^\x00-\x1f\x7f]{1,1024}")
+_ROLE_RE = re.compile(r"[^\x00-\x1f\x7f,]{1,256}")
+_MAX_CLAIMED = 4  # tenants named in one leak record (the upstream chooses them)
+
+
+def _invalid_identity() -> InvalidToken:
+    return InvalidToken(
+        "The bearer token is not valid", headers={"WWW-Authenticate": f'{REALM}, error="invalid_token"'}
+    )
+
+
+def _check_identity(claims: VerifiedClaims) -> None:
+    if (
+        not TENANT_ID_RE.fullmatch(claims.tenant)
+        or not _USER_RE.fullmatch(claims.subject)
+        or not all(_ROLE_RE.fullmatch(role) for role in claims.roles)
+    ):
+        METRICS.auth_failures.labels("bad_identity").inc()
+        raise _invalid_identity()
+
+
+async def apply_tenancy(ctx: RequestContext) -> web.StreamResponse | None:
+    route, claims = ctx.route, ctx.claims
+    if route is None or route.auth != "jwt" or claims is None:
+        return None  # auth: none / webhook: no identity, nothing to check
+    assert ctx.target is not None
+    _check_identity(claims)
+    own = claims.tenant
+    template = ctx.runtime.tenant_templates.get(route.name)
+    named: str | None = None
+    if template is not None:
+        try:
+            named = template.tenant_of(ctx.target.path, ctx.request.host)
+        except TenantNotNamed:
+            await _refuse_mismatch(ctx, own, None)
+        # Host names are case-insensitive: a host template yields a lower-case tenant.
+        if named == (own.lower() if template.kind == "host" else own):
+            named = None
+    if named is None:
+        ctx.tenant = own
+        if route.roles and set(route.roles).isdisjoint(claims.roles):
+            METRICS.auth_failures.labels("role_missing").inc()
+            raise Forbidden("Your roles do not allow this route")
+        return None
+    if SUPPORT_ROLE in claims.roles and await _act_under_grant(ctx, claims, named):
+        return None
+    await _refuse_mismatch(ctx, own, named)
+    return None  # not reached: _refuse_mismatch raises
+
+
+async def _act_under_grant(ctx: RequestContext, claims: VerifiedClaims, tenant: str) -> bool:
+    """True when an active grant of ``tenant`` lets this support user act there (audited)."""
+    assert ctx.route is not None and ctx.target is not None
+    services = ctx.runtime.services
+    grant = services.grants.find(tenant, claims.subject, ctx.route.module)
+    if grant is None:
+        return False
+    # SECURITY: a tenant-wide (or per-user) revocation in the granting tenant stops support
+    # users acting there too, whatever their own tenant says.
+    if services.revocations.is_revoked(tenant, claims.subject, claims.issued_at):
+        METRICS.auth_failures.labels("revoked").inc()
+        raise _invalid_identity()
+    ctx.tenant, ctx.grant = tenant, grant
+    structlog.contextvars.bind_contextvars(tenant=tenant)
+    try:
+        await services.audit.record(
+            "grant.used",
+            tenants=[tenant],
+            actor=claims.subject,
+            request_id=ctx.request_id,
+            details={
+                "grant": grant.id,
+                "support_tenant": claims.tenant,
+                "method": ctx.request.method,
+                "path": ctx.target.path,
+                "route": ctx.route.name,
+                "module": ctx.route.module,
+            },
+        )
+    except (OSError, ValueError):
+        # SECURITY: support access that cannot be accounted for is not granted (fail closed).
+        log.error("grant_audit_failed", request_id=ctx.request_id)
+        raise StoreUnavailable("Support access cannot be audited right now") from None
+    return True
+
+
+async def _refuse_mismatch(ctx: RequestContext, own: str, named: str | None) -> None:
+    assert ctx.route is not None and ctx.target is not None
+    METRICS.auth_failures.labels("tenant_mismatch").inc()
+    tenants = [own] if named is None else [own, named]  # App. B: both trails
+    try:
+        await ctx.runtime.services.audit.record(
+            "tenant.mismatch",
+            tenants=tenants,
+            actor=ctx.user,
+            request_id=ctx.request_id,
+            details={
+                "token_tenant": own,
+                "requested_tenant": named,
+                "method": ctx.request.method,
+                "path": ctx.target.path,
+                "route": ctx.route.name,
+            },
+        )
+    except (OSError, ValueError):
+        log.error("tenant_mismatch_audit_failed", request_id=ctx.request_id)
+    raise TenantMismatch("This request names a tenant your token does not act for")
+
+
+def inject_identity(ctx: RequestContext, headers: CIMultiDict[str]) -> None:
+    """SPEC §7: the acting identity and its signed context, for ``auth: jwt`` routes only."""
+    claims, tenant = ctx.claims, ctx.tenant
+    if claims is None or tenant is None or ctx.route is None or ctx.route.auth != "jwt":
+        return
+    assert ctx.target is not None
+    headers[TENANT_HEADER] = tenant
+    headers[USER_HEADER] = claims.subject
+    headers[ROLES_HEADER] = ",".join(claims.roles)
+    headers[CONTEXT_HEADER] = ctx.runtime.services.context_keys.signer.sign(
+        ctx.request.method, ctx.target.upstream_target, tenant, claims.subject, claims.roles, ctx.request_id
+    )
+
+
+async def check_tenant_echo(
+    ctx: RequestContext, status: int, headers: CIMultiDict[str] | CIMultiDictProxy[str]
+) -> None:
+    """SPEC §7 response check: an upstream answer for another tenant never reaches the client."""
+    route, tenant = ctx.route, ctx.tenant
+    if route is None or route.auth != "jwt" or tenant is None:
+        return
+    echoes: Sequence[str] = headers.getall(TENANT_HEADER, ())
+    if not echoes:
+        if route.require_tenant_echo:
+            await _block_leak(ctx, status, "missing", ())
+        return
+    if any(echo != tenant for echo in echoes):
+        await _block_leak(ctx, status, "mismatch", echoes)
+
+
+async def _block_leak(ctx: RequestContext, status: int, reason: str, echoes: Sequence[str]) -> None:
+    assert ctx.route is not None and ctx.target is not None and ctx.tenant is not None
+    claimed = [e[:128] for e in echoes[:_MAX_CLAIMED]]
+    others = [c for c in dict.fromkeys(claimed) if c != ctx.tenant and TENANT_ID_RE.fullmatch(c)]
+    log.warning("tenant_leak_blocked", reason=reason, route=ctx.route.name, upstream_status=status)
+    try:
+        await ctx.runtime.services.audit.record(
+            "tenant.leak_blocked",
+            tenants=[ctx.tenant, *others],  # the acting tenant and whoever the data claims to be
+            actor=ctx.user,
+            request_id=ctx.request_id,
+            details={
+                "reason": reason,
+                "claimed_tenants": claimed,
+                "upstream_status": status,
+                "method": ctx.request.method,
+                "path": ctx.target.path,
+                "route": ctx.route.name,
+            },
+        )
+    except (OSError, ValueError):
+        log.error("tenant_leak_audit_failed", request_id=ctx.request_id)
+    raise TenantLeakBlocked(
+        "The upstream's answer did not carry the request's tenant; it was withheld"
+        if reason == "missing"
+        else "The upstream answered for another tenant; its response was withheld"
+    )
