@@ -1,0 +1,58 @@
+"""``GET /admin/lockouts`` and ``DELETE /admin/lockouts?ip=…|username=…`` (SPEC §8, App. B).
+
+Usernames are never stored in clear: the listing shows each locked username as its keyed hash,
+and clearing by username hashes the given name the same way (after canonicalisation).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from aiohttp import web
+
+from gateway.admin.context import ActorKey, AuditKey, RuntimeKey
+from gateway.audit import SYSTEM_TRAIL
+from gateway.context import request_id_for
+from gateway.errors import BadRequest
+from gateway.json_body import json_response
+from gateway.ratelimit.keys import canonical_username
+from gateway.ratelimit.lockout import Subject
+
+
+async def list_lockouts(request: web.Request) -> web.Response:
+    lockouts = await request.app[RuntimeKey]().rate_limits.lockouts.list()
+    return json_response({"lockouts": lockouts})
+
+
+def _subject(request: web.Request) -> Subject:
+    ip, username = request.query.get("ip"), request.query.get("username")
+    if (ip is None) == (username is None):
+        raise BadRequest("Give exactly one of ?ip= or ?username=")
+    if ip is not None:
+        try:
+            return Subject("ip", str(ipaddress.ip_address(ip)))
+        except ValueError:
+            raise BadRequest("'ip' must be an IP address") from None
+    assert username is not None
+    if not canonical_username(username) or len(username) > 256:
+        raise BadRequest("'username' must be a non-empty name")
+    lockouts = request.app[RuntimeKey]().rate_limits.lockouts
+    return Subject("user", lockouts.username_hash(username))
+
+
+async def clear_lockout(request: web.Request) -> web.Response:
+    subject = _subject(request)
+    cleared = await request.app[RuntimeKey]().rate_limits.lockouts.clear(subject)
+    await request.app[AuditKey].record(
+        "ratelimit.lockout_cleared",
+        tenants=[SYSTEM_TRAIL],
+        actor=request[ActorKey],
+        request_id=request_id_for(request.headers.get("X-Request-ID")),
+        details={"kind": subject.kind, "subject": subject.id, "was_locked": cleared},
+    )
+    return json_response({"kind": subject.kind, "subject": subject.id, "cleared": cleared})
+
+
+def add_lockout_routes(app: web.Application) -> None:
+    app.router.add_get("/admin/lockouts", list_lockouts)
+    app.router.add_delete("/admin/lockouts", clear_lockout)

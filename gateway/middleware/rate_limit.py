@@ -1,0 +1,158 @@
+"""SPEC §3.4 / §3.7 / §8: the rate-limit stages and the login-failure response check.
+
+``limit_pre_auth`` counts ``rate_limits.pre_auth`` by client IP before any token is verified
+(the cheap shed); ``limit_route`` counts the route's policies once user and acting tenant are
+known, and on ``login: true`` routes refuses locked IPs and usernames before the upstream sees
+the attempt. ``check_login_outcome`` runs on the upstream's status: 401/403 are failures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import parse_qsl
+
+import orjson
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from gateway.context import RequestContext
+from gateway.errors import LockedOut, PayloadTooLarge, RateLimited
+from gateway.middleware.webhook import DEFAULT_MAX_BODY as WEBHOOK_MAX_BODY
+from gateway.proxy import send_continue
+from gateway.ratelimit.headers import POLICY_HEADER, STATE_HEADER, retry_after, state_header
+from gateway.ratelimit.limiter import Verdict
+from gateway.ratelimit.policies import LimitItem
+from gateway.ratelimit.service import RateLimitRuntime
+
+DEFAULT_MAX_BODY = 64 * 1024  # a login form or JSON body; routes may set max_body
+_FAILURE_STATUSES = frozenset((401, 403))
+
+
+def _checks(
+    ctx: RequestContext, rl: RateLimitRuntime, items: tuple[LimitItem, ...], fields: Mapping[str, Any] | None
+) -> list[tuple[LimitItem, str]]:
+    method = ctx.request.method
+    digest = rl.backend.hash
+    checks = []
+    for item in items:
+        if item.applies(method) and (value := item.key.raw_value(ctx, fields)) is not None:
+            checks.append((item, digest(value)))
+    return checks
+
+
+def _apply(ctx: RequestContext, verdict: Verdict | None) -> None:
+    if verdict is None:  # on_store_failure: allow while the store is down
+        return
+    item = verdict.item
+    headers = ctx.response_headers
+    headers[POLICY_HEADER] = item.policy_header
+    headers[STATE_HEADER] = state_header(item.policy, verdict.remaining, verdict.reset_in)
+    if not verdict.allowed:
+        wait = retry_after(verdict.reset_in)
+        raise RateLimited(
+            "Too many requests; retry later",
+            headers={"Retry-After": str(wait)},
+            extensions={"retry_after": wait},
+        )
+
+
+async def limit_pre_auth(ctx: RequestContext) -> web.StreamResponse | None:
+    rl = ctx.runtime.rate_limits
+    if rl is None or not rl.compiled.pre_auth:
+        return None
+    checks = _checks(ctx, rl, rl.compiled.pre_auth, None)
+    if checks:
+        verdict = await rl.backend.check(checks, rl.compiled, "pre_auth", state=False)
+        if verdict is not None and not verdict.allowed:
+            _apply(ctx, verdict)  # raises; an allowed pre_auth item adds no headers of its own
+    return None
+
+
+async def limit_route(ctx: RequestContext) -> web.StreamResponse | None:
+    rl = ctx.runtime.rate_limits
+    route = ctx.route
+    if rl is None or route is None:
+        return None
+    compiled = rl.compiled
+    items = compiled.by_route.get(route.name, ())
+    if not items and route.name not in compiled.needs_body:
+        return None  # the common case: nothing to count, nothing to read
+    fields = await read_body_fields(ctx) if route.name in compiled.needs_body else None
+    checks = _checks(ctx, rl, items, fields)
+    limited = rl.backend.check(checks, compiled, "route") if checks else _nothing()
+    if not route.login:
+        _apply(ctx, await limited)
+        return None
+    username = fields.get(compiled.login.username_field) if fields is not None else None
+    subjects = rl.lockouts.subjects(ctx.client_ip, username if isinstance(username, str) else None)
+    ctx.login_subjects = subjects
+    verdict, locked = await asyncio.gather(limited, rl.lockouts.locked_for(subjects))
+    if locked is not None:
+        wait = retry_after(locked)
+        # SECURITY: credential stuffing — a locked IP or username never reaches the upstream.
+        raise LockedOut(
+            "Too many failed attempts; retry later",
+            headers={"Retry-After": str(wait)},
+            extensions={"retry_after": wait},
+        )
+    _apply(ctx, verdict)
+    return None
+
+
+async def _nothing() -> None:
+    return None
+
+
+async def read_body_fields(ctx: RequestContext) -> Mapping[str, Any]:
+    """Read the body whole (bounded), keep the exact bytes for the proxy, parse JSON or form."""
+    request = ctx.request
+    route = ctx.route
+    limit = DEFAULT_MAX_BODY
+    if route is not None:  # a webhook route keeps its own default: the signature stage reuses ctx.body
+        limit = route.max_body or (WEBHOOK_MAX_BODY if route.auth == "webhook" else DEFAULT_MAX_BODY)
+    if ctx.body is None:
+        if (request.content_length or 0) > limit:
+            raise PayloadTooLarge("The request body is larger than this route allows")
+        if not request.body_exists:
+            return {}
+        send_continue(ctx)  # every check that needs no body has passed
+        chunks, size = [], 0
+        async for chunk in request.content.iter_chunked(64 * 1024):
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge("The request body is larger than this route allows")
+            chunks.append(chunk)
+        ctx.body = b"".join(chunks)  # forwarded intact by the proxy
+    return parse_fields(request.content_type, ctx.body)
+
+
+def parse_fields(content_type: str, body: bytes) -> Mapping[str, Any]:
+    """Top-level fields of a JSON object or a urlencoded form; {} for anything else."""
+    if content_type == "application/x-www-form-urlencoded":
+        try:
+            return dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True))
+        except (UnicodeDecodeError, ValueError):
+            return {}
+    if content_type == "application/json" or content_type.endswith("+json"):
+        try:
+            value = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return {}
+        return value if isinstance(value, dict) else {}
+    return {}
+
+
+async def check_login_outcome(
+    ctx: RequestContext, status: int, headers: CIMultiDict[str] | CIMultiDictProxy[str]
+) -> None:
+    """RESPONSE_CHECKS entry: upstream 401/403 on a login route count as failures."""
+    subjects = ctx.login_subjects
+    rl = ctx.runtime.rate_limits
+    if subjects is None or rl is None:
+        return
+    if status in _FAILURE_STATUSES:
+        await rl.lockouts.record_failure(subjects, ctx.request_id)
+    elif 200 <= status < 400:
+        await rl.lockouts.record_success(subjects)

@@ -1,0 +1,303 @@
+"""Where counts live and what happens when that place is gone (SPEC §8, issue 6 item 5).
+
+One ``RateLimitBackend`` per process, shared by every runtime (a reload keeps connections and
+counters): a ``memory://`` storage always, plus the shared Redis storage of the ``limits``
+library when ``state.url`` is Redis (redis-py implementation, errors wrapped into
+``StorageError``). Strategies come from ``limits.aio.strategies``; nothing is hand-rolled here.
+
+A dead or hung Redis never holds a request: every stage's calls run under ``store_timeout``
+(default 300 ms, well under the 1 s socket timeout), the first failure opens a circuit
+breaker, and while it is open requests go straight to the configured failure mode —
+``local`` (the per-process memory storage takes over at once), ``allow`` or ``deny`` (503) —
+with no store call at all. One background probe pings Redis every second and closes the
+breaker when it answers; a warning is logged once per outage and a gauge shows the state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from limits.aio.storage import MemoryStorage, RedisStorage, Storage
+from limits.aio.strategies import STRATEGIES, RateLimiter
+from limits.errors import StorageError
+from limits.util import WindowStats
+from redis.asyncio import ConnectionPool, SSLConnection
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from gateway.errors import StoreUnavailable
+from gateway.ratelimit.keys import ValueHasher, derive_hash_key
+from gateway.ratelimit.metrics import DECISIONS, STORE_FAILURES, STORE_UP
+from gateway.ratelimit.pipelined import PIPELINED, PipelinedHits, ScriptsMissing
+from gateway.ratelimit.policies import CompiledLimits, LimitItem
+from gateway.state.redis_url import RedisTarget, parse_redis_url
+
+log = structlog.get_logger("gateway.ratelimit")
+KEY_PREFIX = "sgw:rl"
+PROBE_INTERVAL = 1.0
+STORE_ERRORS = (StorageError, RedisError, OSError, TimeoutError, StoreUnavailable)
+
+EXACT_RESET = frozenset(("moving-window", "fixed-window"))
+DENY_CACHE_LIMIT = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The outcome of one stage: allowed or not, and the binding item's window state."""
+
+    allowed: bool
+    item: LimitItem
+    remaining: int
+    reset_in: float  # seconds until the binding item frees capacity
+    source: str  # "shared" or "local"
+
+
+def _redis_pool(target: RedisTarget) -> tuple[ConnectionPool, list[Any]]:
+    """Like the state store's pool (gateway.state.redis): no driver retries, short socket
+    timeouts. Not the blocking pool: its condition variable and timeout cost ~90 µs per
+    command, and every stage is bounded by ``store_timeout`` anyway. The cap is high so a
+    burst opens connections rather than failing (an exhausted pool counts as a store failure)."""
+    kwargs: dict[str, Any] = dict(target.options)
+    kwargs.update(retry=Retry(NoBackoff(), 0), username=target.username, password=target.password)
+    kwargs.setdefault("max_connections", 1024)
+    if target.scheme == "redis+sentinel":
+        assert target.service is not None
+        sentinel_kwargs = {k: v for k, v in target.options.items() if k.startswith("socket_")}
+        sentinel_kwargs.update(password=target.sentinel_password, retry=Retry(NoBackoff(), 0))
+        sentinel = Sentinel(list(target.hosts), sentinel_kwargs=sentinel_kwargs)
+        client = sentinel.master_for(
+            target.service, connection_pool_class=SentinelConnectionPool, db=target.db, **kwargs
+        )
+        return client.connection_pool, list(sentinel.sentinels)
+    (host, port), *_ = target.hosts
+    if kwargs.pop("ssl", False):
+        kwargs["connection_class"] = SSLConnection
+    return ConnectionPool(host=host, port=port, db=target.db, **kwargs), []
+
+
+class CircuitBreaker:
+    """Open after a failure; one background probe closes it when the store answers again."""
+
+    def __init__(self, storage: Storage, timeout: float) -> None:
+        self._storage = storage
+        self._timeout = timeout
+        self.open = False
+        self._probe: asyncio.Task[None] | None = None
+
+    def trip(self, error: BaseException) -> None:
+        STORE_FAILURES.inc()
+        if self.open:
+            return
+        self.open = True
+        STORE_UP.set(0)
+        # Warned once per outage; the error's class only (driver messages may name hosts).
+        log.warning("ratelimit_store_unavailable", error=type(error).__name__, detail="failure mode in force")
+        self._probe = asyncio.get_running_loop().create_task(self._wait_for_recovery())
+
+    async def _wait_for_recovery(self) -> None:
+        while True:
+            await asyncio.sleep(PROBE_INTERVAL)
+            with contextlib.suppress(*STORE_ERRORS):
+                async with asyncio.timeout(self._timeout):
+                    if await self._storage.check():
+                        break
+        self.open = False
+        STORE_UP.set(1)
+        log.info("ratelimit_store_recovered")
+
+    async def close(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe
+
+
+class RateLimitBackend:
+    """Storages, strategies and the breaker for one process; every runtime shares it."""
+
+    def __init__(self, state_url: str, *, probe_timeout: float = 0.5) -> None:
+        self.hash = ValueHasher(derive_hash_key())
+        self.memory = MemoryStorage()
+        self._local = {name: cls(self.memory) for name, cls in STRATEGIES.items()}
+        self._pool: ConnectionPool | None = None
+        self._sentinels: list[Any] = []  # sentinel clients, closed with the backend
+        self.shared: RedisStorage | None = None
+        self._remote: dict[str, RateLimiter] = {}
+        self.breaker: CircuitBreaker | None = None
+        self._pipelined: PipelinedHits | None = None
+        # (prefix, quota, window, value) → monotonic time until which that bucket is full.
+        self._full_until: dict[tuple[str, int, int, str], float] = {}
+        self._decisions: dict[tuple[str, str], Any] = {}
+        STORE_UP.set(1)  # memory is always up; the breaker lowers it while Redis is away
+        if not state_url.startswith("local:"):
+            self._pool, self._sentinels = _redis_pool(parse_redis_url(state_url))
+            self.shared = RedisStorage(
+                "async+redis://",
+                implementation="redispy",
+                wrap_exceptions=True,
+                key_prefix=KEY_PREFIX,
+                connection_pool=self._pool,
+            )
+            self._remote = {name: cls(self.shared) for name, cls in STRATEGIES.items()}
+            self.breaker = CircuitBreaker(self.shared, probe_timeout)
+            self._pipelined = PipelinedHits(self.shared)
+
+    @property
+    def store_down(self) -> bool:
+        return self.breaker is not None and self.breaker.open
+
+    async def check(
+        self,
+        checks: Sequence[tuple[LimitItem, str]],
+        settings: CompiledLimits,
+        stage: str,
+        *,
+        state: bool = True,
+    ) -> Verdict | None:
+        """Hit every item concurrently; None when nothing was checked (mode ``allow``).
+        Raises ``StoreUnavailable`` in mode ``deny`` while the shared store is down.
+        ``state=False``: an admitted request needs no window state (no headers), so none is read."""
+        known = self._known_full(checks)
+        if known is not None:
+            self._count(stage, "limited")
+            return known
+        if self.shared is None:
+            return await self._run(self._local, checks, stage, "local", state)
+        assert self.breaker is not None
+        if not self.breaker.open:
+            try:
+                async with asyncio.timeout(settings.store_timeout):
+                    return await self._run(self._remote, checks, stage, "shared", state)
+            except STORE_ERRORS as error:
+                self.breaker.trip(error)
+        return await self.fail_over(checks, settings, stage, state)
+
+    def _known_full(self, checks: Sequence[tuple[LimitItem, str]]) -> Verdict | None:
+        """A bucket refused earlier stays full until its reset time: for moving and fixed
+        windows counts only fall as time passes, and no instance can free capacity sooner. So
+        a flood is refused from memory, without a store round trip per request (exact)."""
+        if not self._full_until:
+            return None
+        now = time.monotonic()
+        for item, value in checks:
+            until = self._full_until.get((item.prefix, item.quota, item.window, value))
+            if until is not None and until > now:
+                return Verdict(False, item, 0, until - now, "cache")
+        return None
+
+    def _remember_full(self, item: LimitItem, value: str, reset_in: float) -> None:
+        if item.strategy not in EXACT_RESET or reset_in <= 0:
+            return
+        if len(self._full_until) >= DENY_CACHE_LIMIT:
+            now = time.monotonic()
+            self._full_until = {k: v for k, v in self._full_until.items() if v > now}
+            if len(self._full_until) >= DENY_CACHE_LIMIT:
+                self._full_until.clear()
+        self._full_until[(item.prefix, item.quota, item.window, value)] = time.monotonic() + reset_in
+
+    async def fail_over(
+        self,
+        checks: Sequence[tuple[LimitItem, str]],
+        settings: CompiledLimits,
+        stage: str,
+        state: bool = True,
+    ) -> Verdict | None:
+        mode = settings.on_store_failure
+        if mode == "deny":
+            self._count(stage, "refused")
+            raise StoreUnavailable("Rate limits cannot be checked right now; try again shortly")
+        if mode == "allow":
+            self._count(stage, "unchecked")
+            return None
+        self._count(stage, "fallback")
+        return await self._run(self._local, checks, stage, "local", state)
+
+    async def _run(
+        self,
+        strategies: dict[str, RateLimiter],
+        checks: Sequence[tuple[LimitItem, str]],
+        stage: str,
+        source: str,
+        state: bool,
+    ) -> Verdict:
+        # The most restrictive item: the smallest quota (App. B shows `q=50;w=1` for
+        # "50/second;2000/minute"), the longer window on a tie. Static, so no extra reads.
+        static = min(range(len(checks)), key=lambda i: checks[i][0].strictness)
+        results, stats = await self._hit(strategies, checks, static if state else None)
+        binding = next((i for i, ok in enumerate(results) if not ok), None)
+        allowed = binding is None
+        counted = source == "shared" or self.shared is None  # fallback decisions were counted already
+        if binding is None:
+            binding = static
+            if not state:
+                if counted:
+                    self._count(stage, "ok")
+                return Verdict(True, checks[binding][0], -1, 0.0, source)
+        elif binding != static:
+            stats = None  # the refusing item's state is the one to report
+        item, value = checks[binding]
+        if stats is None:  # window state is read for the binding item only
+            stats = await self._state(strategies, item, value)
+        if counted or not allowed:
+            self._count(stage, "ok" if allowed else "limited")
+        reset_in = stats.reset_time - time.time()
+        if not allowed and counted:  # fallback counts are not the truth: never remembered
+            self._remember_full(item, value, reset_in)
+        return Verdict(allowed, item, stats.remaining, reset_in, source)
+
+    async def _hit(
+        self,
+        strategies: dict[str, RateLimiter],
+        checks: Sequence[tuple[LimitItem, str]],
+        state_of: int | None,
+    ) -> tuple[Sequence[bool], WindowStats | None]:
+        pipelined = self._pipelined
+        # One command alone is cheaper as it is; two or more share one round trip.
+        worth_it = len(checks) > 1 or state_of is not None
+        if strategies is self._remote and pipelined is not None and worth_it and pipelined.supports(checks):
+            try:
+                return await pipelined.run(checks, state_of)
+            except ScriptsMissing:
+                pass  # the public calls below load the scripts (first use, or Redis restarted)
+        return await self._hit_all(strategies, checks), None
+
+    async def _state(self, strategies: dict[str, RateLimiter], item: LimitItem, value: str) -> WindowStats:
+        pipelined = self._pipelined
+        if strategies is self._remote and pipelined is not None and item.strategy in PIPELINED:
+            with contextlib.suppress(ScriptsMissing):
+                return await pipelined.state(item, value)
+        return await strategies[item.strategy].get_window_stats(item.item, item.prefix, value)
+
+    @staticmethod
+    async def _hit_all(
+        strategies: dict[str, RateLimiter], checks: Sequence[tuple[LimitItem, str]]
+    ) -> Sequence[bool]:
+        if len(checks) == 1:
+            item, value = checks[0]
+            return (await strategies[item.strategy].hit(item.item, item.prefix, value, cost=item.cost),)
+        # limits has no batch call: the hits of one stage go out together, never one by one.
+        return await asyncio.gather(
+            *(strategies[i.strategy].hit(i.item, i.prefix, v, cost=i.cost) for i, v in checks)
+        )
+
+    def _count(self, stage: str, result: str) -> None:
+        child = self._decisions.get((stage, result))
+        if child is None:  # labels() hashes and locks on every call: look each child up once
+            child = self._decisions[(stage, result)] = DECISIONS.labels(stage, result)
+        child.inc()
+
+    async def close(self) -> None:
+        if self.breaker is not None:
+            await self.breaker.close()
+        if self._pool is not None:
+            await self._pool.disconnect()
+        for client in self._sentinels:
+            await client.aclose()

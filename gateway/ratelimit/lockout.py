@@ -1,0 +1,183 @@
+"""Login failure counting and lockouts (SPEC §8), kept in the state store so they hold across
+instances and survive restarts.
+
+Store layout (StateStore keys): ``rl:fail:ip:<ip>`` / ``rl:fail:user:<hash>`` failure counters
+(a fixed window of ``login.window``); ``rl:lock:<kind>:<subject>`` the lockout record, expiring
+with the lockout; ``rl:level:<kind>:<subject>`` how many lockouts this subject has had lately
+(each doubles the next, up to ``max_lockout``; forgotten 2 x max_lockout after the first).
+Usernames appear only as keyed hashes of their canonical form — never in clear, in the store,
+the audit trail or the logs.
+
+A lockout starts with the failure that reaches the threshold (App. B). The failure counter is
+not reset by a lockout, so each failure after one expires (within the window) locks again,
+for twice as long. A successful login resets that username's counter (the account's owner
+got in) but never an IP's: one valid account must not launder a stuffing source.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import orjson
+import structlog
+
+from gateway.audit import SYSTEM_TRAIL, AuditTrail
+from gateway.errors import StoreUnavailable
+from gateway.ratelimit.keys import canonical_username
+from gateway.ratelimit.limiter import STORE_ERRORS, RateLimitBackend
+from gateway.ratelimit.metrics import LOCKOUTS
+from gateway.ratelimit.model import LoginProtectionConfig, StoreFailureMode
+from gateway.redaction import truncate_ip
+from gateway.state import StateStore
+
+log = structlog.get_logger("gateway.ratelimit")
+T = TypeVar("T")
+LOCK_PREFIX = "rl:lock:"
+
+
+@dataclass(frozen=True, slots=True)
+class Subject:
+    kind: str  # "ip" or "user"
+    id: str  # the IP, or the username's keyed hash
+
+    def key(self, part: str) -> str:
+        return f"rl:{part}:{self.kind}:{self.id}"
+
+
+class LockoutService:
+    def __init__(
+        self,
+        store: StateStore,
+        audit: AuditTrail,
+        backend: RateLimitBackend,
+        config: LoginProtectionConfig,
+        *,
+        mode: StoreFailureMode,
+        timeout: float,
+    ) -> None:
+        self._store = store
+        self._audit = audit
+        self._backend = backend
+        self.config = config
+        self._mode = mode
+        self._timeout = timeout
+        self._background: set[asyncio.Task[None]] = set()
+
+    def subjects(self, ip: str, username: str | None) -> list[Subject]:
+        found = [Subject("ip", ip)]
+        if username is not None:
+            found.append(Subject("user", self.username_hash(username)))
+        return found
+
+    def username_hash(self, username: str) -> str:
+        return self._backend.hash(canonical_username(username))
+
+    async def _guarded(self, call: Callable[[], Awaitable[T]]) -> T | None:
+        """A store call bounded like the rate limits: breaker open or failure → None, or 503
+        in mode ``deny``."""
+        if not self._backend.store_down:
+            try:
+                async with asyncio.timeout(self._timeout):
+                    return await call()
+            except STORE_ERRORS as error:
+                if self._backend.breaker is not None:
+                    self._backend.breaker.trip(error)
+                else:
+                    log.warning("lockout_store_error", error=type(error).__name__)
+        if self._mode == "deny":
+            raise StoreUnavailable("Login protection cannot be checked right now; try again shortly")
+        return None
+
+    async def locked_for(self, subjects: list[Subject]) -> float | None:
+        """Seconds left of the longest lockout among ``subjects``, or None."""
+
+        async def read() -> list[bytes | None]:
+            return list(await asyncio.gather(*(self._store.get(s.key("lock")) for s in subjects)))
+
+        records = await self._guarded(read) or []
+        now = time.time()
+        left = [orjson.loads(raw)["until"] - now for raw in records if raw is not None]
+        longest = max(left, default=0.0)
+        return longest if longest > 0 else None
+
+    async def record_failure(self, subjects: list[Subject], request_id: str) -> None:
+        window = self.config.window
+
+        async def count() -> list[int]:
+            return list(
+                await asyncio.gather(*(self._store.incr(s.key("fail"), ttl=window) for s in subjects))
+            )
+
+        counts = await self._guarded(count)
+        if counts is None:
+            return
+        for subject, failures in zip(subjects, counts, strict=True):
+            limit = self.config.failures_per_ip if subject.kind == "ip" else self.config.failures_per_username
+            if failures >= limit:
+                await self._guarded(lambda s=subject, n=failures: self._lock(s, n, request_id))
+
+    async def record_success(self, subjects: list[Subject]) -> None:
+        users = [s.key("fail") for s in subjects if s.kind == "user"]  # never the IP (module doc)
+        if users:
+            await self._guarded(lambda: self._store.delete(*users))
+
+    async def _lock(self, subject: Subject, failures: int, request_id: str) -> None:
+        cfg = self.config
+        level = await self._store.incr(subject.key("level"), ttl=2 * cfg.max_lockout)
+        duration = min(cfg.base_lockout * 2 ** min(level - 1, 40), cfg.max_lockout)
+        now = time.time()
+        record = {
+            "kind": subject.kind,
+            "subject": subject.id,
+            "level": level,
+            "since": now,
+            "until": now + duration,
+        }
+        await self._store.set(subject.key("lock"), orjson.dumps(record), ttl=duration)
+        self._spawn(self._announce(subject, level, duration, failures, request_id))
+
+    async def _announce(
+        self, subject: Subject, level: int, duration: float, failures: int, request_id: str
+    ) -> None:
+        shown = truncate_ip(subject.id) if subject.kind == "ip" else subject.id
+        log.warning("ratelimit_lockout", kind=subject.kind, subject=shown, level=level, seconds=duration)
+        LOCKOUTS.labels(subject.kind).inc()
+        details = {"kind": subject.kind, "subject": subject.id, "level": level, "seconds": duration}
+        details["failures"] = failures
+        try:
+            await self._audit.record(
+                "ratelimit.lockout",
+                tenants=[SYSTEM_TRAIL],
+                actor="gateway",
+                request_id=request_id,
+                details=details,
+            )
+        except OSError:
+            log.error("ratelimit_lockout_unaudited", kind=subject.kind)
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- operator side (admin API) ---------------------------------------------------------
+    async def list(self) -> list[dict[str, Any]]:
+        """Active lockouts; raises ``StoreUnavailable``."""
+        keys = await self._store.keys(LOCK_PREFIX)
+        values = await asyncio.gather(*(self._store.get(k) for k in keys))
+        now = time.time()
+        found = [orjson.loads(v) for v in values if v is not None]
+        active = [r for r in found if r["until"] > now]
+        for record in active:
+            record["retry_after"] = max(1, int(record["until"] - now + 0.999))
+        return sorted(active, key=lambda r: (r["kind"], r["subject"]))
+
+    async def clear(self, subject: Subject) -> bool:
+        """Forget the lockout, its failures and its level; True when a lockout was active."""
+        deleted = await self._store.delete(subject.key("lock"))
+        await self._store.delete(subject.key("fail"), subject.key("level"))
+        return deleted > 0

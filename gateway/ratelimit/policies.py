@@ -1,0 +1,120 @@
+"""Config → compiled rate-limit items, built once per runtime and only applied per request.
+
+A rule ``{key: user, limit: "50/second;2000/minute"}`` becomes two ``LimitItem``s sharing a
+key spec. Each item's store identity holds its strategy and a rule identity, so a reload that
+changes a rule's strategy (a list in Redis for moving-window, a counter for fixed-window)
+starts new keys instead of colliding with the old ones (WRONGTYPE errors, or a fixed window
+reading a moving window's list).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from limits import RateLimitItem, parse_many
+
+from gateway.config.model import GatewayConfig, RouteConfig
+from gateway.ratelimit.headers import policy_header
+from gateway.ratelimit.keys import KeySpec
+from gateway.ratelimit.model import LoginProtectionConfig, RateLimitRule, StoreFailureMode
+
+PRE_AUTH_POLICY = "pre_auth"
+_STRATEGY_TAGS = {"moving-window": "mw", "sliding-window-counter": "swc", "fixed-window": "fw"}
+
+
+@dataclass(frozen=True, slots=True)
+class LimitItem:
+    policy: str  # the name shown in RateLimit-Policy / RateLimit
+    item: RateLimitItem
+    key: KeySpec
+    methods: frozenset[str] | None
+    cost: int
+    strategy: str
+    prefix: str  # "<strategy tag>.<rule id>": the first identifier of every store key
+    quota: int
+    window: int  # seconds
+    strictness: tuple[int, int]  # (quota, -window): the smallest is the most restrictive
+    policy_header: str  # precomputed RateLimit-Policy value
+
+    def applies(self, method: str) -> bool:
+        return self.methods is None or method in self.methods
+
+
+@dataclass(frozen=True)
+class CompiledLimits:
+    pre_auth: tuple[LimitItem, ...]
+    by_route: Mapping[str, tuple[LimitItem, ...]]
+    needs_body: frozenset[str]  # routes whose items (or login protection) read body fields
+    login: LoginProtectionConfig
+    on_store_failure: StoreFailureMode
+    store_timeout: float
+
+    @property
+    def empty(self) -> bool:
+        return not self.pre_auth and not self.by_route
+
+
+def _rule_id(scope: str, index: int, rule: RateLimitRule) -> str:
+    methods = ",".join(sorted(rule.methods)) if rule.methods is not None else "*"
+    text = f"{scope}\x00{index}\x00{rule.key}\x00{rule.strategy}\x00{methods}\x00{rule.cost}"
+    return hashlib.blake2b(text.encode(), digest_size=6).hexdigest()
+
+
+def compile_rule(scope: str, policy: str, index: int, rule: RateLimitRule) -> list[LimitItem]:
+    prefix = f"{_STRATEGY_TAGS[rule.strategy]}.{_rule_id(scope, index, rule)}"
+    key = KeySpec.parse(rule.key)
+    items = []
+    for parsed in parse_many(rule.limit):
+        window = int(parsed.get_expiry())
+        items.append(
+            LimitItem(
+                policy=policy,
+                item=parsed,
+                key=key,
+                methods=rule.methods,
+                cost=rule.cost,
+                strategy=rule.strategy,
+                prefix=prefix,
+                quota=parsed.amount,
+                window=window,
+                strictness=(parsed.amount, -window),
+                policy_header=policy_header(policy, parsed.amount, window),
+            )
+        )
+    return items
+
+
+def _compile_rules(scope: str, policy: str, rules: Iterable[RateLimitRule]) -> tuple[LimitItem, ...]:
+    return tuple(
+        item for index, rule in enumerate(rules) for item in compile_rule(scope, policy, index, rule)
+    )
+
+
+def _route_needs_body(route: RouteConfig, items: tuple[LimitItem, ...]) -> bool:
+    return route.login or any(item.key.needs_body for item in items)
+
+
+def compile_limits(config: GatewayConfig) -> CompiledLimits:
+    settings = config.rate_limits
+    policies = {
+        name: _compile_rules(f"policy:{name}", name, rules) for name, rules in settings.policies.items()
+    }
+    by_route: dict[str, tuple[LimitItem, ...]] = {}
+    needs_body = set()
+    for route in config.routes:
+        items = tuple(item for name in route.rate_limit for item in policies.get(name, ()))
+        if items:
+            by_route[route.name] = items
+        if _route_needs_body(route, items):
+            needs_body.add(route.name)
+    return CompiledLimits(
+        pre_auth=_compile_rules("pre_auth", PRE_AUTH_POLICY, settings.pre_auth),
+        by_route=MappingProxyType(by_route),
+        needs_body=frozenset(needs_body),
+        login=settings.login,
+        on_store_failure=settings.on_store_failure,
+        store_timeout=settings.store_timeout,
+    )

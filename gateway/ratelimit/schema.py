@@ -1,0 +1,135 @@
+"""The ``rate_limits`` section builder and its cross-checks (called by ``gateway.config.schema``).
+
+Limit strings are parsed here with the ``limits`` library, so a typo is a start-up error with
+its key path, never a surprise at the first request.
+"""
+
+from __future__ import annotations
+
+import re
+from types import MappingProxyType
+from typing import Any
+
+from limits import parse_many
+
+from gateway.config.reader import Node
+from gateway.ratelimit.model import (
+    STRATEGIES,
+    LoginProtectionConfig,
+    RateLimitRule,
+    RateLimitsConfig,
+)
+
+_HEADER_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}\Z")  # an RFC 9110 token
+_FIELD_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}\Z")
+_POLICY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
+PRE_AUTH_KEYS = ("ip", "route")  # nothing else is known before authentication
+_PLAIN_KEYS = ("ip", "user", "tenant", "route")
+
+
+def key_error(key: str, *, pre_auth: bool) -> str | None:
+    """Why ``key`` is not a valid rule key, or None."""
+    if pre_auth:
+        if key in PRE_AUTH_KEYS or key.startswith("header:"):
+            return _part_error(key)
+        return "pre_auth rules count by ip, route or header:NAME (no identity or body yet)"
+    if key in _PLAIN_KEYS:
+        return None
+    if key.startswith(("header:", "body:")):
+        return _part_error(key)
+    return "expected ip, user, tenant, route, header:NAME or body:FIELD"
+
+
+def _part_error(key: str) -> str | None:
+    kind, _, name = key.partition(":")
+    if kind == "header" and not _HEADER_RE.match(name):
+        return "header:NAME needs a header name"
+    if kind == "body" and not _FIELD_RE.match(name):
+        return "body:FIELD needs a field name (letters, digits, '_', '.', '-')"
+    return None
+
+
+def _rule(raw: Any, path: str, node: Node, *, pre_auth: bool, methods: frozenset[str]) -> RateLimitRule:
+    rule = Node(raw, path, node.report)
+    key = rule.string("key")
+    if key and (problem := key_error(key, pre_auth=pre_auth)):
+        rule.report.error(rule.child_path("key"), problem)
+    limit = rule.string("limit")
+    if limit:
+        try:
+            if not parse_many(limit):
+                raise ValueError
+        except ValueError:
+            rule.report.error(rule.child_path("limit"), "expected limits notation like '5/minute;100/hour'")
+    chosen: frozenset[str] | None = None
+    if rule.has("methods"):
+        chosen = frozenset(m.upper() for m in rule.string_list("methods"))
+        if unknown := sorted(chosen - methods):
+            rule.report.error(rule.child_path("methods"), f"unknown method {unknown[0]}")
+    result = RateLimitRule(
+        key=key,
+        limit=limit,
+        methods=chosen,
+        cost=rule.integer("cost", 1, minimum=1, maximum=1_000_000),
+        strategy=rule.string("strategy", "moving-window", choices=STRATEGIES),
+    )
+    rule.done()
+    return result
+
+
+def _rules(node: Node, key: str, *, pre_auth: bool, methods: frozenset[str]) -> tuple[RateLimitRule, ...]:
+    return tuple(
+        _rule(raw, path, node, pre_auth=pre_auth, methods=methods) for _, raw, path in node.items(key)
+    )
+
+
+def _login(node: Node) -> LoginProtectionConfig:
+    result = LoginProtectionConfig(
+        username_field=node.string("username_field", "username"),
+        failures_per_ip=node.integer("failures_per_ip", 20, minimum=1),
+        failures_per_username=node.integer("failures_per_username", 5, minimum=1),
+        window=node.duration("window", 900.0),
+        base_lockout=node.duration("base_lockout", 60.0),
+        max_lockout=node.duration("max_lockout", 86400.0),
+    )
+    if not _FIELD_RE.match(result.username_field):
+        node.report.error(node.child_path("username_field"), "expected a field name")
+    for name in ("window", "base_lockout", "max_lockout"):
+        if getattr(result, name) < 1:
+            node.report.error(node.child_path(name), "must be at least 1s")
+    if result.max_lockout < result.base_lockout:
+        node.report.error(node.child_path("max_lockout"), "must not be shorter than base_lockout")
+    node.done()
+    return result
+
+
+def build_rate_limits(node: Node, methods: frozenset[str]) -> RateLimitsConfig:
+    policies: dict[str, tuple[RateLimitRule, ...]] = {}
+    section = node.child("policies")
+    for name in list(section.data):
+        if not _POLICY_RE.match(str(name)):
+            section.report.error(section.child_path(str(name)), "use letters, digits, '-', '_' or '.'")
+        policies[str(name)] = _rules(section, name, pre_auth=False, methods=methods)
+    section.done()
+    result = RateLimitsConfig(
+        on_store_failure=node.string("on_store_failure", "local", choices=("local", "allow", "deny")),
+        pre_auth=_rules(node, "pre_auth", pre_auth=True, methods=methods),
+        policies=MappingProxyType(policies),
+        login=_login(node.child("login")),
+        store_timeout=node.duration("store_timeout", 0.3),
+    )
+    if not 0.01 <= result.store_timeout <= 5:
+        node.report.error(node.child_path("store_timeout"), "must be between 10ms and 5s")
+    node.done()
+    return result
+
+
+def check_rate_limit_references(config: Any, report: Any) -> None:
+    """Every policy a route names exists (a typo would silently leave the route unlimited)."""
+    policies = config.rate_limits.policies
+    for index, route in enumerate(config.routes):
+        for position, name in enumerate(route.rate_limit):
+            if name not in policies:
+                report.error(
+                    f"routes[{index}].rate_limit[{position}]", f"no rate_limits policy named {name!r}"
+                )

@@ -1,0 +1,35 @@
+"""What one runtime holds for rate limiting: its compiled items, the process's backend, and
+the lockout service (thresholds are config, the store and backend are per process)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.audit import AuditTrail
+from gateway.config.model import GatewayConfig
+from gateway.ratelimit.limiter import RateLimitBackend
+from gateway.ratelimit.lockout import LockoutService
+from gateway.ratelimit.policies import CompiledLimits, compile_limits
+from gateway.state import StateStore
+
+
+@dataclass(frozen=True)
+class RateLimitRuntime:
+    compiled: CompiledLimits
+    backend: RateLimitBackend
+    lockouts: LockoutService
+
+
+def build_rate_limit_runtime(
+    config: GatewayConfig, backend: RateLimitBackend, store: StateStore, audit: AuditTrail
+) -> RateLimitRuntime:
+    compiled = compile_limits(config)
+    lockouts = LockoutService(
+        store,
+        audit,
+        backend,
+        compiled.login,
+        mode=compiled.on_store_failure,
+        timeout=compiled.store_timeout,
+    )
+    return RateLimitRuntime(compiled=compiled, backend=backend, lockouts=lockouts)

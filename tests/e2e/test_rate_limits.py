@@ -1,0 +1,176 @@
+"""SPEC §8 through real gateways: 429 problem+json with Retry-After, RateLimit headers, every
+key type on a real Redis, client IP by trusted_proxies only, exact limits across two
+gateways, reload."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+from pathlib import Path
+
+import aiohttp
+import yaml
+
+from tests.e2e.ratelimit_support import DEPLOYMENT_ENV, limits_config, ready, send, token
+from tests.support.gateway_proc import GatewayProc
+from tests.support.upstream import Upstream
+
+
+async def test_pre_auth_limit_refuses_with_problem_and_spoofed_forwarded_for_changes_nothing(
+    tmp_path: Path, upstream: Upstream, gateway_factory, http: aiohttp.ClientSession
+) -> None:
+    config = limits_config(
+        upstream.url,
+        tmp_path,
+        {"pre_auth": [{"key": "ip", "limit": "4/minute", "strategy": "fixed-window"}]},
+        [{"name": "open", "prefix": "/", "auth": "none"}],
+    )
+    gw = ready(gateway_factory(config))
+    for _ in range(4):
+        status, _, _ = await send(http, f"{gw.url}/a")
+        assert status == 200
+    # SECURITY: an untrusted peer's X-Forwarded-For must not open a fresh bucket.
+    status, headers, body = await send(http, f"{gw.url}/a", headers={"X-Forwarded-For": "203.0.113.9"})
+    assert status == 429
+    problem = json.loads(body)
+    assert problem["type"] == "urn:shopino-gateway:rate-limited"
+    assert headers["Content-Type"] == "application/problem+json"
+    assert 1 <= int(headers["Retry-After"]) <= 60 and problem["retry_after"] == int(headers["Retry-After"])
+    assert headers["RateLimit-Policy"] == '"pre_auth";q=4;w=60'
+    assert headers["RateLimit"].startswith('"pre_auth";r=0;t=')
+    assert len(upstream.requests) == 4
+
+
+async def test_every_key_type_on_redis_with_ratelimit_headers(
+    tmp_path: Path, upstream: Upstream, redis_url: str, gateway_factory, http: aiohttp.ClientSession
+) -> None:
+    policies = {
+        "per-user": [{"key": "user", "limit": "3/minute"}],
+        "per-tenant": [{"key": "tenant", "limit": "5/minute", "strategy": "sliding-window-counter"}],
+        "per-route": [{"key": "route", "limit": "2/minute", "strategy": "fixed-window", "methods": ["POST"]}],
+        "per-key": [{"key": "header:X-Api-Key", "limit": "2/minute"}],
+        "per-name": [{"key": "body:username", "limit": "2/minute;50/hour"}],
+    }
+    routes = [
+        {"name": "users", "prefix": "/u", "rate_limit": ["per-user"]},
+        {"name": "tenants", "prefix": "/t", "rate_limit": ["per-tenant"]},
+        {"name": "posts", "prefix": "/p", "auth": "none", "rate_limit": ["per-route"]},
+        {"name": "keys", "prefix": "/k", "auth": "none", "rate_limit": ["per-key"]},
+        {"name": "names", "prefix": "/n", "auth": "none", "rate_limit": ["per-name"]},
+        {"name": "plain", "prefix": "/plain", "auth": "none"},
+    ]
+    gw = ready(
+        gateway_factory(
+            limits_config(upstream.url, tmp_path, {"policies": policies}, routes, state={"url": redis_url})
+        )
+    )
+    alice, bob = {"Authorization": f"Bearer {token('alice')}"}, {"Authorization": f"Bearer {token('bob')}"}
+
+    remaining = []
+    for _ in range(3):
+        status, headers, _ = await send(http, f"{gw.url}/u/x", headers=alice)
+        assert status == 200 and headers["RateLimit-Policy"] == '"per-user";q=3;w=60'
+        remaining.append(headers["RateLimit"].split(";")[1])
+    assert remaining == ["r=2", "r=1", "r=0"]
+    assert (await send(http, f"{gw.url}/u/x", headers=alice))[0] == 429
+    assert (await send(http, f"{gw.url}/u/x", headers=bob))[0] == 200  # another user, another bucket
+
+    carol = {"Authorization": f"Bearer {token('carol', 'globex')}"}
+    statuses = [(await send(http, f"{gw.url}/t/x", headers=h))[0] for h in [alice, bob] * 3]
+    assert statuses == [200] * 5 + [429]  # alice and bob share tenant acme
+    assert (await send(http, f"{gw.url}/t/x", headers=carol))[0] == 200
+
+    assert [(await send(http, f"{gw.url}/p", method="POST"))[0] for _ in range(3)] == [200, 200, 429]
+    status, headers, _ = await send(http, f"{gw.url}/p")  # GET is not counted by the POST-only rule
+    assert status == 200
+
+    key_a, key_b = {"X-Api-Key": "key-a"}, {"X-Api-Key": "key-b"}
+    assert [(await send(http, f"{gw.url}/k", headers=key_a))[0] for _ in range(3)] == [200, 200, 429]
+    assert (await send(http, f"{gw.url}/k", headers=key_b))[0] == 200
+
+    # body:FIELD — canonical usernames share a bucket, the body reaches the upstream intact.
+    bodies = [{"username": "alice"}, {"username": " ALICE "}, {"username": "\uff41lice"}]
+    results = [await send(http, f"{gw.url}/n", method="POST", json=b) for b in bodies]
+    assert [r[0] for r in results] == [200, 200, 429]
+    assert json.loads(results[0][2])["body_length"] == len(json.dumps(bodies[0]).encode())
+    form = await send(http, f"{gw.url}/n", method="POST", data={"username": "dave"})
+    assert form[0] == 200
+    assert "RateLimit" not in (await send(http, f"{gw.url}/plain"))[1]  # no policy, no headers
+
+
+async def _burst(http: aiohttp.ClientSession, urls: list[str], method: str = "GET") -> list[int]:
+    return [r[0] for r in await asyncio.gather(*(send(http, u, method=method) for u in urls))]
+
+
+async def test_two_gateways_sharing_redis_admit_exactly_the_limit(
+    tmp_path: Path, upstream: Upstream, redis_url: str, gateway_factory, http: aiohttp.ClientSession
+) -> None:
+    policies = {
+        "mw": [{"key": "route", "limit": "10/minute", "strategy": "moving-window"}],
+        "fw": [{"key": "route", "limit": "10/minute", "strategy": "fixed-window"}],
+    }
+    routes = [
+        {"name": "moving", "prefix": "/mw", "auth": "none", "rate_limit": ["mw"]},
+        {"name": "fixed", "prefix": "/fw", "auth": "none", "rate_limit": ["fw"]},
+    ]
+    gws = []
+    for index in range(2):
+        directory = tmp_path / f"g{index}"
+        directory.mkdir()
+        config = limits_config(
+            upstream.url, directory, {"policies": policies}, routes, state={"url": redis_url}
+        )
+        gws.append(ready(gateway_factory(config, env=DEPLOYMENT_ENV)))
+    for prefix in ("/mw", "/fw"):
+        urls = [f"{gws[i % 2].url}{prefix}/x" for i in range(30)]
+        statuses = await _burst(http, urls)
+        assert statuses.count(200) == 10, (prefix, statuses)
+        assert statuses.count(429) == 20
+
+
+async def test_reload_changes_a_limit_without_dropping_in_flight_requests(
+    tmp_path: Path, upstream: Upstream, gateway_factory, http: aiohttp.ClientSession
+) -> None:
+    config = limits_config(
+        upstream.url,
+        tmp_path,
+        {"policies": {"p": [{"key": "ip", "limit": "2/minute"}]}},
+        [{"name": "open", "prefix": "/", "auth": "none", "rate_limit": ["p"]}],
+    )
+    gw: GatewayProc = ready(gateway_factory(config))
+    slow = asyncio.ensure_future(send(http, f"{gw.url}/slow?seconds=1"))
+    await asyncio.sleep(0.2)
+    config["rate_limits"]["policies"]["p"] = [{"key": "ip", "limit": "5/minute", "strategy": "fixed-window"}]
+    gw.write_config(yaml.safe_load(yaml.safe_dump(config)))
+    gw.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while '"p";q=5' not in (await send(http, f"{gw.url}/x"))[1].get("RateLimit-Policy", ""):
+        assert time.monotonic() < deadline, gw.logs()
+        await asyncio.sleep(0.1)
+    status, _, _ = await slow
+    assert status == 200  # the request that straddled the reload finished normally
+    statuses = [(await send(http, f"{gw.url}/x"))[0] for _ in range(5)]
+    assert statuses.count(429) >= 1 and statuses.count(200) >= 3
+
+
+async def test_workers_of_one_gateway_share_the_limit(
+    tmp_path: Path, upstream: Upstream, redis_url: str, gateway_factory
+) -> None:
+    policies = {"fw": [{"key": "ip", "limit": "12/minute", "strategy": "fixed-window"}]}
+    routes = [{"name": "limited", "prefix": "/", "auth": "none", "rate_limit": ["fw"]}]
+    config = limits_config(upstream.url, tmp_path, {"policies": policies}, routes, state={"url": redis_url})
+    config["listen"] = {"workers": 2}
+    gw = ready(gateway_factory(config))
+    instances: set[str] = set()
+    deadline = time.monotonic() + 15
+    while len(instances) < 2:  # both workers up (fresh connections spread over them)
+        assert time.monotonic() < deadline, gw.logs()
+        async with aiohttp.ClientSession() as fresh, fresh.get(f"{gw.url}/_gateway/health") as r:
+            instances.add((await r.json())["instance"])
+    statuses = []
+    for _ in range(30):  # a fresh connection per request: the kernel spreads them over both workers
+        async with aiohttp.ClientSession() as fresh:
+            statuses.append((await send(fresh, f"{gw.url}/x"))[0])
+    assert statuses.count(200) == 12 and statuses.count(429) == 18

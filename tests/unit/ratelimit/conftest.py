@@ -1,0 +1,50 @@
+"""The limiter's tests run on both storages: memory (local state) and a real Redis."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from types import MappingProxyType
+
+import pytest
+
+from gateway.ratelimit.limiter import RateLimitBackend
+from gateway.ratelimit.model import LoginProtectionConfig, RateLimitRule
+from gateway.ratelimit.policies import CompiledLimits, LimitItem, compile_rule
+
+
+@pytest.fixture(params=["local", "redis"])
+def state_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "local":
+        return f"local:{tmp_path / 'state'}"
+    return str(request.getfixturevalue("redis_url"))
+
+
+@pytest.fixture
+async def backend(state_url: str) -> AsyncIterator[RateLimitBackend]:
+    created = RateLimitBackend(state_url)
+    yield created
+    await created.close()
+
+
+def settings(mode: str = "local", timeout: float = 0.3) -> CompiledLimits:
+    return CompiledLimits(
+        pre_auth=(),
+        by_route=MappingProxyType({}),
+        needs_body=frozenset(),
+        login=LoginProtectionConfig(),
+        on_store_failure=mode,  # type: ignore[arg-type]
+        store_timeout=timeout,
+    )
+
+
+ItemFactory = Callable[..., list[LimitItem]]
+
+
+@pytest.fixture
+def items() -> ItemFactory:
+    def make(limit: str, *, key: str = "ip", strategy: str = "moving-window", index: int = 0, cost: int = 1):
+        rule = RateLimitRule(key=key, limit=limit, strategy=strategy, cost=cost)
+        return compile_rule("policy:test", "test", index, rule)
+
+    return make

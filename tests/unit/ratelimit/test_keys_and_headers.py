@@ -1,0 +1,44 @@
+"""Key values (canonical usernames, keyed hashes) and the RateLimit header formats."""
+
+from __future__ import annotations
+
+import base64
+
+from gateway.middleware.rate_limit import parse_fields
+from gateway.ratelimit.headers import policy_header, retry_after, state_header
+from gateway.ratelimit.keys import ValueHasher, canonical_username, derive_hash_key
+
+
+def test_aliases_of_one_username_are_one_counter() -> None:
+    forms = ["alice", "ALICE", "  Alice\t", "\uff21\uff2c\uff29\uff23\uff25"]
+    assert {canonical_username(f) for f in forms} == {"alice"}
+    assert canonical_username("stra\u00dfe") == canonical_username("STRASSE")  # casefold, not lower
+    assert canonical_username("bob") != canonical_username("b0b")
+
+
+def test_hash_is_keyed_by_the_master_key_and_stable() -> None:
+    key_a = derive_hash_key({"SHOPINO_GATEWAY_MASTER_KEY": base64.b64encode(b"a" * 32).decode()})
+    key_b = derive_hash_key({"SHOPINO_GATEWAY_MASTER_KEY": "k2:" + base64.b64encode(b"b" * 32).decode()})
+    assert key_a != key_b and derive_hash_key({}) == derive_hash_key({})
+    digest = ValueHasher(key_a)
+    assert digest("alice") == ValueHasher(key_a)("alice") != ValueHasher(key_b)("alice")
+    assert len(digest("x" * 10_000)) == 24 and "alice" not in digest("alice")
+
+
+def test_header_formats_follow_the_draft() -> None:
+    assert policy_header("api", 50, 1) == '"api";q=50;w=1'
+    assert state_header("api", 12, 0.2) == '"api";r=12;t=1'
+    assert state_header("api", -3, -1.0) == '"api";r=0;t=0'
+    assert retry_after(0.0) == 1 and retry_after(59.1) == 60
+
+
+def test_body_fields_from_json_and_forms_only() -> None:
+    assert parse_fields("application/json", b'{"username": "a", "n": 1}') == {"username": "a", "n": 1}
+    assert parse_fields("application/vnd.api+json", b'{"username": "a"}') == {"username": "a"}
+    assert parse_fields("application/x-www-form-urlencoded", b"username=a%20b&x=") == {
+        "username": "a b",
+        "x": "",
+    }
+    assert parse_fields("application/json", b"[1, 2]") == {}
+    assert parse_fields("application/json", b"{broken") == {}
+    assert parse_fields("text/plain", b"username=a") == {}

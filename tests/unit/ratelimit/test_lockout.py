@@ -1,0 +1,78 @@
+"""Lockouts on both state backends: threshold, doubling, cap, success semantics, list/clear."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from gateway.audit import AuditTrail
+from gateway.ratelimit.limiter import RateLimitBackend
+from gateway.ratelimit.lockout import LockoutService
+from gateway.ratelimit.model import LoginProtectionConfig
+from gateway.state import StateStore, open_store
+
+
+@pytest.fixture
+async def lockouts(state_url: str, tmp_path: Path) -> AsyncIterator[LockoutService]:
+    async with open_store(state_url) as store:
+        backend = RateLimitBackend(state_url)
+        audit = AuditTrail(store, spool_dir=tmp_path / "spool")
+        config = LoginProtectionConfig(
+            failures_per_ip=4, failures_per_username=2, window=60, base_lockout=10, max_lockout=30
+        )
+        yield LockoutService(store, audit, backend, config, mode="local", timeout=0.5)
+        await backend.close()
+        audit.close()
+
+
+async def test_threshold_doubling_and_cap(lockouts: LockoutService) -> None:
+    subjects = lockouts.subjects("198.51.100.7", " Mallory ")
+    await lockouts.record_failure(subjects, "r1")
+    assert await lockouts.locked_for(subjects) is None
+    await lockouts.record_failure(subjects, "r2")  # reaches failures_per_username: locked now
+    assert 9 < (await lockouts.locked_for(lockouts.subjects("10.0.0.9", "mallory")) or 0) <= 10
+    await lockouts.record_failure(subjects, "r3")
+    assert 19 < (await lockouts.locked_for(subjects) or 0) <= 20  # doubled
+    await lockouts.record_failure(subjects, "r4")  # the IP reaches its threshold too
+    await lockouts.record_failure(subjects, "r5")
+    listing = await lockouts.list()
+    by_kind = {entry["kind"]: entry for entry in listing}
+    assert (
+        by_kind["user"]["level"] == 4 and by_kind["user"]["until"] - by_kind["user"]["since"] == 30
+    )  # capped
+    assert by_kind["ip"]["subject"] == "198.51.100.7" and by_kind["ip"]["level"] == 2
+    assert "mallory" not in str(listing)
+
+
+async def test_success_resets_the_username_but_never_the_ip(lockouts: LockoutService) -> None:
+    subjects = lockouts.subjects("198.51.100.8", "carol")
+    for _ in range(3):
+        await lockouts.record_failure(lockouts.subjects("198.51.100.8", None), "r")
+    await lockouts.record_failure(subjects, "r")  # 4th IP failure, 1st for carol
+    assert await lockouts.locked_for(lockouts.subjects("198.51.100.8", None)) is not None
+    await lockouts.record_success(subjects)
+    assert await lockouts.locked_for(lockouts.subjects("198.51.100.8", None)) is not None
+    other_ip = lockouts.subjects("203.0.113.1", "carol")
+    await lockouts.record_failure(other_ip, "r")  # carol's counter restarted at 0 after the success
+    assert await lockouts.locked_for(other_ip) is None
+
+
+async def test_clear_forgets_lock_failures_and_level(lockouts: LockoutService) -> None:
+    subjects = lockouts.subjects("198.51.100.9", "dave")
+    for _ in range(3):
+        await lockouts.record_failure(subjects, "r")
+    user = subjects[1]
+    assert await lockouts.clear(user) is True
+    assert await lockouts.clear(user) is False
+    assert await lockouts.locked_for([user]) is None
+    await lockouts.record_failure([user], "r")
+    await lockouts.record_failure([user], "r")
+    assert 9 < (await lockouts.locked_for([user]) or 0) <= 10  # level forgotten: base again
+
+
+async def test_store_keys_hold_no_clear_username(lockouts: LockoutService, state_url: str) -> None:
+    await lockouts.record_failure(lockouts.subjects("198.51.100.10", "Eve.Secret"), "r")
+    store: StateStore = lockouts._store
+    assert all("eve" not in key.lower() for key in await store.keys("rl:"))
