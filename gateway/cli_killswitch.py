@@ -1,0 +1,118 @@
+"""``killswitch engage|release|list`` (SPEC §9, App. B "CLI flags"): a thin admin-API client.
+
+The human output says plainly whether every live instance enforces the switch: a responder
+under pressure must not have to read JSON to learn that one instance lags behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import urllib.parse
+from typing import Any
+
+from gateway import operator_client
+
+SCOPES = ("global", "module", "route", "tenant", "integration", "endpoint")
+
+
+def add_killswitch_commands(commands: Any) -> None:
+    killswitch = commands.add_parser("killswitch", help="isolate a scope on every instance (admin API)")
+    verbs = killswitch.add_subparsers(dest="killswitch_command", required=True)
+
+    engage = verbs.add_parser("engage", help="engage a switch; returns once every instance enforces it")
+    engage.add_argument("--scope", required=True, choices=SCOPES)
+    engage.add_argument("--target", help="module, route, tenant, integration, or 'METHOD /glob'")
+    engage.add_argument("--mode", required=True, choices=("block", "read-only"))
+    engage.add_argument("--reason", required=True)
+    engage.add_argument("--incident", help="incident id, shown to refused clients and in the audit trail")
+    engage.add_argument("--ttl", help="auto-release after this long, e.g. 30m or 2h")
+    operator_client.add_common_arguments(engage)
+    engage.set_defaults(func=cmd_killswitch_engage)
+
+    release = verbs.add_parser("release", help="release a switch by id")
+    release.add_argument("id")
+    release.add_argument("--reason")
+    operator_client.add_common_arguments(release)
+    release.set_defaults(func=cmd_killswitch_release)
+
+    listing = verbs.add_parser("list", help="active switches and each live instance's applied version")
+    operator_client.add_common_arguments(listing)
+    listing.set_defaults(func=cmd_killswitch_list)
+
+
+def cmd_killswitch_engage(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"scope": args.scope, "mode": args.mode, "reason": args.reason}
+    for name in ("target", "incident", "ttl"):
+        if getattr(args, name):
+            body[name] = getattr(args, name)
+    return operator_client.run_verb(args, "POST", "/admin/killswitch", body, _describe_engaged)
+
+
+def cmd_killswitch_release(args: argparse.Namespace) -> int:
+    body = {"reason": args.reason} if args.reason else None
+    path = f"/admin/killswitch/{urllib.parse.quote(args.id, safe='')}"
+    return operator_client.run_verb(args, "DELETE", path, body, _describe_released)
+
+
+def cmd_killswitch_list(args: argparse.Namespace) -> int:
+    return operator_client.run_verb(args, "GET", "/admin/killswitch", None, _describe_list)
+
+
+def _propagation(data: dict[str, Any]) -> str:
+    acked, lagging = data.get("acknowledged", []), data.get("lagging", [])
+    line = f"acknowledged by {len(acked)} instance(s)"
+    if lagging:
+        line += f"; LAGGING (not yet enforcing): {', '.join(lagging)}"
+    return line
+
+
+def _describe_engaged(data: dict[str, Any]) -> str:
+    expires = f", expires {data['expires_at']}" if data.get("expires_at") else ""
+    incident = f", incident {data['incident']}" if data.get("incident") else ""
+    return (
+        f"engaged {data.get('id')}: {data.get('scope')} {data.get('target')} {data.get('mode')}"
+        f"{incident}{expires} (version {data.get('version')})\n{_propagation(data)}"
+    )
+
+
+def _describe_released(data: dict[str, Any]) -> str:
+    return (
+        f"released {data.get('id')}: {data.get('scope')} {data.get('target')} "
+        f"(version {data.get('released_version')})\n{_propagation(data)}"
+    )
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]
+    )
+
+
+def _describe_list(data: dict[str, Any]) -> str:
+    switches = data.get("switches", [])
+    rows = [
+        [
+            s["id"],
+            s["scope"],
+            s["target"],
+            s["mode"],
+            s.get("incident") or "-",
+            s.get("expires_at") or "-",
+            s.get("actor") or "-",
+            s["reason"],
+        ]
+        for s in switches
+    ]
+    parts = [
+        _table(rows, ["ID", "SCOPE", "TARGET", "MODE", "INCIDENT", "EXPIRES", "ACTOR", "REASON"])
+        if rows
+        else "no active kill switches"
+    ]
+    instances = [
+        [i["instance"], str(i["version"]), f"{i['age_s']:.1f}s", "stale" if i.get("stale") else "ok"]
+        for i in data.get("instances", [])
+    ]
+    parts.append(f"\nswitch set version {data.get('version')}; live instances:")
+    parts.append(_table(instances, ["INSTANCE", "VERSION", "AGE", "STORE"]) if instances else "none")
+    return "\n".join(parts)

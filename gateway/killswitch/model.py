@@ -1,0 +1,190 @@
+"""The kill switch object (SPEC §9, App. B): what is isolated, how, why, until when.
+
+A switch names a *scope* and a *target*; the matcher (``matcher.py``) compiles a set of them
+into an index. Validation happens here, once, when a switch is engaged, so every instance can
+trust what it loads from the store.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+from gateway.audit.record import format_time, validate_tenant
+from gateway.config.values import parse_duration
+from gateway.errors import GatewayError, Isolated
+from gateway.routing import normalise_target
+
+Scope = Literal["global", "module", "route", "tenant", "integration", "endpoint"]
+Mode = Literal["block", "read-only"]
+SCOPES: tuple[Scope, ...] = ("global", "module", "route", "tenant", "integration", "endpoint")
+MODES: tuple[Mode, ...] = ("block", "read-only")
+SAFE_METHODS = frozenset(("GET", "HEAD", "OPTIONS"))
+METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "*"))
+MAX_TTL = 366 * 86400.0
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
+_INCIDENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}\Z")
+_MAX_REASON = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Switch:
+    id: str
+    scope: Scope
+    target: str  # "*" for global; "METHOD /glob" for endpoint
+    mode: Mode
+    reason: str
+    incident: str | None
+    created_at: float
+    expires_at: float | None
+    actor: str | None
+    version: int = 0
+
+    def active(self, now: float) -> bool:
+        return self.expires_at is None or now < self.expires_at
+
+    def to_json(self) -> dict[str, Any]:
+        """The App. B kill switch object (times as RFC 3339 UTC)."""
+        return {
+            "id": self.id,
+            "scope": self.scope,
+            "target": self.target,
+            "mode": self.mode,
+            "reason": self.reason,
+            "incident": self.incident,
+            "created_at": format_time(self.created_at),
+            "expires_at": None if self.expires_at is None else format_time(self.expires_at),
+            "actor": self.actor,
+            "version": self.version,
+        }
+
+    def to_record(self) -> dict[str, Any]:
+        """The stored form: raw Unix times, so loading needs no date parsing."""
+        return {**self.to_json(), "created_at": self.created_at, "expires_at": self.expires_at}
+
+    @classmethod
+    def from_record(cls, data: dict[str, Any]) -> Switch:
+        """Rebuild a stored switch, validating it again (``ValueError`` if anything is off)."""
+        spec = validate_spec(data)
+        created, expires = data.get("created_at"), data.get("expires_at")
+        if not _finite(created) or (expires is not None and not _finite(expires)):
+            raise ValueError("bad timestamps")
+        version = data.get("version", 0)
+        if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+            raise ValueError("bad version")
+        ident, actor = data.get("id"), data.get("actor")
+        if not isinstance(ident, str) or not ident or (actor is not None and not isinstance(actor, str)):
+            raise ValueError("bad id or actor")
+        return replace(
+            spec, id=ident, created_at=float(created), expires_at=expires, actor=actor, version=version
+        )
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def parse_ttl(raw: object) -> float | None:
+    """``"2h"``, ``"15m"`` or seconds; None when absent. ``ValueError`` otherwise."""
+    if raw is None:
+        return None
+    ttl = parse_duration(raw)
+    if ttl <= 0 or ttl > MAX_TTL:
+        raise ValueError("ttl must be more than 0 and at most 366d")
+    return ttl
+
+
+def validate_spec(data: dict[str, Any]) -> Switch:
+    """Scope, target, mode, reason and incident checked and normalised (``ValueError``)."""
+    scope, mode = data.get("scope"), data.get("mode", "block")
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {', '.join(SCOPES)}")
+    if mode not in MODES:
+        raise ValueError("mode must be 'block' or 'read-only'")
+    reason = data.get("reason")
+    if not isinstance(reason, str) or not reason.strip():
+        raise ValueError("reason is required")
+    if len(reason) > _MAX_REASON:
+        raise ValueError(f"reason is longer than {_MAX_REASON} characters")
+    incident = data.get("incident")
+    if incident is not None and (not isinstance(incident, str) or not _INCIDENT_RE.fullmatch(incident)):
+        raise ValueError("incident must be 1-64 letters, digits and . _ : -")
+    target = normalise_switch_target(scope, data.get("target"))
+    return Switch("", scope, target, mode, reason.strip(), incident, 0.0, None, None)
+
+
+def normalise_switch_target(scope: str, target: object) -> str:
+    if scope == "global":
+        if target not in (None, "", "*"):
+            raise ValueError("a global switch takes no target (or '*')")
+        return "*"
+    if not isinstance(target, str) or not target:
+        raise ValueError(f"a {scope} switch needs a target")
+    if scope == "tenant":
+        return validate_tenant(target)
+    if scope == "endpoint":
+        method, path = parse_endpoint(target)
+        return f"{method} {path}"
+    if not _NAME_RE.fullmatch(target):
+        raise ValueError(f"{scope} target must be a name of letters, digits, '-', '_' or '.'")
+    return target
+
+
+def parse_endpoint(target: str) -> tuple[str, str]:
+    """``"POST /api/finance/*"`` → ``("POST", "/api/finance/*")``: the path canonicalised like a
+    request path (SPEC §4), so a glob written with ``//`` or ``%66`` still names what requests see."""
+    method, _, path = target.strip().partition(" ")
+    method, path = method.upper(), path.strip()
+    if method not in METHODS:
+        raise ValueError("endpoint target must be 'METHOD /path' (METHOD an HTTP method or '*')")
+    if not path.startswith("/"):
+        raise ValueError("endpoint path must start with '/'")
+    try:
+        canonical = normalise_target(path, host=None)
+    except GatewayError as exc:
+        raise ValueError(f"endpoint path: {exc.detail}") from None
+    if canonical.query:
+        raise ValueError("endpoint path must not carry a query")
+    segments = glob_segments(canonical.path)
+    if "**" in segments[:-1]:
+        raise ValueError("'**' may only be the last segment of an endpoint path")
+    if any(("*" in s and s not in ("*", "**")) for s in segments):
+        raise ValueError("'*' and '**' must be whole segments")
+    return method, canonical.path
+
+
+def glob_segments(path: str) -> list[str]:
+    """Segments of a canonical path; a trailing slash does not make a segment of its own."""
+    stripped = path.strip("/")
+    return stripped.split("/") if stripped else []
+
+
+def isolated_error(switch: Switch, now: float) -> Isolated:
+    """The 503 a refused request gets: ``incident`` when given, ``Retry-After`` when a ttl is set."""
+    headers: dict[str, str] = {}
+    if switch.expires_at is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(switch.expires_at - now)))
+    extensions = {"incident": switch.incident} if switch.incident else {}
+    # The reason is the operator's own text and may name internals: it is not shown to clients.
+    read_only = " (read-only)" if switch.mode == "read-only" else ""
+    return Isolated(
+        f"Isolated by a {switch.scope} kill switch{read_only}", headers=headers, extensions=extensions
+    )
+
+
+__all__ = [
+    "MODES",
+    "SAFE_METHODS",
+    "SCOPES",
+    "Mode",
+    "Scope",
+    "Switch",
+    "glob_segments",
+    "isolated_error",
+    "normalise_switch_target",
+    "parse_endpoint",
+    "parse_ttl",
+    "validate_spec",
+]

@@ -1,0 +1,280 @@
+"""``KillSwitchRegistry``: switches in the state store, enforced from memory on every instance
+(SPEC §9, §14; issue 7 items 3 and 4).
+
+Store layout
+------------
+* ``killswitch:switches`` — hash, switch id → JSON record (``Switch.to_record``).
+* ``killswitch:version`` — integer, bumped by every engage and release (the set's version).
+* ``killswitch:instances`` — hash, instance id → ``{"version", "at"}`` heartbeats.
+* channel ``killswitch`` — "reload now", carrying the new version (for humans reading traces).
+
+Versions without compare-and-set: a writer changes the hash *first* and bumps the version
+*after*; a loader reads the version *first* and the hash *after*. So a loader that read version
+``v`` holds every change up to ``v`` (maybe more, never less), and acknowledging ``v`` is honest.
+
+Propagation: the writer publishes; every instance's ``SyncedSnapshot`` reloads on the message,
+and every ``resync`` seconds in case a message was lost. Applying a set swaps one reference
+(memory only per request), cuts in-flight streams now in scope, then heartbeats the version.
+``wait_acknowledged`` polls the heartbeats until every live instance (heartbeat ≤ 3 s old, App.
+B) reports the version, or the time is up and the laggards are named.
+
+Failure modes: store down → the last applied set keeps being enforced, ``healthy`` is False
+(ready says degraded, metric ``killswitch_stale`` is 1). Never loaded → ``index`` is None and
+the middleware answers 503 not-ready (fail closed: switches must survive restarts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import orjson
+
+from gateway.errors import StoreUnavailable
+from gateway.killswitch.matcher import SwitchIndex
+from gateway.killswitch.metrics import gauges
+from gateway.killswitch.model import Switch
+from gateway.killswitch.streams import STREAMS, StreamRegistry
+from gateway.state.base import StateStore
+from gateway.state.sync import SnapshotBacked, SyncedSnapshot
+
+SWITCHES_KEY = "killswitch:switches"
+VERSION_KEY = "killswitch:version"
+INSTANCES_KEY = "killswitch:instances"
+CHANNEL = "killswitch"
+LIVE_WINDOW = 3.0  # SPEC App. B: live while it has heartbeated within the last 3 s
+HEARTBEAT = 1.0
+ACK_TIMEOUT = 2.0
+_ACK_POLL = 0.01
+_FORGET_AFTER = 3600.0  # heartbeats older than this are removed from the hash
+
+log = logging.getLogger(__name__)
+
+
+class KillSwitchRegistry(SnapshotBacked):
+    def __init__(
+        self,
+        store: StateStore,
+        *,
+        instance_id: str,
+        resync: float = 5.0,
+        retry: float = 1.0,
+        clock: Callable[[], float] = time.time,
+        streams: StreamRegistry = STREAMS,
+    ) -> None:
+        self._store, self._clock, self._streams = store, clock, streams
+        self.instance_id = instance_id
+        self.index: SwitchIndex | None = None  # the hot path reads this, nothing else
+        self._snapshot: SyncedSnapshot[SwitchIndex] = SyncedSnapshot(
+            store, CHANNEL, self.load, resync=resync, retry=retry
+        )
+        self._beat_task: asyncio.Task[None] | None = None
+        self._parsed: dict[str, tuple[bytes, Switch | None]] = {}
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    async def start(self) -> None:
+        await super().start()
+        if self._beat_task is None:
+            self._beat_task = asyncio.create_task(self._heartbeat_loop(), name="killswitch-heartbeat")
+
+    async def stop(self) -> None:
+        task, self._beat_task = self._beat_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await super().stop()
+        with contextlib.suppress(StoreUnavailable):
+            await self._store.hdel(INSTANCES_KEY, self.instance_id)  # no longer a live instance
+
+    @property
+    def version(self) -> int | None:
+        return None if self.index is None else self.index.version
+
+    # -- loading and applying -----------------------------------------------------------------
+    async def load(self) -> SwitchIndex:
+        raw_version = await self._store.get(VERSION_KEY)  # version first: see module docstring
+        version = int(raw_version) if raw_version else 0
+        records = await self._store.hgetall(SWITCHES_KEY)
+        now = self._clock()
+        switches: list[Switch] = []
+        expired: list[Switch] = []
+        parsed: dict[str, tuple[bytes, Switch | None]] = {}
+        for switch_id, raw in records.items():
+            cached = self._parsed.get(switch_id)
+            # Unchanged records are not validated again on every resync (1,000 switches ≈ 30 ms).
+            switch = cached[1] if cached is not None and cached[0] == raw else _parse(switch_id, raw)
+            parsed[switch_id] = (raw, switch)
+            if switch is None:
+                continue
+            (switches if switch.active(now) else expired).append(switch)
+        self._parsed = parsed
+        if expired:
+            # TTL ended: no instance matches it any more (clock check); now tidy the store.
+            await self._store.hdel(SWITCHES_KEY, *(s.id for s in expired))
+        return await self._apply(SwitchIndex(switches, version))
+
+    async def _apply(self, index: SwitchIndex) -> SwitchIndex:
+        current = self.index
+        if current is not None:
+            if index.version < current.version:
+                return current  # a slower, older load finishing late must not roll back
+            if index.version == current.version and index.switches == current.switches:
+                return current
+        self.index = index  # swapped before acknowledging: the ack is never ahead of enforcement
+        gauges().version.set(index.version)
+        gauges().active.set(len(index.switches))
+        cut = self._streams.cut(index)
+        if current is None or index.version != current.version:
+            log.info(
+                "kill switch set v%d applied (%d active, %d streams cut)",
+                index.version,
+                len(index.switches),
+                cut,
+            )
+        with contextlib.suppress(StoreUnavailable):
+            await self._beat()
+        return index
+
+    # -- writing ------------------------------------------------------------------------------
+    async def engage(self, spec: Switch, *, ttl: float | None, actor: str | None) -> Switch:
+        """Store a new switch, bump the version, publish and apply here; ``StoreUnavailable``."""
+        now = self._clock()
+        switch = replace(
+            spec,
+            id=f"ks_{uuid.uuid4().hex[:16]}",
+            created_at=now,
+            expires_at=None if ttl is None else now + ttl,
+            actor=actor,
+        )
+        await self._write(switch)  # hash before version (module docstring)
+        version = await self._store.incr(VERSION_KEY)
+        switch = replace(switch, version=version)
+        await self._write(switch)
+        await self._announce(version)
+        return switch
+
+    async def release(self, switch_id: str) -> tuple[Switch, int] | None:
+        """Remove a switch; returns it and the set version without it, None if unknown."""
+        raw = await self._store.hget(SWITCHES_KEY, switch_id)
+        switch = _parse(switch_id, raw) if raw is not None else None
+        if switch is None or not await self._store.hdel(SWITCHES_KEY, switch_id):
+            return None
+        version = await self._store.incr(VERSION_KEY)
+        await self._announce(version)
+        return switch, version
+
+    async def _write(self, switch: Switch) -> None:
+        await self._store.hset(SWITCHES_KEY, switch.id, orjson.dumps(switch.to_record()))
+
+    async def _announce(self, version: int) -> None:
+        with contextlib.suppress(StoreUnavailable):
+            await self._store.publish(CHANNEL, str(version).encode())
+        await self.reload()  # enforced here at once, and acknowledged
+
+    # -- reading for the admin API ------------------------------------------------------------
+    async def stored_switches(self) -> list[Switch]:
+        now = self._clock()
+        parsed = (_parse(k, v) for k, v in (await self._store.hgetall(SWITCHES_KEY)).items())
+        return sorted((s for s in parsed if s is not None and s.active(now)), key=lambda s: s.created_at)
+
+    async def _beats(self) -> dict[str, tuple[int, float, bool]]:
+        beats = {}
+        for instance, raw in (await self._store.hgetall(INSTANCES_KEY)).items():
+            beat = _parse_beat(raw)
+            if beat is not None:
+                beats[instance] = beat
+        return beats
+
+    async def instances(self) -> list[dict[str, Any]]:
+        """Every live instance: id, applied version, heartbeat age (s), store staleness."""
+        now = self._clock()
+        return [
+            {"instance": instance, "version": version, "age_s": round(now - at, 3), "stale": stale}
+            for instance, (version, at, stale) in sorted((await self._beats()).items())
+            if now - at <= LIVE_WINDOW
+        ]
+
+    async def wait_acknowledged(
+        self, version: int, timeout: float = ACK_TIMEOUT
+    ) -> tuple[list[str], list[str]]:
+        """(acknowledged, lagging) once every instance live during the wait has applied
+        ``version``, or at the deadline. An instance live when the wait began stays expected
+        even if its heartbeat ages out meanwhile: a hung process is a laggard, not a leaver."""
+        deadline = time.monotonic() + timeout
+        expected: set[str] = set()
+        acked: set[str] = set()
+        while True:
+            with contextlib.suppress(StoreUnavailable):
+                beats = await self._beats()
+                now = self._clock()
+                expected |= {i for i, (_, at, _) in beats.items() if now - at <= LIVE_WINDOW}
+                acked = {i for i in expected if i in beats and beats[i][0] >= version}
+                if (self.version or 0) >= version:
+                    expected.add(self.instance_id)
+                    acked.add(self.instance_id)  # our own heartbeat write may have failed
+                if acked == expected:
+                    return sorted(acked), []
+            if time.monotonic() >= deadline:
+                return sorted(acked), sorted(expected - acked)
+            await asyncio.sleep(_ACK_POLL)
+
+    # -- heartbeats ---------------------------------------------------------------------------
+    async def _beat(self) -> None:
+        if self.index is None:
+            return  # nothing applied yet: not an instance that enforces anything
+        beat = {"version": self.index.version, "at": self._clock(), "stale": not self.healthy}
+        await self._store.hset(INSTANCES_KEY, self.instance_id, orjson.dumps(beat))
+
+    async def _heartbeat_loop(self) -> None:
+        beats = 0
+        while True:
+            gauges().stale.set(0 if self.healthy else 1)
+            try:
+                # Bounded: a hung store must not stall the staleness gauge or later beats.
+                async with asyncio.timeout(HEARTBEAT):
+                    await self._beat()
+                    beats += 1
+                    if beats % 60 == 1:
+                        await self._forget_dead_instances()
+            except (StoreUnavailable, TimeoutError):
+                pass
+            await asyncio.sleep(HEARTBEAT)
+
+    async def _forget_dead_instances(self) -> None:
+        now = self._clock()
+        beats = await self._store.hgetall(INSTANCES_KEY)
+        dead = [
+            i for i, raw in beats.items() if (b := _parse_beat(raw)) is None or now - b[1] > _FORGET_AFTER
+        ]
+        if dead:
+            await self._store.hdel(INSTANCES_KEY, *dead)
+
+
+def _parse(switch_id: str, raw: bytes) -> Switch | None:
+    try:
+        data = orjson.loads(raw)
+        if not isinstance(data, dict) or data.get("id") != switch_id:
+            raise ValueError("id mismatch")
+        return Switch.from_record(data)
+    except (ValueError, orjson.JSONDecodeError) as exc:
+        # Only a bug or tampering writes these; one bad record must not freeze the whole set.
+        log.error("kill switch %s: ignoring malformed record (%s)", switch_id[:64], exc)
+        return None
+
+
+def _parse_beat(raw: bytes) -> tuple[int, float, bool] | None:
+    try:
+        data = orjson.loads(raw)
+        return int(data["version"]), float(data["at"]), bool(data.get("stale", False))
+    except (ValueError, KeyError, TypeError, orjson.JSONDecodeError):
+        return None
+
+
+__all__ = ["CHANNEL", "INSTANCES_KEY", "SWITCHES_KEY", "VERSION_KEY", "KillSwitchRegistry"]

@@ -1,0 +1,97 @@
+"""SPEC §3 steps 3 and 6½: kill switches, from memory (no store round trip per request).
+
+``check_killswitch`` runs right after route matching and covers the scopes that need no
+identity (global, module, route, integration, endpoint); ``check_tenant_killswitch`` runs once
+the acting tenant is known (after tenancy, so support users under a grant are covered).
+The gateway's own endpoints are answered inside ``resolve_route``; it calls
+``check_gateway_endpoint`` first, so a global switch spares only health and ready.
+"""
+
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+
+from gateway.context import RequestContext
+from gateway.errors import NotReady
+from gateway.health import HEALTH, READY
+from gateway.killswitch.matcher import SwitchIndex
+from gateway.killswitch.model import isolated_error
+from gateway.killswitch.streams import acting_tenants, refusal_for
+
+_SPARED = frozenset((HEALTH, READY))  # SPEC §9: probes must keep answering during an isolation
+
+
+def _index(ctx: RequestContext) -> SwitchIndex:
+    index = ctx.runtime.services.killswitches.index
+    if index is None:
+        # SECURITY: fail closed - before the first load this instance cannot know which
+        # switches survived the restart (SPEC §14), and "no switches" would be a guess.
+        raise NotReady("The kill switch set is not loaded yet", headers={"Retry-After": "1"})
+    return index
+
+
+def wants_websocket(request: web.BaseRequest) -> bool:
+    # SECURITY: any upgrade asking for websocket counts, whatever else Connection says, so a
+    # read-only switch cannot be dodged by a header the proxy would still upgrade on.
+    return "websocket" in request.headers.get("Upgrade", "").lower()
+
+
+async def check_killswitch(ctx: RequestContext) -> web.StreamResponse | None:
+    index = _index(ctx)
+    ctx.killswitch_index = index  # later checks skip what this set already cleared
+    if index.empty:
+        return None
+    assert ctx.target is not None
+    now = time.time()
+    request = ctx.request
+    switch = index.refusal(
+        request.method,
+        ctx.target.path,
+        ctx.route,
+        websocket=wants_websocket(request),
+        now=now,
+        case_insensitive=ctx.runtime.config.routes_case_insensitive,
+    )
+    if switch is not None:
+        raise isolated_error(switch, now)
+    return None
+
+
+def check_gateway_endpoint(ctx: RequestContext) -> None:
+    """Global and endpoint switches on the gateway's own endpoints, except health and ready."""
+    assert ctx.target is not None
+    if ctx.target.path in _SPARED:
+        return
+    index = _index(ctx)
+    if index.empty:
+        return
+    now = time.time()
+    switch = index.refusal(
+        ctx.request.method,
+        ctx.target.path,
+        None,
+        websocket=wants_websocket(ctx.request),
+        now=now,
+        case_insensitive=ctx.runtime.config.routes_case_insensitive,
+    )
+    if switch is not None:
+        raise isolated_error(switch, now)
+
+
+async def check_tenant_killswitch(ctx: RequestContext) -> web.StreamResponse | None:
+    index = _index(ctx)
+    now = time.time()
+    websocket = wants_websocket(ctx.request)
+    if index is not ctx.killswitch_index:
+        # A new set was applied since check_killswitch: check every scope against it.
+        switch = refusal_for(index, ctx, websocket=websocket, now=now)
+        ctx.killswitch_index = index
+    elif index.empty or not (tenants := acting_tenants(ctx)):
+        return None
+    else:
+        switch = index.tenant_refusal(tenants, ctx.request.method, websocket=websocket, now=now)
+    if switch is not None:
+        raise isolated_error(switch, now)
+    return None
