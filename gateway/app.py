@@ -30,7 +30,7 @@ def render_problem(error: GatewayError, ctx: RequestContext | None, request_id: 
             headers["Strict-Transport-Security"] = "max-age=31536000; includeSubDomains"
         for name, value in ctx.response_headers.items():
             headers.setdefault(name, value)
-    METRICS.gateway_errors.labels(error.slug).inc()
+    METRICS.count_refusal(error.slug)
     return web.Response(status=error.status, body=problem_body(error, request_id), headers=headers)
 
 

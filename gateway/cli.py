@@ -15,6 +15,10 @@ import yaml
 
 from gateway import operator_client
 from gateway.cli_audit import add_audit_commands
+from gateway.cli_grants import add_grants_commands
+from gateway.cli_incident import add_incident_commands
+from gateway.cli_killswitch import add_killswitch_commands
+from gateway.cli_lockouts import add_lockout_commands
 from gateway.config import ConfigError, default_config_path, effective_config, load_config
 
 EXIT_OK, EXIT_USAGE, EXIT_REMOTE_ERROR, EXIT_UNREACHABLE = 0, 1, 2, 3
@@ -114,7 +118,7 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
         args,
         "POST",
         "/admin/keys/rotate",
-        {"revoke_old": args.revoke_old},
+        {"revoke_old": args.revoke_old, **({"incident": args.incident} if args.incident else {})},
         lambda d: (
             f"new signing key {d.get('kid')}; older keys "
             + ("revoked now" if d.get("revoke_old") else "verifiable until their tokens expire")
@@ -125,6 +129,8 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
 
 def cmd_sessions_revoke(args: argparse.Namespace) -> int:
     body = {"tenant": args.tenant, **({"user": args.user} if args.user else {})}
+    if args.incident:
+        body["incident"] = args.incident
     return operator_client.run_verb(
         args,
         "POST",
@@ -201,12 +207,17 @@ def build_parser() -> argparse.ArgumentParser:
     mint.set_defaults(func=cmd_token_mint)
 
     add_audit_commands(commands)
+    add_killswitch_commands(commands)
+    add_lockout_commands(commands)
+    add_incident_commands(commands)
+    add_grants_commands(commands)
 
     keys = commands.add_parser("keys", help="the gateway's token signing keys").add_subparsers(
         dest="keys_command", required=True
     )
     rotate = keys.add_parser("rotate", help="add a new signing key (admin API)")
     rotate.add_argument("--revoke-old", action="store_true", help="an exposed key: invalidate older keys now")
+    rotate.add_argument("--incident", help="file the rotation under this incident id")
     operator_client.add_common_arguments(rotate)
     rotate.set_defaults(func=cmd_keys_rotate)
 
@@ -216,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = sessions.add_parser("revoke", help="refuse every token issued until now (admin API)")
     revoke.add_argument("--tenant", required=True)
     revoke.add_argument("--user", help="only this user's tokens (the token's sub)")
+    revoke.add_argument("--incident", help="file the revocation under this incident id")
     operator_client.add_common_arguments(revoke)
     revoke.set_defaults(func=cmd_sessions_revoke)
 

@@ -13,11 +13,13 @@ from aiohttp import web
 if TYPE_CHECKING:
     from gateway.auth.jwt import VerifiedClaims
     from gateway.config import RouteConfig
+    from gateway.ratelimit.lockout import Subject
     from gateway.routing import CanonicalTarget
     from gateway.runtime import Runtime
+    from gateway.tenancy.grants import Grant
 
 # SPEC §3: a client-chosen id is kept only when it is short and harmless in a log line.
-_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._~:-]{1,64}$")
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._~:-]{1,64}\Z")
 
 
 def request_id_for(incoming: str | None) -> str:
@@ -42,9 +44,12 @@ class RequestContext:
     upstream_url: str | None = None
     claims: VerifiedClaims | None = None  # set by authentication
     user: str | None = None  # set by authentication
-    tenant: str | None = None  # set by tenant context
+    tenant: str | None = None  # the ACTING tenant: the token's, or the granting one (apply_tenancy)
+    grant: Grant | None = None  # a support grant this request acts under (apply_tenancy)
     body: bytes | None = None  # a body the gateway had to read whole (webhook signatures)
     continue_sent: bool = False  # "100 Continue" already written
+    killswitch_index: object | None = None  # the switch set this request was checked against
+    login_subjects: list[Subject] | None = None  # login: true routes: IP and username counted
 
 
 ContextKey = web.RequestKey("gateway_context", RequestContext)

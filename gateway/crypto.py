@@ -21,7 +21,9 @@ from typing import NoReturn
 
 import orjson
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 ENV_VAR = "SHOPINO_GATEWAY_MASTER_KEY"
 KEY_BYTES = 32
@@ -95,7 +97,7 @@ def _b64decode_key(text: str) -> bytes | None:
 class Keyring:
     """An ordered set of AES-256 keys: the first (primary) encrypts, all decrypt."""
 
-    __slots__ = ("_aead", "_ids", "ephemeral")
+    __slots__ = ("_aead", "_ids", "_primary", "ephemeral")
 
     def __init__(self, keys: Sequence[tuple[str, Secret]], *, ephemeral: bool = False) -> None:
         if not keys:
@@ -110,6 +112,7 @@ class Keyring:
                 raise KeyringError(f"key {position}: a key must be {KEY_BYTES} bytes, got {len(key)}")
             self._aead[kid] = AESGCM(key.reveal())
         self._ids = tuple(kid for kid, _ in keys)
+        self._primary = keys[0][1]  # only for derive(): sub-keys bound to one purpose each
         self.ephemeral = ephemeral
 
     # -- construction --------------------------------------------------------------------------
@@ -178,6 +181,12 @@ class Keyring:
 
     def __repr__(self) -> str:
         return f"Keyring(ids={list(self._ids)!r}, ephemeral={self.ephemeral})"
+
+    def derive(self, info: bytes, length: int = 32) -> Secret:
+        """A key for one purpose (``info``), derived from the primary key with HKDF-SHA256; a
+        derived key reveals nothing about the master key or any other purpose's key."""
+        hkdf = HKDF(algorithm=hashes.SHA256(), length=length, salt=None, info=info)
+        return Secret(hkdf.derive(self._primary.reveal()))
 
     # -- encryption ----------------------------------------------------------------------------
     def encrypt(self, plaintext: bytes, *, context: bytes) -> bytes:

@@ -23,14 +23,18 @@ async def ready(ctx: RequestContext) -> web.StreamResponse:
     if not status.snapshot_loaded:
         # SPEC App. B: without a first snapshot of shared state the gateway cannot enforce it.
         raise NotReady("The gateway has not loaded its state yet", headers={"Retry-After": "1"})
+    switches = ctx.runtime.services.killswitches
+    # SPEC §9: an instance cut off from the store enforces its last known switches and says so.
+    stale = not switches.healthy
     return json_response(
         {
-            "state": "ready" if status.store_healthy else "degraded",
+            "state": "ready" if status.store_healthy and not stale else "degraded",
             "instance": status.instance_id,
             "config_generation": ctx.runtime.generation,
             "store": {
                 "healthy": status.store_healthy,
                 "checked_ago_s": round(time.time() - status.store_checked_at, 3),
             },
+            "killswitch": {"version": switches.version, "stale": stale},
         },
     )

@@ -29,6 +29,7 @@ _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 
 class GatewayMetrics:
     def __init__(self) -> None:
         self._request_children: dict[tuple[str, int], tuple[Any, Any]] = {}
+        self._refusal_children: dict[str, Any] = {}
         self.requests = Counter(
             "shopino_gateway_requests", "Requests answered, by route and status", ("route", "status")
         )
@@ -60,6 +61,14 @@ class GatewayMetrics:
             "Audit records waiting on local disk for the store to return",
             multiprocess_mode="livesum",
         )
+
+    def count_refusal(self, slug: str) -> None:
+        """One refusal of problem type ``slug``; the child is looked up once per slug (a flood of
+        429s made labels() a visible share of each refusal's cost)."""
+        child = self._refusal_children.get(slug)
+        if child is None:
+            child = self._refusal_children[slug] = self.gateway_errors.labels(slug)
+        child.inc()
 
     def observe_request(self, ctx: RequestContext) -> None:
         route = ctx.route.name if ctx.route is not None else "-"

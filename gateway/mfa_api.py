@@ -100,7 +100,10 @@ async def verify(ctx: RequestContext) -> web.StreamResponse:
         await _audit(ctx, "mfa.failed", method=method, problem=error.slug)
         raise
     token, expires_in = await services.mfa.mint_access_token(
-        claims.raw, services.signing, roles_claim=ctx.runtime.config.auth.roles_claim
+        claims.raw,
+        services.signing,
+        tenant_claim=ctx.runtime.config.tenancy.claim,
+        roles_claim=ctx.runtime.config.auth.roles_claim,
     )
     await _audit(ctx, "mfa.verified", method=method)
     return json_response(

@@ -15,7 +15,10 @@ from gateway.middleware.authenticate import authenticate
 from gateway.middleware.body_limit import enforce_body_limit
 from gateway.middleware.cors import apply_cors
 from gateway.middleware.header_limits import enforce_header_limits
+from gateway.middleware.killswitch import check_killswitch, check_tenant_killswitch
+from gateway.middleware.rate_limit import check_login_outcome, limit_pre_auth, limit_route
 from gateway.middleware.route import resolve_route
+from gateway.middleware.tenancy import apply_tenancy, check_tenant_echo
 from gateway.middleware.webhook import verify_webhook
 from gateway.proxy import ResponseCheck
 
@@ -25,10 +28,18 @@ PIPELINE: tuple[Stage, ...] = (
     enforce_header_limits,  # listen.limits: cheapest refusal first (431)
     resolve_route,  # §3.2 / §4: canonical path, route match, /_gateway/* endpoints
     apply_cors,  # §3.2: preflights answered before authentication
+    check_killswitch,  # §3.3 / §9: switches that need no identity (memory only)
+    limit_pre_auth,  # §3.4 / §8: rate_limits.pre_auth by client IP, before any token work
     enforce_body_limit,  # §10: declared Content-Length over max_body (413)
     authenticate,  # §3.5 / §5: bearer tokens, MFA, revocation
+    apply_tenancy,  # §3.6 / §7: tenant_from checks, roles, support grants (acting tenant)
+    check_tenant_killswitch,  # §3.3 / §9: tenant switches, once the acting tenant is known
+    limit_route,  # §3.7 / §8: route policies (user, tenant, route, header, body); login lockouts
     verify_webhook,  # §10: auth: webhook routes, HMAC over the raw body
 )
 
 # SPEC §3.9: response checks, in order, on every proxied (non-WebSocket) response.
-RESPONSE_CHECKS: tuple[ResponseCheck, ...] = ()
+RESPONSE_CHECKS: tuple[ResponseCheck, ...] = (
+    check_tenant_echo,  # §7: an answer for another tenant (or none, if required) is withheld (502)
+    check_login_outcome,  # §8: upstream 401/403 on login: true routes count as failures
+)

@@ -16,13 +16,12 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from gateway.context import RequestContext
 from gateway.errors import InternalError, PayloadTooLarge, UpstreamTimeout, UpstreamUnavailable
 from gateway.forwarding import downstream_response_headers, upstream_request_headers
+from gateway.killswitch.streams import STREAMS
 from gateway.metrics import METRICS
+from gateway.middleware.tenancy import inject_identity
 from gateway.upstream import IDEMPOTENT_METHODS, UpstreamResponse
 
 CHUNK = 64 * 1024
-# SECURITY: identity spoofing — client-supplied identity headers never reach an upstream
-# (SPEC §7), in any letter case and however often repeated (the match is case-insensitive).
-IDENTITY_HEADERS = frozenset(("x-tenant-id", "x-user-id", "x-user-roles", "x-gateway-context"))
 ResponseCheck = Callable[[RequestContext, int, "CIMultiDict[str] | CIMultiDictProxy[str]"], Awaitable[None]]
 """Runs on the upstream's status and headers before a byte of its body reaches the client;
 raising a ``GatewayError`` withholds the body (the upstream connection is then closed)."""
@@ -86,17 +85,18 @@ async def proxy_request(ctx: RequestContext, checks: Sequence[ResponseCheck] = (
         scheme=runtime.scheme,
         host=request.host,
         upstream_host="",
-        drop=IDENTITY_HEADERS,
+        # SECURITY: identity spoofing — client-supplied identity headers (the built-in four and
+        # tenancy.strip_headers) never reach an upstream (SPEC §7), in any letter case and
+        # however often repeated (the set is lower-case, the match case-insensitive).
+        drop=runtime.strip_headers,
     )
     headers["X-Request-ID"] = ctx.request_id
-    claims = ctx.claims
-    if claims is not None:
-        # The identity the upstream acts on comes from the verified token, never the client.
-        headers["X-Tenant-ID"] = claims.tenant
-        headers["X-User-ID"] = claims.subject
-        headers["X-User-Roles"] = ",".join(claims.roles)
+    # The identity the upstream acts on comes from the verified token (and a grant), never the
+    # client: X-Tenant-ID is the acting tenant, signed with the rest in X-Gateway-Context.
+    inject_identity(ctx, headers)
     if _wants_websocket(request) and ctx.route.websocket:
-        return await _proxy_websocket(ctx, headers)
+        with STREAMS.track(ctx, websocket=True):  # SPEC §9: cut when a switch engages
+            return await _proxy_websocket(ctx, headers)
 
     if ctx.route.auth == "webhook" and ctx.body is None:
         # SECURITY: fail closed should the signature stage ever be skipped (it once was, in dev).
@@ -122,7 +122,8 @@ async def proxy_request(ctx: RequestContext, checks: Sequence[ResponseCheck] = (
         METRICS.upstream_errors.labels(ctx.route.upstream, error.slug).inc()
         raise
     try:
-        return await _stream_response(ctx, upstream, checks)
+        with STREAMS.track(ctx):  # SPEC §9: re-checked now, and cut if a switch engages mid-stream
+            return await _stream_response(ctx, upstream, checks)
     finally:
         upstream.release()
 
@@ -131,8 +132,14 @@ async def _stream_response(
     ctx: RequestContext, upstream: UpstreamResponse, checks: Sequence[ResponseCheck]
 ) -> web.StreamResponse:
     ctx.status = upstream.status
-    for check in checks:
-        await check(ctx, upstream.status, upstream.headers)
+    try:
+        for check in checks:
+            await check(ctx, upstream.status, upstream.headers)
+    except BaseException:
+        # SECURITY: a withheld body (another tenant's data) must not stay on a pooled connection
+        # where anything could read it: the connection is closed, never reused.
+        upstream.discard()
+        raise
     headers = downstream_response_headers(upstream.headers, tls=ctx.runtime.tls)
     headers.update(ctx.response_headers)
     response = web.StreamResponse(status=upstream.status, reason=upstream.reason or None, headers=headers)

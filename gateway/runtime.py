@@ -12,6 +12,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 from gateway.access_log import AccessLogWriter
 from gateway.audit import AuditTrail
@@ -24,10 +25,19 @@ from gateway.config import ConfigError, GatewayConfig
 from gateway.config.model import IssuerConfig
 from gateway.crypto import Keyring
 from gateway.forwarding import TrustedProxies
+from gateway.killswitch import KillSwitchRegistry
 from gateway.redaction import Redactor
 from gateway.routing import RouteTable
 from gateway.state import StateStore
+from gateway.tenancy.grants import SupportGrants
+from gateway.tenancy.keys import ContextKeys
+from gateway.tenancy.resolve import TenantTemplate, compile_templates
 from gateway.upstream import UpstreamRegistry, UpstreamTransport
+
+if TYPE_CHECKING:  # imported lazily: the limiter loads prometheus_client, which must wait for
+    # prepare_metrics_dir() when `run` starts several workers (gateway.workers)
+    from gateway.ratelimit.limiter import RateLimitBackend
+    from gateway.ratelimit.service import RateLimitRuntime
 
 
 @dataclass
@@ -54,6 +64,10 @@ class ProcessServices:
     signing: SigningKeys
     revocations: RevocationEpochs
     integrations: IntegrationSecrets
+    killswitches: KillSwitchRegistry
+    ratelimit: RateLimitBackend  # storages and breaker shared by every runtime (SPEC §8)
+    grants: SupportGrants
+    context_keys: ContextKeys  # SPEC §7: read once per process, never per request
 
 
 @dataclass(frozen=True)
@@ -65,6 +79,9 @@ class RuntimeServices:
     revocations: RevocationEpochs
     integrations: IntegrationSecrets
     mfa: MfaService
+    killswitches: KillSwitchRegistry
+    grants: SupportGrants
+    context_keys: ContextKeys
 
 
 @dataclass(frozen=True)
@@ -82,6 +99,9 @@ class Runtime:
     verifier: JwtVerifier
     services: RuntimeServices
     admin_verifier: JwtVerifier | None
+    rate_limits: RateLimitRuntime  # compiled policies + lockouts for this config
+    strip_headers: frozenset[str]  # SPEC §7: lower-case client headers never forwarded
+    tenant_templates: Mapping[str, TenantTemplate]  # route name → compiled tenant_from
 
 
 def build_runtime(
@@ -111,12 +131,20 @@ def build_runtime(
         ),
         verifier=verifier,
         admin_verifier=build_admin_verifier(config),
+        strip_headers=config.tenancy.strip_set(),
+        tenant_templates=compile_templates(
+            ((r.name, r.tenant_from) for r in config.routes), case_insensitive=config.routes_case_insensitive
+        ),
+        rate_limits=_rate_limits(config, process),
         services=RuntimeServices(
             audit=process.audit,
             signing=process.signing,
             revocations=process.revocations,
             integrations=process.integrations,
             mfa=MfaService(process.store, process.keyring, config.mfa),
+            killswitches=process.killswitches,
+            grants=process.grants,
+            context_keys=process.context_keys,
         ),
     )
 
@@ -127,7 +155,9 @@ def build_admin_verifier(config: GatewayConfig) -> JwtVerifier | None:
     if not issuers:
         return None
     try:
-        return JwtVerifier(dataclasses.replace(config.auth, issuers=issuers))
+        return JwtVerifier(
+            dataclasses.replace(config.auth, issuers=issuers), tenant_claim=config.tenancy.claim
+        )
     except ValueError as exc:
         raise ConfigError([f"admin.jwt_issuers: {exc}"]) from None
 
@@ -143,10 +173,16 @@ def build_verifier(config: GatewayConfig, signing: SigningKeys | None) -> JwtVer
     )
     extra = [(own, signing)] if signing is not None else []
     try:
-        return JwtVerifier(config.auth, extra_issuers=extra)
+        return JwtVerifier(config.auth, tenant_claim=config.tenancy.claim, extra_issuers=extra)
     except ValueError as exc:  # KeySourceError included: unreadable or invalid key files
         raise ConfigError([f"auth.issuers: {exc}"]) from None
 
 
 def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _rate_limits(config: GatewayConfig, process: ProcessServices) -> RateLimitRuntime:
+    from gateway.ratelimit.service import build_rate_limit_runtime
+
+    return build_rate_limit_runtime(config, process.ratelimit, process.store, process.audit)

@@ -26,11 +26,15 @@ from gateway.auth.webhooks import IntegrationSecrets
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.crypto import Keyring
 from gateway.errors import StoreUnavailable
+from gateway.killswitch import KillSwitchRegistry
 from gateway.listener import GuardedServer
 from gateway.logs import configure_logging
 from gateway.metrics import METRICS
+from gateway.ratelimit.limiter import RateLimitBackend
 from gateway.runtime import GatewayStatus, ProcessServices, Runtime, build_runtime, build_verifier
 from gateway.state import StateStore, open_store
+from gateway.tenancy.grants import SupportGrants
+from gateway.tenancy.keys import ContextKeys
 from gateway.tls import server_ssl_context
 from gateway.upstream import UpstreamRegistry
 
@@ -64,6 +68,12 @@ class GatewayProcess:
             signing=SigningKeys(self.store, keyring),
             revocations=RevocationEpochs(self.store),
             integrations=IntegrationSecrets(self.store, keyring),
+            killswitches=KillSwitchRegistry(
+                self.store, instance_id=self.instance_id, resync=config.killswitch.resync
+            ),
+            ratelimit=RateLimitBackend(config.state.url),
+            grants=SupportGrants(self.store),
+            context_keys=ContextKeys.from_env(os.environ, keyring, demo=demo),
         )
         self._runtime = build_runtime(
             config,
@@ -89,6 +99,12 @@ class GatewayProcess:
         await self.services.signing.start()
         await self.services.revocations.start()
         await self.services.integrations.start()
+        await self.services.killswitches.start()
+        with contextlib.suppress(TimeoutError):
+            # Hold the switch set before listening when the store answers at once, so the first
+            # requests are not refused as not-ready (an unreachable store delays start by 1 s).
+            await self.services.killswitches.wait_loaded(1.0)
+        await self.services.grants.start()
         await self._runtime.verifier.start()
         limits = config.listen.limits
         public = GuardedServer(
@@ -161,6 +177,12 @@ class GatewayProcess:
         for upstream in config.upstreams.values():
             if not upstream.tls.verify:
                 log.warning("upstream_tls_unverified", upstream=upstream.name)
+        if self.services.context_keys.source == "master-key":
+            log.warning(
+                "context_key_derived",
+                detail="$SHOPINO_GATEWAY_CONTEXT_KEY is not set: X-Gateway-Context is signed with a key "
+                "derived from the master key, which no backend can verify",
+            )
 
     async def reload(self, actor: str | None = "signal:SIGHUP", request_id: str | None = None) -> Runtime:
         """Build a new runtime from the config file and swap it; raises ``ConfigError``.
@@ -263,6 +285,8 @@ class GatewayProcess:
             services = self.services
             loaded = healthy and services.signing.loaded and services.revocations.loaded
             loaded = loaded and services.integrations.loaded
+            loaded = loaded and services.killswitches.loaded  # SPEC §11: switches held before ready
+            loaded = loaded and services.grants.loaded
             self.status.snapshot_loaded = self.status.snapshot_loaded or loaded
             self.status.store_checked_at = time.time()
             METRICS.store_healthy.set(1 if healthy else 0)
@@ -316,6 +340,9 @@ class GatewayProcess:
         await self.services.signing.stop()
         await self.services.revocations.stop()
         await self.services.integrations.stop()
+        await self.services.killswitches.stop()
+        await self.services.grants.stop()
+        await self.services.ratelimit.close()
         with contextlib.suppress(StoreUnavailable):
             await self.audit.replay_spool()  # a last chance before the spool waits for next start
         self.audit.close()

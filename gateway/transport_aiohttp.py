@@ -38,6 +38,9 @@ class AiohttpResponse:
     def release(self) -> None:
         self._response.release()
 
+    def discard(self) -> None:
+        self._response.close()  # closes the connection instead of returning it to the pool
+
 
 def upstream_ssl_context(config: UpstreamConfig) -> ssl.SSLContext:
     context = ssl.create_default_context(cafile=config.tls.ca_file)

@@ -476,6 +476,11 @@ class HttptoolsResponse:
         if conn is not None:
             self._pool.release(conn)
 
+    def discard(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()  # never parked: whatever the upstream sent stays unread and is dropped
+
 
 class HttptoolsTransport:
     """``UpstreamTransport`` over per-endpoint pools of httptools connections."""

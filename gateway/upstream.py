@@ -84,6 +84,10 @@ class UpstreamResponse(Protocol):
 
     def release(self) -> None: ...
 
+    def discard(self) -> None:
+        """Close the connection without reading on (a withheld body); ``release`` is then a no-op."""
+        ...
+
 
 class UpstreamTransport(Protocol):
     """One pool per upstream. Errors before a response head are ``UpstreamUnavailable`` (connect

@@ -17,8 +17,12 @@ from gateway.admin.context import (
     RuntimeKey,
     SigningKey,
 )
+from gateway.admin.grants_api import add_grant_routes
+from gateway.admin.incidents_api import add_incident_routes
 from gateway.admin.integrations_api import add_integration_routes
 from gateway.admin.keys_api import add_key_routes
+from gateway.admin.killswitch_api import add_killswitch_routes
+from gateway.admin.lockouts_api import add_lockout_routes
 from gateway.admin.sessions_api import add_session_routes
 from gateway.audit import AuditTrail
 from gateway.auth.revocation import RevocationEpochs
@@ -122,6 +126,10 @@ def make_admin_app(
     add_audit_routes(app)
     add_key_routes(app)
     add_session_routes(app)
+    add_killswitch_routes(app)
+    add_lockout_routes(app)
+    add_incident_routes(app)
+    add_grant_routes(app)
     app.router.add_get("/admin/config", get_config)
     app.router.add_post("/admin/reload", post_reload)
     app.router.add_get("/metrics", get_metrics)

@@ -1,4 +1,4 @@
-"""Admin audit endpoints (SPEC §11, App. B): export, verify, tenant purge, incidents later."""
+"""Admin audit endpoints (SPEC §11, App. B): export, verify, tenant purge (incidents: incidents_api)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from gateway.audit import CONTENT_TYPES, SYSTEM_TRAIL, AuditTrail, parse_time_bo
 from gateway.context import request_id_for
 from gateway.errors import BadRequest
 
-_TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
 
 
 def tenant_param(value: str | None, name: str = "tenant") -> str:

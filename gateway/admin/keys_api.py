@@ -7,6 +7,7 @@ import orjson
 from aiohttp import web
 
 from gateway.admin.context import ActorKey, AuditKey, RuntimeKey, SigningKey
+from gateway.admin.incidents_api import incident_field
 from gateway.audit import SYSTEM_TRAIL
 from gateway.context import request_id_for
 from gateway.errors import BadRequest
@@ -18,6 +19,7 @@ async def rotate_keys(request: web.Request) -> web.Response:
     revoke_old = data.get("revoke_old", False)
     if not isinstance(revoke_old, bool):
         raise BadRequest("'revoke_old' must be true or false")
+    incident = incident_field(data)
     signing = request.app[SigningKey]
     token_ttl = request.app[RuntimeKey]().config.mfa.token_ttl
     new = await signing.rotate(revoke_old=revoke_old, token_ttl=token_ttl)
@@ -26,9 +28,15 @@ async def rotate_keys(request: web.Request) -> web.Response:
         tenants=[SYSTEM_TRAIL],
         actor=request[ActorKey],
         request_id=request_id_for(request.headers.get("X-Request-ID")),
+        incident=incident,
         details={"kid": new.kid, "revoke_old": revoke_old},
     )
-    body = {"kid": new.kid, "revoke_old": revoke_old, "jwks_kids": [k["kid"] for k in signing.jwks()["keys"]]}
+    body = {
+        "kid": new.kid,
+        "revoke_old": revoke_old,
+        "incident": incident,
+        "jwks_kids": [k["kid"] for k in signing.jwks()["keys"]],
+    }
     return web.Response(body=orjson.dumps(body), content_type="application/json")
 
 

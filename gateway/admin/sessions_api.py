@@ -1,5 +1,5 @@
-"""``POST /admin/sessions/revoke {"tenant", "user"?}`` (SPEC §5): every token of that tenant (or
-user) issued before now is refused on every instance within a second."""
+"""``POST /admin/sessions/revoke {"tenant", "user"?, "incident"?}`` (SPEC §5): every token of that
+tenant (or user) issued before now is refused on every instance within a second."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from aiohttp import web
 
 from gateway.admin.audit_api import tenant_param
 from gateway.admin.context import ActorKey, AuditKey, RevocationsKey
+from gateway.admin.incidents_api import incident_field
 from gateway.context import request_id_for
 from gateway.errors import BadRequest
 from gateway.json_body import read_json_object
@@ -21,6 +22,7 @@ async def revoke_sessions(request: web.Request) -> web.Response:
     user = data.get("user")
     if user is not None and (not isinstance(user, str) or not user or len(user) > 256):
         raise BadRequest("'user' must be a non-empty string when given")
+    incident = incident_field(data)
     epoch = await request.app[RevocationsKey].revoke(tenant, user)
     revoked_at = datetime.datetime.fromtimestamp(epoch, datetime.UTC).isoformat(timespec="seconds")
     await request.app[AuditKey].record(
@@ -28,9 +30,10 @@ async def revoke_sessions(request: web.Request) -> web.Response:
         tenants=[tenant],
         actor=request[ActorKey],
         request_id=request_id_for(request.headers.get("X-Request-ID")),
+        incident=incident,
         details={"user": user, "revoked_at": revoked_at},
     )
-    body = {"tenant": tenant, "user": user, "revoked_at": revoked_at}
+    body = {"tenant": tenant, "user": user, "revoked_at": revoked_at, "incident": incident}
     return web.Response(body=orjson.dumps(body), content_type="application/json")
 
 

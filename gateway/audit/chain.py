@@ -33,10 +33,17 @@ def stream_name(tenant: str) -> str:
     return STREAM_PREFIX + tenant
 
 
+PreAppend = Callable[[StateStore, dict[str, Any]], Awaitable[None]]
+"""Runs inside the chain lock with the built record, before its append (the incident index)."""
+
+
 class ChainWriter:
-    def __init__(self, store: StateStore, *, lock_ttl: float, lock_wait: float) -> None:
+    def __init__(
+        self, store: StateStore, *, lock_ttl: float, lock_wait: float, pre_append: PreAppend | None = None
+    ) -> None:
         self.store = store
         self._lock_ttl, self._lock_wait = lock_ttl, lock_wait
+        self._pre_append = pre_append
 
     async def append(
         self, rec: PendingRecord, before_append: Callable[[int, str], None] | None = None
@@ -73,6 +80,9 @@ class ChainWriter:
         async with chain_lock(self.store, tenant, ttl=self._lock_ttl, wait=self._lock_wait) as lease:
             head_seq, head_hash = await self.head(stream)
             rec = await build(head_seq, head_hash)
+            if self._pre_append is not None:
+                # Before the append: a failure here spools the event, so no record goes unindexed.
+                await self._pre_append(self.store, rec)
             lease.check()
             if attempted is not None:
                 attempted(rec["seq"], rec["hash"])

@@ -9,6 +9,10 @@ owner, and by ``record`` once ``retry_interval`` has passed since the last failu
 them in order; a replayed record keeps its original ``time`` while its seq and prev_hash are
 assigned at replay, so a trail can show a time earlier than the record before it.
 
+A record naming an incident also gets a pointer in the incident index, written inside the chain
+lock just before the append, so spooled and replayed events are indexed too
+(``gateway.audit.incidents``).
+
 Retention and purge never break verification: they first append a record (``audit.checkpoint``
 or ``tenant.purged``) whose details carry ``removed_through_seq`` and ``removed_last_hash``, and
 only then trim the log up to that seq. The first remaining record's prev_hash is the hash the
@@ -28,6 +32,7 @@ from typing import Any
 import structlog
 
 from gateway.audit import export as _export
+from gateway.audit import incidents as _incidents
 from gateway.audit.chain import STREAM_PREFIX, ChainWriter, stream_name
 from gateway.audit.record import (
     CHECKPOINT_EVENT,
@@ -88,7 +93,9 @@ class AuditTrail:
         self._store = store
         self._spool = Spool(spool_dir)
         self._clock = clock
-        self._chain = ChainWriter(store, lock_ttl=lock_ttl, lock_wait=lock_wait)
+        self._chain = ChainWriter(
+            store, lock_ttl=lock_ttl, lock_wait=lock_wait, pre_append=_incidents.write_pointer
+        )
         self._retry_interval = retry_interval
         self._retry_at = 0.0  # monotonic: no implicit replay before this
         self._replaying = False
@@ -115,13 +122,17 @@ class AuditTrail:
     ) -> None:
         """File ``event`` in the trail of every tenant in ``tenants`` (``["_system"]`` for global
         events). Returns once each copy is in the store or fsync'd to the spool. ValueError for
-        caller bugs (bad tenant id, non-JSON details); OSError only if the store is unreachable
-        and the spool directory cannot be written either."""
+        caller bugs (bad tenant id, non-string incident, non-JSON details); OSError only if the store is
+        unreachable and the spool directory cannot be written either."""
         if not isinstance(event, str) or not event:
             raise ValueError("audit event name must be a non-empty string")
         if isinstance(tenants, str) or not tenants:
             raise ValueError("tenants must be a non-empty list of tenant ids")
         targets = list(dict.fromkeys(validate_tenant(t) for t in tenants))
+        if incident is not None and (not isinstance(incident, str) or not incident):
+            # Callers validate the id's shape (``validate_incident``); refusing one here would
+            # lose the audit record of an action already taken, so only the type is checked.
+            raise ValueError("incident must be a non-empty string or None")
         clean = normalize_details(details)
         try:
             canonical_bytes(clean)
@@ -180,6 +191,11 @@ class AuditTrail:
                 rec = decode_record(raw)
                 if rec is not None:
                     yield rec
+
+    async def incident_actions(self, incident: str) -> tuple[list[dict[str, Any]], bool]:
+        """Everything filed under ``incident``, in time order (``gateway.audit.incidents``);
+        (actions, truncated). Needs the store (StoreUnavailable)."""
+        return await _incidents.incident_actions(self._store, _incidents.validate_incident(incident))
 
     def export(
         self,

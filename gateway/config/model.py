@@ -7,6 +7,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
+from gateway.ratelimit.model import RateLimitsConfig
+from gateway.tenancy.model import TenancyConfig
+
 if TYPE_CHECKING:  # a runtime import would be circular (gateway.auth imports this module)
     from gateway.auth.webhooks import IntegrationConfig
 
@@ -99,6 +102,11 @@ class RouteConfig:
     websocket: bool = True
     integration: str | None = None
     audit: bool = False  # every request is filed in the tenant's audit trail (72-hour account)
+    rate_limit: tuple[str, ...] = ()  # names of rate_limits.policies (SPEC §8)
+    login: bool = False  # upstream 401/403 count as login failures (SPEC §8 lockouts)
+    roles: tuple[str, ...] = ()  # any-of against the token's roles (SPEC §7); () = no role needed
+    tenant_from: str | None = None  # "path:/t/{tenant}/" or "host:{tenant}.erp.example.com"
+    require_tenant_echo: bool = False  # the upstream must answer with X-Tenant-ID = acting tenant
 
 
 @dataclass(frozen=True)
@@ -159,6 +167,11 @@ class MfaConfig:
 
 
 @dataclass(frozen=True)
+class KillSwitchConfig:
+    resync: float = 5.0  # SPEC §9: full reload period, in case a pub/sub message was lost
+
+
+@dataclass(frozen=True)
 class AuditConfig:
     retention: float = 400 * 86400.0
     spool_dir: str = "./var/audit-spool"
@@ -179,6 +192,9 @@ class GatewayConfig:
     auth: AuthConfig = field(default_factory=AuthConfig)
     integrations: Mapping[str, IntegrationConfig] = field(default_factory=dict)
     mfa: MfaConfig = field(default_factory=MfaConfig)
+    killswitch: KillSwitchConfig = field(default_factory=KillSwitchConfig)
+    rate_limits: RateLimitsConfig = field(default_factory=RateLimitsConfig)
+    tenancy: TenancyConfig = field(default_factory=TenancyConfig)
     source: str = "<memory>"
     secret_paths: frozenset[str] = frozenset()
     secret_values: frozenset[str] = field(default=frozenset(), repr=False)

@@ -90,9 +90,17 @@ class Node:
                 raise ValueError(f"must be one of {', '.join(choices)}")
             return value
 
-        if default is _MISSING and key not in self.data:
-            self.raw(key)
-            return ""
+        if default is _MISSING:
+            # Required: absent, null or not a string is reported, and "" stands in so that the
+            # builders (which call .lower(), .startswith()...) never see the sentinel.
+            if key not in self.data:
+                self.raw(key)
+                return ""
+            if self.data[key] is None:
+                self.report.error(self.child_path(key), "is required")
+                self._seen.add(key)
+                return ""
+            return self.convert(key, "", parse)
         return self.convert(key, default, parse)
 
     def boolean(self, key: str, default: bool) -> bool:

@@ -21,6 +21,7 @@ from gateway.config.model import (
     GatewayConfig,
     IPNetwork,
     IssuerConfig,
+    KillSwitchConfig,
     ListenConfig,
     ListenLimits,
     LoggingConfig,
@@ -33,11 +34,13 @@ from gateway.config.model import (
     UpstreamTls,
 )
 from gateway.config.reader import Node, Report
+from gateway.ratelimit.schema import build_rate_limits, check_rate_limit_references
+from gateway.tenancy.schema import build_tenancy, check_tenancy_routes, route_tenancy_fields
 
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}\Z")
 
 
 def build_config(data: object, report: Report, source: str) -> GatewayConfig:
@@ -55,13 +58,19 @@ def build_config(data: object, report: Report, source: str) -> GatewayConfig:
         audit=_audit(root.child("audit")),
         auth=_auth(root.child("auth")),
         mfa=_mfa(root.child("mfa")),
+        killswitch=_killswitch(root.child("killswitch")),
         integrations=MappingProxyType(_integrations(root)),
+        rate_limits=build_rate_limits(root.child("rate_limits"), HTTP_METHODS),
+        tenancy=build_tenancy(root.child("tenancy")),
         source=source,
     )
     root.done()
     _check_references(config, report)
     _check_workers_and_state(config, report)
     _check_admin_issuers(config, report)
+    check_rate_limit_references(config, report)
+    check_tenancy_routes(config, report)
+    _check_rate_limit_headers(config, report)
     return config
 
 
@@ -251,6 +260,9 @@ def _routes(root: Node) -> tuple[RouteConfig, ...]:
                 cors=node.string("cors", None),
                 websocket=node.boolean("websocket", True),
                 audit=node.boolean("audit", False),
+                rate_limit=node.string_list("rate_limit"),
+                login=node.boolean("login", False),
+                **route_tenancy_fields(node),  # type: ignore[arg-type]
             )
         )
         node.done()
@@ -368,6 +380,15 @@ def _mfa(node: Node) -> MfaConfig:
     return result
 
 
+def _killswitch(node: Node) -> KillSwitchConfig:
+    result = KillSwitchConfig(resync=node.duration("resync", 5.0))
+    if not 0.1 <= result.resync <= 60:
+        # SPEC §9: a lost pub/sub message must not delay a switch for long; too short floods the store.
+        node.report.error(node.child_path("resync"), "must be between 100ms and 60s")
+    node.done()
+    return result
+
+
 def _integrations(root: Node) -> dict[str, IntegrationConfig]:
     section = root.child("integrations")
     result: dict[str, IntegrationConfig] = {}
@@ -433,3 +454,17 @@ def _check_workers_and_state(config: GatewayConfig, report: Report) -> None:
     # SPEC §14: local state is a single-process store; several workers would each hold a copy.
     if config.listen.workers > 1 and config.state.url.startswith("local:"):
         report.error("listen.workers", "must be 1 with local: state (use a redis:// state.url)")
+
+
+def _check_rate_limit_headers(config: GatewayConfig, report: Report) -> None:
+    # SECURITY: a stripped identity header is the client's own text (it never reaches an upstream);
+    # counting by it would let a client pick its bucket, e.g. header:X-Tenant-ID per request.
+    stripped = config.tenancy.strip_set()
+    rule_sets = [("rate_limits.pre_auth", config.rate_limits.pre_auth)]
+    policies = config.rate_limits.policies
+    rule_sets += [(f"rate_limits.policies.{name}", rules) for name, rules in policies.items()]
+    for path, rules in rule_sets:
+        for index, rule in enumerate(rules):
+            kind, _, name = rule.key.partition(":")
+            if kind == "header" and name.lower() in stripped:
+                report.error(f"{path}[{index}].key", f"{name} is stripped from client requests (tenancy)")

@@ -1,7 +1,10 @@
 """The demo ERP the gateway fronts: login, five tenant-aware modules, and debug endpoints.
 
 Tenant isolation here is deliberately naive — the backend believes whatever tenant the gateway
-asserts (see :func:`request_tenant`) — because the gateway is what is under test.
+asserts (see :func:`request_tenant`) — because the gateway is what is under test. With
+``context_keys`` (what ``shopino-gateway demo`` passes) it believes only a request whose signed
+``X-Gateway-Context`` verifies: unsigned requests get 401, forged, stale or replayed ones 403.
+Without keys (unit tests of the backend alone) it takes ``X-Tenant-ID`` as it comes.
 The ``/debug/*`` endpoints exist for end-to-end proxy tests (echo, streaming, slow, WebSocket).
 """
 
@@ -13,7 +16,7 @@ import itertools
 import json
 import secrets
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +24,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from gateway.demo.identities import ACME, GLOBEX, DemoUser, PasswordHash, UserDirectory
 from gateway.demo.issuer import DemoIssuer
+from gateway.tenancy import ContextInvalid, ReplayCache, VerifiedContext, verify_context
 
 TENANT_HEADER = "X-Tenant-ID"
 LOGIN_TTL = 900
@@ -38,12 +42,50 @@ _PATTERN = bytes(range(256))
 _SERVER_KEYS = frozenset({"id", "tenant", "created_by"})
 
 
-def request_tenant(request: web.BaseRequest) -> str | None:
-    """The acting tenant as the gateway asserted it, or None.
+_SAFE_METHODS = frozenset(("GET", "HEAD", "OPTIONS"))
+CONTEXT_KEYS = web.AppKey("context_keys", tuple)
+REPLAYS = web.AppKey("replays", ReplayCache)
+VERIFIED = web.RequestKey("verified_context", object)  # VerifiedContext, or the ContextInvalid
 
-    The ONE place the backend trusts the gateway: when the signed ``X-Gateway-Context`` lands,
-    this becomes a call to ``gateway.tenancy.verify_context(...)``."""
+
+def verified_context(request: web.BaseRequest) -> VerifiedContext | None:
+    """The gateway's signed assertion, verified once per request (None without keys).
+
+    The ONE place the backend trusts the gateway. Raises ``ContextInvalid``."""
+    keys = request.app[CONTEXT_KEYS] if isinstance(request, web.Request) else ()
+    if not keys:
+        return None
+    cached = request.get(VERIFIED)
+    if cached is None:
+        try:
+            # Unsafe methods are never legitimately repeated byte for byte: refuse replays.
+            replays = None if request.method in _SAFE_METHODS else request.app[REPLAYS]
+            cached = verify_context(
+                request.headers, request.method, request.raw_path, keys, replay_cache=replays
+            )
+        except ContextInvalid as exc:
+            cached = exc
+        request[VERIFIED] = cached
+    if isinstance(cached, ContextInvalid):
+        raise cached
+    assert isinstance(cached, VerifiedContext)
+    return cached
+
+
+def request_tenant(request: web.BaseRequest) -> str | None:
+    """The acting tenant as the gateway asserted it, or None (also when it does not verify)."""
+    try:
+        context = verified_context(request)
+    except ContextInvalid:
+        return None
+    if context is not None:
+        return context.tenant
     return request.headers.get(TENANT_HEADER) or None
+
+
+def request_user(request: web.BaseRequest) -> str | None:
+    context = verified_context(request)
+    return context.user if context is not None else request.headers.get("X-User-ID")
 
 
 def pattern_bytes(offset: int, length: int) -> bytes:
@@ -105,7 +147,19 @@ def _json_error(exc: type[web.HTTPException], error: str, message: str) -> web.H
 
 
 def _tenant_of(request: web.Request) -> str:
-    tenant = request_tenant(request)
+    try:
+        context = verified_context(request)
+    except ContextInvalid as exc:
+        if exc.reason == "missing":
+            raise _json_error(web.HTTPUnauthorized, "missing_context",
+                              "a signed gateway context is required") from None
+        raise _json_error(web.HTTPForbidden, "invalid_context",
+                          "the gateway context does not verify") from None
+    tenant = context.tenant if context is not None else request_tenant(request)
+    named = request.match_info.get("tenant")
+    if named is not None and named != tenant:
+        # Defence in depth: the gateway already refuses this (403 tenant-mismatch).
+        raise _json_error(web.HTTPForbidden, "tenant_mismatch", "the path names another tenant")
     if tenant is None:
         raise _json_error(web.HTTPUnauthorized, "missing_tenant", f"{TENANT_HEADER} is required")
     if tenant not in request.app[STORE].tenants:
@@ -173,7 +227,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 # --- ERP modules ------------------------------------------------------------------------------
 
-def _module_routes(module: str) -> list[web.RouteDef]:
+def _module_routes(module: str, base: str | None = None) -> list[web.RouteDef]:
     async def list_records(request: web.Request) -> web.Response:
         tenant = _tenant_of(request)
         records = request.app[STORE].list(tenant, module)
@@ -194,14 +248,13 @@ def _module_routes(module: str) -> list[web.RouteDef]:
             fields = None
         if not isinstance(fields, dict):
             raise _json_error(web.HTTPBadRequest, "bad_request", "expected a JSON object")
-        record = request.app[STORE].create(tenant, module, fields,
-                                           created_by=request.headers.get("X-User-ID"))
+        record = request.app[STORE].create(tenant, module, fields, created_by=request_user(request))
         if record is None:
             raise _json_error(web.HTTPInsufficientStorage, "full", "demo record limit reached")
         location = f"/api/{module}/{record['id']}"
         return web.json_response(record, status=201, headers={"Location": location})
 
-    base = f"/api/{module}"
+    base = base or f"/api/{module}"
     return [web.get(base, list_records), web.post(base, create_record),
             web.get(base + "/{record_id}", get_record)]
 
@@ -295,10 +348,14 @@ async def _close_websockets(app: web.Application) -> None:
 
 def make_backend_app(issuer: DemoIssuer, users: Iterable[DemoUser], *,
                      seed: Mapping[str, Mapping[str, Iterable[Mapping[str, Any]]]] | None = None,
+                     context_keys: Sequence[str | bytes] = (),
                      ) -> web.Application:
     """The demo ERP as an aiohttp app; ``seed`` (tenant -> module -> records) defaults to two
-    tenants, ``acme`` and ``globex``, with a few records per module."""
+    tenants, ``acme`` and ``globex``, with a few records per module. ``context_keys``: the
+    gateway's context MAC keys (current first); empty trusts ``X-Tenant-ID`` unverified."""
     app = web.Application()
+    app[CONTEXT_KEYS] = tuple(context_keys)
+    app[REPLAYS] = ReplayCache()
     app[STORE] = TenantStore(SEED if seed is None else seed)
     app[ISSUER] = issuer
     app[USERS] = users if isinstance(users, UserDirectory) else UserDirectory(users)
@@ -316,6 +373,9 @@ def make_backend_app(issuer: DemoIssuer, users: Iterable[DemoUser], *,
     ])
     for module in MODULES:
         app.add_routes(_module_routes(module))
+    # The tenant-in-the-path API (the gateway's tenant_from demo): inventory only, so a support
+    # grant for "inventory" (or "*") opens exactly this and nothing of finance or customers.
+    app.add_routes(_module_routes("inventory/items", "/t/{tenant}/api/inventory/items"))
     return app
 
 
@@ -346,9 +406,10 @@ class BackendServer:
 
 async def start_backend(issuer: DemoIssuer, users: Iterable[DemoUser], *,
                         host: str = "127.0.0.1", port: int = 0,
-                        ssl_context: Any = None) -> BackendServer:
+                        ssl_context: Any = None,
+                        context_keys: Sequence[str | bytes] = ()) -> BackendServer:
     """Serve the demo ERP in this event loop; ``port=0`` picks a free port (see ``.url``)."""
-    app = make_backend_app(issuer, users)
+    app = make_backend_app(issuer, users, context_keys=context_keys)
     # access_log=None: the demo's console is for the gateway's logs; shutdown_timeout keeps
     # Ctrl-C and test teardown quick.
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)

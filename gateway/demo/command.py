@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import signal
 import sys
 import tempfile
@@ -19,6 +20,8 @@ import uvloop
 
 import gateway
 from gateway.config import ConfigError, load_config
+from gateway.tenancy.keys import ENV_VAR as CONTEXT_KEY_ENV
+from gateway.tenancy.keys import PREVIOUS_ENV_VAR as PREVIOUS_CONTEXT_KEY_ENV
 
 if TYPE_CHECKING:
     from gateway.demo.identities import DemoUser
@@ -61,7 +64,14 @@ async def _demo(config_path: Path, workdir: Path, port: int, admin_port: int, ba
     users = default_users()
     issuer.write_jwks(workdir / "demo-issuer.jwks.json")
     issuer.write_private_pem(workdir / "demo-issuer.key.pem")
-    backend = await start_backend(issuer, users, port=backend_port)
+    # SPEC §7: the gateway signs X-Gateway-Context with this key and the demo ERP refuses any
+    # request whose context does not verify; one random key per run unless the operator set one.
+    if not os.environ.get(CONTEXT_KEY_ENV):
+        os.environ[CONTEXT_KEY_ENV] = secrets.token_urlsafe(32)
+    keys = [os.environ[CONTEXT_KEY_ENV]]
+    if os.environ.get(PREVIOUS_CONTEXT_KEY_ENV):
+        keys.append(os.environ[PREVIOUS_CONTEXT_KEY_ENV])
+    backend = await start_backend(issuer, users, port=backend_port, context_keys=keys)
     os.environ.update(
         {
             "SHOPINO_DEMO_PORT": str(port),
@@ -151,6 +161,12 @@ def _banner(
         "  # 5. the ERP answers, for alice's tenant only (the gateway sets X-Tenant-ID from the token)",
         "  curl -sk $G/api/inventory/items -H \"Authorization: Bearer $MFA\" -H 'X-Tenant-ID: globex'",
         "  curl -sk $G/.well-known/jwks.json",
+        "  # 5b. tenants: another tenant in the path is 403 tenant-mismatch; support access needs a grant",
+        '  curl -sk -i $G/t/globex/api/inventory/items -H "Authorization: Bearer $MFA"',
+        "  # alice (tenant-admin, MFA under 15 min old) lets support user sam see acme's inventory for 1 h",
+        "  SHOPINO_GATEWAY_TOKEN=$MFA shopino-gateway grants create --url $G \\",
+        f"      --cafile {workdir / 'tls' / 'self-signed.crt'} --grantee sam --modules inventory --ttl 1h",
+        f"  shopino-gateway grants list --admin-url {admin}",
         "  # 6. attacks refused before they reach the ERP",
         '  curl -sk -i --path-as-is "$G/api/inventory/..%2f..%2fadmin"',
         "  curl -sk -i $G/api/finance/invoices -H 'Authorization: Bearer eyJhbGciOiJub25lIn0.e30.'",
@@ -160,6 +176,12 @@ def _banner(
         "  shopino-gateway reload",
         "  shopino-gateway audit export --tenant acme --format csv",
         "  shopino-gateway audit verify --tenant acme",
+        "  # 8. incident response: isolate the finance module on every instance, see the 503, release",
+        f"  shopino-gateway killswitch engage --admin-url {admin} --scope module --target finance \\",
+        '      --mode block --reason "demo: suspected invoice exfiltration" --incident INC-DEMO --ttl 15m',
+        "  curl -sk -i $G/api/finance/invoices     # 503 isolated, with the incident id and Retry-After",
+        f"  shopino-gateway killswitch list --admin-url {admin}",
+        f"  shopino-gateway killswitch release --admin-url {admin} ID --reason 'demo over'",
         "",
         "Ctrl-C stops everything.",
         "",

@@ -8,12 +8,13 @@ from aiohttp import web
 
 from gateway.context import RequestContext
 from gateway.errors import BadRequest
-from gateway.gateway_endpoints import GATEWAY_ENDPOINTS, serve_gateway_endpoint
+from gateway.gateway_endpoints import is_gateway_endpoint, serve_gateway_endpoint
+from gateway.middleware.killswitch import check_gateway_endpoint
 from gateway.routing import normalise_target
 
 # RFC 3986 host (reg-name or IP literal) and optional port; anything else in Host is an attack on
 # whatever reads it downstream (Forwarded/X-Forwarded-Host injection, cache poisoning).
-_HOST_RE = re.compile(r"^(?:\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9._-]{1,253})(?::[0-9]{1,5})?$")
+_HOST_RE = re.compile(r"^(?:\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9._-]{1,253})(?::[0-9]{1,5})?\Z")
 
 
 def checked_host(request: web.BaseRequest) -> str | None:
@@ -33,7 +34,8 @@ def checked_host(request: web.BaseRequest) -> str | None:
 async def resolve_route(ctx: RequestContext) -> web.StreamResponse | None:
     request = ctx.request
     ctx.target = normalise_target(request.raw_path, host=checked_host(request))
-    if ctx.target.path in GATEWAY_ENDPOINTS:
+    if is_gateway_endpoint(ctx.target.path):
+        check_gateway_endpoint(ctx)  # SPEC §9: a global switch spares only health and ready
         return await serve_gateway_endpoint(ctx)
     ctx.route = ctx.runtime.routes.match(ctx.target.path, request.method)
     return None

@@ -40,7 +40,8 @@ async def verify_webhook(ctx: RequestContext) -> web.StreamResponse | None:
     if (ctx.request.content_length or 0) > limit:
         raise PayloadTooLarge("The webhook body is larger than this route allows")
     send_continue(ctx)  # every check that needs no body has passed
-    body = await read_bounded_body(ctx.request, limit)
+    # A body:FIELD rate limit may have read it already (same bytes, same bound).
+    body = ctx.body if ctx.body is not None else await read_bounded_body(ctx.request, limit)
     secrets = runtime.services.integrations.secrets_for(config.name, config.secret_bytes)
     # SECURITY: forged webhooks (fake orders, refunds) — HMAC over the exact bytes received.
     if not verify_signature(config, secrets, body, ctx.request.headers):

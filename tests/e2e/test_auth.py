@@ -194,7 +194,8 @@ async def test_identity_headers_come_from_the_token_only(auth_gateway, issuer: D
     assert seen["x-tenant-id"] == "acme"
     assert seen["x-user-id"] == "alice"
     assert seen["x-user-roles"] == "finance"
-    assert "x-gateway-context" not in seen
+    # SPEC §7: the client's context is dropped; the gateway's own signed one takes its place.
+    assert seen["x-gateway-context"].startswith("v1.") and seen["x-gateway-context"] != "v1.x"
     assert [k for k, _ in record["headers"]].count("X-Tenant-ID") == 1
 
 

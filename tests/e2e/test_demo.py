@@ -92,6 +92,7 @@ def test_demo_walkthrough_and_clean_stop(tmp_path: Path) -> None:
         status, _ = _call(f"{base}/_gateway/ready")
         assert status == 200
         assert "curl -sk $G/_gateway/ready" in output and f"G={base}" in output
+        _isolate_finance_as_the_banner_says(output, base, admin_port)
     finally:
         proc.send_signal(signal.SIGINT)
         code = proc.wait(15)
@@ -100,3 +101,27 @@ def test_demo_walkthrough_and_clean_stop(tmp_path: Path) -> None:
     final = (tmp_path / "demo.log").read_text()
     assert "demo stopped" in final
     assert password not in final.split("Ctrl-C stops everything")[1]  # never logged after the banner
+
+
+def _isolate_finance_as_the_banner_says(output: str, base: str, admin_port: int) -> None:
+    """Step 8 of the banner: the kill switch command it prints works, the 503 shows, release."""
+    admin = f"http://127.0.0.1:{admin_port}"
+    assert f"killswitch engage --admin-url {admin} --scope module --target finance" in output
+    env = {"SHOPINO_GATEWAY_ADMIN_TOKEN": "demo-admin-token", "PATH": "/usr/bin:/bin"}
+    engage = subprocess.run(
+        [sys.executable, "-m", "gateway", "killswitch", "engage", "--admin-url", admin, "--scope", "module",
+         "--target", "finance", "--mode", "block", "--reason", "demo", "--incident", "INC-DEMO",
+         "--ttl", "15m", "--json"],
+        capture_output=True, text=True, env=env, timeout=30, check=False,
+    )
+    assert engage.returncode == 0, engage.stderr
+    status, body = _call(f"{base}/api/finance/invoices")
+    assert status == 503 and json.loads(body)["incident"] == "INC-DEMO"
+    release = subprocess.run(
+        [sys.executable, "-m", "gateway", "killswitch", "release", "--admin-url", admin,
+         json.loads(engage.stdout)["id"], "--reason", "demo over"],
+        capture_output=True, text=True, env=env, timeout=30, check=False,
+    )
+    assert release.returncode == 0, release.stderr
+    status, _ = _call(f"{base}/api/finance/invoices")
+    assert status == 401  # released: back to the normal answer (no token)

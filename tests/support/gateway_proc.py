@@ -59,7 +59,15 @@ class GatewayProc:
         self.write_config(config)
         self.log_path = tmp / "gateway.log"
         master_key = base64.b64encode(secrets.token_bytes(32)).decode()
-        self.env = {**os.environ, "SHOPINO_GATEWAY_MASTER_KEY": master_key, **(env or {})}
+        # The X-Gateway-Context MAC key (SPEC §7): tests verify what upstreams receive with it.
+        self.context_key = secrets.token_urlsafe(32)
+        self.env = {
+            **os.environ,
+            "SHOPINO_GATEWAY_MASTER_KEY": master_key,
+            "SHOPINO_GATEWAY_CONTEXT_KEY": self.context_key,
+            **(env or {}),
+        }
+        self.context_key = self.env["SHOPINO_GATEWAY_CONTEXT_KEY"]
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property

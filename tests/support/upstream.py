@@ -2,7 +2,8 @@
 
 Endpoints: ``/echo`` (what arrived), ``/stream?bytes=N`` (generated download),
 ``/sink`` (streamed upload → size and sha256), ``/slow?seconds=S``, ``/ws`` (WebSocket echo),
-``/leaky`` (answers with Server/X-Powered-By/hop-by-hop headers).
+``/leaky`` (answers with Server/X-Powered-By/hop-by-hop headers), ``POST /login`` (JSON or form
+``username``/``password`` checked against ``accounts``: 200 or 401; every attempt is counted).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ class Upstream:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.requests: list[dict[str, Any]] = []
+        self.accounts: dict[str, str] = {}  # username → password for POST /login
+        self.login_attempts: list[tuple[str, bool]] = []  # (username, succeeded)
         self._loop = asyncio.new_event_loop()
         self._runner: web.AppRunner | None = None
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -36,6 +39,7 @@ class Upstream:
         app.router.add_get("/stream", self.stream)
         app.router.add_get("/slow", self.slow)
         app.router.add_get("/leaky", self.leaky)
+        app.router.add_post("/login", self.login)
         app.router.add_route("*", "/{tail:.*}", self.echo)
         return app
 
@@ -87,6 +91,18 @@ class Upstream:
                 "X-Internal": "secret-topology",
             },
         )
+
+    async def login(self, request: web.Request) -> web.Response:
+        if request.content_type == "application/json":
+            data = await request.json()
+        else:
+            data = dict(await request.post())
+        username, password = str(data.get("username", "")), str(data.get("password", ""))
+        ok = username in self.accounts and self.accounts[username] == password
+        self.login_attempts.append((username, ok))
+        if ok:
+            return web.json_response({"token": f"session-{username}"})
+        return web.json_response({"error": "invalid credentials"}, status=401)
 
     async def ws(self, request: web.Request) -> web.WebSocketResponse:
         socket = web.WebSocketResponse(protocols=("chat",))

@@ -85,7 +85,7 @@ def two_routes(first: str, second: str, *, case_insensitive: bool = False) -> st
 ERROR_CASES = [
     # unknown keys
     pytest.param("foo: 1\n", ["foo: unknown key"], id="unknown-root"),
-    pytest.param("tenancy: {}\n", ["tenancy: unknown key"], id="unknown-root-not-yet-in-schema"),
+    pytest.param("tenancy:\n  claims: tid\n", ["tenancy.claims: unknown key"], id="unknown-in-tenancy"),
     pytest.param(
         "listen:\n  limits:\n    max_conns: 5\n",
         ["listen.limits.max_conns: unknown key"],
@@ -299,6 +299,27 @@ ERROR_CASES = [
         "cors:\n  web: {origins: ['*'], credentials: true}\n",
         ["cors.web.origins: '*' cannot be combined with credentials: true"],
         id="cors-wildcard-with-credentials",
+    ),
+    pytest.param(
+        "admin: {tokens: [{name: ci, sha256: 123456}]}\n",
+        ["admin.tokens[0].sha256: expected a string"],
+        id="required-string-given-a-number",
+    ),
+    pytest.param(
+        "admin: {tokens: [{name: ci, sha256: null}]}\n",
+        ["admin.tokens[0].sha256: is required"],
+        id="required-string-given-null",
+    ),
+    pytest.param(
+        "rate_limits: {pre_auth: [{key: 'header:x-user-id', limit: 5/second}]}\n",
+        ["rate_limits.pre_auth[0].key: x-user-id is stripped from client requests (tenancy)"],
+        id="rate-limit-by-a-stripped-identity-header",
+    ),
+    pytest.param(
+        "tenancy: {strip_headers: [X-Acting-As]}\n"
+        "rate_limits: {policies: {api: [{key: 'header:X-Acting-As', limit: 5/second}]}}\n",
+        ["rate_limits.policies.api[0].key: X-Acting-As is stripped from client requests (tenancy)"],
+        id="rate-limit-by-a-configured-stripped-header",
     ),
     # unreadable YAML
     pytest.param("listen: [\n", ["<root>: invalid YAML at line 2, column 1"], id="invalid-yaml"),
