@@ -108,7 +108,7 @@ def cmd_grants_create(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        with urllib.request.urlopen(request, timeout=10, context=context) as response:  # noqa: S310
+        with operator_client.open_url(request, context, 10) as response:
             status, data = response.status, operator_client._json(response.read())
     except urllib.error.HTTPError as error:
         status, data = error.code, operator_client._json(error.read())
@@ -117,7 +117,7 @@ def cmd_grants_create(args: argparse.Namespace) -> int:
         return EXIT_UNREACHABLE
     if args.json:
         print(json.dumps(data, indent=2, sort_keys=True))
-    if status >= 400:
+    if not 200 <= status < 300:  # a redirect (refused above) is an error too
         if not args.json:
             print(f"error {status}: {data.get('title', '')}: {data.get('detail', '')}", file=sys.stderr)
         return EXIT_REMOTE_ERROR

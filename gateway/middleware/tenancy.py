@@ -30,9 +30,11 @@ from gateway.tenancy.resolve import TENANT_ID_RE, TenantNotNamed
 
 log = structlog.get_logger("gateway.tenancy")
 # SECURITY: identity values become upstream header values and MAC fields: no control characters
-# (header injection, field confusion in the "\n"-joined MAC), no comma inside a role.
-_USER_RE = re.compile(r"[^\x00-\x1f\x7f]{1,1024}")
-_ROLE_RE = re.compile(r"[^\x00-\x1f\x7f,]{1,256}")
+# (header injection, field confusion in the "\n"-joined MAC), no comma inside a role, no lone
+# surrogates (not encodable as UTF-8: the MAC could not be computed), and no leading or trailing
+# blank (HTTP strips it, so the backend would see another value than the one signed).
+_USER_RE = re.compile(r"(?![ \t])[^\x00-\x1f\x7f\ud800-\udfff]{1,1024}(?<![ \t])")
+_ROLE_RE = re.compile(r"(?![ \t])[^\x00-\x1f\x7f,\ud800-\udfff]{1,256}(?<![ \t])")
 _MAX_CLAIMED = 4  # tenants named in one leak record (the upstream chooses them)
 
 
@@ -146,11 +148,15 @@ def inject_identity(ctx: RequestContext, headers: CIMultiDict[str]) -> None:
     if claims is None or tenant is None or ctx.route is None or ctx.route.auth != "jwt":
         return
     assert ctx.target is not None
+    # SECURITY: a token's roles hold in the token's own tenant. Acting in another tenant under a
+    # grant, a support user is "support" there and nothing more: a "tenant-admin" or "finance"
+    # role from the support organisation's tenant must not reach the granting tenant's backend.
+    roles: tuple[str, ...] = (SUPPORT_ROLE,) if ctx.grant is not None else tuple(claims.roles)
     headers[TENANT_HEADER] = tenant
     headers[USER_HEADER] = claims.subject
-    headers[ROLES_HEADER] = ",".join(claims.roles)
+    headers[ROLES_HEADER] = ",".join(roles)
     headers[CONTEXT_HEADER] = ctx.runtime.services.context_keys.signer.sign(
-        ctx.request.method, ctx.target.upstream_target, tenant, claims.subject, claims.roles, ctx.request_id
+        ctx.request.method, ctx.target.upstream_target, tenant, claims.subject, roles, ctx.request_id
     )
 
 

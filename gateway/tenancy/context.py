@@ -41,7 +41,9 @@ REQUEST_ID_HEADER = "X-Request-ID"
 VERSION = "v1"
 DEFAULT_MAX_AGE = 60.0
 DEFAULT_SKEW = 5.0  # seconds a timestamp may lie in the future (clocks of gateway and backend)
-_VALUE_RE = re.compile(r"v1\.([0-9]{1,12})\.([A-Za-z0-9_-]{43})")  # 32-byte MAC = 43 base64url chars
+# 32-byte MAC = 43 base64url chars. The timestamp is written as the signer writes it (no leading
+# zeros), so the MAC covers the header's own text, not a re-formatted number.
+_VALUE_RE = re.compile(r"v1\.(0|[1-9][0-9]{0,11})\.([A-Za-z0-9_-]{43})")
 
 Key = str | bytes
 
@@ -162,10 +164,26 @@ def _header(headers: Any, name: str) -> str | None:
     else:
         lower = name.lower()
         items = headers.items() if isinstance(headers, Mapping) else headers
-        values = [v for k, v in items if k.lower() == lower]
+        values = [v for k, v in items if _name(k) == lower]
     if len(values) > 1:
         raise ContextInvalid("malformed", f"{name} appears more than once")
-    return values[0] if values else None
+    if not values:
+        return None
+    value = values[0]
+    if isinstance(value, bytes | bytearray):  # raw headers (ASGI scopes): the gateway sends UTF-8
+        try:
+            value = bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            raise ContextInvalid("malformed", f"{name} is not UTF-8") from None
+    if not isinstance(value, str):
+        raise ContextInvalid("malformed", f"{name} is not a header value")
+    return value
+
+
+def _name(key: object) -> str | None:
+    if isinstance(key, bytes | bytearray):
+        return bytes(key).decode("latin-1").lower()
+    return key.lower() if isinstance(key, str) else None
 
 
 def _keys(key: Key | Iterable[Key]) -> list[bytes]:
@@ -210,7 +228,12 @@ def verify_context(
         given_mac = base64.urlsafe_b64decode(given + "=")
     except (binascii.Error, ValueError):
         raise ContextInvalid("malformed", f"{CONTEXT_HEADER} is malformed") from None
-    message = _message(ts, method, target, tenant, user, roles, request_id)
+    try:
+        message = _message(ts, method, target, tenant, user, roles, request_id)
+    except UnicodeEncodeError:
+        # Servers decode undecodable header or path bytes as lone surrogates (aiohttp's
+        # surrogateescape): never something the gateway signed, and never a crash.
+        raise ContextInvalid("malformed", "the request carries text that is not valid UTF-8") from None
     valid = False
     for raw in keys:
         expected = hmac.new(raw, message, hashlib.sha256).digest()

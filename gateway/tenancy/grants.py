@@ -76,8 +76,9 @@ class Grant:
             return False
         if module in self.modules:
             return True
-        # SECURITY: "*" never opens finance or customers data; the tenant must name them.
-        return ALL_MODULES in self.modules and module not in SENSITIVE_MODULES
+        # SECURITY: "*" never opens finance or customers data; the tenant must name them. Module
+        # names in the config are free text, so a route's "Finance" is as sensitive as "finance".
+        return ALL_MODULES in self.modules and module.strip().casefold() not in SENSITIVE_MODULES
 
     def public(self) -> dict[str, Any]:
         data = asdict(self)
@@ -110,9 +111,27 @@ def _key(tenant: str) -> str:
     return GRANT_PREFIX_TEMPLATE.format(tenant=tenant)
 
 
+def _well_typed(data: Any) -> bool:
+    """A stored record's fields have the types ``find`` and ``load`` compare: a record that
+    would raise there (a string ``expires_at``) would stall every later reload of the snapshot,
+    and with it the propagation of revocations."""
+    return (
+        isinstance(data, dict)
+        and all(isinstance(data.get(k), str) for k in ("id", "tenant", "grantee", "created_by"))
+        and all(
+            isinstance(data.get(k), int | float) and not isinstance(data.get(k), bool)
+            for k in ("created_at", "expires_at")
+        )
+        and isinstance(data.get("modules"), list)
+        and all(isinstance(m, str) for m in data["modules"])
+    )
+
+
 def _parse(tenant: str, raw: bytes) -> Grant | None:
     try:
         data = orjson.loads(raw)
+        if not _well_typed(data):
+            raise TypeError("malformed grant record")
         grant = Grant(**{**data, "modules": tuple(data["modules"])})
     except (orjson.JSONDecodeError, TypeError, KeyError):
         log.error("grants of tenant %s: ignoring a malformed record", tenant)

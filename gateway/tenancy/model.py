@@ -3,10 +3,32 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 # SPEC §7: always removed from client requests, whatever ``tenancy.strip_headers`` says.
 BUILTIN_STRIP_HEADERS = ("X-Tenant-ID", "X-User-ID", "X-User-Roles", "X-Gateway-Context")
+
+
+class HeaderNameSet(frozenset[str]):
+    """Lower-case header names, matched with ``_`` and ``-`` treated alike.
+
+    SECURITY: CGI/WSGI servers (and PHP, Rack, many frameworks) map both ``X-Tenant-ID`` and
+    ``X_Tenant_ID`` to ``HTTP_X_TENANT_ID``; forwarding the underscore spelling would let a
+    client smuggle an identity header past the strip set (cf. oauth2-proxy GHSA-vjrc-mh2v-45x6).
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, names: Iterable[str] = ()) -> HeaderNameSet:
+        return super().__new__(cls, (_fold(n) for n in names))
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and frozenset.__contains__(self, _fold(name))
+
+
+def _fold(name: str) -> str:
+    return name.lower().replace("_", "-")
 
 
 @dataclass(frozen=True)
@@ -15,5 +37,6 @@ class TenancyConfig:
     strip_headers: tuple[str, ...] = BUILTIN_STRIP_HEADERS
 
     def strip_set(self) -> frozenset[str]:
-        """Lower-case names of every client header the gateway drops (built-ins included)."""
-        return frozenset(h.lower() for h in (*BUILTIN_STRIP_HEADERS, *self.strip_headers))
+        """Lower-case names of every client header the gateway drops (built-ins included);
+        membership ignores ``_`` versus ``-`` (see ``HeaderNameSet``)."""
+        return HeaderNameSet((*BUILTIN_STRIP_HEADERS, *self.strip_headers))

@@ -16,7 +16,10 @@ from typing import Literal
 
 PLACEHOLDER = "{tenant}"
 # The audit trail's tenant id syntax: a named tenant must be one the gateway can file records for.
-TENANT_ID_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._@-]{0,127}")
+# SECURITY: "_system" is the gateway's own trail (switches, key rotations, reloads), never a tenant
+# a token may act for, name, grant in, or have records filed under.
+SYSTEM_TRAIL = "_system"
+TENANT_ID_RE = re.compile(rf"(?!{SYSTEM_TRAIL}\Z)[A-Za-z0-9_][A-Za-z0-9._@-]{{0,127}}")
 _HOST_LITERAL_RE = re.compile(r"[A-Za-z0-9.-]*")
 _PATH_LITERAL_RE = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:@/%-]*")
 

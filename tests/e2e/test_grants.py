@@ -272,6 +272,30 @@ async def _is(http: aiohttp.ClientSession, gw: GatewayProc, path: str, tok: str,
     return await status_of(http, gw, path, tok) == expected
 
 
+async def test_home_tenant_roles_do_not_follow_a_support_user_into_a_grant(
+    gateways, issuer: DemoIssuer
+) -> None:
+    # Regression: under a grant the upstream got X-User-Roles "support,tenant-admin,finance",
+    # the roles the support user holds in its own tenant, signed as if they held in acme.
+    gw, _, _ = gateways
+    admin = token(issuer, "alice", "acme", ("tenant-admin",))
+    sam = token(issuer, "sam", "shopino-support", ("support", "tenant-admin", "finance"))
+    async with aiohttp.ClientSession() as http:
+        status, grant = await create(http, gw, admin, grantee="sam", modules=["inventory"], ttl="1h")
+        assert status == 201
+        async with http.get(f"{gw.url}/t/acme/stock", headers=bearer(sam)) as r:
+            assert r.status == 200
+            record = await r.json()
+        seen = {k.lower(): v for k, v in record["headers"]}
+        assert (seen["x-tenant-id"], seen["x-user-roles"]) == ("acme", "support")
+        context = verify_context(seen, "GET", record["path_qs"], gw.context_key)
+        assert (context.tenant, context.roles) == ("acme", ("support",))
+        async with http.get(f"{gw.url}/api/x", headers=bearer(sam)) as r:  # its own tenant: all roles
+            seen = {k.lower(): v for k, v in (await r.json())["headers"]}
+            assert seen["x-user-roles"] == "support,tenant-admin,finance"
+        await _revoke_public(http, gw, admin, grant["id"])
+
+
 async def _revoke_public(http: aiohttp.ClientSession, gw: GatewayProc, admin: str, grant_id: str) -> None:
     async with http.delete(f"{gw.url}{GRANTS}/{grant_id}", headers=bearer(admin)) as r:
         assert r.status == 200, await r.text()

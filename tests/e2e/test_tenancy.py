@@ -96,6 +96,22 @@ def test_spoofed_identity_headers_in_every_spelling_are_dropped(setup, issuer: D
     _check_identity(gw, json.loads(body), "acme", "alice", "inventory,reports")
 
 
+def test_underscore_spellings_of_identity_headers_are_dropped(setup, issuer: DemoIssuer) -> None:
+    # Regression: "X_Tenant_ID: globex" was forwarded; CGI/WSGI backends read it as HTTP_X_TENANT_ID.
+    gw, _ = setup
+    names = [*IDENTITY, *EXTRA_STRIPPED]
+    spoofed = [(n.replace("-", "_"), "globex") for n in names]
+    spoofed += [(n.replace("-", "_", 1), "globex") for n in names]  # mixed: X_Tenant-ID
+    auth = ("Authorization", f"Bearer {token(issuer, roles=('inventory',))}")
+    status, _, body = raw_request(gw, "GET", "/api/items", [auth, *spoofed])
+    assert status == 200, body
+    record = json.loads(body)
+    folded = [k.lower().replace("_", "-") for k, _ in record["headers"]]
+    for name in names:
+        assert folded.count(name.lower()) == (1 if name in IDENTITY else 0), name
+    _check_identity(gw, record, "acme", "alice", "inventory")
+
+
 def test_auth_none_routes_get_no_identity_headers(setup) -> None:
     gw, _ = setup
     spoofed = [(s, "globex") for name in (*IDENTITY, *EXTRA_STRIPPED) for s in _spellings(name)]
@@ -243,6 +259,12 @@ async def test_identity_claims_that_would_inject_headers_are_refused(setup, issu
         token(issuer, roles=("finance,tenant-admin",)),
         token(issuer, tenant="../globex"),
         token(issuer, tenant="acme\n"),
+        # Regression: a lone surrogate cannot be UTF-8 encoded (the MAC raised, a 500), and a
+        # trailing blank is stripped by HTTP (the backend saw another user than the one signed).
+        token(issuer, sub="alice\ud800"),
+        token(issuer, sub="alice "),
+        token(issuer, roles=("inventory", " tenant-admin")),
+        token(issuer, tenant="_system"),  # the gateway's own audit trail is no tenant
     ]
     async with aiohttp.ClientSession() as http:
         for tok in bad:
@@ -276,3 +298,18 @@ async def test_leak_blocked_on_the_aiohttp_transport_too(tmp_path: Path, issuer:
     finally:
         gw.stop()
         upstream.stop()
+
+
+async def test_the_system_trail_is_no_tenant_of_the_gateway_endpoints(setup, issuer: DemoIssuer) -> None:
+    """SECURITY (review finding): a token naming tid "_system" could export the gateway's own
+    trail through /_gateway/audit, or enrol MFA and create grants under it."""
+    gw, _ = setup
+    bearer = {"Authorization": f"Bearer {token(issuer, tenant='_system', roles=('tenant-admin',))}"}
+    good = {"Authorization": f"Bearer {token(issuer, roles=('tenant-admin',))}"}
+    async with aiohttp.ClientSession() as http:
+        for method, path in (("GET", "/_gateway/audit"), ("GET", "/_gateway/grants")):
+            async with http.request(method, f"{gw.url}{path}", headers=bearer) as r:
+                assert r.status == 401, path
+                assert "_system" not in await r.text()
+        async with http.get(f"{gw.url}/_gateway/audit", headers=good) as r:
+            assert r.status == 200  # the same request for a real tenant is served

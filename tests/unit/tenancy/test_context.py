@@ -170,3 +170,38 @@ def test_empty_roles_round_trip() -> None:
 
 def test_signer_repr_hides_the_key() -> None:
     assert KEY not in repr(ContextSigner(KEY))
+
+
+@pytest.mark.parametrize("field", ["X-Tenant-ID", "X-User-ID", "X-User-Roles", "X-Request-ID"])
+def test_undecodable_header_bytes_raise_context_invalid_only(field: str) -> None:
+    # Regression: aiohttp hands undecodable header bytes over as lone surrogates
+    # (surrogateescape); encoding the MAC message raised UnicodeEncodeError, not ContextInvalid.
+    with pytest.raises(ContextInvalid) as caught:
+        verify_context(_headers(**{field: "acme\udcff"}), "GET", TARGET, KEY, now=NOW)
+    assert caught.value.reason == "malformed"
+    with pytest.raises(ContextInvalid):
+        verify_context(_headers(), "GET", TARGET + "\udcff", KEY, now=NOW)
+
+
+@pytest.mark.parametrize("value", [None, 17, ["acme"], b"\xff\xfe"])
+def test_non_text_header_values_raise_context_invalid_only(value: object) -> None:
+    # Regression: a None/int value in a plain dict, or undecodable bytes, raised AttributeError,
+    # TypeError or UnicodeDecodeError instead of ContextInvalid.
+    headers = {k: v for k, v in _headers().items()}
+    for field in ("X-Gateway-Context", "X-Tenant-ID"):
+        with pytest.raises(ContextInvalid):
+            verify_context({**headers, field: value}, "GET", TARGET, KEY, now=NOW)
+
+
+def test_raw_byte_headers_verify() -> None:
+    raw = [(k.lower().encode(), v.encode()) for k, v in _headers().items()]
+    assert verify_context(raw, "GET", TARGET, KEY, now=NOW).tenant == "acme"
+
+
+def test_timestamp_with_leading_zeros_is_refused() -> None:
+    # Regression: "v1.0<ts>.<mac>" verified, the MAC covering a re-formatted number rather than
+    # the header's own text.
+    value = _headers()["X-Gateway-Context"].replace("v1.", "v1.0", 1)
+    with pytest.raises(ContextInvalid) as caught:
+        verify_context(_headers(**{"X-Gateway-Context": value}), "GET", TARGET, KEY, now=NOW)
+    assert caught.value.reason == "malformed"

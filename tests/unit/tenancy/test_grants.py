@@ -14,7 +14,13 @@ from gateway.audit import AuditTrail
 from gateway.audit.trail import registered_tenant_data
 from gateway.errors import Conflict
 from gateway.state import StateStore
-from gateway.tenancy.grants import GRANT_INDEX, GrantsUnavailable, SupportGrants, validate_grant_request
+from gateway.tenancy.grants import (
+    GRANT_INDEX,
+    Grant,
+    GrantsUnavailable,
+    SupportGrants,
+    validate_grant_request,
+)
 
 
 class Clock:
@@ -159,3 +165,29 @@ async def test_malformed_record_is_ignored_not_fatal(grants: SupportGrants, stor
     assert await grants.reload()
     assert grants.find("acme", "sam", "inventory") == good
     assert grants.find("globex", "sam", "inventory") is None
+
+
+@pytest.mark.parametrize("module", ["Finance", "FINANCE", "Customers", "cUsToMeRs", " finance"])
+def test_star_never_opens_sensitive_modules_in_any_letter_case(module: str) -> None:
+    # Regression: route modules are free text in the config; "*" opened a route named "Finance".
+    star = Grant("g_" + "x" * 22, "acme", "sam", ("*",), 0.0, 1e12, "alice")
+    assert not star.covers(module)
+    assert star.covers("inventory")
+    assert Grant("g_" + "y" * 22, "acme", "sam", (module,), 0.0, 1e12, "alice").covers(module)
+
+
+async def test_ill_typed_record_does_not_stall_reloads(grants: SupportGrants, store: StateStore) -> None:
+    # Regression: a record whose expires_at was a string raised TypeError inside load(), so every
+    # later reload failed and revocations stopped propagating to this instance.
+    good = await grants.create("acme", "sam", ["inventory"], 3600, "alice")
+    await store.hset(
+        "grants:acme:",
+        "g_illtypedilltypedill",
+        b'{"id":"g_illtypedilltypedill","tenant":"acme","grantee":"sam","modules":["*"],'
+        b'"created_at":"0","expires_at":"9","created_by":"x"}',
+    )
+    assert await grants.reload()
+    assert grants.find("acme", "sam", "inventory") == good
+    await store.hdel("grants:acme:", good.id)  # revoked elsewhere: the next reload must see it
+    assert await grants.reload()
+    assert grants.find("acme", "sam", "inventory") is None

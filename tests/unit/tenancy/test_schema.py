@@ -38,6 +38,16 @@ def test_builtin_headers_are_stripped_whatever_the_list_says() -> None:
     }  # fmt: skip
 
 
+def test_underscore_spellings_of_stripped_headers_are_stripped_too() -> None:
+    # Regression: "X_Tenant_ID" reached the upstream, where CGI/WSGI servers read it as
+    # HTTP_X_TENANT_ID, the same variable as the gateway's own X-Tenant-ID.
+    stripped = parse_config(config_text(tenancy={"strip_headers": ["X-Acting_Tenant"]})).tenancy.strip_set()
+    for name in ("x_tenant_id", "x-tenant_id", "x_gateway-context", "x_user_roles", "x-acting-tenant",
+                 "x_acting_tenant"):  # fmt: skip
+        assert name in stripped, name
+    assert "x-tenantid" not in stripped and "x-request-id" not in stripped
+
+
 def test_route_fields() -> None:
     route = parse_config(
         config_text(
