@@ -15,7 +15,7 @@ from gateway.audit import SYSTEM_TRAIL
 from gateway.context import request_id_for
 from gateway.errors import BadRequest
 from gateway.json_body import json_response
-from gateway.ratelimit.keys import canonical_username
+from gateway.ratelimit.keys import canonical_username, ip_subject
 from gateway.ratelimit.lockout import Subject
 
 
@@ -30,9 +30,16 @@ def _subject(request: web.Request) -> Subject:
         raise BadRequest("Give exactly one of ?ip= or ?username=")
     if ip is not None:
         try:
-            return Subject("ip", str(ipaddress.ip_address(ip)))
+            return Subject("ip", ip_subject(str(ipaddress.ip_address(ip))))
         except ValueError:
-            raise BadRequest("'ip' must be an IP address") from None
+            pass
+        try:  # as listed: an IPv6 client is counted (and locked) by its /64
+            network = ipaddress.ip_network(ip)
+        except ValueError:
+            network = None
+        if isinstance(network, ipaddress.IPv6Network) and network.prefixlen == 64:
+            return Subject("ip", str(network))
+        raise BadRequest("'ip' must be an IP address (or an IPv6 /64 as listed)")
     assert username is not None
     if not canonical_username(username) or len(username) > 256:
         raise BadRequest("'username' must be a non-empty name")

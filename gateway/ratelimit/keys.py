@@ -9,7 +9,9 @@ instance sharing a Redis derives the same one.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
+import ipaddress
 import os
 import unicodedata
 from collections.abc import Mapping
@@ -29,6 +31,23 @@ _HKDF_INFO = b"shopino-gateway rate-limit keys"
 def canonical_username(value: str) -> str:
     """SPEC §8: aliases of one account share one counter (fullwidth, capitals, padding)."""
     return unicodedata.normalize("NFKC", value).casefold().strip()
+
+
+@functools.lru_cache(maxsize=65_536)  # bounded: client addresses are attacker-chosen
+def ip_subject(ip: str) -> str:
+    """What an ``ip`` rule and the per-IP lockout count: an IPv4 address (also when a dual-stack
+    socket reports it as ``::ffff:a.b.c.d``), or an IPv6 client's /64. SECURITY: one IPv6
+    subscriber holds a whole /64 (2^64 addresses); counted per address, every request could
+    come from a fresh bucket."""
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
 
 
 def derive_hash_key(environ: Mapping[str, str] | None = None) -> bytes:
@@ -78,9 +97,14 @@ class KeySpec:
         apply (no user or tenant on an anonymous request: those are counted by ``ip``)."""
         kind = self.kind
         if kind == "ip":
-            return ctx.client_ip  # SECURITY: the trusted_proxies rule, never a spoofable header
+            return ip_subject(ctx.client_ip)  # SECURITY: the trusted_proxies rule, never a spoofable header
         if kind == "user":
-            return ctx.user
+            # SECURITY: a ``sub`` is unique only within its issuer; two tenants' IdPs may both
+            # issue "42", and one must not exhaust (or share) the other's quota.
+            claims = ctx.claims
+            if ctx.user is None or claims is None:
+                return ctx.user
+            return f"{claims.issuer}\x00{ctx.user}"
         if kind == "tenant":
             return ctx.tenant
         if kind == "route":

@@ -232,8 +232,14 @@ class RateLimitBackend:
         # "50/second;2000/minute"), the longer window on a tie. Static, so no extra reads.
         static = min(range(len(checks)), key=lambda i: checks[i][0].strictness)
         results, stats = await self._hit(strategies, checks, static if state else None)
-        binding = next((i for i, ok in enumerate(results) if not ok), None)
+        refused = [i for i, ok in enumerate(results) if not ok]
+        binding = refused[0] if refused else None
         allowed = binding is None
+        if len(refused) > 1:
+            # Retry-After names the refusing item that frees last: "5/second;100/minute" with
+            # both full must not send the client back after 1 s to be refused again.
+            states = await asyncio.gather(*(self._state(strategies, *checks[i]) for i in refused))
+            binding, stats = max(zip(refused, states, strict=True), key=lambda pair: pair[1].reset_time)
         counted = source == "shared" or self.shared is None  # fallback decisions were counted already
         if binding is None:
             binding = static
@@ -241,7 +247,7 @@ class RateLimitBackend:
                 if counted:
                     self._count(stage, "ok")
                 return Verdict(True, checks[binding][0], -1, 0.0, source)
-        elif binding != static:
+        elif binding != static and len(refused) == 1:
             stats = None  # the refusing item's state is the one to report
         item, value = checks[binding]
         if stats is None:  # window state is read for the binding item only

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -27,12 +28,14 @@ import structlog
 
 from gateway.audit import SYSTEM_TRAIL, AuditTrail
 from gateway.errors import StoreUnavailable
-from gateway.ratelimit.keys import canonical_username
+from gateway.ratelimit.keys import canonical_username, ip_subject
 from gateway.ratelimit.limiter import STORE_ERRORS, RateLimitBackend
 from gateway.ratelimit.metrics import LOCKOUTS
 from gateway.ratelimit.model import LoginProtectionConfig, StoreFailureMode
 from gateway.redaction import truncate_ip
 from gateway.state import StateStore
+
+_KNOWN_LOCKOUTS = 65536  # lockouts remembered for store outages (LRU)
 
 log = structlog.get_logger("gateway.ratelimit")
 T = TypeVar("T")
@@ -66,9 +69,12 @@ class LockoutService:
         self._mode = mode
         self._timeout = timeout
         self._background: set[asyncio.Task[None]] = set()
+        # Lockouts this process has seen or set (store key → until), bounded: enforced from
+        # memory while the store is unreachable, so an outage does not unlock a stuffing source.
+        self._known: OrderedDict[str, float] = OrderedDict()
 
     def subjects(self, ip: str, username: str | None) -> list[Subject]:
-        found = [Subject("ip", ip)]
+        found = [Subject("ip", ip_subject(ip))]
         if username is not None:
             found.append(Subject("user", self.username_hash(username)))
         return found
@@ -98,11 +104,28 @@ class LockoutService:
         async def read() -> list[bytes | None]:
             return list(await asyncio.gather(*(self._store.get(s.key("lock")) for s in subjects)))
 
-        records = await self._guarded(read) or []
+        records = await self._guarded(read)
         now = time.time()
-        left = [orjson.loads(raw)["until"] - now for raw in records if raw is not None]
+        if records is None:  # store down (modes local/allow): what this process knows
+            left = [self._known.get(s.key("lock"), 0.0) - now for s in subjects]
+        else:
+            left = []
+            for subject, raw in zip(subjects, records, strict=True):
+                until = orjson.loads(raw)["until"] if raw is not None else None
+                self._remember(subject.key("lock"), until)
+                if until is not None:
+                    left.append(until - now)
         longest = max(left, default=0.0)
         return longest if longest > 0 else None
+
+    def _remember(self, key: str, until: float | None) -> None:
+        if until is None:
+            self._known.pop(key, None)  # cleared or expired in the store
+            return
+        self._known[key] = until
+        self._known.move_to_end(key)
+        while len(self._known) > _KNOWN_LOCKOUTS:
+            self._known.popitem(last=False)
 
     async def record_failure(self, subjects: list[Subject], request_id: str) -> None:
         window = self.config.window
@@ -138,12 +161,13 @@ class LockoutService:
             "until": now + duration,
         }
         await self._store.set(subject.key("lock"), orjson.dumps(record), ttl=duration)
+        self._remember(subject.key("lock"), now + duration)
         self._spawn(self._announce(subject, level, duration, failures, request_id))
 
     async def _announce(
         self, subject: Subject, level: int, duration: float, failures: int, request_id: str
     ) -> None:
-        shown = truncate_ip(subject.id) if subject.kind == "ip" else subject.id
+        shown = truncate_ip(subject.id.partition("/")[0]) if subject.kind == "ip" else subject.id
         log.warning("ratelimit_lockout", kind=subject.kind, subject=shown, level=level, seconds=duration)
         LOCKOUTS.labels(subject.kind).inc()
         details = {"kind": subject.kind, "subject": subject.id, "level": level, "seconds": duration}
@@ -179,5 +203,6 @@ class LockoutService:
     async def clear(self, subject: Subject) -> bool:
         """Forget the lockout, its failures and its level; True when a lockout was active."""
         deleted = await self._store.delete(subject.key("lock"))
+        self._remember(subject.key("lock"), None)
         await self._store.delete(subject.key("fail"), subject.key("level"))
         return deleted > 0

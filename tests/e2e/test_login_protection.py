@@ -130,3 +130,21 @@ async def test_bounded_credential_stuffing_run(
     assert statuses.count(429) >= len(attempts) - reached
     for index, (name, password) in enumerate(legit.items()):
         assert (await _login(http, gw, name, password, f"203.0.113.{index}"))[0] == 200
+
+
+async def test_a_repeated_username_cannot_dodge_the_counters(
+    tmp_path: Path, upstream: Upstream, gateway_factory, http: aiohttp.ClientSession
+) -> None:
+    """Review regression: upstreams that read the first of a repeated form field (aiohttp's
+    ``dict(await request.post())``) were attacked while the gateway counted the last one."""
+    login = {"failures_per_username": 2, "failures_per_ip": 100}
+    gw: GatewayProc = ready(gateway_factory(_config(upstream, tmp_path, login)))
+    status, headers, body = await send(
+        http,
+        f"{gw.url}/login",
+        method="POST",
+        data=b"username=victim&password=x&username=fresh-1",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert status == 400 and json.loads(body)["type"] == "urn:shopino-gateway:bad-request"
+    assert "RateLimit-Policy" not in headers and upstream.login_attempts == []

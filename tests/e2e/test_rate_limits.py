@@ -5,6 +5,7 @@ gateways, reload."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import signal
 import time
@@ -174,3 +175,22 @@ async def test_workers_of_one_gateway_share_the_limit(
         async with aiohttp.ClientSession() as fresh:
             statuses.append((await send(fresh, f"{gw.url}/x"))[0])
     assert statuses.count(200) == 12 and statuses.count(429) == 18
+
+
+async def test_a_counted_body_is_held_to_one_mebibyte_whatever_max_body_says(
+    tmp_path: Path, upstream: Upstream, gateway_factory, http: aiohttp.ClientSession
+) -> None:
+    # SECURITY (review finding): a body: key reads the body into memory before authentication;
+    # an upload route's large max_body must not let a flood pin that much per request.
+    config = limits_config(
+        upstream.url,
+        tmp_path,
+        {"policies": {"per-name": [{"key": "body:username", "limit": "100/minute"}]}},
+        [{"name": "n", "prefix": "/n", "auth": "none", "max_body": "64MiB", "rate_limit": ["per-name"]}],
+    )
+    gw = ready(gateway_factory(config))
+    small = json.dumps({"username": "alice", "pad": "x" * 1000})
+    assert (await send(http, f"{gw.url}/n", method="POST", data=small))[0] == 200
+    big = io.BytesIO(json.dumps({"username": "alice", "pad": "x" * (2 * 1024 * 1024)}).encode())
+    status, _, body = await send(http, f"{gw.url}/n", method="POST", data=big)
+    assert status == 413 and json.loads(body)["type"] == "urn:shopino-gateway:payload-too-large"

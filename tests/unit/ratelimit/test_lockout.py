@@ -76,3 +76,27 @@ async def test_store_keys_hold_no_clear_username(lockouts: LockoutService, state
     await lockouts.record_failure(lockouts.subjects("198.51.100.10", "Eve.Secret"), "r")
     store: StateStore = lockouts._store
     assert all("eve" not in key.lower() for key in await store.keys("rl:"))
+
+
+async def test_known_lockouts_hold_while_the_store_is_down(redis_server, tmp_path: Path) -> None:
+    """SECURITY (review finding): with on_store_failure local/allow, a Redis outage must not
+    unlock a credential-stuffing source this process already knows to be locked."""
+    url = redis_server.url
+    async with open_store(url) as store:
+        backend = RateLimitBackend(url)
+        audit = AuditTrail(store, spool_dir=tmp_path / "spool")
+        config = LoginProtectionConfig(
+            failures_per_ip=50, failures_per_username=2, window=60, base_lockout=30, max_lockout=60
+        )
+        service = LockoutService(store, audit, backend, config, mode="local", timeout=0.3)
+        try:
+            attacker = service.subjects("198.51.100.7", "victim")
+            for request_id in ("r1", "r2"):
+                await service.record_failure(attacker, request_id)
+            assert (await service.locked_for(attacker) or 0) > 25
+            redis_server.stop()
+            assert (await service.locked_for(service.subjects("203.0.113.1", "Victim")) or 0) > 25
+            assert await service.locked_for(service.subjects("203.0.113.1", "someone-else")) is None
+        finally:
+            await backend.close()
+            audit.close()

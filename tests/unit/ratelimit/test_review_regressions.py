@@ -1,0 +1,103 @@
+"""Regressions from the security review of rate limiting: body-field parsing differentials,
+IPv6 buckets, user keys per issuer, Retry-After with several full items, success resets."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from gateway.middleware.rate_limit import check_login_outcome, parse_fields
+from gateway.ratelimit.keys import KeySpec, ip_subject
+from gateway.ratelimit.limiter import RateLimitBackend
+from tests.unit.ratelimit.conftest import ItemFactory, settings
+
+
+def test_a_repeated_field_is_flagged_when_its_values_differ() -> None:
+    # aiohttp's dict(await request.post()) keeps the first value; the gateway kept the last.
+    form = parse_fields("application/x-www-form-urlencoded", b"username=mine&username=victim")
+    assert form.repeated == {"username"}
+    as_json = parse_fields("application/json", b'{"username": "mine", "username": "victim"}')
+    assert as_json.repeated == {"username"}
+    same = parse_fields("application/x-www-form-urlencoded", b"username=a&username=a")
+    assert same == {"username": "a"} and not same.repeated
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("application/json; charset=utf-16", '{"username": "victim"}'.encode("utf-16")),
+        ("application/json", '{"username": "victim"}'.encode("utf-32")),  # detected like json.loads
+        ("application/json", b'{"username": "victim", "x": NaN}'),  # Python's json accepts NaN
+        ("text/plain", b'{"username": "victim"}'),  # upstreams that force-parse JSON
+        ("", b'{"username": "victim"}'),
+        ("application/x-www-form-urlencoded; charset=utf-16", "username=victim".encode("utf-16")),
+        ("application/x-www-form-urlencoded; charset=utf-7", b"username=+AHY-ictim"),
+        (
+            "multipart/form-data; boundary=XX",
+            b'--XX\r\nContent-Disposition: form-data; name="username"\r\n\r\nvictim\r\n'
+            b'--XX\r\nContent-Disposition: form-data; name="password"\r\n\r\npw\r\n--XX--\r\n',
+        ),
+    ],
+)
+def test_the_upstream_reading_of_the_body_is_what_counts(content_type: str, body: bytes) -> None:
+    assert parse_fields(content_type, body).get("username") == "victim"
+
+
+def test_hostile_bodies_parse_to_nothing() -> None:
+    assert parse_fields("application/json", b"[" * 100_000) == {}
+    assert parse_fields("application/json; charset=no-such-charset", b'{"username": "a"}') == {}
+
+
+def test_ipv6_clients_are_counted_per_64_and_mapped_ipv4_as_ipv4() -> None:
+    assert ip_subject("2001:db8:1:2::1") == ip_subject("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
+    assert ip_subject("2001:db8:1:3::1") != ip_subject("2001:db8:1:2::1")
+    assert ip_subject("::ffff:192.0.2.7") == ip_subject("192.0.2.7") == "192.0.2.7"
+
+
+def test_user_keys_are_scoped_by_issuer() -> None:
+    spec = KeySpec.parse("user")
+
+    def ctx(issuer: str) -> Any:
+        return SimpleNamespace(user="42", claims=SimpleNamespace(issuer=issuer))
+
+    assert spec.raw_value(ctx("https://idp-a"), None) != spec.raw_value(ctx("https://idp-b"), None)
+
+
+async def test_retry_after_names_the_full_item_that_frees_last(items: ItemFactory) -> None:
+    backend = RateLimitBackend("local:/nonexistent")
+    per_second, per_minute = items("1/second;1/minute")
+    checks = [(per_second, "k"), (per_minute, "k")]
+    try:
+        assert (await backend.check(checks, settings(), "route")).allowed
+        await asyncio.sleep(0)
+        refused = await backend.check(checks, settings(), "route")
+        assert not refused.allowed and refused.item is per_minute and refused.reset_in > 50
+    finally:
+        await backend.close()
+
+
+class _Lockouts:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    async def record_failure(self, subjects: object, request_id: str) -> None:
+        self.calls.append("failure")
+
+    async def record_success(self, subjects: object) -> None:
+        self.calls.append("success")
+
+
+@pytest.mark.parametrize(("method", "expected"), [("GET", []), ("HEAD", []), ("POST", ["success"])])
+async def test_only_a_login_attempt_can_reset_a_username(method: str, expected: list[str]) -> None:
+    lockouts = _Lockouts()
+    ctx: Any = SimpleNamespace(
+        login_subjects=["subject"],
+        request=SimpleNamespace(method=method),
+        request_id="r",
+        runtime=SimpleNamespace(rate_limits=SimpleNamespace(lockouts=lockouts)),
+    )
+    await check_login_outcome(ctx, 200, {})  # type: ignore[arg-type]
+    assert lockouts.calls == expected
