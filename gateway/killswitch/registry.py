@@ -76,6 +76,8 @@ class KillSwitchRegistry(SnapshotBacked):
         )
         self._beat_task: asyncio.Task[None] | None = None
         self._parsed: dict[str, tuple[bytes, Switch | None]] = {}
+        self._loads_started = 0  # orders loads by start, not by version (see _apply)
+        self._applied_load = 0
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -99,6 +101,8 @@ class KillSwitchRegistry(SnapshotBacked):
 
     # -- loading and applying -----------------------------------------------------------------
     async def load(self) -> SwitchIndex:
+        self._loads_started += 1
+        started = self._loads_started
         raw_version = await self._store.get(VERSION_KEY)  # version first: see module docstring
         version = int(raw_version) if raw_version else 0
         records = await self._store.hgetall(SWITCHES_KEY)
@@ -118,15 +122,26 @@ class KillSwitchRegistry(SnapshotBacked):
         if expired:
             # TTL ended: no instance matches it any more (clock check); now tidy the store.
             await self._store.hdel(SWITCHES_KEY, *(s.id for s in expired))
-        return await self._apply(SwitchIndex(switches, version))
+        return await self._apply(SwitchIndex(switches, version), started)
 
-    async def _apply(self, index: SwitchIndex) -> SwitchIndex:
+    async def _apply(self, index: SwitchIndex, started: int) -> SwitchIndex:
         current = self.index
         if current is not None:
-            if index.version < current.version:
-                return current  # a slower, older load finishing late must not roll back
+            if started < self._applied_load:
+                return current  # a slower load that began earlier must not roll back a newer one
+            self._applied_load = started
             if index.version == current.version and index.switches == current.switches:
                 return current
+            if index.version < current.version:
+                # SECURITY: the store was flushed or failed over to a stale replica and its counter
+                # restarted. Ignoring lower versions would silently never enforce a switch engaged
+                # from now on (fail open): the store is the truth, so its set is applied.
+                log.warning(
+                    "kill switch set version went back from v%d to v%d (store reset?); applying it",
+                    current.version,
+                    index.version,
+                )
+        self._applied_load = started
         self.index = index  # swapped before acknowledging: the ack is never ahead of enforcement
         gauges().version.set(index.version)
         gauges().active.set(len(index.switches))
@@ -213,10 +228,13 @@ class KillSwitchRegistry(SnapshotBacked):
         while True:
             with contextlib.suppress(StoreUnavailable):
                 beats = await self._beats()
+                raw_current = await self._store.get(VERSION_KEY)
+                current = int(raw_current) if raw_current else 0
                 now = self._clock()
                 expected |= {i for i, (_, at, _) in beats.items() if now - at <= LIVE_WINDOW}
-                acked = {i for i in expected if i in beats and beats[i][0] >= version}
-                if (self.version or 0) >= version:
+                # A heartbeat above the store's own counter predates a store reset: not an ack.
+                acked = {i for i in expected if i in beats and version <= beats[i][0] <= current}
+                if version <= (self.version or 0) <= current:
                     expected.add(self.instance_id)
                     acked.add(self.instance_id)  # our own heartbeat write may have failed
                 if acked == expected:

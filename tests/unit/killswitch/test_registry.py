@@ -14,7 +14,7 @@ import pytest
 
 from gateway.errors import StoreUnavailable
 from gateway.killswitch.model import Switch, validate_spec
-from gateway.killswitch.registry import INSTANCES_KEY, SWITCHES_KEY, KillSwitchRegistry
+from gateway.killswitch.registry import INSTANCES_KEY, SWITCHES_KEY, VERSION_KEY, KillSwitchRegistry
 from gateway.state import StateStore, open_store
 from tests.support.redis_server import RedisServer
 
@@ -143,3 +143,33 @@ async def test_last_set_is_enforced_while_redis_is_down(redis_server: RedisServe
         with pytest.raises(StoreUnavailable):
             await reg.engage(spec(), ttl=None, actor=None)
         await reg.stop()
+
+
+async def test_a_store_reset_does_not_freeze_enforcement_at_the_old_version(store: StateStore) -> None:
+    """SECURITY (review finding): after a flush or a failover to a stale replica the version
+    counter restarts; a switch engaged then must still be enforced everywhere and acknowledged
+    honestly, not ignored as "older" than the set an instance already holds."""
+    one = KillSwitchRegistry(store, instance_id="one", resync=30)
+    two = KillSwitchRegistry(store, instance_id="two", resync=30)
+    for reg in (one, two):
+        await reg.start()
+        await reg.wait_loaded(3)
+    try:
+        for _ in range(3):
+            last = await one.engage(spec(), ttl=None, actor="t")
+        await eventually(lambda: two.version == last.version)
+        await store.delete(SWITCHES_KEY, VERSION_KEY, INSTANCES_KEY)  # what FLUSHALL leaves
+        fresh = await one.engage(spec(scope="tenant", target="acme"), ttl=None, actor="t")
+        assert fresh.version < last.version
+        for reg in (one, two):
+            await eventually(lambda reg=reg: [s.id for s in reg.index.switches] == [fresh.id])
+        acked, lagging = await one.wait_acknowledged(fresh.version, timeout=2)
+        assert acked == ["one", "two"] and lagging == []
+        # A heartbeat from before the reset (above the store's counter) is not an acknowledgement.
+        ghost = {"version": last.version, "at": time.time(), "stale": False}
+        await store.hset(INSTANCES_KEY, "ghost", orjson.dumps(ghost))
+        acked, lagging = await one.wait_acknowledged(fresh.version, timeout=0.3)
+        assert lagging == ["ghost"] and "ghost" not in acked
+    finally:
+        for reg in (one, two):
+            await reg.stop()
