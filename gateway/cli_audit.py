@@ -60,7 +60,7 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        with urllib.request.urlopen(request, timeout=60, context=context) as response:  # noqa: S310
+        with operator_client.open_url(request, context, 60) as response:
             target = open(args.output, "wb") if args.output else sys.stdout.buffer  # noqa: SIM115
             try:
                 shutil.copyfileobj(response, target, 64 * 1024)  # streamed: constant memory

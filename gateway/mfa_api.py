@@ -17,6 +17,7 @@ from gateway.errors import BadRequest, GatewayError, InvalidToken, MissingToken
 from gateway.json_body import json_response, read_json_object
 from gateway.metrics import METRICS
 from gateway.middleware.authenticate import REALM, bearer_token, ensure_not_revoked
+from gateway.tenancy.resolve import TENANT_ID_RE
 
 
 async def authenticated_claims(ctx: RequestContext) -> VerifiedClaims:
@@ -31,6 +32,13 @@ async def authenticated_claims(ctx: RequestContext) -> VerifiedClaims:
         raise InvalidToken(
             "The bearer token is not valid", headers={"WWW-Authenticate": f'{REALM}, error="invalid_token"'}
         ) from None
+    if not TENANT_ID_RE.fullmatch(claims.tenant):
+        # SECURITY: "_system" (the gateway's own trail) and malformed ids act for no tenant here
+        # either: no MFA enrolment, grant or audit export under them.
+        METRICS.auth_failures.labels("bad_identity").inc()
+        raise InvalidToken(
+            "The bearer token is not valid", headers={"WWW-Authenticate": f'{REALM}, error="invalid_token"'}
+        )
     ensure_not_revoked(ctx, claims)
     ctx.claims, ctx.user, ctx.tenant = claims, claims.subject, claims.tenant
     return claims

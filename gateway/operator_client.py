@@ -41,6 +41,23 @@ def admin_request(
     return request, context
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """SECURITY: urllib re-sends every header, Authorization included, to wherever a redirect
+    points (another host, or https to http). An admin or tenant-admin bearer token must only
+    ever reach the URL the operator named, so a redirect is reported as the error it is."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def open_url(request: urllib.request.Request, context: ssl.SSLContext | None, timeout: float) -> Any:
+    """``urlopen`` without following redirects (an HTTPError for a 3xx); ``OSError`` if unreachable."""
+    handlers: list[urllib.request.BaseHandler] = [_NoRedirect()]
+    if context is not None:
+        handlers.append(urllib.request.HTTPSHandler(context=context))
+    return urllib.request.build_opener(*handlers).open(request, timeout=timeout)
+
+
 def call_admin(
     method: str,
     path: str,
@@ -53,7 +70,7 @@ def call_admin(
     """(HTTP status, JSON body). Raises ``OSError`` when the gateway cannot be reached."""
     request, context = admin_request(method, path, body, admin_url=admin_url, cafile=cafile)
     try:
-        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:  # noqa: S310
+        with open_url(request, context, timeout) as response:
             return response.status, _json(response.read())
     except urllib.error.HTTPError as error:
         return error.code, _json(error.read())
