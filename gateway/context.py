@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -22,10 +22,17 @@ if TYPE_CHECKING:
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._~:-]{1,64}\Z")
 
 
+def new_request_id() -> str:
+    """A random (version 4) UUID in its usual text form, without building a ``uuid.UUID``:
+    the same 122 random bits as ``uuid4()`` at less than half its cost (every request)."""
+    h = os.urandom(16).hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
+
+
 def request_id_for(incoming: str | None) -> str:
     if incoming is not None and _REQUEST_ID_RE.match(incoming):
         return incoming
-    return str(uuid.uuid4())
+    return new_request_id()
 
 
 @dataclass(slots=True)

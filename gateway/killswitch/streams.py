@@ -8,9 +8,7 @@ is checked against them: those it would refuse now have their connection aborted
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import structlog
@@ -61,11 +59,11 @@ class StreamRegistry:
     def __len__(self) -> int:
         return len(self._open)
 
-    @contextlib.contextmanager
-    def track(self, ctx: RequestContext, *, websocket: bool = False) -> Iterator[None]:
-        """Register a proxied response while it streams. On entry the current switch set is
-        checked once more: a switch applied while this request was being authenticated or
-        waiting for its upstream refuses it here (503), before a byte of the answer is sent."""
+    def track(self, ctx: RequestContext, *, websocket: bool = False) -> _Tracked:
+        """Register a proxied response while it streams (a ``with`` block). On entry the current
+        switch set is checked once more: a switch applied while this request was being
+        authenticated or waiting for its upstream refuses it here (503), before a byte of the
+        answer is sent."""
         index = ctx.runtime.services.killswitches.index
         # Re-checked only when a new set was applied since the pipeline's checks (cheap path).
         if index is not None and index is not ctx.killswitch_index and not index.empty:
@@ -73,12 +71,7 @@ class StreamRegistry:
             switch = refusal_for(index, ctx, websocket=websocket, now=now)
             if switch is not None:
                 raise isolated_error(switch, now)
-        key = id(ctx)
-        self._open[key] = (ctx, websocket)
-        try:
-            yield
-        finally:
-            self._open.pop(key, None)
+        return _Tracked(self._open, ctx, websocket)
 
     def cut(self, index: SwitchIndex) -> int:
         """Abort every tracked stream ``index`` refuses; returns how many."""
@@ -106,3 +99,21 @@ STREAMS = StreamRegistry()
 """One per process: the proxy registers here, the switch registry cuts from here."""
 
 __all__ = ["STREAMS", "StreamRegistry", "acting_tenants", "refusal_for"]
+
+
+class _Tracked:
+    """The registration of one stream; a plain class, not @contextmanager (hot path: every
+    proxied response enters one, and the generator machinery cost more than the check)."""
+
+    __slots__ = ("_ctx", "_key", "_open", "_websocket")
+
+    def __init__(
+        self, registry: dict[int, tuple[RequestContext, bool]], ctx: RequestContext, websocket: bool
+    ) -> None:
+        self._open, self._ctx, self._websocket, self._key = registry, ctx, websocket, id(ctx)
+
+    def __enter__(self) -> None:
+        self._open[self._key] = (self._ctx, self._websocket)
+
+    def __exit__(self, *exc: object) -> None:
+        self._open.pop(self._key, None)

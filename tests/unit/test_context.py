@@ -1,0 +1,30 @@
+"""Request ids (SPEC §3 step 1): a client id is kept only when harmless; otherwise a fresh UUID."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from gateway.context import new_request_id, request_id_for
+
+
+def test_new_request_ids_are_random_version_4_uuids_in_canonical_form() -> None:
+    ids = [new_request_id() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
+        assert str(parsed) == text  # lower-case hex, 8-4-4-4-12
+    # Every variant nibble occurs: the two variant bits are set, the other two stay random.
+    assert {text[19] for text in ids} == set("89ab")
+
+
+@pytest.mark.parametrize("incoming", ["req-1", "a.b_c~d:e-f", "x" * 64])
+def test_a_harmless_client_id_is_kept(incoming: str) -> None:
+    assert request_id_for(incoming) == incoming
+
+
+@pytest.mark.parametrize("incoming", [None, "", "x" * 65, "a b", "id\n", "<script>", "ünï"])
+def test_anything_else_gets_a_fresh_uuid(incoming: str | None) -> None:
+    assert uuid.UUID(request_id_for(incoming)).version == 4
