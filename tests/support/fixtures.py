@@ -7,12 +7,13 @@ SIGSTOP Redis get their own ``redis_server`` so they cannot disturb the others.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from gateway.state import StateStore, open_store
 from tests.support.gateway_proc import GatewayProc
 from tests.support.redis_server import RedisServer
 from tests.support.upstream import Upstream
@@ -67,3 +68,17 @@ def gateway_factory(tmp_path: Path) -> Iterator[Callable[..., GatewayProc]]:
     yield factory
     for proc in started:
         proc.stop()
+
+
+@pytest.fixture(params=["local", "redis"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each test that asks for it runs on both state backends (ARCHITECTURE property 5)."""
+    if request.param == "local":
+        return f"local:{tmp_path / 'state'}"
+    return str(request.getfixturevalue("redis_url"))
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[StateStore]:
+    async with open_store(store_url) as opened:
+        yield opened
