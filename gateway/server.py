@@ -69,7 +69,7 @@ class GatewayProcess:
             revocations=RevocationEpochs(self.store),
             integrations=IntegrationSecrets(self.store, keyring),
             killswitches=KillSwitchRegistry(
-                self.store, instance_id=self.instance_id, resync=config.killswitch.resync
+                self.store, instance_id=self.instance_id, resync=config.killswitch.resync, audit=self.audit
             ),
             ratelimit=RateLimitBackend(config.state.url),
             grants=SupportGrants(self.store),

@@ -36,6 +36,7 @@ from typing import Any
 
 import orjson
 
+from gateway.audit import SYSTEM_TRAIL, AuditTrail
 from gateway.errors import StoreUnavailable
 from gateway.killswitch.matcher import SwitchIndex
 from gateway.killswitch.metrics import gauges
@@ -67,8 +68,10 @@ class KillSwitchRegistry(SnapshotBacked):
         retry: float = 1.0,
         clock: Callable[[], float] = time.time,
         streams: StreamRegistry = STREAMS,
+        audit: AuditTrail | None = None,
     ) -> None:
         self._store, self._clock, self._streams = store, clock, streams
+        self._audit = audit
         self.instance_id = instance_id
         self.index: SwitchIndex | None = None  # the hot path reads this, nothing else
         self._snapshot: SyncedSnapshot[SwitchIndex] = SyncedSnapshot(
@@ -119,10 +122,34 @@ class KillSwitchRegistry(SnapshotBacked):
                 continue
             (switches if switch.active(now) else expired).append(switch)
         self._parsed = parsed
-        if expired:
-            # TTL ended: no instance matches it any more (clock check); now tidy the store.
-            await self._store.hdel(SWITCHES_KEY, *(s.id for s in expired))
+        for switch in expired:
+            # TTL ended: no instance matches it any more (clock check); now tidy the store. One
+            # delete per switch, so only the instance that removed it files the audit record.
+            if await self._store.hdel(SWITCHES_KEY, switch.id):
+                await self._audit_expiry(switch)
         return await self._apply(SwitchIndex(switches, version), started)
+
+    async def _audit_expiry(self, switch: Switch) -> None:
+        if self._audit is None:
+            return
+        # Same placement as engage/release: the tenant's own trail for a tenant switch, and _system.
+        tenant_scoped = switch.scope == "tenant" and switch.target
+        tenants = [switch.target, SYSTEM_TRAIL] if tenant_scoped else [SYSTEM_TRAIL]
+        try:
+            await self._audit.record(
+                "killswitch.expired",
+                tenants=tenants,
+                actor="gateway",
+                incident=switch.incident,
+                details={
+                    "id": switch.id,
+                    "scope": switch.scope,
+                    "target": switch.target,
+                    "mode": switch.mode,
+                },
+            )
+        except (OSError, ValueError):
+            log.error("kill switch %s: expiry not audited", switch.id)
 
     async def _apply(self, index: SwitchIndex, started: int) -> SwitchIndex:
         current = self.index

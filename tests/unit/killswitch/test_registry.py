@@ -173,3 +173,30 @@ async def test_a_store_reset_does_not_freeze_enforcement_at_the_old_version(stor
     finally:
         for reg in (one, two):
             await reg.stop()
+
+
+async def test_an_expired_switch_is_audited_once_whoever_tidies_it(store: StateStore, tmp_path) -> None:
+    from gateway.audit import AuditTrail
+
+    audit = AuditTrail(store, spool_dir=tmp_path / "spool")
+    now = [1_800_000_000.0]
+    regs = [
+        KillSwitchRegistry(store, instance_id=name, resync=30, clock=lambda: now[0], audit=audit)
+        for name in ("a", "b")
+    ]
+    for reg in regs:
+        await reg.start()
+        await reg.wait_loaded(3)
+    try:
+        await regs[0].engage(spec(scope="tenant", target="acme", incident="INC-9"), ttl=60, actor="t")
+        now[0] += 61
+        await asyncio.gather(*(reg.reload() for reg in regs))  # both notice; one deletes
+        for trail in ("acme", "_system"):
+            events = [r async for r in audit.export(trail, fmt="json")]
+            text = b"".join(e if isinstance(e, bytes) else e.encode() for e in events).decode()
+            assert text.count('"killswitch.expired"') == 1, trail
+            assert '"INC-9"' in text
+    finally:
+        for reg in regs:
+            await reg.stop()
+        audit.close()
