@@ -41,6 +41,8 @@ class GatewayProc:
         import hashlib
 
         self.tmp = tmp
+        # Ports this class picked may be retaken if another process grabs them first (see start).
+        self._own_ports = "port" not in config.get("listen", {}) and "listen" not in config.get("admin", {})
         self.port = config.setdefault("listen", {}).setdefault("port", free_port())
         config["listen"].setdefault("host", "127.0.0.1")
         config["listen"].setdefault("tls", "off")
@@ -86,6 +88,25 @@ class GatewayProc:
         self.config_path.write_text(yaml.safe_dump(config))
 
     def start(self, *, wait: bool = True, timeout: float = 20.0) -> GatewayProc:
+        for attempt in range(3):
+            self._spawn()
+            if not wait:
+                return self
+            try:
+                self.wait_healthy(timeout)
+                return self
+            except AssertionError:
+                # free_port() cannot reserve a port: between it and the gateway's bind, a client's
+                # ephemeral source port may take it. Only ports this class chose are re-picked.
+                if not self._own_ports or attempt == 2 or "address already in use" not in self.logs():
+                    raise
+                self.port, self.admin_port = free_port(), free_port()
+                self.config["listen"]["port"] = self.port
+                self.config["admin"]["listen"] = f"127.0.0.1:{self.admin_port}"
+                self.write_config(self.config)
+        return self
+
+    def _spawn(self) -> None:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway", "run", "-c", str(self.config_path)],
@@ -95,9 +116,6 @@ class GatewayProc:
             start_new_session=True,
         )
         log.close()
-        if wait:
-            self.wait_healthy(timeout)
-        return self
 
     def wait_healthy(self, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
