@@ -303,3 +303,50 @@ def run_wrk(
         p99_us=values["p99_us"],
         errors=errors,
     )
+
+
+def start_gateway_process(
+    launcher: Launcher,
+    name: str,
+    config_file: Path,
+    port: int,
+    *,
+    cpu: int | None,
+    project_root: Path,
+    master_key: str,
+    timeout: float = 20.0,
+) -> subprocess.Popen[bytes]:
+    """``python -m gateway run -c config_file`` under ``launcher``; returns once /_gateway/ready
+    answers 200 on ``port`` (the first snapshot of switches, keys and revocations is held)."""
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(project_root), "SHOPINO_GATEWAY_MASTER_KEY": master_key}
+    proc = launcher.start(
+        name,
+        [sys.executable, "-m", "gateway", "run", "-c", str(config_file)],
+        cpu=cpu,
+        env=env,
+        cwd=project_root,
+    )
+
+    def ready() -> str | None:
+        status, body = http_get(port, "/_gateway/ready")
+        return None if status == 200 else f"ready -> {status} {body[:60]!r}"
+
+    wait_ready(launcher, name, proc, ready, timeout)
+    return proc
+
+
+def start_redis(launcher: Launcher, workdir: Path, cpu: int | None) -> str:
+    """A throwaway redis-server (no persistence) on a free loopback port; returns its URL."""
+    port = free_port()
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise StartFailed("redis-server is not installed")
+    launcher.start(
+        "redis",
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(workdir)],
+        cpu=cpu,
+    )
+    time.sleep(0.5)
+    return f"redis://127.0.0.1:{port}/0"

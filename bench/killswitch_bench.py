@@ -40,9 +40,9 @@ from bench_support import (
     StartFailed,
     ensure_debian_packages,
     free_port,
-    http_get,
+    start_gateway_process,
+    start_redis,
     tree_cpu_seconds,
-    wait_ready,
     which,
 )
 
@@ -89,35 +89,14 @@ def _gateway(
     rundir = work / name
     rundir.mkdir()
     (rundir / "gateway.yaml").write_text(yaml.safe_dump(_config(port, admin, upstream, state, rundir)))
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "SHOPINO_GATEWAY_MASTER_KEY": MASTER_KEY}
-    proc = launcher.start(
-        name,
-        [sys.executable, "-m", "gateway", "run", "-c", str(rundir / "gateway.yaml")],
-        cpu=cpu,
-        env=env,
-        cwd=ROOT,
+    start_gateway_process(
+        launcher, name, rundir / "gateway.yaml", port, cpu=cpu, project_root=ROOT, master_key=MASTER_KEY
     )
-
-    def ready() -> str | None:
-        status, body = http_get(port, "/_gateway/ready")
-        return None if status == 200 else f"ready -> {status} {body[:60]!r}"
-
-    wait_ready(launcher, name, proc, ready, 20)
     return port, admin
 
 
 def _redis(launcher: Launcher, work: Path) -> str:
-    port = free_port()
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise StartFailed("redis-server is not installed")
-    launcher.start(
-        "redis",
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(work)],
-        cpu=LOAD_CPU,
-    )
-    time.sleep(0.5)
-    return f"redis://127.0.0.1:{port}/0"
+    return start_redis(launcher, work, LOAD_CPU)
 
 
 def _admin(
