@@ -112,6 +112,14 @@ def tamper_signature() -> str:
 
 
 NOW = int(time.time())
+
+
+def _now() -> int:
+    # Evaluated when a case runs, not at import: the suite may reach these cases minutes after
+    # collection, and a "future" claim built from an import-time clock would no longer be one.
+    return int(time.time())
+
+
 REQUIRED = ("exp", "iat", "sub", "iss", "aud", "tid")
 # fmt: off
 ATTACKS: list[tuple[str, Callable[[], str], str]] = [
@@ -123,10 +131,10 @@ ATTACKS: list[tuple[str, Callable[[], str], str]] = [
     ("rs256-against-ec-key", lambda: token(RSA_KEY, "RS256", "ec-1"), "alg_not_allowed"),
     ("es384-not-allowed", lambda: token(EC384_KEY, "ES384", "ec-1"), "alg_not_allowed"),
     ("alg-not-string", lambda: fake(claims(), alg=256), "malformed"),
-    ("expired", lambda: token(exp=NOW - 120, iat=NOW - 600), "expired"),
-    ("nbf-future", lambda: token(nbf=NOW + 300), "not_yet_valid"),
-    ("iat-future", lambda: token(iat=NOW + 300, exp=NOW + 900), "issued_in_future"),
-    ("auth-time-future", lambda: token(auth_time=NOW + 300), "issued_in_future"),
+    ("expired", lambda: token(exp=_now() - 120, iat=_now() - 600), "expired"),
+    ("nbf-future", lambda: token(nbf=_now() + 300), "not_yet_valid"),
+    ("iat-future", lambda: token(iat=_now() + 300, exp=_now() + 900), "issued_in_future"),
+    ("auth-time-future", lambda: token(auth_time=_now() + 300), "issued_in_future"),
     ("wrong-iss", lambda: token(iss="https://evil.example"), "unknown_issuer"),
     ("iss-not-string", lambda: fake(claims(iss=[A])), "bad_claim_type"),
     ("wrong-aud", lambda: token(aud="other"), "wrong_audience"),
@@ -137,7 +145,7 @@ ATTACKS: list[tuple[str, Callable[[], str], str]] = [
     ("tid-not-string", lambda: token(tid=42), "bad_claim_type"),
     ("tid-empty", lambda: token(tid=""), "bad_claim_type"),
     ("sub-not-string", lambda: token(sub=7), "bad_claim_type"),
-    ("exp-string", lambda: token(exp=str(NOW + 600)), "bad_claim_type"),
+    ("exp-string", lambda: token(exp=str(_now() + 600)), "bad_claim_type"),
     ("iat-bool", lambda: token(iat=True), "bad_claim_type"),
     ("amr-string", lambda: token(amr="otp"), "bad_claim_type"),
     ("jti-number", lambda: token(jti=5), "bad_claim_type"),
@@ -145,7 +153,7 @@ ATTACKS: list[tuple[str, Callable[[], str], str]] = [
     ("other-key-same-kid", lambda: token(EVIL_KEY), "bad_signature"),
     ("tampered-payload", tamper_payload, "bad_signature"),
     ("tampered-signature", tamper_signature, "bad_signature"),
-    ("lifetime-over-max", lambda: token(exp=NOW + 2 * 86400), "lifetime_too_long"),
+    ("lifetime-over-max", lambda: token(exp=_now() + 2 * 86400), "lifetime_too_long"),
     ("jku", lambda: token(headers={"jku": "https://evil.example/jwks"}), "forbidden_header"),
     ("x5u", lambda: token(headers={"x5u": "https://evil.example/cert"}), "forbidden_header"),
     ("x5c", lambda: token(headers={"x5c": ["MIIB"]}), "forbidden_header"),
