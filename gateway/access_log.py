@@ -7,41 +7,30 @@ IPs truncated unless ``logging.pseudonymize: false`` (SPEC §11).
 
 from __future__ import annotations
 
-import base64
 import datetime
 import logging
-import os
-import secrets
 import sys
 import time
+from collections.abc import Mapping
 from typing import TextIO
 
 import orjson
 import structlog
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from gateway.context import ContextKey
+from gateway.crypto import Keyring
 from gateway.redaction import Pseudonymizer, Redactor, truncate_ip
 
 log = structlog.get_logger("gateway.access")
 ACCESS_LOGGER = logging.getLogger("gateway.access")
 
 
-def pseudonym_key() -> tuple[bytes, str]:
-    """($SHOPINO_GATEWAY_PSEUDONYM_KEY, else HKDF of the master key, else a per-process key)."""
-    explicit = os.environ.get("SHOPINO_GATEWAY_PSEUDONYM_KEY")
-    if explicit:
-        return explicit.encode(), "env"
-    master = os.environ.get("SHOPINO_GATEWAY_MASTER_KEY", "")
-    if master:
-        first = master.split(",")[0]
-        raw = base64.b64decode(first.rpartition(":")[2] if ":" in first else first)
-        hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"shopino-gateway pseudonyms")
-        return hkdf.derive(raw), "master-key"
-    return secrets.token_bytes(32), "ephemeral"
+def pseudonym_key(environ: Mapping[str, str], keyring: Keyring) -> bytes:
+    """$SHOPINO_GATEWAY_PSEUDONYM_KEY, else a key derived from the master key (App. B)."""
+    explicit = environ.get("SHOPINO_GATEWAY_PSEUDONYM_KEY")
+    return explicit.encode() if explicit else keyring.derive(b"shopino-gateway pseudonyms").reveal()
 
 
 class _UtcStamp:
@@ -66,13 +55,18 @@ class AccessLogWriter:
     """Built once per runtime: holds the redactor and pseudonymizer, writes one line per call."""
 
     def __init__(
-        self, redactor: Redactor, *, enabled: bool, pseudonymize: bool, stream: TextIO | None = None
+        self,
+        redactor: Redactor,
+        *,
+        enabled: bool,
+        pseudonymize: bool,
+        pseudonym_key: bytes,
+        stream: TextIO | None = None,
     ) -> None:
         self.enabled = enabled
         self._redactor = redactor
         self._pseudonymize = pseudonymize
-        key, _source = pseudonym_key()
-        self._pseudonymizer = Pseudonymizer(key)
+        self._pseudonymizer = Pseudonymizer(pseudonym_key)
         self._stream = stream
         self._stamp = _UtcStamp()
 

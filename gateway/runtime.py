@@ -68,6 +68,7 @@ class ProcessServices:
     ratelimit: RateLimitBackend  # storages and breaker shared by every runtime (SPEC §8)
     grants: SupportGrants
     context_keys: ContextKeys  # SPEC §7: read once per process, never per request
+    pseudonym_key: bytes = field(repr=False)  # access-log user pseudonyms (SPEC §11)
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,7 @@ def build_runtime(
             Redactor(config.logging.redact.extra_keys, config.logging.redact.extra_patterns),
             enabled=config.logging.access_log,
             pseudonymize=config.logging.pseudonymize,
+            pseudonym_key=process.pseudonym_key,
         ),
         verifier=verifier,
         admin_verifier=build_admin_verifier(config),

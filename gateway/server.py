@@ -15,7 +15,7 @@ import orjson
 import structlog
 from aiohttp import web
 
-from gateway.access_log import ACCESS_LOGGER, GatewayAccessLogger
+from gateway.access_log import ACCESS_LOGGER, GatewayAccessLogger, pseudonym_key
 from gateway.admin.app import make_admin_app
 from gateway.app import PublicHandler
 from gateway.audit import SYSTEM_TRAIL, AuditTrail
@@ -74,6 +74,7 @@ class GatewayProcess:
             ratelimit=RateLimitBackend(config.state.url),
             grants=SupportGrants(self.store),
             context_keys=ContextKeys.from_env(os.environ, keyring, demo=demo),
+            pseudonym_key=pseudonym_key(os.environ, keyring),
         )
         self._runtime = build_runtime(
             config,
