@@ -70,7 +70,6 @@ def build_config(data: object, report: Report, source: str) -> GatewayConfig:
     _check_admin_issuers(config, report)
     check_rate_limit_references(config, report)
     check_tenancy_routes(config, report)
-    _check_rate_limit_headers(config, report)
     return config
 
 
@@ -454,17 +453,3 @@ def _check_workers_and_state(config: GatewayConfig, report: Report) -> None:
     # SPEC §14: local state is a single-process store; several workers would each hold a copy.
     if config.listen.workers > 1 and config.state.url.startswith("local:"):
         report.error("listen.workers", "must be 1 with local: state (use a redis:// state.url)")
-
-
-def _check_rate_limit_headers(config: GatewayConfig, report: Report) -> None:
-    # SECURITY: a stripped identity header is the client's own text (it never reaches an upstream);
-    # counting by it would let a client pick its bucket, e.g. header:X-Tenant-ID per request.
-    stripped = config.tenancy.strip_set()
-    rule_sets = [("rate_limits.pre_auth", config.rate_limits.pre_auth)]
-    policies = config.rate_limits.policies
-    rule_sets += [(f"rate_limits.policies.{name}", rules) for name, rules in policies.items()]
-    for path, rules in rule_sets:
-        for index, rule in enumerate(rules):
-            kind, _, name = rule.key.partition(":")
-            if kind == "header" and name.lower() in stripped:
-                report.error(f"{path}[{index}].key", f"{name} is stripped from client requests (tenancy)")

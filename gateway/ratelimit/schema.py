@@ -125,7 +125,8 @@ def build_rate_limits(node: Node, methods: frozenset[str]) -> RateLimitsConfig:
 
 
 def check_rate_limit_references(config: Any, report: Any) -> None:
-    """Every policy a route names exists (a typo would silently leave the route unlimited)."""
+    """Every policy a route names exists (a typo would silently leave the route unlimited), and
+    no rule counts by a header the gateway strips from client requests."""
     policies = config.rate_limits.policies
     for index, route in enumerate(config.routes):
         for position, name in enumerate(route.rate_limit):
@@ -133,3 +134,18 @@ def check_rate_limit_references(config: Any, report: Any) -> None:
                 report.error(
                     f"routes[{index}].rate_limit[{position}]", f"no rate_limits policy named {name!r}"
                 )
+    _check_stripped_header_keys(config, report)
+
+
+def _check_stripped_header_keys(config: Any, report: Any) -> None:
+    # SECURITY: a stripped identity header is the client's own text (it never reaches an upstream);
+    # counting by it would let a client pick its bucket, e.g. header:X-Tenant-ID per request.
+    stripped = config.tenancy.strip_set()
+    rule_sets = [("rate_limits.pre_auth", config.rate_limits.pre_auth)]
+    policies = config.rate_limits.policies
+    rule_sets += [(f"rate_limits.policies.{name}", rules) for name, rules in policies.items()]
+    for path, rules in rule_sets:
+        for index, rule in enumerate(rules):
+            kind, _, name = rule.key.partition(":")
+            if kind == "header" and name.lower() in stripped:
+                report.error(f"{path}[{index}].key", f"{name} is stripped from client requests (tenancy)")
