@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 
 from gateway.demo.issuer import DemoIssuer
-from tests.e2e.killswitch_helpers import admin, engage, killswitch_config, make_issuers
+from tests.e2e.killswitch_helpers import admin, engage, killswitch_config, make_issuers, status_of
 from tests.support.gateway_proc import GatewayProc
 from tests.support.redis_server import RedisServer
 from tests.support.upstream import Upstream
@@ -38,12 +38,6 @@ def env() -> dict[str, str]:
 
 def redis_config(upstream: Upstream, tmp: Path, issuers: dict[str, DemoIssuer], url: str) -> dict[str, Any]:
     return killswitch_config(upstream.url, tmp, issuers, state={"url": url})
-
-
-async def status_of(http: aiohttp.ClientSession, url: str, method: str = "GET") -> int:
-    async with http.request(method, url) as response:
-        await response.read()
-        return response.status
 
 
 async def ready_body(http: aiohttp.ClientSession, gw: GatewayProc) -> tuple[int, dict[str, Any]]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from types import MappingProxyType
 
 import pytest
@@ -13,16 +12,9 @@ from gateway.ratelimit.model import LoginProtectionConfig, RateLimitRule
 from gateway.ratelimit.policies import CompiledLimits, LimitItem, compile_rule
 
 
-@pytest.fixture(params=["local", "redis"])
-def state_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "local":
-        return f"local:{tmp_path / 'state'}"
-    return str(request.getfixturevalue("redis_url"))
-
-
 @pytest.fixture
-async def backend(state_url: str) -> AsyncIterator[RateLimitBackend]:
-    created = RateLimitBackend(state_url)
+async def backend(store_url: str) -> AsyncIterator[RateLimitBackend]:
+    created = RateLimitBackend(store_url)
     yield created
     await created.close()
 

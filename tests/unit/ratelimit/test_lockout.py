@@ -15,9 +15,9 @@ from gateway.state import StateStore, open_store
 
 
 @pytest.fixture
-async def lockouts(state_url: str, tmp_path: Path) -> AsyncIterator[LockoutService]:
-    async with open_store(state_url) as store:
-        backend = RateLimitBackend(state_url)
+async def lockouts(store_url: str, tmp_path: Path) -> AsyncIterator[LockoutService]:
+    async with open_store(store_url) as store:
+        backend = RateLimitBackend(store_url)
         audit = AuditTrail(store, spool_dir=tmp_path / "spool")
         config = LoginProtectionConfig(
             failures_per_ip=4, failures_per_username=2, window=60, base_lockout=10, max_lockout=30
@@ -72,7 +72,7 @@ async def test_clear_forgets_lock_failures_and_level(lockouts: LockoutService) -
     assert 9 < (await lockouts.locked_for([user]) or 0) <= 10  # level forgotten: base again
 
 
-async def test_store_keys_hold_no_clear_username(lockouts: LockoutService, state_url: str) -> None:
+async def test_store_keys_hold_no_clear_username(lockouts: LockoutService, store_url: str) -> None:
     await lockouts.record_failure(lockouts.subjects("198.51.100.10", "Eve.Secret"), "r")
     store: StateStore = lockouts._store
     assert all("eve" not in key.lower() for key in await store.keys("rl:"))
