@@ -107,10 +107,6 @@ async def _demo(config_path: Path, workdir: Path, port: int, admin_port: int, ba
     return 0
 
 
-# A shell snippet that prints the current TOTP code of $SECRET (pyotp comes with the gateway).
-_CODE = "$(python3 -c \"import pyotp; print(pyotp.TOTP('$SECRET').now())\")"
-
-
 def _banner(
     port: int,
     admin_port: int,
