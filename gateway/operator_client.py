@@ -102,7 +102,7 @@ def run_verb(
         return EXIT_UNREACHABLE
     if args.json:
         print(json.dumps(data, indent=2, sort_keys=True))
-    if status >= 400:
+    if not 200 <= status < 300:  # a refused redirect (open_url) is an error too
         if not args.json:
             print(f"error {status}: {data.get('title', '')}: {data.get('detail', '')}", file=sys.stderr)
             for line in data.get("errors", []):
