@@ -7,47 +7,31 @@ tenant can grant (or see, or revoke) access to another's data.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from aiohttp import web
 
-from gateway.auth.jwt import VerifiedClaims, has_mfa, mfa_fresh
+from gateway.auth.jwt import VerifiedClaims
 from gateway.config.values import parse_duration
 from gateway.context import RequestContext
-from gateway.errors import BadRequest, Forbidden, InvalidToken, MfaRequired, NotFound, TenantMismatch
+from gateway.errors import BadRequest, NotFound, TenantMismatch
 from gateway.json_body import json_response, read_json_object
-from gateway.mfa_api import authenticated_claims
-from gateway.middleware.authenticate import REALM
+from gateway.mfa_api import fresh_tenant_admin
 from gateway.tenancy.grants import GRANT_ID_RE, grants_of, validate_grant_request
 from gateway.tenancy.resolve import TENANT_ID_RE
 
 GRANTS_PATH = "/_gateway/grants"
 GRANT_ITEM_PREFIX = GRANTS_PATH + "/"
-FRESH_MFA_SECONDS = 15 * 60
-TENANT_ADMIN_ROLE = "tenant-admin"
 _FIELDS = frozenset(("grantee", "modules", "ttl", "tenant"))
 
 
 async def _tenant_admin(ctx: RequestContext) -> VerifiedClaims:
-    claims = await authenticated_claims(ctx)
-    if not TENANT_ID_RE.fullmatch(claims.tenant):
-        raise InvalidToken(
-            "The bearer token is not valid", headers={"WWW-Authenticate": f'{REALM}, error="invalid_token"'}
-        )
     # SECURITY: granting access to a tenant's data is a step-up action: fresh MFA, every time.
-    accepted = ctx.runtime.config.mfa.accepted_amr
-    if not has_mfa(claims, accepted) or not mfa_fresh(claims, FRESH_MFA_SECONDS, time.time()):
-        raise MfaRequired(
-            "Managing support grants needs a multi-factor authentication within 15 minutes",
-            headers={
-                "WWW-Authenticate": f'{REALM}, error="insufficient_user_authentication", '
-                f"max_age={FRESH_MFA_SECONDS}"
-            },
-        )
-    if TENANT_ADMIN_ROLE not in claims.roles:
-        raise Forbidden("Only a tenant-admin may manage support grants")
-    return claims
+    return await fresh_tenant_admin(
+        ctx,
+        mfa_detail="Managing support grants needs a multi-factor authentication within 15 minutes",
+        role_detail="Only a tenant-admin may manage support grants",
+    )
 
 
 def _ttl(value: object) -> float:

@@ -6,17 +6,18 @@ issuer; ``verify`` answers with a gateway-signed, MFA-backed access token.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from gateway.auth.jwt import TokenRejected, VerifiedClaims, has_mfa
+from gateway.auth.jwt import TokenRejected, VerifiedClaims, has_mfa, mfa_fresh
 from gateway.context import RequestContext
-from gateway.errors import BadRequest, GatewayError, InvalidToken, MissingToken
+from gateway.errors import BadRequest, Forbidden, GatewayError, InvalidToken, MfaRequired, MissingToken
 from gateway.json_body import json_response, read_json_object
 from gateway.metrics import METRICS
-from gateway.middleware.authenticate import REALM, bearer_token, ensure_not_revoked
+from gateway.middleware.authenticate import REALM, bearer_token, ensure_not_revoked, invalid_token
 from gateway.tenancy.resolve import TENANT_ID_RE
 
 
@@ -29,18 +30,37 @@ async def authenticated_claims(ctx: RequestContext) -> VerifiedClaims:
         claims = await ctx.runtime.verifier.verify(token)
     except TokenRejected as rejected:
         METRICS.auth_failures.labels(rejected.reason).inc()
-        raise InvalidToken(
-            "The bearer token is not valid", headers={"WWW-Authenticate": f'{REALM}, error="invalid_token"'}
-        ) from None
+        raise invalid_token() from None
     if not TENANT_ID_RE.fullmatch(claims.tenant):
         # SECURITY: "_system" (the gateway's own trail) and malformed ids act for no tenant here
         # either: no MFA enrolment, grant or audit export under them.
         METRICS.auth_failures.labels("bad_identity").inc()
-        raise InvalidToken(
-            "The bearer token is not valid", headers={"WWW-Authenticate": f'{REALM}, error="invalid_token"'}
-        )
+        raise invalid_token()
     ensure_not_revoked(ctx, claims)
     ctx.claims, ctx.user, ctx.tenant = claims, claims.subject, claims.tenant
+    return claims
+
+
+FRESH_MFA_SECONDS = 15 * 60
+TENANT_ADMIN_ROLE = "tenant-admin"
+
+
+async def fresh_tenant_admin(ctx: RequestContext, *, mfa_detail: str, role_detail: str) -> VerifiedClaims:
+    """A ``tenant-admin`` of the token's own tenant whose MFA is at most 15 minutes old, for the
+    step-up actions on a tenant's data (support grants, the audit export)."""
+    claims = await authenticated_claims(ctx)
+    # SECURITY: step-up: a stolen session without a fresh second factor cannot do these.
+    accepted = ctx.runtime.config.mfa.accepted_amr
+    if not has_mfa(claims, accepted) or not mfa_fresh(claims, FRESH_MFA_SECONDS, time.time()):
+        raise MfaRequired(
+            mfa_detail,
+            headers={
+                "WWW-Authenticate": f'{REALM}, error="insufficient_user_authentication", '
+                f"max_age={FRESH_MFA_SECONDS}"
+            },
+        )
+    if TENANT_ADMIN_ROLE not in claims.roles:
+        raise Forbidden(role_detail)
     return claims
 
 

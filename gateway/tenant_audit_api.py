@@ -6,35 +6,20 @@ never a parameter, so no tenant can read another's trail.
 
 from __future__ import annotations
 
-import time
-
 from aiohttp import web
 
 from gateway.admin.audit_api import stream_export
-from gateway.auth.jwt import has_mfa, mfa_fresh
 from gateway.context import RequestContext
-from gateway.errors import BadRequest, Forbidden, MfaRequired
-from gateway.mfa_api import authenticated_claims
-from gateway.middleware.authenticate import REALM
-
-FRESH_MFA_SECONDS = 15 * 60
-TENANT_ADMIN_ROLE = "tenant-admin"
+from gateway.errors import BadRequest
+from gateway.mfa_api import fresh_tenant_admin
 
 
 async def export_own_trail(ctx: RequestContext) -> web.StreamResponse:
-    claims = await authenticated_claims(ctx)
-    if not has_mfa(claims, ctx.runtime.config.mfa.accepted_amr) or not mfa_fresh(
-        claims, FRESH_MFA_SECONDS, time.time()
-    ):
-        raise MfaRequired(
-            "Exporting the audit trail needs a multi-factor authentication within 15 minutes",
-            headers={
-                "WWW-Authenticate": f'{REALM}, error="insufficient_user_authentication", '
-                f"max_age={FRESH_MFA_SECONDS}"
-            },
-        )
-    if TENANT_ADMIN_ROLE not in claims.roles:
-        raise Forbidden("Only a tenant-admin may export the tenant's audit trail")
+    claims = await fresh_tenant_admin(
+        ctx,
+        mfa_detail="Exporting the audit trail needs a multi-factor authentication within 15 minutes",
+        role_detail="Only a tenant-admin may export the tenant's audit trail",
+    )
     query = ctx.request.query
     fmt = query.get("format", "json")
     trail = ctx.runtime.services.audit

@@ -20,6 +20,14 @@ log = structlog.get_logger("gateway.auth")
 REALM = 'Bearer realm="shopino"'
 
 
+def invalid_token() -> InvalidToken:
+    """RFC 6750 ``invalid_token``: the one refusal for every bad token; the reason is logged and
+    counted by the caller, never told to the client."""
+    return InvalidToken(
+        "The bearer token is not valid", headers={"WWW-Authenticate": f'{REALM}, error="invalid_token"'}
+    )
+
+
 def bearer_token(request: web.BaseRequest, cookie_name: str | None = None) -> str | None:
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
@@ -44,10 +52,7 @@ async def authenticate(ctx: RequestContext) -> web.StreamResponse | None:
     except TokenRejected as rejected:
         METRICS.auth_failures.labels(rejected.reason).inc()
         log.info("token_rejected", reason=rejected.reason, request_id=ctx.request_id)
-        raise InvalidToken(
-            "The bearer token is not valid",
-            headers={"WWW-Authenticate": f'{REALM}, error="invalid_token"'},
-        ) from None
+        raise invalid_token() from None
     ensure_not_revoked(ctx, claims)
     ctx.claims = claims
     ctx.user = claims.subject
@@ -63,10 +68,7 @@ def ensure_not_revoked(ctx: RequestContext, claims: VerifiedClaims) -> None:
     if ctx.runtime.services.revocations.is_revoked(claims.tenant, claims.subject, claims.issued_at):
         METRICS.auth_failures.labels("revoked").inc()
         log.info("token_rejected", reason="revoked", request_id=ctx.request_id)
-        raise InvalidToken(
-            "The bearer token is not valid",
-            headers={"WWW-Authenticate": f'{REALM}, error="invalid_token"'},
-        )
+        raise invalid_token()
 
 
 def _require_mfa(ctx: RequestContext, max_age: float | None) -> None:

@@ -22,9 +22,9 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.auth.jwt import VerifiedClaims
 from gateway.context import RequestContext
-from gateway.errors import Forbidden, InvalidToken, StoreUnavailable, TenantLeakBlocked, TenantMismatch
+from gateway.errors import Forbidden, StoreUnavailable, TenantLeakBlocked, TenantMismatch
 from gateway.metrics import METRICS
-from gateway.middleware.authenticate import REALM
+from gateway.middleware.authenticate import invalid_token
 from gateway.tenancy.context import CONTEXT_HEADER, ROLES_HEADER, TENANT_HEADER, USER_HEADER
 from gateway.tenancy.grants import SUPPORT_ROLE
 from gateway.tenancy.resolve import TENANT_ID_RE, TenantNotNamed
@@ -37,12 +37,6 @@ log = structlog.get_logger("gateway.tenancy")
 _USER_RE = re.compile(r"(?![ \t])[^\x00-\x1f\x7f\ud800-\udfff]{1,1024}(?<![ \t])")
 _ROLE_RE = re.compile(r"(?![ \t])[^\x00-\x1f\x7f,\ud800-\udfff]{1,256}(?<![ \t])")
 _MAX_CLAIMED = 4  # tenants named in one leak record (the upstream chooses them)
-
-
-def _invalid_identity() -> InvalidToken:
-    return InvalidToken(
-        "The bearer token is not valid", headers={"WWW-Authenticate": f'{REALM}, error="invalid_token"'}
-    )
 
 
 @functools.lru_cache(maxsize=4096)
@@ -59,7 +53,7 @@ def _identity_ok(tenant: str, subject: str, roles: tuple[str, ...]) -> bool:
 def _check_identity(claims: VerifiedClaims) -> None:
     if not _identity_ok(claims.tenant, claims.subject, tuple(claims.roles)):
         METRICS.auth_failures.labels("bad_identity").inc()
-        raise _invalid_identity()
+        raise invalid_token()
 
 
 async def apply_tenancy(ctx: RequestContext) -> web.StreamResponse | None:
@@ -102,7 +96,7 @@ async def _act_under_grant(ctx: RequestContext, claims: VerifiedClaims, tenant: 
     # users acting there too, whatever their own tenant says.
     if services.revocations.is_revoked(tenant, claims.subject, claims.issued_at):
         METRICS.auth_failures.labels("revoked").inc()
-        raise _invalid_identity()
+        raise invalid_token()
     ctx.tenant, ctx.grant = tenant, grant
     structlog.contextvars.bind_contextvars(tenant=tenant)
     try:
