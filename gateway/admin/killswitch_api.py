@@ -13,12 +13,11 @@ from typing import Any
 from aiohttp import web
 
 from gateway.admin.context import ActorKey, AuditKey, RuntimeKey
-from gateway.audit import SYSTEM_TRAIL
 from gateway.config import GatewayConfig
 from gateway.context import request_id_for
 from gateway.errors import BadRequest, NotFound, StoreUnavailable
 from gateway.json_body import json_response, read_json_object
-from gateway.killswitch.model import Switch, parse_ttl, validate_spec
+from gateway.killswitch.model import Switch, audit_trails, parse_ttl, validate_spec
 from gateway.killswitch.registry import KillSwitchRegistry
 
 
@@ -42,9 +41,7 @@ def _check_target_exists(config: GatewayConfig, switch: Switch) -> None:
 
 
 async def _audit(request: web.Request, event: str, switch: Switch, reason: str | None, **extra: Any) -> None:
-    # A tenant switch goes to the tenant's own trail (it sees it in its export) and to _system,
-    # so operators find every switch in one place.
-    tenants = [switch.target, SYSTEM_TRAIL] if switch.scope == "tenant" else [SYSTEM_TRAIL]
+    tenants = audit_trails(switch)
     await request.app[AuditKey].record(
         event,
         tenants=tenants,

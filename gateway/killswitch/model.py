@@ -12,7 +12,8 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from gateway.audit.record import format_time, validate_tenant
+from gateway.audit.incidents import validate_incident
+from gateway.audit.record import SYSTEM_TENANT, format_time, validate_tenant
 from gateway.config.values import parse_duration
 from gateway.errors import GatewayError, Isolated
 from gateway.routing import normalise_target
@@ -25,7 +26,6 @@ SAFE_METHODS = frozenset(("GET", "HEAD", "OPTIONS"))
 METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "*"))
 MAX_TTL = 366 * 86400.0
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
-_INCIDENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}\Z")
 _MAX_REASON = 500
 
 
@@ -109,8 +109,8 @@ def validate_spec(data: dict[str, Any]) -> Switch:
     if len(reason) > _MAX_REASON:
         raise ValueError(f"reason is longer than {_MAX_REASON} characters")
     incident = data.get("incident")
-    if incident is not None and (not isinstance(incident, str) or not _INCIDENT_RE.fullmatch(incident)):
-        raise ValueError("incident must be 1-64 letters, digits and . _ : -")
+    if incident is not None:
+        validate_incident(incident)  # the one rule every incident id follows (audit index)
     target = normalise_switch_target(scope, data.get("target"))
     return Switch("", scope, target, mode, reason.strip(), incident, 0.0, None, None)
 
@@ -188,3 +188,11 @@ __all__ = [
     "parse_ttl",
     "validate_spec",
 ]
+
+
+def audit_trails(switch: Switch) -> list[str]:
+    """Where a switch's engage/release/expiry records go: a tenant switch in that tenant's own
+    trail (it sees it in its export) and in _system, where operators find every switch."""
+    if switch.scope == "tenant" and switch.target:
+        return [switch.target, SYSTEM_TENANT]
+    return [SYSTEM_TENANT]

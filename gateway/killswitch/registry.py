@@ -36,11 +36,11 @@ from typing import Any
 
 import orjson
 
-from gateway.audit import SYSTEM_TRAIL, AuditTrail
+from gateway.audit import AuditTrail
 from gateway.errors import StoreUnavailable
 from gateway.killswitch.matcher import SwitchIndex
 from gateway.killswitch.metrics import gauges
-from gateway.killswitch.model import Switch
+from gateway.killswitch.model import Switch, audit_trails
 from gateway.killswitch.streams import STREAMS, StreamRegistry
 from gateway.state.base import StateStore
 from gateway.state.sync import SnapshotBacked, SyncedSnapshot
@@ -132,9 +132,7 @@ class KillSwitchRegistry(SnapshotBacked):
     async def _audit_expiry(self, switch: Switch) -> None:
         if self._audit is None:
             return
-        # Same placement as engage/release: the tenant's own trail for a tenant switch, and _system.
-        tenant_scoped = switch.scope == "tenant" and switch.target
-        tenants = [switch.target, SYSTEM_TRAIL] if tenant_scoped else [SYSTEM_TRAIL]
+        tenants = audit_trails(switch)
         try:
             await self._audit.record(
                 "killswitch.expired",

@@ -82,14 +82,15 @@ def check_gateway_endpoint(ctx: RequestContext) -> None:
 
 async def check_tenant_killswitch(ctx: RequestContext) -> web.StreamResponse | None:
     index = _index(ctx)
+    same_set = index is ctx.killswitch_index
+    if same_set and (index.empty or not (tenants := acting_tenants(ctx))):
+        return None  # the common case: nothing to check, so no clock or header work either
     now = time.time()
     websocket = wants_websocket(ctx.request)
-    if index is not ctx.killswitch_index:
+    if not same_set:
         # A new set was applied since check_killswitch: check every scope against it.
         switch = refusal_for(index, ctx, websocket=websocket, now=now)
         ctx.killswitch_index = index
-    elif index.empty or not (tenants := acting_tenants(ctx)):
-        return None
     else:
         switch = index.tenant_refusal(tenants, ctx.request.method, websocket=websocket, now=now)
     if switch is not None:
