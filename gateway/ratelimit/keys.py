@@ -8,7 +8,6 @@ instance sharing a Redis derives the same one.
 
 from __future__ import annotations
 
-import base64
 import functools
 import hashlib
 import ipaddress
@@ -18,8 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from gateway.crypto import Keyring
 
 if TYPE_CHECKING:
     from gateway.context import RequestContext
@@ -51,15 +49,13 @@ def ip_subject(ip: str) -> str:
 
 
 def derive_hash_key(environ: Mapping[str, str] | None = None) -> bytes:
-    """HKDF of the master key's first entry; a fixed key when there is none (demo, tests), so
+    """HKDF of the master key's primary entry; a fixed key when there is none (demo, tests), so
     counters and lockouts still line up across restarts — only the keyed-ness is lost then."""
     env = os.environ if environ is None else environ
     master = env.get("SHOPINO_GATEWAY_MASTER_KEY", "")
     if not master:
         return hashlib.sha256(_HKDF_INFO).digest()
-    first = master.split(",")[0]
-    raw = base64.b64decode(first.rpartition(":")[2] if ":" in first else first)
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_HKDF_INFO).derive(raw)
+    return Keyring.parse(master).derive(_HKDF_INFO).reveal()  # the keyring's one parser and HKDF
 
 
 class ValueHasher:
