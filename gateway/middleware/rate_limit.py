@@ -44,9 +44,19 @@ def _checks(
     method = ctx.request.method
     digest = rl.backend.hash
     checks = []
+    # The items of one rule ("50/second;2000/minute") share one key object and sit side by side:
+    # its value is read, canonicalised and hashed once, not once per item.
+    last_key: object = None
+    hashed: str | None = None
     for item in items:
-        if item.applies(method) and (value := item.key.raw_value(ctx, fields)) is not None:
-            checks.append((item, digest(value)))
+        if not item.applies(method):
+            continue
+        if item.key is not last_key:
+            last_key = item.key
+            value = item.key.raw_value(ctx, fields)
+            hashed = None if value is None else digest(value)
+        if hashed is not None:
+            checks.append((item, hashed))
     return checks
 
 
