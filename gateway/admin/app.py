@@ -13,6 +13,7 @@ from gateway.admin.context import (
     ActorKey,
     AuditKey,
     IntegrationsKey,
+    RequestIdKey,
     RevocationsKey,
     RuntimeKey,
     SigningKey,
@@ -53,6 +54,7 @@ async def admin_errors_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     request_id = request_id_for(request.headers.get("X-Request-ID"))
+    request[RequestIdKey] = request_id
     try:
         runtime = request.app[RuntimeKey]()
         identity = await identify_admin(
@@ -89,7 +91,7 @@ async def get_config(request: web.Request) -> web.Response:
 
 
 async def post_reload(request: web.Request) -> web.Response:
-    request_id = request_id_for(request.headers.get("X-Request-ID"))
+    request_id = request[RequestIdKey]
     try:
         runtime = await request.app[ReloadKey](request[ActorKey], request_id)
     except ConfigError as exc:

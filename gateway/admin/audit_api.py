@@ -8,9 +8,8 @@ from collections.abc import AsyncIterator, Mapping
 import orjson
 from aiohttp import web
 
-from gateway.admin.context import ActorKey, AuditKey
+from gateway.admin.context import ActorKey, AuditKey, RequestIdKey
 from gateway.audit import CONTENT_TYPES, SYSTEM_TRAIL, AuditTrail, parse_time_bound
-from gateway.context import request_id_for
 from gateway.errors import BadRequest
 
 _TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
@@ -68,7 +67,7 @@ async def export_audit(request: web.Request) -> web.StreamResponse:
         "audit.exported",
         tenants=[tenant],
         actor=request[ActorKey],
-        request_id=request_id_for(request.headers.get("X-Request-ID")),
+        request_id=request[RequestIdKey],
         details={"format": fmt, "since": since, "until": until, "via": "admin"},
     )
     return await stream_export(request, trail.export(tenant, since=since, until=until, fmt=fmt), tenant, fmt)
@@ -87,9 +86,7 @@ async def purge_tenant(request: web.Request) -> web.Response:
     tenant = tenant_param(request.match_info["tenant"])
     if tenant == SYSTEM_TRAIL:
         raise BadRequest("the _system trail cannot be purged")
-    summary = await trail.purge_tenant(
-        tenant, actor=request[ActorKey], request_id=request_id_for(request.headers.get("X-Request-ID"))
-    )
+    summary = await trail.purge_tenant(tenant, actor=request[ActorKey], request_id=request[RequestIdKey])
     return web.Response(
         body=orjson.dumps({"tenant": tenant, "purged": True, **summary}), content_type="application/json"
     )

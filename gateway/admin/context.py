@@ -18,3 +18,4 @@ RevocationsKey = web.AppKey("revocations", RevocationEpochs)
 IntegrationsKey = web.AppKey("integrations", IntegrationSecrets)
 RuntimeKey = web.AppKey("current_runtime", Callable[[], Runtime])
 ActorKey = web.RequestKey("admin_actor", str)
+RequestIdKey = web.RequestKey("admin_request_id", str)  # chosen once: the response and audit agree

@@ -9,9 +9,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.admin.audit_api import tenant_param
-from gateway.admin.context import ActorKey, AuditKey, RuntimeKey
+from gateway.admin.context import ActorKey, AuditKey, RequestIdKey, RuntimeKey
 from gateway.admin.incidents_api import incident_field
-from gateway.context import request_id_for
 from gateway.errors import NotFound
 from gateway.json_body import json_response, read_json_object
 from gateway.tenancy.grants import grants_of
@@ -36,7 +35,7 @@ async def revoke_grant(request: web.Request) -> web.Response:
         "grant.revoked",
         tenants=[grant.tenant],
         actor=request[ActorKey],
-        request_id=request_id_for(request.headers.get("X-Request-ID")),
+        request_id=request[RequestIdKey],
         incident=incident,
         details={"grant": grant.id, "grantee": grant.grantee, "via": "admin", "reason": (reason or "")[:256]},
     )

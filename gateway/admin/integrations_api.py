@@ -6,9 +6,8 @@ from __future__ import annotations
 import orjson
 from aiohttp import web
 
-from gateway.admin.context import ActorKey, AuditKey, IntegrationsKey, RuntimeKey
+from gateway.admin.context import ActorKey, AuditKey, IntegrationsKey, RequestIdKey, RuntimeKey
 from gateway.audit import SYSTEM_TRAIL
-from gateway.context import request_id_for
 from gateway.errors import BadRequest, NotFound
 from gateway.json_body import read_json_object
 
@@ -29,7 +28,7 @@ async def rotate_integration(request: web.Request) -> web.Response:
         "integration.rotated",
         tenants=[SYSTEM_TRAIL],
         actor=request[ActorKey],
-        request_id=request_id_for(request.headers.get("X-Request-ID")),
+        request_id=request[RequestIdKey],
         details={"integration": name, "grace_seconds": config.rotation_grace, "generated": given is None},
     )
     body: dict[str, object] = {"integration": name, "grace_seconds": config.rotation_grace}

@@ -6,10 +6,9 @@ from __future__ import annotations
 import orjson
 from aiohttp import web
 
-from gateway.admin.context import ActorKey, AuditKey, RuntimeKey, SigningKey
+from gateway.admin.context import ActorKey, AuditKey, RequestIdKey, RuntimeKey, SigningKey
 from gateway.admin.incidents_api import incident_field
 from gateway.audit import SYSTEM_TRAIL
-from gateway.context import request_id_for
 from gateway.errors import BadRequest
 from gateway.json_body import read_json_object
 
@@ -27,7 +26,7 @@ async def rotate_keys(request: web.Request) -> web.Response:
         "keys.rotated",
         tenants=[SYSTEM_TRAIL],
         actor=request[ActorKey],
-        request_id=request_id_for(request.headers.get("X-Request-ID")),
+        request_id=request[RequestIdKey],
         incident=incident,
         details={"kid": new.kid, "revoke_old": revoke_old},
     )

@@ -12,9 +12,8 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.admin.context import ActorKey, AuditKey, RuntimeKey
+from gateway.admin.context import ActorKey, AuditKey, RequestIdKey, RuntimeKey
 from gateway.config import GatewayConfig
-from gateway.context import request_id_for
 from gateway.errors import BadRequest, NotFound, StoreUnavailable
 from gateway.json_body import json_response, read_json_object
 from gateway.killswitch.model import Switch, audit_trails, parse_ttl, validate_spec
@@ -46,7 +45,7 @@ async def _audit(request: web.Request, event: str, switch: Switch, reason: str |
         event,
         tenants=tenants,
         actor=request[ActorKey],
-        request_id=request_id_for(request.headers.get("X-Request-ID")),
+        request_id=request[RequestIdKey],
         incident=switch.incident,
         details={
             "id": switch.id,

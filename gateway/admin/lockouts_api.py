@@ -10,9 +10,8 @@ import ipaddress
 
 from aiohttp import web
 
-from gateway.admin.context import ActorKey, AuditKey, RuntimeKey
+from gateway.admin.context import ActorKey, AuditKey, RequestIdKey, RuntimeKey
 from gateway.audit import SYSTEM_TRAIL
-from gateway.context import request_id_for
 from gateway.errors import BadRequest
 from gateway.json_body import json_response
 from gateway.ratelimit.keys import canonical_username, ip_subject
@@ -54,7 +53,7 @@ async def clear_lockout(request: web.Request) -> web.Response:
         "ratelimit.lockout_cleared",
         tenants=[SYSTEM_TRAIL],
         actor=request[ActorKey],
-        request_id=request_id_for(request.headers.get("X-Request-ID")),
+        request_id=request[RequestIdKey],
         details={"kind": subject.kind, "subject": subject.id, "was_locked": cleared},
     )
     return json_response({"kind": subject.kind, "subject": subject.id, "cleared": cleared})

@@ -9,9 +9,8 @@ import orjson
 from aiohttp import web
 
 from gateway.admin.audit_api import tenant_param
-from gateway.admin.context import ActorKey, AuditKey, RevocationsKey
+from gateway.admin.context import ActorKey, AuditKey, RequestIdKey, RevocationsKey
 from gateway.admin.incidents_api import incident_field
-from gateway.context import request_id_for
 from gateway.errors import BadRequest
 from gateway.json_body import read_json_object
 
@@ -29,7 +28,7 @@ async def revoke_sessions(request: web.Request) -> web.Response:
         "sessions.revoked",
         tenants=[tenant],
         actor=request[ActorKey],
-        request_id=request_id_for(request.headers.get("X-Request-ID")),
+        request_id=request[RequestIdKey],
         incident=incident,
         details={"user": user, "revoked_at": revoked_at},
     )

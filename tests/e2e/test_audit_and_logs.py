@@ -127,3 +127,19 @@ async def test_audit_writes_spool_while_store_is_down_and_replay(
             assert asyncio.get_running_loop().time() < deadline, result.stderr
             await asyncio.sleep(0.3)
     assert gw.cli("audit", "verify", "--tenant", "_system").returncode == 0
+
+
+async def test_an_admin_acts_audit_record_carries_the_response_request_id(
+    gateway_factory, upstream: Upstream
+) -> None:
+    # Without a client X-Request-ID the gateway picks one; the record must name the same one.
+    gw: GatewayProc = gateway_factory(config(upstream))
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{gw.admin_url}/admin/sessions/revoke", headers=AUTH, json={"tenant": "acme"}) as r,
+    ):
+        assert r.status == 200
+        request_id = r.headers["X-Request-ID"]
+    records = json.loads(gw.cli("audit", "export", "--tenant", "acme", "--format", "json").stdout)
+    revoked = [r for r in records if r["event"] == "sessions.revoked"]
+    assert [r["request_id"] for r in revoked] == [request_id]
