@@ -2,25 +2,24 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import AsyncIterator, Mapping
 
 import orjson
 from aiohttp import web
 
 from gateway.admin.context import ActorKey, AuditKey, RequestIdKey
-from gateway.audit import CONTENT_TYPES, SYSTEM_TRAIL, AuditTrail, parse_time_bound
+from gateway.audit import CONTENT_TYPES, SYSTEM_TRAIL, AuditTrail, parse_time_bound, validate_tenant
 from gateway.errors import BadRequest
-
-_TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
 
 
 def tenant_param(value: str | None, name: str = "tenant") -> str:
-    if value == SYSTEM_TRAIL:
-        return value
-    if not value or not _TENANT_RE.match(value):
-        raise BadRequest(f"'{name}' must be a tenant id (letters, digits, '.', '_', '-') or _system")
-    return value
+    """A tenant id by the audit trail's own rule (``validate_tenant``), or ``_system``."""
+    try:
+        return validate_tenant(value)
+    except ValueError:
+        raise BadRequest(
+            f"'{name}' must be a tenant id (letters, digits, '.', '_', '@', '-') or _system"
+        ) from None
 
 
 def _bounds(request: web.Request) -> tuple[float | None, float | None]:
