@@ -22,10 +22,37 @@ if TYPE_CHECKING:
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._~:-]{1,64}\Z")
 
 
+class _RandomPool:
+    """16 random bytes at a time out of one ``os.urandom`` call per 256 ids: a system call per
+    request was measurable. Same source and quality as ``uuid4()``; refilled in a forked
+    child, so two workers never hand out the same ids."""
+
+    __slots__ = ("_bytes", "_next")
+    SIZE = 16 * 256
+
+    def __init__(self) -> None:
+        self._bytes = b""
+        self._next = self.SIZE
+
+    def reset(self) -> None:
+        self._bytes, self._next = b"", self.SIZE
+
+    def take16(self) -> bytes:
+        start = self._next
+        if start >= self.SIZE:
+            self._bytes, start = os.urandom(self.SIZE), 0
+        self._next = start + 16
+        return self._bytes[start : start + 16]
+
+
+_POOL = _RandomPool()
+os.register_at_fork(after_in_child=_POOL.reset)
+
+
 def new_request_id() -> str:
     """A random (version 4) UUID in its usual text form, without building a ``uuid.UUID``:
     the same 122 random bits as ``uuid4()`` at less than half its cost (every request)."""
-    h = os.urandom(16).hex()
+    h = _POOL.take16().hex()
     return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
 
 

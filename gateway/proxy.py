@@ -28,6 +28,15 @@ raising a ``GatewayError`` withholds the body (the upstream connection is then c
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
+class _HeadWithBodyResponse(web.StreamResponse):
+    """A StreamResponse whose head waits for the body: used only when the whole upstream body
+    is already here, so ``write_eof(body)`` sends head and body in one write (aiohttp's
+    ``Response`` does the same). Streamed answers keep the head-first default, so a client of a
+    slow or endless body (SSE, long poll) still sees the head at once."""
+
+    _send_headers_immediately = False
+
+
 class _BodyLimit:
     """Counts streamed request bytes; remembers that the limit was hit for the 413 answer."""
 
@@ -142,12 +151,17 @@ async def _stream_response(
         raise
     headers = downstream_response_headers(upstream.headers, tls=ctx.runtime.tls)
     headers.update(ctx.response_headers)
-    response = web.StreamResponse(status=upstream.status, reason=upstream.reason or None, headers=headers)
+    whole = upstream.whole_body()
+    kind = web.StreamResponse if whole is None else _HeadWithBodyResponse
+    response = kind(status=upstream.status, reason=upstream.reason or None, headers=headers)
     length = upstream.headers.get("Content-Length")
     if length is not None and length.isdigit():
         response.content_length = int(length)
     ctx.status = upstream.status
     await response.prepare(ctx.request)
+    if whole is not None:
+        await response.write_eof(whole)
+        return response
     try:
         async for chunk in upstream.iter_chunks():
             await response.write(chunk)

@@ -35,6 +35,9 @@ class AiohttpResponse:
         except (aiohttp.ClientError, OSError) as exc:
             raise UpstreamUnavailable("The upstream connection broke mid-response") from exc
 
+    def whole_body(self) -> bytes | None:
+        return None  # aiohttp's client gives no cheap, safe look at its buffer: always stream
+
     def release(self) -> None:
         self._response.release()
 

@@ -325,6 +325,19 @@ class _UpstreamConnection(asyncio.Protocol):
                 raise self._error
             await self._wait()
 
+    def take_complete_body(self) -> bytes | None:
+        """Everything of the body, if the message is complete already; else ``None``."""
+        if not self._complete or self._error is not None:
+            return None
+        chunks = self._chunks
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        self._buffered = 0
+        if self._reading_paused:
+            self._reading_paused = False
+            self.transport.resume_reading()
+        return body
+
     def reusable(self) -> bool:
         return (
             self._complete
@@ -470,6 +483,9 @@ class HttptoolsResponse:
         # Looked up each time: once released, the connection may carry someone else's answer.
         while self._conn is not None and (chunk := await self._conn.read_chunk()):
             yield chunk
+
+    def whole_body(self) -> bytes | None:
+        return self._conn.take_complete_body() if self._conn is not None else None
 
     def release(self) -> None:
         conn, self._conn = self._conn, None

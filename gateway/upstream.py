@@ -82,6 +82,11 @@ class UpstreamResponse(Protocol):
 
     def iter_chunks(self) -> AsyncIterator[bytes]: ...
 
+    def whole_body(self) -> bytes | None:
+        """The entire body when all of it has already arrived, else ``None`` (then stream it
+        with ``iter_chunks``). Lets a small answer go out as one write, head and body."""
+        ...
+
     def release(self) -> None: ...
 
     def discard(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 
 import pytest
@@ -18,6 +19,25 @@ def test_new_request_ids_are_random_version_4_uuids_in_canonical_form() -> None:
         assert str(parsed) == text  # lower-case hex, 8-4-4-4-12
     # Every variant nibble occurs: the two variant bits are set, the other two stay random.
     assert {text[19] for text in ids} == set("89ab")
+
+
+def test_a_forked_worker_does_not_repeat_the_parents_ids() -> None:
+    # Ids come from a pool of random bytes: a child that inherited the pool unchanged would hand
+    # out exactly the ids its parent (or its sibling worker) hands out next.
+    new_request_id()  # the pool is filled, with ids left in it
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.close(read_end)
+        os.write(write_end, ",".join(new_request_id() for _ in range(4)).encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        child_ids = pipe.read().decode().split(",")
+    os.waitpid(pid, 0)
+    parent_ids = [new_request_id() for _ in range(4)]
+    assert len(child_ids) == 4
+    assert not set(child_ids) & set(parent_ids)
 
 
 @pytest.mark.parametrize("incoming", ["req-1", "a.b_c~d:e-f", "x" * 64])

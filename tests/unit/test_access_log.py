@@ -1,0 +1,101 @@
+"""The access log's batching: lines of one event-loop turn share one write, none waits longer."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from types import SimpleNamespace
+
+import orjson
+
+from gateway.access_log import AccessLogWriter, _flush_all
+from gateway.context import ContextKey
+from gateway.redaction import Redactor
+
+
+class CountingStream(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+        self.flushes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+    def flush(self) -> None:
+        self.flushes += 1
+
+
+def writer_on(stream: CountingStream) -> AccessLogWriter:
+    return AccessLogWriter(
+        Redactor(), enabled=True, pseudonymize=True, pseudonym_key=b"k" * 32, stream=stream
+    )
+
+
+def finished_request(request_id: str) -> tuple[dict[object, object], SimpleNamespace]:
+    ctx = SimpleNamespace(
+        request_id=request_id,
+        route=SimpleNamespace(name="orders"),
+        target=SimpleNamespace(path="/api/orders", query=""),
+        client_ip="192.0.2.77",
+        user="alice@acme.example",
+        tenant="acme",
+    )
+    request: dict[object, object] = {ContextKey: ctx}
+    return request, SimpleNamespace(status=200, body_length=42)
+
+
+class FakeRequest(dict[object, object]):
+    method = "GET"
+
+
+def log_one(writer: AccessLogWriter, request_id: str) -> None:
+    fields, response = finished_request(request_id)
+    writer.write(FakeRequest(fields), response, 0.0015)  # type: ignore[arg-type]
+
+
+def lines_of(stream: CountingStream) -> list[dict[str, object]]:
+    return [orjson.loads(line) for line in stream.getvalue().splitlines()]
+
+
+async def test_lines_of_one_loop_turn_go_out_in_one_write_at_the_end_of_the_turn() -> None:
+    stream = CountingStream()
+    writer = writer_on(stream)
+    for n in range(3):
+        log_one(writer, f"req-{n}")
+    assert stream.writes == 0  # held for the rest of this turn only
+    await asyncio.sleep(0)
+    assert stream.writes == 1 and stream.flushes == 1
+    assert [line["request_id"] for line in lines_of(stream)] == ["req-0", "req-1", "req-2"]
+    # The next turn's lines are a new batch: nothing is held back waiting for more.
+    log_one(writer, "req-3")
+    await asyncio.sleep(0)
+    assert stream.writes == 2
+    assert lines_of(stream)[-1]["request_id"] == "req-3"
+
+
+async def test_batched_lines_keep_every_field_and_its_redaction() -> None:
+    stream = CountingStream()
+    log_one(writer_on(stream), "req-9")
+    await asyncio.sleep(0)
+    (line,) = lines_of(stream)
+    assert line["status"] == 200 and line["route"] == "orders" and line["duration_ms"] == 1.5
+    assert line["client_ip"] == "192.0.2.0"  # truncated
+    assert "alice" not in stream.getvalue()  # the user is a keyed pseudonym
+
+
+def test_without_a_running_loop_a_line_is_written_at_once() -> None:
+    stream = CountingStream()
+    log_one(writer_on(stream), "req-1")
+    assert stream.writes == 1 and stream.flushes == 1
+
+
+async def test_lines_still_pending_at_exit_are_written_by_the_exit_hook() -> None:
+    stream = CountingStream()
+    writer = writer_on(stream)
+    log_one(writer, "req-1")
+    _flush_all()  # what atexit runs when the loop stops before its next turn
+    assert lines_of(stream)[0]["request_id"] == "req-1"
+    await asyncio.sleep(0)  # the scheduled flush then finds nothing more to write
+    assert stream.writes == 1
