@@ -7,6 +7,7 @@ from collections.abc import Callable
 import structlog
 from aiohttp import ClientConnectionResetError, web
 
+from gateway import log_context
 from gateway.access_audit import audit_access
 from gateway.context import ContextKey, RequestContext, request_id_for
 from gateway.errors import GatewayError, InternalError, problem_body, problem_headers
@@ -56,8 +57,7 @@ class PublicHandler:
         request[ContextKey] = ctx
         # Every log line of this request carries its id (requests on one keep-alive connection
         # share a task, so the previous request's bindings are cleared first).
-        structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(request_id=request_id)
+        log_context.begin_request(request_id)
         ctx.response_headers["X-Request-ID"] = request_id
         # SECURITY: fingerprinting — neither aiohttp's nor the upstream's version is disclosed.
         ctx.response_headers["Server"] = "shopino-gateway"

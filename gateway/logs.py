@@ -13,6 +13,7 @@ import orjson
 import structlog
 
 from gateway.config.model import LoggingConfig
+from gateway.log_context import merge_request_fields
 from gateway.redaction import RedactionProcessor, Redactor
 
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
@@ -31,7 +32,7 @@ def configure_logging(config: LoggingConfig | None = None) -> Redactor:
     numeric = _LEVELS.get(config.level, 20)
     structlog.configure(
         processors=[
-            structlog.contextvars.merge_contextvars,
+            merge_request_fields,
             structlog.processors.add_log_level,
             timestamper,
             structlog.processors.format_exc_info,
@@ -45,7 +46,12 @@ def configure_logging(config: LoggingConfig | None = None) -> Redactor:
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=[structlog.stdlib.add_log_level, structlog.stdlib.add_logger_name, timestamper],
+            foreign_pre_chain=[
+                merge_request_fields,
+                structlog.stdlib.add_log_level,
+                structlog.stdlib.add_logger_name,
+                timestamper,
+            ],
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.format_exc_info,

@@ -11,6 +11,7 @@ import time
 import structlog
 from aiohttp import web
 
+from gateway import log_context
 from gateway.auth.jwt import TokenRejected, VerifiedClaims, has_mfa, mfa_fresh
 from gateway.context import RequestContext
 from gateway.errors import InvalidToken, MfaRequired, MissingToken
@@ -48,7 +49,7 @@ async def authenticate(ctx: RequestContext) -> web.StreamResponse | None:
         METRICS.auth_failures.labels("missing_token").inc()
         raise MissingToken("A bearer token is required", headers={"WWW-Authenticate": REALM})
     try:
-        claims = await runtime.verifier.verify(token)
+        claims = runtime.verifier.verify_cached(token) or await runtime.verifier.verify(token)
     except TokenRejected as rejected:
         METRICS.auth_failures.labels(rejected.reason).inc()
         log.info("token_rejected", reason=rejected.reason, request_id=ctx.request_id)
@@ -57,7 +58,7 @@ async def authenticate(ctx: RequestContext) -> web.StreamResponse | None:
     ctx.claims = claims
     ctx.user = claims.subject
     ctx.tenant = claims.tenant
-    structlog.contextvars.bind_contextvars(tenant=claims.tenant)
+    log_context.bind(tenant=claims.tenant)
     if route.mfa:
         _require_mfa(ctx, route.mfa_max_age)
     return None

@@ -20,6 +20,7 @@ import structlog
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from gateway import log_context
 from gateway.auth.jwt import VerifiedClaims
 from gateway.context import RequestContext
 from gateway.errors import Forbidden, StoreUnavailable, TenantLeakBlocked, TenantMismatch
@@ -98,7 +99,7 @@ async def _act_under_grant(ctx: RequestContext, claims: VerifiedClaims, tenant: 
         METRICS.auth_failures.labels("revoked").inc()
         raise invalid_token()
     ctx.tenant, ctx.grant = tenant, grant
-    structlog.contextvars.bind_contextvars(tenant=tenant)
+    log_context.bind(tenant=tenant)
     try:
         await services.audit.record(
             "grant.used",
