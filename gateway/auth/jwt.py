@@ -35,6 +35,7 @@ from jwt.exceptions import InvalidJTIError, InvalidSubjectError
 
 from gateway.auth.keysources import (
     ASYMMETRIC_ALGORITHMS,
+    KeyCandidate,
     KeySource,
     PublicKey,
     RemoteJwks,
@@ -221,6 +222,19 @@ class JwtVerifier:
     async def stop(self) -> None:
         await asyncio.gather(*(remote.stop() for remote in self._remote))
 
+    def verify_cached(self, token: str) -> VerifiedClaims | None:
+        """The claims of a token verified before whose key is still current, without awaiting
+        (the common case, every request of a session); ``None``: call ``verify``. Raises
+        ``TokenRejected`` as ``verify`` would."""
+        if not isinstance(token, str) or len(token) > self._auth.max_token_bytes or not token.isascii():
+            return None  # verify() says why
+        digest = hashlib.sha256(token.encode("ascii")).digest()
+        cached = self._cache.get(digest)
+        if cached is None:
+            return None
+        keys = cached.issuer.source.known_keys(cached.kid)
+        return None if keys is None else self._still_valid(digest, cached, keys)
+
     async def verify(self, token: str) -> VerifiedClaims:
         if not isinstance(token, str):
             raise TokenRejected("malformed")
@@ -234,7 +248,8 @@ class JwtVerifier:
         if cached is not None:
             # The very same string passed every check below when it was cached; the shape regex
             # is the costliest of them on a hit, so it runs on misses only.
-            return await self._revalidate(digest, cached)
+            keys = await cached.issuer.source.key_for(cached.kid)
+            return self._still_valid(digest, cached, keys)
         if not _SHAPE.fullmatch(token):
             raise TokenRejected("malformed")
         header, payload = self._unverified(token)
@@ -349,18 +364,20 @@ class JwtVerifier:
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
 
-    async def _revalidate(self, digest: bytes, cached: _Cached) -> VerifiedClaims:
+    def _still_valid(self, digest: bytes, cached: _Cached, keys: Sequence[KeyCandidate]) -> VerifiedClaims:
+        """A cache hit holds while the token is unexpired and the key that verified it is
+        still among its issuer's keys for that kid (keys rotate --revoke-old, a JWKS change)."""
         if cached.claims.expires_at <= self._clock() - self._leeway:
             self._cache.pop(digest, None)
             raise TokenRejected("expired")
-        # The key may have been retired or revoked since (keys rotate --revoke-old, JWKS change).
-        keys = await cached.issuer.source.key_for(cached.kid)
-        # Identity first: the same key object is the common case, and == on keys is not free.
-        if not any(key is cached.key or key == cached.key for key, _ in keys):
-            self._cache.pop(digest, None)
-            raise TokenRejected("unknown_kid")
-        self._cache.move_to_end(digest)
-        return cached.claims
+        wanted = cached.key
+        for key, _ in keys:
+            # Identity first: the same key object is the common case, and == on keys is not free.
+            if key is wanted or key == wanted:
+                self._cache.move_to_end(digest)
+                return cached.claims
+        self._cache.pop(digest, None)
+        raise TokenRejected("unknown_kid")
 
     @property
     def cache_size(self) -> int:

@@ -64,6 +64,11 @@ class KeySourceError(ValueError):
 class KeySource(Protocol):
     async def key_for(self, kid: str | None) -> Sequence[KeyCandidate]: ...
 
+    def known_keys(self, kid: str | None) -> Sequence[KeyCandidate] | None:
+        """What ``key_for`` would answer, from memory alone; ``None`` when finding out could
+        take I/O (an unknown kid). Lets a cached token be re-checked without awaiting."""
+        ...
+
 
 def algorithms_for_key(key: object) -> tuple[str, ...]:
     """The JWS algorithms a public key object may verify; ``()`` for anything else (private
@@ -225,6 +230,9 @@ class StaticKeys:
     async def key_for(self, kid: str | None) -> list[KeyCandidate]:
         return self.keys.lookup(kid)
 
+    def known_keys(self, kid: str | None) -> list[KeyCandidate]:
+        return self.keys.lookup(kid)
+
 
 def _default_session() -> aiohttp.ClientSession:
     return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=FETCH_TIMEOUT))
@@ -276,6 +284,9 @@ class RemoteJwks:
         if last is None or self._clock() - last >= self._min_refetch or self._busy():
             await self.refresh()
         return self.keys.lookup(kid)
+
+    def known_keys(self, kid: str | None) -> list[KeyCandidate] | None:
+        return self.keys.lookup(kid) or None  # unknown: key_for may re-fetch
 
     def _busy(self) -> bool:
         return self._inflight is not None and not self._inflight.done()

@@ -230,6 +230,10 @@ class SigningKeys:
                 key = self._find(kid)
         return [] if key is None else [(key.public_key, ALGORITHMS)]
 
+    def known_keys(self, kid: str | None) -> list[tuple[ec.EllipticCurvePublicKey, tuple[str, ...]]] | None:
+        key = self._find(kid) if kid is not None else None
+        return None if key is None else [(key.public_key, ALGORITHMS)]  # None: key_for may reload
+
     def _find(self, kid: str) -> SigningKey | None:
         key = self._keys.get(kid)
         return key if key is not None and key.verifiable_at(self._clock()) else None

@@ -281,6 +281,20 @@ async def test_cache_hit_and_expiry(verifier: JwtVerifier, clock: Clock) -> None
     assert verifier.cache_size == 0
 
 
+async def test_the_synchronous_cache_check_agrees_with_verify(verifier: JwtVerifier, clock: Clock) -> None:
+    good = token(exp=int(clock.now) + 60)
+    assert verifier.verify_cached(good) is None  # never verified: the full check must run
+    first = await verifier.verify(good)
+    assert verifier.verify_cached(good) is first
+    # Refusals and odd input are left to verify(), which says why.
+    for odd in (good[:-2] + "xx", "x" * 20_000, "tök.en.x"):
+        assert verifier.verify_cached(odd) is None
+    clock.now += 95  # past exp + leeway
+    with pytest.raises(TokenRejected, match="expired"):
+        verifier.verify_cached(good)
+    assert verifier.verify_cached(good) is None and verifier.cache_size == 0
+
+
 async def test_cache_is_bounded(key_files: tuple[Path, Path]) -> None:
     verifier = make_verifier(key_files, cache_size=2)
     for n in range(3):
@@ -297,6 +311,9 @@ class SwitchableSource:
     async def key_for(self, kid: str | None) -> list[tuple[Any, tuple[str, ...]]]:
         return [] if self.revoked or kid != "gw-1" else [(self.key, self.algorithms)]
 
+    def known_keys(self, kid: str | None) -> list[tuple[Any, tuple[str, ...]]]:
+        return [] if self.revoked or kid != "gw-1" else [(self.key, self.algorithms)]
+
 
 GW = IssuerConfig(issuer="https://gw.example", audience=(AUD,), algorithms=("ES256",))
 
@@ -307,6 +324,8 @@ async def test_extra_issuer_and_revoked_key_ends_cached_tokens(key_files: tuple[
     good = token(B_KEY, kid="gw-1", iss=GW.issuer)
     assert (await verifier.verify(good)).issuer == GW.issuer
     source.revoked = True
+    with pytest.raises(TokenRejected, match="unknown_kid"):
+        verifier.verify_cached(good)  # the synchronous hit path sees the withdrawn key too
     with pytest.raises(TokenRejected, match="unknown_kid"):
         await verifier.verify(good)
 
@@ -322,7 +341,10 @@ async def test_gateway_signing_keys_as_extra_issuer(key_files: tuple[Path, Path]
         assert has_mfa(await verifier.verify(minted), ("otp",))
         await signing.rotate(revoke_old=False, token_ttl=900)
         assert (await verifier.verify(minted)).issuer == GW.issuer  # old key still in its window
+        assert verifier.verify_cached(minted) is not None
         await signing.rotate(revoke_old=True, token_ttl=900)
+        # The fast path does not know the revoked key any more: it defers, never accepts.
+        assert verifier.verify_cached(minted) is None
         with pytest.raises(TokenRejected, match="unknown_kid"):
             await verifier.verify(minted)  # was cached: the revoked key ends it at once
 

@@ -106,8 +106,11 @@ async def test_rotation_picked_up_on_unknown_kid(served: tuple[JwksServer, Any])
     source = remote(server, clock)
     assert await source.key_for("k1") and state.hits == 1
     assert isinstance(source, KeySource)
+    assert source.known_keys("k1") == await source.key_for("k1")
     state.document = {"keys": [jwk(KEY_1, "k1"), jwk(KEY_2, "k2")]}  # the IdP rotates
     clock.now += 31
+    # From memory alone the new kid is unknown: the answer is "ask key_for", never "no key".
+    assert source.known_keys("k2") is None and state.hits == 1
     [(key, algorithms)] = await source.key_for("k2")
     assert key == KEY_2.public_key() and algorithms == ("ES256",) and state.hits == 2
 
