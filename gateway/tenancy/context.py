@@ -88,12 +88,13 @@ def _encode(mac: bytes) -> str:
 
 
 class ContextSigner:
-    """Signs contexts with one key (stdlib HMAC-SHA256, one C call per request)."""
+    """Signs contexts with one key (stdlib HMAC-SHA256). The keyed state is set up once and
+    copied per request: cheaper than ``hmac.digest``, which sets up the key every call."""
 
-    __slots__ = ("_key",)
+    __slots__ = ("_keyed",)
 
     def __init__(self, key: Key) -> None:
-        self._key = _key_bytes(key)
+        self._keyed = hmac.new(_key_bytes(key), digestmod="sha256")
 
     def sign(
         self,
@@ -108,7 +109,9 @@ class ContextSigner:
     ) -> str:
         ts = int(time.time() if now is None else now)
         message = _message(ts, method, target, tenant, user, ",".join(roles), request_id)
-        return f"{VERSION}.{ts}.{_encode(hmac.digest(self._key, message, 'sha256'))}"
+        mac = self._keyed.copy()
+        mac.update(message)
+        return f"{VERSION}.{ts}.{_encode(mac.digest())}"
 
     def __repr__(self) -> str:
         return "ContextSigner(<key redacted>)"
