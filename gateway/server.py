@@ -368,20 +368,28 @@ async def serve(config: GatewayConfig, config_path: Path | None, *, workdir: Pat
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(_reload_quietly(process)))
     await process.start()
-    # Everything built at start-up (modules, config, runtime) lives as long as the process:
-    # frozen, the collector's full passes no longer walk it on the request path (they did,
-    # every few hundred requests, for milliseconds at a time).
-    gc.collect()
-    gc.freeze()
+    freeze_long_lived()
     try:
         await stop.wait()
     finally:
         await process.stop()
 
 
+def freeze_long_lived() -> None:
+    """Move what is alive now (modules, config, the runtime) out of the collector's sight.
+
+    It lives as long as the process, yet every full collection walked all of it, on the
+    request path, for milliseconds at a time; frozen, it costs nothing. Called at start-up and
+    again once a reload's old runtime is gone (unfrozen first, so it can be collected)."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+
+
 async def _stop_later(verifier: JwtVerifier, delay: float) -> None:
     await asyncio.sleep(delay)
     await verifier.stop()
+    freeze_long_lived()  # the old runtime has drained: let it go, freeze the new one
 
 
 async def _reload_quietly(process: GatewayProcess) -> None:
