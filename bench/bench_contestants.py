@@ -60,14 +60,16 @@ class BenchEnv:
 
     @property
     def bearer(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.jwt.token}"}
+        # One token for every contestant, so all parse and forward the same bytes: the one with
+        # the claims an MFA route needs (HAProxy verifies it too: same key, same algorithm).
+        return {"Authorization": f"Bearer {self.jwt.gateway_token}"}
 
 
 @dataclass(frozen=True)
 class Running:
     port: int
     pid: int
-    headers: dict[str, str] | None = None  # what wrk sends; None = env.bearer (the HAProxy token)
+    headers: dict[str, str] | None = None  # what wrk sends; None = env.bearer
 
 
 @dataclass(frozen=True)
@@ -316,9 +318,10 @@ def verify_haproxy_does_the_job(port: int, material: JwtMaterial, stats_socket: 
         status, _ = http_get(port, "/", headers)
         if status != 401:
             raise StartFailed(f"verification failed: {label} -> {status}, expected 401")
-    status, body = http_get(port, "/", {"Authorization": f"Bearer {material.token}"})
-    if status != 200 or body != BODY.encode():
-        raise StartFailed(f"verification failed: valid token -> {status}")
+    for token in (material.token, material.gateway_token):  # the benchmark sends the second
+        status, body = http_get(port, "/", {"Authorization": f"Bearer {token}"})
+        if status != 200 or body != BODY.encode():
+            raise StartFailed(f"verification failed: valid token -> {status}")
     table = _haproxy_command(stats_socket, "show table fe_jwt")
     if f"key={JWT_SUB}" not in table:
         raise StartFailed(f"verification failed: sub not tracked in stick table: {table[:200]}")
@@ -396,7 +399,7 @@ def start_gateway(env: BenchEnv, *, access_log: bool = True, jwt_auth: bool = Fa
         return None if status == 200 else f"health -> {status} {body[:80]!r}"
 
     wait_ready(env.launcher, name, proc, health, START_TIMEOUT)
-    headers = {"Authorization": f"Bearer {env.jwt.gateway_token}"} if jwt_auth else env.bearer
+    headers = env.bearer
     probe = body_probe(port, headers)()
     if probe is not None:
         raise StartFailed(f"healthy but does not proxy: {probe}")

@@ -132,6 +132,12 @@ class Launcher:
                 continue
         proc.wait(timeout=grace)
 
+    def stop_named(self, name: str) -> None:
+        """Stop the processes started under ``name`` (the rest keep running)."""
+        for started, proc in [entry for entry in self._procs if entry[0] == name]:
+            self.stop(proc)
+            self._procs.remove((started, proc))
+
     def stop_all(self) -> None:
         while self._procs:
             _, proc = self._procs.pop()

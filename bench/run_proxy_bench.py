@@ -310,8 +310,8 @@ def environment_notes(args: argparse.Namespace) -> list[str]:
         f"figures are the **{args.pick}** "
         + ("run (highest req/s) per contestant" if args.pick == "best" else "per metric"),
         f"- proxies pinned to CPU {PROXY_CPU}; wrk and the nginx upstream to CPU {LOAD_CPU}; "
-        "every request carries an ES256 bearer token (the same one, except `gateway-jwt`: "
-        "the same key, plus the claims an MFA route needs)",
+        "every request carries the same ES256 bearer token (with the claims an MFA route "
+        "needs; only `haproxy-jwt` and `gateway-jwt` check it)",
         "- proxy CPU = utime+stime of the proxy's process tree during the measured run "
         "(for `direct` that is the upstream nginx itself, on the load core)",
     ]

@@ -1,0 +1,296 @@
+#!/usr/bin/env python3
+"""CPU instructions per proxied request, counted by valgrind's callgrind: a figure that does not
+move with the machine's load, for comparing contestants (and code changes) on a noisy host.
+
+Each contestant runs under ``valgrind --tool=callgrind --instr-atstart=no``; after start-up
+and a warm-up, counting is switched on, ``--requests`` requests are sent over
+``--connections`` keep-alive connections (each answer checked: status 200 and the upstream's
+exact body), and the instructions the proxy process executed meanwhile are divided by the
+number of requests. Same contestants and tokens as run_proxy_bench.py (see README.md).
+
+Instructions are not time: a cache miss costs no instruction, a C proxy retires more
+instructions per cycle than CPython. Use the ratio between the Python contestants (gateway,
+gateway-jwt, aiohttp-min) to compare code; use run_proxy_bench.py for throughput.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench_contestants import (
+    BODY,
+    BenchEnv,
+    gateway_config,
+    make_jwt_material,
+    start_upstream,
+)
+from bench_support import (
+    LOOPBACK,
+    BenchError,
+    Launcher,
+    StartFailed,
+    ensure_debian_packages,
+    free_port,
+    http_get,
+    wait_ready,
+    which,
+)
+
+BENCH_DIR = Path(__file__).resolve().parent
+PROJECT_ROOT = BENCH_DIR.parent
+START_TIMEOUT = 240.0  # Python start-up under valgrind is slow
+_TOTALS = re.compile(r"^(?:totals|summary):\s*(\d+)", re.MULTILINE)
+_MASTER_KEY = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="  # a fixed throwaway key: repeatable runs
+
+
+@dataclass(frozen=True)
+class Counted:
+    port: int
+    pid: int
+    outdir: Path
+    headers: dict[str, str]
+
+
+def valgrind_prefix(outdir: Path) -> list[str]:
+    return [
+        "valgrind",
+        "--tool=callgrind",
+        "--instr-atstart=no",
+        "--vgdb=yes",
+        f"--callgrind-out-file={outdir}/callgrind.%p.out",
+        "-q",
+    ]
+
+
+def _env() -> dict[str, str]:
+    pythonpath = os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))
+    # A fixed hash seed: the same dict layouts, so the same instruction counts run to run.
+    return {
+        **os.environ,
+        "PYTHONPATH": pythonpath,
+        "PYTHONHASHSEED": "0",
+        "SHOPINO_GATEWAY_MASTER_KEY": _MASTER_KEY,
+    }
+
+
+def start_gateway_counted(env: BenchEnv, name: str, *, jwt_auth: bool) -> Counted:
+    port, admin_port = free_port(), free_port()
+    rundir = env.workdir / name
+    rundir.mkdir(parents=True, exist_ok=True)
+    cfg = rundir / "gateway.yaml"
+    cfg.write_text(
+        gateway_config(
+            port,
+            admin_port,
+            rundir / "state",
+            env.upstream_port,
+            jwks_file=env.jwt.jwks_file if jwt_auth else None,
+        )
+    )
+    argv = [*valgrind_prefix(rundir), env.python, "-m", "gateway", "run", "-c", str(cfg)]
+    proc = env.launcher.start(name, argv, cpu=env.proxy_cpu, env=_env(), cwd=PROJECT_ROOT)
+    wait_ready(env.launcher, name, proc, _health(port), START_TIMEOUT)
+    return Counted(port, proc.pid, rundir, env.bearer)
+
+
+def start_aiohttp_min_counted(env: BenchEnv) -> Counted:
+    port = free_port()
+    rundir = env.workdir / "aiohttp-min"
+    rundir.mkdir(parents=True, exist_ok=True)
+    argv = [
+        *valgrind_prefix(rundir),
+        env.python,
+        str(BENCH_DIR / "minimal_aiohttp_proxy.py"),
+        "--port",
+        str(port),
+        "--upstream",
+        f"http://{LOOPBACK}:{env.upstream_port}",
+    ]
+    proc = env.launcher.start("aiohttp-min", argv, cpu=env.proxy_cpu, env=_env())
+    wait_ready(env.launcher, "aiohttp-min", proc, _body(port, env.bearer), START_TIMEOUT)
+    return Counted(port, proc.pid, rundir, env.bearer)
+
+
+def _health(port: int) -> Callable[[], str | None]:
+    def probe() -> str | None:
+        status, _ = http_get(port, "/_gateway/health")
+        return None if status == 200 else f"health -> {status}"
+
+    return probe
+
+
+def _body(port: int, headers: dict[str, str]) -> Callable[[], str | None]:
+    def probe() -> str | None:
+        status, body = http_get(port, "/", headers)
+        return None if status == 200 and body == BODY.encode() else f"GET / -> {status}"
+
+    return probe
+
+
+CONTESTANTS: dict[str, Callable[[BenchEnv], Counted]] = {
+    "aiohttp-min": start_aiohttp_min_counted,
+    "gateway": lambda env: start_gateway_counted(env, "gateway", jwt_auth=False),
+    "gateway-jwt": lambda env: start_gateway_counted(env, "gateway-jwt", jwt_auth=True),
+}
+
+
+# ---------------------------------------------------------------- load
+async def _drive(port: int, headers: dict[str, str], total: int, connections: int) -> None:
+    """``total`` GET / requests over ``connections`` keep-alive connections; every answer must
+    be 200 with the upstream's exact body."""
+    lines = [f"GET / HTTP/1.1\r\nHost: {LOOPBACK}:{port}\r\n"]
+    lines += [f"{name}: {value}\r\n" for name, value in headers.items()]
+    request = ("".join(lines) + "\r\n").encode()
+    expected = BODY.encode()
+    tickets = iter(range(total))
+
+    async def worker() -> None:
+        reader, writer = await asyncio.open_connection(LOOPBACK, port)
+        try:
+            for _ in tickets:
+                writer.write(request)
+                head = await reader.readuntil(b"\r\n\r\n")
+                status = head.split(b" ", 2)[1]
+                match = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)
+                if status != b"200" or match is None:
+                    raise BenchError(f"unexpected answer: {head[:200]!r}")
+                body = await reader.readexactly(int(match.group(1)))
+                if body != expected:
+                    raise BenchError(f"unexpected body: {body[:80]!r}")
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(worker() for _ in range(connections)))
+
+
+def drive(port: int, headers: dict[str, str], total: int, connections: int) -> float:
+    start = time.perf_counter()
+    asyncio.run(asyncio.wait_for(_drive(port, headers, total, connections), timeout=1800))
+    return time.perf_counter() - start
+
+
+# ---------------------------------------------------------------- counting
+def _control(*args: str) -> None:
+    done = subprocess.run(["callgrind_control", *args], capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        raise BenchError(f"callgrind_control {' '.join(args)} failed: {done.stderr or done.stdout}")
+
+
+def _dumped_total(outdir: Path, before: set[Path]) -> int:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        new = sorted(set(outdir.glob("callgrind.*.out*")) - before, key=lambda p: p.stat().st_mtime)
+        for path in reversed(new):
+            match = _TOTALS.search(path.read_text(errors="replace"))
+            if match:
+                return int(match.group(1))
+        time.sleep(0.2)
+    raise BenchError(f"no callgrind dump appeared in {outdir}")
+
+
+def count(target: Counted, requests: int, connections: int, warmup: int) -> float:
+    """Instructions per request of ``requests`` requests, after ``warmup`` uncounted ones."""
+    drive(target.port, target.headers, warmup, connections)  # caches, pools, JIT-free warm-up
+    _control("-i", "on", str(target.pid))
+    drive(target.port, target.headers, max(50, warmup // 4), connections)  # warm, instrumented
+    _control("-z", str(target.pid))
+    drive(target.port, target.headers, requests, connections)
+    before = set(target.outdir.glob("callgrind.*.out*"))
+    _control("-d", str(target.pid))
+    return _dumped_total(target.outdir, before) / requests
+
+
+# ---------------------------------------------------------------- main
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--only", help=f"comma-separated subset of: {', '.join(CONTESTANTS)}")
+    parser.add_argument("--requests", type=int, default=2000, help="counted requests (default 2000)")
+    parser.add_argument("--connections", type=int, default=10, help="keep-alive connections (default 10)")
+    parser.add_argument("--warmup", type=int, default=400, help="uncounted requests first (default 400)")
+    parser.add_argument("--python", default=sys.executable)
+    parser.add_argument("--keep-workdir", action="store_true")
+    args = parser.parse_args(argv)
+    names = list(CONTESTANTS) if not args.only else [n.strip() for n in args.only.split(",")]
+    unknown = [n for n in names if n not in CONTESTANTS]
+    if unknown:
+        parser.error(f"unknown contestant(s) {unknown}; choose from {', '.join(CONTESTANTS)}")
+    args.names = names
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    workdir = Path(tempfile.mkdtemp(prefix="instructions-bench-"))
+    launcher = Launcher(workdir)
+    results: dict[str, float] = {}
+    try:
+        ensure_debian_packages(
+            {"valgrind": "valgrind", "callgrind_control": "valgrind", "nginx": "nginx-light"}
+        )
+        upstream = start_upstream(launcher, workdir, 1)
+        env = BenchEnv(
+            launcher=launcher,
+            workdir=workdir,
+            project_root=PROJECT_ROOT,
+            upstream_port=upstream.port,
+            upstream_pid=upstream.pid,
+            jwt=make_jwt_material(workdir),
+            proxy_cpu=0,
+            python=args.python,
+        )
+        for name in args.names:
+            print(f"# {name}: starting under callgrind ...", flush=True)
+            try:
+                target = CONTESTANTS[name](env)
+            except StartFailed as exc:
+                print(f"#   SKIPPED {name}: {exc}", flush=True)
+                continue
+            per_request = count(target, args.requests, args.connections, args.warmup)
+            results[name] = per_request
+            print(f"# {name}: {per_request:,.0f} instructions/request", flush=True)
+            launcher.stop_named(name)
+        print()
+        print("| contestant | instructions / request | ÷ aiohttp-min | ÷ gateway |")
+        print("|---|--:|--:|--:|")
+        for name, value in results.items():
+            vs_min = f"{value / results['aiohttp-min']:.3f}" if "aiohttp-min" in results else "—"
+            vs_gw = f"{value / results['gateway']:.3f}" if "gateway" in results else "—"
+            print(f"| {name} | {value:,.0f} | {vs_min} | {vs_gw} |")
+        if "gateway" in results and "gateway-jwt" in results:
+            share = results["gateway"] / results["gateway-jwt"]
+            print(f"\ngateway ÷ gateway-jwt (the cached-token path's share of the bare path): {share:.3f}")
+        return 0 if results else 1
+    except KeyboardInterrupt:
+        print("\ninterrupted; stopping everything", file=sys.stderr)
+        return 130
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        launcher.stop_all()
+        if args.keep_workdir:
+            print(f"# kept {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    if which("valgrind") is None and os.geteuid() != 0:
+        print("error: needs valgrind (apt-get install valgrind)", file=sys.stderr)
+        sys.exit(1)
+    sys.exit(main())
