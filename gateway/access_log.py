@@ -54,6 +54,8 @@ class _UtcStamp:
         return f"{self._prefix}.{int((now - second) * 1000):03d}+00:00"
 
 
+_IP_CACHE_LIMIT = 4096
+FLUSH_DELAY = 0.01  # seconds a line may wait for others to share its write
 _WRITERS: weakref.WeakSet[AccessLogWriter] = weakref.WeakSet()
 
 
@@ -66,10 +68,9 @@ def _flush_all() -> None:
 class AccessLogWriter:
     """Built once per runtime: holds the redactor and pseudonymizer, writes one line per call.
 
-    Lines are batched per event-loop iteration: every request that finishes in one turn of the
-    loop shares a single write (and flush), at the end of that turn. A write per line was one
-    system call per request, a tenth of the proxy's cost; the batch adds no delay a reader of
-    the log could notice and loses nothing on a graceful stop (``flush`` also runs at exit).
+    Lines are batched: those of the next ``FLUSH_DELAY`` (10 ms) share one write and flush.
+    A write per line was one system call per request, a tenth of the proxy's cost. A line waits
+    at most 10 ms, and nothing is lost on a graceful stop (``flush`` also runs at exit).
     """
 
     def __init__(
@@ -87,9 +88,20 @@ class AccessLogWriter:
         self._pseudonymizer = Pseudonymizer(pseudonym_key)
         self._stream = stream
         self._stamp = _UtcStamp()
-        self._pending: list[str] = []
+        self._pending: list[bytes] = []
         self._flush_scheduled = False
+        self._truncated: dict[str, str] = {}  # client IP -> its /24 or /48 (ipaddress is slow)
         _WRITERS.add(self)
+
+    def _client_ip(self, ip: str) -> str:
+        if not self._pseudonymize:
+            return ip
+        known = self._truncated.get(ip)
+        if known is None:
+            if len(self._truncated) >= _IP_CACHE_LIMIT:
+                self._truncated.clear()
+            known = self._truncated[ip] = truncate_ip(ip)
+        return known
 
     def write(self, request: web.BaseRequest, response: web.StreamResponse, elapsed: float) -> None:
         ctx = request.get(ContextKey)
@@ -108,7 +120,7 @@ class AccessLogWriter:
             "status": response.status,
             "duration_ms": round(elapsed * 1000, 3),
             "bytes": response.body_length,
-            "client_ip": truncate_ip(ctx.client_ip) if self._pseudonymize else ctx.client_ip,
+            "client_ip": self._client_ip(ctx.client_ip),
         }
         if target is not None and target.query:
             line["query"] = self._redactor.redact_query(target.query)
@@ -119,7 +131,7 @@ class AccessLogWriter:
             )
         if ctx.tenant is not None:
             line["tenant"] = self._redactor.redact_text(ctx.tenant)
-        self._pending.append(orjson.dumps(line).decode() + "\n")
+        self._pending.append(orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE))
         if not self._flush_scheduled:
             try:
                 loop = asyncio.get_running_loop()
@@ -127,18 +139,24 @@ class AccessLogWriter:
                 self.flush()
                 return
             self._flush_scheduled = True
-            loop.call_soon(self.flush)
+            loop.call_later(FLUSH_DELAY, self.flush)
 
     def flush(self) -> None:
         """Write every pending line at once (and flush the stream, buffered or not)."""
         self._flush_scheduled = False
         if not self._pending:
             return
-        text = "".join(self._pending)
+        data = b"".join(self._pending)
         self._pending.clear()
         stream = self._stream or sys.stdout
-        stream.write(text)
-        stream.flush()
+        binary = getattr(stream, "buffer", None)
+        if binary is None:  # a text-only stream (a test's, a replaced stdout)
+            stream.write(data.decode())
+            stream.flush()
+            return
+        stream.flush()  # whatever was written as text goes first: lines keep their order
+        binary.write(data)
+        binary.flush()
 
 
 class GatewayAccessLogger(AbstractAccessLogger):
