@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from gateway.access_log import FLUSH_DELAY
+
 ADMIN_TOKEN = "test-admin-token"
 
 
@@ -131,6 +133,10 @@ class GatewayProc:
         raise AssertionError(f"gateway not healthy within {timeout}s:\n{self.logs()}")
 
     def logs(self) -> str:
+        """Everything the gateway printed, including the access lines of requests that have
+        just finished: they are batched for up to ``FLUSH_DELAY``, so a check that a secret is
+        *not* in the log must not read before they are written."""
+        time.sleep(FLUSH_DELAY * 3)
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def signal(self, signum: int) -> None:
