@@ -166,17 +166,14 @@ def start_nginx_proxy(env: BenchEnv) -> Running:
 
 
 # ---------------------------------------------------------------- aiohttp-min
+def aiohttp_min_argv(env: BenchEnv, port: int) -> list[str]:
+    script = str(BENCH_DIR / "minimal_aiohttp_proxy.py")
+    return [env.python, script, "--port", str(port), "--upstream", f"http://{LOOPBACK}:{env.upstream_port}"]
+
+
 def start_aiohttp_min(env: BenchEnv) -> Running:
     port = free_port()
-    argv = [
-        env.python,
-        str(BENCH_DIR / "minimal_aiohttp_proxy.py"),
-        "--port",
-        str(port),
-        "--upstream",
-        f"http://{LOOPBACK}:{env.upstream_port}",
-    ]
-    proc = env.launcher.start("aiohttp-min", argv, cpu=env.proxy_cpu)
+    proc = env.launcher.start("aiohttp-min", aiohttp_min_argv(env, port), cpu=env.proxy_cpu)
     wait_ready(env.launcher, "aiohttp-min", proc, body_probe(port, env.bearer), START_TIMEOUT)
     return Running(port=port, pid=proc.pid)
 

@@ -13,6 +13,8 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -145,6 +147,27 @@ class Launcher:
                 self.stop(proc)
             except Exception as exc:  # keep stopping the others
                 print(f"# warning: could not stop pid {proc.pid}: {exc}", flush=True)
+
+
+def run_in_workdir(prefix: str, keep_workdir: bool, body: Callable[[Path, Launcher], int]) -> int:
+    """Run ``body`` with a fresh work directory and launcher; every process it started is
+    stopped at the end, on an error and on Ctrl-C. Returns the exit code for ``sys.exit``."""
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    launcher = Launcher(workdir)
+    try:
+        return body(workdir, launcher)
+    except KeyboardInterrupt:
+        print("\ninterrupted; stopping everything", file=sys.stderr)
+        return 130
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        launcher.stop_all()
+        if keep_workdir:
+            print(f"# kept {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def wait_ready(

@@ -19,11 +19,9 @@ import argparse
 import asyncio
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -32,6 +30,7 @@ from pathlib import Path
 from bench_contestants import (
     BODY,
     BenchEnv,
+    aiohttp_min_argv,
     gateway_config,
     make_jwt_material,
     start_upstream,
@@ -44,6 +43,7 @@ from bench_support import (
     ensure_debian_packages,
     free_port,
     http_get,
+    run_in_workdir,
     wait_ready,
     which,
 )
@@ -109,15 +109,7 @@ def start_aiohttp_min_counted(env: BenchEnv) -> Counted:
     port = free_port()
     rundir = env.workdir / "aiohttp-min"
     rundir.mkdir(parents=True, exist_ok=True)
-    argv = [
-        *valgrind_prefix(rundir),
-        env.python,
-        str(BENCH_DIR / "minimal_aiohttp_proxy.py"),
-        "--port",
-        str(port),
-        "--upstream",
-        f"http://{LOOPBACK}:{env.upstream_port}",
-    ]
+    argv = [*valgrind_prefix(rundir), *aiohttp_min_argv(env, port)]
     proc = env.launcher.start("aiohttp-min", argv, cpu=env.proxy_cpu, env=_env())
     wait_ready(env.launcher, "aiohttp-min", proc, _body(port, env.bearer), START_TIMEOUT)
     return Counted(port, proc.pid, rundir, env.bearer)
@@ -234,59 +226,49 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    workdir = Path(tempfile.mkdtemp(prefix="instructions-bench-"))
-    launcher = Launcher(workdir)
+    signal.signal(signal.SIGTERM, raise_interrupt)
+    return run_in_workdir("instructions-bench-", args.keep_workdir, lambda w, lch: measure(args, w, lch))
+
+
+def raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def measure(args: argparse.Namespace, workdir: Path, launcher: Launcher) -> int:
+    ensure_debian_packages({"valgrind": "valgrind", "callgrind_control": "valgrind", "nginx": "nginx-light"})
+    upstream = start_upstream(launcher, workdir, 1)
+    env = BenchEnv(
+        launcher=launcher,
+        workdir=workdir,
+        project_root=PROJECT_ROOT,
+        upstream_port=upstream.port,
+        upstream_pid=upstream.pid,
+        jwt=make_jwt_material(workdir),
+        proxy_cpu=0,
+        python=args.python,
+    )
     results: dict[str, float] = {}
-    try:
-        ensure_debian_packages(
-            {"valgrind": "valgrind", "callgrind_control": "valgrind", "nginx": "nginx-light"}
-        )
-        upstream = start_upstream(launcher, workdir, 1)
-        env = BenchEnv(
-            launcher=launcher,
-            workdir=workdir,
-            project_root=PROJECT_ROOT,
-            upstream_port=upstream.port,
-            upstream_pid=upstream.pid,
-            jwt=make_jwt_material(workdir),
-            proxy_cpu=0,
-            python=args.python,
-        )
-        for name in args.names:
-            print(f"# {name}: starting under callgrind ...", flush=True)
-            try:
-                target = CONTESTANTS[name](env)
-            except StartFailed as exc:
-                print(f"#   SKIPPED {name}: {exc}", flush=True)
-                continue
-            per_request = count(target, args.requests, args.connections, args.warmup)
-            results[name] = per_request
-            print(f"# {name}: {per_request:,.0f} instructions/request", flush=True)
-            launcher.stop_named(name)
-        print()
-        print("| contestant | instructions / request | ÷ aiohttp-min | ÷ gateway |")
-        print("|---|--:|--:|--:|")
-        for name, value in results.items():
-            vs_min = f"{value / results['aiohttp-min']:.3f}" if "aiohttp-min" in results else "—"
-            vs_gw = f"{value / results['gateway']:.3f}" if "gateway" in results else "—"
-            print(f"| {name} | {value:,.0f} | {vs_min} | {vs_gw} |")
-        if "gateway" in results and "gateway-jwt" in results:
-            share = results["gateway"] / results["gateway-jwt"]
-            print(f"\ngateway ÷ gateway-jwt (the cached-token path's share of the bare path): {share:.3f}")
-        return 0 if results else 1
-    except KeyboardInterrupt:
-        print("\ninterrupted; stopping everything", file=sys.stderr)
-        return 130
-    except BenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        launcher.stop_all()
-        if args.keep_workdir:
-            print(f"# kept {workdir}", file=sys.stderr)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+    for name in args.names:
+        print(f"# {name}: starting under callgrind ...", flush=True)
+        try:
+            target = CONTESTANTS[name](env)
+        except StartFailed as exc:
+            print(f"#   SKIPPED {name}: {exc}", flush=True)
+            continue
+        results[name] = count(target, args.requests, args.connections, args.warmup)
+        print(f"# {name}: {results[name]:,.0f} instructions/request", flush=True)
+        launcher.stop_named(name)
+    print()
+    print("| contestant | instructions / request | ÷ aiohttp-min | ÷ gateway |")
+    print("|---|--:|--:|--:|")
+    for name, value in results.items():
+        vs_min = f"{value / results['aiohttp-min']:.3f}" if "aiohttp-min" in results else "—"
+        vs_gw = f"{value / results['gateway']:.3f}" if "gateway" in results else "—"
+        print(f"| {name} | {value:,.0f} | {vs_min} | {vs_gw} |")
+    if "gateway" in results and "gateway-jwt" in results:
+        share = results["gateway"] / results["gateway-jwt"]
+        print(f"\ngateway ÷ gateway-jwt (the cached-token path's share of the bare path): {share:.3f}")
+    return 0 if results else 1
 
 
 if __name__ == "__main__":

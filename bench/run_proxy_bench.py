@@ -13,12 +13,10 @@ import dataclasses
 import os
 import platform
 import resource
-import shutil
 import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,6 +39,7 @@ from bench_support import (
     core_busy_percent,
     core_ticks,
     ensure_debian_packages,
+    run_in_workdir,
     run_wrk,
     tree_cpu_seconds,
     which,
@@ -365,49 +364,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, raise_interrupt)
     signal.signal(signal.SIGHUP, raise_interrupt)
-    workdir = Path(tempfile.mkdtemp(prefix="proxy-bench-"))
-    launcher = Launcher(workdir)
+    return run_in_workdir("proxy-bench-", args.keep_workdir, lambda w, lch: run(args, w, lch))
+
+
+def run(args: argparse.Namespace, workdir: Path, launcher: Launcher) -> int:
+    check_cpus()
+    raise_fd_limit()
+    ensure_debian_packages(PACKAGES)
     try:
-        check_cpus()
-        raise_fd_limit()
-        ensure_debian_packages(PACKAGES)
-        try:
-            upstream = start_upstream(launcher, workdir, LOAD_CPU)
-        except StartFailed as exc:
-            raise BenchError(f"the nginx upstream did not start: {exc}") from exc
-        env = BenchEnv(
-            launcher=launcher,
-            workdir=workdir,
-            project_root=PROJECT_ROOT,
-            upstream_port=upstream.port,
-            upstream_pid=upstream.pid,
-            jwt=make_jwt_material(workdir),
-            proxy_cpu=PROXY_CPU,
-            python=args.python,
-        )
-        running, skipped = start_contestants(env, args.contestants)
-        runs = measure(args, launcher, env, running, skipped)
-        summaries = {n: summarise(r, args.pick) for n, r in runs.items() if r}
-        names = [c.name for c in args.contestants]
-        table = render_table(names, summaries, skipped, args.pick)
-        path = write_report(args, table, runs, skipped)
-        print("\n" + table + "\n")
-        for name, why in skipped.items():
-            print(f"SKIPPED {name}: {why}")
-        print(f"written: {path}")
-        return 0 if summaries else 1
-    except KeyboardInterrupt:
-        print("\ninterrupted; stopping everything", file=sys.stderr)
-        return 130
-    except BenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        launcher.stop_all()
-        if args.keep_workdir:
-            print(f"# kept {workdir}", file=sys.stderr)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+        upstream = start_upstream(launcher, workdir, LOAD_CPU)
+    except StartFailed as exc:
+        raise BenchError(f"the nginx upstream did not start: {exc}") from exc
+    env = BenchEnv(
+        launcher=launcher,
+        workdir=workdir,
+        project_root=PROJECT_ROOT,
+        upstream_port=upstream.port,
+        upstream_pid=upstream.pid,
+        jwt=make_jwt_material(workdir),
+        proxy_cpu=PROXY_CPU,
+        python=args.python,
+    )
+    running, skipped = start_contestants(env, args.contestants)
+    runs = measure(args, launcher, env, running, skipped)
+    summaries = {n: summarise(r, args.pick) for n, r in runs.items() if r}
+    names = [c.name for c in args.contestants]
+    table = render_table(names, summaries, skipped, args.pick)
+    path = write_report(args, table, runs, skipped)
+    print("\n" + table + "\n")
+    for name, why in skipped.items():
+        print(f"SKIPPED {name}: {why}")
+    print(f"written: {path}")
+    return 0 if summaries else 1
 
 
 if __name__ == "__main__":

@@ -310,15 +310,8 @@ class _UpstreamConnection(asyncio.Protocol):
     async def read_chunk(self) -> bytes:
         """The next piece of body; ``b""`` at its end."""
         while True:
-            chunks = self._chunks
-            if chunks:
-                chunk = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
-                chunks.clear()
-                self._buffered = 0
-                if self._reading_paused:
-                    self._reading_paused = False
-                    self.transport.resume_reading()
-                return chunk
+            if self._chunks:
+                return self._take_buffered()
             if self._complete:
                 return b""
             if self._error is not None:
@@ -329,8 +322,12 @@ class _UpstreamConnection(asyncio.Protocol):
         """Everything of the body, if the message is complete already; else ``None``."""
         if not self._complete or self._error is not None:
             return None
+        return self._take_buffered()
+
+    def _take_buffered(self) -> bytes:
+        """All body bytes received so far (``b""`` if none); reading resumes if it was paused."""
         chunks = self._chunks
-        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        body = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
         chunks.clear()
         self._buffered = 0
         if self._reading_paused:
