@@ -28,6 +28,7 @@ from gateway.auth.signing import SigningKeys
 from gateway.config.model import AuthConfig, IssuerConfig
 from gateway.crypto import ENV_VAR, Keyring
 from gateway.state import open_store
+from tests.support.timing import Clock
 
 A, B, AUD = "https://a.example", "https://b.example", "erp"
 EC_KEY = ec.generate_private_key(ec.SECP256R1())
@@ -189,14 +190,6 @@ def key_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     b = directory / "b.json"
     b.write_text(json.dumps({"keys": [_jwk(B_KEY, "b-1")]}))
     return a, b
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def make_verifier(key_files: tuple[Path, Path], **kwargs: Any) -> JwtVerifier:

@@ -27,6 +27,7 @@ from gateway.auth.keysources import (
     parse_jwks,
 )
 from gateway.config.model import AuthConfig, IssuerConfig
+from tests.support.timing import Clock
 
 KEY_1 = ec.generate_private_key(ec.SECP256R1())
 KEY_2 = ec.generate_private_key(ec.SECP256R1())
@@ -37,14 +38,6 @@ def jwk(key: Any, kid: str | None, **extra: Any) -> dict[str, Any]:
     cls = RSAAlgorithm if isinstance(key, rsa.RSAPrivateKey) else ECAlgorithm
     body = cls.to_jwk(key.public_key(), as_dict=True)
     return {**body, **({"kid": kid} if kid else {}), "use": "sig", **extra}
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class JwksServer:
@@ -97,12 +90,12 @@ async def served(aiohttp_server: Any) -> tuple[JwksServer, Any]:
 
 
 def remote(server: Any, clock: Clock | None = None, refresh: float = 600.0) -> RemoteJwks:
-    return RemoteJwks(str(server.make_url("/jwks")), refresh, clock=clock or Clock(), timeout=0.3)
+    return RemoteJwks(str(server.make_url("/jwks")), refresh, clock=clock or Clock(1000.0), timeout=0.3)
 
 
 async def test_rotation_picked_up_on_unknown_kid(served: tuple[JwksServer, Any]) -> None:
     state, server = served
-    clock = Clock()
+    clock = Clock(1000.0)
     source = remote(server, clock)
     assert await source.key_for("k1") and state.hits == 1
     assert isinstance(source, KeySource)
@@ -117,7 +110,7 @@ async def test_rotation_picked_up_on_unknown_kid(served: tuple[JwksServer, Any])
 
 async def test_flood_of_unknown_kids_fetches_once_per_30s(served: tuple[JwksServer, Any]) -> None:
     state, server = served
-    clock = Clock()
+    clock = Clock(1000.0)
     source = remote(server, clock)
     await source.refresh()
     clock.now += 31
@@ -159,7 +152,7 @@ async def test_bad_answers_keep_cached_keys(
     served: tuple[JwksServer, Any], mode: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     state, server = served
-    clock = Clock()
+    clock = Clock(1000.0)
     source = remote(server, clock)
     assert await source.refresh()
     state.mode = mode

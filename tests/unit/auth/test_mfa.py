@@ -25,6 +25,7 @@ from gateway.config.model import MfaConfig
 from gateway.crypto import ENV_VAR, Keyring
 from gateway.errors import BadRequest, Conflict, InternalError, InvalidToken, LockedOut
 from gateway.state import StateStore, open_store
+from tests.support.timing import Clock
 
 MAX_EXAMPLES = 50 if os.environ.get("CI") == "true" else 300
 KEY_1 = base64.b64encode(bytes(range(32))).decode()
@@ -34,17 +35,9 @@ CONFIG = MfaConfig(issuer="https://gw.test", token_ttl=900.0, max_attempts=5, lo
 CODE_RE = re.compile(r"[0-9a-hjkmnp-tv-z]{4}-[0-9a-hjkmnp-tv-z]{4}-[0-9a-hjkmnp-tv-z]{4}")
 
 
-class Clock:
-    def __init__(self, now: float = 1_700_000_025.0) -> None:  # 15 s into a time step
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(1_700_000_025.0)  # 15 s into a time step
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import asyncio
 import math
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -25,21 +25,14 @@ from gateway.auth.revocation import (
 from gateway.errors import StoreUnavailable
 from gateway.state import StateStore, open_store
 from tests.support.redis_server import RedisServer
+from tests.support.timing import Clock, eventually
 
 T0 = 1_700_000_000.25  # a revocation a quarter into a second
 
 
-class Clock:
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(T0)
 
 
 @pytest.fixture
@@ -49,12 +42,6 @@ async def epochs(store: StateStore, clock: Clock) -> AsyncIterator[RevocationEpo
     await revocations.wait_loaded(timeout=3)
     yield revocations
     await revocations.stop()
-
-
-async def eventually(check: Callable[[], bool], timeout: float = 3.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not check():
-            await asyncio.sleep(0.01)
 
 
 async def fresh_view(store: StateStore) -> RevocationEpochs:

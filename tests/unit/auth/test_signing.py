@@ -15,17 +15,10 @@ from gateway.auth import signing as signing_module
 from gateway.auth.signing import SIGNING_KEYS_CHANNEL, SIGNING_KEYS_HASH, SigningKeys
 from gateway.crypto import ENV_VAR, Keyring, KeyringError
 from gateway.state import StateStore, open_store
+from tests.support.timing import Clock
 
 KEYRING = Keyring.from_env({ENV_VAR: "k1:" + base64.b64encode(bytes(range(32))).decode()})
 OTHER_KEY = base64.b64encode(bytes(range(1, 33))).decode()
-
-
-class Clock:
-    def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def claims(clock: Clock, **extra: object) -> dict[str, object]:
@@ -47,7 +40,7 @@ def verify_with_jwks(token: str, jwks: dict[str, object], clock: Clock) -> dict[
 
 
 async def test_first_load_creates_one_key_and_later_loads_reuse_it(store: StateStore) -> None:
-    clock = Clock()
+    clock = Clock(1_700_000_000.0)
     first = SigningKeys(store, KEYRING, clock=clock)
     keys = await first.load()
     assert len(keys) == 1
@@ -90,7 +83,7 @@ async def test_tokens_verify_against_jwks_and_key_for(store: StateStore) -> None
 
 
 async def test_rotate_keeps_old_key_until_token_ttl(store: StateStore) -> None:
-    clock = Clock()
+    clock = Clock(1_700_000_000.0)
     signing = SigningKeys(store, KEYRING, clock=clock)
     await signing.load()
     old_kid = signing.active.kid
@@ -113,7 +106,7 @@ async def test_rotate_keeps_old_key_until_token_ttl(store: StateStore) -> None:
 
 
 async def test_rotate_with_revoke_old_drops_old_keys_at_once(store: StateStore) -> None:
-    clock = Clock()
+    clock = Clock(1_700_000_000.0)
     signing = SigningKeys(store, KEYRING, clock=clock)
     await signing.load()
     first = signing.active.kid

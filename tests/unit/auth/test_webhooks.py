@@ -23,6 +23,7 @@ from gateway.auth.webhooks import (
 )
 from gateway.crypto import ENV_VAR, Keyring
 from gateway.state import StateStore, open_store
+from tests.support.timing import Clock
 
 KEYRING = Keyring.from_env({ENV_VAR: "k1:" + base64.b64encode(bytes(range(32))).decode()})
 SECRET = "wc-secret-Z8q1u2v3w4x5"
@@ -33,14 +34,6 @@ BODY = b'{"id": 4211, "status": "processing", "total": "1999.00", "currency": "P
 
 def woo_signature(secret: bytes, body: bytes) -> str:
     return base64.b64encode(hmac.new(secret, body, hashlib.sha256).digest()).decode()
-
-
-class Clock:
-    def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 # -- signatures ----------------------------------------------------------------------------------
@@ -213,7 +206,7 @@ async def test_configured_secret_is_the_only_one_until_a_rotation(
 async def test_rotation_keeps_old_and_new_valid_for_the_grace_only(
     store: StateStore, secrets_factory: Callable[..., Awaitable[IntegrationSecrets]]
 ) -> None:
-    clock = Clock()
+    clock = Clock(1_700_000_000.0)
     integrations = await secrets_factory(clock=clock)
     old = WOO.secret_bytes
     new = await integrations.rotate("woocommerce", b"brand-new-secret-1", 3600)
@@ -246,7 +239,7 @@ async def test_rotation_keeps_old_and_new_valid_for_the_grace_only(
 async def test_first_rotation_grace_expires_for_the_configured_secret(
     secrets_factory: Callable[..., Awaitable[IntegrationSecrets]],
 ) -> None:
-    clock = Clock()
+    clock = Clock(1_700_000_000.0)
     integrations = await secrets_factory(clock=clock)
     new = await integrations.rotate("woocommerce", None, 60)
     assert set(integrations.secrets_for("woocommerce", WOO.secret_bytes)) == {new, WOO.secret_bytes}

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -17,16 +17,11 @@ from gateway.killswitch.model import Switch, validate_spec
 from gateway.killswitch.registry import INSTANCES_KEY, SWITCHES_KEY, VERSION_KEY, KillSwitchRegistry
 from gateway.state import StateStore, open_store
 from tests.support.redis_server import RedisServer
+from tests.support.timing import eventually
 
 
 def spec(scope: str = "module", target: str | None = "finance", **extra: Any) -> Switch:
     return validate_spec({"scope": scope, "target": target, "mode": "block", "reason": "test", **extra})
-
-
-async def eventually(check: Callable[[], bool], timeout: float = 3.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not check():
-            await asyncio.sleep(0.005)
 
 
 @pytest.fixture

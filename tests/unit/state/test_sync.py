@@ -11,6 +11,7 @@ import pytest
 
 from gateway.state import StateStore, StoreUnavailable, SyncedSnapshot, open_store
 from tests.support.redis_server import RedisServer
+from tests.support.timing import eventually
 
 
 @pytest.fixture(params=["local", "redis"])
@@ -28,12 +29,6 @@ def loader(store: StateStore, calls: list[int] | None = None) -> Callable[[], Aw
         return await store.get("switches") or b"none"
 
     return load
-
-
-async def eventually(check: Callable[[], bool], timeout: float = 3.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not check():
-            await asyncio.sleep(0.01)
 
 
 async def test_publish_triggers_reload(store: StateStore) -> None:

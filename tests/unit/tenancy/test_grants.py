@@ -3,9 +3,8 @@ instance, tenant purge, fail-closed before the first load."""
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -21,14 +20,7 @@ from gateway.tenancy.grants import (
     SupportGrants,
     validate_grant_request,
 )
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support.timing import Clock, eventually
 
 
 @pytest.fixture
@@ -43,12 +35,6 @@ async def grants(store: StateStore, clock: Clock) -> AsyncIterator[SupportGrants
     await service.wait_loaded(timeout=3)
     yield service
     await service.stop()
-
-
-async def eventually(check: Callable[[], bool], timeout: float = 3.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not check():
-            await asyncio.sleep(0.01)
 
 
 def test_prefix_registered_for_tenant_purge() -> None:
