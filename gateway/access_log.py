@@ -60,7 +60,9 @@ _WRITERS: weakref.WeakSet[AccessLogWriter] = weakref.WeakSet()
 
 
 @atexit.register
-def _flush_all() -> None:
+def flush_access_logs() -> None:
+    """Write every batched line now: at exit, and where a process ends without running atexit
+    hooks (a forked worker leaves through ``os._exit``)."""
     for writer in list(_WRITERS):
         writer.flush()
 

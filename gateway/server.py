@@ -16,7 +16,7 @@ import orjson
 import structlog
 from aiohttp import web
 
-from gateway.access_log import ACCESS_LOGGER, GatewayAccessLogger, pseudonym_key
+from gateway.access_log import ACCESS_LOGGER, GatewayAccessLogger, flush_access_logs, pseudonym_key
 from gateway.admin.app import make_admin_app
 from gateway.app import PublicHandler
 from gateway.audit import SYSTEM_TRAIL, AuditTrail
@@ -373,6 +373,7 @@ async def serve(config: GatewayConfig, config_path: Path | None, *, workdir: Pat
         await stop.wait()
     finally:
         await process.stop()
+        flush_access_logs()  # a forked worker exits through os._exit: no atexit hooks run
 
 
 def freeze_long_lived() -> None:

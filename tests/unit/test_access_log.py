@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import orjson
 
-from gateway.access_log import FLUSH_DELAY, AccessLogWriter, _flush_all
+from gateway.access_log import FLUSH_DELAY, AccessLogWriter, flush_access_logs
 from gateway.context import ContextKey
 from gateway.redaction import Redactor
 
@@ -101,7 +101,7 @@ async def test_lines_still_pending_at_exit_are_written_by_the_exit_hook() -> Non
     stream = CountingStream()
     writer = writer_on(stream)
     log_one(writer, "req-1")
-    _flush_all()  # what atexit runs when the loop stops before its next turn
+    flush_access_logs()  # what atexit (and a worker's exit) runs when the loop stops first
     assert lines_of(stream)[0]["request_id"] == "req-1"
     await settle()  # the scheduled flush then finds nothing more to write
     assert stream.writes == 1
