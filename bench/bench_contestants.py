@@ -92,6 +92,16 @@ def body_probe(port: int, headers: dict[str, str] | None = None) -> Callable[[],
     return probe
 
 
+def health_probe(port: int) -> Callable[[], str | None]:
+    """Ready when the gateway's /_gateway/health answers 200."""
+
+    def probe() -> str | None:
+        status, body = http_get(port, "/_gateway/health")
+        return None if status == 200 else f"health -> {status} {body[:80]!r}"
+
+    return probe
+
+
 # ---------------------------------------------------------------- nginx
 def _nginx_conf(rundir: Path, server_block: str, upstream_block: str = "") -> str:
     return f"""
@@ -370,9 +380,12 @@ def gateway_config(
 _MASTER_KEY = base64.b64encode(os.urandom(32)).decode()  # a throwaway key for the bench run
 
 
-def start_gateway(env: BenchEnv, *, access_log: bool = True, jwt_auth: bool = False) -> Running:
+def prepare_gateway(
+    env: BenchEnv, name: str, *, access_log: bool = True, jwt_auth: bool = False
+) -> tuple[int, Path, list[str], dict[str, str]]:
+    """The port, run directory, command line and environment of one gateway contestant (its
+    config written to the run directory)."""
     port, admin_port = free_port(), free_port()
-    name = "gateway-jwt" if jwt_auth else "gateway" if access_log else "gateway-nolog"
     rundir = env.workdir / name
     rundir.mkdir(parents=True, exist_ok=True)
     cfg = rundir / "gateway.yaml"
@@ -383,19 +396,15 @@ def start_gateway(env: BenchEnv, *, access_log: bool = True, jwt_auth: bool = Fa
         )
     )
     pythonpath = os.pathsep.join(filter(None, [str(env.project_root), os.environ.get("PYTHONPATH")]))
-    proc = env.launcher.start(
-        name,
-        [env.python, "-m", "gateway", "run", "-c", str(cfg)],
-        cpu=env.proxy_cpu,
-        env={**os.environ, "PYTHONPATH": pythonpath, "SHOPINO_GATEWAY_MASTER_KEY": _MASTER_KEY},
-        cwd=env.project_root,
-    )
+    environ = {**os.environ, "PYTHONPATH": pythonpath, "SHOPINO_GATEWAY_MASTER_KEY": _MASTER_KEY}
+    return port, rundir, [env.python, "-m", "gateway", "run", "-c", str(cfg)], environ
 
-    def health() -> str | None:
-        status, body = http_get(port, "/_gateway/health")
-        return None if status == 200 else f"health -> {status} {body[:80]!r}"
 
-    wait_ready(env.launcher, name, proc, health, START_TIMEOUT)
+def start_gateway(env: BenchEnv, *, access_log: bool = True, jwt_auth: bool = False) -> Running:
+    name = "gateway-jwt" if jwt_auth else "gateway" if access_log else "gateway-nolog"
+    port, _, argv, environ = prepare_gateway(env, name, access_log=access_log, jwt_auth=jwt_auth)
+    proc = env.launcher.start(name, argv, cpu=env.proxy_cpu, env=environ, cwd=env.project_root)
+    wait_ready(env.launcher, name, proc, health_probe(port), START_TIMEOUT)
     headers = env.bearer
     probe = body_probe(port, headers)()
     if probe is not None:

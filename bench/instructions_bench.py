@@ -31,8 +31,10 @@ from bench_contestants import (
     BODY,
     BenchEnv,
     aiohttp_min_argv,
-    gateway_config,
+    body_probe,
+    health_probe,
     make_jwt_material,
+    prepare_gateway,
     start_upstream,
 )
 from bench_support import (
@@ -42,7 +44,6 @@ from bench_support import (
     StartFailed,
     ensure_debian_packages,
     free_port,
-    http_get,
     run_in_workdir,
     wait_ready,
     which,
@@ -74,34 +75,17 @@ def valgrind_prefix(outdir: Path) -> list[str]:
     ]
 
 
-def _env() -> dict[str, str]:
-    pythonpath = os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))
-    # A fixed hash seed: the same dict layouts, so the same instruction counts run to run.
-    return {
-        **os.environ,
-        "PYTHONPATH": pythonpath,
-        "PYTHONHASHSEED": "0",
-        "SHOPINO_GATEWAY_MASTER_KEY": _MASTER_KEY,
-    }
+def _repeatable(environ: dict[str, str]) -> dict[str, str]:
+    # A fixed hash seed and master key: the same dict layouts and keys, so the same instruction
+    # counts run to run.
+    return {**environ, "PYTHONHASHSEED": "0", "SHOPINO_GATEWAY_MASTER_KEY": _MASTER_KEY}
 
 
 def start_gateway_counted(env: BenchEnv, name: str, *, jwt_auth: bool) -> Counted:
-    port, admin_port = free_port(), free_port()
-    rundir = env.workdir / name
-    rundir.mkdir(parents=True, exist_ok=True)
-    cfg = rundir / "gateway.yaml"
-    cfg.write_text(
-        gateway_config(
-            port,
-            admin_port,
-            rundir / "state",
-            env.upstream_port,
-            jwks_file=env.jwt.jwks_file if jwt_auth else None,
-        )
-    )
-    argv = [*valgrind_prefix(rundir), env.python, "-m", "gateway", "run", "-c", str(cfg)]
-    proc = env.launcher.start(name, argv, cpu=env.proxy_cpu, env=_env(), cwd=PROJECT_ROOT)
-    wait_ready(env.launcher, name, proc, _health(port), START_TIMEOUT)
+    port, rundir, argv, environ = prepare_gateway(env, name, jwt_auth=jwt_auth)
+    argv = [*valgrind_prefix(rundir), *argv]
+    proc = env.launcher.start(name, argv, cpu=env.proxy_cpu, env=_repeatable(environ), cwd=PROJECT_ROOT)
+    wait_ready(env.launcher, name, proc, health_probe(port), START_TIMEOUT)
     return Counted(port, proc.pid, rundir, env.bearer)
 
 
@@ -110,25 +94,9 @@ def start_aiohttp_min_counted(env: BenchEnv) -> Counted:
     rundir = env.workdir / "aiohttp-min"
     rundir.mkdir(parents=True, exist_ok=True)
     argv = [*valgrind_prefix(rundir), *aiohttp_min_argv(env, port)]
-    proc = env.launcher.start("aiohttp-min", argv, cpu=env.proxy_cpu, env=_env())
-    wait_ready(env.launcher, "aiohttp-min", proc, _body(port, env.bearer), START_TIMEOUT)
+    proc = env.launcher.start("aiohttp-min", argv, cpu=env.proxy_cpu, env=_repeatable(dict(os.environ)))
+    wait_ready(env.launcher, "aiohttp-min", proc, body_probe(port, env.bearer), START_TIMEOUT)
     return Counted(port, proc.pid, rundir, env.bearer)
-
-
-def _health(port: int) -> Callable[[], str | None]:
-    def probe() -> str | None:
-        status, _ = http_get(port, "/_gateway/health")
-        return None if status == 200 else f"health -> {status}"
-
-    return probe
-
-
-def _body(port: int, headers: dict[str, str]) -> Callable[[], str | None]:
-    def probe() -> str | None:
-        status, body = http_get(port, "/", headers)
-        return None if status == 200 and body == BODY.encode() else f"GET / -> {status}"
-
-    return probe
 
 
 CONTESTANTS: dict[str, Callable[[BenchEnv], Counted]] = {
