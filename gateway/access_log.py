@@ -54,7 +54,6 @@ class _UtcStamp:
         return f"{self._prefix}.{int((now - second) * 1000):03d}+00:00"
 
 
-_IP_CACHE_LIMIT = 4096
 FLUSH_DELAY = 0.01  # seconds a line may wait for others to share its write
 _WRITERS: weakref.WeakSet[AccessLogWriter] = weakref.WeakSet()
 
@@ -92,18 +91,7 @@ class AccessLogWriter:
         self._stamp = _UtcStamp()
         self._pending: list[bytes] = []
         self._flush_scheduled = False
-        self._truncated: dict[str, str] = {}  # client IP -> its /24 or /48 (ipaddress is slow)
         _WRITERS.add(self)
-
-    def _client_ip(self, ip: str) -> str:
-        if not self._pseudonymize:
-            return ip
-        known = self._truncated.get(ip)
-        if known is None:
-            if len(self._truncated) >= _IP_CACHE_LIMIT:
-                self._truncated.clear()
-            known = self._truncated[ip] = truncate_ip(ip)
-        return known
 
     def write(self, request: web.BaseRequest, response: web.StreamResponse, elapsed: float) -> None:
         ctx = request.get(ContextKey)
@@ -122,7 +110,7 @@ class AccessLogWriter:
             "status": response.status,
             "duration_ms": round(elapsed * 1000, 3),
             "bytes": response.body_length,
-            "client_ip": self._client_ip(ctx.client_ip),
+            "client_ip": truncate_ip(ctx.client_ip) if self._pseudonymize else ctx.client_ip,
         }
         if target is not None and target.query:
             line["query"] = self._redactor.redact_query(target.query)

@@ -227,7 +227,7 @@ class GatewayProcess:
                 verifier=verifier,
             )
             self._tasks.append(
-                asyncio.create_task(_stop_later(old.verifier, old.config.listen.drain_timeout))
+                asyncio.create_task(_retire_later(old.verifier, old.config.listen.drain_timeout))
             )
             self.status.reloads += 1
             self.status.last_reload_error = None
@@ -387,10 +387,11 @@ def freeze_long_lived() -> None:
     gc.freeze()
 
 
-async def _stop_later(verifier: JwtVerifier, delay: float) -> None:
+async def _retire_later(verifier: JwtVerifier, delay: float) -> None:
+    """Once the old runtime has drained: stop its verifier, let the runtime go, freeze the new one."""
     await asyncio.sleep(delay)
     await verifier.stop()
-    freeze_long_lived()  # the old runtime has drained: let it go, freeze the new one
+    freeze_long_lived()
 
 
 async def _reload_quietly(process: GatewayProcess) -> None:
