@@ -16,6 +16,7 @@ import redis.asyncio
 
 from gateway.audit import AuditTrail
 from gateway.audit import trail as trail_module
+from gateway.errors import StoreUnavailable
 from gateway.state import StateStore, open_store
 
 
@@ -60,6 +61,41 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
 async def store(backend: Backend) -> AsyncIterator[StateStore]:
     async with open_store(backend.url) as opened:
         yield opened
+
+
+class FlakyStore:
+    """A real store whose named methods can be made to fail (``down`` fails everything); with
+    ``lose_append_replies`` an append lands but the caller sees StoreUnavailable."""
+
+    def __init__(self, inner: StateStore) -> None:
+        self._inner = inner
+        self.down = False
+        self.failing: set[str] = set()
+        self.lose_append_replies = 0
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._inner, name)
+        if not callable(attr) or name == "describe":
+            return attr
+        if name == "log_read":
+            return self._log_read
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            if self.down or name in self.failing:
+                raise StoreUnavailable("store down (test)")
+            result = await attr(*args, **kwargs)
+            if name == "log_append" and self.lose_append_replies:
+                self.lose_append_replies -= 1
+                raise StoreUnavailable("reply lost (test)")
+            return result
+
+        return call
+
+    async def _log_read(self, *args: Any, **kwargs: Any) -> Any:
+        if self.down:
+            raise StoreUnavailable("store down (test)")
+        async for row in self._inner.log_read(*args, **kwargs):
+            yield row
 
 
 class FakeClock:

@@ -14,51 +14,16 @@ from gateway.audit.incidents import incident_actions, index_key, validate_incide
 from gateway.errors import StoreUnavailable
 from gateway.state import StateStore, open_store
 from tests.support.redis_server import RedisServer
-from tests.unit.audit.conftest import FakeClock, stored_records
-
-
-class Failing:
-    """A real store whose named methods can be made to fail (``down`` fails everything); with
-    ``lose_append_replies`` an append lands but the caller sees StoreUnavailable."""
-
-    def __init__(self, inner: StateStore) -> None:
-        self._inner = inner
-        self.down = False
-        self.failing: set[str] = set()
-        self.lose_append_replies = 0
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._inner, name)
-        if not callable(attr) or name == "describe":
-            return attr
-        if name == "log_read":
-            return self._log_read
-
-        async def call(*args: Any, **kwargs: Any) -> Any:
-            if self.down or name in self.failing:
-                raise StoreUnavailable("store down (test)")
-            result = await attr(*args, **kwargs)
-            if name == "log_append" and self.lose_append_replies:
-                self.lose_append_replies -= 1
-                raise StoreUnavailable("reply lost (test)")
-            return result
-
-        return call
-
-    async def _log_read(self, *args: Any, **kwargs: Any) -> Any:
-        if self.down:
-            raise StoreUnavailable("store down (test)")
-        async for row in self._inner.log_read(*args, **kwargs):
-            yield row
+from tests.unit.audit.conftest import FakeClock, FlakyStore, stored_records
 
 
 @pytest.fixture
-def failing(store: StateStore) -> Failing:
-    return Failing(store)
+def failing(store: StateStore) -> FlakyStore:
+    return FlakyStore(store)
 
 
 @pytest.fixture
-def flaky_trail(failing: Failing, tmp_path: Path, clock: FakeClock) -> Any:
+def flaky_trail(failing: FlakyStore, tmp_path: Path, clock: FakeClock) -> Any:
     opened = AuditTrail(failing, spool_dir=tmp_path / "spool", clock=clock, retry_interval=0)  # type: ignore[arg-type]
     yield opened
     opened.close()
@@ -120,7 +85,7 @@ async def test_sparse_records_among_many_are_found_exactly(trail: AuditTrail, cl
 
 
 async def test_spooled_while_store_down_is_indexed_at_replay(
-    flaky_trail: AuditTrail, failing: Failing, store: StateStore, clock: FakeClock
+    flaky_trail: AuditTrail, failing: FlakyStore, store: StateStore, clock: FakeClock
 ) -> None:
     await flaky_trail.record("before", tenants=["acme"], actor="a", incident="INC-9")
     failing.down = True
@@ -158,7 +123,7 @@ async def test_real_redis_stopped_then_back_the_spooled_actions_are_listed(
 
 
 async def test_pointer_write_failure_spools_the_record_instead_of_losing_its_pointer(
-    flaky_trail: AuditTrail, failing: Failing, store: StateStore
+    flaky_trail: AuditTrail, failing: FlakyStore, store: StateStore
 ) -> None:
     failing.failing = {"sadd"}  # the store takes the record but not the index write
     await flaky_trail.record("killswitch.engaged", tenants=["acme"], actor="a", incident="INC-3")
@@ -170,7 +135,7 @@ async def test_pointer_write_failure_spools_the_record_instead_of_losing_its_poi
 
 
 async def test_lost_append_reply_is_listed_once(
-    flaky_trail: AuditTrail, failing: Failing, store: StateStore, clock: FakeClock
+    flaky_trail: AuditTrail, failing: FlakyStore, store: StateStore, clock: FakeClock
 ) -> None:
     failing.lose_append_replies = 1
     await flaky_trail.record("sessions.revoked", tenants=["acme"], actor="a", incident="INC-4")

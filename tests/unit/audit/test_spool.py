@@ -5,51 +5,15 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
 
 from gateway.audit import AuditTrail
 from gateway.audit.spool import PendingRecord, Spool
-from gateway.errors import StoreUnavailable
 from gateway.state import StateStore, open_store
 from tests.support.redis_server import RedisServer
-from tests.unit.audit.conftest import FakeClock, stored_records
-
-
-class FlakyStore:
-    """Delegates to a real store; can refuse everything, or lose the reply of appends (the
-    append lands but the caller sees StoreUnavailable, like a connection cut mid-reply)."""
-
-    def __init__(self, inner: StateStore) -> None:
-        self._inner = inner
-        self.down = False
-        self.lose_append_replies = 0
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._inner, name)
-        if not callable(attr) or name in ("describe",):
-            return attr
-        if name == "log_read":
-            return self._log_read
-
-        async def call(*args: Any, **kwargs: Any) -> Any:
-            if self.down:
-                raise StoreUnavailable("store down (test)")
-            result = await attr(*args, **kwargs)
-            if name == "log_append" and self.lose_append_replies:
-                self.lose_append_replies -= 1
-                raise StoreUnavailable("reply lost (test)")
-            return result
-
-        return call
-
-    async def _log_read(self, *args: Any, **kwargs: Any) -> Any:
-        if self.down:
-            raise StoreUnavailable("store down (test)")
-        async for row in self._inner.log_read(*args, **kwargs):
-            yield row
+from tests.unit.audit.conftest import FakeClock, FlakyStore, stored_records
 
 
 def spool_files(directory: Path) -> list[Path]:
