@@ -4,7 +4,6 @@ gateway and upstream; import them into the test module), admin calls, raw reques
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,12 +11,11 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gateway.demo.identities import make_user
 from gateway.demo.issuer import DemoIssuer
 from tests.support.gateway_proc import ADMIN_TOKEN, GatewayProc
+from tests.support.issuers import OPS, issuer_entries, operator_and_tenant_issuers
 from tests.support.upstream import Upstream
 
-OPS, TENANT_IDP, AUD = "https://ops-id.example", "https://tenant-id.example", "shopino-erp"
 WEBHOOK_SECRET = "kill-switch-test-webhook-secret-0123456789"
 
 
@@ -51,36 +49,11 @@ def killswitch_config(
         "upstreams": {"app": {"urls": [upstream_url], "connect_timeout": "1s", "read_timeout": "5s"}},
         "routes": routes,
         "integrations": {"woo": {"scheme": "woocommerce", "secret": WEBHOOK_SECRET}},
-        "auth": {
-            "issuers": [
-                {
-                    "issuer": OPS,
-                    "audience": AUD,
-                    "jwks_file": str(issuers["ops"].write_jwks(tmp / "ops.json")),
-                },
-                {
-                    "issuer": TENANT_IDP,
-                    "audience": AUD,
-                    "jwks_file": str(issuers["tenant"].write_jwks(tmp / "tenant.json")),
-                },
-            ]
-        },
+        "auth": {"issuers": issuer_entries(issuers, tmp)},
         "admin": {"jwt_issuers": [OPS]},
         "killswitch": {"resync": "1s"},
         **extra,
     }
-
-
-def make_issuers() -> dict[str, DemoIssuer]:
-    return {
-        "ops": DemoIssuer(issuer=OPS, audience=AUD),
-        "tenant": DemoIssuer(issuer=TENANT_IDP, audience=AUD),
-    }
-
-
-def mint(issuer: DemoIssuer, tenant: str, roles: list[str], amr: tuple[str, ...] = ("pwd", "otp")) -> str:
-    user = make_user(f"user-{tenant}", tenant, roles, "irrelevant-pw")
-    return issuer.mint(user, amr=amr, ttl=600, auth_time=int(time.time()))
 
 
 async def admin(
@@ -132,7 +105,7 @@ async def raw_request(
 
 @pytest.fixture(scope="module")
 def issuers() -> dict[str, DemoIssuer]:
-    return make_issuers()
+    return operator_and_tenant_issuers()
 
 
 @pytest.fixture(scope="module")

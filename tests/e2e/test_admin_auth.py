@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import aiohttp
@@ -10,17 +9,13 @@ import pytest
 
 from gateway.demo.issuer import DemoIssuer
 from tests.support.gateway_proc import ADMIN_TOKEN, GatewayProc
+from tests.support.issuers import OPS, issuer_entries, mint, operator_and_tenant_issuers
 from tests.support.upstream import Upstream
-
-OPS, TENANT_IDP, AUD = "https://ops-id.example", "https://tenant-id.example", "shopino-erp"
 
 
 @pytest.fixture(scope="module")
 def issuers() -> dict[str, DemoIssuer]:
-    return {
-        "ops": DemoIssuer(issuer=OPS, audience=AUD),
-        "tenant": DemoIssuer(issuer=TENANT_IDP, audience=AUD),
-    }
+    return operator_and_tenant_issuers()
 
 
 @pytest.fixture(scope="module")
@@ -28,20 +23,7 @@ def admin_gateway(tmp_path_factory, issuers: dict[str, DemoIssuer]) -> Any:
     upstream = Upstream("erp").start()
     tmp = tmp_path_factory.mktemp("admin-auth")
     config = {
-        "auth": {
-            "issuers": [
-                {
-                    "issuer": OPS,
-                    "audience": AUD,
-                    "jwks_file": str(issuers["ops"].write_jwks(tmp / "ops.json")),
-                },
-                {
-                    "issuer": TENANT_IDP,
-                    "audience": AUD,
-                    "jwks_file": str(issuers["tenant"].write_jwks(tmp / "t.json")),
-                },
-            ]
-        },
+        "auth": {"issuers": issuer_entries(issuers, tmp)},
         "admin": {"jwt_issuers": [OPS]},
         "upstreams": {"app": {"urls": [upstream.url]}},
         "routes": [{"name": "api", "prefix": "/api", "upstream": "app"}],
@@ -53,10 +35,7 @@ def admin_gateway(tmp_path_factory, issuers: dict[str, DemoIssuer]) -> Any:
 
 
 def token(issuer: DemoIssuer, roles: list[str], amr: tuple[str, ...] = ("pwd", "otp")) -> str:
-    from gateway.demo.identities import make_user
-
-    user = make_user("operator", "shopino-ops", roles, "irrelevant-pw")
-    return issuer.mint(user, amr=amr, ttl=600, auth_time=int(time.time()))
+    return mint(issuer, "shopino-ops", roles, amr, user_id="operator")
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ import pytest
 from gateway.demo.identities import DemoUser, make_user
 from gateway.demo.issuer import DemoIssuer
 from tests.support.gateway_proc import GatewayProc, free_port
+from tests.support.issuers import issuer_entries
 from tests.support.mfa_flow import gateway_mfa_token
 from tests.support.upstream import Upstream
 
@@ -41,16 +42,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory, issuers: dict[str, DemoIssuer])
     upstream = Upstream("erp").start()
     tmp = tmp_path_factory.mktemp("incident")
     config = {
-        "auth": {
-            "issuers": [
-                {
-                    "issuer": iss,
-                    "audience": AUD,
-                    "jwks_file": str(issuers[name].write_jwks(tmp / f"{name}.json")),
-                }
-                for name, iss in (("tenant", ISS), ("ops", OPS))
-            ]
-        },
+        "auth": {"issuers": issuer_entries(issuers, tmp)},
         "admin": {"jwt_issuers": [OPS]},
         "upstreams": {"app": {"urls": [upstream.url]}},
         "routes": [

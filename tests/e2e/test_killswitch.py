@@ -13,8 +13,9 @@ import pytest
 
 from gateway.demo.issuer import DemoIssuer
 from tests.e2e import killswitch_helpers as helpers
-from tests.e2e.killswitch_helpers import admin, engage, mint, raw_request, status_of
+from tests.e2e.killswitch_helpers import admin, engage, raw_request, status_of
 from tests.support.gateway_proc import GatewayProc
+from tests.support.issuers import mint
 
 # This module's own gateway and upstream (module-scoped fixtures shared with the in-flight tests).
 issuers, upstream, gw, clean = helpers.issuers, helpers.upstream, helpers.gw, helpers.clean

@@ -17,8 +17,9 @@ import aiohttp
 import pytest
 
 from gateway.demo.issuer import DemoIssuer
-from tests.e2e.killswitch_helpers import admin, engage, killswitch_config, make_issuers, status_of
+from tests.e2e.killswitch_helpers import admin, engage, killswitch_config, status_of
 from tests.support.gateway_proc import GatewayProc
+from tests.support.issuers import operator_and_tenant_issuers
 from tests.support.redis_server import RedisServer
 from tests.support.upstream import Upstream
 
@@ -27,7 +28,7 @@ Factory = Callable[..., GatewayProc]
 
 @pytest.fixture
 def issuers() -> dict[str, DemoIssuer]:
-    return make_issuers()
+    return operator_and_tenant_issuers()
 
 
 @pytest.fixture
@@ -66,7 +67,8 @@ async def wait_ready(http: aiohttp.ClientSession, *gateways: GatewayProc, timeou
             await asyncio.sleep(0.05)
 
 
-async def test_engaged_on_one_enforced_on_the_other_within_a_second(
+@pytest.fixture
+async def pair(
     gateway_factory: Factory,
     upstream: Upstream,
     redis_url: str,
@@ -74,10 +76,18 @@ async def test_engaged_on_one_enforced_on_the_other_within_a_second(
     http: aiohttp.ClientSession,
     tmp_path: Path,
     env: dict[str, str],
-) -> None:
+) -> tuple[GatewayProc, GatewayProc]:
+    """Two ready instances on one Redis."""
     a = gateway_factory(redis_config(upstream, tmp_path, issuers, redis_url), env=env)
     b = gateway_factory(redis_config(upstream, tmp_path, issuers, redis_url), env=env)
     await wait_ready(http, a, b)
+    return a, b
+
+
+async def test_engaged_on_one_enforced_on_the_other_within_a_second(
+    pair: tuple[GatewayProc, GatewayProc], http: aiohttp.ClientSession
+) -> None:
+    a, b = pair
     ids = {await instance_of(http, a), await instance_of(http, b)}
     await asyncio.sleep(1.2)  # both heartbeats in the store: both are live instances
     assert await status_of(http, b.url + "/api/finance/x") == 200
@@ -101,17 +111,9 @@ async def test_engaged_on_one_enforced_on_the_other_within_a_second(
 
 
 async def test_a_paused_instance_is_named_lagging_after_two_seconds(
-    gateway_factory: Factory,
-    upstream: Upstream,
-    redis_url: str,
-    issuers: dict[str, DemoIssuer],
-    http: aiohttp.ClientSession,
-    tmp_path: Path,
-    env: dict[str, str],
+    pair: tuple[GatewayProc, GatewayProc], http: aiohttp.ClientSession
 ) -> None:
-    a = gateway_factory(redis_config(upstream, tmp_path, issuers, redis_url), env=env)
-    b = gateway_factory(redis_config(upstream, tmp_path, issuers, redis_url), env=env)
-    await wait_ready(http, a, b)
+    a, b = pair
     paused = await instance_of(http, b)
     await asyncio.sleep(1.2)
     b.signal(signal.SIGSTOP)
