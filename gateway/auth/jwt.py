@@ -89,6 +89,14 @@ class VerifiedClaims:
     expires_at: int
     token_id: str | None
     raw: Mapping[str, Any] = field(repr=False, compare=False)  # deep read-only (lists → tuples)
+    # Derived once per verified token, not per request: a cached token's claims serve every
+    # request of its session, so these are computed on the first one only.
+    amr_set: frozenset[str] = field(init=False, repr=False, compare=False)
+    roles_text: str = field(init=False, repr=False, compare=False)  # X-User-Roles, as signed
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "amr_set", frozenset(self.amr))
+        object.__setattr__(self, "roles_text", ",".join(self.roles))
 
 
 @dataclass(frozen=True)
@@ -386,7 +394,7 @@ class JwtVerifier:
 
 def has_mfa(claims: VerifiedClaims, accepted_amr: Sequence[str]) -> bool:
     """SPEC §6: MFA-backed means ``amr`` names at least one accepted method."""
-    return not set(claims.amr).isdisjoint(accepted_amr)
+    return not claims.amr_set.isdisjoint(accepted_amr)
 
 
 def mfa_fresh(claims: VerifiedClaims, max_age: float, now: float) -> bool:

@@ -191,7 +191,8 @@ class RevocationEpochs(SnapshotBacked):
         claim, Unix seconds) is revoked: ``iat <= epoch`` for the tenant or the user epoch.
         Memory only. Raises ``RevocationsUnavailable`` before the first successful load."""
         snapshot = self._snapshot.value
-        if snapshot is None or not self._snapshot.loaded:
+        # loaded_at is set with the first loaded value (an attribute: this runs every request).
+        if snapshot is None or self._snapshot.loaded_at is None:
             # SECURITY: fail closed - an instance that has not read the revocations yet cannot
             # tell a revoked token from a good one (they must survive restarts, SPEC §14).
             raise RevocationsUnavailable("revocation list not loaded yet")

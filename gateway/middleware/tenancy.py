@@ -51,18 +51,14 @@ def _identity_ok(tenant: str, subject: str, roles: tuple[str, ...]) -> bool:
     )
 
 
-def _check_identity(claims: VerifiedClaims) -> None:
-    if not _identity_ok(claims.tenant, claims.subject, tuple(claims.roles)):
-        METRICS.auth_failures.labels("bad_identity").inc()
-        raise invalid_token()
-
-
 async def apply_tenancy(ctx: RequestContext) -> web.StreamResponse | None:
     route, claims = ctx.route, ctx.claims
     if route is None or route.auth != "jwt" or claims is None:
         return None  # auth: none / webhook: no identity, nothing to check
     assert ctx.target is not None
-    _check_identity(claims)
+    if not _identity_ok(claims.tenant, claims.subject, claims.roles):
+        METRICS.auth_failures.labels("bad_identity").inc()
+        raise invalid_token()
     own = claims.tenant
     template = ctx.runtime.tenant_templates.get(route.name)
     named: str | None = None
@@ -154,12 +150,15 @@ def inject_identity(ctx: RequestContext, headers: CIMultiDict[str]) -> None:
     # SECURITY: a token's roles hold in the token's own tenant. Acting in another tenant under a
     # grant, a support user is "support" there and nothing more: a "tenant-admin" or "finance"
     # role from the support organisation's tenant must not reach the granting tenant's backend.
-    roles: tuple[str, ...] = (SUPPORT_ROLE,) if ctx.grant is not None else tuple(claims.roles)
-    headers[TENANT_HEADER] = tenant
-    headers[USER_HEADER] = claims.subject
-    headers[ROLES_HEADER] = ",".join(roles)
-    headers[CONTEXT_HEADER] = ctx.runtime.services.context_keys.signer.sign(
-        ctx.request.method, ctx.target.upstream_target, tenant, claims.subject, roles, ctx.request_id
+    roles = SUPPORT_ROLE if ctx.grant is not None else claims.roles_text
+    user = claims.subject
+    signed = ctx.runtime.services.context_keys.signer.sign_joined(
+        ctx.request.method, ctx.target.upstream_target, tenant, user, roles, ctx.request_id
+    )
+    # Added, not set: ``headers`` comes from upstream_request_headers(drop=runtime.strip_headers),
+    # which removed every client copy of these four names (they are always in that set).
+    headers.extend(
+        ((TENANT_HEADER, tenant), (USER_HEADER, user), (ROLES_HEADER, roles), (CONTEXT_HEADER, signed))
     )
 
 
