@@ -14,6 +14,7 @@ import structlog
 from aiohttp import http_exceptions, web
 from aiohttp.web_protocol import RequestHandler
 
+from gateway.auth.jwt import TokenMemo
 from gateway.context import request_id_for
 from gateway.errors import BadRequest, GatewayError, HeadersTooLarge, problem_body, problem_headers
 
@@ -26,9 +27,11 @@ class GuardedRequestHandler(RequestHandler):
     _guard_server: GuardedServer
     _head_timer: asyncio.TimerHandle | None = None
     _in_request: bool = False
+    token_memo: TokenMemo | None = None  # the authentication stage's, per connection
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        self.token_memo = TokenMemo()
         server = self._guard_server
         server.open_connections += 1
         # SECURITY: connection exhaustion — refuse past listen.limits.max_connections.

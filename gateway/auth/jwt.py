@@ -25,7 +25,7 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -112,6 +112,22 @@ class _Cached:
     issuer: _Issuer
     kid: str | None
     key: PublicKey
+    # What the key source answered for the kid: while it answers with this very object, the
+    # key set is unchanged (sources hand out one candidate list per kid and key set).
+    candidates: Sequence[KeyCandidate]
+
+
+class TokenMemo:
+    """One connection's last bearer token and its cache key. Keep-alive clients present the
+    same token on every request: comparing it with the last one costs far less than hashing it
+    again (the digest was the costliest step of a cached-token request). Each connection holds
+    its own, for as long as it is open; the verifier's cache stays keyed by digest."""
+
+    __slots__ = ("digest", "token")
+
+    def __init__(self) -> None:
+        self.token: str | None = None
+        self.digest = b""
 
 
 def _freeze(value: Any) -> Any:
@@ -230,17 +246,25 @@ class JwtVerifier:
     async def stop(self) -> None:
         await asyncio.gather(*(remote.stop() for remote in self._remote))
 
-    def verify_cached(self, token: str) -> VerifiedClaims | None:
+    def verify_cached(self, token: str, memo: TokenMemo | None = None) -> VerifiedClaims | None:
         """The claims of a token verified before whose key is still current, without awaiting
         (the common case, every request of a session); ``None``: call ``verify``. Raises
-        ``TokenRejected`` as ``verify`` would."""
-        if not isinstance(token, str) or len(token) > self._auth.max_token_bytes or not token.isascii():
-            return None  # verify() says why
-        digest = hashlib.sha256(token.encode("ascii")).digest()
+        ``TokenRejected`` as ``verify`` would. ``memo``: the connection's, if it keeps one."""
+        if memo is not None and token == memo.token:
+            digest = memo.digest
+        else:
+            if not isinstance(token, str) or len(token) > self._auth.max_token_bytes or not token.isascii():
+                return None  # verify() says why
+            digest = hashlib.sha256(token.encode("ascii")).digest()
+            if memo is not None:
+                memo.token, memo.digest = token, digest
         cached = self._cache.get(digest)
         if cached is None:
             return None
         keys = cached.issuer.source.known_keys(cached.kid)
+        if keys is cached.candidates and cached.claims.expires_at > self._clock() - self._leeway:
+            self._cache.move_to_end(digest)  # the same key set: the verifying key is still in it
+            return cached.claims
         return None if keys is None else self._still_valid(digest, cached, keys)
 
     async def verify(self, token: str) -> VerifiedClaims:
@@ -270,7 +294,8 @@ class JwtVerifier:
             raise TokenRejected("unknown_issuer")
         if alg not in issuer.algorithms:
             raise TokenRejected("alg_not_allowed")
-        candidates = list(await issuer.source.key_for(kid))
+        answered = await issuer.source.key_for(kid)
+        candidates = list(answered)
         if not candidates:
             raise TokenRejected("unknown_kid")
         # SECURITY: alg confusion: the algorithm must belong to the key's own family, re-derived
@@ -297,7 +322,7 @@ class JwtVerifier:
                 log.error("jwt: unexpected %s while verifying a token", type(exc).__name__)
                 raise TokenRejected("malformed") from None
             claims = self._claims(verified, issuer.config.issuer)
-            self._remember(digest, _Cached(claims, issuer, kid, key))
+            self._remember(digest, _Cached(claims, issuer, kid, key, answered))
             return claims
         raise TokenRejected("bad_signature")
 
@@ -382,6 +407,8 @@ class JwtVerifier:
         for key, _ in keys:
             # Identity first: the same key object is the common case, and == on keys is not free.
             if key is wanted or key == wanted:
+                # Still served, from a new answer (a reload): remember it for the fast check.
+                self._cache[digest] = replace(cached, candidates=keys)
                 self._cache.move_to_end(digest)
                 return cached.claims
         self._cache.pop(digest, None)
@@ -403,4 +430,4 @@ def mfa_fresh(claims: VerifiedClaims, max_age: float, now: float) -> bool:
     return claims.auth_time is not None and now - claims.auth_time <= max_age
 
 
-__all__ = ["REASONS", "JwtVerifier", "TokenRejected", "VerifiedClaims", "has_mfa", "mfa_fresh"]
+__all__ = ["REASONS", "JwtVerifier", "TokenMemo", "TokenRejected", "VerifiedClaims", "has_mfa", "mfa_fresh"]

@@ -102,6 +102,9 @@ class KeySet:
         for entry in self.entries:
             target = self._unkeyed if entry.kid is None else self._by_kid.setdefault(entry.kid, [])
             target.append((entry.key, entry.algorithms))
+        # One answer object per known kid: the verifier's cache recognises an unchanged key set
+        # by identity instead of searching the answer on every request. Callers never mutate it.
+        self._answers = {kid: [*keyed, *self._unkeyed] for kid, keyed in self._by_kid.items()}
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -113,7 +116,8 @@ class KeySet:
     def lookup(self, kid: str | None) -> list[KeyCandidate]:
         # SECURITY: kid injection: the kid is only ever a dict key, never a path, URL or query.
         if kid is not None:
-            return [*self._by_kid.get(kid, ()), *self._unkeyed]
+            answer = self._answers.get(kid)
+            return answer if answer is not None else list(self._unkeyed)
         if not self._unkeyed and len(self._by_kid) == 1:
             (only,) = self._by_kid.values()
             return list(only) if len(only) == 1 else []

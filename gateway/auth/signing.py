@@ -59,6 +59,11 @@ class SigningKey:
         # Cached: the verifier compares it by identity on every cached-token check (hot path).
         return self.private_key.public_key()
 
+    @functools.cached_property
+    def candidates(self) -> list[tuple[ec.EllipticCurvePublicKey, tuple[str, ...]]]:
+        # One answer object per key: the verifier recognises an unchanged key by identity.
+        return [(self.public_key, ALGORITHMS)]
+
     def verifiable_at(self, now: float) -> bool:
         return not self.revoked and (self.not_after is None or now < self.not_after)
 
@@ -228,11 +233,11 @@ class SigningKeys:
                 except StoreUnavailable:
                     log.warning("signing keys: store unavailable while looking up an unknown kid")
                 key = self._find(kid)
-        return [] if key is None else [(key.public_key, ALGORITHMS)]
+        return [] if key is None else key.candidates
 
     def known_keys(self, kid: str | None) -> list[tuple[ec.EllipticCurvePublicKey, tuple[str, ...]]] | None:
         key = self._find(kid) if kid is not None else None
-        return None if key is None else [(key.public_key, ALGORITHMS)]  # None: key_for may reload
+        return None if key is None else key.candidates  # None: key_for may reload
 
     def _find(self, kid: str) -> SigningKey | None:
         key = self._keys.get(kid)

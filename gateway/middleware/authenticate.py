@@ -49,7 +49,8 @@ async def authenticate(ctx: RequestContext) -> web.StreamResponse | None:
         METRICS.auth_failures.labels("missing_token").inc()
         raise MissingToken("A bearer token is required", headers={"WWW-Authenticate": REALM})
     try:
-        claims = runtime.verifier.verify_cached(token) or await runtime.verifier.verify(token)
+        memo = getattr(ctx.request.protocol, "token_memo", None)
+        claims = runtime.verifier.verify_cached(token, memo) or await runtime.verifier.verify(token)
     except TokenRejected as rejected:
         METRICS.auth_failures.labels(rejected.reason).inc()
         log.info("token_rejected", reason=rejected.reason, request_id=ctx.request_id)

@@ -23,7 +23,15 @@ from hypothesis import strategies as st
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 from jwt.utils import base64url_decode, base64url_encode
 
-from gateway.auth.jwt import REASONS, JwtVerifier, TokenRejected, VerifiedClaims, has_mfa, mfa_fresh
+from gateway.auth.jwt import (
+    REASONS,
+    JwtVerifier,
+    TokenMemo,
+    TokenRejected,
+    VerifiedClaims,
+    has_mfa,
+    mfa_fresh,
+)
 from gateway.auth.signing import SigningKeys
 from gateway.config.model import AuthConfig, IssuerConfig
 from gateway.crypto import ENV_VAR, Keyring
@@ -286,6 +294,57 @@ async def test_the_synchronous_cache_check_agrees_with_verify(verifier: JwtVerif
     with pytest.raises(TokenRejected, match="expired"):
         verifier.verify_cached(good)
     assert verifier.verify_cached(good) is None and verifier.cache_size == 0
+
+
+async def test_a_connections_token_memo_never_answers_for_another_token(
+    verifier: JwtVerifier, clock: Clock
+) -> None:
+    first_token, other_token = token(jti="first"), token(jti="other")
+    memo = TokenMemo()
+    first = await verifier.verify(first_token)
+    assert verifier.verify_cached(first_token, memo) is first
+    assert memo.token == first_token and memo.digest == hashlib.sha256(first_token.encode()).digest()
+    # SECURITY: the memo only spares re-hashing the very same string; any other token, a
+    # one-character edit included, is looked up by its own digest.
+    tampered = first_token[:-2] + ("AA" if first_token[-2:] != "AA" else "BB")
+    assert verifier.verify_cached(tampered, memo) is None and memo.token == tampered
+    assert verifier.verify_cached(other_token, memo) is None  # never verified: full check
+    other = await verifier.verify(other_token)
+    assert verifier.verify_cached(other_token, memo) is other
+    assert verifier.verify_cached(first_token, memo) is first
+    clock.now += 700  # past exp + leeway: a memo hit still checks expiry
+    with pytest.raises(TokenRejected, match="expired"):
+        verifier.verify_cached(first_token, memo)
+
+
+class AnsweringSource:
+    """A KeySource that hands out one answer object per key set, as KeySet and SigningKeys do."""
+
+    def __init__(self, key: Any) -> None:
+        self.answer: list[tuple[Any, tuple[str, ...]]] = [(key, ("ES256",))]
+
+    async def key_for(self, kid: str | None) -> list[tuple[Any, tuple[str, ...]]]:
+        return self.answer if kid == "gw-1" else []
+
+    def known_keys(self, kid: str | None) -> list[tuple[Any, tuple[str, ...]]] | None:
+        return self.answer if kid == "gw-1" else None
+
+
+async def test_a_changed_key_set_is_rechecked_on_the_cached_path(key_files: tuple[Path, Path]) -> None:
+    source = AnsweringSource(B_KEY.public_key())
+    verifier = make_verifier(key_files, extra_issuers=[(GW, source)])
+    good = token(B_KEY, kid="gw-1", iss=GW.issuer)
+    claims_ = await verifier.verify(good)
+    assert verifier.verify_cached(good) is claims_
+    # A reload: a new answer holding an equal key (a new object). Still served, so accepted.
+    public_pem = _pem(B_KEY)
+    source.answer = [(serialization.load_pem_public_key(public_pem), ("ES256",))]
+    assert verifier.verify_cached(good) is claims_
+    assert verifier.verify_cached(good) is claims_
+    # A new answer without the verifying key (rotated out at the issuer): the token is refused.
+    source.answer = [(EVIL_KEY.public_key(), ("ES256",))]
+    with pytest.raises(TokenRejected, match="unknown_kid"):
+        verifier.verify_cached(good)
 
 
 async def test_cache_is_bounded(key_files: tuple[Path, Path]) -> None:

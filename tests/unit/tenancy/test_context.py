@@ -36,6 +36,9 @@ def test_mac_is_exactly_appendix_b() -> None:
     message = "\n".join(["v1", str(NOW), "POST", "/t/acme/x?y=1", "acme", "alice", "a,b", "rid"])
     mac = hmac.new(KEY.encode(), message.encode(), hashlib.sha256).digest()
     assert value == f"v1.{NOW}." + base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+    # The gateway's per-request spelling, roles already joined, signs the same bytes.
+    joined = ContextSigner(KEY).sign_joined("POST", "/t/acme/x?y=1", "acme", "alice", "a,b", "rid", now=NOW)
+    assert joined == value
 
 
 def test_valid_context_verifies() -> None:
