@@ -10,7 +10,10 @@ again against its ``clock`` (the same clock in production), which also drives th
 
 Cache: verified claims are cached by SHA-256 of the token (LRU, ``cache_size`` entries) until
 ``exp``. A hit re-checks ``exp`` against the clock and that the verifying key is still served
-by its issuer's key source (so a revoked or retired key ends its cached tokens too).
+by its issuer's key source (so a revoked or retired key ends its cached tokens too): while
+the source answers with the same candidate list object as when the token was verified, the key
+set is unchanged; otherwise the verifying key is searched in the new answer. A connection may
+keep a ``TokenMemo``, so the same token string on its next request is not hashed again.
 Refusals are not cached: an attacker picks the tokens, so a negative cache would only hold
 their garbage, and every refusal before the signature check is already cheap.
 """

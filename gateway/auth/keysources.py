@@ -66,7 +66,9 @@ class KeySource(Protocol):
 
     def known_keys(self, kid: str | None) -> Sequence[KeyCandidate] | None:
         """What ``key_for`` would answer, from memory alone; ``None`` when finding out could
-        take I/O (an unknown kid). Lets a cached token be re-checked without awaiting."""
+        take I/O (an unknown kid). Lets a cached token be re-checked without awaiting.
+        Answering with the same (never mutated) sequence object while the keys are unchanged
+        lets the verifier skip searching it; a new object is always safe, only slower."""
         ...
 
 
