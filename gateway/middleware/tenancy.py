@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import structlog
 from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy, istr
 
 from gateway import log_context
 from gateway.auth.jwt import VerifiedClaims
@@ -26,7 +26,7 @@ from gateway.context import RequestContext
 from gateway.errors import Forbidden, StoreUnavailable, TenantLeakBlocked, TenantMismatch
 from gateway.metrics import METRICS
 from gateway.middleware.authenticate import invalid_token
-from gateway.tenancy.context import CONTEXT_HEADER, ROLES_HEADER, TENANT_HEADER, USER_HEADER
+from gateway.tenancy import context as signed_context
 from gateway.tenancy.grants import SUPPORT_ROLE
 from gateway.tenancy.resolve import TENANT_ID_RE, TenantNotNamed
 
@@ -38,6 +38,11 @@ log = structlog.get_logger("gateway.tenancy")
 _USER_RE = re.compile(r"(?![ \t])[^\x00-\x1f\x7f\ud800-\udfff]{1,1024}(?<![ \t])")
 _ROLE_RE = re.compile(r"(?![ \t])[^\x00-\x1f\x7f,\ud800-\udfff]{1,256}(?<![ \t])")
 _MAX_CLAIMED = 4  # tenants named in one leak record (the upstream chooses them)
+# istr: multidict keeps their case-folded form, so adding them costs no case folding per request.
+TENANT_HEADER = istr(signed_context.TENANT_HEADER)
+USER_HEADER = istr(signed_context.USER_HEADER)
+ROLES_HEADER = istr(signed_context.ROLES_HEADER)
+CONTEXT_HEADER = istr(signed_context.CONTEXT_HEADER)
 
 
 @functools.lru_cache(maxsize=4096)
