@@ -87,6 +87,7 @@ class AccessLogWriter:
         self._redactor = redactor
         self._pseudonymize = pseudonymize
         self._pseudonymizer = Pseudonymizer(pseudonym_key)
+        self._pseudonyms, self._clean = self._pseudonymizer.known, redactor.clean_texts
         self._stream = stream
         self._stamp = _UtcStamp()
         self._pending: list[bytes] = []
@@ -114,13 +115,15 @@ class AccessLogWriter:
         }
         if target is not None and target.query:
             line["query"] = self._redactor.redact_query(target.query)
-        if ctx.user is not None:
-            user = ctx.user
-            line["user"] = (
-                self._pseudonymizer(user) if self._pseudonymize else self._redactor.redact_text(user)
-            )
-        if ctx.tenant is not None:
-            line["tenant"] = self._redactor.redact_text(ctx.tenant)
+        # The caches are probed inline (every authenticated request); a call only on a miss.
+        user, tenant = ctx.user, ctx.tenant
+        if user is not None:
+            if self._pseudonymize:
+                line["user"] = self._pseudonyms.get(user) or self._pseudonymizer(user)
+            else:
+                line["user"] = user if user in self._clean else self._redactor.redact_text(user)
+        if tenant is not None:
+            line["tenant"] = tenant if tenant in self._clean else self._redactor.redact_text(tenant)
         self._pending.append(orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE))
         if not self._flush_scheduled:
             try:

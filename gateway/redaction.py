@@ -14,6 +14,7 @@ import ipaddress
 import re
 import uuid
 from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from functools import lru_cache
 from typing import Any
 from urllib.parse import unquote_plus
@@ -83,6 +84,12 @@ class Redactor:
                 self.redact_text(key),
             )
         return known
+
+    @property
+    def clean_texts(self) -> AbstractSet[str]:
+        """Texts known to need no change: a bounded cache, one set object for the redactor's
+        life. Hot paths probe it before calling ``redact_text`` (a method call per field)."""
+        return self._clean
 
     def is_masked_key(self, key: str) -> bool:
         return self.classify_key(key)[0]
@@ -247,6 +254,12 @@ class Pseudonymizer:
             raise ValueError("pseudonymization key must be at least 16 bytes")
         self._mac = hmac.new(key, digestmod=hashlib.sha256)
         self._known: dict[str, str] = {}  # active users repeat; an HMAC costs ~2 µs
+
+    @property
+    def known(self) -> Mapping[str, str]:
+        """Pseudonyms computed so far (bounded; one dict object for the pseudonymizer's life):
+        hot paths probe it before calling."""
+        return self._known
 
     def __call__(self, value: str) -> str:
         known = self._known.get(value)

@@ -119,3 +119,26 @@ async def test_client_ips_stay_truncated_however_many_and_however_often() -> Non
     seen = [line["client_ip"] for line in lines_of(stream)]
     expected = [ip.rsplit(".", 1)[0] + ".0" for ip in [*ips, *ips[:10]]]
     assert seen == expected
+
+
+def test_identity_fields_stay_masked_on_repeat_requests() -> None:
+    """The user and tenant caches are probed inline: the second and later lines of one identity
+    must be exactly as masked as the first."""
+    pseudonymized, plain = CountingStream(), CountingStream()
+    writers = (
+        writer_on(pseudonymized),
+        AccessLogWriter(Redactor(), enabled=True, pseudonymize=False, pseudonym_key=b"k" * 32, stream=plain),
+    )
+    for writer in writers:
+        for _ in range(3):
+            fields, response = finished_request("r")
+            fields[ContextKey].tenant = "bob@globex.example"  # type: ignore[attr-defined]
+            writer.write(FakeRequest(fields), response, 0.001)  # type: ignore[arg-type]
+    users = {line["user"] for line in lines_of(pseudonymized)}
+    assert len(users) == 1 and next(iter(users)).startswith("u_")
+    for stream in (pseudonymized, plain):
+        text = stream.getvalue()
+        assert len(lines_of(stream)) == 3
+        assert "alice@acme.example" not in text and "bob@globex.example" not in text
+    # Without pseudonyms the user id is logged through the redactor: the e-mail is masked.
+    assert all(line["user"] != "alice@acme.example" for line in lines_of(plain))
