@@ -33,8 +33,10 @@ def invalid_token() -> InvalidToken:
 def bearer_token(request: web.BaseRequest, cookie_name: str | None = None) -> str | None:
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip()
+    if scheme.lower() == "bearer":
+        token = token.strip()
+        if token:
+            return token
     if cookie_name:
         return request.cookies.get(cookie_name) or None
     return None

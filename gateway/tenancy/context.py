@@ -121,7 +121,7 @@ class ContextSigner:
     ) -> str:
         """``sign`` with the roles already comma-joined (the gateway's per-request call: a
         token's joined roles are computed once per token)."""
-        ts = int(time.time() if now is None else now)
+        ts = str(int(time.time() if now is None else now))  # formatted once, used twice
         mac = self._keyed.copy()
         # The same bytes as _message(), spelled inline: this runs on every authenticated request.
         mac.update(f"v1\n{ts}\n{method}\n{target}\n{tenant}\n{user}\n{roles_text}\n{request_id}".encode())
