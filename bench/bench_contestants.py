@@ -21,11 +21,23 @@ from pathlib import Path
 
 import jwt
 import yaml
-from bench_support import LOOPBACK, Launcher, StartFailed, free_port, http_get, wait_ready, which
+from bench_support import (
+    BENCH_DIR,
+    LOAD_CPU,
+    LOOPBACK,
+    PROJECT_ROOT,
+    PROXY_CPU,
+    BenchError,
+    Launcher,
+    StartFailed,
+    free_port,
+    http_get,
+    wait_ready,
+    which,
+)
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-BENCH_DIR = Path(__file__).resolve().parent
 # The upstream's fixed 100-byte answer; every contestant must hand back exactly this.
 BODY = "ok:" + "0123456789" * 9 + "abcdefg"
 JWT_SUB = "bench-user-0001"
@@ -147,6 +159,24 @@ def start_upstream(launcher: Launcher, workdir: Path, cpu: int) -> Running:
     server = f"""listen {LOOPBACK}:{port} backlog=4096;
         location / {{ default_type text/plain; return 200 "{BODY}"; }}"""
     return _start_nginx(launcher, workdir, "upstream", _nginx_conf(rundir, server), port, cpu)
+
+
+def start_bench_env(launcher: Launcher, workdir: Path, python: str) -> BenchEnv:
+    """The nginx upstream (on the load CPU) and the key, JWKS and tokens every contestant uses."""
+    try:
+        upstream = start_upstream(launcher, workdir, LOAD_CPU)
+    except StartFailed as exc:
+        raise BenchError(f"the nginx upstream did not start: {exc}") from exc
+    return BenchEnv(
+        launcher=launcher,
+        workdir=workdir,
+        project_root=PROJECT_ROOT,
+        upstream_port=upstream.port,
+        upstream_pid=upstream.pid,
+        jwt=make_jwt_material(workdir),
+        proxy_cpu=PROXY_CPU,
+        python=python,
+    )
 
 
 def start_direct(env: BenchEnv) -> Running:

@@ -21,6 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 LOOPBACK = "127.0.0.1"
+BENCH_DIR = Path(__file__).resolve().parent
+PROJECT_ROOT = BENCH_DIR.parent
+PROXY_CPU, LOAD_CPU = 0, 1  # the proxy under test on one core; wrk and the upstream on the other
 SBIN_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 

@@ -33,12 +33,12 @@ from bench_contestants import (
     aiohttp_min_argv,
     body_probe,
     health_probe,
-    make_jwt_material,
     prepare_gateway,
-    start_upstream,
+    start_bench_env,
 )
 from bench_support import (
     LOOPBACK,
+    PROJECT_ROOT,
     BenchError,
     Launcher,
     StartFailed,
@@ -49,8 +49,6 @@ from bench_support import (
     which,
 )
 
-BENCH_DIR = Path(__file__).resolve().parent
-PROJECT_ROOT = BENCH_DIR.parent
 START_TIMEOUT = 240.0  # Python start-up under valgrind is slow
 _TOTALS = re.compile(r"^(?:totals|summary):\s*(\d+)", re.MULTILINE)
 _MASTER_KEY = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="  # a fixed throwaway key: repeatable runs
@@ -204,17 +202,7 @@ def raise_interrupt(signum: int, frame: object) -> None:
 
 def measure(args: argparse.Namespace, workdir: Path, launcher: Launcher) -> int:
     ensure_debian_packages({"valgrind": "valgrind", "callgrind_control": "valgrind", "nginx": "nginx-light"})
-    upstream = start_upstream(launcher, workdir, 1)
-    env = BenchEnv(
-        launcher=launcher,
-        workdir=workdir,
-        project_root=PROJECT_ROOT,
-        upstream_port=upstream.port,
-        upstream_pid=upstream.pid,
-        jwt=make_jwt_material(workdir),
-        proxy_cpu=0,
-        python=args.python,
-    )
+    env = start_bench_env(launcher, workdir, args.python)
     results: dict[str, float] = {}
     for name in args.names:
         print(f"# {name}: starting under callgrind ...", flush=True)

@@ -36,6 +36,10 @@ import yaml
 from bench_contestants import start_upstream
 from bench_support import (
     _RESULT,
+    BENCH_DIR,
+    LOAD_CPU,
+    PROJECT_ROOT,
+    PROXY_CPU,
     Launcher,
     StartFailed,
     ensure_debian_packages,
@@ -46,9 +50,6 @@ from bench_support import (
     which,
 )
 
-BENCH_DIR = Path(__file__).resolve().parent
-ROOT = BENCH_DIR.parent
-PROXY_CPU, LOAD_CPU = 0, 1
 ADMIN_TOKEN = "bench-admin-token"
 MASTER_KEY = base64.b64encode(os.urandom(32)).decode()
 BENCH_PATH = "/api/orders/123/lines"
@@ -90,7 +91,13 @@ def _gateway(
     rundir.mkdir()
     (rundir / "gateway.yaml").write_text(yaml.safe_dump(_config(port, admin, upstream, state, rundir)))
     start_gateway_process(
-        launcher, name, rundir / "gateway.yaml", port, cpu=cpu, project_root=ROOT, master_key=MASTER_KEY
+        launcher,
+        name,
+        rundir / "gateway.yaml",
+        port,
+        cpu=cpu,
+        project_root=PROJECT_ROOT,
+        master_key=MASTER_KEY,
     )
     return port, admin
 
@@ -173,7 +180,7 @@ def index_cost() -> dict[str, float]:
     import dataclasses
     import timeit
 
-    sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(PROJECT_ROOT))
     from gateway.killswitch.matcher import SwitchIndex
     from gateway.killswitch.model import validate_spec
 

@@ -36,11 +36,14 @@ from bench_contestants import (
     BenchEnv,
     body_probe,
     health_probe,
-    make_jwt_material,
     prepare_gateway,
-    start_upstream,
+    start_bench_env,
 )
 from bench_support import (
+    BENCH_DIR,
+    LOAD_CPU,
+    PROJECT_ROOT,
+    PROXY_CPU,
     BenchError,
     Launcher,
     WrkResult,
@@ -51,9 +54,6 @@ from bench_support import (
     wait_ready,
 )
 
-BENCH_DIR = Path(__file__).resolve().parent
-PROJECT_ROOT = BENCH_DIR.parent
-PROXY_CPU, LOAD_CPU = 0, 1
 START_TIMEOUT = 60.0
 
 
@@ -167,17 +167,7 @@ def run(args: argparse.Namespace, workdir: Path, launcher: Launcher) -> int:
         raise BenchError("needs two CPUs: the gateways on one, wrk and the upstream on the other")
     ensure_debian_packages({"wrk": "wrk", "nginx": "nginx"})
     try:
-        upstream = start_upstream(launcher, workdir, LOAD_CPU)
-        env = BenchEnv(
-            launcher=launcher,
-            workdir=workdir,
-            project_root=PROJECT_ROOT,
-            upstream_port=upstream.port,
-            upstream_pid=upstream.pid,
-            jwt=make_jwt_material(workdir),
-            proxy_cpu=PROXY_CPU,
-            python=sys.executable,
-        )
+        env = start_bench_env(launcher, workdir, sys.executable)
         running = {
             v.name: start_variant(env, launcher, v, checkout(v.revision, workdir)) for v in args.variants
         }

@@ -33,6 +33,10 @@ from pathlib import Path
 import yaml
 from bench_contestants import JWT_AUD, JWT_ISS, make_jwt_material, start_upstream
 from bench_support import (
+    BENCH_DIR,
+    LOAD_CPU,
+    PROJECT_ROOT,
+    PROXY_CPU,
     Launcher,
     StartFailed,
     WrkResult,
@@ -44,9 +48,6 @@ from bench_support import (
     tree_cpu_seconds,
 )
 
-BENCH_DIR = Path(__file__).resolve().parent
-ROOT = BENCH_DIR.parent
-PROXY_CPU, LOAD_CPU = 0, 1
 LEGIT_IP, FLOOD_IP = "203.0.113.5", "198.51.100.1"
 FLOOD_RATES = (1000, 2000, 4000, 8000, 0)  # offered flood req/s; 0 = as fast as wrk can
 MASTER_KEY = base64.b64encode(os.urandom(32)).decode()
@@ -79,7 +80,13 @@ def _gateway(
         route["rate_limit"] = list(limits["policies"])
     (rundir / "gateway.yaml").write_text(yaml.safe_dump(config))
     proc = start_gateway_process(
-        launcher, name, rundir / "gateway.yaml", port, cpu=PROXY_CPU, project_root=ROOT, master_key=MASTER_KEY
+        launcher,
+        name,
+        rundir / "gateway.yaml",
+        port,
+        cpu=PROXY_CPU,
+        project_root=PROJECT_ROOT,
+        master_key=MASTER_KEY,
     )
     return port, proc.pid
 

@@ -28,10 +28,13 @@ from bench_contestants import (
     BenchEnv,
     Contestant,
     Running,
-    make_jwt_material,
-    start_upstream,
+    start_bench_env,
 )
 from bench_support import (
+    BENCH_DIR,
+    LOAD_CPU,
+    PROJECT_ROOT,
+    PROXY_CPU,
     BenchError,
     Launcher,
     StartFailed,
@@ -45,9 +48,6 @@ from bench_support import (
     which,
 )
 
-BENCH_DIR = Path(__file__).resolve().parent
-PROJECT_ROOT = BENCH_DIR.parent
-PROXY_CPU, LOAD_CPU = 0, 1
 BASELINES = ("aiohttp-min", "haproxy-jwt")
 PACKAGES = {"wrk": "wrk", "nginx": "nginx", "haproxy": "haproxy"}
 
@@ -371,20 +371,7 @@ def run(args: argparse.Namespace, workdir: Path, launcher: Launcher) -> int:
     check_cpus()
     raise_fd_limit()
     ensure_debian_packages(PACKAGES)
-    try:
-        upstream = start_upstream(launcher, workdir, LOAD_CPU)
-    except StartFailed as exc:
-        raise BenchError(f"the nginx upstream did not start: {exc}") from exc
-    env = BenchEnv(
-        launcher=launcher,
-        workdir=workdir,
-        project_root=PROJECT_ROOT,
-        upstream_port=upstream.port,
-        upstream_pid=upstream.pid,
-        jwt=make_jwt_material(workdir),
-        proxy_cpu=PROXY_CPU,
-        python=args.python,
-    )
+    env = start_bench_env(launcher, workdir, args.python)
     running, skipped = start_contestants(env, args.contestants)
     runs = measure(args, launcher, env, running, skipped)
     summaries = {n: summarise(r, args.pick) for n, r in runs.items() if r}
