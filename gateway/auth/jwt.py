@@ -410,9 +410,10 @@ class JwtVerifier:
         for key, _ in keys:
             # Identity first: the same key object is the common case, and == on keys is not free.
             if key is wanted or key == wanted:
-                # Still served, from a new answer (a reload): remember it for the fast check.
-                self._cache[digest] = replace(cached, candidates=keys)
-                self._cache.move_to_end(digest)
+                if self._cache.get(digest) is cached:  # not evicted meanwhile (verify() awaits)
+                    # Still served, from a new answer (a reload): remember it for the fast check.
+                    self._cache[digest] = replace(cached, candidates=keys)
+                    self._cache.move_to_end(digest)
                 return cached.claims
         self._cache.pop(digest, None)
         raise TokenRejected("unknown_kid")

@@ -67,8 +67,8 @@ class KeySource(Protocol):
     def known_keys(self, kid: str | None) -> Sequence[KeyCandidate] | None:
         """What ``key_for`` would answer, from memory alone; ``None`` when finding out could
         take I/O (an unknown kid). Lets a cached token be re-checked without awaiting.
-        Answering with the same (never mutated) sequence object while the keys are unchanged
-        lets the verifier skip searching it; a new object is always safe, only slower."""
+        Answering with the same immutable sequence object while the keys are unchanged lets the
+        verifier skip searching it; a new object is always safe, only slower."""
         ...
 
 
@@ -104,9 +104,15 @@ class KeySet:
         for entry in self.entries:
             target = self._unkeyed if entry.kid is None else self._by_kid.setdefault(entry.kid, [])
             target.append((entry.key, entry.algorithms))
-        # One answer object per known kid: the verifier's cache recognises an unchanged key set
-        # by identity instead of searching the answer on every request. Callers never mutate it.
-        self._answers = {kid: [*keyed, *self._unkeyed] for kid, keyed in self._by_kid.items()}
+        # One immutable answer per question, built here: the verifier's cache recognises an
+        # unchanged key set by the answer's identity instead of searching it on every request.
+        self._unkeyed_answer: tuple[KeyCandidate, ...] = tuple(self._unkeyed)
+        self._answers = {kid: (*keyed, *self._unkeyed) for kid, keyed in self._by_kid.items()}
+        self._kidless_answer = self._unkeyed_answer
+        if not self._unkeyed and len(self._by_kid) == 1:
+            # A token without a kid matches the single keyed key of a one-key set, nothing more.
+            (only,) = self._by_kid.values()
+            self._kidless_answer = tuple(only) if len(only) == 1 else ()
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -115,15 +121,11 @@ class KeySet:
     def kids(self) -> frozenset[str]:
         return frozenset(self._by_kid)
 
-    def lookup(self, kid: str | None) -> list[KeyCandidate]:
+    def lookup(self, kid: str | None) -> tuple[KeyCandidate, ...]:
         # SECURITY: kid injection: the kid is only ever a dict key, never a path, URL or query.
-        if kid is not None:
-            answer = self._answers.get(kid)
-            return answer if answer is not None else list(self._unkeyed)
-        if not self._unkeyed and len(self._by_kid) == 1:
-            (only,) = self._by_kid.values()
-            return list(only) if len(only) == 1 else []
-        return list(self._unkeyed)
+        if kid is None:
+            return self._kidless_answer
+        return self._answers.get(kid, self._unkeyed_answer)
 
 
 def _entry(jwk: Any, index: int) -> tuple[KeyEntry | None, str | None]:
@@ -233,10 +235,10 @@ class StaticKeys:
         kty = "RSA" if isinstance(key, rsa.RSAPublicKey) else "EC" if algorithms[0][:2] == "ES" else "OKP"
         return cls(KeySet([KeyEntry(None, kty, algorithms, key)]))
 
-    async def key_for(self, kid: str | None) -> list[KeyCandidate]:
+    async def key_for(self, kid: str | None) -> tuple[KeyCandidate, ...]:
         return self.keys.lookup(kid)
 
-    def known_keys(self, kid: str | None) -> list[KeyCandidate]:
+    def known_keys(self, kid: str | None) -> tuple[KeyCandidate, ...]:
         return self.keys.lookup(kid)
 
 
@@ -280,7 +282,7 @@ class RemoteJwks:
         self._inflight: asyncio.Task[bool] | None = None
         self._loop_task: asyncio.Task[None] | None = None
 
-    async def key_for(self, kid: str | None) -> list[KeyCandidate]:
+    async def key_for(self, kid: str | None) -> tuple[KeyCandidate, ...]:
         found = self.keys.lookup(kid)
         if found:
             return found
@@ -291,7 +293,7 @@ class RemoteJwks:
             await self.refresh()
         return self.keys.lookup(kid)
 
-    def known_keys(self, kid: str | None) -> list[KeyCandidate] | None:
+    def known_keys(self, kid: str | None) -> tuple[KeyCandidate, ...] | None:
         return self.keys.lookup(kid) or None  # unknown: key_for may re-fetch
 
     def _busy(self) -> bool:

@@ -38,6 +38,7 @@ SIGNING_KEYS_HASH = "signing-keys"
 CREATION_LOCK = "signing-keys:create-lock"
 ALGORITHM = "ES256"
 ALGORITHMS: tuple[str, ...] = (ALGORITHM,)
+Candidates = tuple[tuple[ec.EllipticCurvePublicKey, tuple[str, ...]], ...]  # a KeySource answer
 _LOCK_TTL = 10.0
 _CREATE_WAIT = 15.0  # longer than the lock ttl: a crashed creator's lock expires meanwhile
 _UNKNOWN_KID_RELOAD_EVERY = 1.0  # bounded store load from tokens with made-up kids
@@ -60,9 +61,9 @@ class SigningKey:
         return self.private_key.public_key()
 
     @functools.cached_property
-    def candidates(self) -> list[tuple[ec.EllipticCurvePublicKey, tuple[str, ...]]]:
+    def candidates(self) -> Candidates:
         # One answer object per key: the verifier recognises an unchanged key by identity.
-        return [(self.public_key, ALGORITHMS)]
+        return ((self.public_key, ALGORITHMS),)
 
     def verifiable_at(self, now: float) -> bool:
         return not self.revoked and (self.not_after is None or now < self.not_after)
@@ -218,7 +219,7 @@ class SigningKeys:
             entries.append({**jwk, "kid": key.kid, "alg": ALGORITHM, "use": "sig"})
         return {"keys": entries}
 
-    async def key_for(self, kid: str | None) -> list[tuple[ec.EllipticCurvePublicKey, tuple[str, ...]]]:
+    async def key_for(self, kid: str | None) -> Candidates:
         """The KeySource protocol of the JWT verifier: ``[(public key, ("ES256",))]`` for a kid
         that is still verifiable, ``[]`` otherwise (revoked, retired or unknown)."""
         key = self._find(kid)
@@ -233,9 +234,9 @@ class SigningKeys:
                 except StoreUnavailable:
                     log.warning("signing keys: store unavailable while looking up an unknown kid")
                 key = self._find(kid)
-        return [] if key is None else key.candidates
+        return () if key is None else key.candidates
 
-    def known_keys(self, kid: str | None) -> list[tuple[ec.EllipticCurvePublicKey, tuple[str, ...]]] | None:
+    def known_keys(self, kid: str | None) -> Candidates | None:
         key = self._find(kid) if kid is not None else None
         return None if key is None else key.candidates  # None: key_for may reload
 

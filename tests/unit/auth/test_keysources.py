@@ -115,7 +115,7 @@ async def test_flood_of_unknown_kids_fetches_once_per_30s(served: tuple[JwksServ
     await source.refresh()
     clock.now += 31
     results = await asyncio.gather(*(source.key_for(f"random-{n}") for n in range(100)))
-    assert all(r == [] for r in results)
+    assert all(r == () for r in results)
     assert state.hits == 2  # the initial load + one re-fetch for the whole flood
     clock.now += 29
     await asyncio.gather(*(source.key_for(f"more-{n}") for n in range(100)))
@@ -189,15 +189,15 @@ async def test_redirect_not_followed(served: tuple[JwksServer, Any]) -> None:
     source = remote(server)
     state.mode = "redirect"
     assert not await source.refresh()
-    assert state.hits == 1 and not source.loaded and await source.key_for("evil") == []
+    assert state.hits == 1 and not source.loaded and await source.key_for("evil") == ()
 
 
 async def test_never_loaded_source_answers_no_key(served: tuple[JwksServer, Any]) -> None:
     _, server = served
     source = remote(server)
     await server.close()
-    assert await source.key_for("k1") == []  # never raises
-    assert source.fetches == 1 and await source.key_for("k1") == [] and source.fetches == 1
+    assert await source.key_for("k1") == ()  # never raises
+    assert source.fetches == 1 and await source.key_for("k1") == () and source.fetches == 1
 
 
 def test_remote_url_checked() -> None:
@@ -234,9 +234,20 @@ def test_lookup_rules() -> None:
     keys, _ = parse_jwks({"keys": [jwk(KEY_1, "k1")]})
     assert keys.lookup(None) and not keys.lookup("k2")
     keys, _ = parse_jwks({"keys": [jwk(KEY_1, "k1"), jwk(KEY_2, "k2")]})
-    assert keys.lookup(None) == []  # no kid and several keys: nothing to guess
+    assert keys.lookup(None) == ()  # no kid and several keys: nothing to guess
     keys, _ = parse_jwks({"keys": [jwk(KEY_1, None), jwk(KEY_2, "k2")]})
     assert len(keys.lookup("k2")) == 2 and len(keys.lookup(None)) == 1
+
+
+def test_a_key_set_gives_one_immutable_answer_per_question() -> None:
+    """The verifier's cache treats "the same answer object" as "the same keys": every question
+    (a known kid, an unknown one, none) must get one answer for the key set's life, and no
+    caller can change it."""
+    keys, _ = parse_jwks({"keys": [jwk(KEY_1, None), jwk(KEY_2, "k2")]})
+    for kid in ("k2", "unknown", None):
+        assert keys.lookup(kid) is keys.lookup(kid) and isinstance(keys.lookup(kid), tuple)
+    refreshed, _ = parse_jwks({"keys": [jwk(KEY_1, None), jwk(KEY_2, "k2")]})
+    assert refreshed.lookup("k2") is not keys.lookup("k2")  # a refresh is a new key set
 
 
 def test_algorithms_for_key() -> None:

@@ -79,7 +79,7 @@ async def test_tokens_verify_against_jwks_and_key_for(store: StateStore) -> None
     [(public_key, algorithms)] = await signing.key_for(header["kid"])
     assert algorithms == ("ES256",)
     assert jwt.decode(token, public_key, algorithms=list(algorithms), audience="erp")["sub"] == "alice"
-    assert await signing.key_for("no-such-kid") == []
+    assert await signing.key_for("no-such-kid") == ()
 
 
 async def test_rotate_keeps_old_key_until_token_ttl(store: StateStore) -> None:
@@ -98,7 +98,7 @@ async def test_rotate_keeps_old_key_until_token_ttl(store: StateStore) -> None:
     clock.now += 899
     assert len(await signing.key_for(old_kid)) == 1
     clock.now += 1
-    assert await signing.key_for(old_kid) == []
+    assert await signing.key_for(old_kid) == ()
     assert [entry["kid"] for entry in signing.jwks()["keys"]] == [new.kid]
     # a second rotation tidies the retired key away; an instance loading now agrees
     newest = await signing.rotate(revoke_old=False, token_ttl=900)
@@ -114,7 +114,7 @@ async def test_rotate_with_revoke_old_drops_old_keys_at_once(store: StateStore) 
     exposed_token = signing.sign(claims(clock))
     third = (await signing.rotate(revoke_old=True, token_ttl=900)).kid
     assert [entry["kid"] for entry in signing.jwks()["keys"]] == [third]
-    assert await signing.key_for(first) == [] and await signing.key_for(second) == []
+    assert await signing.key_for(first) == () and await signing.key_for(second) == ()
     assert jwt.get_unverified_header(exposed_token)["kid"] == second
     other = SigningKeys(store, KEYRING, clock=clock)
     await other.load()
@@ -154,7 +154,7 @@ async def test_unknown_kid_triggers_a_throttled_reload(
         new = await a.rotate(revoke_old=False, token_ttl=900)  # b is not subscribed
         assert len(await b.key_for(new.kid)) == 1
         newer = await a.rotate(revoke_old=False, token_ttl=900)
-        assert await b.key_for(newer.kid) == []  # within a second of the last miss: no store hit
+        assert await b.key_for(newer.kid) == ()  # within a second of the last miss: no store hit
 
 
 async def test_keys_are_encrypted_at_rest_and_bound_to_their_kid(store: StateStore) -> None:
