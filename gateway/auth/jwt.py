@@ -265,9 +265,6 @@ class JwtVerifier:
         if cached is None:
             return None
         keys = cached.issuer.source.known_keys(cached.kid)
-        if keys is cached.candidates and cached.claims.expires_at > self._clock() - self._leeway:
-            self._cache.move_to_end(digest)  # the same key set: the verifying key is still in it
-            return cached.claims
         return None if keys is None else self._still_valid(digest, cached, keys)
 
     async def verify(self, token: str) -> VerifiedClaims:
@@ -406,6 +403,9 @@ class JwtVerifier:
         if cached.claims.expires_at <= self._clock() - self._leeway:
             self._cache.pop(digest, None)
             raise TokenRejected("expired")
+        if keys is cached.candidates:  # the same answer: the key set, and so the key, is unchanged
+            self._cache.move_to_end(digest)
+            return cached.claims
         wanted = cached.key
         for key, _ in keys:
             # Identity first: the same key object is the common case, and == on keys is not free.

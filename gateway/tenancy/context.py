@@ -75,8 +75,10 @@ def _key_bytes(key: Key) -> bytes:
     return raw
 
 
-def _message(ts: int, method: str, target: str, tenant: str, user: str, roles: str, request_id: str) -> bytes:
-    return "\n".join((VERSION, str(ts), method, target, tenant, user, roles, request_id)).encode("utf-8")
+def _message(
+    ts: int | str, method: str, target: str, tenant: str, user: str, roles: str, request_id: str
+) -> bytes:
+    return f"{VERSION}\n{ts}\n{method}\n{target}\n{tenant}\n{user}\n{roles}\n{request_id}".encode()
 
 
 _URLSAFE = bytes.maketrans(b"+/", b"-_")
@@ -123,9 +125,8 @@ class ContextSigner:
         token's joined roles are computed once per token)."""
         ts = str(int(time.time() if now is None else now))  # formatted once, used twice
         mac = self._keyed.copy()
-        # The same bytes as _message(), spelled inline: this runs on every authenticated request.
-        mac.update(f"v1\n{ts}\n{method}\n{target}\n{tenant}\n{user}\n{roles_text}\n{request_id}".encode())
-        return f"v1.{ts}.{binascii.b2a_base64(mac.digest()).translate(_URLSAFE, _PADDING).decode()}"
+        mac.update(_message(ts, method, target, tenant, user, roles_text, request_id))
+        return f"{VERSION}.{ts}.{binascii.b2a_base64(mac.digest()).translate(_URLSAFE, _PADDING).decode()}"
 
     def __repr__(self) -> str:
         return "ContextSigner(<key redacted>)"
