@@ -430,8 +430,11 @@ def prepare_gateway(
     return port, rundir, [env.python, "-m", "gateway", "run", "-c", str(cfg)], environ
 
 
-def start_gateway(env: BenchEnv, *, access_log: bool = True, jwt_auth: bool = False) -> Running:
-    name = "gateway-jwt" if jwt_auth else "gateway" if access_log else "gateway-nolog"
+def start_gateway(
+    env: BenchEnv, *, access_log: bool = True, jwt_auth: bool = False, name: str | None = None
+) -> Running:
+    """One gateway contestant from ``env.project_root``'s code; ``name`` defaults to the route's."""
+    name = name or ("gateway-jwt" if jwt_auth else "gateway" if access_log else "gateway-nolog")
     port, _, argv, environ = prepare_gateway(env, name, access_log=access_log, jwt_auth=jwt_auth)
     proc = env.launcher.start(name, argv, cpu=env.proxy_cpu, env=environ, cwd=env.project_root)
     wait_ready(env.launcher, name, proc, health_probe(port), START_TIMEOUT)

@@ -34,16 +34,13 @@ from pathlib import Path
 
 from bench_contestants import (
     BenchEnv,
-    body_probe,
-    health_probe,
-    prepare_gateway,
     start_bench_env,
+    start_gateway,
 )
 from bench_support import (
     BENCH_DIR,
     LOAD_CPU,
     PROJECT_ROOT,
-    PROXY_CPU,
     BenchError,
     Launcher,
     WrkResult,
@@ -51,10 +48,7 @@ from bench_support import (
     run_in_workdir,
     run_wrk,
     tree_cpu_seconds,
-    wait_ready,
 )
-
-START_TIMEOUT = 60.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,17 +105,11 @@ def remove_worktrees(workdir: Path) -> None:
         )
 
 
-def start_variant(env: BenchEnv, launcher: Launcher, variant: Variant, root: Path) -> tuple[int, int]:
-    port, _, argv, environ = prepare_gateway(
-        dataclasses.replace(env, project_root=root), variant.name, jwt_auth=variant.jwt_auth
-    )
-    environ["PYTHONPATH"] = str(root)  # this tree's gateway package, not the installed one
-    proc = launcher.start(variant.name, argv, cpu=PROXY_CPU, env=environ, cwd=root)
-    wait_ready(launcher, variant.name, proc, health_probe(port), START_TIMEOUT)
-    failure = body_probe(port, env.bearer)()
-    if failure is not None:
-        raise BenchError(f"{variant.name} does not proxy: {failure}")
-    return port, proc.pid
+def start_variant(env: BenchEnv, variant: Variant, root: Path) -> tuple[int, int]:
+    # prepare_gateway puts project_root first on PYTHONPATH: this tree's gateway package runs.
+    tree_env = dataclasses.replace(env, project_root=root)
+    running = start_gateway(tree_env, jwt_auth=variant.jwt_auth, name=variant.name)
+    return running.port, running.pid
 
 
 def load_all(
@@ -168,9 +156,7 @@ def run(args: argparse.Namespace, workdir: Path, launcher: Launcher) -> int:
     ensure_debian_packages({"wrk": "wrk", "nginx": "nginx"})
     try:
         env = start_bench_env(launcher, workdir, sys.executable)
-        running = {
-            v.name: start_variant(env, launcher, v, checkout(v.revision, workdir)) for v in args.variants
-        }
+        running = {v.name: start_variant(env, v, checkout(v.revision, workdir)) for v in args.variants}
         load_all(env, running, args)  # warm-up round, not counted
         rounds: list[dict[str, float]] = []
         for number in range(1, args.rounds + 1):
