@@ -57,6 +57,7 @@ class JwtMaterial:
     hs256_with_public_key: str
     jwks_file: Path  # the public key as a JWKS (kid JWT_KID) for the gateway's issuer config
     gateway_token: str  # ES256, with every claim an MFA-protected gateway route needs
+    signing_key: ec.EllipticCurvePrivateKey | None = None  # for workloads that mint more tokens
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,9 @@ class Running:
     port: int
     pid: int
     headers: dict[str, str] | None = None  # what wrk sends; None = env.bearer
+    lua: Path | None = None  # a wrk script of its own (it builds every request); None = wrk_report.lua
+    path: str = "/"
+    side_pid: int | None = None  # a helper whose CPU is reported beside the proxy's (Redis)
 
 
 @dataclass(frozen=True)
@@ -254,6 +258,7 @@ def make_jwt_material(workdir: Path) -> JwtMaterial:
         hs256_with_public_key=f"{hs_header}.{payload}.{_b64url(hs_sig)}",
         jwks_file=jwks_file,
         gateway_token=mint_gateway_token(key, now),
+        signing_key=key,
     )
 
 

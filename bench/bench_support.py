@@ -116,6 +116,13 @@ class Launcher:
         self._procs.append((name, proc))
         return proc
 
+    def pid_of(self, name: str) -> int:
+        """The pid of the newest process started under ``name``."""
+        for started, proc in reversed(self._procs):
+            if started == name:
+                return proc.pid
+        raise KeyError(name)
+
     def log_path(self, name: str) -> Path:
         return self.logdir / f"{name}.log"
 
@@ -268,6 +275,7 @@ class WrkResult:
     p99_us: float
     errors: int  # socket errors + non-2xx/3xx
     cpu_seconds: float = 0.0
+    side_cpu_seconds: float = 0.0  # a helper process charged separately (gateway-full's Redis)
     core_busy: tuple[float, ...] = ()  # whole-machine busy % per CPU during the run
 
     @property
@@ -279,6 +287,10 @@ class WrkResult:
         return self.cpu_seconds * 1e6 / self.requests if self.requests else float("nan")
 
     @property
+    def side_cpu_us_per_req(self) -> float:
+        return self.side_cpu_seconds * 1e6 / self.requests if self.requests else float("nan")
+
+    @property
     def cpu_percent(self) -> float:
         return 100.0 * self.cpu_seconds / self.seconds if self.seconds else 0.0
 
@@ -287,9 +299,18 @@ _RESULT = re.compile(r"^BENCH_RESULT (.*)$", re.MULTILINE)
 
 
 def run_wrk(
-    *, port: int, duration: int, connections: int, threads: int, headers: dict[str, str], cpu: int, lua: Path
+    *,
+    port: int,
+    duration: int,
+    connections: int,
+    threads: int,
+    headers: dict[str, str],
+    cpu: int,
+    lua: Path,
+    path: str = "/",
 ) -> WrkResult:
-    """Run wrk against 127.0.0.1:<port>/ and parse the line printed by wrk_report.lua."""
+    """Run wrk against 127.0.0.1:<port><path> and parse the line printed by wrk_report.lua (a
+    script may also build each request itself, as full_chain.py's does)."""
     wrk = which("wrk")
     if wrk is None:
         raise BenchError("wrk is not installed")
@@ -309,7 +330,7 @@ def run_wrk(
     ]
     for key, value in headers.items():
         argv += ["-H", f"{key}: {value}"]
-    argv.append(f"http://{LOOPBACK}:{port}/")
+    argv.append(f"http://{LOOPBACK}:{port}{path}")
     proc = subprocess.Popen(
         ["taskset", "-c", str(cpu), *argv],
         stdout=subprocess.PIPE,
@@ -369,14 +390,15 @@ def start_gateway_process(
     return proc
 
 
-def start_redis(launcher: Launcher, workdir: Path, cpu: int | None) -> str:
-    """A throwaway redis-server (no persistence) on a free loopback port; returns its URL."""
+def start_redis(launcher: Launcher, workdir: Path, cpu: int | None, name: str = "redis") -> str:
+    """A throwaway redis-server (no persistence) on a free loopback port; returns its URL (its
+    pid is ``launcher.pid_of(name)``)."""
     port = free_port()
     binary = shutil.which("redis-server")
     if binary is None:
         raise StartFailed("redis-server is not installed")
     launcher.start(
-        "redis",
+        name,
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(workdir)],
         cpu=cpu,
     )

@@ -48,6 +48,13 @@ from bench_support import (
     wait_ready,
     which,
 )
+from full_chain import (
+    FULL_PATH,
+    SPOOFED_TENANT,
+    make_workload,
+    prepare_gateway_full,
+    verify_full_chain_does_the_job,
+)
 
 START_TIMEOUT = 240.0  # Python start-up under valgrind is slow
 _TOTALS = re.compile(r"^(?:totals|summary):\s*(\d+)", re.MULTILINE)
@@ -59,7 +66,16 @@ class Counted:
     port: int
     pid: int
     outdir: Path
-    headers: dict[str, str]
+    requests: tuple[bytes, ...]  # raw requests, sent in rotation (one per token for gateway-full)
+
+
+def raw_requests(port: int, path: str, header_sets: Sequence[dict[str, str]]) -> tuple[bytes, ...]:
+    def one(headers: dict[str, str]) -> bytes:
+        lines = [f"GET {path} HTTP/1.1\r\nHost: {LOOPBACK}:{port}\r\n"]
+        lines += [f"{name}: {value}\r\n" for name, value in headers.items()]
+        return ("".join(lines) + "\r\n").encode()
+
+    return tuple(one(headers) for headers in header_sets)
 
 
 def valgrind_prefix(outdir: Path) -> list[str]:
@@ -84,7 +100,24 @@ def start_gateway_counted(env: BenchEnv, name: str, *, jwt_auth: bool) -> Counte
     argv = [*valgrind_prefix(rundir), *argv]
     proc = env.launcher.start(name, argv, cpu=env.proxy_cpu, env=_repeatable(environ), cwd=PROJECT_ROOT)
     wait_ready(env.launcher, name, proc, health_probe(port), START_TIMEOUT)
-    return Counted(port, proc.pid, rundir, env.bearer)
+    return Counted(port, proc.pid, rundir, raw_requests(port, "/", [env.bearer]))
+
+
+def start_gateway_full_counted(env: BenchEnv) -> Counted:
+    """The issue-13 workload (full_chain.py): Redis limits, 2,000 users' tokens in rotation."""
+    name = "gateway-full"
+    port, argv, environ = prepare_gateway_full(env, name)
+    assert env.jwt.signing_key is not None
+    workload = make_workload(env.workdir, env.jwt.signing_key)
+    rundir = env.workdir / name
+    argv = [*valgrind_prefix(rundir), *argv]
+    proc = env.launcher.start(name, argv, cpu=env.proxy_cpu, env=_repeatable(environ), cwd=PROJECT_ROOT)
+    wait_ready(env.launcher, name, proc, health_probe(port), START_TIMEOUT)
+    verify_full_chain_does_the_job(port, workload)
+    headers = [
+        {"Authorization": f"Bearer {token}", "X-Tenant-ID": SPOOFED_TENANT} for token in workload.tokens
+    ]
+    return Counted(port, proc.pid, rundir, raw_requests(port, FULL_PATH, headers))
 
 
 def start_aiohttp_min_counted(env: BenchEnv) -> Counted:
@@ -94,31 +127,29 @@ def start_aiohttp_min_counted(env: BenchEnv) -> Counted:
     argv = [*valgrind_prefix(rundir), *aiohttp_min_argv(env, port)]
     proc = env.launcher.start("aiohttp-min", argv, cpu=env.proxy_cpu, env=_repeatable(dict(os.environ)))
     wait_ready(env.launcher, "aiohttp-min", proc, body_probe(port, env.bearer), START_TIMEOUT)
-    return Counted(port, proc.pid, rundir, env.bearer)
+    return Counted(port, proc.pid, rundir, raw_requests(port, "/", [env.bearer]))
 
 
 CONTESTANTS: dict[str, Callable[[BenchEnv], Counted]] = {
     "aiohttp-min": start_aiohttp_min_counted,
     "gateway": lambda env: start_gateway_counted(env, "gateway", jwt_auth=False),
     "gateway-jwt": lambda env: start_gateway_counted(env, "gateway-jwt", jwt_auth=True),
+    "gateway-full": start_gateway_full_counted,
 }
 
 
 # ---------------------------------------------------------------- load
-async def _drive(port: int, headers: dict[str, str], total: int, connections: int) -> None:
-    """``total`` GET / requests over ``connections`` keep-alive connections; every answer must
-    be 200 with the upstream's exact body."""
-    lines = [f"GET / HTTP/1.1\r\nHost: {LOOPBACK}:{port}\r\n"]
-    lines += [f"{name}: {value}\r\n" for name, value in headers.items()]
-    request = ("".join(lines) + "\r\n").encode()
+async def _drive(port: int, requests: Sequence[bytes], total: int, connections: int) -> None:
+    """``total`` requests (``requests`` in rotation) over ``connections`` keep-alive
+    connections; every answer must be 200 with the upstream's exact body."""
     expected = BODY.encode()
     tickets = iter(range(total))
 
     async def worker() -> None:
         reader, writer = await asyncio.open_connection(LOOPBACK, port)
         try:
-            for _ in tickets:
-                writer.write(request)
+            for ticket in tickets:
+                writer.write(requests[ticket % len(requests)])
                 head = await reader.readuntil(b"\r\n\r\n")
                 status = head.split(b" ", 2)[1]
                 match = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)
@@ -133,9 +164,9 @@ async def _drive(port: int, headers: dict[str, str], total: int, connections: in
     await asyncio.gather(*(worker() for _ in range(connections)))
 
 
-def drive(port: int, headers: dict[str, str], total: int, connections: int) -> float:
+def drive(port: int, requests: Sequence[bytes], total: int, connections: int) -> float:
     start = time.perf_counter()
-    asyncio.run(asyncio.wait_for(_drive(port, headers, total, connections), timeout=1800))
+    asyncio.run(asyncio.wait_for(_drive(port, requests, total, connections), timeout=1800))
     return time.perf_counter() - start
 
 
@@ -159,12 +190,14 @@ def _dumped_total(outdir: Path, before: set[Path]) -> int:
 
 
 def count(target: Counted, requests: int, connections: int, warmup: int) -> float:
-    """Instructions per request of ``requests`` requests, after ``warmup`` uncounted ones."""
-    drive(target.port, target.headers, warmup, connections)  # caches, pools, JIT-free warm-up
+    """Instructions per request of ``requests`` requests, after ``warmup`` uncounted ones (at
+    least one round of the rotation, so every token's claims are cached: the steady state)."""
+    warmup = max(warmup, len(target.requests))
+    drive(target.port, target.requests, warmup, connections)  # caches, pools, JIT-free warm-up
     _control("-i", "on", str(target.pid))
-    drive(target.port, target.headers, max(50, warmup // 4), connections)  # warm, instrumented
+    drive(target.port, target.requests, max(50, warmup // 4), connections)  # warm, instrumented
     _control("-z", str(target.pid))
-    drive(target.port, target.headers, requests, connections)
+    drive(target.port, target.requests, requests, connections)
     before = set(target.outdir.glob("callgrind.*.out*"))
     _control("-d", str(target.pid))
     return _dumped_total(target.outdir, before) / requests

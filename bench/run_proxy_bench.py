@@ -24,7 +24,9 @@ from pathlib import Path
 from types import FrameType
 
 from bench_contestants import (
-    CONTESTANTS,
+    CONTESTANTS as SIMPLE_CONTESTANTS,
+)
+from bench_contestants import (
     BenchEnv,
     Contestant,
     Running,
@@ -47,8 +49,17 @@ from bench_support import (
     tree_cpu_seconds,
     which,
 )
+from full_chain import start_gateway_full
 
 BASELINES = ("aiohttp-min", "haproxy-jwt")
+CONTESTANTS = (
+    *SIMPLE_CONTESTANTS,
+    Contestant(
+        "gateway-full",
+        "the issue-13 workload: whole chain, Redis limits, 2,000 users in 50 tenants (full_chain.py)",
+        start_gateway_full,
+    ),
+)
 PACKAGES = {"wrk": "wrk", "nginx": "nginx", "haproxy": "haproxy"}
 
 
@@ -150,13 +161,17 @@ def measure(
             if name in skipped:
                 continue
             target = running[name]
-            wrk_args["headers"] = target.headers or env.bearer
+            wrk_args["headers"] = env.bearer if target.headers is None else target.headers
+            wrk_args["lua"] = target.lua or BENCH_DIR / "wrk_report.lua"
+            wrk_args["path"] = target.path
             try:
                 if args.warmup:
                     run_wrk(port=target.port, duration=args.warmup, **wrk_args)
+                side_before = tree_cpu_seconds(target.side_pid) if target.side_pid else 0.0
                 cores_before, before = core_ticks(), tree_cpu_seconds(target.pid)
                 result = run_wrk(port=target.port, duration=args.duration, **wrk_args)
                 cpu = tree_cpu_seconds(target.pid) - before
+                side = tree_cpu_seconds(target.side_pid) - side_before if target.side_pid else 0.0
                 cores_after = core_ticks()
             except BenchError as exc:
                 skipped[name] = f"failed in round {round_no + 1}: {exc}"
@@ -166,7 +181,7 @@ def measure(
                 skipped[name] = f"died during round {round_no + 1}"
                 continue
             busy = tuple(core_busy_percent(cores_before, cores_after, c) for c in (PROXY_CPU, LOAD_CPU))
-            result = dataclasses.replace(result, cpu_seconds=cpu, core_busy=busy)
+            result = dataclasses.replace(result, cpu_seconds=cpu, side_cpu_seconds=side, core_busy=busy)
             runs[name].append(result)
             print(
                 f"# round {round_no + 1}/{args.rounds} {name:12s} {result.req_per_s:9.0f} req/s"
@@ -240,6 +255,9 @@ def render_table(names: list[str], summaries: dict[str, Summary], skipped: dict[
         notes = [f"{pick} of {len(s.runs)}: " + " / ".join(f"{r.req_per_s:,.0f}" for r in s.runs)]
         if s.errors:
             notes.append(f"**{s.errors} errors/non-2xx**")
+        sides = [r.side_cpu_us_per_req for r in s.runs if r.side_cpu_seconds]
+        if sides:
+            notes.append(f"Redis CPU {statistics.median(sides):.1f} µs/req (median)")
         if name != "direct":
             others = max(r.core_busy[0] - r.cpu_percent for r in s.runs if r.core_busy)
             if others > 10:
