@@ -67,13 +67,14 @@ class GatewayProcess:
             audit=self.audit,
             keyring=keyring,
             signing=SigningKeys(self.store, keyring),
-            revocations=RevocationEpochs(self.store),
+            # killswitch.resync bounds every security snapshot's staleness should pub/sub miss.
+            revocations=RevocationEpochs(self.store, resync=config.killswitch.resync),
             integrations=IntegrationSecrets(self.store, keyring),
             killswitches=KillSwitchRegistry(
                 self.store, instance_id=self.instance_id, resync=config.killswitch.resync, audit=self.audit
             ),
             ratelimit=RateLimitBackend(config.state.url),
-            grants=SupportGrants(self.store),
+            grants=SupportGrants(self.store, resync=config.killswitch.resync),
             context_keys=ContextKeys.from_env(os.environ, keyring, demo=demo),
             pseudonym_key=pseudonym_key(os.environ, keyring),
         )

@@ -42,7 +42,7 @@ from gateway.state.sync import SnapshotBacked, SyncedSnapshot
 GRANT_CHANNEL = "grants"
 GRANT_PREFIX_TEMPLATE = "grants:{tenant}:"
 GRANT_INDEX = "grants-index"  # not under "grants:": a tenant purge must not match it
-register_tenant_data(GRANT_PREFIX_TEMPLATE)
+register_tenant_data(GRANT_PREFIX_TEMPLATE, channel=GRANT_CHANNEL)  # a purge reaches every instance
 
 SUPPORT_ROLE = "support"
 ALL_MODULES = "*"
