@@ -27,7 +27,7 @@ from gateway.auth.webhooks import IntegrationSecrets
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.crypto import Keyring
 from gateway.errors import StoreUnavailable
-from gateway.killswitch import KillSwitchRegistry
+from gateway.killswitch import STREAMS, KillSwitchRegistry
 from gateway.listener import GuardedServer
 from gateway.logs import configure_logging
 from gateway.metrics import METRICS
@@ -78,6 +78,8 @@ class GatewayProcess:
             context_keys=ContextKeys.from_env(os.environ, keyring, demo=demo),
             pseudonym_key=pseudonym_key(os.environ, keyring),
         )
+        # App. C: open streams end with their session (revocations and grants applied here).
+        STREAMS.follow_sessions(self.services.revocations, self.services.grants)
         self._runtime = build_runtime(
             config,
             registry=self.registry,

@@ -161,6 +161,7 @@ class SupportGrants(SnapshotBacked):
         self._snapshot: SyncedSnapshot[Snapshot] = SyncedSnapshot(
             store, GRANT_CHANNEL, self.load, resync=resync, retry=retry
         )
+        self._live_ids: tuple[Snapshot, frozenset[str]] | None = None
 
     # -- the hot path --------------------------------------------------------------------------
     def find(self, tenant: str, grantee: str, module: str | None, now: float | None = None) -> Grant | None:
@@ -173,6 +174,18 @@ class SupportGrants(SnapshotBacked):
             if grant.expires_at > now and grant.covers(module):
                 return grant
         return None
+
+    def live_ids(self) -> frozenset[str]:
+        """Ids of the grants this instance enforces now (a stream under any other grant ends);
+        memo per snapshot value, so re-checking many open streams reads the snapshot once."""
+        snapshot = self._snapshot.value
+        if snapshot is None:
+            return frozenset()
+        memo = self._live_ids
+        if memo is None or memo[0] is not snapshot:
+            memo = (snapshot, frozenset(g.id for grants in snapshot.values() for g in grants))
+            self._live_ids = memo
+        return memo[1]
 
     # -- writing -------------------------------------------------------------------------------
     async def create(
@@ -225,7 +238,7 @@ class SupportGrants(SnapshotBacked):
         kept = tuple(g for g in current.get(slot, ()) if g.id != grant.id)
         updated = (*kept, add) if add is not None else kept
         # Copy-on-write: a reader's snapshot is never mutated under it.
-        self._snapshot.value = {**current, slot: updated}
+        self._snapshot.replace({**current, slot: updated})
 
     # -- reading -------------------------------------------------------------------------------
     async def _read_tenant(self, tenant: str) -> list[Grant]:
