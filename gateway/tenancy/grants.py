@@ -8,7 +8,8 @@ modules of T for at most 24 h. A token with role ``support`` then acts in T only
 Store layout (like ``gateway.auth.revocation``)
 -----------------------------------------------
 * One hash per tenant, ``grants:{tenant}:`` (registered with ``register_tenant_data``, so
-  ``tenant purge`` removes it): field = grant id, value = the grant as JSON.
+  ``tenant purge`` removes it and publishes on ``grants``: every instance drops the purged
+  grants within a pub/sub round trip): field = grant id, value = the grant as JSON.
 * One set, ``grants-index``, of tenants that have a hash, so a load reads only those hashes.
   A load that finds an indexed tenant with an empty hash drops it from the index and reads the
   hash again (re-adding the tenant if a grant landed meanwhile); writers write the hash first.
