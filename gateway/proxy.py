@@ -104,8 +104,9 @@ async def proxy_request(ctx: RequestContext, checks: Sequence[ResponseCheck] = (
     # client: X-Tenant-ID is the acting tenant, signed with the rest in X-Gateway-Context.
     inject_identity(ctx, headers)
     if _wants_websocket(request) and ctx.route.websocket:
-        with STREAMS.track(ctx, websocket=True):  # SPEC §9: cut when a switch engages
-            return await _proxy_websocket(ctx, headers)
+        # SPEC §9: cut when a switch engages; App. C: closed (1008) when its session ends.
+        with STREAMS.track(ctx, websocket=True) as stream:
+            return await _proxy_websocket(ctx, headers, stream.attach)
 
     if ctx.route.auth == "webhook" and ctx.body is None:
         # SECURITY: fail closed should the signature stage ever be skipped (it once was, in dev).
@@ -174,7 +175,9 @@ async def _stream_response(
     return response
 
 
-async def _proxy_websocket(ctx: RequestContext, headers: CIMultiDict[str]) -> web.StreamResponse:
+async def _proxy_websocket(
+    ctx: RequestContext, headers: CIMultiDict[str], accepted: Callable[[web.WebSocketResponse], None]
+) -> web.StreamResponse:
     assert ctx.route is not None and ctx.target is not None
     request = ctx.request
     transport = ctx.runtime.upstreams[ctx.route.upstream]
@@ -197,6 +200,7 @@ async def _proxy_websocket(ctx: RequestContext, headers: CIMultiDict[str]) -> we
     )
     ctx.status = 101
     await downstream.prepare(request)
+    accepted(downstream)
     try:
         await asyncio.gather(_pump(upstream, downstream), _pump(downstream, upstream))
     finally:

@@ -27,7 +27,7 @@ from gateway.auth.webhooks import IntegrationSecrets
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.crypto import Keyring
 from gateway.errors import StoreUnavailable
-from gateway.killswitch import KillSwitchRegistry
+from gateway.killswitch import STREAMS, KillSwitchRegistry
 from gateway.listener import GuardedServer
 from gateway.logs import configure_logging
 from gateway.metrics import METRICS
@@ -67,16 +67,19 @@ class GatewayProcess:
             audit=self.audit,
             keyring=keyring,
             signing=SigningKeys(self.store, keyring),
-            revocations=RevocationEpochs(self.store),
+            # killswitch.resync bounds every security snapshot's staleness should pub/sub miss.
+            revocations=RevocationEpochs(self.store, resync=config.killswitch.resync),
             integrations=IntegrationSecrets(self.store, keyring),
             killswitches=KillSwitchRegistry(
                 self.store, instance_id=self.instance_id, resync=config.killswitch.resync, audit=self.audit
             ),
             ratelimit=RateLimitBackend(config.state.url),
-            grants=SupportGrants(self.store),
+            grants=SupportGrants(self.store, resync=config.killswitch.resync),
             context_keys=ContextKeys.from_env(os.environ, keyring, demo=demo),
             pseudonym_key=pseudonym_key(os.environ, keyring),
         )
+        # App. C: open streams end with their session (revocations and grants applied here).
+        STREAMS.follow_sessions(self.services.revocations, self.services.grants)
         self._runtime = build_runtime(
             config,
             registry=self.registry,

@@ -55,17 +55,23 @@ log = structlog.get_logger("gateway.audit")
 
 GATEWAY_ACTOR = "gateway"
 _TENANT_DATA: list[str] = []
+_TENANT_DATA_CHANNELS: list[str] = []
 
 
-def register_tenant_data(prefix_template: str) -> None:
+def register_tenant_data(prefix_template: str, *, channel: str | None = None) -> None:
     """Declare a per-tenant key prefix (e.g. ``"mfa:{tenant}:"``) that ``purge_tenant`` deletes.
 
     ``{tenant}`` must be followed by ``:`` (which tenant ids never contain), so that purging
-    tenant ``a`` can never match keys of tenant ``ab``. Registering twice is harmless."""
+    tenant ``a`` can never match keys of tenant ``ab``. Registering twice is harmless.
+    ``channel``: the pub/sub channel of a snapshot held from that data (support grants); a purge
+    publishes on it, so every instance drops the purged entries within a pub/sub round trip
+    instead of enforcing them until its next resync."""
     if "{tenant}:" not in prefix_template or prefix_template.count("{") != 1:
         raise ValueError("prefix template must contain '{tenant}:' once, e.g. 'mfa:{tenant}:'")
     if prefix_template not in _TENANT_DATA:
         _TENANT_DATA.append(prefix_template)
+    if channel is not None and channel not in _TENANT_DATA_CHANNELS:
+        _TENANT_DATA_CHANNELS.append(channel)
 
 
 def registered_tenant_data() -> tuple[str, ...]:
@@ -280,6 +286,10 @@ class AuditTrail:
         deleted_keys = 0
         for prefix in prefixes:
             deleted_keys += await self._store.delete_prefix(prefix)
+        for channel in _TENANT_DATA_CHANNELS:
+            # SECURITY: a purged tenant's support grants must stop on every instance at once
+            # (within 1 s, like a kill switch), not at each instance's next resync.
+            await self._store.publish(channel, b"")
         counted_through = await self._store.log_length(stream)
         counted = await self._chain.count(tenant, 1, counted_through)
         summary: dict[str, Any] = {}

@@ -256,7 +256,7 @@ class RevocationEpochs(SnapshotBacked):
                 entry.tenant, {**entry.users, user: max(entry.users.get(user, epoch), epoch)}
             )
         # Copy-on-write: the snapshot a reader holds is never mutated under it.
-        self._snapshot.value = {**current, tenant: merged}
+        self._snapshot.replace({**current, tenant: merged})
 
     # -- reading -------------------------------------------------------------------------------
     async def load(self) -> Snapshot:

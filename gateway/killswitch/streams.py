@@ -1,24 +1,47 @@
 """In-flight streaming responses and WebSockets, so engaging a switch cuts those in scope
-(SPEC §9: "open WebSocket and streaming responses in scope are cut").
+(SPEC §9: "open WebSocket and streaming responses in scope are cut"), and so they end with
+their session (Appendix C: "closed within 1 s when its token's session is revoked, its grant is
+revoked or expires, and at the token's exp").
 
-A request passes the switches once, at its start; a download or a WebSocket can then run for
-hours. The proxy registers each one here while it streams, and every newly applied switch set
-is checked against them: those it would refuse now have their connection aborted.
+A request passes the switches and its token's checks once, at its start; a download or a
+WebSocket can then run for hours. The proxy registers each one here while it streams:
+
+* every newly applied switch set is checked against them: those it would refuse now have their
+  connection aborted (``cut``);
+* every new revocation or grant snapshot re-judges their sessions (``end_sessions``, a watcher
+  of both snapshots, so a change applied by pub/sub acts on this instance's streams at once);
+* one timer, armed at the earliest deadline (token ``exp``, grant expiry; see
+  ``gateway.auth.sessions``) among open streams, ends those that reach it. One timer for the
+  registry, not one per stream: every proxied response is tracked, and a timer each would be a
+  per-request cost for the rare stream that outlives its token.
+
+A stream whose session ended gets a WebSocket close frame (1008 policy violation) when it is a
+WebSocket, its connection aborted otherwise (a cut body is the only honest signal left once the
+head has gone out).
 """
 
 from __future__ import annotations
 
+import asyncio
+import math
 import time
 from typing import TYPE_CHECKING
 
 import structlog
+from aiohttp import WSCloseCode
 
+from gateway.auth.sessions import EXPIRED, session_end, stream_deadline
 from gateway.killswitch.model import isolated_error
 
 if TYPE_CHECKING:
+    from aiohttp import web
+
     from gateway.context import RequestContext
     from gateway.killswitch.matcher import SwitchIndex
     from gateway.killswitch.model import Switch
+    from gateway.state.sync import SnapshotBacked
+
+CLOSE_GRACE = 0.5  # seconds a client gets to answer the close frame before the socket is aborted
 
 log = structlog.get_logger("gateway.killswitch")
 
@@ -54,7 +77,10 @@ class StreamRegistry:
     """The set of proxied responses currently streaming in this process."""
 
     def __init__(self) -> None:
-        self._open: dict[int, tuple[RequestContext, bool]] = {}
+        self._open: dict[int, _Tracked] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf  # Unix time the timer is armed for
+        self._closing: set[asyncio.Task[None]] = set()  # close handshakes in progress (kept referenced)
 
     def __len__(self) -> int:
         return len(self._open)
@@ -71,7 +97,7 @@ class StreamRegistry:
             switch = refusal_for(index, ctx, websocket=websocket, now=now)
             if switch is not None:
                 raise isolated_error(switch, now)
-        return _Tracked(self._open, ctx, websocket)
+        return _Tracked(self, ctx, websocket)
 
     def cut(self, index: SwitchIndex) -> int:
         """Abort every tracked stream ``index`` refuses; returns how many."""
@@ -79,7 +105,8 @@ class StreamRegistry:
             return 0
         now = time.time()
         cut = 0
-        for key, (ctx, websocket) in list(self._open.items()):
+        for key, tracked in list(self._open.items()):
+            ctx, websocket = tracked.ctx, tracked.websocket
             switch = refusal_for(index, ctx, websocket=websocket, now=now)
             if switch is None:
                 continue
@@ -94,9 +121,89 @@ class StreamRegistry:
             )
         return cut
 
+    # -- sessions (Appendix C) ------------------------------------------------------------------
+    def follow_sessions(self, *snapshots: SnapshotBacked) -> None:
+        """Re-judge open streams on every new value of these snapshots (revocations, grants)."""
+        for snapshot in snapshots:
+            snapshot.watch(self.end_sessions)
+
+    def end_sessions(self) -> int:
+        """End every tracked stream whose session has ended (revoked, grant gone, past its
+        deadline); returns how many."""
+        if not self._open:
+            return 0
+        now = time.time()
+        ended = 0
+        for tracked in list(self._open.values()):
+            ctx = tracked.ctx
+            if ctx.claims is None:
+                continue  # auth: none / webhook routes: no session to end
+            services = ctx.runtime.services
+            live = services.grants.live_ids() if ctx.grant is not None else frozenset()
+            reason = session_end(
+                ctx.claims, ctx.grant, revocations=services.revocations, live_grants=live, now=now
+            )
+            if reason is None and tracked.deadline <= now:
+                reason = EXPIRED
+            if reason is not None:
+                self._end(tracked, reason)
+                ended += 1
+        return ended
+
+    def _arm(self, deadline: float) -> None:
+        """Make sure the timer fires no later than ``deadline`` (Unix time)."""
+        if deadline >= self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        delay = max(0.0, deadline - time.time())
+        self._timer = asyncio.get_running_loop().call_later(delay, self._on_deadline)
+        self._timer_at = deadline
+
+    def _on_deadline(self) -> None:
+        self._timer, self._timer_at = None, math.inf
+        now = time.time()
+        following = math.inf
+        for tracked in list(self._open.values()):
+            if tracked.deadline <= now:
+                self._end(tracked, EXPIRED)
+            else:
+                following = min(following, tracked.deadline)
+        if following != math.inf:
+            self._arm(following)
+
+    def _end(self, tracked: _Tracked, reason: str) -> None:
+        ctx = tracked.ctx
+        self._open.pop(id(ctx), None)
+        transport = ctx.request.transport
+        socket = tracked.socket
+        if socket is not None and not socket.closed:
+            task = asyncio.get_running_loop().create_task(_close_socket(socket, transport))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+        elif transport is not None:
+            # SECURITY: a revoked or expired session must not keep reading a stream it opened.
+            transport.abort()
+        log.info(
+            "session_ended_stream", request_id=ctx.request_id, reason=reason, websocket=tracked.websocket
+        )
+
+
+async def _close_socket(socket: web.WebSocketResponse, transport: asyncio.Transport | None) -> None:
+    """A close frame (1008) first, so the client learns why; the connection is aborted when the
+    client does not answer within ``CLOSE_GRACE`` (no data flows meanwhile: a closing socket
+    sends nothing more)."""
+    try:
+        async with asyncio.timeout(CLOSE_GRACE):
+            await socket.close(code=WSCloseCode.POLICY_VIOLATION, message=b"session ended")
+    except (TimeoutError, ConnectionError, RuntimeError):
+        if transport is not None:
+            transport.abort()
+
 
 STREAMS = StreamRegistry()
-"""One per process: the proxy registers here, the switch registry cuts from here."""
+"""One per process: the proxy registers here, the switch registry cuts from here, the revocation
+and grant snapshots end sessions from here."""
 
 __all__ = ["STREAMS", "StreamRegistry", "acting_tenants", "refusal_for"]
 
@@ -105,15 +212,26 @@ class _Tracked:
     """The registration of one stream; a plain class, not @contextmanager (hot path: every
     proxied response enters one, and the generator machinery cost more than the check)."""
 
-    __slots__ = ("_ctx", "_key", "_open", "_websocket")
+    __slots__ = ("_registry", "ctx", "deadline", "socket", "websocket")
 
-    def __init__(
-        self, registry: dict[int, tuple[RequestContext, bool]], ctx: RequestContext, websocket: bool
-    ) -> None:
-        self._open, self._ctx, self._websocket, self._key = registry, ctx, websocket, id(ctx)
+    def __init__(self, registry: StreamRegistry, ctx: RequestContext, websocket: bool) -> None:
+        self._registry, self.ctx, self.websocket = registry, ctx, websocket
+        self.deadline = math.inf
+        self.socket: web.WebSocketResponse | None = None
 
-    def __enter__(self) -> None:
-        self._open[self._key] = (self._ctx, self._websocket)
+    def __enter__(self) -> _Tracked:
+        ctx, registry = self.ctx, self._registry
+        registry._open[id(ctx)] = self
+        claims = ctx.claims
+        if claims is not None:
+            leeway = ctx.runtime.config.auth.leeway
+            self.deadline = stream_deadline(claims, ctx.grant, leeway=leeway, now=time.time())
+            registry._arm(self.deadline)
+        return self
 
     def __exit__(self, *exc: object) -> None:
-        self._open.pop(self._key, None)
+        self._registry._open.pop(id(self.ctx), None)
+
+    def attach(self, socket: web.WebSocketResponse) -> None:
+        """The client's WebSocket, once accepted: a session end then closes it with a frame."""
+        self.socket = socket

@@ -7,6 +7,9 @@ reloads on every message (bursts coalesce into one reload), every ``resync`` sec
 lost messages and hung stores), and after every (re)subscribe (covers messages published
 while the subscription was down). When the store is down it keeps the last value and reports
 ``healthy = False``; it retries every ``retry`` seconds.
+
+Watchers (``watch``) are called after every new value, loaded or ``replace``d locally: what was
+allowed under the old value (an open stream of a now revoked session) can be re-judged at once.
 """
 
 from __future__ import annotations
@@ -47,10 +50,29 @@ class SyncedSnapshot(Generic[T]):
         self._resync, self._retry = resync, retry
         self._loaded = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._watchers: list[Callable[[], None]] = []
 
     @property
     def loaded(self) -> bool:
         return self._loaded.is_set()
+
+    def watch(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` (synchronously, in the loop) after every new value."""
+        if callback not in self._watchers:
+            self._watchers.append(callback)
+
+    def replace(self, value: T) -> None:
+        """Set a value derived locally (a write of this instance, before its pub/sub round trip)."""
+        self.value = value
+        self._notify()
+
+    def _notify(self) -> None:
+        for callback in self._watchers:
+            try:
+                callback()
+            except Exception:
+                # A watcher's bug must not stop the snapshot from refreshing (and enforcing).
+                log.exception("snapshot %s: watcher failed", self._channel)
 
     async def start(self) -> None:
         if self._task is None:
@@ -90,6 +112,7 @@ class SyncedSnapshot(Generic[T]):
             return False
         self.value, self.loaded_at, self.healthy = value, time.time(), True
         self._loaded.set()
+        self._notify()
         return True
 
     async def _run(self) -> None:
@@ -159,6 +182,10 @@ class SnapshotBacked:
     async def reload(self) -> bool:
         """Load now; True on success (a failure keeps the last value)."""
         return await self._snapshot.reload()
+
+    def watch(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` after every new value of the snapshot (``SyncedSnapshot.watch``)."""
+        self._snapshot.watch(callback)
 
     @property
     def loaded(self) -> bool:

@@ -8,7 +8,8 @@ modules of T for at most 24 h. A token with role ``support`` then acts in T only
 Store layout (like ``gateway.auth.revocation``)
 -----------------------------------------------
 * One hash per tenant, ``grants:{tenant}:`` (registered with ``register_tenant_data``, so
-  ``tenant purge`` removes it): field = grant id, value = the grant as JSON.
+  ``tenant purge`` removes it and publishes on ``grants``: every instance drops the purged
+  grants within a pub/sub round trip): field = grant id, value = the grant as JSON.
 * One set, ``grants-index``, of tenants that have a hash, so a load reads only those hashes.
   A load that finds an indexed tenant with an empty hash drops it from the index and reads the
   hash again (re-adding the tenant if a grant landed meanwhile); writers write the hash first.
@@ -42,7 +43,7 @@ from gateway.state.sync import SnapshotBacked, SyncedSnapshot
 GRANT_CHANNEL = "grants"
 GRANT_PREFIX_TEMPLATE = "grants:{tenant}:"
 GRANT_INDEX = "grants-index"  # not under "grants:": a tenant purge must not match it
-register_tenant_data(GRANT_PREFIX_TEMPLATE)
+register_tenant_data(GRANT_PREFIX_TEMPLATE, channel=GRANT_CHANNEL)  # a purge reaches every instance
 
 SUPPORT_ROLE = "support"
 ALL_MODULES = "*"
@@ -161,6 +162,7 @@ class SupportGrants(SnapshotBacked):
         self._snapshot: SyncedSnapshot[Snapshot] = SyncedSnapshot(
             store, GRANT_CHANNEL, self.load, resync=resync, retry=retry
         )
+        self._live_ids: tuple[Snapshot, frozenset[str]] | None = None
 
     # -- the hot path --------------------------------------------------------------------------
     def find(self, tenant: str, grantee: str, module: str | None, now: float | None = None) -> Grant | None:
@@ -173,6 +175,18 @@ class SupportGrants(SnapshotBacked):
             if grant.expires_at > now and grant.covers(module):
                 return grant
         return None
+
+    def live_ids(self) -> frozenset[str]:
+        """Ids of the grants this instance enforces now (a stream under any other grant ends);
+        memo per snapshot value, so re-checking many open streams reads the snapshot once."""
+        snapshot = self._snapshot.value
+        if snapshot is None:
+            return frozenset()
+        memo = self._live_ids
+        if memo is None or memo[0] is not snapshot:
+            memo = (snapshot, frozenset(g.id for grants in snapshot.values() for g in grants))
+            self._live_ids = memo
+        return memo[1]
 
     # -- writing -------------------------------------------------------------------------------
     async def create(
@@ -225,7 +239,7 @@ class SupportGrants(SnapshotBacked):
         kept = tuple(g for g in current.get(slot, ()) if g.id != grant.id)
         updated = (*kept, add) if add is not None else kept
         # Copy-on-write: a reader's snapshot is never mutated under it.
-        self._snapshot.value = {**current, slot: updated}
+        self._snapshot.replace({**current, slot: updated})
 
     # -- reading -------------------------------------------------------------------------------
     async def _read_tenant(self, tenant: str) -> list[Grant]:

@@ -1,6 +1,7 @@
 """SPEC §7 support grants through the real CLI, two gateway processes and one real Redis:
 who may create a grant, what a support user reaches under one (and nothing more), expiry,
-revocation on another instance within 1 s, session revocation, audit."""
+revocation and tenant purge on another instance within 1 s, session revocation, audit, and
+(App. C) a support user's open WebSocket ending with its grant."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 import aiohttp
@@ -67,6 +69,8 @@ def gateways(
                 "state": {"url": redis.url},
                 "upstreams": {"app": {"urls": [upstream.url]}},
                 "routes": _routes(),
+                # Far above the 1 s these tests allow: only pub/sub can make a change arrive in time.
+                "killswitch": {"resync": "60s"},
             }
             procs.append(GatewayProc(tmp, config).start())
         yield procs[0], procs[1], upstream
@@ -348,3 +352,74 @@ async def test_tenant_kill_switch_stops_support_users_acting_there(gateways, iss
                 f"{gw1.admin_url}/admin/killswitch/{switch['id']}", headers=ADMIN, json={"reason": "done"}
             ) as r:
                 assert r.status == 200
+
+
+async def _open_socket(
+    http: aiohttp.ClientSession, gw: GatewayProc, path: str, tok: str
+) -> aiohttp.ClientWebSocketResponse:
+    socket = await http.ws_connect(f"{gw.url}{path}", headers=bearer(tok))
+    await socket.send_str("hi")
+    assert (await socket.receive(timeout=5)).data == "echo:hi"
+    return socket
+
+
+async def _closed_for_policy(socket: aiohttp.ClientWebSocketResponse, timeout: float) -> float:
+    """Seconds until the gateway closes ``socket`` with 1008; fails after ``timeout``."""
+    started = time.monotonic()
+    message = await socket.receive(timeout=timeout)
+    assert (message.type, message.data) == (aiohttp.WSMsgType.CLOSE, 1008), message
+    return time.monotonic() - started
+
+
+async def test_tenant_purge_reaches_the_other_instance_within_a_second(gateways, issuer: DemoIssuer) -> None:
+    # Regression: a purge deleted the grants but told no instance; the other one kept serving the
+    # support user until its resync (5 s by default, 60 s here).
+    gw1, gw2, _ = gateways
+    admin = token(issuer, "hank", "hooli", ("tenant-admin",))
+    sam = token(issuer, "sam", "shopino-support", ("support",))
+    async with aiohttp.ClientSession() as http:
+        status, _ = await create(http, gw1, admin, grantee="sam", modules=["inventory"], ttl="1h")
+        assert status == 201
+        assert await until(lambda: _ok(http, gw2, "/t/hooli/x", sam), 1.0) < 1.0
+        socket = await _open_socket(http, gw2, "/t/hooli/ws", sam)
+        async with http.delete(f"{gw1.admin_url}/admin/tenants/hooli", headers=ADMIN) as r:
+            assert r.status == 200, await r.text()
+        closed = asyncio.create_task(_closed_for_policy(socket, 1.0))
+        refused = await until(lambda: _is(http, gw2, "/t/hooli/x", sam, 403), 1.0)
+        print(f"purge enforced on the other instance after {refused:.3f}s, socket closed {await closed:.3f}s")
+        assert refused < 1.0
+        await socket.close()
+
+
+async def test_a_support_users_websocket_ends_with_its_grant(gateways, issuer: DemoIssuer) -> None:
+    gw1, gw2, _ = gateways
+    admin = token(issuer, "wendy", "wayne", ("tenant-admin",))
+    sam = token(issuer, "sam", "shopino-support", ("support",))
+    async with aiohttp.ClientSession() as http:
+        # Revoked through the admin API of the other instance: closed (1008) within 1 s.
+        status, grant = await create(http, gw1, admin, grantee="sam", modules=["inventory"], ttl="1h")
+        assert status == 201
+        assert await until(lambda: _ok(http, gw2, "/t/wayne/x", sam), 1.0) < 1.0
+        socket = await _open_socket(http, gw2, "/t/wayne/ws", sam)
+        own = await _open_socket(http, gw2, "/api/ws", sam)  # the support user's own tenant: no grant
+        async with http.delete(f"{gw1.admin_url}/admin/grants/{grant['id']}", headers=ADMIN) as r:
+            assert r.status == 200, await r.text()
+        assert await _closed_for_policy(socket, 1.0) < 1.0
+        await own.send_str("still here")
+        assert (await own.receive(timeout=5)).data == "echo:still here"  # untouched
+        await own.close()
+
+        # Revoked by the tenant admin (public API) on the other instance.
+        status, grant = await create(http, gw1, admin, grantee="sam", modules=["inventory"], ttl="1h")
+        assert await until(lambda: _ok(http, gw2, "/t/wayne/x", sam), 1.0) < 1.0
+        socket = await _open_socket(http, gw2, "/t/wayne/ws", sam)
+        await _revoke_public(http, gw1, admin, grant["id"])
+        assert await _closed_for_policy(socket, 1.0) < 1.0
+
+        # Expired: closed at the grant's expiry (within 1 s), though the token lives on.
+        status, grant = await create(http, gw1, admin, grantee="sam", modules=["inventory"], ttl="2s")
+        assert await until(lambda: _ok(http, gw2, "/t/wayne/x", sam), 1.0) < 1.0
+        socket = await _open_socket(http, gw2, "/t/wayne/ws", sam)
+        expires_at = datetime.fromisoformat(grant["expires_at"]).timestamp()
+        await _closed_for_policy(socket, 3.0)
+        assert expires_at - 0.01 <= time.time() < expires_at + 1.0

@@ -1,7 +1,8 @@
 """A real HTTP upstream on loopback, run in its own thread and event loop.
 
 Endpoints: ``/echo`` (what arrived), ``/stream?bytes=N`` (generated download),
-``/sink`` (streamed upload → size and sha256), ``/slow?seconds=S``, ``/ws`` (WebSocket echo),
+``/sink`` (streamed upload → size and sha256), ``/slow?seconds=S``, ``/ws`` and ``…/ws`` (WebSocket
+echo, also under a tenant prefix such as ``/t/acme/ws``),
 ``/leaky`` (answers with Server/X-Powered-By/hop-by-hop headers), ``POST /login`` (JSON or form
 ``username``/``password`` checked against ``accounts``: 200 or 401; every attempt is counted).
 """
@@ -35,6 +36,7 @@ class Upstream:
     def _app(self) -> web.Application:
         app = web.Application(client_max_size=1024**3)
         app.router.add_get("/ws", self.ws)
+        app.router.add_get("/{prefix:.+}/ws", self.ws)
         app.router.add_route("*", "/sink", self.sink)
         app.router.add_get("/stream", self.stream)
         app.router.add_get("/slow", self.slow)

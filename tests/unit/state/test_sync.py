@@ -148,3 +148,25 @@ async def test_store_unavailable_from_loader_is_not_fatal(tmp_path: Path) -> Non
         await asyncio.sleep(0.2)
         assert (snap.value, snap.healthy, snap.loaded) == (7, False, False)
         await snap.stop()
+
+
+async def test_watchers_see_every_new_value_and_cannot_break_the_refresh(store: StateStore) -> None:
+    await store.set("switches", b"v1")
+    snap = SyncedSnapshot(store, "switches", loader(store), resync=60)
+    seen: list[bytes | None] = []
+
+    def broken() -> None:
+        raise RuntimeError("a watcher's bug")
+
+    snap.watch(broken)
+    snap.watch(lambda: seen.append(snap.value))
+    await snap.start()
+    try:
+        await snap.wait_loaded(timeout=3)
+        await store.set("switches", b"v2")
+        await store.publish("switches", b"")
+        await eventually(lambda: seen[-1:] == [b"v2"])  # loaded by pub/sub, past the broken one
+        snap.replace(b"local")  # a write of this instance, before its round trip
+        assert (seen[0], seen[-1], snap.value) == (b"v1", b"local", b"local")
+    finally:
+        await snap.stop()
