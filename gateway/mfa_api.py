@@ -18,11 +18,12 @@ from gateway.errors import BadRequest, Forbidden, GatewayError, InvalidToken, Mf
 from gateway.json_body import json_response, read_json_object
 from gateway.metrics import METRICS
 from gateway.middleware.authenticate import REALM, bearer_token, ensure_not_revoked, invalid_token
+from gateway.middleware.killswitch import check_endpoint_tenant
 from gateway.tenancy.resolve import TENANT_ID_RE
 
 
 async def authenticated_claims(ctx: RequestContext) -> VerifiedClaims:
-    """A valid token of a trusted issuer (any factor), or a 401."""
+    """A valid token of a trusted issuer (any factor), or a 401; 503 while its tenant is isolated."""
     token = bearer_token(ctx.request)
     if token is None:
         raise MissingToken("A first-factor bearer token is required", headers={"WWW-Authenticate": REALM})
@@ -38,6 +39,8 @@ async def authenticated_claims(ctx: RequestContext) -> VerifiedClaims:
         raise invalid_token()
     ensure_not_revoked(ctx, claims)
     ctx.claims, ctx.user, ctx.tenant = claims, claims.subject, claims.tenant
+    # Every tenant-acting endpoint under /_gateway/ passes here: one place for their isolation.
+    check_endpoint_tenant(ctx, claims.tenant)
     return claims
 
 

@@ -41,6 +41,9 @@ from gateway.errors import BadRequest, Conflict, Forbidden, InternalError, Inval
 from gateway.state.base import StateStore
 
 MFA_PREFIX_TEMPLATE = "mfa:{tenant}:"
+# The issuer that authenticated the user's first factor, recorded in the gateway's MFA tokens
+# (whose own ``iss`` is the gateway): Appendix C support identities are judged by it.
+ORIGIN_ISSUER_CLAIM = "idp"
 register_tenant_data(MFA_PREFIX_TEMPLATE)
 
 INTERVAL = 30
@@ -209,7 +212,16 @@ class MfaService:
         }
         if roles_claim in first_factor_claims:
             claims[roles_claim] = first_factor_claims[roles_claim]
+        if origin := self._origin_issuer(first_factor_claims):
+            claims[ORIGIN_ISSUER_CLAIM] = origin
         return signing.sign(claims), ttl
+
+    def _origin_issuer(self, first_factor_claims: Mapping[str, Any]) -> str | None:
+        iss = first_factor_claims.get("iss")
+        # SECURITY: only the gateway's own tokens are believed about their origin; another
+        # issuer's "idp" claim (Azure AD sets one) would let it pose as a support issuer.
+        origin = first_factor_claims.get(ORIGIN_ISSUER_CLAIM) if iss == self._config.issuer else iss
+        return origin if isinstance(origin, str) and origin and origin != self._config.issuer else None
 
     # -- administration ------------------------------------------------------------------------
     async def status(self, tenant: str, user: str) -> MfaStatus:

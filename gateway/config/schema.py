@@ -56,12 +56,12 @@ def build_config(data: object, report: Report, source: str) -> GatewayConfig:
         cors=MappingProxyType(_cors(root)),
         logging=_logging(root.child("logging")),
         audit=_audit(root.child("audit")),
-        auth=_auth(root.child("auth")),
+        auth=(auth := _auth(root.child("auth"))),
         mfa=_mfa(root.child("mfa")),
         killswitch=_killswitch(root.child("killswitch")),
         integrations=MappingProxyType(_integrations(root)),
         rate_limits=build_rate_limits(root.child("rate_limits"), HTTP_METHODS),
-        tenancy=build_tenancy(root.child("tenancy")),
+        tenancy=build_tenancy(root.child("tenancy"), tuple(i.issuer for i in auth.issuers)),
         source=source,
     )
     root.done()

@@ -17,6 +17,7 @@ from gateway.auth.jwt import TokenRejected, VerifiedClaims, has_mfa, mfa_fresh
 from gateway.context import RequestContext
 from gateway.errors import InvalidToken, MfaRequired, MissingToken
 from gateway.metrics import METRICS
+from gateway.middleware.cors import check_cookie_origin
 
 log = structlog.get_logger("gateway.auth")
 REALM = 'Bearer realm="shopino"'
@@ -30,16 +31,27 @@ def invalid_token() -> InvalidToken:
     )
 
 
-def bearer_token(request: web.BaseRequest, cookie_name: str | None = None) -> str | None:
+def bearer_token(request: web.BaseRequest) -> str | None:
+    """The token of an ``Authorization: Bearer`` header, if any."""
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() == "bearer":
         token = token.strip()
         if token:
             return token
-    if cookie_name:
-        return request.cookies.get(cookie_name) or None
     return None
+
+
+def _request_token(ctx: RequestContext, cookie_name: str | None) -> str | None:
+    """The header's bearer token; else, with ``auth.token_cookie`` set, the cookie's, once the
+    request has passed the CSRF rule. With both, the header authenticates and the cookie is
+    never read: it neither authenticates nor falls back when the header's token is refused."""
+    token = bearer_token(ctx.request)
+    if token is None and cookie_name:
+        token = ctx.request.cookies.get(cookie_name) or None
+        if token is not None:
+            check_cookie_origin(ctx)  # App. B CSRF, before any work on the token
+    return token
 
 
 async def authenticate(ctx: RequestContext) -> web.StreamResponse | None:
@@ -47,7 +59,7 @@ async def authenticate(ctx: RequestContext) -> web.StreamResponse | None:
     if route is None or route.auth != "jwt":
         return None  # auth: none, or auth: webhook (its own signature check, next stage)
     runtime = ctx.runtime
-    token = bearer_token(ctx.request, runtime.config.auth.token_cookie)
+    token = _request_token(ctx, runtime.config.auth.token_cookie)
     if token is None:
         METRICS.auth_failures.labels("missing_token").inc()
         raise MissingToken("A bearer token is required", headers={"WWW-Authenticate": REALM})

@@ -1,4 +1,5 @@
-"""CORS per route policy (App. B): preflights answered before authentication.
+"""CORS per route policy (App. B): preflights answered before authentication; and the CSRF
+rule for cookie tokens, which judges origins by the same lists.
 
 Origins not listed get no CORS headers at all, so the browser refuses on its own.
 """
@@ -9,6 +10,13 @@ from aiohttp import web
 
 from gateway.config.model import CorsPolicy
 from gateway.context import RequestContext
+from gateway.errors import Forbidden
+from gateway.metrics import METRICS
+
+SAFE_METHODS = frozenset(("GET", "HEAD", "OPTIONS"))
+# Never a write origin: "null" is what sandboxed frames, file: pages and some redirects send
+# (any site can produce it), and "*" is a wildcard in a policy, not an origin.
+_NOT_ORIGINS = frozenset(("null", "*"))
 
 
 def _preflight_headers(policy: CorsPolicy, origin: str, method: str, requested: str) -> dict[str, str]:
@@ -56,3 +64,31 @@ async def apply_cors(ctx: RequestContext) -> web.StreamResponse | None:
         if policy.expose_headers:
             ctx.response_headers["Access-Control-Expose-Headers"] = ", ".join(policy.expose_headers)
     return None
+
+
+def check_cookie_origin(ctx: RequestContext) -> None:
+    """App. B CSRF: a request authenticated by the token cookie that changes something (an
+    unsafe method, or a WebSocket upgrade) needs an ``Origin`` listed in the route's ``cors``
+    policy; a route without one accepts no origin. Called by authentication when it takes the
+    token from the cookie (a token in ``Authorization`` is exempt: a browser never attaches it
+    to a cross-site request by itself).
+    """
+    request = ctx.request
+    # SECURITY: cross-site WebSocket hijacking: the browser sends the cookie on a cross-site
+    # upgrade (a GET) as well, and the socket then reads and writes as the user.
+    if request.method in SAFE_METHODS and "websocket" not in request.headers.get("Upgrade", "").lower():
+        return
+    route = ctx.route
+    policy = ctx.runtime.config.cors.get(route.cors) if route is not None and route.cors else None
+    origins = request.headers.getall("Origin", ())
+    # SECURITY: CSRF. No Origin (Referer is not consulted: it is stripped by policies and
+    # proxies, and a fallback would be a second, weaker rule), several, "null" or one not listed.
+    if (
+        policy is not None
+        and len(origins) == 1
+        and origins[0] not in _NOT_ORIGINS
+        and origins[0] in policy.origins
+    ):
+        return
+    METRICS.auth_failures.labels("csrf_origin").inc()
+    raise Forbidden("A cookie-authenticated request that changes data needs an allowed Origin")

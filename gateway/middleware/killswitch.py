@@ -4,7 +4,9 @@
 identity (global, module, route, integration, endpoint); ``check_tenant_killswitch`` runs once
 the acting tenant is known (after tenancy, so support users under a grant are covered).
 The gateway's own endpoints are answered inside ``resolve_route``; it calls
-``check_gateway_endpoint`` first, so a global switch spares only health and ready.
+``check_gateway_endpoint`` first, so a global switch spares only health and ready. Those that
+act for a tenant (grants, MFA, the tenant's audit export) learn the tenant only when they verify
+the token; ``check_endpoint_tenant`` is called there, once, for all of them (Appendix C).
 """
 
 from __future__ import annotations
@@ -76,6 +78,22 @@ def check_gateway_endpoint(ctx: RequestContext) -> None:
         now=now,
         case_insensitive=ctx.runtime.config.routes_case_insensitive,
     )
+    if switch is not None:
+        raise isolated_error(switch, now)
+
+
+def check_endpoint_tenant(ctx: RequestContext, tenant: str) -> None:
+    """Appendix C: a tenant switch covers that tenant's calls to ``/_gateway/*`` as well.
+
+    SECURITY: without it an isolated tenant's admin could plant persistence during the isolation
+    (a 24 h support grant, a re-enrolled second factor) or export the trail being investigated.
+    ``read-only`` lets their GETs through (grant list, audit export), like everywhere else.
+    """
+    index = _index(ctx)
+    if index.empty:
+        return
+    now = time.time()
+    switch = index.tenant_refusal((tenant,), ctx.request.method, websocket=False, now=now)
     if switch is not None:
         raise isolated_error(switch, now)
 

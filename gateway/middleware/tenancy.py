@@ -6,6 +6,9 @@ Decisions (documented in the README):
   is let through by the grant instead: a grant that covers the route's module satisfies the
   route's roles (the tenant admin chose to open that module). Routes without a ``module`` are
   never reachable under a grant.
+* The ``support`` role counts only on support identities (Appendix C ``tenancy.support``: the
+  support tenant, one of its issuers): elsewhere it neither opens a grant nor satisfies a
+  route's ``roles``. A grant's grantee is a ``sub`` among those identities only.
 * A request whose route has ``tenant_from`` but that names no (valid) tenant is refused like a
   mismatch: the route promised the tenant would be checked, and it cannot be.
 """
@@ -29,6 +32,7 @@ from gateway.middleware.authenticate import invalid_token
 from gateway.tenancy import context as signed_context
 from gateway.tenancy.grants import SUPPORT_ROLE
 from gateway.tenancy.resolve import TENANT_ID_RE, TenantNotNamed
+from gateway.tenancy.support import is_support_identity, roles_that_count
 
 log = structlog.get_logger("gateway.tenancy")
 # SECURITY: identity values become upstream header values and MAC fields: no control characters
@@ -77,14 +81,24 @@ async def apply_tenancy(ctx: RequestContext) -> web.StreamResponse | None:
             named = None
     if named is None:
         ctx.tenant = own
-        if route.roles and set(route.roles).isdisjoint(claims.roles):
+        if route.roles and set(route.roles).isdisjoint(_roles_that_count(ctx, claims)):
             METRICS.auth_failures.labels("role_missing").inc()
             raise Forbidden("Your roles do not allow this route")
         return None
-    if SUPPORT_ROLE in claims.roles and await _act_under_grant(ctx, claims, named):
+    if _is_support_identity(ctx, claims) and await _act_under_grant(ctx, claims, named):
         return None
     await _refuse_mismatch(ctx, own, named)
     return None  # not reached: _refuse_mismatch raises
+
+
+def _is_support_identity(ctx: RequestContext, claims: VerifiedClaims) -> bool:
+    config = ctx.runtime.config
+    return is_support_identity(claims, config.tenancy.support, config.mfa.issuer)
+
+
+def _roles_that_count(ctx: RequestContext, claims: VerifiedClaims) -> tuple[str, ...]:
+    config = ctx.runtime.config
+    return roles_that_count(claims, config.tenancy.support, config.mfa.issuer)
 
 
 async def _act_under_grant(ctx: RequestContext, claims: VerifiedClaims, tenant: str) -> bool:

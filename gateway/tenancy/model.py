@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+DEFAULT_SUPPORT_TENANT = "shopino-support"  # Appendix C
 
 # SPEC §7: always removed from client requests, whatever ``tenancy.strip_headers`` says.
 BUILTIN_STRIP_HEADERS = ("X-Tenant-ID", "X-User-ID", "X-User-Roles", "X-Gateway-Context")
@@ -32,9 +34,18 @@ def _fold(name: str) -> str:
 
 
 @dataclass(frozen=True)
+class SupportConfig:
+    """``tenancy.support`` (Appendix C): the only identities the ``support`` role counts on."""
+
+    tenant: str = DEFAULT_SUPPORT_TENANT
+    issuers: tuple[str, ...] = ()  # resolved at load: unset means the first of auth.issuers
+
+
+@dataclass(frozen=True)
 class TenancyConfig:
     claim: str = "tid"  # the token claim holding the user's tenant
     strip_headers: tuple[str, ...] = BUILTIN_STRIP_HEADERS
+    support: SupportConfig = field(default_factory=SupportConfig)
 
     def strip_set(self) -> frozenset[str]:
         """Lower-case names of every client header the gateway drops (built-ins included);

@@ -7,8 +7,8 @@ import re
 from typing import TYPE_CHECKING
 
 from gateway.config.reader import Node, Report
-from gateway.tenancy.model import BUILTIN_STRIP_HEADERS, TenancyConfig
-from gateway.tenancy.resolve import compile_tenant_from, covers_route
+from gateway.tenancy.model import BUILTIN_STRIP_HEADERS, DEFAULT_SUPPORT_TENANT, SupportConfig, TenancyConfig
+from gateway.tenancy.resolve import TENANT_ID_RE, compile_tenant_from, covers_route
 
 if TYPE_CHECKING:
     from gateway.config.model import GatewayConfig
@@ -18,7 +18,9 @@ _CLAIM_RE = re.compile(r"[A-Za-z0-9_.:/-]{1,64}")
 _ROLE_RE = re.compile(r"[^\x00-\x20,\x7f]{1,64}")  # no space, comma or control: X-User-Roles is a comma list
 
 
-def build_tenancy(node: Node) -> TenancyConfig:
+def build_tenancy(node: Node, auth_issuers: tuple[str, ...]) -> TenancyConfig:
+    """``auth_issuers``: the ``issuer`` values of ``auth.issuers``, in order (support issuers
+    must be among them; the first is the default)."""
     claim = node.string("claim", "tid")
     if isinstance(claim, str) and not _CLAIM_RE.fullmatch(claim):
         node.report.error(node.child_path("claim"), "expected a claim name like tid")
@@ -26,8 +28,25 @@ def build_tenancy(node: Node) -> TenancyConfig:
     for index, name in enumerate(headers):
         if not _HEADER_RE.fullmatch(name):
             node.report.error(f"{node.child_path('strip_headers')}[{index}]", "expected a header name")
+    support = _support(node.child("support"), auth_issuers)
     node.done()
-    return TenancyConfig(claim=claim or "tid", strip_headers=headers)
+    return TenancyConfig(claim=claim or "tid", strip_headers=headers, support=support)
+
+
+def _support(node: Node, auth_issuers: tuple[str, ...]) -> SupportConfig:
+    tenant = node.string("tenant", DEFAULT_SUPPORT_TENANT)
+    if not (isinstance(tenant, str) and TENANT_ID_RE.fullmatch(tenant)):
+        node.report.error(node.child_path("tenant"), "expected a non-empty tenant id")
+        tenant = DEFAULT_SUPPORT_TENANT
+    issuers = node.string_list("issuers", auth_issuers[:1])
+    for index, issuer in enumerate(issuers):
+        if issuer not in auth_issuers:
+            # The keys of a support issuer are configured once, under auth.issuers.
+            node.report.error(
+                f"{node.child_path('issuers')}[{index}]", f"{issuer!r} is not one of auth.issuers"
+            )
+    node.done()
+    return SupportConfig(tenant=tenant, issuers=tuple(i for i in issuers if i in auth_issuers))
 
 
 def route_tenancy_fields(node: Node) -> dict[str, object]:

@@ -58,11 +58,12 @@ def token(
     *,
     mfa_age: float | None = 0,
     ttl: int = 600,
+    iss: str = ISS,
 ) -> str:
     """An ES256 token; ``mfa_age`` None means password only, else MFA that many seconds ago."""
     now = int(time.time())
     claims: dict[str, Any] = {
-        "iss": ISS, "aud": AUD, "sub": sub, "tid": tenant, "roles": list(roles),
+        "iss": iss, "aud": AUD, "sub": sub, "tid": tenant, "roles": list(roles),
         "amr": ["pwd"] if mfa_age is None else ["pwd", "otp"],
         "iat": now, "exp": now + ttl,
     }  # fmt: skip

@@ -374,6 +374,27 @@ async def test_access_token(service: MfaService, store: StateStore, clock: Clock
             await service.mint_access_token({k: v for k, v in first.items() if k != missing}, signing)
 
 
+async def test_access_token_records_the_first_factor_issuer(
+    service: MfaService, store: StateStore, clock: Clock
+) -> None:
+    # Appendix C support identities are judged by the issuer that authenticated the user, which
+    # the gateway's own token (iss: the gateway) would otherwise hide.
+    clock.now = float(int(time.time()))
+    signing = SigningKeys(store, KEYRING, clock=clock)
+    await signing.load()
+    first = {"iss": "https://idp", "sub": "sam", "tid": "t", "aud": "erp", "amr": ["pwd"], "idp": "https://x"}
+
+    async def idp_of(claims: dict[str, object]) -> object:
+        token, _ = await service.mint_access_token(claims, signing)
+        [(key, _algorithms)] = await signing.key_for(jwt.get_unverified_header(token)["kid"])
+        return jwt.decode(token, key, algorithms=["ES256"], audience="erp").get("idp")
+
+    assert await idp_of(first) == "https://idp"  # another issuer's own "idp" claim is not believed
+    assert await idp_of({**first, "iss": "https://gw.test", "idp": "https://idp"}) == "https://idp"  # renewed
+    assert await idp_of({**first, "iss": "https://gw.test", "idp": 5}) is None
+    assert await idp_of({**first, "iss": "https://gw.test", "idp": "https://gw.test"}) is None
+
+
 async def test_rfc6238_reference_vectors(
     service: MfaService, clock: Clock, monkeypatch: pytest.MonkeyPatch
 ) -> None:

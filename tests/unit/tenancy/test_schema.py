@@ -107,6 +107,49 @@ def test_errors_by_key_path(route: dict[str, object], top: dict[str, object], ex
     assert any(e.startswith(expected) for e in errors), errors
 
 
+ISSUERS = {
+    "issuers": [
+        {"issuer": f"https://{name}.example", "audience": "erp", "jwks_file": "/k"}
+        for name in ("id", "partner")
+    ]
+}
+
+
+def test_support_identities_default_to_the_first_issuer() -> None:
+    support = parse_config(config_text(auth=ISSUERS)).tenancy.support
+    assert (support.tenant, support.issuers) == ("shopino-support", ("https://id.example",))
+    assert parse_config(config_text()).tenancy.support.issuers == ()  # no issuer: no support identity
+    given = {"support": {"tenant": "helpdesk", "issuers": ["https://partner.example", "https://id.example"]}}
+    support = parse_config(config_text(auth=ISSUERS, tenancy=given)).tenancy.support
+    assert (support.tenant, support.issuers) == (
+        "helpdesk",
+        ("https://partner.example", "https://id.example"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("support", "expected"),
+    [
+        (
+            {"issuers": ["https://other.example"]},
+            "tenancy.support.issuers[0]: 'https://other.example' is not one",
+        ),
+        (
+            {"issuers": ["https://id.example", "https://gateway.shopino.example"]},
+            "tenancy.support.issuers[1]: 'https://gateway.shopino.example' is not one of auth.issuers",
+        ),
+        ({"issuers": "https://id.example"}, "tenancy.support.issuers: expected a list of strings"),
+        ({"tenant": ""}, "tenancy.support.tenant: expected a non-empty tenant id"),
+        ({"tenant": "_system"}, "tenancy.support.tenant: expected a non-empty tenant id"),
+        ({"tenant": 7}, "tenancy.support.tenant: expected a string"),
+        ({"tenants": ["a"]}, "tenancy.support.tenants: unknown key"),
+    ],
+)
+def test_support_identities_are_checked(support: dict[str, object], expected: str) -> None:
+    errors = errors_of(config_text(auth=ISSUERS, tenancy={"support": support}))
+    assert any(e.startswith(expected) for e in errors), errors
+
+
 def test_shipped_config_has_tenancy() -> None:
     from gateway.config import load_config
     from gateway.demo.command import shipped_config_path
