@@ -7,8 +7,9 @@ from collections.abc import AsyncIterator, Mapping
 import orjson
 from aiohttp import web
 
-from gateway.admin.context import ActorKey, AuditKey, RequestIdKey
+from gateway.admin.context import ActorKey, AuditKey, RequestIdKey, RevocationsKey
 from gateway.audit import CONTENT_TYPES, SYSTEM_TRAIL, AuditTrail, parse_time_bound, validate_tenant
+from gateway.audit.record import format_time
 from gateway.errors import BadRequest
 
 
@@ -85,10 +86,12 @@ async def purge_tenant(request: web.Request) -> web.Response:
     tenant = tenant_param(request.match_info["tenant"])
     if tenant == SYSTEM_TRAIL:
         raise BadRequest("the _system trail cannot be purged")
+    # SECURITY: sealed before the purge: the tenant's sessions end, and no token revoked before
+    # the purge is honoured again once its per-user entries are gone (App. C).
+    sealed_at = await request.app[RevocationsKey].seal_tenant(tenant)
     summary = await trail.purge_tenant(tenant, actor=request[ActorKey], request_id=request[RequestIdKey])
-    return web.Response(
-        body=orjson.dumps({"tenant": tenant, "purged": True, **summary}), content_type="application/json"
-    )
+    body = {"tenant": tenant, "purged": True, "sessions_revoked_at": format_time(sealed_at), **summary}
+    return web.Response(body=orjson.dumps(body), content_type="application/json")
 
 
 def add_audit_routes(app: web.Application) -> None:

@@ -7,10 +7,11 @@ instance, within a second. ``is_revoked`` answers from an in-memory snapshot (a
 
 Store layout
 ------------
-* One hash per tenant, ``revocations:{tenant}:`` (registered with ``register_tenant_data`` so
-  ``purge_tenant`` deletes it). Each field is the JSON text of ``["*", epoch]`` (whole tenant)
-  or ``["u", user, epoch]`` (one user); the value is the epoch as RFC 3339, for humans reading
-  the store. JSON makes the field unambiguous for any user id (``:``, ``|``, control chars).
+* One hash per tenant, ``revocations:{tenant}:``. A tenant purge does not delete it: it seals
+  it (``seal_tenant``: one tenant-wide epoch, the per-user entries dropped). Each field is the
+  JSON text of ``["*", epoch]`` (whole tenant) or ``["u", user, epoch]`` (one user); the value
+  is the epoch as RFC 3339, for humans reading the store. JSON makes the field unambiguous for
+  any user id (``:``, ``|``, control chars).
 * One set, ``revocations-index``, of tenants that have a hash, so a load reads exactly the
   hashes that exist: ``smembers`` + one ``hgetall`` per tenant (issued concurrently, in
   batches). The alternative, ``keys("revocations:")``, is a SCAN of the *whole* Redis keyspace
@@ -69,15 +70,15 @@ from typing import Any, TypedDict
 import orjson
 
 from gateway.audit.record import format_time, validate_tenant
-from gateway.audit.trail import register_tenant_data
 from gateway.errors import NotReady
 from gateway.state.base import StateStore
 from gateway.state.sync import SnapshotBacked, SyncedSnapshot
 
 REVOCATION_CHANNEL = "revocations"
 REVOCATION_PREFIX_TEMPLATE = "revocations:{tenant}:"
-REVOCATION_INDEX = "revocations-index"  # not under "revocations:": a tenant purge must not match it
-register_tenant_data(REVOCATION_PREFIX_TEMPLATE)
+REVOCATION_INDEX = "revocations-index"
+# Not registered with register_tenant_data: a purge must never make a revoked token valid again
+# (App. C). The purge seals the tenant instead (``seal_tenant``).
 
 _MAX_USER_BYTES = 1024  # bounds field size; JWT subjects are far shorter in practice
 _LOAD_BATCH = 32  # concurrent hgetall calls per batch: leaves Redis pool room for request traffic
@@ -241,6 +242,20 @@ class RevocationEpochs(SnapshotBacked):
             tenant,
             format_time(epoch),
         )
+        return epoch
+
+    async def seal_tenant(self, tenant: str) -> float:
+        """For a tenant purge: revoke every token of ``tenant`` issued until now, then drop the
+        per-user entries (user ids may be personal data, which a purge removes). The tenant-wide
+        epoch is written first and is at least every user epoch, so at no moment is a revoked
+        token honoured again."""
+        epoch = await self.revoke(tenant)
+        key = _key(tenant)
+        parsed = _parse_fields(tenant, await self._store.hgetall(key))
+        covered = [raw for raw, (owner, at) in parsed.items() if owner is not None and at <= epoch]
+        if covered:
+            await self._store.hdel(key, *covered)
+            await self._store.publish(REVOCATION_CHANNEL, b"")
         return epoch
 
     def _merge(self, tenant: str, user: str | None, epoch: float) -> None:

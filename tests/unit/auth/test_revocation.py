@@ -17,7 +17,6 @@ import pytest
 
 from gateway.audit.trail import registered_tenant_data
 from gateway.auth.revocation import (
-    REVOCATION_CHANNEL,
     REVOCATION_INDEX,
     RevocationEpochs,
     RevocationsUnavailable,
@@ -51,8 +50,8 @@ async def fresh_view(store: StateStore) -> RevocationEpochs:
     return other
 
 
-def test_prefix_registered_for_tenant_purge() -> None:
-    assert "revocations:{tenant}:" in registered_tenant_data()
+def test_revocations_are_not_deleted_by_a_tenant_purge() -> None:
+    assert "revocations:{tenant}:" not in registered_tenant_data()
     assert not REVOCATION_INDEX.startswith("revocations:")  # a tenant purge never matches the index
 
 
@@ -182,28 +181,26 @@ async def test_redis_outage_keeps_enforcing_last_snapshot(redis_server: RedisSer
             await b.stop()
 
 
-async def test_purge_removes_one_tenant_and_prunes_the_index(
-    epochs: RevocationEpochs, store: StateStore
+async def test_seal_revokes_the_whole_tenant_and_drops_user_ids(
+    epochs: RevocationEpochs, store: StateStore, clock: Clock
 ) -> None:
-    await epochs.revoke("acme")
+    """A purge seals the tenant: no token revoked before stays honoured (App. C), and the user
+    ids (personal data) are gone from the store."""
     await epochs.revoke("acme", "alice")
-    await epochs.revoke("acme2", "alice")  # shares the "acme" prefix without the separator
-    await epochs.revoke("globex")
-    assert await store.smembers(REVOCATION_INDEX) == {"acme", "acme2", "globex"}
-
-    assert await store.delete_prefix("revocations:acme:") == 1
-    await store.publish(REVOCATION_CHANNEL, b"")  # what purge_tenant's caller announces
-    iat = int(T0)
-    await eventually(lambda: not epochs.is_revoked("acme", "alice", iat))
-    assert epochs.is_revoked("acme2", "alice", iat)
-    assert epochs.is_revoked("globex", "anyone", iat)
-    assert epochs.snapshot_of("acme") is None
-    assert await store.smembers(REVOCATION_INDEX) == {"acme2", "globex"}  # pruned by the load
-    assert await epochs.list("acme") == {"tenant": None, "users": {}}
-
-    await epochs.revoke("acme", "bob")  # a later revocation re-registers the tenant
-    assert "acme" in await store.smembers(REVOCATION_INDEX)
-    assert (await fresh_view(store)).is_revoked("acme", "bob", iat)
+    await epochs.revoke("acme2", "bob")  # shares the "acme" prefix without the separator
+    clock.now += 5
+    sealed = await epochs.seal_tenant("acme")
+    assert sealed == T0 + 5
+    fields = await store.hgetall("revocations:acme:")
+    assert len(fields) == 1 and "alice" not in next(iter(fields))
+    other = await fresh_view(store)  # another instance, after the seal
+    for view in (epochs, other):
+        assert view.is_revoked("acme", "alice", int(T0))
+        assert view.is_revoked("acme", "carol", int(T0 + 5))  # every session of the tenant ends
+        assert not view.is_revoked("acme", "carol", int(T0 + 6))  # a later login works
+        assert view.is_revoked("acme2", "bob", int(T0))
+        assert not view.is_revoked("acme2", "carol", int(T0))
+    assert await store.smembers(REVOCATION_INDEX) == {"acme", "acme2"}
 
 
 async def test_revocation_racing_index_pruning_is_not_lost(store: StateStore, clock: Clock) -> None:
