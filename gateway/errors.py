@@ -110,6 +110,12 @@ class StoreUnavailable(GatewayError):
     status, slug, title = 503, "store-unavailable", "State store unavailable"
 
 
+class NotImplementedCoding(GatewayError):
+    """RFC 9112 §6.1: a transfer coding the gateway does not implement (anything but chunked)."""
+
+    status, slug, title = 501, "not-implemented", "Not implemented"
+
+
 class UpstreamTimeout(GatewayError):
     status, slug, title = 504, "upstream-timeout", "Upstream timeout"
 

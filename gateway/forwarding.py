@@ -28,8 +28,15 @@ HOP_BY_HOP = frozenset(
         "Proxy-Connection",
     )
 )
-FORWARDING_HEADERS = frozenset(
-    ("x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-port", "forwarded", "x-real-ip")
+# SPEC §10 / App. B: from an untrusted peer every X-Forwarded-* (-Prefix, -Server, -Port, -Ssl,
+# whatever a framework invents next) is dropped, so the prefix is matched, not a list of names.
+FORWARDING_PREFIX = "x-forwarded"
+FORWARDING_HEADERS = frozenset(("forwarded", "x-real-ip"))
+# App. C: never forwarded from any client, trusted peer or not.
+# SECURITY: verb tampering — frameworks that honour these turn an allowed POST into a DELETE, or
+# route on a URL the gateway never matched, switched or authorised.
+OVERRIDE_HEADERS = frozenset(
+    ("x-http-method-override", "x-http-method", "x-method-override", "x-original-url", "x-rewrite-url")
 )
 RESPONSE_STRIPPED = frozenset(("server", "x-powered-by"))
 
@@ -92,9 +99,11 @@ def upstream_request_headers(
         lower = name.lower()
         if lower in HOP_BY_HOP or lower in named_hop or lower in drop or lower == "host":
             continue
+        if lower in OVERRIDE_HEADERS:
+            continue
         if lower == "expect":
             continue  # the gateway itself answers 100-continue (App. B)
-        if lower in FORWARDING_HEADERS and not peer_trusted:
+        if not peer_trusted and (lower.startswith(FORWARDING_PREFIX) or lower in FORWARDING_HEADERS):
             # SECURITY: forged X-Forwarded-*/Forwarded from an untrusted peer are dropped.
             continue
         out.add(name, value)

@@ -17,6 +17,7 @@ from aiohttp.web_protocol import RequestHandler
 from gateway.auth.jwt import TokenMemo
 from gateway.context import request_id_for
 from gateway.errors import BadRequest, GatewayError, HeadersTooLarge, problem_body, problem_headers
+from gateway.middleware.request_hygiene import parser_refusal
 
 log = structlog.get_logger("gateway.listener")
 
@@ -87,6 +88,8 @@ class GuardedRequestHandler(RequestHandler):
         too_many = isinstance(exc, http_exceptions.BadHttpMessage) and "Too many headers" in str(exc)
         if isinstance(exc, http_exceptions.LineTooLong) or too_many:
             error = HeadersTooLarge("The request head is too large")
+        elif (refusal := parser_refusal(exc)) is not None:
+            error = refusal  # App. C: TRACK → 405, transfer codings → 501
         elif status == 400:
             error = BadRequest("The request could not be parsed")
         else:

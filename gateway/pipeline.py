@@ -17,6 +17,7 @@ from gateway.middleware.cors import apply_cors
 from gateway.middleware.header_limits import enforce_header_limits
 from gateway.middleware.killswitch import check_killswitch, check_tenant_killswitch
 from gateway.middleware.rate_limit import check_login_outcome, limit_pre_auth, limit_route
+from gateway.middleware.request_hygiene import check_request_hygiene
 from gateway.middleware.route import resolve_route
 from gateway.middleware.tenancy import apply_tenancy, check_tenant_echo
 from gateway.middleware.webhook import verify_webhook
@@ -26,6 +27,7 @@ Stage = Callable[[RequestContext], Awaitable[web.StreamResponse | None]]
 
 PIPELINE: tuple[Stage, ...] = (
     enforce_header_limits,  # listen.limits: cheapest refusal first (431)
+    check_request_hygiene,  # App. C: singletons (400), transfer codings (501), WebSocket handshake (400)
     resolve_route,  # §3.2 / §4: canonical path, route match, /_gateway/* endpoints
     apply_cors,  # §3.2: preflights answered before authentication
     check_killswitch,  # §3.3 / §9: switches that need no identity (memory only)

@@ -64,7 +64,7 @@ def _has_body(request: web.BaseRequest) -> bool:
     return request.content_length not in (None, 0)
 
 
-def _wants_websocket(request: web.BaseRequest) -> bool:
+def wants_websocket(request: web.BaseRequest) -> bool:
     return (
         request.method == "GET"
         and request.headers.get("Upgrade", "").lower() == "websocket"
@@ -103,7 +103,7 @@ async def proxy_request(ctx: RequestContext, checks: Sequence[ResponseCheck] = (
     # The identity the upstream acts on comes from the verified token (and a grant), never the
     # client: X-Tenant-ID is the acting tenant, signed with the rest in X-Gateway-Context.
     inject_identity(ctx, headers)
-    if _wants_websocket(request) and ctx.route.websocket:
+    if wants_websocket(request) and ctx.route.websocket:
         # SPEC §9: cut when a switch engages; App. C: closed (1008) when its session ends.
         with STREAMS.track(ctx, websocket=True) as stream:
             return await _proxy_websocket(ctx, headers, stream.attach)

@@ -32,6 +32,13 @@ from gateway.errors import BadRequest, MethodNotAllowed, NotFound
 
 MAX_PATH_LENGTH = 8 * 1024
 
+# The methods a route without ``methods`` accepts: everything the parser carries except these.
+# SECURITY: TRACE/TRACK reflect the request (cookies, tokens) back — cross-site tracing — and
+# CONNECT asks for a tunnel; Appendix C refuses them (405) unless a route lists them.
+UNLISTED_METHODS = frozenset({"TRACE", "TRACK", "CONNECT"})
+# What a route without ``methods`` tells a client refused one of UNLISTED_METHODS.
+DEFAULT_ALLOW = "DELETE, GET, HEAD, OPTIONS, PATCH, POST, PUT"
+
 # Characters left literal when re-encoding for the upstream (RFC 3986 pchar minus ';', plus '/').
 # quote() always keeps ALPHA DIGIT '-._~'.
 _UPSTREAM_SAFE = "/!$&'()*+,=:@"
@@ -209,10 +216,8 @@ class RouteTable(Generic[R]):
             key = _prefix_key(route.prefix, case_insensitive)
             if key in by_key:
                 # Two routes on one prefix would make the winner depend on declaration order.
-                raise ValueError(
-                    f"routes {by_key[key].route.name!r} and {route.name!r} share a prefix"
-                )
-            allow = ", ".join(sorted(route.methods)) if route.methods is not None else ""
+                raise ValueError(f"routes {by_key[key].route.name!r} and {route.name!r} share a prefix")
+            allow = ", ".join(sorted(route.methods)) if route.methods is not None else DEFAULT_ALLOW
             by_key[key] = _Entry(route, route.methods, allow)
         self._by_key = by_key
         self._max_key_length = max((len(k) for k in by_key), default=0)
@@ -233,8 +238,13 @@ class RouteTable(Generic[R]):
             key = key[: key.rfind("/")]  # drop the last segment: next shorter boundary
         # SECURITY: no fall-through to a shorter prefix; a method-restricted route must not be
         # bypassed by a catch-all route that allows every method.
-        if entry.methods is not None and method not in entry.methods:
-            raise MethodNotAllowed(
-                "method not allowed on this route", headers={"Allow": entry.allow}
-            )
+        if entry.methods is None:
+            if method in UNLISTED_METHODS:
+                raise method_not_allowed(entry.allow)
+        elif method not in entry.methods:
+            raise method_not_allowed(entry.allow)
         return entry.route
+
+
+def method_not_allowed(allow: str = DEFAULT_ALLOW) -> MethodNotAllowed:
+    return MethodNotAllowed("method not allowed on this route", headers={"Allow": allow})

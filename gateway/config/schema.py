@@ -38,6 +38,8 @@ from gateway.ratelimit.schema import build_rate_limits, check_rate_limit_referen
 from gateway.tenancy.schema import build_tenancy, check_tenancy_routes, route_tenancy_fields
 
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# A route may opt in to TRACE and CONNECT (App. C); TRACK never gets past the HTTP parser.
+ROUTE_METHODS = HTTP_METHODS | {"TRACE", "CONNECT"}
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}\Z")
@@ -218,7 +220,7 @@ def _methods(node: Node) -> frozenset[str] | None:
         node.raw("methods", None)
         return None
     methods = frozenset(m.upper() for m in node.string_list("methods"))
-    unknown = sorted(methods - HTTP_METHODS)
+    unknown = sorted(methods - ROUTE_METHODS)
     if unknown:
         node.report.error(node.child_path("methods"), f"unknown method {unknown[0]}")
     return methods

@@ -37,6 +37,7 @@ SPEC_PROBLEM_TYPES = {
     "store-unavailable": 503,
     "upstream-timeout": 504,
     "internal": 500,
+    "not-implemented": 501,  # App. C transfer codings: extends App. B's list
 }
 
 # The class raised for each problem type.
@@ -61,6 +62,7 @@ CLASSES = {
     "StoreUnavailable": "store-unavailable",
     "UpstreamTimeout": "upstream-timeout",
     "InternalError": "internal",
+    "NotImplementedCoding": "not-implemented",
 }
 
 
@@ -75,8 +77,8 @@ def _module_subclasses() -> list[type[GatewayError]]:
     return found
 
 
-def test_spec_table_has_twenty_problem_types() -> None:
-    assert len(SPEC_PROBLEM_TYPES) == 20
+def test_spec_table_has_twenty_one_problem_types() -> None:
+    assert len(SPEC_PROBLEM_TYPES) == 21
     assert set(CLASSES.values()) == set(SPEC_PROBLEM_TYPES)
 
 

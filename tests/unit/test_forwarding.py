@@ -202,6 +202,52 @@ def test_untrusted_peer_forwarding_headers_are_replaced() -> None:
     assert "X-Real-IP" not in out
 
 
+FRAMEWORK_FORWARDING = (
+    ("X-Forwarded-Prefix", "/evil"),
+    ("X-Forwarded-Server", "evil.example"),
+    ("x-forwarded-port", "8443"),
+    ("X-Forwarded-Ssl", "on"),
+    ("X-FORWARDED-SCHEME", "https"),
+    ("X-Forwarded-Uri", "/admin"),
+    ("X-Forwarded", "for=6.6.6.6"),
+)
+
+
+def test_untrusted_peer_every_x_forwarded_header_is_dropped() -> None:
+    # SPEC §10 / App. B: frameworks build URLs and redirects from -Prefix, -Port, -Ssl, ...
+    out = upstream(headers(*FRAMEWORK_FORWARDING), peer=CLIENT, trusted=False)
+    assert {name.lower() for name in out if name.lower().startswith("x-forwarded")} == {
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+    }
+    assert out["X-Forwarded-For"] == CLIENT
+
+
+def test_trusted_peer_keeps_framework_forwarding_headers() -> None:
+    out = upstream(headers(*FRAMEWORK_FORWARDING), peer=LB, trusted=True)
+    for name, value in FRAMEWORK_FORWARDING:
+        assert out.getall(name) == [value], name
+
+
+OVERRIDES = (
+    ("X-HTTP-Method-Override", "DELETE"),
+    ("x-http-method-override", "PUT"),
+    ("X-HTTP-Method", "DELETE"),
+    ("X-METHOD-OVERRIDE", "DELETE"),
+    ("X-Original-URL", "/admin"),
+    ("x-rewrite-url", "/admin"),
+)
+
+
+@pytest.mark.parametrize("trusted", [False, True])
+def test_method_and_url_overrides_are_always_removed(trusted: bool) -> None:
+    out = upstream(headers(*OVERRIDES, ("Accept", "*/*")), peer=LB if trusted else CLIENT, trusted=trusted)
+    for name, _ in OVERRIDES:
+        assert name not in out, name
+    assert out["Accept"] == "*/*"
+
+
 def test_trusted_peer_hop_is_appended() -> None:
     out = upstream(
         headers(

@@ -244,9 +244,7 @@ def table() -> RouteTable[Route]:
         ("/" + "deep/" * 500, "root"),
     ],
 )
-def test_longest_prefix_on_segment_boundaries(
-    table: RouteTable[Route], path: str, expected: str
-) -> None:
+def test_longest_prefix_on_segment_boundaries(table: RouteTable[Route], path: str, expected: str) -> None:
     assert table.match(path, "GET").name == expected
 
 
@@ -274,6 +272,19 @@ def test_method_not_allowed_has_sorted_allow_and_no_fall_through(table: RouteTab
 def test_methods_are_case_sensitive(table: RouteTable[Route]) -> None:
     with pytest.raises(MethodNotAllowed):
         table.match("/api/fin", "get")
+
+
+@pytest.mark.parametrize("method", ["TRACE", "TRACK", "CONNECT"])
+def test_trace_track_connect_refused_unless_listed(table: RouteTable[Route], method: str) -> None:
+    # App. C: a route without ``methods`` still refuses them (cross-site tracing, tunnels).
+    with pytest.raises(MethodNotAllowed) as caught:
+        table.match("/api/x", method)
+    assert caught.value.headers == {"Allow": "DELETE, GET, HEAD, OPTIONS, PATCH, POST, PUT"}
+    with pytest.raises(MethodNotAllowed) as listed_elsewhere:
+        table.match("/api/fin/x", method)
+    assert listed_elsewhere.value.headers == {"Allow": "GET, POST"}
+    listing = RouteTable([Route("diag", "/diag", frozenset({"GET", method}))])
+    assert listing.match("/diag/x", method).name == "diag"
 
 
 def test_not_found() -> None:

@@ -1,0 +1,158 @@
+"""App. C request hygiene, the pure parts: singletons, transfer codings, WebSocket handshakes,
+and the answers to requests aiohttp's own parsers refuse."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from aiohttp import http_parser
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from gateway.errors import BadRequest, MethodNotAllowed, NotImplementedCoding
+from gateway.middleware.request_hygiene import (
+    check_singletons,
+    check_transfer_coding,
+    check_websocket_handshake,
+    cookie_count,
+    parser_refusal,
+)
+
+KEY = "dGhlIHNhbXBsZSBub25jZQ=="
+
+
+def headers(*pairs: tuple[str, str]) -> CIMultiDictProxy[str]:
+    return CIMultiDictProxy(CIMultiDict(pairs))
+
+
+def test_one_authorization_and_one_token_cookie_pass() -> None:
+    check_singletons(
+        headers(("Authorization", "Bearer a"), ("Cookie", "sid=a; x=1"), ("Cookie", "y=2")), "sid"
+    )
+
+
+@pytest.mark.parametrize(
+    ("pairs", "cookie"),
+    [
+        ((("Authorization", "Bearer a"), ("authorization", "Bearer b")), None),
+        ((("Cookie", "sid=a; sid=b"),), "sid"),
+        ((("Cookie", "sid=a"), ("Cookie", "x=1; sid=b")), "sid"),
+        ((("Cookie", "sid=a;sid"),), "sid"),  # a valueless second one counts too
+        ((("Cookie", " sid =a;  sid=b"),), "sid"),
+    ],
+)
+def test_duplicates_refused(pairs: tuple[tuple[str, str], ...], cookie: str | None) -> None:
+    with pytest.raises(BadRequest) as caught:
+        check_singletons(headers(*pairs), cookie)
+    assert "Bearer" not in caught.value.detail and "sid=" not in caught.value.detail
+
+
+def test_cookies_without_a_configured_token_cookie_are_not_counted() -> None:
+    check_singletons(headers(("Cookie", "sid=a; sid=b")), None)
+
+
+def test_cookie_count_is_case_sensitive_and_exact() -> None:
+    assert cookie_count(["SID=a; sidx=b; xsid=c"], "sid") == 0
+    assert cookie_count(["sid=a", "sid=b; sid=c"], "sid") == 3
+
+
+@pytest.mark.parametrize("value", ["chunked", "Chunked", " chunked "])
+def test_lone_chunked_passes(value: str) -> None:
+    check_transfer_coding([value])
+    check_transfer_coding([])
+
+
+@pytest.mark.parametrize(
+    "values",
+    [["gzip, chunked"], ["chunked, identity"], ["identity"], ["gzip"], ["chunked", "chunked"], [""]],
+)
+def test_other_codings_are_501(values: list[str]) -> None:
+    with pytest.raises(NotImplementedCoding) as caught:
+        check_transfer_coding(values)
+    assert caught.value.status == 501
+    assert caught.value.slug == "not-implemented"
+
+
+def test_valid_websocket_handshake_passes() -> None:
+    check_websocket_handshake(headers(("Sec-WebSocket-Key", KEY), ("Sec-WebSocket-Version", "13")))
+
+
+@pytest.mark.parametrize(
+    "pairs",
+    [
+        (("Sec-WebSocket-Version", "13"),),
+        (("Sec-WebSocket-Key", "not base64"), ("Sec-WebSocket-Version", "13")),
+        (("Sec-WebSocket-Key", "c2hvcnQ="), ("Sec-WebSocket-Version", "13")),  # 5 bytes
+        (("Sec-WebSocket-Key", KEY[:-2]), ("Sec-WebSocket-Version", "13")),  # padding missing
+        (("Sec-WebSocket-Key", "é" * 24), ("Sec-WebSocket-Version", "13")),
+        (("Sec-WebSocket-Key", KEY), ("Sec-WebSocket-Key", KEY), ("Sec-WebSocket-Version", "13")),
+        (("Sec-WebSocket-Key", KEY),),
+        (("Sec-WebSocket-Key", KEY), ("Sec-WebSocket-Version", "8")),
+        (("Sec-WebSocket-Key", KEY), ("Sec-WebSocket-Version", "13"), ("Sec-WebSocket-Version", "13")),
+    ],
+)
+def test_invalid_websocket_handshakes_are_400(pairs: tuple[tuple[str, str], ...]) -> None:
+    with pytest.raises(BadRequest):
+        check_websocket_handshake(headers(*pairs))
+
+
+def parser_error(raw: bytes, parser: type) -> Exception:
+    """What aiohttp's real parser raises for ``raw`` (the listener hands it to parser_refusal)."""
+    loop = asyncio.new_event_loop()
+    try:
+        parser(None, loop, 2**16, max_line_size=8190, max_field_size=8190).feed_data(raw)
+    except Exception as error:
+        return error
+    finally:
+        loop.close()
+    raise AssertionError("the parser accepted it")
+
+
+PARSERS = [http_parser.HttpRequestParser, http_parser.HttpRequestParserPy]
+HEAD = b"POST /x HTTP/1.1\r\nHost: x\r\n"
+
+
+@pytest.mark.parametrize("parser", PARSERS)
+@pytest.mark.parametrize(
+    "fields",
+    [
+        b"Transfer-Encoding: chunked, identity\r\n",
+        b"Transfer-Encoding: identity\r\n",
+        b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+        b"Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n",
+    ],
+)
+def test_parser_refused_codings_are_501(parser: type, fields: bytes) -> None:
+    assert isinstance(
+        parser_refusal(parser_error(HEAD + fields + b"\r\n0\r\n\r\n", parser)), NotImplementedCoding
+    )
+
+
+@pytest.mark.parametrize("parser", PARSERS)
+def test_smuggling_shapes_stay_the_generic_400(parser: type) -> None:
+    both = HEAD + b"Transfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n"
+    assert parser_refusal(parser_error(both, parser)) is None
+
+
+def test_track_refused_by_the_c_parser_is_405() -> None:
+    refusal = parser_refusal(parser_error(b"TRACK /x HTTP/1.1\r\nHost: x\r\n\r\n", PARSERS[0]))
+    assert isinstance(refusal, MethodNotAllowed)
+    assert refusal.headers["Allow"] == "DELETE, GET, HEAD, OPTIONS, PATCH, POST, PUT"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"FOO /x HTTP/1.1\r\n\r\n",
+        b"GARBAGE\r\n\r\n",
+        b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03",
+        b"FOO b'TRACK x\r\n",
+    ],
+)
+def test_other_unknown_methods_and_garbage_stay_400(raw: bytes) -> None:
+    assert parser_refusal(parser_error(raw, PARSERS[0])) is None
+
+
+def test_no_exception_no_refusal() -> None:
+    assert parser_refusal(None) is None
+    assert parser_refusal(ValueError("x")) is None
