@@ -25,6 +25,7 @@ SPEC_PROBLEM_TYPES = {
     "tenant-mismatch": 403,
     "not-found": 404,
     "method-not-allowed": 405,
+    "request-timeout": 408,  # Appendix C: listen.limits.body_timeout
     "conflict": 409,
     "payload-too-large": 413,
     "headers-too-large": 431,
@@ -49,6 +50,7 @@ CLASSES = {
     "TenantMismatch": "tenant-mismatch",
     "NotFound": "not-found",
     "MethodNotAllowed": "method-not-allowed",
+    "RequestTimeout": "request-timeout",
     "Conflict": "conflict",
     "PayloadTooLarge": "payload-too-large",
     "HeadersTooLarge": "headers-too-large",
@@ -76,7 +78,8 @@ def _module_subclasses() -> list[type[GatewayError]]:
 
 
 def test_spec_table_has_twenty_problem_types() -> None:
-    assert len(SPEC_PROBLEM_TYPES) == 20
+    # §13's twenty, plus Appendix C's request-timeout.
+    assert len(SPEC_PROBLEM_TYPES) == 21
     assert set(CLASSES.values()) == set(SPEC_PROBLEM_TYPES)
 
 
