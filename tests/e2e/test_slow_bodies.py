@@ -17,11 +17,11 @@ BODY_TIMEOUT = 1.0
 WEBHOOK_SECRET = "wc-secret-for-slow-body-tests-0123"
 
 
-def slow_body_config(upstream: Upstream) -> dict[str, Any]:
+def slow_body_config(upstream: Upstream, transport: str = "httptools") -> dict[str, Any]:
     return {
         "listen": {"limits": {"body_timeout": f"{BODY_TIMEOUT}s", "max_header_bytes": "32KiB"}},
         "integrations": {"woo": {"scheme": "woocommerce", "secret": "${WC_SECRET}"}},
-        "upstreams": {"app": {"urls": [upstream.url], "read_timeout": "30s"}},
+        "upstreams": {"app": {"urls": [upstream.url], "read_timeout": "30s", "transport": transport}},
         "routes": [
             {"name": "hook", "prefix": "/hook", "upstream": "app", "auth": "webhook", "integration": "woo"},
             {"name": "open", "prefix": "/", "upstream": "app", "auth": "none"},
@@ -30,8 +30,10 @@ def slow_body_config(upstream: Upstream) -> dict[str, Any]:
 
 
 @pytest.fixture
-def slow_gateway(gateway_factory, upstream: Upstream) -> Iterator[tuple[GatewayProc, Upstream]]:
-    yield gateway_factory(slow_body_config(upstream), env={"WC_SECRET": WEBHOOK_SECRET}), upstream
+def slow_gateway(request, gateway_factory, upstream: Upstream) -> Iterator[tuple[GatewayProc, Upstream]]:
+    transport = getattr(request, "param", "httptools")
+    config = slow_body_config(upstream, transport)
+    yield gateway_factory(config, env={"WC_SECRET": WEBHOOK_SECRET}), upstream
 
 
 def wait_for(predicate, timeout: float) -> bool:
@@ -43,7 +45,11 @@ def wait_for(predicate, timeout: float) -> bool:
     return predicate()
 
 
-@pytest.mark.parametrize("path", ["/sink", "/hook/order"])
+@pytest.mark.parametrize(
+    ("path", "slow_gateway"),
+    [("/sink", "httptools"), ("/sink", "aiohttp"), ("/hook/order", "httptools")],
+    indirect=["slow_gateway"],
+)
 def test_stalled_body_is_408_and_releases_the_upstream(slow_gateway, path: str) -> None:
     gw, upstream = slow_gateway
     with connect(gw.port) as sock:
