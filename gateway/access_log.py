@@ -113,6 +113,8 @@ class AccessLogWriter:
             "bytes": response.body_length,
             "client_ip": truncate_ip(ctx.client_ip) if self._pseudonymize else ctx.client_ip,
         }
+        if ctx.outcome is not None:
+            line["reason"] = ctx.outcome  # 499: "client-closed" or "drain-timeout" (App. C)
         if target is not None and target.query:
             line["query"] = self._redactor.redact_query(target.query)
         # The caches are probed inline (every authenticated request); a call only on a miss.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 import structlog
@@ -10,8 +11,8 @@ from aiohttp import ClientConnectionResetError, web
 from gateway import log_context
 from gateway.access_audit import audit_access
 from gateway.context import ContextKey, RequestContext, request_id_for
-from gateway.errors import GatewayError, InternalError, problem_body, problem_headers
-from gateway.listener import GuardedRequestHandler
+from gateway.errors import GatewayError, InternalError, RequestTimeout, problem_body, problem_headers
+from gateway.listener import HSTS, GuardedRequestHandler, identity_headers
 from gateway.metrics import METRICS
 from gateway.pipeline import PIPELINE, RESPONSE_CHECKS
 from gateway.proxy import proxy_request
@@ -28,11 +29,17 @@ def render_problem(error: GatewayError, ctx: RequestContext | None, request_id: 
     if ctx is not None:
         ctx.status = error.status
         if ctx.runtime.tls:
-            headers["Strict-Transport-Security"] = "max-age=31536000; includeSubDomains"
+            headers["Strict-Transport-Security"] = HSTS
         for name, value in ctx.response_headers.items():
             headers.setdefault(name, value)
     METRICS.count_refusal(error.slug)
-    return web.Response(status=error.status, body=problem_body(error, request_id), headers=headers)
+    response = web.Response(status=error.status, body=problem_body(error, request_id), headers=headers)
+    if isinstance(error, RequestTimeout):
+        response.force_close()  # the rest of the body is never read: the connection cannot be reused
+    return response
+
+
+CLIENT_GONE = 499  # nginx's "client closed request": not an answer anyone received, never a 5xx
 
 
 class PublicHandler:
@@ -59,30 +66,60 @@ class PublicHandler:
         # share a task, so the previous request's bindings are cleared first).
         log_context.begin_request(request_id)
         ctx.response_headers["X-Request-ID"] = request_id
-        # SECURITY: fingerprinting — neither aiohttp's nor the upstream's version is disclosed.
-        ctx.response_headers["Server"] = "shopino-gateway"
+        # App. C: every answer (gateway endpoints, early answers, refusals, proxied ones) carries
+        # the gateway's Server, nosniff and, on TLS, HSTS — neither aiohttp's nor the upstream's
+        # version is disclosed.
+        ctx.response_headers.update(identity_headers(tls=runtime.tls))
         protocol = request.protocol
         guarded = isinstance(protocol, GuardedRequestHandler)
         if guarded:
-            protocol.request_started()
+            protocol.request_started(request)
         try:
             response = await self._run(ctx)
-        except GatewayError as error:
-            response = self._refuse(error, ctx)
-        except (ConnectionResetError, ClientConnectionResetError):
-            # The client went away mid-response: nothing to answer, nothing to alarm anyone about.
-            log.debug("client_disconnected", request_id=request_id)
+        except asyncio.CancelledError:
+            if guarded and protocol.drain_cut:
+                self._log_cut(ctx, protocol, "drain-timeout")
             raise
+        except GatewayError as error:
+            response = self._client_gone(ctx) if _gone(protocol) else self._refuse(error, ctx)
+        except (ConnectionResetError, ClientConnectionResetError):
+            if not _gone(protocol):
+                # A response had begun and broke off: the connection is cut, nothing to answer.
+                log.debug("response_cut", request_id=request_id)
+                raise
+            response = self._client_gone(ctx)
         except Exception:
-            log.exception("request_failed", request_id=request_id)
-            response = self._refuse(InternalError(), ctx)
+            if _gone(protocol):
+                response = self._client_gone(ctx)
+            else:
+                log.exception("request_failed", request_id=request_id)
+                response = self._refuse(InternalError(), ctx)
         finally:
             if guarded:
                 protocol.request_finished()
+        if _gone(protocol) and response.status != CLIENT_GONE:
+            response = self._client_gone(ctx)  # an answer nobody will read: logged as what it was
         METRICS.observe_request(ctx)
         if ctx.route is not None and ctx.route.audit:
             await audit_access(ctx, response.status)
         return response
+
+    @staticmethod
+    def _client_gone(ctx: RequestContext) -> web.StreamResponse:
+        """The client hung up: aiohttp's write of this fails and logs it (status 499), which is
+        the access line; no refusal is counted and nothing alarms (App. C)."""
+        ctx.status = CLIENT_GONE
+        ctx.outcome = "client-closed"
+        log.debug("client_disconnected", request_id=ctx.request_id)
+        return web.Response(status=CLIENT_GONE)
+
+    @staticmethod
+    def _log_cut(ctx: RequestContext, protocol: GuardedRequestHandler, reason: str) -> None:
+        """A request cancelled at the end of the drain: aiohttp logs nothing for it, so here."""
+        ctx.status = CLIENT_GONE
+        ctx.outcome = reason
+        METRICS.observe_request(ctx)
+        protocol.log_access(ctx.request, web.Response(status=CLIENT_GONE), ctx.started)
 
     @staticmethod
     def _refuse(error: GatewayError, ctx: RequestContext) -> web.StreamResponse:
@@ -99,3 +136,7 @@ class PublicHandler:
                     early.headers.setdefault(name, value)
                 return early
         return await proxy_request(ctx, RESPONSE_CHECKS)
+
+
+def _gone(protocol: object) -> bool:
+    return isinstance(protocol, GuardedRequestHandler) and protocol.client_gone

@@ -75,6 +75,7 @@ class RequestContext:
     route: RouteConfig | None = None
     response_headers: dict[str, str] = field(default_factory=dict)
     status: int = 0
+    outcome: str | None = None  # why the request ended unanswered (the access line's "reason")
     upstream_url: str | None = None
     claims: VerifiedClaims | None = None  # set by authentication
     user: str | None = None  # set by authentication

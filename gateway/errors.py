@@ -68,6 +68,10 @@ class MethodNotAllowed(GatewayError):
     status, slug, title = 405, "method-not-allowed", "Method not allowed"
 
 
+class RequestTimeout(GatewayError):
+    status, slug, title = 408, "request-timeout", "Request timeout"
+
+
 class Conflict(GatewayError):
     status, slug, title = 409, "conflict", "Conflict"
 

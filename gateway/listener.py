@@ -1,8 +1,11 @@
-"""aiohttp's low-level server, guarded: connection cap, header deadline, safe parser errors.
+"""aiohttp's low-level server, guarded: connection cap, header and body deadlines, safe parser
+errors, one bounded drain.
 
 aiohttp has no deadline for receiving a request head (slowloris holds a connection open
-for its whole keep-alive timeout), no connection cap, and its parser errors are plain text
-that can quote the offending header line (a token). This subclass closes those gaps.
+for its whole keep-alive timeout) or its body (a declared length never sent pins the
+connection and the upstream one behind it), no connection cap, its parser errors are plain
+text that can quote the offending header line (a token), and its shutdown applies its timeout
+twice. This subclass closes those gaps.
 """
 
 from __future__ import annotations
@@ -12,11 +15,20 @@ from typing import Any
 
 import structlog
 from aiohttp import http_exceptions, web
+from aiohttp.http import HttpVersion11
+from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 
 from gateway.auth.jwt import TokenMemo
-from gateway.context import request_id_for
-from gateway.errors import BadRequest, GatewayError, HeadersTooLarge, problem_body, problem_headers
+from gateway.context import ContextKey, request_id_for
+from gateway.errors import (
+    BadRequest,
+    GatewayError,
+    HeadersTooLarge,
+    RequestTimeout,
+    problem_body,
+    problem_headers,
+)
 from gateway.middleware.request_hygiene import parser_refusal
 
 log = structlog.get_logger("gateway.listener")
@@ -28,6 +40,12 @@ class GuardedRequestHandler(RequestHandler):
     _guard_server: GuardedServer
     _head_timer: asyncio.TimerHandle | None = None
     _in_request: bool = False
+    _request: web.BaseRequest | None = None  # the request being handled
+    _body_timer: asyncio.TimerHandle | None = None
+    _body_deadline: float = 0.0
+    _done: asyncio.Future[None] | None = None  # resolved when the current request is finished
+    client_gone: bool = False  # the client hung up while a request was being handled
+    drain_cut: bool = False  # the request was cut at the end of the drain
     token_memo: TokenMemo | None = None  # the authentication stage's, per connection
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -45,19 +63,90 @@ class GuardedRequestHandler(RequestHandler):
     def connection_lost(self, exc: BaseException | None) -> None:
         self._guard_server.open_connections -= 1
         self._cancel_head_timer()
+        self._cancel_body_timer()
+        if self._in_request:
+            self.client_gone = True  # Appendix C: logged as 499 client-closed, never as a 5xx
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if not self._in_request and self._head_timer is None and data:
+        if self._body_timer is not None:
+            # Body bytes arrived: the client has another full interval (the timer re-arms lazily).
+            self._body_deadline = self._loop.time() + self._guard_server.body_timeout
+        elif not self._in_request and self._head_timer is None and data:
             self._arm_head_timer()
         super().data_received(data)
 
-    def request_started(self) -> None:
+    @property
+    def in_request(self) -> bool:
+        return self._in_request
+
+    def request_started(self, request: web.BaseRequest) -> None:
         self._in_request = True
+        self._request = request
         self._cancel_head_timer()
+        timeout = self._guard_server.body_timeout
+        if timeout > 0 and not request.content.is_eof():
+            self._body_deadline = self._loop.time() + timeout
+            self._body_timer = self._loop.call_at(self._body_deadline, self._body_timer_fired)
 
     def request_finished(self) -> None:
         self._in_request = False
+        self._request = None
+        self._cancel_body_timer()
+        if self._done is not None and not self._done.done():
+            self._done.set_result(None)
+        self._done = None
+
+    def request_done(self) -> asyncio.Future[None]:
+        """A future resolved once the request in progress (if any) is finished."""
+        if self._done is None:
+            self._done = self._loop.create_future()
+            if not self._in_request:
+                self._done.set_result(None)
+        return self._done
+
+    def cut_for_drain(self) -> None:
+        """The drain is over: the request in progress is cancelled (its handler logs it)."""
+        if self._in_request and self._task_handler is not None:
+            self.drain_cut = True
+            self._task_handler.cancel()
+
+    def _cancel_body_timer(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def _body_timer_fired(self) -> None:
+        self._body_timer = None
+        request = self._request
+        if request is None:
+            return
+        payload = request.content
+        if payload.is_eof() or payload.exception() is not None:
+            return
+        now = self._loop.time()
+        if self._reading_paused or self._awaiting_continue(request):
+            # The gateway is not reading (a slow upstream holds back the body) or has not asked
+            # for the body yet (100-continue): the client is not the one stalling.
+            self._body_deadline = now + self._guard_server.body_timeout
+        if now < self._body_deadline:
+            self._body_timer = self._loop.call_at(self._body_deadline, self._body_timer_fired)
+            return
+        # SECURITY: slow body (slowloris on the body) — a declared body that stops arriving would
+        # hold this connection and an upstream connection for as long as the client likes.
+        # Whichever reader waits (the proxy's upload, a stage reading the body) gets the error,
+        # the answer is 408, and the rest of the body is not waited for (no lingering).
+        self._guard_server.body_timeouts += 1
+        self._lingering_time = 0.0
+        if isinstance(payload, StreamReader):
+            payload.set_exception(RequestTimeout("The request body did not arrive in time"))
+
+    @staticmethod
+    def _awaiting_continue(request: web.BaseRequest) -> bool:
+        if request.headers.get("Expect", "").lower() != "100-continue":
+            return False
+        ctx = request.get(ContextKey)
+        return ctx is None or not ctx.continue_sent
 
     def _arm_head_timer(self) -> None:
         timeout = self._guard_server.header_timeout
@@ -83,6 +172,10 @@ class GuardedRequestHandler(RequestHandler):
         exc: BaseException | None = None,
         message: str | None = None,
     ) -> web.StreamResponse:
+        if request.writer is not None and request.writer.output_size > 0:
+            # A response has begun: a second head would corrupt it; the only signal left is a
+            # cut connection (aiohttp closes it on this error).
+            raise ConnectionResetError("response already started")
         # SECURITY: never log or echo the parser's message: it can quote a header value.
         error: GatewayError
         too_many = isinstance(exc, http_exceptions.BadHttpMessage) and "Too many headers" in str(exc)
@@ -98,21 +191,72 @@ class GuardedRequestHandler(RequestHandler):
         request_id = request_id_for(None)
         headers = problem_headers(error)
         headers["X-Request-ID"] = request_id
+        headers.update(self._guard_server.identity_headers)
+        # aiohttp answers an unparsed request as HTTP/1.0 (it never learnt the version): the
+        # gateway speaks HTTP/1.1 on every answer (App. C: every answer is the gateway's).
+        request._cache.pop("version", None)
+        request._version = HttpVersion11
+        headers["Connection"] = "close"
         response = web.Response(status=error.status, body=problem_body(error, request_id), headers=headers)
         response.force_close()
         return response
 
 
+CUT_GRACE = 0.5  # seconds cut requests get to unwind (their upstream exchange is cancelled)
+
+
 class GuardedServer(web.Server):
-    def __init__(self, handler: Any, *, max_connections: int, header_timeout: float, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        handler: Any,
+        *,
+        max_connections: int,
+        header_timeout: float,
+        body_timeout: float,
+        tls: bool,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(handler, **kwargs)
         self.max_connections = max_connections
         self.header_timeout = header_timeout
+        self.body_timeout = body_timeout
+        # What every answer carries, the parser's refusals included (App. C).
+        self.identity_headers = identity_headers(tls=tls)
         self.open_connections = 0
         self.refused_connections = 0
         self.header_timeouts = 0
+        self.body_timeouts = 0
+
+    async def shutdown(self, timeout: float | None = None) -> None:
+        """One drain: in-flight requests get ``timeout`` in all, then what is left is cut.
+
+        aiohttp's own shutdown waits ``timeout`` for a handler, then cancels it and waits up to
+        ``timeout`` again, so ``drain_timeout: 3s`` took 6 s; and a cut request left no access
+        line. Here the wait happens once; cut requests are cancelled (their handler logs them
+        as 499 ``drain-timeout``) and aiohttp's shutdown only closes what is left."""
+        handlers = [h for h in self._connections if isinstance(h, GuardedRequestHandler)]
+        busy = [h for h in handlers if h.in_request]
+        if busy and timeout:
+            await asyncio.wait([h.request_done() for h in busy], timeout=timeout)
+        cut = [h for h in busy if h.in_request]
+        for handler in cut:
+            handler.cut_for_drain()
+        if cut:
+            await asyncio.wait([h.request_done() for h in cut], timeout=CUT_GRACE)
+        await super().shutdown(CUT_GRACE)
 
     def __call__(self) -> RequestHandler:
         handler = GuardedRequestHandler(self, loop=self._loop, **self._kwargs)
         handler._guard_server = self
         return handler
+
+
+HSTS = "max-age=31536000; includeSubDomains"
+# SECURITY: fingerprinting — neither aiohttp's nor Python's version is disclosed; HSTS on TLS.
+_PLAIN = {"Server": "shopino-gateway", "X-Content-Type-Options": "nosniff"}
+_IDENTITY = {False: _PLAIN, True: {**_PLAIN, "Strict-Transport-Security": HSTS}}
+
+
+def identity_headers(*, tls: bool) -> dict[str, str]:
+    """The headers every answer of the public listener carries (App. C). Shared: do not modify."""
+    return _IDENTITY[tls]

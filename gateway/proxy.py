@@ -129,6 +129,9 @@ async def proxy_request(ctx: RequestContext, checks: Sequence[ResponseCheck] = (
     except (UpstreamUnavailable, UpstreamTimeout) as error:
         if limit.exceeded:
             raise PayloadTooLarge("The request body is larger than this route allows") from None
+        if (body_error := request.content.exception()) is not None:
+            # The client's body failed (body_timeout, a hang-up), not the upstream: say so.
+            raise body_error from None
         METRICS.upstream_errors.labels(ctx.route.upstream, error.slug).inc()
         raise
     try:
@@ -152,6 +155,9 @@ async def _stream_response(
         raise
     headers = downstream_response_headers(upstream.headers, tls=ctx.runtime.tls)
     headers.update(ctx.response_headers)
+    if ctx.claims is not None and "Cache-Control" not in headers:
+        # SECURITY: a shared cache must not keep one user's answer for the next (App. C).
+        headers["Cache-Control"] = "private"
     whole = upstream.whole_body()
     kind = web.StreamResponse if whole is None else _HeadWithBodyResponse
     response = kind(status=upstream.status, reason=upstream.reason or None, headers=headers)

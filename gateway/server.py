@@ -116,11 +116,13 @@ class GatewayProcess:
             PublicHandler(self.runtime),
             max_connections=limits.max_connections,
             header_timeout=limits.header_timeout,
+            body_timeout=limits.body_timeout,
+            tls=self._runtime.tls,
             keepalive_timeout=limits.keepalive_timeout,
             # aiohttp's parser limits sit above the gateway's own (App. B): its errors are the
             # last resort, the gateway's 431 problem+json is the rule.
             max_headers=limits.max_headers + 16,
-            max_field_size=limits.max_header_bytes + 1024,
+            max_field_size=max(limits.max_header_bytes, limits.max_header_line) + 1024,
             max_line_size=max(16384, limits.max_header_bytes + 1024),
             access_log_class=GatewayAccessLogger,
             access_log=ACCESS_LOGGER,
@@ -148,6 +150,9 @@ class GatewayProcess:
                 self.services.integrations,
             ),
             access_log=None,
+            # aiohttp applies a runner's shutdown timeout twice (wait, then wait after cancelling);
+            # the admin listener drains alongside the public one, within the same drain_timeout.
+            shutdown_timeout=config.listen.drain_timeout / 2,
         )
         await admin_runner.setup()
         admin_site = web.TCPSite(
@@ -338,8 +343,8 @@ class GatewayProcess:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        for runner in self._runners:
-            await runner.cleanup()
+        # One drain for both listeners, at once: drain_timeout bounds the whole of it (App. C).
+        await asyncio.gather(*(runner.cleanup() for runner in self._runners))
         await self.registry.close()
         await self._runtime.verifier.stop()
         await self.services.signing.stop()

@@ -34,6 +34,8 @@ class ListenLimits:
     keepalive_timeout: float = 75.0
     max_header_bytes: int = 16 * 1024
     max_headers: int = 100
+    max_header_line: int = 8 * 1024
+    body_timeout: float = 30.0
 
 
 @dataclass(frozen=True)

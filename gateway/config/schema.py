@@ -105,6 +105,8 @@ def _listen(node: Node) -> ListenConfig:
         keepalive_timeout=limits_node.duration("keepalive_timeout", 75.0),
         max_header_bytes=limits_node.size("max_header_bytes", 16 * 1024),
         max_headers=limits_node.integer("max_headers", 100, minimum=1, maximum=1000),
+        max_header_line=limits_node.size("max_header_line", 8 * 1024),
+        body_timeout=limits_node.duration("body_timeout", 30.0),
     )
     limits_node.done()
     tls_path = node.child_path("tls")

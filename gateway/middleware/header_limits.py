@@ -19,7 +19,15 @@ async def enforce_header_limits(ctx: RequestContext) -> web.StreamResponse | Non
     if len(raw) > limits.max_headers:
         raise HeadersTooLarge("Too many request header fields")
     # name + ": " + value + CRLF, as on the wire
-    size = sum(len(name) + len(value) + 4 for name, value in raw)
+    line_limit = limits.max_header_line
+    size = 0
+    for name, value in raw:
+        line = len(name) + len(value)
+        # SECURITY: one oversized field passes a total budget yet trips (or truncates at) a
+        # backend with a smaller per-header limit (App. C max_header_line, name + value).
+        if line > line_limit:
+            raise HeadersTooLarge("A request header field is too large")
+        size += line + 4
     if size > limits.max_header_bytes:
         # SECURITY: the detail names no header and no value (tokens must never be echoed).
         raise HeadersTooLarge("The request header section is too large")

@@ -139,6 +139,12 @@ class GatewayProc:
         time.sleep(FLUSH_DELAY * 3)
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def access_lines(self) -> list[dict[str, Any]]:
+        """The access log lines written so far, parsed."""
+        import json
+
+        return [json.loads(line) for line in self.logs().splitlines() if '"event":"access"' in line]
+
     def signal(self, signum: int) -> None:
         assert self.proc is not None
         os.kill(self.proc.pid, signum)

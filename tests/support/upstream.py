@@ -4,7 +4,9 @@ Endpoints: ``/echo`` (what arrived), ``/stream?bytes=N`` (generated download),
 ``/sink`` (streamed upload → size and sha256), ``/slow?seconds=S``, ``/ws`` and ``…/ws`` (WebSocket
 echo, also under a tenant prefix such as ``/t/acme/ws``),
 ``/leaky`` (answers with Server/X-Powered-By/hop-by-hop headers), ``POST /login`` (JSON or form
-``username``/``password`` checked against ``accounts``: 200 or 401; every attempt is counted).
+``username``/``password`` checked against ``accounts``: 200 or 401; every attempt is counted),
+``/cached?value=V`` (answers with ``Cache-Control: V``). ``open_connections()`` counts the
+connections the upstream holds open right now.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class Upstream:
         app.router.add_get("/slow", self.slow)
         app.router.add_get("/leaky", self.leaky)
         app.router.add_post("/login", self.login)
+        app.router.add_get("/cached", self.cached)
         app.router.add_route("*", "/{tail:.*}", self.echo)
         return app
 
@@ -94,6 +97,9 @@ class Upstream:
             },
         )
 
+    async def cached(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok", headers={"Cache-Control": request.query.get("value", "no-cache")})
+
     async def login(self, request: web.Request) -> web.Response:
         if request.content_type == "application/json":
             data = await request.json()
@@ -117,13 +123,23 @@ class Upstream:
         return socket
 
     async def _start(self) -> None:
-        self._runner = web.AppRunner(self._app(), access_log=None)
+        # Header fields up to 16 KiB (aiohttp's default is 8 KiB): tests probe the gateway's limits.
+        self._runner = web.AppRunner(self._app(), access_log=None, max_field_size=16384)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
 
     async def _stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+
+    def open_connections(self) -> int:
+        """Connections from clients (the gateway) this upstream holds open now."""
+
+        async def count() -> int:
+            server = self._runner.server if self._runner is not None else None
+            return len(server.connections) if server is not None else 0
+
+        return asyncio.run_coroutine_threadsafe(count(), self._loop).result(5)
 
     def start(self) -> Upstream:
         self._thread.start()

@@ -41,6 +41,7 @@ def finished_request(request_id: str) -> tuple[dict[object, object], SimpleNames
         client_ip="192.0.2.77",
         user="alice@acme.example",
         tenant="acme",
+        outcome=None,
     )
     request: dict[object, object] = {ContextKey: ctx}
     return request, SimpleNamespace(status=200, body_length=42)

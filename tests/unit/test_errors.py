@@ -25,6 +25,7 @@ SPEC_PROBLEM_TYPES = {
     "tenant-mismatch": 403,
     "not-found": 404,
     "method-not-allowed": 405,
+    "request-timeout": 408,  # Appendix C: listen.limits.body_timeout
     "conflict": 409,
     "payload-too-large": 413,
     "headers-too-large": 431,
@@ -50,6 +51,7 @@ CLASSES = {
     "TenantMismatch": "tenant-mismatch",
     "NotFound": "not-found",
     "MethodNotAllowed": "method-not-allowed",
+    "RequestTimeout": "request-timeout",
     "Conflict": "conflict",
     "PayloadTooLarge": "payload-too-large",
     "HeadersTooLarge": "headers-too-large",
@@ -77,8 +79,9 @@ def _module_subclasses() -> list[type[GatewayError]]:
     return found
 
 
-def test_spec_table_has_twenty_one_problem_types() -> None:
-    assert len(SPEC_PROBLEM_TYPES) == 21
+def test_spec_table_has_twenty_two_problem_types() -> None:
+    # App. B's twenty, Appendix C's request-timeout, and not-implemented (extends App. B's list).
+    assert len(SPEC_PROBLEM_TYPES) == 22
     assert set(CLASSES.values()) == set(SPEC_PROBLEM_TYPES)
 
 

@@ -1,0 +1,46 @@
+"""Raw-socket HTTP for what HTTP clients will not send: malformed heads, bodies that stall."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+
+from tests.support.gateway_proc import insecure_client_context
+
+
+def connect(port: int, *, tls: bool = False, timeout: float = 5.0) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    if tls:
+        context: ssl.SSLContext = insecure_client_context()
+        return context.wrap_socket(sock)
+    return sock
+
+
+def read_response(sock: socket.socket) -> tuple[str, dict[str, str], bytes]:
+    """The status line, the headers (lower-case names, last value wins) and the body (by
+    Content-Length, else until the server closes)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    length = int(headers.get("content-length", "-1"))
+    while length < 0 or len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return status_line, headers, body
+
+
+def exchange(port: int, data: bytes, *, tls: bool = False) -> tuple[str, dict[str, str], bytes]:
+    with connect(port, tls=tls) as sock:
+        sock.sendall(data)
+        return read_response(sock)
