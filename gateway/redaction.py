@@ -51,6 +51,7 @@ _BIG_INT = 10**6
 DEFAULT_MAX_SCAN = 2048  # logging.redact.max_scan
 _MAX_DEPTH = 32
 _CACHE_LIMIT = 4096
+_NUMBER_CHARS = "0123456789 \t-+.()/"
 _CUT_AT = (" ", "\t", "\n", "\r", "&", ";", ",", '"', "'", "/", "?", "=")
 _CLEAN_CACHE_MAX_LEN = 256
 
@@ -126,11 +127,14 @@ class Redactor:
 
     def _redact_overlong(self, text: str) -> str:
         """The first ``max_scan`` characters, scanned, then a marker for the rest. The cut goes
-        back to the last separator, so no value is kept cut in half (a card's first 12
-        digits, an address without its domain would escape the patterns)."""
+        back to the last separator and before a trailing run of digit groups, so no value is
+        kept cut in half (a card's first 12 digits, an address without its domain would escape
+        the patterns)."""
         kept = text[: self._max_scan]
         if not text[self._max_scan].isspace():
             kept = kept[: max(map(kept.rfind, _CUT_AT)) + 1]
+        # Digit groups run across separators ("4111 1111 1111 | 1111"): drop a trailing run.
+        kept = kept.rstrip(_NUMBER_CHARS)
         return f"{self.redact_text(kept)}…[truncated {len(text) - len(kept)} chars]"
 
     def redact_value(self, obj: object, _depth: int = 0) -> Any:
