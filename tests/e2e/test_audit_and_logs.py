@@ -67,6 +67,17 @@ async def test_admin_acts_are_audited_exported_and_verified(
         path.write_text(json.dumps(variant))
         result = gw.cli("audit", "verify", "--file", str(path))
         assert result.returncode == 4, (index, result.stdout)
+    # Appendix C: a CSV export verifies offline too (its formula-safe marks undone), and a
+    # changed row is caught.
+    csv_file = tmp_path / "system.csv"
+    assert (
+        gw.cli("audit", "export", "--tenant", "_system", "--format", "csv", "-o", str(csv_file)).returncode
+        == 0
+    )
+    verified = gw.cli("audit", "verify", "--file", str(csv_file))
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    csv_file.write_text(csv_file.read_text().replace("admin-token:tests", "=HYPERLINK(1)", 1))
+    assert gw.cli("audit", "verify", "--file", str(csv_file)).returncode == 4
 
     # The purged tenant keeps only the purge record (then this export, which is audited too).
     acme = json.loads(gw.cli("audit", "export", "--tenant", "acme").stdout)
