@@ -9,6 +9,11 @@ Measures, with time.perf_counter over many iterations on one core:
 - redact_text on free-text messages without PII (a repeated one, which the clean-string cache
   answers, and distinct ones, which it cannot) and with PII.
 The budget in ARCHITECTURE.md is "logging ≤ 5 µs" per request; nothing here asserts on it.
+
+``--linearity`` (Appendix C, bounded redaction): for each adversarial shape of the pattern
+table (long local-part runs before "@"/"%40", "eyJ" runs, digit groups…) the scan cost at
+8 times the input size, as a ratio to the 1x cost (scan_builtin_patterns, no max_scan cut). A linear scan
+shows ≈ 8; the old searching e-mail and JWT regexes showed ≈ 40-64 (quadratic).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gateway.redaction import Pseudonymizer, RedactionProcessor, Redactor, truncate_ip
+from gateway.redaction_patterns import scan_builtin_patterns
 
 REDACTOR = Redactor(extra_keys=["iban"], extra_patterns=[r"\bPK\d{2}[A-Z]{4}\d{16}\b"])
 PROCESSOR = RedactionProcessor(REDACTOR)
@@ -72,7 +78,12 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--iterations", type=int, default=200_000)
-    n = parser.parse_args().iterations
+    parser.add_argument("--linearity", action="store_true", help="only the cost ratios of growing inputs")
+    args = parser.parse_args()
+    if args.linearity:
+        linearity()
+        return
+    n = args.iterations
     rng = random.Random(7)
     # More distinct messages than the clean-string cache holds (4096), so "distinct" misses it.
     words = ["".join(rng.choices(string.ascii_lowercase, k=8)) for _ in range(DISTINCT)]
@@ -114,6 +125,38 @@ def main() -> None:
         n,
         lambda i: REDACTOR.redact_text(pii[i % 3]),
     )
+
+
+ADVERSARIAL: dict[str, Callable[[int], str]] = {
+    "local run, bare @": lambda n: "a" * n + "@",
+    "local run, bare %40": lambda n: "a" * n + "%40",
+    "chained %40": lambda n: "a%40" * (n // 4),
+    "labels without a TLD": lambda n: "a@" + "1." * (n // 2),
+    "labels before %40": lambda n: "a." * (n // 2) + "%40",
+    "eyJ run": lambda n: "eyJ" * (n // 3),
+    "eyJ run, then a dot": lambda n: "eyJa" * (n // 4) + ".b",
+    "bearer run": lambda n: "bearer " * (n // 7),
+    "digit singles": lambda n: "1 " * (n // 2),
+    "digit groups": lambda n: "12-" * (n // 3),
+    "IBAN starts": lambda n: "AB12 " * (n // 5),
+}
+
+
+def _best_of(text: str, rounds: int = 5) -> float:
+    timings = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        scan_builtin_patterns(text)
+        timings.append(time.perf_counter() - start)
+    return min(timings)
+
+
+def linearity(size: int = 2048, factor: int = 8) -> None:
+    print(f"scan cost ratio, {factor * size} chars vs {size} (linear ≈ {factor})")
+    for name, shape in ADVERSARIAL.items():
+        small, large = shape(size), shape(size * factor)
+        ratio = _best_of(large) / _best_of(small)
+        print(f"{name:<28} x{ratio:6.1f}")
 
 
 if __name__ == "__main__":

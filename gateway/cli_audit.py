@@ -32,7 +32,7 @@ def add_audit_commands(commands: Any) -> None:
     verify = verbs.add_parser("verify", help="check a trail's hash chain (exit 4 when broken)")
     source = verify.add_mutually_exclusive_group(required=True)
     source.add_argument("--tenant")
-    source.add_argument("--file", help="a JSON export, checked offline")
+    source.add_argument("--file", help="a JSON or CSV export, checked offline")
     operator_client.add_common_arguments(verify)
     verify.set_defaults(func=cmd_audit_verify)
 
@@ -94,7 +94,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
             with open(args.file, "rb") as handle:  # streamed: constant memory for big exports
                 result = verify_records(iter_export_records(handle))
         except (OSError, ValueError) as exc:
-            print(f"audit verify: cannot read a JSON export from {args.file}: {exc}", file=sys.stderr)
+            print(f"audit verify: cannot read a JSON or CSV export from {args.file}: {exc}", file=sys.stderr)
             return EXIT_USAGE
         data = {"file": args.file, "ok": result.ok, "records": result.records, "problem": result.problem}
         return _report_verify(args, data)

@@ -44,9 +44,15 @@ _TRUSTED_SCALARS = frozenset({int, float, bool})
 _PSEUDONYM_RE = re.compile(r"u_[0-9a-f]{16}")
 
 _SAFE_SCALARS = (float, bool, type(None), dt.datetime, dt.date, dt.time, dt.timedelta, uuid.UUID)
-_BIG_INT = 10**12  # ints of 13+ digits may be a card or CNIC stored as a number
+# Ints of 7+ digits are scanned like text: every digit pattern (the digit gate) needs 7 digits,
+# and a number can hold one — SECURITY: the old 13-digit cut let 923001234567 (a Pakistani
+# mobile written without "+", 12 digits) through unmasked.
+_BIG_INT = 10**6
+DEFAULT_MAX_SCAN = 2048  # logging.redact.max_scan
 _MAX_DEPTH = 32
 _CACHE_LIMIT = 4096
+_NUMBER_CHARS = "0123456789 \t-+.()/"
+_CUT_AT = (" ", "\t", "\n", "\r", "&", ";", ",", '"', "'", "/", "?", "=")
 _CLEAN_CACHE_MAX_LEN = 256
 
 
@@ -65,7 +71,13 @@ def _compile_extra(index: int, pattern: str) -> re.Pattern[str]:
 class Redactor:
     """Compiled once per runtime; masks secrets in any value before it is logged."""
 
-    def __init__(self, extra_keys: Iterable[str] = (), extra_patterns: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        extra_keys: Iterable[str] = (),
+        extra_patterns: Iterable[str] = (),
+        max_scan: int = DEFAULT_MAX_SCAN,
+    ) -> None:
+        self._max_scan = max_scan
         self._extra_keys = tuple(words for words in map(pat.key_words, extra_keys) if words)
         self._extra_patterns = tuple(_compile_extra(i, p) for i, p in enumerate(extra_patterns))
         # key -> (masked?, key as shown); strings known to need no change. Both bounded:
@@ -98,6 +110,10 @@ class Redactor:
         """Mask every pattern kind in free text, each with its own placeholder."""
         if text in self._clean:
             return text
+        if len(text) > self._max_scan:
+            # SECURITY: a request chooses what gets logged (path, query keys, headers in errors);
+            # scanning is linear, and this bounds it per field so no line can stall the loop.
+            return self._redact_overlong(text)
         out = text
         if not _is_pseudonym(text):
             for pattern in self._extra_patterns:
@@ -108,6 +124,18 @@ class Redactor:
                 self._clean.clear()
             self._clean.add(text)
         return out
+
+    def _redact_overlong(self, text: str) -> str:
+        """The first ``max_scan`` characters, scanned, then a marker for the rest. The cut goes
+        back to the last separator and before a trailing run of digit groups, so no value is
+        kept cut in half (a card's first 12 digits, an address without its domain would escape
+        the patterns)."""
+        kept = text[: self._max_scan]
+        if not text[self._max_scan].isspace():
+            kept = kept[: max(map(kept.rfind, _CUT_AT)) + 1]
+        # Digit groups run across separators ("4111 1111 1111 | 1111"): drop a trailing run.
+        kept = kept.rstrip(_NUMBER_CHARS)
+        return f"{self.redact_text(kept)}…[truncated {len(text) - len(kept)} chars]"
 
     def redact_value(self, obj: object, _depth: int = 0) -> Any:
         """Return a copy of ``obj`` safe to log: masked keys at any depth, patterns in strings."""

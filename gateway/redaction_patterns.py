@@ -109,9 +109,6 @@ CREDENTIAL_RE = re.compile(
     # 16+ chars) so prose such as "missing bearer token" stays readable.
     r"b(?<![a-z0-9]b)(?:earer|asic)[ \t]+"
     r"(?=[a-z0-9._~+/-]{16}|[a-z]*[0-9]|[a-z0-9]*[.~+/-][a-z0-9])[a-z0-9._~+/-]+=*"
-    # SECURITY: JWT/JWS/JWE: the base64url JSON header always starts "eyJ". No left boundary,
-    # so a token glued to other text is still masked from its header on.
-    r"|eyj[a-z0-9_-]+\.[a-z0-9_-]+(?:\.[a-z0-9_-]*){1,3}"
     # SECURITY: WooCommerce REST consumer key/secret, the ERP's API credentials.
     r"|c[ks]_[0-9a-f]{40}"
     # SECURITY: "password=…", '"token": "…"', "Authorization: Basic …" in free text (a raw
@@ -120,10 +117,25 @@ CREDENTIAL_RE = re.compile(
     rf"|pass(?:word|wd|phrase){_KV}|token{_KV}|secret{_KV}|api[_-]?key{_KV}|authorization{_KV}"
     rf"|cookie{_KV}|otp{_KV}|recovery[_-]?codes?{_KV}|code(?<![a-z0-9_]code)={_KV[_KV.index('(?:(?:') :]}"
 )
+# SECURITY: JWT/JWS/JWE: the base64url JSON header always starts "eyJ". No left boundary, so a
+# token glued to other text is still masked from its header on. Matched only at an "eyJ" by
+# ``mask_jwts``, which skips the rest of a segment when a start fails (a later "eyJ" in the same
+# segment has the same continuation): as a searching regex, "eyJeyJeyJ…" cost quadratic time.
+JWT_RE = re.compile(r"eyj[a-z0-9_-]+\.[a-z0-9_-]+(?:\.[a-z0-9_-]*){1,3}", re.IGNORECASE)
+JWT_START_RE = re.compile(r"eyj", re.IGNORECASE)
+JWT_SEGMENT_RE = re.compile(r"[a-z0-9_-]*", re.IGNORECASE)
 KV_VALUE_START_RE = re.compile(r"[:=][ \t]*[\"']?")
 
-# Pass 2: e-mail, also percent-encoded ("%40") as it appears in logged paths.
-EMAIL_RE = re.compile(r"[A-Za-z0-9._%+-]+(?:@|%40)[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
+# Pass 2: e-mail, also percent-encoded ("%40") as it appears in logged paths. What is masked is
+# what ``[A-Za-z0-9._%+-]+(?:@|%40)DOMAIN`` would match, but found from the anchors outward by
+# ``mask_emails``: as one regex that scan tries every start position and runs each one to the
+# end of the local-part run, quadratic on "aaaa…a@" (SECURITY: one 16 KB query key stalled the
+# event loop for 2 s). Each piece below is matched at a fixed position, once per anchor.
+EMAIL_ANCHOR_RE = re.compile(r"@|%40")
+EMAIL_LOCAL_RUN_RE = re.compile(r"[A-Za-z0-9._%+-]+")
+# Labels cannot hold ".", so the only backtracking is one label at a time: linear in the run
+# of domain characters after the anchor, and those runs never overlap ("@" and "%" end them).
+EMAIL_DOMAIN_RE = re.compile(r"[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
 
 # Gate for passes 3-5 (after a cheap count of 7+ digits): phones, cards, CNICs and IBANs all
 # hold 7+ digits at most a few characters apart.
@@ -195,14 +207,63 @@ def scan_builtin_patterns(text: str) -> str:
     lowered = text.lower()
     if _may_hold_credential(lowered) and CREDENTIAL_RE.search(lowered) is not None:
         text = _mask_credentials(text, lowered)
+    if "eyj" in lowered:
+        text = mask_jwts(text)
     if "@" in text or "%40" in text:
-        text = EMAIL_RE.sub(EMAIL, text)
+        text = mask_emails(text)
     encoded = text.encode("utf-8", "surrogatepass")
     if len(encoded) - len(encoded.translate(None, b"0123456789")) >= 7 and DIGITS_GATE_RE.search(text):
         text = _mask_ibans(text)
         text = NUMBER_RE.sub(_number_repl, text)
         text = DIGITS_RE.sub(_digits_repl, text)
     return text
+
+
+def mask_jwts(text: str) -> str:
+    """Replace each JWT (``JWT_RE``) with ``[jwt]``; linear (see ``JWT_RE``)."""
+    parts, done, pos = [], 0, 0
+    while (start := JWT_START_RE.search(text, pos)) is not None:
+        found = JWT_RE.match(text, start.start())
+        if found is None:
+            pos = JWT_SEGMENT_RE.match(text, start.start()).end()  # type: ignore[union-attr]
+            continue
+        parts += (text[done : found.start()], JWT)
+        done = pos = found.end()
+    return "".join(parts) + text[done:] if parts else text
+
+
+def mask_emails(text: str) -> str:
+    """Replace each e-mail address (``local@domain``, ``local%40domain``) with ``[email]``.
+
+    Linear: anchors are visited left to right, the domain is matched at the anchor, and the
+    local part is the run of local characters the anchor ends (found by one forward pass).
+    Like the greedy regex, anchors chained inside one run ("a%40b.com%40c.org") make one match.
+    """
+    spans: list[list[int]] = []  # [start, end, start of the local run it began in]
+    runs = EMAIL_LOCAL_RUN_RE.finditer(text)
+    run = next(runs, None)
+    for anchor in EMAIL_ANCHOR_RE.finditer(text):
+        at, after = anchor.span()
+        domain = EMAIL_DOMAIN_RE.match(text, after)
+        if domain is None or at == 0:
+            continue
+        while run is not None and run.end() < at:  # the run holding text[at - 1], if any
+            run = next(runs, None)
+        if run is None or run.start() >= at:
+            continue
+        if spans and spans[-1][2] == run.start():
+            spans[-1][1] = domain.end()  # the same local run: the greedy match extends
+            continue
+        start = max(run.start(), spans[-1][1] if spans else 0)
+        if start < at:
+            spans.append([start, domain.end(), run.start()])
+    if not spans:
+        return text
+    parts, done = [], 0
+    for start, end, _ in spans:
+        parts += (text[done:start], EMAIL)
+        done = end
+    return "".join(parts) + text[done:]
 
 
 def _may_hold_credential(lowered: str) -> bool:

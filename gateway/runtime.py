@@ -126,7 +126,11 @@ def build_runtime(
         tls=tls,
         scheme="https" if tls else "http",
         access_log=AccessLogWriter(
-            Redactor(config.logging.redact.extra_keys, config.logging.redact.extra_patterns),
+            Redactor(
+                config.logging.redact.extra_keys,
+                config.logging.redact.extra_patterns,
+                config.logging.redact.max_scan,
+            ),
             enabled=config.logging.access_log,
             pseudonymize=config.logging.pseudonymize,
             pseudonym_key=process.pseudonym_key,

@@ -7,8 +7,10 @@ bytes, so a million-record export runs in constant memory.
   as stored (Appendix B order). ``audit verify --file`` streams this layout back. A stored
   record that is not JSON at all is left out, which the offline verify reports as a seq gap.
 - CSV: a header row with the Appendix B columns; ``details`` as JSON; null as an empty cell.
-  Cells are written verbatim (no spreadsheet-formula escaping, which would alter the data the
-  hashes cover): open untrusted exports in a spreadsheet as text.
+  Formula-safe (Appendix C): a cell that starts with ``=``, ``+``, ``-``, ``@``, a tab or a
+  CR — or with ``'`` itself, or an empty string — gets one ``'`` in front, so a spreadsheet
+  shows it as text. The rule is invertible: a cell starting with ``'`` loses exactly one, an
+  empty cell is null. ``audit verify --file`` undoes it before re-hashing (``csv_value``).
 - XML: ``<audit tenant="…"><record seq="…"><seq>…</seq><time>…</time>…</record></audit>``,
   one child element per field, ``details`` as JSON text, null as ``xsi:nil="true"``. Characters
   XML 1.0 cannot carry at all (control characters other than tab/LF/CR, U+FFFE, U+FFFF,
@@ -107,6 +109,28 @@ def _cell(value: Any) -> str:
     return value if isinstance(value, str) else _json_text(value)
 
 
+# SECURITY: formula injection — a ``sub`` chosen by one tenant's IdP lands in another tenant's
+# trail (tenant.mismatch) and would run as a formula in the victim's spreadsheet.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "'")
+TEXT_MARK = "'"
+
+
+def csv_cell(value: Any) -> str:
+    """One CSV cell: null empty, non-strings as JSON, text marked when a spreadsheet would not
+    take it as plain text (or when the mark itself, or emptiness, would be ambiguous)."""
+    if value is None:
+        return ""
+    text = _cell(value)
+    return TEXT_MARK + text if not text or text.startswith(_FORMULA_STARTS) else text
+
+
+def csv_value(cell: str) -> str | None:
+    """The inverse of ``csv_cell`` up to JSON: null for an empty cell, the text without its mark."""
+    if not cell:
+        return None
+    return cell[1:] if cell.startswith(TEXT_MARK) else cell
+
+
 def _xml_safe(text: str) -> str:
     return _XML_INVALID.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
@@ -175,7 +199,7 @@ async def render(
         else:
             buffer.seek(0)
             buffer.truncate()
-            writer.writerow([_cell(rec.get(f)) for f in FIELDS])
+            writer.writerow([csv_cell(rec.get(f)) for f in FIELDS])
             body = buffer.getvalue().encode()
         chunk = chunker.add(body if first else sep + body)
         first = False

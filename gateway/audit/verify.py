@@ -22,6 +22,8 @@ reach the store's highest seq, so removing the newest records is detected too.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -29,6 +31,7 @@ from typing import IO, Any
 
 import orjson
 
+from gateway.audit.export import csv_value
 from gateway.audit.record import FIELDS, GENESIS_HASH, VOUCHING_EVENTS, compute_hash
 
 
@@ -154,12 +157,22 @@ def verify_records(records: Iterable[Mapping[str, Any]], *, trust_start: bool = 
     return checker.finish()
 
 
+_CSV_HEADER = ",".join(FIELDS).encode()
+_CSV_JSON_FIELDS = frozenset(("seq", "details"))  # written as JSON; every other field is text
+
+
 def iter_export_records(fp: IO[bytes]) -> Iterator[Any]:
-    """Records of a JSON export file, streamed line by line when it has the layout ``export``
-    writes (``[``, one record per line with a trailing comma, ``]``); a JSON array in any other
-    layout is read whole. ValueError when the file is not a JSON array, or breaks off mid-way."""
+    """Records of a JSON or CSV export file, streamed. JSON: line by line when it has the layout
+    ``export`` writes (``[``, one record per line with a trailing comma, ``]``); a JSON array in
+    any other layout is read whole. CSV: the header row of ``export``, then one record per row
+    (see ``iter_csv_records``). ValueError when the file is neither, or breaks off mid-way."""
     start = fp.tell()
-    if fp.readline().strip() == b"[":
+    first = fp.readline().strip()
+    if first == _CSV_HEADER:
+        fp.seek(start)
+        yield from iter_csv_records(fp)
+        return
+    if first == b"[":
         yielded, closed = 0, False
         for number, line in enumerate(fp, start=2):
             text = line.strip()
@@ -190,3 +203,22 @@ def iter_export_records(fp: IO[bytes]) -> Iterator[Any]:
     if not isinstance(value, list):
         raise ValueError("the export file is not a JSON array of audit records")
     yield from value
+
+
+def iter_csv_records(fp: IO[bytes]) -> Iterator[dict[str, Any]]:
+    """Records of a CSV export: the formula-safe mark removed (``csv_value``), ``seq`` and
+    ``details`` read back as JSON, so each record hashes as it did when it was written."""
+    rows = csv.reader(io.TextIOWrapper(fp, encoding="utf-8", newline=""))
+    if tuple(next(rows, ())) != FIELDS:
+        raise ValueError("the CSV export has no audit header row")
+    for number, row in enumerate(rows, start=2):
+        if len(row) != len(FIELDS):
+            raise ValueError(f"export file line {number}: expected {len(FIELDS)} columns")
+        record: dict[str, Any] = {}
+        for name, cell in zip(FIELDS, row, strict=True):
+            value = csv_value(cell)
+            try:
+                record[name] = json.loads(value) if name in _CSV_JSON_FIELDS and value is not None else value
+            except ValueError:
+                raise ValueError(f"export file line {number}: {name} is not JSON") from None
+        yield record

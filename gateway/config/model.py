@@ -126,6 +126,7 @@ class CorsPolicy:
 class RedactConfig:
     extra_keys: tuple[str, ...] = ()
     extra_patterns: tuple[str, ...] = ()
+    max_scan: int = 2048  # characters of one field scanned and kept (Appendix C bounded redaction)
 
 
 @dataclass(frozen=True)

@@ -294,6 +294,11 @@ def _cors(root: Node) -> dict[str, CorsPolicy]:
     return policies
 
 
+# Appendix C: below 256 a field is cut before typical values end; above 1 MiB one field could
+# again hold the event loop (redaction is linear, not free).
+MAX_SCAN_DEFAULT, MAX_SCAN_MIN, MAX_SCAN_MAX = 2048, 256, 1024 * 1024
+
+
 def _logging(node: Node) -> LoggingConfig:
     redact = node.child("redact")
     patterns = redact.string_list("extra_patterns")
@@ -306,7 +311,14 @@ def _logging(node: Node) -> LoggingConfig:
                 )
         except re.error as exc:
             node.report.error(where, f"invalid regex: {exc.msg}")
-    redact_config = RedactConfig(extra_keys=redact.string_list("extra_keys"), extra_patterns=patterns)
+    max_scan = redact.size("max_scan", MAX_SCAN_DEFAULT)
+    if isinstance(max_scan, int) and not MAX_SCAN_MIN <= max_scan <= MAX_SCAN_MAX:
+        node.report.error(
+            redact.child_path("max_scan"), f"must be between {MAX_SCAN_MIN} and {MAX_SCAN_MAX} bytes"
+        )
+    redact_config = RedactConfig(
+        extra_keys=redact.string_list("extra_keys"), extra_patterns=patterns, max_scan=max_scan
+    )
     redact.done()
     result = LoggingConfig(
         level=node.string("level", "info", choices=LOG_LEVELS),

@@ -9,14 +9,8 @@ the attempt. ``check_login_outcome`` runs on the upstream's status: 401/403 are 
 from __future__ import annotations
 
 import asyncio
-import email.errors
-import email.policy
-import json
 from collections.abc import Mapping
-from email.message import Message
-from email.parser import BytesParser
 from typing import Any
-from urllib.parse import parse_qsl
 
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -25,6 +19,7 @@ from gateway.context import RequestContext
 from gateway.errors import BadRequest, LockedOut, PayloadTooLarge, RateLimited
 from gateway.middleware.webhook import DEFAULT_MAX_BODY as WEBHOOK_MAX_BODY
 from gateway.proxy import send_continue
+from gateway.ratelimit.body_fields import counted_fields
 from gateway.ratelimit.headers import POLICY_HEADER, STATE_HEADER, retry_after, state_header
 from gateway.ratelimit.limiter import Verdict
 from gateway.ratelimit.policies import LimitItem
@@ -95,17 +90,10 @@ async def limit_route(ctx: RequestContext) -> web.StreamResponse | None:
         return None
     compiled = rl.compiled
     items = compiled.by_route.get(route.name, ())
-    if not items and route.name not in compiled.needs_body:
+    counted = compiled.counted_fields.get(route.name)
+    if not items and counted is None:
         return None  # the common case: nothing to count, nothing to read
-    fields = await read_body_fields(ctx) if route.name in compiled.needs_body else None
-    if fields is not None and fields.repeated:
-        counted = {i.key.name for i in items if i.key.needs_body}
-        if route.login:
-            counted.add(compiled.login.username_field)
-        if fields.repeated & counted:
-            # SECURITY: the gateway would count one value while the upstream may act on another
-            # (first vs last wins), so each attempt would get a fresh bucket and no lockout.
-            raise BadRequest("A rate-limited body field is given more than once")
+    fields = await read_body_fields(ctx, counted) if counted is not None else None
     checks = _checks(ctx, rl, items, fields)
     limited = rl.backend.check(checks, compiled, "route") if checks else _nothing()
     if not route.login:
@@ -136,9 +124,14 @@ async def _nothing() -> None:
     return None
 
 
-async def read_body_fields(ctx: RequestContext) -> Fields:
-    """Read the body whole (bounded), keep the exact bytes for the proxy, parse JSON or form."""
+async def read_body_fields(ctx: RequestContext, counted: frozenset[str]) -> dict[str, Any]:
+    """Read the body whole (bounded), keep the exact bytes for the proxy, and read the counted
+    fields from it (``gateway.ratelimit.body_fields``: one reading, or a 400)."""
     request = ctx.request
+    content_types = request.headers.getall("Content-Type", ())
+    if len(content_types) > 1:
+        # SECURITY: frameworks take the first or the last Content-Type: two readings of one body.
+        raise BadRequest("A request with a rate-limited body has more than one Content-Type")
     route = ctx.route
     limit = DEFAULT_MAX_BODY
     if route is not None:  # a webhook route keeps its own default: the signature stage reuses ctx.body
@@ -150,7 +143,7 @@ async def read_body_fields(ctx: RequestContext) -> Fields:
         if (request.content_length or 0) > limit:
             raise PayloadTooLarge("The request body is larger than this route allows")
         if not request.body_exists:
-            return Fields()
+            return {}
         send_continue(ctx)  # every check that needs no body has passed
         chunks, size = [], 0
         async for chunk in request.content.iter_chunked(64 * 1024):
@@ -159,80 +152,7 @@ async def read_body_fields(ctx: RequestContext) -> Fields:
                 raise PayloadTooLarge("The request body is larger than this route allows")
             chunks.append(chunk)
         ctx.body = b"".join(chunks)  # forwarded intact by the proxy
-    return parse_fields(request.headers.get("Content-Type", ""), ctx.body)
-
-
-class Fields(dict[str, Any]):
-    """Top-level body fields; ``repeated`` names the fields given more than once with
-    different values (an upstream may read the first where the gateway would count the last)."""
-
-    repeated: frozenset[str] = frozenset()
-
-
-def _fields(pairs: list[tuple[str, Any]]) -> Fields:
-    fields = Fields()
-    repeated = set()
-    for name, value in pairs:
-        if name in fields and fields[name] != value:
-            repeated.add(name)
-        fields[name] = value
-    fields.repeated = frozenset(repeated)
-    return fields
-
-
-def _json_fields(body: bytes, charset: str | None) -> Fields | None:
-    """A JSON object's fields, parsed as leniently as Python upstreams parse (NaN, UTF-16/32
-    and BOM detection, or the declared charset); None when the body is not a JSON object."""
-    try:
-        text: str | bytes = body.decode(charset) if charset else body
-        value = json.loads(text, object_pairs_hook=_fields)
-    except (ValueError, LookupError, RecursionError):
-        return None
-    return value if isinstance(value, Fields) else None
-
-
-def _form_fields(body: bytes, charset: str | None) -> Fields:
-    charset = charset or "utf-8"
-    try:
-        text = body.rstrip().decode(charset)
-        return _fields(parse_qsl(text, keep_blank_values=True, encoding=charset))
-    except (UnicodeError, LookupError, ValueError):
-        return Fields()
-
-
-def _multipart_fields(content_type: str, body: bytes, charset: str | None) -> Fields:
-    head = f"Content-Type: {content_type}\r\n\r\n".encode("latin-1", "replace")
-    try:
-        message = BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
-        pairs = []
-        for part in message.iter_parts():
-            name = part.get_param("name", header="content-disposition")
-            if not isinstance(name, str) or part.get_filename() is not None:
-                continue
-            payload = part.get_payload(decode=True) or b""
-            pairs.append((name, payload.decode(part.get_content_charset() or charset or "utf-8")))
-        return _fields(pairs)
-    except (UnicodeError, LookupError, ValueError, TypeError, email.errors.MessageError):
-        return Fields()
-
-
-def parse_fields(content_type: str, body: bytes) -> Fields:
-    """Top-level fields of a JSON object, a urlencoded form or a multipart form; {} otherwise.
-
-    ``content_type`` is the whole header (charset and boundary included). SECURITY: the
-    counted value must be the one the upstream acts on, or each request gets a fresh bucket:
-    the declared charset is honoured, JSON is parsed as leniently as Python's own parser, and
-    a body of another (or no) declared type still counts when it is a JSON object."""
-    header = Message()
-    header["Content-Type"] = content_type or "application/octet-stream"
-    mime = header.get_content_type()
-    charset = header.get_param("charset")
-    charset = charset if isinstance(charset, str) and charset else None
-    if mime == "application/x-www-form-urlencoded":
-        return _form_fields(body, charset)
-    if mime == "multipart/form-data":
-        return _multipart_fields(content_type, body, charset)
-    return _json_fields(body, charset) or Fields()
+    return counted_fields(content_types[0] if content_types else "", ctx.body, counted)
 
 
 async def check_login_outcome(

@@ -47,7 +47,9 @@ class LimitItem:
 class CompiledLimits:
     pre_auth: tuple[LimitItem, ...]
     by_route: Mapping[str, tuple[LimitItem, ...]]
-    needs_body: frozenset[str]  # routes whose items (or login protection) read body fields
+    # route name → the body fields its items (``body:FIELD``) or login protection count; a
+    # route absent here reads no body
+    counted_fields: Mapping[str, frozenset[str]]
     login: LoginProtectionConfig
     on_store_failure: StoreFailureMode
     store_timeout: float
@@ -93,8 +95,13 @@ def _compile_rules(scope: str, policy: str, rules: Iterable[RateLimitRule]) -> t
     )
 
 
-def _route_needs_body(route: RouteConfig, items: tuple[LimitItem, ...]) -> bool:
-    return route.login or any(item.key.needs_body for item in items)
+def _counted_fields(
+    route: RouteConfig, items: tuple[LimitItem, ...], login: LoginProtectionConfig
+) -> frozenset[str]:
+    names = {item.key.name for item in items if item.key.needs_body}
+    if route.login:
+        names.add(login.username_field)
+    return frozenset(names)
 
 
 def compile_limits(config: GatewayConfig) -> CompiledLimits:
@@ -103,17 +110,18 @@ def compile_limits(config: GatewayConfig) -> CompiledLimits:
         name: _compile_rules(f"policy:{name}", name, rules) for name, rules in settings.policies.items()
     }
     by_route: dict[str, tuple[LimitItem, ...]] = {}
-    needs_body = set()
+    counted: dict[str, frozenset[str]] = {}
     for route in config.routes:
         items = tuple(item for name in route.rate_limit for item in policies.get(name, ()))
         if items:
             by_route[route.name] = items
-        if _route_needs_body(route, items):
-            needs_body.add(route.name)
+        fields = _counted_fields(route, items, settings.login)
+        if fields:
+            counted[route.name] = fields
     return CompiledLimits(
         pre_auth=_compile_rules("pre_auth", PRE_AUTH_POLICY, settings.pre_auth),
         by_route=MappingProxyType(by_route),
-        needs_body=frozenset(needs_body),
+        counted_fields=MappingProxyType(counted),
         login=settings.login,
         on_store_failure=settings.on_store_failure,
         store_timeout=settings.store_timeout,

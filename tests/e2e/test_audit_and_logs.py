@@ -67,6 +67,17 @@ async def test_admin_acts_are_audited_exported_and_verified(
         path.write_text(json.dumps(variant))
         result = gw.cli("audit", "verify", "--file", str(path))
         assert result.returncode == 4, (index, result.stdout)
+    # Appendix C: a CSV export verifies offline too (its formula-safe marks undone), and a
+    # changed row is caught.
+    csv_file = tmp_path / "system.csv"
+    assert (
+        gw.cli("audit", "export", "--tenant", "_system", "--format", "csv", "-o", str(csv_file)).returncode
+        == 0
+    )
+    verified = gw.cli("audit", "verify", "--file", str(csv_file))
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    csv_file.write_text(csv_file.read_text().replace("admin-token:tests", "=HYPERLINK(1)", 1))
+    assert gw.cli("audit", "verify", "--file", str(csv_file)).returncode == 4
 
     # The purged tenant keeps only the purge record (then this export, which is audited too).
     acme = json.loads(gw.cli("audit", "export", "--tenant", "acme").stdout)
@@ -143,3 +154,44 @@ async def test_an_admin_acts_audit_record_carries_the_response_request_id(
     records = json.loads(gw.cli("audit", "export", "--tenant", "acme", "--format", "json").stdout)
     revoked = [r for r in records if r["event"] == "sessions.revoked"]
     assert [r["request_id"] for r in revoked] == [request_id]
+
+
+async def _raw_get(gw: GatewayProc, target: str) -> bytes:
+    """One GET written by hand: a client library would re-encode the adversarial target."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    try:
+        writer.write(f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), timeout=30)
+    finally:
+        writer.close()
+
+
+async def test_a_huge_adversarial_query_key_does_not_stall_the_event_loop(
+    gateway_factory, upstream: Upstream
+) -> None:
+    """Issue 14 / Appendix C bounded redaction: a 16 KB run of local-part characters ending in
+    "%40" (no domain) made the e-mail pattern quadratic; the access log scans the key twice
+    (raw and percent-decoded), and a concurrent health check waited about 2 s."""
+    cfg = {
+        **config(upstream),
+        "routes": [{"name": "api", "prefix": "/api", "upstream": "app", "auth": "none"}],
+    }
+    gw: GatewayProc = gateway_factory(cfg)
+    key = "a." * 8000 + "%40"  # also a run of e-mail domain labels: both old shapes at once
+    slowest = 0.0
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{gw.url}/_gateway/health") as r:  # warm: the keep-alive connection
+            assert r.status == 200
+        attack = asyncio.create_task(_raw_get(gw, f"/nope?{key}"))
+        while not attack.done():
+            started = asyncio.get_running_loop().time()
+            async with http.get(f"{gw.url}/_gateway/health") as r:
+                assert r.status == 200
+            slowest = max(slowest, asyncio.get_running_loop().time() - started)
+            await asyncio.sleep(0.01)
+        answer = await attack
+    assert answer.startswith(b"HTTP/1.1 404")
+    assert slowest < 0.5, f"a health check waited {slowest:.2f}s behind one logged request"
+    lines = [json.loads(line) for line in gw.logs().splitlines() if '"/nope"' in line]
+    assert lines and "…[truncated " in lines[0]["query"] and len(lines[0]["query"]) < 3 * 2048

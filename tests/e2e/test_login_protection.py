@@ -148,3 +148,44 @@ async def test_a_repeated_username_cannot_dodge_the_counters(
     )
     assert status == 400 and json.loads(body)["type"] == "urn:shopino-gateway:bad-request"
     assert "RateLimit-Policy" not in headers and upstream.login_attempts == []
+
+
+def _multipart_login(*parts: tuple[str, str, str]) -> tuple[bytes, dict[str, str]]:
+    """A multipart login body of (name, extra Content-Disposition params, value) parts."""
+    boundary = "issue14-boundary"
+    body = b"".join(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"{extra}\r\n\r\n{value}\r\n'.encode()
+        for name, extra, value in parts
+    )
+    return body + f"--{boundary}--\r\n".encode(), {
+        "Content-Type": f"multipart/form-data; boundary={boundary}"
+    }
+
+
+async def test_a_filename_decoy_part_cannot_dodge_the_username_lockout(
+    tmp_path: Path, upstream: Upstream, gateway_factory, http: aiohttp.ClientSession
+) -> None:
+    """Issue 14 / Appendix C: the upstream's ``post()`` reads a ``filename=""`` part as the
+    username, the old gateway skipped it and counted a fresh decoy per guess — the victim's
+    password was guessed without ever locking. Now the attack is a 400 that never reaches the
+    upstream, and plain multipart logins still count the real username."""
+    upstream.accounts["victim"] = "right-pw"
+    login = {"failures_per_username": 2, "failures_per_ip": 100, "base_lockout": "1m"}
+    gw: GatewayProc = ready(gateway_factory(_config(upstream, tmp_path, login)))
+    for guess in ("guess-1", "guess-2", "guess-3", "right-pw"):
+        body, headers = _multipart_login(
+            ("username", '; filename=""', "victim"),
+            ("username", "", f"decoy-{guess}"),
+            ("password", "", guess),
+        )
+        status, _, answer = await send(http, f"{gw.url}/login", method="POST", data=body, headers=headers)
+        assert status == 400 and json.loads(answer)["type"] == "urn:shopino-gateway:bad-request"
+    assert upstream.login_attempts == []
+
+    for guess in ("guess-1", "guess-2"):
+        body, headers = _multipart_login(("username", "", "victim"), ("password", "", guess))
+        assert (await send(http, f"{gw.url}/login", method="POST", data=body, headers=headers))[0] == 401
+    body, headers = _multipart_login(("username", "", "Victim"), ("password", "", "right-pw"))
+    status, _, answer = await send(http, f"{gw.url}/login", method="POST", data=body, headers=headers)
+    assert status == 429 and json.loads(answer)["type"] == "urn:shopino-gateway:locked-out"
+    assert upstream.login_attempts == [("victim", False), ("victim", False)]

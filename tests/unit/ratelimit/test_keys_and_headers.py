@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 
-from gateway.middleware.rate_limit import parse_fields
+from gateway.ratelimit.body_fields import counted_fields
 from gateway.ratelimit.headers import policy_header, retry_after, state_header
 from gateway.ratelimit.keys import ValueHasher, canonical_username, derive_hash_key
 
@@ -33,12 +33,16 @@ def test_header_formats_follow_the_draft() -> None:
 
 
 def test_body_fields_from_json_and_forms_only() -> None:
-    assert parse_fields("application/json", b'{"username": "a", "n": 1}') == {"username": "a", "n": 1}
-    assert parse_fields("application/vnd.api+json", b'{"username": "a"}') == {"username": "a"}
-    assert parse_fields("application/x-www-form-urlencoded", b"username=a%20b&x=") == {
+    names = frozenset({"username", "n", "x"})
+    assert counted_fields("application/json", b'{"username": "a", "n": 1}', names) == {
+        "username": "a",
+        "n": 1,
+    }
+    assert counted_fields("application/vnd.api+json", b'{"username": "a"}', names) == {"username": "a"}
+    assert counted_fields("application/x-www-form-urlencoded", b"username=a%20b&x=", names) == {
         "username": "a b",
         "x": "",
     }
-    assert parse_fields("application/json", b"[1, 2]") == {}
-    assert parse_fields("application/json", b"{broken") == {}
-    assert parse_fields("text/plain", b"username=a") == {}
+    assert counted_fields("application/json", b"[1, 2]", names) == {}
+    assert counted_fields("application/json", b"{broken", names) == {}
+    assert counted_fields("text/plain", b"username=a", names) == {}

@@ -9,20 +9,25 @@ from typing import Any
 
 import pytest
 
-from gateway.middleware.rate_limit import check_login_outcome, parse_fields
+from gateway.middleware.rate_limit import check_login_outcome
+from gateway.ratelimit.body_fields import AmbiguousField, counted_fields
 from gateway.ratelimit.keys import KeySpec, ip_subject
 from gateway.ratelimit.limiter import RateLimitBackend
 from tests.unit.ratelimit.conftest import ItemFactory, settings
 
+USERNAME = frozenset({"username"})
 
-def test_a_repeated_field_is_flagged_when_its_values_differ() -> None:
-    # aiohttp's dict(await request.post()) keeps the first value; the gateway kept the last.
-    form = parse_fields("application/x-www-form-urlencoded", b"username=mine&username=victim")
-    assert form.repeated == {"username"}
-    as_json = parse_fields("application/json", b'{"username": "mine", "username": "victim"}')
-    assert as_json.repeated == {"username"}
-    same = parse_fields("application/x-www-form-urlencoded", b"username=a&username=a")
-    assert same == {"username": "a"} and not same.repeated
+
+def test_a_repeated_field_is_refused_even_with_equal_values() -> None:
+    # aiohttp's dict(await request.post()) keeps the first value; orjson and PHP the last.
+    # Appendix C: any second value of a counted field is a 400 (see test_body_fields.py).
+    for content_type, body in [
+        ("application/x-www-form-urlencoded", b"username=mine&username=victim"),
+        ("application/json", b'{"username": "mine", "username": "victim"}'),
+        ("application/x-www-form-urlencoded", b"username=a&username=a"),
+    ]:
+        with pytest.raises(AmbiguousField):
+            counted_fields(content_type, body, USERNAME)
 
 
 @pytest.mark.parametrize(
@@ -43,12 +48,12 @@ def test_a_repeated_field_is_flagged_when_its_values_differ() -> None:
     ],
 )
 def test_the_upstream_reading_of_the_body_is_what_counts(content_type: str, body: bytes) -> None:
-    assert parse_fields(content_type, body).get("username") == "victim"
+    assert counted_fields(content_type, body, USERNAME) == {"username": "victim"}
 
 
 def test_hostile_bodies_parse_to_nothing() -> None:
-    assert parse_fields("application/json", b"[" * 100_000) == {}
-    assert parse_fields("application/json; charset=no-such-charset", b'{"username": "a"}') == {}
+    assert counted_fields("application/json", b"[" * 100_000, USERNAME) == {}
+    assert counted_fields("application/json; charset=no-such-charset", b'{"username": "a"}', USERNAME) == {}
 
 
 def test_ipv6_clients_are_counted_per_64_and_mapped_ipv4_as_ipv4() -> None:

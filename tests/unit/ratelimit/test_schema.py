@@ -58,7 +58,7 @@ def test_appendix_a_section_compiles_to_items() -> None:
         ("body", 20, 3600),
     ]
     assert items[1].policy_header == '"login";q=5;w=60'
-    assert "login" in compiled.needs_body
+    assert compiled.counted_fields["login"] == {"username"}
     assert compiled.login.max_lockout == 86400 and compiled.pre_auth[0].quota == 300
 
 
