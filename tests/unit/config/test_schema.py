@@ -753,6 +753,18 @@ def test_shipped_config_parses() -> None:
     assert config.secret_paths == frozenset()
 
 
+def test_the_package_carries_the_shipped_config() -> None:
+    """``shopino-gateway demo`` from an installed package reads ``gateway/default_config.yaml``
+    (package data). One source of truth: in the source tree it is a link to this file, so keys
+    added to config/gateway.yaml reach the package without a second copy to keep in step."""
+    from gateway.demo.command import shipped_config_path
+
+    packaged = shipped_config_path()
+    assert packaged.name == "default_config.yaml" and packaged.parent == ROOT / "gateway"
+    assert packaged.is_symlink() and packaged.resolve() == SHIPPED.resolve()
+    assert packaged.read_bytes() == SHIPPED.read_bytes()
+
+
 def test_shipped_config_top_level_keys_are_from_the_spec() -> None:
     data = yaml.safe_load(SHIPPED.read_text(encoding="utf-8"))
     assert isinstance(data, dict)
