@@ -2,6 +2,8 @@
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
+# gateway/default_config.yaml (package data for `shopino-gateway demo`) links to config/gateway.yaml
+COPY config ./config
 COPY gateway ./gateway
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 

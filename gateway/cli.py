@@ -184,9 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_check_config)
 
     demo = commands.add_parser("demo", help="run a demo ERP and the gateway in front of it")
-    demo.add_argument("--port", type=int, default=8443)
-    demo.add_argument("--admin-port", type=int, default=9090)
-    demo.add_argument("--backend-port", type=int, default=9000)
+    demo.add_argument("--port", type=int, default=8443, help="the gateway's TLS port on 127.0.0.1")
+    demo.add_argument("--admin-port", type=int, default=9090, help="the admin API's port on 127.0.0.1")
+    demo.add_argument("--backend-port", type=int, default=9000, help="the demo ERP's port on 127.0.0.1")
     demo.set_defaults(func=cmd_demo)
 
     token = commands.add_parser("token", help="test tokens").add_subparsers(

@@ -7,10 +7,13 @@ under pressure must not have to read JSON to learn that one instance lags behind
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 import urllib.parse
 from typing import Any
 
 from gateway import operator_client
+from gateway.operator_client import EXIT_OK, EXIT_REMOTE_ERROR, EXIT_USAGE
 
 SCOPES = ("global", "module", "route", "tenant", "integration", "endpoint")
 
@@ -29,8 +32,9 @@ def add_killswitch_commands(commands: Any) -> None:
     operator_client.add_common_arguments(engage)
     engage.set_defaults(func=cmd_killswitch_engage)
 
-    release = verbs.add_parser("release", help="release a switch by id")
-    release.add_argument("id")
+    release = verbs.add_parser("release", help="release a switch by id, or every switch of an incident")
+    release.add_argument("id", nargs="?", metavar="ID", help="the switch's id (killswitch list shows it)")
+    release.add_argument("--incident", help="instead of an ID: release every active switch of this incident")
     release.add_argument("--reason")
     operator_client.add_common_arguments(release)
     release.set_defaults(func=cmd_killswitch_release)
@@ -48,10 +52,50 @@ def cmd_killswitch_engage(args: argparse.Namespace) -> int:
     return operator_client.run_verb(args, "POST", "/admin/killswitch", body, _describe_engaged)
 
 
+def _release_path(switch_id: str) -> str:
+    return f"/admin/killswitch/{urllib.parse.quote(switch_id, safe='')}"
+
+
 def cmd_killswitch_release(args: argparse.Namespace) -> int:
+    if (args.id is None) == (args.incident is None):
+        print("error: name either a switch ID or --incident INCIDENT", file=sys.stderr)
+        return EXIT_USAGE
     body = {"reason": args.reason} if args.reason else None
-    path = f"/admin/killswitch/{urllib.parse.quote(args.id, safe='')}"
-    return operator_client.run_verb(args, "DELETE", path, body, _describe_released)
+    if args.incident is not None:
+        return _release_incident(args, body)
+    return operator_client.run_verb(args, "DELETE", _release_path(args.id), body, _describe_released)
+
+
+def _release_incident(args: argparse.Namespace, body: dict[str, Any] | None) -> int:
+    """List, then release each switch of the incident through the same audited DELETE a
+    release by id uses (so every release has its own audit record and acknowledgement)."""
+    try:
+        _, listing = operator_client.checked_call(args, "GET", "/admin/killswitch", None)
+        ids = [s["id"] for s in listing.get("switches", []) if s.get("incident") == args.incident]
+        released, gone = [], []
+        for switch_id in ids:
+            # 404: it expired or someone released it between the list and now; it is gone either way.
+            status, data = operator_client.checked_call(
+                args, "DELETE", _release_path(switch_id), body, allowed=frozenset({404})
+            )
+            if status == 404:
+                gone.append(switch_id)
+            else:
+                released.append(data)
+    except operator_client.VerbFailed as failed:
+        return failed.exit_code
+    if args.json:
+        print(json.dumps({"incident": args.incident, "released": released, "already_gone": gone}, indent=2))
+    else:
+        for data in released:
+            print(_describe_released(data))
+        for switch_id in gone:
+            print(f"{switch_id}: already released or expired")
+    if not ids:
+        # Like an unknown ID: a mistyped incident must not look like a successful release.
+        print(f"error: no active kill switch of incident {args.incident}", file=sys.stderr)
+        return EXIT_REMOTE_ERROR
+    return EXIT_OK
 
 
 def cmd_killswitch_list(args: argparse.Namespace) -> int:

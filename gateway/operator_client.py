@@ -84,6 +84,44 @@ def _json(raw: bytes) -> dict[str, Any]:
     return value if isinstance(value, dict) else {"items": value}
 
 
+class VerbFailed(Exception):
+    """The call failed and the error is already reported; ``exit_code`` is the CLI's exit code."""
+
+    def __init__(self, exit_code: int) -> None:
+        super().__init__(exit_code)
+        self.exit_code = exit_code
+
+
+def checked_call(
+    args: argparse.Namespace,
+    method: str,
+    path: str,
+    body: dict[str, Any] | None,
+    *,
+    allowed: frozenset[int] = frozenset(),
+) -> tuple[int, dict[str, Any]]:
+    """(status, JSON) of a 2xx answer or one of ``allowed``; anything else is reported on stderr
+    (the JSON on stdout with ``--json``) and raised as :class:`VerbFailed`."""
+    try:
+        status, data = call_admin(method, path, body, admin_url=args.admin_url, cafile=args.cafile)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise VerbFailed(EXIT_USAGE) from None
+    except (OSError, urllib.error.URLError) as exc:
+        reason = getattr(exc, "reason", exc)
+        print(f"error: the gateway's admin API is unreachable ({reason})", file=sys.stderr)
+        raise VerbFailed(EXIT_UNREACHABLE) from None
+    if not 200 <= status < 300 and status not in allowed:  # a refused redirect is an error too
+        if args.json:
+            print(json.dumps(data, indent=2, sort_keys=True))
+        else:
+            print(f"error {status}: {data.get('title', '')}: {data.get('detail', '')}", file=sys.stderr)
+            for line in data.get("errors", []):
+                print(f"  {line}", file=sys.stderr)
+        raise VerbFailed(EXIT_REMOTE_ERROR)
+    return status, data
+
+
 def run_verb(
     args: argparse.Namespace,
     method: str,
@@ -92,22 +130,8 @@ def run_verb(
     human: Callable[[dict[str, Any]], str],
 ) -> int:
     try:
-        status, data = call_admin(method, path, body, admin_url=args.admin_url, cafile=args.cafile)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except (OSError, urllib.error.URLError) as exc:
-        reason = getattr(exc, "reason", exc)
-        print(f"error: the gateway's admin API is unreachable ({reason})", file=sys.stderr)
-        return EXIT_UNREACHABLE
-    if args.json:
-        print(json.dumps(data, indent=2, sort_keys=True))
-    if not 200 <= status < 300:  # a refused redirect (open_url) is an error too
-        if not args.json:
-            print(f"error {status}: {data.get('title', '')}: {data.get('detail', '')}", file=sys.stderr)
-            for line in data.get("errors", []):
-                print(f"  {line}", file=sys.stderr)
-        return EXIT_REMOTE_ERROR
-    if not args.json:
-        print(human(data))
+        _, data = checked_call(args, method, path, body)
+    except VerbFailed as failed:
+        return failed.exit_code
+    print(json.dumps(data, indent=2, sort_keys=True) if args.json else human(data))
     return EXIT_OK

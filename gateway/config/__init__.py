@@ -25,7 +25,7 @@ from gateway.config.model import (
     TlsConfig,
     UpstreamConfig,
 )
-from gateway.config.reader import Report
+from gateway.config.reader import ADDRESS_PATHS, Report
 from gateway.config.schema import build_config
 
 __all__ = [
@@ -126,9 +126,15 @@ def effective_config(config: GatewayConfig) -> dict[str, Any]:
         token["sha256"] = MASK
     for integration in data.get("integrations", {}).values():
         integration["secret"] = MASK
-    # Anything that came from ${ENV} is treated as a secret: that is how secrets arrive. Masked
-    # by value, wherever it ended up (split into host/port, sorted into a set, renamed).
-    return _mask_values(data, secrets)
+    # Anything else that came from ${ENV} is treated as a secret: that is how secrets arrive.
+    # Masked by value, wherever it ended up (split into parts, sorted into a set, renamed).
+    masked: dict[str, Any] = _mask_values(data, secrets)
+    # Listen addresses are not secrets (ADDRESS_PATHS); without this, a default such as
+    # 127.0.0.1 would be masked for being part of an upstream URL that came from ${ENV}.
+    for fields in ADDRESS_PATHS.values():
+        for section, key in fields:
+            masked[section][key] = data[section][key]
+    return masked
 
 
 def _mask_values(value: Any, secrets: list[str]) -> Any:

@@ -15,6 +15,16 @@ from gateway.config.values import interpolate_env, parse_duration, parse_size
 T = TypeVar("T")
 _MISSING: Any = object()
 
+#: Where the gateway listens is not a secret (``ss -ltn`` shows it, every client connects to it),
+#: but it is what deployments set through the environment (a container's port, the demo's free
+#: ports). A value from ``${ENV}`` at these paths is therefore printed as it is; the output
+#: fields each path fills are listed so ``effective_config`` can leave exactly those unmasked.
+ADDRESS_PATHS: dict[str, tuple[tuple[str, str], ...]] = {
+    "listen.host": (("listen", "host"),),
+    "listen.port": (("listen", "port"),),
+    "admin.listen": (("admin", "host"), ("admin", "port")),
+}
+
 
 @dataclass
 class Report:
@@ -63,12 +73,13 @@ class Node:
         if isinstance(value, list):
             return [self._interpolated(v, f"{path}[{i}]") for i, v in enumerate(value)]
         if isinstance(value, str) and "${" in value:
+            address = path in ADDRESS_PATHS
             try:
-                value, replaced = interpolate_env(value, sink=self.report.secret_values)
+                value, replaced = interpolate_env(value, sink=None if address else self.report.secret_values)
             except ValueError as exc:
                 self.report.error(path, str(exc))
                 return None
-            if replaced:
+            if replaced and not address:
                 self.report.secret_paths.add(path)
         return value
 

@@ -273,3 +273,34 @@ async def test_cli_engage_list_release(clean: GatewayProc) -> None:
     assert missing.returncode == 1  # --reason is required by the CLI as well
     unknown = clean.cli("killswitch", "release", "ks_nope")
     assert unknown.returncode == 2
+
+
+async def test_cli_release_by_incident(clean: GatewayProc, http: aiohttp.ClientSession) -> None:
+    """``killswitch release --incident I`` releases every switch of I (each through the audited
+    DELETE), leaves other incidents' switches engaged, and a mistyped incident is an error."""
+    first = await engage(http, clean, scope="module", target="finance", incident="INC-REL")
+    second = await engage(http, clean, scope="module", target="orders", incident="INC-REL")
+    other = await engage(http, clean, scope="module", target="secure", incident="INC-OTHER")
+    assert await status_of(http, clean.url + "/api/finance/x") == 503
+    released = clean.cli("killswitch", "release", "--incident", "INC-REL", "--reason", "contained")
+    assert released.returncode == 0, released.stderr
+    assert f"released {first['id']}" in released.stdout and f"released {second['id']}" in released.stdout
+    _, listing = await admin(http, clean, "GET", "/admin/killswitch")
+    assert [s["id"] for s in listing["switches"]] == [other["id"]]
+    assert await status_of(http, clean.url + "/api/finance/x") == 200
+    assert await status_of(http, clean.url + "/api/orders/x") == 200
+    trail = await audit_events(http, clean, "_system")
+    reasons = {
+        r["details"]["id"]: r["details"].get("reason") for r in trail if r["event"] == "killswitch.released"
+    }
+    assert reasons[first["id"]] == reasons[second["id"]] == "contained"
+
+    again = clean.cli("killswitch", "release", "--incident", "INC-REL", "--json")
+    assert again.returncode == 2 and "no active kill switch of incident INC-REL" in again.stderr
+    assert json.loads(again.stdout) == {"incident": "INC-REL", "released": [], "already_gone": []}
+    by_json = clean.cli("killswitch", "release", "--incident", "INC-OTHER", "--json")
+    assert by_json.returncode == 0
+    assert [s["id"] for s in json.loads(by_json.stdout)["released"]] == [other["id"]]
+    for usage in (("killswitch", "release"), ("killswitch", "release", other["id"], "--incident", "INC-X")):
+        refused = clean.cli(*usage)
+        assert refused.returncode == 1 and "either a switch ID or --incident" in refused.stderr

@@ -578,15 +578,14 @@ def test_effective_config_keeps_url_without_password() -> None:
 
 def test_effective_config_masks_every_value_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     secrets = {
-        "GW_TEST_HOST": "10.99.0.7",
-        "GW_TEST_PORT": "8444",
         "GW_TEST_UPSTREAM": "http://erp-secret-host.internal:9000",
         "GW_TEST_ISSUER": "https://idp-secret.example",
         "GW_TEST_STATE": "redis://:pw-from-env@redis:6379/0",
         "GW_TEST_TOKEN_NAME": "token-name-from-env",
         "GW_TEST_MODULE": "module-from-env",
     }
-    for name, value in secrets.items():
+    addresses = {"GW_TEST_HOST": "10.99.0.7", "GW_TEST_PORT": "8444"}
+    for name, value in {**secrets, **addresses}.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("GW_TEST_UNSET", raising=False)
     config = parse_config(
@@ -614,8 +613,6 @@ routes:
     assert config.listen.port == 8444
     assert config.upstreams["erp"].urls == ("http://erp-secret-host.internal:9000",)
     assert config.secret_paths == {
-        "listen.host",
-        "listen.port",
         "auth.issuers[1].issuer",
         "admin.jwt_issuers[1]",
         "admin.tokens[0].name",
@@ -625,8 +622,6 @@ routes:
     }
     data = effective_config(config)
     # ... and are masked where they appear.
-    assert data["listen"]["host"] == MASK
-    assert data["listen"]["port"] == MASK
     assert data["admin"]["jwt_issuers"] == ["https://plain.example", MASK]
     assert data["admin"]["tokens"][0] == {"name": MASK, "sha256": MASK}
     assert data["state"]["url"] == MASK
@@ -634,9 +629,50 @@ routes:
     assert data["routes"][0]["module"] == MASK
     # A default (not from the environment) is not a secret and stays readable.
     assert data["routes"][0]["prefix"] == "/api"
+    # Where the gateway listens is not a secret, even when the environment set it.
+    assert (data["listen"]["host"], data["listen"]["port"]) == ("10.99.0.7", 8444)
     printed = json.dumps(data)
     for value in secrets.values():
         assert value not in printed
+
+
+def test_effective_config_shows_listen_addresses_and_masks_the_secrets_around_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What ``shopino-gateway demo`` does: ports from the environment, and an upstream URL and
+    a state URL (secrets by the rule) that contain the same host and port."""
+    monkeypatch.setenv("GW_PORT", "18443")
+    monkeypatch.setenv("GW_ADMIN_PORT", "19090")
+    monkeypatch.setenv("GW_UPSTREAM", "http://127.0.0.1:18443")
+    monkeypatch.setenv("GW_STATE", "redis://:Env-Pw-19090@127.0.0.1:6379/0")
+    config = parse_config(
+        "listen: {host: 127.0.0.1, port: '${GW_PORT}'}\n"
+        "admin: {listen: '127.0.0.1:${GW_ADMIN_PORT}', tokens: [{name: ops, sha256: " + TOKEN_SHA + "}]}\n"
+        "state: {url: '${GW_STATE}'}\n"
+        "upstreams:\n  erp: {urls: ['${GW_UPSTREAM}']}\n"
+    )
+    data = effective_config(config)
+    assert data["listen"]["host"] == "127.0.0.1" and data["listen"]["port"] == 18443
+    assert data["admin"]["host"] == "127.0.0.1" and data["admin"]["port"] == 19090
+    # The secrets stay masked, and the addresses being visible did not unmask them.
+    assert data["state"]["url"] == MASK
+    assert data["upstreams"]["erp"]["urls"] == [MASK]
+    assert data["admin"]["tokens"] == [{"name": "ops", "sha256": MASK}]
+    printed = json.dumps(data)
+    assert "Env-Pw-19090" not in printed and TOKEN_SHA not in printed
+
+
+@pytest.mark.parametrize("text", ["admin: {listen: '${GW_LEAK}'}\n", "listen: {host: '${GW_LEAK}'}\n"])
+def test_an_address_from_the_environment_is_not_a_secret_value(
+    monkeypatch: pytest.MonkeyPatch, text: str
+) -> None:
+    """It must not mask other fields that merely contain it either (the value rule)."""
+    monkeypatch.setenv("GW_LEAK", "10.42.42.42:7777" if "admin" in text else "10.42.42.42")
+    config = parse_config(text + "trusted_proxies: [10.42.42.42/32]\n")
+    assert not config.secret_values and not config.secret_paths
+    data = effective_config(config)
+    assert data["trusted_proxies"] == ["10.42.42.42/32"]
+    assert "10.42.42.42" in (data["admin"]["host"], data["listen"]["host"])
 
 
 # Secrets that once slipped through effective_config: each case is one former masking gap.
@@ -645,14 +681,6 @@ def _leak(text: str, value: str, fragments: list[str], reason: str, case: str) -
 
 
 LEAKS = [
-    _leak(
-        "admin: {listen: '${GW_LEAK}'}\n",
-        "10.42.42.42:7777",
-        ["10.42.42.42", "7777"],
-        "BUG config/__init__.py _mask_path: secret path 'admin.listen' is not a key of the output "
-        "(it holds admin.host/admin.port), so a new 'listen' key is masked and host/port stay visible",
-        "admin-listen-from-env",
-    ),
     _leak(
         "cors:\n  web: {origins: ['https://b.example', '${GW_LEAK}']}\n",
         "https://a-secret.example",
@@ -723,6 +751,18 @@ def test_shipped_config_parses() -> None:
     # Its comment names the demo admin token; the stored hash must match it.
     assert config.admin.tokens[0].sha256 == hashlib.sha256(b"demo-admin-token").hexdigest()
     assert config.secret_paths == frozenset()
+
+
+def test_the_package_carries_the_shipped_config() -> None:
+    """``shopino-gateway demo`` from an installed package reads ``gateway/default_config.yaml``
+    (package data). One source of truth: in the source tree it is a link to this file, so keys
+    added to config/gateway.yaml reach the package without a second copy to keep in step."""
+    from gateway.demo.command import shipped_config_path
+
+    packaged = shipped_config_path()
+    assert packaged.name == "default_config.yaml" and packaged.parent == ROOT / "gateway"
+    assert packaged.is_symlink() and packaged.resolve() == SHIPPED.resolve()
+    assert packaged.read_bytes() == SHIPPED.read_bytes()
 
 
 def test_shipped_config_top_level_keys_are_from_the_spec() -> None:
