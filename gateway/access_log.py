@@ -25,6 +25,7 @@ from aiohttp.abc import AbstractAccessLogger
 from gateway.context import ContextKey
 from gateway.crypto import Keyring
 from gateway.redaction import Pseudonymizer, Redactor, truncate_ip
+from gateway.refusal_log import RefusalAggregator
 
 log = structlog.get_logger("gateway.access")
 ACCESS_LOGGER = logging.getLogger("gateway.access")
@@ -63,7 +64,7 @@ def flush_access_logs() -> None:
     """Write every batched line now: at exit, and where a process ends without running atexit
     hooks (a forked worker leaves through ``os._exit``)."""
     for writer in list(_WRITERS):
-        writer.flush()
+        writer.flush(final=True)
 
 
 class AccessLogWriter:
@@ -92,26 +93,37 @@ class AccessLogWriter:
         self._stamp = _UtcStamp()
         self._pending: list[bytes] = []
         self._flush_scheduled = False
+        self._refusals = RefusalAggregator()
+        self._summary_scheduled = False
         _WRITERS.add(self)
 
     def write(self, request: web.BaseRequest, response: web.StreamResponse, elapsed: float) -> None:
         ctx = request.get(ContextKey)
         if ctx is None:
             return
+        now = time.time()
+        client_ip = truncate_ip(ctx.client_ip) if self._pseudonymize else ctx.client_ip
+        route = ctx.route.name if ctx.route is not None else None
+        # A flood of refusals from one client costs a counter, not a line each (refusal_log.py).
+        if ctx.refusal is not None and not self._refusals.admit(
+            int(now), ctx.refusal, client_ip, response.status, route
+        ):
+            self._schedule_summary()
+            return
         target = ctx.target
         path = target.path if target is not None else "-"
         line: dict[str, object] = {
-            "timestamp": self._stamp(time.time()),
+            "timestamp": self._stamp(now),
             "level": "info",
             "event": "access",
             "request_id": ctx.request_id,
             "method": request.method,
-            "route": ctx.route.name if ctx.route is not None else None,
+            "route": route,
             "path": self._redactor.redact_text(path),
             "status": response.status,
             "duration_ms": round(elapsed * 1000, 3),
             "bytes": response.body_length,
-            "client_ip": truncate_ip(ctx.client_ip) if self._pseudonymize else ctx.client_ip,
+            "client_ip": client_ip,
         }
         if ctx.outcome is not None:
             line["reason"] = ctx.outcome  # 499: "client-closed" or "drain-timeout" (App. C)
@@ -126,6 +138,9 @@ class AccessLogWriter:
                 line["user"] = user if user in self._clean else self._redactor.redact_text(user)
         if tenant is not None:
             line["tenant"] = tenant if tenant in self._clean else self._redactor.redact_text(tenant)
+        self._append(line)
+
+    def _append(self, line: dict[str, object]) -> None:
         self._pending.append(orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE))
         if not self._flush_scheduled:
             try:
@@ -136,8 +151,28 @@ class AccessLogWriter:
             self._flush_scheduled = True
             loop.call_later(FLUSH_DELAY, self.flush)
 
-    def flush(self) -> None:
-        """Write every pending line at once (and flush the stream, buffered or not)."""
+    def _schedule_summary(self) -> None:
+        if self._summary_scheduled:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # flush() at exit writes whatever was counted
+        self._summary_scheduled = True
+        loop.call_at(loop.time() + 1.0 - time.time() % 1.0 + 0.001, self._write_summaries)
+
+    def _write_summaries(self, final: bool = False) -> None:
+        self._summary_scheduled = False
+        for summary in self._refusals.take_summaries(None if final else int(time.time())):
+            second = summary.pop("second")
+            assert isinstance(second, int)
+            self._append({"timestamp": self._stamp(second + 0.999), "level": "info", **summary})
+
+    def flush(self, final: bool = False) -> None:
+        """Write every pending line at once (and flush the stream, buffered or not); ``final``
+        also writes the refusal counts of the second still running (at exit)."""
+        if final:
+            self._write_summaries(final=True)
         self._flush_scheduled = False
         if not self._pending:
             return

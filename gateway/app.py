@@ -28,6 +28,7 @@ def render_problem(error: GatewayError, ctx: RequestContext | None, request_id: 
     headers["X-Content-Type-Options"] = "nosniff"
     if ctx is not None:
         ctx.status = error.status
+        ctx.refusal = error.slug
         if ctx.runtime.tls:
             headers["Strict-Transport-Security"] = HSTS
         for name, value in ctx.response_headers.items():

@@ -76,6 +76,7 @@ class RequestContext:
     response_headers: dict[str, str] = field(default_factory=dict)
     status: int = 0
     outcome: str | None = None  # why the request ended unanswered (the access line's "reason")
+    refusal: str | None = None  # the problem type slug when the gateway refused the request
     upstream_url: str | None = None
     claims: VerifiedClaims | None = None  # set by authentication
     user: str | None = None  # set by authentication

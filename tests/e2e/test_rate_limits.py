@@ -15,7 +15,7 @@ import aiohttp
 import yaml
 
 from tests.e2e.ratelimit_support import DEPLOYMENT_ENV, limits_config, ready, send, token
-from tests.support.gateway_proc import GatewayProc
+from tests.support.gateway_proc import ADMIN_TOKEN, GatewayProc
 from tests.support.upstream import Upstream
 
 
@@ -194,3 +194,30 @@ async def test_a_counted_body_is_held_to_one_mebibyte_whatever_max_body_says(
     big = io.BytesIO(json.dumps({"username": "alice", "pad": "x" * (2 * 1024 * 1024)}).encode())
     status, _, body = await send(http, f"{gw.url}/n", method="POST", data=big)
     assert status == 413 and json.loads(body)["type"] == "urn:shopino-gateway:payload-too-large"
+
+
+async def test_a_refusal_flood_is_logged_as_ten_lines_a_second_plus_an_exact_count(
+    tmp_path: Path, upstream: Upstream, gateway_factory, http: aiohttp.ClientSession
+) -> None:
+    """Issue 13 "cheap refusals": a flood costs a counter per refusal, not an access line each;
+    every refusal is still accounted for, in the summary line and in the metrics."""
+    config = limits_config(
+        upstream.url,
+        tmp_path,
+        {"pre_auth": [{"key": "ip", "limit": "2/minute", "strategy": "fixed-window"}]},
+        [{"name": "open", "prefix": "/", "auth": "none"}],
+    )
+    gw = ready(gateway_factory(config))
+    statuses = [(await send(http, f"{gw.url}/flood"))[0] for _ in range(80)]
+    assert statuses.count(200) == 2 and statuses.count(429) == 78
+    await asyncio.sleep(1.2)  # the summary is written once its second has ended
+    lines = [json.loads(line) for line in gw.logs().splitlines() if line.startswith("{")]
+    full = [line for line in lines if line.get("event") == "access" and line.get("status") == 429]
+    summaries = [line for line in lines if line.get("event") == "access_refusals"]
+    assert 10 <= len(full) < 78  # ten a second at most, and the flood took under 8 s
+    assert len(full) + sum(line["count"] for line in summaries) == 78
+    assert {line["reason"] for line in summaries} == {"rate-limited"}
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    async with http.get(f"{gw.admin_url}/metrics", headers=admin) as response:
+        metrics = await response.text()
+    assert 'shopino_gateway_refusals_total{type="rate-limited"} 78.0' in metrics

@@ -42,6 +42,7 @@ def finished_request(request_id: str) -> tuple[dict[object, object], SimpleNames
         user="alice@acme.example",
         tenant="acme",
         outcome=None,
+        refusal=None,
     )
     request: dict[object, object] = {ContextKey: ctx}
     return request, SimpleNamespace(status=200, body_length=42)
@@ -143,3 +144,58 @@ def test_identity_fields_stay_masked_on_repeat_requests() -> None:
         assert "alice@acme.example" not in text and "bob@globex.example" not in text
     # Without pseudonyms the user id is logged through the redactor: the e-mail is masked.
     assert all(line["user"] != "alice@acme.example" for line in lines_of(plain))
+
+
+def refused(writer: AccessLogWriter, client_ip: str, slug: str = "rate-limited") -> None:
+    fields, response = finished_request("r")
+    ctx = fields[ContextKey]
+    ctx.refusal, ctx.client_ip, ctx.user, ctx.tenant = slug, client_ip, None, None  # type: ignore[attr-defined]
+    response.status = 429
+    writer.write(FakeRequest(fields), response, 0.0001)  # type: ignore[arg-type]
+
+
+async def test_a_flood_of_refusals_gets_ten_full_lines_a_second_and_an_exact_count() -> None:
+    stream = CountingStream()
+    writer = writer_on(stream)
+    for _ in range(250):
+        refused(writer, "198.51.100.9")
+    for _ in range(3):
+        refused(writer, "203.0.113.10")  # another client: under the threshold, every line
+    refused(writer, "198.51.100.9", slug="invalid-token")  # another reason: its own budget
+    writer.flush(final=True)
+    lines = lines_of(stream)
+    full = [line for line in lines if line["event"] == "access"]
+    summaries = [line for line in lines if line["event"] == "access_refusals"]
+    assert len(full) == 10 + 3 + 1
+    assert summaries == [
+        {
+            "timestamp": summaries[0]["timestamp"],
+            "level": "info",
+            "event": "access_refusals",
+            "reason": "rate-limited",
+            "status": 429,
+            "route": "orders",
+            "client_ip": "198.51.100.0",  # truncated like every access line
+            "count": 240,
+        }
+    ]
+
+
+async def test_refusal_counts_are_written_once_their_second_has_ended() -> None:
+    stream = CountingStream()
+    writer = writer_on(stream)
+    for _ in range(15):
+        refused(writer, "203.0.113.5")
+    await asyncio.sleep(1.1)
+    writer.flush()
+    counts = [line["count"] for line in lines_of(stream) if line["event"] == "access_refusals"]
+    assert counts == [5]
+
+
+def test_answered_requests_are_never_thinned() -> None:
+    stream = CountingStream()
+    writer = writer_on(stream)
+    for index in range(50):
+        log_one(writer, f"req-{index}")
+    writer.flush()
+    assert len(lines_of(stream)) == 50
