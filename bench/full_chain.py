@@ -129,11 +129,28 @@ end
 
 
 def full_chain_config(
-    port: int, admin_port: int, rundir: Path, state_url: str, upstream_port: int, public_pem: Path
+    port: int,
+    admin_port: int,
+    rundir: Path,
+    state_url: str,
+    upstream_port: int,
+    public_pem: Path,
+    *,
+    extra_routes: int = 0,
+    admin_token_sha256: str | None = None,
 ) -> str:
+    """The workload's config; ``extra_routes`` more routes (``/m000``…, module ``m000``…) and a
+    static admin token for benches that grow the world around the measured route."""
+    admin: dict[str, object] = {"listen": f"{LOOPBACK}:{admin_port}"}
+    if admin_token_sha256 is not None:
+        admin["tokens"] = [{"name": "bench", "sha256": admin_token_sha256}]
+    routes: list[dict[str, object]] = [
+        {"name": f"r-m{i:03d}", "prefix": f"/m{i:03d}", "module": f"m{i:03d}", "upstream": "app"}
+        for i in range(extra_routes)
+    ]
     config: dict[str, object] = {
         "listen": {"host": LOOPBACK, "port": port, "tls": "off", "workers": 1},
-        "admin": {"listen": f"{LOOPBACK}:{admin_port}"},
+        "admin": admin,
         "state": {"url": state_url},
         "upstreams": {"app": {"urls": [f"http://{LOOPBACK}:{upstream_port}"]}},
         "routes": [
@@ -144,7 +161,8 @@ def full_chain_config(
                 "upstream": "app",
                 "auth": "jwt",
                 "rate_limit": ["api"],
-            }
+            },
+            *routes,
         ],
         "auth": {
             "issuers": [
@@ -173,16 +191,41 @@ def full_chain_config(
     return yaml.safe_dump(config, sort_keys=False)
 
 
-def prepare_gateway_full(env: BenchEnv, name: str = "gateway-full") -> tuple[int, list[str], dict[str, str]]:
-    """Redis on the load CPU, the config and the environment; returns port, argv, environment."""
+@dataclass(frozen=True)
+class Prepared:
+    port: int
+    admin_port: int
+    argv: list[str]
+    environ: dict[str, str]
+    state_url: str
+
+
+def prepare_gateway_full(
+    env: BenchEnv,
+    name: str = "gateway-full",
+    *,
+    extra_routes: int = 0,
+    admin_token_sha256: str | None = None,
+    redis_name: str = REDIS_NAME,
+) -> Prepared:
+    """Redis on the load CPU, the config and the environment of one full-chain gateway."""
     if env.jwt.signing_key is None:
         raise StartFailed("no signing key for the full-chain tokens")
     rundir = env.workdir / name
     rundir.mkdir(parents=True, exist_ok=True)
-    state_url = start_redis(env.launcher, rundir, LOAD_CPU, name=REDIS_NAME)
+    state_url = start_redis(env.launcher, rundir, LOAD_CPU, name=redis_name)
     port, admin_port = free_port(), free_port()
     cfg = rundir / "gateway.yaml"
-    config = full_chain_config(port, admin_port, rundir, state_url, env.upstream_port, env.jwt.public_pem)
+    config = full_chain_config(
+        port,
+        admin_port,
+        rundir,
+        state_url,
+        env.upstream_port,
+        env.jwt.public_pem,
+        extra_routes=extra_routes,
+        admin_token_sha256=admin_token_sha256,
+    )
     cfg.write_text(config)
     pythonpath = os.pathsep.join(filter(None, [str(env.project_root), os.environ.get("PYTHONPATH")]))
     environ = {
@@ -191,13 +234,17 @@ def prepare_gateway_full(env: BenchEnv, name: str = "gateway-full") -> tuple[int
         "SHOPINO_GATEWAY_MASTER_KEY": base64.b64encode(os.urandom(32)).decode(),
         "SHOPINO_GATEWAY_CONTEXT_KEY": CONTEXT_KEY,
     }
-    return port, [env.python, "-m", "gateway", "run", "-c", str(cfg)], environ
+    argv = [env.python, "-m", "gateway", "run", "-c", str(cfg)]
+    return Prepared(port, admin_port, argv, environ, state_url)
 
 
 def start_gateway_full(env: BenchEnv) -> Running:
-    port, argv, environ = prepare_gateway_full(env)
+    prepared = prepare_gateway_full(env)
+    port = prepared.port
     workload = make_workload(env.workdir, env.jwt.signing_key)  # type: ignore[arg-type]
-    proc = env.launcher.start("gateway-full", argv, cpu=env.proxy_cpu, env=environ, cwd=env.project_root)
+    proc = env.launcher.start(
+        "gateway-full", prepared.argv, cpu=env.proxy_cpu, env=prepared.environ, cwd=env.project_root
+    )
     wait_ready(env.launcher, "gateway-full", proc, health_probe(port), START_TIMEOUT)
     verify_full_chain_does_the_job(port, workload)
     return Running(

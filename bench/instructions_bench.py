@@ -106,7 +106,14 @@ def start_gateway_counted(env: BenchEnv, name: str, *, jwt_auth: bool) -> Counte
 def start_gateway_full_counted(env: BenchEnv) -> Counted:
     """The issue-13 workload (full_chain.py): Redis limits, 2,000 users' tokens in rotation."""
     name = "gateway-full"
-    port, argv, environ = prepare_gateway_full(env, name)
+    prepared = prepare_gateway_full(env, name)
+    return start_full_counted(env, name, prepared.port, prepared.argv, prepared.environ)
+
+
+def start_full_counted(
+    env: BenchEnv, name: str, port: int, argv: list[str], environ: dict[str, str]
+) -> Counted:
+    """A prepared full-chain gateway under callgrind, checked to do its job."""
     assert env.jwt.signing_key is not None
     workload = make_workload(env.workdir, env.jwt.signing_key)
     rundir = env.workdir / name

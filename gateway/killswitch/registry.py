@@ -113,15 +113,25 @@ class KillSwitchRegistry(SnapshotBacked):
         switches: list[Switch] = []
         expired: list[Switch] = []
         parsed: dict[str, tuple[bytes, Switch | None]] = {}
+        unchanged = len(records) == len(self._parsed)
         for switch_id, raw in records.items():
             cached = self._parsed.get(switch_id)
             # Unchanged records are not validated again on every resync (1,000 switches ≈ 30 ms).
-            switch = cached[1] if cached is not None and cached[0] == raw else _parse(switch_id, raw)
+            if cached is not None and cached[0] == raw:
+                switch = cached[1]
+            else:
+                switch, unchanged = _parse(switch_id, raw), False
             parsed[switch_id] = (raw, switch)
             if switch is None:
                 continue
             (switches if switch.active(now) else expired).append(switch)
         self._parsed = parsed
+        current = self.index
+        if unchanged and not expired and current is not None and current.version == version:
+            # The resync of an unchanged set: no index is rebuilt (1,000 switches cost about 3 ms
+            # of CPU every resync otherwise). A load that began earlier still cannot win.
+            self._applied_load = max(self._applied_load, started)
+            return current
         for switch in expired:
             # TTL ended: no instance matches it any more (clock check); now tidy the store. One
             # delete per switch, so only the instance that removed it files the audit record.
