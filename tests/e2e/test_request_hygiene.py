@@ -8,8 +8,9 @@ import json
 import aiohttp
 import pytest
 
-from tests.e2e.test_proxy_basics import header, raw_request
+from tests.e2e.test_proxy_basics import header
 from tests.support.gateway_proc import GatewayProc, free_port
+from tests.support.raw_http import raw_request
 from tests.support.upstream import Upstream
 
 WS_HEAD = "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
