@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from gateway.demo.issuer import DemoIssuer
-from tests.support.gateway_proc import ADMIN_TOKEN, GatewayProc
+from tests.support.gateway_proc import ADMIN_TOKEN, GatewayProc, running_gateway
 from tests.support.mfa_flow import gateway_mfa_token
 from tests.support.tenancy import AUD, ISS, TenantUpstream, token
 
@@ -44,12 +44,8 @@ def gw(tmp_path_factory: pytest.TempPathFactory, issuers: dict[str, DemoIssuer])
             {"name": "own", "prefix": "/own", "upstream": "app", "roles": ["support"]},
         ],
     }  # fmt: skip
-    proc = GatewayProc(tmp, config).start()
-    try:
+    with running_gateway(tmp, config, upstream) as proc:
         yield proc
-    finally:
-        proc.stop()
-        upstream.stop()
 
 
 @pytest.fixture
