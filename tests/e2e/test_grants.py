@@ -20,6 +20,7 @@ import pytest
 
 from gateway.demo.issuer import DemoIssuer
 from gateway.tenancy import verify_context
+from tests.e2e import killswitch_helpers as switches
 from tests.support.gateway_proc import ADMIN_TOKEN, GatewayProc
 from tests.support.redis_server import RedisServer
 from tests.support.tenancy import ISS, TenantUpstream, audit_events, issuer_config, token
@@ -346,19 +347,15 @@ async def test_tenant_kill_switch_stops_support_users_acting_there(gateways, iss
     sam = token(issuer, "sam", "shopino-support", ("support",))
     async with aiohttp.ClientSession() as http:
         await _grant_served_on(http, gw1, gw2, admin, sam, "umbrella")
-        body = {"scope": "tenant", "target": "umbrella", "mode": "block", "reason": "grants e2e"}
-        async with http.post(f"{gw1.admin_url}/admin/killswitch", headers=ADMIN, json=body) as r:
-            assert r.status == 201, await r.text()
-            switch = await r.json()
+        switch = await switches.engage(http, gw1, scope="tenant", target="umbrella", reason="grants e2e")
         try:
             for gw in (gw1, gw2):
                 assert await until(lambda gw=gw: _is(http, gw, "/t/umbrella/x", sam, 503), 1.0) < 1.0
             assert await status_of(http, gw1, "/api/x", sam) == 200  # support's own tenant is not isolated
         finally:
-            async with http.delete(
-                f"{gw1.admin_url}/admin/killswitch/{switch['id']}", headers=ADMIN, json={"reason": "done"}
-            ) as r:
-                assert r.status == 200
+            path = f"/admin/killswitch/{switch['id']}"
+            status, _ = await switches.admin(http, gw1, "DELETE", path, {"reason": "done"})
+            assert status == 200
 
 
 async def _open_socket(

@@ -11,13 +11,13 @@ import aiohttp
 import pytest
 
 from gateway.demo.issuer import DemoIssuer
-from tests.support.gateway_proc import ADMIN_TOKEN, GatewayProc, running_gateway
+from tests.e2e import killswitch_helpers as switches
+from tests.support.gateway_proc import GatewayProc, running_gateway
 from tests.support.mfa_flow import gateway_mfa_token
 from tests.support.tenancy import AUD, ISS, TenantUpstream, token
 
 PARTNER = "https://login.partner.test"
 SUPPORT_TENANT = "acme-support"  # not the default: the config key is what decides
-ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 @pytest.fixture(scope="module")
@@ -136,17 +136,15 @@ async def test_the_gateways_mfa_token_keeps_the_support_users_issuer(
 
 
 async def engage(http: aiohttp.ClientSession, gw: GatewayProc, tenant: str, mode: str) -> str:
-    body = {"scope": "tenant", "target": tenant, "mode": mode, "reason": "e2e isolation"}
-    async with http.post(f"{gw.admin_url}/admin/killswitch", headers=ADMIN, json=body) as r:
-        assert r.status == 201, await r.text()
-        return str((await r.json())["id"])
+    engaged = await switches.engage(
+        http, gw, scope="tenant", target=tenant, mode=mode, reason="e2e isolation"
+    )
+    return str(engaged["id"])
 
 
 async def release(http: aiohttp.ClientSession, gw: GatewayProc, switch: str) -> None:
-    async with http.delete(
-        f"{gw.admin_url}/admin/killswitch/{switch}", headers=ADMIN, json={"reason": "x"}
-    ) as r:
-        assert r.status == 200
+    status, _ = await switches.admin(http, gw, "DELETE", f"/admin/killswitch/{switch}", {"reason": "x"})
+    assert status == 200
 
 
 async def endpoint_answers(
