@@ -5,6 +5,7 @@ isolation of the gateway's own endpoints (grants, MFA, the tenant's audit export
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
@@ -135,16 +136,20 @@ async def test_the_gateways_mfa_token_keeps_the_support_users_issuer(
 # -- isolation of /_gateway/* -----------------------------------------------------------------------
 
 
-async def engage(http: aiohttp.ClientSession, gw: GatewayProc, tenant: str, mode: str) -> str:
+@asynccontextmanager
+async def tenant_switch(
+    http: aiohttp.ClientSession, gw: GatewayProc, tenant: str, mode: str
+) -> AsyncIterator[None]:
+    """A tenant kill switch in ``mode``, engaged for the block and released after it."""
     engaged = await switches.engage(
         http, gw, scope="tenant", target=tenant, mode=mode, reason="e2e isolation"
     )
-    return str(engaged["id"])
-
-
-async def release(http: aiohttp.ClientSession, gw: GatewayProc, switch: str) -> None:
-    status, _ = await switches.admin(http, gw, "DELETE", f"/admin/killswitch/{switch}", {"reason": "x"})
-    assert status == 200
+    try:
+        yield
+    finally:
+        path = f"/admin/killswitch/{engaged['id']}"
+        status, _ = await switches.admin(http, gw, "DELETE", path, {"reason": "x"})
+        assert status == 200
 
 
 async def endpoint_answers(
@@ -179,8 +184,7 @@ ISOLATED = (503, "urn:shopino-gateway:isolated")
 async def test_a_blocked_tenant_cannot_use_the_gateway_endpoints(
     gw: GatewayProc, http: aiohttp.ClientSession, issuers: dict[str, DemoIssuer]
 ) -> None:
-    switch = await engage(http, gw, "initech", "block")
-    try:
+    async with tenant_switch(http, gw, "initech", "block"):
         answers = await endpoint_answers(http, gw, issuers["main"], "initech")
         assert answers == dict.fromkeys(answers, ISOLATED)
         others = await endpoint_answers(http, gw, issuers["main"], "umbrella")  # not isolated
@@ -189,19 +193,14 @@ async def test_a_blocked_tenant_cannot_use_the_gateway_endpoints(
         for probe in ("/_gateway/health", "/_gateway/ready", "/.well-known/jwks.json"):
             async with http.get(gw.url + probe) as r:
                 assert r.status == 200, probe
-    finally:
-        await release(http, gw, switch)
     assert (await endpoint_answers(http, gw, issuers["main"], "initech"))["audit export"][0] == 200
 
 
 async def test_read_only_lets_the_tenants_reads_through(
     gw: GatewayProc, http: aiohttp.ClientSession, issuers: dict[str, DemoIssuer]
 ) -> None:
-    switch = await engage(http, gw, "hooli", "read-only")
-    try:
+    async with tenant_switch(http, gw, "hooli", "read-only"):
         answers = await endpoint_answers(http, gw, issuers["main"], "hooli")
-    finally:
-        await release(http, gw, switch)
     assert answers["audit export"][0] == 200 and answers["grant list"][0] == 200
     for write in ("grant create", "grant revoke", "mfa enroll", "mfa verify"):
         assert answers[write] == ISOLATED, write
