@@ -5,7 +5,6 @@ isolation of the gateway's own endpoints (grants, MFA, the tenant's audit export
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
@@ -136,22 +135,6 @@ async def test_the_gateways_mfa_token_keeps_the_support_users_issuer(
 # -- isolation of /_gateway/* -----------------------------------------------------------------------
 
 
-@asynccontextmanager
-async def tenant_switch(
-    http: aiohttp.ClientSession, gw: GatewayProc, tenant: str, mode: str
-) -> AsyncIterator[None]:
-    """A tenant kill switch in ``mode``, engaged for the block and released after it."""
-    engaged = await switches.engage(
-        http, gw, scope="tenant", target=tenant, mode=mode, reason="e2e isolation"
-    )
-    try:
-        yield
-    finally:
-        path = f"/admin/killswitch/{engaged['id']}"
-        status, _ = await switches.admin(http, gw, "DELETE", path, {"reason": "x"})
-        assert status == 200
-
-
 async def endpoint_answers(
     http: aiohttp.ClientSession, gw: GatewayProc, issuer: DemoIssuer, tenant: str
 ) -> dict[str, tuple[int, str | None]]:
@@ -184,7 +167,7 @@ ISOLATED = (503, "urn:shopino-gateway:isolated")
 async def test_a_blocked_tenant_cannot_use_the_gateway_endpoints(
     gw: GatewayProc, http: aiohttp.ClientSession, issuers: dict[str, DemoIssuer]
 ) -> None:
-    async with tenant_switch(http, gw, "initech", "block"):
+    async with switches.engaged(http, gw, scope="tenant", target="initech", reason="e2e isolation"):
         answers = await endpoint_answers(http, gw, issuers["main"], "initech")
         assert answers == dict.fromkeys(answers, ISOLATED)
         others = await endpoint_answers(http, gw, issuers["main"], "umbrella")  # not isolated
@@ -199,7 +182,9 @@ async def test_a_blocked_tenant_cannot_use_the_gateway_endpoints(
 async def test_read_only_lets_the_tenants_reads_through(
     gw: GatewayProc, http: aiohttp.ClientSession, issuers: dict[str, DemoIssuer]
 ) -> None:
-    async with tenant_switch(http, gw, "hooli", "read-only"):
+    async with switches.engaged(
+        http, gw, scope="tenant", target="hooli", mode="read-only", reason="e2e isolation"
+    ):
         answers = await endpoint_answers(http, gw, issuers["main"], "hooli")
     assert answers["audit export"][0] == 200 and answers["grant list"][0] == 200
     for write in ("grant create", "grant revoke", "mfa enroll", "mfa verify"):
