@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,19 @@ async def engage(http: aiohttp.ClientSession, gw: GatewayProc, **body: Any) -> d
     status, data = await admin(http, gw, "POST", "/admin/killswitch", body)
     assert status == 201, data
     return data
+
+
+@asynccontextmanager
+async def engaged(http: aiohttp.ClientSession, gw: GatewayProc, **body: Any) -> AsyncIterator[dict[str, Any]]:
+    """A switch (see ``engage``) for the block, released after it."""
+    switch = await engage(http, gw, **body)
+    try:
+        yield switch
+    finally:
+        status, data = await admin(
+            http, gw, "DELETE", f"/admin/killswitch/{switch['id']}", {"reason": "done"}
+        )
+        assert status == 200, data
 
 
 async def release_all(http: aiohttp.ClientSession, gw: GatewayProc) -> None:

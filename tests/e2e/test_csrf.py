@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from gateway.demo.issuer import DemoIssuer
-from tests.support.gateway_proc import GatewayProc
+from tests.support.gateway_proc import GatewayProc, running_gateway
 from tests.support.tenancy import AUD, ISS, TenantUpstream, raw_request, token
 
 COOKIE = "shopino_session"
@@ -41,12 +41,8 @@ def gw(tmp_path_factory: pytest.TempPathFactory, issuer: DemoIssuer) -> Iterator
         ],
         "cors": {"app": {"origins": [APP], "credentials": True}},
     }
-    proc = GatewayProc(tmp, config).start()
-    try:
+    with running_gateway(tmp, config, upstream) as proc:
         yield proc
-    finally:
-        proc.stop()
-        upstream.stop()
 
 
 def send(

@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.support.gateway_proc import GatewayProc, insecure_client_context
+from tests.support.gateway_proc import GatewayProc, insecure_client_context, running_gateway
 from tests.support.issuers import TENANT_IDP, issuer_entries, mint, operator_and_tenant_issuers
 from tests.support.raw_http import exchange
 from tests.support.upstream import Upstream
@@ -28,22 +28,18 @@ def answers_gateway(request, tmp_path_factory) -> Iterator[tuple[GatewayProc, An
     upstream = Upstream("erp").start()
     tmp = tmp_path_factory.mktemp("answers")
     issuers = operator_and_tenant_issuers()
-    gw = GatewayProc(
-        tmp,
-        {
-            "listen": {"tls": request.param},
-            "auth": {"issuers": issuer_entries(issuers, tmp)},
-            "upstreams": {"app": {"urls": [upstream.url]}},
-            "routes": [
-                {"name": "api", "prefix": "/api", "upstream": "app"},
-                {"name": "cached", "prefix": "/cached", "upstream": "app"},
-                {"name": "open", "prefix": "/", "upstream": "app", "auth": "none"},
-            ],
-        },
-    ).start()
-    yield gw, issuers["tenant"]
-    gw.stop()
-    upstream.stop()
+    config = {
+        "listen": {"tls": request.param},
+        "auth": {"issuers": issuer_entries(issuers, tmp)},
+        "upstreams": {"app": {"urls": [upstream.url]}},
+        "routes": [
+            {"name": "api", "prefix": "/api", "upstream": "app"},
+            {"name": "cached", "prefix": "/cached", "upstream": "app"},
+            {"name": "open", "prefix": "/", "upstream": "app", "auth": "none"},
+        ],
+    }
+    with running_gateway(tmp, config, upstream) as gw:
+        yield gw, issuers["tenant"]
 
 
 def assert_gateways_answer(headers: Any, *, tls: bool) -> None:

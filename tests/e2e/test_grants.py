@@ -20,6 +20,7 @@ import pytest
 
 from gateway.demo.issuer import DemoIssuer
 from gateway.tenancy import verify_context
+from tests.e2e import killswitch_helpers as switches
 from tests.support.gateway_proc import ADMIN_TOKEN, GatewayProc
 from tests.support.redis_server import RedisServer
 from tests.support.tenancy import ISS, TenantUpstream, audit_events, issuer_config, token
@@ -222,22 +223,16 @@ async def test_revocation_reaches_the_other_instance_within_a_second(gateways, i
     sam = token(issuer, "sam", "shopino-support", ("support",))
     async with aiohttp.ClientSession() as http:
 
-        async def allowed(gw: GatewayProc) -> bool:
-            return await status_of(http, gw, "/t/acme/x", sam) == 200
-
         async def refused(gw: GatewayProc) -> bool:
             return await status_of(http, gw, "/t/acme/x", sam) == 403
 
         # 1. tenant admin revokes on gw1 (public API); gw2 stops the support user within 1 s.
-        status, grant = await create(http, gw1, admin, grantee="sam", modules=["inventory"], ttl="1h")
-        assert status == 201
-        assert await until(lambda: allowed(gw2), 1.0) < 1.0
+        grant = await _grant_served_on(http, gw1, gw2, admin, sam, "acme")
         await _revoke_public(http, gw1, admin, grant["id"])
         assert await until(lambda: refused(gw2), 1.0) < 1.0
 
         # 2. a responder revokes through the CLI on gw2's admin API; gw1 follows within 1 s.
-        status, grant = await create(http, gw1, admin, grantee="sam", modules=["inventory"], ttl="1h")
-        assert await until(lambda: allowed(gw2), 1.0) < 1.0
+        grant = await _grant_served_on(http, gw1, gw2, admin, sam, "acme")
         listed = gw2.cli("grants", "list", "--json")
         assert listed.returncode == 0 and grant["id"] in {
             g["id"] for g in json.loads(listed.stdout)["grants"]
@@ -258,9 +253,7 @@ async def test_tenant_session_revocation_stops_support_users_there(gateways, iss
     admin = token(issuer, "ivan", "initech", ("tenant-admin",))
     sam = token(issuer, "sam", "shopino-support", ("support",))
     async with aiohttp.ClientSession() as http:
-        status, _ = await create(http, gw1, admin, grantee="sam", modules=["inventory"], ttl="1h")
-        assert status == 201
-        assert await until(lambda: _ok(http, gw2, "/t/initech/x", sam), 1.0) < 1.0
+        await _grant_served_on(http, gw1, gw2, admin, sam, "initech")
         result = gw1.cli("sessions", "revoke", "--tenant", "initech")
         assert result.returncode == 0, result.stderr
         for gw in (gw1, gw2):
@@ -274,6 +267,23 @@ async def _ok(http: aiohttp.ClientSession, gw: GatewayProc, path: str, tok: str)
 
 async def _is(http: aiohttp.ClientSession, gw: GatewayProc, path: str, tok: str, expected: int) -> bool:
     return await status_of(http, gw, path, tok) == expected
+
+
+async def _grant_served_on(
+    http: aiohttp.ClientSession,
+    gw1: GatewayProc,
+    gw2: GatewayProc,
+    admin: str,
+    sam: str,
+    tenant: str,
+    ttl: str = "1h",
+) -> dict[str, Any]:
+    """An inventory grant to sam, created on ``gw1``; returned once ``gw2`` serves sam under it
+    (which must take under 1 s)."""
+    status, grant = await create(http, gw1, admin, grantee="sam", modules=["inventory"], ttl=ttl)
+    assert status == 201
+    assert await until(lambda: _ok(http, gw2, f"/t/{tenant}/x", sam), 1.0) < 1.0
+    return grant
 
 
 async def test_home_tenant_roles_do_not_follow_a_support_user_into_a_grant(
@@ -336,22 +346,11 @@ async def test_tenant_kill_switch_stops_support_users_acting_there(gateways, iss
     admin = token(issuer, "una", "umbrella", ("tenant-admin",))
     sam = token(issuer, "sam", "shopino-support", ("support",))
     async with aiohttp.ClientSession() as http:
-        status, _ = await create(http, gw1, admin, grantee="sam", modules=["inventory"], ttl="1h")
-        assert status == 201
-        assert await until(lambda: _ok(http, gw2, "/t/umbrella/x", sam), 1.0) < 1.0
-        body = {"scope": "tenant", "target": "umbrella", "mode": "block", "reason": "grants e2e"}
-        async with http.post(f"{gw1.admin_url}/admin/killswitch", headers=ADMIN, json=body) as r:
-            assert r.status == 201, await r.text()
-            switch = await r.json()
-        try:
+        await _grant_served_on(http, gw1, gw2, admin, sam, "umbrella")
+        async with switches.engaged(http, gw1, scope="tenant", target="umbrella", reason="grants e2e"):
             for gw in (gw1, gw2):
                 assert await until(lambda gw=gw: _is(http, gw, "/t/umbrella/x", sam, 503), 1.0) < 1.0
             assert await status_of(http, gw1, "/api/x", sam) == 200  # support's own tenant is not isolated
-        finally:
-            async with http.delete(
-                f"{gw1.admin_url}/admin/killswitch/{switch['id']}", headers=ADMIN, json={"reason": "done"}
-            ) as r:
-                assert r.status == 200
 
 
 async def _open_socket(
@@ -378,9 +377,7 @@ async def test_tenant_purge_reaches_the_other_instance_within_a_second(gateways,
     admin = token(issuer, "hank", "hooli", ("tenant-admin",))
     sam = token(issuer, "sam", "shopino-support", ("support",))
     async with aiohttp.ClientSession() as http:
-        status, _ = await create(http, gw1, admin, grantee="sam", modules=["inventory"], ttl="1h")
-        assert status == 201
-        assert await until(lambda: _ok(http, gw2, "/t/hooli/x", sam), 1.0) < 1.0
+        await _grant_served_on(http, gw1, gw2, admin, sam, "hooli")
         socket = await _open_socket(http, gw2, "/t/hooli/ws", sam)
         async with http.delete(f"{gw1.admin_url}/admin/tenants/hooli", headers=ADMIN) as r:
             assert r.status == 200, await r.text()
@@ -397,9 +394,7 @@ async def test_a_support_users_websocket_ends_with_its_grant(gateways, issuer: D
     sam = token(issuer, "sam", "shopino-support", ("support",))
     async with aiohttp.ClientSession() as http:
         # Revoked through the admin API of the other instance: closed (1008) within 1 s.
-        status, grant = await create(http, gw1, admin, grantee="sam", modules=["inventory"], ttl="1h")
-        assert status == 201
-        assert await until(lambda: _ok(http, gw2, "/t/wayne/x", sam), 1.0) < 1.0
+        grant = await _grant_served_on(http, gw1, gw2, admin, sam, "wayne")
         socket = await _open_socket(http, gw2, "/t/wayne/ws", sam)
         own = await _open_socket(http, gw2, "/api/ws", sam)  # the support user's own tenant: no grant
         async with http.delete(f"{gw1.admin_url}/admin/grants/{grant['id']}", headers=ADMIN) as r:
@@ -410,15 +405,13 @@ async def test_a_support_users_websocket_ends_with_its_grant(gateways, issuer: D
         await own.close()
 
         # Revoked by the tenant admin (public API) on the other instance.
-        status, grant = await create(http, gw1, admin, grantee="sam", modules=["inventory"], ttl="1h")
-        assert await until(lambda: _ok(http, gw2, "/t/wayne/x", sam), 1.0) < 1.0
+        grant = await _grant_served_on(http, gw1, gw2, admin, sam, "wayne")
         socket = await _open_socket(http, gw2, "/t/wayne/ws", sam)
         await _revoke_public(http, gw1, admin, grant["id"])
         assert await _closed_for_policy(socket, 1.0) < 1.0
 
         # Expired: closed at the grant's expiry (within 1 s), though the token lives on.
-        status, grant = await create(http, gw1, admin, grantee="sam", modules=["inventory"], ttl="2s")
-        assert await until(lambda: _ok(http, gw2, "/t/wayne/x", sam), 1.0) < 1.0
+        grant = await _grant_served_on(http, gw1, gw2, admin, sam, "wayne", ttl="2s")
         socket = await _open_socket(http, gw2, "/t/wayne/ws", sam)
         expires_at = datetime.fromisoformat(grant["expires_at"]).timestamp()
         await _closed_for_policy(socket, 3.0)

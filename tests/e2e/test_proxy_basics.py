@@ -10,6 +10,7 @@ import pytest
 from yarl import URL
 
 from tests.support.gateway_proc import GatewayProc
+from tests.support.raw_http import raw_request
 from tests.support.upstream import Upstream
 
 
@@ -38,33 +39,6 @@ def test_attack_paths_refused_with_problem_json(shared_gateway: GatewayProc, pat
     assert "application/problem+json" in head
     assert b"urn:shopino-gateway:bad-request" in body
     assert path.encode() not in body
-
-
-def raw_request(port: int, text: str, timeout: float = 5.0) -> tuple[int, str, bytes]:
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.sendall(text.encode("latin-1"))
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-        head, _, body = data.partition(b"\r\n\r\n")
-        length = next(
-            (
-                int(line.split(b":")[1])
-                for line in head.split(b"\r\n")
-                if line.lower().startswith(b"content-length:")
-            ),
-            0,
-        )
-        while len(body) < length:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            body += chunk
-    status = int(head.split(b" ")[1]) if head else 0
-    return status, head.decode("latin-1"), body
 
 
 async def test_hop_by_hop_and_spoofed_forwarding_headers_removed(

@@ -8,8 +8,9 @@ import json
 import aiohttp
 import pytest
 
-from tests.e2e.test_proxy_basics import header, raw_request
+from tests.e2e.test_proxy_basics import header
 from tests.support.gateway_proc import GatewayProc, free_port
+from tests.support.raw_http import raw_request
 from tests.support.upstream import Upstream
 
 WS_HEAD = "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -22,6 +23,17 @@ def assert_problem(head: str, body: bytes, status: int, slug: str) -> None:
     assert head.split(" ", 2)[1] == str(status), head[:40]
     assert "application/problem+json" in head
     assert json.loads(body)["type"] == f"urn:shopino-gateway:{slug}"
+
+
+def refused_unforwarded(
+    gw: GatewayProc, upstream: Upstream, text: str, status: int, slug: str
+) -> tuple[str, bytes]:
+    """Sends ``text``; the gateway's own ``status`` problem ``slug``, and nothing reached the upstream."""
+    got, head, body = raw_request(gw.port, text)
+    assert got == status
+    assert_problem(head, body, status, slug)
+    assert upstream.requests == []
+    return head, body
 
 
 @pytest.fixture
@@ -70,13 +82,9 @@ def hygiene_gateway(gateway_factory, upstream: Upstream) -> GatewayProc:
 def test_singletons_refused_before_forwarding(
     hygiene_gateway: GatewayProc, upstream: Upstream, fields: str
 ) -> None:
-    status, head, body = raw_request(
-        hygiene_gateway.port, f"POST /echo HTTP/1.1\r\nHost: x\r\n{fields}Content-Length: 4\r\n\r\nabcd"
-    )
-    assert status == 400
-    assert_problem(head, body, 400, "bad-request")
+    text = f"POST /echo HTTP/1.1\r\nHost: x\r\n{fields}Content-Length: 4\r\n\r\nabcd"
+    _, body = refused_unforwarded(hygiene_gateway, upstream, text, 400, "bad-request")
     assert b"aaa" not in body and b"bbb" not in body
-    assert upstream.requests == []
 
 
 def test_single_fields_and_other_cookies_pass(hygiene_gateway: GatewayProc, upstream: Upstream) -> None:
@@ -96,12 +104,10 @@ def test_single_fields_and_other_cookies_pass(hygiene_gateway: GatewayProc, upst
 def test_trace_track_connect_refused_with_allow(
     hygiene_gateway: GatewayProc, upstream: Upstream, line: str
 ) -> None:
-    status, head, body = raw_request(hygiene_gateway.port, f"{line}\r\nHost: x\r\nCookie: sid=s3cret\r\n\r\n")
-    assert status == 405
-    assert_problem(head, body, 405, "method-not-allowed")
+    text = f"{line}\r\nHost: x\r\nCookie: sid=s3cret\r\n\r\n"
+    head, body = refused_unforwarded(hygiene_gateway, upstream, text, 405, "method-not-allowed")
     assert "\r\nAllow: DELETE, GET, HEAD, OPTIONS, PATCH, POST, PUT" in head
     assert b"s3cret" not in body
-    assert upstream.requests == []
 
 
 def test_trace_passes_on_a_route_that_lists_it(hygiene_gateway: GatewayProc, upstream: Upstream) -> None:
@@ -172,12 +178,9 @@ async def test_valid_websocket_upgrade_still_proxied(
 def test_transfer_codings_other_than_chunked_are_501(
     hygiene_gateway: GatewayProc, upstream: Upstream, codings: str
 ) -> None:
-    status, head, body = raw_request(
-        hygiene_gateway.port, f"POST /echo HTTP/1.1\r\nHost: x\r\n{codings}\r\n{CHUNKED_BODY}"
-    )
-    assert status == 501
-    assert_problem(head, body, 501, "not-implemented")
-    assert upstream.requests == []  # never forwarded, so never with its body dropped
+    # Never forwarded, so never with its body dropped.
+    text = f"POST /echo HTTP/1.1\r\nHost: x\r\n{codings}\r\n{CHUNKED_BODY}"
+    refused_unforwarded(hygiene_gateway, upstream, text, 501, "not-implemented")
 
 
 def test_transfer_encoding_with_content_length_stays_400(hygiene_gateway: GatewayProc) -> None:

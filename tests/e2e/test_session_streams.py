@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 
 from gateway.demo.issuer import DemoIssuer
-from tests.support.gateway_proc import ADMIN_TOKEN, GatewayProc
+from tests.support.gateway_proc import ADMIN_TOKEN, GatewayProc, running_gateway
 from tests.support.tenancy import ISS, issuer_config, token
 from tests.support.upstream import Upstream
 
@@ -41,12 +41,8 @@ def gw(tmp_path_factory: pytest.TempPathFactory, issuer: DemoIssuer) -> Iterator
         ],
         "killswitch": {"resync": "60s"},  # only the revocation's own propagation can be in time
     }
-    proc = GatewayProc(tmp, config).start()
-    try:
+    with running_gateway(tmp, config, upstream) as proc:
         yield proc
-    finally:
-        proc.stop()
-        upstream.stop()
 
 
 def bearer(value: str) -> dict[str, str]:

@@ -11,13 +11,13 @@ import aiohttp
 import pytest
 
 from gateway.demo.issuer import DemoIssuer
-from tests.support.gateway_proc import ADMIN_TOKEN, GatewayProc
+from tests.e2e import killswitch_helpers as switches
+from tests.support.gateway_proc import GatewayProc, running_gateway
 from tests.support.mfa_flow import gateway_mfa_token
 from tests.support.tenancy import AUD, ISS, TenantUpstream, token
 
 PARTNER = "https://login.partner.test"
 SUPPORT_TENANT = "acme-support"  # not the default: the config key is what decides
-ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 @pytest.fixture(scope="module")
@@ -44,12 +44,8 @@ def gw(tmp_path_factory: pytest.TempPathFactory, issuers: dict[str, DemoIssuer])
             {"name": "own", "prefix": "/own", "upstream": "app", "roles": ["support"]},
         ],
     }  # fmt: skip
-    proc = GatewayProc(tmp, config).start()
-    try:
+    with running_gateway(tmp, config, upstream) as proc:
         yield proc
-    finally:
-        proc.stop()
-        upstream.stop()
 
 
 @pytest.fixture
@@ -139,20 +135,6 @@ async def test_the_gateways_mfa_token_keeps_the_support_users_issuer(
 # -- isolation of /_gateway/* -----------------------------------------------------------------------
 
 
-async def engage(http: aiohttp.ClientSession, gw: GatewayProc, tenant: str, mode: str) -> str:
-    body = {"scope": "tenant", "target": tenant, "mode": mode, "reason": "e2e isolation"}
-    async with http.post(f"{gw.admin_url}/admin/killswitch", headers=ADMIN, json=body) as r:
-        assert r.status == 201, await r.text()
-        return str((await r.json())["id"])
-
-
-async def release(http: aiohttp.ClientSession, gw: GatewayProc, switch: str) -> None:
-    async with http.delete(
-        f"{gw.admin_url}/admin/killswitch/{switch}", headers=ADMIN, json={"reason": "x"}
-    ) as r:
-        assert r.status == 200
-
-
 async def endpoint_answers(
     http: aiohttp.ClientSession, gw: GatewayProc, issuer: DemoIssuer, tenant: str
 ) -> dict[str, tuple[int, str | None]]:
@@ -185,8 +167,7 @@ ISOLATED = (503, "urn:shopino-gateway:isolated")
 async def test_a_blocked_tenant_cannot_use_the_gateway_endpoints(
     gw: GatewayProc, http: aiohttp.ClientSession, issuers: dict[str, DemoIssuer]
 ) -> None:
-    switch = await engage(http, gw, "initech", "block")
-    try:
+    async with switches.engaged(http, gw, scope="tenant", target="initech", reason="e2e isolation"):
         answers = await endpoint_answers(http, gw, issuers["main"], "initech")
         assert answers == dict.fromkeys(answers, ISOLATED)
         others = await endpoint_answers(http, gw, issuers["main"], "umbrella")  # not isolated
@@ -195,19 +176,16 @@ async def test_a_blocked_tenant_cannot_use_the_gateway_endpoints(
         for probe in ("/_gateway/health", "/_gateway/ready", "/.well-known/jwks.json"):
             async with http.get(gw.url + probe) as r:
                 assert r.status == 200, probe
-    finally:
-        await release(http, gw, switch)
     assert (await endpoint_answers(http, gw, issuers["main"], "initech"))["audit export"][0] == 200
 
 
 async def test_read_only_lets_the_tenants_reads_through(
     gw: GatewayProc, http: aiohttp.ClientSession, issuers: dict[str, DemoIssuer]
 ) -> None:
-    switch = await engage(http, gw, "hooli", "read-only")
-    try:
+    async with switches.engaged(
+        http, gw, scope="tenant", target="hooli", mode="read-only", reason="e2e isolation"
+    ):
         answers = await endpoint_answers(http, gw, issuers["main"], "hooli")
-    finally:
-        await release(http, gw, switch)
     assert answers["audit export"][0] == 200 and answers["grant list"][0] == 200
     for write in ("grant create", "grant revoke", "mfa enroll", "mfa verify"):
         assert answers[write] == ISOLATED, write

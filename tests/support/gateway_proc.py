@@ -13,12 +13,17 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from gateway.access_log import FLUSH_DELAY
+
+if TYPE_CHECKING:
+    from tests.support.upstream import Upstream
 
 ADMIN_TOKEN = "test-admin-token"
 
@@ -188,3 +193,17 @@ def _children(pid: int) -> list[int]:
     except OSError:
         return []
     return [int(p) for p in text.split()]
+
+
+@contextmanager
+def running_gateway(tmp: Path, config: dict[str, Any], upstream: Upstream) -> Iterator[GatewayProc]:
+    """A started gateway with ``config`` in front of the started ``upstream``; on leaving (or if
+    the gateway does not start) stops the gateway, then the upstream."""
+    try:
+        proc = GatewayProc(tmp, config).start()
+        try:
+            yield proc
+        finally:
+            proc.stop()
+    finally:
+        upstream.stop()

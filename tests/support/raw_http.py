@@ -16,9 +16,9 @@ def connect(port: int, *, tls: bool = False, timeout: float = 5.0) -> socket.soc
     return sock
 
 
-def read_response(sock: socket.socket) -> tuple[str, dict[str, str], bytes]:
-    """The status line, the headers (lower-case names, last value wins) and the body (by
-    Content-Length, else until the server closes)."""
+def _read_head(sock: socket.socket) -> tuple[str, dict[str, str], bytes]:
+    """The head (status line and fields, latin-1), its fields (lower-case names, last value wins)
+    and whatever of the body came with it."""
     data = b""
     while b"\r\n\r\n" not in data:
         chunk = sock.recv(65536)
@@ -26,21 +26,44 @@ def read_response(sock: socket.socket) -> tuple[str, dict[str, str], bytes]:
             break
         data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
-    status_line, *lines = head.decode("latin-1").split("\r\n")
+    text = head.decode("latin-1")
     headers = {}
-    for line in lines:
+    for line in text.split("\r\n")[1:]:
         name, _, value = line.partition(":")
         headers[name.strip().lower()] = value.strip()
-    length = int(headers.get("content-length", "-1"))
+    return text, headers, body
+
+
+def _read_body(sock: socket.socket, body: bytes, length: int) -> bytes:
+    """``body`` completed to ``length`` bytes (-1: until the server closes)."""
     while length < 0 or len(body) < length:
         chunk = sock.recv(65536)
         if not chunk:
             break
         body += chunk
-    return status_line, headers, body
+    return body
+
+
+def read_response(sock: socket.socket) -> tuple[str, dict[str, str], bytes]:
+    """The status line, the headers (lower-case names, last value wins) and the body (by
+    Content-Length, else until the server closes)."""
+    head, headers, body = _read_head(sock)
+    body = _read_body(sock, body, int(headers.get("content-length", "-1")))
+    return head.split("\r\n", 1)[0], headers, body
 
 
 def exchange(port: int, data: bytes, *, tls: bool = False) -> tuple[str, dict[str, str], bytes]:
     with connect(port, tls=tls) as sock:
         sock.sendall(data)
         return read_response(sock)
+
+
+def raw_request(port: int, text: str, timeout: float = 5.0) -> tuple[int, str, bytes]:
+    """Sends ``text`` as is; the status (0 if none came), the whole head as text and the body
+    (by Content-Length, else none: the connection may stay open)."""
+    with connect(port, timeout=timeout) as sock:
+        sock.sendall(text.encode("latin-1"))
+        head, headers, body = _read_head(sock)
+        body = _read_body(sock, body, int(headers.get("content-length", "0")))
+    status = int(head.split(" ")[1]) if head else 0
+    return status, head, body
