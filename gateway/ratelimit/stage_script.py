@@ -96,7 +96,8 @@ local function state(i)
     if kind == 'm' then
         local index = oldest_entry(key, limit - 1, now - expiry)
         if index then
-            local oldest = tonumber(redis.call('lindex', key, index))
+            -- tostring, as moving_window.lua returns it: limits reports the start at %.14g
+            local oldest = tonumber(tostring(tonumber(redis.call('lindex', key, index))))
             return oldest + expiry, limit - (index + 1)
         end
         return now + expiry, limit
