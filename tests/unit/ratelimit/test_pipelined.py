@@ -52,3 +52,22 @@ async def test_lost_scripts_are_reloaded_without_double_counting(
     finally:
         await client.aclose()
         await backend.close()
+
+
+async def test_a_stage_is_one_store_command(redis_url: str, items: ItemFactory) -> None:
+    backend = RateLimitBackend(redis_url)
+    probe = redis.asyncio.Redis.from_url(redis_url)
+    value = backend.hash("u")
+    checks = [(item, value) for item in items("3/minute;5/hour")]
+    checks += [(item, value) for item in items("10/minute", strategy="fixed-window", index=1)]
+    try:
+        await backend.check(checks, settings(), "route")  # the script is loaded on first use
+        await probe.config_resetstat()
+        verdict = await backend.check(checks, settings(), "route")
+        stats = await probe.info("commandstats")
+        assert verdict.allowed and verdict.remaining == 1 and verdict.source == "shared"
+        # One EVALSHA for three items and the window state (redis-py's pipeline sent four).
+        assert stats["cmdstat_evalsha"]["calls"] == 1
+    finally:
+        await probe.aclose()
+        await backend.close()
