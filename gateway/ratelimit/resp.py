@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
-from typing import Any
+from typing import Any, cast
 
 import hiredis
 
@@ -60,8 +60,8 @@ class RespProtocol(asyncio.Protocol):
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses (no isinstance check here).
+        self.transport = cast(asyncio.Transport, transport)
 
     def send(self, payload: bytes) -> asyncio.Future[Any]:
         """Queue one packed command; its reply resolves the returned future."""

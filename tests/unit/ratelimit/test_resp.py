@@ -8,6 +8,7 @@ import asyncio
 
 import pytest
 import redis.asyncio
+import uvloop
 
 from gateway.ratelimit.resp import ConnectionLost, Overloaded, ReplyError, RespClient
 from gateway.state.redis_url import parse_redis_url
@@ -105,3 +106,15 @@ async def test_the_url_database_is_selected(redis_url: str) -> None:
     finally:
         await fast.close()
         await probe.aclose()
+
+
+def test_the_gateway_event_loop_uvloop_is_served(redis_url: str) -> None:
+    async def exchange() -> list[bytes]:
+        fast = RespClient(parse_redis_url(redis_url))
+        try:
+            async with asyncio.timeout(2):
+                return list(await asyncio.gather(*(fast.call("ECHO", str(n)) for n in range(3))))
+        finally:
+            await fast.close()
+
+    assert uvloop.run(exchange()) == [b"0", b"1", b"2"]
