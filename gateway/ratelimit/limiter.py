@@ -183,7 +183,7 @@ class RateLimitBackend:
                 async with asyncio.timeout(settings.store_timeout):
                     fast = self._stage_script
                     if fast is not None and fast.supports(checks):
-                        return await self._run_fast(fast, checks, stage, state)
+                        return await self._run_fast(fast, checks, stage, state, settings.store_timeout)
                     return await self._run(self._remote, checks, stage, "shared", state)
             except STORE_ERRORS as error:
                 if isinstance(error, TimeoutError) and self._stage_script is not None:
@@ -233,11 +233,16 @@ class RateLimitBackend:
         return await self._run(self._local, checks, stage, "local", state)
 
     async def _run_fast(
-        self, fast: StageScript, checks: Sequence[tuple[LimitItem, str]], stage: str, state: bool
+        self,
+        fast: StageScript,
+        checks: Sequence[tuple[LimitItem, str]],
+        stage: str,
+        state: bool,
+        timeout: float,
     ) -> Verdict:
         """The whole stage in one store call; the same verdicts as ``_run`` on the shared store."""
         static = min(range(len(checks)), key=lambda i: checks[i][0].strictness)
-        decisions, binding, stats = await fast.run(checks, static if state else None)
+        decisions, binding, stats = await fast.run(checks, static if state else None, timeout)
         allowed = all(decisions)
         self._count(stage, "ok" if allowed else "limited")
         if binding is None or stats is None:  # admitted, and no window state asked for

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from collections import deque
 from typing import Any, cast
 
@@ -58,6 +59,7 @@ class RespProtocol(asyncio.Protocol):
         self._flush_scheduled = False
         self.transport: asyncio.Transport | None = None
         self.closed = False
+        self.clock_offset = 0.0  # Redis' clock minus ours (seconds), measured at connect
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses (no isinstance check here).
@@ -195,13 +197,23 @@ class RespClient:
             commands.append(("SELECT", target.db))
         if target.options.get("client_name"):
             commands.append(("CLIENT", "SETNAME", target.options["client_name"]))
+        commands.append(("TIME",))
+        sent = time.time()
         futures = [conn.send(hiredis.pack_command(command)) for command in commands]
-        for reply in await asyncio.gather(*futures, return_exceptions=True):
+        replies = await asyncio.gather(*futures, return_exceptions=True)
+        for reply in replies:
             if isinstance(reply, ReplyError):
                 # SECURITY: secret disclosure — only the error code (NOAUTH, WRONGPASS...).
                 raise ReplyError(f"store handshake refused ({str(reply).split(' ', 1)[0]})")
             if isinstance(reply, BaseException):
                 raise reply
+        seconds, micros = replies[-1]
+        # Within half a round trip: lets a stage script refuse work its caller gave up on.
+        conn.clock_offset = int(seconds) + int(micros) / 1e6 - (sent + time.time()) / 2
+
+    @property
+    def clock_offset(self) -> float:
+        return self._conn.clock_offset if self._conn is not None else 0.0
 
     def abort(self) -> None:
         """Drop the connection (after a timeout its replies can no longer be trusted to come)."""

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from limits.util import WindowStats
 
 from gateway.ratelimit.policies import LimitItem
-from gateway.ratelimit.resp import ReplyError, RespClient
+from gateway.ratelimit.resp import ReplyError, RespClient, RespError
 
 FAST_STRATEGIES = frozenset(("moving-window", "fixed-window"))
 _KINDS = {"moving-window": "m", "fixed-window": "f"}
@@ -37,8 +37,15 @@ STAGE_SCRIPT = """
 local now = tonumber(ARGV[1])
 local wanted = tonumber(ARGV[2])
 
+-- A stage whose caller has given up (store_timeout: a hung or slow Redis, the commands queued
+-- behind it) is not counted: the gateway already answered it by its failure mode.
+local clock = redis.call('time')
+if tonumber(clock[1]) + tonumber(clock[2]) / 1000000 > tonumber(ARGV[3]) then
+    return {'late'}
+end
+
 local function spec(i)
-    local base = 2 + (i - 1) * 4
+    local base = 3 + (i - 1) * 4
     return ARGV[base + 1], tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3]), tonumber(ARGV[base + 4])
 end
 
@@ -145,6 +152,10 @@ return {decisions, binding, remaining, string.format('%.17g', reset)}
 """
 
 
+class LateReply(RespError):
+    """Redis reached the stage after its deadline and counted nothing."""
+
+
 class StageScript:
     """Runs a whole stage as one ``EVALSHA`` on the coalescing RESP connection."""
 
@@ -159,16 +170,19 @@ class StageScript:
         return all(item.strategy in FAST_STRATEGIES for item, _ in checks)
 
     async def run(
-        self, checks: Sequence[tuple[LimitItem, str]], wanted: int | None
+        self, checks: Sequence[tuple[LimitItem, str]], wanted: int | None, timeout: float = 1.0
     ) -> tuple[list[bool], int | None, WindowStats | None]:
         """Hit every item; the decisions, the binding item's index and its window state.
         ``wanted``: the item whose state an all-admitted stage reports (None: no state then).
-        A refused stage always names its binding item and state. Raises ``RespError``."""
+        A refused stage always names its binding item and state. ``timeout``: after that many
+        seconds Redis no longer counts the stage (its caller has given up). Raises ``RespError``."""
         args: list[str | int] = [self._sha, len(checks)]
         prefix = self._key_prefix
         args.extend(f"{prefix}:{item.item.key_for(item.prefix, value)}" for item, value in checks)
-        args.append(repr(time.time()))
+        now = time.time()
+        args.append(repr(now))
         args.append(0 if wanted is None else wanted + 1)
+        args.append(repr(now + timeout + self.client.clock_offset))
         for item, _ in checks:
             args.extend((_KINDS[item.strategy], item.quota, item.window, item.cost))
         try:
@@ -180,6 +194,8 @@ class StageScript:
             # and running once more cannot count twice (Redis restarted or SCRIPT FLUSH).
             await self.client.call("SCRIPT", "LOAD", self._source)
             reply = await self.client.call("EVALSHA", *args)
+        if reply[0] == b"late":
+            raise LateReply("the store ran the stage after its deadline; nothing was counted")
         decisions = [bool(flag) for flag in reply[0]]
         binding = int(reply[1])
         if binding == 0:

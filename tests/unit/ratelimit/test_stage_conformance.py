@@ -20,6 +20,7 @@ from limits.aio.storage import RedisStorage
 from limits.aio.strategies import STRATEGIES, RateLimiter
 from limits.util import WindowStats
 
+from gateway.errors import StoreUnavailable
 from gateway.ratelimit import stage_script
 from gateway.ratelimit.limiter import KEY_PREFIX, RateLimitBackend
 from gateway.ratelimit.policies import LimitItem
@@ -253,3 +254,32 @@ async def test_script_flush_and_restart_never_double_count(
         assert int(await paths.client.get(key_of(fixed, "v"))) == admitted
     finally:
         await paths.close()
+
+
+async def test_stages_answered_by_the_failure_mode_are_never_counted(
+    redis_server: RedisServer, items: ItemFactory
+) -> None:
+    """Coalesced commands already on the wire when Redis hangs run when it resumes; the script's
+    deadline keeps them from counting requests the gateway already answered (503 or local)."""
+    backend = RateLimitBackend(redis_server.url)
+    (item,) = items("5/minute")
+    checks = [(item, backend.hash("late"))]
+    try:
+        assert (await backend.check(checks, limit_settings("deny"), "route")).remaining == 4
+        redis_server.pause()
+        refused = await asyncio.gather(
+            *(backend.check(checks, limit_settings("deny"), "route") for _ in range(5)),
+            return_exceptions=True,
+        )
+        assert all(isinstance(result, StoreUnavailable) for result in refused)
+        redis_server.resume()
+        deadline = time.monotonic() + 5
+        while backend.store_down:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+        verdict = await backend.check(checks, limit_settings("deny"), "route")
+        assert verdict.allowed and verdict.remaining == 3 and verdict.source == "shared"
+    finally:
+        if redis_server.paused:
+            redis_server.resume()
+        await backend.close()
