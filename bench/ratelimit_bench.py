@@ -12,7 +12,8 @@
 
     python bench/ratelimit_bench.py [--rounds 2] [--duration 8]
 
-Needs wrk, nginx and redis-server (Debian packages; installed when missing).
+Needs wrk, nginx and redis-server (Debian packages; installed when missing). The store path
+alone, old against new without HTTP, is `ratelimit_store_bench.py`.
 """
 
 from __future__ import annotations

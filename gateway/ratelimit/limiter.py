@@ -38,12 +38,14 @@ from gateway.ratelimit.keys import ValueHasher, derive_hash_key
 from gateway.ratelimit.metrics import DECISIONS, STORE_FAILURES, STORE_UP
 from gateway.ratelimit.pipelined import PIPELINED, PipelinedHits, ScriptsMissing
 from gateway.ratelimit.policies import CompiledLimits, LimitItem
+from gateway.ratelimit.resp import RespClient, RespError
+from gateway.ratelimit.stage_script import StageScript
 from gateway.state.redis_url import RedisTarget, parse_redis_url
 
 log = structlog.get_logger("gateway.ratelimit")
 KEY_PREFIX = "sgw:rl"
 PROBE_INTERVAL = 1.0
-STORE_ERRORS = (StorageError, RedisError, OSError, TimeoutError, StoreUnavailable)
+STORE_ERRORS = (StorageError, RedisError, OSError, TimeoutError, StoreUnavailable, RespError)
 
 EXACT_RESET = frozenset(("moving-window", "fixed-window"))
 DENY_CACHE_LIMIT = 100_000
@@ -133,12 +135,14 @@ class RateLimitBackend:
         self._remote: dict[str, RateLimiter] = {}
         self.breaker: CircuitBreaker | None = None
         self._pipelined: PipelinedHits | None = None
+        self._stage_script: StageScript | None = None
         # (prefix, quota, window, value) → monotonic time until which that bucket is full.
         self._full_until: dict[tuple[str, int, int, str], float] = {}
         self._decisions: dict[tuple[str, str], Any] = {}
         STORE_UP.set(1)  # memory is always up; the breaker lowers it while Redis is away
         if not state_url.startswith("local:"):
-            self._pool, self._sentinels = _redis_pool(parse_redis_url(state_url))
+            target = parse_redis_url(state_url)
+            self._pool, self._sentinels = _redis_pool(target)
             self.shared = RedisStorage(
                 "async+redis://",
                 implementation="redispy",
@@ -149,6 +153,8 @@ class RateLimitBackend:
             self._remote = {name: cls(self.shared) for name, cls in STRATEGIES.items()}
             self.breaker = CircuitBreaker(self.shared, probe_timeout)
             self._pipelined = PipelinedHits(self.shared)
+            if target.scheme != "redis+sentinel":  # sentinel discovery stays with redis-py
+                self._stage_script = StageScript(RespClient(target), KEY_PREFIX)
 
     @property
     def store_down(self) -> bool:
@@ -175,8 +181,14 @@ class RateLimitBackend:
         if not self.breaker.open:
             try:
                 async with asyncio.timeout(settings.store_timeout):
+                    fast = self._stage_script
+                    if fast is not None and fast.supports(checks):
+                        return await self._run_fast(fast, checks, stage, state, settings.store_timeout)
                     return await self._run(self._remote, checks, stage, "shared", state)
             except STORE_ERRORS as error:
+                if isinstance(error, TimeoutError) and self._stage_script is not None:
+                    # A reply that did not come in time may never come: a fresh connection then.
+                    self._stage_script.client.abort()
                 self.breaker.trip(error)
         return await self.fail_over(checks, settings, stage, state)
 
@@ -219,6 +231,27 @@ class RateLimitBackend:
             return None
         self._count(stage, "fallback")
         return await self._run(self._local, checks, stage, "local", state)
+
+    async def _run_fast(
+        self,
+        fast: StageScript,
+        checks: Sequence[tuple[LimitItem, str]],
+        stage: str,
+        state: bool,
+        timeout: float,
+    ) -> Verdict:
+        """The whole stage in one store call; the same verdicts as ``_run`` on the shared store."""
+        static = min(range(len(checks)), key=lambda i: checks[i][0].strictness)
+        decisions, binding, stats = await fast.run(checks, static if state else None, timeout)
+        allowed = all(decisions)
+        self._count(stage, "ok" if allowed else "limited")
+        if binding is None or stats is None:  # admitted, and no window state asked for
+            return Verdict(True, checks[static][0], -1, 0.0, "shared")
+        item, value = checks[binding]
+        reset_in = stats.reset_time - time.time()
+        if not allowed:
+            self._remember_full(item, value, reset_in)
+        return Verdict(allowed, item, stats.remaining, reset_in, "shared")
 
     async def _run(
         self,
@@ -303,6 +336,8 @@ class RateLimitBackend:
     async def close(self) -> None:
         if self.breaker is not None:
             await self.breaker.close()
+        if self._stage_script is not None:
+            await self._stage_script.client.close()
         if self._pool is not None:
             await self._pool.disconnect()
         for client in self._sentinels:

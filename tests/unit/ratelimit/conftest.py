@@ -40,3 +40,11 @@ def items() -> ItemFactory:
         return compile_rule("policy:test", "test", index, rule)
 
     return make
+
+
+async def without_stage_script(backend: RateLimitBackend) -> None:
+    """Send this backend's Redis stages through redis-py again (the path sentinel URLs take)."""
+    fast = backend._stage_script
+    backend._stage_script = None
+    if fast is not None:
+        await fast.client.close()

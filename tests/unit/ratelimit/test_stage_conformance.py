@@ -1,0 +1,285 @@
+"""The one-call stage script decides exactly what ``limits``' public API decides, on the same
+keys of a real Redis: random stages (limits, costs, strategies, several items) and random time
+steps; two instances stay exact together; lost scripts (SCRIPT FLUSH, a restart) are reloaded
+without counting a hit twice."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import pytest
+import redis.asyncio
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+from limits.aio.storage import RedisStorage
+from limits.aio.strategies import STRATEGIES, RateLimiter
+from limits.util import WindowStats
+
+from gateway.errors import StoreUnavailable
+from gateway.ratelimit import stage_script
+from gateway.ratelimit.limiter import KEY_PREFIX, RateLimitBackend
+from gateway.ratelimit.policies import LimitItem
+from gateway.ratelimit.resp import RespClient, RespError
+from gateway.ratelimit.stage_script import StageScript
+from gateway.state.redis_url import parse_redis_url
+from tests.support.redis_server import RedisServer
+from tests.unit.ratelimit.conftest import ItemFactory, without_stage_script
+from tests.unit.ratelimit.conftest import settings as limit_settings
+
+EXAMPLES = 15 if os.environ.get("CI") == "true" else 60
+LIMITS = ("1/second", "3/2seconds", "2/5seconds", "5/minute")
+Checks = Sequence[tuple[LimitItem, str]]
+Outcome = tuple[list[bool], int | None, WindowStats | None]
+Reference = tuple[list[bool], dict[int, WindowStats]]
+_values = itertools.count()
+
+
+class FakeClock:
+    """The clock both paths read (``time.time()`` in limits' redis-py bridge and the script)."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def time(self) -> float:
+        return self.now
+
+
+def key_of(item: LimitItem, value: str) -> str:
+    return f"{KEY_PREFIX}:{item.item.key_for(item.prefix, value)}"
+
+
+async def reference_stage(
+    paths: Paths, checks: Checks, wanted: int | None, now: Callable[[], float]
+) -> Reference:
+    """A stage decided through limits' public API only: hit each item, then read the window
+    state of every candidate for the binding item (the refusing items, else ``wanted``)."""
+    strategies = paths.strategies
+    decisions = [await strategies[i.strategy].hit(i.item, i.prefix, v, cost=i.cost) for i, v in checks]
+    refused = [index for index, ok in enumerate(decisions) if not ok]
+    states = {}
+    for index in refused or ([] if wanted is None else [wanted]):
+        item, value = checks[index]
+        stats = await strategies[item.strategy].get_window_stats(item.item, item.prefix, value)
+        if item.strategy == "fixed-window":
+            # The gateway's documented choice (as the redis-py pipeline before it): PTTL, not
+            # limits' TTL rounded to whole seconds; both name the same window end.
+            pttl = max(await paths.client.pttl(key_of(item, value)), 0)
+            assert abs(stats.reset_time - (now() + pttl / 1000)) <= 0.55
+            stats = WindowStats(now() + pttl / 1000, stats.remaining)
+        states[index] = stats
+    return decisions, states
+
+
+async def advance(client: redis.asyncio.Redis, keys: list[str], clock: FakeClock, seconds: float) -> None:
+    """Move the virtual clock: the timestamps both paths write, and Redis' TTLs alike."""
+    clock.now += seconds
+    for key in keys:
+        pttl = await client.pttl(key)
+        if pttl > 0:
+            left = pttl - int(seconds * 1000)
+            await (client.pexpire(key, left) if left > 0 else client.delete(key))
+
+
+def assert_same(fast: Outcome, reference: Reference, checks: Checks, skew: float = 0.0) -> None:
+    """Equal decisions; the binding item is the candidate that frees last (the first such, as
+    in limits' order), with equal window state. ``skew``: seconds between the two paths' clocks
+    (0 with the shared fake clock); PTTLs of keys written a few ms apart may differ by those ms."""
+    decisions, states = reference
+    assert fast[0] == decisions
+    if not states:
+        assert fast[1] is None and fast[2] is None
+        return
+    assert fast[1] is not None and fast[2] is not None
+    fixed = any(checks[i][0].strategy == "fixed-window" for i in states)
+    tolerance = skew + (0.01 if fixed else 0.0)
+    latest = max(stats.reset_time for stats in states.values())
+    ends_last = [i for i in sorted(states) if states[i].reset_time >= latest - tolerance]
+    assert fast[1] in ends_last
+    if tolerance == 0:
+        assert fast[1] == ends_last[0]
+    assert fast[2].remaining == states[fast[1]].remaining
+    assert abs(fast[2].reset_time - states[fast[1]].reset_time) <= tolerance
+
+
+@dataclass
+class Paths:
+    script: StageScript
+    strategies: dict[str, RateLimiter]
+    client: redis.asyncio.Redis
+    pool: redis.asyncio.ConnectionPool
+
+    @classmethod
+    def open(cls, url: str) -> Paths:
+        script = StageScript(RespClient(parse_redis_url(url)), KEY_PREFIX)
+        pool = redis.asyncio.ConnectionPool.from_url(url)
+        storage = RedisStorage(
+            "async+redis://", implementation="redispy", key_prefix=KEY_PREFIX, connection_pool=pool
+        )
+        strategies = {name: factory(storage) for name, factory in STRATEGIES.items()}
+        return cls(script, strategies, redis.asyncio.Redis.from_url(url), pool)
+
+    async def close(self) -> None:
+        await self.script.client.close()
+        await self.client.aclose()
+        await self.pool.disconnect()
+
+
+ITEM = st.tuples(
+    st.sampled_from(("moving-window", "fixed-window")), st.sampled_from(LIMITS), st.integers(1, 3)
+)
+STEP = st.one_of(
+    st.tuples(st.just("hit"), st.lists(st.booleans(), min_size=3, max_size=3), st.booleans()),
+    st.tuples(st.just("wait"), st.sampled_from((0.25, 0.5, 1.0, 1.5, 2.5))),
+)
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# Two refusing items that free at the same instant: limits' order (the first) binds.
+@example(rules=[("moving-window", "1/second", 1)] * 2, steps=[("hit", [True, True, False], True)] * 2)
+@given(rules=st.lists(ITEM, min_size=1, max_size=3), steps=st.lists(STEP, min_size=1, max_size=25))
+def test_stage_script_decides_as_limits_public_api(
+    redis_url: str, items: ItemFactory, rules: list[tuple[str, str, int]], steps: list[tuple]
+) -> None:
+    all_items = [
+        items(limit, strategy=strategy, cost=cost, index=index)[0]
+        for index, (strategy, limit, cost) in enumerate(rules)
+    ]
+    run = next(_values)
+    fast_value, ref_value = f"fast-{run}", f"ref-{run}"
+    keys = [key_of(item, value) for item in all_items for value in (fast_value, ref_value)]
+    clock = FakeClock()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(stage_script, "time", clock)
+        patch.setattr("limits.aio.storage.redis.redispy.time", clock)
+        asyncio.run(_drive(redis_url, all_items, steps, fast_value, ref_value, keys, clock))
+
+
+async def _drive(
+    url: str,
+    all_items: list[LimitItem],
+    steps: list[tuple],
+    fast: str,
+    ref: str,
+    keys: list[str],
+    clock: FakeClock,
+) -> None:
+    paths = Paths.open(url)
+    try:
+        for step in steps:
+            if step[0] == "wait":
+                await advance(paths.client, keys, clock, step[1])
+                continue
+            chosen = [item for item, on in zip(all_items, step[1], strict=False) if on] or all_items[:1]
+            wanted = min(range(len(chosen)), key=lambda i: chosen[i].strictness) if step[2] else None
+            got = await paths.script.run([(item, fast) for item in chosen], wanted)
+            expected = await reference_stage(paths, [(item, ref) for item in chosen], wanted, clock.time)
+            assert_same(got, expected, [(item, fast) for item in chosen])
+    finally:
+        await paths.close()
+
+
+async def test_windows_expire_in_real_time_as_limits_says(redis_url: str, items: ItemFactory) -> None:
+    chosen = [items("1/second", strategy="fixed-window")[0], items("3/2seconds", index=1)[0]]
+    paths = Paths.open(redis_url)
+    try:
+        outcomes = []
+        for _ in range(3):
+            for _ in range(4):
+                got = await paths.script.run([(i, "fast") for i in chosen], 0)
+                expected = await reference_stage(paths, [(i, "ref") for i in chosen], 0, time.time)
+                assert_same(got, expected, [(i, "fast") for i in chosen], skew=0.05)
+                outcomes.append(got[0])
+            await asyncio.sleep(1.1)  # the 1/second window is over, 3/2seconds is not
+        t, f = True, False
+        assert outcomes[:4] == [[t, t], [f, t], [f, t], [f, f]]
+        assert outcomes[4:8] == [[t, f], [f, f], [f, f], [f, f]]  # the fixed window reset
+        assert outcomes[8:10] == [[t, t], [f, t]]  # and now the moving window moved on
+    finally:
+        await paths.close()
+
+
+@pytest.mark.parametrize("strategy", ["moving-window", "fixed-window"])
+async def test_two_instances_on_one_redis_admit_exactly_the_limit(
+    redis_url: str, items: ItemFactory, strategy: str
+) -> None:
+    first, second, public = (RateLimitBackend(redis_url) for _ in range(3))
+    await without_stage_script(public)  # limits' own API on the same keys
+    (item,) = items("10/minute", strategy=strategy)
+    try:
+        backends = [first, second, public]
+        checks = [(item, first.hash("shared-user"))]
+        verdicts = await asyncio.gather(
+            *(backends[n % 3].check(checks, limit_settings(timeout=2.0), "route") for n in range(30))
+        )
+        assert sum(v.allowed for v in verdicts) == 10
+        assert all(v.source in ("shared", "cache") for v in verdicts)
+    finally:
+        for backend in (first, second, public):
+            await backend.close()
+
+
+async def test_script_flush_and_restart_never_double_count(
+    redis_server: RedisServer, items: ItemFactory
+) -> None:
+    tight, loose = items("5/minute;20/hour", strategy="moving-window")
+    (fixed,) = items("20/hour", strategy="fixed-window", index=1)
+    checks = [(tight, "v"), (loose, "v"), (fixed, "v")]
+    paths = Paths.open(redis_server.url)
+    try:
+        assert (await paths.script.run(checks, 0))[2] == WindowStats(
+            pytest.approx(time.time() + 60, abs=1), 4
+        )
+        await paths.client.script_flush()
+        _, _, stats = await paths.script.run(checks, 0)
+        assert stats is not None and stats.remaining == 3
+        await paths.client.aclose()
+        redis_server.stop()
+        redis_server.start()  # append-only: the counts survive, the scripts do not
+        paths.client = redis.asyncio.Redis.from_url(redis_server.url)
+        admitted = 2
+        for _ in range(2):  # the first call may meet the dead connection: a store failure
+            try:
+                decisions, _, stats = await paths.script.run(checks, 0)
+            except RespError:
+                continue
+            assert decisions == [True, True, True]
+            admitted += 1
+        assert admitted >= 3 and stats is not None and stats.remaining == 5 - admitted
+        assert await paths.client.llen(key_of(loose, "v")) == admitted
+        assert int(await paths.client.get(key_of(fixed, "v"))) == admitted
+    finally:
+        await paths.close()
+
+
+async def test_stages_answered_by_the_failure_mode_are_never_counted(
+    redis_server: RedisServer, items: ItemFactory
+) -> None:
+    """Coalesced commands already on the wire when Redis hangs run when it resumes; the script's
+    deadline keeps them from counting requests the gateway already answered (503 or local)."""
+    backend = RateLimitBackend(redis_server.url)
+    (item,) = items("5/minute")
+    checks = [(item, backend.hash("late"))]
+    try:
+        assert (await backend.check(checks, limit_settings("deny"), "route")).remaining == 4
+        redis_server.pause()
+        refused = await asyncio.gather(
+            *(backend.check(checks, limit_settings("deny"), "route") for _ in range(5)),
+            return_exceptions=True,
+        )
+        assert all(isinstance(result, StoreUnavailable) for result in refused)
+        redis_server.resume()
+        deadline = time.monotonic() + 5
+        while backend.store_down:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+        verdict = await backend.check(checks, limit_settings("deny"), "route")
+        assert verdict.allowed and verdict.remaining == 3 and verdict.source == "shared"
+    finally:
+        if redis_server.paused:
+            redis_server.resume()
+        await backend.close()
