@@ -43,6 +43,7 @@ from bench_support import (
     StartFailed,
     free_port,
     http_get,
+    listen_server,
     start_redis,
     wait_ready,
 )
@@ -132,7 +133,7 @@ def full_chain_config(
     port: int, admin_port: int, rundir: Path, state_url: str, upstream_port: int, public_pem: Path
 ) -> str:
     config: dict[str, object] = {
-        "listen": {"host": LOOPBACK, "port": port, "tls": "off", "workers": 1},
+        "listen": {"host": LOOPBACK, "port": port, "tls": "off", "workers": 1, **listen_server()},
         "admin": {"listen": f"{LOOPBACK}:{admin_port}"},
         "state": {"url": state_url},
         "upstreams": {"app": {"urls": [f"http://{LOOPBACK}:{upstream_port}"]}},

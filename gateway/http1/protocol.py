@@ -165,6 +165,8 @@ class LeanProtocol(asyncio.Protocol):
         self._parsing: LeanRequest | None = None  # the request whose body is arriving
         self._upgrade: _Upgrade | None = None
         self._dead = False  # a parser refusal is queued: nothing more is read
+        self._head_open = False  # a head has begun and is not complete yet
+        self._idle_since = 0.0  # when the last answer ended (the keep-alive timer checks it)
         # flow control
         self._writing_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
@@ -268,7 +270,6 @@ class LeanProtocol(asyncio.Protocol):
         return (
             request.keep_alive
             and not self._server.closing
-            and not self._dead
             and request.content.is_eof()  # a body not read to its end leaves the stream out of step
             and request.content.exception() is None
         )
@@ -309,14 +310,15 @@ class LeanProtocol(asyncio.Protocol):
             self._upgrade_at(data[upgrade.args[0] :])
         except httptools.HttpParserError as exc:
             self._refuse_parse(exc, data)
+        else:
+            # A head begun and not finished in this read starts its deadline now; a head that
+            # arrives whole (nearly every request) never costs a timer.
+            if self._head_open and self._head_timer is None:
+                self._arm_head_timer()
 
     # -- parser callbacks ----------------------------------------------------------------------
     def on_message_begin(self) -> None:
-        if self._keepalive_timer is not None:
-            self._keepalive_timer.cancel()
-            self._keepalive_timer = None
-        if self._head_timer is None:
-            self._arm_head_timer()
+        self._head_open = True
         self._url = b""
         self._headers = []
         self._raw_headers = []
@@ -349,6 +351,7 @@ class LeanProtocol(asyncio.Protocol):
             raise _Refused(HeadersTooLarge("The request head is too large"))
 
     def on_headers_complete(self) -> None:
+        self._head_open = False
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
@@ -562,14 +565,24 @@ class LeanProtocol(asyncio.Protocol):
         self._close()
 
     def _arm_keepalive_timer(self) -> None:
+        """Lazy: one timer stays armed across requests and, when it fires, looks at how long the
+        connection has really been idle (a timer per request was a measurable cost)."""
         timeout = self._server.keepalive_timeout
-        if timeout > 0 and self._keepalive_timer is None and self._head_timer is None:
-            self._keepalive_timer = self._loop.call_later(timeout, self._keepalive_expired)
+        if timeout <= 0:
+            return
+        self._idle_since = now = self._loop.time()
+        if self._keepalive_timer is None:
+            self._keepalive_timer = self._loop.call_at(now + timeout, self._keepalive_expired)
 
     def _keepalive_expired(self) -> None:
         self._keepalive_timer = None
-        if self.current is None and not self._queue:
+        if self.current is not None or self._queue or self._head_open:
+            return  # busy (the next idle period arms it again) or under the header deadline
+        deadline = self._idle_since + self._server.keepalive_timeout
+        if self._loop.time() >= deadline:
             self._close()
+        else:
+            self._keepalive_timer = self._loop.call_at(deadline, self._keepalive_expired)
 
     def _cancel_timers(self) -> None:
         for timer in (self._head_timer, self._keepalive_timer, self._body_timer):
