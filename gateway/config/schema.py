@@ -118,7 +118,7 @@ def _listen(node: Node) -> ListenConfig:
         tls=_tls(Node({}, tls_path, node.report), node.raw("tls", None), "self-signed"),
         limits=limits,
         drain_timeout=node.duration("drain_timeout", 30.0),
-        server=node.string("server", "aiohttp", choices=LISTEN_SERVERS),
+        server=node.string("server", "lean", choices=LISTEN_SERVERS),
     )
     node.done()
     return result

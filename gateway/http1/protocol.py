@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("gateway.listener")
 
+LINGER = 10.0  # seconds an unread body is drained after an early answer (aiohttp's lingering_time)
 BODY_BUFFER = 2**16  # a body stream pauses reading above twice this (aiohttp's default)
 # RFC 9110 singletons aiohttp's strict parser refuses twice (400); llhttp itself refuses a second
 # Content-Length and Transfer-Encoding, the rest are checked here.
@@ -166,6 +167,7 @@ class LeanProtocol(asyncio.Protocol):
         self._upgrade: _Upgrade | None = None
         self._dead = False  # a parser refusal is queued: nothing more is read
         self._head_open = False  # a head has begun and is not complete yet
+        self._lingering = False  # answered; the rest of the body is read and dropped
         self._idle_since = 0.0  # when the last answer ended (the keep-alive timer checks it)
         # flow control
         self._writing_paused = False
@@ -384,10 +386,15 @@ class LeanProtocol(asyncio.Protocol):
         self._enqueue(request)
 
     def on_body(self, body: bytes) -> None:
+        if self._lingering:
+            return
         if self._parsing is not None:
             self._parsing.content.feed_data(body)
 
     def on_message_complete(self) -> None:
+        if self._lingering:
+            self._close()  # the whole body is in: the answer is safe, the connection ends
+            return
         parsing, self._parsing = self._parsing, None
         if parsing is not None:
             parsing.content.feed_eof()
@@ -450,7 +457,10 @@ class LeanProtocol(asyncio.Protocol):
                 item = queue[0]
                 if isinstance(item, LeanRequest):
                     if not await self._handle(item):
-                        self._close()
+                        if self._parsing is item and self._may_linger(item):
+                            self._linger()
+                        else:
+                            self._close()
                         return
                     queue.popleft()
                     if self._queue_paused and len(queue) <= 1:
@@ -489,6 +499,22 @@ class LeanProtocol(asyncio.Protocol):
             if done is not None and not done.done():
                 done.set_result(None)
         return keep and self.transport is not None
+
+    def _may_linger(self, request: LeanRequest) -> bool:
+        # A body that stalled (408) is not waited for: that is the point of body_timeout.
+        timed_out = isinstance(request.content.exception(), RequestTimeout)
+        return self.transport is not None and not timed_out and not self._server.closing and not self._dead
+
+    def _linger(self) -> None:
+        """Answered before the body was read (413, a refusal after 100-continue was skipped…): the
+        rest of the body is read and dropped for up to LINGER seconds before closing, as aiohttp
+        does. Closing a socket with unread bytes sends a reset, which can destroy the answer
+        before the client has read it."""
+        self._lingering = True
+        self._body_paused = self._queue_paused = False
+        self._update_reading()
+        self._cancel_timers()
+        self._keepalive_timer = self._loop.call_later(LINGER, self._close)
 
     def _close(self) -> None:
         if self.transport is not None:
