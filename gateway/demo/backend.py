@@ -35,11 +35,8 @@ MAX_SLOW_SECONDS = 300.0
 _MAX_CREDENTIAL_LEN = 1024  # scrypt's cost grows with input length; no real password is longer
 # URL segment under /api/ -> id prefix
 MODULES: Mapping[str, str] = {
-    "inventory/items": "itm",
-    "finance/invoices": "inv",
-    "customers": "cus",
-    "manufacturing/boms": "bom",
-    "logistics/routes": "rte",
+    "inventory/items": "itm", "finance/invoices": "inv", "customers": "cus",
+    "manufacturing/boms": "bom", "logistics/routes": "rte",
 }
 _PATTERN = bytes(range(256))
 _SERVER_KEYS = frozenset({"id", "tenant", "created_by"})
@@ -121,20 +118,16 @@ class TenantStore:
     def get(self, tenant: str, module: str, record_id: str) -> dict[str, Any] | None:
         return self._data[tenant][module].get(record_id)
 
-    def create(
-        self, tenant: str, module: str, fields: Mapping[str, Any], created_by: str | None = None
-    ) -> dict[str, Any] | None:
+    def create(self, tenant: str, module: str, fields: Mapping[str, Any],
+               created_by: str | None = None) -> dict[str, Any] | None:
         """Store a record; None when the tenant's module is full."""
         records = self._data[tenant][module]
         if len(records) >= MAX_RECORDS:
             return None
         record_id = f"{MODULES[module]}-{next(self._ids[module])}"
         # Server-owned keys come only from here: a client cannot choose its id or tenant.
-        record = {
-            "id": record_id,
-            "tenant": tenant,
-            **{key: value for key, value in fields.items() if key not in _SERVER_KEYS},
-        }
+        record = {"id": record_id, "tenant": tenant, **{
+            key: value for key, value in fields.items() if key not in _SERVER_KEYS}}
         if created_by:
             record["created_by"] = created_by
         records[record_id] = record
@@ -149,7 +142,8 @@ WEBSOCKETS = web.AppKey("websockets", weakref.WeakSet[web.WebSocketResponse])
 
 
 def _json_error(exc: type[web.HTTPException], error: str, message: str) -> web.HTTPException:
-    return exc(text=json.dumps({"error": error, "message": message}), content_type="application/json")
+    return exc(text=json.dumps({"error": error, "message": message}),
+               content_type="application/json")
 
 
 def _tenant_of(request: web.Request) -> str:
@@ -157,12 +151,10 @@ def _tenant_of(request: web.Request) -> str:
         context = verified_context(request)
     except ContextInvalid as exc:
         if exc.reason == "missing":
-            raise _json_error(
-                web.HTTPUnauthorized, "missing_context", "a signed gateway context is required"
-            ) from None
-        raise _json_error(
-            web.HTTPForbidden, "invalid_context", "the gateway context does not verify"
-        ) from None
+            raise _json_error(web.HTTPUnauthorized, "missing_context",
+                              "a signed gateway context is required") from None
+        raise _json_error(web.HTTPForbidden, "invalid_context",
+                          "the gateway context does not verify") from None
     tenant = context.tenant if context is not None else request_tenant(request)
     named = request.match_info.get("tenant")
     if named is not None and named != tenant:
@@ -198,15 +190,12 @@ async def _read_credentials(request: web.Request) -> tuple[str, str]:
         else:
             raise ValueError("unsupported content type")
     except ValueError:
-        raise _json_error(
-            web.HTTPBadRequest, "bad_request", "send JSON or form data with username and password"
-        ) from None
+        raise _json_error(web.HTTPBadRequest, "bad_request",
+                          "send JSON or form data with username and password") from None
     username = body.get("username") if isinstance(body, dict) else None
     password = body.get("password") if isinstance(body, dict) else None
-    if (
-        not (isinstance(username, str) and isinstance(password, str))
-        or max(len(username), len(password)) > _MAX_CREDENTIAL_LEN
-    ):
+    if not (isinstance(username, str) and isinstance(password, str)) or max(
+            len(username), len(password)) > _MAX_CREDENTIAL_LEN:
         raise _json_error(web.HTTPBadRequest, "bad_request", "username and password are required")
     return username, password
 
@@ -238,7 +227,6 @@ async def healthz(request: web.Request) -> web.Response:
 
 # --- ERP modules ------------------------------------------------------------------------------
 
-
 def _module_routes(module: str, base: str | None = None) -> list[web.RouteDef]:
     async def list_records(request: web.Request) -> web.Response:
         tenant = _tenant_of(request)
@@ -267,15 +255,11 @@ def _module_routes(module: str, base: str | None = None) -> list[web.RouteDef]:
         return web.json_response(record, status=201, headers={"Location": location})
 
     base = base or f"/api/{module}"
-    return [
-        web.get(base, list_records),
-        web.post(base, create_record),
-        web.get(base + "/{record_id}", get_record),
-    ]
+    return [web.get(base, list_records), web.post(base, create_record),
+            web.get(base + "/{record_id}", get_record)]
 
 
 # --- debug endpoints for proxy tests ----------------------------------------------------------
-
 
 def _number(request: web.Request, name: str, default: float, low: float, high: float) -> float:
     raw = request.query.get(name)
@@ -295,9 +279,8 @@ async def echo(request: web.Request) -> web.Response:
     async for chunk in request.content.iter_any():
         size += len(chunk)
     headers = [[k.decode("latin-1"), v.decode("latin-1")] for k, v in request.raw_headers]
-    return web.json_response(
-        {"method": request.method, "path_qs": request.raw_path, "headers": headers, "body_length": size}
-    )
+    return web.json_response({"method": request.method, "path_qs": request.raw_path,
+                              "headers": headers, "body_length": size})
 
 
 async def stream(request: web.Request) -> web.StreamResponse:
@@ -312,7 +295,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
     sent = 0
     while sent < total:
         size = min(chunk, total - sent)
-        await response.write(window[sent % 256 : sent % 256 + size])
+        await response.write(window[sent % 256: sent % 256 + size])
         sent += size
     await response.write_eof()
     return response
@@ -363,13 +346,10 @@ async def _close_websockets(app: web.Application) -> None:
         await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
 
 
-def make_backend_app(
-    issuer: DemoIssuer,
-    users: Iterable[DemoUser],
-    *,
-    seed: Mapping[str, Mapping[str, Iterable[Mapping[str, Any]]]] | None = None,
-    context_keys: Sequence[str | bytes] = (),
-) -> web.Application:
+def make_backend_app(issuer: DemoIssuer, users: Iterable[DemoUser], *,
+                     seed: Mapping[str, Mapping[str, Iterable[Mapping[str, Any]]]] | None = None,
+                     context_keys: Sequence[str | bytes] = (),
+                     ) -> web.Application:
     """The demo ERP as an aiohttp app; ``seed`` (tenant -> module -> records) defaults to two
     tenants, ``acme`` and ``globex``, with a few records per module. ``context_keys``: the
     gateway's context MAC keys (current first); empty trusts ``X-Tenant-ID`` unverified."""
@@ -383,20 +363,14 @@ def make_backend_app(
     app[WEBSOCKETS] = weakref.WeakSet()
     app.on_response_prepare.append(_echo_tenant)
     app.on_shutdown.append(_close_websockets)
-    app.add_routes(
-        [
-            web.post("/auth/login", login),
-            web.get("/.well-known/jwks.json", jwks),
-            web.get("/healthz", healthz),
-            web.route("*", "/debug/echo", echo),
-            web.route("*", "/debug/echo/{tail:.*}", echo),
-            web.get("/debug/stream", stream),
-            web.post("/debug/sink", sink),
-            web.get("/debug/slow", slow),
-            web.get("/debug/ws", websocket_echo),
-            web.get("/debug/leak", leak),
-        ]
-    )
+    app.add_routes([
+        web.post("/auth/login", login), web.get("/.well-known/jwks.json", jwks),
+        web.get("/healthz", healthz),
+        web.route("*", "/debug/echo", echo), web.route("*", "/debug/echo/{tail:.*}", echo),
+        web.get("/debug/stream", stream), web.post("/debug/sink", sink),
+        web.get("/debug/slow", slow), web.get("/debug/ws", websocket_echo),
+        web.get("/debug/leak", leak),
+    ])
     for module in MODULES:
         app.add_routes(_module_routes(module))
     # The tenant-in-the-path API (the gateway's tenant_from demo): inventory only, so a support
@@ -430,15 +404,10 @@ class BackendServer:
         await self.close()
 
 
-async def start_backend(
-    issuer: DemoIssuer,
-    users: Iterable[DemoUser],
-    *,
-    host: str = "127.0.0.1",
-    port: int = 0,
-    ssl_context: Any = None,
-    context_keys: Sequence[str | bytes] = (),
-) -> BackendServer:
+async def start_backend(issuer: DemoIssuer, users: Iterable[DemoUser], *,
+                        host: str = "127.0.0.1", port: int = 0,
+                        ssl_context: Any = None,
+                        context_keys: Sequence[str | bytes] = ()) -> BackendServer:
     """Serve the demo ERP in this event loop; ``port=0`` picks a free port (see ``.url``)."""
     app = make_backend_app(issuer, users, context_keys=context_keys)
     # access_log=None: the demo's console is for the gateway's logs; shutdown_timeout keeps
@@ -452,11 +421,11 @@ async def start_backend(
     except BaseException:
         await runner.cleanup()
         raise
-    return BackendServer(app, runner, host, bound_port, "https" if ssl_context is not None else "http")
+    return BackendServer(app, runner, host, bound_port,
+                         "https" if ssl_context is not None else "http")
 
 
 # --- seed data: fake but realistic records (Karachi/Lahore distributor, Dhaka garment maker) ---
-
 
 def _rows(fields: str, *rows: tuple[Any, ...]) -> list[dict[str, Any]]:
     names = fields.split()
@@ -471,74 +440,51 @@ _ROUTE = "code origin destination stops vehicle distance_km"
 SEED: Mapping[str, Mapping[str, list[dict[str, Any]]]] = {
     ACME: {
         "inventory/items": _rows(
-            _ITEM,
-            ("ACM-RICE-5KG", "Basmati rice, 5 kg bag", 420, 2350, "PKR", "Karachi SITE"),
+            _ITEM, ("ACM-RICE-5KG", "Basmati rice, 5 kg bag", 420, 2350, "PKR", "Karachi SITE"),
             ("ACM-OIL-3L", "Cooking oil, 3 L tin", 185, 1690, "PKR", "Lahore Sundar"),
-            ("ACM-TEA-950", "Black tea, 950 g pack", 610, 1480, "PKR", "Karachi SITE"),
-        ),
+            ("ACM-TEA-950", "Black tea, 950 g pack", 610, 1480, "PKR", "Karachi SITE")),
         "finance/invoices": _rows(
-            _INVOICE,
-            ("ACM-INV-0117", "Ayesha Siddiqui", 184500, "PKR", "paid", "2026-11-30"),
-            ("ACM-INV-0118", "Bilal Ahmed Khan", 67250, "PKR", "open", "2026-12-15"),
-        ),
+            _INVOICE, ("ACM-INV-0117", "Ayesha Siddiqui", 184500, "PKR", "paid", "2026-11-30"),
+            ("ACM-INV-0118", "Bilal Ahmed Khan", 67250, "PKR", "open", "2026-12-15")),
         "customers": _rows(
             _CUSTOMER,
-            ("Ayesha Siddiqui", "+92 300 2145567", "ayesha.siddiqui@example.pk", "Lahore", "35202-4518763-2"),
-            ("Bilal Ahmed Khan", "0321-8765432", "bilal.khan@example.pk", "Karachi", "42101-7654321-5"),
-            ("Mehwish Javed", "+92 333 5012398", "mehwish.j@example.pk", "Rawalpindi", "37405-2298145-6"),
-        ),
+            ("Ayesha Siddiqui", "+92 300 2145567", "ayesha.siddiqui@example.pk", "Lahore",
+             "35202-4518763-2"),
+            ("Bilal Ahmed Khan", "0321-8765432", "bilal.khan@example.pk", "Karachi",
+             "42101-7654321-5"),
+            ("Mehwish Javed", "+92 333 5012398", "mehwish.j@example.pk", "Rawalpindi",
+             "37405-2298145-6")),
         "manufacturing/boms": _rows(
-            _BOM,
-            (
-                "ACM-KIT-RAM",
-                "Ramadan ration pack",
-                [
-                    {"sku": "ACM-RICE-5KG", "qty": 1},
-                    {"sku": "ACM-OIL-3L", "qty": 1},
-                    {"sku": "ACM-TEA-950", "qty": 1},
-                ],
-                6,
-            ),
-        ),
+            _BOM, ("ACM-KIT-RAM", "Ramadan ration pack", [
+                {"sku": "ACM-RICE-5KG", "qty": 1}, {"sku": "ACM-OIL-3L", "qty": 1},
+                {"sku": "ACM-TEA-950", "qty": 1}], 6)),
         "logistics/routes": _rows(
-            _ROUTE,
-            ("KHI-HYD-01", "Karachi SITE", "Hyderabad", ["Jamshoro"], "Hino 500", 165),
-            ("LHE-ISB-02", "Lahore Sundar", "Islamabad", ["Gujranwala", "Jhelum"], "Isuzu NPR", 380),
-        ),
+            _ROUTE, ("KHI-HYD-01", "Karachi SITE", "Hyderabad", ["Jamshoro"], "Hino 500", 165),
+            ("LHE-ISB-02", "Lahore Sundar", "Islamabad", ["Gujranwala", "Jhelum"], "Isuzu NPR",
+             380)),
     },
     GLOBEX: {
         "inventory/items": _rows(
-            _ITEM,
-            ("GLX-FAB-TWILL", "Cotton twill 58 in, per yard", 12000, 310, "BDT", "Gazipur"),
+            _ITEM, ("GLX-FAB-TWILL", "Cotton twill 58 in, per yard", 12000, 310, "BDT", "Gazipur"),
             ("GLX-BTN-18L", "Polyester buttons 18L, per gross", 950, 145, "BDT", "Narayanganj"),
-            ("GLX-THR-40S", "Sewing thread 40/2, 5000 m cone", 2400, 220, "BDT", "Gazipur"),
-        ),
+            ("GLX-THR-40S", "Sewing thread 40/2, 5000 m cone", 2400, 220, "BDT", "Gazipur")),
         "finance/invoices": _rows(
-            _INVOICE,
-            ("GLX-INV-0931", "Tahmina Akter", 1250000, "BDT", "open", "2026-12-20"),
-            ("GLX-INV-0932", "Rafiqul Islam", 318400, "BDT", "paid", "2026-11-25"),
-        ),
+            _INVOICE, ("GLX-INV-0931", "Tahmina Akter", 1250000, "BDT", "open", "2026-12-20"),
+            ("GLX-INV-0932", "Rafiqul Islam", 318400, "BDT", "paid", "2026-11-25")),
         "customers": _rows(
             _CUSTOMER,
-            ("Tahmina Akter", "+880 1712-345678", "tahmina.akter@example.com.bd", "Dhaka", "2690412358"),
-            ("Rafiqul Islam", "01819-112233", "rafiq.islam@example.com.bd", "Chattogram", "5512093847"),
-            ("Nusrat Jahan", "+880 1911-204060", "nusrat.jahan@example.com.bd", "Sylhet", "8823610495"),
-        ),
+            ("Tahmina Akter", "+880 1712-345678", "tahmina.akter@example.com.bd", "Dhaka",
+             "2690412358"),
+            ("Rafiqul Islam", "01819-112233", "rafiq.islam@example.com.bd", "Chattogram",
+             "5512093847"),
+            ("Nusrat Jahan", "+880 1911-204060", "nusrat.jahan@example.com.bd", "Sylhet",
+             "8823610495")),
         "manufacturing/boms": _rows(
-            _BOM,
-            (
-                "GLX-CHINO-32",
-                "Men's chino trousers, W32",
-                [
-                    {"sku": "GLX-FAB-TWILL", "qty": 1.6},
-                    {"sku": "GLX-BTN-18L", "qty": 0.02},
-                    {"sku": "GLX-THR-40S", "qty": 0.05},
-                ],
-                38,
-            ),
-        ),
+            _BOM, ("GLX-CHINO-32", "Men's chino trousers, W32", [
+                {"sku": "GLX-FAB-TWILL", "qty": 1.6}, {"sku": "GLX-BTN-18L", "qty": 0.02},
+                {"sku": "GLX-THR-40S", "qty": 0.05}], 38)),
         "logistics/routes": _rows(
-            _ROUTE, ("GZP-CGP-01", "Gazipur factory", "Chattogram port", ["Cumilla"], "Tata LPT 1613", 265)
-        ),
+            _ROUTE, ("GZP-CGP-01", "Gazipur factory", "Chattogram port", ["Cumilla"],
+                     "Tata LPT 1613", 265)),
     },
 }

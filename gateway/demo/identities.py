@@ -69,12 +69,7 @@ class PasswordHash:
 
 def _scrypt(password: str, salt: bytes, n: int, r: int, p: int) -> bytes:
     return hashlib.scrypt(
-        password.encode("utf-8"),
-        salt=salt,
-        n=n,
-        r=r,
-        p=p,
-        dklen=_SCRYPT_LEN,
+        password.encode("utf-8"), salt=salt, n=n, r=r, p=p, dklen=_SCRYPT_LEN,
         maxmem=256 * n * r,  # scrypt needs ~128*n*r; headroom so stored higher costs still verify
     )
 
@@ -102,7 +97,8 @@ class DemoUser:
         return pyotp.TOTP(self.totp_secret)
 
     def provisioning_uri(self, issuer_name: str = "Shopino demo") -> str:
-        return self.totp().provisioning_uri(name=f"{self.username}@{self.tenant}", issuer_name=issuer_name)
+        return self.totp().provisioning_uri(name=f"{self.username}@{self.tenant}",
+                                            issuer_name=issuer_name)
 
 
 # (username, tenant, roles, display name)
@@ -115,21 +111,13 @@ _DEFAULT_ACCOUNTS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
 
 
 def make_user(
-    username: str,
-    tenant: str,
-    roles: Iterable[str],
-    password: str,
-    *,
-    display_name: str | None = None,
-    totp_secret: str | None = None,
+    username: str, tenant: str, roles: Iterable[str], password: str, *,
+    display_name: str | None = None, totp_secret: str | None = None,
 ) -> DemoUser:
     """Build one user, hashing ``password`` (which is not kept)."""
     return DemoUser(
-        username=canonical_username(username),
-        tenant=tenant,
-        roles=tuple(roles),
-        display_name=display_name or username,
-        password_hash=PasswordHash.create(password),
+        username=canonical_username(username), tenant=tenant, roles=tuple(roles),
+        display_name=display_name or username, password_hash=PasswordHash.create(password),
         totp_secret=totp_secret or pyotp.random_base32(),
     )
 
@@ -140,9 +128,8 @@ def default_users(totp_secrets: Mapping[str, str] | None = None) -> tuple[DemoUs
     keep enrolled authenticators working across demo restarts)."""
     given = totp_secrets or {}
     return tuple(
-        make_user(
-            name, tenant, roles, DEMO_PASSWORDS[name], display_name=display, totp_secret=given.get(name)
-        )
+        make_user(name, tenant, roles, DEMO_PASSWORDS[name], display_name=display,
+                  totp_secret=given.get(name))
         for name, tenant, roles, display in _DEFAULT_ACCOUNTS
     )
 

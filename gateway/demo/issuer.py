@@ -41,14 +41,9 @@ class DemoIssuer:
     :meth:`write_private_pem`; ``repr`` shows only public facts."""
 
     def __init__(
-        self,
-        *,
-        issuer: str = DEFAULT_ISSUER,
-        audience: str = DEFAULT_AUDIENCE,
-        kid: str | None = None,
-        private_key: ec.EllipticCurvePrivateKey | None = None,
-        tenant_claim: str = "tid",
-        clock: Callable[[], float] = time.time,
+        self, *, issuer: str = DEFAULT_ISSUER, audience: str = DEFAULT_AUDIENCE,
+        kid: str | None = None, private_key: ec.EllipticCurvePrivateKey | None = None,
+        tenant_claim: str = "tid", clock: Callable[[], float] = time.time,
     ) -> None:
         self._key = private_key or ec.generate_private_key(ec.SECP256R1())
         if not isinstance(self._key.curve, ec.SECP256R1):
@@ -75,29 +70,18 @@ class DemoIssuer:
         return self._key.public_key()
 
     def mint(
-        self,
-        user: DemoUser,
-        *,
-        amr: Iterable[str] = ("pwd",),
-        ttl: int = 900,
-        auth_time: int | None = None,
-        extra_claims: Mapping[str, Any] | None = None,
+        self, user: DemoUser, *, amr: Iterable[str] = ("pwd",), ttl: int = 900,
+        auth_time: int | None = None, extra_claims: Mapping[str, Any] | None = None,
     ) -> str:
         """An ES256 token for ``user`` (first-factor by default: ``amr`` = ``["pwd"]``)."""
         if ttl <= 0:
             raise ValueError("ttl must be positive")
         now = int(self._clock())
         claims: dict[str, Any] = {
-            "iss": self.issuer,
-            "aud": self.audience,
-            "sub": user.sub,
-            self.tenant_claim: user.tenant,
-            "roles": list(user.roles),
-            "amr": list(amr),
+            "iss": self.issuer, "aud": self.audience, "sub": user.sub,
+            self.tenant_claim: user.tenant, "roles": list(user.roles), "amr": list(amr),
             "auth_time": now if auth_time is None else auth_time,
-            "iat": now,
-            "exp": now + ttl,
-            "jti": uuid.uuid4().hex,
+            "iat": now, "exp": now + ttl, "jti": uuid.uuid4().hex,
         }
         claims.update(extra_claims or {})
         return jwt.encode(claims, self._key, algorithm=ALGORITHM, headers={"kid": self.kid})
@@ -116,8 +100,7 @@ class DemoIssuer:
 
     def private_pem(self) -> bytes:
         return self._key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
 

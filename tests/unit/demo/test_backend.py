@@ -47,26 +47,18 @@ async def client(aiohttp_client: Any, issuer: DemoIssuer, users: tuple[DemoUser,
 def verify(token: str, jwks: dict[str, Any]) -> dict[str, Any]:
     kid = jwt.get_unverified_header(token)["kid"]
     key = jwt.PyJWKSet.from_dict(jwks)[kid]
-    return jwt.decode(
-        token,
-        key.key,
-        algorithms=["ES256"],
-        audience=DEFAULT_AUDIENCE,
-        issuer=DEFAULT_ISSUER,
-        options={"require": ["exp", "iat", "sub", "iss", "aud", "tid"]},
-    )
+    return jwt.decode(token, key.key, algorithms=["ES256"], audience=DEFAULT_AUDIENCE,
+                      issuer=DEFAULT_ISSUER,
+                      options={"require": ["exp", "iat", "sub", "iss", "aud", "tid"]})
 
 
 # --- identities and issuer ------------------------------------------------------------------
 
-
 def test_default_users(users: tuple[DemoUser, ...]) -> None:
     by_name = {u.username: u for u in users}
     assert {n: (u.tenant, u.roles) for n, u in by_name.items()} == {
-        "alice": ("acme", ("tenant-admin", "finance")),
-        "bob": ("acme", ("inventory",)),
-        "carol": ("globex", ("tenant-admin", "finance")),
-        "sam": ("shopino-support", ("support",)),
+        "alice": ("acme", ("tenant-admin", "finance")), "bob": ("acme", ("inventory",)),
+        "carol": ("globex", ("tenant-admin", "finance")), "sam": ("shopino-support", ("support",)),
     }
     for name, user in by_name.items():
         assert user.check_password(DEMO_PASSWORDS[name])
@@ -108,7 +100,8 @@ def test_mint_claims(issuer: DemoIssuer, users: tuple[DemoUser, ...]) -> None:
     assert issuer.mint(carol) != issuer.mint(carol)  # distinct jti
 
 
-def test_jwks_file_and_private_pem(tmp_path: Path, issuer: DemoIssuer, users: tuple[DemoUser, ...]) -> None:
+def test_jwks_file_and_private_pem(tmp_path: Path, issuer: DemoIssuer,
+                                   users: tuple[DemoUser, ...]) -> None:
     jwks_path = issuer.write_jwks(tmp_path / "keys" / "jwks.json")
     (key,) = json.loads(jwks_path.read_text())["keys"]
     assert key["kid"] == issuer.kid and key["kty"] == "EC" and key["crv"] == "P-256"
@@ -131,11 +124,9 @@ def test_private_pem_tightens_existing_file(tmp_path: Path, issuer: DemoIssuer) 
 
 # --- login ----------------------------------------------------------------------------------
 
-
 async def test_login_returns_first_factor_token(client: Client, issuer: DemoIssuer) -> None:
-    response = await client.post(
-        "/auth/login", json={"username": "alice", "password": DEMO_PASSWORDS["alice"]}
-    )
+    response = await client.post("/auth/login",
+                                 json={"username": "alice", "password": DEMO_PASSWORDS["alice"]})
     assert response.status == 200
     assert response.headers["Cache-Control"] == "no-store"
     body = await response.json()
@@ -150,13 +141,15 @@ async def test_login_returns_first_factor_token(client: Client, issuer: DemoIssu
 
 
 async def test_login_accepts_form_and_canonical_username(client: Client) -> None:
-    response = await client.post("/auth/login", data={"username": " BOB ", "password": DEMO_PASSWORDS["bob"]})
+    response = await client.post("/auth/login",
+                                 data={"username": " BOB ", "password": DEMO_PASSWORDS["bob"]})
     assert response.status == 200
     token = (await response.json())["access_token"]
     assert jwt.decode(token, options={"verify_signature": False})["sub"] == "bob"
 
 
-async def test_failed_logins_are_indistinguishable(client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_failed_logins_are_indistinguishable(client: Client,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     checks: list[bool] = []
     real_verify = PasswordHash.verify
 
@@ -173,16 +166,11 @@ async def test_failed_logins_are_indistinguishable(client: Client, monkeypatch: 
     assert len(checks) == 2  # the unknown user still paid for one scrypt (dummy hash)
 
 
-@pytest.mark.parametrize(
-    "kwargs",
-    [
-        {"json": {"username": "alice"}},
-        {"json": ["alice", "pw"]},
-        {"data": b"{not json"},
-        {"json": {"username": "alice", "password": 42}},
-        {"json": {"username": "alice", "password": "x" * 5000}},
-    ],
-)
+@pytest.mark.parametrize("kwargs", [
+    {"json": {"username": "alice"}}, {"json": ["alice", "pw"]}, {"data": b"{not json"},
+    {"json": {"username": "alice", "password": 42}},
+    {"json": {"username": "alice", "password": "x" * 5000}},
+])
 async def test_malformed_login_is_400(client: Client, kwargs: dict[str, Any]) -> None:
     headers = {"Content-Type": "application/json"} if "data" in kwargs else None
     response = await client.post("/auth/login", headers=headers, **kwargs)
@@ -192,13 +180,8 @@ async def test_malformed_login_is_400(client: Client, kwargs: dict[str, Any]) ->
 
 # --- tenant modules -------------------------------------------------------------------------
 
-MODULE_PATHS = [
-    "/api/inventory/items",
-    "/api/finance/invoices",
-    "/api/customers",
-    "/api/manufacturing/boms",
-    "/api/logistics/routes",
-]
+MODULE_PATHS = ["/api/inventory/items", "/api/finance/invoices", "/api/customers",
+                "/api/manufacturing/boms", "/api/logistics/routes"]
 
 
 @pytest.mark.parametrize("path", MODULE_PATHS)
@@ -222,8 +205,10 @@ async def test_customers_hold_realistic_pii(client: Client) -> None:
 
 
 async def test_create_is_tenant_scoped(client: Client) -> None:
-    payload = {"name": "Zainab Tariq", "phone": "+92 345 6789012", "id": "cus-1", "tenant": "globex"}
-    created = await client.post("/api/customers", json=payload, headers={**ACME, "X-User-ID": "alice"})
+    payload = {"name": "Zainab Tariq", "phone": "+92 345 6789012",
+               "id": "cus-1", "tenant": "globex"}
+    created = await client.post("/api/customers", json=payload,
+                                headers={**ACME, "X-User-ID": "alice"})
     assert created.status == 201 and created.headers["X-Tenant-ID"] == "acme"
     record = await created.json()
     assert record["tenant"] == "acme" and record["id"] != "cus-1"  # server-owned keys win
@@ -247,7 +232,8 @@ async def test_unknown_tenant_is_404_and_echoed(client: Client) -> None:
     assert response.status == 404 and response.headers["X-Tenant-ID"] == "initech"
 
 
-@pytest.mark.parametrize("path", [*MODULE_PATHS, "/debug/echo", "/debug/stream?bytes=10", "/healthz"])
+@pytest.mark.parametrize("path", [*MODULE_PATHS, "/debug/echo", "/debug/stream?bytes=10",
+                                  "/healthz"])
 async def test_responses_echo_tenant(client: Client, path: str) -> None:
     response = await client.get(path, headers=GLOBEX)
     assert response.status == 200
@@ -265,7 +251,6 @@ async def test_healthz(client: Client) -> None:
 
 
 # --- debug endpoints ------------------------------------------------------------------------
-
 
 async def test_echo_reports_raw_request(client: Client) -> None:
     headers = CIMultiDict([("X-Dup", "one"), ("X-Dup", "two")])
@@ -297,10 +282,8 @@ async def test_sink_hashes_a_streamed_body(client: Client) -> None:
             yield part
 
     response = await client.post("/debug/sink", data=body())
-    assert await response.json() == {
-        "bytes": 1_000_000,
-        "sha256": hashlib.sha256(b"".join(parts)).hexdigest(),
-    }
+    assert await response.json() == {"bytes": 1_000_000,
+                                     "sha256": hashlib.sha256(b"".join(parts)).hexdigest()}
 
 
 async def test_slow_waits(client: Client) -> None:
@@ -320,8 +303,8 @@ async def test_websocket_echo(client: Client) -> None:
 
 # --- running it in-process ------------------------------------------------------------------
 
-
-async def test_start_backend_serves_and_closes(issuer: DemoIssuer, users: tuple[DemoUser, ...]) -> None:
+async def test_start_backend_serves_and_closes(issuer: DemoIssuer,
+                                               users: tuple[DemoUser, ...]) -> None:
     backend = await start_backend(issuer, users)
     assert backend.url.startswith("http://127.0.0.1:") and backend.port > 0
     async with aiohttp.ClientSession() as session:
