@@ -32,6 +32,7 @@ from bench_support import (
     StartFailed,
     free_port,
     http_get,
+    listen_server,
     wait_ready,
     which,
 )
@@ -396,7 +397,7 @@ def gateway_config(
     if jwks_file is None:
         route["auth"] = "none"
     config: dict[str, object] = {
-        "listen": {"host": LOOPBACK, "port": port, "tls": "off", "workers": 1},
+        "listen": {"host": LOOPBACK, "port": port, "tls": "off", "workers": 1, **listen_server()},
         "admin": {"listen": f"{LOOPBACK}:{admin_port}"},
         "state": {"url": f"local:{state_dir}"},
         "upstreams": {"app": {"urls": [f"http://{LOOPBACK}:{upstream_port}"]}},

@@ -404,3 +404,10 @@ def start_redis(launcher: Launcher, workdir: Path, cpu: int | None, name: str = 
     )
     time.sleep(0.5)
     return f"redis://127.0.0.1:{port}/0"
+
+
+def listen_server() -> dict[str, str]:
+    """``listen.server`` for the gateway contestants: $SHOPINO_BENCH_LISTEN_SERVER (lean or
+    aiohttp) when set, so one session can measure both listeners; else the config default."""
+    server = os.environ.get("SHOPINO_BENCH_LISTEN_SERVER")
+    return {"server": server} if server else {}

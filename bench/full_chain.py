@@ -43,6 +43,7 @@ from bench_support import (
     StartFailed,
     free_port,
     http_get,
+    listen_server,
     start_redis,
     wait_ready,
 )
@@ -149,7 +150,7 @@ def full_chain_config(
         for i in range(extra_routes)
     ]
     config: dict[str, object] = {
-        "listen": {"host": LOOPBACK, "port": port, "tls": "off", "workers": 1},
+        "listen": {"host": LOOPBACK, "port": port, "tls": "off", "workers": 1, **listen_server()},
         "admin": admin,
         "state": {"url": state_url},
         "upstreams": {"app": {"urls": [f"http://{LOOPBACK}:{upstream_port}"]}},

@@ -22,7 +22,7 @@ import structlog
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from gateway.context import ContextKey
+from gateway.context import ContextKey, RequestContext
 from gateway.crypto import Keyring
 from gateway.redaction import Pseudonymizer, Redactor, truncate_ip
 from gateway.refusal_log import RefusalAggregator
@@ -99,14 +99,17 @@ class AccessLogWriter:
 
     def write(self, request: web.BaseRequest, response: web.StreamResponse, elapsed: float) -> None:
         ctx = request.get(ContextKey)
-        if ctx is None:
-            return
+        if ctx is not None:
+            self.write_entry(ctx, response.status, response.body_length, elapsed)
+
+    def write_entry(self, ctx: RequestContext, status: int, body_length: int, elapsed: float) -> None:
+        """One line for one answered (or cut) request; both listeners end up here."""
         now = time.time()
         client_ip = truncate_ip(ctx.client_ip) if self._pseudonymize else ctx.client_ip
         route = ctx.route.name if ctx.route is not None else None
         # A flood of refusals from one client costs a counter, not a line each (refusal_log.py).
         if ctx.refusal is not None and not self._refusals.admit(
-            int(now), ctx.refusal, client_ip, response.status, route
+            int(now), ctx.refusal, client_ip, status, route
         ):
             self._schedule_summary()
             return
@@ -117,12 +120,12 @@ class AccessLogWriter:
             "level": "info",
             "event": "access",
             "request_id": ctx.request_id,
-            "method": request.method,
+            "method": ctx.request.method,
             "route": route,
             "path": self._redactor.redact_text(path),
-            "status": response.status,
+            "status": status,
             "duration_ms": round(elapsed * 1000, 3),
-            "bytes": response.body_length,
+            "bytes": body_length,
             "client_ip": client_ip,
         }
         if ctx.outcome is not None:

@@ -12,6 +12,7 @@ from gateway import log_context
 from gateway.access_audit import audit_access
 from gateway.context import ContextKey, RequestContext, request_id_for
 from gateway.errors import GatewayError, InternalError, RequestTimeout, problem_body, problem_headers
+from gateway.http1.request import LeanRequest
 from gateway.listener import HSTS, GuardedRequestHandler, identity_headers
 from gateway.metrics import METRICS
 from gateway.pipeline import PIPELINE, RESPONSE_CHECKS
@@ -40,6 +41,30 @@ def render_problem(error: GatewayError, ctx: RequestContext | None, request_id: 
     return response
 
 
+def begin_request(request: web.BaseRequest | LeanRequest, runtime: Runtime) -> RequestContext:
+    """The request's context, bound to the request and to this task's log lines."""
+    request_id = request_id_for(request.headers.get("X-Request-ID"))
+    peer = request.remote or ""
+    ctx = RequestContext(
+        request=request,
+        runtime=runtime,
+        request_id=request_id,
+        client_ip=runtime.trusted_proxies.client_ip(peer, request.headers.getall("X-Forwarded-For", ())),
+        peer_ip=peer,
+        peer_trusted=peer in runtime.trusted_proxies,
+    )
+    request[ContextKey] = ctx
+    # Every log line of this request carries its id (requests on one keep-alive connection
+    # share a task, so the previous request's bindings are cleared first).
+    log_context.begin_request(request_id)
+    ctx.response_headers["X-Request-ID"] = request_id
+    # App. C: every answer (gateway endpoints, early answers, refusals, proxied ones) carries
+    # the gateway's Server, nosniff and, on TLS, HSTS — neither aiohttp's nor the upstream's
+    # version is disclosed.
+    ctx.response_headers.update(identity_headers(tls=runtime.tls))
+    return ctx
+
+
 CLIENT_GONE = 499  # nginx's "client closed request": not an answer anyone received, never a 5xx
 
 
@@ -50,27 +75,7 @@ class PublicHandler:
         self._current_runtime = current_runtime
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
-        runtime = self._current_runtime()
-        request_id = request_id_for(request.headers.get("X-Request-ID"))
-        peer = request.remote or ""
-        trusted = peer in runtime.trusted_proxies
-        ctx = RequestContext(
-            request=request,
-            runtime=runtime,
-            request_id=request_id,
-            client_ip=runtime.trusted_proxies.client_ip(peer, request.headers.getall("X-Forwarded-For", ())),
-            peer_ip=peer,
-            peer_trusted=trusted,
-        )
-        request[ContextKey] = ctx
-        # Every log line of this request carries its id (requests on one keep-alive connection
-        # share a task, so the previous request's bindings are cleared first).
-        log_context.begin_request(request_id)
-        ctx.response_headers["X-Request-ID"] = request_id
-        # App. C: every answer (gateway endpoints, early answers, refusals, proxied ones) carries
-        # the gateway's Server, nosniff and, on TLS, HSTS — neither aiohttp's nor the upstream's
-        # version is disclosed.
-        ctx.response_headers.update(identity_headers(tls=runtime.tls))
+        ctx = begin_request(request, self._current_runtime())
         protocol = request.protocol
         guarded = isinstance(protocol, GuardedRequestHandler)
         if guarded:
@@ -86,14 +91,14 @@ class PublicHandler:
         except (ConnectionResetError, ClientConnectionResetError):
             if not _gone(protocol):
                 # A response had begun and broke off: the connection is cut, nothing to answer.
-                log.debug("response_cut", request_id=request_id)
+                log.debug("response_cut", request_id=ctx.request_id)
                 raise
             response = self._client_gone(ctx)
         except Exception:
             if _gone(protocol):
                 response = self._client_gone(ctx)
             else:
-                log.exception("request_failed", request_id=request_id)
+                log.exception("request_failed", request_id=ctx.request_id)
                 response = self._refuse(InternalError(), ctx)
         finally:
             if guarded:

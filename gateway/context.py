@@ -13,6 +13,8 @@ from aiohttp import web
 if TYPE_CHECKING:
     from gateway.auth.jwt import VerifiedClaims
     from gateway.config import RouteConfig
+    from gateway.http1.downstream import LeanDownstream
+    from gateway.http1.request import LeanRequest
     from gateway.ratelimit.lockout import Subject
     from gateway.routing import CanonicalTarget
     from gateway.runtime import Runtime
@@ -64,7 +66,7 @@ def request_id_for(incoming: str | None) -> str:
 
 @dataclass(slots=True)
 class RequestContext:
-    request: web.BaseRequest
+    request: web.BaseRequest | LeanRequest
     runtime: Runtime
     request_id: str
     client_ip: str
@@ -86,6 +88,7 @@ class RequestContext:
     continue_sent: bool = False  # "100 Continue" already written
     killswitch_index: object | None = None  # the switch set this request was checked against
     login_subjects: list[Subject] | None = None  # login: true routes: IP and username counted
+    downstream: LeanDownstream | None = None  # the lean listener's answer writer (None on aiohttp's)
 
 
 ContextKey = web.RequestKey("gateway_context", RequestContext)

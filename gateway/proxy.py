@@ -16,6 +16,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from gateway.context import RequestContext
 from gateway.errors import InternalError, PayloadTooLarge, UpstreamTimeout, UpstreamUnavailable
 from gateway.forwarding import downstream_response_headers, upstream_request_headers
+from gateway.http1.downstream import LeanDownstream
 from gateway.killswitch.streams import STREAMS
 from gateway.metrics import METRICS
 from gateway.middleware.tenancy import inject_identity
@@ -82,7 +83,9 @@ def send_continue(ctx: RequestContext) -> None:
         ctx.continue_sent = True
 
 
-async def proxy_request(ctx: RequestContext, checks: Sequence[ResponseCheck] = ()) -> web.StreamResponse:
+async def proxy_request(
+    ctx: RequestContext, checks: Sequence[ResponseCheck] = ()
+) -> web.StreamResponse | LeanDownstream:
     assert ctx.route is not None and ctx.target is not None
     request = ctx.request
     runtime = ctx.runtime
@@ -143,7 +146,7 @@ async def proxy_request(ctx: RequestContext, checks: Sequence[ResponseCheck] = (
 
 async def _stream_response(
     ctx: RequestContext, upstream: UpstreamResponse, checks: Sequence[ResponseCheck]
-) -> web.StreamResponse:
+) -> web.StreamResponse | LeanDownstream:
     ctx.status = upstream.status
     try:
         for check in checks:
@@ -159,6 +162,8 @@ async def _stream_response(
         # SECURITY: a shared cache must not keep one user's answer for the next (App. C).
         headers["Cache-Control"] = "private"
     whole = upstream.whole_body()
+    if ctx.downstream is not None:
+        return await _stream_lean(ctx, ctx.downstream, upstream, headers, whole)
     kind = web.StreamResponse if whole is None else _HeadWithBodyResponse
     response = kind(status=upstream.status, reason=upstream.reason or None, headers=headers)
     length = upstream.headers.get("Content-Length")
@@ -179,6 +184,35 @@ async def _stream_response(
         raise
     await response.write_eof()
     return response
+
+
+async def _stream_lean(
+    ctx: RequestContext,
+    down: LeanDownstream,
+    upstream: UpstreamResponse,
+    headers: CIMultiDict[str],
+    whole: bytes | None,
+) -> LeanDownstream:
+    """The same answer on the lean listener: one write when the body is all here, else the head
+    at once and the body as it comes, each chunk waiting for the client to take the last."""
+    length = upstream.headers.get("Content-Length")
+    if whole is not None:
+        if length is not None and length.isdigit() and ctx.request.method == "HEAD":
+            await down.start(upstream.status, upstream.reason or None, headers, int(length))
+        else:
+            await down.send_whole(upstream.status, upstream.reason or None, headers, whole)
+        return down
+    content_length = int(length) if length is not None and length.isdigit() else None
+    await down.start(upstream.status, upstream.reason or None, headers, content_length)
+    try:
+        async for chunk in upstream.iter_chunks():
+            await down.write(chunk)
+    except (UpstreamTimeout, UpstreamUnavailable):
+        # Headers are gone already: the only honest signal left is a cut connection.
+        down.abort()
+        raise
+    await down.end()
+    return down
 
 
 async def _proxy_websocket(

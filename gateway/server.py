@@ -8,6 +8,7 @@ import gc
 import os
 import signal
 import socket
+import ssl
 import time
 import uuid
 from pathlib import Path
@@ -27,8 +28,10 @@ from gateway.auth.webhooks import IntegrationSecrets
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.crypto import Keyring
 from gateway.errors import StoreUnavailable
+from gateway.http1.handler import LeanPublicHandler
+from gateway.http1.protocol import LeanServer
 from gateway.killswitch import STREAMS, KillSwitchRegistry
-from gateway.listener import GuardedServer
+from gateway.listener import CUT_GRACE, GuardedServer
 from gateway.logs import configure_logging
 from gateway.metrics import METRICS
 from gateway.ratelimit.limiter import RateLimitBackend
@@ -91,6 +94,7 @@ class GatewayProcess:
         self._runners: list[web.BaseRunner] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._reload_lock = asyncio.Lock()
+        self._lean: tuple[LeanServer, GuardedServer, asyncio.Server] | None = None
         self.public_port: int | None = None
         self.admin_port: int | None = None
 
@@ -128,18 +132,23 @@ class GatewayProcess:
             access_log=ACCESS_LOGGER,
         )
         reuse_port = config.listen.workers > 1
-        public_runner = web.ServerRunner(public, shutdown_timeout=config.listen.drain_timeout)
-        await public_runner.setup()
-        site = web.TCPSite(
-            public_runner,
-            config.listen.host,
-            config.listen.port,
-            reuse_port=reuse_port,
-            backlog=1024,
-            ssl_context=server_ssl_context(config.listen.tls, self.workdir),
-        )
-        await site.start()
-        self._runners.append(public_runner)
+        ssl_context = server_ssl_context(config.listen.tls, self.workdir)
+        if config.listen.server == "lean":
+            await self._start_lean(public, config, ssl_context, reuse_port=reuse_port)
+        else:
+            public_runner = web.ServerRunner(public, shutdown_timeout=config.listen.drain_timeout)
+            await public_runner.setup()
+            site = web.TCPSite(
+                public_runner,
+                config.listen.host,
+                config.listen.port,
+                reuse_port=reuse_port,
+                backlog=1024,
+                ssl_context=ssl_context,
+            )
+            await site.start()
+            self._runners.append(public_runner)
+            self.public_port = _bound_port(public_runner)
         admin_runner = web.AppRunner(
             make_admin_app(
                 self.runtime,
@@ -164,7 +173,6 @@ class GatewayProcess:
         )
         await admin_site.start()
         self._runners.append(admin_runner)
-        self.public_port = _bound_port(public_runner)
         self.admin_port = _bound_port(admin_runner)
         self._tasks.append(asyncio.create_task(self._watch_store()))
         self._tasks.append(asyncio.create_task(self._maintain_audit()))
@@ -180,6 +188,50 @@ class GatewayProcess:
             tls=config.listen.tls.mode,
             state=self.store.kind,
         )
+
+    async def _start_lean(
+        self,
+        guarded: GuardedServer,
+        config: GatewayConfig,
+        ssl_context: ssl.SSLContext | None,
+        *,
+        reuse_port: bool,
+    ) -> None:
+        """The lean HTTP/1.1 listener; ``guarded`` (never listening itself) takes the connections
+        handed to aiohttp (WebSocket, CONNECT) and shares its counters and its drain."""
+        limits = config.listen.limits
+        lean = LeanServer(
+            LeanPublicHandler(self.runtime),
+            guarded,
+            keepalive_timeout=limits.keepalive_timeout,
+            # The same last-resort parser limits as aiohttp's (above the gateway's own, App. B).
+            max_line_size=max(16384, limits.max_header_bytes + 1024),
+            max_field_size=max(limits.max_header_bytes, limits.max_header_line) + 1024,
+            max_headers=limits.max_headers + 16,
+        )
+        server = await asyncio.get_running_loop().create_server(
+            lean,
+            config.listen.host,
+            config.listen.port,
+            reuse_port=reuse_port or None,
+            backlog=1024,
+            ssl=ssl_context,
+        )
+        self._lean = (lean, guarded, server)
+        for sock in server.sockets:
+            address = sock.getsockname()
+            if isinstance(address, tuple):
+                self.public_port = int(address[1])
+                break
+
+    async def _stop_lean(self) -> None:
+        """One drain for the lean listener and the connections it handed to aiohttp (App. C)."""
+        if self._lean is None:
+            return
+        lean, guarded, server = self._lean
+        server.close()
+        timeout = self._runtime.config.listen.drain_timeout
+        await asyncio.gather(lean.shutdown(timeout, CUT_GRACE), guarded.shutdown(timeout))
 
     def _warn_about_insecure_settings(self, config: GatewayConfig) -> None:
         if config.listen.tls.mode == "off":
@@ -344,7 +396,7 @@ class GatewayProcess:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         # One drain for both listeners, at once: drain_timeout bounds the whole of it (App. C).
-        await asyncio.gather(*(runner.cleanup() for runner in self._runners))
+        await asyncio.gather(self._stop_lean(), *(runner.cleanup() for runner in self._runners))
         await self.registry.close()
         await self._runtime.verifier.stop()
         await self.services.signing.stop()

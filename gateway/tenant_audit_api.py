@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.admin.audit_api import stream_export
+from gateway.admin.audit_api import export_headers, stream_export
 from gateway.context import RequestContext
 from gateway.errors import BadRequest
 from gateway.mfa_api import fresh_tenant_admin
@@ -34,4 +34,13 @@ async def export_own_trail(ctx: RequestContext) -> web.StreamResponse:
         request_id=ctx.request_id,
         details={"format": fmt, "via": "public"},
     )
-    return await stream_export(ctx.request, chunks, claims.tenant, fmt, ctx.response_headers)
+    if ctx.downstream is None:
+        return await stream_export(ctx.request, chunks, claims.tenant, fmt, ctx.response_headers)  # type: ignore[arg-type]
+    # The lean listener: the same download, streamed through its writer.
+    down = ctx.downstream
+    ctx.status = 200
+    await down.start(200, None, {**export_headers(claims.tenant, fmt), **ctx.response_headers}, None)
+    async for chunk in chunks:
+        await down.write(chunk)
+    await down.end()
+    return down  # type: ignore[return-value]

@@ -32,6 +32,14 @@ def _bounds(request: web.Request) -> tuple[float | None, float | None]:
     return since, until
 
 
+def export_headers(tenant: str, fmt: str) -> dict[str, str]:
+    return {
+        "Content-Type": CONTENT_TYPES[fmt],
+        "Content-Disposition": f'attachment; filename="audit-{tenant}.{fmt}"',
+        "Cache-Control": "no-store",
+    }
+
+
 async def stream_export(
     request: web.BaseRequest,
     chunks: AsyncIterator[bytes],
@@ -40,14 +48,7 @@ async def stream_export(
     extra_headers: Mapping[str, str] | None = None,
 ) -> web.StreamResponse:
     """Stream an audit export as a download, chunk by chunk (constant memory)."""
-    response = web.StreamResponse(
-        headers={
-            "Content-Type": CONTENT_TYPES[fmt],
-            "Content-Disposition": f'attachment; filename="audit-{tenant}.{fmt}"',
-            "Cache-Control": "no-store",
-            **(extra_headers or {}),
-        }
-    )
+    response = web.StreamResponse(headers={**export_headers(tenant, fmt), **(extra_headers or {})})
     await response.prepare(request)
     async for chunk in chunks:
         await response.write(chunk)

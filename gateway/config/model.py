@@ -46,6 +46,7 @@ class ListenConfig:
     tls: TlsConfig = field(default_factory=lambda: TlsConfig(mode="self-signed"))
     limits: ListenLimits = field(default_factory=ListenLimits)
     drain_timeout: float = 30.0
+    server: str = "lean"  # the public listener's HTTP/1.1 server: "lean" (httptools) or "aiohttp"
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from gateway.config.reader import Node, Report
 from gateway.ratelimit.schema import build_rate_limits, check_rate_limit_references
 from gateway.tenancy.schema import build_tenancy, check_tenancy_routes, route_tenancy_fields
 
+LISTEN_SERVERS = ("lean", "aiohttp")
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 # A route may opt in to TRACE and CONNECT (App. C); TRACK never gets past the HTTP parser.
 ROUTE_METHODS = HTTP_METHODS | {"TRACE", "CONNECT"}
@@ -117,6 +118,7 @@ def _listen(node: Node) -> ListenConfig:
         tls=_tls(Node({}, tls_path, node.report), node.raw("tls", None), "self-signed"),
         limits=limits,
         drain_timeout=node.duration("drain_timeout", 30.0),
+        server=node.string("server", "lean", choices=LISTEN_SERVERS),
     )
     node.done()
     return result

@@ -53,6 +53,9 @@ class GatewayProc:
         self.port = config.setdefault("listen", {}).setdefault("port", free_port())
         config["listen"].setdefault("host", "127.0.0.1")
         config["listen"].setdefault("tls", "off")
+        # Runs a whole suite over either public listener: SHOPINO_TEST_LISTEN_SERVER=aiohttp|lean.
+        if listener := os.environ.get("SHOPINO_TEST_LISTEN_SERVER"):
+            config["listen"].setdefault("server", listener)
         admin = config.setdefault("admin", {})
         self.admin_port = free_port()
         admin.setdefault("listen", f"127.0.0.1:{self.admin_port}")

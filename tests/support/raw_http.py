@@ -67,3 +67,33 @@ def raw_request(port: int, text: str, timeout: float = 5.0) -> tuple[int, str, b
         body = _read_body(sock, body, int(headers.get("content-length", "0")))
     status = int(head.split(" ")[1]) if head else 0
     return status, head, body
+
+
+class ResponseReader:
+    """Reads several responses off one socket (pipelining): bytes past one answer are kept for
+    the next. Content-Length framed answers only."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buffer = b""
+
+    def _fill(self) -> bool:
+        chunk = self.sock.recv(65536)
+        self.buffer += chunk
+        return bool(chunk)
+
+    def read(self) -> tuple[str, dict[str, str], bytes]:
+        while b"\r\n\r\n" not in self.buffer:
+            if not self._fill():
+                return "", {}, b""
+        head, _, rest = self.buffer.partition(b"\r\n\r\n")
+        status_line, *lines = head.decode("latin-1").split("\r\n")
+        headers = {}
+        for line in lines:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        length = int(headers.get("content-length", "0"))
+        while len(rest) < length and self._fill():
+            rest = self.buffer.partition(b"\r\n\r\n")[2]
+        self.buffer = rest[length:]
+        return status_line, headers, rest[:length]

@@ -43,6 +43,7 @@ def finished_request(request_id: str) -> tuple[dict[object, object], SimpleNames
         tenant="acme",
         outcome=None,
         refusal=None,
+        request=SimpleNamespace(method="GET"),
     )
     request: dict[object, object] = {ContextKey: ctx}
     return request, SimpleNamespace(status=200, body_length=42)

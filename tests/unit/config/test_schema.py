@@ -321,6 +321,11 @@ ERROR_CASES = [
         ["rate_limits.policies.api[0].key: X-Acting-As is stripped from client requests (tenancy)"],
         id="rate-limit-by-a-configured-stripped-header",
     ),
+    pytest.param(
+        "listen: {server: nginx}\n",
+        ["listen.server: must be one of lean, aiohttp"],
+        id="listen-server-unknown",
+    ),
     # unreadable YAML
     pytest.param("listen: [\n", ["<root>: invalid YAML at line 2, column 1"], id="invalid-yaml"),
     pytest.param(
@@ -480,6 +485,7 @@ def test_defaults_of_a_minimal_config() -> None:
     assert listen.limits.keepalive_timeout == 75.0
     assert listen.limits.max_header_bytes == 16 * 1024
     assert listen.limits.max_headers == 100
+    assert listen.server == "lean"
     admin = config.admin
     assert (admin.host, admin.port, admin.tls.mode, admin.tokens, admin.jwt_issuers) == (
         "127.0.0.1",

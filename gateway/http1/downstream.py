@@ -1,0 +1,155 @@
+"""Writing one answer to a lean connection: head and a whole small body in one write, streamed
+bodies with backpressure (the writer waits while the transport's buffer is over its high
+mark), and the framing rules aiohttp's ``StreamResponse`` applies (Content-Length when known,
+else chunked on HTTP/1.1 or close-delimited on HTTP/1.0; no body for HEAD, 1xx, 204, 304).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from http import HTTPStatus
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+from aiohttp.helpers import rfc822_formatted_time
+from multidict import CIMultiDict, CIMultiDictProxy
+
+if TYPE_CHECKING:
+    from gateway.http1.protocol import LeanProtocol
+    from gateway.http1.request import LeanRequest
+
+_REASONS = {status.value: status.phrase for status in HTTPStatus}
+_EMPTY_BODY_STATUS = frozenset((204, 304))
+_FRAMING = frozenset(("content-length", "transfer-encoding"))
+Headers = Mapping[str, str] | CIMultiDict[str] | CIMultiDictProxy[str]
+
+
+class ResponseStarted(ConnectionResetError):
+    """A second head was asked for after the first went out: only a cut connection is left."""
+
+
+class LeanDownstream:
+    """One request's answer. ``status`` and ``body_length`` are what the access line records."""
+
+    __slots__ = ("_chunked", "_empty", "_protocol", "_request", "body_length", "keep_alive", "status")
+
+    def __init__(self, protocol: LeanProtocol, request: LeanRequest) -> None:
+        self._protocol = protocol
+        self._request = request
+        self.status = 0  # 0: nothing sent yet
+        self.body_length = 0
+        self.keep_alive = True
+        self._chunked = False
+        self._empty = False
+
+    @property
+    def started(self) -> bool:
+        return self.status != 0
+
+    def _head(
+        self,
+        status: int,
+        reason: str | None,
+        headers: Headers,
+        content_length: int | None,
+        *,
+        force_close: bool = False,
+    ) -> bytes:
+        if self.status:
+            raise ResponseStarted("response already started")
+        request = self._request
+        version = request.version
+        empty = status in _EMPTY_BODY_STATUS or status < 200 or request.method == "HEAD"
+        keep_alive = self._protocol.may_keep_alive(request) and not force_close
+        lines = [f"HTTP/{version.major}.{version.minor} {status} {reason or _REASONS.get(status, '')}\r\n"]
+        has_date = has_connection = False
+        for name, value in headers.items():
+            lower = name.lower()
+            if lower in _FRAMING:
+                continue  # framing is this writer's, never a stage's or an upstream's
+            if lower == "date":
+                has_date = True
+            elif lower == "connection":
+                has_connection = True
+                keep_alive = keep_alive and "close" not in value.lower()
+            lines.append(f"{name}: {value}\r\n")
+        if content_length is not None:
+            if status not in _EMPTY_BODY_STATUS:
+                lines.append(f"Content-Length: {content_length}\r\n")
+        elif not empty:
+            if version >= (1, 1):
+                lines.append("Transfer-Encoding: chunked\r\n")
+                self._chunked = True
+            else:
+                keep_alive = False  # HTTP/1.0: the end of the body is the end of the connection
+        if not has_date:
+            lines.append(f"Date: {rfc822_formatted_time()}\r\n")
+        if not has_connection:
+            if not keep_alive:
+                lines.append("Connection: close\r\n")
+            elif version < (1, 1):
+                lines.append("Connection: keep-alive\r\n")
+        lines.append("\r\n")
+        text = "".join(lines)
+        # SECURITY: response splitting — a CR or LF inside a name or value would start a new
+        # header (or body); every line above ends in exactly one CRLF, so the counts tell.
+        if text.count("\n") != len(lines) or text.count("\r") != len(lines):
+            raise ValueError("a response header contains a line break")
+        self.status = status
+        self.keep_alive = keep_alive
+        self._empty = empty
+        return text.encode("utf-8", "surrogateescape")
+
+    async def send_whole(
+        self,
+        status: int,
+        reason: str | None,
+        headers: Headers,
+        body: bytes,
+        *,
+        force_close: bool = False,
+    ) -> None:
+        """Head and body in one write (one system call for a small answer)."""
+        head = self._head(status, reason, headers, len(body), force_close=force_close)
+        if self._empty or not body:
+            self._protocol.write(head)
+        else:
+            self.body_length = len(body)
+            self._protocol.write(head + body)
+        await self._protocol.drain()
+
+    async def start(
+        self, status: int, reason: str | None, headers: Headers, content_length: int | None
+    ) -> None:
+        self._protocol.write(self._head(status, reason, headers, content_length))
+
+    async def write(self, chunk: bytes) -> None:
+        if self._empty or not chunk:
+            return
+        self.body_length += len(chunk)
+        if self._chunked:
+            self._protocol.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
+        else:
+            self._protocol.write(chunk)
+        await self._protocol.drain()
+
+    async def end(self) -> None:
+        if self._chunked:
+            self._protocol.write(b"0\r\n\r\n")
+        await self._protocol.drain()
+
+    async def send_response(self, response: web.StreamResponse) -> None:
+        """An early answer a stage or a gateway endpoint built as an aiohttp ``Response``."""
+        body = getattr(response, "body", None)
+        if body is not None and not isinstance(body, bytes | bytearray):
+            raise TypeError("only bytes bodies are served on the lean listener")
+        await self.send_whole(
+            response.status,
+            response.reason,
+            response.headers,
+            bytes(body or b""),
+            force_close=response.keep_alive is False,
+        )
+
+    def abort(self) -> None:
+        self._protocol.abort()

@@ -1,0 +1,115 @@
+"""The public request handler of the lean listener: the same request id, pipeline, proxy and
+one error renderer as ``gateway.app.PublicHandler``, answering through a ``LeanDownstream``."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import structlog
+from aiohttp import ClientConnectionResetError, web
+
+from gateway.access_audit import audit_access
+from gateway.app import CLIENT_GONE, begin_request, render_problem
+from gateway.context import RequestContext
+from gateway.errors import GatewayError, InternalError
+from gateway.http1.downstream import LeanDownstream
+from gateway.http1.request import LeanRequest
+from gateway.metrics import METRICS
+from gateway.pipeline import PIPELINE, RESPONSE_CHECKS
+from gateway.proxy import proxy_request
+from gateway.runtime import Runtime
+
+log = structlog.get_logger("gateway.public")
+
+
+class LeanPublicHandler:
+    def __init__(self, current_runtime: Callable[[], Runtime]) -> None:
+        self._current_runtime = current_runtime
+
+    async def handle(self, request: LeanRequest) -> bool:
+        """Answer one request; False when the connection must close afterwards."""
+        ctx = begin_request(request, self._current_runtime())
+        protocol = request.protocol
+        down = ctx.downstream = LeanDownstream(protocol, request)
+        try:
+            await self._run(ctx, down)
+        except asyncio.CancelledError:
+            if protocol.drain_cut:
+                self._finish(ctx, down, CLIENT_GONE, "drain-timeout")
+            raise
+        except GatewayError as error:
+            if not protocol.client_gone and not await self._refuse(error, ctx, down):
+                return False
+        except (ConnectionResetError, ClientConnectionResetError):
+            if not protocol.client_gone:
+                # A response had begun and broke off: the connection is cut, nothing to answer.
+                log.debug("response_cut", request_id=ctx.request_id)
+                down.abort()
+                return False
+        except Exception:
+            if not protocol.client_gone:
+                log.exception("request_failed", request_id=ctx.request_id)
+                if not await self._refuse(InternalError(), ctx, down):
+                    return False
+        if protocol.client_gone:
+            self._client_gone(ctx)  # an answer nobody will read: logged as what it was
+        status = CLIENT_GONE if protocol.client_gone else down.status
+        self._finish(ctx, down, status, ctx.outcome)
+        if ctx.route is not None and ctx.route.audit:
+            await audit_access(ctx, status)
+        return down.keep_alive and not protocol.client_gone
+
+    @staticmethod
+    async def _run(ctx: RequestContext, down: LeanDownstream) -> None:
+        for stage in PIPELINE:
+            early = await stage(ctx)
+            if early is not None:
+                await _send_early(ctx, down, early)
+                return
+        answer = await proxy_request(ctx, RESPONSE_CHECKS)
+        if answer is not down:  # a WebSocket is aiohttp's; anything else was written already
+            await _send_early(ctx, down, answer)
+
+    @staticmethod
+    def _client_gone(ctx: RequestContext) -> None:
+        """The client hung up: 499 ``client-closed`` in the access line, no refusal counted."""
+        ctx.status = CLIENT_GONE
+        ctx.outcome = "client-closed"
+        log.debug("client_disconnected", request_id=ctx.request_id)
+
+    @staticmethod
+    async def _refuse(error: GatewayError, ctx: RequestContext, down: LeanDownstream) -> bool:
+        """False when a response had begun: a second head would corrupt it, so the connection
+        is cut (the only signal left)."""
+        if down.started:
+            log.debug("response_cut", request_id=ctx.request_id)
+            down.abort()
+            return False
+        try:
+            await down.send_response(render_problem(error, ctx, ctx.request_id))
+        except ConnectionResetError:
+            return False
+        return True
+
+    @staticmethod
+    def _finish(ctx: RequestContext, down: LeanDownstream, status: int, outcome: str | None) -> None:
+        if status == CLIENT_GONE:
+            ctx.status, ctx.outcome = CLIENT_GONE, outcome
+        METRICS.observe_request(ctx)
+        writer = ctx.runtime.access_log
+        if writer.enabled:
+            elapsed = time.monotonic() - ctx.started
+            writer.write_entry(ctx, status, down.body_length, elapsed)
+
+
+async def _send_early(
+    ctx: RequestContext, down: LeanDownstream, early: web.StreamResponse | LeanDownstream
+) -> None:
+    if isinstance(early, LeanDownstream):
+        return  # streamed by the endpoint itself
+    for name, value in ctx.response_headers.items():
+        early.headers.setdefault(name, value)
+    ctx.status = early.status
+    await down.send_response(early)

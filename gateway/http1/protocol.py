@@ -1,0 +1,669 @@
+"""One client connection of the lean listener: llhttp (httptools) parsing, keep-alive,
+pipelined requests answered strictly in order, and the listener's hardening.
+
+Properties kept from the guarded aiohttp listener (gateway/listener.py), each for the same
+attack: the connection cap, the header deadline (slowloris), the keep-alive timeout, hard
+header limits above the gateway's own (memory: llhttp has none), the body deadline (408),
+smuggling guards (llhttp strict: TE with CL, two CLs, bad chunking → 400; a coding other than
+a lone chunked → 501; singletons as aiohttp refuses them), parser refusals answered as the
+gateway's problem+json, hang-ups recorded, one bounded drain.
+
+Requests are queued as their heads complete (each with its own body stream) and handled one
+at a time by one task per connection; while one waits behind another, reading pauses, so a
+pipelining client cannot queue without bound. A WebSocket upgrade or CONNECT hands the rest of
+the connection to aiohttp's guarded handler, which serves it as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import re
+import socket
+from typing import TYPE_CHECKING, Protocol, cast
+
+import httptools
+import structlog
+from aiohttp.http import HttpVersion10, HttpVersion11
+from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from gateway.auth.jwt import TokenMemo
+from gateway.context import request_id_for
+from gateway.errors import (
+    BadRequest,
+    GatewayError,
+    HeadersTooLarge,
+    NotImplementedCoding,
+    RequestTimeout,
+    problem_body,
+    problem_headers,
+)
+from gateway.http1.request import LeanRequest
+from gateway.routing import method_not_allowed
+
+if TYPE_CHECKING:
+    from gateway.listener import GuardedServer
+
+log = structlog.get_logger("gateway.listener")
+
+LINGER = 10.0  # seconds an unread body is drained after an early answer (aiohttp's lingering_time)
+BODY_BUFFER = 2**16  # a body stream pauses reading above twice this (aiohttp's default)
+# RFC 9110 singletons aiohttp's strict parser refuses twice (400); llhttp itself refuses a second
+# Content-Length and Transfer-Encoding, the rest are checked here.
+_SINGLETONS = frozenset(
+    (
+        b"content-length",
+        b"content-location",
+        b"content-range",
+        b"content-type",
+        b"etag",
+        b"host",
+        b"max-forwards",
+        b"server",
+        b"transfer-encoding",
+        b"user-agent",
+    )
+)
+_SINGLETON_LENGTHS = frozenset(len(name) for name in _SINGLETONS)
+_CODING_REFUSAL = re.compile(
+    r"Invalid `Transfer-Encoding` header value|Request has invalid `Transfer-Encoding`"
+)
+_VERSIONS = {"1.1": HttpVersion11, "1.0": HttpVersion10}
+
+
+class RequestHandler(Protocol):
+    async def handle(self, request: LeanRequest) -> bool:
+        """Answer one request; False when the connection must close afterwards."""
+        ...
+
+
+class _Refused(Exception):
+    """Raised inside a parser callback: llhttp stops, the connection answers ``error`` and closes."""
+
+    def __init__(self, error: GatewayError) -> None:
+        self.error = error
+
+
+class _ParserRefusal:
+    __slots__ = ("error",)
+
+    def __init__(self, error: GatewayError) -> None:
+        self.error = error
+
+
+class _Upgrade:
+    """A WebSocket upgrade or CONNECT: the connection goes to aiohttp once it is this one's turn."""
+
+    __slots__ = ("head", "tail")
+
+    def __init__(self, head: bytes, tail: bytes) -> None:
+        self.head, self.tail = head, tail
+
+
+class LeanServer:
+    """The protocol factory of the public listener; counters live on the guarded aiohttp server
+    it hands upgrades to, so both kinds of connection share one cap and one set of figures."""
+
+    def __init__(
+        self,
+        handler: RequestHandler,
+        guarded: GuardedServer,
+        *,
+        keepalive_timeout: float,
+        max_line_size: int,
+        max_field_size: int,
+        max_headers: int,
+    ) -> None:
+        self.handler = handler
+        self.guarded = guarded
+        self.keepalive_timeout = keepalive_timeout
+        self.max_line_size = max_line_size
+        self.max_field_size = max_field_size
+        self.max_headers = max_headers
+        self.connections: set[LeanProtocol] = set()
+        self.closing = False
+
+    def __call__(self) -> LeanProtocol:
+        return LeanProtocol(self)
+
+    async def shutdown(self, timeout: float, cut_grace: float) -> None:
+        """One drain (App. C): idle connections close now, busy ones after their answer; what is
+        still running after ``timeout`` is cut and logged 499 ``drain-timeout``."""
+        self.closing = True
+        for connection in list(self.connections):
+            connection.close_when_idle()
+        busy = [c for c in self.connections if c.in_request]
+        if busy and timeout:
+            await asyncio.wait([c.request_done() for c in busy], timeout=timeout)
+        cut = [c for c in busy if c.in_request]
+        for connection in cut:
+            connection.cut_for_drain()
+        if cut:
+            await asyncio.wait([c.request_done() for c in cut], timeout=cut_grace)
+        for connection in list(self.connections):
+            connection.abort()
+
+
+class LeanProtocol(asyncio.Protocol):
+    def __init__(self, server: LeanServer) -> None:
+        self._server = server
+        self._guard = server.guarded
+        self._loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.remote: str | None = None
+        self._parser = httptools.HttpRequestParser(self)
+        self._queue: collections.deque[LeanRequest | _ParserRefusal | _Upgrade] = collections.deque()
+        self._task: asyncio.Task[None] | None = None
+        self._wakeup: asyncio.Future[None] | None = None
+        self._done: asyncio.Future[None] | None = None
+        # the head being parsed
+        self._url = b""
+        self._headers: list[tuple[str, str]] = []
+        self._raw_headers: list[tuple[bytes, bytes]] = []
+        self._singletons: set[bytes] = set()
+        self._parsing: LeanRequest | None = None  # the request whose body is arriving
+        self._upgrade: _Upgrade | None = None
+        self._dead = False  # a parser refusal is queued: nothing more is read
+        self._head_open = False  # a head has begun and is not complete yet
+        self._lingering = False  # answered; the rest of the body is read and dropped
+        self._idle_since = 0.0  # when the last answer ended (the keep-alive timer checks it)
+        # flow control
+        self._writing_paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._body_paused = False
+        self._queue_paused = False
+        # timers
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._keepalive_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
+        self._body_deadline = 0.0
+        self.current: LeanRequest | None = None
+        self.client_gone = False  # the client hung up while a request was being handled
+        self.drain_cut = False  # the request was cut at the end of the drain
+        self.token_memo: TokenMemo | None = None  # the authentication stage's, per connection
+
+    # -- connection ------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)  # uvloop's are not asyncio.Transport subclasses
+        self.transport = transport
+        guard = self._guard
+        guard.open_connections += 1
+        # SECURITY: connection exhaustion — refuse past listen.limits.max_connections.
+        if guard.open_connections > guard.max_connections or self._server.closing:
+            guard.refused_connections += 1
+            transport.close()
+            return
+        self._server.connections.add(self)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        peer = transport.get_extra_info("peername")
+        self.remote = peer[0] if isinstance(peer, list | tuple) else (str(peer) if peer else None)
+        self.token_memo = TokenMemo()
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self.transport is None:
+            return
+        self.transport = None
+        self._guard.open_connections -= 1
+        self._server.connections.discard(self)
+        self._cancel_timers()
+        current = self.current
+        if current is not None:
+            self.client_gone = True  # Appendix C: logged as 499 client-closed, never as a 5xx
+        for request in (current, self._parsing):
+            content = request.content if request is not None else None
+            if content is not None and content is not EMPTY_PAYLOAD and not content.is_eof():
+                content.set_exception(ConnectionResetError("Connection lost"))
+        waiter, self._drain_waiter = self._drain_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(ConnectionResetError("Connection lost"))
+        if current is None and self._task is not None:
+            self._task.cancel()  # idle, or waiting behind nothing: no answer is owed
+
+    @property
+    def connected(self) -> bool:  # read by aiohttp's StreamReader
+        return self.transport is not None
+
+    @property
+    def in_request(self) -> bool:
+        return self.current is not None
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    # -- writing -----------------------------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("Connection lost")
+        transport.write(data)
+
+    def writelines(self, data: tuple[bytes, ...]) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("Connection lost")
+        transport.writelines(data)
+
+    async def drain(self) -> None:
+        if not self._writing_paused:
+            return
+        if self.transport is None:
+            raise ConnectionResetError("Connection lost")
+        if self._drain_waiter is None:
+            self._drain_waiter = self._loop.create_future()
+        await self._drain_waiter
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        waiter, self._drain_waiter = self._drain_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def may_keep_alive(self, request: LeanRequest) -> bool:
+        """Whether the connection can carry another request after this one's answer."""
+        return (
+            request.keep_alive
+            and not self._server.closing
+            and request.content.is_eof()  # a body not read to its end leaves the stream out of step
+            and request.content.exception() is None
+        )
+
+    # -- reading (aiohttp's StreamReader calls these for body backpressure) ------------------
+    def pause_reading(self) -> None:
+        self._body_paused = True
+        self._update_reading()
+
+    def resume_reading(self, resume_parser: bool = True) -> None:
+        self._body_paused = False
+        self._update_reading()
+
+    def _update_reading(self) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        try:
+            if self._body_paused or self._queue_paused or self._dead or self._upgrade is not None:
+                transport.pause_reading()
+            else:
+                transport.resume_reading()
+        except (AttributeError, NotImplementedError, RuntimeError):
+            pass
+
+    def data_received(self, data: bytes) -> None:
+        if self._dead:
+            return
+        if self._upgrade is not None:
+            self._upgrade.tail += data  # waits for its turn, then goes to aiohttp as it came
+            return
+        if self._body_timer is not None:
+            # Body bytes arrived: the client has another full interval (the timer re-arms lazily).
+            self._body_deadline = self._loop.time() + self._guard.body_timeout
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            self._upgrade_at(data[upgrade.args[0] :])
+        except httptools.HttpParserError as exc:
+            self._refuse_parse(exc, data)
+        else:
+            # A head begun and not finished in this read starts its deadline now; a head that
+            # arrives whole (nearly every request) never costs a timer.
+            if self._head_open and self._head_timer is None:
+                self._arm_head_timer()
+
+    # -- parser callbacks ----------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._head_open = True
+        self._url = b""
+        self._headers = []
+        self._raw_headers = []
+        self._singletons = set()
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > self._server.max_line_size:
+            raise _Refused(HeadersTooLarge("The request head is too large"))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        value = value.rstrip(b" \t")  # llhttp strips the OWS before a value, not after
+        # Last-resort limits (the gateway's own, lower ones answer first in the pipeline): llhttp
+        # has none, and a head must not grow without bound while its deadline runs.
+        if len(name) + len(value) > self._server.max_field_size:
+            raise _Refused(HeadersTooLarge("The request head is too large"))
+        if len(name) in _SINGLETON_LENGTHS:
+            lower = name.lower()
+            if lower in _SINGLETONS:
+                # SECURITY: a second Host/Content-Type/... is read differently by each hop.
+                if lower in self._singletons:
+                    if lower == b"transfer-encoding":  # App. C: codings beyond one chunked → 501
+                        raise _Refused(NotImplementedCoding("Only the chunked transfer coding is supported"))
+                    raise _Refused(BadRequest("The request could not be parsed"))
+                self._singletons.add(lower)
+        headers = self._headers
+        headers.append((name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape")))
+        self._raw_headers.append((name, value))
+        if len(headers) > self._server.max_headers:
+            raise _Refused(HeadersTooLarge("The request head is too large"))
+
+    def on_headers_complete(self) -> None:
+        self._head_open = False
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        parser = self._parser
+        version = _VERSIONS.get(parser.get_http_version())
+        if version is None:
+            raise _Refused(BadRequest("The request could not be parsed"))
+        if version is HttpVersion11 and b"host" not in self._singletons:
+            raise _Refused(BadRequest("The request could not be parsed"))  # as aiohttp: Host is required
+        method = parser.get_method().decode("ascii")
+        if parser.should_upgrade():
+            self._upgrade = _Upgrade(self._head_bytes(method, version), b"")
+            return
+        headers = CIMultiDictProxy(CIMultiDict(self._headers))
+        content = EMPTY_PAYLOAD
+        if "Transfer-Encoding" in headers or headers.get("Content-Length", "0") != "0":
+            content = StreamReader(self, BODY_BUFFER, loop=self._loop)  # type: ignore[arg-type]
+        request = LeanRequest(
+            self,
+            method,
+            self._url.decode("utf-8", "surrogateescape"),
+            version,
+            headers,
+            tuple(self._raw_headers),
+            content,
+            parser.should_keep_alive(),
+        )
+        if content is not EMPTY_PAYLOAD:
+            self._parsing = request
+        self._enqueue(request)
+
+    def on_body(self, body: bytes) -> None:
+        if self._lingering:
+            return
+        if self._parsing is not None:
+            self._parsing.content.feed_data(body)
+
+    def on_message_complete(self) -> None:
+        if self._lingering:
+            self._close()  # the whole body is in: the answer is safe, the connection ends
+            return
+        parsing, self._parsing = self._parsing, None
+        if parsing is not None:
+            parsing.content.feed_eof()
+
+    def _head_bytes(self, method: str, version: tuple[int, int]) -> bytes:
+        """The head as aiohttp's parser must see it again (only names and values llhttp accepted)."""
+        lines = [b"%s %s HTTP/%d.%d\r\n" % (method.encode(), self._url, version[0], version[1])]
+        lines.extend(b"%s: %s\r\n" % pair for pair in self._raw_headers)
+        lines.append(b"\r\n")
+        return b"".join(lines)
+
+    def _upgrade_at(self, tail: bytes) -> None:
+        upgrade = self._upgrade
+        if upgrade is None:  # cannot happen: llhttp reports an upgrade only after its head
+            self._refuse_parse(httptools.HttpParserError("upgrade"), b"")
+            return
+        upgrade.tail = tail
+        self._update_reading()
+        self._enqueue(upgrade)
+
+    def _refuse_parse(self, exc: Exception, data: bytes) -> None:
+        error = _parser_error(exc, data)
+        # SECURITY: never log or echo the parser's message: it can quote a header value.
+        log.warning("request_rejected_by_parser", status=error.status, error_class=type(exc).__name__)
+        self._dead = True
+        self._update_reading()
+        parsing, self._parsing = self._parsing, None
+        if parsing is not None and parsing is not self.current and parsing in self._queue:
+            # Its head completed in this very read (llhttp checks the framing just after): it was
+            # never started, the refusal takes its place.
+            self._queue.remove(parsing)
+        elif parsing is not None:
+            # A body that broke off mid-way (bad chunking): its reader gets the error and the
+            # connection closes after whatever answer that request gets.
+            parsing.content.set_exception(BadRequest("The request body could not be parsed"))
+            return
+        self._enqueue(_ParserRefusal(error))
+
+    # -- the queue and the connection's task --------------------------------------------------
+    def _enqueue(self, item: LeanRequest | _ParserRefusal | _Upgrade) -> None:
+        self._queue.append(item)
+        if len(self._queue) > 1 and not self._queue_paused:
+            # Pipelining: one request waits, reading stops until its turn.
+            self._queue_paused = True
+            self._update_reading()
+        if self._task is None:
+            self._task = self._loop.create_task(self._serve())
+        elif self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(None)
+
+    async def _serve(self) -> None:
+        queue = self._queue
+        try:
+            while self.transport is not None:
+                if not queue:
+                    self._wakeup = self._loop.create_future()
+                    await self._wakeup
+                    self._wakeup = None
+                    continue
+                item = queue[0]
+                if isinstance(item, LeanRequest):
+                    if not await self._handle(item):
+                        if self._parsing is item and self._may_linger(item):
+                            self._linger()
+                        else:
+                            self._close()
+                        return
+                    queue.popleft()
+                    if self._queue_paused and len(queue) <= 1:
+                        self._queue_paused = False
+                        self._update_reading()
+                    if not queue and self._parsing is None:
+                        self._arm_keepalive_timer()
+                elif isinstance(item, _ParserRefusal):
+                    self._answer_refusal(item.error)
+                    return
+                else:
+                    self._hand_over(item)
+                    return
+        except asyncio.CancelledError:
+            if self.transport is not None and not self.drain_cut:
+                raise
+        finally:
+            self._task = None
+
+    async def _handle(self, request: LeanRequest) -> bool:
+        self.current = request
+        self._cancel_head_timer()
+        timeout = self._guard.body_timeout
+        if timeout > 0 and not request.content.is_eof():
+            self._body_deadline = self._loop.time() + timeout
+            self._body_timer = self._loop.call_at(self._body_deadline, self._body_timer_fired)
+        keep = False
+        try:
+            keep = await self._server.handler.handle(request)
+        finally:
+            self.current = None
+            if self._body_timer is not None:
+                self._body_timer.cancel()
+                self._body_timer = None
+            done, self._done = self._done, None
+            if done is not None and not done.done():
+                done.set_result(None)
+        return keep and self.transport is not None
+
+    def _may_linger(self, request: LeanRequest) -> bool:
+        # A body that stalled (408) is not waited for: that is the point of body_timeout.
+        timed_out = isinstance(request.content.exception(), RequestTimeout)
+        return self.transport is not None and not timed_out and not self._server.closing and not self._dead
+
+    def _linger(self) -> None:
+        """Answered before the body was read (413, a refusal after 100-continue was skipped…): the
+        rest of the body is read and dropped for up to LINGER seconds before closing, as aiohttp
+        does. Closing a socket with unread bytes sends a reset, which can destroy the answer
+        before the client has read it."""
+        self._lingering = True
+        self._body_paused = self._queue_paused = False
+        self._update_reading()
+        self._cancel_timers()
+        self._keepalive_timer = self._loop.call_later(LINGER, self._close)
+
+    def _close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()  # after what is buffered has been written
+
+    def close_when_idle(self) -> None:
+        """The drain began: an idle connection closes now, a busy one after its answer."""
+        if self.current is None and not self._queue:
+            self._close()
+
+    def request_done(self) -> asyncio.Future[None]:
+        if self._done is None:
+            self._done = self._loop.create_future()
+            if self.current is None:
+                self._done.set_result(None)
+        return self._done
+
+    def cut_for_drain(self) -> None:
+        """The drain is over: the request in progress is cancelled (its handler logs it)."""
+        if self.current is not None and self._task is not None:
+            self.drain_cut = True
+            self._task.cancel()
+
+    def _answer_refusal(self, error: GatewayError) -> None:
+        """The parser's refusal, as the gateway's problem+json over HTTP/1.1 (App. C); then close."""
+        request_id = request_id_for(None)
+        headers = problem_headers(error)
+        headers["X-Request-ID"] = request_id
+        headers.update(self._guard.identity_headers)
+        body = problem_body(error, request_id)
+        lines = [f"HTTP/1.1 {error.status} {_reason(error.status)}\r\n"]
+        lines.extend(f"{name}: {value}\r\n" for name, value in headers.items())
+        lines.append(f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+        if self.transport is not None:
+            self.transport.write("".join(lines).encode("latin-1") + body)
+        self._close()
+
+    def _hand_over(self, upgrade: _Upgrade) -> None:
+        """The rest of this connection is aiohttp's (WebSocket, CONNECT): its guarded handler is
+        given the transport and the bytes exactly as the next parser must see them."""
+        transport = self.transport
+        assert transport is not None
+        self._cancel_timers()
+        self._server.connections.discard(self)
+        self._guard.open_connections -= 1  # the handler counts itself in connection_made
+        self.transport = None
+        handler = self._guard()
+        transport.set_protocol(handler)
+        handler.connection_made(transport)
+        with contextlib.suppress(AttributeError, NotImplementedError, RuntimeError):
+            transport.resume_reading()
+        if self._writing_paused:
+            handler.pause_writing()
+        handler.data_received(upgrade.head + upgrade.tail)
+
+    # -- timers ----------------------------------------------------------------------------------
+    def _arm_head_timer(self) -> None:
+        timeout = self._guard.header_timeout
+        if timeout > 0:
+            self._head_timer = self._loop.call_later(timeout, self._head_timed_out)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.current is not None or self._queue:
+            self._arm_head_timer()  # a pipelined head waits for its turn; the deadline is for idle heads
+            return
+        # SECURITY: slowloris — a request head must arrive whole within header_timeout.
+        self._guard.header_timeouts += 1
+        self._close()
+
+    def _arm_keepalive_timer(self) -> None:
+        """Lazy: one timer stays armed across requests and, when it fires, looks at how long the
+        connection has really been idle (a timer per request was a measurable cost)."""
+        timeout = self._server.keepalive_timeout
+        if timeout <= 0:
+            return
+        self._idle_since = now = self._loop.time()
+        if self._keepalive_timer is None:
+            self._keepalive_timer = self._loop.call_at(now + timeout, self._keepalive_expired)
+
+    def _keepalive_expired(self) -> None:
+        self._keepalive_timer = None
+        if self.current is not None or self._queue or self._head_open:
+            return  # busy (the next idle period arms it again) or under the header deadline
+        deadline = self._idle_since + self._server.keepalive_timeout
+        if self._loop.time() >= deadline:
+            self._close()
+        else:
+            self._keepalive_timer = self._loop.call_at(deadline, self._keepalive_expired)
+
+    def _cancel_timers(self) -> None:
+        for timer in (self._head_timer, self._keepalive_timer, self._body_timer):
+            if timer is not None:
+                timer.cancel()
+        self._head_timer = self._keepalive_timer = self._body_timer = None
+
+    def _body_timer_fired(self) -> None:
+        self._body_timer = None
+        request = self.current
+        if request is None:
+            return
+        payload = request.content
+        if payload.is_eof() or payload.exception() is not None:
+            return
+        now = self._loop.time()
+        if self._body_paused or _awaiting_continue(request):
+            # The gateway is not reading (a slow upstream holds back the body) or has not asked
+            # for the body yet (100-continue): the client is not the one stalling.
+            self._body_deadline = now + self._guard.body_timeout
+        if now < self._body_deadline:
+            self._body_timer = self._loop.call_at(self._body_deadline, self._body_timer_fired)
+            return
+        # SECURITY: slow body (slowloris on the body) — a declared body that stops arriving would
+        # hold this connection and an upstream connection for as long as the client likes.
+        self._guard.body_timeouts += 1
+        payload.set_exception(RequestTimeout("The request body did not arrive in time"))
+
+
+def _awaiting_continue(request: LeanRequest) -> bool:
+    if request.headers.get("Expect", "").lower() != "100-continue":
+        return False
+    ctx = request.ctx
+    return ctx is None or not ctx.continue_sent
+
+
+def _reason(status: int) -> str:
+    from http import HTTPStatus
+
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
+def _parser_error(exc: Exception, data: bytes) -> GatewayError:
+    """The App. C answer to what the parser refused (see request_hygiene.parser_refusal)."""
+    cause = exc.__context__
+    if isinstance(cause, _Refused):
+        return cause.error
+    if isinstance(exc, httptools.HttpParserInvalidMethodError):
+        # llhttp knows no TRACK: no route can list it, so it is 405 like TRACE/CONNECT.
+        if data.startswith(b"TRACK ") or b"\nTRACK " in data:
+            return method_not_allowed()
+        return BadRequest("The request could not be parsed")
+    if _CODING_REFUSAL.match(str(exc)):
+        return NotImplementedCoding("Only the chunked transfer coding is supported")
+    return BadRequest("The request could not be parsed")  # TE with CL, two CLs, bad chunking…

@@ -1,0 +1,101 @@
+"""The request as the pipeline stages see it, with exactly the surface they read.
+
+Stages and the proxy read ``ctx.request``: with aiohttp's server that is a ``web.BaseRequest``;
+on the lean listener it is a ``LeanRequest`` with the same names and meanings (headers as a
+case-insensitive multidict, the body as aiohttp's own ``StreamReader``), built from what the
+parser already produced and nothing more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import socket
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+from aiohttp._cookie_helpers import parse_cookie_header
+from aiohttp.http import HttpVersion
+from aiohttp.streams import EMPTY_PAYLOAD, EmptyStreamReader, StreamReader
+from multidict import CIMultiDictProxy, MultiDictProxy
+from yarl import URL
+
+if TYPE_CHECKING:
+    from gateway.context import RequestContext
+    from gateway.http1.protocol import LeanProtocol
+
+
+@functools.cache
+def _fqdn() -> str:
+    return socket.getfqdn()  # what aiohttp answers for a request without Host (HTTP/1.0)
+
+
+class LeanRequest:
+    __slots__ = (
+        "content",
+        "content_length",
+        "ctx",
+        "headers",
+        "keep_alive",
+        "method",
+        "protocol",
+        "raw_headers",
+        "raw_path",
+        "remote",
+        "transport",
+        "version",
+    )
+
+    def __init__(
+        self,
+        protocol: LeanProtocol,
+        method: str,
+        raw_path: str,
+        version: HttpVersion,
+        headers: CIMultiDictProxy[str],
+        raw_headers: tuple[tuple[bytes, bytes], ...],
+        content: StreamReader | EmptyStreamReader,
+        keep_alive: bool,
+    ) -> None:
+        self.protocol = protocol
+        self.transport: asyncio.Transport | None = protocol.transport
+        self.remote: str | None = protocol.remote
+        self.method = method
+        self.raw_path = raw_path
+        self.version = version
+        self.headers = headers
+        self.raw_headers = raw_headers
+        self.content = content
+        self.keep_alive = keep_alive
+        length = headers.get("Content-Length")
+        # The parser has checked it is digits only (llhttp is strict), so int() cannot fail.
+        self.content_length: int | None = None if length is None else int(length)
+        self.ctx: RequestContext | None = None
+
+    @property
+    def body_exists(self) -> bool:
+        return self.content is not EMPTY_PAYLOAD
+
+    @property
+    def host(self) -> str:
+        host = self.headers.get("Host")
+        return host if host is not None else _fqdn()
+
+    @property
+    def query(self) -> MultiDictProxy[str]:
+        _, _, query = self.raw_path.partition("?")
+        return URL.build(query_string=query, encoded=True).query
+
+    @property
+    def cookies(self) -> Mapping[str, str]:
+        parsed = parse_cookie_header(self.headers.get("Cookie", ""))
+        return MappingProxyType({name: morsel.value for name, morsel in parsed})
+
+    # The access logger and the body timer look the context up the way they do on aiohttp's
+    # request (``request.get(ContextKey)``); there is one key, so one slot.
+    def get(self, _key: object, default: Any = None) -> Any:
+        return self.ctx if self.ctx is not None else default
+
+    def __setitem__(self, _key: object, ctx: RequestContext) -> None:
+        self.ctx = ctx
