@@ -20,6 +20,7 @@ from gateway.config.model import GatewayConfig, RouteConfig
 from gateway.ratelimit.headers import policy_header
 from gateway.ratelimit.keys import KeySpec
 from gateway.ratelimit.model import LoginProtectionConfig, RateLimitRule, StoreFailureMode
+from gateway.ratelimit.script_args import item_args
 
 PRE_AUTH_POLICY = "pre_auth"
 _STRATEGY_TAGS = {"moving-window": "mw", "sliding-window-counter": "swc", "fixed-window": "fw"}
@@ -38,6 +39,9 @@ class LimitItem:
     window: int  # seconds
     strictness: tuple[int, int]  # (quota, -window): the smallest is the most restrictive
     policy_header: str  # precomputed RateLimit-Policy value
+    # The stage script's per-item arguments (stage_script.item_args), as strings built once:
+    # a number handed to redis.call is formatted by sprintf inside Redis, a string is not.
+    store_args: tuple[str, ...] = ()
 
     def applies(self, method: str) -> bool:
         return self.methods is None or method in self.methods
@@ -84,6 +88,7 @@ def compile_rule(scope: str, policy: str, index: int, rule: RateLimitRule) -> li
                 window=window,
                 strictness=(parsed.amount, -window),
                 policy_header=policy_header(policy, parsed.amount, window),
+                store_args=item_args(rule.strategy, parsed.amount, window, rule.cost),
             )
         )
     return items

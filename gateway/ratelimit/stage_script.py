@@ -5,15 +5,21 @@ The script is the ``limits`` library's own arithmetic, item by item, on the libr
 and data layout, so this path and ``limits``' public API (the fallback, the probe, operators'
 tools) count in the same buckets:
 - moving window: ``acquire_moving_window.lua`` (LINDEX at ``limit - cost``, LPUSH the
-  timestamp ``cost`` times, LTRIM, EXPIRE); the window state is ``moving_window.lua``'s binary
-  search by LINDEX over the time-sorted list, so no call reads the whole list;
+  timestamp ``cost`` times, LTRIM when the list outgrew the limit, EXPIRE); the window state is
+  ``moving_window.lua``'s binary search, probe for probe, its first probes answered from one
+  LRANGE of the list's head, so no call reads the whole list;
 - fixed window: ``incr_expire.lua`` (INCRBY, EXPIRE on the first hit); the state is GET and
   PTTL (PTTL, not the strategy's whole-second TTL: the deny cache trusts this reset time).
 The binding item is chosen as ``RateLimitBackend._run`` chooses it: the refusing item, the
 refusing item that frees last when several refuse, else the statically strictest one.
 
-Timestamps are the client's ``time.time()`` as ``limits`` sends them (``repr`` of the float),
-so entries written here and by the library compare alike. ``tests/unit/ratelimit/
+Timestamps are the client's ``time.time()`` as ``limits`` sends them (``repr`` of the float)
+for comparisons and pushed as a Lua number, as the library's Lua pushes them, so the lists hold
+the same bytes whichever path wrote them (Redis formats that number, %.17g or shortest form by
+version). Redis' CPU goes mostly
+per ``redis.call`` (command lookup, key lookups, argument objects) and to sprintf for any Lua
+number handed to a command, so the script makes few calls and passes ready strings
+(``LimitItem.store_args``). ``tests/unit/ratelimit/
 test_stage_conformance.py`` proves the decisions and window numbers equal the library's.
 Sliding-window-counter items stay on the public API path.
 """
@@ -28,107 +34,125 @@ from limits.util import WindowStats
 
 from gateway.ratelimit.policies import LimitItem
 from gateway.ratelimit.resp import ReplyError, RespClient, RespError
+from gateway.ratelimit.script_args import KINDS
 
-FAST_STRATEGIES = frozenset(("moving-window", "fixed-window"))
-_KINDS = {"moving-window": "m", "fixed-window": "f"}
-ARGS_PER_ITEM = 4
+FAST_STRATEGIES = frozenset(KINDS)
+ARGS_PER_ITEM = 6  # script_args.item_args
+HEAD = 16  # list entries one LRANGE reads for the window state's first probes
 
 STAGE_SCRIPT = """
+-- ARGV: the time; the wanted item (0: none); the deadline; then per item
+-- script_args.item_args' six strings. Arguments reach redis.call as strings where they can:
+-- Redis formats a Lua number argument with sprintf on every call (the timestamp stays a number).
 local now = tonumber(ARGV[1])
 local wanted = tonumber(ARGV[2])
+local call = redis.call
 
 -- A stage whose caller has given up (store_timeout: a hung or slow Redis, the commands queued
 -- behind it) is not counted: the gateway already answered it by its failure mode.
-local clock = redis.call('time')
+local clock = call('time')
 if tonumber(clock[1]) + tonumber(clock[2]) / 1000000 > tonumber(ARGV[3]) then
     return {'late'}
 end
 
-local function spec(i)
-    local base = 3 + (i - 1) * 4
-    return ARGV[base + 1], tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3]), tonumber(ARGV[base + 4])
-end
-
--- limits' acquire_moving_window.lua
-local function acquire(key, limit, expiry, amount)
+-- limits' acquire_moving_window.lua; LTRIM only when the list outgrew the limit (it would be a
+-- no-op otherwise, and that is most hits)
+local function acquire(key, b)
+    local limit, amount = tonumber(ARGV[b + 2]), tonumber(ARGV[b + 4])
     if amount > limit then
         return false
     end
-    local entry = redis.call('lindex', key, limit - amount)
-    if entry and tonumber(entry) >= now - expiry then
+    local entry = call('lindex', key, ARGV[b + 5])
+    if entry and tonumber(entry) >= now - tonumber(ARGV[b + 3]) then
         return false
     end
-    local entries = {}
-    for i = 1, amount do
-        entries[i] = now
+    local length
+    if amount == 1 then
+        length = call('lpush', key, now)  -- a number, as limits pushes it: the same bytes
+    else
+        local entries = {}
+        for i = 1, amount do
+            entries[i] = now
+        end
+        for i = 1, amount, 5000 do
+            length = call('lpush', key, unpack(entries, i, math.min(i + 4999, amount)))
+        end
     end
-    for i = 1, #entries, 5000 do
-        redis.call('lpush', key, unpack(entries, i, math.min(i + 4999, #entries)))
+    if length > limit then
+        call('ltrim', key, '0', ARGV[b + 6])
     end
-    redis.call('ltrim', key, 0, limit - 1)
-    redis.call('expire', key, expiry)
+    call('expire', key, ARGV[b + 3])
     return true
 end
 
 -- limits' incr_expire.lua
-local function incr(key, limit, expiry, amount)
-    local current = redis.call('incrby', key, amount)
-    if tonumber(current) == amount then
-        redis.call('expire', key, expiry)
+local function incr(key, b)
+    local current = call('incrby', key, ARGV[b + 4])
+    if current == tonumber(ARGV[b + 4]) then
+        call('expire', key, ARGV[b + 3])
     end
-    return current <= limit
+    return current <= tonumber(ARGV[b + 2])
 end
 
--- limits' moving_window.lua: binary search for the oldest entry inside the window
-local function oldest_entry(key, high, target)
-    local low = 0
-    local result = nil
+-- The window state: reset time (for comparing refusing items), remaining, and what the client
+-- computes the exact reset from (the oldest entry inside the window, or the PTTL).
+local function state(i)
+    local b = 3 + (i - 1) * 6
+    local key = KEYS[i]
+    local limit, expiry = tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3])
+    if ARGV[b + 1] == 'f' then
+        local current = tonumber(call('get', key)) or 0
+        local pttl = call('pttl', key)
+        if pttl < 0 then
+            pttl = 0
+        end
+        return now + pttl / 1000, math.max(0, limit - current), pttl
+    end
+    -- limits' moving_window.lua binary search, probe for probe (so an unsorted list, written
+    -- by instances with skewed clocks, gives its answer too); the first HEAD entries come
+    -- from one LRANGE instead of one LINDEX per probe
+    local target = now - expiry
+    local high = limit - 1
+    local head = call('lrange', key, '0', high < HEAD and ARGV[b + 6] or 'HEAD_END')
+    local low, index, oldest = 0, nil, nil
     while low <= high do
         local mid = math.floor((low + high) / 2)
-        local val = tonumber(redis.call('lindex', key, mid))
-        if val and val >= target then
-            result = mid
+        local raw
+        if mid < HEAD then
+            raw = head[mid + 1]
+        else
+            raw = call('lindex', key, string.format('%d', mid))
+        end
+        local value = raw and tonumber(raw)
+        if value and value >= target then
+            index, oldest = mid, raw
             low = mid + 1
         else
             high = mid - 1
         end
     end
-    return result
-end
-
--- the window state: reset time (seconds since the epoch) and remaining
-local function state(i)
-    local kind, limit, expiry = spec(i)
-    local key = KEYS[i]
-    if kind == 'm' then
-        local index = oldest_entry(key, limit - 1, now - expiry)
-        if index then
-            -- tostring, as moving_window.lua returns it: limits reports the start at %.14g
-            local oldest = tonumber(tostring(tonumber(redis.call('lindex', key, index))))
-            return oldest + expiry, limit - (index + 1)
-        end
-        return now + expiry, limit
+    if index then
+        -- tostring, as moving_window.lua returns it: limits reports the start at %.14g
+        oldest = tostring(tonumber(oldest))
+        return tonumber(oldest) + expiry, limit - (index + 1), oldest
     end
-    local current = tonumber(redis.call('get', key)) or 0
-    local pttl = tonumber(redis.call('pttl', key))
-    if pttl < 0 then
-        pttl = 0
-    end
-    return now + pttl / 1000, math.max(0, limit - current)
+    return now + expiry, limit, false
 end
 
 local decisions = {}
 local refused = {}
 for i = 1, #KEYS do
-    local kind, limit, expiry, amount = spec(i)
+    local b = 3 + (i - 1) * 6
     local ok
-    if kind == 'm' then
-        ok = acquire(KEYS[i], limit, expiry, amount)
+    if ARGV[b + 1] == 'm' then
+        ok = acquire(KEYS[i], b)
     else
-        ok = incr(KEYS[i], limit, expiry, amount)
+        ok = incr(KEYS[i], b)
     end
-    decisions[i] = ok and 1 or 0
-    if not ok then
+    if ok then
+        decisions[i] = 1
+    else
+        decisions[i] = 0
         refused[#refused + 1] = i
     end
 end
@@ -140,16 +164,15 @@ end
 if binding == 0 then
     return {decisions, 0}
 end
-local reset, remaining = state(binding)
+local reset, remaining, basis = state(binding)
 for r = 2, #refused do
-    local other_reset, other_remaining = state(refused[r])
+    local other_reset, other_remaining, other_basis = state(refused[r])
     if other_reset > reset then
-        binding, reset, remaining = refused[r], other_reset, other_remaining
+        binding, reset, remaining, basis = refused[r], other_reset, other_remaining, other_basis
     end
 end
--- %.17g: the exact double (Redis turns Lua numbers into integers)
-return {decisions, binding, remaining, string.format('%.17g', reset)}
-"""
+return {decisions, binding, remaining, basis}
+""".replace("HEAD_END", str(HEAD - 1)).replace("HEAD", str(HEAD))
 
 
 class LateReply(RespError):
@@ -180,11 +203,10 @@ class StageScript:
         prefix = self._key_prefix
         args.extend(f"{prefix}:{item.item.key_for(item.prefix, value)}" for item, value in checks)
         now = time.time()
-        args.append(repr(now))
-        args.append(0 if wanted is None else wanted + 1)
+        args += (repr(now), 0 if wanted is None else wanted + 1)
         args.append(repr(now + timeout + self.client.clock_offset))
         for item, _ in checks:
-            args.extend((_KINDS[item.strategy], item.quota, item.window, item.cost))
+            args.extend(item.store_args)
         try:
             reply = await self.client.call("EVALSHA", *args)
         except ReplyError as error:
@@ -197,7 +219,13 @@ class StageScript:
         if reply[0] == b"late":
             raise LateReply("the store ran the stage after its deadline; nothing was counted")
         decisions = [bool(flag) for flag in reply[0]]
-        binding = int(reply[1])
+        binding = reply[1]
         if binding == 0:
             return decisions, None, None
-        return decisions, binding - 1, WindowStats(float(reply[3]), int(reply[2]))
+        item = checks[binding - 1][0]
+        basis = reply[3]
+        if item.strategy == "fixed-window":  # basis: the PTTL in ms
+            reset = now + basis / 1000
+        else:  # basis: the oldest entry inside the window (as Lua's tostring wrote it), or none
+            reset = (now if basis is None else float(basis)) + item.window
+        return decisions, binding - 1, WindowStats(reset, reply[2])

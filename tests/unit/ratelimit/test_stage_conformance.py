@@ -106,6 +106,18 @@ def assert_same(fast: Outcome, reference: Reference, checks: Checks, skew: float
     assert abs(fast[2].reset_time - states[fast[1]].reset_time) <= tolerance
 
 
+async def assert_same_data(client: redis.asyncio.Redis, chosen: list[LimitItem], fast: str, ref: str) -> None:
+    """Byte for byte the data limits' own scripts wrote: the same timestamps (as Lua formats
+    them) in the same lists, the same counters; so either path can read what the other wrote."""
+    for item in chosen:
+        if item.strategy == "moving-window":
+            read = client.lrange(key_of(item, fast), 0, -1), client.lrange(key_of(item, ref), 0, -1)
+        else:
+            read = client.get(key_of(item, fast)), client.get(key_of(item, ref))
+        got, expected = await asyncio.gather(*read)
+        assert got == expected
+
+
 @dataclass
 class Paths:
     script: StageScript
@@ -179,6 +191,7 @@ async def _drive(
             got = await paths.script.run([(item, fast) for item in chosen], wanted)
             expected = await reference_stage(paths, [(item, ref) for item in chosen], wanted, clock.time)
             assert_same(got, expected, [(item, fast) for item in chosen])
+            await assert_same_data(paths.client, chosen, fast, ref)
     finally:
         await paths.close()
 

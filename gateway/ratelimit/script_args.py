@@ -1,0 +1,16 @@
+"""The stage script's per-item arguments (``gateway.ratelimit.stage_script``), built once per
+compiled item. A leaf module: ``policies`` builds them without importing the script's client."""
+
+from __future__ import annotations
+
+KINDS = {"moving-window": "m", "fixed-window": "f"}
+
+
+def item_args(strategy: str, quota: int, window: int, cost: int) -> tuple[str, ...]:
+    """kind, limit, expiry, amount, ``limit - amount`` (the LINDEX limits' acquire reads) and
+    ``limit - 1`` (the LTRIM end), as strings: Redis formats a Lua number argument with sprintf
+    (``%.14g``), which was a large share of the script's CPU. Empty for other strategies."""
+    kind = KINDS.get(strategy)
+    if kind is None:
+        return ()
+    return (kind, str(quota), str(window), str(cost), str(quota - cost), str(quota - 1))
