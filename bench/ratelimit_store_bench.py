@@ -60,7 +60,7 @@ def _settings() -> CompiledLimits:
     return CompiledLimits(
         pre_auth=(),
         by_route=MappingProxyType({}),
-        needs_body=frozenset(),
+        counted_fields=MappingProxyType({}),
         login=LoginProtectionConfig(),
         on_store_failure="local",
         store_timeout=5.0,
