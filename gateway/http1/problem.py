@@ -83,7 +83,8 @@ async def send_problem(error: GatewayError, ctx: RequestContext, down: LeanDowns
     else:
         down.body_length = template.body_fixed + len(rid)
         protocol.write(b"".join((*head, template.body_before, rid, template.body_after)))
-    await protocol.drain()
+    if protocol.writing_paused:  # nearly never for a small answer: no coroutine for nothing
+        await protocol.drain()
 
 
 def _date_bytes() -> bytes:
@@ -97,13 +98,14 @@ def _date_bytes() -> bytes:
 def _template_for(error: GatewayError, ctx: RequestContext, version: tuple[int, int]) -> _Template | None:
     # Everything but the request id that shapes the bytes; the ctx's own X-Request-ID entry is
     # never sent (the refusal's id is set first), so it is left out of the key.
-    own = tuple(item for item in ctx.response_headers.items() if item[0] != "X-Request-ID")
+    own = ctx.response_headers.copy()
+    own.pop("X-Request-ID", None)
     key = (
         type(error),
         error.detail,
         tuple(error.extensions.items()),
         tuple(error.headers.items()),
-        own,
+        tuple(own.items()),
         ctx.runtime.tls,
         version,
     )
