@@ -9,8 +9,14 @@
    while a legitimate client on another IP sends ~50 requests/s. Per step: refusals/s (429) and
    the legitimate client's p99 as a ratio to its p99 alone; reported at the end: the highest
    refusal rate at which that ratio stays <= 2 (the issue's figure).
+3. The unpaced one-IP flood as a cost: 429s per second and per CPU-second of the gateway (it is
+   pinned to one core, so that is "429/s per core"), the median of ``--flood-rounds`` runs. With
+   ``--compare-root DIR`` a second flood gateway runs another source tree (an older commit,
+   e.g. ``git archive <commit> | tar -x -C DIR``) and the rounds alternate between the two, so
+   the before/after ratio comes from one run on the same machine state.
 
-    python bench/ratelimit_bench.py [--rounds 2] [--duration 8]
+    python bench/ratelimit_bench.py [--rounds 2] [--duration 8] [--flood-only]
+        [--server lean|aiohttp] [--compare-root DIR] [--flood-rounds 3] [--no-access-log]
 
 Needs wrk, nginx and redis-server (Debian packages; installed when missing). The store path
 alone, old against new without HTTP, is `ratelimit_store_bench.py`.
@@ -23,6 +29,7 @@ import base64
 import http.client
 import os
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -54,21 +61,33 @@ FLOOD_RATES = (1000, 2000, 4000, 8000, 0)  # offered flood req/s; 0 = as fast as
 MASTER_KEY = base64.b64encode(os.urandom(32)).decode()
 
 
+@dataclass(frozen=True)
+class GatewaySetup:
+    """What every gateway of one run shares; ``root`` is the source tree it runs from."""
+
+    work: Path
+    upstream: int
+    redis_url: str
+    server: str
+    root: Path = PROJECT_ROOT
+
+
 def _gateway(
-    launcher: Launcher, work: Path, name: str, upstream: int, redis_url: str, limits: dict | None
+    launcher: Launcher, setup: GatewaySetup, name: str, limits: dict | None, *, access_log: bool = False
 ) -> tuple[int, int]:
+    work = setup.work
     port, admin = free_port(), free_port()
     rundir = work / name
     rundir.mkdir()
     route: dict[str, object] = {"name": "bench", "prefix": "/", "upstream": "app"}
     config: dict[str, object] = {
-        "listen": {"host": "127.0.0.1", "port": port, "tls": "off"},
+        "listen": {"host": "127.0.0.1", "port": port, "tls": "off", "server": setup.server},
         "admin": {"listen": f"127.0.0.1:{admin}"},
-        "state": {"url": redis_url},
+        "state": {"url": setup.redis_url},
         "trusted_proxies": ["127.0.0.0/8"],
-        "upstreams": {"app": {"urls": [f"http://127.0.0.1:{upstream}"]}},
+        "upstreams": {"app": {"urls": [f"http://127.0.0.1:{setup.upstream}"]}},
         "routes": [route],
-        "logging": {"level": "warning", "access_log": False},
+        "logging": {"level": "info" if access_log else "warning", "access_log": access_log},
         "audit": {"spool_dir": str(rundir / "spool")},
         "auth": {
             "issuers": [
@@ -86,7 +105,7 @@ def _gateway(
         rundir / "gateway.yaml",
         port,
         cpu=PROXY_CPU,
-        project_root=PROJECT_ROOT,
+        project_root=setup.root,
         master_key=MASTER_KEY,
     )
     return port, proc.pid
@@ -133,7 +152,7 @@ def _wrk(port: int, duration: int, headers: dict[str, str], pid: int, connection
     return WrkResult(**{**result.__dict__, "cpu_seconds": tree_cpu_seconds(pid) - before})
 
 
-def main() -> int:
+def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -142,46 +161,93 @@ def main() -> int:
     parser.add_argument(
         "--flood-connections", type=int, default=8, help="wrk connections of the flood (its queue depth)"
     )
-    args = parser.parse_args()
+    parser.add_argument("--flood-only", action="store_true", help="skip the throughput comparison (part 1)")
+    parser.add_argument("--server", choices=("lean", "aiohttp"), default="lean", help="listen.server")
+    parser.add_argument("--flood-rounds", type=int, default=3, help="unpaced flood rounds per gateway")
+    parser.add_argument("--compare-root", type=Path, help="another source tree to flood in the same run")
+    parser.add_argument(
+        "--no-access-log", dest="access_log", action="store_false", help="flood gateways without access log"
+    )
+    return parser.parse_args()
+
+
+def main() -> int:
+    args = _arguments()
     ensure_debian_packages({"wrk": "wrk", "nginx": "nginx", "redis-server": "redis-server"})
     os.sched_setaffinity(0, {LOAD_CPU})  # the legitimate client shares the load core with wrk
     work = Path(tempfile.mkdtemp(prefix="rl-bench-"))
     launcher = Launcher(work)
     try:
         material = make_jwt_material(work)
-        upstream = start_upstream(launcher, work, LOAD_CPU).port
-        redis_url = _redis(launcher, work)
+        setup = GatewaySetup(
+            work, start_upstream(launcher, work, LOAD_CPU).port, _redis(launcher, work), args.server
+        )
         big = "10000000/minute"
         two = {"policies": {"api": [{"key": "user", "limit": big}, {"key": "tenant", "limit": big}]}}
         # fixed-window: a full window refuses from memory until it ends (see README)
         flood = {**two, "pre_auth": [{"key": "ip", "limit": "200/second", "strategy": "fixed-window"}]}
-        started = {
-            "no-limits": _gateway(launcher, work, "no-limits", upstream, redis_url, None),
-            "two-limits": _gateway(launcher, work, "two-limits", upstream, redis_url, two),
-            "flood": _gateway(launcher, work, "flood", upstream, redis_url, flood),
-        }
-        pids = {name: pid for name, (_, pid) in started.items()}
-        ports = {name: port for name, (port, _) in started.items()}
-        auth = {"Authorization": f"Bearer {material.gateway_token}", "X-Forwarded-For": LEGIT_IP}
-        runs: dict[str, list[WrkResult]] = {"no-limits": [], "two-limits": []}
-        for _ in range(args.rounds):
-            for name in runs:
-                _wrk(ports[name], 1, auth, pids[name])  # warm-up
-                result = _wrk(ports[name], args.duration, auth, pids[name])
-                if result.errors:
-                    raise StartFailed(f"{name}: {result.errors} errors in the throughput run")
-                runs[name].append(result)
-        best = {name: max(results, key=lambda r: r.req_per_s) for name, results in runs.items()}
-        unloaded, _ = _legit_client(ports["flood"], material.gateway_token, args.duration)
-        steps = [
-            _flood_step(ports["flood"], pids["flood"], material.gateway_token, args, rate, work)
-            for rate in FLOOD_RATES
-        ]
-        report(args, best, unloaded, steps)
+        token = material.gateway_token
+        best: dict[str, WrkResult] = {}
+        if not args.flood_only:
+            best = _throughput(launcher, setup, two, token, args)
+        floods = {"flood": _gateway(launcher, setup, "flood", flood, access_log=args.access_log)}
+        if args.compare_root is not None:
+            base = GatewaySetup(**{**setup.__dict__, "root": args.compare_root.resolve()})
+            floods["flood-base"] = _gateway(launcher, base, "flood-base", flood, access_log=args.access_log)
+        port, pid = floods["flood"]
+        unloaded, _ = _legit_client(port, token, args.duration)
+        steps = [_flood_step(port, pid, token, args, rate, work) for rate in FLOOD_RATES]
+        unpaced = _unpaced_rounds(floods, args, work)
+        report(args, best, unloaded, steps, unpaced)
     finally:
         launcher.stop_all()
         shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def _throughput(
+    launcher: Launcher, setup: GatewaySetup, two: dict, token: str, args: argparse.Namespace
+) -> dict[str, WrkResult]:
+    started = {
+        "no-limits": _gateway(launcher, setup, "no-limits", None),
+        "two-limits": _gateway(launcher, setup, "two-limits", two),
+    }
+    auth = {"Authorization": f"Bearer {token}", "X-Forwarded-For": LEGIT_IP}
+    runs: dict[str, list[WrkResult]] = {name: [] for name in started}
+    for _ in range(args.rounds):
+        for name, (port, pid) in started.items():
+            _wrk(port, 1, auth, pid)  # warm-up
+            result = _wrk(port, args.duration, auth, pid)
+            if result.errors:
+                raise StartFailed(f"{name}: {result.errors} errors in the throughput run")
+            runs[name].append(result)
+    for _, pid in started.values():
+        os.killpg(pid, signal.SIGTERM)  # idle gateways on the gateway's core would blur the flood figures
+    return {name: max(results, key=lambda r: r.req_per_s) for name, results in runs.items()}
+
+
+def _unpaced_rounds(
+    floods: dict[str, tuple[int, int]], args: argparse.Namespace, work: Path
+) -> dict[str, list[WrkResult]]:
+    """Unpaced one-IP floods, alternating between the gateways (same machine state for each)."""
+    lua = _paced_lua(work, args.flood_connections, 0)
+    results: dict[str, list[WrkResult]] = {name: [] for name in floods}
+    for _ in range(args.flood_rounds):
+        for name, (port, pid) in floods.items():
+            before = tree_cpu_seconds(pid)
+            result = run_wrk(
+                port=port,
+                duration=args.duration,
+                connections=args.flood_connections,
+                threads=2,
+                headers={"X-Forwarded-For": FLOOD_IP},
+                cpu=LOAD_CPU,
+                lua=lua,
+            )
+            results[name].append(
+                WrkResult(**{**result.__dict__, "cpu_seconds": tree_cpu_seconds(pid) - before})
+            )
+    return results
 
 
 @dataclass(frozen=True)
@@ -226,11 +292,18 @@ def _flood_step(
 
 
 def report(
-    args: argparse.Namespace, best: dict[str, WrkResult], unloaded: list[float], steps: list[FloodStep]
+    args: argparse.Namespace,
+    best: dict[str, WrkResult],
+    unloaded: list[float],
+    steps: list[FloodStep],
+    unpaced: dict[str, list[WrkResult]],
 ) -> None:
     print(
         f"# python bench/ratelimit_bench.py --rounds {args.rounds} --duration {args.duration}"
-        f" --flood-connections {args.flood_connections}"
+        f" --flood-connections {args.flood_connections} --flood-rounds {args.flood_rounds}"
+        f" --server {args.server}{'' if args.access_log else ' --no-access-log'}"
+        f"{' --flood-only' if args.flood_only else ''}"
+        f"{f' --compare-root {args.compare_root}' if args.compare_root else ''}"
         f"  ({os.cpu_count()} cores; gateway pinned to CPU {PROXY_CPU}; wrk, nginx, redis on CPU {LOAD_CPU})"
     )
     for name, result in best.items():
@@ -238,8 +311,9 @@ def report(
             f"{name:<11} {result.req_per_s:>9.0f} req/s  p50 {result.p50_us:>7.0f} µs"
             f"  p99 {result.p99_us:>7.0f} µs  cpu {result.cpu_us_per_req:>6.1f} µs/req"
         )
-    ratio = best["two-limits"].req_per_s / best["no-limits"].req_per_s
-    print(f"throughput ratio two-limits / no-limits: {ratio:.2f}")
+    if best:
+        ratio = best["two-limits"].req_per_s / best["no-limits"].req_per_s
+        print(f"throughput ratio two-limits / no-limits: {ratio:.2f}")
     base = _p99(unloaded)
     print(f"legitimate client alone: p99 {base:.0f} µs")
     print(
@@ -262,6 +336,21 @@ def report(
         print(f"highest refusal rate with the legitimate p99 within 2x: {max(passing):.0f}/s")
     else:
         print("no flood rate kept the legitimate p99 within 2x")
+    _report_unpaced(unpaced)
+
+
+def _report_unpaced(unpaced: dict[str, list[WrkResult]]) -> None:
+    """429/s, CPU µs per 429 and 429 per CPU-second (the gateway is pinned: per core), medians."""
+    print("unpaced one-IP flood | 429/s (median) | cpu µs per 429 | 429/s per core | rounds (429/s)")
+    medians: dict[str, float] = {}
+    for name, results in unpaced.items():
+        rate = statistics.median(r.errors / r.seconds for r in results)
+        cpu_us = statistics.median(r.cpu_seconds * 1e6 / r.errors for r in results if r.errors)
+        medians[name] = per_core = 1e6 / cpu_us
+        rounds = ", ".join(f"{r.errors / r.seconds:.0f}" for r in results)
+        print(f"{name:>20} | {rate:>14.0f} | {cpu_us:>14.1f} | {per_core:>14.0f} | {rounds}")
+    if "flood-base" in medians:
+        print(f"429/s per core, this tree / compare tree: {medians['flood'] / medians['flood-base']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -23,22 +23,39 @@ log = structlog.get_logger("gateway.public")
 
 
 def render_problem(error: GatewayError, ctx: RequestContext | None, request_id: str) -> web.Response:
-    """The one place a refusal becomes a response (SPEC §13)."""
-    headers = problem_headers(error)
-    headers["X-Request-ID"] = request_id
-    headers["X-Content-Type-Options"] = "nosniff"
+    """The one place a refusal becomes a response (SPEC §13); the lean listener writes the same
+    head and body from templates made here too (``gateway.http1.problem``)."""
+    headers = problem_response_headers(error, ctx, request_id)
     if ctx is not None:
-        ctx.status = error.status
-        ctx.refusal = error.slug
-        if ctx.runtime.tls:
-            headers["Strict-Transport-Security"] = HSTS
-        for name, value in ctx.response_headers.items():
-            headers.setdefault(name, value)
-    METRICS.count_refusal(error.slug)
+        note_refusal(error, ctx)
+    else:
+        METRICS.count_refusal(error.slug)
     response = web.Response(status=error.status, body=problem_body(error, request_id), headers=headers)
     if isinstance(error, RequestTimeout):
         response.force_close()  # the rest of the body is never read: the connection cannot be reused
     return response
+
+
+def problem_response_headers(
+    error: GatewayError, ctx: RequestContext | None, request_id: str
+) -> dict[str, str]:
+    """A refusal's headers, in the order they go out."""
+    headers = problem_headers(error)
+    headers["X-Request-ID"] = request_id
+    headers["X-Content-Type-Options"] = "nosniff"
+    if ctx is not None:
+        if ctx.runtime.tls:
+            headers["Strict-Transport-Security"] = HSTS
+        for name, value in ctx.response_headers.items():
+            headers.setdefault(name, value)
+    return headers
+
+
+def note_refusal(error: GatewayError, ctx: RequestContext) -> None:
+    """What the access line and the metrics record of every refusal (each one counted)."""
+    ctx.status = error.status
+    ctx.refusal = error.slug
+    METRICS.count_refusal(error.slug)
 
 
 def begin_request(request: web.BaseRequest | LeanRequest, runtime: Runtime) -> RequestContext:

@@ -41,20 +41,40 @@ OVERRIDE_HEADERS = frozenset(
 RESPONSE_STRIPPED = frozenset(("server", "x-powered-by"))
 
 
+_MEMO_LIMIT = 4096  # distinct peer and hop addresses remembered per runtime
+
+
 class TrustedProxies:
     def __init__(self, networks: Sequence[IPNetwork]) -> None:
         self._networks = tuple(networks)
+        # address text → trusted or not, None when it is no IP address. Peers and hops repeat
+        # from request to request; parsing each one again was a tenth of a refusal's cost.
+        self._memo: dict[str, bool | None] = {}
 
-    def __contains__(self, address: str) -> bool:
-        if not self._networks:
-            return False
+    def _verdict(self, address: str) -> bool | None:
+        memo = self._memo
+        try:
+            return memo[address]
+        except KeyError:
+            pass
+        verdict = self._classify(address)
+        if len(memo) >= _MEMO_LIMIT:
+            # SECURITY: memory exhaustion — spoofed X-Forwarded-For hops cannot grow the memo.
+            memo.clear()
+        memo[address] = verdict
+        return verdict
+
+    def _classify(self, address: str) -> bool | None:
         try:
             ip = ipaddress.ip_address(address)
         except ValueError:
-            return False
+            return None
         if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
             ip = ip.ipv4_mapped  # a dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d
         return any(ip in net for net in self._networks)
+
+    def __contains__(self, address: str) -> bool:
+        return bool(self._networks) and self._verdict(address) is True
 
     def client_ip(self, peer: str, forwarded_for: Iterable[str]) -> str:
         """The rightmost hop not in ``trusted_proxies`` (SPEC §8)."""
@@ -64,13 +84,12 @@ class TrustedProxies:
         hops = [h.strip() for value in forwarded_for for h in value.split(",")]
         client = peer
         for hop in reversed(hops):
-            try:
-                ipaddress.ip_address(hop)
-            except ValueError:
+            trusted = self._verdict(hop)
+            if trusted is None:
                 # SECURITY: garbage in the chain ends the walk at the last hop a trusted proxy vouched for.
                 break
             client = hop
-            if hop not in self:
+            if not trusted:
                 break
         return client
 

@@ -46,6 +46,21 @@ class LeanDownstream:
     def started(self) -> bool:
         return self.status != 0
 
+    @property
+    def protocol(self) -> LeanProtocol:
+        return self._protocol
+
+    @property
+    def request(self) -> LeanRequest:
+        return self._request
+
+    def started_as(self, status: int, keep_alive: bool) -> None:
+        """A whole answer with a body was written by someone else (``gateway.http1.problem``)."""
+        if self.status:
+            raise ResponseStarted("response already started")
+        self.status = status
+        self.keep_alive = keep_alive
+
     def _head(
         self,
         status: int,

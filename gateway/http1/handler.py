@@ -11,10 +11,11 @@ import structlog
 from aiohttp import ClientConnectionResetError, web
 
 from gateway.access_audit import audit_access
-from gateway.app import CLIENT_GONE, begin_request, render_problem
+from gateway.app import CLIENT_GONE, begin_request
 from gateway.context import RequestContext
 from gateway.errors import GatewayError, InternalError
 from gateway.http1.downstream import LeanDownstream
+from gateway.http1.problem import send_problem
 from gateway.http1.request import LeanRequest
 from gateway.metrics import METRICS
 from gateway.pipeline import PIPELINE, RESPONSE_CHECKS
@@ -88,7 +89,7 @@ class LeanPublicHandler:
             down.abort()
             return False
         try:
-            await down.send_response(render_problem(error, ctx, ctx.request_id))
+            await send_problem(error, ctx, down)
         except ConnectionResetError:
             return False
         return True

@@ -249,6 +249,10 @@ class LeanProtocol(asyncio.Protocol):
             raise ConnectionResetError("Connection lost")
         transport.writelines(data)
 
+    @property
+    def writing_paused(self) -> bool:
+        return self._writing_paused
+
     async def drain(self) -> None:
         if not self._writing_paused:
             return

@@ -97,3 +97,16 @@ class ResponseReader:
             rest = self.buffer.partition(b"\r\n\r\n")[2]
         self.buffer = rest[length:]
         return status_line, headers, rest[:length]
+
+    def read_head_only(self) -> tuple[str, dict[str, str], bytes]:
+        """The answer to a HEAD request: its Content-Length announces a body that never comes."""
+        while b"\r\n\r\n" not in self.buffer:
+            if not self._fill():
+                return "", {}, b""
+        head, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
+        status_line, *lines = head.decode("latin-1").split("\r\n")
+        headers = {}
+        for line in lines:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        return status_line, headers, b""

@@ -42,6 +42,22 @@ def test_membership() -> None:
     assert "10.0.0.1" not in TrustedProxies([])
 
 
+def test_remembered_verdicts_match_fresh_ones_and_the_memory_stays_bounded() -> None:
+    """Verdicts are memoised per address (issue 13: parsing them was a tenth of a refusal);
+    a flood of spoofed hops must neither change an answer nor grow the memo without bound."""
+    proxies = TrustedProxies(TRUSTED_NETS)
+    for _ in range(2):  # the second round is answered from the memo
+        assert proxies.client_ip(LB, ["garbage, 10.0.0.9"]) == "10.0.0.9"
+        assert proxies.client_ip(LB, [f"{CLIENT}, 10.0.0.9"]) == CLIENT
+        assert "::ffff:10.0.0.1" in proxies and "not-an-ip" not in proxies
+    # SECURITY: memory exhaustion — every request brings new X-Forwarded-For hops.
+    for n in range(10_000):
+        hop = f"198.{n // 256 % 256}.{n % 256}.{n // 65536 + 1}"
+        assert proxies.client_ip(LB, [f"{hop}, 10.1.1.1"]) == hop
+    assert len(proxies._memo) <= 4096
+    assert proxies.client_ip(LB, ["garbage, 10.0.0.9"]) == "10.0.0.9"
+
+
 def test_untrusted_peer_is_the_client_even_with_x_forwarded_for() -> None:
     assert PROXIES.client_ip(CLIENT, ["1.2.3.4"]) == CLIENT
     assert PROXIES.client_ip(CLIENT, ["10.0.0.9, 1.2.3.4"]) == CLIENT
