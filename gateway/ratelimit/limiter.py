@@ -6,7 +6,8 @@ library when ``state.url`` is Redis (redis-py implementation, errors wrapped int
 ``StorageError``). Strategies come from ``limits.aio.strategies``; nothing is hand-rolled here.
 
 A dead or hung Redis never holds a request: every stage's calls run under ``store_timeout``
-(default 300 ms, well under the 1 s socket timeout), the first failure opens a circuit
+(default 300 ms, well under the 1 s socket timeout; on the stage-script path the RESP
+connection's deadline watch enforces it, elsewhere an ``asyncio.timeout``), the first failure opens a circuit
 breaker, and while it is open requests go straight to the configured failure mode —
 ``local`` (the per-process memory storage takes over at once), ``allow`` or ``deny`` (503) —
 with no store call at all. One background probe pings Redis every second and closes the
@@ -180,10 +181,11 @@ class RateLimitBackend:
         assert self.breaker is not None
         if not self.breaker.open:
             try:
+                fast = self._stage_script
+                if fast is not None and fast.supports(checks):
+                    # Bounded by the connection's deadline watch (RespProtocol): no timer per call.
+                    return await self._run_fast(fast, checks, stage, state, settings.store_timeout)
                 async with asyncio.timeout(settings.store_timeout):
-                    fast = self._stage_script
-                    if fast is not None and fast.supports(checks):
-                        return await self._run_fast(fast, checks, stage, state, settings.store_timeout)
                     return await self._run(self._remote, checks, stage, "shared", state)
             except STORE_ERRORS as error:
                 if isinstance(error, TimeoutError) and self._stage_script is not None:

@@ -26,6 +26,7 @@ Sliding-window-counter items stay on the public API path.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from collections.abc import Sequence
@@ -198,7 +199,9 @@ class StageScript:
         """Hit every item; the decisions, the binding item's index and its window state.
         ``wanted``: the item whose state an all-admitted stage reports (None: no state then).
         A refused stage always names its binding item and state. ``timeout``: after that many
-        seconds Redis no longer counts the stage (its caller has given up). Raises ``RespError``."""
+        seconds the call fails (``StoreTimeout``) and Redis no longer counts the stage (its caller
+        has given up). Raises ``RespError``."""
+        deadline = asyncio.get_running_loop().time() + timeout
         args: list[str | int] = [self._sha, len(checks)]
         prefix = self._key_prefix
         args.extend(f"{prefix}:{item.item.key_for(item.prefix, value)}" for item, value in checks)
@@ -208,14 +211,14 @@ class StageScript:
         for item, _ in checks:
             args.extend(item.store_args)
         try:
-            reply = await self.client.call("EVALSHA", *args)
+            reply = await self.client.call("EVALSHA", *args, deadline=deadline)
         except ReplyError as error:
             if not str(error).startswith("NOSCRIPT"):
                 raise
             # A NOSCRIPT reply means the script did not run: nothing was counted, so loading it
             # and running once more cannot count twice (Redis restarted or SCRIPT FLUSH).
-            await self.client.call("SCRIPT", "LOAD", self._source)
-            reply = await self.client.call("EVALSHA", *args)
+            await self.client.call("SCRIPT", "LOAD", self._source, deadline=deadline)
+            reply = await self.client.call("EVALSHA", *args, deadline=deadline)
         if reply[0] == b"late":
             raise LateReply("the store ran the stage after its deadline; nothing was counted")
         decisions = [bool(flag) for flag in reply[0]]
