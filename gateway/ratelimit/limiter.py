@@ -86,6 +86,17 @@ def _redis_pool(target: RedisTarget) -> tuple[ConnectionPool, list[Any]]:
     return ConnectionPool(host=host, port=port, db=target.db, **kwargs), []
 
 
+def _strictest(checks: Sequence[tuple[LimitItem, str]]) -> int:
+    """The index of the most restrictive item (the first on a tie, as ``min`` picks): a plain
+    loop, this runs on every request."""
+    best, strictness = 0, checks[0][0].strictness
+    for index in range(1, len(checks)):
+        candidate = checks[index][0].strictness
+        if candidate < strictness:
+            best, strictness = index, candidate
+    return best
+
+
 class CircuitBreaker:
     """Open after a failure; one background probe closes it when the store answers again."""
 
@@ -243,7 +254,7 @@ class RateLimitBackend:
         timeout: float,
     ) -> Verdict:
         """The whole stage in one store call; the same verdicts as ``_run`` on the shared store."""
-        static = min(range(len(checks)), key=lambda i: checks[i][0].strictness)
+        static = _strictest(checks)
         decisions, binding, stats = await fast.run(checks, static if state else None, timeout)
         allowed = all(decisions)
         self._count(stage, "ok" if allowed else "limited")
@@ -265,7 +276,7 @@ class RateLimitBackend:
     ) -> Verdict:
         # The most restrictive item: the smallest quota (App. B shows `q=50;w=1` for
         # "50/second;2000/minute"), the longer window on a tie. Static, so no extra reads.
-        static = min(range(len(checks)), key=lambda i: checks[i][0].strictness)
+        static = _strictest(checks)
         results, stats = await self._hit(strategies, checks, static if state else None)
         refused = [i for i, ok in enumerate(results) if not ok]
         binding = refused[0] if refused else None
