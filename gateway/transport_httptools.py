@@ -588,7 +588,7 @@ def _request_head(
         if has_body and len(declared) == 1 and declared[0].isascii() and declared[0].isdigit():
             length = int(declared[0])
     lines = [f"{method} {target} HTTP/1.1"]
-    lines += [f"{name}: {value}" for name, value in headers.items()]
+    lines += map(": ".join, headers.items())  # (name, value) pairs: no frame per header
     if not has_body:
         if method in _BODY_METHODS:
             lines.append("Content-Length: 0")
