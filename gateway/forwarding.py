@@ -6,6 +6,7 @@ The client IP is the socket peer unless that peer is a trusted proxy; only then 
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Sequence
 
@@ -94,11 +95,23 @@ class TrustedProxies:
         return client
 
 
-def connection_tokens(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str]:
+def connection_tokens(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str] | frozenset[str]:
+    if "Connection" not in headers:
+        return _NO_TOKENS  # the common case (HTTP/1.1 keep-alive): nothing to parse
     tokens: set[str] = set()
     for value in headers.getall("Connection", ()):
         tokens.update(t.strip().lower() for t in value.split(",") if t.strip())
     return tokens
+
+
+_NO_TOKENS: frozenset[str] = frozenset()
+
+
+@functools.lru_cache(maxsize=16)  # one entry per runtime's strip_headers
+def _never_forwarded(drop: frozenset[str]) -> frozenset[str]:
+    """Every lower-case name a request header is dropped by, whoever the peer: one set lookup
+    per header instead of five. ``expect``: the gateway itself answers 100-continue (App. B)."""
+    return HOP_BY_HOP | OVERRIDE_HEADERS | drop | {"host", "expect"}
 
 
 def upstream_request_headers(
@@ -113,31 +126,36 @@ def upstream_request_headers(
 ) -> CIMultiDict[str]:
     """Headers for the upstream: hop-by-hop removed, forwarding headers set or appended."""
     named_hop = connection_tokens(incoming)
-    out: CIMultiDict[str] = CIMultiDict()
+    never = _never_forwarded(drop)
+    kept: list[tuple[str, str]] = []
     for name, value in incoming.items():
         lower = name.lower()
-        if lower in HOP_BY_HOP or lower in named_hop or lower in drop or lower == "host":
+        if lower in never or lower in named_hop:
             continue
-        if lower in OVERRIDE_HEADERS:
-            continue
-        if lower == "expect":
-            continue  # the gateway itself answers 100-continue (App. B)
         if not peer_trusted and (lower.startswith(FORWARDING_PREFIX) or lower in FORWARDING_HEADERS):
             # SECURITY: forged X-Forwarded-*/Forwarded from an untrusted peer are dropped.
             continue
-        out.add(name, value)
-    prior_xff = out.popall("X-Forwarded-For", [])
-    out["X-Forwarded-For"] = ", ".join([*prior_xff, peer_ip])
-    if "X-Forwarded-Proto" not in out:
-        out["X-Forwarded-Proto"] = scheme
-    if "X-Forwarded-Host" not in out and host:
-        out["X-Forwarded-Host"] = host
+        kept.append((name, value))
+    out: CIMultiDict[str] = CIMultiDict(kept)
     node = f'"[{peer_ip}]"' if ":" in peer_ip else peer_ip
     # SECURITY: RFC 7239 quoted-string escaping — a '"' in Host must not inject a forged for=.
     quoted_host = host.replace("\\", "\\\\").replace('"', '\\"')
     element = f"for={node};proto={scheme}" + (f';host="{quoted_host}"' if host else "")
-    prior_fwd = out.popall("Forwarded", [])
-    out["Forwarded"] = ", ".join([*prior_fwd, element])
+    if not peer_trusted:  # none of the client's forwarding headers is left: ours alone
+        out["X-Forwarded-For"] = peer_ip
+        out["X-Forwarded-Proto"] = scheme
+        if host:
+            out["X-Forwarded-Host"] = host
+        out["Forwarded"] = element
+    else:
+        prior_xff = out.popall("X-Forwarded-For", [])
+        out["X-Forwarded-For"] = ", ".join([*prior_xff, peer_ip])
+        if "X-Forwarded-Proto" not in out:
+            out["X-Forwarded-Proto"] = scheme
+        if "X-Forwarded-Host" not in out and host:
+            out["X-Forwarded-Host"] = host
+        prior_fwd = out.popall("Forwarded", [])
+        out["Forwarded"] = ", ".join([*prior_fwd, element])
     out["Host"] = upstream_host
     return out
 

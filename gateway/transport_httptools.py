@@ -225,7 +225,7 @@ class _UpstreamConnection(asyncio.Protocol):
         """Until the next event; ``read_timeout`` of silence sets an ``UpstreamTimeout``."""
         loop = self._loop
         self._deadline = loop.time() + self._read_timeout
-        if self._timer is None:  # one timer per exchange, re-armed lazily: no handle per wait
+        if self._timer is None:  # one timer per connection, re-armed lazily: no handle per wait
             self._timer = loop.call_at(self._deadline, self._on_timer)
         waiter = self._waiter = loop.create_future()
         try:
@@ -260,8 +260,10 @@ class _UpstreamConnection(asyncio.Protocol):
             self._timer = None
 
     def _finish(self) -> None:
+        # The timer stays armed: the next exchange on this connection moves ``_deadline`` and
+        # reuses it, so a kept-alive connection costs one timer per ``read_timeout``, not one per
+        # request. Fired with nobody waiting, it just lapses; close() cancels it.
         self._complete = True
-        self._cancel_timer()
 
     # ---------------------------------------------------------------- the exchange
     async def send_request(self, head: bytes, body: AsyncIterable[bytes] | None, length: int | None) -> None:
@@ -586,7 +588,7 @@ def _request_head(
         if has_body and len(declared) == 1 and declared[0].isascii() and declared[0].isdigit():
             length = int(declared[0])
     lines = [f"{method} {target} HTTP/1.1"]
-    lines += [f"{name}: {value}" for name, value in headers.items()]
+    lines += map(": ".join, headers.items())  # (name, value) pairs: no frame per header
     if not has_body:
         if method in _BODY_METHODS:
             lines.append("Content-Length: 0")

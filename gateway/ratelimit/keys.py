@@ -61,15 +61,16 @@ def derive_hash_key(environ: Mapping[str, str] | None = None) -> bytes:
 class ValueHasher:
     """Keyed BLAKE2b, 96 bits in hex: cheap (< 1 µs) and collision-safe for bucket keys."""
 
-    __slots__ = ("_key",)
+    __slots__ = ("_keyed",)
 
     def __init__(self, key: bytes) -> None:
-        self._key = key[:64]
+        # Keyed once: copying the keyed state skips the key block's compression per value.
+        self._keyed = hashlib.blake2b(key=key[:64], digest_size=12)
 
     def __call__(self, value: str) -> str:
-        return hashlib.blake2b(
-            value.encode("utf-8", "surrogatepass"), key=self._key, digest_size=12
-        ).hexdigest()
+        digest = self._keyed.copy()
+        digest.update(value.encode("utf-8", "surrogatepass"))
+        return digest.hexdigest()
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,8 @@ library when ``state.url`` is Redis (redis-py implementation, errors wrapped int
 ``StorageError``). Strategies come from ``limits.aio.strategies``; nothing is hand-rolled here.
 
 A dead or hung Redis never holds a request: every stage's calls run under ``store_timeout``
-(default 300 ms, well under the 1 s socket timeout), the first failure opens a circuit
+(default 300 ms, well under the 1 s socket timeout; on the stage-script path the RESP
+connection's deadline watch enforces it, elsewhere an ``asyncio.timeout``), the first failure opens a circuit
 breaker, and while it is open requests go straight to the configured failure mode —
 ``local`` (the per-process memory storage takes over at once), ``allow`` or ``deny`` (503) —
 with no store call at all. One background probe pings Redis every second and closes the
@@ -83,6 +84,17 @@ def _redis_pool(target: RedisTarget) -> tuple[ConnectionPool, list[Any]]:
     if kwargs.pop("ssl", False):
         kwargs["connection_class"] = SSLConnection
     return ConnectionPool(host=host, port=port, db=target.db, **kwargs), []
+
+
+def _strictest(checks: Sequence[tuple[LimitItem, str]]) -> int:
+    """The index of the most restrictive item (the first on a tie, as ``min`` picks): a plain
+    loop, this runs on every request."""
+    best, strictness = 0, checks[0][0].strictness
+    for index in range(1, len(checks)):
+        candidate = checks[index][0].strictness
+        if candidate < strictness:
+            best, strictness = index, candidate
+    return best
 
 
 class CircuitBreaker:
@@ -180,10 +192,11 @@ class RateLimitBackend:
         assert self.breaker is not None
         if not self.breaker.open:
             try:
+                fast = self._stage_script
+                if fast is not None and fast.supports(checks):
+                    # Bounded by the connection's deadline watch (RespProtocol): no timer per call.
+                    return await self._run_fast(fast, checks, stage, state, settings.store_timeout)
                 async with asyncio.timeout(settings.store_timeout):
-                    fast = self._stage_script
-                    if fast is not None and fast.supports(checks):
-                        return await self._run_fast(fast, checks, stage, state, settings.store_timeout)
                     return await self._run(self._remote, checks, stage, "shared", state)
             except STORE_ERRORS as error:
                 if isinstance(error, TimeoutError) and self._stage_script is not None:
@@ -241,7 +254,7 @@ class RateLimitBackend:
         timeout: float,
     ) -> Verdict:
         """The whole stage in one store call; the same verdicts as ``_run`` on the shared store."""
-        static = min(range(len(checks)), key=lambda i: checks[i][0].strictness)
+        static = _strictest(checks)
         decisions, binding, stats = await fast.run(checks, static if state else None, timeout)
         allowed = all(decisions)
         self._count(stage, "ok" if allowed else "limited")
@@ -263,7 +276,7 @@ class RateLimitBackend:
     ) -> Verdict:
         # The most restrictive item: the smallest quota (App. B shows `q=50;w=1` for
         # "50/second;2000/minute"), the longer window on a tie. Static, so no extra reads.
-        static = min(range(len(checks)), key=lambda i: checks[i][0].strictness)
+        static = _strictest(checks)
         results, stats = await self._hit(strategies, checks, static if state else None)
         refused = [i for i, ok in enumerate(results) if not ok]
         binding = refused[0] if refused else None

@@ -42,6 +42,10 @@ class LimitItem:
     # The stage script's per-item arguments (stage_script.item_args), as strings built once:
     # a number handed to redis.call is formatted by sprintf inside Redis, a string is not.
     store_args: tuple[str, ...] = ()
+    # ``item.key_for(prefix, value)`` is ``key_head + value + key_tail`` (limits' key grammar),
+    # split once here so the stage script's keys cost one concatenation per request.
+    key_head: str = ""
+    key_tail: str = ""
 
     def applies(self, method: str) -> bool:
         return self.methods is None or method in self.methods
@@ -89,6 +93,8 @@ def compile_rule(scope: str, policy: str, index: int, rule: RateLimitRule) -> li
                 strictness=(parsed.amount, -window),
                 policy_header=policy_header(policy, parsed.amount, window),
                 store_args=item_args(rule.strategy, parsed.amount, window, rule.cost),
+                key_head=f"{parsed.namespace}/{prefix}/",
+                key_tail=f"/{parsed.amount}/{parsed.multiples}/{parsed.GRANULARITY.name}",
             )
         )
     return items

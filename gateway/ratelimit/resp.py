@@ -8,11 +8,16 @@ one event-loop iteration are buffered and written with ONE ``transport.write`` f
 (Redis answers a connection's commands in order).
 
 Failure semantics are the limiter's: every error raised here is a ``RespError`` (a store
-failure: the breaker trips and ``on_store_failure`` applies). A dropped connection fails every
-pending command at once and the next call reconnects (AUTH, SELECT, CLIENT SETNAME from the
-parsed ``state.url``). Pending commands are capped: a Redis that stops reading cannot make the
-process buffer without bound; over the cap is a store failure too. ``redis+sentinel://`` is not
-served here (master discovery stays with redis-py).
+failure: the breaker trips and ``on_store_failure`` applies). A command may carry a deadline
+(``store_timeout``): the connection keeps each pending command's deadline beside its future and
+ONE timer, re-armed only when it fires, watches them all (a per-call ``asyncio.timeout`` was
+≈ 6 % of the process). Redis answers in order, so an overdue command means everything behind it
+waits on a hung or slow Redis: the connection is dropped and every pending command fails with
+``StoreTimeout`` at once, as the per-call timeouts did (the first one aborted the connection).
+A dropped connection fails every pending command at once and the next call reconnects (AUTH,
+SELECT, CLIENT SETNAME from the parsed ``state.url``). Pending commands are capped: a Redis that
+stops reading cannot make the process buffer without bound; over the cap is a store failure
+too. ``redis+sentinel://`` is not served here (master discovery stays with redis-py).
 """
 
 from __future__ import annotations
@@ -47,6 +52,16 @@ class Overloaded(RespError):
     """Too many commands wait for replies: Redis is not keeping up."""
 
 
+class StoreTimeout(RespError, TimeoutError):
+    """A command's deadline passed before its reply came (``store_timeout``)."""
+
+
+NO_DEADLINE = float("inf")
+# uvloop's timers have millisecond resolution: a timer may fire a hair before the deadline it was
+# armed for, which must not cost a second timer.
+_TIMER_SLACK = 0.001
+
+
 class RespProtocol(asyncio.Protocol):
     """One connection: a write buffer flushed once per loop iteration, a FIFO of futures."""
 
@@ -55,6 +70,9 @@ class RespProtocol(asyncio.Protocol):
         self._max_pending = max_pending
         self._reader = hiredis.Reader(replyError=ReplyError)
         self._waiting: deque[asyncio.Future[Any]] = deque()
+        self._deadlines: deque[float] = deque()  # loop time by which each pending reply is due
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = NO_DEADLINE
         self._out: list[bytes] = []
         self._flush_scheduled = False
         self.transport: asyncio.Transport | None = None
@@ -65,14 +83,18 @@ class RespProtocol(asyncio.Protocol):
         # uvloop's transports are not asyncio.Transport subclasses (no isinstance check here).
         self.transport = cast(asyncio.Transport, transport)
 
-    def send(self, payload: bytes) -> asyncio.Future[Any]:
-        """Queue one packed command; its reply resolves the returned future."""
+    def send(self, payload: bytes, deadline: float = NO_DEADLINE) -> asyncio.Future[Any]:
+        """Queue one packed command; its reply resolves the returned future. ``deadline`` (loop
+        time): if the reply has not come by then, the connection is dropped (``StoreTimeout``)."""
         if self.closed:
             raise ConnectionLost("store connection closed")
         if len(self._waiting) >= self._max_pending:
             raise Overloaded("too many store commands pending")
         future = self._loop.create_future()
         self._waiting.append(future)
+        self._deadlines.append(deadline)
+        if deadline < self._timer_at:
+            self._arm(deadline)
         self._out.append(payload)
         if not self._flush_scheduled:
             # Every command issued until the loop comes round again shares this one write.
@@ -86,13 +108,43 @@ class RespProtocol(asyncio.Protocol):
         if out and not self.closed and self.transport is not None:
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
+    def _arm(self, deadline: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = deadline
+        self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        """Lazy: replies do not disarm the timer; when it fires it looks at what is pending now."""
+        self._timer, self._timer_at = None, NO_DEADLINE
+        if not self._deadlines or self.closed:
+            return
+        due = min(self._deadlines)  # deadlines are FIFO unless store_timeout changed by a reload
+        if due > self._loop.time() + _TIMER_SLACK:
+            if due != NO_DEADLINE:
+                self._arm(due)
+            return
+        # A reply overdue: Redis is hung or far behind, and whatever follows waits behind it.
+        self._fail_pending(StoreTimeout("store reply overdue (store_timeout)"))
+        self.abort()
+
+    def _fail_pending(self, error: RespError) -> None:
+        self._out.clear()
+        self._deadlines.clear()
+        waiting, self._waiting = self._waiting, deque()
+        for future in waiting:
+            if not future.done():
+                future.set_exception(error)
+
     def data_received(self, data: bytes) -> None:
         reader = self._reader
         waiting = self._waiting
+        deadlines = self._deadlines
         try:
             reader.feed(data)
             while (reply := reader.gets()) is not False:
                 future = waiting.popleft()  # IndexError: a reply nobody asked for
+                deadlines.popleft()
                 if future.done():  # its caller gave up (store_timeout): the reply is dropped
                     continue
                 if isinstance(reply, ReplyError):
@@ -108,11 +160,10 @@ class RespProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self._out.clear()
-        waiting, self._waiting = self._waiting, deque()
-        for future in waiting:
-            if not future.done():
-                future.set_exception(ConnectionLost("store connection lost"))
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer, self._timer_at = None, NO_DEADLINE
+        self._fail_pending(ConnectionLost("store connection lost"))
 
     def abort(self) -> None:
         if self.transport is not None and not self.closed:
@@ -149,12 +200,23 @@ class RespClient:
         self._conn: RespProtocol | None = None
         self._lock: asyncio.Lock | None = None
 
-    async def call(self, *args: str | bytes | int | float) -> Any:
-        """Send one command (coalesced with the others of this loop iteration); its reply."""
+    async def call(self, *args: str | bytes | int | float, deadline: float = NO_DEADLINE) -> Any:
+        """Send one command (coalesced with the others of this loop iteration); its reply.
+        ``deadline`` (``loop.time()``): ``StoreTimeout`` if the reply (and a reconnect before
+        it) is not in by then."""
         conn = self._conn
         if conn is None or conn.closed:
-            conn = await self._connected()
-        return await conn.send(hiredis.pack_command(args))
+            conn = await self._connect_by(deadline)
+        return await conn.send(hiredis.pack_command(args), deadline)
+
+    async def _connect_by(self, deadline: float) -> RespProtocol:
+        if deadline == NO_DEADLINE:
+            return await self._connected()
+        try:
+            async with asyncio.timeout_at(deadline):  # rare: only when the connection is gone
+                return await self._connected()
+        except TimeoutError:
+            raise StoreTimeout("store connection not ready in time (store_timeout)") from None
 
     async def _connected(self) -> RespProtocol:
         if self._lock is None:

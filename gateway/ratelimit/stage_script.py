@@ -26,6 +26,7 @@ Sliding-window-counter items stay on the public API path.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from collections.abc import Sequence
@@ -34,9 +35,7 @@ from limits.util import WindowStats
 
 from gateway.ratelimit.policies import LimitItem
 from gateway.ratelimit.resp import ReplyError, RespClient, RespError
-from gateway.ratelimit.script_args import KINDS
 
-FAST_STRATEGIES = frozenset(KINDS)
 ARGS_PER_ITEM = 6  # script_args.item_args
 HEAD = 16  # list entries one LRANGE reads for the window state's first probes
 
@@ -190,7 +189,11 @@ class StageScript:
 
     @staticmethod
     def supports(checks: Sequence[tuple[LimitItem, str]]) -> bool:
-        return all(item.strategy in FAST_STRATEGIES for item, _ in checks)
+        # A loop, not all(genexpr): no generator object per request on the hot path.
+        for item, _ in checks:  # noqa: SIM110
+            if not item.store_args:  # built for the script's strategies only (script_args)
+                return False
+        return True
 
     async def run(
         self, checks: Sequence[tuple[LimitItem, str]], wanted: int | None, timeout: float = 1.0
@@ -198,24 +201,26 @@ class StageScript:
         """Hit every item; the decisions, the binding item's index and its window state.
         ``wanted``: the item whose state an all-admitted stage reports (None: no state then).
         A refused stage always names its binding item and state. ``timeout``: after that many
-        seconds Redis no longer counts the stage (its caller has given up). Raises ``RespError``."""
-        args: list[str | int] = [self._sha, len(checks)]
+        seconds the call fails (``StoreTimeout``) and Redis no longer counts the stage (its caller
+        has given up). Raises ``RespError``."""
+        deadline = asyncio.get_running_loop().time() + timeout
         prefix = self._key_prefix
-        args.extend(f"{prefix}:{item.item.key_for(item.prefix, value)}" for item, value in checks)
+        args: list[str | int] = [self._sha, len(checks)]
+        args += [f"{prefix}:{item.key_head}{value}{item.key_tail}" for item, value in checks]
         now = time.time()
-        args += (repr(now), 0 if wanted is None else wanted + 1)
-        args.append(repr(now + timeout + self.client.clock_offset))
+        late_after = now + timeout + self.client.clock_offset  # Redis' clock: counts nothing after
+        args += (repr(now), 0 if wanted is None else wanted + 1, repr(late_after))
         for item, _ in checks:
-            args.extend(item.store_args)
+            args += item.store_args
         try:
-            reply = await self.client.call("EVALSHA", *args)
+            reply = await self.client.call("EVALSHA", *args, deadline=deadline)
         except ReplyError as error:
             if not str(error).startswith("NOSCRIPT"):
                 raise
             # A NOSCRIPT reply means the script did not run: nothing was counted, so loading it
             # and running once more cannot count twice (Redis restarted or SCRIPT FLUSH).
-            await self.client.call("SCRIPT", "LOAD", self._source)
-            reply = await self.client.call("EVALSHA", *args)
+            await self.client.call("SCRIPT", "LOAD", self._source, deadline=deadline)
+            reply = await self.client.call("EVALSHA", *args, deadline=deadline)
         if reply[0] == b"late":
             raise LateReply("the store ran the stage after its deadline; nothing was counted")
         decisions = [bool(flag) for flag in reply[0]]

@@ -660,6 +660,32 @@ async def test_slow_body_times_out_from_iter_chunks(raw_server: Any, make_transp
     assert received == [b"hello"]
 
 
+async def test_read_timeout_restarts_with_each_exchange_on_a_kept_alive_connection(
+    raw_server: Any, make_transport: MakeTransport
+) -> None:
+    # The read timer outlives an exchange (one timer per connection, not per request): an earlier
+    # exchange's deadline must neither cut a later one short nor leave it unbounded.
+    delays = [0.0, 0.35, 10.0]
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for delay in delays:
+            await reader.readuntil(b"\r\n\r\n")
+            await asyncio.sleep(delay)
+            writer.write(OK)
+            await writer.drain()
+
+    server = await raw_server(handler)
+    transport = make_transport(server.url, read_timeout=0.4)
+    assert (await fetch(transport))[1] == b"ok"
+    await asyncio.sleep(0.2)
+    assert (await fetch(transport))[1] == b"ok"  # 0.55 s after the first exchange began
+    started = time.monotonic()
+    with pytest.raises(UpstreamTimeout):
+        await fetch(transport)
+    assert 0.35 < time.monotonic() - started < 1.5
+    assert server.connections == 1  # all three on the one kept-alive connection
+
+
 async def test_connection_broken_mid_body(raw_server: Any, make_transport: MakeTransport) -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")

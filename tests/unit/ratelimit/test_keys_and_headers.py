@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+
+import pytest
 
 from gateway.ratelimit.body_fields import counted_fields
 from gateway.ratelimit.headers import policy_header, retry_after, state_header
 from gateway.ratelimit.keys import ValueHasher, canonical_username, derive_hash_key
+from gateway.ratelimit.model import RateLimitRule
+from gateway.ratelimit.policies import compile_rule
 
 
 def test_aliases_of_one_username_are_one_counter() -> None:
@@ -23,6 +28,25 @@ def test_hash_is_keyed_by_the_master_key_and_stable() -> None:
     digest = ValueHasher(key_a)
     assert digest("alice") == ValueHasher(key_a)("alice") != ValueHasher(key_b)("alice")
     assert len(digest("x" * 10_000)) == 24 and "alice" not in digest("alice")
+
+
+def test_hash_is_keyed_blake2b_so_existing_buckets_keep_their_keys() -> None:
+    key = derive_hash_key({})
+    digest = ValueHasher(key)
+    expected = hashlib.blake2b(b"iss\x00alice", key=key, digest_size=12).hexdigest()
+    # Twice: the precomputed keyed state is copied, never consumed by a value.
+    assert digest("iss\x00alice") == digest("iss\x00alice") == expected
+    assert digest("bob") != expected
+
+
+@pytest.mark.parametrize("strategy", ["moving-window", "fixed-window", "sliding-window-counter"])
+@pytest.mark.parametrize("limit", ["50/second;2000/minute", "3 per 10 minutes", "1/day"])
+def test_precomputed_store_keys_are_limits_own_keys(strategy: str, limit: str) -> None:
+    # The stage script and limits' public API (fallback, probe, operator tools) share buckets.
+    rule = RateLimitRule(key="user", limit=limit, strategy=strategy)
+    for item in compile_rule("policy:api", "api", 0, rule):
+        value = ValueHasher(derive_hash_key({}))("someone")
+        assert item.key_head + value + item.key_tail == item.item.key_for(item.prefix, value)
 
 
 def test_header_formats_follow_the_draft() -> None:

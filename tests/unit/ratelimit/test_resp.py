@@ -1,16 +1,18 @@
 """The lean RESP connection on a real Redis: commands of one loop iteration share one write,
-a dropped connection fails what is pending and reconnects, pending commands are capped, and
-the handshake (AUTH, SELECT) follows the URL without ever echoing the password."""
+a dropped connection fails what is pending and reconnects, pending commands are capped, a
+command's deadline (store_timeout) is kept without a timer per command, and the handshake (AUTH,
+SELECT) follows the URL without ever echoing the password."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 import redis.asyncio
 import uvloop
 
-from gateway.ratelimit.resp import ConnectionLost, Overloaded, ReplyError, RespClient
+from gateway.ratelimit.resp import ConnectionLost, Overloaded, ReplyError, RespClient, StoreTimeout
 from gateway.state.redis_url import parse_redis_url
 from tests.support.redis_server import PASSWORD, RedisServer
 
@@ -66,6 +68,51 @@ async def test_a_dropped_connection_fails_pending_and_reconnects(redis_server: R
     finally:
         if redis_server.paused:
             redis_server.resume()
+        await fast.close()
+
+
+async def test_a_hung_redis_fails_every_pending_command_by_the_earliest_deadline(
+    redis_server: RedisServer,
+) -> None:
+    fast = RespClient(parse_redis_url(redis_server.url))
+    loop = asyncio.get_running_loop()
+    try:
+        await fast.call("PING", deadline=loop.time() + 1)
+        redis_server.pause()
+        started = loop.time()
+        # A later deadline first (a reload may shorten store_timeout): the earliest one rules,
+        # and whatever waits behind an overdue reply fails with it (Redis answers in order).
+        late = asyncio.ensure_future(fast.call("PING", deadline=started + 5))
+        soon = [asyncio.ensure_future(fast.call("PING", deadline=started + 0.2)) for _ in range(3)]
+        results = await asyncio.wait_for(asyncio.gather(late, *soon, return_exceptions=True), 2)
+        elapsed = loop.time() - started
+        assert all(isinstance(result, StoreTimeout) for result in results), results
+        assert isinstance(results[0], TimeoutError)  # the limiter's breaker sees a timeout
+        assert 0.15 < elapsed < 0.5
+        # Reconnecting to the hung Redis (its handshake never answers) is bounded too.
+        started = time.monotonic()
+        with pytest.raises(StoreTimeout):
+            await asyncio.wait_for(fast.call("PING", deadline=loop.time() + 0.2), 2)
+        assert time.monotonic() - started < 0.5
+        redis_server.resume()
+        assert await fast.call("PING", deadline=loop.time() + 1) == b"PONG"
+    finally:
+        if redis_server.paused:
+            redis_server.resume()
+        await fast.close()
+
+
+async def test_replies_in_time_keep_the_connection(redis_url: str) -> None:
+    fast = RespClient(parse_redis_url(redis_url))
+    loop = asyncio.get_running_loop()
+    try:
+        for n in range(3):  # the deadline watch outlives the replies it watched: it must not fire
+            assert await fast.call("ECHO", str(n), deadline=loop.time() + 0.05) == str(n).encode()
+            await asyncio.sleep(0.06)
+        conn = fast._conn
+        assert await fast.call("PING", deadline=loop.time() + 0.05) == b"PONG"
+        assert fast._conn is conn and conn is not None and not conn.closed
+    finally:
         await fast.close()
 
 
