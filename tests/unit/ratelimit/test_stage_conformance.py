@@ -296,3 +296,21 @@ async def test_stages_answered_by_the_failure_mode_are_never_counted(
         if redis_server.paused:
             redis_server.resume()
         await backend.close()
+
+
+async def test_hits_timestamped_in_the_past_are_not_taken_for_late_stages(
+    redis_url: str, items: ItemFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lateness deadline reads the wall clock itself: hits carrying an older timestamp (the
+    conformance test's virtual clock lags real time on a slow host) are still counted."""
+    clock = FakeClock()
+    clock.now -= 30
+    monkeypatch.setattr(stage_script, "time", clock)
+    backend = RateLimitBackend(redis_url)
+    (item,) = items("5/minute")
+    checks = [(item, backend.hash("lagging-clock"))]
+    try:
+        verdict = await backend.check(checks, limit_settings("deny"), "route")
+        assert verdict.allowed and verdict.remaining == 4 and verdict.source == "shared"
+    finally:
+        await backend.close()
