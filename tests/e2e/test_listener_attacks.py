@@ -34,9 +34,9 @@ def listener(
 
 
 def _send_unterminated(sock: socket.socket, start: bytes, size: int) -> None:
-    """``start`` then ``size`` bytes of one header line that never ends; the gateway may refuse
-    and close before all of it is sent."""
-    sock.sendall(b"GET / HTTP/1.1\r\nHost: gw\r\n" + start)
+    """``start`` then ``size`` more bytes of its last line, which never ends; the gateway may
+    refuse and close before all of it is sent."""
+    sock.sendall(start)
     block = SECRET * 4096
     try:
         for _ in range(size // len(block)):
@@ -45,7 +45,18 @@ def _send_unterminated(sock: socket.socket, start: bytes, size: int) -> None:
         pass  # refused mid-way: the answer is what counts
 
 
-@pytest.mark.parametrize("start", [b"X-Big: ", b"X-"], ids=["value", "name"])
+HEAD = b"GET / HTTP/1.1\r\nHost: gw\r\n"
+CHUNKED = b"POST /p HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n"
+
+
+# A trailer line is worse than a head line on the lean listener: body bytes keep arriving, so
+# the body deadline keeps moving and no deadline ever ends it (memory grows for as long as the
+# client sends).
+@pytest.mark.parametrize(
+    "start",
+    [HEAD + b"X-Big: ", HEAD + b"X-", CHUNKED + b"X-Trailer: "],
+    ids=["value", "name", "trailer"],
+)
 def test_a_header_line_over_the_limit_is_refused_before_it_ends(listener: GatewayProc, start: bytes) -> None:
     """SECURITY: memory exhaustion — a header line that never ends must be refused once it is
     past the parser's limit, not buffered until the head deadline (llhttp hands a field over
