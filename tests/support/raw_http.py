@@ -44,6 +44,13 @@ def _read_body(sock: socket.socket, body: bytes, length: int) -> bytes:
     return body
 
 
+def read_head(sock: socket.socket) -> tuple[str, dict[str, str], bytes]:
+    """The status line, the headers (lower-case names) and what followed them: for an answer
+    whose end is not framed (a 101, after which the connection speaks another protocol)."""
+    head, headers, rest = _read_head(sock)
+    return head.split("\r\n", 1)[0], headers, rest
+
+
 def read_response(sock: socket.socket) -> tuple[str, dict[str, str], bytes]:
     """The status line, the headers (lower-case names, last value wins) and the body (by
     Content-Length, else until the server closes)."""
