@@ -238,6 +238,8 @@ async def _proxy_websocket(
         autoping=False,
         max_msg_size=0,
     )
+    # App. C "every answer is the gateway's": the 101 too (aiohttp would name its own version).
+    downstream.headers.update(ctx.response_headers)
     ctx.status = 101
     await downstream.prepare(request)
     accepted(downstream)

@@ -121,6 +121,9 @@ class LeanServer:
         self.keepalive_timeout = keepalive_timeout
         self.max_line_size = max_line_size
         self.max_field_size = max_field_size
+        # A head (or a trailer section) past this is refused while it still grows: more than any
+        # head the gateway's own header limits would let through.
+        self.max_unframed = max_line_size + max_field_size
         self.max_headers = max_headers
         self.connections: set[LeanProtocol] = set()
         self.closing = False
@@ -167,6 +170,10 @@ class LeanProtocol(asyncio.Protocol):
         self._upgrade: _Upgrade | None = None
         self._dead = False  # a parser refusal is queued: nothing more is read
         self._head_open = False  # a head has begun and is not complete yet
+        # Bytes fed since the parser last showed progress (a new message, a body piece, a chunk):
+        # llhttp hands a header or trailer field over only once its line ends, so an endless line
+        # is bounded here, while it grows.
+        self._unframed = 0
         self._lingering = False  # answered; the rest of the body is read and dropped
         self._idle_since = 0.0  # when the last answer ended (the keep-alive timer checks it)
         # flow control
@@ -310,6 +317,9 @@ class LeanProtocol(asyncio.Protocol):
         if self._body_timer is not None:
             # Body bytes arrived: the client has another full interval (the timer re-arms lazily).
             self._body_deadline = self._loop.time() + self._guard.body_timeout
+        counting = self._head_open or self._parsing is not None
+        if counting:
+            self._unframed += len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -317,6 +327,11 @@ class LeanProtocol(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._refuse_parse(exc, data)
         else:
+            if counting and self._unframed > self._server.max_unframed:
+                # SECURITY: memory and CPU exhaustion — one header or trailer line that never
+                # ends (llhttp copies the growing field on every read) is refused as too large.
+                self._refuse(HeadersTooLarge("The request head is too large"), "LineTooLong")
+                return
             # A head begun and not finished in this read starts its deadline now; a head that
             # arrives whole (nearly every request) never costs a timer.
             if self._head_open and self._head_timer is None:
@@ -325,6 +340,7 @@ class LeanProtocol(asyncio.Protocol):
     # -- parser callbacks ----------------------------------------------------------------------
     def on_message_begin(self) -> None:
         self._head_open = True
+        self._unframed = 0
         self._url = b""
         self._headers = []
         self._raw_headers = []
@@ -389,7 +405,11 @@ class LeanProtocol(asyncio.Protocol):
             self._parsing = request
         self._enqueue(request)
 
+    def on_chunk_header(self) -> None:
+        self._unframed = 0
+
     def on_body(self, body: bytes) -> None:
+        self._unframed = 0
         if self._lingering:
             return
         if self._parsing is not None:
@@ -397,7 +417,10 @@ class LeanProtocol(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         if self._lingering:
-            self._close()  # the whole body is in: the answer is safe, the connection ends
+            # The whole body is in: the answer is safe, the connection ends. Nothing after it in
+            # this read may start another request on a closing connection.
+            self._dead = True
+            self._close()
             return
         parsing, self._parsing = self._parsing, None
         if parsing is not None:
@@ -420,9 +443,11 @@ class LeanProtocol(asyncio.Protocol):
         self._enqueue(upgrade)
 
     def _refuse_parse(self, exc: Exception, data: bytes) -> None:
-        error = _parser_error(exc, data)
+        self._refuse(_parser_error(exc, data), type(exc).__name__)
+
+    def _refuse(self, error: GatewayError, cause: str) -> None:
         # SECURITY: never log or echo the parser's message: it can quote a header value.
-        log.warning("request_rejected_by_parser", status=error.status, error_class=type(exc).__name__)
+        log.warning("request_rejected_by_parser", status=error.status, error_class=cause)
         self._dead = True
         self._update_reading()
         parsing, self._parsing = self._parsing, None
@@ -431,9 +456,14 @@ class LeanProtocol(asyncio.Protocol):
             # never started, the refusal takes its place.
             self._queue.remove(parsing)
         elif parsing is not None:
-            # A body that broke off mid-way (bad chunking): its reader gets the error and the
-            # connection closes after whatever answer that request gets.
-            parsing.content.set_exception(BadRequest("The request body could not be parsed"))
+            # A body that broke off mid-way (bad chunking, an endless trailer): its reader gets
+            # the error and the connection closes after whatever answer that request gets.
+            body_error = (
+                error
+                if isinstance(error, HeadersTooLarge)
+                else BadRequest("The request body could not be parsed")
+            )
+            parsing.content.set_exception(body_error)
             return
         self._enqueue(_ParserRefusal(error))
 

@@ -40,6 +40,8 @@ async def check_request_hygiene(ctx: RequestContext) -> web.StreamResponse | Non
     check_singletons(headers, ctx.runtime.config.auth.token_cookie)
     check_transfer_coding(headers.getall("Transfer-Encoding", ()))
     if wants_websocket(ctx.request):
+        if ctx.request.version < (1, 1):
+            raise BadRequest("A WebSocket handshake needs HTTP/1.1")  # RFC 6455 §4.1
         check_websocket_handshake(headers)
     return None
 

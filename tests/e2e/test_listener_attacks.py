@@ -85,3 +85,13 @@ def test_a_websocket_handshake_answer_is_the_gateways(listener: GatewayProc) -> 
     assert status == "HTTP/1.1 101 Switching Protocols"
     assert headers.get("server", "shopino-gateway") == "shopino-gateway"
     assert headers.get("x-content-type-options") == "nosniff"
+
+
+def test_a_websocket_handshake_over_http_1_0_is_refused(listener: GatewayProc) -> None:
+    """RFC 6455 §4.1: the opening handshake is HTTP/1.1; a 1.0 upgrade is a malformed request,
+    refused before any upstream is contacted."""
+    with connect(listener.port) as sock:
+        sock.sendall(WEBSOCKET.replace(b"HTTP/1.1", b"HTTP/1.0"))
+        status, headers, _ = read_head(sock)
+    assert status.startswith("HTTP/1.1 400") or status.startswith("HTTP/1.0 400"), status
+    assert headers.get("server") == "shopino-gateway"
