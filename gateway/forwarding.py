@@ -130,6 +130,10 @@ def upstream_request_headers(
     kept: list[tuple[str, str]] = []
     for name, value in incoming.items():
         lower = name.lower()
+        if "_" in lower:
+            # SECURITY: CGI/WSGI backends read X_Tenant_ID and X_Forwarded_For as X-Tenant-ID and
+            # X-Forwarded-For (see tenancy.model.HeaderNameSet): every check sees the '-' spelling.
+            lower = lower.replace("_", "-")
         if lower in never or lower in named_hop:
             continue
         if not peer_trusted and (lower.startswith(FORWARDING_PREFIX) or lower in FORWARDING_HEADERS):

@@ -17,6 +17,7 @@ from gateway.forwarding import (
     downstream_response_headers,
     upstream_request_headers,
 )
+from gateway.tenancy.model import BUILTIN_STRIP_HEADERS, HeaderNameSet
 
 MAX_EXAMPLES = 50 if os.environ.get("CI") == "true" else 300
 TRUSTED_NETS = [ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("fd00::/8")]
@@ -447,3 +448,29 @@ def test_hsts_only_on_tls_listeners() -> None:
     # The gateway's policy replaces whatever the upstream said.
     assert secure.getall("Strict-Transport-Security") == ["max-age=31536000; includeSubDomains"]
     assert secure["X-Content-Type-Options"] == "nosniff"
+
+
+def test_underscore_spellings_are_judged_as_the_dash_spellings_they_become_in_cgi() -> None:
+    """SECURITY: a WSGI/CGI backend reads X_Forwarded_For as X-Forwarded-For and X_Tenant_ID as
+    X-Tenant-ID; an underscore must not carry a forged header past the gateway's checks."""
+    out = upstream(
+        CIMultiDictProxy(
+            CIMultiDict(
+                [
+                    ("X_Forwarded_For", "203.0.113.66"),
+                    ("x_forwarded_prefix", "/evil"),
+                    ("X_HTTP_Method_Override", "DELETE"),
+                    ("X_Tenant_ID", "globex"),
+                    ("X-Tenant_ID", "globex"),
+                    ("Keep_Alive", "timeout=5"),
+                    ("X_Custom_Ok", "kept"),
+                ]
+            )
+        ),
+        drop=HeaderNameSet(BUILTIN_STRIP_HEADERS),
+    )
+    names = {name.lower() for name in out}
+    assert "x_custom_ok" in names
+    assert not {"x_forwarded_for", "x_forwarded_prefix", "x_http_method_override", "x_tenant_id"} & names
+    assert "x-tenant_id" not in names and "keep_alive" not in names
+    assert out.getall("X-Forwarded-For") == [CLIENT]
