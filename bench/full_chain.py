@@ -139,6 +139,7 @@ def full_chain_config(
     *,
     extra_routes: int = 0,
     admin_token_sha256: str | None = None,
+    pre_auth_limit: str = "100000/second",
 ) -> str:
     """The workload's config; ``extra_routes`` more routes (``/m000``…, module ``m000``…) and a
     static admin token for benches that grow the world around the measured route."""
@@ -178,7 +179,7 @@ def full_chain_config(
         },
         "tenancy": {"claim": "tid"},
         "rate_limits": {
-            "pre_auth": [{"key": "ip", "limit": "100000/second", "strategy": "fixed-window"}],
+            "pre_auth": [{"key": "ip", "limit": pre_auth_limit, "strategy": "fixed-window"}],
             "policies": {
                 "api": [
                     {"key": "user", "limit": "50/second;2000/minute"},
@@ -208,6 +209,7 @@ def prepare_gateway_full(
     extra_routes: int = 0,
     admin_token_sha256: str | None = None,
     redis_name: str = REDIS_NAME,
+    pre_auth_limit: str = "100000/second",
 ) -> Prepared:
     """Redis on the load CPU, the config and the environment of one full-chain gateway."""
     if env.jwt.signing_key is None:
@@ -226,6 +228,7 @@ def prepare_gateway_full(
         env.jwt.public_pem,
         extra_routes=extra_routes,
         admin_token_sha256=admin_token_sha256,
+        pre_auth_limit=pre_auth_limit,
     )
     cfg.write_text(config)
     pythonpath = os.pathsep.join(filter(None, [str(env.project_root), os.environ.get("PYTHONPATH")]))

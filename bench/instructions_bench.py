@@ -67,6 +67,7 @@ class Counted:
     pid: int
     outdir: Path
     requests: tuple[bytes, ...]  # raw requests, sent in rotation (one per token for gateway-full)
+    status: bytes = b"200"  # what every counted answer must be
 
 
 def raw_requests(port: int, path: str, header_sets: Sequence[dict[str, str]]) -> tuple[bytes, ...]:
@@ -127,6 +128,22 @@ def start_full_counted(
     return Counted(port, proc.pid, rundir, raw_requests(port, FULL_PATH, headers))
 
 
+def start_gateway_flood_counted(env: BenchEnv) -> Counted:
+    """Target 2's refusal: the full-chain gateway, its one client far over a ``pre_auth`` IP
+    limit of 1/hour, so every counted request is a 429 answered from memory (the deny cache),
+    with the access log on. Deterministic, unlike the flood's 429/s on a shared host."""
+    name = "gateway-flood"
+    prepared = prepare_gateway_full(env, name, pre_auth_limit="1/hour")
+    rundir = env.workdir / name
+    argv = [*valgrind_prefix(rundir), *prepared.argv]
+    proc = env.launcher.start(
+        name, argv, cpu=env.proxy_cpu, env=_repeatable(prepared.environ), cwd=PROJECT_ROOT
+    )
+    wait_ready(env.launcher, name, proc, health_probe(prepared.port), START_TIMEOUT)
+    requests = raw_requests(prepared.port, FULL_PATH, [{"X-Tenant-ID": SPOOFED_TENANT}])
+    return Counted(prepared.port, proc.pid, rundir, requests, status=b"429")
+
+
 def start_aiohttp_min_counted(env: BenchEnv) -> Counted:
     port = free_port()
     rundir = env.workdir / "aiohttp-min"
@@ -142,13 +159,16 @@ CONTESTANTS: dict[str, Callable[[BenchEnv], Counted]] = {
     "gateway": lambda env: start_gateway_counted(env, "gateway", jwt_auth=False),
     "gateway-jwt": lambda env: start_gateway_counted(env, "gateway-jwt", jwt_auth=True),
     "gateway-full": start_gateway_full_counted,
+    "gateway-flood": start_gateway_flood_counted,
 }
 
 
 # ---------------------------------------------------------------- load
-async def _drive(port: int, requests: Sequence[bytes], total: int, connections: int) -> None:
+async def _drive(
+    port: int, requests: Sequence[bytes], total: int, connections: int, status: bytes = b"200"
+) -> None:
     """``total`` requests (``requests`` in rotation) over ``connections`` keep-alive
-    connections; every answer must be 200 with the upstream's exact body."""
+    connections; every answer must be ``status``, a 200 with the upstream's exact body."""
     expected = BODY.encode()
     tickets = iter(range(total))
 
@@ -158,12 +178,11 @@ async def _drive(port: int, requests: Sequence[bytes], total: int, connections: 
             for ticket in tickets:
                 writer.write(requests[ticket % len(requests)])
                 head = await reader.readuntil(b"\r\n\r\n")
-                status = head.split(b" ", 2)[1]
                 match = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)
-                if status != b"200" or match is None:
+                if head.split(b" ", 2)[1] != status or match is None:
                     raise BenchError(f"unexpected answer: {head[:200]!r}")
                 body = await reader.readexactly(int(match.group(1)))
-                if body != expected:
+                if status == b"200" and body != expected:
                     raise BenchError(f"unexpected body: {body[:80]!r}")
         finally:
             writer.close()
@@ -171,9 +190,11 @@ async def _drive(port: int, requests: Sequence[bytes], total: int, connections: 
     await asyncio.gather(*(worker() for _ in range(connections)))
 
 
-def drive(port: int, requests: Sequence[bytes], total: int, connections: int) -> float:
+def drive(
+    port: int, requests: Sequence[bytes], total: int, connections: int, status: bytes = b"200"
+) -> float:
     start = time.perf_counter()
-    asyncio.run(asyncio.wait_for(_drive(port, requests, total, connections), timeout=1800))
+    asyncio.run(asyncio.wait_for(_drive(port, requests, total, connections, status), timeout=1800))
     return time.perf_counter() - start
 
 
@@ -200,11 +221,13 @@ def count(target: Counted, requests: int, connections: int, warmup: int) -> floa
     """Instructions per request of ``requests`` requests, after ``warmup`` uncounted ones (at
     least one round of the rotation, so every token's claims are cached: the steady state)."""
     warmup = max(warmup, len(target.requests))
-    drive(target.port, target.requests, warmup, connections)  # caches, pools, JIT-free warm-up
+    if target.status != b"200":  # the first answers (under the limit) are not the counted kind
+        drive(target.port, target.requests, 1, 1, b"401")  # admitted, then no token
+    drive(target.port, target.requests, warmup, connections, target.status)  # caches, pools, warm-up
     _control("-i", "on", str(target.pid))
-    drive(target.port, target.requests, max(50, warmup // 4), connections)  # warm, instrumented
+    drive(target.port, target.requests, max(50, warmup // 4), connections, target.status)  # instrumented
     _control("-z", str(target.pid))
-    drive(target.port, target.requests, requests, connections)
+    drive(target.port, target.requests, requests, connections, target.status)
     before = set(target.outdir.glob("callgrind.*.out*"))
     _control("-d", str(target.pid))
     return _dumped_total(target.outdir, before) / requests

@@ -96,6 +96,25 @@ def normalise_target(raw_target: str, *, host: str | None) -> CanonicalTarget:
     return CanonicalTarget(path=canonical, query=query, upstream_target=upstream)
 
 
+_TARGET_MEMO_LIMIT = 1024  # request-targets remembered (a flood repeats one; a busy API a few hundred)
+_TARGET_MEMO_LENGTH = 256  # longer targets are canonicalised every time, never held
+_targets: dict[str, CanonicalTarget] = {}
+
+
+def canonical_target(raw_target: str, *, host: str | None) -> CanonicalTarget:
+    """``normalise_target``, remembered for recent origin-form targets (their result depends on
+    the target alone); a refused target is never remembered, so it is refused every time."""
+    target = _targets.get(raw_target)
+    if target is not None:
+        return target
+    target = normalise_target(raw_target, host=host)
+    if raw_target.startswith("/") and len(raw_target) <= _TARGET_MEMO_LENGTH:
+        if len(_targets) >= _TARGET_MEMO_LIMIT:
+            _targets.clear()  # SECURITY: memory exhaustion — attacker-chosen targets, bounded
+        _targets[raw_target] = target
+    return target
+
+
 def _strip_absolute_form(raw_target: str, host: str | None) -> str:
     match = _ABSOLUTE_FORM.fullmatch(raw_target)
     if match is None:  # '*', authority-form, other schemes, relative paths

@@ -98,14 +98,17 @@ def _date_bytes() -> bytes:
 def _template_for(error: GatewayError, ctx: RequestContext, version: tuple[int, int]) -> _Template | None:
     # Everything but the request id that shapes the bytes; the ctx's own X-Request-ID entry is
     # never sent (the refusal's id is set first), so it is left out of the key.
-    own = ctx.response_headers.copy()
-    own.pop("X-Request-ID", None)
+    own = tuple(ctx.response_headers.items())
+    if own and own[0][0] == "X-Request-ID":
+        own = own[1:]  # begin_request sets it first: no copy of the dict for the common case
+    elif "X-Request-ID" in ctx.response_headers:
+        own = tuple(pair for pair in own if pair[0] != "X-Request-ID")
     key = (
         type(error),
         error.detail,
         tuple(error.extensions.items()),
         tuple(error.headers.items()),
-        tuple(own.items()),
+        own,
         ctx.runtime.tls,
         version,
     )

@@ -9,6 +9,7 @@ the attempt. ``check_login_outcome`` runs on the upstream's status: 401/403 are 
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,6 +32,9 @@ DEFAULT_MAX_BODY = 64 * 1024  # a login form or JSON body; routes may set max_bo
 COUNTED_BODY_CAP = 1024 * 1024
 _FAILURE_STATUSES = frozenset((401, 403))
 _SAFE_METHODS = frozenset(("GET", "HEAD", "OPTIONS"))
+_REFUSAL_LIMIT = 1024  # (item, remaining, second) shapes remembered; a handful per second in practice
+# id(item), remaining, whole seconds to the reset -> (the item, (RateLimit value, Retry-After seconds))
+_refusals: dict[tuple[int, int, int], tuple[LimitItem, tuple[str, int]]] = {}
 
 
 def _checks(
@@ -61,14 +65,30 @@ def _apply(ctx: RequestContext, verdict: Verdict | None) -> None:
     item = verdict.item
     headers = ctx.response_headers
     headers[POLICY_HEADER] = item.policy_header
-    headers[STATE_HEADER] = state_header(item.policy, verdict.remaining, verdict.reset_in)
-    if not verdict.allowed:
-        wait = retry_after(verdict.reset_in)
-        raise RateLimited(
-            "Too many requests; retry later",
-            headers={"Retry-After": str(wait)},
-            extensions={"retry_after": wait},
-        )
+    if verdict.allowed:
+        headers[STATE_HEADER] = state_header(item.policy, verdict.remaining, verdict.reset_in)
+        return
+    state, wait = _refusal_values(item, verdict.remaining, verdict.reset_in)
+    headers[STATE_HEADER] = state
+    raise RateLimited(
+        "Too many requests; retry later",
+        headers={"Retry-After": str(wait)},
+        extensions={"retry_after": wait},
+    )
+
+
+def _refusal_values(item: LimitItem, remaining: int, reset_in: float) -> tuple[str, int]:
+    """The RateLimit value and Retry-After of a refusal: both change only with the whole seconds
+    to the reset, so a flood formats them once per bucket and second, not once per request."""
+    key = (id(item), remaining, math.ceil(reset_in))
+    known = _refusals.get(key)
+    if known is not None and known[0] is item:  # the id of an item a reload dropped may be reused
+        return known[1]
+    values = state_header(item.policy, remaining, reset_in), retry_after(reset_in)
+    if len(_refusals) >= _REFUSAL_LIMIT:
+        _refusals.clear()  # SECURITY: memory exhaustion — bounded, whatever varies
+    _refusals[key] = (item, values)
+    return values
 
 
 async def limit_pre_auth(ctx: RequestContext) -> web.StreamResponse | None:

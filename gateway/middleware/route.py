@@ -10,7 +10,7 @@ from gateway.context import RequestContext
 from gateway.errors import BadRequest
 from gateway.gateway_endpoints import is_gateway_endpoint, serve_gateway_endpoint
 from gateway.middleware.killswitch import check_gateway_endpoint
-from gateway.routing import method_not_allowed, normalise_target
+from gateway.routing import canonical_target, method_not_allowed
 
 # RFC 3986 host (reg-name or IP literal) and optional port; anything else in Host is an attack on
 # whatever reads it downstream (Forwarded/X-Forwarded-Host injection, cache poisoning).
@@ -36,7 +36,7 @@ async def resolve_route(ctx: RequestContext) -> web.StreamResponse | None:
     if request.method == "CONNECT" and not request.raw_path.startswith("/"):
         # SECURITY: open proxy — an authority-form CONNECT names no route that could list it.
         raise method_not_allowed()
-    ctx.target = normalise_target(request.raw_path, host=checked_host(request))
+    ctx.target = canonical_target(request.raw_path, host=checked_host(request))
     if is_gateway_endpoint(ctx.target.path):
         check_gateway_endpoint(ctx)  # SPEC §9: a global switch spares only health and ready
         return await serve_gateway_endpoint(ctx)

@@ -58,19 +58,34 @@ def derive_hash_key(environ: Mapping[str, str] | None = None) -> bytes:
     return Keyring.parse(master).derive(_HKDF_INFO).reveal()  # the keyring's one parser and HKDF
 
 
-class ValueHasher:
-    """Keyed BLAKE2b, 96 bits in hex: cheap (< 1 µs) and collision-safe for bucket keys."""
+_HASH_MEMO_LIMIT = 4096  # values remembered (client IPs, users, tenants of the last moments)
+_HASH_MEMO_LENGTH = 128  # longer values (a header key's) are hashed every time, never held
 
-    __slots__ = ("_keyed",)
+
+class ValueHasher:
+    """Keyed BLAKE2b, 96 bits in hex: cheap (< 1 µs) and collision-safe for bucket keys. The
+    hashes of recent short values are remembered: a flood from one IP, a busy user or tenant
+    asks for the same one on every request."""
+
+    __slots__ = ("_keyed", "_memo")
 
     def __init__(self, key: bytes) -> None:
         # Keyed once: copying the keyed state skips the key block's compression per value.
         self._keyed = hashlib.blake2b(key=key[:64], digest_size=12)
+        self._memo: dict[str, str] = {}
 
     def __call__(self, value: str) -> str:
-        digest = self._keyed.copy()
-        digest.update(value.encode("utf-8", "surrogatepass"))
-        return digest.hexdigest()
+        memo = self._memo
+        hashed = memo.get(value)
+        if hashed is None:
+            digest = self._keyed.copy()
+            digest.update(value.encode("utf-8", "surrogatepass"))
+            hashed = digest.hexdigest()
+            if len(value) <= _HASH_MEMO_LENGTH:
+                if len(memo) >= _HASH_MEMO_LIMIT:
+                    memo.clear()  # SECURITY: memory exhaustion — attacker-chosen values, bounded
+                memo[value] = hashed
+        return hashed
 
 
 @dataclass(frozen=True, slots=True)

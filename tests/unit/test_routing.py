@@ -337,3 +337,25 @@ def test_property_table_agrees_with_matches_prefix(raw: str, ci: bool) -> None:
         key=lambda r: len(r.prefix.rstrip("/")),
     )
     assert RouteTable(routes, case_insensitive=ci).match(path, "GET") is expected
+
+
+def test_remembered_targets_equal_fresh_ones_and_stay_bounded() -> None:
+    from gateway import routing
+
+    for raw in ("/erp/api/v1/items?limit=4", "/a/%7Euser/./b//c", "/x/../y?q=1"):
+        assert routing.canonical_target(raw, host=None) == normalise_target(raw, host=None)
+        assert routing.canonical_target(raw, host=None) is routing.canonical_target(raw, host="h")
+    for refused in ("/a/%2Fb", "/../etc/passwd", "/a#frag"):  # refused every time, never remembered
+        for _ in range(2):
+            with pytest.raises(BadRequest):
+                routing.canonical_target(refused, host=None)
+        assert refused not in routing._targets
+    # SECURITY: absolute-form depends on Host: a target naming another host is never served from memory.
+    assert routing.canonical_target("http://h/a", host="h").path == "/a"
+    with pytest.raises(BadRequest):
+        routing.canonical_target("http://h/a", host="other")
+    # SECURITY: memory exhaustion — attacker-chosen targets are remembered up to a bound.
+    for i in range(3000):
+        routing.canonical_target(f"/p{i}", host=None)
+    routing.canonical_target("/" + "l" * 300, host=None)
+    assert len(routing._targets) <= 1024 and "/" + "l" * 300 not in routing._targets

@@ -70,3 +70,33 @@ def test_body_fields_from_json_and_forms_only() -> None:
     assert counted_fields("application/json", b"[1, 2]", names) == {}
     assert counted_fields("application/json", b"{broken", names) == {}
     assert counted_fields("text/plain", b"username=a", names) == {}
+
+
+def test_hash_memo_is_bounded_and_changes_no_hash() -> None:
+    key = derive_hash_key({})
+    digest, fresh = ValueHasher(key), ValueHasher(key)
+    addresses = [f"10.{i // 256 % 256}.{i % 256}.7" for i in range(5000)]
+    first = [digest(ip) for ip in addresses]
+    assert first == [digest(ip) for ip in addresses] == [ValueHasher(key)(ip) for ip in addresses]
+    assert digest("203.0.113.5") == fresh("203.0.113.5")
+    # SECURITY: memory exhaustion — attacker-chosen values are remembered up to a bound, long ones never.
+    assert 0 < len(digest._memo) <= 4096
+    digest("h" * 129)
+    assert "h" * 129 not in digest._memo and all(len(value) <= 128 for value in digest._memo)
+
+
+def test_refusal_values_are_formatted_once_per_bucket_and_second() -> None:
+    from gateway.middleware import rate_limit
+    from gateway.ratelimit.model import RateLimitRule
+    from gateway.ratelimit.policies import compile_rule
+
+    (ip,) = compile_rule("pre_auth", "pre_auth", 0, RateLimitRule(key="ip", limit="5/minute"))
+    (user,) = compile_rule("policy:api", "api", 0, RateLimitRule(key="user", limit="5/minute"))
+    assert rate_limit._refusal_values(ip, 0, 41.2) == (state_header("pre_auth", 0, 41.2), 42)
+    assert rate_limit._refusal_values(ip, 0, 41.9) is rate_limit._refusal_values(ip, 0, 41.05)
+    assert rate_limit._refusal_values(ip, 0, 40.9) == ('"pre_auth";r=0;t=41', 41)  # the next second
+    assert rate_limit._refusal_values(user, 0, 41.2) == ('"api";r=0;t=42', 42)  # never another bucket's
+    assert rate_limit._refusal_values(ip, 0, 0.0) == ('"pre_auth";r=0;t=0', 1)  # Retry-After >= 1
+    for second in range(3000):
+        rate_limit._refusal_values(ip, 0, float(second))
+    assert len(rate_limit._refusals) <= 1024
