@@ -133,3 +133,26 @@ def test_a_client_that_does_not_read_is_not_buffered_without_bound(listener: Gat
             pass
     # Had the gateway kept reading, all 10 s of sending would have been swallowed.
     assert sent < 64 * 1024 * 1024
+
+
+def test_a_connection_closing_after_an_early_answer_serves_nothing_more(
+    listener: GatewayProc, shared_upstream: Upstream
+) -> None:
+    """After an early answer that says ``Connection: close`` (413 on the declared length, lean
+    listener) the rest of the body is read and dropped; a head following the body's end in the
+    same read must not start another request on the closing connection. (aiohttp's listener
+    keeps such a connection alive, and the next request is then an honest pipelined one.)"""
+    body = b"a" * 2000
+    head = b"POST /sink HTTP/1.1\r\nHost: gw\r\nContent-Length: %d\r\n\r\n" % len(body)
+    with connect(listener.port) as sock:
+        sock.sendall(head)
+        status, headers, _ = read_response(sock)
+        assert status.startswith("HTTP/1.1 413")
+        closing = headers.get("connection") == "close"
+        try:
+            sock.sendall(body + _get("/after-the-close"))  # the body's end and a head in one read
+            time.sleep(0.3)
+        except OSError:
+            pass  # closed already: nothing more can be served either
+    served = any("after-the-close" in str(r) for r in shared_upstream.requests)
+    assert served is not closing
