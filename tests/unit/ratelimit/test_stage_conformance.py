@@ -428,3 +428,29 @@ async def test_a_refusing_pre_auth_leaves_the_route_items_uncounted(
     finally:
         await client.aclose()
         await backend.close()
+
+
+async def test_one_call_on_a_hung_store_falls_back_stage_by_stage(
+    redis_server: RedisServer, items: ItemFactory
+) -> None:
+    """A failed one-call pair trips the breaker once and then goes the failure mode's way for
+    each stage, as two calls would: local counts (pre_auth refusing first), or 503 (deny)."""
+    backend = RateLimitBackend(redis_server.url)
+    (pre,) = items("1/minute", index=0)
+    (user,) = items("5/minute", index=1)
+    value = backend.hash("hung")
+    try:
+        redis_server.pause()
+        before, after = await backend.check_in_order(
+            [(pre, value)], [(user, value)], limit_settings("local", 0.2)
+        )
+        assert backend.store_down and before is not None and before.source == "local"
+        assert after is not None and after.source == "local" and after.remaining == 4
+        before, after = await backend.check_in_order([(pre, value)], [(user, value)], limit_settings("local"))
+        assert before is not None and not before.allowed and after is None
+        with pytest.raises(StoreUnavailable):
+            await backend.check_in_order([(pre, value)], [(user, value)], limit_settings("deny"))
+    finally:
+        if redis_server.paused:
+            redis_server.resume()
+        await backend.close()
