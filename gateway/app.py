@@ -15,7 +15,7 @@ from gateway.errors import GatewayError, InternalError, RequestTimeout, problem_
 from gateway.http1.request import LeanRequest
 from gateway.listener import HSTS, GuardedRequestHandler, identity_headers
 from gateway.metrics import METRICS
-from gateway.pipeline import PIPELINE, RESPONSE_CHECKS
+from gateway.pipeline import RESPONSE_CHECKS, run_stages
 from gateway.proxy import proxy_request
 from gateway.runtime import Runtime
 
@@ -152,12 +152,11 @@ class PublicHandler:
 
     @staticmethod
     async def _run(ctx: RequestContext) -> web.StreamResponse:
-        for stage in PIPELINE:
-            early = await stage(ctx)
-            if early is not None:
-                for name, value in ctx.response_headers.items():
-                    early.headers.setdefault(name, value)
-                return early
+        early = await run_stages(ctx)
+        if early is not None:
+            for name, value in ctx.response_headers.items():
+                early.headers.setdefault(name, value)
+            return early
         return await proxy_request(ctx, RESPONSE_CHECKS)
 
 

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from gateway.config import RouteConfig
     from gateway.http1.downstream import LeanDownstream
     from gateway.http1.request import LeanRequest
+    from gateway.ratelimit.deferred import DeferredPreAuth
     from gateway.ratelimit.lockout import Subject
     from gateway.routing import CanonicalTarget
     from gateway.runtime import Runtime
@@ -88,6 +89,9 @@ class RequestContext:
     continue_sent: bool = False  # "100 Continue" already written
     killswitch_index: object | None = None  # the switch set this request was checked against
     login_subjects: list[Subject] | None = None  # login: true routes: IP and username counted
+    # the pre_auth stage's hit, deferred to go with the route stage's in one store call
+    # (gateway.ratelimit.deferred: settled alone whenever that cannot be)
+    deferred_pre_auth: DeferredPreAuth | None = None
     downstream: LeanDownstream | None = None  # the lean listener's answer writer (None on aiohttp's)
 
 

@@ -22,6 +22,7 @@ from gateway.middleware.route import resolve_route
 from gateway.middleware.tenancy import apply_tenancy, check_tenant_echo
 from gateway.middleware.webhook import verify_webhook
 from gateway.proxy import ResponseCheck
+from gateway.ratelimit.deferred import settle_pre_auth
 
 Stage = Callable[[RequestContext], Awaitable[web.StreamResponse | None]]
 
@@ -45,3 +46,23 @@ RESPONSE_CHECKS: tuple[ResponseCheck, ...] = (
     check_tenant_echo,  # §7: an answer for another tenant (or none, if required) is withheld (502)
     check_login_outcome,  # §8: upstream 401/403 on login: true routes count as failures
 )
+
+
+async def run_stages(ctx: RequestContext) -> web.StreamResponse | None:
+    """Every stage in order: the first early answer, or None when the request goes upstream.
+    Both listeners run the pipeline through here."""
+    early = None
+    try:
+        for stage in PIPELINE:
+            early = await stage(ctx)
+            if early is not None:
+                break
+    except Exception:
+        # SPEC §3.4: a request over its pre_auth limit is refused by it (429), whatever a later
+        # stage found (a bad token, a tenant switch): a deferred pre_auth hit settles first.
+        if ctx.deferred_pre_auth is not None:
+            await settle_pre_auth(ctx)
+        raise
+    if ctx.deferred_pre_auth is not None:  # an early answer before the route stage
+        await settle_pre_auth(ctx)
+    return early

@@ -18,7 +18,7 @@ from gateway.http1.downstream import LeanDownstream
 from gateway.http1.problem import send_problem
 from gateway.http1.request import LeanRequest
 from gateway.metrics import METRICS
-from gateway.pipeline import PIPELINE, RESPONSE_CHECKS
+from gateway.pipeline import RESPONSE_CHECKS, run_stages
 from gateway.proxy import proxy_request
 from gateway.runtime import Runtime
 
@@ -64,11 +64,10 @@ class LeanPublicHandler:
 
     @staticmethod
     async def _run(ctx: RequestContext, down: LeanDownstream) -> None:
-        for stage in PIPELINE:
-            early = await stage(ctx)
-            if early is not None:
-                await _send_early(ctx, down, early)
-                return
+        early = await run_stages(ctx)
+        if early is not None:
+            await _send_early(ctx, down, early)
+            return
         answer = await proxy_request(ctx, RESPONSE_CHECKS)
         if answer is not down:  # a WebSocket is aiohttp's; anything else was written already
             await _send_early(ctx, down, answer)

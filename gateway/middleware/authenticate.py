@@ -18,6 +18,7 @@ from gateway.context import RequestContext
 from gateway.errors import InvalidToken, MfaRequired, MissingToken
 from gateway.metrics import METRICS
 from gateway.middleware.cors import check_cookie_origin
+from gateway.ratelimit.deferred import settle_pre_auth
 
 log = structlog.get_logger("gateway.auth")
 REALM = 'Bearer realm="shopino"'
@@ -61,11 +62,17 @@ async def authenticate(ctx: RequestContext) -> web.StreamResponse | None:
     runtime = ctx.runtime
     token = _request_token(ctx, runtime.config.auth.token_cookie)
     if token is None:
+        await settle_pre_auth(ctx)  # an anonymous flood is refused by pre_auth, as ever
         METRICS.auth_failures.labels("missing_token").inc()
         raise MissingToken("A bearer token is required", headers={"WWW-Authenticate": REALM})
     try:
         memo = getattr(ctx.request.protocol, "token_memo", None)
-        claims = runtime.verifier.verify_cached(token, memo) or await runtime.verifier.verify(token)
+        claims = runtime.verifier.verify_cached(token, memo)
+        if claims is None:
+            # SECURITY: signature flood — pre_auth sheds it before any ES256 work, even when
+            # its hit was deferred to go with the route stage's (only cached tokens skip this).
+            await settle_pre_auth(ctx)
+            claims = await runtime.verifier.verify(token)
     except TokenRejected as rejected:
         METRICS.auth_failures.labels(rejected.reason).inc()
         log.info("token_rejected", reason=rejected.reason, request_id=ctx.request_id)

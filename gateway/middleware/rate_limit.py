@@ -21,6 +21,7 @@ from gateway.errors import BadRequest, LockedOut, PayloadTooLarge, RateLimited
 from gateway.middleware.webhook import DEFAULT_MAX_BODY as WEBHOOK_MAX_BODY
 from gateway.proxy import send_continue
 from gateway.ratelimit.body_fields import counted_fields
+from gateway.ratelimit.deferred import DeferredPreAuth, settle_pre_auth
 from gateway.ratelimit.headers import POLICY_HEADER, STATE_HEADER, retry_after, state_header
 from gateway.ratelimit.limiter import Verdict
 from gateway.ratelimit.policies import LimitItem
@@ -96,11 +97,21 @@ async def limit_pre_auth(ctx: RequestContext) -> web.StreamResponse | None:
     if rl is None or not rl.compiled.pre_auth:
         return None
     checks = _checks(ctx, rl, rl.compiled.pre_auth, None)
-    if checks:
-        verdict = await rl.backend.check(checks, rl.compiled, "pre_auth", state=False)
-        if verdict is not None and not verdict.allowed:
-            _apply(ctx, verdict)  # raises; an allowed pre_auth item adds no headers of its own
+    if not checks:
+        return None
+    route = ctx.route
+    if route is not None and route.name in rl.compiled.deferrable and rl.backend.can_defer(checks):
+        # One store call per request: the hit goes with the route stage's (limit_route), or
+        # alone first the moment anything else would happen (settle_pre_auth).
+        ctx.deferred_pre_auth = DeferredPreAuth(checks, _refuse_pre_auth)
+        return None
+    _refuse_pre_auth(ctx, await rl.backend.check(checks, rl.compiled, "pre_auth", state=False))
     return None
+
+
+def _refuse_pre_auth(ctx: RequestContext, verdict: Verdict | None) -> None:
+    if verdict is not None and not verdict.allowed:
+        _apply(ctx, verdict)  # raises; an allowed pre_auth item adds no headers of its own
 
 
 async def limit_route(ctx: RequestContext) -> web.StreamResponse | None:
@@ -115,6 +126,14 @@ async def limit_route(ctx: RequestContext) -> web.StreamResponse | None:
         return None  # the common case: nothing to count, nothing to read
     fields = await read_body_fields(ctx, counted) if counted is not None else None
     checks = _checks(ctx, rl, items, fields)
+    if ctx.deferred_pre_auth is not None:
+        if checks:  # both stages in one store call, pre_auth's items decided first
+            deferred, ctx.deferred_pre_auth = ctx.deferred_pre_auth.checks, None
+            before, verdict = await rl.backend.check_in_order(deferred, checks, compiled)
+            _refuse_pre_auth(ctx, before)
+            _apply(ctx, verdict)  # a deferrable route is never a login route
+            return None
+        await settle_pre_auth(ctx)
     limited = rl.backend.check(checks, compiled, "route") if checks else _nothing()
     if not route.login:
         _apply(ctx, await limited)

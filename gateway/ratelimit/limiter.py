@@ -256,7 +256,18 @@ class RateLimitBackend:
         """The whole stage in one store call; the same verdicts as ``_run`` on the shared store."""
         static = _strictest(checks)
         decisions, binding, stats = await fast.run(checks, static if state else None, timeout)
-        allowed = all(decisions)
+        return self._fast_verdict(checks, stage, static, all(decisions), binding, stats)
+
+    def _fast_verdict(
+        self,
+        checks: Sequence[tuple[LimitItem, str]],
+        stage: str,
+        static: int,
+        allowed: bool,
+        binding: int | None,
+        stats: WindowStats | None,
+    ) -> Verdict:
+        """One stage's verdict from the stage script's reply (``binding`` indexes ``checks``)."""
         self._count(stage, "ok" if allowed else "limited")
         if binding is None or stats is None:  # admitted, and no window state asked for
             return Verdict(True, checks[static][0], -1, 0.0, "shared")
@@ -265,6 +276,72 @@ class RateLimitBackend:
         if not allowed:
             self._remember_full(item, value, reset_in)
         return Verdict(allowed, item, stats.remaining, reset_in, "shared")
+
+    def can_defer(self, checks: Sequence[tuple[LimitItem, str]]) -> bool:
+        """Whether a stage's hit may wait to ride along with a later stage's in one store call
+        (``check_in_order``): the stage script is in use, the store is up, these are script
+        items and none is known full (a flood is refused from memory at once, as ever).
+        Sliding-window-counter items and redis-py (sentinel) stores keep a call per stage."""
+        fast = self._stage_script
+        return (
+            fast is not None
+            and not self.store_down
+            and fast.supports(checks)
+            and self._known_full(checks) is None
+        )
+
+    async def check_in_order(
+        self,
+        first: Sequence[tuple[LimitItem, str]],
+        second: Sequence[tuple[LimitItem, str]],
+        settings: CompiledLimits,
+    ) -> tuple[Verdict | None, Verdict | None]:
+        """The ``pre_auth`` stage (``first``, no window state) and then the route stage
+        (``second``) in ONE store call when possible: the script decides the first stage's items
+        first and, when one refuses, returns without touching the second's (``barrier``). So the
+        counts, verdicts, deny cache, metrics and failure modes are exactly those of
+        ``check(first)`` followed, when it admits, by ``check(second)`` — which is what runs
+        whenever one call cannot do it. The second verdict is None when the first refused."""
+        fast = self._stage_script
+        combined = (
+            fast is not None
+            and first
+            and second
+            and self.can_defer(first)
+            and self.can_defer(second)  # a known-full route bucket is answered from memory
+        )
+        if not combined:
+            return await self._in_turn(first, second, settings)
+        assert fast is not None and self.breaker is not None
+        split = len(first)
+        static = _strictest(second)
+        try:
+            decisions, binding, stats = await fast.run(
+                [*first, *second], split + static, settings.store_timeout, barrier=split
+            )
+        except STORE_ERRORS as error:
+            if isinstance(error, TimeoutError):
+                fast.client.abort()  # a reply that did not come in time may never come
+            self.breaker.trip(error)
+            return await self._in_turn(first, second, settings)  # the failure mode, stage by stage
+        if len(decisions) == split:  # the barrier held: the first stage refused
+            return self._fast_verdict(first, "pre_auth", 0, False, binding, stats), None
+        before = self._fast_verdict(first, "pre_auth", _strictest(first), True, None, None)
+        if binding is not None:
+            binding -= split
+        after = self._fast_verdict(second, "route", static, all(decisions), binding, stats)
+        return before, after
+
+    async def _in_turn(
+        self,
+        first: Sequence[tuple[LimitItem, str]],
+        second: Sequence[tuple[LimitItem, str]],
+        settings: CompiledLimits,
+    ) -> tuple[Verdict | None, Verdict | None]:
+        before = await self.check(first, settings, "pre_auth", state=False)
+        if before is not None and not before.allowed:
+            return before, None
+        return before, await self.check(second, settings, "route")
 
     async def _run(
         self,

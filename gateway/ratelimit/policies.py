@@ -61,6 +61,9 @@ class CompiledLimits:
     login: LoginProtectionConfig
     on_store_failure: StoreFailureMode
     store_timeout: float
+    # routes whose pre_auth hit may be sent with the route stage's in one store call: nothing
+    # between the two stages there reads a body or writes an audit record (deferred_pre_auth)
+    deferrable: frozenset[str] = frozenset()
 
     @property
     def empty(self) -> bool:
@@ -122,6 +125,7 @@ def compile_limits(config: GatewayConfig) -> CompiledLimits:
     }
     by_route: dict[str, tuple[LimitItem, ...]] = {}
     counted: dict[str, frozenset[str]] = {}
+    deferrable: set[str] = set()
     for route in config.routes:
         items = tuple(item for name in route.rate_limit for item in policies.get(name, ()))
         if items:
@@ -129,6 +133,8 @@ def compile_limits(config: GatewayConfig) -> CompiledLimits:
         fields = _counted_fields(route, items, settings.login)
         if fields:
             counted[route.name] = fields
+        elif items and route.auth == "jwt" and not route.login and route.tenant_from is None:
+            deferrable.add(route.name)
     return CompiledLimits(
         pre_auth=_compile_rules("pre_auth", PRE_AUTH_POLICY, settings.pre_auth),
         by_route=MappingProxyType(by_route),
@@ -136,4 +142,5 @@ def compile_limits(config: GatewayConfig) -> CompiledLimits:
         login=settings.login,
         on_store_failure=settings.on_store_failure,
         store_timeout=settings.store_timeout,
+        deferrable=frozenset(deferrable) if settings.pre_auth else frozenset(),
     )

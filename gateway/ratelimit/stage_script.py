@@ -41,11 +41,13 @@ ARGS_PER_ITEM = 6  # script_args.item_args
 HEAD = 16  # list entries one LRANGE reads for the window state's first probes
 
 STAGE_SCRIPT = """
--- ARGV: the time; the wanted item (0: none); the deadline; then per item
--- script_args.item_args' six strings. Arguments reach redis.call as strings where they can:
--- Redis formats a Lua number argument with sprintf on every call (the timestamp stays a number).
+-- ARGV: the time; the wanted item (0: none); the deadline; the barrier (items 1..barrier are a
+-- stage of their own, decided first; 0: none); then per item script_args.item_args' six
+-- strings. Arguments reach redis.call as strings where they can: Redis formats a Lua number
+-- argument with sprintf on every call (the timestamp stays a number).
 local now = tonumber(ARGV[1])
 local wanted = tonumber(ARGV[2])
+local barrier = tonumber(ARGV[4])
 local call = redis.call
 
 -- A stage whose caller has given up (store_timeout: a hung or slow Redis, the commands queued
@@ -97,7 +99,7 @@ end
 -- The window state: reset time (for comparing refusing items), remaining, and what the client
 -- computes the exact reset from (the oldest entry inside the window, or the PTTL).
 local function state(i)
-    local b = 3 + (i - 1) * 6
+    local b = 4 + (i - 1) * 6
     local key = KEYS[i]
     local limit, expiry = tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3])
     if ARGV[b + 1] == 'f' then
@@ -142,7 +144,12 @@ end
 local decisions = {}
 local refused = {}
 for i = 1, #KEYS do
-    local b = 3 + (i - 1) * 6
+    if i == barrier + 1 and #refused > 0 then
+        -- The first stage refused: the later one is not reached, as if it ran after it (its
+        -- items untouched, not counted); the reply's decisions stop at the barrier.
+        break
+    end
+    local b = 4 + (i - 1) * 6
     local ok
     if ARGV[b + 1] == 'm' then
         ok = acquire(KEYS[i], b)
@@ -197,13 +204,19 @@ class StageScript:
         return True
 
     async def run(
-        self, checks: Sequence[tuple[LimitItem, str]], wanted: int | None, timeout: float = 1.0
+        self,
+        checks: Sequence[tuple[LimitItem, str]],
+        wanted: int | None,
+        timeout: float = 1.0,
+        barrier: int = 0,
     ) -> tuple[list[bool], int | None, WindowStats | None]:
         """Hit every item; the decisions, the binding item's index and its window state.
         ``wanted``: the item whose state an all-admitted stage reports (None: no state then).
         A refused stage always names its binding item and state. ``timeout``: after that many
         seconds the call fails (``StoreTimeout``) and Redis no longer counts the stage (its caller
-        has given up). Raises ``RespError``."""
+        has given up). ``barrier``: the first that many items are a stage of their own, decided
+        first; when one of them refuses, the rest are not hit and the decisions stop there (two
+        stages in one call, counted as if one ran after the other). Raises ``RespError``."""
         deadline = asyncio.get_running_loop().time() + timeout
         prefix = self._key_prefix
         args: list[str | int] = [self._sha, len(checks)]
@@ -212,7 +225,7 @@ class StageScript:
         # Redis' clock: counts nothing after. Its own wall-clock read, so a test that moves the
         # hits' clock (the conformance test) never makes a stage look late.
         late_after = wall_clock() + timeout + self.client.clock_offset
-        args += (repr(now), 0 if wanted is None else wanted + 1, repr(late_after))
+        args += (repr(now), 0 if wanted is None else wanted + 1, repr(late_after), barrier)
         for item, _ in checks:
             args += item.store_args
         try:

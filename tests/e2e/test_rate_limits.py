@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+import redis.asyncio
 import yaml
 
 from tests.e2e.ratelimit_support import DEPLOYMENT_ENV, limits_config, ready, send, token
@@ -221,3 +222,116 @@ async def test_a_refusal_flood_is_logged_as_ten_lines_a_second_plus_an_exact_cou
     async with http.get(f"{gw.admin_url}/metrics", headers=admin) as response:
         metrics = await response.text()
     assert 'shopino_gateway_refusals_total{type="rate-limited"} 78.0' in metrics
+
+
+# Issue 13, one store round trip per request: with a cached token, the pre_auth hit goes to Redis
+# with the route stage's in one script call that decides pre_auth first.
+ONE_CALL_LIMITS = {
+    "pre_auth": [{"key": "ip", "limit": "3/minute", "strategy": "fixed-window"}],
+    "policies": {"per-user": [{"key": "user", "limit": "10/minute"}]},
+}
+ONE_CALL_ROUTES = [{"name": "erp", "prefix": "/erp", "rate_limit": ["per-user"]}]
+
+
+async def _route_hits(client: redis.asyncio.Redis) -> int:
+    """Hits on the route's moving-window lists (pre_auth's bucket here is a fixed-window counter)."""
+    return sum(
+        [
+            await client.llen(key)
+            async for key in client.scan_iter("sgw:rl:*")
+            if await client.type(key) == b"list"
+        ]
+    )
+
+
+async def test_a_request_over_pre_auth_with_a_cached_token_is_refused_and_the_route_is_not_counted(
+    tmp_path: Path, upstream: Upstream, redis_url: str, gateway_factory, http: aiohttp.ClientSession
+) -> None:
+    gw = ready(
+        gateway_factory(
+            limits_config(upstream.url, tmp_path, ONE_CALL_LIMITS, ONE_CALL_ROUTES, state={"url": redis_url})
+        )
+    )
+    alice = {"Authorization": f"Bearer {token('alice')}"}
+    client = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        for remaining in (9, 8, 7):  # the first verifies the token; the next two find it cached
+            status, headers, _ = await send(http, f"{gw.url}/erp/x", headers=alice)
+            assert status == 200 and headers["RateLimit"].startswith(f'"per-user";r={remaining};')
+        await client.config_resetstat()
+        status, headers, body = await send(http, f"{gw.url}/erp/x", headers=alice)
+        assert status == 429 and json.loads(body)["type"] == "urn:shopino-gateway:rate-limited"
+        assert headers["RateLimit-Policy"] == '"pre_auth";q=3;w=60'
+        assert await _route_hits(client) == 3  # the route's counters did not move
+        assert (await client.info("commandstats"))["cmdstat_evalsha"]["calls"] == 1
+    finally:
+        await client.aclose()
+    assert len(upstream.requests) == 3
+
+
+async def test_cached_token_requests_make_one_store_call_each(
+    tmp_path: Path, upstream: Upstream, redis_url: str, gateway_factory, http: aiohttp.ClientSession
+) -> None:
+    limits = {
+        **ONE_CALL_LIMITS,
+        "pre_auth": [{"key": "ip", "limit": "100/minute", "strategy": "fixed-window"}],
+    }
+    gw = ready(
+        gateway_factory(
+            limits_config(upstream.url, tmp_path, limits, ONE_CALL_ROUTES, state={"url": redis_url})
+        )
+    )
+    alice = {"Authorization": f"Bearer {token('alice')}"}
+    client = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        assert (await send(http, f"{gw.url}/erp/x", headers=alice))[0] == 200  # verified, then cached
+        await client.config_resetstat()
+        for remaining in range(8, 3, -1):
+            status, headers, _ = await send(http, f"{gw.url}/erp/x", headers=alice)
+            assert status == 200 and headers["RateLimit"].startswith(f'"per-user";r={remaining};')
+        assert (await client.info("commandstats"))["cmdstat_evalsha"]["calls"] == 5
+        assert await _route_hits(client) == 6
+    finally:
+        await client.aclose()
+
+
+async def test_a_bad_or_missing_token_over_pre_auth_gets_429_not_401(
+    tmp_path: Path, upstream: Upstream, redis_url: str, gateway_factory, http: aiohttp.ClientSession
+) -> None:
+    gw = ready(
+        gateway_factory(
+            limits_config(upstream.url, tmp_path, ONE_CALL_LIMITS, ONE_CALL_ROUTES, state={"url": redis_url})
+        )
+    )
+    alice = {"Authorization": f"Bearer {token('alice')}"}
+    for _ in range(2):
+        assert (await send(http, f"{gw.url}/erp/x", headers=alice))[0] == 200
+    assert (await send(http, f"{gw.url}/erp/x", headers={"Authorization": "Bearer x.y.z"}))[0] == 401
+    # SECURITY: an attacker over the pre_auth limit learns nothing about tokens (and costs no
+    # verification): 429 for a bad token, no token, and a good one alike.
+    for headers in ({"Authorization": "Bearer x.y.z"}, {}, alice):
+        status, answer, _ = await send(http, f"{gw.url}/erp/x", headers=headers)
+        assert status == 429 and answer["RateLimit-Policy"] == '"pre_auth";q=3;w=60'
+
+
+async def test_two_gateways_count_pre_auth_and_route_exactly_in_one_call(
+    tmp_path: Path, upstream: Upstream, redis_url: str, gateway_factory, http: aiohttp.ClientSession
+) -> None:
+    limits = {
+        "pre_auth": [{"key": "ip", "limit": "10/minute"}],
+        "policies": {"per-user": [{"key": "user", "limit": "6/minute", "strategy": "fixed-window"}]},
+    }
+    gws = []
+    for index in range(2):
+        directory = tmp_path / f"g{index}"
+        directory.mkdir()
+        config = limits_config(upstream.url, directory, limits, ONE_CALL_ROUTES, state={"url": redis_url})
+        gws.append(ready(gateway_factory(config, env=DEPLOYMENT_ENV)))
+    alice = {"Authorization": f"Bearer {token('alice')}"}
+    answers = await asyncio.gather(*(send(http, f"{gws[i % 2].url}/erp/x", headers=alice) for i in range(30)))
+    refused_by = [
+        headers.get("RateLimit-Policy", "").split(";")[0] for status, headers, _ in answers if status == 429
+    ]
+    assert [status for status, _, _ in answers].count(200) == 6
+    assert refused_by.count('"pre_auth"') == 20  # pre_auth admitted exactly 10 of 30
+    assert refused_by.count('"per-user"') == 4  # and the route exactly 6 of those 10

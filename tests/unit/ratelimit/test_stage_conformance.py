@@ -314,3 +314,143 @@ async def test_hits_timestamped_in_the_past_are_not_taken_for_late_stages(
         assert verdict.allowed and verdict.remaining == 4 and verdict.source == "shared"
     finally:
         await backend.close()
+
+
+# Two stages in one call (pre_auth, then the route's items behind the barrier) decide exactly
+# as the two stages called one after the other: the same decisions, binding item and window
+# state, and the same data in Redis — a refusing first stage leaves the second's keys untouched.
+TWO_STAGE_STEP = st.one_of(
+    st.tuples(
+        st.just("hit"), st.lists(st.booleans(), min_size=2, max_size=2), st.lists(st.booleans(), min_size=2)
+    ),
+    st.tuples(st.just("wait"), st.sampled_from((0.25, 0.5, 1.0, 2.5))),
+)
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# The first stage refuses on the second request: the route's items stay at one hit.
+@example(
+    first=[("fixed-window", "1/second", 1)],
+    second=[("moving-window", "3/2seconds", 1)],
+    steps=[("hit", [True, True], [True, True])] * 3,
+)
+@given(
+    first=st.lists(ITEM, min_size=1, max_size=2),
+    second=st.lists(ITEM, min_size=1, max_size=2),
+    steps=st.lists(TWO_STAGE_STEP, min_size=1, max_size=20),
+)
+def test_two_stages_in_one_call_decide_as_one_after_the_other(
+    redis_url: str,
+    items: ItemFactory,
+    first: list[tuple[str, str, int]],
+    second: list[tuple[str, str, int]],
+    steps: list[tuple],
+) -> None:
+    stages = [
+        [items(limit, strategy=s, cost=cost, index=base + n)[0] for n, (s, limit, cost) in enumerate(rules)]
+        for base, rules in ((0, first), (10, second))
+    ]
+    run = next(_values)
+    fast_value, ref_value = f"fast-{run}", f"ref-{run}"
+    keys = [key_of(item, value) for stage in stages for item in stage for value in (fast_value, ref_value)]
+    clock = FakeClock()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(stage_script, "time", clock)
+        asyncio.run(_drive_two(redis_url, stages, steps, fast_value, ref_value, keys, clock))
+
+
+async def _drive_two(
+    url: str,
+    stages: list[list[LimitItem]],
+    steps: list[tuple],
+    fast: str,
+    ref: str,
+    keys: list[str],
+    clock: FakeClock,
+) -> None:
+    paths = Paths.open(url)
+    try:
+        for step in steps:
+            if step[0] == "wait":
+                await advance(paths.client, keys, clock, step[1])
+                continue
+            before, after = (
+                [item for item, on in zip(stage, toggles, strict=False) if on] or stage[:1]
+                for stage, toggles in zip(stages, step[1:], strict=True)
+            )
+            wanted = min(range(len(after)), key=lambda i: after[i].strictness)
+            split = len(before)
+            got = await paths.script.run(
+                [(i, fast) for i in [*before, *after]], split + wanted, barrier=split
+            )
+            first = await paths.script.run([(i, ref) for i in before], None)
+            if not all(first[0]):  # the route stage is never reached
+                assert got[0] == first[0] and got[1] == first[1]
+                expected = first[2]
+            else:
+                second = await paths.script.run([(i, ref) for i in after], wanted)
+                assert got[0] == first[0] + second[0]
+                assert second[1] is not None and got[1] == split + second[1]
+                expected = second[2]
+            assert got[2] is not None and expected is not None
+            assert got[2].remaining == expected.remaining
+            assert abs(got[2].reset_time - expected.reset_time) <= 0.01  # PTTLs read ms apart
+            await assert_same_data(paths.client, [*stages[0], *stages[1]], fast, ref)
+    finally:
+        await paths.close()
+
+
+async def test_a_refusing_pre_auth_leaves_the_route_items_uncounted(
+    redis_url: str, items: ItemFactory
+) -> None:
+    """The backend's one-call path: pre_auth refused → no route verdict, the route's keys never
+    hit, the deny cache remembers pre_auth's bucket; an admitted pair reports the route's state."""
+    backend = RateLimitBackend(redis_url)
+    (pre,) = items("2/minute", strategy="fixed-window", index=0)
+    user, tenant = items("3/minute", index=1)[0], items("10/minute", index=2)[0]
+    value = backend.hash("one-call")
+    pre_checks, route_checks = [(pre, value)], [(user, value), (tenant, value)]
+    client = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        for remaining in (2, 1):
+            before, after = await backend.check_in_order(pre_checks, route_checks, limit_settings())
+            assert before is not None and before.allowed
+            assert after is not None and after.allowed and after.item is user and after.remaining == remaining
+        before, after = await backend.check_in_order(pre_checks, route_checks, limit_settings())
+        assert before is not None and not before.allowed and before.source == "shared" and after is None
+        assert await client.llen(key_of(user, value)) == 2
+        assert await client.llen(key_of(tenant, value)) == 2
+        assert int(await client.get(key_of(pre, value))) == 3  # counted as check() counts it
+        assert not backend.can_defer(pre_checks)  # now answered from memory, no store call
+        before, after = await backend.check_in_order(pre_checks, route_checks, limit_settings())
+        assert before is not None and before.source == "cache" and after is None
+        assert int(await client.get(key_of(pre, value))) == 3
+    finally:
+        await client.aclose()
+        await backend.close()
+
+
+async def test_one_call_on_a_hung_store_falls_back_stage_by_stage(
+    redis_server: RedisServer, items: ItemFactory
+) -> None:
+    """A failed one-call pair trips the breaker once and then goes the failure mode's way for
+    each stage, as two calls would: local counts (pre_auth refusing first), or 503 (deny)."""
+    backend = RateLimitBackend(redis_server.url)
+    (pre,) = items("1/minute", index=0)
+    (user,) = items("5/minute", index=1)
+    value = backend.hash("hung")
+    try:
+        redis_server.pause()
+        before, after = await backend.check_in_order(
+            [(pre, value)], [(user, value)], limit_settings("local", 0.2)
+        )
+        assert backend.store_down and before is not None and before.source == "local"
+        assert after is not None and after.source == "local" and after.remaining == 4
+        before, after = await backend.check_in_order([(pre, value)], [(user, value)], limit_settings("local"))
+        assert before is not None and not before.allowed and after is None
+        with pytest.raises(StoreUnavailable):
+            await backend.check_in_order([(pre, value)], [(user, value)], limit_settings("deny"))
+    finally:
+        if redis_server.paused:
+            redis_server.resume()
+        await backend.close()
