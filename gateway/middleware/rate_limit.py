@@ -99,6 +99,9 @@ async def limit_pre_auth(ctx: RequestContext) -> web.StreamResponse | None:
     checks = _checks(ctx, rl, rl.compiled.pre_auth, None)
     if not checks:
         return None
+    known = rl.backend.refused_from_memory(checks, "pre_auth")
+    if known is not None:
+        _apply(ctx, known)  # raises: a flood costs no deferral bookkeeping
     route = ctx.route
     if route is not None and route.name in rl.compiled.deferrable and rl.backend.can_defer(checks):
         # One store call per request: the hit goes with the route stage's (limit_route), or

@@ -277,6 +277,14 @@ class RateLimitBackend:
             self._remember_full(item, value, reset_in)
         return Verdict(allowed, item, stats.remaining, reset_in, "shared")
 
+    def refused_from_memory(self, checks: Sequence[tuple[LimitItem, str]], stage: str) -> Verdict | None:
+        """The verdict of a bucket known to be full (counted as ``limited``), else None: a flood
+        is refused before anything else is decided about the request."""
+        known = self._known_full(checks)
+        if known is not None:
+            self._count(stage, "limited")
+        return known
+
     def can_defer(self, checks: Sequence[tuple[LimitItem, str]]) -> bool:
         """Whether a stage's hit may wait to ride along with a later stage's in one store call
         (``check_in_order``): the stage script is in use, the store is up, these are script
