@@ -60,25 +60,22 @@ def note_refusal(error: GatewayError, ctx: RequestContext) -> None:
 
 def begin_request(request: web.BaseRequest | LeanRequest, runtime: Runtime) -> RequestContext:
     """The request's context, bound to the request and to this task's log lines."""
-    request_id = request_id_for(request.headers.get("X-Request-ID"))
+    headers = request.headers
+    request_id = request_id_for(headers.get("X-Request-ID"))
     peer = request.remote or ""
-    ctx = RequestContext(
-        request=request,
-        runtime=runtime,
-        request_id=request_id,
-        client_ip=runtime.trusted_proxies.client_ip(peer, request.headers.getall("X-Forwarded-For", ())),
-        peer_ip=peer,
-        peer_trusted=peer in runtime.trusted_proxies,
-    )
+    proxies = runtime.trusted_proxies
+    trusted = peer in proxies
+    # SECURITY: IP spoofing past limits — only a trusted peer's X-Forwarded-For is read at all.
+    client_ip = proxies.client_ip(peer, headers.getall("X-Forwarded-For", ())) if trusted else peer
+    # App. C: every answer (gateway endpoints, early answers, refusals, proxied ones) carries
+    # its request id (first: gateway.http1.problem relies on it), the gateway's Server, nosniff
+    # and, on TLS, HSTS — neither aiohttp's nor the upstream's version is disclosed.
+    own = {"X-Request-ID": request_id, **identity_headers(tls=runtime.tls)}
+    ctx = RequestContext(request, runtime, request_id, client_ip, peer, trusted, response_headers=own)
     request[ContextKey] = ctx
     # Every log line of this request carries its id (requests on one keep-alive connection
     # share a task, so the previous request's bindings are cleared first).
     log_context.begin_request(request_id)
-    ctx.response_headers["X-Request-ID"] = request_id
-    # App. C: every answer (gateway endpoints, early answers, refusals, proxied ones) carries
-    # the gateway's Server, nosniff and, on TLS, HSTS — neither aiohttp's nor the upstream's
-    # version is disclosed.
-    ctx.response_headers.update(identity_headers(tls=runtime.tls))
     return ctx
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from bisect import bisect_left
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
@@ -24,11 +25,51 @@ if TYPE_CHECKING:
     from gateway.context import RequestContext
 
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+_BOUNDS = (*(float(b) for b in _BUCKETS), float("inf"))  # prometheus-client's upper bounds, +Inf last
+
+
+class _RouteLatency:
+    """One route's latency histogram in plain numbers: per-bucket counts (not cumulative, as
+    prometheus-client keeps them) and the running sum, added in the same order as its
+    ``observe`` would, so the exported floats are bit for bit the same."""
+
+    __slots__ = ("buckets", "child", "total")
+
+    def __init__(self, child: Any) -> None:
+        self.child = child
+        self.buckets = [0] * len(_BOUNDS)
+        self.total = 0.0
+
+    def publish(self) -> None:
+        # prometheus-client has no public setter for a histogram's buckets; the conformance test
+        # (tests/unit/test_metrics_tally.py) compares the output with its own observe().
+        for value, count in zip(self.child._buckets, self.buckets, strict=True):
+            value.set(float(count))
+        self.child._sum.set(self.total)
+
+
+class _RequestTally:
+    """One (route, status): its answered count and its route's latency."""
+
+    __slots__ = ("count", "counter", "latency", "published")
+
+    def __init__(self, counter: Any, latency: _RouteLatency) -> None:
+        self.counter = counter
+        self.latency = latency
+        self.count = 0
+        self.published = 0
 
 
 class GatewayMetrics:
     def __init__(self) -> None:
         self._request_children: dict[tuple[str, int], tuple[Any, Any]] = {}
+        self._tallies: dict[tuple[str, int], _RequestTally] = {}
+        self._latencies: dict[str, _RouteLatency] = {}
+        # One process: requests are tallied in plain numbers and published into prometheus-client
+        # on each scrape (its Counter and Histogram lock and walk per call, a visible share of a
+        # request). Several workers: each request writes through to the shared files, so a
+        # scrape on any worker sees every answered request at once.
+        self.tallied = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         self._refusal_children: dict[str, Any] = {}
         self.requests = Counter(
             "shopino_gateway_requests", "Requests answered, by route and status", ("route", "status")
@@ -72,6 +113,16 @@ class GatewayMetrics:
 
     def observe_request(self, ctx: RequestContext) -> None:
         route = ctx.route.name if ctx.route is not None else "-"
+        if self.tallied:
+            tally = self._tallies.get((route, ctx.status or 0))
+            if tally is None:
+                tally = self._new_tally(route, ctx.status or 0)
+            tally.count += 1
+            elapsed = time.monotonic() - ctx.started
+            latency = tally.latency
+            latency.buckets[bisect_left(_BOUNDS, elapsed)] += 1  # the first bound >= elapsed
+            latency.total += elapsed
+            return
         key = (route, ctx.status or 0)
         children = self._request_children.get(key)
         if children is None:
@@ -82,6 +133,24 @@ class GatewayMetrics:
         children[0].inc()
         children[1].observe(time.monotonic() - ctx.started)
 
+    def _new_tally(self, route: str, status: int) -> _RequestTally:
+        # The children are made at the first request, as before: the same _created timestamps.
+        latency = self._latencies.get(route)
+        if latency is None:
+            latency = self._latencies[route] = _RouteLatency(self.latency.labels(route))
+        counter = self.requests.labels(route, str(status))
+        tally = self._tallies[(route, status)] = _RequestTally(counter, latency)
+        return tally
+
+    def publish(self) -> None:
+        """Bring prometheus-client's request metrics up to date (before every scrape)."""
+        for tally in self._tallies.values():
+            if tally.count != tally.published:
+                tally.counter.inc(tally.count - tally.published)
+                tally.published = tally.count
+        for latency in self._latencies.values():
+            latency.publish()
+
 
 METRICS = GatewayMetrics()
 
@@ -91,4 +160,5 @@ def render_metrics() -> tuple[bytes, str]:
         registry = CollectorRegistry()
         prom_multiprocess.MultiProcessCollector(registry)
         return generate_latest(registry), CONTENT_TYPE_LATEST
+    METRICS.publish()
     return generate_latest(), CONTENT_TYPE_LATEST
