@@ -15,6 +15,7 @@ callgrind and loads them from Redis. Target: large ÷ small ≤ 1.05.
 
     python bench/scale_bench.py [--requests 1000]
     python bench/scale_bench.py --worlds routes,switches,keys   # each growth on its own
+    python bench/scale_bench.py --method cpu [--rounds 5]       # CPU µs/request under wrk instead
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import argparse
 import hashlib
 import http.client
 import json
+import statistics
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,13 +32,22 @@ from pathlib import Path
 import redis
 from bench_contestants import BenchEnv, start_bench_env
 from bench_support import (
+    LOAD_CPU,
     Launcher,
     StartFailed,
     ensure_debian_packages,
     run_in_workdir,
+    run_wrk,
+    tree_cpu_seconds,
     wait_ready,
 )
-from full_chain import prepare_gateway_full
+from full_chain import (
+    FULL_PATH,
+    Prepared,
+    make_workload,
+    prepare_gateway_full,
+    verify_full_chain_does_the_job,
+)
 from instructions_bench import count, health_probe, start_full_counted
 
 ROUTES = 100
@@ -92,7 +103,8 @@ def fill_rate_limit_keys(state_url: str, count_: int) -> None:
         client.close()
 
 
-def measure_world(env: BenchEnv, name: str, grow: frozenset[str], requests: int) -> float:
+def prepare_world(env: BenchEnv, name: str, grow: frozenset[str]) -> Prepared:
+    """A full-chain gateway's config and Redis with the world grown by ``grow`` (not started)."""
     prepared = prepare_gateway_full(
         env,
         name,
@@ -108,6 +120,11 @@ def measure_world(env: BenchEnv, name: str, grow: frozenset[str], requests: int)
         env.launcher.stop_named(f"{name}-setup")
     if "keys" in grow:
         fill_rate_limit_keys(prepared.state_url, RATE_LIMIT_KEYS)
+    return prepared
+
+
+def measure_world(env: BenchEnv, name: str, grow: frozenset[str], requests: int) -> float:
+    prepared = prepare_world(env, name, grow)
     target = start_full_counted(env, name, prepared.port, prepared.argv, prepared.environ)
     try:
         return count(target, requests, connections=10, warmup=400)
@@ -115,7 +132,46 @@ def measure_world(env: BenchEnv, name: str, grow: frozenset[str], requests: int)
         env.launcher.stop_named(name)
 
 
+def cpu_per_request(env: BenchEnv, worlds: list[frozenset[str]], rounds: int, duration: int) -> None:
+    """The same comparison by CPU µs per request under wrk (50 connections), the worlds'
+    gateways started together and measured in interleaved rounds. Periodic work (resyncs,
+    heartbeats) is charged at its real rate here; under callgrind a request is ~50x slower, so
+    the instruction count charges each request ~50x its share of such work."""
+    assert env.jwt.signing_key is not None
+    workload = make_workload(env.workdir, env.jwt.signing_key)
+    names = ["world-small", *("cpu-world-" + "-".join(sorted(g)) for g in worlds)]
+    ports: dict[str, tuple[int, int]] = {}
+    for name, grow in zip(names, [frozenset(), *worlds], strict=True):
+        prepared = prepare_world(env, name, grow)
+        proc = env.launcher.start(name, prepared.argv, cpu=env.proxy_cpu, env=prepared.environ)
+        wait_ready(env.launcher, name, proc, health_probe(prepared.port), 30)
+        verify_full_chain_does_the_job(prepared.port, workload)
+        ports[name] = (prepared.port, proc.pid)
+    wrk = dict(connections=50, threads=1, headers={}, cpu=LOAD_CPU, lua=workload.lua, path=FULL_PATH)
+    results: dict[str, list[float]] = {name: [] for name in names}
+    for round_no in range(rounds):
+        order = names[round_no % len(names) :] + names[: round_no % len(names)]
+        for name in order:
+            port, pid = ports[name]
+            run_wrk(port=port, duration=1, **wrk)
+            before = tree_cpu_seconds(pid)
+            result = run_wrk(port=port, duration=duration, **wrk)
+            results[name].append((tree_cpu_seconds(pid) - before) * 1e6 / result.requests)
+    small = statistics.median(results["world-small"])
+    print()
+    print("| world (wrk, CPU µs per request, median of rounds) | µs / request | ÷ small |")
+    print("|---|--:|--:|")
+    for name in names:
+        value = statistics.median(results[name])
+        rounds_text = " / ".join(f"{v:.1f}" for v in results[name])
+        print(f"| {name} ({rounds_text}) | {value:.1f} | {value / small:.3f} |", flush=True)
+
+
 def run(args: argparse.Namespace, workdir: Path, launcher: Launcher) -> int:
+    if args.method == "cpu":
+        env = start_bench_env(launcher, workdir, sys.executable)
+        cpu_per_request(env, args.worlds, args.rounds, args.duration)
+        return 0
     ensure_debian_packages({"valgrind": "valgrind", "callgrind_control": "valgrind", "nginx": "nginx-light"})
     env = start_bench_env(launcher, workdir, sys.executable)
     small = measure_world(env, "world-small", frozenset(), args.requests)
@@ -147,6 +203,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="comma-separated large worlds, each a '+'-joined subset of routes, switches, keys "
         "(default: all three together)",
     )
+    parser.add_argument(
+        "--method",
+        choices=("instructions", "cpu"),
+        default="instructions",
+        help="callgrind instructions per request (default), or CPU µs per request under wrk",
+    )
+    parser.add_argument("--rounds", type=int, default=5, help="--method cpu: interleaved rounds")
+    parser.add_argument("--duration", type=int, default=5, help="--method cpu: seconds per round")
     parser.add_argument("--keep-workdir", action="store_true")
     args = parser.parse_args(argv)
     args.worlds = [frozenset(w.split("+")) for w in args.worlds.split(",")]
