@@ -96,15 +96,22 @@ class TrustedProxies:
 
 
 def connection_tokens(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str] | frozenset[str]:
-    if "Connection" not in headers:
+    values = headers.getall("Connection", ())
+    if not values:
         return _NO_TOKENS  # the common case (HTTP/1.1 keep-alive): nothing to parse
+    if len(values) == 1 and (known := _USUAL_TOKENS.get(values[0])) is not None:
+        return known  # "keep-alive" on nearly every upstream answer: parsed once, not per request
     tokens: set[str] = set()
-    for value in headers.getall("Connection", ()):
+    for value in values:
         tokens.update(t.strip().lower() for t in value.split(",") if t.strip())
     return tokens
 
 
 _NO_TOKENS: frozenset[str] = frozenset()
+# Exact values, so a hit parses to what the loop above would: a fixed set, nothing a peer can grow.
+_USUAL_TOKENS = {
+    value: frozenset((value.lower(),)) for value in ("keep-alive", "Keep-Alive", "close", "Close")
+}
 
 
 @functools.lru_cache(maxsize=16)  # one entry per runtime's strip_headers

@@ -594,11 +594,13 @@ def _request_head(
             lines.append("Content-Length: 0")
     else:
         lines.append("Transfer-Encoding: chunked" if length is None else f"Content-Length: {length}")
-    text = "\r\n".join(lines) + "\r\n\r\n"
-    breaks = len(lines) + 1
-    if text.count("\n") != breaks or text.count("\r") != breaks or "\x00" in text or " " in target:
+    # The lines before they are joined by CRLF: any CR, LF or NUL in them is one smuggled in.
+    # Three memchr scans of one joined string cost half what counting line breaks did.
+    probe = "".join(lines)
+    if "\n" in probe or "\r" in probe or "\x00" in probe or " " in target:
         # SECURITY: CR/LF in the target, a name or a value would inject headers or a whole second
         # request (CWE-113), a space in the target a second request line; aiohttp refuses both.
         raise ValueError("A request line or header contains CR, LF, NUL or a stray space")
+    text = "\r\n".join(lines) + "\r\n\r\n"
     # aiohttp decodes incoming heads as UTF-8 with surrogateescape: this restores the bytes.
     return text.encode("utf-8", "surrogateescape"), length

@@ -76,40 +76,43 @@ class LeanDownstream:
         version = request.version
         empty = status in _EMPTY_BODY_STATUS or status < 200 or request.method == "HEAD"
         keep_alive = self._protocol.may_keep_alive(request) and not force_close
-        lines = [f"HTTP/{version.major}.{version.minor} {status} {reason or _REASONS.get(status, '')}\r\n"]
-        has_date = has_connection = False
-        for name, value in headers.items():
-            lower = name.lower()
-            if lower in _FRAMING:
-                continue  # framing is this writer's, never a stage's or an upstream's
-            if lower == "date":
-                has_date = True
-            elif lower == "connection":
-                has_connection = True
-                keep_alive = keep_alive and "close" not in value.lower()
-            lines.append(f"{name}: {value}\r\n")
+        if not isinstance(headers, CIMultiDict | CIMultiDictProxy):
+            headers = CIMultiDict(headers)  # a plain mapping: its names become case-insensitive
+        # Case-insensitive lookups in C, and the lines joined by one map(): no Python-level
+        # lower() and formatting per header (the upstream's answer passes here on every request).
+        pairs = headers.items()
+        if "Content-Length" in headers or "Transfer-Encoding" in headers:
+            # framing is this writer's, never a stage's or an upstream's
+            pairs = [(name, value) for name, value in pairs if name.lower() not in _FRAMING]
+        has_date = "Date" in headers
+        connection = headers.getall("Connection", ())
+        if connection:
+            keep_alive = keep_alive and not any("close" in value.lower() for value in connection)
+        lines = [f"HTTP/{version.major}.{version.minor} {status} {reason or _REASONS.get(status, '')}"]
+        lines += map(": ".join, pairs)
         if content_length is not None:
             if status not in _EMPTY_BODY_STATUS:
-                lines.append(f"Content-Length: {content_length}\r\n")
+                lines.append(f"Content-Length: {content_length}")
         elif not empty:
             if version >= (1, 1):
-                lines.append("Transfer-Encoding: chunked\r\n")
+                lines.append("Transfer-Encoding: chunked")
                 self._chunked = True
             else:
                 keep_alive = False  # HTTP/1.0: the end of the body is the end of the connection
         if not has_date:
-            lines.append(f"Date: {rfc822_formatted_time()}\r\n")
-        if not has_connection:
+            lines.append(f"Date: {rfc822_formatted_time()}")
+        if not connection:
             if not keep_alive:
-                lines.append("Connection: close\r\n")
+                lines.append("Connection: close")
             elif version < (1, 1):
-                lines.append("Connection: keep-alive\r\n")
-        lines.append("\r\n")
-        text = "".join(lines)
+                lines.append("Connection: keep-alive")
         # SECURITY: response splitting — a CR or LF inside a name or value would start a new
-        # header (or body); every line above ends in exactly one CRLF, so the counts tell.
-        if text.count("\n") != len(lines) or text.count("\r") != len(lines):
+        # header (or body). The lines are checked before they are joined by CRLF: two memchr
+        # scans of one string, cheaper than counting the line breaks of the joined head.
+        probe = "".join(lines)
+        if "\n" in probe or "\r" in probe:
             raise ValueError("a response header contains a line break")
+        text = "\r\n".join(lines) + "\r\n\r\n"
         self.status = status
         self.keep_alive = keep_alive
         self._empty = empty

@@ -149,6 +149,22 @@ def test_connection_tokens_are_collected_from_every_line() -> None:
     assert tokens == {"keep-alive", "x-foo", "upgrade"}
 
 
+@pytest.mark.parametrize("value", ["keep-alive", "Keep-Alive", "close", "Close", "KEEP-ALIVE", " close"])
+def test_usual_connection_values_parse_like_any_other(value: str) -> None:
+    """The remembered values (nearly every upstream sends ``keep-alive``) give what parsing does."""
+    assert connection_tokens(headers(("Connection", value))) == {value.strip().lower()}
+
+
+def test_a_usual_connection_value_beside_another_line_still_names_both() -> None:
+    # SECURITY: hop-by-hop smuggling — a second Connection line must not be skipped by the memo.
+    tokens = connection_tokens(headers(("Connection", "keep-alive"), ("Connection", "X-Internal")))
+    assert tokens == {"keep-alive", "x-internal"}
+    response = downstream_response_headers(
+        headers(("Connection", "close"), ("Connection", "X-Internal"), ("X-Internal", "topology")), tls=False
+    )
+    assert "X-Internal" not in response
+
+
 def test_hop_by_hop_headers_are_removed() -> None:
     out = upstream(
         headers(

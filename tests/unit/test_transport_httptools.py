@@ -335,6 +335,19 @@ async def test_crlf_in_a_header_value_is_refused_before_sending(make_transport: 
         await fetch(transport, "/a HTTP/1.0")
 
 
+@pytest.mark.parametrize(
+    "headers",
+    [{"X-Evil": "a\rb"}, {"X-Evil": "a\nb"}, {"X-Evil": "a\x00b"}, {"X-E\nvil": "a"}, {"X-Evil": "\r\n"}],
+)
+async def test_a_lone_cr_lf_or_nul_anywhere_in_the_head_is_refused(
+    make_transport: MakeTransport, headers: dict[str, str]
+) -> None:
+    # SECURITY: header injection (CWE-113) — a bare CR or LF is a line break to lenient servers.
+    transport = make_transport(f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(ValueError, match="CR, LF, NUL"):
+        await fetch(transport, "/", headers=headers)
+
+
 async def test_body_stream_errors_propagate_unchanged(
     app_upstream: str, make_transport: MakeTransport
 ) -> None:
