@@ -242,14 +242,17 @@ def prepare_gateway_full(
     return Prepared(port, admin_port, argv, environ, state_url)
 
 
-def start_gateway_full(env: BenchEnv) -> Running:
-    prepared = prepare_gateway_full(env)
+def start_gateway_full(env: BenchEnv, name: str = "gateway-full") -> Running:
+    """The workload's gateway from ``env.project_root``'s code (another tree's for a before/after
+    run: ``run_proxy_bench.py --base-root``), with a Redis of its own."""
+    redis_name = REDIS_NAME if name == "gateway-full" else f"redis-{name}"
+    prepared = prepare_gateway_full(env, name, redis_name=redis_name)
     port = prepared.port
     workload = make_workload(env.workdir, env.jwt.signing_key)  # type: ignore[arg-type]
     proc = env.launcher.start(
-        "gateway-full", prepared.argv, cpu=env.proxy_cpu, env=prepared.environ, cwd=env.project_root
+        name, prepared.argv, cpu=env.proxy_cpu, env=prepared.environ, cwd=env.project_root
     )
-    wait_ready(env.launcher, "gateway-full", proc, health_probe(port), START_TIMEOUT)
+    wait_ready(env.launcher, name, proc, health_probe(port), START_TIMEOUT)
     verify_full_chain_does_the_job(port, workload)
     return Running(
         port=port,
@@ -257,7 +260,7 @@ def start_gateway_full(env: BenchEnv) -> Running:
         headers={},
         lua=workload.lua,
         path=FULL_PATH,
-        side_pid=env.launcher.pid_of(REDIS_NAME),
+        side_pid=env.launcher.pid_of(redis_name),
     )
 
 

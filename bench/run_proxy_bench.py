@@ -100,6 +100,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--python", default=sys.executable, help="interpreter for aiohttp-min and gateway (default: this one)"
     )
+    parser.add_argument(
+        "--base-root",
+        type=Path,
+        help="another source tree (e.g. `git archive REV | tar -x -C DIR`): adds the contestant "
+        "gateway-full@base, the same workload on that tree's code, for a before/after in one run",
+    )
     parser.add_argument("--results-dir", type=Path, default=BENCH_DIR / "results")
     parser.add_argument(
         "--keep-workdir", action="store_true", help="keep the temporary configs and logs for inspection"
@@ -110,6 +116,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.rounds < 1 or args.duration < 1 or args.connections < 1 or args.threads < 1:
         parser.error("--rounds, --duration, --connections and --threads must be >= 1")
     args.contestants = select_contestants(parser, args.only)
+    if args.base_root is not None:
+        root = args.base_root.resolve()
+        args.contestants.append(
+            Contestant(
+                "gateway-full@base",
+                f"gateway-full on the code of {root}",
+                lambda env: start_gateway_full(
+                    dataclasses.replace(env, project_root=root), "gateway-full@base"
+                ),
+            )
+        )
     return args
 
 
