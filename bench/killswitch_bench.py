@@ -22,11 +22,9 @@ import base64
 import http.client
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -44,6 +42,7 @@ from bench_support import (
     StartFailed,
     ensure_debian_packages,
     free_port,
+    run_in_workdir,
     start_gateway_process,
     start_redis,
     tree_cpu_seconds,
@@ -271,16 +270,14 @@ def main() -> int:
     parser.add_argument("--engagements", type=int, default=50)
     args = parser.parse_args()
     ensure_debian_packages({"wrk": "wrk", "nginx": "nginx", "redis-server": "redis-server"})
-    work = Path(tempfile.mkdtemp(prefix="ks-bench-"))
-    launcher = Launcher(work)
-    try:
-        upstream = start_upstream(launcher, work, LOAD_CPU).port
-        costs = index_cost()
-        latencies = propagation(launcher, work, upstream, args.engagements)
-        runs = cost(launcher, work, upstream, args.rounds, args.duration)
-    finally:
-        launcher.stop_all()
-        shutil.rmtree(work, ignore_errors=True)
+    return run_in_workdir("ks-bench-", False, lambda work, launcher: run(args, work, launcher))
+
+
+def run(args: argparse.Namespace, work: Path, launcher: Launcher) -> int:
+    upstream = start_upstream(launcher, work, LOAD_CPU).port
+    costs = index_cost()
+    latencies = propagation(launcher, work, upstream, args.engagements)
+    runs = cost(launcher, work, upstream, args.rounds, args.duration)
     report(args, latencies, runs, costs)
     return 0
 

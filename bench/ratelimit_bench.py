@@ -226,6 +226,21 @@ def _throughput(
     return {name: max(results, key=lambda r: r.req_per_s) for name, results in runs.items()}
 
 
+def _flood(port: int, pid: int, args: argparse.Namespace, lua: Path) -> WrkResult:
+    """One wrk flood from FLOOD_IP, with the gateway tree's CPU seconds spent meanwhile."""
+    before = tree_cpu_seconds(pid)
+    result = run_wrk(
+        port=port,
+        duration=args.duration,
+        connections=args.flood_connections,
+        threads=2,
+        headers={"X-Forwarded-For": FLOOD_IP},
+        cpu=LOAD_CPU,
+        lua=lua,
+    )
+    return WrkResult(**{**result.__dict__, "cpu_seconds": tree_cpu_seconds(pid) - before})
+
+
 def _unpaced_rounds(
     floods: dict[str, tuple[int, int]], args: argparse.Namespace, work: Path
 ) -> dict[str, list[WrkResult]]:
@@ -234,19 +249,7 @@ def _unpaced_rounds(
     results: dict[str, list[WrkResult]] = {name: [] for name in floods}
     for _ in range(args.flood_rounds):
         for name, (port, pid) in floods.items():
-            before = tree_cpu_seconds(pid)
-            result = run_wrk(
-                port=port,
-                duration=args.duration,
-                connections=args.flood_connections,
-                threads=2,
-                headers={"X-Forwarded-For": FLOOD_IP},
-                cpu=LOAD_CPU,
-                lua=lua,
-            )
-            results[name].append(
-                WrkResult(**{**result.__dict__, "cpu_seconds": tree_cpu_seconds(pid) - before})
-            )
+            results[name].append(_flood(port, pid, args, lua))
     return results
 
 
@@ -275,17 +278,7 @@ def _flood_step(
     holder: dict[str, tuple[list[float], list[int]]] = {}
     thread = threading.Thread(target=lambda: holder.update(r=_legit_client(port, token, args.duration)))
     thread.start()
-    before = tree_cpu_seconds(pid)
-    flood = run_wrk(
-        port=port,
-        duration=args.duration,
-        connections=args.flood_connections,
-        threads=2,
-        headers={"X-Forwarded-For": FLOOD_IP},
-        cpu=LOAD_CPU,
-        lua=_paced_lua(work, args.flood_connections, rate),
-    )
-    flood = WrkResult(**{**flood.__dict__, "cpu_seconds": tree_cpu_seconds(pid) - before})
+    flood = _flood(port, pid, args, _paced_lua(work, args.flood_connections, rate))
     thread.join()
     loaded, statuses = holder["r"]
     return FloodStep(rate, flood, loaded, statuses)

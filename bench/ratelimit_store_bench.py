@@ -25,10 +25,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +35,7 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench_support import LOAD_CPU, PROXY_CPU, Launcher, start_redis
+from bench_support import LOAD_CPU, PROXY_CPU, Launcher, run_in_workdir, start_redis
 
 from gateway.ratelimit.limiter import RateLimitBackend
 from gateway.ratelimit.model import LoginProtectionConfig, RateLimitRule
@@ -142,25 +140,25 @@ def main() -> int:
     with_cpus = {PROXY_CPU, LOAD_CPU} <= os.sched_getaffinity(0)
     if with_cpus:
         os.sched_setaffinity(0, {PROXY_CPU})
-    work = Path(tempfile.mkdtemp(prefix="rl-store-bench-"))
-    launcher = Launcher(work)
-    try:
-        url = start_redis(launcher, work, LOAD_CPU if with_cpus else None)
-        client = redis.Redis.from_url(url)
-        samples: dict[str, list[Sample]] = {path: [] for path in PATHS}
-        for round_no in range(args.rounds):
-            order = PATHS if round_no % 2 == 0 else PATHS[::-1]
-            for path in order:
-                client.flushall()
-                offset = round_no * 7919
-                samples[path].append(
-                    asyncio.run(_measure(url, path, args.requests, args.concurrency, client, offset))
-                )
-        client.close()
-        report(args, samples)
-    finally:
-        launcher.stop_all()
-        shutil.rmtree(work, ignore_errors=True)
+    return run_in_workdir(
+        "rl-store-bench-", False, lambda work, launcher: run(args, with_cpus, work, launcher)
+    )
+
+
+def run(args: argparse.Namespace, with_cpus: bool, work: Path, launcher: Launcher) -> int:
+    url = start_redis(launcher, work, LOAD_CPU if with_cpus else None)
+    client = redis.Redis.from_url(url)
+    samples: dict[str, list[Sample]] = {path: [] for path in PATHS}
+    for round_no in range(args.rounds):
+        order = PATHS if round_no % 2 == 0 else PATHS[::-1]
+        for path in order:
+            client.flushall()
+            offset = round_no * 7919
+            samples[path].append(
+                asyncio.run(_measure(url, path, args.requests, args.concurrency, client, offset))
+            )
+    client.close()
+    report(args, samples)
     return 0
 
 

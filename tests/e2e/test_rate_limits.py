@@ -233,6 +233,17 @@ ONE_CALL_LIMITS = {
 ONE_CALL_ROUTES = [{"name": "erp", "prefix": "/erp", "rate_limit": ["per-user"]}]
 
 
+def _one_call_gateway(
+    gateway_factory, upstream: Upstream, tmp_path: Path, redis_url: str, limits: dict = ONE_CALL_LIMITS
+):
+    """A ready gateway with ``limits`` on ``ONE_CALL_ROUTES``, counting in the Redis at ``redis_url``."""
+    return ready(
+        gateway_factory(
+            limits_config(upstream.url, tmp_path, limits, ONE_CALL_ROUTES, state={"url": redis_url})
+        )
+    )
+
+
 async def _route_hits(client: redis.asyncio.Redis) -> int:
     """Hits on the route's moving-window lists (pre_auth's bucket here is a fixed-window counter)."""
     return sum(
@@ -247,11 +258,7 @@ async def _route_hits(client: redis.asyncio.Redis) -> int:
 async def test_a_request_over_pre_auth_with_a_cached_token_is_refused_and_the_route_is_not_counted(
     tmp_path: Path, upstream: Upstream, redis_url: str, gateway_factory, http: aiohttp.ClientSession
 ) -> None:
-    gw = ready(
-        gateway_factory(
-            limits_config(upstream.url, tmp_path, ONE_CALL_LIMITS, ONE_CALL_ROUTES, state={"url": redis_url})
-        )
-    )
+    gw = _one_call_gateway(gateway_factory, upstream, tmp_path, redis_url)
     alice = {"Authorization": f"Bearer {token('alice')}"}
     client = redis.asyncio.Redis.from_url(redis_url)
     try:
@@ -276,11 +283,7 @@ async def test_cached_token_requests_make_one_store_call_each(
         **ONE_CALL_LIMITS,
         "pre_auth": [{"key": "ip", "limit": "100/minute", "strategy": "fixed-window"}],
     }
-    gw = ready(
-        gateway_factory(
-            limits_config(upstream.url, tmp_path, limits, ONE_CALL_ROUTES, state={"url": redis_url})
-        )
-    )
+    gw = _one_call_gateway(gateway_factory, upstream, tmp_path, redis_url, limits)
     alice = {"Authorization": f"Bearer {token('alice')}"}
     client = redis.asyncio.Redis.from_url(redis_url)
     try:
@@ -298,11 +301,7 @@ async def test_cached_token_requests_make_one_store_call_each(
 async def test_a_bad_or_missing_token_over_pre_auth_gets_429_not_401(
     tmp_path: Path, upstream: Upstream, redis_url: str, gateway_factory, http: aiohttp.ClientSession
 ) -> None:
-    gw = ready(
-        gateway_factory(
-            limits_config(upstream.url, tmp_path, ONE_CALL_LIMITS, ONE_CALL_ROUTES, state={"url": redis_url})
-        )
-    )
+    gw = _one_call_gateway(gateway_factory, upstream, tmp_path, redis_url)
     alice = {"Authorization": f"Bearer {token('alice')}"}
     for _ in range(2):
         assert (await send(http, f"{gw.url}/erp/x", headers=alice))[0] == 200

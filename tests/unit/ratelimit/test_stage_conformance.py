@@ -9,7 +9,7 @@ import asyncio
 import itertools
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import pytest
@@ -171,6 +171,26 @@ def test_stage_script_decides_as_limits_public_api(
         asyncio.run(_drive(redis_url, all_items, steps, fast_value, ref_value, keys, clock))
 
 
+async def _replay(
+    url: str,
+    steps: list[tuple],
+    keys: list[str],
+    clock: FakeClock,
+    check: Callable[[Paths, tuple], Awaitable[None]],
+) -> None:
+    """Play ``steps`` on one pair of paths: a ``("wait", seconds)`` step advances the clock (and the
+    keys' TTLs); every other step goes to ``check``."""
+    paths = Paths.open(url)
+    try:
+        for step in steps:
+            if step[0] == "wait":
+                await advance(paths.client, keys, clock, step[1])
+                continue
+            await check(paths, step)
+    finally:
+        await paths.close()
+
+
 async def _drive(
     url: str,
     all_items: list[LimitItem],
@@ -180,20 +200,15 @@ async def _drive(
     keys: list[str],
     clock: FakeClock,
 ) -> None:
-    paths = Paths.open(url)
-    try:
-        for step in steps:
-            if step[0] == "wait":
-                await advance(paths.client, keys, clock, step[1])
-                continue
-            chosen = [item for item, on in zip(all_items, step[1], strict=False) if on] or all_items[:1]
-            wanted = min(range(len(chosen)), key=lambda i: chosen[i].strictness) if step[2] else None
-            got = await paths.script.run([(item, fast) for item in chosen], wanted)
-            expected = await reference_stage(paths, [(item, ref) for item in chosen], wanted, clock.time)
-            assert_same(got, expected, [(item, fast) for item in chosen])
-            await assert_same_data(paths.client, chosen, fast, ref)
-    finally:
-        await paths.close()
+    async def check(paths: Paths, step: tuple) -> None:
+        chosen = [item for item, on in zip(all_items, step[1], strict=False) if on] or all_items[:1]
+        wanted = min(range(len(chosen)), key=lambda i: chosen[i].strictness) if step[2] else None
+        got = await paths.script.run([(item, fast) for item in chosen], wanted)
+        expected = await reference_stage(paths, [(item, ref) for item in chosen], wanted, clock.time)
+        assert_same(got, expected, [(item, fast) for item in chosen])
+        await assert_same_data(paths.client, chosen, fast, ref)
+
+    await _replay(url, steps, keys, clock, check)
 
 
 async def test_windows_expire_in_real_time_as_limits_says(redis_url: str, items: ItemFactory) -> None:
@@ -368,36 +383,29 @@ async def _drive_two(
     keys: list[str],
     clock: FakeClock,
 ) -> None:
-    paths = Paths.open(url)
-    try:
-        for step in steps:
-            if step[0] == "wait":
-                await advance(paths.client, keys, clock, step[1])
-                continue
-            before, after = (
-                [item for item, on in zip(stage, toggles, strict=False) if on] or stage[:1]
-                for stage, toggles in zip(stages, step[1:], strict=True)
-            )
-            wanted = min(range(len(after)), key=lambda i: after[i].strictness)
-            split = len(before)
-            got = await paths.script.run(
-                [(i, fast) for i in [*before, *after]], split + wanted, barrier=split
-            )
-            first = await paths.script.run([(i, ref) for i in before], None)
-            if not all(first[0]):  # the route stage is never reached
-                assert got[0] == first[0] and got[1] == first[1]
-                expected = first[2]
-            else:
-                second = await paths.script.run([(i, ref) for i in after], wanted)
-                assert got[0] == first[0] + second[0]
-                assert second[1] is not None and got[1] == split + second[1]
-                expected = second[2]
-            assert got[2] is not None and expected is not None
-            assert got[2].remaining == expected.remaining
-            assert abs(got[2].reset_time - expected.reset_time) <= 0.01  # PTTLs read ms apart
-            await assert_same_data(paths.client, [*stages[0], *stages[1]], fast, ref)
-    finally:
-        await paths.close()
+    async def check(paths: Paths, step: tuple) -> None:
+        before, after = (
+            [item for item, on in zip(stage, toggles, strict=False) if on] or stage[:1]
+            for stage, toggles in zip(stages, step[1:], strict=True)
+        )
+        wanted = min(range(len(after)), key=lambda i: after[i].strictness)
+        split = len(before)
+        got = await paths.script.run([(i, fast) for i in [*before, *after]], split + wanted, barrier=split)
+        first = await paths.script.run([(i, ref) for i in before], None)
+        if not all(first[0]):  # the route stage is never reached
+            assert got[0] == first[0] and got[1] == first[1]
+            expected = first[2]
+        else:
+            second = await paths.script.run([(i, ref) for i in after], wanted)
+            assert got[0] == first[0] + second[0]
+            assert second[1] is not None and got[1] == split + second[1]
+            expected = second[2]
+        assert got[2] is not None and expected is not None
+        assert got[2].remaining == expected.remaining
+        assert abs(got[2].reset_time - expected.reset_time) <= 0.01  # PTTLs read ms apart
+        await assert_same_data(paths.client, [*stages[0], *stages[1]], fast, ref)
+
+    await _replay(url, steps, keys, clock, check)
 
 
 async def test_a_refusing_pre_auth_leaves_the_route_items_uncounted(
