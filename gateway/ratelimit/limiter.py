@@ -285,18 +285,18 @@ class RateLimitBackend:
             self._count(stage, "limited")
         return known
 
+    def script_takes(self, checks: Sequence[tuple[LimitItem, str]]) -> bool:
+        """Whether the stage script can take these items now: it is in use, the store is up and
+        they are script items. Sliding-window-counter items and redis-py (sentinel) stores keep
+        a call per stage."""
+        fast = self._stage_script
+        return fast is not None and not self.store_down and fast.supports(checks)
+
     def can_defer(self, checks: Sequence[tuple[LimitItem, str]]) -> bool:
         """Whether a stage's hit may wait to ride along with a later stage's in one store call
-        (``check_in_order``): the stage script is in use, the store is up, these are script
-        items and none is known full (a flood is refused from memory at once, as ever).
-        Sliding-window-counter items and redis-py (sentinel) stores keep a call per stage."""
-        fast = self._stage_script
-        return (
-            fast is not None
-            and not self.store_down
-            and fast.supports(checks)
-            and self._known_full(checks) is None
-        )
+        (``check_in_order``): the script takes its items and none is known full (a flood is
+        refused from memory at once, as ever)."""
+        return self.script_takes(checks) and self._known_full(checks) is None
 
     async def check_in_order(
         self,
