@@ -199,11 +199,15 @@ class RateLimitBackend:
                 async with asyncio.timeout(settings.store_timeout):
                     return await self._run(self._remote, checks, stage, "shared", state)
             except STORE_ERRORS as error:
-                if isinstance(error, TimeoutError) and self._stage_script is not None:
-                    # A reply that did not come in time may never come: a fresh connection then.
-                    self._stage_script.client.abort()
-                self.breaker.trip(error)
+                self._store_failed(error)
         return await self.fail_over(checks, settings, stage, state)
+
+    def _store_failed(self, error: BaseException) -> None:
+        assert self.breaker is not None
+        if isinstance(error, TimeoutError) and self._stage_script is not None:
+            # A reply that did not come in time may never come: a fresh connection then.
+            self._stage_script.client.abort()
+        self.breaker.trip(error)
 
     def _known_full(self, checks: Sequence[tuple[LimitItem, str]]) -> Verdict | None:
         """A bucket refused earlier stays full until its reset time: for moving and fixed
@@ -320,7 +324,7 @@ class RateLimitBackend:
         )
         if not combined:
             return await self._in_turn(first, second, settings)
-        assert fast is not None and self.breaker is not None
+        assert fast is not None
         split = len(first)
         static = _strictest(second)
         try:
@@ -328,9 +332,7 @@ class RateLimitBackend:
                 [*first, *second], split + static, settings.store_timeout, barrier=split
             )
         except STORE_ERRORS as error:
-            if isinstance(error, TimeoutError):
-                fast.client.abort()  # a reply that did not come in time may never come
-            self.breaker.trip(error)
+            self._store_failed(error)
             return await self._in_turn(first, second, settings)  # the failure mode, stage by stage
         if len(decisions) == split:  # the barrier held: the first stage refused
             return self._fast_verdict(first, "pre_auth", 0, False, binding, stats), None
