@@ -103,7 +103,8 @@ async def limit_pre_auth(ctx: RequestContext) -> web.StreamResponse | None:
     if known is not None:
         _apply(ctx, known)  # raises: a flood costs no deferral bookkeeping
     route = ctx.route
-    if route is not None and route.name in rl.compiled.deferrable and rl.backend.can_defer(checks):
+    # Not known full (just asked): the deferral only needs the script to take these items.
+    if route is not None and route.name in rl.compiled.deferrable and rl.backend.script_takes(checks):
         # One store call per request: the hit goes with the route stage's (limit_route), or
         # alone first the moment anything else would happen (settle_pre_auth).
         ctx.deferred_pre_auth = DeferredPreAuth(checks, _refuse_pre_auth)

@@ -199,11 +199,15 @@ class RateLimitBackend:
                 async with asyncio.timeout(settings.store_timeout):
                     return await self._run(self._remote, checks, stage, "shared", state)
             except STORE_ERRORS as error:
-                if isinstance(error, TimeoutError) and self._stage_script is not None:
-                    # A reply that did not come in time may never come: a fresh connection then.
-                    self._stage_script.client.abort()
-                self.breaker.trip(error)
+                self._store_failed(error)
         return await self.fail_over(checks, settings, stage, state)
+
+    def _store_failed(self, error: BaseException) -> None:
+        assert self.breaker is not None
+        if isinstance(error, TimeoutError) and self._stage_script is not None:
+            # A reply that did not come in time may never come: a fresh connection then.
+            self._stage_script.client.abort()
+        self.breaker.trip(error)
 
     def _known_full(self, checks: Sequence[tuple[LimitItem, str]]) -> Verdict | None:
         """A bucket refused earlier stays full until its reset time: for moving and fixed
@@ -285,18 +289,18 @@ class RateLimitBackend:
             self._count(stage, "limited")
         return known
 
+    def script_takes(self, checks: Sequence[tuple[LimitItem, str]]) -> bool:
+        """Whether the stage script can take these items now: it is in use, the store is up and
+        they are script items. Sliding-window-counter items and redis-py (sentinel) stores keep
+        a call per stage."""
+        fast = self._stage_script
+        return fast is not None and not self.store_down and fast.supports(checks)
+
     def can_defer(self, checks: Sequence[tuple[LimitItem, str]]) -> bool:
         """Whether a stage's hit may wait to ride along with a later stage's in one store call
-        (``check_in_order``): the stage script is in use, the store is up, these are script
-        items and none is known full (a flood is refused from memory at once, as ever).
-        Sliding-window-counter items and redis-py (sentinel) stores keep a call per stage."""
-        fast = self._stage_script
-        return (
-            fast is not None
-            and not self.store_down
-            and fast.supports(checks)
-            and self._known_full(checks) is None
-        )
+        (``check_in_order``): the script takes its items and none is known full (a flood is
+        refused from memory at once, as ever)."""
+        return self.script_takes(checks) and self._known_full(checks) is None
 
     async def check_in_order(
         self,
@@ -320,7 +324,7 @@ class RateLimitBackend:
         )
         if not combined:
             return await self._in_turn(first, second, settings)
-        assert fast is not None and self.breaker is not None
+        assert fast is not None
         split = len(first)
         static = _strictest(second)
         try:
@@ -328,9 +332,7 @@ class RateLimitBackend:
                 [*first, *second], split + static, settings.store_timeout, barrier=split
             )
         except STORE_ERRORS as error:
-            if isinstance(error, TimeoutError):
-                fast.client.abort()  # a reply that did not come in time may never come
-            self.breaker.trip(error)
+            self._store_failed(error)
             return await self._in_turn(first, second, settings)  # the failure mode, stage by stage
         if len(decisions) == split:  # the barrier held: the first stage refused
             return self._fast_verdict(first, "pre_auth", 0, False, binding, stats), None
