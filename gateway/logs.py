@@ -26,7 +26,7 @@ def _dumps(data: object, **_: object) -> str:
 def configure_logging(config: LoggingConfig | None = None) -> Redactor:
     """Install the chain; returns the redactor for callers that log typed records themselves."""
     config = config or LoggingConfig()
-    redactor = Redactor(config.redact.extra_keys, config.redact.extra_patterns, config.redact.max_scan)
+    redactor = Redactor.from_config(config.redact)
     redaction = RedactionProcessor(redactor)
     timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
     numeric = _LEVELS.get(config.level, 20)

@@ -16,13 +16,16 @@ import uuid
 from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_plus
 
 from structlog.processors import format_exc_info
 from structlog.typing import EventDict, WrappedLogger
 
 from gateway import redaction_patterns as pat
+
+if TYPE_CHECKING:
+    from gateway.config.model import RedactConfig
 
 __all__ = [
     "TRUSTED_FIELDS",
@@ -84,6 +87,11 @@ class Redactor:
         # keys and messages can come from clients (headers, query), so a flood only resets them.
         self._keys: dict[str, tuple[bool, str]] = {}
         self._clean: set[str] = set()
+
+    @classmethod
+    def from_config(cls, config: RedactConfig) -> Redactor:
+        """The redactor ``logging.redact`` describes."""
+        return cls(config.extra_keys, config.extra_patterns, config.max_scan)
 
     def classify_key(self, key: str) -> tuple[bool, str]:
         """(whether the key's value is masked, the key itself with patterns masked)."""

@@ -126,11 +126,7 @@ def build_runtime(
         tls=tls,
         scheme="https" if tls else "http",
         access_log=AccessLogWriter(
-            Redactor(
-                config.logging.redact.extra_keys,
-                config.logging.redact.extra_patterns,
-                config.logging.redact.max_scan,
-            ),
+            Redactor.from_config(config.logging.redact),
             enabled=config.logging.access_log,
             pseudonymize=config.logging.pseudonymize,
             pseudonym_key=process.pseudonym_key,

@@ -56,6 +56,16 @@ MfaStatus = Literal["none", "pending", "active"]
 log = logging.getLogger(__name__)
 
 
+def origin_issuer(iss: object, claims: Mapping[str, Any], gateway_issuer: str) -> str | None:
+    """The issuer that authenticated the user of a token issued by ``iss``: ``iss`` itself, or
+    for the gateway's own MFA token the first-factor issuer it records (None when it records none).
+    """
+    # SECURITY: only the gateway's own tokens are believed about their origin; another
+    # issuer's "idp" claim (Azure AD sets one) would let it pose as a support issuer.
+    origin = claims.get(ORIGIN_ISSUER_CLAIM) if iss == gateway_issuer else iss
+    return origin if isinstance(origin, str) and origin and origin != gateway_issuer else None
+
+
 class InvalidCode(Forbidden):
     """A wrong, malformed or already used TOTP or recovery code (one answer for all, on purpose)."""
 
@@ -212,16 +222,9 @@ class MfaService:
         }
         if roles_claim in first_factor_claims:
             claims[roles_claim] = first_factor_claims[roles_claim]
-        if origin := self._origin_issuer(first_factor_claims):
+        if origin := origin_issuer(first_factor_claims.get("iss"), first_factor_claims, self._config.issuer):
             claims[ORIGIN_ISSUER_CLAIM] = origin
         return signing.sign(claims), ttl
-
-    def _origin_issuer(self, first_factor_claims: Mapping[str, Any]) -> str | None:
-        iss = first_factor_claims.get("iss")
-        # SECURITY: only the gateway's own tokens are believed about their origin; another
-        # issuer's "idp" claim (Azure AD sets one) would let it pose as a support issuer.
-        origin = first_factor_claims.get(ORIGIN_ISSUER_CLAIM) if iss == self._config.issuer else iss
-        return origin if isinstance(origin, str) and origin and origin != self._config.issuer else None
 
     # -- administration ------------------------------------------------------------------------
     async def status(self, tenant: str, user: str) -> MfaStatus:

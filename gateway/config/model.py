@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from gateway.ratelimit.model import RateLimitsConfig
+from gateway.redaction import DEFAULT_MAX_SCAN
 from gateway.tenancy.model import TenancyConfig
 
 if TYPE_CHECKING:  # a runtime import would be circular (gateway.auth imports this module)
@@ -127,7 +128,7 @@ class CorsPolicy:
 class RedactConfig:
     extra_keys: tuple[str, ...] = ()
     extra_patterns: tuple[str, ...] = ()
-    max_scan: int = 2048  # characters of one field scanned and kept (Appendix C bounded redaction)
+    max_scan: int = DEFAULT_MAX_SCAN  # characters of one field scanned and kept (App. C bounded redaction)
 
 
 @dataclass(frozen=True)

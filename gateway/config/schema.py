@@ -35,6 +35,7 @@ from gateway.config.model import (
 )
 from gateway.config.reader import Node, Report
 from gateway.ratelimit.schema import build_rate_limits, check_rate_limit_references
+from gateway.redaction import DEFAULT_MAX_SCAN
 from gateway.tenancy.schema import build_tenancy, check_tenancy_routes, route_tenancy_fields
 
 LISTEN_SERVERS = ("lean", "aiohttp")
@@ -298,7 +299,7 @@ def _cors(root: Node) -> dict[str, CorsPolicy]:
 
 # Appendix C: below 256 a field is cut before typical values end; above 1 MiB one field could
 # again hold the event loop (redaction is linear, not free).
-MAX_SCAN_DEFAULT, MAX_SCAN_MIN, MAX_SCAN_MAX = 2048, 256, 1024 * 1024
+MAX_SCAN_MIN, MAX_SCAN_MAX = 256, 1024 * 1024
 
 
 def _logging(node: Node) -> LoggingConfig:
@@ -313,7 +314,7 @@ def _logging(node: Node) -> LoggingConfig:
                 )
         except re.error as exc:
             node.report.error(where, f"invalid regex: {exc.msg}")
-    max_scan = redact.size("max_scan", MAX_SCAN_DEFAULT)
+    max_scan = redact.size("max_scan", DEFAULT_MAX_SCAN)
     if isinstance(max_scan, int) and not MAX_SCAN_MIN <= max_scan <= MAX_SCAN_MAX:
         node.report.error(
             redact.child_path("max_scan"), f"must be between {MAX_SCAN_MIN} and {MAX_SCAN_MAX} bytes"

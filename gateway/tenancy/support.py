@@ -13,7 +13,7 @@ ignored: only the gateway vouches for where its own tokens came from.
 from __future__ import annotations
 
 from gateway.auth.jwt import VerifiedClaims
-from gateway.auth.mfa import ORIGIN_ISSUER_CLAIM
+from gateway.auth.mfa import origin_issuer as mfa_origin_issuer
 from gateway.tenancy.grants import SUPPORT_ROLE
 from gateway.tenancy.model import SupportConfig
 
@@ -21,10 +21,7 @@ from gateway.tenancy.model import SupportConfig
 def origin_issuer(claims: VerifiedClaims, gateway_issuer: str) -> str | None:
     """The issuer that authenticated the user: the token's own, or for a gateway MFA token the
     first-factor issuer it records (None when it records none)."""
-    if claims.issuer != gateway_issuer:
-        return claims.issuer
-    origin = claims.raw.get(ORIGIN_ISSUER_CLAIM)
-    return origin if isinstance(origin, str) and origin != gateway_issuer else None
+    return mfa_origin_issuer(claims.issuer, claims.raw, gateway_issuer)
 
 
 def is_support_identity(claims: VerifiedClaims, support: SupportConfig, gateway_issuer: str) -> bool:
