@@ -40,6 +40,7 @@ from gateway.errors import (
     problem_body,
     problem_headers,
 )
+from gateway.http1.downstream import REASONS
 from gateway.http1.request import LeanRequest
 from gateway.routing import method_not_allowed
 
@@ -579,7 +580,7 @@ class LeanProtocol(asyncio.Protocol):
         headers["X-Request-ID"] = request_id
         headers.update(self._guard.identity_headers)
         body = problem_body(error, request_id)
-        lines = [f"HTTP/1.1 {error.status} {_reason(error.status)}\r\n"]
+        lines = [f"HTTP/1.1 {error.status} {REASONS.get(error.status, '')}\r\n"]
         lines.extend(f"{name}: {value}\r\n" for name, value in headers.items())
         lines.append(f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
         if self.transport is not None:
@@ -677,15 +678,6 @@ def _awaiting_continue(request: LeanRequest) -> bool:
         return False
     ctx = request.ctx
     return ctx is None or not ctx.continue_sent
-
-
-def _reason(status: int) -> str:
-    from http import HTTPStatus
-
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return ""
 
 
 def _parser_error(exc: Exception, data: bytes) -> GatewayError:
