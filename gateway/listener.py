@@ -11,7 +11,8 @@ twice. This subclass closes those gaps.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, Protocol
 
 import structlog
 from aiohttp import http_exceptions, web
@@ -205,6 +206,28 @@ class GuardedRequestHandler(RequestHandler):
 CUT_GRACE = 0.5  # seconds cut requests get to unwind (their upstream exchange is cancelled)
 
 
+class Drainable(Protocol):
+    @property
+    def in_request(self) -> bool: ...
+
+    def request_done(self) -> asyncio.Future[None]: ...
+
+    def cut_for_drain(self) -> None: ...
+
+
+async def drain(connections: Iterable[Drainable], timeout: float | None, cut_grace: float) -> None:
+    """Busy connections get ``timeout`` in all to finish their request; what is still running
+    then is cut (logged 499 ``drain-timeout``) and given ``cut_grace`` to unwind."""
+    busy = [c for c in connections if c.in_request]
+    if busy and timeout:
+        await asyncio.wait([c.request_done() for c in busy], timeout=timeout)
+    cut = [c for c in busy if c.in_request]
+    for connection in cut:
+        connection.cut_for_drain()
+    if cut:
+        await asyncio.wait([c.request_done() for c in cut], timeout=cut_grace)
+
+
 class GuardedServer(web.Server):
     def __init__(
         self,
@@ -235,14 +258,7 @@ class GuardedServer(web.Server):
         line. Here the wait happens once; cut requests are cancelled (their handler logs them
         as 499 ``drain-timeout``) and aiohttp's shutdown only closes what is left."""
         handlers = [h for h in self._connections if isinstance(h, GuardedRequestHandler)]
-        busy = [h for h in handlers if h.in_request]
-        if busy and timeout:
-            await asyncio.wait([h.request_done() for h in busy], timeout=timeout)
-        cut = [h for h in busy if h.in_request]
-        for handler in cut:
-            handler.cut_for_drain()
-        if cut:
-            await asyncio.wait([h.request_done() for h in cut], timeout=CUT_GRACE)
+        await drain(handlers, timeout, CUT_GRACE)
         await super().shutdown(CUT_GRACE)
 
     def __call__(self) -> RequestHandler:

@@ -42,6 +42,7 @@ from gateway.errors import (
 )
 from gateway.http1.downstream import REASONS
 from gateway.http1.request import LeanRequest
+from gateway.listener import drain
 from gateway.routing import method_not_allowed
 
 if TYPE_CHECKING:
@@ -138,14 +139,7 @@ class LeanServer:
         self.closing = True
         for connection in list(self.connections):
             connection.close_when_idle()
-        busy = [c for c in self.connections if c.in_request]
-        if busy and timeout:
-            await asyncio.wait([c.request_done() for c in busy], timeout=timeout)
-        cut = [c for c in busy if c.in_request]
-        for connection in cut:
-            connection.cut_for_drain()
-        if cut:
-            await asyncio.wait([c.request_done() for c in cut], timeout=cut_grace)
+        await drain(list(self.connections), timeout, cut_grace)
         for connection in list(self.connections):
             connection.abort()
 
