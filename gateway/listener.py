@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 from aiohttp import http_exceptions, web
@@ -31,6 +31,9 @@ from gateway.errors import (
     problem_headers,
 )
 from gateway.middleware.request_hygiene import parser_refusal
+
+if TYPE_CHECKING:
+    from gateway.http1.request import LeanRequest
 
 log = structlog.get_logger("gateway.listener")
 
@@ -126,7 +129,7 @@ class GuardedRequestHandler(RequestHandler):
         if payload.is_eof() or payload.exception() is not None:
             return
         now = self._loop.time()
-        if self._reading_paused or self._awaiting_continue(request):
+        if self._reading_paused or awaiting_continue(request):
             # The gateway is not reading (a slow upstream holds back the body) or has not asked
             # for the body yet (100-continue): the client is not the one stalling.
             self._body_deadline = now + self._guard_server.body_timeout
@@ -141,13 +144,6 @@ class GuardedRequestHandler(RequestHandler):
         self._lingering_time = 0.0
         if isinstance(payload, StreamReader):
             payload.set_exception(RequestTimeout("The request body did not arrive in time"))
-
-    @staticmethod
-    def _awaiting_continue(request: web.BaseRequest) -> bool:
-        if request.headers.get("Expect", "").lower() != "100-continue":
-            return False
-        ctx = request.get(ContextKey)
-        return ctx is None or not ctx.continue_sent
 
     def _arm_head_timer(self) -> None:
         timeout = self._guard_server.header_timeout
@@ -204,6 +200,14 @@ class GuardedRequestHandler(RequestHandler):
 
 
 CUT_GRACE = 0.5  # seconds cut requests get to unwind (their upstream exchange is cancelled)
+
+
+def awaiting_continue(request: web.BaseRequest | LeanRequest) -> bool:
+    """An ``Expect: 100-continue`` request whose body the gateway has not asked for yet."""
+    if request.headers.get("Expect", "").lower() != "100-continue":
+        return False
+    ctx = request.get(ContextKey)
+    return ctx is None or not ctx.continue_sent
 
 
 class Drainable(Protocol):

@@ -42,7 +42,7 @@ from gateway.errors import (
 )
 from gateway.http1.downstream import REASONS
 from gateway.http1.request import LeanRequest
-from gateway.listener import drain
+from gateway.listener import awaiting_continue, drain
 from gateway.routing import method_not_allowed
 
 if TYPE_CHECKING:
@@ -654,7 +654,7 @@ class LeanProtocol(asyncio.Protocol):
         if payload.is_eof() or payload.exception() is not None:
             return
         now = self._loop.time()
-        if self._body_paused or _awaiting_continue(request):
+        if self._body_paused or awaiting_continue(request):
             # The gateway is not reading (a slow upstream holds back the body) or has not asked
             # for the body yet (100-continue): the client is not the one stalling.
             self._body_deadline = now + self._guard.body_timeout
@@ -665,13 +665,6 @@ class LeanProtocol(asyncio.Protocol):
         # hold this connection and an upstream connection for as long as the client likes.
         self._guard.body_timeouts += 1
         payload.set_exception(RequestTimeout("The request body did not arrive in time"))
-
-
-def _awaiting_continue(request: LeanRequest) -> bool:
-    if request.headers.get("Expect", "").lower() != "100-continue":
-        return False
-    ctx = request.ctx
-    return ctx is None or not ctx.continue_sent
 
 
 def _parser_error(exc: Exception, data: bytes) -> GatewayError:
