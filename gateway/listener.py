@@ -11,7 +11,8 @@ twice. This subclass closes those gaps.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 from aiohttp import http_exceptions, web
@@ -30,6 +31,9 @@ from gateway.errors import (
     problem_headers,
 )
 from gateway.middleware.request_hygiene import parser_refusal
+
+if TYPE_CHECKING:
+    from gateway.http1.request import LeanRequest
 
 log = structlog.get_logger("gateway.listener")
 
@@ -125,7 +129,7 @@ class GuardedRequestHandler(RequestHandler):
         if payload.is_eof() or payload.exception() is not None:
             return
         now = self._loop.time()
-        if self._reading_paused or self._awaiting_continue(request):
+        if self._reading_paused or awaiting_continue(request):
             # The gateway is not reading (a slow upstream holds back the body) or has not asked
             # for the body yet (100-continue): the client is not the one stalling.
             self._body_deadline = now + self._guard_server.body_timeout
@@ -140,13 +144,6 @@ class GuardedRequestHandler(RequestHandler):
         self._lingering_time = 0.0
         if isinstance(payload, StreamReader):
             payload.set_exception(RequestTimeout("The request body did not arrive in time"))
-
-    @staticmethod
-    def _awaiting_continue(request: web.BaseRequest) -> bool:
-        if request.headers.get("Expect", "").lower() != "100-continue":
-            return False
-        ctx = request.get(ContextKey)
-        return ctx is None or not ctx.continue_sent
 
     def _arm_head_timer(self) -> None:
         timeout = self._guard_server.header_timeout
@@ -205,6 +202,36 @@ class GuardedRequestHandler(RequestHandler):
 CUT_GRACE = 0.5  # seconds cut requests get to unwind (their upstream exchange is cancelled)
 
 
+def awaiting_continue(request: web.BaseRequest | LeanRequest) -> bool:
+    """An ``Expect: 100-continue`` request whose body the gateway has not asked for yet."""
+    if request.headers.get("Expect", "").lower() != "100-continue":
+        return False
+    ctx = request.get(ContextKey)
+    return ctx is None or not ctx.continue_sent
+
+
+class Drainable(Protocol):
+    @property
+    def in_request(self) -> bool: ...
+
+    def request_done(self) -> asyncio.Future[None]: ...
+
+    def cut_for_drain(self) -> None: ...
+
+
+async def drain(connections: Iterable[Drainable], timeout: float | None, cut_grace: float) -> None:
+    """Busy connections get ``timeout`` in all to finish their request; what is still running
+    then is cut (logged 499 ``drain-timeout``) and given ``cut_grace`` to unwind."""
+    busy = [c for c in connections if c.in_request]
+    if busy and timeout:
+        await asyncio.wait([c.request_done() for c in busy], timeout=timeout)
+    cut = [c for c in busy if c.in_request]
+    for connection in cut:
+        connection.cut_for_drain()
+    if cut:
+        await asyncio.wait([c.request_done() for c in cut], timeout=cut_grace)
+
+
 class GuardedServer(web.Server):
     def __init__(
         self,
@@ -235,14 +262,7 @@ class GuardedServer(web.Server):
         line. Here the wait happens once; cut requests are cancelled (their handler logs them
         as 499 ``drain-timeout``) and aiohttp's shutdown only closes what is left."""
         handlers = [h for h in self._connections if isinstance(h, GuardedRequestHandler)]
-        busy = [h for h in handlers if h.in_request]
-        if busy and timeout:
-            await asyncio.wait([h.request_done() for h in busy], timeout=timeout)
-        cut = [h for h in busy if h.in_request]
-        for handler in cut:
-            handler.cut_for_drain()
-        if cut:
-            await asyncio.wait([h.request_done() for h in cut], timeout=CUT_GRACE)
+        await drain(handlers, timeout, CUT_GRACE)
         await super().shutdown(CUT_GRACE)
 
     def __call__(self) -> RequestHandler:

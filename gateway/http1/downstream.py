@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from gateway.http1.protocol import LeanProtocol
     from gateway.http1.request import LeanRequest
 
-_REASONS = {status.value: status.phrase for status in HTTPStatus}
+REASONS = {status.value: status.phrase for status in HTTPStatus}
 _EMPTY_BODY_STATUS = frozenset((204, 304))
 _FRAMING = frozenset(("content-length", "transfer-encoding"))
 Headers = Mapping[str, str] | CIMultiDict[str] | CIMultiDictProxy[str]
@@ -88,7 +88,7 @@ class LeanDownstream:
         connection = headers.getall("Connection", ())
         if connection:
             keep_alive = keep_alive and not any("close" in value.lower() for value in connection)
-        lines = [f"HTTP/{version.major}.{version.minor} {status} {reason or _REASONS.get(status, '')}"]
+        lines = [f"HTTP/{version.major}.{version.minor} {status} {reason or REASONS.get(status, '')}"]
         lines += map(": ".join, pairs)
         if content_length is not None:
             if status not in _EMPTY_BODY_STATUS:

@@ -12,13 +12,13 @@ framing lines (Content-Length, Date, Connection) are added by the same rules as
 
 from __future__ import annotations
 
-from http import HTTPStatus
 from typing import TYPE_CHECKING
 
 from aiohttp.helpers import rfc822_formatted_time
 
 from gateway.app import note_refusal, problem_response_headers, render_problem
 from gateway.errors import GatewayError, RequestTimeout, problem_body
+from gateway.http1.downstream import REASONS
 
 if TYPE_CHECKING:
     from gateway.context import RequestContext
@@ -26,7 +26,6 @@ if TYPE_CHECKING:
 
 _MARKER = "0rid-c0ffee-m4rker0"  # a request id's alphabet: orjson and the head carry it verbatim
 _MARKER_BYTES = _MARKER.encode("ascii")
-_REASONS = {status.value: status.phrase for status in HTTPStatus}
 _TEMPLATE_LIMIT = 512  # shapes remembered; a handful per refusal type and second in practice
 _OWN_LINES = frozenset(("content-length", "transfer-encoding", "date", "connection"))
 _KEEP_ALIVE_10 = b"Connection: keep-alive\r\n\r\n"
@@ -127,7 +126,7 @@ def _template_for(error: GatewayError, ctx: RequestContext, version: tuple[int, 
 
 def _build(error: GatewayError, ctx: RequestContext, version: tuple[int, int]) -> _Template | None:
     body = problem_body(error, _MARKER).split(_MARKER_BYTES)
-    lines = [f"HTTP/{version[0]}.{version[1]} {error.status} {_REASONS.get(error.status, '')}\r\n"]
+    lines = [f"HTTP/{version[0]}.{version[1]} {error.status} {REASONS.get(error.status, '')}\r\n"]
     for name, value in problem_response_headers(error, ctx, _MARKER).items():
         if name.lower() in _OWN_LINES:
             return None  # a framing or connection line of a stage's own: the general path decides

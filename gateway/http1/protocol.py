@@ -40,7 +40,9 @@ from gateway.errors import (
     problem_body,
     problem_headers,
 )
+from gateway.http1.downstream import REASONS
 from gateway.http1.request import LeanRequest
+from gateway.listener import awaiting_continue, drain
 from gateway.routing import method_not_allowed
 
 if TYPE_CHECKING:
@@ -137,14 +139,7 @@ class LeanServer:
         self.closing = True
         for connection in list(self.connections):
             connection.close_when_idle()
-        busy = [c for c in self.connections if c.in_request]
-        if busy and timeout:
-            await asyncio.wait([c.request_done() for c in busy], timeout=timeout)
-        cut = [c for c in busy if c.in_request]
-        for connection in cut:
-            connection.cut_for_drain()
-        if cut:
-            await asyncio.wait([c.request_done() for c in cut], timeout=cut_grace)
+        await drain(list(self.connections), timeout, cut_grace)
         for connection in list(self.connections):
             connection.abort()
 
@@ -579,7 +574,7 @@ class LeanProtocol(asyncio.Protocol):
         headers["X-Request-ID"] = request_id
         headers.update(self._guard.identity_headers)
         body = problem_body(error, request_id)
-        lines = [f"HTTP/1.1 {error.status} {_reason(error.status)}\r\n"]
+        lines = [f"HTTP/1.1 {error.status} {REASONS.get(error.status, '')}\r\n"]
         lines.extend(f"{name}: {value}\r\n" for name, value in headers.items())
         lines.append(f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
         if self.transport is not None:
@@ -659,7 +654,7 @@ class LeanProtocol(asyncio.Protocol):
         if payload.is_eof() or payload.exception() is not None:
             return
         now = self._loop.time()
-        if self._body_paused or _awaiting_continue(request):
+        if self._body_paused or awaiting_continue(request):
             # The gateway is not reading (a slow upstream holds back the body) or has not asked
             # for the body yet (100-continue): the client is not the one stalling.
             self._body_deadline = now + self._guard.body_timeout
@@ -670,22 +665,6 @@ class LeanProtocol(asyncio.Protocol):
         # hold this connection and an upstream connection for as long as the client likes.
         self._guard.body_timeouts += 1
         payload.set_exception(RequestTimeout("The request body did not arrive in time"))
-
-
-def _awaiting_continue(request: LeanRequest) -> bool:
-    if request.headers.get("Expect", "").lower() != "100-continue":
-        return False
-    ctx = request.ctx
-    return ctx is None or not ctx.continue_sent
-
-
-def _reason(status: int) -> str:
-    from http import HTTPStatus
-
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return ""
 
 
 def _parser_error(exc: Exception, data: bytes) -> GatewayError:
