@@ -20,7 +20,7 @@ from gateway.config.model import GatewayConfig, RouteConfig
 from gateway.ratelimit.headers import policy_header
 from gateway.ratelimit.keys import KeySpec
 from gateway.ratelimit.model import LoginProtectionConfig, RateLimitRule, StoreFailureMode
-from gateway.ratelimit.script_args import item_args
+from gateway.ratelimit.script_args import bulk_strings, item_args
 
 PRE_AUTH_POLICY = "pre_auth"
 _STRATEGY_TAGS = {"moving-window": "mw", "sliding-window-counter": "swc", "fixed-window": "fw"}
@@ -42,6 +42,7 @@ class LimitItem:
     # The stage script's per-item arguments (stage_script.item_args), as strings built once:
     # a number handed to redis.call is formatted by sprintf inside Redis, a string is not.
     store_args: tuple[str, ...] = ()
+    store_resp: bytes = b""  # store_args framed for the wire (script_args.bulk_strings)
     # ``item.key_for(prefix, value)`` is ``key_head + value + key_tail`` (limits' key grammar),
     # split once here so the stage script's keys cost one concatenation per request.
     key_head: str = ""
@@ -82,6 +83,7 @@ def compile_rule(scope: str, policy: str, index: int, rule: RateLimitRule) -> li
     items = []
     for parsed in parse_many(rule.limit):
         window = int(parsed.get_expiry())
+        store_args = item_args(rule.strategy, parsed.amount, window, rule.cost)
         items.append(
             LimitItem(
                 policy=policy,
@@ -95,7 +97,8 @@ def compile_rule(scope: str, policy: str, index: int, rule: RateLimitRule) -> li
                 window=window,
                 strictness=(parsed.amount, -window),
                 policy_header=policy_header(policy, parsed.amount, window),
-                store_args=item_args(rule.strategy, parsed.amount, window, rule.cost),
+                store_args=store_args,
+                store_resp=bulk_strings(store_args),
                 key_head=f"{parsed.namespace}/{prefix}/",
                 key_tail=f"/{parsed.amount}/{parsed.multiples}/{parsed.GRANULARITY.name}",
             )

@@ -204,10 +204,15 @@ class RespClient:
         """Send one command (coalesced with the others of this loop iteration); its reply.
         ``deadline`` (``loop.time()``): ``StoreTimeout`` if the reply (and a reconnect before
         it) is not in by then."""
+        return await self.send(hiredis.pack_command(args), deadline)
+
+    async def send(self, command: bytes, deadline: float = NO_DEADLINE) -> Any:
+        """``call`` for a command already in RESP framing (the stage script frames its fixed
+        parts once per compiled item)."""
         conn = self._conn
         if conn is None or conn.closed:
             conn = await self._connect_by(deadline)
-        return await conn.send(hiredis.pack_command(args), deadline)
+        return await conn.send(command, deadline)
 
     async def _connect_by(self, deadline: float) -> RespProtocol:
         if deadline == NO_DEADLINE:

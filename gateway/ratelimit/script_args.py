@@ -6,6 +6,16 @@ from __future__ import annotations
 KINDS = {"moving-window": "m", "fixed-window": "f"}
 
 
+def bulk_strings(args: tuple[str, ...]) -> bytes:
+    """``args`` in RESP's bulk-string framing (``$<bytes>\\r\\n<arg>\\r\\n`` each), exactly as
+    ``hiredis.pack_command`` frames an argument: a fixed part of a command, framed once."""
+    framed = b""
+    for arg in args:
+        raw = arg.encode()
+        framed += b"$%d\r\n%b\r\n" % (len(raw), raw)
+    return framed
+
+
 def item_args(strategy: str, quota: int, window: int, cost: int) -> tuple[str, ...]:
     """kind, limit, expiry, amount, ``limit - amount`` (the LINDEX limits' acquire reads) and
     ``limit - 1`` (the LTRIM end), as strings: Redis formats a Lua number argument with sprintf

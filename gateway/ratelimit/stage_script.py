@@ -36,6 +36,7 @@ from limits.util import WindowStats
 
 from gateway.ratelimit.policies import LimitItem
 from gateway.ratelimit.resp import ReplyError, RespClient, RespError
+from gateway.ratelimit.script_args import bulk_strings
 
 ARGS_PER_ITEM = 6  # script_args.item_args
 HEAD = 16  # list entries one LRANGE reads for the window state's first probes
@@ -194,6 +195,35 @@ class StageScript:
         self._key_prefix = key_prefix
         self._source = STAGE_SCRIPT.encode()
         self._sha = hashlib.sha1(self._source, usedforsecurity=False).hexdigest()
+        self._command_head = bulk_strings(("EVALSHA", self._sha))
+
+    def frame(
+        self,
+        checks: Sequence[tuple[LimitItem, str]],
+        now: float,
+        wanted: int,
+        late_after: float,
+        barrier: int,
+    ) -> bytes:
+        """``EVALSHA sha numkeys keys… now wanted late_after barrier item_args…`` in RESP
+        framing, byte for byte what ``hiredis.pack_command`` makes of those arguments (a test
+        holds them equal). Framing ~36 arguments one by one was ~7 % of a request's
+        instructions; the items' fixed arguments come framed (``LimitItem.store_resp``)."""
+        prefix = self._key_prefix
+        count = len(checks)
+        # EVALSHA, the sha, numkeys, the keys, four scalars, six arguments per item
+        parts = [b"*%d\r\n%b$%d\r\n%d\r\n" % (count * 7 + 7, self._command_head, len(str(count)), count)]
+        for item, value in checks:
+            key = f"{prefix}:{item.key_head}{value}{item.key_tail}".encode()
+            parts.append(b"$%d\r\n%b\r\n" % (len(key), key))
+        moment, late = repr(now), repr(late_after)  # ASCII: a length in characters is in bytes
+        parts.append(
+            f"${len(moment)}\r\n{moment}\r\n${len(str(wanted))}\r\n{wanted}\r\n"
+            f"${len(late)}\r\n{late}\r\n${len(str(barrier))}\r\n{barrier}\r\n".encode()
+        )
+        for item, _ in checks:
+            parts.append(item.store_resp)
+        return b"".join(parts)
 
     @staticmethod
     def supports(checks: Sequence[tuple[LimitItem, str]]) -> bool:
@@ -218,25 +248,20 @@ class StageScript:
         first; when one of them refuses, the rest are not hit and the decisions stop there (two
         stages in one call, counted as if one ran after the other). Raises ``RespError``."""
         deadline = asyncio.get_running_loop().time() + timeout
-        prefix = self._key_prefix
-        args: list[str | int] = [self._sha, len(checks)]
-        args += [f"{prefix}:{item.key_head}{value}{item.key_tail}" for item, value in checks]
         now = time.time()  # the hits' timestamp, read as limits reads it
         # Redis' clock: counts nothing after. Its own wall-clock read, so a test that moves the
         # hits' clock (the conformance test) never makes a stage look late.
         late_after = wall_clock() + timeout + self.client.clock_offset
-        args += (repr(now), 0 if wanted is None else wanted + 1, repr(late_after), barrier)
-        for item, _ in checks:
-            args += item.store_args
+        command = self.frame(checks, now, 0 if wanted is None else wanted + 1, late_after, barrier)
         try:
-            reply = await self.client.call("EVALSHA", *args, deadline=deadline)
+            reply = await self.client.send(command, deadline=deadline)
         except ReplyError as error:
             if not str(error).startswith("NOSCRIPT"):
                 raise
             # A NOSCRIPT reply means the script did not run: nothing was counted, so loading it
             # and running once more cannot count twice (Redis restarted or SCRIPT FLUSH).
             await self.client.call("SCRIPT", "LOAD", self._source, deadline=deadline)
-            reply = await self.client.call("EVALSHA", *args, deadline=deadline)
+            reply = await self.client.send(command, deadline=deadline)
         if reply[0] == b"late":
             raise LateReply("the store ran the stage after its deadline; nothing was counted")
         decisions = [bool(flag) for flag in reply[0]]

@@ -1,0 +1,67 @@
+"""The stage script frames its EVALSHA itself (the items' fixed arguments framed once): the
+bytes must be exactly what ``hiredis.pack_command`` makes of the same arguments, or Redis
+would read other keys and numbers than the ones the limiter meant."""
+
+from __future__ import annotations
+
+import os
+
+import hiredis
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.ratelimit.limiter import KEY_PREFIX
+from gateway.ratelimit.model import RateLimitRule
+from gateway.ratelimit.policies import LimitItem, compile_rule
+from gateway.ratelimit.resp import RespClient
+from gateway.ratelimit.stage_script import StageScript
+from gateway.state.redis_url import parse_redis_url
+
+EXAMPLES = 30 if os.environ.get("CI") == "true" else 200
+RULES = (
+    RateLimitRule(key="ip", limit="100000/second", strategy="fixed-window"),
+    RateLimitRule(key="user", limit="50/second;2000/minute"),
+    RateLimitRule(key="tenant", limit="1000/second", cost=3),
+    RateLimitRule(key="header:x-api-key", limit="7/5minutes", strategy="fixed-window", cost=2),
+)
+ITEMS: tuple[LimitItem, ...] = tuple(
+    item for index, rule in enumerate(RULES) for item in compile_rule("policy:p", "p", index, rule)
+)
+# A client that is never connected: framing needs no Redis.
+SCRIPT = StageScript(RespClient(parse_redis_url("redis://127.0.0.1:1/0")), KEY_PREFIX)
+
+
+def reference(
+    checks: list[tuple[LimitItem, str]], now: float, wanted: int, late: float, barrier: int
+) -> bytes:
+    args: list[str | int] = ["EVALSHA", SCRIPT._sha, len(checks)]
+    args += [f"{KEY_PREFIX}:{item.item.key_for(item.prefix, value)}" for item, value in checks]
+    args += [repr(now), wanted, repr(late), barrier]
+    for item, _ in checks:
+        args += item.store_args
+    return hiredis.pack_command(tuple(args))
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(
+    picks=st.lists(
+        st.tuples(st.sampled_from(ITEMS), st.text(min_size=0, max_size=40)), min_size=1, max_size=6
+    ),
+    now=st.floats(min_value=0, max_value=4e9, allow_nan=False),
+    late=st.floats(min_value=0, max_value=4e9, allow_nan=False),
+    wanted=st.integers(min_value=0, max_value=12),
+    barrier=st.integers(min_value=0, max_value=12),
+)
+def test_the_frame_is_what_hiredis_packs(
+    picks: list[tuple[LimitItem, str]], now: float, late: float, wanted: int, barrier: int
+) -> None:
+    # st.text covers non-ASCII key values (a user's sub in any script): the length is in bytes
+    assert SCRIPT.frame(picks, now, wanted, late, barrier) == reference(picks, now, wanted, late, barrier)
+
+
+def test_a_multibyte_value_is_framed_by_its_byte_length() -> None:
+    item = ITEMS[1]
+    framed = SCRIPT.frame([(item, "ü")], 1.5, 1, 2.5, 0)
+    key = f"{KEY_PREFIX}:{item.item.key_for(item.prefix, 'ü')}".encode()
+    assert b"$%d\r\n%b\r\n" % (len(key), key) in framed
+    assert len(key) == len(f"{KEY_PREFIX}:{item.item.key_for(item.prefix, 'ü')}") + 1
