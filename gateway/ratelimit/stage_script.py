@@ -13,8 +13,10 @@ tools) count in the same buckets:
 The binding item is chosen as ``RateLimitBackend._run`` chooses it: the refusing item, the
 refusing item that frees last when several refuse, else the statically strictest one.
 
-Timestamps are the client's ``time.time()`` as ``limits`` sends them (``repr`` of the float)
-for comparisons and pushed as a Lua number, as the library's Lua pushes them, so the lists hold
+Timestamps are the client's ``time.time()``, the very double ``limits`` sends (it sends the
+``repr``; this path sends ``float.hex()``, which Lua's ``tonumber`` (C's ``strtod``) reads back
+to the same double at a third of ``repr``'s cost), compared as numbers and pushed as a Lua
+number, as the library's Lua pushes them, so the lists hold
 the same bytes whichever path wrote them (Redis formats that number, %.17g or shortest form by
 version). Redis' CPU goes mostly
 per ``redis.call`` (command lookup, key lookups, argument objects) and to sprintf for any Lua
@@ -216,7 +218,8 @@ class StageScript:
         for item, value in checks:
             key = f"{prefix}:{item.key_head}{value}{item.key_tail}".encode()
             parts.append(b"$%d\r\n%b\r\n" % (len(key), key))
-        moment, late = repr(now), repr(late_after)  # ASCII: a length in characters is in bytes
+        # exact doubles in hex (see the module's docstring); ASCII, so characters are bytes
+        moment, late = now.hex(), late_after.hex()
         parts.append(
             f"${len(moment)}\r\n{moment}\r\n${len(str(wanted))}\r\n{wanted}\r\n"
             f"${len(late)}\r\n{late}\r\n${len(str(barrier))}\r\n{barrier}\r\n".encode()

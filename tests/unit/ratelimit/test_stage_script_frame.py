@@ -5,8 +5,11 @@ would read other keys and numbers than the ones the limiter meant."""
 from __future__ import annotations
 
 import os
+import random
+import time
 
 import hiredis
+import redis.asyncio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -36,7 +39,7 @@ def reference(
 ) -> bytes:
     args: list[str | int] = ["EVALSHA", SCRIPT._sha, len(checks)]
     args += [f"{KEY_PREFIX}:{item.item.key_for(item.prefix, value)}" for item, value in checks]
-    args += [repr(now), wanted, repr(late), barrier]
+    args += [now.hex(), wanted, late.hex(), barrier]
     for item, _ in checks:
         args += item.store_args
     return hiredis.pack_command(tuple(args))
@@ -65,3 +68,29 @@ def test_a_multibyte_value_is_framed_by_its_byte_length() -> None:
     key = f"{KEY_PREFIX}:{item.item.key_for(item.prefix, 'ü')}".encode()
     assert b"$%d\r\n%b\r\n" % (len(key), key) in framed
     assert len(key) == len(f"{KEY_PREFIX}:{item.item.key_for(item.prefix, 'ü')}") + 1
+
+
+async def test_redis_lua_reads_a_hex_timestamp_as_the_very_double(redis_url: str) -> None:
+    """The script gets ``float.hex()`` where limits sends ``repr``: Redis' Lua must read both as
+    the same number, and push it as the same bytes (the list entries both paths compare)."""
+    client = redis.asyncio.Redis.from_url(redis_url)
+    rng = random.Random(7)
+    moments = [time.time(), 0.1, 1e9 + 0.5, *(rng.uniform(1.6e9, 2.2e9) for _ in range(200))]
+    try:
+        for moment in moments:
+            same, pushed_hex, pushed_repr = await client.eval(
+                "redis.call('del', KEYS[1], KEYS[2])"
+                " redis.call('lpush', KEYS[1], tonumber(ARGV[1]))"
+                " redis.call('lpush', KEYS[2], tonumber(ARGV[2]))"
+                " return {tonumber(ARGV[1]) == tonumber(ARGV[2]) and 1 or 0,"
+                " redis.call('lindex', KEYS[1], 0), redis.call('lindex', KEYS[2], 0)}",
+                2,
+                "frame:hex",
+                "frame:repr",
+                moment.hex(),
+                repr(moment),
+            )
+            assert same == 1, moment
+            assert pushed_hex == pushed_repr, moment
+    finally:
+        await client.aclose()
