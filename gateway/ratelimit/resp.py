@@ -265,7 +265,6 @@ class RespClient:
         if target.options.get("client_name"):
             commands.append(("CLIENT", "SETNAME", target.options["client_name"]))
         commands.append(("TIME",))
-        sent = time.time()
         futures = [conn.send(hiredis.pack_command(command)) for command in commands]
         replies = await asyncio.gather(*futures, return_exceptions=True)
         for reply in replies:
@@ -275,8 +274,12 @@ class RespClient:
             if isinstance(reply, BaseException):
                 raise reply
         seconds, micros = replies[-1]
-        # Within half a round trip: lets a stage script refuse work its caller gave up on.
-        conn.clock_offset = int(seconds) + int(micros) / 1e6 - (sent + time.time()) / 2
+        # Lets a stage script refuse work its caller gave up on. Redis read its clock somewhere
+        # between ``sent`` and now: taking "now" gives the SMALLEST offset the reading allows, so
+        # a stage's deadline in Redis' clock is never later than the moment its caller gives up
+        # (the round trip's midpoint could overshoot by half a round trip, long on a busy host,
+        # and a stage run just after its caller's 503 would have been counted).
+        conn.clock_offset = int(seconds) + int(micros) / 1e6 - time.time()
 
     @property
     def clock_offset(self) -> float:
