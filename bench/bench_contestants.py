@@ -223,6 +223,18 @@ def start_aiohttp_min(env: BenchEnv) -> Running:
     return Running(port=port, pid=proc.pid)
 
 
+def python_floor_argv(env: BenchEnv, port: int) -> list[str]:
+    script = str(BENCH_DIR / "minimal_httptools_proxy.py")
+    return [env.python, script, "--port", str(port), "--upstream-port", str(env.upstream_port)]
+
+
+def start_python_floor(env: BenchEnv) -> Running:
+    port = free_port()
+    proc = env.launcher.start("python-floor", python_floor_argv(env, port), cpu=env.proxy_cpu)
+    wait_ready(env.launcher, "python-floor", proc, body_probe(port, env.bearer), START_TIMEOUT)
+    return Running(port=port, pid=proc.pid)
+
+
 # ---------------------------------------------------------------- haproxy-jwt
 def make_jwt_material(workdir: Path) -> JwtMaterial:
     """A fresh EC P-256 key pair, an ES256 token and three tokens that must be refused."""
@@ -472,6 +484,11 @@ CONTESTANTS: tuple[Contestant, ...] = (
     Contestant("direct", "nginx upstream, no proxy (CPU 1)", start_direct),
     Contestant("nginx-proxy", "nginx reverse proxy, keep-alive pool", start_nginx_proxy),
     Contestant("aiohttp-min", "bench/minimal_aiohttp_proxy.py", start_aiohttp_min),
+    Contestant(
+        "python-floor",
+        "bench/minimal_httptools_proxy.py: uvloop + httptools forwarding bytes, no header work",
+        start_python_floor,
+    ),
     Contestant("haproxy-jwt", "HAProxy ES256 jwt_verify + per-sub stick table", start_haproxy_jwt),
     Contestant("gateway", "python -m gateway run, route auth: none, access log on", start_gateway),
     Contestant(

@@ -34,6 +34,7 @@ from bench_contestants import (
     body_probe,
     health_probe,
     prepare_gateway,
+    python_floor_argv,
     start_bench_env,
 )
 from bench_support import (
@@ -154,8 +155,19 @@ def start_aiohttp_min_counted(env: BenchEnv) -> Counted:
     return Counted(port, proc.pid, rundir, raw_requests(port, "/", [env.bearer]))
 
 
+def start_python_floor_counted(env: BenchEnv) -> Counted:
+    port = free_port()
+    rundir = env.workdir / "python-floor"
+    rundir.mkdir(parents=True, exist_ok=True)
+    argv = [*valgrind_prefix(rundir), *python_floor_argv(env, port)]
+    proc = env.launcher.start("python-floor", argv, cpu=env.proxy_cpu, env=_repeatable(dict(os.environ)))
+    wait_ready(env.launcher, "python-floor", proc, body_probe(port, env.bearer), START_TIMEOUT)
+    return Counted(port, proc.pid, rundir, raw_requests(port, "/", [env.bearer]))
+
+
 CONTESTANTS: dict[str, Callable[[BenchEnv], Counted]] = {
     "aiohttp-min": start_aiohttp_min_counted,
+    "python-floor": start_python_floor_counted,
     "gateway": lambda env: start_gateway_counted(env, "gateway", jwt_auth=False),
     "gateway-jwt": lambda env: start_gateway_counted(env, "gateway-jwt", jwt_auth=True),
     "gateway-full": start_gateway_full_counted,
