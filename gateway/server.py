@@ -21,6 +21,7 @@ from gateway.access_log import ACCESS_LOGGER, GatewayAccessLogger, flush_access_
 from gateway.admin.app import make_admin_app
 from gateway.app import PublicHandler
 from gateway.audit import SYSTEM_TRAIL, AuditTrail
+from gateway.audit.anchors import Anchoring, AnchorKeyArchive, LastAnchors
 from gateway.auth.jwt import JwtVerifier
 from gateway.auth.revocation import RevocationEpochs
 from gateway.auth.signing import SigningKeys
@@ -80,6 +81,14 @@ class GatewayProcess:
             grants=SupportGrants(self.store, resync=config.killswitch.resync),
             context_keys=ContextKeys.from_env(os.environ, keyring, demo=demo),
             pseudonym_key=pseudonym_key(os.environ, keyring),
+        )
+        # App. C: trail heads signed with the gateway's key; the last anchor kept on local disk.
+        self.audit.use_anchors(
+            Anchoring(
+                self.services.signing,
+                AnchorKeyArchive(self.store, keyring),
+                LastAnchors(Path(config.audit.spool_dir) / "last-anchors"),
+            )
         )
         # App. C: open streams end with their session (revocations and grants applied here).
         STREAMS.follow_sessions(self.services.revocations, self.services.grants)
@@ -373,8 +382,9 @@ class GatewayProcess:
             return
 
     async def _maintain_audit(self) -> None:
-        """Replay spooled audit records once the store is back; apply retention hourly."""
-        next_retention = 0.0
+        """Replay spooled audit records once the store is back; apply retention hourly; sign every
+        trail's head at start and every ``audit.anchor_every`` (App. C)."""
+        next_retention = next_anchor = 0.0
         while True:
             try:
                 await self.audit.replay_spool()
@@ -382,6 +392,9 @@ class GatewayProcess:
                     retention = self._runtime.config.audit.retention
                     await self.audit.apply_retention_all(retention)
                     next_retention = time.monotonic() + 3600
+                if time.monotonic() >= next_anchor and self.services.signing.loaded:
+                    await self.audit.anchor_all()
+                    next_anchor = time.monotonic() + self._runtime.config.audit.anchor_every
             except StoreUnavailable:
                 pass
             METRICS.audit_spooled.set(self.audit.spooled_count)

@@ -34,6 +34,7 @@ async def export_own_trail(ctx: RequestContext) -> web.StreamResponse:
         request_id=ctx.request_id,
         details={"format": fmt, "via": "public"},
     )
+    await trail.anchor(claims.tenant)  # App. C: every export is signed up to the export record
     if ctx.downstream is None:
         return await stream_export(ctx.request, chunks, claims.tenant, fmt, ctx.response_headers)  # type: ignore[arg-type]
     # The lean listener: the same download, streamed through its writer.
