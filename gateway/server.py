@@ -185,6 +185,7 @@ class GatewayProcess:
         self.admin_port = _bound_port(admin_runner)
         self._tasks.append(asyncio.create_task(self._watch_store()))
         self._tasks.append(asyncio.create_task(self._maintain_audit()))
+        self._tasks.append(asyncio.create_task(self._anchor_audit_heads()))
         if len(self.services.keyring.key_ids) > 1:
             self._tasks.append(asyncio.create_task(self._reencrypt_under_primary()))
         if self.store.shared:
@@ -382,9 +383,8 @@ class GatewayProcess:
             return
 
     async def _maintain_audit(self) -> None:
-        """Replay spooled audit records once the store is back; apply retention hourly; sign every
-        trail's head at start and every ``audit.anchor_every`` (App. C)."""
-        next_retention = next_anchor = 0.0
+        """Replay spooled audit records once the store is back; apply retention hourly."""
+        next_retention = 0.0
         while True:
             try:
                 await self.audit.replay_spool()
@@ -392,12 +392,24 @@ class GatewayProcess:
                     retention = self._runtime.config.audit.retention
                     await self.audit.apply_retention_all(retention)
                     next_retention = time.monotonic() + 3600
-                if time.monotonic() >= next_anchor and self.services.signing.loaded:
-                    await self.audit.anchor_all()
-                    next_anchor = time.monotonic() + self._runtime.config.audit.anchor_every
             except StoreUnavailable:
                 pass
             METRICS.audit_spooled.set(self.audit.spooled_count)
+            await asyncio.sleep(STORE_PROBE_INTERVAL)
+
+    async def _anchor_audit_heads(self) -> None:
+        """App. C: sign every trail's head once the signing keys are held, then every
+        ``audit.anchor_every``; a task of its own, so many trails never delay spool replay."""
+        while True:
+            try:
+                if self.services.signing.loaded:
+                    await self.audit.anchor_all()
+                    await asyncio.sleep(self._runtime.config.audit.anchor_every)
+                    continue
+            except StoreUnavailable:
+                pass
+            except Exception:  # a bug must not end anchoring for the life of the process
+                log.exception("audit.anchor_failed")
             await asyncio.sleep(STORE_PROBE_INTERVAL)
 
     async def stop(self) -> None:
