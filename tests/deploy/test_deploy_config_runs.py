@@ -90,9 +90,10 @@ def test_a_gateway_on_the_deploy_config_serves_the_demo_erp(
     gateway = GatewayProc(tmp_path / "gw", config, env=env).start()
     try:
         context = insecure_client_context()
-        with urllib.request.urlopen(
-            f"https://127.0.0.1:{port}/_gateway/ready", timeout=5, context=context
-        ) as r:
+        # Ready once the store answered and the snapshot is held (503 until then).
+        assert gateway.proc is not None
+        wait_for(f"https://127.0.0.1:{port}/_gateway/ready", context, gateway.proc, gateway.log_path)
+        with urllib.request.urlopen(f"https://127.0.0.1:{port}/_gateway/ready", context=context) as r:
             assert json.loads(r.read())["state"] == "ready"
         alice = next(u for u in default_users() if u.username == "alice")
         token = DemoIssuer.from_pem_file(erp_data / "demo-issuer.key.pem").mint(alice, amr=("pwd", "otp"))
