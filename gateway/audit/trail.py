@@ -117,6 +117,7 @@ class AuditTrail:
         self._retry_at = 0.0  # monotonic: no implicit replay before this
         self._replaying = False
         self._anchoring: _anchors.Anchoring | None = None
+        self._keys_cache: tuple[float, _anchors.AnchorKeys] | None = None
 
     def use_anchors(self, anchoring: _anchors.Anchoring) -> None:
         """Sign heads from now on, and check signatures in ``verify``."""
@@ -255,11 +256,18 @@ class AuditTrail:
         return checker.finish(expected_last=expected_last)
 
     # -- anchors ---------------------------------------------------------------------------
-    async def anchor_keys(self) -> _anchors.AnchorKeys:
-        """Every key that signed an anchor (``GET /admin/audit/jwks``)."""
+    async def anchor_keys(self, *, max_age: float = 0.0) -> _anchors.AnchorKeys:
+        """Every key that signed an anchor (``GET /admin/audit/jwks``). ``max_age``: an answer
+        read from the store at most this many seconds ago will do (the public endpoint, which
+        must not let unauthenticated requests drive store reads)."""
         if self._anchoring is None:
             return _anchors.AnchorKeys({})
-        return await self._anchoring.archive.load()
+        now = time.monotonic()
+        if self._keys_cache is not None and now - self._keys_cache[0] < max_age:
+            return self._keys_cache[1]
+        keys = await self._anchoring.archive.load()
+        self._keys_cache = (now, keys)
+        return keys
 
     async def anchor(self, tenant: str) -> dict[str, Any] | None:
         """Sign ``tenant``'s head as an ``audit.anchor`` record; None when there is nothing to

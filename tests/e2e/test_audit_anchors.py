@@ -92,6 +92,9 @@ async def test_anchors_catch_a_rewritten_or_truncated_trail_and_sign_exports(
     export, jwks = tmp_path / "system.json", tmp_path / "jwks.json"
     assert gw.cli("audit", "export", "--tenant", "_system", "-o", str(export)).returncode == 0
     assert gw.cli("audit", "jwks", "-o", str(jwks)).returncode == 0
+    # The same keys are public on the gateway's listener, for tenant admins checking exports.
+    async with aiohttp.ClientSession() as http, http.get(f"{gw.url}/_gateway/audit/jwks") as r:
+        assert r.status == 200 and await r.json() == json.loads(jwks.read_text())
     exported = json.loads(export.read_text())
     assert exported[-1]["event"] == "audit.anchor"  # signed on export, up to the export record
     assert exported[-2]["event"] == "audit.exported"

@@ -377,3 +377,16 @@ async def test_an_export_without_any_anchor_is_not_signed(trail: AuditTrail, clo
 def test_a_malformed_jwks_is_refused(jwks: object) -> None:
     with pytest.raises(ValueError):
         AnchorKeys.from_jwks(jwks)
+
+
+async def test_the_public_key_list_is_read_from_the_store_at_most_once_per_max_age(
+    anchored: AuditTrail, signing: SigningKeys, clock: FakeClock
+) -> None:
+    await fill(anchored, clock, 1)
+    await anchored.anchor("acme")
+    first = await anchored.anchor_keys(max_age=60)
+    await signing.rotate(revoke_old=False, token_ttl=0)
+    await fill(anchored, clock, 1)
+    await anchored.anchor("acme")  # archives the new key
+    assert await anchored.anchor_keys(max_age=60) is first  # the public endpoint's cached answer
+    assert len(await anchored.anchor_keys()) == 2  # verification always reads the archive
