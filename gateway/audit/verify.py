@@ -204,7 +204,7 @@ class ChainVerifier:
                 # SECURITY: an anchor nobody can check is worth nothing; it is a forgery.
                 return self._fail(f"record {seq}: anchor {exc} (forged or tampered)", seq)
             if statement.seq != seq - 1 or statement.hash != rec["prev_hash"]:
-                return self._locate(statement, f"the anchor at record {seq}")
+                return self._locate(statement, seq)
             self.anchors += 1
             self.signed_through = statement.seq
             self._last_anchor_seq = seq
@@ -223,8 +223,12 @@ class ChainVerifier:
             )
         return True
 
-    def _locate(self, statement: Statement, signer: str) -> bool:
-        """Fail naming the first record that differs from what ``statement`` signed."""
+    def _locate(self, statement: Statement, anchor_seq: int) -> bool:
+        """Fail naming the first record that differs from what the anchor at ``anchor_seq``
+        signed. An anchor no longer right after the head it signed means records were removed
+        or inserted before it (and renumbered); otherwise a record was rewritten."""
+        signer = f"the anchor at record {anchor_seq}"
+        cause = "rewritten" if statement.seq == anchor_seq - 1 else "records removed or inserted"
         current = dict(self._recent)
         start = self._first_seq or 1
         if start <= statement.previous != self._last_anchor_seq:
@@ -243,17 +247,17 @@ class ChainVerifier:
                 if seq == max(statement.first, start) and seq > self._last_anchor_seq + 1:
                     low = max(self._last_anchor_seq + 1, start)
                     return self._fail(
-                        f"records {low}-{seq}: rewritten somewhere in this range ({signer} signed "
+                        f"records {low}-{seq}: {cause} somewhere in this range ({signer} signed "
                         f"record {statement.seq} with another hash)",
                         low,
                     )
                 return self._fail(
-                    f"record {seq}: rewritten (its hash is not the one {signer} signed; "
+                    f"record {seq}: {cause} (its hash is not the one {signer} signed; "
                     "the hashes after it were recomputed)",
                     seq,
                 )
         return self._fail(
-            f"record {statement.seq}: rewritten ({signer} signed it with another hash)", statement.seq
+            f"record {statement.seq}: {cause} ({signer} signed it with another hash)", statement.seq
         )
 
     def _finish_anchors(self) -> None:

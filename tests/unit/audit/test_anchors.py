@@ -196,6 +196,18 @@ async def test_a_rewritten_chain_is_broken_and_names_the_edited_record(
     assert "rewritten" in result.problem
 
 
+async def test_a_record_removed_and_the_rest_renumbered_is_named(
+    anchored: AuditTrail, store: StateStore, backend: Backend, clock: FakeClock
+) -> None:
+    await anchored_trail(anchored, clock)
+    rows = [row for row in await stored(store, "acme") if row[0] != 9]
+    await backend.rewrite("audit:acme", rechain(rows, 9, renumber=True))
+    await set_length(backend, "audit:acme", 13)
+    result = await anchored.verify("acme")
+    assert not result.ok and result.bad_seq == 9
+    assert str(result.problem).startswith("record 9: records removed or inserted (its hash is not the one")
+
+
 async def test_a_forged_anchor_by_another_key_is_refused(
     anchored: AuditTrail, store: StateStore, backend: Backend, clock: FakeClock, signing: SigningKeys
 ) -> None:
