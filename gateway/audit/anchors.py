@@ -9,11 +9,12 @@ active signing key) over a *statement*:
 
 ``seq``/``hash`` are the chain head the anchor vouches for (always the record just before the
 anchor: it is built inside the chain lock); ``digests`` are the first ``DIGEST_CHARS`` hex
-characters of the hash of every record from ``first`` to ``seq`` (the records since the previous
-anchor, at most ``MAX_DIGESTS``), so a verifier that finds a rewritten chain can name the first
-record that differs from what was signed, not only the anchor that caught it; ``previous`` is
-the seq of the anchor right before ``first`` (0 when the digests do not start after one), so a
-removed anchor is named too. Detection rests on the full ``hash``; the rest only localises.
+characters of the hash of every record from ``first`` to ``seq`` (from the previous anchor's own
+record on, at most ``MAX_DIGESTS``), so a verifier that finds a rewritten chain can name the
+first record that differs from what was signed, not only the anchor that caught it;
+``previous`` is the seq of that previous anchor (``first``; 0 when the digests do not start at
+one), so a removed anchor is named too. Detection rests on the full ``hash``; the rest only
+localises.
 
 Which keys are trusted: the public half of every key that ever signed an anchor is archived in
 the store hash ``audit-anchor-keys``, sealed with the master keyring (AES-GCM, the kid as

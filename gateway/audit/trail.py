@@ -292,9 +292,9 @@ class AuditTrail:
                     if rec.get("event") == _anchors.ANCHOR_EVENT:
                         if seq == head_seq:
                             raise _NothingToAnchor
-                        first, digests, previous = seq + 1, [], seq  # it covers the rest
-                        continue
-                    if seq != first + len(digests):
+                        # It signed what came before; its own record (actor, time) is covered here.
+                        first, digests, previous = seq, [], seq
+                    elif seq != first + len(digests):
                         first, digests, previous = seq, [], 0  # keep the digests contiguous
                     digests.append(_anchors.digest(rec.get("hash")))
             if head_seq == 0:
@@ -319,7 +319,8 @@ class AuditTrail:
             rec = await self._chain.append_built(tenant, build)
         except _NothingToAnchor:
             return None
-        anchoring.last.write(tenant, {**rec["details"], "tenant": tenant, "record_seq": rec["seq"]})
+        kept = {**rec["details"], "tenant": tenant, "record_seq": rec["seq"], "record_hash": rec["hash"]}
+        anchoring.last.write(tenant, kept)
         return rec
 
     async def anchor_all(self) -> int:

@@ -121,6 +121,7 @@ class ChainVerifier:
         self._local: Statement | None = None
         self._local_record_seq = 0
         self._local_signature = ""
+        self._local_hash: object = None
         if last_anchor is not None and anchor_keys is not None:
             self._take_local(last_anchor, anchor_keys)
 
@@ -132,6 +133,7 @@ class ChainVerifier:
             self._fail("this instance's record of its last anchor does not verify (local state changed)")
             return
         self._local_signature = str(last_anchor["signature"])
+        self._local_hash = last_anchor.get("record_hash")
 
     def _fail(self, problem: str, bad_seq: int | None = None) -> bool:
         self.problem = problem
@@ -216,6 +218,7 @@ class ChainVerifier:
                 rec["event"] != ANCHOR_EVENT
                 or not isinstance(rec["details"], dict)
                 or rec["details"].get("signature") != self._local_signature
+                or (self._local_hash is not None and rec["hash"] != self._local_hash)
             )
         ):
             return self._fail(

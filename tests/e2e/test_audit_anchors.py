@@ -105,17 +105,20 @@ async def test_anchors_catch_a_rewritten_or_truncated_trail_and_sign_exports(
 
     # Offline attack: the export edited and rechained. The hash chain alone is fooled, not the JWKS.
     forged = tmp_path / "forged.json"
-    forged.write_text(json.dumps(rechain(exported, 2, actor="someone-else")))
+    # A reload record (the periodic anchor may have landed anywhere between the reloads).
+    edited = next(r["seq"] for r in exported if r["event"] == "config.reloaded" and r["seq"] > 1)
+    forged.write_text(json.dumps(rechain(exported, edited, actor="someone-else")))
     assert gw.cli("audit", "verify", "--file", str(forged)).returncode == 0
     caught = gw.cli("audit", "verify", "--file", str(forged), "--jwks", str(jwks), "--json")
-    assert caught.returncode == 4 and json.loads(caught.stdout)["first_bad_seq"] == 2, caught.stdout
+    assert caught.returncode == 4 and json.loads(caught.stdout)["first_bad_seq"] == edited, caught.stdout
 
     # Online attack: one record edited in Redis, every later hash recomputed.
     records = stream(client, "_system")
-    rewrite(client, "_system", rechain(records, 3, actor="someone-else"))
+    edited = [r["seq"] for r in records if r["event"] == "config.reloaded"][-1]
+    rewrite(client, "_system", rechain(records, edited, actor="someone-else"))
     broken = gw.cli("audit", "verify", "--tenant", "_system")
     assert broken.returncode == 4, broken.stdout + broken.stderr
-    assert broken.stdout.startswith("BROKEN: record 3: rewritten"), broken.stdout
+    assert broken.stdout.startswith(f"BROKEN: record {edited}: rewritten"), broken.stdout
 
     # Truncation: acme's newest records removed and the seq counter lowered to match, so the
     # store itself shows no gap; this instance's last anchor does.

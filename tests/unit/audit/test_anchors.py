@@ -123,9 +123,9 @@ async def test_an_anchor_signs_the_head_and_the_records_since_the_last_one(
     assert (details["anchored_seq"], details["anchored_hash"]) == (11, recs[11]["hash"])
     keys = AnchorKeys.from_jwks(signing.jwks())
     statement = keys.verify(details["signature"])
-    assert (statement.tenant, statement.first, statement.seq) == ("acme", 7, 11)
+    assert (statement.tenant, statement.first, statement.seq) == ("acme", 6, 11)
     assert (statement.time, statement.previous) == (anchor["time"], 6)
-    assert statement.digests == "".join(recs[s]["hash"][:8] for s in range(7, 12))
+    assert statement.digests == "".join(recs[s]["hash"][:8] for s in range(6, 12))  # from anchor 6 on
 
 
 async def test_a_head_that_is_already_an_anchor_is_not_signed_again(
@@ -194,6 +194,18 @@ async def test_a_rewritten_chain_is_broken_and_names_the_edited_record(
     assert result.bad_seq == edited, result.problem
     assert result.problem is not None and f"record {edited}: " in result.problem
     assert "rewritten" in result.problem
+
+
+@pytest.mark.parametrize("anchor", [6, 12])
+async def test_an_anchor_record_edited_outside_its_signature_is_named(
+    anchor: int, anchored: AuditTrail, store: StateStore, backend: Backend, clock: FakeClock
+) -> None:
+    # The actor is not part of what an anchor signs: the next anchor's digests (for 6) or this
+    # instance's copy of its last anchor (for 12) catch the edit.
+    await anchored_trail(anchored, clock)
+    await backend.rewrite("audit:acme", rechain(await stored(store, "acme"), anchor, {"actor": "x"}))
+    result = await anchored.verify("acme")
+    assert not result.ok and result.bad_seq == anchor, result.problem
 
 
 async def test_a_record_removed_and_the_rest_renumbered_is_named(
