@@ -276,7 +276,10 @@ class AuditTrail:
         anchoring = self._anchoring
         if anchoring is None:
             return None
-        key = anchoring.signer.active
+        try:
+            key = anchoring.signer.active
+        except RuntimeError:  # keys not read yet: the store has not answered since start
+            raise StoreUnavailable("the signing keys are not loaded yet") from None
         await anchoring.archive.ensure(key)  # archived before any anchor it signs exists
         stream = stream_name(validate_tenant(tenant))
 

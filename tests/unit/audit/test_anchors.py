@@ -30,6 +30,7 @@ from gateway.audit.anchors import (
 from gateway.audit.record import GENESIS_HASH, compute_hash
 from gateway.auth.signing import SigningKey, SigningKeys
 from gateway.crypto import Keyring
+from gateway.errors import StoreUnavailable
 from gateway.state import StateStore
 from tests.unit.audit.conftest import Backend, FakeClock, export_bytes, stored
 
@@ -414,3 +415,13 @@ async def test_the_public_key_list_is_read_from_the_store_at_most_once_per_max_a
     await anchored.anchor("acme")  # archives the new key
     assert await anchored.anchor_keys(max_age=60) is first  # the public endpoint's cached answer
     assert len(await anchored.anchor_keys()) == 2  # verification always reads the archive
+
+
+async def test_without_loaded_signing_keys_an_anchor_waits_for_the_store(
+    trail: AuditTrail, store: StateStore, tmp_path: Path, clock: FakeClock
+) -> None:
+    unloaded = SigningKeys(store, KEYRING)  # never loaded: as at start while the store is down
+    trail.use_anchors(Anchoring(unloaded, AnchorKeyArchive(store, KEYRING), LastAnchors(tmp_path / "a")))
+    await fill(trail, clock, 1)
+    with pytest.raises(StoreUnavailable):
+        await trail.anchor("acme")
