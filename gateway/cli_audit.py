@@ -33,8 +33,17 @@ def add_audit_commands(commands: Any) -> None:
     source = verify.add_mutually_exclusive_group(required=True)
     source.add_argument("--tenant")
     source.add_argument("--file", help="a JSON or CSV export, checked offline")
+    verify.add_argument(
+        "--jwks",
+        help="with --file: the gateway's JWKS (`audit jwks`); the export's anchors must verify with it",
+    )
     operator_client.add_common_arguments(verify)
     verify.set_defaults(func=cmd_audit_verify)
+
+    jwks = verbs.add_parser("jwks", help="the public keys that sign audit anchors (for verify --jwks)")
+    jwks.add_argument("-o", "--output", help="file to write (default: stdout)")
+    operator_client.add_common_arguments(jwks)
+    jwks.set_defaults(func=cmd_audit_jwks)
 
     tenant = commands.add_parser("tenant", help="tenant data operations")
     tenant_verbs = tenant.add_subparsers(dest="tenant_command", required=True)
@@ -86,17 +95,42 @@ def _detail(body: bytes) -> str:
         return "the gateway answered with a non-JSON body"
 
 
+def _read_jwks(path: str) -> Any:
+    from gateway.audit.anchors import AnchorKeys
+
+    try:
+        with open(path, "rb") as handle:
+            return AnchorKeys.from_jwks(json.load(handle))
+    except (OSError, ValueError) as exc:
+        print(f"audit verify: cannot read a JWKS from {path}: {exc}", file=sys.stderr)
+        return None
+
+
 def cmd_audit_verify(args: argparse.Namespace) -> int:
+    if args.jwks and not args.file:
+        print("audit verify: --jwks goes with --file (online the gateway checks anchors)", file=sys.stderr)
+        return EXIT_USAGE
     if args.file:
         from gateway.audit import iter_export_records, verify_records
 
+        keys = _read_jwks(args.jwks) if args.jwks else None
+        if args.jwks and keys is None:
+            return EXIT_USAGE
         try:
             with open(args.file, "rb") as handle:  # streamed: constant memory for big exports
-                result = verify_records(iter_export_records(handle))
+                result = verify_records(iter_export_records(handle), anchor_keys=keys)
         except (OSError, ValueError) as exc:
             print(f"audit verify: cannot read a JSON or CSV export from {args.file}: {exc}", file=sys.stderr)
             return EXIT_USAGE
-        data = {"file": args.file, "ok": result.ok, "records": result.records, "problem": result.problem}
+        data = {
+            "file": args.file,
+            "ok": result.ok,
+            "records": result.records,
+            "problem": result.problem,
+            "first_bad_seq": result.bad_seq,
+            "anchors": result.anchors if keys is not None else None,
+            "signed_through": result.signed_through,
+        }
         return _report_verify(args, data)
     query = urllib.parse.urlencode({"tenant": args.tenant})
     try:
@@ -121,10 +155,30 @@ def _report_verify(args: argparse.Namespace, data: dict[str, Any]) -> int:
     if args.json:
         print(json.dumps(data, indent=2, sort_keys=True))
     elif data.get("ok"):
-        print(f"intact: {data.get('records')} records")
+        signed = ""
+        if data.get("anchors") is not None:
+            through = data.get("signed_through")
+            signed = f", {data['anchors']} anchors verified" + (
+                f", signed through record {through}" if through else ", none signed yet"
+            )
+        print(f"intact: {data.get('records')} records{signed}")
     else:
         print(f"BROKEN: {data.get('problem')}")
     return EXIT_OK if data.get("ok") else EXIT_TAMPERED
+
+
+def cmd_audit_jwks(args: argparse.Namespace) -> int:
+    try:
+        _, data = operator_client.checked_call(args, "GET", "/admin/audit/jwks", None)
+    except operator_client.VerbFailed as failed:
+        return failed.exit_code
+    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as handle:
+            handle.write(text)
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
 
 
 def cmd_tenant_purge(args: argparse.Namespace) -> int:

@@ -24,6 +24,7 @@ GATEWAY_ENDPOINTS: dict[str, tuple[frozenset[str], Endpoint]] = {
     "/_gateway/mfa/activate": (_POST, mfa_api.activate),
     "/_gateway/mfa/verify": (_POST, mfa_api.verify),
     "/_gateway/audit": (_READ, tenant_audit_api.export_own_trail),
+    "/_gateway/audit/jwks": (_READ, tenant_audit_api.anchor_jwks),
     grants_api.GRANTS_PATH: (_GRANTS, grants_api.grants),
 }
 # Endpoints with an id in the path: "/_gateway/grants/{id}".

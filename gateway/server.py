@@ -21,6 +21,7 @@ from gateway.access_log import ACCESS_LOGGER, GatewayAccessLogger, flush_access_
 from gateway.admin.app import make_admin_app
 from gateway.app import PublicHandler
 from gateway.audit import SYSTEM_TRAIL, AuditTrail
+from gateway.audit.anchors import Anchoring, AnchorKeyArchive, LastAnchors
 from gateway.auth.jwt import JwtVerifier
 from gateway.auth.revocation import RevocationEpochs
 from gateway.auth.signing import SigningKeys
@@ -80,6 +81,14 @@ class GatewayProcess:
             grants=SupportGrants(self.store, resync=config.killswitch.resync),
             context_keys=ContextKeys.from_env(os.environ, keyring, demo=demo),
             pseudonym_key=pseudonym_key(os.environ, keyring),
+        )
+        # App. C: trail heads signed with the gateway's key; the last anchor kept on local disk.
+        self.audit.use_anchors(
+            Anchoring(
+                self.services.signing,
+                AnchorKeyArchive(self.store, keyring),
+                LastAnchors(Path(config.audit.spool_dir) / "last-anchors"),
+            )
         )
         # App. C: open streams end with their session (revocations and grants applied here).
         STREAMS.follow_sessions(self.services.revocations, self.services.grants)
@@ -176,6 +185,7 @@ class GatewayProcess:
         self.admin_port = _bound_port(admin_runner)
         self._tasks.append(asyncio.create_task(self._watch_store()))
         self._tasks.append(asyncio.create_task(self._maintain_audit()))
+        self._tasks.append(asyncio.create_task(self._anchor_audit_heads()))
         if len(self.services.keyring.key_ids) > 1:
             self._tasks.append(asyncio.create_task(self._reencrypt_under_primary()))
         if self.store.shared:
@@ -385,6 +395,21 @@ class GatewayProcess:
             except StoreUnavailable:
                 pass
             METRICS.audit_spooled.set(self.audit.spooled_count)
+            await asyncio.sleep(STORE_PROBE_INTERVAL)
+
+    async def _anchor_audit_heads(self) -> None:
+        """App. C: sign every trail's head once the signing keys are held, then every
+        ``audit.anchor_every``; a task of its own, so many trails never delay spool replay."""
+        while True:
+            try:
+                if self.services.signing.loaded:
+                    await self.audit.anchor_all()
+                    await asyncio.sleep(self._runtime.config.audit.anchor_every)
+                    continue
+            except StoreUnavailable:
+                pass
+            except Exception:  # a bug must not end anchoring for the life of the process
+                log.exception("audit.anchor_failed")
             await asyncio.sleep(STORE_PROBE_INTERVAL)
 
     async def stop(self) -> None:

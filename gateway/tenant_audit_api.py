@@ -6,6 +6,7 @@ never a parameter, so no tenant can read another's trail.
 
 from __future__ import annotations
 
+import orjson
 from aiohttp import web
 
 from gateway.admin.audit_api import export_headers, stream_export
@@ -34,6 +35,7 @@ async def export_own_trail(ctx: RequestContext) -> web.StreamResponse:
         request_id=ctx.request_id,
         details={"format": fmt, "via": "public"},
     )
+    await trail.anchor(claims.tenant)  # App. C: every export is signed up to the export record
     if ctx.downstream is None:
         return await stream_export(ctx.request, chunks, claims.tenant, fmt, ctx.response_headers)  # type: ignore[arg-type]
     # The lean listener: the same download, streamed through its writer.
@@ -44,3 +46,15 @@ async def export_own_trail(ctx: RequestContext) -> web.StreamResponse:
         await down.write(chunk)
     await down.end()
     return down  # type: ignore[return-value]
+
+
+async def anchor_jwks(ctx: RequestContext) -> web.StreamResponse:
+    """``GET /_gateway/audit/jwks``: every public key that signed an audit anchor, so a tenant
+    admin can check an export offline (``audit verify --file X --jwks J``) even when its older
+    anchors predate a key rotation. Public keys only; read from the store at most once a minute."""
+    keys = await ctx.runtime.services.audit.anchor_keys(max_age=60.0)
+    return web.Response(
+        body=orjson.dumps(keys.jwks()),
+        content_type="application/json",
+        headers={"Cache-Control": "public, max-age=60"},
+    )

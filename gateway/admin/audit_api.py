@@ -71,6 +71,7 @@ async def export_audit(request: web.Request) -> web.StreamResponse:
         request_id=request[RequestIdKey],
         details={"format": fmt, "since": since, "until": until, "via": "admin"},
     )
+    await trail.anchor(tenant)  # App. C: every export is signed up to the export record
     return await stream_export(request, trail.export(tenant, since=since, until=until, fmt=fmt), tenant, fmt)
 
 
@@ -78,8 +79,23 @@ async def verify_audit(request: web.Request) -> web.Response:
     trail: AuditTrail = request.app[AuditKey]
     tenant = tenant_param(request.query.get("tenant"))
     result = await trail.verify(tenant)
-    body = {"tenant": tenant, "ok": result.ok, "records": result.records, "problem": result.problem}
+    body = {
+        "tenant": tenant,
+        "ok": result.ok,
+        "records": result.records,
+        "problem": result.problem,
+        "first_bad_seq": result.bad_seq,
+        "anchors": result.anchors,
+        "signed_through": result.signed_through,
+    }
     return web.Response(body=orjson.dumps(body), content_type="application/json")
+
+
+async def anchor_jwks(request: web.Request) -> web.Response:
+    """Every key that ever signed an anchor: what ``audit verify --file --jwks`` needs for an
+    export whose older anchors were signed before a key rotation."""
+    keys = await request.app[AuditKey].anchor_keys()
+    return web.Response(body=orjson.dumps(keys.jwks()), content_type="application/json")
 
 
 async def purge_tenant(request: web.Request) -> web.Response:
@@ -98,4 +114,5 @@ async def purge_tenant(request: web.Request) -> web.Response:
 def add_audit_routes(app: web.Application) -> None:
     app.router.add_get("/admin/audit", export_audit)
     app.router.add_get("/admin/audit/verify", verify_audit)
+    app.router.add_get("/admin/audit/jwks", anchor_jwks)
     app.router.add_delete("/admin/tenants/{tenant}", purge_tenant)

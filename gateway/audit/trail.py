@@ -18,6 +18,12 @@ or ``tenant.purged``) whose details carry ``removed_through_seq`` and ``removed_
 only then trim the log up to that seq. The first remaining record's prev_hash is the hash the
 vouching record names, which ``verify`` requires (``gateway.audit.verify``). Appending before
 trimming means a crash in between leaves extra records, never an unvouched gap.
+
+Anchors (``gateway.audit.anchors``, once ``use_anchors`` is called): ``anchor`` signs a
+trail's head as an ``audit.anchor`` record built inside the chain lock, so it always vouches for
+the record just before it; ``anchor_all`` does it for every trail whose head is not an anchor
+already. Retention and purge anchor their vouching record at once, and ``verify`` checks every
+anchor plus this instance's last one.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from typing import Any
 
 import structlog
 
+from gateway.audit import anchors as _anchors
 from gateway.audit import export as _export
 from gateway.audit import incidents as _incidents
 from gateway.audit.chain import STREAM_PREFIX, ChainWriter, stream_name
@@ -83,6 +90,10 @@ def _closing(iterator: AsyncIterator[Any]) -> contextlib.AbstractAsyncContextMan
     return contextlib.aclosing(iterator) if hasattr(iterator, "aclose") else contextlib.nullcontext()
 
 
+class _NothingToAnchor(Exception):
+    """Raised inside the chain lock when the head needs no anchor."""
+
+
 class AuditTrail:
     """Write, export, verify, trim and purge tenant audit trails."""
 
@@ -105,6 +116,12 @@ class AuditTrail:
         self._retry_interval = retry_interval
         self._retry_at = 0.0  # monotonic: no implicit replay before this
         self._replaying = False
+        self._anchoring: _anchors.Anchoring | None = None
+        self._keys_cache: tuple[float, _anchors.AnchorKeys] | None = None
+
+    def use_anchors(self, anchoring: _anchors.Anchoring) -> None:
+        """Sign heads from now on, and check signatures in ``verify``."""
+        self._anchoring = anchoring
 
     @property
     def spooled_count(self) -> int:
@@ -222,15 +239,99 @@ class AuditTrail:
         return _export.render(self._records(tenant), tenant=tenant, fmt=fmt, keep=keep)
 
     async def verify(self, tenant: str) -> VerifyResult:
-        """Check the stored chain of ``tenant`` (streamed)."""
+        """Check the stored chain of ``tenant`` (streamed), and its anchors when enabled."""
         stream = stream_name(validate_tenant(tenant))
         expected_last = await self._store.log_length(stream)
         checker = ChainVerifier(tenant=tenant)
+        if self._anchoring is not None:
+            checker = ChainVerifier(
+                tenant=tenant,
+                anchor_keys=await self._anchoring.archive.load(),
+                last_anchor=self._anchoring.last.read(tenant),
+            )
         async with _closing(self._store.log_read(stream, end_seq=expected_last)) as rows:
             async for seq, raw in rows:
                 if not checker.feed(decode_record(raw), position=seq):
                     break
         return checker.finish(expected_last=expected_last)
+
+    # -- anchors ---------------------------------------------------------------------------
+    async def anchor_keys(self, *, max_age: float = 0.0) -> _anchors.AnchorKeys:
+        """Every key that signed an anchor (``GET /admin/audit/jwks``). ``max_age``: an answer
+        read from the store at most this many seconds ago will do (the public endpoint, which
+        must not let unauthenticated requests drive store reads)."""
+        if self._anchoring is None:
+            return _anchors.AnchorKeys({})
+        now = time.monotonic()
+        if self._keys_cache is not None and now - self._keys_cache[0] < max_age:
+            return self._keys_cache[1]
+        keys = await self._anchoring.archive.load()
+        self._keys_cache = (now, keys)
+        return keys
+
+    async def anchor(self, tenant: str) -> dict[str, Any] | None:
+        """Sign ``tenant``'s head as an ``audit.anchor`` record; None when there is nothing to
+        sign (an empty trail, or its head is an anchor already) or anchors are off. Needs the
+        store (StoreUnavailable)."""
+        anchoring = self._anchoring
+        if anchoring is None:
+            return None
+        try:
+            key = anchoring.signer.active
+        except RuntimeError:  # keys not read yet: the store has not answered since start
+            raise StoreUnavailable("the signing keys are not loaded yet") from None
+        await anchoring.archive.ensure(key)  # archived before any anchor it signs exists
+        stream = stream_name(validate_tenant(tenant))
+
+        async def build(head_seq: int, head_hash: str) -> dict[str, Any]:
+            digests: list[str] = []
+            first, previous = head_seq + 1, 0
+            # The records since the previous anchor (at most MAX_DIGESTS): what a verifier
+            # needs to name the first record a rewrite changed.
+            window = max(1, head_seq - _anchors.MAX_DIGESTS + 1)
+            async with _closing(self._store.log_read(stream, start_seq=window, end_seq=head_seq)) as rows:
+                async for seq, raw in rows:
+                    rec = decode_record(raw) or {}
+                    if rec.get("event") == _anchors.ANCHOR_EVENT:
+                        if seq == head_seq:
+                            raise _NothingToAnchor
+                        # It signed what came before; its own record (actor, time) is covered here.
+                        first, digests, previous = seq, [], seq
+                    elif seq != first + len(digests):
+                        first, digests, previous = seq, [], 0  # keep the digests contiguous
+                    digests.append(_anchors.digest(rec.get("hash")))
+            if head_seq == 0:
+                raise _NothingToAnchor
+            stamp = format_time(self._clock())
+            statement = _anchors.Statement(
+                tenant, head_seq, head_hash, stamp, first, "".join(digests), previous
+            )
+            return build_record(
+                seq=head_seq + 1,
+                time=stamp,
+                tenant=tenant,
+                event=_anchors.ANCHOR_EVENT,
+                actor=GATEWAY_ACTOR,
+                request_id=None,
+                incident=None,
+                details=_anchors.sign(statement, key),
+                prev_hash=head_hash,
+            )
+
+        try:
+            rec = await self._chain.append_built(tenant, build)
+        except _NothingToAnchor:
+            return None
+        kept = {**rec["details"], "tenant": tenant, "record_seq": rec["seq"], "record_hash": rec["hash"]}
+        anchoring.last.write(tenant, kept)
+        return rec
+
+    async def anchor_all(self) -> int:
+        """``anchor`` every trail; returns how many anchors were written."""
+        written = 0
+        for tenant in await self.tenants():
+            written += await self.anchor(tenant) is not None
+        return written
 
     # -- retention and purge ---------------------------------------------------------------
     async def apply_retention(self, tenant: str, older_than_seconds: float) -> int:
@@ -261,6 +362,7 @@ class AuditTrail:
             )
         )
         await self._store.log_trim(stream, through)
+        await self.anchor(tenant)  # the checkpoint excuses the cut only once it is signed
         return count
 
     async def apply_retention_all(self, older_than_seconds: float) -> dict[str, int]:
@@ -312,6 +414,7 @@ class AuditTrail:
 
         purged = await self._chain.append_built(tenant, build)
         await self._store.log_trim(stream, purged["seq"] - 1)
+        await self.anchor(tenant)
         await self.record(
             PURGED_EVENT,
             tenants=[SYSTEM_TENANT],

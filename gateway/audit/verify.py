@@ -18,6 +18,18 @@ an export filtered by ``since`` does. Without a vouching record the first ``prev
 taken on trust (``anchored=False`` in the result); everything after it is still checked. For a
 stored trail (``AuditTrail.verify``) an unvouched start is a failure, and the trail must also
 reach the store's highest seq, so removing the newest records is detected too.
+
+Anchors (``gateway.audit.anchors``), checked when the verifier is given the trusted keys:
+
+- every ``audit.anchor`` record must carry a valid signature by a trusted key over the record
+  just before it (its seq and hash): else *forged*, or *rewritten* when the signature is good but
+  the chain under it changed - the first record whose hash differs from what was signed is named;
+- a trimmed prefix counts as vouched for only if a later valid anchor signs the vouching record
+  (anyone with write access to the store can append a checkpoint; nobody else can sign it);
+- the instance's own last anchor (stored trails): the record it signed must still have the
+  signed hash, the anchor record must still be there, and the trail must reach it (else
+  *truncated*);
+- offline, ``require_signed`` makes a file without any valid anchor a failure.
 """
 
 from __future__ import annotations
@@ -25,12 +37,22 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import IO, Any
 
 import orjson
 
+from gateway.audit.anchors import (
+    ANCHOR_EVENT,
+    MAX_DIGESTS,
+    AnchorInvalid,
+    AnchorKeys,
+    Statement,
+    check_anchor_record,
+    digest,
+)
 from gateway.audit.export import csv_value
 from gateway.audit.record import FIELDS, GENESIS_HASH, VOUCHING_EVENTS, compute_hash
 
@@ -44,6 +66,12 @@ class VerifyResult:
     last_seq: int | None = None
     anchored: bool = True
     """False when the first record's prev_hash was taken on trust (offline, mid-chain file)."""
+    anchors: int = 0
+    """Anchors whose signatures were checked and found good."""
+    signed_through: int | None = None
+    """The highest seq a good anchor signed (the chain up to it is vouched for by the key)."""
+    bad_seq: int | None = None
+    """The first record found bad, when the verifier can name one."""
 
 
 def _valid_shape(rec: object) -> bool:
@@ -63,19 +91,53 @@ def _valid_shape(rec: object) -> bool:
 class ChainVerifier:
     """Feed records in order; ``feed`` returns False once a problem is found."""
 
-    def __init__(self, *, tenant: str | None = None, trust_start: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        tenant: str | None = None,
+        trust_start: bool = False,
+        anchor_keys: AnchorKeys | None = None,
+        last_anchor: Mapping[str, Any] | None = None,
+        require_signed: bool = False,
+    ) -> None:
         self._tenant = tenant
         self._trust_start = trust_start
         self.records = 0
         self.problem: str | None = None
+        self.bad_seq: int | None = None
         self._first_seq: int | None = None
         self._first_prev = ""
         self._vouched = False
+        self._vouched_by = 0
         self._last_seq = 0
         self._last_hash = ""
+        self._keys = anchor_keys
+        self._require_signed = require_signed
+        self.anchors = 0
+        self.signed_through: int | None = None
+        self._last_anchor_seq = 0
+        # Hashes of the latest records: enough to compare with any anchor's digests.
+        self._recent: deque[tuple[int, str]] = deque(maxlen=MAX_DIGESTS + 2)
+        self._local: Statement | None = None
+        self._local_record_seq = 0
+        self._local_signature = ""
+        self._local_hash: object = None
+        if last_anchor is not None and anchor_keys is not None:
+            self._take_local(last_anchor, anchor_keys)
 
-    def _fail(self, problem: str) -> bool:
+    def _take_local(self, last_anchor: Mapping[str, Any], keys: AnchorKeys) -> None:
+        try:
+            self._local = keys.verify(last_anchor.get("signature"))
+            self._local_record_seq = int(last_anchor["record_seq"])
+        except (AnchorInvalid, KeyError, TypeError, ValueError):
+            self._fail("this instance's record of its last anchor does not verify (local state changed)")
+            return
+        self._local_signature = str(last_anchor["signature"])
+        self._local_hash = last_anchor.get("record_hash")
+
+    def _fail(self, problem: str, bad_seq: int | None = None) -> bool:
         self.problem = problem
+        self.bad_seq = bad_seq
         return False
 
     def feed(self, rec: Any, position: int | None = None) -> bool:
@@ -83,21 +145,21 @@ class ChainVerifier:
             return False
         where = position if position is not None else self._last_seq + 1
         if not _valid_shape(rec):
-            return self._fail(f"record {where}: not a valid audit record (changed)")
+            return self._fail(f"record {where}: not a valid audit record (changed)", where)
         seq: int = rec["seq"]
         if position is not None and seq != position:
-            return self._fail(f"record {position}: its seq field says {seq} (reordered or changed)")
+            return self._fail(f"record {position}: its seq field says {seq} (reordered or changed)", position)
         if self._tenant is None:
             self._tenant = rec["tenant"]
         elif rec["tenant"] != self._tenant:
-            return self._fail(f"record {seq}: filed under another tenant (moved or changed)")
+            return self._fail(f"record {seq}: filed under another tenant (moved or changed)", seq)
         try:
             actual = compute_hash(rec)
         except (TypeError, ValueError):
             actual = None
         # SECURITY: any edit to any field (including prev_hash and seq) changes this hash.
         if actual != rec["hash"]:
-            return self._fail(f"record {seq}: hash mismatch (changed)")
+            return self._fail(f"record {seq}: hash mismatch (changed)", seq)
         if self._first_seq is None:
             self._first_seq, self._first_prev = seq, rec["prev_hash"]
             if seq == 1 and rec["prev_hash"] != GENESIS_HASH:
@@ -107,13 +169,16 @@ class ChainVerifier:
             if seq > self._last_seq + 1:
                 # Stored trails: position checks already caught reordering, so a gap is a removal.
                 cause = "removed" if position is not None else "removed or reordered"
-                return self._fail(f"seq gap after {self._last_seq} ({cause})")
+                return self._fail(f"seq gap after {self._last_seq} ({cause})", self._last_seq + 1)
             if seq <= self._last_seq:
-                return self._fail(f"record {seq} follows record {self._last_seq} (reordered or duplicated)")
+                return self._fail(
+                    f"record {seq} follows record {self._last_seq} (reordered or duplicated)", seq
+                )
             # SECURITY: the link to the previous record; removal or reordering breaks it.
             if rec["prev_hash"] != self._last_hash:
                 return self._fail(
-                    f"record {seq}: prev_hash does not match record {self._last_seq} (removed or reordered)"
+                    f"record {seq}: prev_hash does not match record {self._last_seq} (removed or reordered)",
+                    seq,
                 )
         if not self._vouched and rec["event"] in VOUCHING_EVENTS and isinstance(rec["details"], dict):
             details = rec["details"]
@@ -122,35 +187,146 @@ class ChainVerifier:
                 details.get("removed_through_seq") == self._first_seq - 1
                 and details.get("removed_last_hash") == self._first_prev
             ):
-                self._vouched = True
+                self._vouched, self._vouched_by = True, seq
+        if self._keys is not None and not self._check_anchors(rec):
+            return False
         self.records += 1
         self._last_seq, self._last_hash = seq, rec["hash"]
         return True
+
+    # -- anchors ---------------------------------------------------------------------------
+    def _check_anchors(self, rec: dict[str, Any]) -> bool:
+        seq: int = rec["seq"]
+        self._recent.append((seq, rec["hash"]))
+        if rec["event"] == ANCHOR_EVENT:
+            assert self._keys is not None
+            try:
+                statement = check_anchor_record(rec, self._keys)
+            except AnchorInvalid as exc:
+                # SECURITY: an anchor nobody can check is worth nothing; it is a forgery.
+                return self._fail(f"record {seq}: anchor {exc} (forged or tampered)", seq)
+            if statement.seq != seq - 1 or statement.hash != rec["prev_hash"]:
+                return self._locate(statement, seq)
+            self.anchors += 1
+            self.signed_through = statement.seq
+            self._last_anchor_seq = seq
+        # The instance's own anchor must still stand where it wrote it (checked above as an anchor).
+        if (
+            self._local is not None
+            and seq == self._local_record_seq
+            and (
+                rec["event"] != ANCHOR_EVENT
+                or not isinstance(rec["details"], dict)
+                or rec["details"].get("signature") != self._local_signature
+                or (self._local_hash is not None and rec["hash"] != self._local_hash)
+            )
+        ):
+            return self._fail(
+                f"record {seq}: the anchor this instance wrote here is gone (removed or rewritten)", seq
+            )
+        return True
+
+    def _locate(self, statement: Statement, anchor_seq: int) -> bool:
+        """Fail naming the first record that differs from what the anchor at ``anchor_seq``
+        signed. An anchor no longer right after the head it signed means records were removed
+        or inserted before it (and renumbered); otherwise a record was rewritten."""
+        signer = f"the anchor at record {anchor_seq}"
+        cause = "rewritten" if statement.seq == anchor_seq - 1 else "records removed or inserted"
+        current = dict(self._recent)
+        start = self._first_seq or 1
+        if start <= statement.previous != self._last_anchor_seq:
+            return self._fail(
+                f"record {statement.previous}: the anchor that stood there is gone ({signer} "
+                "follows it; removed or rewritten)",
+                statement.previous,
+            )
+        for seq in range(statement.first, statement.seq + 1):
+            if seq < start:
+                continue  # before this trail or file begins: nothing to compare
+            have = current.get(seq)
+            if have is None:
+                return self._fail(f"record {seq}: missing, but {signer} signed it (removed)", seq)
+            if digest(have) != statement.digest_of(seq):
+                if seq == max(statement.first, start) and seq > self._last_anchor_seq + 1:
+                    low = max(self._last_anchor_seq + 1, start)
+                    return self._fail(
+                        f"records {low}-{seq}: {cause} somewhere in this range ({signer} signed "
+                        f"record {statement.seq} with another hash)",
+                        low,
+                    )
+                return self._fail(
+                    f"record {seq}: {cause} (its hash is not the one {signer} signed; "
+                    "the hashes after it were recomputed)",
+                    seq,
+                )
+        return self._fail(
+            f"record {statement.seq}: {cause} ({signer} signed it with another hash)", statement.seq
+        )
+
+    def _finish_anchors(self) -> None:
+        if self.problem is not None or self._keys is None:
+            return
+        if self._local is not None and self._last_seq < self._local_record_seq:
+            self._fail(
+                f"the trail ends at record {self._last_seq} but this instance anchored it through "
+                f"record {self._local_record_seq} (truncated)",
+                self._last_seq + 1,
+            )
+        elif self._vouched_by and not self._trust_start and (self.signed_through or 0) < self._vouched_by:
+            # SECURITY: an appended, unsigned checkpoint would otherwise excuse any cut prefix.
+            self._fail(
+                f"records before {self._first_seq} removed: the record {self._vouched_by} that vouches "
+                "for it is signed by no anchor (truncated)",
+                self._first_seq,
+            )
+        elif self._require_signed and not self.anchors:
+            self._fail("no valid audit.anchor record: nothing in it is signed")
 
     def finish(self, *, expected_last: int | None = None) -> VerifyResult:
         """The verdict; ``expected_last`` is the store's highest seq (stored trails only)."""
         first, last = self._first_seq, (self._last_seq or None)
         if self.problem is None:
             if expected_last is not None and expected_last > self._last_seq:
-                self.problem = (
+                self._fail(
                     f"records {self._last_seq + 1}-{expected_last} missing (removed)"
                     if self.records
-                    else f"all records through {expected_last} missing (removed)"
+                    else f"all records through {expected_last} missing (removed)",
+                    self._last_seq + 1,
                 )
             elif first is not None and not self._vouched and not self._trust_start:
-                self.problem = f"records before {first} removed without a checkpoint (removed)"
+                self._fail(f"records before {first} removed without a checkpoint (removed)", first)
+        self._finish_anchors()
         anchored = self._vouched or first is None
-        return VerifyResult(self.problem is None, self.records, self.problem, first, last, anchored)
+        return VerifyResult(
+            self.problem is None,
+            self.records,
+            self.problem,
+            first,
+            last,
+            anchored,
+            self.anchors,
+            self.signed_through,
+            self.bad_seq,
+        )
 
 
-def verify_records(records: Iterable[Mapping[str, Any]], *, trust_start: bool = True) -> VerifyResult:
+def verify_records(
+    records: Iterable[Mapping[str, Any]],
+    *,
+    trust_start: bool = True,
+    anchor_keys: AnchorKeys | None = None,
+) -> VerifyResult:
     """Verify records in export order (e.g. a parsed ``audit export --format json`` file).
 
     ``trust_start``: a file that starts mid-chain (exported with ``since``, or a trail trimmed
     by retention without its checkpoint in the file) is verified from its first record on,
     and the result says ``anchored=False``. With ``trust_start=False`` that is a failure.
+    ``anchor_keys`` (from the gateway's JWKS): every anchor is checked, and a file with no
+    valid anchor fails, since nothing in it would be signed.
     """
-    checker = ChainVerifier(trust_start=trust_start)
+    checker = ChainVerifier(
+        trust_start=trust_start, anchor_keys=anchor_keys, require_signed=anchor_keys is not None
+    )
     for rec in records:
         if not checker.feed(dict(rec) if isinstance(rec, Mapping) and not isinstance(rec, dict) else rec):
             break

@@ -180,6 +180,7 @@ class KillSwitchConfig:
 class AuditConfig:
     retention: float = 400 * 86400.0
     spool_dir: str = "./var/audit-spool"
+    anchor_every: float = 3600.0  # App. C: each trail's head is signed at least this often
 
 
 @dataclass(frozen=True)

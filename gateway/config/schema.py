@@ -437,9 +437,12 @@ def _audit(node: Node) -> AuditConfig:
     result = AuditConfig(
         retention=node.duration("retention", 400 * 86400.0),
         spool_dir=node.string("spool_dir", "./var/audit-spool"),
+        anchor_every=node.duration("anchor_every", 3600.0),
     )
     if result.retention < 86400:
         node.report.error(node.child_path("retention"), "must be at least 1d")
+    if not 1 <= result.anchor_every <= 86400:
+        node.report.error(node.child_path("anchor_every"), "must be between 1s and 1d")
     node.done()
     return result
 

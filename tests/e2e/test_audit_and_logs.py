@@ -79,9 +79,10 @@ async def test_admin_acts_are_audited_exported_and_verified(
     csv_file.write_text(csv_file.read_text().replace("admin-token:tests", "=HYPERLINK(1)", 1))
     assert gw.cli("audit", "verify", "--file", str(csv_file)).returncode == 4
 
-    # The purged tenant keeps only the purge record (then this export, which is audited too).
+    # The purged tenant keeps only the purge record (then this export, which is audited too);
+    # App. C: both are signed by an anchor right after them.
     acme = json.loads(gw.cli("audit", "export", "--tenant", "acme").stdout)
-    assert [r["event"] for r in acme] == ["tenant.purged", "audit.exported"]
+    assert [r["event"] for r in acme] == ["tenant.purged", "audit.anchor", "audit.exported", "audit.anchor"]
     again = gw.cli("tenant", "purge", "acme", "--yes")
     assert again.returncode == 0, again.stderr
     assert gw.cli("tenant", "purge", "acme").returncode == 1  # --yes is required

@@ -1,0 +1,321 @@
+"""Audit anchors (SPEC Appendix C): the head of a tenant's chain, signed with the gateway's key.
+
+The hash chain alone proves nothing against someone who can write to the store: edit a record,
+recompute every later hash, and the chain is whole again. An anchor closes that gap. It is an
+``audit.anchor`` record whose ``details`` carry a compact JWS (pyjwt, ES256, the gateway's
+active signing key) over a *statement*:
+
+    {"v": 1, "tenant", "seq", "hash", "time", "first", "digests", "previous"}
+
+``seq``/``hash`` are the chain head the anchor vouches for (always the record just before the
+anchor: it is built inside the chain lock); ``digests`` are the first ``DIGEST_CHARS`` hex
+characters of the hash of every record from ``first`` to ``seq`` (from the previous anchor's own
+record on, at most ``MAX_DIGESTS``), so a verifier that finds a rewritten chain can name the
+first record that differs from what was signed, not only the anchor that caught it;
+``previous`` is the seq of that previous anchor (``first``; 0 when the digests do not start at
+one), so a removed anchor is named too. Detection rests on the full ``hash``; the rest only
+localises.
+
+Which keys are trusted: the public half of every key that ever signed an anchor is archived in
+the store hash ``audit-anchor-keys``, sealed with the master keyring (AES-GCM, the kid as
+associated data), so a store writer can neither add a key of their own nor move one to another
+kid; deleting the archive makes every anchor unverifiable, which verify reports as broken. The
+archive outlives signing-key rotation (``/.well-known/jwks.json`` serves only keys whose tokens
+may still be valid); ``GET /admin/audit/jwks`` serves it for offline checks.
+
+Each instance also keeps the last anchor it wrote for each tenant on local disk
+(``LastAnchors``): a trail cut back to before that anchor, which no record in the store can
+reveal, is then reported as truncated.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import jwt
+import orjson
+import structlog
+from cryptography.hazmat.primitives.asymmetric import ec
+from jwt.algorithms import ECAlgorithm
+from jwt.api_jws import PyJWS
+
+from gateway.crypto import DecryptionError, Keyring, context
+from gateway.state.base import StateStore
+
+log = structlog.get_logger("gateway.audit")
+
+ANCHOR_EVENT = "audit.anchor"
+ANCHOR_TYP = "shopino-audit-anchor+jws"  # SECURITY: never mistaken for (or usable as) a token
+ALGORITHM = "ES256"
+ARCHIVE_HASH = "audit-anchor-keys"
+DIGEST_CHARS = 8
+MAX_DIGESTS = 1024
+_JWS = PyJWS()
+
+
+class AnchorInvalid(Exception):
+    """An anchor that does not verify; the message names why (never key material)."""
+
+
+class AnchorSigningKey(Protocol):
+    @property
+    def kid(self) -> str: ...
+    @property
+    def private_key(self) -> ec.EllipticCurvePrivateKey: ...
+    @property
+    def public_key(self) -> ec.EllipticCurvePublicKey: ...
+
+
+class ActiveKeySource(Protocol):
+    """``gateway.auth.signing.SigningKeys``: the key that signs right now."""
+
+    @property
+    def active(self) -> Any: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    """What an anchor signs."""
+
+    tenant: str
+    seq: int
+    hash: str
+    time: str
+    first: int
+    digests: str
+    previous: int = 0
+
+    def payload(self) -> bytes:
+        body = {
+            "v": 1,
+            "tenant": self.tenant,
+            "seq": self.seq,
+            "hash": self.hash,
+            "time": self.time,
+            "first": self.first,
+            "digests": self.digests,
+            "previous": self.previous,
+        }
+        return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+
+    @classmethod
+    def from_payload(cls, raw: bytes) -> Statement:
+        try:
+            body = orjson.loads(raw)
+            statement = cls(
+                str(body["tenant"]),
+                int(body["seq"]),
+                str(body["hash"]),
+                str(body["time"]),
+                int(body["first"]),
+                str(body["digests"]),
+                int(body["previous"]),
+            )
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            raise AnchorInvalid("the signed statement is malformed") from None
+        if body.get("v") != 1 or len(statement.digests) != DIGEST_CHARS * statement.covered:
+            raise AnchorInvalid("the signed statement is malformed")
+        return statement
+
+    @property
+    def covered(self) -> int:
+        return max(0, self.seq - self.first + 1)
+
+    def digest_of(self, seq: int) -> str | None:
+        if not self.first <= seq <= self.seq:
+            return None
+        start = (seq - self.first) * DIGEST_CHARS
+        return self.digests[start : start + DIGEST_CHARS]
+
+
+def digest(hash_: object) -> str:
+    return (
+        hash_[:DIGEST_CHARS] if isinstance(hash_, str) and len(hash_) >= DIGEST_CHARS else "-" * DIGEST_CHARS
+    )
+
+
+def sign(statement: Statement, key: AnchorSigningKey) -> dict[str, Any]:
+    """The ``details`` of an anchor record for ``statement``."""
+    token = _JWS.encode(
+        statement.payload(), key.private_key, algorithm=ALGORITHM, headers={"kid": key.kid, "typ": ANCHOR_TYP}
+    )
+    return {
+        "anchored_seq": statement.seq,
+        "anchored_hash": statement.hash,
+        "signed_at": statement.time,
+        "kid": key.kid,
+        "signature": token,
+    }
+
+
+class AnchorKeys:
+    """Public keys trusted for anchors, by kid."""
+
+    def __init__(self, keys: Mapping[str, ec.EllipticCurvePublicKey]) -> None:
+        self._keys = dict(keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    @classmethod
+    def from_jwks(cls, jwks: object) -> AnchorKeys:
+        """Keys of a JWK Set (``{"keys": [...]}``); EC P-256 entries only. ValueError otherwise."""
+        entries = jwks.get("keys") if isinstance(jwks, dict) else None
+        if not isinstance(entries, list):
+            raise ValueError('a JWKS is a JSON object with a "keys" array')
+        keys: dict[str, ec.EllipticCurvePublicKey] = {}
+        for index, entry in enumerate(entries):
+            if not isinstance(entry, dict) or not isinstance(entry.get("kid"), str):
+                raise ValueError(f"keys[{index}]: not a JWK with a kid")
+            if entry.get("kty") != "EC" or entry.get("crv") != "P-256":
+                continue  # other keys may share the set; they never verify an anchor
+            try:
+                public = ECAlgorithm.from_jwk(entry)
+            except (jwt.InvalidKeyError, ValueError, KeyError, TypeError):
+                raise ValueError(f"keys[{index}]: not a valid EC public key") from None
+            if isinstance(public, ec.EllipticCurvePrivateKey):
+                public = public.public_key()  # a JWK with "d": only its public half is needed
+            keys[entry["kid"]] = public
+        return cls(keys)
+
+    def jwks(self) -> dict[str, list[dict[str, Any]]]:
+        entries = []
+        for kid, public in sorted(self._keys.items()):
+            jwk = ECAlgorithm.to_jwk(public, as_dict=True)
+            entries.append({**jwk, "kid": kid, "alg": ALGORITHM, "use": "sig"})
+        return {"keys": entries}
+
+    def verify(self, token: object) -> Statement:
+        """The statement ``token`` signs, or AnchorInvalid."""
+        if not isinstance(token, str):
+            raise AnchorInvalid("no signature")
+        try:
+            header = _JWS.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise AnchorInvalid("the signature is not a JWS") from None
+        if header.get("typ") != ANCHOR_TYP or header.get("alg") != ALGORITHM:
+            raise AnchorInvalid("the signature is not an anchor signature")
+        public = self._keys.get(header.get("kid"))  # type: ignore[arg-type]
+        if public is None:
+            raise AnchorInvalid("signed by an unknown key")
+        try:
+            # SECURITY: the algorithm is pinned; the header's alg only has to agree with it.
+            decoded = _JWS.decode_complete(token, key=public, algorithms=[ALGORITHM])
+        except jwt.PyJWTError:
+            raise AnchorInvalid("the signature does not verify") from None
+        return Statement.from_payload(decoded["payload"])
+
+
+def check_anchor_record(rec: Mapping[str, Any], keys: AnchorKeys) -> Statement:
+    """Verify an anchor record's signature and that its readable fields say what it signs."""
+    details = rec.get("details")
+    if not isinstance(details, dict):
+        raise AnchorInvalid("no details")
+    statement = keys.verify(details.get("signature"))
+    if (
+        statement.tenant != rec.get("tenant")
+        or details.get("anchored_seq") != statement.seq
+        or details.get("anchored_hash") != statement.hash
+    ):
+        raise AnchorInvalid("its fields differ from the statement it signs")
+    return statement
+
+
+def _archive_context(kid: str) -> bytes:
+    return context("audit-anchor-key", kid)
+
+
+class AnchorKeyArchive:
+    """Every public key that signed an anchor, sealed in the store (see module doc)."""
+
+    def __init__(self, store: StateStore, keyring: Keyring) -> None:
+        self._store, self._keyring = store, keyring
+        self._archived: set[str] = set()
+
+    async def ensure(self, key: AnchorSigningKey) -> None:
+        """Archive ``key``'s public half before the first anchor it signs is written."""
+        if key.kid in self._archived:
+            return
+        jwk = ECAlgorithm.to_jwk(key.public_key, as_dict=True)
+        sealed = self._keyring.encrypt(orjson.dumps(jwk), context=_archive_context(key.kid))
+        await self._store.hset(ARCHIVE_HASH, key.kid, sealed)
+        self._archived.add(key.kid)
+
+    async def load(self) -> AnchorKeys:
+        keys: dict[str, ec.EllipticCurvePublicKey] = {}
+        for kid, sealed in (await self._store.hgetall(ARCHIVE_HASH)).items():
+            try:
+                jwk = self._keyring.decrypt(sealed, context=_archive_context(kid))
+                public = ECAlgorithm.from_jwk(jwk.decode())
+            except (DecryptionError, jwt.InvalidKeyError, ValueError):
+                # SECURITY: a key planted (or moved) by a store writer is ignored, so anchors it
+                # "signed" are reported as signed by an unknown key.
+                log.warning("audit.anchor_key_rejected", kid=kid)
+                continue
+            if isinstance(public, ec.EllipticCurvePublicKey):
+                keys[kid] = public
+        return AnchorKeys(keys)
+
+
+class LastAnchors:
+    """The last anchor this instance wrote per tenant: ``<directory>/<tenant>.json``."""
+
+    def __init__(self, directory: Path) -> None:
+        self._dir = directory
+
+    def path(self, tenant: str) -> Path:
+        return self._dir / f"{tenant}.json"  # tenant ids are validated: no separators, no dot first
+
+    def read(self, tenant: str) -> dict[str, Any] | None:
+        try:
+            value = json.loads(self.path(tenant).read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            log.error("audit.last_anchor_unreadable", tenant=tenant)
+            return None
+        return value if isinstance(value, dict) else None
+
+    def write(self, tenant: str, anchor: Mapping[str, Any]) -> None:
+        """Keep ``anchor`` unless a newer one is already kept (workers share the directory)."""
+        current = self.read(tenant)
+        if current is not None and int(current.get("record_seq", 0)) >= int(anchor["record_seq"]):
+            return
+        self._dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        target = self.path(tenant)
+        temporary = target.with_name(f".{tenant}.{os.getpid()}.tmp")
+        with open(temporary, "wb") as handle:
+            handle.write(orjson.dumps(dict(anchor)))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, target)  # atomic: a crash leaves the old anchor or the new one
+
+
+@dataclass(frozen=True)
+class Anchoring:
+    """What ``AuditTrail`` needs to write and check anchors."""
+
+    signer: ActiveKeySource
+    archive: AnchorKeyArchive
+    last: LastAnchors
+
+
+__all__ = [
+    "ANCHOR_EVENT",
+    "ANCHOR_TYP",
+    "MAX_DIGESTS",
+    "AnchorInvalid",
+    "AnchorKeyArchive",
+    "AnchorKeys",
+    "Anchoring",
+    "LastAnchors",
+    "Statement",
+    "check_anchor_record",
+    "digest",
+    "sign",
+]
