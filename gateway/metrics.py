@@ -21,6 +21,8 @@ from prometheus_client import (
 )
 from prometheus_client import multiprocess as prom_multiprocess
 
+from gateway.traffic.recorder import TRAFFIC, TrafficRecorder
+
 if TYPE_CHECKING:
     from gateway.context import RequestContext
 
@@ -61,7 +63,8 @@ class _RequestTally:
 
 
 class GatewayMetrics:
-    def __init__(self) -> None:
+    def __init__(self, traffic: TrafficRecorder | None = None) -> None:
+        self._traffic = traffic  # the console's dry runs and traffic view (gateway/traffic/)
         self._request_children: dict[tuple[str, int], tuple[Any, Any]] = {}
         self._tallies: dict[tuple[str, int], _RequestTally] = {}
         self._latencies: dict[str, _RouteLatency] = {}
@@ -112,6 +115,8 @@ class GatewayMetrics:
         child.inc()
 
     def observe_request(self, ctx: RequestContext) -> None:
+        if self._traffic is not None:
+            self._traffic.observe(ctx)
         route = ctx.route.name if ctx.route is not None else "-"
         if self.tallied:
             tally = self._tallies.get((route, ctx.status or 0))
@@ -152,7 +157,7 @@ class GatewayMetrics:
             latency.publish()
 
 
-METRICS = GatewayMetrics()
+METRICS = GatewayMetrics(traffic=TRAFFIC)
 
 
 def render_metrics() -> tuple[bytes, str]:

@@ -9,12 +9,14 @@ from aiohttp import web
 
 from gateway.admin.audit_api import add_audit_routes
 from gateway.admin.auth import authorize, identify_admin
+from gateway.admin.console_api import add_console_api_routes
 from gateway.admin.context import (
     ActorKey,
     AuditKey,
     IntegrationsKey,
     RequestIdKey,
     RevocationsKey,
+    RolesKey,
     RuntimeKey,
     SigningKey,
 )
@@ -65,6 +67,7 @@ async def admin_errors_middleware(
         )
         authorize(identity, request.method, request.path)
         request[ActorKey] = identity.actor
+        request[RolesKey] = identity.roles
         response = await handler(request)
     except web.HTTPNotFound:
         response = _problem(NotFound("No such admin endpoint"), request_id)
@@ -132,6 +135,7 @@ def make_admin_app(
     add_lockout_routes(app)
     add_incident_routes(app)
     add_grant_routes(app)
+    add_console_api_routes(app)
     app.router.add_get("/admin/config", get_config)
     app.router.add_post("/admin/reload", post_reload)
     app.router.add_get("/metrics", get_metrics)

@@ -20,7 +20,8 @@ from gateway.metrics import METRICS
 _REALM = 'Bearer realm="shopino-admin"'
 GATEWAY_ADMIN = "gateway-admin"
 INCIDENT_RESPONDER = "incident-responder"
-ADMIN_ROLES = frozenset((GATEWAY_ADMIN, INCIDENT_RESPONDER))
+GATEWAY_VIEWER = "gateway-viewer"  # read-only: watches the console, changes nothing
+ADMIN_ROLES = frozenset((GATEWAY_ADMIN, INCIDENT_RESPONDER, GATEWAY_VIEWER))
 
 # SPEC §12 and App. B: what an incident responder may call. Everything else is gateway-admin only.
 _RESPONDER_PREFIXES = (
@@ -31,8 +32,21 @@ _RESPONDER_PREFIXES = (
     "/admin/lockouts",
     "/admin/audit",
     "/admin/incidents",
+    "/admin/instances",
+    "/admin/traffic",
     "/metrics",
 )
+# What a viewer may read (GET only): the console's boards, never an export of a trail's content.
+_VIEWER_PATHS = (
+    "/admin/killswitch",
+    "/admin/killswitch/targets",
+    "/admin/instances",
+    "/admin/traffic",
+    "/admin/lockouts",
+    "/admin/audit/verify",
+    "/metrics",
+)
+_ANY_ROLE = "/admin/whoami"  # the console asks which buttons to show
 
 
 @dataclass(frozen=True)
@@ -91,7 +105,7 @@ async def identify_admin(
 
 
 def authorize(identity: AdminIdentity, method: str, path: str) -> None:
-    if GATEWAY_ADMIN in identity.roles:
+    if GATEWAY_ADMIN in identity.roles or path == _ANY_ROLE:
         return
     if INCIDENT_RESPONDER in identity.roles:
         if path.startswith(_RESPONDER_PREFIXES):
@@ -99,4 +113,7 @@ def authorize(identity: AdminIdentity, method: str, path: str) -> None:
         # Grants: responders list and revoke; only tenant admins create them (SPEC §7).
         if path.startswith("/admin/grants") and method in ("GET", "DELETE"):
             return
+    reads = method in ("GET", "HEAD") and (path in _VIEWER_PATHS or path.startswith("/admin/incidents/"))
+    if GATEWAY_VIEWER in identity.roles and reads:
+        return
     raise Forbidden("This admin role may not call this endpoint")

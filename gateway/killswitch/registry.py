@@ -251,6 +251,33 @@ class KillSwitchRegistry(SnapshotBacked):
             if now - at <= LIVE_WINDOW
         ]
 
+    async def instance_states(self) -> tuple[int, list[dict[str, Any]]]:
+        """Appendix C ``GET /admin/instances``: the store's set version and every instance that
+        heartbeated within the last hour, each ``enforcing`` (its applied version is the
+        store's), ``lagging`` (alive, another version) or ``silent`` (no heartbeat for
+        ``LIVE_WINDOW``, i.e. 3 missed beats). A gracefully stopped instance removes its own
+        heartbeat, so it leaves the list instead of turning silent."""
+        beats = await self._beats()
+        raw_current = await self._store.get(VERSION_KEY)
+        current = int(raw_current) if raw_current else 0
+        now = self._clock()
+        rows = []
+        for instance, (version, at, stale) in sorted(beats.items()):
+            age = now - at
+            # Above the store's counter predates a store reset: not an ack (wait_acknowledged).
+            fresh = "enforcing" if version == current else "lagging"
+            state = "silent" if age > LIVE_WINDOW else fresh
+            rows.append(
+                {
+                    "instance": instance,
+                    "version": version,
+                    "heartbeat_age_s": round(max(age, 0.0), 3),
+                    "store": "stale" if stale else "ok",
+                    "state": state,
+                }
+            )
+        return current, rows
+
     async def wait_acknowledged(
         self, version: int, timeout: float = ACK_TIMEOUT
     ) -> tuple[list[str], list[str]]:

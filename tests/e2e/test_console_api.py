@@ -1,0 +1,97 @@
+"""The admin additions of Appendix C for the console, against a real gateway: the dry run counts
+real requests and engages nothing, ``/admin/instances``, the engage pickers, ``/admin/traffic``,
+and the read-only ``gateway-viewer`` role (reads pass, every change is refused)."""
+
+from __future__ import annotations
+
+import aiohttp
+import pytest
+
+from gateway.demo.issuer import DemoIssuer
+from tests.e2e import killswitch_helpers as helpers
+from tests.e2e.killswitch_helpers import admin, status_of
+from tests.support.gateway_proc import GatewayProc
+from tests.support.issuers import mint
+
+issuers, upstream, gw, clean = helpers.issuers, helpers.upstream, helpers.gw, helpers.clean
+
+
+def operator(issuers: dict[str, DemoIssuer], role: str) -> str:
+    return mint(issuers["ops"], "shopino-ops", [role], user_id=f"op-{role}")
+
+
+async def test_dry_run_counts_this_gateways_requests_and_engages_nothing(
+    clean: GatewayProc, http: aiohttp.ClientSession
+) -> None:
+    for _ in range(4):
+        assert await status_of(http, clean.url + "/api/finance/invoices/7") == 200
+    assert await status_of(http, clean.url + "/api/orders/1", method="POST") == 200
+    body = {"scope": "module", "target": "finance", "mode": "block", "reason": "what if"}
+    status, data = await admin(http, clean, "POST", "/admin/killswitch?dry_run=true", body)
+    assert status == 200, data
+    assert data["would_refuse"] >= 4 and data["window_s"] == 300
+    status, ro = await admin(
+        http,
+        clean,
+        "POST",
+        "/admin/killswitch?dry_run=true",
+        {**body, "scope": "global", "target": "*", "mode": "read-only"},
+    )
+    assert status == 200 and ro["would_refuse"] >= 1 and ro["would_refuse"] < ro["requests"]
+    # Nothing was engaged: no switch stored, the finance module still answers.
+    status, listing = await admin(http, clean, "GET", "/admin/killswitch")
+    assert listing["switches"] == []
+    assert await status_of(http, clean.url + "/api/finance/invoices/7") == 200
+    # A dry run is validated like an engage: an unknown module is a 400 naming what exists.
+    status, bad = await admin(
+        http, clean, "POST", "/admin/killswitch?dry_run=true", {**body, "target": "nope"}
+    )
+    assert status == 400 and "finance" in bad["known"]
+    status, _ = await admin(http, clean, "POST", "/admin/killswitch?dry_run=maybe", body)
+    assert status == 400
+
+
+async def test_instances_targets_and_traffic(clean: GatewayProc, http: aiohttp.ClientSession) -> None:
+    status, data = await admin(http, clean, "GET", "/admin/instances")
+    assert status == 200, data
+    [me] = data["instances"]
+    assert me["state"] == "enforcing" and me["version"] == data["version"] and me["store"] == "ok"
+    assert set(me) == {"instance", "version", "heartbeat_age_s", "store", "state"}
+    status, targets = await admin(http, clean, "GET", "/admin/killswitch/targets")
+    assert status == 200 and "finance" in targets["module"] and "woo" in targets["integration"]
+    assert "finance-api" in targets["route"] and "endpoint" in targets["scopes"]
+    await status_of(http, clean.url + "/api/secure/x")  # 401: a refusal
+    status, traffic = await admin(http, clean, "GET", "/admin/traffic")
+    assert status == 200 and traffic["window_s"] == 900
+    assert any("secure" in p["routes"] for p in traffic["points"])
+    assert traffic["refusal_status"].get("missing-token") == 401 or traffic["top_refused"]
+    assert all(c["client_ip"] == "127.0.0.0" for c in traffic["top_refused"])  # truncated
+
+
+@pytest.mark.parametrize(
+    ("role", "method", "path", "expected"),
+    [
+        ("gateway-viewer", "GET", "/admin/instances", 200),
+        ("gateway-viewer", "GET", "/admin/killswitch", 200),
+        ("gateway-viewer", "GET", "/admin/traffic", 200),
+        ("gateway-viewer", "GET", "/admin/audit/verify?tenant=_system", 200),
+        ("gateway-viewer", "POST", "/admin/killswitch", 403),
+        ("gateway-viewer", "POST", "/admin/killswitch?dry_run=true", 403),
+        ("gateway-viewer", "DELETE", "/admin/killswitch/ks_x", 403),
+        ("gateway-viewer", "POST", "/admin/keys/rotate", 403),
+        ("gateway-viewer", "GET", "/admin/audit?tenant=_system", 403),  # no trail contents
+        ("gateway-viewer", "GET", "/admin/config", 403),
+        ("incident-responder", "GET", "/admin/instances", 200),
+        ("incident-responder", "GET", "/admin/killswitch/targets", 200),
+    ],
+)
+async def test_role_matrix_of_the_console_endpoints(
+    clean: GatewayProc, http: aiohttp.ClientSession, issuers, role: str, method: str, path: str, expected: int
+) -> None:
+    body = {"scope": "module", "target": "finance", "reason": "viewer tries"} if method == "POST" else None
+    status, data = await admin(http, clean, method, path, body, token=operator(issuers, role))
+    assert status == expected, data
+    status, me = await admin(http, clean, "GET", "/admin/whoami", token=operator(issuers, role))
+    assert status == 200 and me == {"actor": f"jwt:op-{role}", "roles": [role]}
+    status, listing = await admin(http, clean, "GET", "/admin/killswitch")
+    assert listing["switches"] == []  # nothing a refused call could have engaged
