@@ -32,6 +32,7 @@ from gateway.auth.revocation import RevocationEpochs
 from gateway.auth.signing import SigningKeys
 from gateway.auth.webhooks import IntegrationSecrets
 from gateway.config import ConfigError, effective_config
+from gateway.console.assets import API_CSP, add_console_routes, console_headers, is_console_path
 from gateway.context import request_id_for
 from gateway.errors import (
     BadRequest,
@@ -57,7 +58,11 @@ async def admin_errors_middleware(
 ) -> web.StreamResponse:
     request_id = request_id_for(request.headers.get("X-Request-ID"))
     request[RequestIdKey] = request_id
+    console = is_console_path(request.path)
     try:
+        if console:
+            # The console's files are public (no secret in them); what they do needs a token.
+            return await _console_answer(request, handler, request_id)
         runtime = request.app[RuntimeKey]()
         identity = await identify_admin(
             request.headers.get("Authorization"),
@@ -81,6 +86,24 @@ async def admin_errors_middleware(
         response = _problem(InternalError(), request_id)
     response.headers["X-Request-ID"] = request_id
     response.headers["Server"] = "shopino-gateway"
+    # Data, never documents, never cached (the console reads these with a bearer token).
+    response.headers.setdefault("Cache-Control", "no-store")
+    response.headers.setdefault("Content-Security-Policy", API_CSP)
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
+async def _console_answer(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]], request_id: str
+) -> web.StreamResponse:
+    try:
+        response = await handler(request)
+    except web.HTTPException:
+        response = _problem(NotFound("No such console file"), request_id)
+    except GatewayError as error:
+        response = _problem(error, request_id)
+    response.headers["Server"] = "shopino-gateway"
+    console_headers(response)
     return response
 
 
@@ -136,6 +159,7 @@ def make_admin_app(
     add_incident_routes(app)
     add_grant_routes(app)
     add_console_api_routes(app)
+    add_console_routes(app)
     app.router.add_get("/admin/config", get_config)
     app.router.add_post("/admin/reload", post_reload)
     app.router.add_get("/metrics", get_metrics)

@@ -130,7 +130,30 @@ async def release(request: web.Request) -> web.Response:
     return json_response(body)
 
 
+async def extend(request: web.Request) -> web.Response:
+    """``PATCH /admin/killswitch/{id}`` ``{"ttl": "2h", "reason"?}``: a new expiry from now."""
+    data = await read_json_object(request)
+    try:
+        ttl = parse_ttl(data.get("ttl"))
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+    if ttl is None:
+        raise BadRequest("ttl is required")
+    reason = data.get("reason")
+    if reason is not None and (not isinstance(reason, str) or len(reason) > 500):
+        raise BadRequest("reason must be a string of at most 500 characters")
+    registry = _registry(request)
+    switch = await registry.extend(request.match_info["id"], ttl)
+    if switch is None:
+        raise NotFound("No active kill switch with that id")
+    expires_at = switch.to_json()["expires_at"]
+    await _audit(request, "killswitch.extended", switch, reason, expires_at=expires_at)
+    acknowledged, lagging = await registry.wait_acknowledged(switch.version)
+    return json_response({**switch.to_json(), "acknowledged": acknowledged, "lagging": lagging})
+
+
 def add_killswitch_routes(app: web.Application) -> None:
     app.router.add_post("/admin/killswitch", engage)
     app.router.add_get("/admin/killswitch", list_switches)
     app.router.add_delete("/admin/killswitch/{id}", release)
+    app.router.add_patch("/admin/killswitch/{id}", extend)

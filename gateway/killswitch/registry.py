@@ -220,6 +220,21 @@ class KillSwitchRegistry(SnapshotBacked):
         await self._announce(version)
         return switch, version
 
+    async def extend(self, switch_id: str, ttl: float) -> Switch | None:
+        """Set an active switch to expire ``ttl`` seconds from now (the console's "extend"); the
+        id stays, the version is bumped so every instance applies the new expiry. None if unknown."""
+        raw = await self._store.hget(SWITCHES_KEY, switch_id)
+        switch = _parse(switch_id, raw) if raw is not None else None
+        if switch is None or not switch.active(self._clock()):
+            return None
+        extended = replace(switch, expires_at=self._clock() + ttl)
+        await self._write(extended)  # hash before version (module docstring)
+        version = await self._store.incr(VERSION_KEY)
+        extended = replace(extended, version=version)
+        await self._write(extended)
+        await self._announce(version)
+        return extended
+
     async def _write(self, switch: Switch) -> None:
         await self._store.hset(SWITCHES_KEY, switch.id, orjson.dumps(switch.to_record()))
 

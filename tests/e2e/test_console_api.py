@@ -95,3 +95,55 @@ async def test_role_matrix_of_the_console_endpoints(
     assert status == 200 and me == {"actor": f"jwt:op-{role}", "roles": [role]}
     status, listing = await admin(http, clean, "GET", "/admin/killswitch")
     assert listing["switches"] == []  # nothing a refused call could have engaged
+
+
+@pytest.mark.parametrize(
+    "path", ["/console/", "/console/main.js", "/console/console.css", "/console/nope.js"]
+)
+async def test_every_console_answer_carries_the_strict_headers(
+    gw: GatewayProc, http: aiohttp.ClientSession, path: str
+) -> None:
+    async with http.get(gw.admin_url + path) as response:  # no token: the files are public
+        body = await response.read()
+        csp = response.headers["Content-Security-Policy"]
+        assert response.status == (404 if "nope" in path else 200)
+        assert "unsafe-inline" not in csp and "unsafe-eval" not in csp
+        assert "frame-ancestors 'none'" in csp and "script-src 'self'" in csp
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+        assert "set-cookie" not in response.headers
+    if path == "/console/":
+        assert b"<script" in body and b'type="module" src="main.js"' in body
+        assert b"<script>" not in body and b" on" + b"click=" not in body  # nothing inline
+
+
+async def test_console_paths_open_nothing_else(gw: GatewayProc, http: aiohttp.ClientSession) -> None:
+    for path in ("/console/%2e%2e/admin/config", "/console/..%2fassets.py", "/console/assets.py"):
+        async with http.get(gw.admin_url + path) as response:
+            assert response.status in (401, 404), path
+            assert b"sha256" not in await response.read()
+    async with http.get(gw.admin_url + "/admin/instances") as response:
+        assert response.status == 401  # the API itself still needs a token
+        assert response.headers["Cache-Control"] == "no-store"
+
+
+async def test_extend_sets_a_new_expiry_and_is_audited(
+    clean: GatewayProc, http: aiohttp.ClientSession
+) -> None:
+    switch = await helpers.engage(
+        http, clean, scope="module", target="orders", ttl="1m", incident="INC-EXT-1"
+    )
+    status, data = await admin(
+        http, clean, "PATCH", f"/admin/killswitch/{switch['id']}", {"ttl": "2h", "reason": "needs longer"}
+    )
+    assert status == 200, data
+    assert data["id"] == switch["id"] and data["expires_at"] > switch["expires_at"]
+    assert data["version"] > switch["version"] and data["lagging"] == []
+    status, listing = await admin(http, clean, "GET", "/admin/killswitch")
+    assert [s["expires_at"] for s in listing["switches"]] == [data["expires_at"]]
+    status, incident = await admin(http, clean, "GET", "/admin/incidents/INC-EXT-1")
+    events = [a["event"] for a in incident["actions"]]
+    assert "killswitch.extended" in events
+    status, _ = await admin(http, clean, "PATCH", f"/admin/killswitch/{switch['id']}", {"ttl": "0s"})
+    assert status == 400
+    status, _ = await admin(http, clean, "PATCH", "/admin/killswitch/ks_unknown", {"ttl": "1h"})
+    assert status == 404
