@@ -158,6 +158,8 @@ def test_responder_isolates_a_module_and_watches_two_instances_acknowledge(
     page.fill("#incident-id", "INC-UI-1")
     page.click("#incident-lookup")
     page.wait_for_selector("#incident-actions td:has-text('killswitch.engaged')")
+    # Audited with the actor, exactly as the same call through the CLI would be.
+    assert page.query_selector("#incident-actions td:text-is('admin-token:tests')") is not None
     shoot(page, "incident")
     page.click("a[data-view='traffic']")
     page.wait_for_selector("#traffic-routes tr[data-route='finance-api']")
@@ -233,4 +235,40 @@ def test_wrong_token_is_refused_and_a_viewer_gets_no_engage_button(
     )
     assert status == 403
     assert public(gw.url + "/api/finance/x")[0] == 200
+    assert page.problems == []
+
+
+def test_contain_wizard_shows_each_step_and_exports_the_affected_trail(
+    gateway_factory: Callable[..., GatewayProc],
+    upstream: Upstream,
+    issuers: dict[str, DemoIssuer],
+    tmp_path: Path,
+    page: Any,
+) -> None:
+    gw = gateway_factory(killswitch_config(upstream.url, tmp_path, issuers))
+    responder = mint(issuers["ops"], "shopino-ops", ["incident-responder"], user_id="resp-1")
+    sign_in(page, gw, responder)
+    page.click("a[data-view='incident']")
+    page.fill("#contain-incident", "INC-UI-2")
+    page.select_option("#contain-scope", "tenant")
+    page.fill("#contain-tenant", "acme")
+    page.click("#contain")
+    page.wait_for_selector("#confirm[open]")
+    page.fill("#confirm-fields input[data-field='reason']", "stolen admin session")
+    assert page.is_disabled("#confirm-ok")  # the incident id must be typed
+    page.fill("#confirm-typed", "INC-UI-2")
+    page.click("#confirm-ok")
+    page.wait_for_selector("#contain-steps li[data-step='session revocation'] .ok")
+    steps = page.locator("#contain-steps li").all_text_contents()
+    assert steps[0].startswith("kill switch: engaged") and "(tenant acme)" in steps[0]
+    assert steps[1].startswith("session revocation: revoked sessions of acme")
+    page.wait_for_selector("#incident-actions td:has-text('sessions.revoked')")
+    assert page.query_selector("#incident-actions td:text-is('jwt:resp-1')") is not None
+    shoot(page, "incident-contained")
+    with page.expect_download() as download_info:
+        page.click("#export-trails")
+    download = download_info.value
+    assert download.suggested_filename == "audit-acme-INC-UI-2.json"
+    exported = Path(download.path()).read_text()
+    assert "killswitch.engaged" in exported and "INC-UI-2" in exported
     assert page.problems == []
