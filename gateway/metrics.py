@@ -65,6 +65,8 @@ class _RequestTally:
 class GatewayMetrics:
     def __init__(self, traffic: TrafficRecorder | None = None) -> None:
         self._traffic = traffic  # the console's dry runs and traffic view (gateway/traffic/)
+        if traffic is not None:
+            traffic.counters = self.answer_counts
         self._request_children: dict[tuple[str, int], tuple[Any, Any]] = {}
         self._tallies: dict[tuple[str, int], _RequestTally] = {}
         self._latencies: dict[str, _RouteLatency] = {}
@@ -137,6 +139,16 @@ class GatewayMetrics:
             self._request_children[key] = children
         children[0].inc()
         children[1].observe(time.monotonic() - ctx.started)
+
+    def answer_counts(self) -> tuple[dict[tuple[str, int], int], dict[str, int]]:
+        """(route, status) → answered and problem type → refused, so far in this process: the
+        console's traffic snapshots (gateway/traffic/recorder.py) are differences of these."""
+        if self.tallied:
+            answered = {key: tally.count for key, tally in self._tallies.items()}
+        else:
+            answered = {key: int(c[0]._value.get()) for key, c in self._request_children.items()}
+        refused = {slug: int(child._value.get()) for slug, child in self._refusal_children.items()}
+        return answered, refused
 
     def _new_tally(self, route: str, status: int) -> _RequestTally:
         # The children are made at the first request, as before: the same _created timestamps.

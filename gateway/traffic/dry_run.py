@@ -14,7 +14,7 @@ from gateway.config import GatewayConfig
 from gateway.health import HEALTH, READY
 from gateway.killswitch.matcher import SwitchIndex
 from gateway.killswitch.model import Switch
-from gateway.traffic.recorder import DRY_RUN_WINDOW, UNTRACKED, TrafficRecorder
+from gateway.traffic.recorder import DRY_RUN_WINDOW, UNTRACKED, Key, TrafficRecorder
 
 _SPARED = frozenset((HEALTH, READY))  # a global switch spares the probes (SPEC §9)
 
@@ -23,7 +23,7 @@ _SPARED = frozenset((HEALTH, READY))  # a global switch spares the probes (SPEC 
 class DryRun:
     would_refuse: int
     requests: int  # every request counted in the window, refused or not
-    untracked: int  # requests whose path was not kept (only an endpoint switch cannot place them)
+    untracked: int  # requests counted without the key (or path) this switch needs to place them
     window_s: int = DRY_RUN_WINDOW
 
     def to_json(self) -> dict[str, object]:
@@ -36,15 +36,10 @@ class DryRun:
         }
 
 
-def _totals(recorder: TrafficRecorder) -> dict[tuple[str, str, str, str], int]:
-    totals: dict[tuple[str, str, str, str], int] = {}
-    for counts in recorder.seconds(DRY_RUN_WINDOW):
-        for route, tenants in counts.items():
-            for tenant, methods in tenants.items():
-                for method, paths in methods.items():
-                    for path, n in paths.items():
-                        key = (route, tenant, method, path)
-                        totals[key] = totals.get(key, 0) + n
+def _totals(recorder: TrafficRecorder) -> dict[Key, int]:
+    totals: dict[Key, int] = {}
+    for key, n in recorder.seconds(DRY_RUN_WINDOW):
+        totals[key] = totals.get(key, 0) + n
     return totals
 
 
@@ -56,11 +51,11 @@ def dry_run(switch: Switch, config: GatewayConfig, recorder: TrafficRecorder, no
         requests += n
         if path in _SPARED:
             continue
+        if not method or (path == UNTRACKED and switch.scope == "endpoint"):
+            untracked += n  # counted without its key (or its path): no scope (or no glob) can place it
+            continue
         if switch.scope == "tenant":
             hit = tenant and index.tenant_refusal((tenant,), method, websocket=False, now=now)
-        elif path == UNTRACKED and switch.scope == "endpoint":
-            untracked += n
-            continue
         else:
             route = routes.get(route_name) if route_name else None
             hit = index.refusal(

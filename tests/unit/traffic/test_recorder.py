@@ -12,7 +12,7 @@ import pytest
 from gateway.config import GatewayConfig, parse_config
 from gateway.killswitch.model import validate_spec
 from gateway.traffic.dry_run import dry_run
-from gateway.traffic.recorder import MAX_PATHS, TrafficRecorder
+from gateway.traffic.recorder import BUCKET_S, DRY_RUN_WINDOW, TrafficRecorder
 
 CONFIG = (
     "upstreams:\n  erp:\n    urls: ['http://127.0.0.1:9000']\n"
@@ -106,55 +106,72 @@ def test_only_the_last_five_minutes_count(config) -> None:
     assert would(rec, config, clock, scope="module", target="orders") == 1
 
 
-def test_distinct_paths_per_second_are_bounded(config) -> None:
+def test_distinct_keys_are_bounded_and_idle_ones_forgotten(config) -> None:
     clock = Clock()
-    rec = TrafficRecorder(clock)
-    for i in range(MAX_PATHS + 50):
+    rec = TrafficRecorder(clock, max_keys=100)
+    for i in range(150):
         hit(rec, config, "finance-api", "GET", f"/api/finance/item/{i}")
-    kept = sum(
-        len(p) for counts in rec.seconds() for t in counts.values() for m in t.values() for p in m.values()
-    )
-    assert kept == MAX_PATHS + 1  # the overflow shares one key
+    hit(rec, config, "finance-api", "GET", "/api/finance/" + "x" * 300)  # too long to keep
     switch = validate_spec({"scope": "endpoint", "target": "GET /api/finance/**", "reason": "x"})
     result = dry_run(switch, config, rec, clock())
-    assert result.would_refuse == MAX_PATHS and result.untracked == 50 and result.requests == MAX_PATHS + 50
+    assert result.requests == 151 and result.untracked >= 51
+    assert result.would_refuse + result.untracked == 151  # each one placed or said unplaceable
     # Scopes that need no path still count every request.
-    assert would(rec, config, clock, scope="module", target="finance") == MAX_PATHS + 50
+    assert would(rec, config, clock, scope="module", target="finance") == 151
+    # Once the keys have been idle for the whole window, a full table makes room again.
+    clock.now += DRY_RUN_WINDOW + BUCKET_S
+    hit(rec, config, "finance-api", "GET", "/api/finance/fresh")
+    clock.now += BUCKET_S
+    for i in range(20):
+        hit(rec, config, "finance-api", "GET", f"/api/finance/new/{i}")
+    result = dry_run(switch, config, rec, clock())
+    assert result.requests == 21 and result.untracked == 0 and result.would_refuse == 21
 
 
-def test_traffic_report_buckets_refusals_and_pseudonymous_clients(config) -> None:
+def test_past_twice_the_bound_requests_are_counted_but_placed_nowhere(config) -> None:
+    clock = Clock()
+    rec = TrafficRecorder(clock, max_keys=10)
+    for i in range(40):
+        hit(rec, config, "finance-api", "POST", f"/api/finance/{i}", tenant=f"t{i}")
+    result = dry_run(validate_spec({"scope": "global", "reason": "x"}), config, rec, clock())
+    assert result.requests == 40 and result.untracked > 0
+    assert result.would_refuse + result.untracked == 40
+
+
+def test_traffic_report_is_the_difference_of_counter_snapshots_per_bucket(config) -> None:
     clock = Clock(1_800_000_000.0)
     rec = TrafficRecorder(clock)
-    hit(rec, config, "finance-api", "GET", "/api/finance/x", status=200)
+    answered: dict[tuple[str, int], int] = {}
+    refused: dict[str, int] = {}
+    rec.counters = lambda: (dict(answered), dict(refused))
+
+    def request(route: str, path: str, status: int, refusal: str | None = None, **kw: Any) -> None:
+        # The order of the real thing: a refusal is counted, then observe, then the tally.
+        if refusal:
+            refused[refusal] = refused.get(refusal, 0) + 1
+        hit(rec, config, route, "GET", path, status=status, refusal=refusal, **kw)
+        answered[(route, status)] = answered.get((route, status), 0) + 1
+
+    request("finance-api", "/api/finance/x", 200)
     for _ in range(4):
-        hit(
-            rec,
-            config,
+        request(
             "finance-api",
-            "GET",
             "/api/finance/x",
-            status=429,
-            refusal="rate-limited",
+            429,
+            "rate-limited",
             user="alice@example.com",
             client_ip="198.51.100.23",
         )
     clock.now += 10
-    hit(
-        rec,
-        config,
-        "orders-api",
-        "GET",
-        "/api/orders",
-        status=503,
-        refusal="isolated",
-        client_ip="2001:db8:1:2::5",
-    )
+    request("orders-api", "/api/orders", 503, "isolated", client_ip="2001:db8:1:2::5")
+    clock.now += 3
     report = rec.report(lambda user: "u_" + str(len(user)))
     points = report["points"]
     assert [p["t"] for p in points] == [1_800_000_000, 1_800_000_010]
     assert points[0]["routes"] == {"finance-api": {"2xx": 1, "4xx": 4}}
     assert points[0]["refusals"] == {"rate-limited": 4}
     assert points[1]["refusals"] == {"isolated": 1}
+    assert points[1]["routes"] == {"orders-api": {"5xx": 1}}
     assert report["refusal_status"] == {"rate-limited": 429, "isolated": 503}
     assert report["top_refused"] == [
         {"client_ip": "198.51.100.0", "user": "u_17", "refusals": 4},
@@ -163,4 +180,4 @@ def test_traffic_report_buckets_refusals_and_pseudonymous_clients(config) -> Non
     text = repr(report)
     assert "alice" not in text and "198.51.100.23" not in text  # SECURITY: no raw identity leaves
     clock.now += 15 * 60 + 10  # both buckets older than the 15-minute window
-    assert rec.report(str)["points"] == []
+    assert rec.report(str)["points"] == [] and rec.report(str)["top_refused"] == []
