@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 
 import structlog
 from aiohttp import web
 
 from gateway.admin.audit_api import add_audit_routes
-from gateway.admin.auth import authorize, identify_admin
+from gateway.admin.auth import authorize, identify_admin, require_step_up
 from gateway.admin.console_api import add_console_api_routes
 from gateway.admin.context import (
     ActorKey,
@@ -71,6 +72,7 @@ async def admin_errors_middleware(
             runtime.config.mfa.accepted_amr,
         )
         authorize(identity, request.method, request.path)
+        require_step_up(identity, request.method, runtime.config.admin.mfa_max_age, time.time())
         request[ActorKey] = identity.actor
         request[RolesKey] = identity.roles
         response = await handler(request)

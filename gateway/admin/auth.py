@@ -53,6 +53,8 @@ _ANY_ROLE = "/admin/whoami"  # the console asks which buttons to show
 class AdminIdentity:
     actor: str  # for the audit trail: "admin-token:<name>" or "jwt:<sub>"
     roles: frozenset[str]
+    jwt: bool = False
+    auth_time: int | None = None  # the JWT's MFA moment (static tokens have none)
 
 
 def _invalid() -> MissingToken:
@@ -101,7 +103,27 @@ async def identify_admin(
     roles = frozenset(claims.roles) & ADMIN_ROLES
     if not roles:
         raise Forbidden("This identity has no admin role")
-    return AdminIdentity(f"jwt:{claims.subject}", roles)
+    return AdminIdentity(f"jwt:{claims.subject}", roles, jwt=True, auth_time=claims.auth_time)
+
+
+def require_step_up(identity: AdminIdentity, method: str, max_age: float, now: float) -> None:
+    """Changes through an admin JWT need MFA no older than ``admin.mfa_max_age`` (issue 16).
+
+    SECURITY: a console tab left signed in, or a copied operator token, cannot engage, contain,
+    rotate or purge long after its owner authenticated; reading stays possible. Static tokens
+    are automation credentials without an MFA moment and are governed by their own rotation."""
+    if not identity.jwt or method in ("GET", "HEAD", "OPTIONS"):
+        return
+    if identity.auth_time is not None and now - identity.auth_time <= max_age:
+        return
+    METRICS.auth_failures.labels("admin_mfa_stale").inc()
+    raise MfaRequired(
+        "Admin changes need a recent multi-factor authentication",
+        headers={
+            "WWW-Authenticate": f'{_REALM}, error="insufficient_user_authentication", '
+            f'error_description="A more recent authentication is required", max_age={int(max_age)}'
+        },
+    )
 
 
 def authorize(identity: AdminIdentity, method: str, path: str) -> None:

@@ -4,9 +4,12 @@ and the read-only ``gateway-viewer`` role (reads pass, every change is refused).
 
 from __future__ import annotations
 
+import time
+
 import aiohttp
 import pytest
 
+from gateway.demo.identities import make_user
 from gateway.demo.issuer import DemoIssuer
 from tests.e2e import killswitch_helpers as helpers
 from tests.e2e.killswitch_helpers import admin, status_of
@@ -147,3 +150,25 @@ async def test_extend_sets_a_new_expiry_and_is_audited(
     assert status == 400
     status, _ = await admin(http, clean, "PATCH", "/admin/killswitch/ks_unknown", {"ttl": "1h"})
     assert status == 404
+
+
+async def test_admin_jwt_changes_need_a_recent_mfa(
+    clean: GatewayProc, http: aiohttp.ClientSession, issuers
+) -> None:
+    """admin.mfa_max_age (15m default): an hour-old MFA may still read, but not change."""
+    user = make_user("op-stale", "shopino-ops", ["incident-responder"], "irrelevant-pw")
+    stale = issuers["ops"].mint(user, amr=("pwd", "otp"), ttl=600, auth_time=int(time.time()) - 3600)
+    status, _ = await admin(http, clean, "GET", "/admin/instances", token=stale)
+    assert status == 200
+    body = {"scope": "module", "target": "finance", "reason": "stale session"}
+    async with http.post(
+        clean.admin_url + "/admin/killswitch", json=body, headers={"Authorization": f"Bearer {stale}"}
+    ) as response:
+        assert response.status == 401
+        challenge = response.headers["WWW-Authenticate"]
+        assert 'error="insufficient_user_authentication"' in challenge and "max_age=900" in challenge
+    status, listing = await admin(http, clean, "GET", "/admin/killswitch")
+    assert listing["switches"] == []
+    fresh = operator(issuers, "incident-responder")
+    status, data = await admin(http, clean, "POST", "/admin/killswitch?dry_run=true", body, token=fresh)
+    assert status == 200, data
