@@ -33,7 +33,7 @@ from gateway.auth.revocation import RevocationEpochs
 from gateway.auth.signing import SigningKeys
 from gateway.auth.webhooks import IntegrationSecrets
 from gateway.config import ConfigError, effective_config
-from gateway.console.assets import API_CSP, add_console_routes, console_headers, is_console_path
+from gateway.console.assets import API_CSP, add_console_routes, console_headers, is_console_request
 from gateway.context import request_id_for
 from gateway.errors import (
     BadRequest,
@@ -59,9 +59,8 @@ async def admin_errors_middleware(
 ) -> web.StreamResponse:
     request_id = request_id_for(request.headers.get("X-Request-ID"))
     request[RequestIdKey] = request_id
-    console = is_console_path(request.path)
     try:
-        if console:
+        if is_console_request(request):
             # The console's files are public (no secret in them); what they do needs a token.
             return await _console_answer(request, handler, request_id)
         runtime = request.app[RuntimeKey]()

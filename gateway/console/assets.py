@@ -54,10 +54,6 @@ def console_file(name: str) -> tuple[bytes, str]:
     return found
 
 
-def is_console_path(path: str) -> bool:
-    return path == CONSOLE_PREFIX or path.startswith(CONSOLE_PREFIX + "/")
-
-
 def console_headers(response: web.StreamResponse) -> None:
     """Every console answer, files and errors alike (Appendix C)."""
     target = response.headers
@@ -77,6 +73,13 @@ async def get_console(request: web.Request) -> web.StreamResponse:
 
 async def redirect_to_console(request: web.Request) -> web.StreamResponse:
     return web.Response(status=308, headers={"Location": CONSOLE_PREFIX + "/"})
+
+
+def is_console_request(request: web.Request) -> bool:
+    """Answered without a token: only what the router matched to a console handler, so no
+    spelling of a path can reach an API handler through this door."""
+    route = request.match_info.route
+    return route.handler in (get_console, redirect_to_console) and request.path.startswith(CONSOLE_PREFIX)
 
 
 def add_console_routes(app: web.Application) -> None:
