@@ -182,3 +182,24 @@ async def test_admin_jwt_changes_need_a_recent_mfa(
     fresh = operator(issuers, "incident-responder")
     status, data = await admin(http, clean, "POST", "/admin/killswitch?dry_run=true", body, token=fresh)
     assert status == 200, data
+
+
+async def test_containment_calls_file_the_reason_they_were_given(
+    clean: GatewayProc, http: aiohttp.ClientSession
+) -> None:
+    body = {"revoke_old": False, "incident": "INC-REASON-1", "reason": "laptop stolen"}
+    status, data = await admin(http, clean, "POST", "/admin/keys/rotate", body)
+    assert status == 200, data
+    status, data = await admin(
+        http,
+        clean,
+        "POST",
+        "/admin/sessions/revoke",
+        {"tenant": "acme", "incident": "INC-REASON-1", "reason": "laptop stolen"},
+    )
+    assert status == 200, data
+    status, incident = await admin(http, clean, "GET", "/admin/incidents/INC-REASON-1")
+    reasons = {a["event"]: a["details"].get("reason") for a in incident["actions"]}
+    assert reasons == {"keys.rotated": "laptop stolen", "sessions.revoked": "laptop stolen"}
+    status, bad = await admin(http, clean, "POST", "/admin/keys/rotate", {"reason": ["x"]})
+    assert status == 400 and "reason" in bad["detail"]

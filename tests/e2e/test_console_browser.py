@@ -264,6 +264,9 @@ def test_contain_wizard_shows_each_step_and_exports_the_affected_trail(
     assert steps[1].startswith("session revocation: revoked sessions of acme")
     page.wait_for_selector("#incident-actions td:has-text('sessions.revoked')")
     assert page.query_selector("#incident-actions td:text-is('jwt:resp-1')") is not None
+    # The reason asked for lands in every step's audit record, not only the switch's.
+    revoked = page.locator("#incident-actions tr", has_text="sessions.revoked").text_content()
+    assert "stolen admin session" in revoked
     shoot(page, "incident-contained")
     with page.expect_download() as download_info:
         page.click("#export-trails")

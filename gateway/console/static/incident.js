@@ -20,7 +20,30 @@ export function mount(root, s) {
       el("button", { type: "submit", id: "incident-lookup" }, "Show")),
     ui.actions, ui.exportBox,
     session.can.act ? containForm() : el("p", { class: "note", text: "Your role may look but not contain." }),
+    session.can.act ? rotateCard() : null,
   );
+}
+
+// Rotating alone (outside a contain): destructive, every token the gateway issued must be re-issued.
+function rotateCard() {
+  const result = el("p", { id: "rotate-result", role: "status" });
+  const rotate = async () => {
+    const incident = ui.id.value.trim();
+    const answer = await ask({ title: "Rotate the gateway's signing keys",
+      text: "Older keys are revoked at once: every token the gateway issued (MFA step-up tokens) stops working.",
+      fields: [{ name: "reason", label: "Reason", required: true }], phrase: "rotate keys" });
+    if (!answer) return;
+    const body = { revoke_old: true, reason: answer.reason };
+    if (incident) body.incident = incident;
+    try {
+      const r = await api("POST", "/admin/keys/rotate", body);
+      message(result, `Rotated: new kid ${r.kid}; older keys revoked${r.incident ? ` (incident ${r.incident})` : ""}`, "ok");
+    } catch (error) {
+      message(result, problemText(error), "error");
+    }
+  };
+  return el("div", { class: "card" }, el("h3", { text: "Signing keys" }),
+    el("button", { type: "button", class: "danger", id: "rotate-keys", onclick: rotate }, "Rotate keys…"), result);
 }
 
 async function lookup() {
@@ -115,11 +138,11 @@ async function contain() {
       (d) => `engaged ${d.id} (${d.scope} ${d.target}); acknowledged by ${d.acknowledged.length}${d.lagging.length ? `; NOT yet applied by ${d.lagging.join(", ")}` : ""}`]);
   }
   if (ui.cSessions.checked) {
-    steps.push(["session revocation", "POST", "/admin/sessions/revoke", { tenant, incident },
+    steps.push(["session revocation", "POST", "/admin/sessions/revoke", { tenant, incident, reason: answer.reason },
       (d) => `revoked sessions of ${d.tenant} issued at or before ${d.revoked_at}`]);
   }
   if (ui.cKeys.checked) {
-    steps.push(["key rotation", "POST", "/admin/keys/rotate", { revoke_old: true, incident },
+    steps.push(["key rotation", "POST", "/admin/keys/rotate", { revoke_old: true, incident, reason: answer.reason },
       (d) => `rotated signing keys; older keys revoked (new kid ${d.kid})`]);
   }
   clear(ui.steps).className = "";
