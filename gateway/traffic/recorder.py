@@ -9,16 +9,18 @@ kill switch dry run and traffic view read, without Prometheus.
   once its key is known; a second holds only ``{id: count}``. (Nested dicts rebuilt every
   second cost ~4 % of a full-chain request's instructions under callgrind.)
 * **Per ``BUCKET_S`` (10) s, the last 15 minutes** — a ring of snapshots of the request and
-  refusal counters ``GatewayMetrics`` keeps anyway, taken at the first request of each bucket
-  (so the hot path adds nothing for it); the traffic view is the difference of consecutive
-  snapshots. Only refusals (rarer, and already the slow path) note their status and client.
+  refusal counters ``GatewayMetrics`` keeps anyway (summed over the workers when there are
+  several), taken at the first request of each bucket, so other requests add nothing for it;
+  the traffic view is the difference of consecutive snapshots. Only refusals (rarer, and
+  already the slow path) note their status and client, per worker.
 
 Bounded memory: at most ``MAX_KEYS`` interned keys, paths of at most ``MAX_PATH`` chars; when
 the table is full, keys no second of the window counts are forgotten (checked at most every
 10 s). Past the bound a request counts under its (route, tenant, method) with the path
 ``UNTRACKED`` (only an endpoint dry run cannot place those), past twice the bound under one
 ``OVERFLOW`` key no scope can place. Refused clients: ``MAX_CLIENTS`` per bucket.
-Per process: with ``listen.workers: N`` each worker answers from its own counts.
+The per-second counts are per process: with ``listen.workers: N`` a dry run answers from the
+counts of the worker that took the admin call.
 """
 
 from __future__ import annotations
@@ -85,7 +87,7 @@ class TrafficRecorder:
     def observe(self, ctx: RequestContext) -> None:
         second = int(self._clock())
         if second != self._second:
-            self._turn(second, ctx.refusal)
+            self._turn(second, ctx)
         route = ctx.route.name if ctx.route is not None else UNTRACKED
         target = ctx.target
         path = target.path if target is not None else UNTRACKED
@@ -134,7 +136,7 @@ class TrafficRecorder:
         users[user] = users.get(user, 0) + 1
 
     # -- once a second / once a bucket ----------------------------------------------------------
-    def _turn(self, second: int, refusal: str | None) -> None:
+    def _turn(self, second: int, ctx: RequestContext) -> None:
         """A new second: its slot is emptied before reuse; a new bucket: a counter snapshot."""
         slot = second % DRY_RUN_WINDOW
         if self._stamps[slot] != second:
@@ -144,11 +146,14 @@ class TrafficRecorder:
         start = second - second % BUCKET_S
         if start != self._bucket_start:
             self._bucket_start = start
-            # Everything up to this request belongs to earlier buckets. It is not tallied yet, but
-            # a refusal was counted when it was made: that one is taken back out.
+            # Everything before this request belongs to earlier buckets; it is already counted
+            # (answered and, if so, refused), so it is taken back out of the snapshot.
             answered, refused = self.counters()
-            if refusal is not None and refused.get(refusal):
-                refused[refusal] -= 1
+            mine = (ctx.route.name if ctx.route is not None else "-", ctx.status or 0)
+            if answered.get(mine):
+                answered[mine] -= 1
+            if ctx.refusal is not None and refused.get(ctx.refusal):
+                refused[ctx.refusal] -= 1
             self._snapshots.append((start, (answered, refused)))
             self._refusals.append(_Refusals(start))
             if len(self._keys) - len(self._free) >= self._max_keys:

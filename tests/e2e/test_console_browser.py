@@ -235,6 +235,10 @@ def test_wrong_token_is_refused_and_a_viewer_gets_no_engage_button(
     )
     assert status == 403
     assert public(gw.url + "/api/finance/x")[0] == 200
+    # A token the API stops accepting (expired, rotated) ends the session at the next poll.
+    page.evaluate("sessionStorage.setItem('shopino-gateway-admin-token', 'no-longer-valid')")
+    page.wait_for_selector("#signin-error:has-text('no longer accepts this token')")
+    assert page.is_hidden("#views") and page.evaluate("sessionStorage.length") == 0
     assert page.problems == []
 
 

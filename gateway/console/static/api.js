@@ -38,7 +38,15 @@ export async function api(method, path, body) {
   } catch {
     data = { title: `HTTP ${response.status}` };
   }
-  if (!response.ok) throw new ApiError(response.status, data);
+  if (!response.ok) {
+    const challenge = response.headers.get("WWW-Authenticate") || "";
+    if (response.status === 401 && !challenge.includes("insufficient_user_authentication")) {
+      // The token stopped being valid (expired, revoked, rotated): back to sign-in. A step-up
+      // refusal (MFA too old for a change) keeps the session: reading still works.
+      window.dispatchEvent(new CustomEvent("console-signed-out"));
+    }
+    throw new ApiError(response.status, data);
+  }
   return data;
 }
 

@@ -7,6 +7,7 @@ import * as incident from "./incident.js";
 import * as traffic from "./traffic.js";
 
 const VIEWS = { board, incident, traffic, audit };
+const NOTICE = "shopino-gateway-console-notice";
 const session = { actor: null, roles: [], can: {} };
 let active = null;
 
@@ -75,6 +76,17 @@ document.addEventListener("DOMContentLoaded", async () => {
     if (value && (await signIn(value))) showShell();
   });
   document.getElementById("signout").addEventListener("click", signOut);
+  window.addEventListener("console-signed-out", () => {
+    if (!session.actor) return;
+    setToken(null);
+    sessionStorage.setItem(NOTICE, "Signed out: the admin API no longer accepts this token. Sign in again.");
+    location.reload();  // drops every timer and view; sign-in shows again
+  });
   window.addEventListener("hashchange", () => { if (session.actor) route(); });
+  const notice = sessionStorage.getItem(NOTICE);
+  if (notice) {
+    document.getElementById("signin-error").textContent = notice;
+    sessionStorage.removeItem(NOTICE);
+  }
   if (token() && (await signIn(token()))) showShell();
 });

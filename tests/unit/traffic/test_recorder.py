@@ -146,11 +146,11 @@ def test_traffic_report_is_the_difference_of_counter_snapshots_per_bucket(config
     rec.counters = lambda: (dict(answered), dict(refused))
 
     def request(route: str, path: str, status: int, refusal: str | None = None, **kw: Any) -> None:
-        # The order of the real thing: a refusal is counted, then observe, then the tally.
+        # The order of the real thing: a refusal is counted, then the answer, then observe.
         if refusal:
             refused[refusal] = refused.get(refusal, 0) + 1
-        hit(rec, config, route, "GET", path, status=status, refusal=refusal, **kw)
         answered[(route, status)] = answered.get((route, status), 0) + 1
+        hit(rec, config, route, "GET", path, status=status, refusal=refusal, **kw)
 
     request("finance-api", "/api/finance/x", 200)
     for _ in range(4):
