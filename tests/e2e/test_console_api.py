@@ -203,3 +203,33 @@ async def test_containment_calls_file_the_reason_they_were_given(
     assert reasons == {"keys.rotated": "laptop stolen", "sessions.revoked": "laptop stolen"}
     status, bad = await admin(http, clean, "POST", "/admin/keys/rotate", {"reason": ["x"]})
     assert status == 400 and "reason" in bad["detail"]
+
+
+async def test_the_cli_makes_the_same_calls(clean: GatewayProc, http: aiohttp.ClientSession) -> None:
+    """The console's additions have CLI verbs too: dry run, extend, instances."""
+    assert await status_of(http, clean.url + "/api/orders/9") == 200
+    dry = clean.cli(
+        "killswitch",
+        "engage",
+        "--scope",
+        "module",
+        "--target",
+        "orders",
+        "--mode",
+        "block",
+        "--reason",
+        "what if",
+        "--dry-run",
+    )
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout.startswith("dry run: would have refused ") and "nothing engaged" in dry.stdout
+    _, listing = await admin(http, clean, "GET", "/admin/killswitch")
+    assert listing["switches"] == []
+    switch = await helpers.engage(http, clean, scope="module", target="orders", ttl="5m")
+    extended = clean.cli("killswitch", "extend", switch["id"], "--ttl", "3h", "--reason", "longer")
+    assert extended.returncode == 0, extended.stderr
+    assert extended.stdout.startswith(f"extended {switch['id']}: module orders until ")
+    instances = clean.cli("killswitch", "instances")
+    assert instances.returncode == 0 and "ENFORCING" in instances.stdout
+    missing = clean.cli("killswitch", "extend", "ks_nope", "--ttl", "1h")
+    assert missing.returncode == 2
