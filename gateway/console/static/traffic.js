@@ -51,8 +51,18 @@ function series(points, pick, seconds) {
   return points.map((p) => pick(p) / seconds);
 }
 
+// Every bucket of the window, oldest first, empty ones included: the charts' x axis is time.
+function timeline(data) {
+  const s = data.bucket_s;
+  const last = data.now - (data.now % s);
+  const byStart = new Map(data.points.map((p) => [p.t, p]));
+  const all = [];
+  for (let t = last - data.window_s + s; t <= last; t += s) all.push(byStart.get(t) || { t, routes: {}, refusals: {} });
+  return all;
+}
+
 function render(data) {
-  const points = data.points;
+  const points = timeline(data);
   const s = data.bucket_s;
   const routes = [...new Set(points.flatMap((p) => Object.keys(p.routes)))].sort();
   const routeRows = routes.map((route) => {
