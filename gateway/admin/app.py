@@ -45,6 +45,7 @@ from gateway.errors import (
     problem_headers,
 )
 from gateway.json_body import json_response
+from gateway.listener import HSTS
 from gateway.metrics import render_metrics
 from gateway.runtime import Runtime
 
@@ -86,7 +87,7 @@ async def admin_errors_middleware(
         log.exception("admin_request_failed", request_id=request_id)
         response = _problem(InternalError(), request_id)
     response.headers["X-Request-ID"] = request_id
-    response.headers["Server"] = "shopino-gateway"
+    _gateway_headers(request, response)
     # Data, never documents, never cached (the console reads these with a bearer token).
     response.headers.setdefault("Cache-Control", "no-store")
     response.headers.setdefault("Content-Security-Policy", API_CSP)
@@ -103,9 +104,16 @@ async def _console_answer(
         response = _problem(NotFound("No such console file"), request_id)
     except GatewayError as error:
         response = _problem(error, request_id)
-    response.headers["Server"] = "shopino-gateway"
+    _gateway_headers(request, response)
     console_headers(response)
     return response
+
+
+def _gateway_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Appendix C "every answer is the gateway's": on a TLS admin listener, HSTS too."""
+    response.headers["Server"] = "shopino-gateway"
+    if request.app[RuntimeKey]().config.admin.tls.mode != "off":
+        response.headers["Strict-Transport-Security"] = HSTS
 
 
 def _problem(error: GatewayError, request_id: str) -> web.Response:

@@ -5,6 +5,7 @@ and the read-only ``gateway-viewer`` role (reads pass, every change is refused).
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -13,8 +14,9 @@ from gateway.demo.identities import make_user
 from gateway.demo.issuer import DemoIssuer
 from tests.e2e import killswitch_helpers as helpers
 from tests.e2e.killswitch_helpers import admin, raw_request, status_of
-from tests.support.gateway_proc import GatewayProc
+from tests.support.gateway_proc import ADMIN_TOKEN, GatewayProc, insecure_client_context
 from tests.support.issuers import mint
+from tests.support.upstream import Upstream
 
 issuers, upstream, gw, clean = helpers.issuers, helpers.upstream, helpers.gw, helpers.clean
 
@@ -233,3 +235,21 @@ async def test_the_cli_makes_the_same_calls(clean: GatewayProc, http: aiohttp.Cl
     assert instances.returncode == 0 and "ENFORCING" in instances.stdout
     missing = clean.cli("killswitch", "extend", "ks_nope", "--ttl", "1h")
     assert missing.returncode == 2
+
+
+async def test_console_behind_an_admin_tls_listener(
+    gateway_factory, upstream: Upstream, issuers, tmp_path: Path
+) -> None:
+    config = helpers.killswitch_config(upstream.url, tmp_path, issuers)
+    config["admin"]["tls"] = "self-signed"
+    gw = gateway_factory(config)
+    base = f"https://127.0.0.1:{gw.admin_port}"
+    connector = aiohttp.TCPConnector(ssl=insecure_client_context())
+    async with aiohttp.ClientSession(connector=connector) as session:
+        async with session.get(base + "/console/") as response:
+            assert response.status == 200
+            assert response.headers["Strict-Transport-Security"].startswith("max-age=")
+            assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
+        headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        async with session.get(base + "/admin/instances", headers=headers) as response:
+            assert response.status == 200 and "Strict-Transport-Security" in response.headers
