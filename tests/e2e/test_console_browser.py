@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from gateway.demo.issuer import DemoIssuer
 from tests.e2e.killswitch_helpers import killswitch_config
@@ -170,6 +171,15 @@ def test_responder_isolates_a_module_and_watches_two_instances_acknowledge(
     page.click("#audit-verify")
     page.wait_for_selector("#audit-verdict.intact")
     shoot(page, "audit")
+    # Someone deletes the oldest _system record in Redis: the verdict turns, naming the place.
+    store = redis.Redis.from_url(redis_url)
+    [stream] = list(store.scan_iter(match="*log:audit:_system"))
+    assert store.xdel(stream, "1-0") == 1
+    store.close()
+    page.click("#audit-verify")
+    page.wait_for_selector("#audit-verdict.broken")
+    assert "First bad record:" in page.text_content("#audit-verdict")
+    shoot(page, "audit-broken")
 
     page.click("a[data-view='board']")
     b.signal(signal.SIGKILL)  # a crash: no goodbye, the heartbeat just stops
