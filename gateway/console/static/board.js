@@ -2,7 +2,7 @@
 // release, extend ttl, and the acknowledgement grid of every instance.
 import { api } from "./api.js";
 import { ask } from "./confirm.js";
-import { append, cell, clear, el, message, problemText, table } from "./dom.js";
+import { append, cell, clear, el, message, problemText, single, table } from "./dom.js";
 
 let root, session, timers = [];
 let targets = { scopes: [], modes: [], module: [], route: [], integration: [] };
@@ -51,7 +51,7 @@ async function loadTargets() {
 }
 
 // -- switches -------------------------------------------------------------------------------
-async function refreshSwitches() {
+const refreshSwitches = single(async () => {
   let data;
   try {
     data = await api("GET", "/admin/killswitch");
@@ -70,7 +70,7 @@ async function refreshSwitches() {
   append(clear(ui.switches), rows.length
     ? table(["Scope", "Target", "Mode", "Incident", "Expires", "Actor", "Reason", ""], rows, { class: "switches" })
     : el("p", { class: "note", text: data.stale ? "No switches (store unreachable: this instance's set)" : "No active switches." }));
-}
+});
 
 async function release(s) {
   const answer = await ask({ title: `Release ${s.scope} ${s.target}`, text: `Switch ${s.id}`,
@@ -190,7 +190,7 @@ async function engage() {
 }
 
 // -- acknowledgement grid -----------------------------------------------------------------------
-async function refreshGrid() {
+const refreshGrid = single(async () => {
   let data;
   try {
     data = await api("GET", "/admin/instances");
@@ -205,4 +205,4 @@ async function refreshGrid() {
   append(clear(ui.grid), rows.length
     ? table(["Instance", "Applied version", "Heartbeat age", "Store", "State"], rows, { class: "grid" })
     : el("p", { class: "note", text: "No instance heartbeats." }));
-}
+});

@@ -72,3 +72,17 @@ export function sparkline(values, { width = 160, height = 28, label = "" } = {})
   svg.append(line);
   return svg;
 }
+
+// A poller that never overlaps itself: a slow admin API must not pile up requests.
+export function single(fn) {
+  let running = false;
+  return async (...args) => {
+    if (running) return;
+    running = true;
+    try {
+      await fn(...args);
+    } finally {
+      running = false;
+    }
+  };
+}

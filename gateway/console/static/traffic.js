@@ -3,7 +3,7 @@
 // refused clients (truncated IP, user pseudonym), and active lockouts with clear.
 import { api } from "./api.js";
 import { ask } from "./confirm.js";
-import { append, cell, clear, el, message, problemText, sparkline, table } from "./dom.js";
+import { append, cell, clear, el, message, problemText, single, sparkline, table } from "./dom.js";
 
 let session, timer = null;
 const ui = {};
@@ -38,14 +38,14 @@ export function stop() {
   timer = null;
 }
 
-async function refresh() {
+const refresh = single(async () => {
   try {
     render(await api("GET", "/admin/traffic"));
   } catch (error) {
     message(ui.routes, problemText(error), "error");
   }
   refreshLockouts();
-}
+});
 
 function series(points, pick, seconds) {
   return points.map((p) => pick(p) / seconds);
