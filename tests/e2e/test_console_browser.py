@@ -259,7 +259,24 @@ def test_contain_wizard_shows_each_step_and_exports_the_affected_trail(
     tmp_path: Path,
     page: Any,
 ) -> None:
-    gw = gateway_factory(killswitch_config(upstream.url, tmp_path, issuers))
+    config = killswitch_config(upstream.url, tmp_path, issuers)
+    # Login protection, so the traffic view has an IP lockout to clear.
+    config["routes"].append(
+        {
+            "name": "login",
+            "prefix": "/login",
+            "upstream": "app",
+            "auth": "none",
+            "login": True,
+            "methods": ["POST"],
+            "rate_limit": ["login"],
+        }
+    )
+    config["rate_limits"] = {
+        "login": {"window": "1m", "failures_per_username": 100, "failures_per_ip": 2, "base_lockout": "1m"},
+        "policies": {"login": [{"key": "ip", "limit": "1000/minute"}]},
+    }
+    gw = gateway_factory(config)
     responder = mint(issuers["ops"], "shopino-ops", ["incident-responder"], user_id="resp-1")
     sign_in(page, gw, responder)
     page.click("a[data-view='incident']")
@@ -288,4 +305,30 @@ def test_contain_wizard_shows_each_step_and_exports_the_affected_trail(
     assert download.suggested_filename == "audit-acme-INC-UI-2.json"
     exported = Path(download.path()).read_text()
     assert "killswitch.engaged" in exported and "INC-UI-2" in exported
+
+    assert [login(gw, f"user{i}") for i in range(3)] == [401, 401, 429]  # the IP is locked out
+    page.click("a[data-view='traffic']")
+    page.click("#lockouts tr:has-text('ip') button")
+    page.click("#confirm-ok")
+    page.wait_for_selector("#lockout-result:has-text('Cleared ip')")
+    page.wait_for_selector("#lockouts:has-text('No active lockouts')")
+    assert login(gw, "user9") == 401  # refused by the upstream again, not by a lockout
+    page.wait_for_selector("#traffic-refusals tr[data-reason='locked-out']:has-text('429')")
+    shoot(page, "traffic-lockouts")
     assert page.problems == []
+
+
+def login(gw: GatewayProc, username: str) -> int:
+    body = json.dumps({"username": username, "password": "wrong"}).encode()
+    request = urllib.request.Request(
+        gw.url + "/login", data=body, headers={"Content-Type": "application/json"}
+    )
+    return public_request(request)
+
+
+def public_request(request: urllib.request.Request) -> int:
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
