@@ -29,7 +29,11 @@ async function verify() {
     append(clear(ui.verdict), 
       el("strong", { text: r.ok ? "INTACT" : "BROKEN" }),
       ` ${r.tenant}: ${r.records} record(s) checked`,
-      r.problem ? el("div", { class: "problem", text: `First bad record: ${r.problem}` }) : null);
+      // first_bad_seq, anchors, signed_through: present once the trail carries signed anchors.
+      r.problem ? el("div", { class: "problem",
+        text: `First bad record: ${r.first_bad_seq != null ? `#${r.first_bad_seq} — ` : ""}${r.problem}` }) : null,
+      r.anchors != null ? el("div", { class: "note",
+        text: `${r.anchors} signed anchor(s) verified${r.signed_through ? `, signed through record ${r.signed_through}` : ""}` }) : null);
   } catch (error) {
     message(ui.verdict, problemText(error), "error");
   }
