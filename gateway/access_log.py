@@ -97,6 +97,10 @@ class AccessLogWriter:
         self._summary_scheduled = False
         _WRITERS.add(self)
 
+    def pseudonym(self, user: str) -> str:
+        """The keyed pseudonym the access log uses for ``user`` (the console's traffic view)."""
+        return self._pseudonymizer(user)
+
     def write(self, request: web.BaseRequest, response: web.StreamResponse, elapsed: float) -> None:
         ctx = request.get(ContextKey)
         if ctx is not None:

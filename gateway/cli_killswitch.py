@@ -1,4 +1,5 @@
-"""``killswitch engage|release|list`` (SPEC §9, App. B "CLI flags"): a thin admin-API client.
+"""``killswitch engage|release|list|extend|instances`` (SPEC §9, App. B "CLI flags", App. C):
+a thin admin-API client, the same calls the incident console makes.
 
 The human output says plainly whether every live instance enforces the switch: a responder
 under pressure must not have to read JSON to learn that one instance lags behind.
@@ -29,6 +30,11 @@ def add_killswitch_commands(commands: Any) -> None:
     engage.add_argument("--reason", required=True)
     engage.add_argument("--incident", help="incident id, shown to refused clients and in the audit trail")
     engage.add_argument("--ttl", help="auto-release after this long, e.g. 30m or 2h")
+    engage.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="only say how many of the last 5 minutes' requests it would refuse",
+    )
     operator_client.add_common_arguments(engage)
     engage.set_defaults(func=cmd_killswitch_engage)
 
@@ -43,13 +49,37 @@ def add_killswitch_commands(commands: Any) -> None:
     operator_client.add_common_arguments(listing)
     listing.set_defaults(func=cmd_killswitch_list)
 
+    extend = verbs.add_parser("extend", help="give an active switch a new expiry, counted from now")
+    extend.add_argument("id", metavar="ID")
+    extend.add_argument("--ttl", required=True, help="e.g. 30m or 2h")
+    extend.add_argument("--reason")
+    operator_client.add_common_arguments(extend)
+    extend.set_defaults(func=cmd_killswitch_extend)
+
+    instances = verbs.add_parser("instances", help="every instance: enforcing, lagging or silent")
+    operator_client.add_common_arguments(instances)
+    instances.set_defaults(func=cmd_killswitch_instances)
+
 
 def cmd_killswitch_engage(args: argparse.Namespace) -> int:
     body: dict[str, Any] = {"scope": args.scope, "mode": args.mode, "reason": args.reason}
     for name in ("target", "incident", "ttl"):
         if getattr(args, name):
             body[name] = getattr(args, name)
+    if args.dry_run:
+        return operator_client.run_verb(
+            args, "POST", "/admin/killswitch?dry_run=true", body, _describe_dry_run
+        )
     return operator_client.run_verb(args, "POST", "/admin/killswitch", body, _describe_engaged)
+
+
+def cmd_killswitch_extend(args: argparse.Namespace) -> int:
+    body = {"ttl": args.ttl, **({"reason": args.reason} if args.reason else {})}
+    return operator_client.run_verb(args, "PATCH", _release_path(args.id), body, _describe_extended)
+
+
+def cmd_killswitch_instances(args: argparse.Namespace) -> int:
+    return operator_client.run_verb(args, "GET", "/admin/instances", None, _describe_instances)
 
 
 def _release_path(switch_id: str) -> str:
@@ -124,6 +154,30 @@ def _describe_released(data: dict[str, Any]) -> str:
         f"released {data.get('id')}: {data.get('scope')} {data.get('target')} "
         f"(version {data.get('released_version')})\n{_propagation(data)}"
     )
+
+
+def _describe_dry_run(data: dict[str, Any]) -> str:
+    untracked = f", {data['untracked']} not placeable" if data.get("untracked") else ""
+    return (
+        f"dry run: would have refused {data.get('would_refuse')} of {data.get('requests')} requests "
+        f"in the last {data.get('window_s')} s (this instance's counters{untracked}); nothing engaged"
+    )
+
+
+def _describe_extended(data: dict[str, Any]) -> str:
+    return (
+        f"extended {data.get('id')}: {data.get('scope')} {data.get('target')} until "
+        f"{data.get('expires_at')} (version {data.get('version')})\n{_propagation(data)}"
+    )
+
+
+def _describe_instances(data: dict[str, Any]) -> str:
+    rows = [
+        [i["instance"], str(i["version"]), f"{i['heartbeat_age_s']:.1f}s", i["store"], i["state"].upper()]
+        for i in data.get("instances", [])
+    ]
+    head = f"switch set version {data.get('version')}; silent after {data.get('silent_after_s')} s"
+    return head + "\n" + (_table(rows, ["INSTANCE", "VERSION", "AGE", "STORE", "STATE"]) if rows else "none")
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:

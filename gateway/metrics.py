@@ -21,6 +21,8 @@ from prometheus_client import (
 )
 from prometheus_client import multiprocess as prom_multiprocess
 
+from gateway.traffic.recorder import TRAFFIC, TrafficRecorder
+
 if TYPE_CHECKING:
     from gateway.context import RequestContext
 
@@ -61,7 +63,10 @@ class _RequestTally:
 
 
 class GatewayMetrics:
-    def __init__(self) -> None:
+    def __init__(self, traffic: TrafficRecorder | None = None) -> None:
+        self._traffic = traffic  # the console's dry runs and traffic view (gateway/traffic/)
+        if traffic is not None:
+            traffic.counters = self.answer_counts
         self._request_children: dict[tuple[str, int], tuple[Any, Any]] = {}
         self._tallies: dict[tuple[str, int], _RequestTally] = {}
         self._latencies: dict[str, _RouteLatency] = {}
@@ -122,16 +127,29 @@ class GatewayMetrics:
             latency = tally.latency
             latency.buckets[bisect_left(_BOUNDS, elapsed)] += 1  # the first bound >= elapsed
             latency.total += elapsed
-            return
-        key = (route, ctx.status or 0)
-        children = self._request_children.get(key)
-        if children is None:
-            # labels() hashes and locks on every call; the (route, status) set is small and fixed
-            # by the config, so each pair's children are looked up once per process.
-            children = (self.requests.labels(route, str(key[1])), self.latency.labels(route))
-            self._request_children[key] = children
-        children[0].inc()
-        children[1].observe(time.monotonic() - ctx.started)
+        else:
+            key = (route, ctx.status or 0)
+            children = self._request_children.get(key)
+            if children is None:
+                # labels() hashes and locks on every call; the (route, status) set is small and
+                # fixed by the config, so each pair's children are looked up once per process.
+                children = (self.requests.labels(route, str(key[1])), self.latency.labels(route))
+                self._request_children[key] = children
+            children[0].inc()
+            children[1].observe(time.monotonic() - ctx.started)
+        if self._traffic is not None:
+            # After the counters: a scrape never waits on it, and its snapshots take this
+            # request back out (gateway/traffic/recorder.py).
+            self._traffic.observe(ctx)
+
+    def answer_counts(self) -> tuple[dict[tuple[str, int], int], dict[str, int]]:
+        """(route, status) → answered and problem type → refused, so far in this process: the
+        console's traffic snapshots (gateway/traffic/recorder.py) are differences of these."""
+        if not self.tallied:
+            return _all_workers_counts()
+        answered = {key: tally.count for key, tally in self._tallies.items()}
+        refused = {slug: int(child._value.get()) for slug, child in self._refusal_children.items()}
+        return answered, refused
 
     def _new_tally(self, route: str, status: int) -> _RequestTally:
         # The children are made at the first request, as before: the same _created timestamps.
@@ -152,7 +170,25 @@ class GatewayMetrics:
             latency.publish()
 
 
-METRICS = GatewayMetrics()
+def _all_workers_counts() -> tuple[dict[tuple[str, int], int], dict[str, int]]:
+    """With several workers: every worker's counts, summed from the shared files (as /metrics
+    does), so the console's traffic view is the same whichever worker answers it."""
+    registry = CollectorRegistry()
+    prom_multiprocess.MultiProcessCollector(registry)
+    answered: dict[tuple[str, int], int] = {}
+    refused: dict[str, int] = {}
+    for metric in registry.collect():
+        for sample in metric.samples:
+            if sample.name == "shopino_gateway_requests_total":
+                key = (sample.labels["route"], int(sample.labels["status"]))
+                answered[key] = answered.get(key, 0) + int(sample.value)
+            elif sample.name == "shopino_gateway_refusals_total":
+                slug = sample.labels["type"]
+                refused[slug] = refused.get(slug, 0) + int(sample.value)
+    return answered, refused
+
+
+METRICS = GatewayMetrics(traffic=TRAFFIC)
 
 
 def render_metrics() -> tuple[bytes, str]:

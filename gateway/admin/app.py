@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 
 import structlog
 from aiohttp import web
 
 from gateway.admin.audit_api import add_audit_routes
-from gateway.admin.auth import authorize, identify_admin
+from gateway.admin.auth import authorize, identify_admin, require_step_up
+from gateway.admin.console_api import add_console_api_routes
 from gateway.admin.context import (
     ActorKey,
     AuditKey,
     IntegrationsKey,
     RequestIdKey,
     RevocationsKey,
+    RolesKey,
     RuntimeKey,
     SigningKey,
 )
@@ -30,6 +33,7 @@ from gateway.auth.revocation import RevocationEpochs
 from gateway.auth.signing import SigningKeys
 from gateway.auth.webhooks import IntegrationSecrets
 from gateway.config import ConfigError, effective_config
+from gateway.console.assets import API_CSP, add_console_routes, console_headers, is_console_request
 from gateway.context import request_id_for
 from gateway.errors import (
     BadRequest,
@@ -41,6 +45,7 @@ from gateway.errors import (
     problem_headers,
 )
 from gateway.json_body import json_response
+from gateway.listener import HSTS
 from gateway.metrics import render_metrics
 from gateway.runtime import Runtime
 
@@ -56,6 +61,9 @@ async def admin_errors_middleware(
     request_id = request_id_for(request.headers.get("X-Request-ID"))
     request[RequestIdKey] = request_id
     try:
+        if is_console_request(request):
+            # The console's files are public (no secret in them); what they do needs a token.
+            return await _console_answer(request, handler, request_id)
         runtime = request.app[RuntimeKey]()
         identity = await identify_admin(
             request.headers.get("Authorization"),
@@ -64,7 +72,9 @@ async def admin_errors_middleware(
             runtime.config.mfa.accepted_amr,
         )
         authorize(identity, request.method, request.path)
+        require_step_up(identity, request.method, runtime.config.admin.mfa_max_age, time.time())
         request[ActorKey] = identity.actor
+        request[RolesKey] = identity.roles
         response = await handler(request)
     except web.HTTPNotFound:
         response = _problem(NotFound("No such admin endpoint"), request_id)
@@ -77,8 +87,33 @@ async def admin_errors_middleware(
         log.exception("admin_request_failed", request_id=request_id)
         response = _problem(InternalError(), request_id)
     response.headers["X-Request-ID"] = request_id
-    response.headers["Server"] = "shopino-gateway"
+    _gateway_headers(request, response)
+    # Data, never documents, never cached (the console reads these with a bearer token).
+    response.headers.setdefault("Cache-Control", "no-store")
+    response.headers.setdefault("Content-Security-Policy", API_CSP)
+    response.headers["X-Content-Type-Options"] = "nosniff"
     return response
+
+
+async def _console_answer(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]], request_id: str
+) -> web.StreamResponse:
+    try:
+        response = await handler(request)
+    except web.HTTPException:
+        response = _problem(NotFound("No such console file"), request_id)
+    except GatewayError as error:
+        response = _problem(error, request_id)
+    _gateway_headers(request, response)
+    console_headers(response)
+    return response
+
+
+def _gateway_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Appendix C "every answer is the gateway's": on a TLS admin listener, HSTS too."""
+    response.headers["Server"] = "shopino-gateway"
+    if request.app[RuntimeKey]().config.admin.tls.mode != "off":
+        response.headers["Strict-Transport-Security"] = HSTS
 
 
 def _problem(error: GatewayError, request_id: str) -> web.Response:
@@ -132,6 +167,8 @@ def make_admin_app(
     add_lockout_routes(app)
     add_incident_routes(app)
     add_grant_routes(app)
+    add_console_api_routes(app)
+    add_console_routes(app)
     app.router.add_get("/admin/config", get_config)
     app.router.add_post("/admin/reload", post_reload)
     app.router.add_get("/metrics", get_metrics)

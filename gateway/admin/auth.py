@@ -20,7 +20,8 @@ from gateway.metrics import METRICS
 _REALM = 'Bearer realm="shopino-admin"'
 GATEWAY_ADMIN = "gateway-admin"
 INCIDENT_RESPONDER = "incident-responder"
-ADMIN_ROLES = frozenset((GATEWAY_ADMIN, INCIDENT_RESPONDER))
+GATEWAY_VIEWER = "gateway-viewer"  # read-only: watches the console, changes nothing
+ADMIN_ROLES = frozenset((GATEWAY_ADMIN, INCIDENT_RESPONDER, GATEWAY_VIEWER))
 
 # SPEC §12 and App. B: what an incident responder may call. Everything else is gateway-admin only.
 _RESPONDER_PREFIXES = (
@@ -31,14 +32,29 @@ _RESPONDER_PREFIXES = (
     "/admin/lockouts",
     "/admin/audit",
     "/admin/incidents",
+    "/admin/instances",
+    "/admin/traffic",
     "/metrics",
 )
+# What a viewer may read (GET only): the console's boards, never an export of a trail's content.
+_VIEWER_PATHS = (
+    "/admin/killswitch",
+    "/admin/killswitch/targets",
+    "/admin/instances",
+    "/admin/traffic",
+    "/admin/lockouts",
+    "/admin/audit/verify",
+    "/metrics",
+)
+_ANY_ROLE = "/admin/whoami"  # the console asks which buttons to show
 
 
 @dataclass(frozen=True)
 class AdminIdentity:
     actor: str  # for the audit trail: "admin-token:<name>" or "jwt:<sub>"
     roles: frozenset[str]
+    jwt: bool = False
+    auth_time: int | None = None  # the JWT's MFA moment (static tokens have none)
 
 
 def _invalid() -> MissingToken:
@@ -87,11 +103,31 @@ async def identify_admin(
     roles = frozenset(claims.roles) & ADMIN_ROLES
     if not roles:
         raise Forbidden("This identity has no admin role")
-    return AdminIdentity(f"jwt:{claims.subject}", roles)
+    return AdminIdentity(f"jwt:{claims.subject}", roles, jwt=True, auth_time=claims.auth_time)
+
+
+def require_step_up(identity: AdminIdentity, method: str, max_age: float, now: float) -> None:
+    """Changes through an admin JWT need MFA no older than ``admin.mfa_max_age`` (issue 16).
+
+    SECURITY: a console tab left signed in, or a copied operator token, cannot engage, contain,
+    rotate or purge long after its owner authenticated; reading stays possible. Static tokens
+    are automation credentials without an MFA moment and are governed by their own rotation."""
+    if not identity.jwt or method in ("GET", "HEAD", "OPTIONS"):
+        return
+    if identity.auth_time is not None and now - identity.auth_time <= max_age:
+        return
+    METRICS.auth_failures.labels("admin_mfa_stale").inc()
+    raise MfaRequired(
+        "Admin changes need a recent multi-factor authentication",
+        headers={
+            "WWW-Authenticate": f'{_REALM}, error="insufficient_user_authentication", '
+            f'error_description="A more recent authentication is required", max_age={int(max_age)}'
+        },
+    )
 
 
 def authorize(identity: AdminIdentity, method: str, path: str) -> None:
-    if GATEWAY_ADMIN in identity.roles:
+    if GATEWAY_ADMIN in identity.roles or path == _ANY_ROLE:
         return
     if INCIDENT_RESPONDER in identity.roles:
         if path.startswith(_RESPONDER_PREFIXES):
@@ -99,4 +135,7 @@ def authorize(identity: AdminIdentity, method: str, path: str) -> None:
         # Grants: responders list and revoke; only tenant admins create them (SPEC §7).
         if path.startswith("/admin/grants") and method in ("GET", "DELETE"):
             return
+    reads = method in ("GET", "HEAD") and (path in _VIEWER_PATHS or path.startswith("/admin/incidents/"))
+    if GATEWAY_VIEWER in identity.roles and reads:
+        return
     raise Forbidden("This admin role may not call this endpoint")

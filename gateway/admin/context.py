@@ -18,4 +18,5 @@ RevocationsKey = web.AppKey("revocations", RevocationEpochs)
 IntegrationsKey = web.AppKey("integrations", IntegrationSecrets)
 RuntimeKey = web.AppKey("current_runtime", Callable[[], Runtime])
 ActorKey = web.RequestKey("admin_actor", str)
+RolesKey = web.RequestKey("admin_roles", frozenset)  # the console shows only what these allow
 RequestIdKey = web.RequestKey("admin_request_id", str)  # chosen once: the response and audit agree

@@ -28,6 +28,17 @@ def incident_field(data: dict[str, Any]) -> str | None:
         raise BadRequest(f"'incident': {exc}") from None
 
 
+def reason_field(data: dict[str, Any]) -> dict[str, str]:
+    """The optional ``"reason"`` of a containment call (the console asks for one), as audit
+    details: ``{}`` when absent, 400 when not a string of at most 500 characters."""
+    value = data.get("reason")
+    if value is None:
+        return {}
+    if not isinstance(value, str) or len(value) > 500:
+        raise BadRequest("'reason' must be a string of at most 500 characters")
+    return {"reason": value}
+
+
 async def get_incident(request: web.Request) -> web.Response:
     try:
         incident = validate_incident(request.match_info["incident"])

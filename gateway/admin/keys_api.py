@@ -7,7 +7,7 @@ import orjson
 from aiohttp import web
 
 from gateway.admin.context import ActorKey, AuditKey, RequestIdKey, RuntimeKey, SigningKey
-from gateway.admin.incidents_api import incident_field
+from gateway.admin.incidents_api import incident_field, reason_field
 from gateway.audit import SYSTEM_TRAIL
 from gateway.errors import BadRequest
 from gateway.json_body import read_json_object
@@ -19,6 +19,7 @@ async def rotate_keys(request: web.Request) -> web.Response:
     if not isinstance(revoke_old, bool):
         raise BadRequest("'revoke_old' must be true or false")
     incident = incident_field(data)
+    reason = reason_field(data)
     signing = request.app[SigningKey]
     token_ttl = request.app[RuntimeKey]().config.mfa.token_ttl
     new = await signing.rotate(revoke_old=revoke_old, token_ttl=token_ttl)
@@ -28,7 +29,7 @@ async def rotate_keys(request: web.Request) -> web.Response:
         actor=request[ActorKey],
         request_id=request[RequestIdKey],
         incident=incident,
-        details={"kid": new.kid, "revoke_old": revoke_old},
+        details={"kid": new.kid, "revoke_old": revoke_old, **reason},
     )
     body = {
         "kid": new.kid,

@@ -8,6 +8,7 @@ and for a tenant switch also in the tenant's own trail (so the tenant sees it in
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from aiohttp import web
@@ -18,24 +19,31 @@ from gateway.errors import BadRequest, NotFound, StoreUnavailable
 from gateway.json_body import json_response, read_json_object
 from gateway.killswitch.model import Switch, audit_trails, parse_ttl, validate_spec
 from gateway.killswitch.registry import KillSwitchRegistry
+from gateway.traffic.dry_run import dry_run
+from gateway.traffic.recorder import TRAFFIC
 
 
 def _registry(request: web.Request) -> KillSwitchRegistry:
     return request.app[RuntimeKey]().services.killswitches
 
 
+def switch_targets(config: GatewayConfig) -> dict[str, list[str]]:
+    """The names a module, route or integration switch may target in the running config (the
+    engage check below and the console's pickers)."""
+    return {
+        "module": sorted({r.module for r in config.routes if r.module}),
+        "route": sorted(r.name for r in config.routes),
+        "integration": sorted(
+            {*config.integrations, *(r.integration for r in config.routes if r.integration)}
+        ),
+    }
+
+
 def _check_target_exists(config: GatewayConfig, switch: Switch) -> None:
     """A typo must not "isolate" nothing: module, route and integration targets name something
     the running config has (the answer lists what exists)."""
-    if switch.scope == "module":
-        known = sorted({r.module for r in config.routes if r.module})
-    elif switch.scope == "route":
-        known = sorted(r.name for r in config.routes)
-    elif switch.scope == "integration":
-        known = sorted({*config.integrations, *(r.integration for r in config.routes if r.integration)})
-    else:
-        return
-    if switch.target not in known:
+    known = switch_targets(config).get(switch.scope)
+    if known is not None and switch.target not in known:
         raise BadRequest(f"No {switch.scope} of that name", extensions={"known": known})
 
 
@@ -58,6 +66,13 @@ async def _audit(request: web.Request, event: str, switch: Switch, reason: str |
     )
 
 
+def _dry_run(request: web.Request) -> bool:
+    value = request.query.get("dry_run", "false").lower()
+    if value not in ("true", "1", "false", "0"):
+        raise BadRequest("dry_run must be true or false")
+    return value in ("true", "1")
+
+
 async def engage(request: web.Request) -> web.Response:
     data = await read_json_object(request)
     try:
@@ -65,7 +80,12 @@ async def engage(request: web.Request) -> web.Response:
         ttl = parse_ttl(data.get("ttl"))
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
-    _check_target_exists(request.app[RuntimeKey]().config, spec)
+    config = request.app[RuntimeKey]().config
+    _check_target_exists(config, spec)
+    if _dry_run(request):
+        # Appendix C: what it would have refused, from this process's own counters; nothing is
+        # engaged, stored or audited.
+        return json_response(dry_run(spec, config, TRAFFIC, time.time()).to_json())
     registry = _registry(request)
     switch = await registry.engage(spec, ttl=ttl, actor=request[ActorKey])
     await _audit(
@@ -110,7 +130,30 @@ async def release(request: web.Request) -> web.Response:
     return json_response(body)
 
 
+async def extend(request: web.Request) -> web.Response:
+    """``PATCH /admin/killswitch/{id}`` ``{"ttl": "2h", "reason"?}``: a new expiry from now."""
+    data = await read_json_object(request)
+    try:
+        ttl = parse_ttl(data.get("ttl"))
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+    if ttl is None:
+        raise BadRequest("ttl is required")
+    reason = data.get("reason")
+    if reason is not None and (not isinstance(reason, str) or len(reason) > 500):
+        raise BadRequest("reason must be a string of at most 500 characters")
+    registry = _registry(request)
+    switch = await registry.extend(request.match_info["id"], ttl)
+    if switch is None:
+        raise NotFound("No active kill switch with that id")
+    expires_at = switch.to_json()["expires_at"]
+    await _audit(request, "killswitch.extended", switch, reason, expires_at=expires_at)
+    acknowledged, lagging = await registry.wait_acknowledged(switch.version)
+    return json_response({**switch.to_json(), "acknowledged": acknowledged, "lagging": lagging})
+
+
 def add_killswitch_routes(app: web.Application) -> None:
     app.router.add_post("/admin/killswitch", engage)
     app.router.add_get("/admin/killswitch", list_switches)
     app.router.add_delete("/admin/killswitch/{id}", release)
+    app.router.add_patch("/admin/killswitch/{id}", extend)

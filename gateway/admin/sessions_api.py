@@ -10,7 +10,7 @@ from aiohttp import web
 
 from gateway.admin.audit_api import tenant_param
 from gateway.admin.context import ActorKey, AuditKey, RequestIdKey, RevocationsKey
-from gateway.admin.incidents_api import incident_field
+from gateway.admin.incidents_api import incident_field, reason_field
 from gateway.errors import BadRequest
 from gateway.json_body import read_json_object
 
@@ -22,6 +22,7 @@ async def revoke_sessions(request: web.Request) -> web.Response:
     if user is not None and (not isinstance(user, str) or not user or len(user) > 256):
         raise BadRequest("'user' must be a non-empty string when given")
     incident = incident_field(data)
+    reason = reason_field(data)
     epoch = await request.app[RevocationsKey].revoke(tenant, user)
     revoked_at = datetime.datetime.fromtimestamp(epoch, datetime.UTC).isoformat(timespec="seconds")
     await request.app[AuditKey].record(
@@ -30,7 +31,7 @@ async def revoke_sessions(request: web.Request) -> web.Response:
         actor=request[ActorKey],
         request_id=request[RequestIdKey],
         incident=incident,
-        details={"user": user, "revoked_at": revoked_at},
+        details={"user": user, "revoked_at": revoked_at, **reason},
     )
     body = {"tenant": tenant, "user": user, "revoked_at": revoked_at, "incident": incident}
     return web.Response(body=orjson.dumps(body), content_type="application/json")

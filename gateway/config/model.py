@@ -63,6 +63,7 @@ class AdminConfig:
     tls: TlsConfig = field(default_factory=TlsConfig)
     jwt_issuers: tuple[str, ...] = ()
     tokens: tuple[AdminToken, ...] = ()
+    mfa_max_age: float = 900.0  # step-up: admin JWTs change things only with MFA this recent
 
 
 @dataclass(frozen=True)

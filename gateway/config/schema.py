@@ -150,7 +150,10 @@ def _admin(node: Node) -> AdminConfig:
         tls=_tls(Node({}, node.child_path("tls"), node.report), node.raw("tls", None), "off"),
         jwt_issuers=node.string_list("jwt_issuers"),
         tokens=tuple(tokens),
+        mfa_max_age=node.duration("mfa_max_age", 900.0),
     )
+    if not 60 <= result.mfa_max_age <= 86400:
+        node.report.error(node.child_path("mfa_max_age"), "must be between 1m and 24h")
     node.done()
     return result
 

@@ -169,6 +169,7 @@ def banner(
         "=== shopino-gateway demo ===",
         f"gateway (TLS, self-signed): https://127.0.0.1:{port}",
         f"admin API:                  http://127.0.0.1:{admin_port}   (token: {DEMO_ADMIN_TOKEN})",
+        f"incident console:           http://127.0.0.1:{admin_port}/console/   (sign in with that token)",
         f"demo ERP backend:           {backend_url}   (reachable only from this machine)",
         f"state, keys and TLS cert:   {workdir}   (temporary)",
         "",

@@ -220,6 +220,21 @@ class KillSwitchRegistry(SnapshotBacked):
         await self._announce(version)
         return switch, version
 
+    async def extend(self, switch_id: str, ttl: float) -> Switch | None:
+        """Set an active switch to expire ``ttl`` seconds from now (the console's "extend"); the
+        id stays, the version is bumped so every instance applies the new expiry. None if unknown."""
+        raw = await self._store.hget(SWITCHES_KEY, switch_id)
+        switch = _parse(switch_id, raw) if raw is not None else None
+        if switch is None or not switch.active(self._clock()):
+            return None
+        extended = replace(switch, expires_at=self._clock() + ttl)
+        await self._write(extended)  # hash before version (module docstring)
+        version = await self._store.incr(VERSION_KEY)
+        extended = replace(extended, version=version)
+        await self._write(extended)
+        await self._announce(version)
+        return extended
+
     async def _write(self, switch: Switch) -> None:
         await self._store.hset(SWITCHES_KEY, switch.id, orjson.dumps(switch.to_record()))
 
@@ -250,6 +265,33 @@ class KillSwitchRegistry(SnapshotBacked):
             for instance, (version, at, stale) in sorted((await self._beats()).items())
             if now - at <= LIVE_WINDOW
         ]
+
+    async def instance_states(self) -> tuple[int, list[dict[str, Any]]]:
+        """Appendix C ``GET /admin/instances``: the store's set version and every instance that
+        heartbeated within the last hour, each ``enforcing`` (its applied version is the
+        store's), ``lagging`` (alive, another version) or ``silent`` (no heartbeat for
+        ``LIVE_WINDOW``, i.e. 3 missed beats). A gracefully stopped instance removes its own
+        heartbeat, so it leaves the list instead of turning silent."""
+        beats = await self._beats()
+        raw_current = await self._store.get(VERSION_KEY)
+        current = int(raw_current) if raw_current else 0
+        now = self._clock()
+        rows = []
+        for instance, (version, at, stale) in sorted(beats.items()):
+            age = now - at
+            # Above the store's counter predates a store reset: not an ack (wait_acknowledged).
+            fresh = "enforcing" if version == current else "lagging"
+            state = "silent" if age > LIVE_WINDOW else fresh
+            rows.append(
+                {
+                    "instance": instance,
+                    "version": version,
+                    "heartbeat_age_s": round(max(age, 0.0), 3),
+                    "store": "stale" if stale else "ok",
+                    "state": state,
+                }
+            )
+        return current, rows
 
     async def wait_acknowledged(
         self, version: int, timeout: float = ACK_TIMEOUT

@@ -104,6 +104,11 @@ def test_demo_runs_from_a_wheel_in_a_fresh_venv(tmp_path: Path) -> None:
             f"{demo.url}/_gateway/health", timeout=5, context=insecure_client_context()
         ) as response:
             assert response.status == 200
+        # The console ships in the wheel, and the banner says where it is (issue 16).
+        console = next(line for line in output.splitlines() if "incident console:" in line).split()[2]
+        for name in ("", "main.js", "board.js", "console.css"):
+            with urllib.request.urlopen(console + name, timeout=5) as response:
+                assert response.status == 200 and response.read()
         # State, keys and the certificate: a fresh temporary directory, not the package's.
         state = Path(next(line for line in output.splitlines() if "state, keys and TLS" in line).split()[5])
         assert state.is_relative_to(scratch) and (state / "tls" / "self-signed.crt").exists()

@@ -162,6 +162,13 @@ async def test_two_workers_share_port_reload_everywhere_and_sum_metrics(
             if line.startswith('shopino_gateway_requests_total{route="open",status="200"}')
         )
         assert total == 10
+        # The console's traffic view sums the workers too, whichever worker answers (issue 16).
+        async with (
+            aiohttp.ClientSession() as fresh,
+            fresh.get(f"{gw.admin_url}/admin/traffic", headers=AUTH) as r,
+        ):
+            points = (await r.json())["points"]
+        assert sum(p["routes"].get("open", {}).get("2xx", 0) for p in points) == 10
 
         new = routes_config(upstream, prefix="/moved")
         new["listen"], new["state"], new["admin"] = config["listen"], config["state"], gw.config["admin"]

@@ -866,3 +866,15 @@ def test_default_config_path_falls_back_to_config_dir(monkeypatch: pytest.Monkey
 def test_security_settings_are_checked(text: str, expected: str) -> None:
     errors = errors_of(text)
     assert any(error.startswith(expected) for error in errors), errors
+
+
+def test_admin_step_up_age_defaults_to_15m_and_is_bounded() -> None:
+    base = (
+        "upstreams:\n  erp:\n    urls: ['http://127.0.0.1:9000']\n"
+        "routes:\n  - {name: a, prefix: /a, upstream: erp}\n"
+    )
+    assert parse_config(base).admin.mfa_max_age == 900.0
+    assert parse_config(base + "admin: {mfa_max_age: 5m}\n").admin.mfa_max_age == 300.0
+    with pytest.raises(ConfigError) as info:
+        parse_config(base + "admin: {mfa_max_age: 2d}\n")
+    assert "admin.mfa_max_age: must be between 1m and 24h" in info.value.errors

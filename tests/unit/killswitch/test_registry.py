@@ -204,3 +204,20 @@ async def test_an_expired_switch_is_audited_once_whoever_tidies_it(store: StateS
         for reg in regs:
             await reg.stop()
         audit.close()
+
+
+async def test_instance_states_are_enforcing_lagging_or_silent(
+    store: StateStore, registry: KillSwitchRegistry
+) -> None:
+    switch = await registry.engage(spec(), ttl=None, actor=None)
+    now = time.time()
+    await store.hset(INSTANCES_KEY, "behind", orjson.dumps({"version": 0, "at": now, "stale": True}))
+    await store.hset(INSTANCES_KEY, "gone", orjson.dumps({"version": switch.version, "at": now - 3.5}))
+    version, rows = await registry.instance_states()
+    assert version == switch.version
+    by_id = {r["instance"]: r for r in rows}
+    assert by_id["one"]["state"] == "enforcing" and by_id["one"]["store"] == "ok"
+    assert by_id["one"]["version"] == switch.version and by_id["one"]["heartbeat_age_s"] < 1.5
+    assert by_id["behind"]["state"] == "lagging" and by_id["behind"]["store"] == "stale"
+    # Three missed heartbeats: silent, even though it had applied the newest set.
+    assert by_id["gone"]["state"] == "silent" and by_id["gone"]["heartbeat_age_s"] >= 3.5

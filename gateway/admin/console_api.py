@@ -1,0 +1,54 @@
+"""What the incident console reads besides the SPEC §12 endpoints (Appendix C):
+
+* ``GET /admin/whoami`` — the caller's actor and roles, so the console draws only the buttons
+  the role matrix allows (the API refuses the rest anyway);
+* ``GET /admin/instances`` — every instance heartbeating into the store, with its applied
+  switch-set version, heartbeat age, store state and ``enforcing`` / ``lagging`` / ``silent``;
+* ``GET /admin/killswitch/targets`` — the engage pickers, from the running config;
+* ``GET /admin/traffic`` — the last 15 minutes of this process's traffic (``gateway.traffic``).
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway.admin.context import ActorKey, RolesKey, RuntimeKey
+from gateway.admin.killswitch_api import switch_targets
+from gateway.json_body import json_response
+from gateway.killswitch.model import MODES, SCOPES
+from gateway.killswitch.registry import HEARTBEAT, LIVE_WINDOW
+from gateway.traffic.recorder import TRAFFIC
+
+
+async def whoami(request: web.Request) -> web.Response:
+    return json_response({"actor": request[ActorKey], "roles": sorted(request[RolesKey])})
+
+
+async def list_instances(request: web.Request) -> web.Response:
+    registry = request.app[RuntimeKey]().services.killswitches
+    version, instances = await registry.instance_states()  # StoreUnavailable → 503 problem
+    return json_response(
+        {
+            "version": version,
+            "instances": instances,
+            "heartbeat_s": HEARTBEAT,
+            "silent_after_s": LIVE_WINDOW,
+        }
+    )
+
+
+async def get_targets(request: web.Request) -> web.Response:
+    targets = switch_targets(request.app[RuntimeKey]().config)
+    return json_response({"scopes": list(SCOPES), "modes": list(MODES), **targets})
+
+
+async def get_traffic(request: web.Request) -> web.Response:
+    runtime = request.app[RuntimeKey]()
+    return json_response(TRAFFIC.report(runtime.access_log.pseudonym))
+
+
+def add_console_api_routes(app: web.Application) -> None:
+    app.router.add_get("/admin/whoami", whoami)
+    app.router.add_get("/admin/instances", list_instances)
+    app.router.add_get("/admin/killswitch/targets", get_targets)
+    app.router.add_get("/admin/traffic", get_traffic)
