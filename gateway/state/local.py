@@ -333,7 +333,9 @@ class LocalStore(StateStore):
             for field, value in entries.items():
                 if self._live_value(db, f"{tombs}:{field}") is not None:
                     continue
-                added += db.execute("INSERT OR IGNORE INTO hashes VALUES (?, ?, ?)", (key, field, value)).rowcount
+                added += db.execute(
+                    "INSERT OR IGNORE INTO hashes VALUES (?, ?, ?)", (key, field, value)
+                ).rowcount
         return added
 
     # -- pub/sub ---------------------------------------------------------------------------
