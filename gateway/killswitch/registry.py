@@ -115,9 +115,9 @@ class KillSwitchRegistry(SnapshotBacked):
         raw_version = await self._store.get(VERSION_KEY)  # version first: see module docstring
         version = int(raw_version) if raw_version else 0
         records = await self._store.hgetall(SWITCHES_KEY)
-        self._check_not_reset(version)
         if self._generation is not None:
             await self._generation.verify()  # after reading: the records are not a reset store's
+        self._check_not_reset(version)  # a replica that lagged but kept the marker
         now = self._clock()
         switches: list[Switch] = []
         expired: list[Switch] = []

@@ -51,6 +51,7 @@ class SyncedSnapshot(Generic[T]):
         self._loaded = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._watchers: list[Callable[[], None]] = []
+        self._replaced = 0  # local writes so far (see reload)
 
     @property
     def loaded(self) -> bool:
@@ -64,6 +65,7 @@ class SyncedSnapshot(Generic[T]):
     def replace(self, value: T) -> None:
         """Set a value derived locally (a write of this instance, before its pub/sub round trip)."""
         self.value = value
+        self._replaced += 1
         self._notify()
 
     def _notify(self) -> None:
@@ -97,6 +99,7 @@ class SyncedSnapshot(Generic[T]):
 
     async def reload(self) -> bool:
         """Load now; True on success. Failures keep the last value and mark it unhealthy."""
+        replaced = self._replaced
         try:
             value = await self._load()
         except StoreUnavailable as exc:
@@ -110,6 +113,12 @@ class SyncedSnapshot(Generic[T]):
             log.exception("snapshot %s: load failed, keeping last value", self._channel)
             self.healthy = False
             return False
+        if replaced != self._replaced:
+            # SECURITY: a local write (a revocation) landed while this load ran, so the load may
+            # predate it and would roll it back until the next reload - lost for good if the
+            # store is reset meanwhile (App. C). The write's own publish brings a reload that
+            # sees it; until then the local value stands.
+            return True
         self.value, self.loaded_at, self.healthy = value, time.time(), True
         self._loaded.set()
         self._notify()
