@@ -148,6 +148,8 @@ class GatewayProcess:
             # requests are not refused as not-ready (an unreachable store delays start by 1 s).
             await self.services.killswitches.wait_loaded(1.0)
         await self.services.grants.start()
+        assert self.services.lockout_memory is not None
+        await self.services.lockout_memory.start()
         await self._runtime.verifier.start()
         limits = config.listen.limits
         public = GuardedServer(
@@ -440,6 +442,8 @@ class GatewayProcess:
         await self.services.integrations.stop()
         await self.services.killswitches.stop()
         await self.services.grants.stop()
+        if self.services.lockout_memory is not None:
+            await self.services.lockout_memory.stop()
         await self.services.ratelimit.close()
         with contextlib.suppress(StoreUnavailable):
             await self.audit.replay_spool()  # a last chance before the spool waits for next start

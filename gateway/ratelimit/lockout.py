@@ -29,7 +29,7 @@ from gateway.audit import SYSTEM_TRAIL, AuditTrail
 from gateway.errors import StoreUnavailable
 from gateway.ratelimit.keys import canonical_username, ip_subject
 from gateway.ratelimit.limiter import STORE_ERRORS, RateLimitBackend
-from gateway.ratelimit.lockout_memory import LockoutMemory
+from gateway.ratelimit.lockout_memory import LOCK_PREFIX, LockoutMemory
 from gateway.ratelimit.metrics import LOCKOUTS
 from gateway.ratelimit.model import LoginProtectionConfig, StoreFailureMode
 from gateway.redaction import truncate_ip
@@ -38,7 +38,6 @@ from gateway.state.generation import StoreGeneration
 
 log = structlog.get_logger("gateway.ratelimit")
 T = TypeVar("T")
-LOCK_PREFIX = "rl:lock:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +182,7 @@ class LockoutService:
         raw = orjson.dumps(record)
         await self._store.set(subject.key("lock"), raw, ttl=duration)
         self._memory.remember(subject.key("lock"), now + duration, raw)
+        await self._memory.announce(subject.key("lock"), raw)  # every instance holds it (App. C)
         self._spawn(self._announce(subject, level, duration, failures, request_id))
 
     async def _announce(
@@ -225,5 +225,6 @@ class LockoutService:
         """Forget the lockout, its failures and its level; True when a lockout was active."""
         deleted = await self._store.delete(subject.key("lock"))
         self._memory.forget(subject.key("lock"))
+        await self._memory.announce(subject.key("lock"), None)
         await self._store.delete(subject.key("fail"), subject.key("level"))
         return deleted > 0

@@ -272,3 +272,53 @@ async def test_lockout_holds_through_a_flush_but_an_operator_clear_is_honoured(
         finally:
             await backend.close()
             audit.close()
+
+
+async def test_every_instance_learns_a_lockout_at_once_and_keeps_it_through_a_flush(
+    redis_url: str, shared_redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """The other instance never read the subject before the reset: it still refuses it, because
+    the lockout (and later an operator's clear) reached its memory by pub/sub."""
+    config = LoginProtectionConfig(
+        failures_per_ip=50, failures_per_username=2, window=60, base_lockout=30, max_lockout=60
+    )
+    async with open_store(redis_url) as store:
+        backend = RateLimitBackend(redis_url)
+        audit = AuditTrail(store, spool_dir=tmp_path / "spool")
+        generation = StoreGeneration(store)
+        await generation.check()
+        memories = [LockoutMemory(store), LockoutMemory(store)]
+        here, there = (
+            LockoutService(
+                store, audit, backend, config, mode="local", timeout=1, memory=m, generation=generation
+            )
+            for m in memories
+        )
+        for memory in memories:
+            await memory.start()
+        try:
+            await asyncio.sleep(0.2)  # subscribed
+            attacker = here.subjects("198.51.100.7", "victim")
+            for request_id in ("r1", "r2"):
+                await here.record_failure(attacker, request_id)
+            key = attacker[1].key("lock")
+            deadline = time.monotonic() + 3
+            while memories[1].until(key) == 0 and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            assert memories[1].until(key) > time.time() + 25  # learnt without reading the subject
+            shared_redis_server.flushall()
+            assert (await there.locked_for(there.subjects("203.0.113.9", "victim")) or 0) > 25
+
+            await there.clear(attacker[1])  # an operator clears it on the other instance
+            deadline = time.monotonic() + 3
+            while memories[0].until(key) != 0 and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            assert memories[0].until(key) == 0
+            memories[1].apply(b'{"key": "rl:other:x", "record": {"until": 1e12}}')  # not a lockout
+            memories[1].apply(b'{"key": "rl:lock:ip:x", "record": {"until": "soon"}}')
+            assert memories[1].until("rl:other:x") == 0 and memories[1].until("rl:lock:ip:x") == 0
+        finally:
+            for memory in memories:
+                await memory.stop()
+            await backend.close()
+            audit.close()
