@@ -155,7 +155,7 @@ class KillSwitchRegistry(SnapshotBacked):
         current = self.index
         if self._generation is None or current is None or version >= current.version:
             return
-        log.warning(
+        log.info(  # the one warning of the reset is the restorer's
             "kill switch set version went back from v%d to v%d: store reset, keeping v%d",
             current.version,
             version,

@@ -23,6 +23,7 @@ from typing import Generic, TypeVar
 
 from gateway.errors import StoreUnavailable
 from gateway.state.base import StateStore, Subscription
+from gateway.state.generation import StoreReset
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -104,7 +105,8 @@ class SyncedSnapshot(Generic[T]):
             value = await self._load()
         except StoreUnavailable as exc:
             # Warn on the transition only: an outage retried every second must not flood logs.
-            level = logging.WARNING if self.healthy else logging.DEBUG
+            # A store reset is warned about once, by the restorer (gateway.state.restore).
+            level = logging.WARNING if self.healthy and not isinstance(exc, StoreReset) else logging.DEBUG
             log.log(level, "snapshot %s: store unavailable, keeping last value: %s", self._channel, exc)
             self.healthy = False
             return False

@@ -326,6 +326,8 @@ async def test_security_state_outlives_a_store_reset(
     for gw in (a, b):
         log = gw.logs()
         assert log.count('"event":"state_store_reset"') == 1, log[-3000:]
+        warnings = [line for line in log.splitlines() if '"level":"warning"' in line]
+        assert not [line for line in warnings if "was reset" in line or "went back" in line], warnings
         assert '"event":"state_store_restored"' in log
     print(f"{fault}: sweeps per instance {dict(watch.sweeps)}, load requests {sent}, ready {watch.ready}")
 
