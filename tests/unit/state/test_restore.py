@@ -322,3 +322,28 @@ async def test_every_instance_learns_a_lockout_at_once_and_keeps_it_through_a_fl
                 await memory.stop()
             await backend.close()
             audit.close()
+
+
+async def test_switches_engaged_around_the_write_back_are_enforced_everywhere(
+    instances: Any, shared_redis_server: RedisServer
+) -> None:
+    """The fail-open the old "store is the truth" rule guarded against: after a reset the
+    counter restarts, so a switch engaged then must still reach every instance."""
+    a: Instance = await instances("a")
+    b: Instance = await instances("b")
+    await a.switches.engage(spec("orders"), ttl=None, actor="t")
+    for _ in range(3):
+        await a.switches.engage(spec("legacy"), ttl=None, actor="t")
+    await b.switches.reload()
+    shared_redis_server.flushall()
+    during = await a.switches.engage(spec("finance"), ttl=None, actor="t")  # before anyone noticed
+    assert during.version == 1  # the counter restarted
+    await asyncio.gather(a.restorer.probe(), b.restorer.probe())
+    after = await b.switches.engage(spec("payroll"), ttl=None, actor="t")
+    assert after.version > 4  # numbering continues above every version enforced before
+    for instance in (a, b):
+        await instance.switches.reload()
+        targets = {s.target for s in instance.switches.index.switches}  # type: ignore[union-attr]
+        assert {"orders", "legacy", "finance", "payroll"} <= targets, (instance.name, targets)
+    acked, lagging = await a.switches.wait_acknowledged(after.version, timeout=2)
+    assert lagging == [] and set(acked) >= {"a", "b"}
