@@ -238,6 +238,8 @@ class RevocationEpochs(SnapshotBacked):
         await self._store.sadd(REVOCATION_INDEX, tenant)
         # Enforced here at once, before the pub/sub round trip reaches our own snapshot.
         self._merge(tenant, user, epoch)
+        if self._generation is not None:
+            await self._generation.bump()  # a store that comes back without it has gone back
         await self._store.publish(REVOCATION_CHANNEL, b"")
         log.info(
             "revoked %s tokens of tenant %s issued at or before %s",
@@ -280,6 +282,7 @@ class RevocationEpochs(SnapshotBacked):
     async def load(self) -> Snapshot:
         """Read every tenant's epochs (the ``SyncedSnapshot`` loader); prunes index entries of
         purged tenants. Raises ``StoreUnavailable`` when the store is down."""
+        since = self._generation.begin() if self._generation is not None else 0
         tenants = sorted(await self._store.smembers(REVOCATION_INDEX))
         snapshot: dict[str, TenantEpochs] = {}
         emptied: list[str] = []
@@ -294,7 +297,7 @@ class RevocationEpochs(SnapshotBacked):
         if self._generation is not None:
             # SECURITY (App. C): read from a store that forgot the epochs, this snapshot would
             # honour revoked tokens again; StoreReset keeps the one in memory (and prunes nothing).
-            await self._generation.verify()
+            await self._generation.verify(since)
         for tenant in emptied:
             # Purged (or never written): drop it from the index, then re-check, so a revocation
             # racing this pruning is never lost from the index (module docstring).

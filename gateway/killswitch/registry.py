@@ -112,11 +112,12 @@ class KillSwitchRegistry(SnapshotBacked):
     async def load(self) -> SwitchIndex:
         self._loads_started += 1
         started = self._loads_started
+        since = self._generation.begin() if self._generation is not None else 0
         raw_version = await self._store.get(VERSION_KEY)  # version first: see module docstring
         version = int(raw_version) if raw_version else 0
         records = await self._store.hgetall(SWITCHES_KEY)
         if self._generation is not None:
-            await self._generation.verify()  # after reading: the records are not a reset store's
+            await self._generation.verify(since)  # after reading: not a reset store's records
         self._check_not_reset(version)  # a replica that lagged but kept the marker
         now = self._clock()
         switches: list[Switch] = []

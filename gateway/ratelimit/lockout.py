@@ -183,6 +183,8 @@ class LockoutService:
         await self._store.set(subject.key("lock"), raw, ttl=duration)
         self._memory.remember(subject.key("lock"), now + duration, raw)
         await self._memory.announce(subject.key("lock"), raw)  # every instance holds it (App. C)
+        if self._generation is not None:
+            await self._generation.bump()  # a store that comes back without it has gone back
         self._spawn(self._announce(subject, level, duration, failures, request_id))
 
     async def _announce(

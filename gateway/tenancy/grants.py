@@ -218,8 +218,13 @@ class SupportGrants(SnapshotBacked):
         await self._store.hset(_key(tenant), grant.id, _encode(grant))  # hash before index
         await self._store.sadd(GRANT_INDEX, tenant)
         self._merge(add=grant)
+        await self._bump()
         await self._store.publish(GRANT_CHANNEL, b"")
         return grant
+
+    async def _bump(self) -> None:
+        if self._generation is not None:
+            await self._generation.bump()  # a store that comes back without it has gone back
 
     async def revoke(self, grant_id: str, tenant: str | None = None) -> Grant | None:
         """Delete a grant (only within ``tenant`` when given); None when there is no such grant."""
@@ -232,6 +237,7 @@ class SupportGrants(SnapshotBacked):
             if grant is not None and await self._store.hdel(_key(candidate), grant_id) == 1:
                 self._ended[grant.id] = (grant.tenant, grant.expires_at)
                 self._merge(remove=grant)  # enforced here at once, before the pub/sub round trip
+                await self._bump()
                 await self._store.publish(GRANT_CHANNEL, b"")
                 return grant
         return None
@@ -265,6 +271,7 @@ class SupportGrants(SnapshotBacked):
     async def load(self) -> Snapshot:
         """Every unexpired grant (the ``SyncedSnapshot`` loader); prunes expired records and
         index entries of tenants without grants."""
+        since = self._generation.begin() if self._generation is not None else 0
         tenants = sorted(await self._store.smembers(GRANT_INDEX))
         now = self._clock()
         snapshot: dict[tuple[str, str], tuple[Grant, ...]] = {}
@@ -281,7 +288,7 @@ class SupportGrants(SnapshotBacked):
         if self._generation is not None:
             # SECURITY (App. C): never replace the grants in memory with a reset store's view
             # (nor prune its index): StoreReset keeps the snapshot until the write-back is done.
-            await self._generation.verify()
+            await self._generation.verify(since)
         for tenant in emptied:
             await self._store.srem(GRANT_INDEX, tenant)
             fields = await self._store.hgetall(_key(tenant))

@@ -12,9 +12,11 @@ from typing import Any
 
 import orjson
 import pytest
+import redis
 
 from gateway.audit import SYSTEM_TRAIL, AuditTrail
 from gateway.auth.revocation import RevocationEpochs
+from gateway.errors import StoreUnavailable
 from gateway.killswitch.model import Switch, validate_spec
 from gateway.killswitch.registry import SWITCHES_KEY, VERSION_KEY, KillSwitchRegistry
 from gateway.ratelimit.limiter import RateLimitBackend
@@ -22,7 +24,7 @@ from gateway.ratelimit.lockout import LockoutService
 from gateway.ratelimit.lockout_memory import LockoutMemory
 from gateway.ratelimit.model import LoginProtectionConfig
 from gateway.state import StateStore, open_store
-from gateway.state.generation import MARKER_KEY, StoreGeneration
+from gateway.state.generation import MARKER_KEY, StoreGeneration, StoreReset
 from gateway.state.restore import StoreRestorer
 from gateway.tenancy.grants import SupportGrants
 from tests.support.redis_server import RedisServer
@@ -96,6 +98,19 @@ async def instances(redis_url: str, tmp_path: Path) -> AsyncIterator[Callable[[s
     yield make
     for instance in made:
         await instance.close()
+
+
+async def answers(store: StateStore) -> None:
+    """After a restart, pooled connections fail once each before the pool reconnects."""
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            await store.ping()
+            return
+        except StoreUnavailable:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.02)
 
 
 def enforced(instance: Instance, *, switches: set[str], revoked: dict[str, str], grants: set[str]) -> None:
@@ -347,3 +362,69 @@ async def test_switches_engaged_around_the_write_back_are_enforced_everywhere(
         assert {"orders", "legacy", "finance", "payroll"} <= targets, (instance.name, targets)
     acked, lagging = await a.switches.wait_acknowledged(after.version, timeout=2)
     assert lagging == [] and set(acked) >= {"a", "b"}
+
+
+async def test_a_store_back_from_an_older_snapshot_with_the_marker_is_a_reset(tmp_path: Path) -> None:
+    """Like a failover to a replica that lagged: the marker is there, the switch version did not
+    move, but a revocation, a grant and a lockout written since are missing."""
+    server = RedisServer(appendonly=False).start()
+    made: list[Instance] = []
+    try:
+        a = Instance(server.url, "a", tmp_path)
+        made.append(a)
+        await a.start()
+        await a.switches.engage(spec("orders"), ttl=None, actor="t")
+        await a.revocations.revoke("acme", "alice")
+        with redis.Redis(port=server.port, password=server.password) as client:
+            client.save()  # the "replica" has everything up to here
+        await a.revocations.revoke("acme", "bob")
+        grant = await a.grants.create("acme", "sam", ["orders"], 600, created_by="t")
+        assert server.proc is not None
+        server.proc.kill()
+        server.proc.wait()
+        server.proc = None
+        server.start()  # back from the older snapshot, same marker
+        await answers(a.store)
+        assert await a.store.get(MARKER_KEY) == a.generation.known
+        assert await a.revocations.reload() is False  # refused: it would forget bob
+        assert a.generation.pending == "security writes went back"
+        enforced(a, switches={"orders"}, revoked={"acme": "bob"}, grants={grant.id})
+        await a.restorer.probe()
+        assert not a.restorer.restoring and await a.store.get(MARKER_KEY) == a.generation.known
+
+        c = Instance(server.url, "c", tmp_path)
+        made.append(c)
+        await c.start()
+        enforced(c, switches={"orders"}, revoked={"acme": "alice"}, grants={grant.id})
+        enforced(c, switches=set(), revoked={"acme": "bob"}, grants=set())
+        await a.restorer.probe()  # the counter no longer appears to go back: no second reset
+        assert a.resets == 1 and c.resets == 0
+    finally:
+        for instance in made:
+            await instance.close()
+        server.cleanup()
+
+
+async def test_first_contact_from_many_loaders_at_once_is_not_a_reset(redis_url: str) -> None:
+    """Found by the lifecycle tests: loaders adopting the marker concurrently at start must
+    agree on one and report nothing (a false reset makes every start degraded)."""
+    async with open_store(redis_url) as store:
+        generation = StoreGeneration(store)
+        noticed: list[str] = []
+        generation.on_reset(noticed.append)
+        results = await asyncio.gather(*(generation.check() for _ in range(20)))
+        assert results == [False] * 20 and noticed == []
+        assert generation.known == await store.get(MARKER_KEY) is not None
+
+
+async def test_a_load_spanning_a_write_back_is_refused(
+    instances: Any, shared_redis_server: RedisServer
+) -> None:
+    a: Instance = await instances("a")
+    await a.revocations.revoke("acme", "alice")
+    since = a.generation.begin()  # a load begins and reads the store...
+    shared_redis_server.flushall()
+    await a.restorer.probe()  # ...a whole reset is noticed and written back meanwhile...
+    with pytest.raises(StoreReset):
+        await a.generation.verify(since)  # ...so what it read may be the empty store: refused
+    await a.generation.verify(a.generation.begin())  # a load begun now is fine
