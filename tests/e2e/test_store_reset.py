@@ -15,7 +15,7 @@ import os
 import re
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -85,8 +85,13 @@ class Scenario:
         self.revoked = token(issuer, "alice", "acme", ("orders",))  # minted before the revocation
         self.sam = token(issuer, "sam", SUPPORT, ("support",))  # holds a live grant in acme
         self.pat = token(issuer, "pat", SUPPORT, ("support",))  # his grant was revoked
+        self.carol = token(issuer, "carol", "acme", ("orders",))  # revoked after the checkpoint
 
-    async def set_up(self, http: aiohttp.ClientSession, gw: GatewayProc) -> None:
+    async def set_up(
+        self, http: aiohttp.ClientSession, gw: GatewayProc, checkpoint: Callable[[], object]
+    ) -> None:
+        """Switches and one revocation, then ``checkpoint()`` (an older store keeps only these),
+        then grants, a lockout and a second revocation."""
         for body in ({"scope": "module", "target": "finance"}, {"scope": "tenant", "target": "globex"}):
             status, data = await admin(
                 http, gw, "POST", "/admin/killswitch", {**body, "mode": "block", "reason": "t"}
@@ -94,6 +99,11 @@ class Scenario:
             assert status == 201, data
         status, data = await admin(
             http, gw, "POST", "/admin/sessions/revoke", {"tenant": "acme", "user": "alice"}
+        )
+        assert status == 200, data
+        checkpoint()
+        status, data = await admin(
+            http, gw, "POST", "/admin/sessions/revoke", {"tenant": "acme", "user": "carol"}
         )
         assert status == 200, data
         admin_token = token(self.issuer, "root", "acme", ("tenant-admin",))
@@ -125,6 +135,7 @@ class Scenario:
 
         checks = {
             "revoked-token": status("GET", "/api/x", self.revoked),
+            "revoked-later": status("GET", "/api/x", self.carol),
             "module-switch": status("GET", "/fin/ledger"),
             "tenant-switch": status("GET", "/api/x", token(self.issuer, "gina", "globex", ("orders",))),
             "grant": status("GET", "/t/acme/stock", self.sam),
@@ -138,6 +149,7 @@ class Scenario:
 
 EXPECTED = {
     "revoked-token": 401,
+    "revoked-later": 401,
     "module-switch": 503,
     "tenant-switch": 503,
     "grant": 200,
@@ -239,7 +251,12 @@ async def wait_for(check: Any, timeout: float, what: str) -> None:
         await asyncio.sleep(0.05)
 
 
-@pytest.mark.parametrize("fault", ["restart-empty", "flushall-under-load"])
+def save(server: RedisServer) -> None:
+    with redis.Redis(port=server.port, password=server.password) as client:
+        client.save()  # dump.rdb: what a restart (or a replica that lagged) comes back with
+
+
+@pytest.mark.parametrize("fault", ["restart-empty", "restart-older", "flushall-under-load"])
 async def test_security_state_outlives_a_store_reset(
     fault: str,
     gateway_factory,
@@ -254,7 +271,7 @@ async def test_security_state_outlives_a_store_reset(
     a = ready(gateway_factory(json.loads(json.dumps(cfg)), env=env))
     b = ready(gateway_factory(json.loads(json.dumps(cfg)), env=env))
     scenario = Scenario(issuer)
-    await scenario.set_up(http, a)
+    await scenario.set_up(http, a, lambda: save(empty_redis) if fault == "restart-older" else None)
 
     async def both_enforce() -> bool:
         return [await scenario.sweep(http, gw) for gw in (a, b)] == [EXPECTED, EXPECTED]
@@ -267,9 +284,9 @@ async def test_security_state_outlives_a_store_reset(
     stop_load = asyncio.Event()
     loaders: list[asyncio.Task[int]] = []
     await asyncio.sleep(0.3)
-    if fault == "restart-empty":
+    if fault.startswith("restart"):
         assert empty_redis.proc is not None
-        empty_redis.proc.kill()  # SIGKILL: no shutdown, no save
+        empty_redis.proc.kill()  # SIGKILL: no shutdown, no save (older: the checkpoint's dump.rdb)
         empty_redis.proc.wait()
         empty_redis.proc = None
         await asyncio.sleep(1.5)  # both instances notice the outage and serve from memory
@@ -302,7 +319,7 @@ async def test_security_state_outlives_a_store_reset(
     assert min(watch.sweeps.values()) >= 10, watch.sweeps
     for states in watch.ready:
         assert set(states) <= {"ready", "degraded"} and states[-1] == "ready", states
-        if fault == "restart-empty":
+        if fault.startswith("restart"):
             assert "degraded" in states, states
         # After a FLUSHALL the store never stops answering: degraded lasts only as long as the
         # write-back (about 20 ms, the "ms" of store.restored), which a sweep may not land in.
@@ -320,13 +337,22 @@ async def test_security_state_outlives_a_store_reset(
     assert {r["details"]["instance"] for r in records} == {_instance(a), _instance(b)}
     for record in records:
         assert record["actor"] == "gateway" and record["details"]["ms"] >= 0
-        assert record["details"]["held"] == {"killswitches": 2, "revocations": 1, "grants": 1, "lockouts": 1}
+        assert record["details"]["held"] == {"killswitches": 2, "revocations": 2, "grants": 1, "lockouts": 1}
+        reason = "security writes went back" if fault == "restart-older" else "marker missing"
+        assert record["details"]["reason"] in (reason, "marker changed"), record  # second: changed
     written = [r["details"]["written"] for r in records]
-    assert sum(w["killswitches"] for w in written) == 2 and sum(w["grants"] for w in written) == 1
+    assert sum(w["grants"] for w in written) == 1 and sum(w["lockouts"] for w in written) >= 1
+    # The older store still had the switches and alice's epoch; an empty one had nothing.
+    assert sum(w["killswitches"] for w in written) == (0 if fault == "restart-older" else 2)
+    assert sum(w["revocations"] for w in written) == (1 if fault == "restart-older" else 2)
     for gw in (a, b):
         log = gw.logs()
         assert log.count('"event":"state_store_reset"') == 1, log[-3000:]
-        warnings = [line for line in log.splitlines() if '"level":"warning"' in line]
+        warnings = [
+            line
+            for line in log.splitlines()
+            if '"level":"warning"' in line and '"event":"state_store_reset"' not in line
+        ]
         assert not [line for line in warnings if "was reset" in line or "went back" in line], warnings
         assert '"event":"state_store_restored"' in log
     print(f"{fault}: sweeps per instance {dict(watch.sweeps)}, load requests {sent}, ready {watch.ready}")
