@@ -26,14 +26,17 @@ async def ready(ctx: RequestContext) -> web.StreamResponse:
     switches = ctx.runtime.services.killswitches
     # SPEC §9: an instance cut off from the store enforces its last known switches and says so.
     stale = not switches.healthy
+    # App. C: after a store reset, degraded until this instance has written its state back.
+    ready_now = status.store_healthy and not stale and not status.store_restoring
     return json_response(
         {
-            "state": "ready" if status.store_healthy and not stale else "degraded",
+            "state": "ready" if ready_now else "degraded",
             "instance": status.instance_id,
             "config_generation": ctx.runtime.generation,
             "store": {
                 "healthy": status.store_healthy,
                 "checked_ago_s": round(time.time() - status.store_checked_at, 3),
+                "restoring": status.store_restoring,
             },
             "killswitch": {"version": switches.version, "stale": stale},
         },

@@ -93,6 +93,9 @@ class GatewayMetrics:
         )
         self.reloads = Counter("shopino_gateway_config_reloads", "Config reloads, by result", ("result",))
         self.store_errors = Counter("shopino_gateway_state_store_errors", "State store failures")
+        self.store_resets = Counter(
+            "shopino_gateway_store_resets", "State store resets noticed (came back empty or older, App. C)"
+        )
         self.store_healthy = Gauge(
             "shopino_gateway_state_store_healthy",
             "1 while the state store answers",

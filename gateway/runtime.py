@@ -29,6 +29,7 @@ from gateway.killswitch import KillSwitchRegistry
 from gateway.redaction import Redactor
 from gateway.routing import RouteTable
 from gateway.state import StateStore
+from gateway.state.generation import StoreGeneration
 from gateway.tenancy.grants import SupportGrants
 from gateway.tenancy.keys import ContextKeys
 from gateway.tenancy.resolve import TenantTemplate, compile_templates
@@ -37,6 +38,7 @@ from gateway.upstream import UpstreamRegistry, UpstreamTransport
 if TYPE_CHECKING:  # imported lazily: the limiter loads prometheus_client, which must wait for
     # prepare_metrics_dir() when `run` starts several workers (gateway.workers)
     from gateway.ratelimit.limiter import RateLimitBackend
+    from gateway.ratelimit.lockout_memory import LockoutMemory
     from gateway.ratelimit.service import RateLimitRuntime
 
 
@@ -49,6 +51,7 @@ class GatewayStatus:
     snapshot_loaded: bool = False
     store_healthy: bool = False
     store_checked_at: float = 0.0
+    store_restoring: bool = False  # App. C: a store reset noticed, the write-back not done yet
     reloads: int = 0
     last_reload_error: str | None = None
     started_at: float = field(default_factory=time.time)
@@ -69,6 +72,8 @@ class ProcessServices:
     grants: SupportGrants
     context_keys: ContextKeys  # SPEC §7: read once per process, never per request
     pseudonym_key: bytes = field(repr=False)  # access-log user pseudonyms (SPEC §11)
+    generation: StoreGeneration | None = None  # App. C: tells a reset store from an intact one
+    lockout_memory: LockoutMemory | None = None  # lockouts seen, kept across reloads
 
 
 @dataclass(frozen=True)
@@ -187,4 +192,11 @@ def token_digest(token: str) -> str:
 def _rate_limits(config: GatewayConfig, process: ProcessServices) -> RateLimitRuntime:
     from gateway.ratelimit.service import build_rate_limit_runtime
 
-    return build_rate_limit_runtime(config, process.ratelimit, process.store, process.audit)
+    return build_rate_limit_runtime(
+        config,
+        process.ratelimit,
+        process.store,
+        process.audit,
+        memory=process.lockout_memory,
+        generation=process.generation,
+    )

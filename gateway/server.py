@@ -36,8 +36,11 @@ from gateway.listener import CUT_GRACE, GuardedServer
 from gateway.logs import configure_logging
 from gateway.metrics import METRICS
 from gateway.ratelimit.limiter import RateLimitBackend
+from gateway.ratelimit.lockout_memory import LockoutMemory
 from gateway.runtime import GatewayStatus, ProcessServices, Runtime, build_runtime, build_verifier
 from gateway.state import StateStore, open_store
+from gateway.state.generation import StoreGeneration
+from gateway.state.restore import Restorable, StoreRestorer
 from gateway.tenancy.grants import SupportGrants
 from gateway.tenancy.keys import ContextKeys
 from gateway.tls import server_ssl_context
@@ -66,21 +69,29 @@ class GatewayProcess:
         self.audit = AuditTrail(self.store, spool_dir=Path(config.audit.spool_dir))
         # SPEC §6: outside the demo a missing master key is a start-up error (KeyringError).
         keyring = Keyring.from_env(os.environ, demo=demo)
+        # App. C: one marker tells a store that came back empty or older from an intact one.
+        generation = StoreGeneration(self.store)
+        resync = config.killswitch.resync  # bounds every security snapshot's staleness
         self.services = ProcessServices(
             store=self.store,
             audit=self.audit,
             keyring=keyring,
             signing=SigningKeys(self.store, keyring),
-            # killswitch.resync bounds every security snapshot's staleness should pub/sub miss.
-            revocations=RevocationEpochs(self.store, resync=config.killswitch.resync),
+            revocations=RevocationEpochs(self.store, resync=resync, generation=generation),
             integrations=IntegrationSecrets(self.store, keyring),
             killswitches=KillSwitchRegistry(
-                self.store, instance_id=self.instance_id, resync=config.killswitch.resync, audit=self.audit
+                self.store,
+                instance_id=self.instance_id,
+                resync=resync,
+                audit=self.audit,
+                generation=generation,
             ),
             ratelimit=RateLimitBackend(config.state.url),
-            grants=SupportGrants(self.store, resync=config.killswitch.resync),
+            grants=SupportGrants(self.store, resync=resync, generation=generation),
             context_keys=ContextKeys.from_env(os.environ, keyring, demo=demo),
             pseudonym_key=pseudonym_key(os.environ, keyring),
+            generation=generation,
+            lockout_memory=LockoutMemory(self.store),
         )
         # App. C: trail heads signed with the gateway's key; the last anchor kept on local disk.
         self.audit.use_anchors(
@@ -90,6 +101,7 @@ class GatewayProcess:
                 LastAnchors(Path(config.audit.spool_dir) / "last-anchors"),
             )
         )
+        self.restorer = self._store_restorer(generation)
         # App. C: open streams end with their session (revocations and grants applied here).
         STREAMS.follow_sessions(self.services.revocations, self.services.grants)
         self._runtime = build_runtime(
@@ -110,6 +122,28 @@ class GatewayProcess:
     def runtime(self) -> Runtime:
         return self._runtime
 
+    def _store_restorer(self, generation: StoreGeneration) -> StoreRestorer:
+        services = self.services
+        assert services.lockout_memory is not None
+        parts: dict[str, Restorable] = {
+            "killswitches": services.killswitches,
+            "revocations": services.revocations,
+            "grants": services.grants,
+            "lockouts": services.lockout_memory,
+        }
+
+        def restoring(now: bool) -> None:
+            self.status.store_restoring = now
+
+        return StoreRestorer(
+            generation,
+            parts,
+            self.audit,
+            instance_id=self.instance_id,
+            on_reset=METRICS.store_resets.inc,
+            on_state=restoring,
+        )
+
     async def start(self) -> None:
         config = self._runtime.config
         await self.store.open()
@@ -123,6 +157,8 @@ class GatewayProcess:
             # requests are not refused as not-ready (an unreachable store delays start by 1 s).
             await self.services.killswitches.wait_loaded(1.0)
         await self.services.grants.start()
+        assert self.services.lockout_memory is not None
+        await self.services.lockout_memory.start()
         await self._runtime.verifier.start()
         limits = config.listen.limits
         public = GuardedServer(
@@ -345,7 +381,9 @@ class GatewayProcess:
     async def _watch_store(self) -> None:
         while True:
             try:
-                await self.store.ping()
+                # One GET of the generation marker is the probe (as cheap as PING) and notices a
+                # store reset; a pending one is handled here, off the request path (App. C).
+                await self.restorer.probe()
                 healthy = True
             except StoreUnavailable:
                 healthy = False
@@ -362,7 +400,7 @@ class GatewayProcess:
             self.status.snapshot_loaded = self.status.snapshot_loaded or loaded
             self.status.store_checked_at = time.time()
             METRICS.store_healthy.set(1 if healthy else 0)
-            await asyncio.sleep(STORE_PROBE_INTERVAL)
+            await self.restorer.wait(STORE_PROBE_INTERVAL)  # woken early by a reported reset
 
     async def _reencrypt_under_primary(self) -> None:
         """Master-key rotation (SPEC App. B): values under an older key are rewritten under the
@@ -429,6 +467,8 @@ class GatewayProcess:
         await self.services.integrations.stop()
         await self.services.killswitches.stop()
         await self.services.grants.stop()
+        if self.services.lockout_memory is not None:
+            await self.services.lockout_memory.stop()
         await self.services.ratelimit.close()
         with contextlib.suppress(StoreUnavailable):
             await self.audit.replay_spool()  # a last chance before the spool waits for next start

@@ -72,6 +72,7 @@ import orjson
 from gateway.audit.record import format_time, validate_tenant
 from gateway.errors import NotReady
 from gateway.state.base import StateStore
+from gateway.state.generation import StoreGeneration
 from gateway.state.sync import SnapshotBacked, SyncedSnapshot
 
 REVOCATION_CHANNEL = "revocations"
@@ -179,8 +180,10 @@ class RevocationEpochs(SnapshotBacked):
         clock: Callable[[], float] = time.time,
         resync: float = 5.0,
         retry: float = 1.0,
+        generation: StoreGeneration | None = None,
     ) -> None:
         self._store, self._clock = store, clock
+        self._generation = generation  # App. C: epochs a reset store forgot stay enforced
         # resync bounds propagation when a pub/sub message is lost (e.g. a subscriber reconnecting).
         self._snapshot: SyncedSnapshot[Snapshot] = SyncedSnapshot(
             store, REVOCATION_CHANNEL, self.load, resync=resync, retry=retry
@@ -235,6 +238,8 @@ class RevocationEpochs(SnapshotBacked):
         await self._store.sadd(REVOCATION_INDEX, tenant)
         # Enforced here at once, before the pub/sub round trip reaches our own snapshot.
         self._merge(tenant, user, epoch)
+        if self._generation is not None:
+            await self._generation.bump()  # a store that comes back without it has gone back
         await self._store.publish(REVOCATION_CHANNEL, b"")
         log.info(
             "revoked %s tokens of tenant %s issued at or before %s",
@@ -277,6 +282,7 @@ class RevocationEpochs(SnapshotBacked):
     async def load(self) -> Snapshot:
         """Read every tenant's epochs (the ``SyncedSnapshot`` loader); prunes index entries of
         purged tenants. Raises ``StoreUnavailable`` when the store is down."""
+        since = self._generation.begin() if self._generation is not None else 0
         tenants = sorted(await self._store.smembers(REVOCATION_INDEX))
         snapshot: dict[str, TenantEpochs] = {}
         emptied: list[str] = []
@@ -288,6 +294,10 @@ class RevocationEpochs(SnapshotBacked):
                     snapshot[tenant] = _epochs(_parse_fields(tenant, fields))
                 else:
                     emptied.append(tenant)
+        if self._generation is not None:
+            # SECURITY (App. C): read from a store that forgot the epochs, this snapshot would
+            # honour revoked tokens again; StoreReset keeps the one in memory (and prunes nothing).
+            await self._generation.verify(since)
         for tenant in emptied:
             # Purged (or never written): drop it from the index, then re-check, so a revocation
             # racing this pruning is never lost from the index (module docstring).
@@ -299,6 +309,25 @@ class RevocationEpochs(SnapshotBacked):
             else:
                 log.info("revocations: tenant %s has no epochs left (purged); dropped from index", tenant)
         return snapshot
+
+    async def restore(self) -> tuple[int, int]:
+        """Write the epochs held in memory back to a store that was reset (App. C): a union of
+        fields, so concurrent writers lose nothing and the effective epoch of every scope is the
+        maximum anyone held. Returns (held, written) fields; ``StoreUnavailable``."""
+        snapshot = self._snapshot.value
+        if snapshot is None or not self._snapshot.loaded:
+            return 0, 0
+        held = written = 0
+        for tenant, epochs in sorted(snapshot.items()):
+            fields = {_field(user, at): format_time(at).encode() for user, at in epochs.users.items()}
+            if epochs.tenant is not None:
+                fields[_field(None, epochs.tenant)] = format_time(epochs.tenant).encode()
+            held += len(fields)
+            written += await self._store.hash_merge(_key(tenant), fields)  # hash before index
+        if snapshot:
+            await self._store.sadd(REVOCATION_INDEX, *snapshot)
+            await self._store.publish(REVOCATION_CHANNEL, b"")
+        return held, written
 
     async def list(self, tenant: str) -> RevocationListing:
         """The tenant's effective epochs straight from the store, for the admin API."""

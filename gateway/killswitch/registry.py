@@ -43,6 +43,7 @@ from gateway.killswitch.metrics import gauges
 from gateway.killswitch.model import Switch, audit_trails
 from gateway.killswitch.streams import STREAMS, StreamRegistry
 from gateway.state.base import StateStore
+from gateway.state.generation import StoreGeneration, StoreReset
 from gateway.state.sync import SnapshotBacked, SyncedSnapshot
 
 SWITCHES_KEY = "killswitch:switches"
@@ -54,6 +55,8 @@ HEARTBEAT = 1.0
 ACK_TIMEOUT = 2.0
 _ACK_POLL = 0.01
 _FORGET_AFTER = 3600.0  # heartbeats older than this are removed from the hash
+_TOMBSTONE_TTL = 3600.0  # how long a release is remembered for a store reset's write-back
+_RELEASED_KEPT = 1024
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +72,11 @@ class KillSwitchRegistry(SnapshotBacked):
         clock: Callable[[], float] = time.time,
         streams: StreamRegistry = STREAMS,
         audit: AuditTrail | None = None,
+        generation: StoreGeneration | None = None,
     ) -> None:
         self._store, self._clock, self._streams = store, clock, streams
         self._audit = audit
+        self._generation = generation  # App. C: a store that forgot the set is not applied
         self.instance_id = instance_id
         self.index: SwitchIndex | None = None  # the hot path reads this, nothing else
         self._snapshot: SyncedSnapshot[SwitchIndex] = SyncedSnapshot(
@@ -81,6 +86,7 @@ class KillSwitchRegistry(SnapshotBacked):
         self._parsed: dict[str, tuple[bytes, Switch | None]] = {}
         self._loads_started = 0  # orders loads by start, not by version (see _apply)
         self._applied_load = 0
+        self._released: dict[str, float] = {}  # switch id → when its release was applied here
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -106,9 +112,13 @@ class KillSwitchRegistry(SnapshotBacked):
     async def load(self) -> SwitchIndex:
         self._loads_started += 1
         started = self._loads_started
+        since = self._generation.begin() if self._generation is not None else 0
         raw_version = await self._store.get(VERSION_KEY)  # version first: see module docstring
         version = int(raw_version) if raw_version else 0
         records = await self._store.hgetall(SWITCHES_KEY)
+        if self._generation is not None:
+            await self._generation.verify(since)  # after reading: not a reset store's records
+        self._check_not_reset(version)  # a replica that lagged but kept the marker
         now = self._clock()
         switches: list[Switch] = []
         expired: list[Switch] = []
@@ -138,6 +148,50 @@ class KillSwitchRegistry(SnapshotBacked):
             if await self._store.hdel(SWITCHES_KEY, switch.id):
                 await self._audit_expiry(switch)
         return await self._apply(SwitchIndex(switches, version), started)
+
+    def _check_not_reset(self, version: int) -> None:
+        """SECURITY (App. C): a set version below the one enforced here means the store was
+        flushed or failed over to a replica that lagged. Its set is not applied (that would drop
+        engaged switches): the reset is reported and this instance writes its set back."""
+        current = self.index
+        if self._generation is None or current is None or version >= current.version:
+            return
+        log.info(  # the one warning of the reset is the restorer's
+            "kill switch set version went back from v%d to v%d: store reset, keeping v%d",
+            current.version,
+            version,
+            current.version,
+        )
+        self._generation.report("killswitch version went back")
+        raise StoreReset("kill switch set version went back")
+
+    def _note_released(self, old: SwitchIndex, new: SwitchIndex) -> None:
+        """Remember switches released while still active, for an hour: a store reset's
+        write-back tombstones them, so an instance that had not yet seen the release cannot
+        revive them (``StateStore.hash_merge``)."""
+        now = self._clock()
+        kept = {s.id for s in new.switches}
+        for switch in old.switches:
+            if switch.id not in kept and switch.active(now):
+                self._released[switch.id] = now
+        if len(self._released) > _RELEASED_KEPT:
+            self._released = {i: t for i, t in self._released.items() if now - t < _TOMBSTONE_TTL}
+
+    async def restore(self) -> tuple[int, int]:
+        """Write the enforced set back to a store that was reset: every active switch (with its
+        own expiry, so the remaining ttl) unless the store already has it, and the set version
+        raised to at least ours. Returns (held, written); ``StoreUnavailable``."""
+        index = self.index
+        if index is None:
+            return 0, 0
+        now = self._clock()
+        active = {s.id: orjson.dumps(s.to_record()) for s in index.switches if s.active(now)}
+        released = [i for i, at in self._released.items() if now - at < _TOMBSTONE_TTL and i not in active]
+        written = await self._store.hash_merge(SWITCHES_KEY, active, released, tombstone_ttl=_TOMBSTONE_TTL)
+        await self._store.set_max(VERSION_KEY, index.version)
+        with contextlib.suppress(StoreUnavailable):
+            await self._store.publish(CHANNEL, str(index.version).encode())
+        return len(active), written
 
     async def _audit_expiry(self, switch: Switch) -> None:
         if self._audit is None:
@@ -177,6 +231,8 @@ class KillSwitchRegistry(SnapshotBacked):
                     index.version,
                 )
         self._applied_load = started
+        if current is not None:
+            self._note_released(current, index)
         self.index = index  # swapped before acknowledging: the ack is never ahead of enforcement
         gauges().version.set(index.version)
         gauges().active.set(len(index.switches))

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -30,16 +29,15 @@ from gateway.audit import SYSTEM_TRAIL, AuditTrail
 from gateway.errors import StoreUnavailable
 from gateway.ratelimit.keys import canonical_username, ip_subject
 from gateway.ratelimit.limiter import STORE_ERRORS, RateLimitBackend
+from gateway.ratelimit.lockout_memory import LOCK_PREFIX, LockoutMemory
 from gateway.ratelimit.metrics import LOCKOUTS
 from gateway.ratelimit.model import LoginProtectionConfig, StoreFailureMode
 from gateway.redaction import truncate_ip
 from gateway.state import StateStore
-
-_KNOWN_LOCKOUTS = 65536  # lockouts remembered for store outages (LRU)
+from gateway.state.generation import StoreGeneration
 
 log = structlog.get_logger("gateway.ratelimit")
 T = TypeVar("T")
-LOCK_PREFIX = "rl:lock:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +59,8 @@ class LockoutService:
         *,
         mode: StoreFailureMode,
         timeout: float,
+        memory: LockoutMemory | None = None,
+        generation: StoreGeneration | None = None,
     ) -> None:
         self._store = store
         self._audit = audit
@@ -69,9 +69,11 @@ class LockoutService:
         self._mode = mode
         self._timeout = timeout
         self._background: set[asyncio.Task[None]] = set()
-        # Lockouts this process has seen or set (store key → until), bounded: enforced from
-        # memory while the store is unreachable, so an outage does not unlock a stuffing source.
-        self._known: OrderedDict[str, float] = OrderedDict()
+        # Lockouts this process has seen or set, bounded and shared by every runtime: enforced
+        # from memory while the store is unreachable or was reset (App. C), so neither unlocks a
+        # stuffing source.
+        self._memory = memory if memory is not None else LockoutMemory(store)
+        self._generation = generation
 
     def subjects(self, ip: str, username: str | None) -> list[Subject]:
         found = [Subject("ip", ip_subject(ip))]
@@ -106,26 +108,43 @@ class LockoutService:
 
         records = await self._guarded(read)
         now = time.time()
+        memory = self._memory
         if records is None:  # store down (modes local/allow): what this process knows
-            left = [self._known.get(s.key("lock"), 0.0) - now for s in subjects]
+            left = [memory.until(s.key("lock")) - now for s in subjects]
         else:
             left = []
+            forgotten: list[str] = []  # locked here, absent from the store: cleared, or a reset
             for subject, raw in zip(subjects, records, strict=True):
-                until = orjson.loads(raw)["until"] if raw is not None else None
-                self._remember(subject.key("lock"), until)
-                if until is not None:
-                    left.append(until - now)
+                key = subject.key("lock")
+                if raw is None:
+                    if memory.until(key) > now:
+                        forgotten.append(key)
+                    else:
+                        memory.forget(key)
+                    continue
+                until = orjson.loads(raw)["until"]
+                memory.remember(key, until, raw)
+                left.append(until - now)
+            # Rare (a lockout ended early), so the one extra store read is not on the hot path.
+            if forgotten and await self._store_was_reset():
+                left += [memory.until(key) - now for key in forgotten]
+            else:
+                for key in forgotten:
+                    memory.forget(key)  # cleared by an operator (on any instance)
         longest = max(left, default=0.0)
         return longest if longest > 0 else None
 
-    def _remember(self, key: str, until: float | None) -> None:
-        if until is None:
-            self._known.pop(key, None)  # cleared or expired in the store
-            return
-        self._known[key] = until
-        self._known.move_to_end(key)
-        while len(self._known) > _KNOWN_LOCKOUTS:
-            self._known.popitem(last=False)
+    async def _store_was_reset(self) -> bool:
+        """SECURITY (App. C): a lockout the store no longer has was cleared, unless the store
+        itself forgot it (restarted empty, flushed); only the generation marker tells them
+        apart. Unanswered, assume the reset: a stuffing source stays locked."""
+        if self._generation is None:
+            return False
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await self._generation.check()
+        except (StoreUnavailable, TimeoutError):
+            return True
 
     async def record_failure(self, subjects: list[Subject], request_id: str) -> None:
         window = self.config.window
@@ -160,8 +179,12 @@ class LockoutService:
             "since": now,
             "until": now + duration,
         }
-        await self._store.set(subject.key("lock"), orjson.dumps(record), ttl=duration)
-        self._remember(subject.key("lock"), now + duration)
+        raw = orjson.dumps(record)
+        await self._store.set(subject.key("lock"), raw, ttl=duration)
+        self._memory.remember(subject.key("lock"), now + duration, raw)
+        await self._memory.announce(subject.key("lock"), raw)  # every instance holds it (App. C)
+        if self._generation is not None:
+            await self._generation.bump()  # a store that comes back without it has gone back
         self._spawn(self._announce(subject, level, duration, failures, request_id))
 
     async def _announce(
@@ -203,6 +226,7 @@ class LockoutService:
     async def clear(self, subject: Subject) -> bool:
         """Forget the lockout, its failures and its level; True when a lockout was active."""
         deleted = await self._store.delete(subject.key("lock"))
-        self._remember(subject.key("lock"), None)
+        self._memory.forget(subject.key("lock"))
+        await self._memory.announce(subject.key("lock"), None)
         await self._store.delete(subject.key("fail"), subject.key("level"))
         return deleted > 0

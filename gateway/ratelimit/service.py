@@ -9,8 +9,10 @@ from gateway.audit import AuditTrail
 from gateway.config.model import GatewayConfig
 from gateway.ratelimit.limiter import RateLimitBackend
 from gateway.ratelimit.lockout import LockoutService
+from gateway.ratelimit.lockout_memory import LockoutMemory
 from gateway.ratelimit.policies import CompiledLimits, compile_limits
 from gateway.state import StateStore
+from gateway.state.generation import StoreGeneration
 
 
 @dataclass(frozen=True)
@@ -21,7 +23,13 @@ class RateLimitRuntime:
 
 
 def build_rate_limit_runtime(
-    config: GatewayConfig, backend: RateLimitBackend, store: StateStore, audit: AuditTrail
+    config: GatewayConfig,
+    backend: RateLimitBackend,
+    store: StateStore,
+    audit: AuditTrail,
+    *,
+    memory: LockoutMemory | None = None,
+    generation: StoreGeneration | None = None,
 ) -> RateLimitRuntime:
     compiled = compile_limits(config)
     lockouts = LockoutService(
@@ -31,5 +39,7 @@ def build_rate_limit_runtime(
         compiled.login,
         mode=compiled.on_store_failure,
         timeout=compiled.store_timeout,
+        memory=memory,  # the process's: lockouts seen outlive a reload (and a store reset)
+        generation=generation,
     )
     return RateLimitRuntime(compiled=compiled, backend=backend, lockouts=lockouts)

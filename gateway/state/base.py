@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import abc
 import builtins
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection, Mapping
 from types import TracebackType
 from typing import Self
 
@@ -166,6 +166,36 @@ class StateStore(abc.ABC):
     async def delete_prefix(self, prefix: str) -> int:
         """Delete every key starting with ``prefix`` (logs excluded); returns how many."""
 
+    # -- merge primitives (store reset write-back, SPEC App. C) -----------------------------
+    # Each is one atomic step, so instances writing back concurrently cannot lose an entry or
+    # overwrite a newer one with an older one (``gateway.state.restore``).
+    @abc.abstractmethod
+    async def compare_and_set(self, key: str, expected: bytes | None, value: bytes) -> bytes | None:
+        """Set ``key`` (no ttl) to ``value`` only if it now holds ``expected`` (None: absent);
+        returns the value stored afterwards (``value``, or what was there, None if absent)."""
+
+    @abc.abstractmethod
+    async def set_max(self, key: str, value: int) -> int:
+        """Raise the integer at ``key`` to ``value`` unless it is already higher; returns it."""
+
+    @abc.abstractmethod
+    async def set_keep_later(self, key: str, value: bytes, ttl: float) -> bool:
+        """Store ``value`` expiring after ``ttl`` unless ``key`` already outlives that (a
+        later expiry or none); returns whether it was written."""
+
+    @abc.abstractmethod
+    async def hash_merge(
+        self,
+        key: str,
+        entries: Mapping[str, bytes],
+        removed: Collection[str] = (),
+        *,
+        tombstone_ttl: float = 3600.0,
+    ) -> int:
+        """Add the ``entries`` fields that are absent and not tombstoned; delete and tombstone
+        the ``removed`` fields (for ``tombstone_ttl`` seconds), so an entry one writer knows was
+        deleted is never revived by another writer's older copy. Returns how many were added."""
+
     # -- pub/sub ---------------------------------------------------------------------------
     @abc.abstractmethod
     async def publish(self, channel: str, message: bytes) -> None:
@@ -174,6 +204,11 @@ class StateStore(abc.ABC):
     @abc.abstractmethod
     async def subscribe(self, *channels: str) -> Subscription:
         """Subscribe; messages published after this returns are delivered."""
+
+
+def tombstone_key(key: str) -> str:
+    """Where ``hash_merge`` keeps the tombstones of ``key``'s fields (outside feature prefixes)."""
+    return f"restore-tombstones:{key}"
 
 
 def ttl_ms(ttl: float | None) -> int | None:
@@ -185,4 +220,4 @@ def ttl_ms(ttl: float | None) -> int | None:
     return max(1, round(ttl * 1000))
 
 
-__all__ = ["StateStore", "StoreUnavailable", "Subscription", "ttl_ms"]
+__all__ = ["StateStore", "StoreUnavailable", "Subscription", "tombstone_key", "ttl_ms"]

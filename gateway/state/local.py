@@ -17,12 +17,12 @@ import contextlib
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from gateway.errors import StoreUnavailable
-from gateway.state.base import StateStore, Subscription, ttl_ms
+from gateway.state.base import StateStore, Subscription, tombstone_key, ttl_ms
 from gateway.state.inprocess import LocalSubscription
 
 _SCHEMA = """
@@ -280,6 +280,63 @@ class LocalStore(StateStore):
             for sql in _DELETE_PREFIX_SQL:
                 db.execute(sql, params)
         return len(found)
+
+    # -- merge primitives (one write transaction each) -----------------------------------------
+    async def compare_and_set(self, key: str, expected: bytes | None, value: bytes) -> bytes | None:
+        with self._write() as db:
+            current = self._live_value(db, key)
+            if current != expected:
+                return current
+            db.execute("INSERT OR REPLACE INTO kv VALUES (?, ?, NULL)", (key, value))
+        return value
+
+    async def set_max(self, key: str, value: int) -> int:
+        with self._write() as db:
+            current = self._live_value(db, key)
+            try:
+                stored = 0 if current is None else int(current)
+            except ValueError:
+                raise ValueError("stored value is not an integer") from None
+            if value <= stored:
+                return stored
+            db.execute("INSERT OR REPLACE INTO kv VALUES (?, ?, NULL)", (key, b"%d" % value))
+        return value
+
+    async def set_keep_later(self, key: str, value: bytes, ttl: float) -> bool:
+        expires = time.time() + (ttl_ms(ttl) or 0) / 1000
+        with self._write() as db:
+            row = db.execute(
+                "SELECT expires_at FROM kv WHERE key = ? AND (expires_at IS NULL OR expires_at > ?)",
+                (key, time.time()),
+            ).fetchone()
+            if row is not None and (row[0] is None or row[0] >= expires):
+                return False
+            db.execute("INSERT OR REPLACE INTO kv VALUES (?, ?, ?)", (key, value, expires))
+        return True
+
+    async def hash_merge(
+        self,
+        key: str,
+        entries: Mapping[str, bytes],
+        removed: Collection[str] = (),
+        *,
+        tombstone_ttl: float = 3600.0,
+    ) -> int:
+        # Tombstones live in kv rows (one per field) so they expire like Redis's tombstone hash.
+        tombs = tombstone_key(key)
+        expires = time.time() + (ttl_ms(tombstone_ttl) or 0) / 1000
+        added = 0
+        with self._write() as db:
+            for field in removed:
+                db.execute("DELETE FROM hashes WHERE key = ? AND field = ?", (key, field))
+                db.execute("INSERT OR REPLACE INTO kv VALUES (?, ?, ?)", (f"{tombs}:{field}", b"1", expires))
+            for field, value in entries.items():
+                if self._live_value(db, f"{tombs}:{field}") is not None:
+                    continue
+                added += db.execute(
+                    "INSERT OR IGNORE INTO hashes VALUES (?, ?, ?)", (key, field, value)
+                ).rowcount
+        return added
 
     # -- pub/sub ---------------------------------------------------------------------------
     async def publish(self, channel: str, message: bytes) -> None:

@@ -15,17 +15,18 @@ from __future__ import annotations
 
 import builtins
 import functools
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Collection, Coroutine, Mapping
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from redis.asyncio import BlockingConnectionPool, Redis, SSLConnection
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError, ResponseError
 
 from gateway.errors import StoreUnavailable
-from gateway.state.base import StateStore, Subscription, ttl_ms
+from gateway.state.base import StateStore, Subscription, tombstone_key, ttl_ms
 from gateway.state.redis_pubsub import RedisSubscription, unavailable
 from gateway.state.redis_url import RedisTarget, parse_redis_url
 
@@ -37,6 +38,46 @@ _LOG_APPEND = """
 local seq = redis.call('INCR', KEYS[1])
 redis.call('XADD', KEYS[2], seq .. '-0', 'r', ARGV[1])
 return seq
+"""
+# The merge primitives of StateStore (see base.py), each one atomic script.
+_COMPARE_AND_SET = """
+local cur = redis.call('GET', KEYS[1])
+if (ARGV[1] == '0' and not cur) or (ARGV[1] == '1' and cur == ARGV[2]) then
+  redis.call('SET', KEYS[1], ARGV[3])
+  return ARGV[3]
+end
+return cur
+"""
+_SET_MAX = """
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+if cur == nil then return redis.error_reply('ERR value is not an integer') end
+local v = tonumber(ARGV[1])
+if v > cur then
+  redis.call('SET', KEYS[1], ARGV[1])
+  return ARGV[1]
+end
+return tostring(cur)
+"""
+_SET_KEEP_LATER = """
+local left = redis.call('PTTL', KEYS[1])
+if left == -1 or left >= tonumber(ARGV[2]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+_HASH_MERGE = """
+local n = tonumber(ARGV[2])
+for i = 3, 2 + n do
+  redis.call('HDEL', KEYS[1], ARGV[i])
+  redis.call('HSET', KEYS[2], ARGV[i], '1')
+end
+if n > 0 then redis.call('PEXPIRE', KEYS[2], ARGV[1]) end
+local added = 0
+for i = 3 + n, #ARGV, 2 do
+  if redis.call('HEXISTS', KEYS[2], ARGV[i]) == 0 then
+    added = added + redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1])
+  end
+end
+return added
 """
 _LOG_BATCH = 500
 _SCAN_COUNT = 1000
@@ -76,6 +117,7 @@ class RedisStore(StateStore):
         self._client: Redis | None = None
         self._sentinels: list[Redis] = []  # sentinel clients, closed with the store
         self._subs: set[RedisSubscription] = set()
+        self._scripts: dict[str, AsyncScript] = {}
 
     def describe(self) -> str:
         return self._target.display
@@ -263,6 +305,45 @@ class RedisStore(StateStore):
             batch = [self._k(k) for k in found[i : i + _SCAN_COUNT]]
             deleted += int(await self._redis().unlink(*batch))
         return deleted
+
+    # -- merge primitives ------------------------------------------------------------------
+    def _script(self, source: str) -> AsyncScript:
+        script = self._scripts.get(source)
+        if script is None:  # registered on first use: EVALSHA, reloaded by redis-py if flushed
+            script = self._scripts[source] = self._redis().register_script(source)
+        return script
+
+    @_guarded
+    async def compare_and_set(self, key: str, expected: bytes | None, value: bytes) -> bytes | None:
+        args = ["0", b""] if expected is None else ["1", expected]
+        stored = await self._script(_COMPARE_AND_SET)(keys=[self._k(key)], args=[*args, value])
+        return None if stored is None else bytes(stored)
+
+    @_guarded
+    async def set_max(self, key: str, value: int) -> int:
+        return int(await self._script(_SET_MAX)(keys=[self._k(key)], args=[int(value)]))
+
+    @_guarded
+    async def set_keep_later(self, key: str, value: bytes, ttl: float) -> bool:
+        ms = ttl_ms(ttl)
+        return bool(await self._script(_SET_KEEP_LATER)(keys=[self._k(key)], args=[value, ms]))
+
+    @_guarded
+    async def hash_merge(
+        self,
+        key: str,
+        entries: Mapping[str, bytes],
+        removed: Collection[str] = (),
+        *,
+        tombstone_ttl: float = 3600.0,
+    ) -> int:
+        if not entries and not removed:
+            return 0
+        args: list[Any] = [ttl_ms(tombstone_ttl), len(removed), *removed]
+        for field, value in entries.items():
+            args += [field, value]
+        keys = [self._k(key), self._k(tombstone_key(key))]
+        return int(await self._script(_HASH_MERGE)(keys=keys, args=args))
 
     # -- pub/sub ---------------------------------------------------------------------------
     @_guarded

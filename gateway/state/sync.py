@@ -23,6 +23,7 @@ from typing import Generic, TypeVar
 
 from gateway.errors import StoreUnavailable
 from gateway.state.base import StateStore, Subscription
+from gateway.state.generation import StoreReset
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ class SyncedSnapshot(Generic[T]):
         self._loaded = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._watchers: list[Callable[[], None]] = []
+        self._replaced = 0  # local writes so far (see reload)
 
     @property
     def loaded(self) -> bool:
@@ -64,6 +66,7 @@ class SyncedSnapshot(Generic[T]):
     def replace(self, value: T) -> None:
         """Set a value derived locally (a write of this instance, before its pub/sub round trip)."""
         self.value = value
+        self._replaced += 1
         self._notify()
 
     def _notify(self) -> None:
@@ -97,11 +100,13 @@ class SyncedSnapshot(Generic[T]):
 
     async def reload(self) -> bool:
         """Load now; True on success. Failures keep the last value and mark it unhealthy."""
+        replaced = self._replaced
         try:
             value = await self._load()
         except StoreUnavailable as exc:
             # Warn on the transition only: an outage retried every second must not flood logs.
-            level = logging.WARNING if self.healthy else logging.DEBUG
+            # A store reset is warned about once, by the restorer (gateway.state.restore).
+            level = logging.WARNING if self.healthy and not isinstance(exc, StoreReset) else logging.DEBUG
             log.log(level, "snapshot %s: store unavailable, keeping last value: %s", self._channel, exc)
             self.healthy = False
             return False
@@ -110,6 +115,12 @@ class SyncedSnapshot(Generic[T]):
             log.exception("snapshot %s: load failed, keeping last value", self._channel)
             self.healthy = False
             return False
+        if replaced != self._replaced:
+            # SECURITY: a local write (a revocation) landed while this load ran, so the load may
+            # predate it and would roll it back until the next reload - lost for good if the
+            # store is reset meanwhile (App. C). The write's own publish brings a reload that
+            # sees it; until then the local value stands.
+            return True
         self.value, self.loaded_at, self.healthy = value, time.time(), True
         self._loaded.set()
         self._notify()

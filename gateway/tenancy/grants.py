@@ -38,6 +38,7 @@ from gateway.audit.record import format_time, validate_tenant
 from gateway.audit.trail import register_tenant_data
 from gateway.errors import Conflict, NotReady
 from gateway.state.base import StateStore
+from gateway.state.generation import StoreGeneration
 from gateway.state.sync import SnapshotBacked, SyncedSnapshot
 
 GRANT_CHANNEL = "grants"
@@ -157,8 +158,13 @@ class SupportGrants(SnapshotBacked):
         clock: Callable[[], float] = time.time,
         resync: float = 5.0,
         retry: float = 1.0,
+        generation: StoreGeneration | None = None,
     ) -> None:
         self._store, self._clock = store, clock
+        self._generation = generation  # App. C: grants a reset store forgot stay honoured
+        # Grants that ended here while unexpired (revoked, purged): id → (tenant, expires_at).
+        # A store reset's write-back tombstones them, so no instance's older copy revives them.
+        self._ended: dict[str, tuple[str, float]] = {}
         self._snapshot: SyncedSnapshot[Snapshot] = SyncedSnapshot(
             store, GRANT_CHANNEL, self.load, resync=resync, retry=retry
         )
@@ -212,8 +218,13 @@ class SupportGrants(SnapshotBacked):
         await self._store.hset(_key(tenant), grant.id, _encode(grant))  # hash before index
         await self._store.sadd(GRANT_INDEX, tenant)
         self._merge(add=grant)
+        await self._bump()
         await self._store.publish(GRANT_CHANNEL, b"")
         return grant
+
+    async def _bump(self) -> None:
+        if self._generation is not None:
+            await self._generation.bump()  # a store that comes back without it has gone back
 
     async def revoke(self, grant_id: str, tenant: str | None = None) -> Grant | None:
         """Delete a grant (only within ``tenant`` when given); None when there is no such grant."""
@@ -224,7 +235,9 @@ class SupportGrants(SnapshotBacked):
             raw = await self._store.hget(_key(candidate), grant_id)
             grant = _parse(candidate, raw) if raw is not None else None
             if grant is not None and await self._store.hdel(_key(candidate), grant_id) == 1:
+                self._ended[grant.id] = (grant.tenant, grant.expires_at)
                 self._merge(remove=grant)  # enforced here at once, before the pub/sub round trip
+                await self._bump()
                 await self._store.publish(GRANT_CHANNEL, b"")
                 return grant
         return None
@@ -258,6 +271,7 @@ class SupportGrants(SnapshotBacked):
     async def load(self) -> Snapshot:
         """Every unexpired grant (the ``SyncedSnapshot`` loader); prunes expired records and
         index entries of tenants without grants."""
+        since = self._generation.begin() if self._generation is not None else 0
         tenants = sorted(await self._store.smembers(GRANT_INDEX))
         now = self._clock()
         snapshot: dict[tuple[str, str], tuple[Grant, ...]] = {}
@@ -271,13 +285,59 @@ class SupportGrants(SnapshotBacked):
                     await self._store.hdel(_key(tenant), *expired)
                 if not fields or len(expired) == len(fields):
                     emptied.append(tenant)
+        if self._generation is not None:
+            # SECURITY (App. C): never replace the grants in memory with a reset store's view
+            # (nor prune its index): StoreReset keeps the snapshot until the write-back is done.
+            await self._generation.verify(since)
         for tenant in emptied:
             await self._store.srem(GRANT_INDEX, tenant)
             fields = await self._store.hgetall(_key(tenant))
             if fields:  # a grant raced the pruning: keep the tenant indexed
                 await self._store.sadd(GRANT_INDEX, tenant)
                 self._collect(tenant, fields, now, snapshot)
+        self._note_ended(snapshot, now)
         return snapshot
+
+    def _note_ended(self, new: Snapshot, now: float) -> None:
+        current = self._snapshot.value
+        self._ended = {i: e for i, e in self._ended.items() if e[1] > now}
+        if current is None:
+            return
+        live = {g.id for grants in new.values() for g in grants}
+        for grants in current.values():
+            for grant in grants:
+                if grant.id not in live and grant.expires_at > now:
+                    self._ended[grant.id] = (grant.tenant, grant.expires_at)
+
+    async def restore(self) -> tuple[int, int]:
+        """Write the grants held in memory back to a store that was reset (App. C): each one
+        unless the store has it, with the grants that ended here tombstoned so another
+        instance's older copy cannot revive them. Returns (held, written); ``StoreUnavailable``."""
+        snapshot = self._snapshot.value
+        if snapshot is None or not self._snapshot.loaded:
+            return 0, 0
+        now = self._clock()
+        by_tenant: dict[str, dict[str, bytes]] = {}
+        for (tenant, _grantee), grants in snapshot.items():
+            for grant in grants:
+                if grant.expires_at > now and grant.id not in self._ended:
+                    by_tenant.setdefault(tenant, {})[grant.id] = _encode(grant)
+        ended: dict[str, list[str]] = {}
+        for grant_id, (tenant, expires_at) in self._ended.items():
+            if expires_at > now:
+                ended.setdefault(tenant, []).append(grant_id)
+        held = written = 0
+        for tenant in sorted(by_tenant.keys() | ended.keys()):
+            entries = by_tenant.get(tenant, {})
+            held += len(entries)
+            written += await self._store.hash_merge(
+                _key(tenant), entries, ended.get(tenant, ()), tombstone_ttl=MAX_TTL
+            )
+        if by_tenant:
+            await self._store.sadd(GRANT_INDEX, *by_tenant)
+        if by_tenant or ended:
+            await self._store.publish(GRANT_CHANNEL, b"")
+        return held, written
 
     @staticmethod
     def _collect(

@@ -206,3 +206,74 @@ async def test_ping_describe_and_repr(store: StateStore) -> None:
     assert store.shared is (store.kind == "redis")
     assert "s3cret" not in store.describe()
     assert "s3cret" not in repr(store)
+
+
+# -- merge primitives (store reset write-back, SPEC App. C) -------------------------------------
+async def test_compare_and_set(store: StateStore) -> None:
+    assert await store.compare_and_set("m", None, b"g1") == b"g1"  # absent: written
+    assert await store.compare_and_set("m", None, b"g2") == b"g1"  # present: kept, answered
+    assert await store.compare_and_set("m", b"other", b"g3") == b"g1"
+    assert await store.compare_and_set("m", b"g1", b"g4") == b"g4"
+    assert await store.get("m") == b"g4"
+    assert await store.compare_and_set("absent", b"g1", b"x") is None  # expected a value: no write
+    assert await store.get("absent") is None
+
+
+async def test_set_max_only_raises(store: StateStore) -> None:
+    assert await store.set_max("v", 5) == 5
+    assert await store.set_max("v", 3) == 5  # never lowered: an older writer cannot roll back
+    assert await store.incr("v") == 6
+    assert await store.set_max("v", 9) == 9
+    await store.set("text", b"abc")
+    with pytest.raises(ValueError):
+        await store.set_max("text", 1)
+
+
+async def test_set_keep_later_keeps_the_later_expiry(store: StateStore) -> None:
+    assert await store.set_keep_later("lock", b"long", 60) is True
+    assert await store.set_keep_later("lock", b"short", 0.2) is False  # would shorten it
+    await asyncio.sleep(0.3)
+    assert await store.get("lock") == b"long"
+    await store.set("short", b"a", ttl=0.5)
+    assert await store.set_keep_later("short", b"b", 60) is True  # extends an earlier expiry
+    assert await store.get("short") == b"b"
+    await store.set("forever", b"f")
+    assert await store.set_keep_later("forever", b"g", 60) is False  # no expiry outlives all
+    assert await store.get("forever") == b"f"
+
+
+async def test_hash_merge_adds_absent_and_honours_tombstones(store: StateStore) -> None:
+    await store.hset("h", "a", b"stored")
+    added = await store.hash_merge("h", {"a": b"older", "b": b"new"})
+    assert added == 1
+    assert await store.hgetall("h") == {"a": b"stored", "b": b"new"}  # never overwrites
+    # A writer that knows "b" was deleted removes it and keeps it from being revived.
+    assert await store.hash_merge("h", {}, ["b"]) == 0
+    assert await store.hash_merge("h", {"b": b"stale copy", "c": b"c"}) == 1
+    assert await store.hgetall("h") == {"a": b"stored", "c": b"c"}
+    assert await store.keys("h") == ["h"]  # tombstones live outside the hash's own prefix
+    assert await store.hash_merge("h", {}) == 0
+
+
+async def test_concurrent_writers_lose_no_entry(store: StateStore) -> None:
+    """Two writers merging different views at once: the union survives, the maximum wins, the
+    later expiry wins, and a tombstone beats a stale copy whichever order they land in."""
+    first = {f"s{i}": b"1" for i in range(0, 60)}
+    second = {f"s{i}": b"2" for i in range(30, 90)}
+
+    async def writer(entries: dict[str, bytes], version: int, lock_ttl: float, removed: list[str]) -> None:
+        for _ in range(5):
+            await asyncio.gather(
+                store.hash_merge("switches", entries, removed),
+                store.set_max("version", version),
+                store.set_keep_later("lock", b"%d" % version, lock_ttl),
+            )
+
+    await asyncio.gather(
+        writer(first, 7, 60, []),
+        writer(second, 9, 30, ["s1"]),  # the second writer knows s1 was deleted
+    )
+    merged = await store.hgetall("switches")
+    assert set(merged) == {f"s{i}" for i in range(0, 90)} - {"s1"}
+    assert await store.get("version") == b"9"
+    assert await store.get("lock") == b"7"  # the 60 s lockout outlives the 30 s one

@@ -170,3 +170,30 @@ async def test_watchers_see_every_new_value_and_cannot_break_the_refresh(store: 
         assert (seen[0], seen[-1], snap.value) == (b"v1", b"local", b"local")
     finally:
         await snap.stop()
+
+
+async def test_a_load_overlapping_a_local_write_does_not_roll_it_back(store: StateStore) -> None:
+    """A load that read the store before a local write (``replace``) must not overwrite that
+    write when it finishes: a store reset right then would lose it for good (App. C)."""
+    await store.set("switches", b"old")
+    release = asyncio.Event()
+    slow = False
+
+    async def load() -> bytes:
+        value = await store.get("switches") or b"none"
+        if slow:
+            await release.wait()  # read, then held: the local write lands meanwhile
+        return value
+
+    snap = SyncedSnapshot(store, "switches", load, resync=60)
+    assert await snap.reload() is True and snap.value == b"old"
+    slow = True
+    pending = asyncio.create_task(snap.reload())
+    await asyncio.sleep(0.05)
+    await store.set("switches", b"new")
+    snap.replace(b"new")
+    release.set()
+    assert await pending is True
+    assert snap.value == b"new"
+    slow = False
+    assert await snap.reload() is True and snap.value == b"new"  # the next load sees the write
