@@ -130,6 +130,8 @@ class AccessLogWriter:
         }
         if ctx.outcome is not None:
             line["reason"] = ctx.outcome  # 499: "client-closed" or "drain-timeout" (App. C)
+        if ctx.ratelimit is not None:
+            line["ratelimit"] = ctx.ratelimit  # "limited", or "shadow" (App. C: shadow limits)
         if target is not None and target.query:
             line["query"] = self._redactor.redact_query(target.query)
         # The caches are probed inline (every authenticated request); a call only on a miss.

@@ -86,6 +86,7 @@ class RequestContext:
     status: int = 0
     outcome: str | None = None  # why the request ended unanswered (the access line's "reason")
     refusal: str | None = None  # the problem type slug when the gateway refused the request
+    ratelimit: str | None = None  # "limited" (a 429) or "shadow" (a shadow rule was over): the access line's
     upstream_url: str | None = None
     claims: VerifiedClaims | None = None  # set by authentication
     user: str | None = None  # set by authentication

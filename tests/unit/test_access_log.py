@@ -42,6 +42,7 @@ def finished_request(request_id: str) -> tuple[dict[object, object], SimpleNames
         user="alice@acme.example",
         tenant="acme",
         outcome=None,
+        ratelimit=None,
         refusal=None,
         request=SimpleNamespace(method="GET"),
     )
