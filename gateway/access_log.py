@@ -127,6 +127,7 @@ class AccessLogWriter:
             "duration_ms": round(elapsed * 1000, 3),
             "bytes": body_length,
             "client_ip": client_ip,
+            "trace_id": ctx.trace[0],  # App. C: W3C trace id (gateway.tracing.context)
         }
         if ctx.outcome is not None:
             line["reason"] = ctx.outcome  # 499: "client-closed" or "drain-timeout" (App. C)

@@ -40,6 +40,7 @@ from gateway.state import StateStore, open_store
 from gateway.tenancy.grants import SupportGrants
 from gateway.tenancy.keys import ContextKeys
 from gateway.tls import server_ssl_context
+from gateway.tracing import flush_exported_spans
 from gateway.upstream import UpstreamRegistry
 
 log = structlog.get_logger("gateway.server")
@@ -434,6 +435,7 @@ async def serve(config: GatewayConfig, config_path: Path | None, *, workdir: Pat
     finally:
         await process.stop()
         flush_access_logs()  # a forked worker exits through os._exit: no atexit hooks run
+        flush_exported_spans()  # likewise the OTLP spans still batched (App. C)
 
 
 def freeze_long_lived() -> None:
