@@ -170,7 +170,7 @@ class GatewayProcess:
             config.admin.host,
             config.admin.port,
             reuse_port=reuse_port,
-            ssl_context=server_ssl_context(config.admin.tls, self.workdir),
+            ssl_context=server_ssl_context(config.admin.tls, self.workdir, listener="admin"),
         )
         await admin_site.start()
         self._runners.append(admin_runner)
