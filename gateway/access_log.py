@@ -131,9 +131,12 @@ class AccessLogWriter:
             "duration_ms": round(elapsed * 1000, 3),
             "bytes": body_length,
             "client_ip": client_ip,
+            "trace_id": ctx.trace[0],  # App. C: W3C trace id (gateway.tracing.context)
         }
         if ctx.outcome is not None:
             line["reason"] = ctx.outcome  # 499: "client-closed" or "drain-timeout" (App. C)
+        if ctx.ratelimit is not None:
+            line["ratelimit"] = ctx.ratelimit  # "limited", or "shadow" (App. C: shadow limits)
         if target is not None and target.query:
             line["query"] = self._redactor.redact_query(target.query)
         # The caches are probed inline (every authenticated request); a call only on a miss.

@@ -11,13 +11,21 @@ from aiohttp import ClientConnectionResetError, web
 from gateway import log_context
 from gateway.access_audit import audit_access
 from gateway.context import ContextKey, RequestContext, request_id_for
-from gateway.errors import GatewayError, InternalError, RequestTimeout, problem_body, problem_headers
+from gateway.errors import (
+    GatewayError,
+    InternalError,
+    Isolated,
+    RequestTimeout,
+    problem_body,
+    problem_headers,
+)
 from gateway.http1.request import LeanRequest
 from gateway.listener import HSTS, GuardedRequestHandler, identity_headers
 from gateway.metrics import METRICS
 from gateway.pipeline import RESPONSE_CHECKS, run_stages
 from gateway.proxy import proxy_request
 from gateway.runtime import Runtime
+from gateway.tracing.context import continued_trace, new_trace
 
 log = structlog.get_logger("gateway.public")
 
@@ -55,6 +63,8 @@ def note_refusal(error: GatewayError, ctx: RequestContext) -> None:
     """What the access line and the metrics record of every refusal (each one counted)."""
     ctx.status = error.status
     ctx.refusal = error.slug
+    if isinstance(error, Isolated):
+        ctx.killswitch_id = error.switch_id
     METRICS.count_refusal(error.slug)
 
 
@@ -71,7 +81,15 @@ def begin_request(request: web.BaseRequest | LeanRequest, runtime: Runtime) -> R
     # its request id (first: gateway.http1.problem relies on it), the gateway's Server, nosniff
     # and, on TLS, HSTS — neither aiohttp's nor the upstream's version is disclosed.
     own = {"X-Request-ID": request_id, **identity_headers(tls=runtime.tls)}
-    ctx = RequestContext(request, runtime, request_id, client_ip, peer, trusted, response_headers=own)
+    # App. C: a trusted peer's trace is continued; anyone else's traceparent is never read.
+    trace = (
+        continued_trace(headers.getall("traceparent", ()), headers.getall("tracestate", ()))
+        if trusted
+        else new_trace()
+    )
+    ctx = RequestContext(
+        request, runtime, request_id, client_ip, peer, trusted, response_headers=own, trace=trace
+    )
     request[ContextKey] = ctx
     # Every log line of this request carries its id (requests on one keep-alive connection
     # share a task, so the previous request's bindings are cleared first).
@@ -120,6 +138,9 @@ class PublicHandler:
         if _gone(protocol) and response.status != CLIENT_GONE:
             response = self._client_gone(ctx)  # an answer nobody will read: logged as what it was
         METRICS.observe_request(ctx)
+        spans = ctx.runtime.spans
+        if spans is not None:  # App. C: off by default, and then this test is all it costs
+            spans.record(ctx, response.status)
         if ctx.route is not None and ctx.route.audit:
             await audit_access(ctx, response.status)
         return response

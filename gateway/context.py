@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from gateway.routing import CanonicalTarget
     from gateway.runtime import Runtime
     from gateway.tenancy.grants import Grant
+    from gateway.tracing.context import Trace
 
 # SPEC §3: a client-chosen id is kept only when it is short and harmless in a log line.
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._~:-]{1,64}\Z")
@@ -86,6 +87,7 @@ class RequestContext:
     status: int = 0
     outcome: str | None = None  # why the request ended unanswered (the access line's "reason")
     refusal: str | None = None  # the problem type slug when the gateway refused the request
+    ratelimit: str | None = None  # "limited" (a 429) or "shadow" (a shadow rule was over): the access line's
     upstream_url: str | None = None
     claims: VerifiedClaims | None = None  # set by authentication
     user: str | None = None  # set by authentication
@@ -99,6 +101,10 @@ class RequestContext:
     # (gateway.ratelimit.deferred: settled alone whenever that cannot be)
     deferred_pre_auth: DeferredPreAuth | None = None
     downstream: LeanDownstream | None = None  # the lean listener's answer writer (None on aiohttp's)
+    # W3C trace context (gateway.tracing.context: trace id, this span's id, the traceparent and
+    # tracestate sent upstream, the trusted caller's span id); set by begin_request
+    trace: Trace = ("", "", "", None, None)
+    killswitch_id: str | None = None  # the switch that refused this request (span attribute)
 
 
 ContextKey = web.RequestKey("gateway_context", RequestContext)

@@ -102,6 +102,7 @@ class UpstreamUnavailable(GatewayError):
 
 class Isolated(GatewayError):
     status, slug, title = 503, "isolated", "Isolated by an incident response switch"
+    switch_id: str | None = None  # the refusing switch (a span attribute; never sent to clients)
 
 
 class NotReady(GatewayError):

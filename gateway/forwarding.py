@@ -117,8 +117,9 @@ _USUAL_TOKENS = {
 @functools.lru_cache(maxsize=16)  # one entry per runtime's strip_headers
 def _never_forwarded(drop: frozenset[str]) -> frozenset[str]:
     """Every lower-case name a request header is dropped by, whoever the peer: one set lookup
-    per header instead of five. ``expect``: the gateway itself answers 100-continue (App. B)."""
-    return HOP_BY_HOP | OVERRIDE_HEADERS | drop | {"host", "expect"}
+    per header instead of five. ``expect``: the gateway itself answers 100-continue (App. B).
+    ``traceparent`` / ``tracestate``: the proxy sets its own (App. C, gateway.tracing.context)."""
+    return HOP_BY_HOP | OVERRIDE_HEADERS | drop | {"host", "expect", "traceparent", "tracestate"}
 
 
 def upstream_request_headers(

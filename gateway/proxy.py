@@ -103,6 +103,11 @@ async def proxy_request(
         drop=runtime.strip_headers,
     )
     headers["X-Request-ID"] = ctx.request_id
+    # App. C: the trace goes on with the gateway's own span as the upstream's parent.
+    trace = ctx.trace
+    headers["traceparent"] = trace[2]
+    if trace[3] is not None:
+        headers["tracestate"] = trace[3]
     # The identity the upstream acts on comes from the verified token (and a grant), never the
     # client: X-Tenant-ID is the acting tenant, signed with the rest in X-Gateway-Context.
     inject_identity(ctx, headers)

@@ -40,6 +40,7 @@ if TYPE_CHECKING:  # imported lazily: the limiter loads prometheus_client, which
     from gateway.ratelimit.limiter import RateLimitBackend
     from gateway.ratelimit.lockout_memory import LockoutMemory
     from gateway.ratelimit.service import RateLimitRuntime
+    from gateway.tracing.export import SpanRecorder
 
 
 @dataclass
@@ -108,6 +109,7 @@ class Runtime:
     rate_limits: RateLimitRuntime  # compiled policies + lockouts for this config
     strip_headers: frozenset[str]  # SPEC §7: lower-case client headers never forwarded
     tenant_templates: Mapping[str, TenantTemplate]  # route name → compiled tenant_from
+    spans: SpanRecorder | None = None  # App. C: OTLP span export (observability.otlp_endpoint)
 
 
 def build_runtime(
@@ -143,6 +145,7 @@ def build_runtime(
             ((r.name, r.tenant_from) for r in config.routes), case_insensitive=config.routes_case_insensitive
         ),
         rate_limits=_rate_limits(config, process),
+        spans=_span_recorder(config, status, tls),
         services=RuntimeServices(
             audit=process.audit,
             signing=process.signing,
@@ -153,6 +156,25 @@ def build_runtime(
             grants=process.grants,
             context_keys=process.context_keys,
         ),
+    )
+
+
+def _span_recorder(config: GatewayConfig, status: GatewayStatus, tls: bool) -> SpanRecorder | None:
+    """None unless ``observability.otlp_endpoint`` is set: opentelemetry is imported only then."""
+    endpoint = config.observability.otlp_endpoint
+    if endpoint is None:
+        return None
+    from gateway import __version__
+    from gateway.tracing.export import SpanRecorder
+
+    return SpanRecorder(
+        endpoint,
+        redactor=Redactor.from_config(config.logging.redact),
+        pseudonymize=config.logging.pseudonymize,
+        scheme="https" if tls else "http",
+        server_port=config.listen.port,
+        instance=status.instance_id,
+        version=__version__,
     )
 
 

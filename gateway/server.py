@@ -44,6 +44,7 @@ from gateway.state.restore import Restorable, StoreRestorer
 from gateway.tenancy.grants import SupportGrants
 from gateway.tenancy.keys import ContextKeys
 from gateway.tls import server_ssl_context
+from gateway.tracing import flush_exported_spans
 from gateway.upstream import UpstreamRegistry
 
 log = structlog.get_logger("gateway.server")
@@ -214,7 +215,7 @@ class GatewayProcess:
             config.admin.host,
             config.admin.port,
             reuse_port=reuse_port,
-            ssl_context=server_ssl_context(config.admin.tls, self.workdir),
+            ssl_context=server_ssl_context(config.admin.tls, self.workdir, listener="admin"),
         )
         await admin_site.start()
         self._runners.append(admin_runner)
@@ -499,6 +500,7 @@ async def serve(config: GatewayConfig, config_path: Path | None, *, workdir: Pat
     finally:
         await process.stop()
         flush_access_logs()  # a forked worker exits through os._exit: no atexit hooks run
+        flush_exported_spans()  # likewise the OTLP spans still batched (App. C)
 
 
 def freeze_long_lived() -> None:

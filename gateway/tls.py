@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from gateway.config.model import TlsConfig
+from gateway.tls_metrics import record_certificate
 
 # Forward-secret AEAD suites only; they constrain TLS 1.2 (1.3 suites are all AEAD + FS).
 DEFAULT_TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!SHA1:!SHA256:!SHA384"
@@ -54,7 +55,9 @@ def self_signed_certificate(
     return cert_path, key_path
 
 
-def server_ssl_context(config: TlsConfig, workdir: Path | None = None) -> ssl.SSLContext | None:
+def server_ssl_context(
+    config: TlsConfig, workdir: Path | None = None, *, listener: str = "public"
+) -> ssl.SSLContext | None:
     if config.mode == "off":
         return None
     if config.mode == "self-signed":
@@ -72,4 +75,5 @@ def server_ssl_context(config: TlsConfig, workdir: Path | None = None) -> ssl.SS
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
     context.set_alpn_protocols(["http/1.1"])
     context.load_cert_chain(str(cert), str(key))
+    record_certificate(listener, cert)  # its expiry, for the certificate alert
     return context

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Literal
 from gateway.ratelimit.model import RateLimitsConfig
 from gateway.redaction import DEFAULT_MAX_SCAN
 from gateway.tenancy.model import TenancyConfig
+from gateway.tracing.model import ObservabilityConfig
 
 if TYPE_CHECKING:  # a runtime import would be circular (gateway.auth imports this module)
     from gateway.auth.webhooks import IntegrationConfig
@@ -202,6 +203,7 @@ class GatewayConfig:
     killswitch: KillSwitchConfig = field(default_factory=KillSwitchConfig)
     rate_limits: RateLimitsConfig = field(default_factory=RateLimitsConfig)
     tenancy: TenancyConfig = field(default_factory=TenancyConfig)
+    observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
     source: str = "<memory>"
     secret_paths: frozenset[str] = frozenset()
     secret_values: frozenset[str] = field(default=frozenset(), repr=False)

@@ -37,6 +37,7 @@ from gateway.config.reader import Node, Report
 from gateway.ratelimit.schema import build_rate_limits, check_rate_limit_references
 from gateway.redaction import DEFAULT_MAX_SCAN
 from gateway.tenancy.schema import build_tenancy, check_tenancy_routes, route_tenancy_fields
+from gateway.tracing.schema import build_observability
 
 LISTEN_SERVERS = ("lean", "aiohttp")
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -66,6 +67,7 @@ def build_config(data: object, report: Report, source: str) -> GatewayConfig:
         integrations=MappingProxyType(_integrations(root)),
         rate_limits=build_rate_limits(root.child("rate_limits"), HTTP_METHODS),
         tenancy=build_tenancy(root.child("tenancy"), tuple(i.issuer for i in auth.issuers)),
+        observability=build_observability(root.child("observability")),
         source=source,
     )
     root.done()

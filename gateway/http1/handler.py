@@ -98,7 +98,10 @@ class LeanPublicHandler:
         if status == CLIENT_GONE:
             ctx.status, ctx.outcome = CLIENT_GONE, outcome
         METRICS.observe_request(ctx)
-        writer = ctx.runtime.access_log
+        runtime = ctx.runtime
+        if runtime.spans is not None:  # App. C: off by default, and then this test is all it costs
+            runtime.spans.record(ctx, status)
+        writer = runtime.access_log
         if writer.enabled:
             elapsed = time.monotonic() - ctx.started
             writer.write_entry(ctx, status, down.body_length, elapsed)

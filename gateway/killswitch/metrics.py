@@ -23,6 +23,12 @@ class KillSwitchGauges:
         self.active = Gauge(
             "shopino_gateway_killswitch_active", "Switches applied", multiprocess_mode="livemax"
         )
+        self.instances = Gauge(
+            "shopino_gateway_killswitch_instances",
+            "Instances in the heartbeats, by state (enforcing, lagging, silent), as this one sees them",
+            ("state",),
+            multiprocess_mode="livemax",
+        )
 
 
 _gauges: KillSwitchGauges | None = None

@@ -169,9 +169,11 @@ def isolated_error(switch: Switch, now: float) -> Isolated:
     extensions = {"incident": switch.incident} if switch.incident else {}
     # The reason is the operator's own text and may name internals: it is not shown to clients.
     read_only = " (read-only)" if switch.mode == "read-only" else ""
-    return Isolated(
+    error = Isolated(
         f"Isolated by a {switch.scope} kill switch{read_only}", headers=headers, extensions=extensions
     )
+    error.switch_id = switch.id
+    return error
 
 
 __all__ = [

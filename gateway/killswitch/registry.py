@@ -41,6 +41,7 @@ from gateway.errors import StoreUnavailable
 from gateway.killswitch.matcher import SwitchIndex
 from gateway.killswitch.metrics import gauges
 from gateway.killswitch.model import Switch, audit_trails
+from gateway.killswitch.peers import peer_states
 from gateway.killswitch.streams import STREAMS, StreamRegistry
 from gateway.state.base import StateStore
 from gateway.state.generation import StoreGeneration, StoreReset
@@ -57,6 +58,7 @@ _ACK_POLL = 0.01
 _FORGET_AFTER = 3600.0  # heartbeats older than this are removed from the hash
 _TOMBSTONE_TTL = 3600.0  # how long a release is remembered for a store reset's write-back
 _RELEASED_KEPT = 1024
+PEERS_EVERY = 5  # beats between two reads of every peer's heartbeat (the instances gauge)
 
 log = logging.getLogger(__name__)
 
@@ -394,9 +396,17 @@ class KillSwitchRegistry(SnapshotBacked):
                     beats += 1
                     if beats % 60 == 1:
                         await self._forget_dead_instances()
+                    elif beats % PEERS_EVERY == 1:
+                        await self._observe_peers()
             except (StoreUnavailable, TimeoutError):
                 pass
             await asyncio.sleep(HEARTBEAT)
+
+    async def _observe_peers(self) -> None:
+        """The peers' states for Prometheus (gateway.killswitch.peers): one read every few beats."""
+        counts = peer_states(await self._beats(), self._clock(), LIVE_WINDOW)
+        for state, count in counts.items():
+            gauges().instances.labels(state).set(count)
 
     async def _forget_dead_instances(self) -> None:
         now = self._clock()
@@ -406,6 +416,7 @@ class KillSwitchRegistry(SnapshotBacked):
         ]
         if dead:
             await self._store.hdel(INSTANCES_KEY, *dead)
+        await self._observe_peers()
 
 
 def _parse(switch_id: str, raw: bytes) -> Switch | None:

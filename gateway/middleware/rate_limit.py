@@ -63,12 +63,17 @@ def _checks(
 def _apply(ctx: RequestContext, verdict: Verdict | None) -> None:
     if verdict is None:  # on_store_failure: allow while the store is down
         return
+    if verdict.shadow:  # App. C: a shadow rule over its limit is reported, never refuses
+        ctx.ratelimit = "shadow"
     item = verdict.item
+    if item.shadow:  # a stage of shadow items only: they never speak in headers
+        return
     headers = ctx.response_headers
     headers[POLICY_HEADER] = item.policy_header
     if verdict.allowed:
         headers[STATE_HEADER] = state_header(item.policy, verdict.remaining, verdict.reset_in)
         return
+    ctx.ratelimit = "limited"
     state, wait = _refusal_values(item, verdict.remaining, verdict.reset_in)
     headers[STATE_HEADER] = state
     raise RateLimited(
@@ -114,8 +119,12 @@ async def limit_pre_auth(ctx: RequestContext) -> web.StreamResponse | None:
 
 
 def _refuse_pre_auth(ctx: RequestContext, verdict: Verdict | None) -> None:
-    if verdict is not None and not verdict.allowed:
+    if verdict is None:
+        return
+    if not verdict.allowed:
         _apply(ctx, verdict)  # raises; an allowed pre_auth item adds no headers of its own
+    elif verdict.shadow:
+        ctx.ratelimit = "shadow"
 
 
 async def limit_route(ctx: RequestContext) -> web.StreamResponse | None:
@@ -147,7 +156,10 @@ async def limit_route(ctx: RequestContext) -> web.StreamResponse | None:
     ctx.login_subjects = subjects
     verdict, locked = await asyncio.gather(limited, rl.lockouts.locked_for(subjects))
     if locked is not None:
-        if verdict is not None:  # SPEC §8: every response of a route with a policy carries them
+        if verdict is not None and verdict.shadow:
+            ctx.ratelimit = "shadow"
+        # SPEC §8: every response of a route with a policy carries them (not a shadow item's)
+        if verdict is not None and not verdict.item.shadow:
             ctx.response_headers[POLICY_HEADER] = verdict.item.policy_header
             ctx.response_headers[STATE_HEADER] = state_header(
                 verdict.item.policy, verdict.remaining, verdict.reset_in

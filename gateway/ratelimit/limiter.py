@@ -36,7 +36,7 @@ from redis.exceptions import RedisError
 
 from gateway.errors import StoreUnavailable
 from gateway.ratelimit.keys import ValueHasher, derive_hash_key
-from gateway.ratelimit.metrics import DECISIONS, STORE_FAILURES, STORE_UP
+from gateway.ratelimit.metrics import DECISIONS, SHADOW_REFUSALS, STORE_FAILURES, STORE_UP
 from gateway.ratelimit.pipelined import PIPELINED, PipelinedHits, ScriptsMissing
 from gateway.ratelimit.policies import CompiledLimits, LimitItem
 from gateway.ratelimit.resp import RespClient, RespError
@@ -61,6 +61,7 @@ class Verdict:
     remaining: int
     reset_in: float  # seconds until the binding item frees capacity
     source: str  # "shared" or "local"
+    shadow: bool = False  # a shadow item was over its limit (reported, never refusing)
 
 
 def _redis_pool(target: RedisTarget) -> tuple[ConnectionPool, list[Any]]:
@@ -95,6 +96,21 @@ def _strictest(checks: Sequence[tuple[LimitItem, str]]) -> int:
         if candidate < strictness:
             best, strictness = index, candidate
     return best
+
+
+def _judge(checks: Sequence[tuple[LimitItem, str]], decisions: Sequence[bool]) -> tuple[bool, bool]:
+    """(the stage admits: no enforced item refused, a shadow item was over its limit). Called
+    only when some item was over; each shadow policy over its limit is counted once."""
+    allowed, shadow_policies = True, set()
+    for (item, _), ok in zip(checks, decisions, strict=False):
+        if not ok:
+            if item.shadow:
+                shadow_policies.add(item.policy)
+            else:
+                allowed = False
+    for policy in shadow_policies:
+        SHADOW_REFUSALS.labels(policy).inc()
+    return allowed, bool(shadow_policies)
 
 
 class CircuitBreaker:
@@ -223,7 +239,7 @@ class RateLimitBackend:
         return None
 
     def _remember_full(self, item: LimitItem, value: str, reset_in: float) -> None:
-        if item.strategy not in EXACT_RESET or reset_in <= 0:
+        if item.strategy not in EXACT_RESET or reset_in <= 0 or item.shadow:
             return
         if len(self._full_until) >= DENY_CACHE_LIMIT:
             now = time.monotonic()
@@ -259,8 +275,12 @@ class RateLimitBackend:
     ) -> Verdict:
         """The whole stage in one store call; the same verdicts as ``_run`` on the shared store."""
         static = _strictest(checks)
-        decisions, binding, stats = await fast.run(checks, static if state else None, timeout)
-        return self._fast_verdict(checks, stage, static, all(decisions), binding, stats)
+        wanted = static if state and not checks[static][0].shadow else None  # shadow: no headers
+        decisions, binding, stats = await fast.run(checks, wanted, timeout)
+        if all(decisions):  # the common case, inline: every item admitted
+            return self._fast_verdict(checks, stage, static, True, binding, stats)
+        allowed, shadow = _judge(checks, decisions)
+        return self._fast_verdict(checks, stage, static, allowed, binding, stats, shadow)
 
     def _fast_verdict(
         self,
@@ -270,16 +290,19 @@ class RateLimitBackend:
         allowed: bool,
         binding: int | None,
         stats: WindowStats | None,
+        shadow: bool = False,
     ) -> Verdict:
         """One stage's verdict from the stage script's reply (``binding`` indexes ``checks``)."""
         self._count(stage, "ok" if allowed else "limited")
+        if shadow:
+            self._count(stage, "shadow_refused")
         if binding is None or stats is None:  # admitted, and no window state asked for
-            return Verdict(True, checks[static][0], -1, 0.0, "shared")
+            return Verdict(True, checks[static][0], -1, 0.0, "shared", shadow)
         item, value = checks[binding]
         reset_in = stats.reset_time - time.time()
         if not allowed:
             self._remember_full(item, value, reset_in)
-        return Verdict(allowed, item, stats.remaining, reset_in, "shared")
+        return Verdict(allowed, item, stats.remaining, reset_in, "shared", shadow)
 
     def refused_from_memory(self, checks: Sequence[tuple[LimitItem, str]], stage: str) -> Verdict | None:
         """The verdict of a bucket known to be full (counted as ``limited``), else None: a flood
@@ -327,19 +350,29 @@ class RateLimitBackend:
         assert fast is not None
         split = len(first)
         static = _strictest(second)
+        wanted = None if second[static][0].shadow else static  # shadow items never speak in headers
         try:
             decisions, binding, stats = await fast.run(
-                [*first, *second], split + static, settings.store_timeout, barrier=split
+                [*first, *second],
+                None if wanted is None else split + wanted,
+                settings.store_timeout,
+                barrier=split,
             )
         except STORE_ERRORS as error:
             self._store_failed(error)
             return await self._in_turn(first, second, settings)  # the failure mode, stage by stage
         if len(decisions) == split:  # the barrier held: the first stage refused
-            return self._fast_verdict(first, "pre_auth", 0, False, binding, stats), None
-        before = self._fast_verdict(first, "pre_auth", _strictest(first), True, None, None)
+            _, shadow_first = _judge(first, decisions)
+            return self._fast_verdict(first, "pre_auth", 0, False, binding, stats, shadow_first), None
+        if all(decisions):  # the common case, no slicing: every item of both stages admitted
+            shadow_first, allowed, shadow = False, True, False
+        else:
+            shadow_first = _judge(first, decisions[:split])[1]
+            allowed, shadow = _judge(second, decisions[split:])
+        before = self._fast_verdict(first, "pre_auth", _strictest(first), True, None, None, shadow_first)
         if binding is not None:
             binding -= split
-        after = self._fast_verdict(second, "route", static, all(decisions), binding, stats)
+        after = self._fast_verdict(second, "route", static, allowed, binding, stats, shadow)
         return before, after
 
     async def _in_turn(
@@ -364,8 +397,10 @@ class RateLimitBackend:
         # The most restrictive item: the smallest quota (App. B shows `q=50;w=1` for
         # "50/second;2000/minute"), the longer window on a tie. Static, so no extra reads.
         static = _strictest(checks)
+        state = state and not checks[static][0].shadow  # shadow items never speak in headers
         results, stats = await self._hit(strategies, checks, static if state else None)
-        refused = [i for i, ok in enumerate(results) if not ok]
+        shadow = False if all(results) else _judge(checks, results)[1]
+        refused = [i for i, ok in enumerate(results) if not ok and not checks[i][0].shadow]
         binding = refused[0] if refused else None
         allowed = binding is None
         if len(refused) > 1:
@@ -374,12 +409,14 @@ class RateLimitBackend:
             states = await asyncio.gather(*(self._state(strategies, *checks[i]) for i in refused))
             binding, stats = max(zip(refused, states, strict=True), key=lambda pair: pair[1].reset_time)
         counted = source == "shared" or self.shared is None  # fallback decisions were counted already
+        if shadow:
+            self._count(stage, "shadow_refused")
         if binding is None:
             binding = static
             if not state:
                 if counted:
                     self._count(stage, "ok")
-                return Verdict(True, checks[binding][0], -1, 0.0, source)
+                return Verdict(True, checks[binding][0], -1, 0.0, source, shadow)
         elif binding != static and len(refused) == 1:
             stats = None  # the refusing item's state is the one to report
         item, value = checks[binding]
@@ -390,7 +427,7 @@ class RateLimitBackend:
         reset_in = stats.reset_time - time.time()
         if not allowed and counted:  # fallback counts are not the truth: never remembered
             self._remember_full(item, value, reset_in)
-        return Verdict(allowed, item, stats.remaining, reset_in, source)
+        return Verdict(allowed, item, stats.remaining, reset_in, source, shadow)
 
     async def _hit(
         self,

@@ -7,8 +7,13 @@ from prometheus_client import Counter, Gauge
 
 DECISIONS = Counter(
     "shopino_gateway_ratelimit_decisions",
-    "Rate-limit decisions, by stage and result (ok, limited, fallback, unchecked, refused)",
+    "Rate-limit decisions, by stage and result (ok, limited, fallback, unchecked, refused, shadow_refused)",
     ("stage", "result"),
+)
+SHADOW_REFUSALS = Counter(
+    "shopino_gateway_ratelimit_shadow_refusals",
+    "Requests a mode: shadow rule would have refused, by policy (pre_auth for the pre_auth rules)",
+    ("policy",),
 )
 STORE_UP = Gauge(
     "shopino_gateway_ratelimit_store_up",

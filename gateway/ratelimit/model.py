@@ -10,17 +10,21 @@ from typing import Literal
 
 StoreFailureMode = Literal["local", "allow", "deny"]
 STRATEGIES = ("moving-window", "sliding-window-counter", "fixed-window")
+RuleMode = Literal["enforce", "shadow"]
+RULE_MODES = ("enforce", "shadow")
 
 
 @dataclass(frozen=True)
 class RateLimitRule:
-    """One ``{key, limit, methods?, cost?, strategy?}`` entry; ``limit`` may hold several items."""
+    """One ``{key, limit, methods?, cost?, strategy?, mode?}`` entry; ``limit`` may hold several
+    items. A ``shadow`` rule is counted like an enforced one but only reported, never refuses."""
 
     key: str  # ip | user | tenant | route | header:NAME | body:FIELD
     limit: str  # the limits notation, e.g. "5/minute;100/hour" (validated at load)
     methods: frozenset[str] | None = None
     cost: int = 1
     strategy: str = "moving-window"
+    mode: RuleMode = "enforce"
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from gateway.ratelimit.model import LoginProtectionConfig, RateLimitRule, StoreF
 from gateway.ratelimit.script_args import bulk_strings, item_args
 
 PRE_AUTH_POLICY = "pre_auth"
+SHADOW_STRICTNESS = 1 << 62  # above any quota
 _STRATEGY_TAGS = {"moving-window": "mw", "sliding-window-counter": "swc", "fixed-window": "fw"}
 
 
@@ -47,6 +48,9 @@ class LimitItem:
     # split once here so the stage script's keys cost one concatenation per request.
     key_head: str = ""
     key_tail: str = ""
+    # ``mode: shadow``: counted exactly like an enforced item (same keys), reported when over,
+    # never the reason for a refusal nor the source of RateLimit headers
+    shadow: bool = False
 
     def applies(self, method: str) -> bool:
         return self.methods is None or method in self.methods
@@ -78,12 +82,15 @@ def _rule_id(scope: str, index: int, rule: RateLimitRule) -> str:
 
 
 def compile_rule(scope: str, policy: str, index: int, rule: RateLimitRule) -> list[LimitItem]:
+    # The mode is not part of the rule id: turning a watched shadow rule into an enforced one
+    # keeps its counts (the same buckets).
     prefix = f"{_STRATEGY_TAGS[rule.strategy]}.{_rule_id(scope, index, rule)}"
     key = KeySpec.parse(rule.key)
+    shadow = rule.mode == "shadow"
     items = []
     for parsed in parse_many(rule.limit):
         window = int(parsed.get_expiry())
-        store_args = item_args(rule.strategy, parsed.amount, window, rule.cost)
+        store_args = item_args(rule.strategy, parsed.amount, window, rule.cost, shadow)
         items.append(
             LimitItem(
                 policy=policy,
@@ -95,12 +102,14 @@ def compile_rule(scope: str, policy: str, index: int, rule: RateLimitRule) -> li
                 prefix=prefix,
                 quota=parsed.amount,
                 window=window,
-                strictness=(parsed.amount, -window),
+                # A shadow item is never the stage's strictest while an enforced one is there.
+                strictness=(SHADOW_STRICTNESS, 0) if shadow else (parsed.amount, -window),
                 policy_header=policy_header(policy, parsed.amount, window),
                 store_args=store_args,
                 store_resp=bulk_strings(store_args),
                 key_head=f"{parsed.namespace}/{prefix}/",
                 key_tail=f"/{parsed.amount}/{parsed.multiples}/{parsed.GRANULARITY.name}",
+                shadow=shadow,
             )
         )
     return items

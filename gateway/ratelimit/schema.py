@@ -14,6 +14,7 @@ from limits import parse_many
 
 from gateway.config.reader import Node
 from gateway.ratelimit.model import (
+    RULE_MODES,
     STRATEGIES,
     LoginProtectionConfig,
     RateLimitRule,
@@ -72,6 +73,7 @@ def _rule(raw: Any, path: str, node: Node, *, pre_auth: bool, methods: frozenset
         methods=chosen,
         cost=rule.integer("cost", 1, minimum=1, maximum=1_000_000),
         strategy=rule.string("strategy", "moving-window", choices=STRATEGIES),
+        mode=rule.string("mode", "enforce", choices=RULE_MODES),
     )
     rule.done()
     return result

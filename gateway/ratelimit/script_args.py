@@ -16,11 +16,15 @@ def bulk_strings(args: tuple[str, ...]) -> bytes:
     return framed
 
 
-def item_args(strategy: str, quota: int, window: int, cost: int) -> tuple[str, ...]:
+def item_args(strategy: str, quota: int, window: int, cost: int, shadow: bool = False) -> tuple[str, ...]:
     """kind, limit, expiry, amount, ``limit - amount`` (the LINDEX limits' acquire reads) and
     ``limit - 1`` (the LTRIM end), as strings: Redis formats a Lua number argument with sprintf
-    (``%.14g``), which was a large share of the script's CPU. Empty for other strategies."""
+    (``%.14g``), which was a large share of the script's CPU. Empty for other strategies.
+    A shadow item's kind is upper-case (``M``/``F``): counted the same, it never refuses the
+    stage (no extra argument per item for Redis to build)."""
     kind = KINDS.get(strategy)
     if kind is None:
         return ()
+    if shadow:
+        kind = kind.upper()
     return (kind, str(quota), str(window), str(cost), str(quota - cost), str(quota - 1))

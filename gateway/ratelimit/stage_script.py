@@ -46,8 +46,9 @@ HEAD = 16  # list entries one LRANGE reads for the window state's first probes
 STAGE_SCRIPT = """
 -- ARGV: the time; the wanted item (0: none); the deadline; the barrier (items 1..barrier are a
 -- stage of their own, decided first; 0: none); then per item script_args.item_args' six
--- strings. Arguments reach redis.call as strings where they can: Redis formats a Lua number
--- argument with sprintf on every call (the timestamp stays a number).
+-- strings (kind m/f; M/F: a shadow item, counted alike but never refusing). Arguments reach
+-- redis.call as strings where they can: Redis formats a Lua number argument with sprintf on
+-- every call (the timestamp stays a number).
 local now = tonumber(ARGV[1])
 local wanted = tonumber(ARGV[2])
 local barrier = tonumber(ARGV[4])
@@ -105,7 +106,8 @@ local function state(i)
     local b = 4 + (i - 1) * 6
     local key = KEYS[i]
     local limit, expiry = tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3])
-    if ARGV[b + 1] == 'f' then
+    local kind = ARGV[b + 1]
+    if kind == 'f' or kind == 'F' then
         local current = tonumber(call('get', key)) or 0
         local pttl = call('pttl', key)
         if pttl < 0 then
@@ -153,8 +155,9 @@ for i = 1, #KEYS do
         break
     end
     local b = 4 + (i - 1) * 6
+    local kind = ARGV[b + 1]
     local ok
-    if ARGV[b + 1] == 'm' then
+    if kind == 'm' or kind == 'M' then
         ok = acquire(KEYS[i], b)
     else
         ok = incr(KEYS[i], b)
@@ -163,7 +166,10 @@ for i = 1, #KEYS do
         decisions[i] = 1
     else
         decisions[i] = 0
-        refused[#refused + 1] = i
+        -- a shadow item (upper-case kind) over its limit is reported, never refuses the stage
+        if kind == 'm' or kind == 'f' then
+            refused[#refused + 1] = i
+        end
     end
 end
 

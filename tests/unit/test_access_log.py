@@ -42,6 +42,8 @@ def finished_request(request_id: str) -> tuple[dict[object, object], SimpleNames
         user="alice@acme.example",
         tenant="acme",
         outcome=None,
+        ratelimit=None,
+        trace=("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7", "", None, None),
         refusal=None,
         request=SimpleNamespace(method="GET"),
     )

@@ -42,6 +42,7 @@ SPEC_TOP_LEVEL_KEYS = frozenset(
         "integrations",
         "logging",
         "audit",
+        "observability",  # App. C: observability.otlp_endpoint
     }
 )
 MASK = "********"

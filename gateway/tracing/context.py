@@ -1,0 +1,109 @@
+"""W3C Trace Context (``traceparent`` / ``tracestate``) for every request (SPEC Appendix C).
+
+A trusted peer's (``trusted_proxies``) valid ``traceparent`` is continued: its trace id and
+flags are kept, its parent id becomes this span's parent, and its ``tracestate`` is passed on.
+Anything else — an untrusted peer, a missing, repeated or invalid header — starts a new trace.
+Either way the upstream gets ``00-<trace id>-<the gateway's own span id>-<flags>``.
+
+On the hot path of every request: new traces come ready-made, 256 at a time, from one
+``os.urandom`` call formatted in one comprehension (ids and the header value), so a request
+pays one ``list.pop``. The ids are not secrets; urandom is simply the cheapest batch source.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+
+# (trace id, span id, the traceparent sent upstream, tracestate sent upstream or None,
+# the trusted caller's span id (this span's parent) or None). A plain tuple: built 256 at a
+# time in a comprehension and read by index on the hot path (access line, proxy).
+Trace = tuple[str, str, str, str | None, str | None]
+TRACE_ID, SPAN_ID, TRACEPARENT, TRACESTATE, PARENT_ID = range(5)
+
+# W3C Trace Context level 1, version 00 only: exactly 55 characters, lower-case hex fields.
+_TRACEPARENT_RE = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})\Z")
+_ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
+# tracestate: at most 32 list members; the spec asks to pass on at least 512 characters, and a
+# longer value is dropped whole rather than cut mid-entry.
+TRACESTATE_MAX_MEMBERS, TRACESTATE_MAX_CHARS = 32, 512
+_TRACESTATE_MEMBER_RE = re.compile(
+    r"[a-z0-9][a-z0-9_*/-]{0,255}(?:@[a-z][a-z0-9_*/-]{0,13})?"  # key, or tenant@system
+    r"=[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]\Z"  # value: no ',' '='
+)
+NEW_FLAGS = "01"  # a trace started here is sampled: its id is in the access line (and the span)
+_BATCH = 256
+
+
+class _TracePool:
+    """New traces made 256 at a time; emptied in a forked child so workers never share ids."""
+
+    __slots__ = ("traces",)
+
+    def __init__(self) -> None:
+        self.traces: list[Trace] = []
+
+    def reset(self) -> None:
+        self.traces = []
+
+    def refill(self) -> list[Trace]:
+        h = os.urandom(24 * _BATCH).hex()
+        # An all-zero trace or span id is invalid. Sixteen zero digits anywhere in the batch
+        # (about 2^-52 likely) throw it away whole: one substring search, not a test per id.
+        while _ZERO_SPAN in h:  # pragma: no cover
+            h = os.urandom(24 * _BATCH).hex()
+        self.traces = traces = [
+            (t, s, f"00-{t}-{s}-{NEW_FLAGS}", None, None)
+            for i in range(0, 48 * _BATCH, 48)
+            for t, s in ((h[i : i + 32], h[i + 32 : i + 48]),)
+        ]
+        return traces
+
+
+_POOL = _TracePool()
+os.register_at_fork(after_in_child=_POOL.reset)
+
+
+def new_trace() -> Trace:
+    """A new trace with a new span: one pop on the hot path."""
+    return (_POOL.traces or _POOL.refill()).pop()
+
+
+def parse_traceparent(value: str) -> tuple[str, str, str] | None:
+    """(trace id, parent id, flags) of a valid version-00 ``traceparent``, else None: another
+    version, upper-case hex, wrong lengths, surrounding text or an all-zero id are invalid."""
+    match = _TRACEPARENT_RE.match(value)
+    if match is None:
+        return None
+    trace_id, parent_id, flags = match.groups()
+    if trace_id == _ZERO_TRACE or parent_id == _ZERO_SPAN:
+        return None
+    return trace_id, parent_id, flags
+
+
+def clean_tracestate(values: Sequence[str]) -> str | None:
+    """Several ``tracestate`` headers combined (RFC 9110 list); None when empty or invalid."""
+    combined = ",".join(values)
+    if not combined or len(combined) > TRACESTATE_MAX_CHARS:
+        return None
+    members = [m.strip(" \t") for m in combined.split(",")]
+    members = [m for m in members if m]
+    if not members or len(members) > TRACESTATE_MAX_MEMBERS:
+        return None
+    for member in members:
+        if _TRACESTATE_MEMBER_RE.match(member) is None:
+            return None
+    return ",".join(members)
+
+
+def continued_trace(traceparents: Sequence[str], tracestates: Sequence[str]) -> Trace:
+    """The trace of a request from a trusted peer: continued when it sent exactly one valid
+    ``traceparent``, else new (and its ``tracestate`` dropped with it)."""
+    # SECURITY: two traceparent headers are ambiguous (W3C: treat as invalid), never merged.
+    parsed = parse_traceparent(traceparents[0]) if len(traceparents) == 1 else None
+    if parsed is None:
+        return new_trace()
+    trace_id, parent_id, flags = parsed
+    span_id = new_trace()[SPAN_ID]
+    return (trace_id, span_id, f"00-{trace_id}-{span_id}-{flags}", clean_tracestate(tracestates), parent_id)
