@@ -117,6 +117,16 @@ class KillSwitchRegistry(SnapshotBacked):
         since = self._generation.begin() if self._generation is not None else 0
         raw_version = await self._store.get(VERSION_KEY)  # version first: see module docstring
         version = int(raw_version) if raw_version else 0
+        current = self.index
+        if current is not None and version == current.version and not self._expiry_due(current):
+            # The resync of an unchanged set reads one key, not the whole hash: every change to
+            # the hash is followed by a version bump (module docstring), and a switch that ran
+            # out of time is tidied by the full path below. 1,000 switches made every resync
+            # read and compare 1,000 records (the scale bench's 1.19x under callgrind).
+            if self._generation is not None:
+                await self._generation.verify(since)
+            self._applied_load = max(self._applied_load, started)
+            return current
         records = await self._store.hgetall(SWITCHES_KEY)
         if self._generation is not None:
             await self._generation.verify(since)  # after reading: not a reset store's records
@@ -150,6 +160,10 @@ class KillSwitchRegistry(SnapshotBacked):
             if await self._store.hdel(SWITCHES_KEY, switch.id):
                 await self._audit_expiry(switch)
         return await self._apply(SwitchIndex(switches, version), started)
+
+    def _expiry_due(self, index: SwitchIndex) -> bool:
+        due = index.next_expiry()
+        return due is not None and due <= self._clock()
 
     def _check_not_reset(self, version: int) -> None:
         """SECURITY (App. C): a set version below the one enforced here means the store was

@@ -221,3 +221,21 @@ async def test_instance_states_are_enforcing_lagging_or_silent(
     assert by_id["behind"]["state"] == "lagging" and by_id["behind"]["store"] == "stale"
     # Three missed heartbeats: silent, even though it had applied the newest set.
     assert by_id["gone"]["state"] == "silent" and by_id["gone"]["heartbeat_age_s"] >= 3.5
+
+
+async def test_a_resync_at_an_unchanged_version_reads_only_the_version(
+    store: StateStore, registry: KillSwitchRegistry
+) -> None:
+    """Every change to the set bumps its version after writing the hash, so a resync that finds
+    the version it already enforces keeps its index (1,000 switches are not re-read every few
+    seconds); a record slipped into the hash without a bump waits for the next version."""
+    engaged = await registry.engage(spec(), ttl=None, actor=None)
+    index = registry.index
+    planted = engaged.to_record() | {"id": "ks_planted", "target": "payroll"}
+    await store.hset(SWITCHES_KEY, "ks_planted", orjson.dumps(planted))
+    await registry.reload()
+    assert registry.index is index  # not rebuilt, nothing re-read
+    await store.incr(VERSION_KEY)
+    await registry.reload()
+    assert registry.index is not index
+    assert sorted(s.id for s in registry.index.switches) == sorted([engaged.id, "ks_planted"])
