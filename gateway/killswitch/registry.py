@@ -261,7 +261,10 @@ class KillSwitchRegistry(SnapshotBacked):
                 cut,
             )
         with contextlib.suppress(StoreUnavailable):
-            await self._beat()
+            # The store has just answered (a load, or this instance's own write): not stale,
+            # whatever the snapshot's flag says before its load returns (a fresh instance's
+            # first beat said "stale" for a second).
+            await self._beat(stale=False)
         return index
 
     # -- writing ------------------------------------------------------------------------------
@@ -393,10 +396,11 @@ class KillSwitchRegistry(SnapshotBacked):
             await asyncio.sleep(_ACK_POLL)
 
     # -- heartbeats ---------------------------------------------------------------------------
-    async def _beat(self) -> None:
+    async def _beat(self, stale: bool | None = None) -> None:
         if self.index is None:
             return  # nothing applied yet: not an instance that enforces anything
-        beat = {"version": self.index.version, "at": self._clock(), "stale": not self.healthy}
+        stale = not self.healthy if stale is None else stale
+        beat = {"version": self.index.version, "at": self._clock(), "stale": stale}
         await self._store.hset(INSTANCES_KEY, self.instance_id, orjson.dumps(beat))
 
     async def _heartbeat_loop(self) -> None:
