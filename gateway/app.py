@@ -121,7 +121,7 @@ class PublicHandler:
             response = self._client_gone(ctx)  # an answer nobody will read: logged as what it was
         METRICS.observe_request(ctx)
         if ctx.route is not None and ctx.route.audit:
-            await audit_access(ctx, response.status)
+            audit_access(ctx, response.status)
         return response
 
     @staticmethod

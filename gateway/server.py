@@ -62,7 +62,12 @@ class GatewayProcess:
         self.store: StateStore = open_store(config.state.url)
         self.status = GatewayStatus(instance_id=self.instance_id, store_description=self.store.describe())
         self.registry = UpstreamRegistry()
-        self.audit = AuditTrail(self.store, spool_dir=Path(config.audit.spool_dir))
+        self.audit = AuditTrail(
+            self.store,
+            spool_dir=Path(config.audit.spool_dir),
+            queue_size=config.audit.queue_size,
+            write_timeout=config.audit.write_timeout,
+        )
         # SPEC §6: outside the demo a missing master key is a start-up error (KeyringError).
         keyring = Keyring.from_env(os.environ, demo=demo)
         self.services = ProcessServices(
@@ -385,6 +390,7 @@ class GatewayProcess:
             except StoreUnavailable:
                 pass
             METRICS.audit_spooled.set(self.audit.spooled_count)
+            METRICS.audit_queued.set(self.audit.queued_count)
             await asyncio.sleep(STORE_PROBE_INTERVAL)
 
     async def stop(self) -> None:
@@ -405,8 +411,11 @@ class GatewayProcess:
         await self.services.killswitches.stop()
         await self.services.grants.stop()
         await self.services.ratelimit.close()
-        with contextlib.suppress(StoreUnavailable):
-            await self.audit.replay_spool()  # a last chance before the spool waits for next start
+        with contextlib.suppress(StoreUnavailable, TimeoutError):
+            # A last chance for queued and spooled records; close() spools whatever is left.
+            async with asyncio.timeout(2 * self._runtime.config.audit.write_timeout):
+                await self.audit.flush()
+                await self.audit.replay_spool()
         self.audit.close()
         await self.store.close()
         log.info("gateway_stopped", instance=self.instance_id)
