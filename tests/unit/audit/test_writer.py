@@ -1,0 +1,185 @@
+"""The audit write queue (``gateway.audit.writer``): records leave the request at once, are
+never dropped, keep each tenant's order, and land exactly once even when a spill overtakes an
+append in flight."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.audit import AuditTrail
+from gateway.errors import StoreUnavailable
+from gateway.state import StateStore, open_store
+from gateway.state.bounded import BoundedStore
+from tests.support.redis_server import RedisServer
+from tests.unit.audit.conftest import stored_records
+
+TENANTS = ("acme", "globex", "initech")
+
+
+async def until(check: Any, timeout: float = 20.0) -> None:
+    """Poll ``check()`` (sync or async) until it is true; fail at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        assert time.monotonic() < deadline, "condition not met before the deadline"
+        await asyncio.sleep(0.02)
+
+
+class GatedStore:
+    """A real store whose ``gated`` method waits for ``gate`` before it runs for real: an
+    append (or lease) in flight for as long as the test wants."""
+
+    def __init__(self, inner: StateStore, gated: str) -> None:
+        self._inner, self._gated = inner, gated
+        self.gate = asyncio.Event()
+        self.waiting = asyncio.Event()
+        self.armed = True
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._inner, name)
+        if name != self._gated:
+            return attr
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            if self.armed:
+                self.armed = False
+                self.waiting.set()
+                await self.gate.wait()
+            return await attr(*args, **kwargs)
+
+        return call
+
+
+async def exactly_once(store: StateStore, trail: AuditTrail, tenant: str, expected: list[str]) -> None:
+    events = [r["details"]["n"] for r in await stored_records(store, tenant)]
+    assert sorted(events) == sorted(expected)  # every record, none twice
+    assert len(events) == len(set(events))
+    result = await trail.verify(tenant)
+    assert result.ok, result.problem
+
+
+async def test_submit_queues_and_the_writer_appends_in_each_tenants_order(
+    store: StateStore, tmp_path: Path
+) -> None:
+    trail = AuditTrail(store, spool_dir=tmp_path / "spool")
+    sent: dict[str, list[str]] = {t: [] for t in TENANTS}
+    for i in range(300):  # more than one batch, tenants interleaved
+        tenant = TENANTS[i % 3 if i % 7 else 0]
+        trail.submit("data.accessed", tenants=[tenant], actor="u", details={"n": f"{tenant}-{i}"})
+        sent[tenant].append(f"{tenant}-{i}")
+    assert trail.queued_count > 0  # nothing was awaited: the records wait in the queue
+    await trail.flush()
+    assert trail.queued_count == 0 and trail.spooled_count == 0
+    for tenant in TENANTS:
+        assert [r["details"]["n"] for r in await stored_records(store, tenant)] == sent[tenant]
+        assert (await trail.verify(tenant)).ok
+    trail.close()
+
+
+async def test_full_queue_spills_in_order_and_nothing_is_lost(store: StateStore, tmp_path: Path) -> None:
+    trail = AuditTrail(store, spool_dir=tmp_path / "spool", queue_size=5, retry_interval=0)
+    names = [f"r{i}" for i in range(40)]
+    for name in names:  # no await between: the writer cannot drain, the queue overflows
+        trail.submit("data.accessed", tenants=["acme"], actor="u", details={"n": name})
+    assert trail.spooled_count > 0
+    await until(lambda: trail.spooled_count == 0 and trail.queued_count == 0)
+    assert [r["details"]["n"] for r in await stored_records(store, "acme")] == names
+    assert (await trail.verify("acme")).ok
+    trail.close()
+
+
+@pytest.mark.parametrize("gated", ["log_append", "set"])
+async def test_spill_that_overtakes_an_append_in_flight_lands_it_once(
+    store: StateStore, tmp_path: Path, gated: str
+) -> None:
+    """``log_append``: the append was journalled before the spill. ``set`` (the chain lease,
+    Redis only; the local store takes no lease): the spill came first and the append journals
+    its try line through the spool. Either way the replay finds it and does not repeat it."""
+    if gated == "set" and not store.shared:
+        pytest.skip("the local store takes no lease")
+    gate = GatedStore(store, gated)
+    trail = AuditTrail(gate, spool_dir=tmp_path / "spool", queue_size=3, retry_interval=0)  # type: ignore[arg-type]
+    trail.submit("data.accessed", tenants=["acme"], actor="u", details={"n": "first"})
+    await asyncio.wait_for(gate.waiting.wait(), 10)  # "first" is in flight, held at the gate
+    names = ["first", *(f"r{i}" for i in range(8))]
+    for name in names[1:]:  # overflows twice (at r3 and r7): each spill takes the whole queue
+        trail.submit("data.accessed", tenants=["acme"], actor="u", details={"n": name})
+    assert trail.spooled_count == len(names)  # "first" too, while its append is under way
+    assert trail.queued_count == 0
+    gate.gate.set()
+    await until(lambda: trail.spooled_count == 0 and trail.queued_count == 0)
+    await exactly_once(store, trail, "acme", names)
+    assert [r["details"]["n"] for r in await stored_records(store, "acme")] == names
+    trail.close()
+
+
+async def test_hung_redis_the_writer_spills_and_everything_lands_once_after_resume(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    async with open_store(redis_server.url) as store:
+        trail = AuditTrail(store, spool_dir=tmp_path / "spool", write_timeout=0.2, retry_interval=0.2)
+        trail.submit("data.accessed", tenants=["acme"], actor="u", details={"n": "before"})
+        await trail.flush()
+        redis_server.pause()
+        names = ["before"]
+        try:
+            for i in range(30):
+                tenant = TENANTS[i % 3]
+                trail.submit("data.accessed", tenants=[tenant], actor="u", details={"n": f"p{i}"})
+                names.append(f"p{i}")
+                await asyncio.sleep(0.01)
+            await until(lambda: trail.spooled_count >= 30 and trail.queued_count == 0)
+        finally:
+            redis_server.resume()
+        await until(lambda: trail.spooled_count == 0, timeout=30)  # a stale lease may hold ~10 s
+        for tenant in TENANTS:
+            expected = [n for n in names if n == "before" and tenant == "acme"]
+            expected += [f"p{i}" for i in range(30) if TENANTS[i % 3] == tenant]
+            await exactly_once(store, trail, tenant, expected)
+        trail.close()
+
+
+async def test_close_spools_what_is_still_queued(store: StateStore, tmp_path: Path) -> None:
+    first = AuditTrail(store, spool_dir=tmp_path / "spool")
+    for i in range(5):
+        first.submit("data.accessed", tenants=["acme"], actor="u", details={"n": f"q{i}"})
+    first.close()  # the writer never ran: the records must not die with the queue
+    second = AuditTrail(store, spool_dir=tmp_path / "spool")
+    assert await second.replay_spool() == 5
+    await exactly_once(store, second, "acme", [f"q{i}" for i in range(5)])
+    second.close()
+
+
+async def test_submit_refuses_caller_bugs_at_once(store: StateStore, tmp_path: Path) -> None:
+    trail = AuditTrail(store, spool_dir=tmp_path / "spool")
+    with pytest.raises(ValueError):
+        trail.submit("e", tenants="acme", actor="u")  # a string, not a list
+    with pytest.raises(ValueError):
+        trail.submit("e", tenants=["no:colons"], actor="u")
+    assert trail.queued_count == 0
+    trail.close()
+
+
+async def test_bounded_store_gives_up_on_a_hung_redis(redis_server: RedisServer) -> None:
+    # The socket timeout is far longer than the bound: only the bound can end the wait.
+    async with open_store(redis_server.url + "?socket_timeout=60") as store:
+        bounded = BoundedStore(store, lambda: 0.1)
+        await bounded.set("k", b"v")
+        redis_server.pause()
+        try:
+            with pytest.raises(StoreUnavailable):
+                await asyncio.wait_for(bounded.get("k"), 30)
+            with pytest.raises(StoreUnavailable):
+                await asyncio.wait_for(bounded.hgetall("h"), 30)
+        finally:
+            redis_server.resume()
+        assert await bounded.get("k") == b"v"  # the cancelled command's connection was dropped
