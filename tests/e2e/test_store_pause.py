@@ -1,6 +1,7 @@
 """Issue 15, item 2: a hung Redis (SIGSTOP, not dead) holds no request longer than
 ``store_timeout`` plus the upstream's time, and every audit record written during the pause
-lands in the trail exactly once, with the chain intact.
+lands in the trail exactly once, with the chain intact. The same for a Redis killed and
+restarted (append-only, so its data survives).
 
 Real processes: a gateway subprocess on a private ``redis-server``, keep-alive clients cycling
 through an audited route, the health check and a kill-switched route on one connection each.
@@ -17,6 +18,8 @@ import time
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from gateway.demo.identities import make_user
 from gateway.demo.issuer import DemoIssuer
@@ -72,8 +75,9 @@ def accessed_ids(gw: GatewayProc, tenant: str) -> list[str]:
     return [r["request_id"] for r in json.loads(result.stdout) if r["event"] == "data.accessed"]
 
 
-async def test_hung_redis_holds_no_request_and_every_audit_record_lands_once(
-    gateway_factory, upstream: Upstream, redis_server: RedisServer, tmp_path: Path
+@pytest.mark.parametrize("fault", ["paused", "killed"])
+async def test_sick_redis_holds_no_request_and_every_audit_record_lands_once(
+    gateway_factory, upstream: Upstream, redis_server: RedisServer, tmp_path: Path, fault: str
 ) -> None:
     issuer = DemoIssuer(issuer=ISS, audience=AUD)
     gw: GatewayProc = gateway_factory(pause_config(upstream, tmp_path, redis_server.url, issuer))
@@ -99,19 +103,26 @@ async def test_hung_redis_holds_no_request_and_every_audit_record_lands_once(
     load = Load()
     load.start([client("acme"), client("globex"), client("acme"), client("globex")])
     await asyncio.sleep(1.0)
+    outage = PAUSE_S if fault == "paused" else PAUSE_S / 2  # a dead Redis is the easier case
     paused_at = time.monotonic()
-    redis_server.pause()
+    if fault == "paused":
+        redis_server.pause()
+    else:
+        redis_server.stop()
     try:
-        await asyncio.sleep(PAUSE_S)
+        await asyncio.sleep(outage)
     finally:
-        redis_server.resume()
+        if fault == "paused":
+            redis_server.resume()
+        else:
+            redis_server.start()
         resumed_at = time.monotonic()
     await asyncio.sleep(1.0)
     await load.stop()
 
     during = load.between(paused_at, resumed_at)
-    figures = {"pause_s": PAUSE_S, "during_pause": summary(during), "whole_run": summary(load.samples)}
-    print("\nfault-figures " + json.dumps({"fault": "redis-paused", **figures}))
+    figures = {"outage_s": outage, "during_pause": summary(during), "whole_run": summary(load.samples)}
+    print("\nfault-figures " + json.dumps({"fault": f"redis-{fault}", **figures}))
     assert len(during) > 50, "the clients must keep sending through the pause"
     expected = {"audited": 200, "health": 200, "switched": 503, "open": 200}
     wrong = [(s.kind, s.status) for s in load.samples if s.status != expected[s.kind]]
