@@ -62,11 +62,13 @@ def metric(gw: GatewayProc, name: str) -> float:
     return 0.0
 
 
-async def wait_until(check: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
+async def wait_until(check: Any, timeout: float, what: str) -> float:
+    """Seconds until ``check()`` held; fails at the deadline."""
+    started = time.monotonic()
     while not check():
-        assert time.monotonic() < deadline, f"{what}: not within {timeout}s"
+        assert time.monotonic() - started < timeout, f"{what}: not within {timeout}s"
         await asyncio.sleep(0.2)
+    return time.monotonic() - started
 
 
 def accessed_ids(gw: GatewayProc, tenant: str) -> list[str]:
@@ -105,17 +107,12 @@ async def test_sick_redis_holds_no_request_and_every_audit_record_lands_once(
     await asyncio.sleep(1.0)
     outage = PAUSE_S if fault == "paused" else PAUSE_S / 2  # a dead Redis is the easier case
     paused_at = time.monotonic()
-    if fault == "paused":
-        redis_server.pause()
-    else:
-        redis_server.stop()
+    # In a thread: stopping and starting Redis blocks, and the clients must not be held by it.
+    await asyncio.to_thread(redis_server.pause if fault == "paused" else redis_server.stop)
     try:
         await asyncio.sleep(outage)
     finally:
-        if fault == "paused":
-            redis_server.resume()
-        else:
-            redis_server.start()
+        await asyncio.to_thread(redis_server.resume if fault == "paused" else redis_server.start)
         resumed_at = time.monotonic()
     await asyncio.sleep(1.0)
     await load.stop()
@@ -131,13 +128,16 @@ async def test_sick_redis_holds_no_request_and_every_audit_record_lands_once(
     assert slowest < STORE_TIMEOUT + MARGIN, figures
 
     # Every audited answer's record, filed during the pause or not, lands once; the chain holds.
-    await wait_until(
+    caught_up = await wait_until(
         lambda: (
             metric(gw, "shopino_gateway_audit_spooled_records") == 0
             and metric(gw, "shopino_gateway_audit_queued_records") == 0
         ),
         timeout=40,
         what="the spool and the queue drain after the resume",
+    )
+    print(
+        "fault-figures " + json.dumps({"fault": f"redis-{fault}", "trail_caught_up_s": round(caught_up, 1)})
     )
     for tenant in ("acme", "globex"):
         verify = gw.cli("audit", "verify", "--tenant", tenant)
