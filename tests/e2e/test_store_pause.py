@@ -15,6 +15,7 @@ import asyncio
 import json
 import os
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -146,3 +147,42 @@ async def test_sick_redis_holds_no_request_and_every_audit_record_lands_once(
     audited = [s.request_id for s in load.samples if s.kind == "audited"]
     assert sorted(all_stored) == sorted(audited)  # exactly once each, nothing lost
     assert "audit.spooled" in gw.logs()  # the pause was felt by the writer, not by the clients
+
+
+async def test_store_backed_endpoints_answer_503_within_store_timeout_on_a_hung_redis(
+    gateway_factory, upstream: Upstream, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """The MFA step and support grants need the store for their answer: on a hung Redis they
+    answer 503 ``store-unavailable`` after ``store_timeout``, never after the socket timeout."""
+    issuer = DemoIssuer(issuer=ISS, audience=AUD)
+    gw: GatewayProc = gateway_factory(pause_config(upstream, tmp_path, redis_server.url, issuer))
+    admin = make_user("boss", "acme", ("tenant-admin",), "pw-unused-123")
+    admin_token = issuer.mint(admin, amr=("pwd", "otp"))
+    first_factor = issuer.mint(make_user("newbie", "acme", ("finance",), "pw-unused-123"))
+    calls = [
+        ("GET", "/_gateway/grants", admin_token, None),
+        ("POST", "/_gateway/mfa/enroll", first_factor, None),
+        ("POST", "/_gateway/mfa/verify", first_factor, b'{"code": "123456"}'),
+    ]
+
+    def call(method: str, path: str, token: str, body: bytes | None) -> tuple[int, str, float]:
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        request = urllib.request.Request(gw.url + path, data=body, method=method, headers=headers)
+        started = time.monotonic()
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                status, text = int(response.status), response.read().decode()
+        except urllib.error.HTTPError as error:
+            status, text = int(error.code), error.read().decode()
+        return status, text, time.monotonic() - started
+
+    assert call(*calls[0])[0] == 200  # the store answers: the grant list
+    await asyncio.to_thread(redis_server.pause)
+    try:
+        answers = [await asyncio.to_thread(call, *c) for c in calls]
+    finally:
+        await asyncio.to_thread(redis_server.resume)
+    for status, text, seconds in answers:
+        assert status == 503 and json.loads(text)["type"] == "urn:shopino-gateway:store-unavailable"
+        assert seconds < STORE_TIMEOUT + MARGIN, answers  # the socket timeout is 1 s
+    await wait_until(lambda: call(*calls[0])[0] == 200, timeout=10, what="grants answer again")
