@@ -416,7 +416,7 @@ class GatewayProcess:
         await self.services.killswitches.stop()
         await self.services.grants.stop()
         await self.services.ratelimit.close()
-        with contextlib.suppress(StoreUnavailable, TimeoutError):
+        with contextlib.suppress(StoreUnavailable, TimeoutError, OSError):
             # A last chance for queued and spooled records; close() spools whatever is left.
             async with asyncio.timeout(2 * self._runtime.config.audit.write_timeout):
                 await self.audit.flush()

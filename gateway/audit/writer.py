@@ -96,8 +96,9 @@ class AuditWriter:
         if len(self._queue) + len(records) > self._size:
             try:
                 self._spill(extra=records)
-            except OSError as exc:
-                self._fail_waiters(records, exc)
+            except OSError:
+                for rec in records:  # the caller hears it from this raise, not from a waiter
+                    self._waiters.pop(rec, None)
                 raise
             log.warning("audit.queue_full_spooled", spooled=self._spool.pending)
             self._wake.set()

@@ -16,7 +16,7 @@ from gateway.errors import StoreUnavailable
 from gateway.state import StateStore, open_store
 from gateway.state.bounded import BoundedStore
 from tests.support.redis_server import RedisServer
-from tests.unit.audit.conftest import stored_records
+from tests.unit.audit.conftest import FlakyStore, stored_records
 
 TENANTS = ("acme", "globex", "initech")
 
@@ -97,15 +97,7 @@ async def test_full_queue_spills_in_order_and_nothing_is_lost(store: StateStore,
     trail.close()
 
 
-@pytest.mark.parametrize("gated", ["log_append", "set"])
-async def test_spill_that_overtakes_an_append_in_flight_lands_it_once(
-    store: StateStore, tmp_path: Path, gated: str
-) -> None:
-    """``log_append``: the append was journalled before the spill. ``set`` (the chain lease,
-    Redis only; the local store takes no lease): the spill came first and the append journals
-    its try line through the spool. Either way the replay finds it and does not repeat it."""
-    if gated == "set" and not store.shared:
-        pytest.skip("the local store takes no lease")
+async def spill_overtakes(store: StateStore, tmp_path: Path, gated: str) -> None:
     gate = GatedStore(store, gated)
     trail = AuditTrail(gate, spool_dir=tmp_path / "spool", queue_size=3, retry_interval=0)  # type: ignore[arg-type]
     trail.submit("data.accessed", tenants=["acme"], actor="u", details={"n": "first"})
@@ -120,6 +112,20 @@ async def test_spill_that_overtakes_an_append_in_flight_lands_it_once(
     await exactly_once(store, trail, "acme", names)
     assert [r["details"]["n"] for r in await stored_records(store, "acme")] == names
     trail.close()
+
+
+async def test_spill_that_overtakes_an_append_in_flight_lands_it_once(
+    store: StateStore, tmp_path: Path
+) -> None:
+    """The append had journalled its attempt before the spill: the spool line carries it."""
+    await spill_overtakes(store, tmp_path, "log_append")
+
+
+async def test_spill_before_the_append_is_sent_journals_its_try_then(redis_url: str, tmp_path: Path) -> None:
+    """Held at the chain lease (Redis only; the local store takes no lease): the spill came
+    first, so the append writes its try line through the spool before it is sent."""
+    async with open_store(redis_url) as store:
+        await spill_overtakes(store, tmp_path, "set")
 
 
 async def test_hung_redis_the_writer_spills_and_everything_lands_once_after_resume(
@@ -183,3 +189,22 @@ async def test_bounded_store_gives_up_on_a_hung_redis(redis_server: RedisServer)
         finally:
             redis_server.resume()
         assert await bounded.get("k") == b"v"  # the cancelled command's connection was dropped
+
+
+async def test_a_full_queue_and_a_refusing_disk_is_an_error_never_a_silent_loss(
+    store: StateStore, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    flaky = FlakyStore(store)
+    flaky.down = True
+    trail = AuditTrail(flaky, spool_dir=blocker, queue_size=2)  # type: ignore[arg-type]
+    trail.submit("data.accessed", tenants=["acme"], actor="u", details={"n": "a0"})
+    trail.submit("data.accessed", tenants=["acme"], actor="u", details={"n": "a1"})
+    with pytest.raises(OSError):  # the caller learns it (access audit logs it, grant.used fails closed)
+        trail.submit("data.accessed", tenants=["acme"], actor="u", details={"n": "a2"})
+    assert trail.queued_count == 2  # what was accepted is kept and written later
+    flaky.down = False
+    await until(lambda: trail.queued_count == 0)
+    assert [r["details"]["n"] for r in await stored_records(store, "acme")] == ["a0", "a1"]
+    trail.close()
