@@ -35,28 +35,39 @@ async def until(check: Any, timeout: float = 20.0) -> None:
 
 
 class GatedStore:
-    """A real store whose ``gated`` method waits for ``gate`` before it runs for real: an
-    append (or lease) in flight for as long as the test wants."""
+    """A real store whose ``gated`` methods, on their first call, wait for ``release(name)``
+    before they run for real: an append (or lease, or read) held for as long as the test wants."""
 
-    def __init__(self, inner: StateStore, gated: str) -> None:
-        self._inner, self._gated = inner, gated
-        self.gate = asyncio.Event()
-        self.waiting = asyncio.Event()
-        self.armed = True
+    def __init__(self, inner: StateStore, *gated: str) -> None:
+        self._inner = inner
+        self.gates = {name: asyncio.Event() for name in gated}
+        self.waiting = {name: asyncio.Event() for name in gated}
+
+    def release(self, name: str) -> None:
+        self.gates[name].set()
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._inner, name)
-        if name != self._gated:
+        if name not in self.gates:
             return attr
+        if name == "log_read":
+            return self._log_read
 
         async def call(*args: Any, **kwargs: Any) -> Any:
-            if self.armed:
-                self.armed = False
-                self.waiting.set()
-                await self.gate.wait()
+            await self._hold(name)
             return await attr(*args, **kwargs)
 
         return call
+
+    async def _hold(self, name: str) -> None:
+        if not self.waiting[name].is_set():
+            self.waiting[name].set()
+            await self.gates[name].wait()
+
+    async def _log_read(self, *args: Any, **kwargs: Any) -> Any:
+        await self._hold("log_read")
+        async for row in self._inner.log_read(*args, **kwargs):
+            yield row
 
 
 async def exactly_once(store: StateStore, trail: AuditTrail, tenant: str, expected: list[str]) -> None:
@@ -97,35 +108,51 @@ async def test_full_queue_spills_in_order_and_nothing_is_lost(store: StateStore,
     trail.close()
 
 
-async def spill_overtakes(store: StateStore, tmp_path: Path, gated: str) -> None:
-    gate = GatedStore(store, gated)
+async def spill_overtakes(store: StateStore, tmp_path: Path, gated: str) -> tuple[AuditTrail, GatedStore]:
+    """Hold "first" at ``gated``, overflow the queue twice (each spill takes the whole queue,
+    "first" too), then let "first" go on; returns the trail once "first" is in the store."""
+    gate = GatedStore(store, gated, "log_read")  # log_read: the replay's look-up, held too
     trail = AuditTrail(gate, spool_dir=tmp_path / "spool", queue_size=3, retry_interval=0)  # type: ignore[arg-type]
     trail.submit("data.accessed", tenants=["acme"], actor="u", details={"n": "first"})
-    await asyncio.wait_for(gate.waiting.wait(), 10)  # "first" is in flight, held at the gate
-    names = ["first", *(f"r{i}" for i in range(8))]
-    for name in names[1:]:  # overflows twice (at r3 and r7): each spill takes the whole queue
+    await asyncio.wait_for(gate.waiting[gated].wait(), 10)  # "first" is in flight, at the gate
+    for name in NAMES[1:]:  # overflows at r3 and r7
         trail.submit("data.accessed", tenants=["acme"], actor="u", details={"n": name})
-    assert trail.spooled_count == len(names)  # "first" too, while its append is under way
+    assert trail.spooled_count == len(NAMES)
     assert trail.queued_count == 0
-    gate.gate.set()
-    await until(lambda: trail.spooled_count == 0 and trail.queued_count == 0)
-    await exactly_once(store, trail, "acme", names)
-    assert [r["details"]["n"] for r in await stored_records(store, "acme")] == names
-    trail.close()
+    gate.release(gated)
+    await asyncio.wait_for(gate.waiting["log_read"].wait(), 10)  # the replay begins: "first" landed
+    assert [r["details"]["n"] for r in await stored_records(store, "acme")] == ["first"]
+    return trail, gate
+
+
+NAMES = ["first", *(f"r{i}" for i in range(8))]
 
 
 async def test_spill_that_overtakes_an_append_in_flight_lands_it_once(
     store: StateStore, tmp_path: Path
 ) -> None:
-    """The append had journalled its attempt before the spill: the spool line carries it."""
-    await spill_overtakes(store, tmp_path, "log_append")
+    """The append had journalled its attempt before the spill: the spool line carries it, and
+    the replay finds the record in the store instead of appending it again."""
+    trail, gate = await spill_overtakes(store, tmp_path, "log_append")
+    gate.release("log_read")
+    await until(lambda: trail.spooled_count == 0 and trail.queued_count == 0)
+    await exactly_once(store, trail, "acme", NAMES)
+    assert [r["details"]["n"] for r in await stored_records(store, "acme")] == NAMES
+    trail.close()
 
 
 async def test_spill_before_the_append_is_sent_journals_its_try_then(redis_url: str, tmp_path: Path) -> None:
     """Held at the chain lease (Redis only; the local store takes no lease): the spill came
-    first, so the append writes its try line through the spool before it is sent."""
+    first, so the append wrote its try line to the spool before it was sent. A process that
+    dies right then leaves a spool whose replay, by another process, still appends it once."""
     async with open_store(redis_url) as store:
-        await spill_overtakes(store, tmp_path, "set")
+        trail, _ = await spill_overtakes(store, tmp_path, "set")
+        trail.close()  # the process "dies" before its own replay
+        successor = AuditTrail(store, spool_dir=tmp_path / "spool")
+        assert await successor.replay_spool() == len(NAMES)
+        await exactly_once(store, successor, "acme", NAMES)
+        assert [r["details"]["n"] for r in await stored_records(store, "acme")] == NAMES
+        successor.close()
 
 
 async def test_hung_redis_the_writer_spills_and_everything_lands_once_after_resume(
