@@ -69,8 +69,8 @@ class GatewayProcess:
             write_timeout=config.audit.write_timeout,
             # A lease orphaned by a fault (a request sent into a paused Redis runs when it wakes;
             # a failover promotes a replica holding the dead primary's lease) blocks that
-            # tenant's chain for lock_ttl: keep it short. Half of it still exceeds a write
-            # batch's whole budget, so the writer never appends on a lease near expiry.
+            # tenant's chain for lock_ttl: keep it short. Half of it still exceeds an
+            # append's whole budget, so the writer never appends on a lease near expiry.
             lock_ttl=max(3.0, 3 * config.audit.write_timeout),
         )
         # SPEC §6: outside the demo a missing master key is a start-up error (KeyringError).

@@ -12,9 +12,10 @@ own hash chain, so only the order within one tenant matters; ``ChainWriter`` kee
 correct under concurrency). While anything is spooled, queued records go *behind* the spool,
 so one process's records of a tenant are always chained in the order they were made.
 
-Spilling to the spool (``gateway.audit.spool``): a batch that fails or takes longer than
-``write_timeout`` (a dead, hung or slow store) spills what is left of it and the whole queue
-to the spool, in order, with one fsync; so does ``submit`` when the queue is full. Records
+Spilling to the spool (``gateway.audit.spool``): an append that fails or takes longer than
+``write_timeout`` (a dead, hung or slow store) stops the batch, which spills what is left of
+it and the whole queue to the spool, in order, with one fsync; so does ``submit`` when the
+queue is full. Records
 are never dropped or sampled. The writer then replays the spool every ``retry_interval``.
 
 Exactly once across a spill that overtakes an append in flight: the spilled copy is the
@@ -44,7 +45,14 @@ from gateway.errors import StoreUnavailable
 log = structlog.get_logger("gateway.audit")
 
 BATCH = 256  # records per batch: one writer pass, the tenants of it concurrently
+LANES = 16  # tenants appended at once: well inside the store's connection pool
 SPILL_INTERVAL = 0.1  # while the store is down, queued records reach the disk in batches this often
+
+
+@dataclass(slots=True)
+class _Batch:
+    lanes: asyncio.Semaphore
+    failure: str | None = None  # why the batch stopped ("store-slow", "store-unavailable")
 
 
 @dataclass(slots=True, eq=False)
@@ -166,35 +174,36 @@ class AuditWriter:
         lanes: dict[str, list[PendingRecord]] = {}
         for rec in batch:
             lanes.setdefault(rec.tenant, []).append(rec)
-        ok = False
-        try:
-            async with asyncio.timeout(self._write_timeout):
-                results = await asyncio.gather(*(self._lane(recs) for recs in lanes.values()))
-            ok = all(results)
-        except TimeoutError:
-            log.warning("audit.store_slow", timeout_s=self._write_timeout)
-        if not ok:
+        state = _Batch(asyncio.Semaphore(LANES))
+        await asyncio.gather(*(self._lane(recs, state) for recs in lanes.values()))
+        if state.failure is not None:
             self._retry_at = time.monotonic() + self._retry_interval
             self._spill_quietly()
-            log.warning("audit.spooled", spooled=self._spool.pending)
+            log.warning("audit.spooled", reason=state.failure, spooled=self._spool.pending)
         leftover = [rec for rec in self._inflight if rec.source is None]
         self._inflight = []
         # Only if the spool could not be written either: back to the head, nothing is lost.
         self._queue.extendleft(reversed(leftover))
 
-    async def _lane(self, records: list[PendingRecord]) -> bool:
-        """Append one tenant's records in order; False at the first store failure."""
-        for rec in records:
-            if rec.source is not None:
-                return True  # spilled meanwhile (queue full): the spool's replay owns it now
-            try:
-                await self._chain.append(rec, functools.partial(self._journal, rec))
-            except (StoreUnavailable, OSError):
-                return False
-            if rec.source is None:  # else: spilled mid-append; the replay finds it stored
-                self._inflight.remove(rec)
-                self._resolve(rec)
-        return True
+    async def _lane(self, records: list[PendingRecord], state: _Batch) -> None:
+        """Append one tenant's records in order, each within ``write_timeout``; at the first
+        failure (here or in another lane) the rest stays in flight, for the spill."""
+        async with state.lanes:
+            for rec in records:
+                if state.failure is not None or rec.source is not None:
+                    return  # a failure, or spilled meanwhile (queue full): the spool owns it
+                try:
+                    async with asyncio.timeout(self._write_timeout):
+                        await self._chain.append(rec, functools.partial(self._journal, rec))
+                except TimeoutError:
+                    state.failure = state.failure or "store-slow"
+                    return
+                except (StoreUnavailable, OSError):
+                    state.failure = state.failure or "store-unavailable"
+                    return
+                if rec.source is None:  # else: spilled mid-append; the replay finds it stored
+                    self._inflight.remove(rec)
+                    self._resolve(rec)
 
     def _journal(self, rec: PendingRecord, seq: int, hash_: str) -> None:
         """Just before an append is sent: a record spilled while this append was under way
