@@ -159,7 +159,9 @@ async def test_hung_redis_the_writer_spills_and_everything_lands_once_after_resu
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
     async with open_store(redis_server.url) as store:
-        trail = AuditTrail(store, spool_dir=tmp_path / "spool", write_timeout=0.2, retry_interval=0.2)
+        trail = AuditTrail(
+            store, spool_dir=tmp_path / "spool", write_timeout=0.2, retry_interval=0.2, lock_ttl=1.0
+        )
         trail.submit("data.accessed", tenants=["acme"], actor="u", details={"n": "before"})
         await trail.flush()
         redis_server.pause()
@@ -173,7 +175,7 @@ async def test_hung_redis_the_writer_spills_and_everything_lands_once_after_resu
             await until(lambda: trail.spooled_count >= 30 and trail.queued_count == 0)
         finally:
             redis_server.resume()
-        await until(lambda: trail.spooled_count == 0, timeout=30)  # a stale lease may hold ~10 s
+        await until(lambda: trail.spooled_count == 0, timeout=30)  # a stale lease holds ~lock_ttl
         for tenant in TENANTS:
             expected = [n for n in names if n == "before" and tenant == "acme"]
             expected += [f"p{i}" for i in range(30) if TENANTS[i % 3] == tenant]
