@@ -24,6 +24,7 @@ import pytest
 
 from gateway.demo.identities import make_user
 from gateway.demo.issuer import DemoIssuer
+from tests.e2e.ratelimit_support import DEPLOYMENT_ENV, ready
 from tests.support.fault_load import Load, Step, summary
 from tests.support.gateway_proc import ADMIN_TOKEN, GatewayProc
 from tests.support.redis_server import RedisServer
@@ -196,7 +197,8 @@ async def test_records_held_at_shutdown_are_replayed_once_by_the_next_process(
     issuer = DemoIssuer(issuer=ISS, audience=AUD)
     config = pause_config(upstream, tmp_path, redis_server.url, issuer)
     config["audit"] = {"spool_dir": str(tmp_path / "shared-spool")}
-    first: GatewayProc = gateway_factory(json.loads(json.dumps(config)))
+    # One deployment: one master key, so the second process reads the keys the first stored.
+    first: GatewayProc = gateway_factory(json.loads(json.dumps(config)), env=DEPLOYMENT_ENV)
     token = issuer.mint(make_user("u-acme", "acme", ("finance",), "pw-unused-123"), amr=("pwd", "otp"))
     load = Load()
     await asyncio.to_thread(redis_server.pause)
@@ -211,7 +213,7 @@ async def test_records_held_at_shutdown_are_replayed_once_by_the_next_process(
         await asyncio.to_thread(redis_server.resume)
     answered = [s.request_id for s in load.samples if s.status == 200]
     assert len(answered) == len(load.samples) > 10
-    second: GatewayProc = gateway_factory(json.loads(json.dumps(config)))
+    second = ready(gateway_factory(json.loads(json.dumps(config)), env=DEPLOYMENT_ENV))
     await wait_until(lambda: len(accessed_ids(second, "acme")) >= len(answered), 30, "the replay")
     assert sorted(accessed_ids(second, "acme")) == sorted(answered)
     verify = second.cli("audit", "verify", "--tenant", "acme")
