@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -121,9 +122,9 @@ class SentinelCluster:
         proc.wait(5)
 
     @staticmethod
-    def _until(check: object, timeout: float, what: str) -> None:
+    def _until(check: Callable[[], bool], timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
-        while not check():  # type: ignore[operator]
+        while not check():
             if time.monotonic() > deadline:
                 pytest.fail(f"sentinel cluster: waiting for {what} timed out")
             time.sleep(0.05)
