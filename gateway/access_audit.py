@@ -16,13 +16,16 @@ log = structlog.get_logger("gateway.audit")
 ACCESS_EVENT = "data.accessed"
 
 
-async def audit_access(ctx: RequestContext, status: int) -> None:
-    """File one ``data.accessed`` record when the route asks for it and a tenant is known."""
+def audit_access(ctx: RequestContext, status: int) -> None:
+    """File one ``data.accessed`` record when the route asks for it and a tenant is known.
+
+    Queued, never awaited (``gateway.audit.writer``): the connection is not held by the
+    store, so a hung Redis cannot delay the next request on a keep-alive connection."""
     route = ctx.route
     if route is None or not route.audit or ctx.tenant is None or ctx.target is None:
         return
     try:
-        await ctx.runtime.services.audit.record(
+        ctx.runtime.services.audit.submit(
             ACCESS_EVENT,
             tenants=[ctx.tenant],
             actor=ctx.user,
@@ -36,6 +39,6 @@ async def audit_access(ctx: RequestContext, status: int) -> None:
             },
         )
     except (OSError, ValueError):
-        # The store and the spool both failed (or a bug): the response is already decided, so
+        # The queue was full and the spool failed too (or a bug): the response is already decided, so
         # the loss is logged loudly rather than turned into an error the client cannot act on.
         log.error("access_audit_failed", request_id=ctx.request_id, route=route.name)

@@ -142,7 +142,7 @@ class PublicHandler:
         if spans is not None:  # App. C: off by default, and then this test is all it costs
             spans.record(ctx, response.status)
         if ctx.route is not None and ctx.route.audit:
-            await audit_access(ctx, response.status)
+            audit_access(ctx, response.status)
         return response
 
     @staticmethod

@@ -17,6 +17,7 @@ from gateway.context import RequestContext
 from gateway.errors import BadRequest, NotFound, TenantMismatch
 from gateway.json_body import json_response, read_json_object
 from gateway.mfa_api import fresh_tenant_admin
+from gateway.state.bounded import within
 from gateway.tenancy.grants import GRANT_ID_RE, grants_of, validate_grant_request
 from gateway.tenancy.resolve import TENANT_ID_RE
 
@@ -34,6 +35,11 @@ async def _tenant_admin(ctx: RequestContext) -> VerifiedClaims:
     )
 
 
+def _store_timeout(ctx: RequestContext) -> float:
+    # Issue 15: a request never waits on a sick store longer than rate_limits.store_timeout.
+    return ctx.runtime.config.rate_limits.store_timeout
+
+
 def _ttl(value: object) -> float:
     try:
         return parse_duration(value)
@@ -46,7 +52,7 @@ async def grants(ctx: RequestContext) -> web.StreamResponse:
     claims = await _tenant_admin(ctx)
     service = ctx.runtime.services.grants
     if ctx.request.method != "POST":
-        listed = grants_of(await service.list(claims.tenant))
+        listed = grants_of(await within(service.list(claims.tenant), _store_timeout(ctx)))
         return json_response({"tenant": claims.tenant, "grants": listed})
     data = await read_json_object(ctx.request)
     unknown = sorted(set(data) - _FIELDS)
@@ -60,7 +66,8 @@ async def grants(ctx: RequestContext) -> web.StreamResponse:
         grantee, modules = validate_grant_request(data.get("grantee"), data.get("modules"), ttl)
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
-    grant = await service.create(claims.tenant, grantee, modules, ttl, claims.subject)
+    creating = service.create(claims.tenant, grantee, modules, ttl, claims.subject)
+    grant = await within(creating, _store_timeout(ctx))
     body = grant.public()
     details = {
         "grant": grant.id,
@@ -80,7 +87,7 @@ async def grant_item(ctx: RequestContext) -> web.StreamResponse:
     if not GRANT_ID_RE.fullmatch(grant_id):
         raise NotFound("No such grant")
     # SECURITY: looked up in the token's own tenant only: another tenant's grant id is a 404.
-    grant = await ctx.runtime.services.grants.revoke(grant_id, claims.tenant)
+    grant = await within(ctx.runtime.services.grants.revoke(grant_id, claims.tenant), _store_timeout(ctx))
     if grant is None:
         raise NotFound("No such grant")
     await _audit(ctx, claims, "grant.revoked", {"grant": grant.id, "grantee": grant.grantee, "via": "tenant"})
@@ -94,6 +101,6 @@ async def _audit(
     if isinstance(other, str) and other != claims.tenant and TENANT_ID_RE.fullmatch(other):
         tenants.append(other)  # App. B: a mismatch is filed in both tenants' trails
         details = {**details, "requested_tenant": other}
-    await ctx.runtime.services.audit.record(
+    ctx.runtime.services.audit.submit(
         event, tenants=tenants, actor=claims.subject, request_id=ctx.request_id, details=details
     )

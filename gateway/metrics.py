@@ -110,6 +110,11 @@ class GatewayMetrics:
             "Audit records waiting on local disk for the store to return",
             multiprocess_mode="livesum",
         )
+        self.audit_queued = Gauge(
+            "shopino_gateway_audit_queued_records",
+            "Audit records queued in memory for the background writer (issue 15)",
+            multiprocess_mode="livesum",
+        )
 
     def count_refusal(self, slug: str) -> None:
         """One refusal of problem type ``slug``; the child is looked up once per slug (a flood of

@@ -86,7 +86,7 @@ def _code(data: dict[str, Any], field: str) -> str:
 
 async def _audit(ctx: RequestContext, event: str, **details: Any) -> None:
     services = ctx.runtime.services
-    await services.audit.record(
+    services.audit.submit(
         event, tenants=[ctx.tenant or "_system"], actor=ctx.user, request_id=ctx.request_id, details=details
     )
 

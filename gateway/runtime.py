@@ -29,6 +29,7 @@ from gateway.killswitch import KillSwitchRegistry
 from gateway.redaction import Redactor
 from gateway.routing import RouteTable
 from gateway.state import StateStore
+from gateway.state.bounded import BoundedStore
 from gateway.state.generation import StoreGeneration
 from gateway.tenancy.grants import SupportGrants
 from gateway.tenancy.keys import ContextKeys
@@ -151,7 +152,8 @@ def build_runtime(
             signing=process.signing,
             revocations=process.revocations,
             integrations=process.integrations,
-            mfa=MfaService(process.store, process.keyring, config.mfa),
+            # Issue 15: the MFA step is request-path work, so its store calls are bounded.
+            mfa=MfaService(_request_store(process.store, config), process.keyring, config.mfa),
             killswitches=process.killswitches,
             grants=process.grants,
             context_keys=process.context_keys,
@@ -176,6 +178,12 @@ def _span_recorder(config: GatewayConfig, status: GatewayStatus, tls: bool) -> S
         instance=status.instance_id,
         version=__version__,
     )
+
+
+def _request_store(store: StateStore, config: GatewayConfig) -> StateStore:
+    """The store as a request may use it: each call bounded by ``rate_limits.store_timeout``."""
+    timeout = config.rate_limits.store_timeout
+    return BoundedStore(store, lambda: timeout)
 
 
 def build_admin_verifier(config: GatewayConfig) -> JwtVerifier | None:

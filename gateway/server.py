@@ -67,7 +67,17 @@ class GatewayProcess:
         self.store: StateStore = open_store(config.state.url)
         self.status = GatewayStatus(instance_id=self.instance_id, store_description=self.store.describe())
         self.registry = UpstreamRegistry()
-        self.audit = AuditTrail(self.store, spool_dir=Path(config.audit.spool_dir))
+        self.audit = AuditTrail(
+            self.store,
+            spool_dir=Path(config.audit.spool_dir),
+            queue_size=config.audit.queue_size,
+            write_timeout=config.audit.write_timeout,
+            # A lease orphaned by a fault (a request sent into a paused Redis runs when it wakes;
+            # a failover promotes a replica holding the dead primary's lease) blocks that
+            # tenant's chain for lock_ttl: keep it short. Half of it still exceeds an
+            # append's whole budget, so the writer never appends on a lease near expiry.
+            lock_ttl=max(3.0, 3 * config.audit.write_timeout),
+        )
         # SPEC §6: outside the demo a missing master key is a start-up error (KeyringError).
         keyring = Keyring.from_env(os.environ, demo=demo)
         # App. C: one marker tells a store that came back empty or older from an intact one.
@@ -434,6 +444,7 @@ class GatewayProcess:
             except StoreUnavailable:
                 pass
             METRICS.audit_spooled.set(self.audit.spooled_count)
+            METRICS.audit_queued.set(self.audit.queued_count)
             await asyncio.sleep(STORE_PROBE_INTERVAL)
 
     async def _anchor_audit_heads(self) -> None:
@@ -471,8 +482,11 @@ class GatewayProcess:
         if self.services.lockout_memory is not None:
             await self.services.lockout_memory.stop()
         await self.services.ratelimit.close()
-        with contextlib.suppress(StoreUnavailable):
-            await self.audit.replay_spool()  # a last chance before the spool waits for next start
+        with contextlib.suppress(StoreUnavailable, TimeoutError, OSError):
+            # A last chance for queued and spooled records; close() spools whatever is left.
+            async with asyncio.timeout(2 * self._runtime.config.audit.write_timeout):
+                await self.audit.flush()
+                await self.audit.replay_spool()
         self.audit.close()
         await self.store.close()
         log.info("gateway_stopped", instance=self.instance_id)

@@ -13,6 +13,7 @@ from gateway.admin.audit_api import export_headers, stream_export
 from gateway.context import RequestContext
 from gateway.errors import BadRequest
 from gateway.mfa_api import fresh_tenant_admin
+from gateway.state.bounded import bounded_iter
 
 
 async def export_own_trail(ctx: RequestContext) -> web.StreamResponse:
@@ -26,9 +27,11 @@ async def export_own_trail(ctx: RequestContext) -> web.StreamResponse:
     trail = ctx.runtime.services.audit
     try:
         chunks = trail.export(claims.tenant, since=query.get("since"), until=query.get("until"), fmt=fmt)
+        # Issue 15: each step of the download waits on the store at most store_timeout.
+        chunks = bounded_iter(chunks, ctx.runtime.config.rate_limits.store_timeout)
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
-    await trail.record(
+    trail.submit(
         "audit.exported",
         tenants=[claims.tenant],
         actor=claims.subject,

@@ -2,11 +2,12 @@
 
 How a record is chained under concurrency: ``gateway.audit.chain`` and ``gateway.audit.lock``.
 
-Writes never vanish (``gateway.audit.spool``): an event whose append fails with
-``StoreUnavailable`` is spooled to local disk, and so is every later event while anything is
-spooled, so each process's events keep their order. ``replay_spool`` (called periodically by the
-owner, and by ``record`` once ``retry_interval`` has passed since the last failure) appends
-them in order; a replayed record keeps its original ``time`` while its seq and prev_hash are
+Writes leave the request (``gateway.audit.writer``): ``submit`` queues an event and returns at
+once, one writer task appends the queue. Writes never vanish (``gateway.audit.spool``): what the
+writer cannot append (the store is down, hung or slow) is spooled to local disk, and so is
+every later event while anything is spooled, so each process's events keep their order. The
+writer replays the spool every ``retry_interval`` (``replay_spool`` too: the owner calls it
+periodically); a replayed record keeps its original ``time`` while its seq and prev_hash are
 assigned at replay, so a trail can show a time earlier than the record before it.
 
 A record naming an incident also gets a pointer in the incident index, written inside the chain
@@ -28,8 +29,8 @@ anchor plus this instance's last one.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import functools
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
@@ -55,6 +56,7 @@ from gateway.audit.record import (
 )
 from gateway.audit.spool import PendingRecord, Spool
 from gateway.audit.verify import ChainVerifier, VerifyResult
+from gateway.audit.writer import AuditWriter
 from gateway.errors import StoreUnavailable
 from gateway.state.base import StateStore
 
@@ -106,6 +108,8 @@ class AuditTrail:
         lock_ttl: float = 10.0,
         lock_wait: float = 2.0,
         retry_interval: float = 1.0,
+        queue_size: int = 10_000,
+        write_timeout: float = 1.0,
     ) -> None:
         self._store = store
         self._spool = Spool(spool_dir)
@@ -113,9 +117,13 @@ class AuditTrail:
         self._chain = ChainWriter(
             store, lock_ttl=lock_ttl, lock_wait=lock_wait, pre_append=_incidents.write_pointer
         )
-        self._retry_interval = retry_interval
-        self._retry_at = 0.0  # monotonic: no implicit replay before this
-        self._replaying = False
+        self._writer = AuditWriter(
+            self._chain,
+            self._spool,
+            queue_size=queue_size,
+            write_timeout=write_timeout,
+            retry_interval=retry_interval,
+        )
         self._anchoring: _anchors.Anchoring | None = None
         self._keys_cache: tuple[float, _anchors.AnchorKeys] | None = None
 
@@ -128,11 +136,34 @@ class AuditTrail:
         """Events waiting in the local spool (for the metric)."""
         return self._spool.pending
 
+    @property
+    def queued_count(self) -> int:
+        """Events accepted and not yet stored or spooled (for the metric)."""
+        return self._writer.queued
+
     def close(self) -> None:
-        """Release the spool file; pending events stay on disk for the next process."""
+        """Stop the writer and release the spool file; queued events are spooled first, and
+        pending ones stay on disk for the next process."""
+        self._writer.close()
         self._spool.close()
 
     # -- writing ---------------------------------------------------------------------------
+    def submit(
+        self,
+        event: str,
+        *,
+        tenants: Sequence[str],
+        actor: str | None,
+        request_id: str | None = None,
+        incident: str | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> None:
+        """File ``event`` without waiting: the request path's way (``gateway.audit.writer``).
+        The event is queued (or, with the queue full, spooled) when this returns. ValueError
+        for caller bugs (see ``record``); OSError only if the queue is full and the spool
+        directory cannot be written."""
+        self._writer.put(self._pending(event, tenants, actor, request_id, incident, details))
+
     async def record(
         self,
         event: str,
@@ -144,9 +175,25 @@ class AuditTrail:
         details: Mapping[str, Any] | None = None,
     ) -> None:
         """File ``event`` in the trail of every tenant in ``tenants`` (``["_system"]`` for global
-        events). Returns once each copy is in the store or fsync'd to the spool. ValueError for
-        caller bugs (bad tenant id, non-string incident, non-JSON details); OSError only if the store is
-        unreachable and the spool directory cannot be written either."""
+        events). Returns once each copy is in the store or fsync'd to the spool (it goes
+        through the same queue as ``submit``, so one process's events keep their order).
+        ValueError for caller bugs (bad tenant id, non-string incident, non-JSON details);
+        OSError only if the store is unreachable and the spool directory cannot be written
+        either."""
+        pending = self._pending(event, tenants, actor, request_id, incident, details)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._writer.put(pending, future)
+        await future
+
+    def _pending(
+        self,
+        event: str,
+        tenants: Sequence[str],
+        actor: str | None,
+        request_id: str | None,
+        incident: str | None,
+        details: Mapping[str, Any] | None,
+    ) -> list[PendingRecord]:
         if not isinstance(event, str) or not event:
             raise ValueError("audit event name must be a non-empty string")
         if isinstance(tenants, str) or not tenants:
@@ -162,45 +209,16 @@ class AuditTrail:
         except UnicodeEncodeError:
             raise ValueError("audit details contain text that is not valid Unicode") from None
         stamp = format_time(self._clock())
-        pending = [PendingRecord(t, stamp, event, actor, request_id, incident, dict(clean)) for t in targets]
-        if self._spool.pending or self._replaying:
-            # Something is queued: go behind it, so this process's events keep their order.
-            self._spool.add(pending)
-            if not self._replaying and time.monotonic() >= self._retry_at:
-                await self.replay_spool()
-            return
-        for index, rec in enumerate(pending):
-            try:
-                await self._chain.append(rec)
-            except StoreUnavailable:
-                self._spool.add(pending[index:])
-                self._retry_at = time.monotonic() + self._retry_interval
-                log.warning("audit.spooled", audit_event=event, spooled=self._spool.pending)
-                return
+        return [PendingRecord(t, stamp, event, actor, request_id, incident, dict(clean)) for t in targets]
+
+    async def flush(self) -> None:
+        """Return once every event accepted so far is in the store or the spool."""
+        await self._writer.flush()
 
     async def replay_spool(self) -> int:
         """Append spooled events in order (adopting spools of dead processes first); returns how
         many were written. Stops quietly at the first store failure."""
-        if self._replaying:
-            return 0
-        self._replaying = True
-        written = 0
-        try:
-            self._spool.adopt_orphans()
-            while (rec := self._spool.peek()) is not None:
-                try:
-                    if not (await self._chain.already_stored(rec)):
-                        await self._chain.append(rec, functools.partial(self._spool.mark_try, rec))
-                except StoreUnavailable:
-                    self._retry_at = time.monotonic() + self._retry_interval
-                    break
-                self._spool.done(rec)
-                written += 1
-        finally:
-            self._replaying = False
-        if written:
-            log.info("audit.spool_replayed", written=written, pending=self._spool.pending)
-        return written
+        return await self._writer.replay()
 
     # -- reading ---------------------------------------------------------------------------
     async def tenants(self) -> list[str]:
@@ -382,7 +400,8 @@ class AuditTrail:
         if validate_tenant(tenant) == SYSTEM_TENANT:
             raise ValueError("the _system trail cannot be purged")
         stream = stream_name(tenant)
-        # Replay first so this process's spooled events for the tenant are purged as well.
+        # Queued and spooled events of this process for the tenant are purged as well.
+        await self.flush()
         await self.replay_spool()
         prefixes = [template.format(tenant=tenant) for template in _TENANT_DATA]
         deleted_keys = 0

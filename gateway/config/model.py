@@ -183,6 +183,8 @@ class AuditConfig:
     retention: float = 400 * 86400.0
     spool_dir: str = "./var/audit-spool"
     anchor_every: float = 3600.0  # App. C: each trail's head is signed at least this often
+    queue_size: int = 10_000  # records queued in memory before they are spilled to the spool
+    write_timeout: float = 1.0  # an audit append slower than this spills to the spool (store sick)
 
 
 @dataclass(frozen=True)

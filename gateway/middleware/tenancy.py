@@ -116,7 +116,7 @@ async def _act_under_grant(ctx: RequestContext, claims: VerifiedClaims, tenant: 
     ctx.tenant, ctx.grant = tenant, grant
     log_context.bind(tenant=tenant)
     try:
-        await services.audit.record(
+        services.audit.submit(
             "grant.used",
             tenants=[tenant],
             actor=claims.subject,
@@ -142,7 +142,7 @@ async def _refuse_mismatch(ctx: RequestContext, own: str, named: str | None) -> 
     METRICS.auth_failures.labels("tenant_mismatch").inc()
     tenants = [own] if named is None else [own, named]  # App. B: both trails
     try:
-        await ctx.runtime.services.audit.record(
+        ctx.runtime.services.audit.submit(
             "tenant.mismatch",
             tenants=tenants,
             actor=ctx.user,
@@ -203,7 +203,7 @@ async def _block_leak(ctx: RequestContext, status: int, reason: str, echoes: Seq
     others = [c for c in dict.fromkeys(claimed) if c != ctx.tenant and TENANT_ID_RE.fullmatch(c)]
     log.warning("tenant_leak_blocked", reason=reason, route=ctx.route.name, upstream_status=status)
     try:
-        await ctx.runtime.services.audit.record(
+        ctx.runtime.services.audit.submit(
             "tenant.leak_blocked",
             tenants=[ctx.tenant, *others],  # the acting tenant and whoever the data claims to be
             actor=ctx.user,

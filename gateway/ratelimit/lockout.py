@@ -196,7 +196,7 @@ class LockoutService:
         details = {"kind": subject.kind, "subject": subject.id, "level": level, "seconds": duration}
         details["failures"] = failures
         try:
-            await self._audit.record(
+            self._audit.submit(
                 "ratelimit.lockout",
                 tenants=[SYSTEM_TRAIL],
                 actor="gateway",

@@ -10,14 +10,16 @@ from pathlib import Path
 import pytest
 
 from gateway.state import StateStore, open_store
+from gateway.state.bounded import BoundedStore
 
 
-@pytest.fixture(params=["local", "redis"])
+@pytest.fixture(params=["local", "redis", "bounded-redis"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StateStore]:
     local = f"local:{tmp_path / 'state'}"
     url = local if request.param == "local" else request.getfixturevalue("redis_url")
     async with open_store(url) as opened:
-        yield opened
+        # The request path's view (every call under store_timeout) must be the same store.
+        yield BoundedStore(opened, lambda: 5.0) if request.param == "bounded-redis" else opened
 
 
 async def test_get_set_delete(store: StateStore) -> None:
