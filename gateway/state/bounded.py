@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from typing import TypeVar
 
 from gateway.errors import StoreUnavailable
@@ -129,6 +129,25 @@ class BoundedStore(StateStore):
 
     async def delete_prefix(self, prefix: str) -> int:
         return await self._bound(self._inner.delete_prefix(prefix))
+
+    async def compare_and_set(self, key: str, expected: bytes | None, value: bytes) -> bytes | None:
+        return await self._bound(self._inner.compare_and_set(key, expected, value))
+
+    async def set_max(self, key: str, value: int) -> int:
+        return await self._bound(self._inner.set_max(key, value))
+
+    async def set_keep_later(self, key: str, value: bytes, ttl: float) -> bool:
+        return await self._bound(self._inner.set_keep_later(key, value, ttl))
+
+    async def hash_merge(
+        self,
+        key: str,
+        entries: Mapping[str, bytes],
+        removed: Collection[str] = (),
+        *,
+        tombstone_ttl: float = 3600.0,
+    ) -> int:
+        return await self._bound(self._inner.hash_merge(key, entries, removed, tombstone_ttl=tombstone_ttl))
 
     async def publish(self, channel: str, message: bytes) -> None:
         await self._bound(self._inner.publish(channel, message))
