@@ -3,7 +3,8 @@ a responder signs in, dry-runs and engages a module switch, the public listeners
 the incident id, two instances sharing a real redis-server acknowledge in the grid, one is killed
 and turns silent, the switch is released; a wrong token is refused; a read-only role sees no
 engage button and the API refuses it anyway; a reason carrying ``<script>`` is shown as text and
-the CSP blocks inline script. Screenshots of every view go to ``test-artifacts/console/``."""
+the CSP blocks inline script; the traffic view shows what a shadow rate-limit policy would have
+refused. Screenshots of every view go to ``test-artifacts/console/``."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from typing import Any
 
 import pytest
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.demo.issuer import DemoIssuer
 from tests.e2e.killswitch_helpers import killswitch_config
@@ -269,12 +271,16 @@ def test_contain_wizard_shows_each_step_and_exports_the_affected_trail(
             "auth": "none",
             "login": True,
             "methods": ["POST"],
-            "rate_limit": ["login"],
+            "rate_limit": ["login", "watch"],
         }
     )
     config["rate_limits"] = {
         "login": {"window": "1m", "failures_per_username": 100, "failures_per_ip": 2, "base_lockout": "1m"},
-        "policies": {"login": [{"key": "ip", "limit": "1000/minute"}]},
+        "policies": {
+            "login": [{"key": "ip", "limit": "1000/minute"}],
+            # A limit being watched before it is enforced (App. C): over it, nothing is refused.
+            "watch": [{"key": "ip", "limit": "1/minute", "mode": "shadow"}],
+        },
     }
     gw = gateway_factory(config)
     responder = mint(issuers["ops"], "shopino-ops", ["incident-responder"], user_id="resp-1")
@@ -307,7 +313,11 @@ def test_contain_wizard_shows_each_step_and_exports_the_affected_trail(
     assert "killswitch.engaged" in exported and "INC-UI-2" in exported
 
     assert [login(gw, f"user{i}") for i in range(3)] == [401, 401, 429]  # the IP is locked out
+    would = shadow_refusals(gw, "watch")
+    assert would >= 1  # the second login was over "watch" and still reached the upstream (401)
     page.click("a[data-view='traffic']")
+    # Per shadow policy, what it would have refused: the gateway's own count, as text.
+    page.wait_for_selector(f"#traffic-shadow tr[data-policy='watch'] td:nth-child(2):text-is('{would}')")
     page.click("#lockouts tr:has-text('ip') button")
     page.click("#confirm-ok")
     page.wait_for_selector("#lockout-result:has-text('Cleared ip')")
@@ -316,6 +326,21 @@ def test_contain_wizard_shows_each_step_and_exports_the_affected_trail(
     page.wait_for_selector("#traffic-refusals tr[data-reason='locked-out']:has-text('429')")
     shoot(page, "traffic-lockouts")
     assert page.problems == []
+
+
+def shadow_refusals(gw: GatewayProc, policy: str) -> int:
+    request = urllib.request.Request(
+        gw.admin_url + "/metrics", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        text = response.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "shopino_gateway_ratelimit_shadow_refusals_total" and sample.labels == {
+                "policy": policy
+            }:
+                return int(sample.value)
+    return 0
 
 
 def login(gw: GatewayProc, username: str) -> int:
