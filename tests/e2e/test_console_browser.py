@@ -289,17 +289,20 @@ def test_contain_wizard_shows_each_step_and_exports_the_affected_trail(
     page.fill("#contain-incident", "INC-UI-2")
     page.select_option("#contain-scope", "tenant")
     page.fill("#contain-tenant", "acme")
+    page.check("#contain-keys")  # all three steps: isolate, revoke sessions, rotate keys
     page.click("#contain")
     page.wait_for_selector("#confirm[open]")
     page.fill("#confirm-fields input[data-field='reason']", "stolen admin session")
     assert page.is_disabled("#confirm-ok")  # the incident id must be typed
     page.fill("#confirm-typed", "INC-UI-2")
     page.click("#confirm-ok")
-    page.wait_for_selector("#contain-steps li[data-step='session revocation'] .ok")
+    page.wait_for_selector("#contain-steps li[data-step='key rotation'] .ok")
     steps = page.locator("#contain-steps li").all_text_contents()
     assert steps[0].startswith("kill switch: engaged") and "(tenant acme)" in steps[0]
     assert steps[1].startswith("session revocation: revoked sessions of acme")
+    assert steps[2].startswith("key rotation: rotated signing keys; older keys revoked (new kid ")
     page.wait_for_selector("#incident-actions td:has-text('sessions.revoked')")
+    page.wait_for_selector("#incident-actions td:has-text('keys.rotated')")
     assert page.query_selector("#incident-actions td:text-is('jwt:resp-1')") is not None
     # The reason asked for lands in every step's audit record, not only the switch's.
     revoked = page.locator("#incident-actions tr", has_text="sessions.revoked").text_content()
