@@ -121,6 +121,7 @@ def test_responder_isolates_a_module_and_watches_two_instances_acknowledge(
 
     sign_in(page, a, ADMIN_TOKEN)
     page.wait_for_selector("#engage")
+    assert page.query_selector("#purge") is not None  # a gateway admin may purge a tenant
     for instance in ids.values():
         wait_grid(page, instance, "enforcing")
     page.select_option("#engage-scope", "module")
@@ -236,6 +237,8 @@ def test_wrong_token_is_refused_and_a_viewer_gets_no_engage_button(
     page.wait_for_selector("#ack-grid tr[data-state='enforcing']")
     assert page.query_selector("#engage") is None and page.query_selector("#engage-form") is None
     assert page.query_selector("#switches button.release") is None
+    for action in ("#contain", "#rotate-keys", "#purge", "#lockout-username", "#switches button.extend"):
+        assert page.query_selector(action) is None, action  # no view offers a change
     assert page.text_content("#who").startswith("jwt:watcher (gateway-viewer)")
     shoot(page, "board-viewer")
     # The API refuses the viewer anyway, whatever the page shows.
@@ -286,6 +289,8 @@ def test_contain_wizard_shows_each_step_and_exports_the_affected_trail(
     responder = mint(issuers["ops"], "shopino-ops", ["incident-responder"], user_id="resp-1")
     sign_in(page, gw, responder)
     page.click("a[data-view='incident']")
+    # The role matrix: a responder contains and rotates, but purging a tenant is gateway-admin's.
+    assert page.query_selector("#rotate-keys") is not None and page.query_selector("#purge") is None
     page.fill("#contain-incident", "INC-UI-2")
     page.select_option("#contain-scope", "tenant")
     page.fill("#contain-tenant", "acme")
