@@ -382,11 +382,7 @@ class KillSwitchRegistry(SnapshotBacked):
     async def _beat(self) -> None:
         if self.index is None:
             return  # nothing applied yet: not an instance that enforces anything
-        # Stale: the store failed after a first load. A beat racing that first load (its index is
-        # applied before the snapshot counts as loaded and healthy) is no outage: the grid showed
-        # a fresh instance's store as stale for its first second.
-        stale = not self.healthy and self.loaded_at is not None
-        beat = {"version": self.index.version, "at": self._clock(), "stale": stale}
+        beat = {"version": self.index.version, "at": self._clock(), "stale": not self.healthy}
         await self._store.hset(INSTANCES_KEY, self.instance_id, orjson.dumps(beat))
 
     async def _heartbeat_loop(self) -> None:
