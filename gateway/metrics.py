@@ -21,7 +21,8 @@ from prometheus_client import (
 )
 from prometheus_client import multiprocess as prom_multiprocess
 
-from gateway.traffic.recorder import TRAFFIC, TrafficRecorder
+from gateway.ratelimit.metrics import SHADOW_REFUSALS
+from gateway.traffic.recorder import TRAFFIC, Counters, TrafficRecorder
 
 if TYPE_CHECKING:
     from gateway.context import RequestContext
@@ -150,14 +151,21 @@ class GatewayMetrics:
             # request back out (gateway/traffic/recorder.py).
             self._traffic.observe(ctx)
 
-    def answer_counts(self) -> tuple[dict[tuple[str, int], int], dict[str, int]]:
-        """(route, status) → answered and problem type → refused, so far in this process: the
-        console's traffic snapshots (gateway/traffic/recorder.py) are differences of these."""
+    def answer_counts(self) -> Counters:
+        """(route, status) → answered, problem type → refused and shadow policy → would have
+        refused, so far in this process: the console's traffic snapshots
+        (gateway/traffic/recorder.py) are differences of these."""
         if not self.tallied:
             return _all_workers_counts()
         answered = {key: tally.count for key, tally in self._tallies.items()}
         refused = {slug: int(child._value.get()) for slug, child in self._refusal_children.items()}
-        return answered, refused
+        shadow = {
+            sample.labels["policy"]: int(sample.value)
+            for metric in SHADOW_REFUSALS.collect()
+            for sample in metric.samples
+            if sample.name == _SHADOW_TOTAL
+        }
+        return answered, refused, shadow
 
     def _new_tally(self, route: str, status: int) -> _RequestTally:
         # The children are made at the first request, as before: the same _created timestamps.
@@ -178,13 +186,17 @@ class GatewayMetrics:
             latency.publish()
 
 
-def _all_workers_counts() -> tuple[dict[tuple[str, int], int], dict[str, int]]:
+_SHADOW_TOTAL = "shopino_gateway_ratelimit_shadow_refusals_total"
+
+
+def _all_workers_counts() -> Counters:
     """With several workers: every worker's counts, summed from the shared files (as /metrics
     does), so the console's traffic view is the same whichever worker answers it."""
     registry = CollectorRegistry()
     prom_multiprocess.MultiProcessCollector(registry)
     answered: dict[tuple[str, int], int] = {}
     refused: dict[str, int] = {}
+    shadow: dict[str, int] = {}
     for metric in registry.collect():
         for sample in metric.samples:
             if sample.name == "shopino_gateway_requests_total":
@@ -193,7 +205,10 @@ def _all_workers_counts() -> tuple[dict[tuple[str, int], int], dict[str, int]]:
             elif sample.name == "shopino_gateway_refusals_total":
                 slug = sample.labels["type"]
                 refused[slug] = refused.get(slug, 0) + int(sample.value)
-    return answered, refused
+            elif sample.name == _SHADOW_TOTAL:
+                policy = sample.labels["policy"]
+                shadow[policy] = shadow.get(policy, 0) + int(sample.value)
+    return answered, refused, shadow
 
 
 METRICS = GatewayMetrics(traffic=TRAFFIC)

@@ -5,7 +5,9 @@
 * ``GET /admin/instances`` — every instance heartbeating into the store, with its applied
   switch-set version, heartbeat age, store state and ``enforcing`` / ``lagging`` / ``silent``;
 * ``GET /admin/killswitch/targets`` — the engage pickers, from the running config;
-* ``GET /admin/traffic`` — the last 15 minutes of this process's traffic (``gateway.traffic``).
+* ``GET /admin/traffic`` — the last 15 minutes of this process's traffic (``gateway.traffic``),
+  with what each ``mode: shadow`` policy would have refused (``shadow_refusals``) and the
+  running config's shadow policies (``shadow_policies``), so one that never fired shows 0.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from aiohttp import web
 
 from gateway.admin.context import ActorKey, RolesKey, RuntimeKey
 from gateway.admin.killswitch_api import switch_targets
+from gateway.config import GatewayConfig
 from gateway.json_body import json_response
 from gateway.killswitch.model import MODES, SCOPES
 from gateway.killswitch.registry import HEARTBEAT, LIVE_WINDOW
@@ -42,9 +45,21 @@ async def get_targets(request: web.Request) -> web.Response:
     return json_response({"scopes": list(SCOPES), "modes": list(MODES), **targets})
 
 
+def shadow_policies(config: GatewayConfig) -> list[str]:
+    """The policies with a ``mode: shadow`` rule (``pre_auth`` for the pre-auth rules): the
+    names the shadow refusal counter is labelled with."""
+    limits = config.rate_limits
+    names = {name for name, rules in limits.policies.items() if any(r.mode == "shadow" for r in rules)}
+    if any(rule.mode == "shadow" for rule in limits.pre_auth):
+        names.add("pre_auth")
+    return sorted(names)
+
+
 async def get_traffic(request: web.Request) -> web.Response:
     runtime = request.app[RuntimeKey]()
-    return json_response(TRAFFIC.report(runtime.access_log.pseudonym))
+    report = TRAFFIC.report(runtime.access_log.pseudonym)
+    report["shadow_policies"] = shadow_policies(runtime.config)
+    return json_response(report)
 
 
 def add_console_api_routes(app: web.Application) -> None:

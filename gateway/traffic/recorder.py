@@ -11,8 +11,13 @@ kill switch dry run and traffic view read, without Prometheus.
 * **Per ``BUCKET_S`` (10) s, the last 15 minutes** — a ring of snapshots of the request and
   refusal counters ``GatewayMetrics`` keeps anyway (summed over the workers when there are
   several), taken at the first request of each bucket, so other requests add nothing for it;
-  the traffic view is the difference of consecutive snapshots. Only refusals (rarer, and
-  already the slow path) note their status and client, per worker.
+  the traffic view is the difference of consecutive snapshots. The snapshots include the
+  per-policy counts of ``mode: shadow`` rules over their limit (``shopino_gateway_ratelimit_
+  shadow_refusals``, App. C), so the view shows what each shadow rule would have refused; the
+  policies are the config's, so they are bounded like the routes. (The first request of a
+  bucket, if a shadow rule was over for it, counts in the bucket before: the snapshot cannot
+  tell which policy it was, and nothing is lost from the window but at its oldest edge.)
+  Only refusals (rarer, and already the slow path) note their status and client, per worker.
 
 Bounded memory: at most ``MAX_KEYS`` interned keys, paths of at most ``MAX_PATH`` chars; when
 the table is full, keys no second of the window counts are forgotten (checked at most every
@@ -48,8 +53,9 @@ OVERFLOW = 0  # the key id of requests counted without any key (table full twice
 
 Key = tuple[str, str, str, str]  # route ("" none), tenant ("" none), method ("" overflow), path
 _Tree = dict[str, dict[str, dict[str, dict[str, int]]]]
-# (route, status) → answered, problem type → refused: the process's counters so far.
-Counters = tuple[dict[tuple[str, int], int], dict[str, int]]
+# (route, status) → answered, problem type → refused, shadow policy → would have refused: the
+# process's (or the workers' summed) counters so far.
+Counters = tuple[dict[tuple[str, int], int], dict[str, int], dict[str, int]]
 
 
 @dataclass(slots=True)
@@ -63,7 +69,7 @@ class _Refusals:
 
 
 def _no_counters() -> Counters:
-    return {}, {}
+    return {}, {}, {}
 
 
 class TrafficRecorder:
@@ -148,13 +154,13 @@ class TrafficRecorder:
             self._bucket_start = start
             # Everything before this request belongs to earlier buckets; it is already counted
             # (answered and, if so, refused), so it is taken back out of the snapshot.
-            answered, refused = self.counters()
+            answered, refused, shadow = self.counters()
             mine = (ctx.route.name if ctx.route is not None else "-", ctx.status or 0)
             if answered.get(mine):
                 answered[mine] -= 1
             if ctx.refusal is not None and refused.get(ctx.refusal):
                 refused[ctx.refusal] -= 1
-            self._snapshots.append((start, (answered, refused)))
+            self._snapshots.append((start, (answered, refused, shadow)))
             self._refusals.append(_Refusals(start))
             if len(self._keys) - len(self._free) >= self._max_keys:
                 self._forget_idle(second)
@@ -190,13 +196,16 @@ class TrafficRecorder:
 
     def report(self, pseudonym: Callable[[str], str], top: int = 10) -> dict[str, object]:
         """The traffic view: one point per bucket of the last 15 minutes that saw requests,
-        oldest first, plus the top refused clients over the window (truncated IP, pseudonym)."""
+        oldest first, plus the top refused clients over the window (truncated IP, pseudonym) and
+        per shadow policy what it would have refused over the window."""
         now = int(self._clock())
         snapshots = [*self._snapshots, (now, self.counters())]
         points = []
-        for (start, (answered, refused)), (_, (answered_next, refused_next)) in pairwise(snapshots):
+        would_refuse: dict[str, int] = {}
+        for (start, before), (_, after) in pairwise(snapshots):
             if start <= now - TRAFFIC_WINDOW:
                 continue
+            (answered, refused, shadow_before), (answered_next, refused_next, shadow_next) = before, after
             routes: dict[str, dict[str, int]] = {}
             for (route, status), n in answered_next.items():
                 delta = n - answered.get((route, status), 0)
@@ -204,8 +213,11 @@ class TrafficRecorder:
                     classes = routes.setdefault(route, {})
                     cls = f"{min(status // 100, 5)}xx"
                     classes[cls] = classes.get(cls, 0) + delta
-            refusals = {s: n - refused.get(s, 0) for s, n in refused_next.items() if n > refused.get(s, 0)}
-            points.append({"t": start, "routes": routes, "refusals": refusals})
+            refusals = _increase(refused, refused_next)
+            shadow = _increase(shadow_before, shadow_next)
+            for policy, n in shadow.items():
+                would_refuse[policy] = would_refuse.get(policy, 0) + n
+            points.append({"t": start, "routes": routes, "refusals": refusals, "shadow": shadow})
         clients: dict[tuple[str, str], int] = {}
         statuses: dict[str, int] = {}
         for bucket in self._refusals:
@@ -224,10 +236,16 @@ class TrafficRecorder:
             "now": now,
             "points": points,
             "refusal_status": statuses,
+            "shadow_refusals": dict(sorted(would_refuse.items())),
             "top_refused": [
                 {"client_ip": ip, "user": user or None, "refusals": n} for (ip, user), n in ranked
             ],
         }
+
+
+def _increase(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    """What grew between two snapshots of name → count (only the names that did)."""
+    return {name: n - before.get(name, 0) for name, n in after.items() if n > before.get(name, 0)}
 
 
 TRAFFIC = TrafficRecorder()

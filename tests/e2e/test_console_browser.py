@@ -3,7 +3,8 @@ a responder signs in, dry-runs and engages a module switch, the public listeners
 the incident id, two instances sharing a real redis-server acknowledge in the grid, one is killed
 and turns silent, the switch is released; a wrong token is refused; a read-only role sees no
 engage button and the API refuses it anyway; a reason carrying ``<script>`` is shown as text and
-the CSP blocks inline script. Screenshots of every view go to ``test-artifacts/console/``."""
+the CSP blocks inline script; the traffic view shows what a shadow rate-limit policy would have
+refused. Screenshots of every view go to ``test-artifacts/console/``."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from typing import Any
 
 import pytest
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.demo.issuer import DemoIssuer
 from tests.e2e.killswitch_helpers import killswitch_config
@@ -119,6 +121,7 @@ def test_responder_isolates_a_module_and_watches_two_instances_acknowledge(
 
     sign_in(page, a, ADMIN_TOKEN)
     page.wait_for_selector("#engage")
+    assert page.query_selector("#purge") is not None  # a gateway admin may purge a tenant
     for instance in ids.values():
         wait_grid(page, instance, "enforcing")
     page.select_option("#engage-scope", "module")
@@ -234,6 +237,8 @@ def test_wrong_token_is_refused_and_a_viewer_gets_no_engage_button(
     page.wait_for_selector("#ack-grid tr[data-state='enforcing']")
     assert page.query_selector("#engage") is None and page.query_selector("#engage-form") is None
     assert page.query_selector("#switches button.release") is None
+    for action in ("#contain", "#rotate-keys", "#purge", "#lockout-username", "#switches button.extend"):
+        assert page.query_selector(action) is None, action  # no view offers a change
     assert page.text_content("#who").startswith("jwt:watcher (gateway-viewer)")
     shoot(page, "board-viewer")
     # The API refuses the viewer anyway, whatever the page shows.
@@ -269,31 +274,40 @@ def test_contain_wizard_shows_each_step_and_exports_the_affected_trail(
             "auth": "none",
             "login": True,
             "methods": ["POST"],
-            "rate_limit": ["login"],
+            "rate_limit": ["login", "watch"],
         }
     )
     config["rate_limits"] = {
         "login": {"window": "1m", "failures_per_username": 100, "failures_per_ip": 2, "base_lockout": "1m"},
-        "policies": {"login": [{"key": "ip", "limit": "1000/minute"}]},
+        "policies": {
+            "login": [{"key": "ip", "limit": "1000/minute"}],
+            # A limit being watched before it is enforced (App. C): over it, nothing is refused.
+            "watch": [{"key": "ip", "limit": "1/minute", "mode": "shadow"}],
+        },
     }
     gw = gateway_factory(config)
     responder = mint(issuers["ops"], "shopino-ops", ["incident-responder"], user_id="resp-1")
     sign_in(page, gw, responder)
     page.click("a[data-view='incident']")
+    # The role matrix: a responder contains and rotates, but purging a tenant is gateway-admin's.
+    assert page.query_selector("#rotate-keys") is not None and page.query_selector("#purge") is None
     page.fill("#contain-incident", "INC-UI-2")
     page.select_option("#contain-scope", "tenant")
     page.fill("#contain-tenant", "acme")
+    page.check("#contain-keys")  # all three steps: isolate, revoke sessions, rotate keys
     page.click("#contain")
     page.wait_for_selector("#confirm[open]")
     page.fill("#confirm-fields input[data-field='reason']", "stolen admin session")
     assert page.is_disabled("#confirm-ok")  # the incident id must be typed
     page.fill("#confirm-typed", "INC-UI-2")
     page.click("#confirm-ok")
-    page.wait_for_selector("#contain-steps li[data-step='session revocation'] .ok")
+    page.wait_for_selector("#contain-steps li[data-step='key rotation'] .ok")
     steps = page.locator("#contain-steps li").all_text_contents()
     assert steps[0].startswith("kill switch: engaged") and "(tenant acme)" in steps[0]
     assert steps[1].startswith("session revocation: revoked sessions of acme")
+    assert steps[2].startswith("key rotation: rotated signing keys; older keys revoked (new kid ")
     page.wait_for_selector("#incident-actions td:has-text('sessions.revoked')")
+    page.wait_for_selector("#incident-actions td:has-text('keys.rotated')")
     assert page.query_selector("#incident-actions td:text-is('jwt:resp-1')") is not None
     # The reason asked for lands in every step's audit record, not only the switch's.
     revoked = page.locator("#incident-actions tr", has_text="sessions.revoked").text_content()
@@ -307,7 +321,11 @@ def test_contain_wizard_shows_each_step_and_exports_the_affected_trail(
     assert "killswitch.engaged" in exported and "INC-UI-2" in exported
 
     assert [login(gw, f"user{i}") for i in range(3)] == [401, 401, 429]  # the IP is locked out
+    would = shadow_refusals(gw, "watch")
+    assert would >= 1  # the second login was over "watch" and still reached the upstream (401)
     page.click("a[data-view='traffic']")
+    # Per shadow policy, what it would have refused: the gateway's own count, as text.
+    page.wait_for_selector(f"#traffic-shadow tr[data-policy='watch'] td:nth-child(2):text-is('{would}')")
     page.click("#lockouts tr:has-text('ip') button")
     page.click("#confirm-ok")
     page.wait_for_selector("#lockout-result:has-text('Cleared ip')")
@@ -316,6 +334,21 @@ def test_contain_wizard_shows_each_step_and_exports_the_affected_trail(
     page.wait_for_selector("#traffic-refusals tr[data-reason='locked-out']:has-text('429')")
     shoot(page, "traffic-lockouts")
     assert page.problems == []
+
+
+def shadow_refusals(gw: GatewayProc, policy: str) -> int:
+    request = urllib.request.Request(
+        gw.admin_url + "/metrics", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        text = response.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "shopino_gateway_ratelimit_shadow_refusals_total" and sample.labels == {
+                "policy": policy
+            }:
+                return int(sample.value)
+    return 0
 
 
 def login(gw: GatewayProc, username: str) -> int:

@@ -140,6 +140,10 @@ async def test_two_workers_share_port_reload_everywhere_and_sum_metrics(
     config = routes_config(upstream)
     config["listen"]["workers"] = 2
     config["state"] = {"url": redis_server.url}
+    # A shadow limit over the route (exact across the workers on the shared Redis): the console
+    # sums its would-be refusals over the workers too.
+    config["rate_limits"] = {"policies": {"watch": [{"key": "route", "limit": "2/minute", "mode": "shadow"}]}}
+    config["routes"][0]["rate_limit"] = ["watch"]
     gw: GatewayProc = gateway_factory(config)
     instances: set[str] = set()
     async with aiohttp.ClientSession() as http:
@@ -167,8 +171,9 @@ async def test_two_workers_share_port_reload_everywhere_and_sum_metrics(
             aiohttp.ClientSession() as fresh,
             fresh.get(f"{gw.admin_url}/admin/traffic", headers=AUTH) as r,
         ):
-            points = (await r.json())["points"]
-        assert sum(p["routes"].get("open", {}).get("2xx", 0) for p in points) == 10
+            traffic = await r.json()
+        assert sum(p["routes"].get("open", {}).get("2xx", 0) for p in traffic["points"]) == 10
+        assert traffic["shadow_refusals"] == {"watch": 8}
 
         new = routes_config(upstream, prefix="/moved")
         new["listen"], new["state"], new["admin"] = config["listen"], config["state"], gw.config["admin"]

@@ -1,6 +1,8 @@
 """Shadow limits (SPEC Appendix C) through a real gateway on a real Redis: a shadow rule below
 the traffic never refuses and adds no rate-limit headers, yet the metric and the access line
-report every request over it; an enforced rule beside it still refuses."""
+report every request over it; an enforced rule beside it still refuses. The console's traffic
+view (``GET /admin/traffic``) shows per policy what each shadow rule would have refused, and an
+enforced rule's refusals are refusals there, never shadow counts."""
 
 from __future__ import annotations
 
@@ -74,3 +76,18 @@ async def test_shadow_rules_report_but_never_refuse_and_enforced_rules_still_do(
     assert _sample(metrics, shadow, policy="watch") == 9
     assert _sample(metrics, shadow, policy="pre_auth") == 8
     assert _sample(metrics, shadow, policy="strict") == 0
+
+    # The console's traffic view: the same counts per shadow policy over its 15-minute window,
+    # from the gateway's own counter snapshots; "strict" (enforced) is no shadow policy, its 429
+    # is a refusal by reason.
+    async with http.get(
+        f"{gw.admin_url}/admin/traffic", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    ) as r:
+        assert r.status == 200
+        traffic = await r.json()
+    assert traffic["shadow_policies"] == ["pre_auth", "watch"]
+    assert traffic["shadow_refusals"] == {"pre_auth": 8, "watch": 9}
+    assert sum(p["shadow"].get("watch", 0) for p in traffic["points"]) == 9
+    assert sum(p["refusals"].get("rate-limited", 0) for p in traffic["points"]) == 1
+    assert traffic["refusal_status"]["rate-limited"] == 429
+    assert all("strict" not in p["shadow"] for p in traffic["points"])

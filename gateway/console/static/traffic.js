@@ -1,6 +1,7 @@
 // Traffic view: the last 15 minutes from the gateway's own ring (GET /admin/traffic, this
 // process's counters): requests/s per route and status class, refusals by reason, the top
-// refused clients (truncated IP, user pseudonym), and active lockouts with clear.
+// refused clients (truncated IP, user pseudonym), what each shadow rate-limit policy would have
+// refused (mode: shadow, never enforced), and active lockouts with clear.
 import { api } from "./api.js";
 import { ask } from "./confirm.js";
 import { append, cell, clear, el, message, problemText, single, sparkline, table } from "./dom.js";
@@ -14,6 +15,7 @@ export function mount(root, s) {
   ui.routes = el("div", { id: "traffic-routes" });
   ui.refusals = el("div", { id: "traffic-refusals" });
   ui.clients = el("div", { id: "traffic-clients" });
+  ui.shadow = el("div", { id: "traffic-shadow" });
   ui.lockouts = el("div", { id: "lockouts" });
   ui.result = el("p", { id: "lockout-result", role: "status" });
   ui.user = el("input", { id: "lockout-username", placeholder: "username", size: 20 });
@@ -21,6 +23,7 @@ export function mount(root, s) {
     el("h2", { text: "Requests per second, by route (last 15 minutes)" }), ui.routes,
     el("h2", { text: "Refusals by reason" }), ui.refusals,
     el("h2", { text: "Top refused clients" }), ui.clients,
+    el("h2", { text: "Shadow limits: requests each shadow policy would have refused" }), ui.shadow,
     el("h2", { text: "Active lockouts" }), ui.lockouts,
     session.can.act ? el("form", { onsubmit: (e) => { e.preventDefault(); clearLockout("username", ui.user.value.trim()); } },
       el("label", {}, "Clear a username's lockout ", ui.user), " ", el("button", { type: "submit" }, "Clear")) : null,
@@ -57,7 +60,7 @@ function timeline(data) {
   const last = data.now - (data.now % s);
   const byStart = new Map(data.points.map((p) => [p.t, p]));
   const all = [];
-  for (let t = last - data.window_s + s; t <= last; t += s) all.push(byStart.get(t) || { t, routes: {}, refusals: {} });
+  for (let t = last - data.window_s + s; t <= last; t += s) all.push(byStart.get(t) || { t, routes: {}, refusals: {}, shadow: {} });
   return all;
 }
 
@@ -86,6 +89,15 @@ function render(data) {
   append(clear(ui.clients), clientRows.length
     ? table(["Client (truncated IP)", "User (pseudonym)", "Refusals"], clientRows, { class: "clients" })
     : el("p", { class: "note", text: "None." }));
+  // Every shadow policy of the running config (0 when it never fired), plus any counted under an
+  // earlier config within the window.
+  const policies = [...new Set([...(data.shadow_policies || []), ...Object.keys(data.shadow_refusals || {})])].sort();
+  const shadowRows = policies.map((policy) => el("tr", { dataset: { policy } },
+    cell(policy), cell((data.shadow_refusals || {})[policy] || 0),
+    el("td", {}, sparkline(series(points, (p) => (p.shadow || {})[policy] || 0, s), { label: `${policy} would refuse per second` }))));
+  append(clear(ui.shadow), shadowRows.length
+    ? table(["Policy", "Would have refused (15 min)", "per second"], shadowRows, { class: "shadow" })
+    : el("p", { class: "note", text: "No shadow rules in the running config." }));
 }
 
 async function refreshLockouts() {

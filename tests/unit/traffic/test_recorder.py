@@ -143,7 +143,7 @@ def test_traffic_report_is_the_difference_of_counter_snapshots_per_bucket(config
     rec = TrafficRecorder(clock)
     answered: dict[tuple[str, int], int] = {}
     refused: dict[str, int] = {}
-    rec.counters = lambda: (dict(answered), dict(refused))
+    rec.counters = lambda: (dict(answered), dict(refused), {})
 
     def request(route: str, path: str, status: int, refusal: str | None = None, **kw: Any) -> None:
         # The order of the real thing: a refusal is counted, then the answer, then observe.
@@ -181,3 +181,32 @@ def test_traffic_report_is_the_difference_of_counter_snapshots_per_bucket(config
     assert "alice" not in text and "198.51.100.23" not in text  # SECURITY: no raw identity leaves
     clock.now += 15 * 60 + 10  # both buckets older than the 15-minute window
     assert rec.report(str)["points"] == [] and rec.report(str)["top_refused"] == []
+
+
+def test_shadow_refusals_per_policy_are_differences_over_the_window(config) -> None:
+    clock = Clock(1_800_000_000.0)
+    rec = TrafficRecorder(clock)
+    answered: dict[tuple[str, int], int] = {}
+    shadow: dict[str, int] = {"watch": 7}  # counted before the window's first bucket: not in it
+    rec.counters = lambda: (dict(answered), {}, dict(shadow))
+
+    def request(over: tuple[str, ...] = ()) -> None:
+        # The order of the real thing: the limiter counts the shadow policies, then observe.
+        for policy in over:
+            shadow[policy] = shadow.get(policy, 0) + 1
+        answered[("finance-api", 200)] = answered.get(("finance-api", 200), 0) + 1
+        hit(rec, config, "finance-api", "GET", "/api/finance/x")
+
+    request()  # the first bucket's snapshot: watch 7
+    request(("watch",))
+    request(("watch", "pre_auth"))
+    clock.now += BUCKET_S
+    request()
+    request(("pre_auth",))
+    clock.now += 1
+    report = rec.report(str)
+    assert [p["shadow"] for p in report["points"]] == [{"watch": 2, "pre_auth": 1}, {"pre_auth": 1}]
+    assert report["shadow_refusals"] == {"pre_auth": 2, "watch": 2}
+    assert all(p["refusals"] == {} for p in report["points"])  # a shadow rule never refused
+    clock.now += 15 * 60  # past the window: nothing left to show
+    assert rec.report(str)["shadow_refusals"] == {}
