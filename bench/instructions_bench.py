@@ -145,29 +145,20 @@ def start_gateway_flood_counted(env: BenchEnv) -> Counted:
     return Counted(prepared.port, proc.pid, rundir, requests, status=b"429")
 
 
-def start_aiohttp_min_counted(env: BenchEnv) -> Counted:
+def start_script_counted(env: BenchEnv, name: str, argv: Callable[[BenchEnv, int], list[str]]) -> Counted:
+    """A bench script proxy (aiohttp-min, python-floor) under callgrind, asked for ``/``."""
     port = free_port()
-    rundir = env.workdir / "aiohttp-min"
+    rundir = env.workdir / name
     rundir.mkdir(parents=True, exist_ok=True)
-    argv = [*valgrind_prefix(rundir), *aiohttp_min_argv(env, port)]
-    proc = env.launcher.start("aiohttp-min", argv, cpu=env.proxy_cpu, env=_repeatable(dict(os.environ)))
-    wait_ready(env.launcher, "aiohttp-min", proc, body_probe(port, env.bearer), START_TIMEOUT)
-    return Counted(port, proc.pid, rundir, raw_requests(port, "/", [env.bearer]))
-
-
-def start_python_floor_counted(env: BenchEnv) -> Counted:
-    port = free_port()
-    rundir = env.workdir / "python-floor"
-    rundir.mkdir(parents=True, exist_ok=True)
-    argv = [*valgrind_prefix(rundir), *python_floor_argv(env, port)]
-    proc = env.launcher.start("python-floor", argv, cpu=env.proxy_cpu, env=_repeatable(dict(os.environ)))
-    wait_ready(env.launcher, "python-floor", proc, body_probe(port, env.bearer), START_TIMEOUT)
+    command = [*valgrind_prefix(rundir), *argv(env, port)]
+    proc = env.launcher.start(name, command, cpu=env.proxy_cpu, env=_repeatable(dict(os.environ)))
+    wait_ready(env.launcher, name, proc, body_probe(port, env.bearer), START_TIMEOUT)
     return Counted(port, proc.pid, rundir, raw_requests(port, "/", [env.bearer]))
 
 
 CONTESTANTS: dict[str, Callable[[BenchEnv], Counted]] = {
-    "aiohttp-min": start_aiohttp_min_counted,
-    "python-floor": start_python_floor_counted,
+    "aiohttp-min": lambda env: start_script_counted(env, "aiohttp-min", aiohttp_min_argv),
+    "python-floor": lambda env: start_script_counted(env, "python-floor", python_floor_argv),
     "gateway": lambda env: start_gateway_counted(env, "gateway", jwt_auth=False),
     "gateway-jwt": lambda env: start_gateway_counted(env, "gateway-jwt", jwt_auth=True),
     "gateway-full": start_gateway_full_counted,

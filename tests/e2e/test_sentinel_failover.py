@@ -26,7 +26,7 @@ from gateway.demo.identities import make_user
 from gateway.demo.issuer import DemoIssuer
 from tests.e2e.ratelimit_support import DEPLOYMENT_ENV, ready
 from tests.support.fault_load import FAILED, Load, Step, summary
-from tests.support.gateway_proc import ADMIN_TOKEN, GatewayProc
+from tests.support.gateway_proc import GatewayProc, metric
 from tests.support.sentinel_cluster import SentinelCluster
 from tests.support.upstream import Upstream
 
@@ -54,17 +54,6 @@ def failover_config(upstream: Upstream, tmp: Path, state_url: str, issuer: DemoI
             {"name": "ops", "prefix": "/api/ops", "module": "ops", "upstream": "app"},
         ],
     }
-
-
-def metric(gw: GatewayProc, name: str) -> float | None:
-    request = urllib.request.Request(
-        f"{gw.admin_url}/metrics", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
-    )
-    with urllib.request.urlopen(request, timeout=5) as response:
-        for line in response.read().decode().splitlines():
-            if line.startswith(name + " ") or line.startswith(name + "{"):
-                return float(line.split()[-1])
-    return None
 
 
 def settled(gw: GatewayProc) -> bool:

@@ -26,7 +26,7 @@ from gateway.demo.identities import make_user
 from gateway.demo.issuer import DemoIssuer
 from tests.e2e.ratelimit_support import DEPLOYMENT_ENV, ready
 from tests.support.fault_load import Load, Step, summary
-from tests.support.gateway_proc import ADMIN_TOKEN, GatewayProc
+from tests.support.gateway_proc import GatewayProc, metric
 from tests.support.redis_server import RedisServer
 from tests.support.upstream import Upstream
 
@@ -51,17 +51,6 @@ def pause_config(upstream: Upstream, tmp: Path, state_url: str, issuer: DemoIssu
             {"name": "open", "prefix": "/", "upstream": "app", "auth": "none"},
         ],
     }
-
-
-def metric(gw: GatewayProc, name: str) -> float:
-    request = urllib.request.Request(
-        f"{gw.admin_url}/metrics", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
-    )
-    with urllib.request.urlopen(request, timeout=5) as response:
-        for line in response.read().decode().splitlines():
-            if line.startswith(name + " ") or line.startswith(name + "{"):
-                return float(line.split()[-1])
-    return 0.0
 
 
 async def wait_until(check: Any, timeout: float, what: str) -> float:
@@ -132,8 +121,8 @@ async def test_sick_redis_holds_no_request_and_every_audit_record_lands_once(
     # Every audited answer's record, filed during the pause or not, lands once; the chain holds.
     caught_up = await wait_until(
         lambda: (
-            metric(gw, "shopino_gateway_audit_spooled_records") == 0
-            and metric(gw, "shopino_gateway_audit_queued_records") == 0
+            not metric(gw, "shopino_gateway_audit_spooled_records")
+            and not metric(gw, "shopino_gateway_audit_queued_records")
         ),
         timeout=40,
         what="the spool and the queue drain after the resume",

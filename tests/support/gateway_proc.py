@@ -190,6 +190,18 @@ class GatewayProc:
             return self.proc.wait(5)
 
 
+def metric(gw: GatewayProc, name: str) -> float | None:
+    """The first sample of ``name`` on the gateway's admin ``/metrics``; None when absent."""
+    request = urllib.request.Request(
+        f"{gw.admin_url}/metrics", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                return float(line.split()[-1])
+    return None
+
+
 def _children(pid: int) -> list[int]:
     try:
         text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
