@@ -120,6 +120,25 @@ async def test_the_compose_store_scripts_require_the_password_and_serve_the_gate
     finally:
         authed.close()
 
+    # The compose healthchecks pass with the password and fail without it (a NOAUTH answer
+    # exits 0 from redis-cli: they must not count it as healthy).
+    checks = [
+        ("redis-primary", [("redis-cli ping", f"redis-cli -p {primary} ping")]),
+        ("sentinel-1", [("-p 26379", f"-p {sentinel}"), ("grep -qx 6379", f"grep -qx {primary}")]),
+    ]
+    for name, swaps in checks:
+        kind, shell, dash_c, command = services[name]["healthcheck"]["test"]
+        assert (kind, shell, dash_c) == ("CMD", "sh", "-c")
+        command = loopback_script(command, *swaps)
+        for secret, healthy in ((password, True), ("wrong", False), ("", False)):
+            result = subprocess.run(
+                ["sh", "-c", command],
+                env={**env, "SHOPINO_REDIS_PASSWORD": secret},
+                capture_output=True,
+                timeout=10,
+            )
+            assert (result.returncode == 0) is healthy, (name, secret == password)
+
     # The gateway's own store on the compose URL (Sentinel hosts moved to loopback).
     url = state_url.replace(",".join(f"{h}:{p}" for h, p in target.hosts), f"127.0.0.1:{sentinel}")
     store = RedisStore(url)
