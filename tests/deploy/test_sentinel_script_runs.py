@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import redis
 import yaml
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from gateway.errors import StoreUnavailable
 from gateway.state.redis import RedisStore
@@ -87,6 +89,11 @@ async def test_the_compose_store_scripts_require_the_password_and_serve_the_gate
             *swap,
         )
         processes.append(spawn(["sh", "-c", script], tmp_path / f"{name}.log", env, tmp_path / name))
+    authed = redis.Redis(port=replica, socket_timeout=1, password=password)
+    try:  # masterauth: the replica's link to the primary is up (before the Sentinel looks)
+        poll(lambda: authed.info("replication")["master_link_status"] == "up")
+    finally:
+        authed.close()
     script = loopback_script(
         services["sentinel-1"]["command"][-1],
         ("redis-primary 6379", f"127.0.0.1 {primary}"),
@@ -100,7 +107,8 @@ async def test_the_compose_store_scripts_require_the_password_and_serve_the_gate
 
     # SECURITY: without the password neither Redis nor the Sentinel answers.
     for port in (primary, replica, sentinel):
-        anonymous = redis.Redis(port=port, socket_timeout=1)
+        # No retries: redis-py retries an AuthenticationError (a ConnectionError) with backoff.
+        anonymous = redis.Redis(port=port, socket_timeout=1, retry=Retry(NoBackoff(), 0))
         try:
             poll(lambda a=anonymous: _refuses(a))
         finally:
@@ -114,11 +122,6 @@ async def test_the_compose_store_scripts_require_the_password_and_serve_the_gate
         assert replicas, (tmp_path / "sentinel.log").read_text()
     finally:
         client.close()
-    authed = redis.Redis(port=replica, socket_timeout=1, password=password)
-    try:  # masterauth: the replica's link to the primary is up
-        poll(lambda: authed.info("replication")["master_link_status"] == "up")
-    finally:
-        authed.close()
 
     # The compose healthchecks pass with the password and fail without it (a NOAUTH answer
     # exits 0 from redis-cli: they must not count it as healthy).
