@@ -54,10 +54,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     path, config = _load_or_exit(args.config)
     from gateway.crypto import Keyring, KeyringError
+    from gateway.tenancy.keys import ContextKeyError, check_env
 
     try:
         Keyring.from_env(os.environ)  # fail before binding ports, with a message, not a traceback
-    except KeyringError as exc:
+        check_env(os.environ)  # a short or placeholder context key (never echoed)
+    except (KeyringError, ContextKeyError) as exc:
         print(f"shopino-gateway run: {exc}", file=sys.stderr)
         return EXIT_USAGE
     from gateway.runtime import build_verifier

@@ -197,8 +197,16 @@ class StaticKeys:
     @classmethod
     def from_jwks_file(cls, path: str | Path) -> StaticKeys:
         path = str(path)
+        raw = _read(path, "jwks_file")
+        if raw.lstrip()[:16].upper().startswith((b"REPLACE-ME", b"CHANGE-ME")):
+            # deploy/k8s ships this placeholder so a forgotten one stops the gateway, never trusts
+            # a key nobody controls; say so rather than "not valid JSON".
+            raise KeySourceError(
+                f"jwks_file {path}: still the deployment placeholder; put your identity "
+                "provider's public JWKS there"
+            )
         try:
-            data = orjson.loads(_read(path, "jwks_file"))
+            data = orjson.loads(raw)
         except orjson.JSONDecodeError:
             raise KeySourceError(f"jwks_file {path}: not valid JSON") from None
         try:

@@ -213,15 +213,25 @@ class LockoutService:
 
     # -- operator side (admin API) ---------------------------------------------------------
     async def list(self) -> list[dict[str, Any]]:
-        """Active lockouts; raises ``StoreUnavailable``."""
-        keys = await self._store.keys(LOCK_PREFIX)
+        """Every active lockout; raises ``StoreUnavailable``."""
+        return (await self.list_bounded(None))[0]
+
+    async def list_bounded(self, limit: int | None) -> tuple[list[dict[str, Any]], bool]:
+        """At most ``limit`` active lockouts (the first by store key) and whether more exist.
+
+        One GET per listed key: during a credential-stuffing wave there may be thousands, and
+        the console polls this every few seconds, so the admin API caps it."""
+        keys = sorted(await self._store.keys(LOCK_PREFIX))
+        truncated = limit is not None and len(keys) > limit
+        if limit is not None:
+            keys = keys[:limit]
         values = await asyncio.gather(*(self._store.get(k) for k in keys))
         now = time.time()
         found = [orjson.loads(v) for v in values if v is not None]
         active = [r for r in found if r["until"] > now]
         for record in active:
             record["retry_after"] = max(1, int(record["until"] - now + 0.999))
-        return sorted(active, key=lambda r: (r["kind"], r["subject"]))
+        return sorted(active, key=lambda r: (r["kind"], r["subject"])), truncated
 
     async def clear(self, subject: Subject) -> bool:
         """Forget the lockout, its failures and its level; True when a lockout was active."""

@@ -10,6 +10,10 @@ working and keeps signing, but no backend can verify the assertion, because the 
 never leaves the gateway. Refusing to start instead would break every existing deployment for
 a header that nothing verified before; the warning makes the gap visible. In the demo an unset
 key becomes a random per-process key (the demo command sets the variable for both sides).
+
+A key that is set but short (fewer than 32 bytes) or still a deployment placeholder
+(``REPLACE-ME``/``CHANGE-ME``, as in deploy/k8s/examples/) is refused at start-up: a forgotten
+placeholder would otherwise become the MAC key every backend trusts, and it is public.
 """
 
 from __future__ import annotations
@@ -24,6 +28,28 @@ from gateway.tenancy.context import ContextSigner
 ENV_VAR = "SHOPINO_GATEWAY_CONTEXT_KEY"
 PREVIOUS_ENV_VAR = "SHOPINO_GATEWAY_CONTEXT_KEY_PREVIOUS"
 HKDF_INFO = b"shopino-gateway context"
+MIN_KEY_BYTES = 32
+_PLACEHOLDERS = ("REPLACE-ME", "CHANGE-ME")
+
+
+class ContextKeyError(ValueError):
+    """A context key the gateway refuses; the message names the variable, never the value."""
+
+
+def check_key(name: str, value: str) -> None:
+    """Refuse a short or placeholder key in ``name``. SECURITY: the message never echoes it."""
+    upper = value.upper()
+    if any(marker in upper for marker in _PLACEHOLDERS):
+        raise ContextKeyError(f"${name}: still a placeholder; set a random key (openssl rand -base64 32)")
+    if len(value.encode("utf-8")) < MIN_KEY_BYTES:
+        raise ContextKeyError(f"${name}: too short (at least {MIN_KEY_BYTES} bytes; openssl rand -base64 32)")
+
+
+def check_env(environ: Mapping[str, str]) -> None:
+    """Start-up check of the context key variables that are set (unset is allowed, see above)."""
+    for name in (ENV_VAR, PREVIOUS_ENV_VAR):
+        if environ.get(name):
+            check_key(name, environ[name])
 
 
 @dataclass(frozen=True, repr=False)
@@ -36,6 +62,7 @@ class ContextKeys:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], keyring: Keyring, *, demo: bool = False) -> ContextKeys:
+        check_env(environ)  # ContextKeyError: a short or placeholder key never signs anything
         current = environ.get(ENV_VAR, "")
         if current:
             raw, source = current.encode("utf-8"), "env"

@@ -43,13 +43,15 @@ OPERATOR_ENV = {
     "SHOPINO_GATEWAY_MASTER_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
     "SHOPINO_GATEWAY_CONTEXT_KEY": secrets.token_urlsafe(32),
     "SHOPINO_ADMIN_TOKEN_SHA256": "b" * 64,
+    "SHOPINO_REDIS_PASSWORD": secrets.token_hex(32),
 }
+STORE = ("redis-primary", "redis-replica", *SENTINELS)
 _INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
 
 
 def interpolate(value: str, environ: dict[str, str]) -> str:
-    """Compose's ``${VAR}``, ``${VAR:-default}`` and ``${VAR:?error}``; KeyError when required
-    and unset, as compose refuses to start then."""
+    """Compose's ``${VAR}``, ``${VAR:-default}``, ``${VAR:?error}`` and ``$$`` (a literal ``$``,
+    for the container's shell); KeyError when required and unset, as compose refuses to start."""
 
     def one(match: re.Match[str]) -> str:
         name, op, arg = match.group(1), match.group(2), match.group(3)
@@ -59,7 +61,7 @@ def interpolate(value: str, environ: dict[str, str]) -> str:
             return arg
         raise KeyError(name)
 
-    return _INTERPOLATION.sub(one, value)
+    return "$".join(_INTERPOLATION.sub(one, part) for part in value.split("$$"))
 
 
 @pytest.fixture(scope="module")
@@ -97,8 +99,65 @@ def test_the_topology(compose: dict[str, Any]) -> None:
     for name, service in services(compose).items():
         if service["image"] == "shopino-gateway:local":
             assert (DEPLOY / service["build"]["context"] / service["build"]["dockerfile"]).is_file(), name
-    replica = services(compose)["redis-replica"]["command"]
-    assert replica[replica.index("--replicaof") + 1 :][:2] == ["redis-primary", "6379"]
+    replica = services(compose)["redis-replica"]["command"][-1]
+    assert re.search(r"^\s*replicaof redis-primary 6379$", replica, re.M)
+
+
+def test_redis_and_the_sentinels_refuse_to_start_without_a_password(compose: dict[str, Any]) -> None:
+    # SECURITY: no unauthenticated Redis or Sentinel; the password comes from the operator's
+    # environment like the other secrets, and compose refuses to start without it.
+    for name in STORE:
+        service = services(compose)[name]
+        assert str(service["environment"]["SHOPINO_REDIS_PASSWORD"]).startswith("${SHOPINO_REDIS_PASSWORD:?")
+        with pytest.raises(KeyError):
+            interpolate(service["environment"]["SHOPINO_REDIS_PASSWORD"], {})
+        script = interpolate(service["command"][-1], OPERATOR_ENV)  # $$: for the container's sh
+        assert re.search(r"^\s*requirepass \$SHOPINO_REDIS_PASSWORD$", script, re.M), name
+        # Healthchecks must authenticate, and only PONG / the master's port count (a NOAUTH
+        # answer exits 0 as well).
+        check = interpolate(" ".join(service["healthcheck"]["test"]), OPERATOR_ENV)
+        assert 'REDISCLI_AUTH="$SHOPINO_REDIS_PASSWORD"' in check and "grep -qx" in check
+    for name in ("redis-primary", "redis-replica"):
+        script = interpolate(services(compose)[name]["command"][-1], OPERATOR_ENV)
+        assert re.search(r"^\s*masterauth \$SHOPINO_REDIS_PASSWORD$", script, re.M)
+        # The config arrives on stdin: the password is on no command line.
+        assert "redis-server -" in script and "--requirepass" not in script
+    for name in SENTINELS:
+        script = interpolate(services(compose)[name]["command"][-1], OPERATOR_ENV)
+        assert re.search(r"^\s*sentinel auth-pass shopino \$SHOPINO_REDIS_PASSWORD$", script, re.M)
+        assert "umask 077" in script
+    for name in GATEWAYS:
+        with pytest.raises(KeyError):
+            interpolate(services(compose)[name]["environment"]["SHOPINO_STATE_URL"], {})
+
+
+def test_the_store_and_the_erp_sit_on_internal_networks_shared_only_with_the_gateways(
+    compose: dict[str, Any],
+) -> None:
+    networks = compose["networks"]
+    members: dict[str, set[str]] = {name: set() for name in networks}
+    for name, service in services(compose).items():
+        for network in service.get("networks", []):
+            members[network].add(name)
+    assert networks["store"] == {"internal": True}
+    assert members["store"] == {*STORE, *GATEWAYS}
+    assert networks["backend"] == {"internal": True}
+    assert members["backend"] == {"erp", *GATEWAYS}
+    assert members["edge"] == {"proxy", *GATEWAYS}
+    assert services(compose)["tls-init"]["network_mode"] == "none"
+    # Only the proxy publishes a port, and only on loopback (the demo identity provider's users
+    # and passwords are public).
+    published = {name: s["ports"] for name, s in services(compose).items() if "ports" in s}
+    assert published == {"proxy": ["127.0.0.1:8443:8443"]}
+
+
+def test_the_demo_erp_and_identity_provider_run_only_in_the_demo_profile(compose: dict[str, Any]) -> None:
+    assert services(compose)["erp"]["profiles"] == ["demo"]
+    assert [n for n, s in services(compose).items() if "profiles" in s] == ["erp"]
+    for name in GATEWAYS:
+        # Without the profile the gateways still start (with the operator's own ERP and IdP).
+        assert services(compose)[name]["depends_on"]["erp"]["required"] is False
+    assert "--profile demo up" in COMPOSE.read_text()
 
 
 def test_every_long_running_service_has_a_healthcheck(compose: dict[str, Any]) -> None:
@@ -200,6 +259,9 @@ def test_the_state_url_names_the_sentinels_and_the_monitored_primary(
     config, _ = load_gateway_config(services(compose)["gateway-1"], tmp_path)
     target = parse_redis_url(config.state.url)
     assert target.scheme == "redis+sentinel"
+    # Authenticated to Redis and to the Sentinels, with the password the store services get.
+    assert target.password == target.sentinel_password == OPERATOR_ENV["SHOPINO_REDIS_PASSWORD"]
+    assert OPERATOR_ENV["SHOPINO_REDIS_PASSWORD"] not in target.display
     assert {host for host, _ in target.hosts} == set(SENTINELS)
     for name in SENTINELS:
         script = services(compose)[name]["command"][-1]
@@ -211,6 +273,39 @@ def test_the_state_url_names_the_sentinels_and_the_monitored_primary(
         assert {port for _, port in target.hosts} == {
             int(p) for p in re.findall(r"^\s*port (\d+)$", script, re.M)
         }
+
+
+@pytest.mark.parametrize("name", GATEWAYS)
+def test_login_spraying_and_floods_are_bounded_behind_the_proxy(
+    name: str, compose: dict[str, Any], tmp_path: Path
+) -> None:
+    # Behind haproxy in tcp mode every client has the proxy's address: the per-IP budgets are
+    # deployment-wide, but they must still be finite (1e6 failures was unlimited spraying).
+    config, _ = load_gateway_config(services(compose)[name], tmp_path)
+    login = config.rate_limits.login
+    assert 20 <= login.failures_per_ip <= 1000
+    assert login.failures_per_username <= 10
+    (rule,) = [r for r in config.rate_limits.pre_auth if r.key == "ip"]
+    count, _, per = rule.limit.partition("/")
+    assert per == "second" and 300 <= int(count) <= 10_000
+
+
+def test_the_deploy_config_defaults_limit_each_client(tmp_path: Path) -> None:
+    # Where client addresses are real (k8s: externalTrafficPolicy: Local) nothing overrides them.
+    env = {
+        **OPERATOR_ENV,
+        "SHOPINO_STATE_URL": "redis://127.0.0.1:9/0",
+        "SHOPINO_ERP_URL": "http://127.0.0.1:9",
+    }
+    env |= {"SHOPINO_IDP_ISSUER": DEFAULT_ISSUER, "SHOPINO_IDP_JWKS": str(tmp_path / "j.json")}
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in env.items():
+            patch.setenv(key, value)
+        patch.delenv("SHOPINO_PRE_AUTH_PER_IP", raising=False)
+        patch.delenv("SHOPINO_LOGIN_FAILURES_PER_IP", raising=False)
+        config = load_config(DEPLOY / "gateway.yaml")
+    assert config.rate_limits.login.failures_per_ip == 20
+    assert [(r.key, r.limit) for r in config.rate_limits.pre_auth] == [("ip", "300/second")]
 
 
 def test_tls_and_idp_files_are_where_the_producing_services_write_them(

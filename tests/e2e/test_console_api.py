@@ -5,15 +5,17 @@ and the read-only ``gateway-viewer`` role (reads pass, every change is refused).
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
+import orjson
 import pytest
 
 from gateway.demo.identities import make_user
 from gateway.demo.issuer import DemoIssuer
 from tests.e2e import killswitch_helpers as helpers
-from tests.e2e.killswitch_helpers import admin, raw_request, status_of
+from tests.e2e.killswitch_helpers import admin, killswitch_config, raw_request, status_of
 from tests.support.gateway_proc import ADMIN_TOKEN, GatewayProc, insecure_client_context
 from tests.support.issuers import mint
 from tests.support.upstream import Upstream
@@ -80,6 +82,8 @@ async def test_instances_targets_and_traffic(clean: GatewayProc, http: aiohttp.C
         ("gateway-viewer", "GET", "/admin/killswitch", 200),
         ("gateway-viewer", "GET", "/admin/traffic", 200),
         ("gateway-viewer", "GET", "/admin/audit/verify?tenant=_system", 200),
+        ("gateway-viewer", "GET", "/admin/lockouts", 200),  # pseudonymised, see below
+        ("gateway-viewer", "DELETE", "/admin/lockouts?ip=127.0.0.1", 403),
         ("gateway-viewer", "POST", "/admin/killswitch", 403),
         ("gateway-viewer", "POST", "/admin/killswitch?dry_run=true", 403),
         ("gateway-viewer", "DELETE", "/admin/killswitch/ks_x", 403),
@@ -100,6 +104,60 @@ async def test_role_matrix_of_the_console_endpoints(
     assert status == 200 and me == {"actor": f"jwt:op-{role}", "roles": [role]}
     status, listing = await admin(http, clean, "GET", "/admin/killswitch")
     assert listing["switches"] == []  # nothing a refused call could have engaged
+
+
+@pytest.fixture(scope="module")
+def login_gw(
+    tmp_path_factory: pytest.TempPathFactory, upstream: Upstream, issuers: dict[str, DemoIssuer]
+) -> Iterator[GatewayProc]:
+    tmp = tmp_path_factory.mktemp("lockouts")
+    config = killswitch_config(upstream.url, tmp, issuers)
+    config["routes"].append(
+        {"name": "login", "prefix": "/login", "upstream": "app", "auth": "none", "login": True,
+         "methods": ["POST"], "rate_limit": ["login"]}
+    )  # fmt: skip
+    config["rate_limits"] = {
+        "login": {"window": "5m", "failures_per_username": 2, "failures_per_ip": 3, "base_lockout": "5m"},
+        "policies": {"login": [{"key": "ip", "limit": "1000/minute"}]},
+    }
+    proc = GatewayProc(tmp, config).start()
+    yield proc
+    proc.stop()
+
+
+async def test_a_viewer_sees_lockouts_pseudonymised_like_the_traffic_view(
+    login_gw: GatewayProc, http: aiohttp.ClientSession, issuers: dict[str, DemoIssuer]
+) -> None:
+    for username in ("alice.lockout@example.com", "alice.lockout@example.com", "bob"):
+        async with http.post(login_gw.url + "/login", json={"username": username, "password": "x"}) as r:
+            assert r.status == 401  # the upstream refuses; the third failure locks the IP
+    status, full = await admin(
+        http, login_gw, "GET", "/admin/lockouts", token=operator(issuers, "incident-responder")
+    )
+    assert status == 200 and full["pseudonymized"] is False and full["truncated"] is False
+    by_kind = {entry["kind"]: entry["subject"] for entry in full["lockouts"]}
+    assert by_kind["ip"] == "127.0.0.1" and by_kind["user"]  # the responder clears by these
+    status, static = await admin(http, login_gw, "GET", "/admin/lockouts")
+    assert status == 200 and static["pseudonymized"] is False  # the static token acts as gateway-admin
+    assert {e["subject"] for e in static["lockouts"]} == set(by_kind.values())
+
+    async with http.get(
+        login_gw.admin_url + "/admin/lockouts",
+        headers={"Authorization": f"Bearer {operator(issuers, 'gateway-viewer')}"},
+    ) as response:
+        assert response.status == 200
+        raw = await response.text()
+    # SECURITY: neither the full address nor the store's username hash reaches a viewer.
+    assert "127.0.0.1" not in raw and by_kind["user"] not in raw and "alice" not in raw
+    viewed = orjson.loads(raw)
+    assert viewed["pseudonymized"] is True and viewed["truncated"] is False
+    shown = {entry["kind"]: entry for entry in viewed["lockouts"]}
+    assert shown["ip"]["subject"] == "127.0.0.0"  # truncated as in /admin/traffic's top_refused
+    assert shown["user"]["subject"] and shown["user"]["retry_after"] > 0
+    status, again = await admin(
+        http, login_gw, "GET", "/admin/lockouts", token=operator(issuers, "gateway-viewer")
+    )
+    assert {e["subject"] for e in again["lockouts"]} == {e["subject"] for e in viewed["lockouts"]}  # stable
 
 
 @pytest.mark.parametrize(

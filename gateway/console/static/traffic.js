@@ -112,8 +112,10 @@ async function refreshLockouts() {
     el("td", {}, session.can.act && l.kind === "ip"
       ? el("button", { type: "button", onclick: () => clearLockout("ip", l.subject) }, "Clear") : null)));
   append(clear(ui.lockouts), rows.length
-    ? table(["Kind", "Subject", "Remaining", ""], rows, { class: "lockouts" })
-    : el("p", { class: "note", text: "No active lockouts." }));
+    ? table(["Kind", data.pseudonymized ? "Subject (truncated IP, user pseudonym)" : "Subject", "Remaining", ""],
+      rows, { class: "lockouts" })
+    : el("p", { class: "note", text: "No active lockouts." }),
+  data.truncated ? el("p", { class: "note", text: `Showing the first ${rows.length}; more are locked.` }) : null);
 }
 
 async function clearLockout(kind, subject) {

@@ -315,3 +315,18 @@ def test_logging_is_quiet_for_static_skips(tmp_path: Path, caplog: pytest.LogCap
     StaticKeys.from_jwks_file(path)
     assert any("'h'" in r.getMessage() for r in caplog.records)
     assert not any("c2VjcmV0" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("REPLACE-ME: your identity provider's public JWKS\n", "still the deployment placeholder"),
+        ("\n  change-me", "still the deployment placeholder"),
+        ("not json at all", "not valid JSON"),
+    ],
+)
+def test_a_placeholder_jwks_file_is_refused_by_name(tmp_path: Path, text: str, why: str) -> None:
+    path = tmp_path / "idp.jwks.json"
+    path.write_text(text)
+    with pytest.raises(KeySourceError, match=why):
+        StaticKeys.from_jwks_file(path)

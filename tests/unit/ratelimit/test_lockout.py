@@ -100,3 +100,18 @@ async def test_known_lockouts_hold_while_the_store_is_down(redis_server, tmp_pat
         finally:
             await backend.close()
             audit.close()
+
+
+async def test_the_bounded_listing_caps_the_store_reads_and_says_so(lockouts: LockoutService) -> None:
+    for i in range(5):  # failures_per_username is 2: five users locked
+        subjects = lockouts.subjects(f"198.51.100.{20 + i}", f"user{i}")
+        await lockouts.record_failure(subjects, "r")
+        await lockouts.record_failure(subjects, "r")
+    everything = await lockouts.list()
+    assert len([e for e in everything if e["kind"] == "user"]) == 5
+    first, truncated = await lockouts.list_bounded(3)
+    assert len(first) == 3 and truncated is True
+    subjects = {(e["kind"], e["subject"]) for e in everything}
+    assert {(e["kind"], e["subject"]) for e in first} < subjects  # the same records, only fewer
+    listed, truncated = await lockouts.list_bounded(len(everything))
+    assert {(e["kind"], e["subject"]) for e in listed} == subjects and truncated is False
