@@ -184,6 +184,13 @@ class StateStore(abc.ABC):
         later expiry or none); returns whether it was written."""
 
     @abc.abstractmethod
+    async def hash_compare_and_set(
+        self, key: str, field: str, expected: bytes | None, value: bytes
+    ) -> bytes | None:
+        """Set hash field ``field`` of ``key`` to ``value`` only if it now holds ``expected``
+        (None: absent); returns the field's value afterwards (``value``, or what was there)."""
+
+    @abc.abstractmethod
     async def hash_merge(
         self,
         key: str,

@@ -133,6 +133,11 @@ class BoundedStore(StateStore):
     async def compare_and_set(self, key: str, expected: bytes | None, value: bytes) -> bytes | None:
         return await self._bound(self._inner.compare_and_set(key, expected, value))
 
+    async def hash_compare_and_set(
+        self, key: str, field: str, expected: bytes | None, value: bytes
+    ) -> bytes | None:
+        return await self._bound(self._inner.hash_compare_and_set(key, field, expected, value))
+
     async def set_max(self, key: str, value: int) -> int:
         return await self._bound(self._inner.set_max(key, value))
 

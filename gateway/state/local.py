@@ -290,6 +290,17 @@ class LocalStore(StateStore):
             db.execute("INSERT OR REPLACE INTO kv VALUES (?, ?, NULL)", (key, value))
         return value
 
+    async def hash_compare_and_set(
+        self, key: str, field: str, expected: bytes | None, value: bytes
+    ) -> bytes | None:
+        with self._write() as db:
+            row = db.execute("SELECT value FROM hashes WHERE key = ? AND field = ?", (key, field)).fetchone()
+            current = None if row is None else bytes(row[0])
+            if current != expected:
+                return current
+            db.execute("INSERT OR REPLACE INTO hashes VALUES (?, ?, ?)", (key, field, value))
+        return value
+
     async def set_max(self, key: str, value: int) -> int:
         with self._write() as db:
             current = self._live_value(db, key)

@@ -48,6 +48,14 @@ if (ARGV[1] == '0' and not cur) or (ARGV[1] == '1' and cur == ARGV[2]) then
 end
 return cur
 """
+_HASH_COMPARE_AND_SET = """
+local cur = redis.call('HGET', KEYS[1], ARGV[2])
+if (ARGV[1] == '0' and not cur) or (ARGV[1] == '1' and cur == ARGV[3]) then
+  redis.call('HSET', KEYS[1], ARGV[2], ARGV[4])
+  return ARGV[4]
+end
+return cur
+"""
 _SET_MAX = """
 local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
 if cur == nil then return redis.error_reply('ERR value is not an integer') end
@@ -317,6 +325,15 @@ class RedisStore(StateStore):
     async def compare_and_set(self, key: str, expected: bytes | None, value: bytes) -> bytes | None:
         args = ["0", b""] if expected is None else ["1", expected]
         stored = await self._script(_COMPARE_AND_SET)(keys=[self._k(key)], args=[*args, value])
+        return None if stored is None else bytes(stored)
+
+    @_guarded
+    async def hash_compare_and_set(
+        self, key: str, field: str, expected: bytes | None, value: bytes
+    ) -> bytes | None:
+        args = ["0", field, b""] if expected is None else ["1", field, expected]
+        script = self._script(_HASH_COMPARE_AND_SET)
+        stored = await script(keys=[self._k(key)], args=[*args, value])
         return None if stored is None else bytes(stored)
 
     @_guarded

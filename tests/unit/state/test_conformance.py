@@ -231,6 +231,15 @@ async def test_set_max_only_raises(store: StateStore) -> None:
         await store.set_max("text", 1)
 
 
+async def test_hash_compare_and_set(store: StateStore) -> None:
+    assert await store.hash_compare_and_set("h", "f", None, b"v1") == b"v1"  # absent: written
+    assert await store.hash_compare_and_set("h", "f", None, b"v2") == b"v1"  # present: kept
+    assert await store.hash_compare_and_set("h", "f", b"other", b"v3") == b"v1"
+    assert await store.hash_compare_and_set("h", "f", b"v1", b"v4") == b"v4"
+    assert await store.hash_compare_and_set("h", "g", b"v1", b"x") is None  # expected a value
+    assert await store.hgetall("h") == {"f": b"v4"}
+
+
 async def test_set_keep_later_keeps_the_later_expiry(store: StateStore) -> None:
     assert await store.set_keep_later("lock", b"long", 60) is True
     assert await store.set_keep_later("lock", b"short", 0.2) is False  # would shorten it
