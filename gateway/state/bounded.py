@@ -151,8 +151,12 @@ class BoundedStore(StateStore):
         removed: Collection[str] = (),
         *,
         tombstone_ttl: float = 3600.0,
+        keep_later: bool = False,
     ) -> int:
-        return await self._bound(self._inner.hash_merge(key, entries, removed, tombstone_ttl=tombstone_ttl))
+        merge = self._inner.hash_merge(
+            key, entries, removed, tombstone_ttl=tombstone_ttl, keep_later=keep_later
+        )
+        return await self._bound(merge)
 
     async def publish(self, channel: str, message: bytes) -> None:
         await self._bound(self._inner.publish(channel, message))

@@ -73,16 +73,37 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """
 _HASH_MERGE = """
-local n = tonumber(ARGV[2])
-for i = 3, 2 + n do
+local keep_later = ARGV[2] == '1'
+local n = tonumber(ARGV[3])
+for i = 4, 3 + n do
   redis.call('HDEL', KEYS[1], ARGV[i])
   redis.call('HSET', KEYS[2], ARGV[i], '1')
 end
 if n > 0 then redis.call('PEXPIRE', KEYS[2], ARGV[1]) end
+-- (expiry, version) of a JSON record, as base.merge_rank: no expiry ranks above any.
+local function rank(raw)
+  local ok, r = pcall(cjson.decode, raw)
+  if not ok or type(r) ~= 'table' then return nil end
+  local e, v = r['expires_at'], r['version']
+  if e == nil or e == cjson.null then e = math.huge elseif type(e) ~= 'number' then return nil end
+  if type(v) ~= 'number' then v = 0 end
+  return e, v
+end
 local added = 0
-for i = 3 + n, #ARGV, 2 do
+for i = 4 + n, #ARGV, 2 do
   if redis.call('HEXISTS', KEYS[2], ARGV[i]) == 0 then
-    added = added + redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1])
+    if redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) == 1 then
+      added = added + 1
+    elseif keep_later then
+      local ne, nv = rank(ARGV[i + 1])
+      if ne then
+        local ce, cv = rank(redis.call('HGET', KEYS[1], ARGV[i]))
+        if not ce or ne > ce or (ne == ce and nv > cv) then
+          redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+          added = added + 1
+        end
+      end
+    end
   end
 end
 return added
@@ -353,10 +374,11 @@ class RedisStore(StateStore):
         removed: Collection[str] = (),
         *,
         tombstone_ttl: float = 3600.0,
+        keep_later: bool = False,
     ) -> int:
         if not entries and not removed:
             return 0
-        args: list[Any] = [ttl_ms(tombstone_ttl), len(removed), *removed]
+        args: list[Any] = [ttl_ms(tombstone_ttl), "1" if keep_later else "0", len(removed), *removed]
         for field, value in entries.items():
             args += [field, value]
         keys = [self._k(key), self._k(tombstone_key(key))]
