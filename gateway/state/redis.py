@@ -352,7 +352,7 @@ class RedisStore(StateStore):
     async def hash_compare_and_set(
         self, key: str, field: str, expected: bytes | None, value: bytes
     ) -> bytes | None:
-        args = ["0", field, b""] if expected is None else ["1", field, expected]
+        args: list[str | bytes] = ["0", field, b""] if expected is None else ["1", field, expected]
         script = self._script(_HASH_COMPARE_AND_SET)
         stored = await script(keys=[self._k(key)], args=[*args, value])
         return None if stored is None else bytes(stored)
