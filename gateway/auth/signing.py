@@ -342,18 +342,20 @@ class SigningKeys:
         self._rotations += 1
         now = self._clock()
         # What this instance knows of each key's end counts too (a store that went back).
-        keys = {
-            kid: end.applied_to(key) if (end := self._ends.get(kid)) else key
-            for kid, key in (await self._read()).items()
-        }
+        keys = self._with_ends(await self._read())
+        # Keys held here but missing from the store (a store reset not noticed yet) end here
+        # too; with revoke_old they are written back revoked (always safe), otherwise only
+        # memory changes (another instance may have tidied them away after ending them).
+        held_only = {kid: key for kid, key in self._keys.items() if kid not in keys}
         new = self._new_key({**self._keys, **keys})  # its serial above every key held here too
         # The new key is written first: there is never a moment without a usable key.
         await self._store.hset(SIGNING_KEYS_HASH, new.kid, _encode(new, self._keyring))
         result = {new.kid: new}
         dead = []
-        for key in keys.values():
+        for key in [*keys.values(), *held_only.values()]:
             if not key.verifiable_at(now):
-                dead.append(key.kid)  # already out of every JWKS: tidy it away
+                if key.kid in keys:
+                    dead.append(key.kid)  # already out of every JWKS: tidy it away
                 self._learn(key)
                 continue
             if revoke_old:
@@ -363,7 +365,8 @@ class SigningKeys:
                 if key.not_after is not None:  # an earlier rotation's window only ever shrinks
                     retire = min(retire, key.not_after)
                 changed = replace(key, not_after=retire)
-            await self._store.hset(SIGNING_KEYS_HASH, key.kid, _encode(changed, self._keyring))
+            if key.kid in keys or revoke_old:
+                await self._store.hset(SIGNING_KEYS_HASH, key.kid, _encode(changed, self._keyring))
             result[key.kid] = changed
         if dead:
             await self._store.hdel(SIGNING_KEYS_HASH, *dead)

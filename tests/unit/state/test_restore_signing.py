@@ -178,3 +178,19 @@ async def test_without_a_generation_memory_still_never_unrevokes(redis_url: str)
         assert keys.known_keys(exposed) is None and await keys.key_for(exposed) == ()
         assert keys.active.kid != exposed
         assert exposed not in {k["kid"] for k in keys.jwks()["keys"]}
+
+
+async def test_revoke_old_on_a_store_flushed_unnoticed_still_revokes_the_key_held(
+    holders: Any, shared_redis_server: RedisServer
+) -> None:
+    """The operator revokes the exposed key right after a flush nobody noticed yet: the store
+    no longer lists it, but the key this instance holds is revoked all the same."""
+    a: Holder = await holders("a")
+    exposed = a.keys.active.kid
+    shared_redis_server.flushall()
+    new = await a.keys.rotate(revoke_old=True, token_ttl=900)
+    assert a.refuses(exposed) and a.keys.active.kid == new.kid
+    await a.restorer.probe()
+    assert a.generation.pending is None and a.refuses(exposed)
+    c: Holder = await holders("c")
+    assert c.refuses(exposed) and c.keys.active.kid == new.kid
