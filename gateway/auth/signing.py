@@ -420,8 +420,11 @@ class SigningKeys:
         for kid, value in (await self._store.hgetall(SIGNING_KEYS_HASH)).items():
             if self._keyring.needs_rotation(value):
                 fresh = self._keyring.reencrypt(value, context=_record_context(kid))
-                await self._store.hset(SIGNING_KEYS_HASH, kid, fresh)
-                count += 1
+                # Only over the record read: a revocation written meanwhile (a rotation, a
+                # store reset's write-back) is never replaced by the older record; that newer
+                # record is already under the primary key.
+                if await self._store.hash_compare_and_set(SIGNING_KEYS_HASH, kid, value, fresh) == fresh:
+                    count += 1
         return count
 
     async def _publish(self) -> None:
