@@ -141,7 +141,7 @@ class GatewayProcess:
             "revocations": services.revocations,
             "grants": services.grants,
             "lockouts": services.lockout_memory,
-            "signing_keys": services.signing,
+            "signing": services.signing,
         }
 
         def restoring(now: bool) -> None:

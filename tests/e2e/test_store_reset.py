@@ -342,7 +342,7 @@ async def test_security_state_outlives_a_store_reset(
             "revocations": 2,
             "grants": 1,
             "lockouts": 1,
-            "signing_keys": 1,
+            "signing": 1,
         }
         reason = "security writes went back" if fault == "restart-older" else "marker missing"
         assert record["details"]["reason"] in (reason, "marker changed"), record  # second: changed

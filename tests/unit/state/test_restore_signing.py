@@ -34,9 +34,7 @@ class Holder:
         self.generation = StoreGeneration(self.store)
         self.keys = SigningKeys(self.store, KEYRING, generation=self.generation)
         self.audit = AuditTrail(self.store, spool_dir=spool / name)
-        self.restorer = StoreRestorer(
-            self.generation, {"signing_keys": self.keys}, self.audit, instance_id=name
-        )
+        self.restorer = StoreRestorer(self.generation, {"signing": self.keys}, self.audit, instance_id=name)
 
     async def start(self) -> None:
         await self.store.open()
