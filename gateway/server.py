@@ -87,7 +87,7 @@ class GatewayProcess:
             store=self.store,
             audit=self.audit,
             keyring=keyring,
-            signing=SigningKeys(self.store, keyring),
+            signing=SigningKeys(self.store, keyring, generation=generation),
             revocations=RevocationEpochs(self.store, resync=resync, generation=generation),
             integrations=IntegrationSecrets(self.store, keyring),
             killswitches=KillSwitchRegistry(
@@ -141,6 +141,7 @@ class GatewayProcess:
             "revocations": services.revocations,
             "grants": services.grants,
             "lockouts": services.lockout_memory,
+            "signing": services.signing,
         }
 
         def restoring(now: bool) -> None:

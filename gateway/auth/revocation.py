@@ -264,19 +264,23 @@ class RevocationEpochs(SnapshotBacked):
         return epoch
 
     def _merge(self, tenant: str, user: str | None, epoch: float) -> None:
-        current = self._snapshot.value
-        if current is None or not self._snapshot.loaded:
+        if self._snapshot.value is None or not self._snapshot.loaded:
             return  # the first load will read it from the store
-        entry = current.get(tenant, TenantEpochs())
-        if user is None:
-            whole = epoch if entry.tenant is None else max(entry.tenant, epoch)
-            merged = TenantEpochs(whole, entry.users)
-        else:
-            merged = TenantEpochs(
-                entry.tenant, {**entry.users, user: max(entry.users.get(user, epoch), epoch)}
-            )
-        # Copy-on-write: the snapshot a reader holds is never mutated under it.
-        self._snapshot.replace({**current, tenant: merged})
+
+        def patch(current: Snapshot) -> Snapshot:
+            # Idempotent (a maximum): also applied on top of a load that overlapped the write.
+            entry = current.get(tenant, TenantEpochs())
+            if user is None:
+                whole = epoch if entry.tenant is None else max(entry.tenant, epoch)
+                merged = TenantEpochs(whole, entry.users)
+            else:
+                merged = TenantEpochs(
+                    entry.tenant, {**entry.users, user: max(entry.users.get(user, epoch), epoch)}
+                )
+            # Copy-on-write: the snapshot a reader holds is never mutated under it.
+            return {**current, tenant: merged}
+
+        self._snapshot.update(patch)
 
     # -- reading -------------------------------------------------------------------------------
     async def load(self) -> Snapshot:

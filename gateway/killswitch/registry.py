@@ -195,15 +195,19 @@ class KillSwitchRegistry(SnapshotBacked):
 
     async def restore(self) -> tuple[int, int]:
         """Write the enforced set back to a store that was reset: every active switch (with its
-        own expiry, so the remaining ttl) unless the store already has it, and the set version
-        raised to at least ours. Returns (held, written); ``StoreUnavailable``."""
+        own expiry, so the remaining ttl) unless the store already has it expiring as late (no
+        expiry beats any; then the higher version wins: an extension is never lost to another
+        writer's older copy), and the set version raised to at least ours. Returns (held,
+        written); ``StoreUnavailable``."""
         index = self.index
         if index is None:
             return 0, 0
         now = self._clock()
         active = {s.id: orjson.dumps(s.to_record()) for s in index.switches if s.active(now)}
         released = [i for i, at in self._released.items() if now - at < _TOMBSTONE_TTL and i not in active]
-        written = await self._store.hash_merge(SWITCHES_KEY, active, released, tombstone_ttl=_TOMBSTONE_TTL)
+        written = await self._store.hash_merge(
+            SWITCHES_KEY, active, released, tombstone_ttl=_TOMBSTONE_TTL, keep_later=True
+        )
         await self._store.set_max(VERSION_KEY, index.version)
         with contextlib.suppress(StoreUnavailable):
             await self._store.publish(CHANNEL, str(index.version).encode())

@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import abc
 import builtins
+import math
 from collections.abc import AsyncIterator, Collection, Mapping
 from types import TracebackType
 from typing import Self
+
+import orjson
 
 from gateway.errors import StoreUnavailable
 
@@ -184,6 +187,13 @@ class StateStore(abc.ABC):
         later expiry or none); returns whether it was written."""
 
     @abc.abstractmethod
+    async def hash_compare_and_set(
+        self, key: str, field: str, expected: bytes | None, value: bytes
+    ) -> bytes | None:
+        """Set hash field ``field`` of ``key`` to ``value`` only if it now holds ``expected``
+        (None: absent); returns the field's value afterwards (``value``, or what was there)."""
+
+    @abc.abstractmethod
     async def hash_merge(
         self,
         key: str,
@@ -191,10 +201,17 @@ class StateStore(abc.ABC):
         removed: Collection[str] = (),
         *,
         tombstone_ttl: float = 3600.0,
+        keep_later: bool = False,
     ) -> int:
         """Add the ``entries`` fields that are absent and not tombstoned; delete and tombstone
         the ``removed`` fields (for ``tombstone_ttl`` seconds), so an entry one writer knows was
-        deleted is never revived by another writer's older copy. Returns how many were added."""
+        deleted is never revived by another writer's older copy. Returns how many were added.
+
+        With ``keep_later`` the values are JSON objects with ``expires_at`` (a number; absent or
+        null: never) and ``version`` (a number, else 0), and an entry also replaces a present
+        field that expires earlier or, expiring at the same time, has a lower version (or is
+        not such an object): the later expiry wins, then the higher version (``merge_rank``).
+        Replacements count as added."""
 
     # -- pub/sub ---------------------------------------------------------------------------
     @abc.abstractmethod
@@ -204,6 +221,25 @@ class StateStore(abc.ABC):
     @abc.abstractmethod
     async def subscribe(self, *channels: str) -> Subscription:
         """Subscribe; messages published after this returns are delivered."""
+
+
+def merge_rank(raw: bytes) -> tuple[float, float] | None:
+    """``(expiry, version)`` of a record for ``hash_merge(keep_later=True)``: no expiry ranks
+    above any; None when it is not such a record. Mirrored by the Redis backend's Lua."""
+    try:
+        record = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(record, dict):
+        return None
+    expiry, version = record.get("expires_at"), record.get("version")
+    if expiry is None:
+        expiry = math.inf
+    elif isinstance(expiry, bool) or not isinstance(expiry, int | float):
+        return None
+    if isinstance(version, bool) or not isinstance(version, int | float):
+        version = 0
+    return float(expiry), float(version)
 
 
 def tombstone_key(key: str) -> str:
@@ -220,4 +256,4 @@ def ttl_ms(ttl: float | None) -> int | None:
     return max(1, round(ttl * 1000))
 
 
-__all__ = ["StateStore", "StoreUnavailable", "Subscription", "tombstone_key", "ttl_ms"]
+__all__ = ["StateStore", "StoreUnavailable", "Subscription", "merge_rank", "tombstone_key", "ttl_ms"]

@@ -133,6 +133,11 @@ class BoundedStore(StateStore):
     async def compare_and_set(self, key: str, expected: bytes | None, value: bytes) -> bytes | None:
         return await self._bound(self._inner.compare_and_set(key, expected, value))
 
+    async def hash_compare_and_set(
+        self, key: str, field: str, expected: bytes | None, value: bytes
+    ) -> bytes | None:
+        return await self._bound(self._inner.hash_compare_and_set(key, field, expected, value))
+
     async def set_max(self, key: str, value: int) -> int:
         return await self._bound(self._inner.set_max(key, value))
 
@@ -146,8 +151,12 @@ class BoundedStore(StateStore):
         removed: Collection[str] = (),
         *,
         tombstone_ttl: float = 3600.0,
+        keep_later: bool = False,
     ) -> int:
-        return await self._bound(self._inner.hash_merge(key, entries, removed, tombstone_ttl=tombstone_ttl))
+        merge = self._inner.hash_merge(
+            key, entries, removed, tombstone_ttl=tombstone_ttl, keep_later=keep_later
+        )
+        return await self._bound(merge)
 
     async def publish(self, channel: str, message: bytes) -> None:
         await self._bound(self._inner.publish(channel, message))

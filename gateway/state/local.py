@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import StoreUnavailable
-from gateway.state.base import StateStore, Subscription, tombstone_key, ttl_ms
+from gateway.state.base import StateStore, Subscription, merge_rank, tombstone_key, ttl_ms
 from gateway.state.inprocess import LocalSubscription
 
 _SCHEMA = """
@@ -290,6 +290,17 @@ class LocalStore(StateStore):
             db.execute("INSERT OR REPLACE INTO kv VALUES (?, ?, NULL)", (key, value))
         return value
 
+    async def hash_compare_and_set(
+        self, key: str, field: str, expected: bytes | None, value: bytes
+    ) -> bytes | None:
+        with self._write() as db:
+            row = db.execute("SELECT value FROM hashes WHERE key = ? AND field = ?", (key, field)).fetchone()
+            current = None if row is None else bytes(row[0])
+            if current != expected:
+                return current
+            db.execute("INSERT OR REPLACE INTO hashes VALUES (?, ?, ?)", (key, field, value))
+        return value
+
     async def set_max(self, key: str, value: int) -> int:
         with self._write() as db:
             current = self._live_value(db, key)
@@ -321,6 +332,7 @@ class LocalStore(StateStore):
         removed: Collection[str] = (),
         *,
         tombstone_ttl: float = 3600.0,
+        keep_later: bool = False,
     ) -> int:
         # Tombstones live in kv rows (one per field) so they expire like Redis's tombstone hash.
         tombs = tombstone_key(key)
@@ -333,10 +345,24 @@ class LocalStore(StateStore):
             for field, value in entries.items():
                 if self._live_value(db, f"{tombs}:{field}") is not None:
                     continue
-                added += db.execute(
+                inserted = db.execute(
                     "INSERT OR IGNORE INTO hashes VALUES (?, ?, ?)", (key, field, value)
                 ).rowcount
+                if not inserted and keep_later and self._ranks_above(db, key, field, value):
+                    db.execute("UPDATE hashes SET value = ? WHERE key = ? AND field = ?", (value, key, field))
+                    inserted = 1
+                added += inserted
         return added
+
+    @staticmethod
+    def _ranks_above(db: sqlite3.Connection, key: str, field: str, value: bytes) -> bool:
+        """``hash_merge(keep_later=True)``: the later expiry wins, then the higher version."""
+        new = merge_rank(value)
+        if new is None:
+            return False
+        row = db.execute("SELECT value FROM hashes WHERE key = ? AND field = ?", (key, field)).fetchone()
+        current = None if row is None else merge_rank(bytes(row[0]))
+        return current is None or new > current
 
     # -- pub/sub ---------------------------------------------------------------------------
     async def publish(self, channel: str, message: bytes) -> None:

@@ -48,6 +48,14 @@ if (ARGV[1] == '0' and not cur) or (ARGV[1] == '1' and cur == ARGV[2]) then
 end
 return cur
 """
+_HASH_COMPARE_AND_SET = """
+local cur = redis.call('HGET', KEYS[1], ARGV[2])
+if (ARGV[1] == '0' and not cur) or (ARGV[1] == '1' and cur == ARGV[3]) then
+  redis.call('HSET', KEYS[1], ARGV[2], ARGV[4])
+  return ARGV[4]
+end
+return cur
+"""
 _SET_MAX = """
 local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
 if cur == nil then return redis.error_reply('ERR value is not an integer') end
@@ -65,16 +73,37 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """
 _HASH_MERGE = """
-local n = tonumber(ARGV[2])
-for i = 3, 2 + n do
+local keep_later = ARGV[2] == '1'
+local n = tonumber(ARGV[3])
+for i = 4, 3 + n do
   redis.call('HDEL', KEYS[1], ARGV[i])
   redis.call('HSET', KEYS[2], ARGV[i], '1')
 end
 if n > 0 then redis.call('PEXPIRE', KEYS[2], ARGV[1]) end
+-- (expiry, version) of a JSON record, as base.merge_rank: no expiry ranks above any.
+local function rank(raw)
+  local ok, r = pcall(cjson.decode, raw)
+  if not ok or type(r) ~= 'table' then return nil end
+  local e, v = r['expires_at'], r['version']
+  if e == nil or e == cjson.null then e = math.huge elseif type(e) ~= 'number' then return nil end
+  if type(v) ~= 'number' then v = 0 end
+  return e, v
+end
 local added = 0
-for i = 3 + n, #ARGV, 2 do
+for i = 4 + n, #ARGV, 2 do
   if redis.call('HEXISTS', KEYS[2], ARGV[i]) == 0 then
-    added = added + redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1])
+    if redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) == 1 then
+      added = added + 1
+    elseif keep_later then
+      local ne, nv = rank(ARGV[i + 1])
+      if ne then
+        local ce, cv = rank(redis.call('HGET', KEYS[1], ARGV[i]))
+        if not ce or ne > ce or (ne == ce and nv > cv) then
+          redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+          added = added + 1
+        end
+      end
+    end
   end
 end
 return added
@@ -320,6 +349,15 @@ class RedisStore(StateStore):
         return None if stored is None else bytes(stored)
 
     @_guarded
+    async def hash_compare_and_set(
+        self, key: str, field: str, expected: bytes | None, value: bytes
+    ) -> bytes | None:
+        args: list[str | bytes] = ["0", field, b""] if expected is None else ["1", field, expected]
+        script = self._script(_HASH_COMPARE_AND_SET)
+        stored = await script(keys=[self._k(key)], args=[*args, value])
+        return None if stored is None else bytes(stored)
+
+    @_guarded
     async def set_max(self, key: str, value: int) -> int:
         return int(await self._script(_SET_MAX)(keys=[self._k(key)], args=[int(value)]))
 
@@ -336,10 +374,11 @@ class RedisStore(StateStore):
         removed: Collection[str] = (),
         *,
         tombstone_ttl: float = 3600.0,
+        keep_later: bool = False,
     ) -> int:
         if not entries and not removed:
             return 0
-        args: list[Any] = [ttl_ms(tombstone_ttl), len(removed), *removed]
+        args: list[Any] = [ttl_ms(tombstone_ttl), "1" if keep_later else "0", len(removed), *removed]
         for field, value in entries.items():
             args += [field, value]
         keys = [self._k(key), self._k(tombstone_key(key))]

@@ -10,6 +10,13 @@ while the subscription was down). When the store is down it keeps the last value
 
 Watchers (``watch``) are called after every new value, loaded or ``replace``d locally: what was
 allowed under the old value (an open stream of a now revoked session) can be re-judged at once.
+
+Local writes: ``replace(value)`` sets a value derived here; a load that overlapped it may
+predate the write, so that load is discarded (the write's own publish brings another). Under a
+steady stream of local writes every load would overlap one and the snapshot would never learn
+what other instances wrote (a grant revoked elsewhere). ``update(patch)`` avoids that: the
+patch (an idempotent merge of the write into a value) is applied now and again on top of every
+load that overlapped it, so such a load is applied, never discarded.
 """
 
 from __future__ import annotations
@@ -53,6 +60,8 @@ class SyncedSnapshot(Generic[T]):
         self._task: asyncio.Task[None] | None = None
         self._watchers: list[Callable[[], None]] = []
         self._replaced = 0  # local writes so far (see reload)
+        self._loading = 0  # loads in flight
+        self._patches: list[tuple[int, Callable[[T], T]]] = []  # (write number, patch) since then
 
     @property
     def loaded(self) -> bool:
@@ -68,6 +77,17 @@ class SyncedSnapshot(Generic[T]):
         self.value = value
         self._replaced += 1
         self._notify()
+
+    def update(self, patch: Callable[[T], T]) -> None:
+        """Apply a local write as ``patch`` (an idempotent merge: applying it to a value that
+        already holds the write changes nothing). Unlike ``replace``, a load that overlapped it
+        is applied with the patch on top instead of being discarded. Needs a value held."""
+        if self.value is None:
+            raise RuntimeError("update needs a value: the first load reads the write")
+        value = patch(self.value)
+        if self._loading:
+            self._patches.append((self._replaced + 1, patch))
+        self.replace(value)
 
     def _notify(self) -> None:
         for callback in self._watchers:
@@ -101,6 +121,7 @@ class SyncedSnapshot(Generic[T]):
     async def reload(self) -> bool:
         """Load now; True on success. Failures keep the last value and mark it unhealthy."""
         replaced = self._replaced
+        self._loading += 1
         try:
             value = await self._load()
         except StoreUnavailable as exc:
@@ -115,12 +136,21 @@ class SyncedSnapshot(Generic[T]):
             log.exception("snapshot %s: load failed, keeping last value", self._channel)
             self.healthy = False
             return False
+        finally:
+            self._loading -= 1
+            patches = [patch for number, patch in self._patches if number > replaced]
+            if not self._loading:
+                self._patches.clear()
         if replaced != self._replaced:
             # SECURITY: a local write (a revocation) landed while this load ran, so the load may
             # predate it and would roll it back until the next reload - lost for good if the
-            # store is reset meanwhile (App. C). The write's own publish brings a reload that
-            # sees it; until then the local value stands.
-            return True
+            # store is reset meanwhile (App. C). Writes made by ``update`` are applied again on
+            # top of the load; after a bare ``replace`` the load is discarded (that write's own
+            # publish brings a reload that sees it; until then the local value stands).
+            if len(patches) != self._replaced - replaced:
+                return True
+            for patch in patches:
+                value = patch(value)
         self.value, self.loaded_at, self.healthy = value, time.time(), True
         self._loaded.set()
         self._notify()

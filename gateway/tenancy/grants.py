@@ -243,16 +243,20 @@ class SupportGrants(SnapshotBacked):
         return None
 
     def _merge(self, *, add: Grant | None = None, remove: Grant | None = None) -> None:
-        current = self._snapshot.value
-        if current is None or not self._snapshot.loaded:
+        if self._snapshot.value is None or not self._snapshot.loaded:
             return  # the first load reads it from the store
         grant = add or remove
         assert grant is not None
         slot = (grant.tenant, grant.grantee)
-        kept = tuple(g for g in current.get(slot, ()) if g.id != grant.id)
-        updated = (*kept, add) if add is not None else kept
-        # Copy-on-write: a reader's snapshot is never mutated under it.
-        self._snapshot.replace({**current, slot: updated})
+
+        def patch(current: Snapshot) -> Snapshot:
+            # Idempotent: also applied on top of a load that overlapped the write.
+            kept = tuple(g for g in current.get(slot, ()) if g.id != grant.id)
+            updated = (*kept, add) if add is not None else kept
+            # Copy-on-write: a reader's snapshot is never mutated under it.
+            return {**current, slot: updated}
+
+        self._snapshot.update(patch)
 
     # -- reading -------------------------------------------------------------------------------
     async def _read_tenant(self, tenant: str) -> list[Grant]:

@@ -337,7 +337,13 @@ async def test_security_state_outlives_a_store_reset(
     assert {r["details"]["instance"] for r in records} == {_instance(a), _instance(b)}
     for record in records:
         assert record["actor"] == "gateway" and record["details"]["ms"] >= 0
-        assert record["details"]["held"] == {"killswitches": 2, "revocations": 2, "grants": 1, "lockouts": 1}
+        assert record["details"]["held"] == {
+            "killswitches": 2,
+            "revocations": 2,
+            "grants": 1,
+            "lockouts": 1,
+            "signing": 1,
+        }
         reason = "security writes went back" if fault == "restart-older" else "marker missing"
         assert record["details"]["reason"] in (reason, "marker changed"), record  # second: changed
     written = [r["details"]["written"] for r in records]

@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import orjson
 import pytest
 
 from gateway.state import StateStore, open_store
@@ -231,6 +232,15 @@ async def test_set_max_only_raises(store: StateStore) -> None:
         await store.set_max("text", 1)
 
 
+async def test_hash_compare_and_set(store: StateStore) -> None:
+    assert await store.hash_compare_and_set("h", "f", None, b"v1") == b"v1"  # absent: written
+    assert await store.hash_compare_and_set("h", "f", None, b"v2") == b"v1"  # present: kept
+    assert await store.hash_compare_and_set("h", "f", b"other", b"v3") == b"v1"
+    assert await store.hash_compare_and_set("h", "f", b"v1", b"v4") == b"v4"
+    assert await store.hash_compare_and_set("h", "g", b"v1", b"x") is None  # expected a value
+    assert await store.hgetall("h") == {"f": b"v4"}
+
+
 async def test_set_keep_later_keeps_the_later_expiry(store: StateStore) -> None:
     assert await store.set_keep_later("lock", b"long", 60) is True
     assert await store.set_keep_later("lock", b"short", 0.2) is False  # would shorten it
@@ -255,6 +265,46 @@ async def test_hash_merge_adds_absent_and_honours_tombstones(store: StateStore) 
     assert await store.hgetall("h") == {"a": b"stored", "c": b"c"}
     assert await store.keys("h") == ["h"]  # tombstones live outside the hash's own prefix
     assert await store.hash_merge("h", {}) == 0
+
+
+def _switch(expires_at: float | None, version: int) -> bytes:
+    return orjson.dumps({"id": "s", "expires_at": expires_at, "version": version})
+
+
+@pytest.mark.parametrize("order", ["forward", "reverse"])
+async def test_hash_merge_keep_later_keeps_the_later_expiry_then_the_higher_version(
+    store: StateStore, order: str
+) -> None:
+    """Two writers' copies of the same records, landing in either order: the later expiry
+    wins (none beats any), then the higher version; never the earlier expiry."""
+    first = {
+        "extended": _switch(1000.0, 3),
+        "permanent": _switch(None, 2),
+        "same-expiry": _switch(500.0, 7),
+        "malformed": b"not json",
+    }
+    second = {
+        "extended": _switch(9000.0, 5),  # the extension, at a higher version
+        "permanent": _switch(99999.0, 9),  # a higher version but an expiry: permanent still wins
+        "same-expiry": _switch(500.0, 4),
+        "malformed": _switch(10.0, 1),  # a record that is not one loses to any that is
+    }
+    writers = [first, second] if order == "forward" else [second, first]
+    for entries in writers:
+        await store.hash_merge("sw", entries, keep_later=True)
+    stored = await store.hgetall("sw")
+    assert stored["extended"] == second["extended"]
+    assert stored["permanent"] == first["permanent"]
+    assert stored["same-expiry"] == first["same-expiry"]
+    assert stored["malformed"] == second["malformed"]
+    # Nothing changes on a second pass; a tombstone is still never revived.
+    assert await store.hash_merge("sw", {**first, **second}, keep_later=True) == 0
+    await store.hash_merge("sw", {}, ["extended"])
+    assert await store.hash_merge("sw", {"extended": _switch(None, 99)}, keep_later=True) == 0
+    assert "extended" not in await store.hgetall("sw")
+    # Without keep_later the first copy stays (the plain union of other kinds of state).
+    await store.hset("plain", "f", _switch(1.0, 1))
+    assert await store.hash_merge("plain", {"f": _switch(None, 2)}) == 0
 
 
 async def test_concurrent_writers_lose_no_entry(store: StateStore) -> None:

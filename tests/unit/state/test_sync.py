@@ -197,3 +197,39 @@ async def test_a_load_overlapping_a_local_write_does_not_roll_it_back(store: Sta
     assert snap.value == b"new"
     slow = False
     assert await snap.reload() is True and snap.value == b"new"  # the next load sees the write
+
+
+async def test_a_steady_stream_of_local_writes_does_not_starve_loads(store: StateStore) -> None:
+    """Every load here overlaps a local write (review LOW, "reload starvation"): loads used to
+    be discarded then, so a write made elsewhere (a grant revoked on another instance) was never
+    learnt while local writes kept coming. Writes made with ``update`` are applied again on top
+    of the overlapping load instead, and never rolled back by it."""
+    writes = 0
+    overlapping = bare = False
+    snap: SyncedSnapshot[dict[str, int]]
+
+    async def local_write() -> None:
+        nonlocal writes
+        writes += 1
+        name = f"local{writes}"
+        await store.hset("epochs", name, b"1")
+        snap.update(lambda current: {**current, name: 1})
+
+    async def load() -> dict[str, int]:
+        value = {k: int(v) for k, v in (await store.hgetall("epochs")).items()}
+        if bare:
+            snap.replace({"replaced": 1})
+        elif overlapping:
+            await local_write()  # lands after this load read the store: the load predates it
+        return value
+
+    snap = SyncedSnapshot(store, "epochs", load, resync=60)
+    assert await snap.reload() is True and snap.value == {}
+    overlapping = True
+    await store.hset("epochs", "remote", b"7")  # another instance's write
+    for n in range(1, 6):
+        assert await snap.reload() is True
+        assert snap.value == {"remote": 7, **{f"local{i}": 1 for i in range(1, n + 1)}}, n
+    # A bare replace overlapping a load still discards it (it cannot be applied again).
+    bare = True
+    assert await snap.reload() is True and snap.value == {"replaced": 1}
