@@ -2,8 +2,9 @@
 """Flat cost as the world grows (issue 13, target 3): the full chain's instructions per request
 with a small world against a large one, in one run.
 
-* ``small``: the full_chain.py workload as it is (one route, no kill switch, only the
-  workload's own rate-limit keys in Redis).
+* ``small``: the full_chain.py workload with the target's "1 of each": one route, one
+  non-matching kill switch per scope (module, route, tenant, endpoint), only the workload's own
+  rate-limit keys in Redis.
 * ``large``: the same workload plus 100 more routes (``/m000``…, one module each), 1,000 active
   kill switches that do not match the measured request (module, route, tenant and endpoint
   globs, many sharing its first path segment) and 100,000 live rate-limit keys in its Redis.
@@ -74,6 +75,22 @@ def thousand_switches(with_routes: bool = True) -> list[dict[str, str]]:
     return [{**s, "mode": "block", "reason": "scale bench"} for s in specs]
 
 
+SMALL = frozenset({"one-switch"})  # the baseline: 1 route, 1 switch of each scope, the workload's keys
+
+
+def one_switch_of_each() -> list[dict[str, str]]:
+    """The target's "1 of each": one non-matching switch per scope the large world grows (a
+    set with no switch at all takes the index's empty-set shortcut, a cost no real deployment
+    in an incident has)."""
+    specs = [
+        {"scope": "module", "target": "m000"},
+        {"scope": "route", "target": "r-m000"},
+        {"scope": "tenant", "target": "other-tenant-0"},
+        {"scope": "endpoint", "target": "GET /erp/*/0/x"},
+    ]
+    return [{**s, "mode": "block", "reason": "scale bench"} for s in specs]
+
+
 def engage(admin_port: int, spec: dict[str, str]) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", admin_port, timeout=30)
     try:
@@ -112,10 +129,12 @@ def prepare_world(env: BenchEnv, name: str, grow: frozenset[str]) -> Prepared:
         admin_token_sha256=hashlib.sha256(ADMIN_TOKEN.encode()).hexdigest(),
         redis_name=f"redis-{name}",
     )
-    if "switches" in grow:
+    if "switches" in grow or "one-switch" in grow:
         plain = env.launcher.start(f"{name}-setup", prepared.argv, cpu=None, env=prepared.environ)
         wait_ready(env.launcher, f"{name}-setup", plain, health_probe(prepared.port), 30)
-        for spec in thousand_switches(with_routes="routes" in grow):
+        many = "switches" in grow
+        specs = thousand_switches(with_routes="routes" in grow) if many else one_switch_of_each()
+        for spec in specs:
             engage(prepared.admin_port, spec)
         env.launcher.stop_named(f"{name}-setup")
     if "keys" in grow:
@@ -141,7 +160,7 @@ def cpu_per_request(env: BenchEnv, worlds: list[frozenset[str]], rounds: int, du
     workload = make_workload(env.workdir, env.jwt.signing_key)
     names = ["world-small", *("cpu-world-" + "-".join(sorted(g)) for g in worlds)]
     ports: dict[str, tuple[int, int]] = {}
-    for name, grow in zip(names, [frozenset(), *worlds], strict=True):
+    for name, grow in zip(names, [SMALL, *worlds], strict=True):
         prepared = prepare_world(env, name, grow)
         proc = env.launcher.start(name, prepared.argv, cpu=env.proxy_cpu, env=prepared.environ)
         wait_ready(env.launcher, name, proc, health_probe(prepared.port), 30)
@@ -174,12 +193,12 @@ def run(args: argparse.Namespace, workdir: Path, launcher: Launcher) -> int:
         return 0
     ensure_debian_packages({"valgrind": "valgrind", "callgrind_control": "valgrind", "nginx": "nginx-light"})
     env = start_bench_env(launcher, workdir, sys.executable)
-    small = measure_world(env, "world-small", frozenset(), args.requests)
+    small = measure_world(env, "world-small", SMALL, args.requests)
     print(f"# small world: {small:,.0f} instructions/request", flush=True)
     print()
     print("| world | instructions / request | ÷ small |")
     print("|---|--:|--:|")
-    print(f"| 1 route, no switch, the workload's keys | {small:,.0f} | 1.000 |")
+    print(f"| 1 route, 1 switch of each scope, the workload's keys | {small:,.0f} | 1.000 |")
     labels = {
         "routes": f"+{ROUTES} routes",
         "switches": f"{SWITCHES:,} switches",
