@@ -110,6 +110,7 @@ class GatewayProcess:
                 self.services.signing,
                 AnchorKeyArchive(self.store, keyring),
                 LastAnchors(Path(config.audit.spool_dir) / "last-anchors"),
+                period=lambda: self._runtime.config.audit.anchor_every,  # follows reloads
             )
         )
         self.restorer = self._store_restorer(generation)

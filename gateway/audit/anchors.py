@@ -23,16 +23,24 @@ kid; deleting the archive makes every anchor unverifiable, which verify reports 
 archive outlives signing-key rotation (``/.well-known/jwks.json`` serves only keys whose tokens
 may still be valid); ``GET /admin/audit/jwks`` serves it for offline checks.
 
-Each instance also keeps the last anchor it wrote for each tenant on local disk
-(``LastAnchors``): a trail cut back to before that anchor, which no record in the store can
-reveal, is then reported as truncated.
+Each instance also keeps the last anchor it wrote (or found on the head) for each tenant on
+local disk (``LastAnchors``): a trail cut back to before that anchor, which no record in the
+store can reveal, is then reported as truncated.
+
+Nothing local is needed to catch a trail whose anchors were all removed: every head is signed
+at least once per ``audit.anchor_every``, so a stored record older than ``unsigned_grace`` (two
+periods plus a margin of one more period, at most ``UNSIGNED_MARGIN``: a record written just
+after an anchor waits up to one period, the rest absorbs a slow or briefly failing anchoring
+loop; 3 h 10 min with the default 1 h, 3 s with a test's 1 s) that no valid
+anchor signs is reported as tampered on every instance. The gateway also never signs a head
+whose history does not verify (``AuditTrail.anchor``), so a forger cannot get a rewrite signed.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -55,6 +63,8 @@ ALGORITHM = "ES256"
 ARCHIVE_HASH = "audit-anchor-keys"
 DIGEST_CHARS = 8
 MAX_DIGESTS = 1024
+DEFAULT_PERIOD = 3600.0  # audit.anchor_every's default
+UNSIGNED_MARGIN = 600.0  # at most this on top of two periods before an unsigned record is suspect
 _JWS = PyJWS()
 
 
@@ -303,12 +313,21 @@ class Anchoring:
     signer: ActiveKeySource
     archive: AnchorKeyArchive
     last: LastAnchors
+    period: Callable[[], float] = lambda: DEFAULT_PERIOD
+    """``audit.anchor_every`` now (a callable: a config reload may change it)."""
+
+    @property
+    def unsigned_grace(self) -> float:
+        """How old a stored record may be without a valid anchor after it (see module doc)."""
+        period = self.period()
+        return 2 * period + min(UNSIGNED_MARGIN, period)
 
 
 __all__ = [
     "ANCHOR_EVENT",
     "ANCHOR_TYP",
     "MAX_DIGESTS",
+    "UNSIGNED_MARGIN",
     "AnchorInvalid",
     "AnchorKeyArchive",
     "AnchorKeys",

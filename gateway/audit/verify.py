@@ -29,6 +29,11 @@ Anchors (``gateway.audit.anchors``), checked when the verifier is given the trus
 - the instance's own last anchor (stored trails): the record it signed must still have the
   signed hash, the anchor record must still be there, and the trail must reach it (else
   *truncated*);
+- stored trails (``unsigned_before``): a record older than that cutoff (``AuditTrail`` uses
+  ``Anchoring.unsigned_grace``, about three ``audit.anchor_every``: the anchoring loop signs
+  every head at least once a period) must lie before a valid anchor. A trail whose anchors were all removed
+  (and the rest rehashed and renumbered) then fails on every instance, not only on the one
+  whose local last anchor it lost;
 - offline, ``require_signed`` makes a file without any valid anchor a failure.
 """
 
@@ -99,6 +104,7 @@ class ChainVerifier:
         anchor_keys: AnchorKeys | None = None,
         last_anchor: Mapping[str, Any] | None = None,
         require_signed: bool = False,
+        unsigned_before: str | None = None,
     ) -> None:
         self._tenant = tenant
         self._trust_start = trust_start
@@ -116,6 +122,8 @@ class ChainVerifier:
         self.anchors = 0
         self.signed_through: int | None = None
         self._last_anchor_seq = 0
+        self._unsigned_before = unsigned_before
+        self._unsigned_old: int | None = None  # the first old record no valid anchor signed yet
         # Hashes of the latest records: enough to compare with any anchor's digests.
         self._recent: deque[tuple[int, str]] = deque(maxlen=MAX_DIGESTS + 2)
         self._local: Statement | None = None
@@ -134,6 +142,15 @@ class ChainVerifier:
             return
         self._local_signature = str(last_anchor["signature"])
         self._local_hash = last_anchor.get("record_hash")
+
+    @property
+    def first_seq(self) -> int | None:
+        return self._first_seq
+
+    @property
+    def last_hash(self) -> str:
+        """The hash of the last record fed without a problem ("" before the first)."""
+        return self._last_hash
 
     def _fail(self, problem: str, bad_seq: int | None = None) -> bool:
         self.problem = problem
@@ -210,6 +227,13 @@ class ChainVerifier:
             self.anchors += 1
             self.signed_through = statement.seq
             self._last_anchor_seq = seq
+            self._unsigned_old = None  # the chain links every earlier record to what it signed
+        elif (
+            self._unsigned_old is None
+            and self._unsigned_before is not None
+            and (not isinstance(rec["time"], str) or rec["time"] < self._unsigned_before)
+        ):
+            self._unsigned_old = seq
         # The instance's own anchor must still stand where it wrote it (checked above as an anchor).
         if (
             self._local is not None
@@ -278,6 +302,14 @@ class ChainVerifier:
                 f"records before {self._first_seq} removed: the record {self._vouched_by} that vouches "
                 "for it is signed by no anchor (truncated)",
                 self._first_seq,
+            )
+        elif self._unsigned_old is not None:
+            # SECURITY: with every anchor removed and the chain rehashed nothing else is left
+            # to catch the rewrite; honest trails are signed within one anchor period.
+            self._fail(
+                f"record {self._unsigned_old}: older than the anchoring period but signed by no "
+                "anchor (anchors removed or the trail rewritten)",
+                self._unsigned_old,
             )
         elif self._require_signed and not self.anchors:
             self._fail("no valid audit.anchor record: nothing in it is signed")

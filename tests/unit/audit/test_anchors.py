@@ -425,3 +425,162 @@ async def test_without_loaded_signing_keys_an_anchor_waits_for_the_store(
     await fill(trail, clock, 1)
     with pytest.raises(StoreUnavailable):
         await trail.anchor("acme")
+
+
+# -- anchors removed altogether (review HIGH 1) ---------------------------------------------
+PAST_GRACE = 3 * 3600.0  # beyond 2 x anchor_every (1h by default) + the 10 min margin
+
+
+def other_instance(store: StateStore, signing: SigningKeys, tmp_path: Path, clock: FakeClock) -> AuditTrail:
+    """A second gateway on the same store with its own (empty) local state: a restarted pod."""
+    other = AuditTrail(store, spool_dir=tmp_path / "spool-b", clock=clock)
+    other.use_anchors(Anchoring(signing, AnchorKeyArchive(store, KEYRING), LastAnchors(tmp_path / "b")))
+    return other
+
+
+async def strip_anchors(store: StateStore, backend: Backend, edit_seq: int = 3) -> Rows:
+    """The attack: every anchor deleted, one record rewritten, the rest renumbered and rehashed,
+    the store's seq counter lowered to match."""
+    rows = [r for r in await stored(store, "acme") if orjson.loads(r[1])["event"] != ANCHOR_EVENT]
+    rows = rechain(rows, edit_seq, {"actor": "someone-else", "details": {"n": 999}}, renumber=True)
+    await backend.rewrite("audit:acme", rows)
+    await set_length(backend, "audit:acme", len(rows))
+    return rows
+
+
+async def test_a_trail_with_every_anchor_removed_is_broken_on_every_instance(
+    anchored: AuditTrail,
+    store: StateStore,
+    backend: Backend,
+    signing: SigningKeys,
+    clock: FakeClock,
+    tmp_path: Path,
+) -> None:
+    await anchored_trail(anchored, clock)
+    await anchored.anchor("acme")  # the periodic anchor signs the head
+    rows = await strip_anchors(store, backend)
+    clock.advance(PAST_GRACE)
+    other = other_instance(store, signing, tmp_path, clock)
+    try:
+        result = await other.verify("acme")  # no local state: the age of the records tells
+        assert not result.ok and result.anchors == 0 and result.bad_seq == 1, result
+        assert result.problem == (
+            "record 1: older than the anchoring period but signed by no anchor "
+            "(anchors removed or the trail rewritten)"
+        )
+        assert not (await anchored.verify("acme")).ok  # its own last anchor tells
+        # And neither signs the forgery: the head stays as the attacker left it.
+        assert await other.anchor_all() == 0
+        assert await anchored.anchor("acme") is None
+        assert await stored(store, "acme") == rows
+    finally:
+        other.close()
+
+
+async def test_a_young_unsigned_trail_is_intact_and_an_old_one_is_not(
+    anchored: AuditTrail, clock: FakeClock
+) -> None:
+    await fill(anchored, clock, 3)
+    clock.advance(2 * 3600 + 590)  # younger than 2 periods + the margin: an anchor may be due
+    result = await anchored.verify("acme")
+    assert result.ok and result.anchors == 0, result.problem
+    clock.advance(20)
+    result = await anchored.verify("acme")
+    assert not result.ok and result.bad_seq == 1
+
+
+async def test_the_grace_follows_anchor_every(
+    trail: AuditTrail, store: StateStore, signing: SigningKeys, clock: FakeClock, tmp_path: Path
+) -> None:
+    trail.use_anchors(
+        Anchoring(signing, AnchorKeyArchive(store, KEYRING), LastAnchors(tmp_path / "a"), lambda: 60.0)
+    )
+    await fill(trail, clock, 2)
+    clock.advance(3 * 60 - 10)  # short periods: the margin is one more period
+    assert (await trail.verify("acme")).ok
+    clock.advance(20)
+    assert (await trail.verify("acme")).bad_seq == 1
+
+
+async def test_an_outage_after_this_instances_last_anchor_is_signed_once_it_is_back(
+    anchored: AuditTrail, clock: FakeClock
+) -> None:
+    await anchored_trail(anchored, clock)  # records 13-14 written after this instance's anchor 12
+    clock.advance(PAST_GRACE)  # every gateway was down meanwhile
+    assert (await anchored.verify("acme")).bad_seq == 13  # unsigned and old: reported
+    assert (await anchored.anchor("acme"))["seq"] == 15  # it kept anchor 12: no anchor was removed
+    result = await anchored.verify("acme")
+    assert result.ok and result.signed_through == 14, result.problem
+
+
+async def test_the_last_anchor_removed_and_the_tail_rewritten_is_not_signed(
+    anchored: AuditTrail,
+    store: StateStore,
+    backend: Backend,
+    signing: SigningKeys,
+    clock: FakeClock,
+    tmp_path: Path,
+) -> None:
+    await anchored_trail(anchored, clock)
+    rows = [row for row in await stored(store, "acme") if row[0] != 12]
+    rows = rechain(rows, 12, {"actor": "someone-else"}, renumber=True)
+    await backend.rewrite("audit:acme", rows)
+    await set_length(backend, "audit:acme", len(rows))
+    clock.advance(PAST_GRACE)
+    other = other_instance(store, signing, tmp_path, clock)
+    try:
+        assert await other.anchor("acme") is None
+        assert await anchored.anchor("acme") is None
+        assert await stored(store, "acme") == rows
+        assert (await other.verify("acme")).bad_seq == 7  # the first record after anchor 6
+    finally:
+        other.close()
+
+
+async def test_an_instance_keeps_the_anchor_another_one_wrote_on_the_head(
+    anchored: AuditTrail,
+    store: StateStore,
+    backend: Backend,
+    signing: SigningKeys,
+    clock: FakeClock,
+    tmp_path: Path,
+) -> None:
+    await anchored_trail(anchored, clock)
+    head = await anchored.anchor("acme")  # instance A wins the race for this head
+    other = other_instance(store, signing, tmp_path, clock)
+    try:
+        assert await other.anchor("acme") is None  # nothing to sign, but B records A's anchor
+        kept = orjson.loads((tmp_path / "b" / "acme.json").read_bytes())
+        assert (kept["record_seq"], kept["record_hash"]) == (15, head["hash"])
+        await backend.rewrite("audit:acme", (await stored(store, "acme"))[:13])
+        await set_length(backend, "audit:acme", 13)
+        result = await other.verify("acme")
+        assert not result.ok and "anchored it through record 15 (truncated)" in str(result.problem)
+    finally:
+        other.close()
+
+
+async def test_a_forged_head_anchor_is_not_kept_as_the_last_anchor(
+    anchored: AuditTrail,
+    store: StateStore,
+    backend: Backend,
+    signing: SigningKeys,
+    clock: FakeClock,
+    tmp_path: Path,
+) -> None:
+    await fill(anchored, clock, 3)
+    rows = await stored(store, "acme")
+    head = orjson.loads(rows[-1][1])
+    impostor = SigningKey(signing.active.kid, ec.generate_private_key(ec.SECP256R1()), 0.0)
+    statement = Statement("acme", 3, head["hash"], head["time"], 1, "")
+    forged = {**head, "seq": 4, "event": ANCHOR_EVENT, "details": sign(statement, impostor)}
+    forged["prev_hash"] = head["hash"]
+    forged["hash"] = compute_hash(forged)
+    await backend.rewrite("audit:acme", [*rows, (4, orjson.dumps(forged))])
+    await set_length(backend, "audit:acme", 4)
+    other = other_instance(store, signing, tmp_path, clock)
+    try:
+        assert await other.anchor("acme") is None
+        assert not (tmp_path / "b" / "acme.json").exists()
+    finally:
+        other.close()
