@@ -235,8 +235,8 @@ class AuditTrail:
         streams = await self._store.log_streams(STREAM_PREFIX)
         return [s.removeprefix(STREAM_PREFIX) for s in streams]
 
-    async def _records(self, tenant: str) -> AsyncIterator[dict[str, Any]]:
-        async with _closing(self._store.log_read(stream_name(tenant))) as rows:
+    async def _records(self, tenant: str, end_seq: int | None = None) -> AsyncIterator[dict[str, Any]]:
+        async with _closing(self._store.log_read(stream_name(tenant), end_seq=end_seq)) as rows:
             async for _, raw in rows:
                 rec = decode_record(raw)
                 if rec is not None:
@@ -254,16 +254,33 @@ class AuditTrail:
         since: str | float | None = None,
         until: str | float | None = None,
         fmt: str = "json",
+        through_seq: int | None = None,
     ) -> AsyncIterator[bytes]:
         """The trail as ``fmt`` ("json", "csv", "xml"), in chunks. Arguments are checked now
-        (ValueError), before the first chunk, so an HTTP handler can still answer 400."""
+        (ValueError), before the first chunk, so an HTTP handler can still answer 400.
+
+        ``through_seq``: the export ends there (the seq ``sign_for_export`` returned). With
+        anchors on, an export that ``until`` would end on an unsigned record runs on to the
+        next anchor, so every export ends signed (``verify --file --jwks`` requires it)."""
         validate_tenant(tenant)
         if fmt not in _export.FORMATS:
             raise ValueError("format must be one of json, csv, xml")
         keep = _export.time_filter(
             _export.parse_time_bound(since, name="since"), _export.parse_time_bound(until, name="until")
         )
-        return _export.render(self._records(tenant), tenant=tenant, fmt=fmt, keep=keep)
+        return _export.render(
+            self._records(tenant, through_seq),
+            tenant=tenant,
+            fmt=fmt,
+            keep=keep,
+            close_on=_anchors.ANCHOR_EVENT if self._anchoring is not None else None,
+        )
+
+    async def sign_for_export(self, tenant: str) -> int | None:
+        """Sign the head for an export (App. C); the seq of the anchor now on the head, for
+        ``export(through_seq=...)``, or None (anchors off, or the trail does not verify: then
+        the export is left unsigned at its end and an offline verify says so)."""
+        return (await self._sign_head(tenant))[1]
 
     async def verify(self, tenant: str) -> VerifyResult:
         """Check the stored chain of ``tenant`` (streamed), and its anchors when enabled."""

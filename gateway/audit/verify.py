@@ -34,7 +34,10 @@ Anchors (``gateway.audit.anchors``), checked when the verifier is given the trus
   every head at least once a period) must lie before a valid anchor. A trail whose anchors were all removed
   (and the rest rehashed and renumbered) then fails on every instance, not only on the one
   whose local last anchor it lost;
-- offline, ``require_signed`` makes a file without any valid anchor a failure.
+- offline, ``require_signed`` (``audit verify --file --jwks``) makes a file fail unless its
+  last record is a valid anchor signing the record just before it: everything in the file is
+  then signed, so nothing can be edited after the last anchor, nor the anchor dropped. Exports
+  always end with such an anchor (written at export time; see ``AuditTrail.export``).
 """
 
 from __future__ import annotations
@@ -124,6 +127,7 @@ class ChainVerifier:
         self._last_anchor_seq = 0
         self._unsigned_before = unsigned_before
         self._unsigned_old: int | None = None  # the first old record no valid anchor signed yet
+        self._unsigned_from: int | None = None  # the first record after the last valid anchor
         # Hashes of the latest records: enough to compare with any anchor's digests.
         self._recent: deque[tuple[int, str]] = deque(maxlen=MAX_DIGESTS + 2)
         self._local: Statement | None = None
@@ -228,12 +232,20 @@ class ChainVerifier:
             self.signed_through = statement.seq
             self._last_anchor_seq = seq
             self._unsigned_old = None  # the chain links every earlier record to what it signed
-        elif (
+            self._unsigned_from = None
+            return self._check_local(rec)
+        if self._unsigned_from is None:
+            self._unsigned_from = seq
+        if (
             self._unsigned_old is None
             and self._unsigned_before is not None
             and (not isinstance(rec["time"], str) or rec["time"] < self._unsigned_before)
         ):
             self._unsigned_old = seq
+        return self._check_local(rec)
+
+    def _check_local(self, rec: dict[str, Any]) -> bool:
+        seq: int = rec["seq"]
         # The instance's own anchor must still stand where it wrote it (checked above as an anchor).
         if (
             self._local is not None
@@ -313,6 +325,13 @@ class ChainVerifier:
             )
         elif self._require_signed and not self.anchors:
             self._fail("no valid audit.anchor record: nothing in it is signed")
+        elif self._require_signed and self._unsigned_from is not None:
+            # SECURITY: records after the last anchor could be edited (and rehashed) at will.
+            self._fail(
+                f"records {self._unsigned_from}-{self._last_seq} are signed by no anchor: a signed "
+                "export ends with an anchor over its last record (edited, or its anchor removed)",
+                self._unsigned_from,
+            )
 
     def finish(self, *, expected_last: int | None = None) -> VerifyResult:
         """The verdict; ``expected_last`` is the store's highest seq (stored trails only)."""

@@ -104,6 +104,20 @@ async def test_anchors_catch_a_rewritten_or_truncated_trail_and_sign_exports(
     report = json.loads(offline.stdout)
     assert report["ok"] and report["anchors"] >= 2 and report["signed_through"] == len(exported) - 1
 
+    # An export cut by --until still ends signed: it runs on to the next anchor.
+    cut = tmp_path / "cut.json"
+    first_reload = next(r for r in exported if r["event"] == "config.reloaded")
+    until = ["--until", first_reload["time"]]
+    assert gw.cli("audit", "export", "--tenant", "_system", *until, "-o", str(cut)).returncode == 0
+    cut_records = json.loads(cut.read_text())
+    assert cut_records[-1]["event"] == "audit.anchor" and len(cut_records) <= len(exported)
+    assert gw.cli("audit", "verify", "--file", str(cut), "--jwks", str(jwks)).returncode == 0
+    # The export anchor dropped: what is left after the last anchor is not signed.
+    unsigned = tmp_path / "unsigned.json"
+    unsigned.write_text(json.dumps(exported[:-1]))
+    dropped = gw.cli("audit", "verify", "--file", str(unsigned), "--jwks", str(jwks), "--json")
+    assert dropped.returncode == 4 and "signed by no anchor" in json.loads(dropped.stdout)["problem"]
+
     # Offline attack: the export edited and rechained. The hash chain alone is fooled, not the JWKS.
     forged = tmp_path / "forged.json"
     # A reload record (the periodic anchor may have landed anywhere between the reloads).

@@ -32,7 +32,7 @@ from gateway.auth.signing import SigningKey, SigningKeys
 from gateway.crypto import Keyring
 from gateway.errors import StoreUnavailable
 from gateway.state import StateStore
-from tests.unit.audit.conftest import Backend, FakeClock, export_bytes, stored
+from tests.unit.audit.conftest import Backend, FakeClock, export_bytes, stored, stored_records
 
 Rows = list[tuple[int, bytes]]
 
@@ -584,3 +584,50 @@ async def test_a_forged_head_anchor_is_not_kept_as_the_last_anchor(
         assert not (tmp_path / "b" / "acme.json").exists()
     finally:
         other.close()
+
+
+# -- every export ends signed (review MEDIUM 3) ---------------------------------------------
+def record_time(recs: list[dict[str, Any]], seq: int) -> str:
+    return next(r["time"] for r in recs if r["seq"] == seq)
+
+
+async def test_an_export_ends_with_its_export_anchor_and_nothing_after_it(
+    anchored: AuditTrail, store: StateStore, signing: SigningKeys, clock: FakeClock
+) -> None:
+    await anchored_trail(anchored, clock)
+    through = await anchored.sign_for_export("acme")
+    assert through == 15
+    await fill(anchored, clock, 2)  # written while the export streams
+    records = orjson.loads(await export_bytes(anchored, "acme", through_seq=through))
+    assert [r["seq"] for r in records] == list(range(1, 16))
+    result = verify_records(records, anchor_keys=await anchored.anchor_keys())
+    assert result.ok and result.signed_through == 14, result.problem
+    assert await anchored.sign_for_export("acme") == 18
+    assert await anchored.sign_for_export("acme") == 18  # the head is signed already
+
+
+@pytest.mark.parametrize(("until", "last"), [(8, 12), (11, 12), (13, 15), (3, 6)])
+async def test_an_export_cut_by_until_runs_on_to_the_next_anchor(
+    until: int, last: int, anchored: AuditTrail, store: StateStore, clock: FakeClock
+) -> None:
+    await anchored_trail(anchored, clock)
+    through = await anchored.sign_for_export("acme")
+    recs = await stored_records(store, "acme")
+    cut = record_time(recs, until)
+    records = orjson.loads(await export_bytes(anchored, "acme", until=cut, through_seq=through))
+    assert [r["seq"] for r in records] == list(range(1, last + 1))
+    assert records[-1]["event"] == ANCHOR_EVENT
+    assert verify_records(records, anchor_keys=await anchored.anchor_keys()).ok
+    # since + until: mid-chain start, still signed at the end.
+    window = orjson.loads(
+        await export_bytes(anchored, "acme", since=record_time(recs, 2), until=cut, through_seq=through)
+    )
+    assert window[0]["seq"] == 2 and window[-1]["seq"] == last
+    assert verify_records(window, anchor_keys=await anchored.anchor_keys()).ok
+
+
+async def test_an_export_without_anchors_is_cut_where_until_says(trail: AuditTrail, clock: FakeClock) -> None:
+    await fill(trail, clock, 5)
+    recs = orjson.loads(await export_bytes(trail, "acme"))
+    records = orjson.loads(await export_bytes(trail, "acme", until=recs[2]["time"]))
+    assert [r["seq"] for r in records] == [1, 2, 3]
