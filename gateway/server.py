@@ -113,6 +113,7 @@ class GatewayProcess:
                 period=lambda: self._runtime.config.audit.anchor_every,  # follows reloads
             )
         )
+        generation.on_reset(lambda _reason: self.audit.forget_anchor_keys())
         self.restorer = self._store_restorer(generation)
         # App. C: open streams end with their session (revocations and grants applied here).
         STREAMS.follow_sessions(self.services.revocations, self.services.grants)

@@ -343,6 +343,12 @@ class AuditTrail:
         await anchoring.archive.ensure(key)  # archived before any anchor it signs exists
         stream = stream_name(validate_tenant(tenant))
         keys = await anchoring.archive.load()
+        if keys.public_key(key.kid) is None:
+            # The store lost the archive entry since this process wrote it (a reset, a rollback):
+            # archive the key again, or every anchor it signs would read as forged.
+            anchoring.archive.forget_cache()
+            await anchoring.archive.ensure(key)
+            keys = await anchoring.archive.load()
         # SECURITY: verify before signing (outside the chain lock: it may read the whole trail).
         checked = await self._verified_head(tenant, keys)
         if isinstance(checked, str):
@@ -370,7 +376,10 @@ class AuditTrail:
                     if seq < head_seq - _anchors.MAX_DIGESTS + 1:
                         continue  # read only to link the checked head
                     if rec.get("event") == _anchors.ANCHOR_EVENT:
-                        if seq == head_seq:
+                        details = rec.get("details")
+                        kid = details.get("kid") if isinstance(details, dict) else None
+                        if seq == head_seq and keys.revoked_at(kid) is None:
+                            # (a revoked key's anchor on the head is signed over by the new key)
                             raise _NothingToAnchor(rec)
                         # It signed what came before; its own record (actor, time) is covered here.
                         first, digests, previous = seq, [], seq
@@ -467,6 +476,27 @@ class AuditTrail:
         if not result.ok:
             return str(result.problem)
         return result.last_seq or 0, last_hash
+
+    async def revoke_anchor_keys(self, kids: Sequence[str]) -> int:
+        """``keys rotate --revoke-old``: mark ``kids`` revoked (``REVOCATION_GRACE`` from now) in
+        the anchor-key archive (their anchors count only if signed before), then sign every
+        trail's head with the active key. Returns how many anchors were written."""
+        if self._anchoring is None:
+            return 0
+        # Other instances may sign with the old key until they load the rotation (pub/sub, at
+        # worst their resync): their anchors must not read as forged.
+        at = format_time(self._clock() + _anchors.REVOCATION_GRACE)
+        marked = await self._anchoring.archive.revoke(kids, at)
+        if marked:
+            log.warning("audit.anchor_keys_revoked", kids=marked)
+        self._keys_cache = None
+        return await self.anchor_all()
+
+    def forget_anchor_keys(self) -> None:
+        """A store reset: the archive may be gone or older; re-check it before the next anchor."""
+        self._keys_cache = None
+        if self._anchoring is not None:
+            self._anchoring.archive.forget_cache()
 
     async def anchor_all(self) -> int:
         """``anchor`` every trail; returns how many anchors were written."""

@@ -204,3 +204,35 @@ async def test_a_trail_stripped_of_every_anchor_is_broken_on_a_fresh_instance_an
     a2 = gateway_factory(config(upstream, redis_url, tmp_path / "a"), env=same_keys)
     assert a2.cli("audit", "verify", "--tenant", "acme").returncode == 4
     client.close()
+
+
+async def test_keys_rotate_revoke_old_marks_the_anchor_key_revoked_and_re_signs_every_trail(
+    gateway_factory, upstream: Upstream, redis_url: str, tmp_path: Path
+) -> None:
+    cfg = config(upstream, redis_url, tmp_path)
+    cfg["audit"]["anchor_every"] = "1h"  # only the first pass at start, and the rotation, sign
+    gw: GatewayProc = gateway_factory(cfg)
+    client = redis.Redis.from_url(redis_url)
+    async with aiohttp.ClientSession() as http:
+        body = {"tenant": "acme", "user": "u1"}
+        async with http.post(f"{gw.admin_url}/admin/sessions/revoke", headers=AUTH, json=body) as r:
+            assert r.status == 200
+    export = tmp_path / "before.json"
+    assert gw.cli("audit", "export", "--tenant", "acme", "-o", str(export)).returncode == 0
+    old_kid = json.loads(export.read_text())[-1]["details"]["kid"]
+
+    rotated = gw.cli("keys", "rotate", "--revoke-old")
+    assert rotated.returncode == 0, rotated.stdout + rotated.stderr
+    head = stream(client, "acme")[-1]  # re-signed with the new key before the command returned
+    assert head["event"] == "audit.anchor" and head["details"]["kid"] != old_kid
+    jwks = tmp_path / "jwks.json"
+    assert gw.cli("audit", "jwks", "-o", str(jwks)).returncode == 0
+    marked = {k["kid"]: k.get("revoked_at") for k in json.loads(jwks.read_text())["keys"]}
+    assert marked[old_kid] is not None and marked[head["details"]["kid"]] is None
+    async with aiohttp.ClientSession() as http, http.get(f"{gw.url}/_gateway/audit/jwks") as r:
+        assert r.status == 200 and await r.json() == json.loads(jwks.read_text())
+    # The stored trail and the export taken before the rotation (signed before it) still verify.
+    assert gw.cli("audit", "verify", "--tenant", "acme").returncode == 0
+    old = gw.cli("audit", "verify", "--file", str(export), "--jwks", str(jwks))
+    assert old.returncode == 0, old.stdout + old.stderr
+    client.close()

@@ -27,7 +27,7 @@ from gateway.audit.anchors import (
     Statement,
     sign,
 )
-from gateway.audit.record import GENESIS_HASH, compute_hash
+from gateway.audit.record import GENESIS_HASH, compute_hash, format_time
 from gateway.auth.signing import SigningKey, SigningKeys
 from gateway.crypto import Keyring
 from gateway.errors import StoreUnavailable
@@ -631,3 +631,108 @@ async def test_an_export_without_anchors_is_cut_where_until_says(trail: AuditTra
     recs = orjson.loads(await export_bytes(trail, "acme"))
     records = orjson.loads(await export_bytes(trail, "acme", until=recs[2]["time"]))
     assert [r["seq"] for r in records] == [1, 2, 3]
+
+
+# -- a revoked key (review MEDIUM 2) and a lost archive (review LOW) ------------------------
+def forged_export(records: list[dict[str, Any]], key: SigningKey, signed_at: str) -> list[dict[str, Any]]:
+    """The review's attack: record 2 rewritten, the anchors dropped, the rest rechained, and
+    an anchor signed with the exposed key appended."""
+    recs = [dict(r) for r in records if r["event"] != ANCHOR_EVENT]
+    recs[1]["details"] = {"n": "forged"}
+    prev = GENESIS_HASH
+    for seq, rec in enumerate(recs, 1):
+        rec["seq"], rec["prev_hash"] = seq, prev
+        rec["hash"] = compute_hash(rec)
+        prev = rec["hash"]
+    head = recs[-1]
+    statement = Statement(
+        "acme", head["seq"], head["hash"], signed_at, 1, "".join(r["hash"][:8] for r in recs)
+    )
+    anchor = {
+        **head,
+        "seq": head["seq"] + 1,
+        "time": signed_at,
+        "event": ANCHOR_EVENT,
+        "actor": "gateway",
+        "details": sign(statement, key),
+        "prev_hash": head["hash"],
+    }
+    anchor["hash"] = compute_hash(anchor)
+    return [*recs, anchor]
+
+
+async def test_a_revoked_key_vouches_for_nothing_signed_after_its_revocation(
+    anchored: AuditTrail, store: StateStore, signing: SigningKeys, clock: FakeClock
+) -> None:
+    await anchored_trail(anchored, clock)
+    exposed = signing.active  # the key the attacker stole
+    new = await signing.rotate(revoke_old=True, token_ttl=900)
+    assert await anchored.revoke_anchor_keys([exposed.kid]) == 1  # acme re-signed at once
+    head = (await stored_records(store, "acme"))[-1]
+    assert head["event"] == ANCHOR_EVENT and head["details"]["kid"] == new.kid
+    jwks = (await anchored.anchor_keys()).jwks()  # what /_gateway/audit/jwks serves
+    marked = {k["kid"]: k.get("revoked_at") for k in jwks["keys"]}
+    assert marked[new.kid] is None and marked[exposed.kid] is not None
+    keys = AnchorKeys.from_jwks(orjson.loads(orjson.dumps(jwks)))  # as read from a file
+
+    clock.advance(61)  # past the grace other instances get to load the new key
+    honest = orjson.loads(
+        await export_bytes(anchored, "acme", through_seq=await anchored.sign_for_export("acme"))
+    )
+    result = verify_records(honest, anchor_keys=keys)
+    assert result.ok and result.anchors == 3, result.problem  # old anchors signed before it count
+
+    forged = forged_export(honest, exposed, format_time(clock()))
+    result = verify_records(forged, anchor_keys=keys)
+    assert not result.ok and result.bad_seq == len(forged)
+    assert result.problem == (
+        f"record {len(forged)}: anchor signed by a revoked key after its revocation (forged or tampered)"
+    )
+    # Signed "before" the revocation: the time inside the signature is the forger's to choose,
+    # which is why the rotation re-signs every stored trail with the new key (README).
+    assert verify_records(forged_export(honest, exposed, honest[0]["time"]), anchor_keys=keys).ok
+
+
+async def test_a_revocation_stands_when_the_store_forgets_it(
+    anchored: AuditTrail, store: StateStore, signing: SigningKeys, clock: FakeClock
+) -> None:
+    await fill(anchored, clock, 2)
+    await anchored.anchor("acme")
+    exposed = signing.active
+    unrevoked = (await store.hgetall("audit-anchor-keys"))[exposed.kid]
+    await signing.rotate(revoke_old=True, token_ttl=0)
+    await anchored.revoke_anchor_keys([exposed.kid])
+    assert (await anchored.anchor_keys()).revoked_at(exposed.kid) is not None
+    await store.hset("audit-anchor-keys", exposed.kid, unrevoked)  # a rollback of the archive
+    assert (await anchored.anchor_keys()).revoked_at(exposed.kid) is not None
+
+
+async def test_an_anchor_key_lost_by_the_store_is_archived_again(
+    anchored: AuditTrail, store: StateStore, clock: FakeClock
+) -> None:
+    await fill(anchored, clock, 2)
+    await anchored.anchor("acme")
+    await store.delete("audit-anchor-keys")  # a reset: the store came back without the archive
+    await fill(anchored, clock, 1, "globex")
+    assert await anchored.anchor("globex") is not None
+    result = await anchored.verify("globex")
+    assert result.ok and result.anchors == 1, result.problem
+    assert len(await anchored.anchor_keys()) == 1
+
+
+async def test_a_store_reset_drops_the_archive_cache(
+    anchored: AuditTrail, store: StateStore, signing: SigningKeys, clock: FakeClock
+) -> None:
+    await fill(anchored, clock, 1)
+    await anchored.anchor("acme")
+    first = await anchored.anchor_keys(max_age=60)
+    anchored.forget_anchor_keys()  # what the store-reset signal calls
+    assert await anchored.anchor_keys(max_age=60) is not first
+
+
+@pytest.mark.parametrize("when", ["yesterday", 5, "2026-12-07T10:00:00Z"])
+def test_a_jwks_with_a_malformed_revocation_is_refused(when: object, signing: SigningKeys) -> None:
+    jwks = signing.jwks()
+    jwks["keys"][0]["revoked_at"] = when
+    with pytest.raises(ValueError, match="revoked_at"):
+        AnchorKeys.from_jwks(jwks)
