@@ -33,8 +33,9 @@ such a key, marked with a ``revoked_at`` member, so exports signed before the re
 verify offline. An instance never forgets a revocation it has seen, even if the store forgets it.
 
 Each instance also keeps the last anchor it wrote (or found on the head) for each tenant on
-local disk (``LastAnchors``): a trail cut back to before that anchor, which no record in the
-store can reveal, is then reported as truncated.
+local disk (``LastAnchors``), and the newest one is also sealed in the store (``AnchorHeads``)
+for instances that never saw it: a trail cut back to before that anchor, or that lost it,
+which no record in the store can reveal, is then reported as truncated.
 
 Nothing local is needed to catch a trail whose anchors were all removed: every head is signed
 at least once per ``audit.anchor_every``, so a stored record older than ``unsigned_grace`` (two
@@ -374,6 +375,58 @@ class LastAnchors:
         os.replace(temporary, target)  # atomic: a crash leaves the old anchor or the new one
 
 
+HEADS_HASH = "audit-anchor-heads"
+
+
+def _head_context(tenant: str) -> bytes:
+    return context("audit-anchor-head", tenant)
+
+
+class AnchorHeads:
+    """The newest anchor per tenant, sealed in the store (hash ``audit-anchor-heads``): what
+    ``LastAnchors`` keeps on one instance's disk, for every instance, a fresh one too. Sealed
+    with the master keyring (the tenant as associated data), so a store writer cannot make one
+    up or move one to another tenant; deleting it (or writing back an older one they copied)
+    only falls back to the local copy and the age of the records."""
+
+    def __init__(self, store: StateStore, keyring: Keyring) -> None:
+        self._store, self._keyring = store, keyring
+
+    async def read(self, tenant: str) -> dict[str, Any] | None:
+        sealed = await self._store.hget(HEADS_HASH, tenant)
+        if sealed is None:
+            return None
+        try:
+            value = orjson.loads(self._keyring.decrypt(sealed, context=_head_context(tenant)))
+        except (DecryptionError, orjson.JSONDecodeError):
+            log.warning("audit.anchor_head_rejected", tenant=tenant)
+            return None
+        return value if isinstance(value, dict) else None
+
+    async def write(self, tenant: str, anchor: Mapping[str, Any]) -> None:
+        """Keep ``anchor`` unless a newer one is kept already."""
+        current = await self.read(tenant)
+        if current is not None and int(current.get("record_seq", 0)) >= int(anchor["record_seq"]):
+            return
+        sealed = self._keyring.encrypt(orjson.dumps(dict(anchor)), context=_head_context(tenant))
+        await self._store.hset(HEADS_HASH, tenant, sealed)
+
+
+def newest_anchor(*kept: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    """The kept anchor with the highest ``record_seq`` (the one that proves the most)."""
+    found: Mapping[str, Any] | None = None
+    for anchor in kept:
+        if anchor is None:
+            continue
+        try:
+            seq = int(anchor.get("record_seq", 0))
+        except (TypeError, ValueError):
+            return anchor  # malformed: the verifier reports it
+        if found is None or seq > int(found.get("record_seq", 0)):
+            found = anchor
+    return found
+
+
 @dataclass(frozen=True)
 class Anchoring:
     """What ``AuditTrail`` needs to write and check anchors."""
@@ -383,6 +436,18 @@ class Anchoring:
     last: LastAnchors
     period: Callable[[], float] = lambda: DEFAULT_PERIOD
     """``audit.anchor_every`` now (a callable: a config reload may change it)."""
+    heads: AnchorHeads | None = None
+    """The newest anchor per tenant in the store too (the gateway always has one)."""
+
+    async def newest(self, tenant: str) -> Mapping[str, Any] | None:
+        """The newest anchor this instance or, sealed in the store, any instance kept."""
+        stored = await self.heads.read(tenant) if self.heads is not None else None
+        return newest_anchor(self.last.read(tenant), stored)
+
+    async def keep(self, tenant: str, anchor: Mapping[str, Any]) -> None:
+        self.last.write(tenant, anchor)
+        if self.heads is not None:
+            await self.heads.write(tenant, anchor)
 
     @property
     def unsigned_grace(self) -> float:
@@ -396,6 +461,7 @@ __all__ = [
     "ANCHOR_TYP",
     "MAX_DIGESTS",
     "UNSIGNED_MARGIN",
+    "AnchorHeads",
     "AnchorInvalid",
     "AnchorKeyArchive",
     "AnchorKeys",

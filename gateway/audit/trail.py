@@ -302,7 +302,7 @@ class AuditTrail:
             checker = ChainVerifier(
                 tenant=tenant,
                 anchor_keys=keys if keys is not None else await self._anchoring.archive.load(),
-                last_anchor=self._anchoring.last.read(tenant),
+                last_anchor=await self._anchoring.newest(tenant),
                 unsigned_before=self._unsigned_before(),
             )
         async with _closing(self._store.log_read(stream, end_seq=expected_last)) as rows:
@@ -424,15 +424,15 @@ class AuditTrail:
                 return None, None  # verify reports it; never keep an anchor that does not check
             if statement.seq != head["seq"] - 1 or statement.hash != head.get("prev_hash"):
                 return None, None
-            self._keep_last(tenant, head)
+            await self._keep_last(tenant, head)
             return None, int(head["seq"])
-        self._keep_last(tenant, rec)
+        await self._keep_last(tenant, rec)
         return rec, int(rec["seq"])
 
-    def _keep_last(self, tenant: str, rec: Mapping[str, Any]) -> None:
+    async def _keep_last(self, tenant: str, rec: Mapping[str, Any]) -> None:
         assert self._anchoring is not None
         kept = {**rec["details"], "tenant": tenant, "record_seq": rec["seq"], "record_hash": rec["hash"]}
-        self._anchoring.last.write(tenant, kept)
+        await self._anchoring.keep(tenant, kept)
 
     async def _verified_head(self, tenant: str, keys: _anchors.AnchorKeys) -> tuple[int, str] | str:
         """(seq, hash) of the head once the trail verifies, or the problem. The records from
@@ -471,7 +471,7 @@ class AuditTrail:
             # Old unsigned records after the anchor this instance itself kept as the last one are
             # an outage (the gateway was down, or replayed a spool), not removed anchors: this
             # instance knows no later anchor that could have been removed.
-            known = self._anchoring.last.read(tenant) if self._anchoring is not None else None
+            known = await self._anchoring.newest(tenant) if self._anchoring is not None else None
             own = known is not None and (known.get("record_seq"), known.get("record_hash")) == (
                 seq,
                 rec.get("hash"),
@@ -480,7 +480,7 @@ class AuditTrail:
                 tenant=tenant,
                 trust_start=True,
                 anchor_keys=keys,
-                last_anchor=known if own else None,
+                last_anchor=known,  # a newer kept anchor must still be there
                 unsigned_before=None if own else self._unsigned_before(),
             )
             for at, later in rows[index:]:

@@ -159,6 +159,7 @@ def strip_anchors_and_rewrite(client: redis.Redis, tenant: str) -> list[dict[str
         prev = rec["hash"]
     rewrite(client, tenant, records)
     client.set(f"sgw:logseq:audit:{tenant}", len(records))
+    client.hdel("sgw:k:audit-anchor-heads", tenant)  # the sealed newest anchor too
     return records
 
 

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from gateway.audit import AuditTrail, iter_export_records, verify_records
 from gateway.audit.anchors import (
     ANCHOR_EVENT,
+    AnchorHeads,
     Anchoring,
     AnchorKeyArchive,
     AnchorKeys,
@@ -736,3 +737,73 @@ def test_a_jwks_with_a_malformed_revocation_is_refused(when: object, signing: Si
     jwks["keys"][0]["revoked_at"] = when
     with pytest.raises(ValueError, match="revoked_at"):
         AnchorKeys.from_jwks(jwks)
+
+
+# -- the newest anchor sealed in the store, for every instance --------------------------------
+def with_heads(trail: AuditTrail, store: StateStore, signing: SigningKeys, directory: Path) -> AuditTrail:
+    trail.use_anchors(
+        Anchoring(
+            signing,
+            AnchorKeyArchive(store, KEYRING),
+            LastAnchors(directory),
+            heads=AnchorHeads(store, KEYRING),
+        )
+    )
+    return trail
+
+
+async def test_a_fresh_instance_catches_a_removed_newest_anchor_from_the_store_copy(
+    trail: AuditTrail,
+    store: StateStore,
+    backend: Backend,
+    signing: SigningKeys,
+    clock: FakeClock,
+    tmp_path: Path,
+) -> None:
+    with_heads(trail, store, signing, tmp_path / "a")
+    await anchored_trail(trail, clock)
+    rows = [row for row in await stored(store, "acme") if row[0] != 12]
+    await backend.rewrite("audit:acme", rechain(rows, 12, {"actor": "x"}, renumber=True))
+    await set_length(backend, "audit:acme", 13)
+    # Records still young: only the sealed copy of anchor 12 shows it is gone.
+    fresh = with_heads(
+        AuditTrail(store, spool_dir=tmp_path / "sb", clock=clock), store, signing, tmp_path / "b"
+    )
+    try:
+        result = await fresh.verify("acme")
+        assert not result.ok and result.bad_seq == 12, result.problem
+        assert await fresh.anchor("acme") is None  # and it does not sign the rewrite
+    finally:
+        fresh.close()
+
+
+async def test_a_fresh_instance_signs_after_an_outage_when_the_store_copy_vouches(
+    trail: AuditTrail, store: StateStore, signing: SigningKeys, clock: FakeClock, tmp_path: Path
+) -> None:
+    with_heads(trail, store, signing, tmp_path / "a")
+    await anchored_trail(trail, clock)
+    clock.advance(PAST_GRACE)  # every gateway was down; a new pod comes up with an empty disk
+    fresh = with_heads(
+        AuditTrail(store, spool_dir=tmp_path / "sb", clock=clock), store, signing, tmp_path / "b"
+    )
+    try:
+        assert (await fresh.anchor("acme"))["seq"] == 15
+        assert (await fresh.verify("acme")).ok
+    finally:
+        fresh.close()
+
+
+async def test_a_planted_or_moved_store_copy_is_ignored(
+    trail: AuditTrail, store: StateStore, signing: SigningKeys, clock: FakeClock, tmp_path: Path
+) -> None:
+    with_heads(trail, store, signing, tmp_path / "a")
+    await anchored_trail(trail, clock)
+    await fill(trail, clock, 1, "globex")
+    await trail.anchor("globex")
+    heads = AnchorHeads(store, KEYRING)
+    acme = (await store.hgetall("audit-anchor-heads"))["acme"]
+    await store.hset("audit-anchor-heads", "globex", acme)  # moved to another tenant
+    assert await heads.read("globex") is None
+    await store.hset("audit-anchor-heads", "globex", b'{"record_seq": 99}')  # made up
+    assert await heads.read("globex") is None
+    assert (await heads.read("acme"))["record_seq"] == 12
