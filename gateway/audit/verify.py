@@ -31,9 +31,9 @@ Anchors (``gateway.audit.anchors``), checked when the verifier is given the trus
   *truncated*);
 - stored trails (``unsigned_before``): a record older than that cutoff (``AuditTrail`` uses
   ``Anchoring.unsigned_grace``, about three ``audit.anchor_every``: the anchoring loop signs
-  every head at least once a period) must lie before a valid anchor. A trail whose anchors were all removed
-  (and the rest rehashed and renumbered) then fails on every instance, not only on the one
-  whose local last anchor it lost;
+  every head at least once a period) must lie before a valid anchor. A trail whose anchors
+  were all removed (and the rest rehashed and renumbered) then fails on every instance, not
+  only on the one whose local last anchor it lost;
 - offline, ``require_signed`` (``audit verify --file --jwks``) makes a file fail unless its
   last record is a valid anchor signing the record just before it: everything in the file is
   then signed, so nothing can be edited after the last anchor, nor the anchor dropped. Exports
