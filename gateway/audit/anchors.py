@@ -192,6 +192,13 @@ class AnchorKeys:
     def public_key(self, kid: str) -> ec.EllipticCurvePublicKey | None:
         return self._keys.get(kid)
 
+    def signer_revoked_at(self, token: object) -> str | None:
+        """When the key that signed ``token`` (verified already) was revoked, or None."""
+        try:
+            return self.revoked_at(_JWS.get_unverified_header(token).get("kid"))  # type: ignore[arg-type]
+        except (jwt.PyJWTError, TypeError, ValueError):
+            return None
+
     def revoked_at(self, kid: object) -> str | None:
         return self._revoked.get(kid) if isinstance(kid, str) else None
 

@@ -80,6 +80,8 @@ class VerifyResult:
     """The highest seq a good anchor signed (the chain up to it is vouched for by the key)."""
     bad_seq: int | None = None
     """The first record found bad, when the verifier can name one."""
+    last_anchor_revoked_at: str | None = None
+    """The last good anchor's key was revoked at this time (it signed before that)."""
 
 
 def _valid_shape(rec: object) -> bool:
@@ -128,6 +130,7 @@ class ChainVerifier:
         self._unsigned_before = unsigned_before
         self._unsigned_old: int | None = None  # the first old record no valid anchor signed yet
         self._unsigned_from: int | None = None  # the first record after the last valid anchor
+        self.last_anchor_revoked_at: str | None = None
         # Hashes of the latest records: enough to compare with any anchor's digests.
         self._recent: deque[tuple[int, str]] = deque(maxlen=MAX_DIGESTS + 2)
         self._local: Statement | None = None
@@ -233,6 +236,7 @@ class ChainVerifier:
             self._last_anchor_seq = seq
             self._unsigned_old = None  # the chain links every earlier record to what it signed
             self._unsigned_from = None
+            self.last_anchor_revoked_at = self._keys.signer_revoked_at(rec["details"].get("signature"))
             return self._check_local(rec)
         if self._unsigned_from is None:
             self._unsigned_from = seq
@@ -358,6 +362,7 @@ class ChainVerifier:
             self.anchors,
             self.signed_through,
             self.bad_seq,
+            self.last_anchor_revoked_at,
         )
 
 

@@ -152,3 +152,36 @@ def test_an_export_that_does_not_end_with_its_anchor_is_broken(
     export.write_text(json.dumps(layout_trail("rrarra")))
     assert main(["audit", "verify", "--file", str(export), "--jwks", str(jwks)]) == 0
     assert capsys.readouterr().out == "intact: 6 records, 2 anchors verified, signed through record 5\n"
+
+
+def revoked_jwks(path: Path, revoked_at: str) -> None:
+    jwks = AnchorKeys({"k1": KEY.public_key}, {"k1": revoked_at}).jwks()
+    assert jwks["keys"][0]["revoked_at"] == revoked_at
+    path.write_text(json.dumps(jwks))
+
+
+def test_an_export_signed_before_its_key_was_revoked_verifies_with_a_note(
+    files: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    export, jwks = files
+    export.write_text(json.dumps(layout_trail("rrarra")))
+    revoked_jwks(jwks, "2026-12-07T11:00:00.000Z")
+    assert main(["audit", "verify", "--file", str(export), "--jwks", str(jwks)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("intact: 6 records, 2 anchors verified")
+    assert "note: the last anchor's key was revoked at 2026-12-07T11:00:00.000Z" in out
+
+
+def test_an_export_signed_after_its_key_was_revoked_is_broken(
+    files: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    export, jwks = files
+    export.write_text(json.dumps(layout_trail("rrarra")))  # anchors signed at :03 and :06
+    revoked_jwks(jwks, "2026-12-07T10:00:05.000Z")
+    assert main(["audit", "verify", "--file", str(export), "--jwks", str(jwks), "--json"]) == 4
+    report = json.loads(capsys.readouterr().out)
+    assert report["first_bad_seq"] == 6
+    assert (
+        report["problem"]
+        == "record 6: anchor signed by a revoked key after its revocation (forged or tampered)"
+    )
