@@ -130,6 +130,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
             "first_bad_seq": result.bad_seq,
             "anchors": result.anchors if keys is not None else None,
             "signed_through": result.signed_through,
+            "signed_by_key_revoked_at": result.last_anchor_revoked_at,
         }
         return _report_verify(args, data)
     query = urllib.parse.urlencode({"tenant": args.tenant})
@@ -162,6 +163,12 @@ def _report_verify(args: argparse.Namespace, data: dict[str, Any]) -> int:
                 f", signed through record {through}" if through else ", none signed yet"
             )
         print(f"intact: {data.get('records')} records{signed}")
+        if data.get("signed_by_key_revoked_at"):
+            # A key revoked as exposed: its holder could have signed this, dated before then.
+            print(
+                f"note: the last anchor's key was revoked at {data['signed_by_key_revoked_at']}; "
+                "it vouches only if the key was not exposed before. Take a fresh export."
+            )
     else:
         print(f"BROKEN: {data.get('problem')}")
     return EXIT_OK if data.get("ok") else EXIT_TAMPERED

@@ -21,7 +21,7 @@ from gateway.access_log import ACCESS_LOGGER, GatewayAccessLogger, flush_access_
 from gateway.admin.app import make_admin_app
 from gateway.app import PublicHandler
 from gateway.audit import SYSTEM_TRAIL, AuditTrail
-from gateway.audit.anchors import Anchoring, AnchorKeyArchive, LastAnchors
+from gateway.audit.anchors import AnchorHeads, Anchoring, AnchorKeyArchive, LastAnchors
 from gateway.auth.jwt import JwtVerifier
 from gateway.auth.revocation import RevocationEpochs
 from gateway.auth.signing import SigningKeys
@@ -110,8 +110,11 @@ class GatewayProcess:
                 self.services.signing,
                 AnchorKeyArchive(self.store, keyring),
                 LastAnchors(Path(config.audit.spool_dir) / "last-anchors"),
+                period=lambda: self._runtime.config.audit.anchor_every,  # follows reloads
+                heads=AnchorHeads(self.store, keyring),
             )
         )
+        generation.on_reset(lambda _reason: self.audit.forget_anchor_keys())
         self.restorer = self._store_restorer(generation)
         # App. C: open streams end with their session (revocations and grants applied here).
         STREAMS.follow_sessions(self.services.revocations, self.services.grants)

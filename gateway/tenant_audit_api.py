@@ -25,20 +25,27 @@ async def export_own_trail(ctx: RequestContext) -> web.StreamResponse:
     query = ctx.request.query
     fmt = query.get("format", "json")
     trail = ctx.runtime.services.audit
-    try:
-        chunks = trail.export(claims.tenant, since=query.get("since"), until=query.get("until"), fmt=fmt)
-        # Issue 15: each step of the download waits on the store at most store_timeout.
-        chunks = bounded_iter(chunks, ctx.runtime.config.rate_limits.store_timeout)
+    try:  # the arguments are checked here (400), before anything is audited or signed
+        trail.export(claims.tenant, since=query.get("since"), until=query.get("until"), fmt=fmt)
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
-    trail.submit(
+    # Awaited (not queued): the export record must be in the trail before its anchor is written.
+    await trail.record(
         "audit.exported",
         tenants=[claims.tenant],
         actor=claims.subject,
         request_id=ctx.request_id,
         details={"format": fmt, "via": "public"},
     )
-    await trail.anchor(claims.tenant)  # App. C: every export is signed up to the export record
+    # App. C: every export is signed up to the export record, and ends with that anchor.
+    through = await trail.sign_for_export(claims.tenant)
+    # Issue 15: each step of the download waits on the store at most store_timeout.
+    chunks = bounded_iter(
+        trail.export(
+            claims.tenant, since=query.get("since"), until=query.get("until"), fmt=fmt, through_seq=through
+        ),
+        ctx.runtime.config.rate_limits.store_timeout,
+    )
     if ctx.downstream is None:
         return await stream_export(ctx.request, chunks, claims.tenant, fmt, ctx.response_headers)  # type: ignore[arg-type]
     # The lean listener: the same download, streamed through its writer.

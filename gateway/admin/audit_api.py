@@ -71,8 +71,10 @@ async def export_audit(request: web.Request) -> web.StreamResponse:
         request_id=request[RequestIdKey],
         details={"format": fmt, "since": since, "until": until, "via": "admin"},
     )
-    await trail.anchor(tenant)  # App. C: every export is signed up to the export record
-    return await stream_export(request, trail.export(tenant, since=since, until=until, fmt=fmt), tenant, fmt)
+    # App. C: every export is signed up to the export record, and ends with that anchor.
+    through = await trail.sign_for_export(tenant)
+    chunks = trail.export(tenant, since=since, until=until, fmt=fmt, through_seq=through)
+    return await stream_export(request, chunks, tenant, fmt)
 
 
 async def verify_audit(request: web.Request) -> web.Response:

@@ -22,7 +22,12 @@ async def rotate_keys(request: web.Request) -> web.Response:
     reason = reason_field(data)
     signing = request.app[SigningKey]
     token_ttl = request.app[RuntimeKey]().config.mfa.token_ttl
+    revoked = [key.kid for key in signing.verifiable()] if revoke_old else []
     new = await signing.rotate(revoke_old=revoke_old, token_ttl=token_ttl)
+    if revoked:
+        # App. C: an exposed key must not vouch for audit anchors signed after now either;
+        # every trail is signed again with the new key at once.
+        await request.app[AuditKey].revoke_anchor_keys([kid for kid in revoked if kid != new.kid])
     await request.app[AuditKey].record(
         "keys.rotated",
         tenants=[SYSTEM_TRAIL],

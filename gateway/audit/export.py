@@ -169,9 +169,18 @@ class _Chunker:
 
 
 async def render(
-    records: AsyncIterator[dict[str, Any]], *, tenant: str, fmt: str, keep: Callable[[Any], bool]
+    records: AsyncIterator[dict[str, Any]],
+    *,
+    tenant: str,
+    fmt: str,
+    keep: Callable[[Any], bool],
+    close_on: str | None = None,
 ) -> AsyncIterator[bytes]:
-    """``records`` (decoded, in seq order) filtered by ``keep(time)``, rendered as ``fmt``."""
+    """``records`` (decoded, in seq order) filtered by ``keep(time)``, rendered as ``fmt``.
+
+    ``close_on`` (an event name: the audit anchor's): once a record was written, records are
+    written on, whatever their time, until one of that event: the export never ends (or breaks
+    off) between two signatures."""
     chunker = _Chunker()
     if fmt == "json":
         head, sep, tail = b"[\n", b",\n", b"\n]\n"
@@ -188,9 +197,11 @@ async def render(
         head, sep, tail = buffer.getvalue().encode(), b"", b""
     chunker.add(head)
     first = True
+    open_tail = False  # a record was written and no ``close_on`` record after it yet
     async for rec in records:
-        if not keep(rec.get("time")):
+        if not (keep(rec.get("time")) or open_tail):
             continue
+        open_tail = close_on is not None and rec.get("event") != close_on
         if fmt == "json":
             # The record as stored, every key included: an export must not hide an added field.
             body = orjson.dumps(rec)

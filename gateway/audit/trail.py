@@ -49,6 +49,7 @@ from gateway.audit.record import (
     SYSTEM_TENANT,
     build_record,
     canonical_bytes,
+    compute_hash,
     decode_record,
     format_time,
     normalize_details,
@@ -93,7 +94,16 @@ def _closing(iterator: AsyncIterator[Any]) -> contextlib.AbstractAsyncContextMan
 
 
 class _NothingToAnchor(Exception):
-    """Raised inside the chain lock when the head needs no anchor."""
+    """Raised inside the chain lock when the head needs no anchor (``head``: the anchor record
+    already on the head, None for an empty trail)."""
+
+    def __init__(self, head: dict[str, Any] | None) -> None:
+        super().__init__()
+        self.head = head
+
+
+class _RefuseToSign(Exception):
+    """The trail does not verify (or changed under the check): its head is not signed."""
 
 
 class AuditTrail:
@@ -226,8 +236,8 @@ class AuditTrail:
         streams = await self._store.log_streams(STREAM_PREFIX)
         return [s.removeprefix(STREAM_PREFIX) for s in streams]
 
-    async def _records(self, tenant: str) -> AsyncIterator[dict[str, Any]]:
-        async with _closing(self._store.log_read(stream_name(tenant))) as rows:
+    async def _records(self, tenant: str, end_seq: int | None = None) -> AsyncIterator[dict[str, Any]]:
+        async with _closing(self._store.log_read(stream_name(tenant), end_seq=end_seq)) as rows:
             async for _, raw in rows:
                 rec = decode_record(raw)
                 if rec is not None:
@@ -245,33 +255,61 @@ class AuditTrail:
         since: str | float | None = None,
         until: str | float | None = None,
         fmt: str = "json",
+        through_seq: int | None = None,
     ) -> AsyncIterator[bytes]:
         """The trail as ``fmt`` ("json", "csv", "xml"), in chunks. Arguments are checked now
-        (ValueError), before the first chunk, so an HTTP handler can still answer 400."""
+        (ValueError), before the first chunk, so an HTTP handler can still answer 400.
+
+        ``through_seq``: the export ends there (the seq ``sign_for_export`` returned). With
+        anchors on, an export that ``until`` would end on an unsigned record runs on to the
+        next anchor, so every export ends signed (``verify --file --jwks`` requires it)."""
         validate_tenant(tenant)
         if fmt not in _export.FORMATS:
             raise ValueError("format must be one of json, csv, xml")
         keep = _export.time_filter(
             _export.parse_time_bound(since, name="since"), _export.parse_time_bound(until, name="until")
         )
-        return _export.render(self._records(tenant), tenant=tenant, fmt=fmt, keep=keep)
+        return _export.render(
+            self._records(tenant, through_seq),
+            tenant=tenant,
+            fmt=fmt,
+            keep=keep,
+            close_on=_anchors.ANCHOR_EVENT if self._anchoring is not None else None,
+        )
+
+    async def sign_for_export(self, tenant: str) -> int | None:
+        """Sign the head for an export (App. C); the seq of the anchor now on the head, for
+        ``export(through_seq=...)``, or None (anchors off, or the trail does not verify: then
+        the export is left unsigned at its end and an offline verify says so)."""
+        return (await self._sign_head(tenant))[1]
 
     async def verify(self, tenant: str) -> VerifyResult:
         """Check the stored chain of ``tenant`` (streamed), and its anchors when enabled."""
+        result, _ = await self._verify(tenant)
+        return result
+
+    def _unsigned_before(self) -> str | None:
+        if self._anchoring is None:
+            return None
+        return format_time(self._clock() - self._anchoring.unsigned_grace)
+
+    async def _verify(self, tenant: str, keys: _anchors.AnchorKeys | None = None) -> tuple[VerifyResult, str]:
+        """The verdict and the hash of the last record checked."""
         stream = stream_name(validate_tenant(tenant))
         expected_last = await self._store.log_length(stream)
         checker = ChainVerifier(tenant=tenant)
         if self._anchoring is not None:
             checker = ChainVerifier(
                 tenant=tenant,
-                anchor_keys=await self._anchoring.archive.load(),
-                last_anchor=self._anchoring.last.read(tenant),
+                anchor_keys=keys if keys is not None else await self._anchoring.archive.load(),
+                last_anchor=await self._anchoring.newest(tenant),
+                unsigned_before=self._unsigned_before(),
             )
         async with _closing(self._store.log_read(stream, end_seq=expected_last)) as rows:
             async for seq, raw in rows:
                 if not checker.feed(decode_record(raw), position=seq):
                     break
-        return checker.finish(expected_last=expected_last)
+        return checker.finish(expected_last=expected_last), checker.last_hash
 
     # -- anchors ---------------------------------------------------------------------------
     async def anchor_keys(self, *, max_age: float = 0.0) -> _anchors.AnchorKeys:
@@ -289,37 +327,70 @@ class AuditTrail:
 
     async def anchor(self, tenant: str) -> dict[str, Any] | None:
         """Sign ``tenant``'s head as an ``audit.anchor`` record; None when there is nothing to
-        sign (an empty trail, or its head is an anchor already) or anchors are off. Needs the
-        store (StoreUnavailable)."""
+        sign (an empty trail, or its head is an anchor already), when the trail does not verify
+        (refused and logged: a forger must not get a rewrite signed) or anchors are off. Needs
+        the store (StoreUnavailable)."""
+        return (await self._sign_head(tenant))[0]
+
+    async def _sign_head(self, tenant: str) -> tuple[dict[str, Any] | None, int | None]:
+        """(the anchor written or None, the seq of the valid anchor now on the head or None)."""
         anchoring = self._anchoring
         if anchoring is None:
-            return None
+            return None, None
         try:
             key = anchoring.signer.active
         except RuntimeError:  # keys not read yet: the store has not answered since start
             raise StoreUnavailable("the signing keys are not loaded yet") from None
         await anchoring.archive.ensure(key)  # archived before any anchor it signs exists
         stream = stream_name(validate_tenant(tenant))
+        keys = await anchoring.archive.load()
+        if keys.public_key(key.kid) is None:
+            # The store lost the archive entry since this process wrote it (a reset, a rollback):
+            # archive the key again, or every anchor it signs would read as forged.
+            anchoring.archive.forget_cache()
+            await anchoring.archive.ensure(key)
+            keys = await anchoring.archive.load()
+        # SECURITY: verify before signing (outside the chain lock: it may read the whole trail).
+        checked = await self._verified_head(tenant, keys)
+        if isinstance(checked, str):
+            log.error("audit.anchor_refused", tenant=tenant, problem=checked)
+            return None, None
+        checked_seq, checked_hash = checked
 
         async def build(head_seq: int, head_hash: str) -> dict[str, Any]:
+            if head_seq < checked_seq:
+                raise _RefuseToSign(f"the trail shrank to record {head_seq} while it was checked")
             digests: list[str] = []
             first, previous = head_seq + 1, 0
+            # Records appended since the check must link to the checked head.
+            link = ChainVerifier(tenant=tenant, trust_start=True)
             # The records since the previous anchor (at most MAX_DIGESTS): what a verifier
             # needs to name the first record a rewrite changed.
-            window = max(1, head_seq - _anchors.MAX_DIGESTS + 1)
+            window = max(1, min(head_seq - _anchors.MAX_DIGESTS + 1, checked_seq))
             async with _closing(self._store.log_read(stream, start_seq=window, end_seq=head_seq)) as rows:
                 async for seq, raw in rows:
                     rec = decode_record(raw) or {}
+                    if seq >= checked_seq and checked_seq and not link.feed(rec, position=seq):
+                        raise _RefuseToSign(str(link.problem))
+                    if seq == checked_seq and rec.get("hash") != checked_hash:
+                        raise _RefuseToSign(f"record {seq} changed while the trail was checked")
+                    if seq < head_seq - _anchors.MAX_DIGESTS + 1:
+                        continue  # read only to link the checked head
                     if rec.get("event") == _anchors.ANCHOR_EVENT:
-                        if seq == head_seq:
-                            raise _NothingToAnchor
+                        details = rec.get("details")
+                        kid = details.get("kid") if isinstance(details, dict) else None
+                        if seq == head_seq and keys.revoked_at(kid) is None:
+                            # (a revoked key's anchor on the head is signed over by the new key)
+                            raise _NothingToAnchor(rec)
                         # It signed what came before; its own record (actor, time) is covered here.
                         first, digests, previous = seq, [], seq
                     elif seq != first + len(digests):
                         first, digests, previous = seq, [], 0  # keep the digests contiguous
                     digests.append(_anchors.digest(rec.get("hash")))
+            if checked_seq and link.first_seq != checked_seq:
+                raise _RefuseToSign(f"record {checked_seq} is gone since the trail was checked")
             if head_seq == 0:
-                raise _NothingToAnchor
+                raise _NothingToAnchor(None)
             stamp = format_time(self._clock())
             statement = _anchors.Statement(
                 tenant, head_seq, head_hash, stamp, first, "".join(digests), previous
@@ -338,11 +409,112 @@ class AuditTrail:
 
         try:
             rec = await self._chain.append_built(tenant, build)
-        except _NothingToAnchor:
-            return None
+        except _RefuseToSign as refused:
+            log.error("audit.anchor_refused", tenant=tenant, problem=str(refused))
+            return None, None
+        except _NothingToAnchor as nothing:
+            head = nothing.head
+            if head is None:
+                return None, None
+            try:
+                # Another instance anchored this head: keep it as this instance's last anchor
+                # too, so a later cut below it is caught here as well.
+                statement = _anchors.check_anchor_record(head, keys)
+            except _anchors.AnchorInvalid:
+                return None, None  # verify reports it; never keep an anchor that does not check
+            if statement.seq != head["seq"] - 1 or statement.hash != head.get("prev_hash"):
+                return None, None
+            await self._keep_last(tenant, head)
+            return None, int(head["seq"])
+        await self._keep_last(tenant, rec)
+        return rec, int(rec["seq"])
+
+    async def _keep_last(self, tenant: str, rec: Mapping[str, Any]) -> None:
+        assert self._anchoring is not None
         kept = {**rec["details"], "tenant": tenant, "record_seq": rec["seq"], "record_hash": rec["hash"]}
-        anchoring.last.write(tenant, kept)
-        return rec
+        await self._anchoring.keep(tenant, kept)
+
+    async def _verified_head(self, tenant: str, keys: _anchors.AnchorKeys) -> tuple[int, str] | str:
+        """(seq, hash) of the head once the trail verifies, or the problem. The records from
+        the newest valid anchor among the last ``MAX_DIGESTS`` on are enough (the anchor vouches
+        for everything before it); without one the whole trail is verified."""
+        stream = stream_name(tenant)
+        head = await self._store.log_length(stream)
+        if head == 0:
+            return 0, GENESIS_HASH
+        last = await self._chain.read_one(stream, head)
+        if last is not None and last.get("event") == _anchors.ANCHOR_EVENT and last.get("seq") == head:
+            # The periodic pass over already signed heads: a valid anchor there needs no more.
+            try:
+                statement = _anchors.check_anchor_record(last, keys)
+                intact = last.get("hash") == compute_hash(last)
+            except (_anchors.AnchorInvalid, TypeError, ValueError):
+                statement, intact = None, False
+            details = last.get("details")
+            kid = details.get("kid") if isinstance(details, dict) else None
+            if (
+                statement is not None
+                and intact
+                and keys.revoked_at(kid) is None
+                and (statement.seq, statement.hash) == (head - 1, last.get("prev_hash"))
+            ):
+                return head, str(last["hash"])
+        rows = []
+        start = max(1, head - _anchors.MAX_DIGESTS + 1)
+        async with _closing(self._store.log_read(stream, start_seq=start, end_seq=head)) as read:
+            async for seq, raw in read:
+                rows.append((seq, decode_record(raw)))
+        for index in range(len(rows) - 1, -1, -1):
+            seq, rec = rows[index]
+            if rec is None or rec.get("event") != _anchors.ANCHOR_EVENT:
+                continue
+            # Old unsigned records after the anchor this instance itself kept as the last one are
+            # an outage (the gateway was down, or replayed a spool), not removed anchors: this
+            # instance knows no later anchor that could have been removed.
+            known = await self._anchoring.newest(tenant) if self._anchoring is not None else None
+            own = known is not None and (known.get("record_seq"), known.get("record_hash")) == (
+                seq,
+                rec.get("hash"),
+            )
+            checker = ChainVerifier(
+                tenant=tenant,
+                trust_start=True,
+                anchor_keys=keys,
+                last_anchor=known,  # a newer kept anchor must still be there
+                unsigned_before=None if own else self._unsigned_before(),
+            )
+            for at, later in rows[index:]:
+                if not checker.feed(later, position=at):
+                    break
+            result = checker.finish(expected_last=head)
+            if result.ok and result.anchors and checker.first_seq == seq:
+                return head, checker.last_hash
+            break  # the newest anchor does not verify: the full check names what is wrong
+        result, last_hash = await self._verify(tenant, keys)
+        if not result.ok:
+            return str(result.problem)
+        return result.last_seq or 0, last_hash
+
+    async def revoke_anchor_keys(self, kids: Sequence[str]) -> int:
+        """``keys rotate --revoke-old``: mark ``kids`` revoked (``REVOCATION_GRACE`` from now) in
+        the anchor-key archive (their anchors count only if signed before), then sign every
+        trail's head with the active key. Returns how many anchors were written."""
+        if self._anchoring is None:
+            return 0
+        # Other instances may sign with the old key until they load the rotation (pub/sub, at
+        # worst their resync): their anchors must not read as forged.
+        at = format_time(self._clock() + _anchors.REVOCATION_GRACE)
+        marked = await self._anchoring.archive.revoke(kids, at)
+        if marked:
+            log.warning("audit.anchor_keys_revoked", kids=marked)
+        self._keys_cache = None
+        return await self.anchor_all()
+
+    def forget_anchor_keys(self) -> None:
+        """A store reset: the archive may be gone or older; re-check it before the next anchor."""
+        self._keys_cache = None
+        if self._anchoring is not None:
+            self._anchoring.archive.forget_cache()
 
     async def anchor_all(self) -> int:
         """``anchor`` every trail; returns how many anchors were written."""
@@ -379,8 +551,10 @@ class AuditTrail:
                 tenant, format_time(self._clock()), CHECKPOINT_EVENT, GATEWAY_ACTOR, None, None, details
             )
         )
+        # The checkpoint excuses the cut only once it is signed; signed before the cut, while
+        # the whole history it vouches for can still be verified.
+        await self.anchor(tenant)
         await self._store.log_trim(stream, through)
-        await self.anchor(tenant)  # the checkpoint excuses the cut only once it is signed
         return count
 
     async def apply_retention_all(self, older_than_seconds: float) -> dict[str, int]:
@@ -432,8 +606,8 @@ class AuditTrail:
             )
 
         purged = await self._chain.append_built(tenant, build)
+        await self.anchor(tenant)  # signed before the cut (see apply_retention)
         await self._store.log_trim(stream, purged["seq"] - 1)
-        await self.anchor(tenant)
         await self.record(
             PURGED_EVENT,
             tenants=[SYSTEM_TENANT],

@@ -29,7 +29,15 @@ Anchors (``gateway.audit.anchors``), checked when the verifier is given the trus
 - the instance's own last anchor (stored trails): the record it signed must still have the
   signed hash, the anchor record must still be there, and the trail must reach it (else
   *truncated*);
-- offline, ``require_signed`` makes a file without any valid anchor a failure.
+- stored trails (``unsigned_before``): a record older than that cutoff (``AuditTrail`` uses
+  ``Anchoring.unsigned_grace``, about three ``audit.anchor_every``: the anchoring loop signs
+  every head at least once a period) must lie before a valid anchor. A trail whose anchors
+  were all removed (and the rest rehashed and renumbered) then fails on every instance, not
+  only on the one whose local last anchor it lost;
+- offline, ``require_signed`` (``audit verify --file --jwks``) makes a file fail unless its
+  last record is a valid anchor signing the record just before it: everything in the file is
+  then signed, so nothing can be edited after the last anchor, nor the anchor dropped. Exports
+  always end with such an anchor (written at export time; see ``AuditTrail.export``).
 """
 
 from __future__ import annotations
@@ -72,6 +80,8 @@ class VerifyResult:
     """The highest seq a good anchor signed (the chain up to it is vouched for by the key)."""
     bad_seq: int | None = None
     """The first record found bad, when the verifier can name one."""
+    last_anchor_revoked_at: str | None = None
+    """The last good anchor's key was revoked at this time (it signed before that)."""
 
 
 def _valid_shape(rec: object) -> bool:
@@ -99,6 +109,7 @@ class ChainVerifier:
         anchor_keys: AnchorKeys | None = None,
         last_anchor: Mapping[str, Any] | None = None,
         require_signed: bool = False,
+        unsigned_before: str | None = None,
     ) -> None:
         self._tenant = tenant
         self._trust_start = trust_start
@@ -116,6 +127,10 @@ class ChainVerifier:
         self.anchors = 0
         self.signed_through: int | None = None
         self._last_anchor_seq = 0
+        self._unsigned_before = unsigned_before
+        self._unsigned_old: int | None = None  # the first old record no valid anchor signed yet
+        self._unsigned_from: int | None = None  # the first record after the last valid anchor
+        self.last_anchor_revoked_at: str | None = None
         # Hashes of the latest records: enough to compare with any anchor's digests.
         self._recent: deque[tuple[int, str]] = deque(maxlen=MAX_DIGESTS + 2)
         self._local: Statement | None = None
@@ -134,6 +149,15 @@ class ChainVerifier:
             return
         self._local_signature = str(last_anchor["signature"])
         self._local_hash = last_anchor.get("record_hash")
+
+    @property
+    def first_seq(self) -> int | None:
+        return self._first_seq
+
+    @property
+    def last_hash(self) -> str:
+        """The hash of the last record fed without a problem ("" before the first)."""
+        return self._last_hash
 
     def _fail(self, problem: str, bad_seq: int | None = None) -> bool:
         self.problem = problem
@@ -210,6 +234,22 @@ class ChainVerifier:
             self.anchors += 1
             self.signed_through = statement.seq
             self._last_anchor_seq = seq
+            self._unsigned_old = None  # the chain links every earlier record to what it signed
+            self._unsigned_from = None
+            self.last_anchor_revoked_at = self._keys.signer_revoked_at(rec["details"].get("signature"))
+            return self._check_local(rec)
+        if self._unsigned_from is None:
+            self._unsigned_from = seq
+        if (
+            self._unsigned_old is None
+            and self._unsigned_before is not None
+            and (not isinstance(rec["time"], str) or rec["time"] < self._unsigned_before)
+        ):
+            self._unsigned_old = seq
+        return self._check_local(rec)
+
+    def _check_local(self, rec: dict[str, Any]) -> bool:
+        seq: int = rec["seq"]
         # The instance's own anchor must still stand where it wrote it (checked above as an anchor).
         if (
             self._local is not None
@@ -279,8 +319,23 @@ class ChainVerifier:
                 "for it is signed by no anchor (truncated)",
                 self._first_seq,
             )
+        elif self._unsigned_old is not None:
+            # SECURITY: with every anchor removed and the chain rehashed nothing else is left
+            # to catch the rewrite; honest trails are signed within one anchor period.
+            self._fail(
+                f"record {self._unsigned_old}: older than the anchoring period but signed by no "
+                "anchor (anchors removed or the trail rewritten)",
+                self._unsigned_old,
+            )
         elif self._require_signed and not self.anchors:
             self._fail("no valid audit.anchor record: nothing in it is signed")
+        elif self._require_signed and self._unsigned_from is not None:
+            # SECURITY: records after the last anchor could be edited (and rehashed) at will.
+            self._fail(
+                f"records {self._unsigned_from}-{self._last_seq} are signed by no anchor: a signed "
+                "export ends with an anchor over its last record (edited, or its anchor removed)",
+                self._unsigned_from,
+            )
 
     def finish(self, *, expected_last: int | None = None) -> VerifyResult:
         """The verdict; ``expected_last`` is the store's highest seq (stored trails only)."""
@@ -307,6 +362,7 @@ class ChainVerifier:
             self.anchors,
             self.signed_through,
             self.bad_seq,
+            self.last_anchor_revoked_at,
         )
 
 

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from gateway.audit import AuditTrail, iter_export_records, verify_records
 from gateway.audit.anchors import (
     ANCHOR_EVENT,
+    AnchorHeads,
     Anchoring,
     AnchorKeyArchive,
     AnchorKeys,
@@ -27,12 +28,12 @@ from gateway.audit.anchors import (
     Statement,
     sign,
 )
-from gateway.audit.record import GENESIS_HASH, compute_hash
+from gateway.audit.record import GENESIS_HASH, compute_hash, format_time
 from gateway.auth.signing import SigningKey, SigningKeys
 from gateway.crypto import Keyring
 from gateway.errors import StoreUnavailable
 from gateway.state import StateStore
-from tests.unit.audit.conftest import Backend, FakeClock, export_bytes, stored
+from tests.unit.audit.conftest import Backend, FakeClock, export_bytes, stored, stored_records
 
 Rows = list[tuple[int, bytes]]
 
@@ -425,3 +426,384 @@ async def test_without_loaded_signing_keys_an_anchor_waits_for_the_store(
     await fill(trail, clock, 1)
     with pytest.raises(StoreUnavailable):
         await trail.anchor("acme")
+
+
+# -- anchors removed altogether (review HIGH 1) ---------------------------------------------
+PAST_GRACE = 3 * 3600.0  # beyond 2 x anchor_every (1h by default) + the 10 min margin
+
+
+def other_instance(store: StateStore, signing: SigningKeys, tmp_path: Path, clock: FakeClock) -> AuditTrail:
+    """A second gateway on the same store with its own (empty) local state: a restarted pod."""
+    other = AuditTrail(store, spool_dir=tmp_path / "spool-b", clock=clock)
+    other.use_anchors(Anchoring(signing, AnchorKeyArchive(store, KEYRING), LastAnchors(tmp_path / "b")))
+    return other
+
+
+async def strip_anchors(store: StateStore, backend: Backend, edit_seq: int = 3) -> Rows:
+    """The attack: every anchor deleted, one record rewritten, the rest renumbered and rehashed,
+    the store's seq counter lowered to match."""
+    rows = [r for r in await stored(store, "acme") if orjson.loads(r[1])["event"] != ANCHOR_EVENT]
+    rows = rechain(rows, edit_seq, {"actor": "someone-else", "details": {"n": 999}}, renumber=True)
+    await backend.rewrite("audit:acme", rows)
+    await set_length(backend, "audit:acme", len(rows))
+    return rows
+
+
+async def test_a_trail_with_every_anchor_removed_is_broken_on_every_instance(
+    anchored: AuditTrail,
+    store: StateStore,
+    backend: Backend,
+    signing: SigningKeys,
+    clock: FakeClock,
+    tmp_path: Path,
+) -> None:
+    await anchored_trail(anchored, clock)
+    await anchored.anchor("acme")  # the periodic anchor signs the head
+    rows = await strip_anchors(store, backend)
+    clock.advance(PAST_GRACE)
+    other = other_instance(store, signing, tmp_path, clock)
+    try:
+        result = await other.verify("acme")  # no local state: the age of the records tells
+        assert not result.ok and result.anchors == 0 and result.bad_seq == 1, result
+        assert result.problem == (
+            "record 1: older than the anchoring period but signed by no anchor "
+            "(anchors removed or the trail rewritten)"
+        )
+        assert not (await anchored.verify("acme")).ok  # its own last anchor tells
+        # And neither signs the forgery: the head stays as the attacker left it.
+        assert await other.anchor_all() == 0
+        assert await anchored.anchor("acme") is None
+        assert await stored(store, "acme") == rows
+    finally:
+        other.close()
+
+
+async def test_a_young_unsigned_trail_is_intact_and_an_old_one_is_not(
+    anchored: AuditTrail, clock: FakeClock
+) -> None:
+    await fill(anchored, clock, 3)
+    clock.advance(2 * 3600 + 590)  # younger than 2 periods + the margin: an anchor may be due
+    result = await anchored.verify("acme")
+    assert result.ok and result.anchors == 0, result.problem
+    clock.advance(20)
+    result = await anchored.verify("acme")
+    assert not result.ok and result.bad_seq == 1
+
+
+async def test_the_grace_follows_anchor_every(
+    trail: AuditTrail, store: StateStore, signing: SigningKeys, clock: FakeClock, tmp_path: Path
+) -> None:
+    trail.use_anchors(
+        Anchoring(signing, AnchorKeyArchive(store, KEYRING), LastAnchors(tmp_path / "a"), lambda: 60.0)
+    )
+    await fill(trail, clock, 2)
+    clock.advance(3 * 60 - 10)  # short periods: the margin is one more period
+    assert (await trail.verify("acme")).ok
+    clock.advance(20)
+    assert (await trail.verify("acme")).bad_seq == 1
+
+
+async def test_an_outage_after_this_instances_last_anchor_is_signed_once_it_is_back(
+    anchored: AuditTrail, clock: FakeClock
+) -> None:
+    await anchored_trail(anchored, clock)  # records 13-14 written after this instance's anchor 12
+    clock.advance(PAST_GRACE)  # every gateway was down meanwhile
+    assert (await anchored.verify("acme")).bad_seq == 13  # unsigned and old: reported
+    assert (await anchored.anchor("acme"))["seq"] == 15  # it kept anchor 12: no anchor was removed
+    result = await anchored.verify("acme")
+    assert result.ok and result.signed_through == 14, result.problem
+
+
+async def test_the_last_anchor_removed_and_the_tail_rewritten_is_not_signed(
+    anchored: AuditTrail,
+    store: StateStore,
+    backend: Backend,
+    signing: SigningKeys,
+    clock: FakeClock,
+    tmp_path: Path,
+) -> None:
+    await anchored_trail(anchored, clock)
+    rows = [row for row in await stored(store, "acme") if row[0] != 12]
+    rows = rechain(rows, 12, {"actor": "someone-else"}, renumber=True)
+    await backend.rewrite("audit:acme", rows)
+    await set_length(backend, "audit:acme", len(rows))
+    clock.advance(PAST_GRACE)
+    other = other_instance(store, signing, tmp_path, clock)
+    try:
+        assert await other.anchor("acme") is None
+        assert await anchored.anchor("acme") is None
+        assert await stored(store, "acme") == rows
+        assert (await other.verify("acme")).bad_seq == 7  # the first record after anchor 6
+    finally:
+        other.close()
+
+
+async def test_an_instance_keeps_the_anchor_another_one_wrote_on_the_head(
+    anchored: AuditTrail,
+    store: StateStore,
+    backend: Backend,
+    signing: SigningKeys,
+    clock: FakeClock,
+    tmp_path: Path,
+) -> None:
+    await anchored_trail(anchored, clock)
+    head = await anchored.anchor("acme")  # instance A wins the race for this head
+    other = other_instance(store, signing, tmp_path, clock)
+    try:
+        assert await other.anchor("acme") is None  # nothing to sign, but B records A's anchor
+        kept = orjson.loads((tmp_path / "b" / "acme.json").read_bytes())
+        assert (kept["record_seq"], kept["record_hash"]) == (15, head["hash"])
+        await backend.rewrite("audit:acme", (await stored(store, "acme"))[:13])
+        await set_length(backend, "audit:acme", 13)
+        result = await other.verify("acme")
+        assert not result.ok and "anchored it through record 15 (truncated)" in str(result.problem)
+    finally:
+        other.close()
+
+
+async def test_a_forged_head_anchor_is_not_kept_as_the_last_anchor(
+    anchored: AuditTrail,
+    store: StateStore,
+    backend: Backend,
+    signing: SigningKeys,
+    clock: FakeClock,
+    tmp_path: Path,
+) -> None:
+    await fill(anchored, clock, 3)
+    rows = await stored(store, "acme")
+    head = orjson.loads(rows[-1][1])
+    impostor = SigningKey(signing.active.kid, ec.generate_private_key(ec.SECP256R1()), 0.0)
+    statement = Statement("acme", 3, head["hash"], head["time"], 1, "")
+    forged = {**head, "seq": 4, "event": ANCHOR_EVENT, "details": sign(statement, impostor)}
+    forged["prev_hash"] = head["hash"]
+    forged["hash"] = compute_hash(forged)
+    await backend.rewrite("audit:acme", [*rows, (4, orjson.dumps(forged))])
+    await set_length(backend, "audit:acme", 4)
+    other = other_instance(store, signing, tmp_path, clock)
+    try:
+        assert await other.anchor("acme") is None
+        assert not (tmp_path / "b" / "acme.json").exists()
+    finally:
+        other.close()
+
+
+# -- every export ends signed (review MEDIUM 3) ---------------------------------------------
+def record_time(recs: list[dict[str, Any]], seq: int) -> str:
+    return next(r["time"] for r in recs if r["seq"] == seq)
+
+
+async def test_an_export_ends_with_its_export_anchor_and_nothing_after_it(
+    anchored: AuditTrail, store: StateStore, signing: SigningKeys, clock: FakeClock
+) -> None:
+    await anchored_trail(anchored, clock)
+    through = await anchored.sign_for_export("acme")
+    assert through == 15
+    await fill(anchored, clock, 2)  # written while the export streams
+    records = orjson.loads(await export_bytes(anchored, "acme", through_seq=through))
+    assert [r["seq"] for r in records] == list(range(1, 16))
+    result = verify_records(records, anchor_keys=await anchored.anchor_keys())
+    assert result.ok and result.signed_through == 14, result.problem
+    assert await anchored.sign_for_export("acme") == 18
+    assert await anchored.sign_for_export("acme") == 18  # the head is signed already
+
+
+@pytest.mark.parametrize(("until", "last"), [(8, 12), (11, 12), (13, 15), (3, 6)])
+async def test_an_export_cut_by_until_runs_on_to_the_next_anchor(
+    until: int, last: int, anchored: AuditTrail, store: StateStore, clock: FakeClock
+) -> None:
+    await anchored_trail(anchored, clock)
+    through = await anchored.sign_for_export("acme")
+    recs = await stored_records(store, "acme")
+    cut = record_time(recs, until)
+    records = orjson.loads(await export_bytes(anchored, "acme", until=cut, through_seq=through))
+    assert [r["seq"] for r in records] == list(range(1, last + 1))
+    assert records[-1]["event"] == ANCHOR_EVENT
+    assert verify_records(records, anchor_keys=await anchored.anchor_keys()).ok
+    # since + until: mid-chain start, still signed at the end.
+    window = orjson.loads(
+        await export_bytes(anchored, "acme", since=record_time(recs, 2), until=cut, through_seq=through)
+    )
+    assert window[0]["seq"] == 2 and window[-1]["seq"] == last
+    assert verify_records(window, anchor_keys=await anchored.anchor_keys()).ok
+
+
+async def test_an_export_without_anchors_is_cut_where_until_says(trail: AuditTrail, clock: FakeClock) -> None:
+    await fill(trail, clock, 5)
+    recs = orjson.loads(await export_bytes(trail, "acme"))
+    records = orjson.loads(await export_bytes(trail, "acme", until=recs[2]["time"]))
+    assert [r["seq"] for r in records] == [1, 2, 3]
+
+
+# -- a revoked key (review MEDIUM 2) and a lost archive (review LOW) ------------------------
+def forged_export(records: list[dict[str, Any]], key: SigningKey, signed_at: str) -> list[dict[str, Any]]:
+    """The review's attack: record 2 rewritten, the anchors dropped, the rest rechained, and
+    an anchor signed with the exposed key appended."""
+    recs = [dict(r) for r in records if r["event"] != ANCHOR_EVENT]
+    recs[1]["details"] = {"n": "forged"}
+    prev = GENESIS_HASH
+    for seq, rec in enumerate(recs, 1):
+        rec["seq"], rec["prev_hash"] = seq, prev
+        rec["hash"] = compute_hash(rec)
+        prev = rec["hash"]
+    head = recs[-1]
+    statement = Statement(
+        "acme", head["seq"], head["hash"], signed_at, 1, "".join(r["hash"][:8] for r in recs)
+    )
+    anchor = {
+        **head,
+        "seq": head["seq"] + 1,
+        "time": signed_at,
+        "event": ANCHOR_EVENT,
+        "actor": "gateway",
+        "details": sign(statement, key),
+        "prev_hash": head["hash"],
+    }
+    anchor["hash"] = compute_hash(anchor)
+    return [*recs, anchor]
+
+
+async def test_a_revoked_key_vouches_for_nothing_signed_after_its_revocation(
+    anchored: AuditTrail, store: StateStore, signing: SigningKeys, clock: FakeClock
+) -> None:
+    await anchored_trail(anchored, clock)
+    exposed = signing.active  # the key the attacker stole
+    new = await signing.rotate(revoke_old=True, token_ttl=900)
+    assert await anchored.revoke_anchor_keys([exposed.kid]) == 1  # acme re-signed at once
+    head = (await stored_records(store, "acme"))[-1]
+    assert head["event"] == ANCHOR_EVENT and head["details"]["kid"] == new.kid
+    jwks = (await anchored.anchor_keys()).jwks()  # what /_gateway/audit/jwks serves
+    marked = {k["kid"]: k.get("revoked_at") for k in jwks["keys"]}
+    assert marked[new.kid] is None and marked[exposed.kid] is not None
+    keys = AnchorKeys.from_jwks(orjson.loads(orjson.dumps(jwks)))  # as read from a file
+
+    clock.advance(61)  # past the grace other instances get to load the new key
+    honest = orjson.loads(
+        await export_bytes(anchored, "acme", through_seq=await anchored.sign_for_export("acme"))
+    )
+    result = verify_records(honest, anchor_keys=keys)
+    assert result.ok and result.anchors == 3, result.problem  # old anchors signed before it count
+
+    forged = forged_export(honest, exposed, format_time(clock()))
+    result = verify_records(forged, anchor_keys=keys)
+    assert not result.ok and result.bad_seq == len(forged)
+    assert result.problem == (
+        f"record {len(forged)}: anchor signed by a revoked key after its revocation (forged or tampered)"
+    )
+    # Signed "before" the revocation: the time inside the signature is the forger's to choose,
+    # which is why the rotation re-signs every stored trail with the new key (README).
+    assert verify_records(forged_export(honest, exposed, honest[0]["time"]), anchor_keys=keys).ok
+
+
+async def test_a_revocation_stands_when_the_store_forgets_it(
+    anchored: AuditTrail, store: StateStore, signing: SigningKeys, clock: FakeClock
+) -> None:
+    await fill(anchored, clock, 2)
+    await anchored.anchor("acme")
+    exposed = signing.active
+    unrevoked = (await store.hgetall("audit-anchor-keys"))[exposed.kid]
+    await signing.rotate(revoke_old=True, token_ttl=0)
+    await anchored.revoke_anchor_keys([exposed.kid])
+    assert (await anchored.anchor_keys()).revoked_at(exposed.kid) is not None
+    await store.hset("audit-anchor-keys", exposed.kid, unrevoked)  # a rollback of the archive
+    assert (await anchored.anchor_keys()).revoked_at(exposed.kid) is not None
+
+
+async def test_an_anchor_key_lost_by_the_store_is_archived_again(
+    anchored: AuditTrail, store: StateStore, clock: FakeClock
+) -> None:
+    await fill(anchored, clock, 2)
+    await anchored.anchor("acme")
+    await store.delete("audit-anchor-keys")  # a reset: the store came back without the archive
+    await fill(anchored, clock, 1, "globex")
+    assert await anchored.anchor("globex") is not None
+    result = await anchored.verify("globex")
+    assert result.ok and result.anchors == 1, result.problem
+    assert len(await anchored.anchor_keys()) == 1
+
+
+async def test_a_store_reset_drops_the_archive_cache(
+    anchored: AuditTrail, store: StateStore, signing: SigningKeys, clock: FakeClock
+) -> None:
+    await fill(anchored, clock, 1)
+    await anchored.anchor("acme")
+    first = await anchored.anchor_keys(max_age=60)
+    anchored.forget_anchor_keys()  # what the store-reset signal calls
+    assert await anchored.anchor_keys(max_age=60) is not first
+
+
+@pytest.mark.parametrize("when", ["yesterday", 5, "2026-12-07T10:00:00Z"])
+def test_a_jwks_with_a_malformed_revocation_is_refused(when: object, signing: SigningKeys) -> None:
+    jwks = signing.jwks()
+    jwks["keys"][0]["revoked_at"] = when
+    with pytest.raises(ValueError, match="revoked_at"):
+        AnchorKeys.from_jwks(jwks)
+
+
+# -- the newest anchor sealed in the store, for every instance --------------------------------
+def with_heads(trail: AuditTrail, store: StateStore, signing: SigningKeys, directory: Path) -> AuditTrail:
+    trail.use_anchors(
+        Anchoring(
+            signing,
+            AnchorKeyArchive(store, KEYRING),
+            LastAnchors(directory),
+            heads=AnchorHeads(store, KEYRING),
+        )
+    )
+    return trail
+
+
+async def test_a_fresh_instance_catches_a_removed_newest_anchor_from_the_store_copy(
+    trail: AuditTrail,
+    store: StateStore,
+    backend: Backend,
+    signing: SigningKeys,
+    clock: FakeClock,
+    tmp_path: Path,
+) -> None:
+    with_heads(trail, store, signing, tmp_path / "a")
+    await anchored_trail(trail, clock)
+    rows = [row for row in await stored(store, "acme") if row[0] != 12]
+    await backend.rewrite("audit:acme", rechain(rows, 12, {"actor": "x"}, renumber=True))
+    await set_length(backend, "audit:acme", 13)
+    # Records still young: only the sealed copy of anchor 12 shows it is gone.
+    fresh = with_heads(
+        AuditTrail(store, spool_dir=tmp_path / "sb", clock=clock), store, signing, tmp_path / "b"
+    )
+    try:
+        result = await fresh.verify("acme")
+        assert not result.ok and result.bad_seq == 12, result.problem
+        assert await fresh.anchor("acme") is None  # and it does not sign the rewrite
+    finally:
+        fresh.close()
+
+
+async def test_a_fresh_instance_signs_after_an_outage_when_the_store_copy_vouches(
+    trail: AuditTrail, store: StateStore, signing: SigningKeys, clock: FakeClock, tmp_path: Path
+) -> None:
+    with_heads(trail, store, signing, tmp_path / "a")
+    await anchored_trail(trail, clock)
+    clock.advance(PAST_GRACE)  # every gateway was down; a new pod comes up with an empty disk
+    fresh = with_heads(
+        AuditTrail(store, spool_dir=tmp_path / "sb", clock=clock), store, signing, tmp_path / "b"
+    )
+    try:
+        assert (await fresh.anchor("acme"))["seq"] == 15
+        assert (await fresh.verify("acme")).ok
+    finally:
+        fresh.close()
+
+
+async def test_a_planted_or_moved_store_copy_is_ignored(
+    trail: AuditTrail, store: StateStore, signing: SigningKeys, clock: FakeClock, tmp_path: Path
+) -> None:
+    with_heads(trail, store, signing, tmp_path / "a")
+    await anchored_trail(trail, clock)
+    await fill(trail, clock, 1, "globex")
+    await trail.anchor("globex")
+    heads = AnchorHeads(store, KEYRING)
+    acme = (await store.hgetall("audit-anchor-heads"))["acme"]
+    await store.hset("audit-anchor-heads", "globex", acme)  # moved to another tenant
+    assert await heads.read("globex") is None
+    await store.hset("audit-anchor-heads", "globex", b'{"record_seq": 99}')  # made up
+    assert await heads.read("globex") is None
+    assert (await heads.read("acme"))["record_seq"] == 12
