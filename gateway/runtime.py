@@ -18,6 +18,7 @@ from gateway.access_log import AccessLogWriter
 from gateway.audit import AuditTrail
 from gateway.auth.jwt import JwtVerifier
 from gateway.auth.mfa import MfaService
+from gateway.auth.mfa_freeze import MfaEnrolmentFreeze
 from gateway.auth.revocation import RevocationEpochs
 from gateway.auth.signing import SigningKeys
 from gateway.auth.webhooks import IntegrationSecrets
@@ -75,6 +76,7 @@ class ProcessServices:
     pseudonym_key: bytes = field(repr=False)  # access-log user pseudonyms (SPEC §11)
     generation: StoreGeneration | None = None  # App. C: tells a reset store from an intact one
     lockout_memory: LockoutMemory | None = None  # lockouts seen, kept across reloads
+    mfa_freeze: MfaEnrolmentFreeze | None = None  # enrolment frozen after a store reset
 
 
 @dataclass(frozen=True)
@@ -151,7 +153,7 @@ def build_runtime(
             signing=process.signing,
             revocations=process.revocations,
             integrations=process.integrations,
-            mfa=MfaService(process.store, process.keyring, config.mfa),
+            mfa=MfaService(process.store, process.keyring, config.mfa, freeze=process.mfa_freeze),
             killswitches=process.killswitches,
             grants=process.grants,
             context_keys=process.context_keys,

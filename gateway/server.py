@@ -23,6 +23,7 @@ from gateway.app import PublicHandler
 from gateway.audit import SYSTEM_TRAIL, AuditTrail
 from gateway.audit.anchors import Anchoring, AnchorKeyArchive, LastAnchors
 from gateway.auth.jwt import JwtVerifier
+from gateway.auth.mfa_freeze import MfaEnrolmentFreeze
 from gateway.auth.revocation import RevocationEpochs
 from gateway.auth.signing import SigningKeys
 from gateway.auth.webhooks import IntegrationSecrets
@@ -93,6 +94,8 @@ class GatewayProcess:
             pseudonym_key=pseudonym_key(os.environ, keyring),
             generation=generation,
             lockout_memory=LockoutMemory(self.store),
+            # Registered on ``generation`` before any load: a reset freezes MFA enrolment at once.
+            mfa_freeze=MfaEnrolmentFreeze(self.store, generation, self.audit, instance_id=self.instance_id),
         )
         # App. C: trail heads signed with the gateway's key; the last anchor kept on local disk.
         self.audit.use_anchors(
@@ -132,6 +135,8 @@ class GatewayProcess:
             "grants": services.grants,
             "lockouts": services.lockout_memory,
         }
+        if services.mfa_freeze is not None:
+            parts["mfa_freeze"] = services.mfa_freeze  # written after the renewal (it names it)
 
         def restoring(now: bool) -> None:
             self.status.store_restoring = now
@@ -160,6 +165,8 @@ class GatewayProcess:
         await self.services.grants.start()
         assert self.services.lockout_memory is not None
         await self.services.lockout_memory.start()
+        if self.services.mfa_freeze is not None:
+            await self.services.mfa_freeze.start(config.killswitch.resync)
         await self._runtime.verifier.start()
         limits = config.listen.limits
         public = GuardedServer(
@@ -470,6 +477,8 @@ class GatewayProcess:
         await self.services.grants.stop()
         if self.services.lockout_memory is not None:
             await self.services.lockout_memory.stop()
+        if self.services.mfa_freeze is not None:
+            await self.services.mfa_freeze.stop()
         await self.services.ratelimit.close()
         with contextlib.suppress(StoreUnavailable):
             await self.audit.replay_spool()  # a last chance before the spool waits for next start

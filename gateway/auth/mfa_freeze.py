@@ -1,0 +1,285 @@
+"""``MfaEnrolmentFreeze``: MFA enrolment stops fleet-wide when the shared store was reset.
+
+Why: TOTP enrolments live in the store (``gateway.auth.mfa``). A store that came back empty or
+older (SPEC Appendix C, "Store reset") has forgotten who was enrolled, and ``enroll`` refuses a
+password-only token only for users it knows to be enrolled. So after a reset, anyone holding a
+stolen password could bind their own authenticator and then pass MFA. The gateway cannot tell
+a first enrolment from such a re-enrolment once the store forgot, so it fails closed: from the
+moment a reset is noticed, ``enroll`` and ``activate`` answer 503 ``mfa-enrolment-frozen`` on
+every instance until an operator lifts the freeze (``DELETE /admin/mfa/freeze``, CLI ``mfa
+unfreeze``). Verification of enrolments the store still holds is untouched.
+
+Where the freeze lives:
+
+- in the memory of every instance that noticed the reset, from that moment (``noticed``, a
+  ``StoreGeneration`` listener): it holds before the store has it and whatever the store says;
+- in the store under ``FREEZE_KEY``, as a record bound to the store generation (the marker)
+  that the write-back settled on. It is written as part of the write-back (``reload``, after
+  the marker is renewed: the record names that marker) and by the periodic ``sync`` while this
+  instance holds a freeze the store lacks, so instances that start later obey it too. The
+  instance whose write created the record files ``mfa.enrolment_frozen`` in ``_system``.
+
+A lift is a record too (``state: lifted`` for that generation), never an absence: an instance
+holding a freeze learns from it that the operator lifted this very freeze, not that the store
+forgot it. A later reset binds a new generation, so an old lift never lifts a new freeze.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Literal
+
+import orjson
+import structlog
+
+from gateway.audit import SYSTEM_TRAIL, AuditTrail
+from gateway.errors import Conflict, GatewayError, StoreUnavailable
+from gateway.state.base import StateStore
+from gateway.state.generation import MARKER_KEY, StoreGeneration
+
+FREEZE_KEY = "security:mfa_enrolment_freeze"
+REASON_MAX = 500
+
+log = structlog.get_logger("gateway.mfa")
+
+
+class MfaEnrolmentFrozen(GatewayError):
+    """503: enrolment is refused for everyone until an operator lifts the freeze. A service
+    condition, not the client's fault (hence not 4xx), of the same family as ``isolated``;
+    its own slug so clients and dashboards can tell it from an outage."""
+
+    status, slug, title = 503, "mfa-enrolment-frozen", "MFA enrolment frozen"
+
+
+@dataclass(frozen=True)
+class Freeze:
+    """One freeze (or, ``state == "lifted"``, its lift) as stored under ``FREEZE_KEY``."""
+
+    id: str  # names the freeze to operators; shared by the fleet once the record is stored
+    reason: str  # what the store reset detection said ("marker missing", ...)
+    since: float
+    instance: str  # the instance whose detection is on record
+    generation: str | None = None  # the store marker it freezes; None until the write-back
+    state: Literal["frozen", "lifted"] = "frozen"
+    lifted_at: float | None = None
+    lifted_by: str | None = None
+    lift_reason: str | None = None
+
+    def encode(self) -> bytes:
+        return orjson.dumps(asdict(self))
+
+    @classmethod
+    def decode(cls, raw: bytes | None) -> Freeze | None:
+        if raw is None:
+            return None
+        try:
+            data = orjson.loads(raw)
+            return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+        except (orjson.JSONDecodeError, TypeError, KeyError):
+            # SECURITY: a record that cannot be read is not a lift: treat it as frozen.
+            return cls(id="unreadable", reason="unreadable freeze record", since=0.0, instance="?")
+
+    def public(self) -> dict[str, Any]:
+        """What the admin API shows (the store marker stays internal)."""
+        data = asdict(self)
+        data.pop("generation")
+        return data
+
+
+class MfaEnrolmentFreeze:
+    def __init__(
+        self,
+        store: StateStore,
+        generation: StoreGeneration | None,
+        audit: AuditTrail,
+        *,
+        instance_id: str,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store, self._generation, self._audit = store, generation, audit
+        self._instance_id, self._clock = instance_id, clock
+        self.held: Freeze | None = None  # this instance's freeze; generation None: not written yet
+        self._lock = asyncio.Lock()  # one reconciliation at a time per instance
+        self._task: asyncio.Task[None] | None = None
+        if generation is not None:
+            generation.on_reset(self.noticed)
+
+    # -- detection (synchronous: holds from the moment the reset is noticed) -------------------
+    def noticed(self, reason: str) -> None:
+        """A store reset was noticed: freeze now, in memory; the write-back stores it."""
+        self.held = Freeze(
+            id=secrets.token_hex(6), reason=reason, since=self._clock(), instance=self._instance_id
+        )
+        log.warning(
+            "mfa_enrolment_frozen",
+            reason=reason,
+            instance=self._instance_id,
+            detail="MFA enrolment refused until an operator lifts the freeze (mfa unfreeze)",
+        )
+
+    # -- Restorable (StoreRestorer) ------------------------------------------------------------
+    async def restore(self) -> tuple[int, int]:
+        # The record names the marker the write-back settles on, known only after the renewal:
+        # it is written by ``reload`` (called right after it), not here.
+        return (1 if self.held is not None else 0), 0
+
+    async def reload(self) -> bool:
+        if self.held is not None and self.held.generation is None and self._generation is not None:
+            known = self._generation.known
+            if self._generation.pending is None and known is not None:
+                self.held = replace(self.held, generation=known.decode("ascii", "replace"))
+        await self.sync()
+        return True
+
+    # -- the freeze as the fleet sees it ------------------------------------------------------
+    async def sync(self) -> Freeze | None:
+        """Reconcile memory and store; the freeze in force (None: enrolment open).
+        ``StoreUnavailable``."""
+        async with self._lock:
+            for _ in range(3):  # a concurrent writer changed the record: read again
+                raw = await self._store.get(FREEZE_KEY)
+                record = Freeze.decode(raw)
+                held = self.held
+                if held is None:
+                    return record if record is not None and record.state == "frozen" else None
+                if held.generation is None:
+                    return held  # the write-back has not settled yet: memory rules
+                if record is not None and record.generation == held.generation:
+                    if record.state == "lifted":
+                        self.held = None
+                        log.info("mfa_enrolment_unfrozen", freeze=record.id, instance=self._instance_id)
+                        return None
+                    self.held = record  # the fleet's id for this freeze
+                    return record
+                # The store lacks this freeze. Write it only while the store still has the
+                # marker it names: otherwise a newer reset is under way, which brings its own.
+                marker = await self._store.get(MARKER_KEY)
+                if marker is None or marker.decode("ascii", "replace") != held.generation:
+                    return held
+                stored = await self._store.compare_and_set(FREEZE_KEY, raw, held.encode())
+                if stored == held.encode():
+                    await self._audit_frozen(held)
+                    return held
+            return self.held
+
+    async def check_enrolment(self) -> None:
+        """Before an enrolment or activation: ``MfaEnrolmentFrozen`` while frozen."""
+        # Enrolment is rare: it may pay two GETs to notice a reset now, not at the next probe
+        # (up to a second later), so no enrolment slips into that window. A reset pending that
+        # this freeze was not told of refuses too.
+        generation = self._generation
+        if self.held is None and generation is not None and await generation.check() and self.held is None:
+            raise _refusal()
+        if self.held is not None:
+            # SECURITY: memory first - the store may be the very thing that forgot.
+            with contextlib.suppress(StoreUnavailable):
+                await self.sync()  # learns a lift made through another instance
+            if self.held is not None:
+                raise _refusal()
+            return
+        if await self.sync() is not None:
+            raise _refusal()
+
+    async def status(self) -> dict[str, Any]:
+        try:
+            current, stale = await self.sync(), False
+        except StoreUnavailable:
+            current, stale = self.held, True
+        held = self.held
+        return {
+            "frozen": current is not None,
+            "freeze": current.public() if current is not None else None,
+            "held_by_this_instance": held is not None,
+            "written_back": held is None or held.generation is not None,
+            "stale": stale,
+        }
+
+    async def lift(self, *, actor: str, reason: str, request_id: str | None = None) -> Freeze:
+        """An operator lifts the freeze in force (fleet-wide); audited. ``Conflict`` when none
+        is in force or a store reset is still being written back. ``StoreUnavailable``."""
+        await self.sync()  # first: a freeze this instance holds reaches the store
+        async with self._lock:
+            raw = await self._store.get(FREEZE_KEY)
+            current, held = Freeze.decode(raw), self.held
+            if held is not None and (current is None or held.generation != current.generation):
+                # Memory holds a freeze the store does not show yet (a write-back under way):
+                # lifting what the store shows would leave this one in force.
+                raise Conflict("A state store reset is being written back; lift the freeze once it is done")
+            if current is None or current.state != "frozen":
+                raise Conflict("MFA enrolment is not frozen")
+            lifted = replace(
+                current, state="lifted", lifted_at=self._clock(), lifted_by=actor, lift_reason=reason
+            )
+            if await self._store.compare_and_set(FREEZE_KEY, raw, lifted.encode()) != lifted.encode():
+                raise Conflict("The freeze changed meanwhile (a new store reset?); look again")
+            self.held = None
+        await self._audit.record(
+            "mfa.enrolment_unfrozen",
+            tenants=[SYSTEM_TRAIL],
+            actor=actor,
+            request_id=request_id,
+            details={
+                "freeze": current.id,
+                "reason": reason,
+                "frozen_since": current.since,
+                "reset_reason": current.reason,
+            },
+        )
+        log.info("mfa_enrolment_unfrozen", freeze=current.id, actor=actor, instance=self._instance_id)
+        return lifted
+
+    # -- background ----------------------------------------------------------------------------
+    async def start(self, interval: float) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._follow(interval), name="mfa-freeze-follow")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _follow(self, interval: float) -> None:
+        """Retries the write of a freeze the store lacks, and learns lifts, while one is held."""
+        while True:
+            await asyncio.sleep(interval)
+            if self.held is None:
+                continue
+            try:
+                await self.sync()
+            except StoreUnavailable:
+                pass
+            except Exception:
+                log.exception("mfa_freeze_sync_failed", instance=self._instance_id)
+
+    async def _audit_frozen(self, freeze: Freeze) -> None:
+        try:
+            await self._audit.record(
+                "mfa.enrolment_frozen",
+                tenants=[SYSTEM_TRAIL],
+                actor="gateway",
+                details={
+                    "freeze": freeze.id,
+                    "reason": freeze.reason,
+                    "instance": freeze.instance,
+                    "since": freeze.since,
+                },
+            )
+        except (OSError, ValueError):
+            log.error("mfa_enrolment_frozen_unaudited", freeze=freeze.id, instance=self._instance_id)
+
+
+def _refusal() -> MfaEnrolmentFrozen:
+    return MfaEnrolmentFrozen(
+        "MFA enrolment is frozen after a state store reset (enrolments may have been lost); "
+        "an operator must lift the freeze before anyone can enrol"
+    )
+
+
+__all__ = ["FREEZE_KEY", "REASON_MAX", "Freeze", "MfaEnrolmentFreeze", "MfaEnrolmentFrozen"]
