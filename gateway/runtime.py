@@ -153,7 +153,13 @@ def build_runtime(
             signing=process.signing,
             revocations=process.revocations,
             integrations=process.integrations,
-            mfa=MfaService(process.store, process.keyring, config.mfa, freeze=process.mfa_freeze),
+            mfa=MfaService(
+                process.store,
+                process.keyring,
+                config.mfa,
+                freeze=process.mfa_freeze,
+                store_timeout=config.rate_limits.store_timeout,  # the freeze check is request path
+            ),
             killswitches=process.killswitches,
             grants=process.grants,
             context_keys=process.context_keys,

@@ -111,10 +111,12 @@ class MfaService:
         clock: Callable[[], float] = time.time,
         issuer_name: str = "ShopinoERP",
         freeze: MfaEnrolmentFreeze | None = None,
+        store_timeout: float | None = None,
     ) -> None:
         self._store, self._keyring, self._config = store, keyring, config
         self._clock, self._issuer_name = clock, issuer_name
         self.freeze = freeze  # after a store reset, enrolment waits for an operator
+        self._store_timeout = store_timeout  # the freeze check's longest wait on the store
 
     # -- enrollment ----------------------------------------------------------------------------
     async def enroll(self, tenant: str, user: str, *, mfa_backed: bool) -> Enrollment:
@@ -264,7 +266,7 @@ class MfaService:
         # stolen password would then bind a new factor; ``MfaEnrolmentFrozen`` until an operator
         # lifts the freeze (gateway.auth.mfa_freeze). Checked before anything else is read.
         if self.freeze is not None:
-            await self.freeze.check_enrolment()
+            await self.freeze.check_enrolment(self._store_timeout)
 
     def _seal(self, tenant: str, user: str, field: str, record: Mapping[str, Any]) -> bytes:
         return self._keyring.encrypt(orjson.dumps(record), context=_context(tenant, user, field))

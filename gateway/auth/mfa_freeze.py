@@ -137,38 +137,57 @@ class MfaEnrolmentFreeze:
         return True
 
     # -- the freeze as the fleet sees it ------------------------------------------------------
-    async def sync(self) -> Freeze | None:
-        """Reconcile memory and store; the freeze in force (None: enrolment open).
-        ``StoreUnavailable``."""
+    async def sync(self, *, write: bool = True) -> Freeze | None:
+        """Reconcile memory and store; the freeze in force (None: enrolment open). With
+        ``write=False`` (the request path) only reads: a freeze the store lacks is written by
+        the write-back and the background loop. ``StoreUnavailable``."""
+        if not write:
+            return await self._reconcile(write=False)
         async with self._lock:
-            for _ in range(3):  # a concurrent writer changed the record: read again
-                raw = await self._store.get(FREEZE_KEY)
-                record = Freeze.decode(raw)
-                held = self.held
-                if held is None:
-                    return record if record is not None and record.state == "frozen" else None
-                if held.generation is None:
-                    return held  # the write-back has not settled yet: memory rules
-                if record is not None and record.generation == held.generation:
-                    if record.state == "lifted":
-                        self.held = None
-                        log.info("mfa_enrolment_unfrozen", freeze=record.id, instance=self._instance_id)
-                        return None
-                    self.held = record  # the fleet's id for this freeze
-                    return record
-                # The store lacks this freeze. Write it only while the store still has the
-                # marker it names: otherwise a newer reset is under way, which brings its own.
-                marker = await self._store.get(MARKER_KEY)
-                if marker is None or marker.decode("ascii", "replace") != held.generation:
-                    return held
-                stored = await self._store.compare_and_set(FREEZE_KEY, raw, held.encode())
-                if stored == held.encode():
-                    await self._audit_frozen(held)
-                    return held
-            return self.held
+            return await self._reconcile(write=True)
 
-    async def check_enrolment(self) -> None:
-        """Before an enrolment or activation: ``MfaEnrolmentFrozen`` while frozen."""
+    async def _reconcile(self, *, write: bool) -> Freeze | None:
+        for _ in range(3):  # a concurrent writer changed the record: read again
+            raw = await self._store.get(FREEZE_KEY)
+            record = Freeze.decode(raw)
+            held = self.held
+            if held is None:
+                return record if record is not None and record.state == "frozen" else None
+            if held.generation is None:
+                return held  # the write-back has not settled yet: memory rules
+            if record is not None and record.generation == held.generation:
+                if record.state == "lifted":
+                    self.held = None
+                    log.info("mfa_enrolment_unfrozen", freeze=record.id, instance=self._instance_id)
+                    return None
+                self.held = record  # the fleet's id for this freeze
+                return record
+            if not write:
+                return held
+            # The store lacks this freeze. Write it only while the store still has the marker
+            # it names: otherwise a newer reset is under way, which brings its own.
+            marker = await self._store.get(MARKER_KEY)
+            if marker is None or marker.decode("ascii", "replace") != held.generation:
+                return held
+            stored = await self._store.compare_and_set(FREEZE_KEY, raw, held.encode())
+            if stored == held.encode():
+                await self._audit_frozen(held)
+                return held
+        return self.held
+
+    async def check_enrolment(self, timeout: float | None = None) -> None:
+        """Before an enrolment or activation: ``MfaEnrolmentFrozen`` while frozen. Waits on
+        the store at most ``timeout`` seconds (it runs on the request path): then a freeze
+        held in memory still refuses, otherwise ``StoreUnavailable``."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._check_enrolment()
+        except TimeoutError:
+            if self.held is not None:
+                raise _refusal() from None
+            raise StoreUnavailable("the state store did not answer in time") from None
+
+    async def _check_enrolment(self) -> None:
         # Enrolment is rare: it may pay two GETs to notice a reset now, not at the next probe
         # (up to a second later), so no enrolment slips into that window. A reset pending that
         # this freeze was not told of refuses too.
@@ -178,11 +197,11 @@ class MfaEnrolmentFreeze:
         if self.held is not None:
             # SECURITY: memory first - the store may be the very thing that forgot.
             with contextlib.suppress(StoreUnavailable):
-                await self.sync()  # learns a lift made through another instance
+                await self.sync(write=False)  # learns a lift made through another instance
             if self.held is not None:
                 raise _refusal()
             return
-        if await self.sync() is not None:
+        if await self.sync(write=False) is not None:
             raise _refusal()
 
     async def status(self) -> dict[str, Any]:

@@ -5,7 +5,9 @@ explicit lift of that very freeze opens enrolment again."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ from gateway.auth.mfa import MfaService
 from gateway.auth.mfa_freeze import FREEZE_KEY, Freeze, MfaEnrolmentFreeze, MfaEnrolmentFrozen
 from gateway.config.model import MfaConfig
 from gateway.crypto import ENV_VAR, Keyring
-from gateway.errors import Conflict
+from gateway.errors import Conflict, StoreUnavailable
 from gateway.state import StateStore, open_store
 from gateway.state.generation import MARKER_KEY, StoreGeneration
 from gateway.state.restore import StoreRestorer
@@ -87,6 +89,13 @@ async def enrol(node: Node, clock: Clock, user: str) -> tuple[str, list[str]]:
 
 async def stored(store: StateStore) -> Freeze | None:
     return Freeze.decode(await store.get(FREEZE_KEY))
+
+
+async def eventually_stored(store: StateStore, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while await store.get(FREEZE_KEY) is None:
+        assert time.monotonic() < deadline, "the freeze was not written back"
+        await asyncio.sleep(0.02)
 
 
 async def test_a_reset_freezes_enrolment_everywhere_until_an_operator_lifts_it(
@@ -158,7 +167,10 @@ async def test_memory_holds_when_the_store_forgets_or_garbles_the_freeze(
     await a.store.delete(FREEZE_KEY)  # the record alone is lost (the marker is not)
     with pytest.raises(MfaEnrolmentFrozen):
         await a.mfa.enroll("acme", "alice", mfa_backed=False)
-    assert await stored(a.store) == record  # and the check wrote it back
+    assert await stored(a.store) is None  # the request path only reads...
+    await a.freeze.start(0.05)
+    await eventually_stored(a.store)  # ...the background loop writes it back
+    assert await stored(a.store) == record
     assert len(await a.records("mfa.enrolment_frozen")) == 2  # each write that created it
 
     # A record nobody can read is no lift: frozen for an instance without memory of its own.
@@ -227,3 +239,31 @@ async def test_verification_of_kept_enrolments_goes_on_while_enrolment_is_frozen
         await a.mfa.activate("acme", "carol", "000000")
     assert await a.mfa.status("acme", "carol") == "pending"
     assert await a.mfa.status("acme", "bob") == "none"
+
+
+async def test_a_hung_store_never_holds_the_enrolment_check_past_its_timeout(
+    redis_server: RedisServer, tmp_path: Path, clock: Clock
+) -> None:
+    """Issue 15 item 2: the check runs on the request path. Frozen in memory: refused at once
+    the store hangs; not frozen: ``StoreUnavailable`` (503) after the timeout, never open."""
+    a = Node(redis_server.url, "a", tmp_path, clock)
+    b = Node(redis_server.url, "b", tmp_path, clock)
+    try:
+        for node in (a, b):
+            await node.start()
+        redis_server.flushall()
+        await a.restorer.probe()  # a holds the freeze; b has not looked
+        redis_server.pause()
+        try:
+            for node, expected in ((a, MfaEnrolmentFrozen), (b, StoreUnavailable)):
+                started = time.monotonic()
+                with pytest.raises(expected):
+                    await node.freeze.check_enrolment(0.2)
+                # Bounded by the timeout, not by the store (a pause would hold it for ever);
+                # the margin is for a loaded machine, not a speed claim.
+                assert time.monotonic() - started < 5
+        finally:
+            redis_server.resume()
+    finally:
+        for node in (a, b):
+            await node.close()
