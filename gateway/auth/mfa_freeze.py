@@ -115,6 +115,7 @@ class MfaEnrolmentFreeze:
         self.held = Freeze(
             id=secrets.token_hex(6), reason=reason, since=self._clock(), instance=self._instance_id
         )
+        _gauge(True)
         log.warning(
             "mfa_enrolment_frozen",
             reason=reason,
@@ -142,9 +143,12 @@ class MfaEnrolmentFreeze:
         ``write=False`` (the request path) only reads: a freeze the store lacks is written by
         the write-back and the background loop. ``StoreUnavailable``."""
         if not write:
-            return await self._reconcile(write=False)
-        async with self._lock:
-            return await self._reconcile(write=True)
+            current = await self._reconcile(write=False)
+        else:
+            async with self._lock:
+                current = await self._reconcile(write=True)
+        _gauge(current is not None or self.held is not None)
+        return current
 
     async def _reconcile(self, *, write: bool) -> Freeze | None:
         for _ in range(3):  # a concurrent writer changed the record: read again
@@ -237,6 +241,7 @@ class MfaEnrolmentFreeze:
             if await self._store.compare_and_set(FREEZE_KEY, raw, lifted.encode()) != lifted.encode():
                 raise Conflict("The freeze changed meanwhile (a new store reset?); look again")
             self.held = None
+        _gauge(False)
         await self._audit.record(
             "mfa.enrolment_unfrozen",
             tenants=[SYSTEM_TRAIL],
@@ -254,6 +259,7 @@ class MfaEnrolmentFreeze:
 
     # -- background ----------------------------------------------------------------------------
     async def start(self, interval: float) -> None:
+        _gauge(self.held is not None)  # 0 until the first sync says otherwise
         if self._task is None:
             self._task = asyncio.create_task(self._follow(interval), name="mfa-freeze-follow")
 
@@ -265,11 +271,10 @@ class MfaEnrolmentFreeze:
                 await task
 
     async def _follow(self, interval: float) -> None:
-        """Retries the write of a freeze the store lacks, and learns lifts, while one is held."""
+        """Retries the write of a freeze the store lacks, learns lifts and freezes made through
+        other instances (for the gauge): one GET per interval."""
         while True:
             await asyncio.sleep(interval)
-            if self.held is None:
-                continue
             try:
                 await self.sync()
             except StoreUnavailable:
@@ -292,6 +297,29 @@ class MfaEnrolmentFreeze:
             )
         except (OSError, ValueError):
             log.error("mfa_enrolment_frozen_unaudited", freeze=freeze.id, instance=self._instance_id)
+
+
+class _Gauge:
+    """Created on first use, not at import (prometheus-client waits for the multiprocess dir)."""
+
+    def __init__(self) -> None:
+        from prometheus_client import Gauge
+
+        self.frozen = Gauge(
+            "shopino_gateway_mfa_enrolment_frozen",
+            "1 while MFA enrolment is frozen after a state store reset (an operator must lift it)",
+            multiprocess_mode="livemax",
+        )
+
+
+_gauges: _Gauge | None = None
+
+
+def _gauge(frozen: bool) -> None:
+    global _gauges
+    if _gauges is None:
+        _gauges = _Gauge()
+    _gauges.frozen.set(1 if frozen else 0)
 
 
 def _refusal() -> MfaEnrolmentFrozen:

@@ -10,6 +10,7 @@ import asyncio
 import base64
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -105,6 +106,13 @@ async def frozen(http: aiohttp.ClientSession, gw: GatewayProc) -> bool:
     return status == 200 and data["frozen"] is True and data["written_back"] is True
 
 
+async def gauge_is(http: aiohttp.ClientSession, gw: GatewayProc, value: int) -> bool:
+    async with http.get(f"{gw.admin_url}/metrics", headers=bearer(ADMIN_TOKEN)) as r:
+        text = await r.text()
+    found = re.search(r"^shopino_gateway_mfa_enrolment_frozen (\S+)$", text, re.MULTILINE)
+    return found is not None and float(found.group(1)) == value
+
+
 async def wait_for(check: Any, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not await check():
@@ -141,7 +149,7 @@ async def test_a_store_reset_freezes_mfa_enrolment_until_an_operator_lifts_it(
     }
     env = {"SHOPINO_GATEWAY_MASTER_KEY": base64.b64encode(os.urandom(32)).decode()}
     gw = ready(gateway_factory(json.loads(json.dumps(config)), env=env))
-    assert not await frozen(http, gw)
+    assert not await frozen(http, gw) and await gauge_is(http, gw, 0)
 
     alice, bob = password_token(idp, "alice"), password_token(idp, "bob")
     alice_codes = await enrol(http, gw, alice)
@@ -196,6 +204,7 @@ async def test_a_store_reset_freezes_mfa_enrolment_until_an_operator_lifts_it(
     assert status == 503 and problem["type"] == FROZEN_TYPE, problem
     shown = gw.cli("mfa", "status")
     assert shown.returncode == 0 and "FROZEN" in shown.stdout, shown
+    await wait_for(lambda: gauge_is(http, gw, 1), 10, "the restarted gateway's gauge says frozen")
 
     # SECURITY: only gateway-admin lifts it; the others are refused and it stays in force.
     ops = issuers["ops"]
@@ -220,6 +229,7 @@ async def test_a_store_reset_freezes_mfa_enrolment_until_an_operator_lifts_it(
     lifted = gw.cli("mfa", "unfreeze", "--reason", "enrolments checked against the backup")
     assert lifted.returncode == 0 and "open again" in lifted.stdout, lifted
     assert not await frozen(http, gw)
+    await wait_for(lambda: gauge_is(http, gw, 0), 10, "the gauge says open")
     await enrol(http, gw, bob)
     again = gw.cli("mfa", "unfreeze", "--reason", "twice")
     assert again.returncode == 2 and "not frozen" in again.stderr, again
