@@ -1,5 +1,6 @@
-"""``mfa status`` and ``mfa unfreeze --reason R``: the MFA enrolment freeze a state store reset
-imposes (``gateway.auth.mfa_freeze``), through the admin API."""
+"""``mfa status``, ``mfa unfreeze --reason R`` and ``mfa allow --tenant T --user U --reason R
+[--ttl 15m]``: the MFA enrolment freeze a state store reset imposes
+(``gateway.auth.mfa_freeze``), through the admin API."""
 
 from __future__ import annotations
 
@@ -22,6 +23,15 @@ def add_mfa_commands(commands: Any) -> None:
     unfreeze.add_argument("--reason", required=True, help="why it is safe now (audited)")
     operator_client.add_common_arguments(unfreeze)
     unfreeze.set_defaults(func=cmd_mfa_unfreeze)
+    allow = verbs.add_parser(
+        "allow", help="let one user enrol once during the freeze (identity checked out of band)"
+    )
+    allow.add_argument("--tenant", required=True)
+    allow.add_argument("--user", required=True, help="the user's token sub")
+    allow.add_argument("--reason", required=True, help="how the user's identity was checked (audited)")
+    allow.add_argument("--ttl", default="15m", help="how long the allowance lasts (default 15m, at most 24h)")
+    operator_client.add_common_arguments(allow)
+    allow.set_defaults(func=cmd_mfa_allow)
 
 
 def _when(seconds: object) -> str:
@@ -55,3 +65,15 @@ def cmd_mfa_unfreeze(args: argparse.Namespace) -> int:
         )
 
     return operator_client.run_verb(args, "DELETE", "/admin/mfa/freeze", {"reason": args.reason}, human)
+
+
+def cmd_mfa_allow(args: argparse.Namespace) -> int:
+    body = {"tenant": args.tenant, "user": args.user, "reason": args.reason, "ttl": args.ttl}
+
+    def human(data: dict[str, Any]) -> str:
+        return (
+            f"{data.get('user')} of {data.get('tenant')} may enrol once until "
+            f"{_when(data.get('expires_at'))} (freeze {data.get('freeze')})"
+        )
+
+    return operator_client.run_verb(args, "POST", "/admin/mfa/allowances", body, human)

@@ -27,6 +27,7 @@ forgot it. A later reset binds a new generation, so an old lift never lifts a ne
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import secrets
 import time
@@ -38,12 +39,20 @@ import orjson
 import structlog
 
 from gateway.audit import SYSTEM_TRAIL, AuditTrail
-from gateway.errors import Conflict, GatewayError, StoreUnavailable
+from gateway.audit.trail import register_tenant_data
+from gateway.errors import BadRequest, Conflict, GatewayError, StoreUnavailable
 from gateway.state.base import StateStore
 from gateway.state.generation import MARKER_KEY, StoreGeneration
+from gateway.tenancy.resolve import TENANT_ID_RE
 
 FREEZE_KEY = "security:mfa_enrolment_freeze"
+# Per-user allowances to enrol during a freeze; per tenant, so a tenant purge removes them.
+ALLOW_PREFIX_TEMPLATE = "security:mfa_allow:{tenant}:"
+register_tenant_data(ALLOW_PREFIX_TEMPLATE)
 REASON_MAX = 500
+ALLOW_TTL_DEFAULT = 900.0
+ALLOW_TTL_MAX = 24 * 3600.0
+_MAX_USER_BYTES = 1024
 
 log = structlog.get_logger("gateway.mfa")
 
@@ -89,6 +98,43 @@ class Freeze:
         data = asdict(self)
         data.pop("generation")
         return data
+
+
+@dataclass(frozen=True)
+class Allowance:
+    """One user may enrol (once) during the freeze ``freeze``, until ``expires_at``."""
+
+    tenant: str
+    user: str
+    freeze: str
+    actor: str
+    reason: str
+    created_at: float
+    expires_at: float
+
+    def encode(self) -> bytes:
+        return orjson.dumps(asdict(self))
+
+    @classmethod
+    def decode(cls, raw: bytes | None) -> Allowance | None:
+        if raw is None:
+            return None
+        try:
+            data = orjson.loads(raw)
+            return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+        except (orjson.JSONDecodeError, TypeError, KeyError):
+            return None  # an unreadable allowance allows nothing
+
+
+def allowance_key(tenant: str, user: str) -> str:
+    """``BadRequest`` for a malformed tenant or user (the rules of tokens' tenants and MFA)."""
+    if not isinstance(tenant, str) or not TENANT_ID_RE.fullmatch(tenant):
+        raise BadRequest("Invalid tenant")  # "_system" included: nobody enrols there
+    raw = user.encode("utf-8") if isinstance(user, str) else b""
+    if not raw or len(raw) > _MAX_USER_BYTES:
+        raise BadRequest("Invalid user")
+    u = base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+    return ALLOW_PREFIX_TEMPLATE.format(tenant=tenant) + u
 
 
 class MfaEnrolmentFreeze:
@@ -179,19 +225,22 @@ class MfaEnrolmentFreeze:
                 return held
         return self.held
 
-    async def check_enrolment(self, timeout: float | None = None) -> None:
-        """Before an enrolment or activation: ``MfaEnrolmentFrozen`` while frozen. Waits on
-        the store at most ``timeout`` seconds (it runs on the request path): then a freeze
-        held in memory still refuses, otherwise ``StoreUnavailable``."""
+    async def check_enrolment(
+        self, timeout: float | None = None, *, tenant: str | None = None, user: str | None = None
+    ) -> bool:
+        """Before an enrolment or activation: ``MfaEnrolmentFrozen`` while frozen, unless an
+        operator allowed this user (then True: an activation consumes it). Waits on the store
+        at most ``timeout`` seconds (it runs on the request path): then a freeze held in memory
+        still refuses, otherwise ``StoreUnavailable``."""
         try:
             async with asyncio.timeout(timeout):
-                await self._check_enrolment()
+                return await self._check_enrolment(tenant, user)
         except TimeoutError:
             if self.held is not None:
                 raise _refusal() from None
             raise StoreUnavailable("the state store did not answer in time") from None
 
-    async def _check_enrolment(self) -> None:
+    async def _check_enrolment(self, tenant: str | None, user: str | None) -> bool:
         # Enrolment is rare: it may pay two GETs to notice a reset now, not at the next probe
         # (up to a second later), so no enrolment slips into that window. A reset pending that
         # this freeze was not told of refuses too.
@@ -200,13 +249,85 @@ class MfaEnrolmentFreeze:
             raise _refusal()
         if self.held is not None:
             # SECURITY: memory first - the store may be the very thing that forgot.
-            with contextlib.suppress(StoreUnavailable):
+            try:
                 await self.sync(write=False)  # learns a lift made through another instance
-            if self.held is not None:
-                raise _refusal()
-            return
-        if await self.sync(write=False) is not None:
-            raise _refusal()
+            except StoreUnavailable:
+                raise _refusal() from None
+            in_force = self.held
+        else:
+            in_force = await self.sync(write=False)
+        if in_force is None:
+            return False
+        if tenant is not None and user is not None and await self._allowed(tenant, user, in_force):
+            return True
+        raise _refusal()
+
+    async def _allowed(self, tenant: str, user: str, in_force: Freeze) -> bool:
+        allowance = Allowance.decode(await self._store.get(allowance_key(tenant, user)))
+        # Bound to the freeze it was given under: a later reset's freeze needs a new decision.
+        return (
+            allowance is not None
+            and in_force.generation is not None
+            and allowance.freeze == in_force.id
+            and allowance.tenant == tenant
+            and allowance.user == user
+            and allowance.expires_at > self._clock()
+        )
+
+    async def allow(
+        self,
+        tenant: str,
+        user: str,
+        *,
+        ttl: float,
+        actor: str,
+        reason: str,
+        request_id: str | None = None,
+    ) -> Allowance:
+        """An operator lets one user enrol once during the freeze in force (after checking who
+        they are outside the gateway); audited in the tenant's trail and ``_system``.
+        ``Conflict`` when no freeze is stored and in force. ``StoreUnavailable``."""
+        key = allowance_key(tenant, user)
+        current = await self.sync()
+        held = self.held
+        if held is not None and (current is None or current.generation is None or held.id != current.id):
+            raise Conflict("A state store reset is being written back; try again once it is done")
+        if current is None:
+            raise Conflict("MFA enrolment is not frozen; every user may enrol")
+        now = self._clock()
+        allowance = Allowance(
+            tenant=tenant,
+            user=user,
+            freeze=current.id,
+            actor=actor,
+            reason=reason,
+            created_at=now,
+            expires_at=now + ttl,
+        )
+        await self._store.set(key, allowance.encode(), ttl=ttl)
+        await self._audit.record(
+            "mfa.enrolment_allowed",
+            tenants=[tenant, SYSTEM_TRAIL],
+            actor=actor,
+            request_id=request_id,
+            details={
+                "user": user,
+                "freeze": current.id,
+                "reason": reason,
+                "expires_at": allowance.expires_at,
+            },
+        )
+        return allowance
+
+    async def consume_allowance(self, tenant: str, user: str) -> None:
+        """After an activation the allowance let through: it is used up (one enrolment)."""
+        if await self._store.delete(allowance_key(tenant, user)):
+            try:
+                await self._audit.record(
+                    "mfa.enrolment_allowance_used", tenants=[tenant], actor=user, details={}
+                )
+            except (OSError, ValueError):
+                log.error("mfa_allowance_use_unaudited", instance=self._instance_id)
 
     async def status(self) -> dict[str, Any]:
         try:
@@ -329,4 +450,15 @@ def _refusal() -> MfaEnrolmentFrozen:
     )
 
 
-__all__ = ["FREEZE_KEY", "REASON_MAX", "Freeze", "MfaEnrolmentFreeze", "MfaEnrolmentFrozen"]
+__all__ = [
+    "ALLOW_PREFIX_TEMPLATE",
+    "ALLOW_TTL_DEFAULT",
+    "ALLOW_TTL_MAX",
+    "FREEZE_KEY",
+    "REASON_MAX",
+    "Allowance",
+    "Freeze",
+    "MfaEnrolmentFreeze",
+    "MfaEnrolmentFrozen",
+    "allowance_key",
+]

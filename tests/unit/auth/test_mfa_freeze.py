@@ -17,11 +17,19 @@ import pyotp
 import pytest
 
 from gateway.audit import SYSTEM_TRAIL, AuditTrail
+from gateway.audit.trail import registered_tenant_data
 from gateway.auth.mfa import MfaService
-from gateway.auth.mfa_freeze import FREEZE_KEY, Freeze, MfaEnrolmentFreeze, MfaEnrolmentFrozen
+from gateway.auth.mfa_freeze import (
+    ALLOW_PREFIX_TEMPLATE,
+    FREEZE_KEY,
+    Freeze,
+    MfaEnrolmentFreeze,
+    MfaEnrolmentFrozen,
+    allowance_key,
+)
 from gateway.config.model import MfaConfig
 from gateway.crypto import ENV_VAR, Keyring
-from gateway.errors import Conflict, StoreUnavailable
+from gateway.errors import BadRequest, Conflict, StoreUnavailable
 from gateway.state import StateStore, open_store
 from gateway.state.generation import MARKER_KEY, StoreGeneration
 from gateway.state.restore import StoreRestorer
@@ -41,7 +49,9 @@ class Node:
         self.store: StateStore = open_store(url)
         self.generation = StoreGeneration(self.store)
         self.audit = AuditTrail(self.store, spool_dir=spool / name)
-        self.freeze = MfaEnrolmentFreeze(self.store, self.generation, self.audit, instance_id=name)
+        self.freeze = MfaEnrolmentFreeze(
+            self.store, self.generation, self.audit, instance_id=name, clock=clock
+        )
         self.restorer = StoreRestorer(
             self.generation, {"mfa_freeze": self.freeze}, self.audit, instance_id=name
         )
@@ -267,3 +277,64 @@ async def test_a_hung_store_never_holds_the_enrolment_check_past_its_timeout(
     finally:
         for node in (a, b):
             await node.close()
+
+
+async def test_an_allowance_lets_one_user_enrol_once_during_this_freeze_only(
+    nodes: Any, shared_redis_server: RedisServer, clock: Clock
+) -> None:
+    a: Node = await nodes("a")
+    b: Node = await nodes("b")
+    with pytest.raises(Conflict, match="not frozen"):  # nothing to allow while enrolment is open
+        await a.freeze.allow("acme", "alice", ttl=900, actor=ACTOR, reason="checked")
+    shared_redis_server.flushall()
+    await a.restorer.probe()
+    await b.restorer.probe()
+
+    allowance = await a.freeze.allow(
+        "acme", "alice", ttl=900, actor=ACTOR, reason="called her back", request_id="r2"
+    )
+    assert allowance.freeze == (await stored(a.store) or Freeze("", "", 0, "")).id
+    # Through the other instance (which holds the freeze in memory too): alice, and only her.
+    with pytest.raises(MfaEnrolmentFrozen):
+        await b.mfa.enroll("acme", "bob", mfa_backed=False)
+    with pytest.raises(MfaEnrolmentFrozen):
+        await b.mfa.enroll("globex", "alice", mfa_backed=False)  # same sub, another tenant
+    await enrol(b, clock, "alice")
+    assert await b.mfa.status("acme", "alice") == "active"
+    with pytest.raises(MfaEnrolmentFrozen):  # used up by the activation
+        await b.mfa.enroll("acme", "alice", mfa_backed=True)
+    assert await a.store.get(allowance_key("acme", "alice")) is None
+
+    acme = [r async for r in a.audit._records("acme")]
+    allowed = [r for r in acme if r["event"] == "mfa.enrolment_allowed"]
+    assert len(allowed) == 1 and allowed[0]["actor"] == ACTOR and allowed[0]["request_id"] == "r2"
+    assert allowed[0]["details"]["reason"] == "called her back"
+    assert [r["actor"] for r in acme if r["event"] == "mfa.enrolment_allowance_used"] == ["alice"]
+    assert len(await a.records("mfa.enrolment_allowed")) == 1  # the freeze's story in _system too
+
+    # Expired: refused (the clock, not only the store's ttl, decides).
+    await a.freeze.allow("acme", "carol", ttl=60, actor=ACTOR, reason="short")
+    clock.now += 61
+    with pytest.raises(MfaEnrolmentFrozen):
+        await a.mfa.enroll("acme", "carol", mfa_backed=False)
+
+    # Given under one freeze, void under the next (a store that kept it, came back older).
+    await a.freeze.allow("acme", "dave", ttl=900, actor=ACTOR, reason="before the next reset")
+    a.generation.report("security writes went back")
+    await a.restorer.probe()
+    with pytest.raises(MfaEnrolmentFrozen):
+        await a.mfa.enroll("acme", "dave", mfa_backed=False)
+
+    with pytest.raises(BadRequest):
+        await a.freeze.allow("_system", "x", ttl=60, actor=ACTOR, reason="no such tenant")
+    assert ALLOW_PREFIX_TEMPLATE in registered_tenant_data()  # a tenant purge removes them
+
+
+async def test_no_allowance_while_the_write_back_is_pending(
+    nodes: Any, shared_redis_server: RedisServer
+) -> None:
+    a: Node = await nodes("a")
+    shared_redis_server.flushall()
+    assert await a.generation.check()
+    with pytest.raises(Conflict, match="written back"):
+        await a.freeze.allow("acme", "alice", ttl=900, actor=ACTOR, reason="too early")
