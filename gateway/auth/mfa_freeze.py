@@ -247,13 +247,14 @@ class MfaEnrolmentFreeze:
         generation = self._generation
         if self.held is None and generation is not None and await generation.check() and self.held is None:
             raise _refusal()
+        in_force: Freeze | None
         if self.held is not None:
             # SECURITY: memory first - the store may be the very thing that forgot.
             try:
                 await self.sync(write=False)  # learns a lift made through another instance
             except StoreUnavailable:
                 raise _refusal() from None
-            in_force = self.held
+            in_force = self.held  # None when the sync learnt of a lift
         else:
             in_force = await self.sync(write=False)
         if in_force is None:
