@@ -221,6 +221,28 @@ async def test_a_store_reset_freezes_mfa_enrolment_until_an_operator_lifts_it(
     assert (await admin(http, gw, "DELETE", "/admin/mfa/freeze", ADMIN_TOKEN, {}))[0] == 400  # no reason
     refused = cli_as(gw, responder, "mfa", "unfreeze", "--reason", "responder tries")
     assert refused.returncode == 2 and "403" in refused.stderr, refused
+    allow = {"tenant": "acme", "user": "bob", "reason": "trying"}
+    assert (await admin(http, gw, "POST", "/admin/mfa/allowances", responder, allow))[0] == 403
+    assert (await admin(http, gw, "POST", "/admin/mfa/allowances", viewer, allow))[0] == 403
+
+    # One user, identity checked out of band, may enrol once during the freeze; nobody else.
+    carol = password_token(idp, "carol")
+    allowed = gw.cli(
+        "mfa",
+        "allow",
+        "--tenant",
+        "acme",
+        "--user",
+        "carol",
+        "--reason",
+        "ID checked by phone",
+        "--ttl",
+        "5m",
+    )
+    assert allowed.returncode == 0 and "carol of acme may enrol once" in allowed.stdout, allowed
+    await enrol(http, gw, carol)
+    status, problem, _ = await post(http, f"{gw.url}/_gateway/mfa/enroll", carol)
+    assert status == 503 and problem["type"] == FROZEN_TYPE  # used up
     assert await frozen(http, gw)
     status, problem, _ = await post(http, f"{gw.url}/_gateway/mfa/enroll", bob)
     assert status == 503
@@ -251,4 +273,8 @@ async def test_a_store_reset_freezes_mfa_enrolment_until_an_operator_lifts_it(
     assert restored and restored[0]["details"]["held"]["mfa_freeze"] == 1
     refusals = [e for e in await system_events(http, gw, "acme") if e["event"] == "mfa.enrolment_refused"]
     assert {(e["actor"], e["details"]["problem"]) for e in refusals} >= {("bob", "mfa-enrolment-frozen")}
+    allowed_records = [e for e in events if e["event"] == "mfa.enrolment_allowed"]
+    assert [(e["actor"], e["details"]["user"], e["details"]["reason"]) for e in allowed_records] == [
+        ("admin-token:tests", "carol", "ID checked by phone")
+    ]
     assert gw.logs().count('"event":"mfa_enrolment_frozen"') == 1
