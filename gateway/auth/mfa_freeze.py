@@ -362,8 +362,9 @@ class MfaEnrolmentFreeze:
             )
             if await self._store.compare_and_set(FREEZE_KEY, raw, lifted.encode()) != lifted.encode():
                 raise Conflict("The freeze changed meanwhile (a new store reset?); look again")
-            self.held = None
-        _gauge(False)
+            if self.held is held:  # not a new reset's freeze, noticed while the write ran
+                self.held = None
+        _gauge(self.held is not None)
         await self._audit.record(
             "mfa.enrolment_unfrozen",
             tenants=[SYSTEM_TRAIL],
