@@ -40,7 +40,7 @@ import structlog
 
 from gateway.audit import SYSTEM_TRAIL, AuditTrail
 from gateway.audit.trail import register_tenant_data
-from gateway.errors import BadRequest, Conflict, GatewayError, StoreUnavailable
+from gateway.errors import BadRequest, Conflict, MfaEnrolmentFrozen, StoreUnavailable
 from gateway.state.base import StateStore
 from gateway.state.generation import MARKER_KEY, StoreGeneration
 from gateway.tenancy.resolve import TENANT_ID_RE
@@ -55,14 +55,6 @@ ALLOW_TTL_MAX = 24 * 3600.0
 _MAX_USER_BYTES = 1024
 
 log = structlog.get_logger("gateway.mfa")
-
-
-class MfaEnrolmentFrozen(GatewayError):
-    """503: enrolment is refused for everyone until an operator lifts the freeze. A service
-    condition, not the client's fault (hence not 4xx), of the same family as ``isolated``;
-    its own slug so clients and dashboards can tell it from an outage."""
-
-    status, slug, title = 503, "mfa-enrolment-frozen", "MFA enrolment frozen"
 
 
 @dataclass(frozen=True)
@@ -389,9 +381,14 @@ class MfaEnrolmentFreeze:
     async def stop(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            # Python 3.11's asyncio.wait_for (used by redis-py while connecting) can swallow a
+            # cancellation, leaving the loop running: cancel until it really ends (as
+            # gateway.state.sync does).
+            while not task.done():
+                task.cancel()
+                await asyncio.wait({task}, timeout=0.1)
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                task.result()
 
     async def _follow(self, interval: float) -> None:
         """Retries the write of a freeze the store lacks, learns lifts and freezes made through
