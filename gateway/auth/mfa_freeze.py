@@ -7,7 +7,8 @@ stolen password could bind their own authenticator and then pass MFA. The gatewa
 a first enrolment from such a re-enrolment once the store forgot, so it fails closed: from the
 moment a reset is noticed, ``enroll`` and ``activate`` answer 503 ``mfa-enrolment-frozen`` on
 every instance until an operator lifts the freeze (``DELETE /admin/mfa/freeze``, CLI ``mfa
-unfreeze``). Verification of enrolments the store still holds is untouched.
+unfreeze``) or lets one checked user enrol once (``POST /admin/mfa/allowances``, CLI ``mfa
+allow``). Verification of enrolments the store still holds is untouched.
 
 Where the freeze lives:
 
@@ -15,9 +16,10 @@ Where the freeze lives:
   ``StoreGeneration`` listener): it holds before the store has it and whatever the store says;
 - in the store under ``FREEZE_KEY``, as a record bound to the store generation (the marker)
   that the write-back settled on. It is written as part of the write-back (``reload``, after
-  the marker is renewed: the record names that marker) and by the periodic ``sync`` while this
-  instance holds a freeze the store lacks, so instances that start later obey it too. The
-  instance whose write created the record files ``mfa.enrolment_frozen`` in ``_system``.
+  the marker is renewed: the record names that marker) and by the background ``sync`` while
+  this instance holds a freeze the store lacks, so instances that start later obey it too. The
+  request path only reads it (bounded by ``store_timeout``). The instance whose write created
+  the record files ``mfa.enrolment_frozen`` in ``_system``.
 
 A lift is a record too (``state: lifted`` for that generation), never an absence: an instance
 holding a freeze learns from it that the operator lifted this very freeze, not that the store
