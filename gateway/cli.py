@@ -19,6 +19,7 @@ from gateway.cli_grants import add_grants_commands
 from gateway.cli_incident import add_incident_commands
 from gateway.cli_killswitch import add_killswitch_commands
 from gateway.cli_lockouts import add_lockout_commands
+from gateway.cli_mfa import add_mfa_commands
 from gateway.config import ConfigError, default_config_path, effective_config, load_config
 
 EXIT_OK, EXIT_USAGE, EXIT_REMOTE_ERROR, EXIT_UNREACHABLE = 0, 1, 2, 3
@@ -213,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_lockout_commands(commands)
     add_incident_commands(commands)
     add_grants_commands(commands)
+    add_mfa_commands(commands)
 
     keys = commands.add_parser("keys", help="the gateway's token signing keys").add_subparsers(
         dest="keys_command", required=True

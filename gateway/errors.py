@@ -115,6 +115,15 @@ class StoreUnavailable(GatewayError):
     status, slug, title = 503, "store-unavailable", "State store unavailable"
 
 
+class MfaEnrolmentFrozen(GatewayError):
+    """MFA enrolment refused fleet-wide after a state store reset until an operator lifts the
+    freeze (gateway.auth.mfa_freeze). A service condition, not the client's fault (hence not
+    4xx), of the family of ``isolated``; a slug of its own so clients can tell it from an
+    outage. Extends App. B's list."""
+
+    status, slug, title = 503, "mfa-enrolment-frozen", "MFA enrolment frozen"
+
+
 class NotImplementedCoding(GatewayError):
     """RFC 9112 §6.1: a transfer coding the gateway does not implement (anything but chunked)."""
 

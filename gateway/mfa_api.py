@@ -94,7 +94,15 @@ async def _audit(ctx: RequestContext, event: str, **details: Any) -> None:
 async def enroll(ctx: RequestContext) -> web.StreamResponse:
     claims = await _first_factor(ctx)
     mfa_backed = has_mfa(claims, ctx.runtime.config.mfa.accepted_amr)
-    enrollment = await ctx.runtime.services.mfa.enroll(claims.tenant, claims.subject, mfa_backed=mfa_backed)
+    try:
+        enrollment = await ctx.runtime.services.mfa.enroll(
+            claims.tenant, claims.subject, mfa_backed=mfa_backed
+        )
+    except GatewayError as error:
+        # A refused enrolment (frozen after a store reset, or a password-only token for an
+        # enrolled user) may be an attacker holding a password: the tenant's trail shows it.
+        await _audit(ctx, "mfa.enrolment_refused", problem=error.slug, mfa_backed=mfa_backed)
+        raise
     await _audit(ctx, "mfa.enrolled", replaced_active=mfa_backed)
     return json_response(
         {"otpauth_uri": enrollment.otpauth_uri, "secret": enrollment.secret, "qr_svg": enrollment.qr_svg},

@@ -18,6 +18,7 @@ from gateway.access_log import AccessLogWriter
 from gateway.audit import AuditTrail
 from gateway.auth.jwt import JwtVerifier
 from gateway.auth.mfa import MfaService
+from gateway.auth.mfa_freeze import MfaEnrolmentFreeze
 from gateway.auth.revocation import RevocationEpochs
 from gateway.auth.signing import SigningKeys
 from gateway.auth.webhooks import IntegrationSecrets
@@ -76,6 +77,7 @@ class ProcessServices:
     pseudonym_key: bytes = field(repr=False)  # access-log user pseudonyms (SPEC §11)
     generation: StoreGeneration | None = None  # App. C: tells a reset store from an intact one
     lockout_memory: LockoutMemory | None = None  # lockouts seen, kept across reloads
+    mfa_freeze: MfaEnrolmentFreeze | None = None  # enrolment frozen after a store reset
 
 
 @dataclass(frozen=True)
@@ -153,7 +155,13 @@ def build_runtime(
             revocations=process.revocations,
             integrations=process.integrations,
             # Issue 15: the MFA step is request-path work, so its store calls are bounded.
-            mfa=MfaService(_request_store(process.store, config), process.keyring, config.mfa),
+            mfa=MfaService(
+                _request_store(process.store, config),
+                process.keyring,
+                config.mfa,
+                freeze=process.mfa_freeze,
+                store_timeout=config.rate_limits.store_timeout,  # the freeze check is request path
+            ),
             killswitches=process.killswitches,
             grants=process.grants,
             context_keys=process.context_keys,

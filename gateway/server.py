@@ -23,6 +23,7 @@ from gateway.app import PublicHandler
 from gateway.audit import SYSTEM_TRAIL, AuditTrail
 from gateway.audit.anchors import AnchorHeads, Anchoring, AnchorKeyArchive, LastAnchors
 from gateway.auth.jwt import JwtVerifier
+from gateway.auth.mfa_freeze import MfaEnrolmentFreeze
 from gateway.auth.revocation import RevocationEpochs
 from gateway.auth.signing import SigningKeys
 from gateway.auth.webhooks import IntegrationSecrets
@@ -103,6 +104,8 @@ class GatewayProcess:
             pseudonym_key=pseudonym_key(os.environ, keyring),
             generation=generation,
             lockout_memory=LockoutMemory(self.store),
+            # Registered on ``generation`` before any load: a reset freezes MFA enrolment at once.
+            mfa_freeze=MfaEnrolmentFreeze(self.store, generation, self.audit, instance_id=self.instance_id),
         )
         # App. C: trail heads signed with the gateway's key; the last anchor kept on local disk.
         self.audit.use_anchors(
@@ -146,6 +149,8 @@ class GatewayProcess:
             "lockouts": services.lockout_memory,
             "signing": services.signing,
         }
+        if services.mfa_freeze is not None:
+            parts["mfa_freeze"] = services.mfa_freeze  # written after the renewal (it names it)
 
         def restoring(now: bool) -> None:
             self.status.store_restoring = now
@@ -174,6 +179,8 @@ class GatewayProcess:
         await self.services.grants.start()
         assert self.services.lockout_memory is not None
         await self.services.lockout_memory.start()
+        if self.services.mfa_freeze is not None:
+            await self.services.mfa_freeze.start(config.killswitch.resync)
         await self._runtime.verifier.start()
         limits = config.listen.limits
         public = GuardedServer(
@@ -485,6 +492,8 @@ class GatewayProcess:
         await self.services.grants.stop()
         if self.services.lockout_memory is not None:
             await self.services.lockout_memory.stop()
+        if self.services.mfa_freeze is not None:
+            await self.services.mfa_freeze.stop()
         await self.services.ratelimit.close()
         with contextlib.suppress(StoreUnavailable, TimeoutError, OSError):
             # A last chance for queued and spooled records; close() spools whatever is left.

@@ -27,6 +27,7 @@ from gateway.admin.integrations_api import add_integration_routes
 from gateway.admin.keys_api import add_key_routes
 from gateway.admin.killswitch_api import add_killswitch_routes
 from gateway.admin.lockouts_api import add_lockout_routes
+from gateway.admin.mfa_freeze_api import add_mfa_freeze_routes
 from gateway.admin.sessions_api import add_session_routes
 from gateway.audit import AuditTrail
 from gateway.auth.revocation import RevocationEpochs
@@ -167,6 +168,7 @@ def make_admin_app(
     add_lockout_routes(app)
     add_incident_routes(app)
     add_grant_routes(app)
+    add_mfa_freeze_routes(app)
     add_console_api_routes(app)
     add_console_routes(app)
     app.router.add_get("/admin/config", get_config)

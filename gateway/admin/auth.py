@@ -44,8 +44,12 @@ _VIEWER_PATHS = (
     "/admin/traffic",
     "/admin/lockouts",
     "/admin/audit/verify",
+    "/admin/mfa/freeze",
     "/metrics",
 )
+# Lifting the MFA enrolment freeze re-opens enrolment to password-only tokens after a store
+# reset: gateway-admin only. Responders (and viewers, above) may read it.
+_RESPONDER_READS = ("/admin/mfa/freeze",)
 _ANY_ROLE = "/admin/whoami"  # the console asks which buttons to show
 
 
@@ -134,6 +138,8 @@ def authorize(identity: AdminIdentity, method: str, path: str) -> None:
             return
         # Grants: responders list and revoke; only tenant admins create them (SPEC §7).
         if path.startswith("/admin/grants") and method in ("GET", "DELETE"):
+            return
+        if path in _RESPONDER_READS and method in ("GET", "HEAD"):
             return
     reads = method in ("GET", "HEAD") and (path in _VIEWER_PATHS or path.startswith("/admin/incidents/"))
     if GATEWAY_VIEWER in identity.roles and reads:

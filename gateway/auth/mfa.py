@@ -34,6 +34,7 @@ import segno
 from gateway.audit.record import validate_tenant
 from gateway.audit.trail import register_tenant_data
 from gateway.auth import recovery
+from gateway.auth.mfa_freeze import MfaEnrolmentFreeze
 from gateway.auth.signing import SigningKeys
 from gateway.config.model import MfaConfig
 from gateway.crypto import DecryptionError, Keyring, context
@@ -109,14 +110,19 @@ class MfaService:
         *,
         clock: Callable[[], float] = time.time,
         issuer_name: str = "ShopinoERP",
+        freeze: MfaEnrolmentFreeze | None = None,
+        store_timeout: float | None = None,
     ) -> None:
         self._store, self._keyring, self._config = store, keyring, config
         self._clock, self._issuer_name = clock, issuer_name
+        self.freeze = freeze  # after a store reset, enrolment waits for an operator
+        self._store_timeout = store_timeout  # the freeze check's longest wait on the store
 
     # -- enrollment ----------------------------------------------------------------------------
     async def enroll(self, tenant: str, user: str, *, mfa_backed: bool) -> Enrollment:
         """A new pending secret. An active user keeps the old one until the new is activated."""
         keys = _Keys(tenant, user)
+        await self._check_not_frozen(tenant, user)
         if not mfa_backed and await self._store.hget(keys.user, "active") is not None:
             # SECURITY: a stolen password alone must not replace the second factor.
             raise Conflict("MFA is already active; re-enrolling needs an MFA-backed token")
@@ -131,6 +137,7 @@ class MfaService:
     async def activate(self, tenant: str, user: str, code: str) -> list[str]:
         """Check a code of the pending secret, make it active, return fresh recovery codes."""
         keys = _Keys(tenant, user)
+        allowed = await self._check_not_frozen(tenant, user)
         await self._check_lock(keys)
         pending = await self._open(keys, tenant, user, "pending")
         if pending is None:
@@ -157,6 +164,8 @@ class MfaService:
             assert normalized is not None
             await self._store.hset(keys.recovery, recovery.digest(salt, normalized), b"1")
         await self._store.delete(keys.attempts)
+        if allowed and self.freeze is not None:
+            await self.freeze.consume_allowance(tenant, user)  # one enrolment per allowance
         return codes
 
     # -- verification --------------------------------------------------------------------------
@@ -254,6 +263,14 @@ class MfaService:
         return count
 
     # -- internals -----------------------------------------------------------------------------
+    async def _check_not_frozen(self, tenant: str, user: str) -> bool:
+        # SECURITY: after a store reset the store may have forgotten this user's enrolment, and a
+        # stolen password would then bind a new factor; ``MfaEnrolmentFrozen`` until an operator
+        # lifts the freeze or allows this user (gateway.auth.mfa_freeze). True: allowed so.
+        if self.freeze is None:
+            return False
+        return await self.freeze.check_enrolment(self._store_timeout, tenant=tenant, user=user)
+
     def _seal(self, tenant: str, user: str, field: str, record: Mapping[str, Any]) -> bytes:
         return self._keyring.encrypt(orjson.dumps(record), context=_context(tenant, user, field))
 

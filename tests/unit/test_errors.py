@@ -39,6 +39,7 @@ SPEC_PROBLEM_TYPES = {
     "upstream-timeout": 504,
     "internal": 500,
     "not-implemented": 501,  # App. C transfer codings: extends App. B's list
+    "mfa-enrolment-frozen": 503,  # App. C store reset: MFA enrolment frozen (extends App. B)
 }
 
 # The class raised for each problem type.
@@ -65,6 +66,7 @@ CLASSES = {
     "UpstreamTimeout": "upstream-timeout",
     "InternalError": "internal",
     "NotImplementedCoding": "not-implemented",
+    "MfaEnrolmentFrozen": "mfa-enrolment-frozen",
 }
 
 
@@ -79,9 +81,10 @@ def _module_subclasses() -> list[type[GatewayError]]:
     return found
 
 
-def test_spec_table_has_twenty_two_problem_types() -> None:
-    # App. B's twenty, Appendix C's request-timeout, and not-implemented (extends App. B's list).
-    assert len(SPEC_PROBLEM_TYPES) == 22
+def test_spec_table_has_twenty_three_problem_types() -> None:
+    # App. B's twenty, Appendix C's request-timeout, not-implemented and mfa-enrolment-frozen
+    # (both extend App. B's list).
+    assert len(SPEC_PROBLEM_TYPES) == 23
     assert set(CLASSES.values()) == set(SPEC_PROBLEM_TYPES)
 
 
