@@ -2,9 +2,9 @@
 """Flat cost as the world grows (issue 13, target 3): the full chain's instructions per request
 with a small world against a large one, in one run.
 
-* ``small``: the full_chain.py workload with the target's "1 of each": one route, one
-  non-matching kill switch per scope (module, route, tenant, endpoint), only the workload's own
-  rate-limit keys in Redis.
+* ``small``: the full_chain.py workload with the target's "1 of each": one route beside the
+  workload's (to carry a module and a route switch), one non-matching kill switch per scope
+  (module, route, tenant, endpoint), only the workload's own rate-limit keys in Redis.
 * ``large``: the same workload plus 100 more routes (``/m000``…, one module each), 1,000 active
   kill switches that do not match the measured request (module, route, tenant and endpoint
   globs, many sharing its first path segment) and 100,000 live rate-limit keys in its Redis.
@@ -125,7 +125,8 @@ def prepare_world(env: BenchEnv, name: str, grow: frozenset[str]) -> Prepared:
     prepared = prepare_gateway_full(
         env,
         name,
-        extra_routes=ROUTES if "routes" in grow else 0,
+        # "1 of each" needs one more route (and module) for its route and module switches
+        extra_routes=ROUTES if "routes" in grow else 1 if "one-switch" in grow else 0,
         admin_token_sha256=hashlib.sha256(ADMIN_TOKEN.encode()).hexdigest(),
         redis_name=f"redis-{name}",
     )
@@ -198,7 +199,7 @@ def run(args: argparse.Namespace, workdir: Path, launcher: Launcher) -> int:
     print()
     print("| world | instructions / request | ÷ small |")
     print("|---|--:|--:|")
-    print(f"| 1 route, 1 switch of each scope, the workload's keys | {small:,.0f} | 1.000 |")
+    print(f"| +1 route, 1 switch of each scope, the workload's keys | {small:,.0f} | 1.000 |")
     labels = {
         "routes": f"+{ROUTES} routes",
         "switches": f"{SWITCHES:,} switches",
