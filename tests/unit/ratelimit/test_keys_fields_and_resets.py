@@ -1,4 +1,4 @@
-"""Regressions from the security review of rate limiting: body-field parsing differentials,
+"""Rate-limit keying and counted fields at their edges: body-field parsing differentials,
 IPv6 buckets, user keys per issuer, Retry-After with several full items, success resets."""
 
 from __future__ import annotations
