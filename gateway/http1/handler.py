@@ -32,8 +32,19 @@ class LeanPublicHandler:
     async def handle(self, request: LeanRequest) -> bool:
         """Answer one request; False when the connection must close afterwards."""
         ctx = begin_request(request, self._current_runtime())
+        down = ctx.downstream = LeanDownstream(request.protocol, request)
+        try:
+            return await self._answer(ctx, request, down)
+        finally:
+            # The context and the request point at each other (and the answer writer at the
+            # request): a cycle per request that only the cyclic GC could free, ~3 % of a
+            # full-chain request's instructions. Nothing reads these two after the answer; the
+            # request keeps its context (a body still arriving asks it about 100-continue).
+            ctx.downstream = None
+            ctx.request = None  # type: ignore[assignment]
+
+    async def _answer(self, ctx: RequestContext, request: LeanRequest, down: LeanDownstream) -> bool:
         protocol = request.protocol
-        down = ctx.downstream = LeanDownstream(protocol, request)
         try:
             await self._run(ctx, down)
         except asyncio.CancelledError:
