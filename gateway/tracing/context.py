@@ -12,9 +12,10 @@ pays one ``list.pop``. The ids are not secrets; urandom is simply the cheapest b
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Sequence
+
+from gateway.random_batches import RandomBatches
 
 # (trace id, span id, the traceparent sent upstream, tracestate sent upstream or None,
 # the trusted caller's span id (this span's parent) or None). A plain tuple: built 256 at a
@@ -36,38 +37,22 @@ NEW_FLAGS = "01"  # a trace started here is sampled: its id is in the access lin
 _BATCH = 256
 
 
-class _TracePool:
-    """New traces made 256 at a time; emptied in a forked child so workers never share ids."""
-
-    __slots__ = ("traces",)
-
-    def __init__(self) -> None:
-        self.traces: list[Trace] = []
-
-    def reset(self) -> None:
-        self.traces = []
-
-    def refill(self) -> list[Trace]:
-        h = os.urandom(24 * _BATCH).hex()
-        # An all-zero trace or span id is invalid. Sixteen zero digits anywhere in the batch
-        # (about 2^-52 likely) throw it away whole: one substring search, not a test per id.
-        while _ZERO_SPAN in h:  # pragma: no cover
-            h = os.urandom(24 * _BATCH).hex()
-        self.traces = traces = [
-            (t, s, f"00-{t}-{s}-{NEW_FLAGS}", None, None)
-            for i in range(0, 48 * _BATCH, 48)
-            for t, s in ((h[i : i + 32], h[i + 32 : i + 48]),)
-        ]
-        return traces
+def _new_traces(h: str) -> list[Trace]:
+    return [
+        (t, s, f"00-{t}-{s}-{NEW_FLAGS}", None, None)
+        for i in range(0, 48 * _BATCH, 48)
+        for t, s in ((h[i : i + 32], h[i + 32 : i + 48]),)
+    ]
 
 
-_POOL = _TracePool()
-os.register_at_fork(after_in_child=_POOL.reset)
+# An all-zero trace or span id is invalid: sixteen zero digits anywhere in a batch (about 2^-52
+# likely) throw it away whole (one substring search, not a test per id).
+_POOL = RandomBatches(24 * _BATCH, _new_traces, reject=_ZERO_SPAN)
 
 
 def new_trace() -> Trace:
     """A new trace with a new span: one pop on the hot path."""
-    return (_POOL.traces or _POOL.refill()).pop()
+    return (_POOL.items or _POOL.refill()).pop()
 
 
 def parse_traceparent(value: str) -> tuple[str, str, str] | None:
