@@ -26,6 +26,7 @@ from gateway.context import ContextKey, RequestContext
 from gateway.crypto import Keyring
 from gateway.redaction import Pseudonymizer, Redactor, truncate_ip
 from gateway.refusal_log import RefusalAggregator
+from gateway.tracing.context import TRACE_ID
 
 log = structlog.get_logger("gateway.access")
 ACCESS_LOGGER = logging.getLogger("gateway.access")
@@ -131,7 +132,7 @@ class AccessLogWriter:
             "duration_ms": round(elapsed * 1000, 3),
             "bytes": body_length,
             "client_ip": client_ip,
-            "trace_id": ctx.trace[0],  # App. C: W3C trace id (gateway.tracing.context)
+            "trace_id": ctx.trace[TRACE_ID],  # App. C: W3C trace id (gateway.tracing.context)
         }
         if ctx.outcome is not None:
             line["reason"] = ctx.outcome  # 499: "client-closed" or "drain-timeout" (App. C)

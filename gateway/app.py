@@ -100,6 +100,15 @@ def begin_request(request: web.BaseRequest | LeanRequest, runtime: Runtime) -> R
 CLIENT_GONE = 499  # nginx's "client closed request": not an answer anyone received, never a 5xx
 
 
+def observe_answer(ctx: RequestContext, status: int) -> None:
+    """What both listeners record of every answered request: metrics, then the span (App. C:
+    off by default, and then the ``None`` test is all it costs)."""
+    METRICS.observe_request(ctx)
+    spans = ctx.runtime.spans
+    if spans is not None:
+        spans.record(ctx, status)
+
+
 class PublicHandler:
     """Called by aiohttp's low-level server for every request on the public listener."""
 
@@ -137,10 +146,7 @@ class PublicHandler:
                 protocol.request_finished()
         if _gone(protocol) and response.status != CLIENT_GONE:
             response = self._client_gone(ctx)  # an answer nobody will read: logged as what it was
-        METRICS.observe_request(ctx)
-        spans = ctx.runtime.spans
-        if spans is not None:  # App. C: off by default, and then this test is all it costs
-            spans.record(ctx, response.status)
+        observe_answer(ctx, response.status)
         if ctx.route is not None and ctx.route.audit:
             audit_access(ctx, response.status)
         return response

@@ -127,17 +127,17 @@ class GatewayMetrics:
 
     def observe_request(self, ctx: RequestContext) -> None:
         route = ctx.route.name if ctx.route is not None else "-"
+        key = (route, ctx.status or 0)
         if self.tallied:
-            tally = self._tallies.get((route, ctx.status or 0))
+            tally = self._tallies.get(key)
             if tally is None:
-                tally = self._new_tally(route, ctx.status or 0)
+                tally = self._new_tally(*key)
             tally.count += 1
             elapsed = time.monotonic() - ctx.started
             latency = tally.latency
             latency.buckets[bisect_left(_BOUNDS, elapsed)] += 1  # the first bound >= elapsed
             latency.total += elapsed
         else:
-            key = (route, ctx.status or 0)
             children = self._request_children.get(key)
             if children is None:
                 # labels() hashes and locks on every call; the (route, status) set is small and

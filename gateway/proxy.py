@@ -20,6 +20,7 @@ from gateway.http1.downstream import LeanDownstream
 from gateway.killswitch.streams import STREAMS
 from gateway.metrics import METRICS
 from gateway.middleware.tenancy import inject_identity
+from gateway.tracing.context import TRACEPARENT, TRACESTATE
 from gateway.upstream import IDEMPOTENT_METHODS, UpstreamResponse
 
 CHUNK = 64 * 1024
@@ -105,9 +106,9 @@ async def proxy_request(
     headers["X-Request-ID"] = ctx.request_id
     # App. C: the trace goes on with the gateway's own span as the upstream's parent.
     trace = ctx.trace
-    headers["traceparent"] = trace[2]
-    if trace[3] is not None:
-        headers["tracestate"] = trace[3]
+    headers["traceparent"] = trace[TRACEPARENT]
+    if trace[TRACESTATE] is not None:
+        headers["tracestate"] = trace[TRACESTATE]
     # The identity the upstream acts on comes from the verified token (and a grant), never the
     # client: X-Tenant-ID is the acting tenant, signed with the rest in X-Gateway-Context.
     inject_identity(ctx, headers)

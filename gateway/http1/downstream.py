@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from gateway.http1.request import LeanRequest
 
 REASONS = {status.value: status.phrase for status in HTTPStatus}
+_MULTIDICTS = (CIMultiDict, CIMultiDictProxy)  # a tuple: isinstance with a union rebuilds it
 _EMPTY_BODY_STATUS = frozenset((204, 304))
 _FRAMING = frozenset(("content-length", "transfer-encoding"))
 Headers = Mapping[str, str] | CIMultiDict[str] | CIMultiDictProxy[str]
@@ -76,7 +77,7 @@ class LeanDownstream:
         version = request.version
         empty = status in _EMPTY_BODY_STATUS or status < 200 or request.method == "HEAD"
         keep_alive = self._protocol.may_keep_alive(request) and not force_close
-        if not isinstance(headers, CIMultiDict | CIMultiDictProxy):
+        if not isinstance(headers, _MULTIDICTS):
             headers = CIMultiDict(headers)  # a plain mapping: its names become case-insensitive
         # Case-insensitive lookups in C, and the lines joined by one map(): no Python-level
         # lower() and formatting per header (the upstream's answer passes here on every request).

@@ -11,13 +11,12 @@ import structlog
 from aiohttp import ClientConnectionResetError, web
 
 from gateway.access_audit import audit_access
-from gateway.app import CLIENT_GONE, begin_request
+from gateway.app import CLIENT_GONE, begin_request, observe_answer
 from gateway.context import RequestContext
 from gateway.errors import GatewayError, InternalError
 from gateway.http1.downstream import LeanDownstream
 from gateway.http1.problem import send_problem
 from gateway.http1.request import LeanRequest
-from gateway.metrics import METRICS
 from gateway.pipeline import RESPONSE_CHECKS, run_stages
 from gateway.proxy import proxy_request
 from gateway.runtime import Runtime
@@ -34,7 +33,34 @@ class LeanPublicHandler:
         ctx = begin_request(request, self._current_runtime())
         down = ctx.downstream = LeanDownstream(request.protocol, request)
         try:
-            return await self._answer(ctx, request, down)
+            protocol = request.protocol
+            try:
+                await self._run(ctx, down)
+            except asyncio.CancelledError:
+                if protocol.drain_cut:
+                    self._finish(ctx, down, CLIENT_GONE, "drain-timeout")
+                raise
+            except GatewayError as error:
+                if not protocol.client_gone and not await self._refuse(error, ctx, down):
+                    return False
+            except (ConnectionResetError, ClientConnectionResetError):
+                if not protocol.client_gone:
+                    # A response had begun and broke off: the connection is cut, nothing to answer.
+                    log.debug("response_cut", request_id=ctx.request_id)
+                    down.abort()
+                    return False
+            except Exception:
+                if not protocol.client_gone:
+                    log.exception("request_failed", request_id=ctx.request_id)
+                    if not await self._refuse(InternalError(), ctx, down):
+                        return False
+            if protocol.client_gone:
+                self._client_gone(ctx)  # an answer nobody will read: logged as what it was
+            status = CLIENT_GONE if protocol.client_gone else down.status
+            self._finish(ctx, down, status, ctx.outcome)
+            if ctx.route is not None and ctx.route.audit:
+                audit_access(ctx, status)
+            return down.keep_alive and not protocol.client_gone
         finally:
             # The context and the request point at each other (and the answer writer at the
             # request): a cycle per request that only the cyclic GC could free, ~3 % of a
@@ -42,36 +68,6 @@ class LeanPublicHandler:
             # request keeps its context (a body still arriving asks it about 100-continue).
             ctx.downstream = None
             ctx.request = None  # type: ignore[assignment]
-
-    async def _answer(self, ctx: RequestContext, request: LeanRequest, down: LeanDownstream) -> bool:
-        protocol = request.protocol
-        try:
-            await self._run(ctx, down)
-        except asyncio.CancelledError:
-            if protocol.drain_cut:
-                self._finish(ctx, down, CLIENT_GONE, "drain-timeout")
-            raise
-        except GatewayError as error:
-            if not protocol.client_gone and not await self._refuse(error, ctx, down):
-                return False
-        except (ConnectionResetError, ClientConnectionResetError):
-            if not protocol.client_gone:
-                # A response had begun and broke off: the connection is cut, nothing to answer.
-                log.debug("response_cut", request_id=ctx.request_id)
-                down.abort()
-                return False
-        except Exception:
-            if not protocol.client_gone:
-                log.exception("request_failed", request_id=ctx.request_id)
-                if not await self._refuse(InternalError(), ctx, down):
-                    return False
-        if protocol.client_gone:
-            self._client_gone(ctx)  # an answer nobody will read: logged as what it was
-        status = CLIENT_GONE if protocol.client_gone else down.status
-        self._finish(ctx, down, status, ctx.outcome)
-        if ctx.route is not None and ctx.route.audit:
-            audit_access(ctx, status)
-        return down.keep_alive and not protocol.client_gone
 
     @staticmethod
     async def _run(ctx: RequestContext, down: LeanDownstream) -> None:
@@ -108,11 +104,8 @@ class LeanPublicHandler:
     def _finish(ctx: RequestContext, down: LeanDownstream, status: int, outcome: str | None) -> None:
         if status == CLIENT_GONE:
             ctx.status, ctx.outcome = CLIENT_GONE, outcome
-        METRICS.observe_request(ctx)
-        runtime = ctx.runtime
-        if runtime.spans is not None:  # App. C: off by default, and then this test is all it costs
-            runtime.spans.record(ctx, status)
-        writer = runtime.access_log
+        observe_answer(ctx, status)
+        writer = ctx.runtime.access_log
         if writer.enabled:
             elapsed = time.monotonic() - ctx.started
             writer.write_entry(ctx, status, down.body_length, elapsed)
