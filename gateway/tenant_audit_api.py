@@ -6,12 +6,12 @@ never a parameter, so no tenant can read another's trail.
 
 from __future__ import annotations
 
-import orjson
 from aiohttp import web
 
 from gateway.admin.audit_api import export_headers, stream_export
 from gateway.context import RequestContext
 from gateway.errors import BadRequest
+from gateway.json_body import json_response
 from gateway.mfa_api import fresh_tenant_admin
 from gateway.state.bounded import bounded_iter
 
@@ -63,8 +63,4 @@ async def anchor_jwks(ctx: RequestContext) -> web.StreamResponse:
     admin can check an export offline (``audit verify --file X --jwks J``) even when its older
     anchors predate a key rotation. Public keys only; read from the store at most once a minute."""
     keys = await ctx.runtime.services.audit.anchor_keys(max_age=60.0)
-    return web.Response(
-        body=orjson.dumps(keys.jwks()),
-        content_type="application/json",
-        headers={"Cache-Control": "public, max-age=60"},
-    )
+    return json_response(keys.jwks(), headers={"Cache-Control": "public, max-age=60"})

@@ -11,6 +11,7 @@ from gateway.admin.context import ActorKey, AuditKey, RequestIdKey, RevocationsK
 from gateway.audit import CONTENT_TYPES, SYSTEM_TRAIL, AuditTrail, parse_time_bound, validate_tenant
 from gateway.audit.record import format_time
 from gateway.errors import BadRequest
+from gateway.json_body import json_response
 
 
 def tenant_param(value: str | None, name: str = "tenant") -> str:
@@ -97,7 +98,7 @@ async def anchor_jwks(request: web.Request) -> web.Response:
     """Every key that ever signed an anchor: what ``audit verify --file --jwks`` needs for an
     export whose older anchors were signed before a key rotation."""
     keys = await request.app[AuditKey].anchor_keys()
-    return web.Response(body=orjson.dumps(keys.jwks()), content_type="application/json")
+    return json_response(keys.jwks())
 
 
 async def purge_tenant(request: web.Request) -> web.Response:

@@ -20,6 +20,7 @@ from gateway.config import GatewayConfig
 from gateway.json_body import json_response
 from gateway.killswitch.model import MODES, SCOPES
 from gateway.killswitch.registry import HEARTBEAT, LIVE_WINDOW
+from gateway.ratelimit.policies import PRE_AUTH_POLICY
 from gateway.traffic.recorder import TRAFFIC
 
 
@@ -51,7 +52,7 @@ def shadow_policies(config: GatewayConfig) -> list[str]:
     limits = config.rate_limits
     names = {name for name, rules in limits.policies.items() if any(r.mode == "shadow" for r in rules)}
     if any(rule.mode == "shadow" for rule in limits.pre_auth):
-        names.add("pre_auth")
+        names.add(PRE_AUTH_POLICY)
     return sorted(names)
 
 
