@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import secrets
 import time
 from collections.abc import Callable
@@ -45,6 +44,7 @@ from gateway.audit.trail import register_tenant_data
 from gateway.errors import BadRequest, Conflict, MfaEnrolmentFrozen, StoreUnavailable
 from gateway.state.base import StateStore
 from gateway.state.generation import MARKER_KEY, StoreGeneration
+from gateway.state.sync import cancel_until_done
 from gateway.tenancy.resolve import TENANT_ID_RE
 
 FREEZE_KEY = "security:mfa_enrolment_freeze"
@@ -383,14 +383,7 @@ class MfaEnrolmentFreeze:
     async def stop(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            # Python 3.11's asyncio.wait_for (used by redis-py while connecting) can swallow a
-            # cancellation, leaving the loop running: cancel until it really ends (as
-            # gateway.state.sync does).
-            while not task.done():
-                task.cancel()
-                await asyncio.wait({task}, timeout=0.1)
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                task.result()
+            await cancel_until_done(task)
 
     async def _follow(self, interval: float) -> None:
         """Retries the write of a freeze the store lacks, learns lifts and freezes made through

@@ -25,6 +25,7 @@ import orjson
 
 from gateway.errors import StoreUnavailable
 from gateway.state.base import StateStore
+from gateway.state.sync import cancel_until_done
 
 KNOWN_LOCKOUTS = 65536  # bounded (LRU): an attacker spraying IPs must not grow it forever
 CHANNEL = "lockouts"
@@ -89,9 +90,7 @@ class LockoutMemory:
     async def stop(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            while not task.done():  # see SyncedSnapshot.stop: redis-py may swallow a cancel
-                task.cancel()
-                await asyncio.wait({task}, timeout=0.1)
+            await cancel_until_done(task)
 
     async def _follow(self) -> None:
         while True:

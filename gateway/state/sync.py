@@ -36,6 +36,17 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
+async def cancel_until_done(task: asyncio.Task[None]) -> None:
+    """Cancel ``task`` until it has really ended. Python 3.11's ``asyncio.wait_for`` (used by
+    redis-py while connecting) can swallow a cancellation and leave a background loop
+    running; its outcome (a cancellation or a crash) is dropped: the task is being stopped."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.1)
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        task.result()
+
+
 class SyncedSnapshot(Generic[T]):
     """The latest value of ``load()``; read ``.value`` freely, it never touches the store."""
 
@@ -104,13 +115,7 @@ class SyncedSnapshot(Generic[T]):
     async def stop(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            # Python 3.11's asyncio.wait_for (used by redis-py while connecting) can swallow a
-            # cancellation, leaving the refresher looping: cancel until it really ends.
-            while not task.done():
-                task.cancel()
-                await asyncio.wait({task}, timeout=0.1)
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                task.result()
+            await cancel_until_done(task)
         self.healthy = False
 
     async def wait_loaded(self, timeout: float | None = None) -> None:
