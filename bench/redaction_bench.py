@@ -30,8 +30,8 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway.redaction import Pseudonymizer, RedactionProcessor, Redactor, truncate_ip
-from gateway.redaction_patterns import scan_builtin_patterns
+from gateway.redaction.patterns import scan_builtin_patterns
+from gateway.redaction.processor import Pseudonymizer, RedactionProcessor, Redactor, truncate_ip
 
 REDACTOR = Redactor(extra_keys=["iban"], extra_patterns=[r"\bPK\d{2}[A-Z]{4}\d{16}\b"])
 PROCESSOR = RedactionProcessor(REDACTOR)

@@ -25,8 +25,8 @@ from multidict import CIMultiDict
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gateway.config.model import UpstreamConfig
-from gateway.transport_aiohttp import AiohttpTransport
-from gateway.transport_httptools import HttptoolsTransport
+from gateway.upstream.transport_aiohttp import AiohttpTransport
+from gateway.upstream.transport_httptools import HttptoolsTransport
 
 # AiohttpResponse.headers is a CIMultiDictProxy, which mypy will not match to the protocol's
 # settable union attribute, so the two concrete transports are named here.

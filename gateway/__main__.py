@@ -1,3 +1,3 @@
-from gateway.cli import entrypoint
+from gateway.cli.commands import entrypoint
 
 entrypoint()

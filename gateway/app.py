@@ -8,8 +8,7 @@ from collections.abc import Callable
 import structlog
 from aiohttp import ClientConnectionResetError, web
 
-from gateway import log_context
-from gateway.access_audit import audit_access
+from gateway.audit.access import audit_access
 from gateway.context import ContextKey, RequestContext, request_id_for
 from gateway.errors import (
     GatewayError,
@@ -21,11 +20,12 @@ from gateway.errors import (
 )
 from gateway.http1.request import LeanRequest
 from gateway.listener import HSTS, GuardedRequestHandler, identity_headers
+from gateway.logs import context as log_context
 from gateway.metrics import METRICS
 from gateway.pipeline import RESPONSE_CHECKS, run_stages
-from gateway.proxy import proxy_request
 from gateway.runtime import Runtime
 from gateway.tracing.context import continued_trace, new_trace
+from gateway.upstream.proxy import proxy_request
 
 log = structlog.get_logger("gateway.public")
 

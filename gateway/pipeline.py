@@ -21,8 +21,8 @@ from gateway.middleware.request_hygiene import check_request_hygiene
 from gateway.middleware.route import resolve_route
 from gateway.middleware.tenancy import apply_tenancy, check_tenant_echo
 from gateway.middleware.webhook import verify_webhook
-from gateway.proxy import ResponseCheck
 from gateway.ratelimit.deferred import settle_pre_auth
+from gateway.upstream.proxy import ResponseCheck
 
 Stage = Callable[[RequestContext], Awaitable[web.StreamResponse | None]]
 

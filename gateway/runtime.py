@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-from gateway.access_log import AccessLogWriter
 from gateway.audit import AuditTrail
 from gateway.auth.jwt import JwtVerifier
 from gateway.auth.mfa import MfaService
@@ -25,9 +24,9 @@ from gateway.auth.webhooks import IntegrationSecrets
 from gateway.config import ConfigError, GatewayConfig
 from gateway.config.model import IssuerConfig
 from gateway.crypto import Keyring
-from gateway.forwarding import TrustedProxies
 from gateway.killswitch import KillSwitchRegistry
-from gateway.redaction import Redactor
+from gateway.logs.access_log import AccessLogWriter
+from gateway.redaction.processor import Redactor
 from gateway.routing import RouteTable
 from gateway.state import StateStore
 from gateway.state.bounded import BoundedStore
@@ -35,10 +34,11 @@ from gateway.state.generation import StoreGeneration
 from gateway.tenancy.grants import SupportGrants
 from gateway.tenancy.keys import ContextKeys
 from gateway.tenancy.resolve import TenantTemplate, compile_templates
-from gateway.upstream import UpstreamRegistry, UpstreamTransport
+from gateway.upstream.forwarding import TrustedProxies
+from gateway.upstream.pools import UpstreamRegistry, UpstreamTransport
 
 if TYPE_CHECKING:  # imported lazily: the limiter loads prometheus_client, which must wait for
-    # prepare_metrics_dir() when `run` starts several workers (gateway.workers)
+    # prepare_metrics_dir() when `run` starts several workers (gateway.server.workers)
     from gateway.ratelimit.limiter import RateLimitBackend
     from gateway.ratelimit.lockout_memory import LockoutMemory
     from gateway.ratelimit.service import RateLimitRuntime

@@ -24,7 +24,7 @@ from gateway.errors import BadRequest
 from gateway.json_body import json_response
 from gateway.ratelimit.keys import canonical_username, ip_subject
 from gateway.ratelimit.lockout import Subject
-from gateway.redaction import truncate_ip
+from gateway.redaction.processor import truncate_ip
 
 MAX_LISTED = 500
 _FULL_VIEW = frozenset((GATEWAY_ADMIN, INCIDENT_RESPONDER))  # they clear lockouts: they need the subject

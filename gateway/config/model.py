@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from gateway.ratelimit.model import RateLimitsConfig
-from gateway.redaction import DEFAULT_MAX_SCAN
+from gateway.redaction.processor import DEFAULT_MAX_SCAN
 from gateway.tenancy.model import TenancyConfig
 from gateway.tracing.model import ObservabilityConfig
 

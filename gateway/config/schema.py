@@ -35,7 +35,7 @@ from gateway.config.model import (
 )
 from gateway.config.reader import Node, Report
 from gateway.ratelimit.schema import build_rate_limits, check_rate_limit_references
-from gateway.redaction import DEFAULT_MAX_SCAN
+from gateway.redaction.processor import DEFAULT_MAX_SCAN
 from gateway.tenancy.schema import build_tenancy, check_tenancy_routes, route_tenancy_fields
 from gateway.tracing.schema import build_observability
 

@@ -54,8 +54,8 @@ async def _demo(config_path: Path, workdir: Path, port: int, admin_port: int, ba
     from gateway.demo.backend import start_backend
     from gateway.demo.identities import DEMO_PASSWORDS, default_users
     from gateway.demo.issuer import DemoIssuer
-    from gateway.logs import configure_logging
-    from gateway.server import GatewayProcess
+    from gateway.logs.setup import configure_logging
+    from gateway.server.process import GatewayProcess
 
     issuer = DemoIssuer()
     users = default_users()

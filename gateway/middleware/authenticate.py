@@ -12,10 +12,10 @@ from typing import NoReturn
 import structlog
 from aiohttp import web
 
-from gateway import log_context
 from gateway.auth.jwt import TokenRejected, VerifiedClaims, has_mfa, mfa_fresh
 from gateway.context import RequestContext
 from gateway.errors import InvalidToken, MfaRequired, MissingToken
+from gateway.logs import context as log_context
 from gateway.metrics import METRICS
 from gateway.middleware.cors import check_cookie_origin
 from gateway.ratelimit.deferred import settle_pre_auth

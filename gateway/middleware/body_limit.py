@@ -1,6 +1,6 @@
 """``max_body`` per route (SPEC §10): a declared length over the limit is refused up front.
 
-Chunked bodies are counted while they stream (``gateway.proxy._BodyLimit``).
+Chunked bodies are counted while they stream (``gateway.upstream.proxy._BodyLimit``).
 """
 
 from __future__ import annotations

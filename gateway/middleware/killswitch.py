@@ -16,8 +16,8 @@ import time
 from aiohttp import web
 
 from gateway.context import RequestContext
+from gateway.endpoints.health import HEALTH, READY
 from gateway.errors import NotReady
-from gateway.health import HEALTH, READY
 from gateway.killswitch.matcher import SwitchIndex
 from gateway.killswitch.model import isolated_error
 from gateway.killswitch.streams import acting_tenants, refusal_for

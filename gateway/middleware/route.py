@@ -7,8 +7,8 @@ import re
 from aiohttp import web
 
 from gateway.context import RequestContext
+from gateway.endpoints.table import is_gateway_endpoint, serve_gateway_endpoint
 from gateway.errors import BadRequest
-from gateway.gateway_endpoints import is_gateway_endpoint, serve_gateway_endpoint
 from gateway.middleware.killswitch import check_gateway_endpoint
 from gateway.routing import canonical_target, method_not_allowed
 

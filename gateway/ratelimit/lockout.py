@@ -32,7 +32,7 @@ from gateway.ratelimit.limiter import STORE_ERRORS, RateLimitBackend
 from gateway.ratelimit.lockout_memory import LOCK_PREFIX, LockoutMemory
 from gateway.ratelimit.metrics import LOCKOUTS
 from gateway.ratelimit.model import LoginProtectionConfig, StoreFailureMode
-from gateway.redaction import truncate_ip
+from gateway.redaction.processor import truncate_ip
 from gateway.state import StateStore
 from gateway.state.generation import StoreGeneration
 

@@ -27,7 +27,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
-from gateway.redaction import Redactor, truncate_ip
+from gateway.redaction.processor import Redactor, truncate_ip
 from gateway.tracing.context import PARENT_ID, SPAN_ID, TRACE_ID, TRACEPARENT
 from gateway.tracing.schema import traces_url
 

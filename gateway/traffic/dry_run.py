@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gateway.config import GatewayConfig
-from gateway.health import HEALTH, READY
+from gateway.endpoints.health import HEALTH, READY
 from gateway.killswitch.matcher import SwitchIndex
 from gateway.killswitch.model import Switch
 from gateway.traffic.recorder import DRY_RUN_WINDOW, UNTRACKED, Key, TrafficRecorder

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import TYPE_CHECKING
 
-from gateway.redaction import truncate_ip
+from gateway.redaction.processor import truncate_ip
 
 if TYPE_CHECKING:
     from gateway.context import RequestContext

@@ -24,8 +24,8 @@ from gateway.auth.keysources import StaticKeys
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.crypto import Keyring
 from gateway.demo.issuer import DEFAULT_ISSUER
+from gateway.server.tls import self_signed_certificate
 from gateway.state.redis_url import parse_redis_url
-from gateway.tls import self_signed_certificate
 from tests.support.gateway_proc import free_port
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"

@@ -21,7 +21,7 @@ import yaml
 
 from gateway.demo.identities import default_users
 from gateway.demo.issuer import DemoIssuer
-from gateway.tls import self_signed_certificate
+from gateway.server.tls import self_signed_certificate
 from tests.deploy.test_compose import OPERATOR_ENV, gateway_env
 from tests.support.gateway_proc import GatewayProc, free_port, insecure_client_context
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from gateway.tls import self_signed_certificate
+from gateway.server.tls import self_signed_certificate
 from tests.support.gateway_proc import GatewayProc, free_port, insecure_client_context
 from tests.support.upstream import Upstream
 
@@ -72,7 +72,7 @@ def test_haproxy_passes_tls_through_to_ready_gateways(tmp_path: Path, upstream: 
                 break
             except (OSError, ssl.SSLError):
                 alive = proxy.poll() is None and time.monotonic() < deadline
-                assert alive, (tmp_path / "haproxy.log").read_text() + gateway.logs()
+                assert alive, (tmp_path / "haproxy.log").read_text() + gateway.logs.setup()
                 time.sleep(0.2)
         # L4: the certificate the client sees is the gateway's own, not the proxy's.
         expected = x509.load_pem_x509_certificate(cert.read_bytes()).public_bytes(Encoding.DER)

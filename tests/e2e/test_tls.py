@@ -45,7 +45,7 @@ async def test_tls13_only_by_default(gateway_factory, upstream: Upstream) -> Non
 async def test_tls12_when_configured_uses_forward_secret_aead(
     gateway_factory, upstream: Upstream, tmp_path
 ) -> None:
-    from gateway.tls import self_signed_certificate
+    from gateway.server.tls import self_signed_certificate
 
     cert, key = self_signed_certificate(tmp_path / "certs")
     gw = gateway_factory(

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from gateway.access_log import FLUSH_DELAY
+from gateway.logs.access_log import FLUSH_DELAY
 
 if TYPE_CHECKING:
     from tests.support.upstream import Upstream

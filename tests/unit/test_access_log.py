@@ -8,9 +8,9 @@ from types import SimpleNamespace
 
 import orjson
 
-from gateway.access_log import FLUSH_DELAY, AccessLogWriter, flush_access_logs
 from gateway.context import ContextKey
-from gateway.redaction import Redactor
+from gateway.logs.access_log import FLUSH_DELAY, AccessLogWriter, flush_access_logs
+from gateway.redaction.processor import Redactor
 
 
 class CountingStream(io.StringIO):

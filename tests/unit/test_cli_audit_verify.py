@@ -14,7 +14,7 @@ from gateway.audit import verify_records
 from gateway.audit.anchors import AnchorKeys, Statement, sign
 from gateway.audit.record import GENESIS_HASH, build_record, compute_hash
 from gateway.auth.signing import SigningKey
-from gateway.cli import main
+from gateway.cli.commands import main
 
 KEY = SigningKey("k1", ec.generate_private_key(ec.SECP256R1()), 0.0)
 

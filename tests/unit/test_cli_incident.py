@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.cli import build_parser
-from gateway.cli_incident import plan
+from gateway.cli.commands import build_parser
+from gateway.cli.incident import plan
 
 
 def _plan(*argv: str) -> list[tuple[str, str, dict[str, object]]]:

@@ -11,13 +11,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from gateway.forwarding import (
+from gateway.tenancy.model import BUILTIN_STRIP_HEADERS, HeaderNameSet
+from gateway.upstream.forwarding import (
     TrustedProxies,
     connection_tokens,
     downstream_response_headers,
     upstream_request_headers,
 )
-from gateway.tenancy.model import BUILTIN_STRIP_HEADERS, HeaderNameSet
 
 MAX_EXAMPLES = 50 if os.environ.get("CI") == "true" else 300
 TRUSTED_NETS = [ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("fd00::/8")]

@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from gateway.health import ready
+from gateway.endpoints.health import ready
 from gateway.runtime import GatewayStatus
 
 

@@ -11,8 +11,8 @@ import orjson
 import pytest
 import structlog
 
-from gateway import log_context
-from gateway.logs import configure_logging
+from gateway.logs import context as log_context
+from gateway.logs.setup import configure_logging
 
 
 def lines(captured: str) -> list[dict[str, object]]:

@@ -20,7 +20,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from structlog.processors import JSONRenderer, add_log_level, dict_tracebacks, format_exc_info
 
-from gateway.redaction import TRUSTED_FIELDS, RedactionProcessor, Redactor, pseudonymize, truncate_ip
+from gateway.redaction.processor import (
+    TRUSTED_FIELDS,
+    RedactionProcessor,
+    Redactor,
+    pseudonymize,
+    truncate_ip,
+)
 
 MAX_EXAMPLES = 50 if os.environ.get("CI") == "true" else 500
 CUSTOM_PATTERN = r"TKT-[A-Z]{3}-\d{4}"

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway import redaction_patterns as pat
 from gateway.config import parse_config
-from gateway.redaction import RedactionProcessor, Redactor
+from gateway.redaction import patterns as pat
+from gateway.redaction.processor import RedactionProcessor, Redactor
 
 # The e-mail regex as it was: the reference the anchored scan must agree with (short inputs only,
 # it is quadratic on long ones).

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.refusal_log import RefusalAggregator
+from gateway.logs.refusals import RefusalAggregator
 
 
 def test_the_first_lines_of_each_key_and_second_are_full_and_the_rest_counted() -> None:

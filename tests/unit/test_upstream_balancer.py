@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.upstream import Balancer, Endpoint
+from gateway.upstream.pools import Balancer, Endpoint
 
 T0 = 1000.0
 

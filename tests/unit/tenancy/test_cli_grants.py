@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from gateway.cli_grants import cmd_grants_create
-from gateway.operator_client import EXIT_REMOTE_ERROR
+from gateway.cli.grants import cmd_grants_create
+from gateway.cli.operator_client import EXIT_REMOTE_ERROR
 
 TOKEN = "eyJ.tenant-admin.token"
 
@@ -82,7 +82,7 @@ def test_admin_verbs_never_carry_the_admin_token_to_a_redirect(
     servers: tuple[_Server, _Server], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The same urllib behaviour in the shared admin client (every operator verb uses it).
-    from gateway.operator_client import call_admin
+    from gateway.cli.operator_client import call_admin
 
     gateway, elsewhere = servers
     monkeypatch.setenv("SHOPINO_GATEWAY_ADMIN_TOKEN", "admin-secret-token")

@@ -9,7 +9,7 @@ from structlog.testing import capture_logs
 
 pytest.importorskip("opentelemetry.sdk.trace", reason="the otel extra is part of .[test]")
 
-from gateway.redaction import Redactor
+from gateway.redaction.processor import Redactor
 from gateway.tracing.export import SpanRecorder
 from tests.support.gateway_proc import free_port
 

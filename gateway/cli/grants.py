@@ -17,8 +17,8 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-from gateway import operator_client
-from gateway.operator_client import EXIT_OK, EXIT_REMOTE_ERROR, EXIT_UNREACHABLE, EXIT_USAGE
+from gateway.cli import operator_client
+from gateway.cli.operator_client import EXIT_OK, EXIT_REMOTE_ERROR, EXIT_UNREACHABLE, EXIT_USAGE
 
 TOKEN_ENV = "SHOPINO_GATEWAY_TOKEN"  # noqa: S105 - the variable's name, not a token
 URL_ENV = "SHOPINO_GATEWAY_URL"

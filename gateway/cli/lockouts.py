@@ -7,7 +7,7 @@ import datetime
 import urllib.parse
 from typing import Any
 
-from gateway import operator_client
+from gateway.cli import operator_client
 
 
 def add_lockout_commands(commands: Any) -> None:

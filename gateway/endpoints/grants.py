@@ -14,9 +14,9 @@ from aiohttp import web
 from gateway.auth.jwt import VerifiedClaims
 from gateway.config.values import parse_duration
 from gateway.context import RequestContext
+from gateway.endpoints.mfa import fresh_tenant_admin
 from gateway.errors import BadRequest, NotFound, TenantMismatch
 from gateway.json_body import json_response, read_json_object
-from gateway.mfa_api import fresh_tenant_admin
 from gateway.state.bounded import within
 from gateway.tenancy.grants import GRANT_ID_RE, grants_of, validate_grant_request
 from gateway.tenancy.resolve import TENANT_ID_RE

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from gateway.config.model import TlsConfig
-from gateway.tls_metrics import record_certificate
+from gateway.server.tls_metrics import record_certificate
 
 # Forward-secret AEAD suites only; they constrain TLS 1.2 (1.3 suites are all AEAD + FS).
 DEFAULT_TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!SHA1:!SHA256:!SHA384"

@@ -21,9 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gateway import operator_client
 from gateway.audit.incidents import validate_incident
-from gateway.operator_client import EXIT_OK, EXIT_REMOTE_ERROR, EXIT_UNREACHABLE, EXIT_USAGE
+from gateway.cli import operator_client
+from gateway.cli.operator_client import EXIT_OK, EXIT_REMOTE_ERROR, EXIT_UNREACHABLE, EXIT_USAGE
 
 
 @dataclass(frozen=True)

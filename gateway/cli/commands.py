@@ -13,13 +13,13 @@ from typing import NoReturn
 import orjson
 import yaml
 
-from gateway import operator_client
-from gateway.cli_audit import add_audit_commands
-from gateway.cli_grants import add_grants_commands
-from gateway.cli_incident import add_incident_commands
-from gateway.cli_killswitch import add_killswitch_commands
-from gateway.cli_lockouts import add_lockout_commands
-from gateway.cli_mfa import add_mfa_commands
+from gateway.cli import operator_client
+from gateway.cli.audit import add_audit_commands
+from gateway.cli.grants import add_grants_commands
+from gateway.cli.incident import add_incident_commands
+from gateway.cli.killswitch import add_killswitch_commands
+from gateway.cli.lockouts import add_lockout_commands
+from gateway.cli.mfa import add_mfa_commands
 from gateway.config import ConfigError, default_config_path, effective_config, load_config
 
 EXIT_OK, EXIT_USAGE, EXIT_REMOTE_ERROR, EXIT_UNREACHABLE = 0, 1, 2, 3
@@ -71,11 +71,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("\n".join(exc.errors), file=sys.stderr)
         return EXIT_USAGE
     if config.listen.workers > 1:  # type: ignore[attr-defined]
-        from gateway.workers import prepare_metrics_dir
+        from gateway.server.workers import prepare_metrics_dir
 
         prepare_metrics_dir()
-    from gateway.logs import configure_logging
-    from gateway.main import run_gateway
+    from gateway.logs.setup import configure_logging
+    from gateway.server.entry import run_gateway
 
     configure_logging(config.logging)  # type: ignore[attr-defined]
     return run_gateway(config, path)  # type: ignore[arg-type]
@@ -88,7 +88,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_token_mint(args: argparse.Namespace) -> int:
-    from gateway.tokens import MintError, mint_token
+    from gateway.cli.tokens import MintError, mint_token
 
     try:
         print(

@@ -24,8 +24,8 @@ from aiohttp.abc import AbstractAccessLogger
 
 from gateway.context import ContextKey, RequestContext
 from gateway.crypto import Keyring
-from gateway.redaction import Pseudonymizer, Redactor, truncate_ip
-from gateway.refusal_log import RefusalAggregator
+from gateway.logs.refusals import RefusalAggregator
+from gateway.redaction.processor import Pseudonymizer, Redactor, truncate_ip
 from gateway.tracing.context import TRACE_ID
 
 log = structlog.get_logger("gateway.access")

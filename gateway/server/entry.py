@@ -8,8 +8,8 @@ from pathlib import Path
 import uvloop
 
 from gateway.config import GatewayConfig
-from gateway.server import serve
-from gateway.workers import supervise
+from gateway.server.process import serve
+from gateway.server.workers import supervise
 
 
 def run_gateway(config: GatewayConfig, config_path: Path | None, *, workdir: Path | None = None) -> int:

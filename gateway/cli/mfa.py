@@ -8,7 +8,7 @@ import argparse
 import datetime
 from typing import Any
 
-from gateway import operator_client
+from gateway.cli import operator_client
 
 
 def add_mfa_commands(commands: Any) -> None:

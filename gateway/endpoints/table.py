@@ -6,8 +6,11 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from gateway import grants_api, health, mfa_api, tenant_audit_api
 from gateway.context import RequestContext
+from gateway.endpoints import grants as grants_api
+from gateway.endpoints import health
+from gateway.endpoints import mfa as mfa_api
+from gateway.endpoints import tenant_audit as tenant_audit_api
 from gateway.errors import MethodNotAllowed
 
 Endpoint = Callable[[RequestContext], Awaitable[web.StreamResponse]]

@@ -18,7 +18,7 @@ from multiprocessing.process import BaseProcess
 
 import structlog
 
-log = structlog.get_logger("gateway.workers")
+log = structlog.get_logger("gateway.server.workers")
 
 
 def prepare_metrics_dir() -> None:

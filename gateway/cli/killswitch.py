@@ -13,8 +13,8 @@ import sys
 import urllib.parse
 from typing import Any
 
-from gateway import operator_client
-from gateway.operator_client import EXIT_OK, EXIT_REMOTE_ERROR, EXIT_USAGE
+from gateway.cli import operator_client
+from gateway.cli.operator_client import EXIT_OK, EXIT_REMOTE_ERROR, EXIT_USAGE
 
 SCOPES = ("global", "module", "route", "tenant", "integration", "endpoint")
 

@@ -37,8 +37,8 @@ from yarl import URL
 
 from gateway.config.model import UpstreamConfig
 from gateway.errors import BadRequest, UpstreamTimeout, UpstreamUnavailable
-from gateway.transport_aiohttp import AiohttpTransport, upstream_ssl_context
-from gateway.upstream import IDEMPOTENT_METHODS, Balancer
+from gateway.upstream.pools import IDEMPOTENT_METHODS, Balancer
+from gateway.upstream.transport_aiohttp import AiohttpTransport, upstream_ssl_context
 
 MAX_HEAD_BYTES = 64 * 1024
 MAX_HEADERS = 200

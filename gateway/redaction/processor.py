@@ -22,7 +22,7 @@ from urllib.parse import unquote_plus
 from structlog.processors import format_exc_info
 from structlog.typing import EventDict, WrappedLogger
 
-from gateway import redaction_patterns as pat
+from gateway.redaction import patterns as pat
 
 if TYPE_CHECKING:
     from gateway.config.model import RedactConfig

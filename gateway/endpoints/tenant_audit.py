@@ -10,9 +10,9 @@ from aiohttp import web
 
 from gateway.admin.audit_api import export_headers, stream_export
 from gateway.context import RequestContext
+from gateway.endpoints.mfa import fresh_tenant_admin
 from gateway.errors import BadRequest
 from gateway.json_body import json_response
-from gateway.mfa_api import fresh_tenant_admin
 from gateway.state.bounded import bounded_iter
 
 

@@ -12,7 +12,7 @@ from yarl import URL
 
 from gateway.config.model import UpstreamConfig
 from gateway.errors import UpstreamTimeout, UpstreamUnavailable
-from gateway.upstream import Balancer
+from gateway.upstream.pools import Balancer
 
 CHUNK = 64 * 1024
 

@@ -13,8 +13,8 @@ import orjson
 import structlog
 
 from gateway.config.model import LoggingConfig
-from gateway.log_context import merge_request_fields
-from gateway.redaction import RedactionProcessor, Redactor
+from gateway.logs.context import merge_request_fields
+from gateway.redaction.processor import RedactionProcessor, Redactor
 
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 

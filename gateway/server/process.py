@@ -17,7 +17,6 @@ import orjson
 import structlog
 from aiohttp import web
 
-from gateway.access_log import ACCESS_LOGGER, GatewayAccessLogger, flush_access_logs, pseudonym_key
 from gateway.admin.app import make_admin_app
 from gateway.app import PublicHandler
 from gateway.audit import SYSTEM_TRAIL, AuditTrail
@@ -34,21 +33,22 @@ from gateway.http1.handler import LeanPublicHandler
 from gateway.http1.protocol import LeanServer
 from gateway.killswitch import STREAMS, KillSwitchRegistry
 from gateway.listener import CUT_GRACE, GuardedServer
-from gateway.logs import configure_logging
+from gateway.logs.access_log import ACCESS_LOGGER, GatewayAccessLogger, flush_access_logs, pseudonym_key
+from gateway.logs.setup import configure_logging
 from gateway.metrics import METRICS
 from gateway.ratelimit.limiter import RateLimitBackend
 from gateway.ratelimit.lockout_memory import LockoutMemory
 from gateway.runtime import GatewayStatus, ProcessServices, Runtime, build_runtime, build_verifier
+from gateway.server.tls import server_ssl_context
 from gateway.state import StateStore, open_store
 from gateway.state.generation import StoreGeneration
 from gateway.state.restore import Restorable, StoreRestorer
 from gateway.tenancy.grants import SupportGrants
 from gateway.tenancy.keys import ContextKeys
-from gateway.tls import server_ssl_context
 from gateway.tracing import flush_exported_spans
-from gateway.upstream import UpstreamRegistry
+from gateway.upstream.pools import UpstreamRegistry
 
-log = structlog.get_logger("gateway.server")
+log = structlog.get_logger("gateway.server.process")
 RELOAD_CHANNEL = "config.reload"
 STORE_PROBE_INTERVAL = 1.0
 

@@ -124,8 +124,8 @@ class UpstreamRegistry:
         self._pools: dict[UpstreamConfig, UpstreamTransport] = {}
 
     def pools_for(self, configs: dict[str, UpstreamConfig]) -> dict[str, UpstreamTransport]:
-        from gateway.transport_aiohttp import AiohttpTransport
-        from gateway.transport_httptools import HttptoolsTransport
+        from gateway.upstream.transport_aiohttp import AiohttpTransport
+        from gateway.upstream.transport_httptools import HttptoolsTransport
 
         result: dict[str, UpstreamTransport] = {}
         for name, config in configs.items():

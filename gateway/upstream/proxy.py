@@ -15,13 +15,13 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.context import RequestContext
 from gateway.errors import InternalError, PayloadTooLarge, UpstreamTimeout, UpstreamUnavailable
-from gateway.forwarding import downstream_response_headers, upstream_request_headers
 from gateway.http1.downstream import LeanDownstream
 from gateway.killswitch.streams import STREAMS
 from gateway.metrics import METRICS
 from gateway.middleware.tenancy import inject_identity
 from gateway.tracing.context import TRACEPARENT, TRACESTATE
-from gateway.upstream import IDEMPOTENT_METHODS, UpstreamResponse
+from gateway.upstream.forwarding import downstream_response_headers, upstream_request_headers
+from gateway.upstream.pools import IDEMPOTENT_METHODS, UpstreamResponse
 
 CHUNK = 64 * 1024
 ResponseCheck = Callable[[RequestContext, int, "CIMultiDict[str] | CIMultiDictProxy[str]"], Awaitable[None]]
