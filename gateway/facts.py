@@ -1,0 +1,84 @@
+"""What domain logic may read of one request: read-only views the per-request context satisfies.
+
+Domain packages (auth, tenancy, ratelimit, killswitch, audit, tracing, traffic, logs) take a
+``RequestFacts`` instead of ``gateway.context.RequestContext``, so they import neither the
+context nor the server (aiohttp, the lean listener). These are ``typing.Protocol`` classes:
+the context already has every attribute, so passing it costs nothing per request, where a
+frozen value built for each request would (about a microsecond on the hot path).
+
+Add a member here only when a domain function needs it; keep members read-only (properties).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from gateway.auth.jwt import VerifiedClaims
+    from gateway.config import RouteConfig
+    from gateway.routing import CanonicalTarget
+    from gateway.tenancy.grants import Grant
+    from gateway.tracing.context import Trace
+
+
+class RequestView(Protocol):
+    """The request line and headers as received (aiohttp's request or the lean listener's)."""
+
+    @property
+    def method(self) -> str: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+
+class RequestFacts(Protocol):
+    """One request as the pipeline has established it so far (SPEC §3): who, for whom, where."""
+
+    @property
+    def request(self) -> RequestView: ...
+
+    @property
+    def request_id(self) -> str: ...
+
+    @property
+    def client_ip(self) -> str: ...
+
+    @property
+    def started(self) -> float: ...
+
+    @property
+    def target(self) -> CanonicalTarget | None: ...
+
+    @property
+    def route(self) -> RouteConfig | None: ...
+
+    @property
+    def claims(self) -> VerifiedClaims | None: ...
+
+    @property
+    def user(self) -> str | None: ...
+
+    @property
+    def tenant(self) -> str | None: ...
+
+    @property
+    def grant(self) -> Grant | None: ...
+
+    @property
+    def trace(self) -> Trace: ...
+
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def outcome(self) -> str | None: ...
+
+    @property
+    def refusal(self) -> str | None: ...
+
+    @property
+    def ratelimit(self) -> str | None: ...
+
+    @property
+    def killswitch_id(self) -> str | None: ...
