@@ -32,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -173,6 +173,15 @@ class AuditTrail:
         for caller bugs (see ``record``); OSError only if the queue is full and the spool
         directory cannot be written."""
         self._writer.put(self._pending(event, tenants, actor, request_id, incident, details))
+
+    def system_event(self, event: str) -> Callable[[Mapping[str, Any]], Awaitable[None]]:
+        """``event`` filed by the gateway itself in ``_system`` with the details given: the filing
+        handed to a lower layer that must not import the trail (``state.restore``)."""
+
+        async def file(details: Mapping[str, Any]) -> None:
+            await self.record(event, tenants=[SYSTEM_TENANT], actor="gateway", details=details)
+
+        return file
 
     async def record(
         self,

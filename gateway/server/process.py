@@ -158,7 +158,7 @@ class GatewayProcess:
         return StoreRestorer(
             generation,
             parts,
-            self.audit,
+            self.audit.system_event("store.restored"),
             instance_id=self.instance_id,
             on_reset=METRICS.store_resets.inc,
             on_state=restoring,

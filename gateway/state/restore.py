@@ -8,7 +8,8 @@ switches with their expiry, revocation epochs, support grants, lockouts — thro
 merge primitives: a union where the maximum epoch, the later expiry and a known deletion win,
 so every instance that held state may write at once and none loses another's entry. Last, the
 marker is renewed (so instances that have not noticed yet do the same), the snapshots reload,
-and the act is audited in ``_system`` as ``store.restored`` with counts.
+and the act is audited in ``_system`` as ``store.restored`` with counts (the caller hands in
+how: the store package does not import the audit trail that is stored in it).
 
 Detection and write-back run on the store probe loop (``server._watch_store``): no request
 waits for them, and a reset reported by a loader wakes the loop at once.
@@ -19,12 +20,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Mapping
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol
 
 import structlog
 
-from gateway.audit import SYSTEM_TRAIL, AuditTrail
 from gateway.errors import StoreUnavailable
 from gateway.state.generation import StoreGeneration
 
@@ -44,7 +44,7 @@ class StoreRestorer:
         self,
         generation: StoreGeneration,
         parts: Mapping[str, Restorable],
-        audit: AuditTrail,
+        audit: Callable[[Mapping[str, Any]], Awaitable[None]],
         *,
         instance_id: str,
         on_reset: Callable[[], None] = lambda: None,
@@ -111,17 +111,14 @@ class StoreRestorer:
         took_ms = round((time.monotonic() - self._noticed_at) * 1000)
         log.info("state_store_restored", instance=self._instance_id, held=held, written=written, ms=took_ms)
         try:
-            await self._audit.record(
-                "store.restored",
-                tenants=[SYSTEM_TRAIL],
-                actor="gateway",
-                details={
+            await self._audit(
+                {
                     "instance": self._instance_id,
                     "reason": self._reason,
                     "held": held,
                     "written": written,
                     "ms": took_ms,
-                },
+                }
             )
         except (OSError, ValueError):
             log.error("state_store_restored_unaudited", instance=self._instance_id)

@@ -53,7 +53,10 @@ class Node:
             self.store, self.generation, self.audit, instance_id=name, clock=clock
         )
         self.restorer = StoreRestorer(
-            self.generation, {"mfa_freeze": self.freeze}, self.audit, instance_id=name
+            self.generation,
+            {"mfa_freeze": self.freeze},
+            self.audit.system_event("store.restored"),
+            instance_id=name,
         )
         self.mfa = MfaService(self.store, KEYRING, CONFIG, clock=clock, freeze=self.freeze)
 

@@ -59,7 +59,7 @@ class Instance:
                 "grants": self.grants,
                 "lockouts": self.lockouts,
             },
-            self.audit,
+            self.audit.system_event("store.restored"),
             instance_id=name,
             on_reset=self._count,
             on_state=self.states.append,

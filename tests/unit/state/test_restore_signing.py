@@ -34,7 +34,12 @@ class Holder:
         self.generation = StoreGeneration(self.store)
         self.keys = SigningKeys(self.store, KEYRING, generation=self.generation)
         self.audit = AuditTrail(self.store, spool_dir=spool / name)
-        self.restorer = StoreRestorer(self.generation, {"signing": self.keys}, self.audit, instance_id=name)
+        self.restorer = StoreRestorer(
+            self.generation,
+            {"signing": self.keys},
+            self.audit.system_event("store.restored"),
+            instance_id=name,
+        )
 
     async def start(self) -> None:
         await self.store.open()
