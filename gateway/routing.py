@@ -38,6 +38,11 @@ MAX_PATH_LENGTH = 8 * 1024
 UNLISTED_METHODS = frozenset({"TRACE", "TRACK", "CONNECT"})
 # What a route without ``methods`` tells a client refused one of UNLISTED_METHODS.
 DEFAULT_ALLOW = "DELETE, GET, HEAD, OPTIONS, PATCH, POST, PUT"
+# The liveness and readiness probes among the gateway's own endpoints (SPEC §11). SPEC §9: a
+# global kill switch spares them, so probes keep answering during an isolation.
+HEALTH_PATH = "/_gateway/health"
+READY_PATH = "/_gateway/ready"
+PROBE_PATHS = frozenset((HEALTH_PATH, READY_PATH))
 
 # Characters left literal when re-encoding for the upstream (RFC 3986 pchar minus ';', plus '/').
 # quote() always keeps ALPHA DIGIT '-._~'.

@@ -10,9 +10,6 @@ from gateway.context import RequestContext
 from gateway.errors import NotReady
 from gateway.json_body import json_response
 
-HEALTH = "/_gateway/health"
-READY = "/_gateway/ready"
-
 
 async def health(ctx: RequestContext) -> web.StreamResponse:
     return json_response({"status": "ok", "instance": ctx.runtime.status.instance_id})

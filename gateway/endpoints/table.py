@@ -12,6 +12,7 @@ from gateway.endpoints import health
 from gateway.endpoints import mfa as mfa_api
 from gateway.endpoints import tenant_audit as tenant_audit_api
 from gateway.errors import MethodNotAllowed
+from gateway.routing import HEALTH_PATH, READY_PATH
 
 Endpoint = Callable[[RequestContext], Awaitable[web.StreamResponse]]
 _READ = frozenset(("GET", "HEAD"))
@@ -20,8 +21,8 @@ _GRANTS = frozenset(("GET", "HEAD", "POST"))
 _DELETE = frozenset(("DELETE",))
 
 GATEWAY_ENDPOINTS: dict[str, tuple[frozenset[str], Endpoint]] = {
-    health.HEALTH: (_READ, health.health),
-    health.READY: (_READ, health.ready),
+    HEALTH_PATH: (_READ, health.health),
+    READY_PATH: (_READ, health.ready),
     "/.well-known/jwks.json": (_READ, mfa_api.jwks),
     "/_gateway/mfa/enroll": (_POST, mfa_api.enroll),
     "/_gateway/mfa/activate": (_POST, mfa_api.activate),

@@ -16,13 +16,11 @@ import time
 from aiohttp import web
 
 from gateway.context import RequestContext
-from gateway.endpoints.health import HEALTH, READY
 from gateway.errors import NotReady
 from gateway.killswitch.matcher import SwitchIndex
 from gateway.killswitch.model import isolated_error
 from gateway.killswitch.streams import acting_tenants, refusal_for
-
-_SPARED = frozenset((HEALTH, READY))  # SPEC §9: probes must keep answering during an isolation
+from gateway.routing import PROBE_PATHS
 
 
 def _index(ctx: RequestContext) -> SwitchIndex:
@@ -64,7 +62,7 @@ async def check_killswitch(ctx: RequestContext) -> web.StreamResponse | None:
 def check_gateway_endpoint(ctx: RequestContext) -> None:
     """Global and endpoint switches on the gateway's own endpoints, except health and ready."""
     assert ctx.target is not None
-    if ctx.target.path in _SPARED:
+    if ctx.target.path in PROBE_PATHS:
         return
     index = _index(ctx)
     if index.empty:

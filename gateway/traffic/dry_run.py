@@ -11,12 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gateway.config import GatewayConfig
-from gateway.endpoints.health import HEALTH, READY
 from gateway.killswitch.matcher import SwitchIndex
 from gateway.killswitch.model import Switch
+from gateway.routing import PROBE_PATHS
 from gateway.traffic.recorder import DRY_RUN_WINDOW, UNTRACKED, Key, TrafficRecorder
-
-_SPARED = frozenset((HEALTH, READY))  # a global switch spares the probes (SPEC §9)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +47,7 @@ def dry_run(switch: Switch, config: GatewayConfig, recorder: TrafficRecorder, no
     refused = requests = untracked = 0
     for (route_name, tenant, method, path), n in _totals(recorder).items():
         requests += n
-        if path in _SPARED:
+        if path in PROBE_PATHS:
             continue
         if not method or (path == UNTRACKED and switch.scope == "endpoint"):
             untracked += n  # counted without its key (or its path): no scope (or no glob) can place it
