@@ -1,7 +1,8 @@
 """The import graph of ``gateway/`` points only downward (issue 17, docs/architecture.md).
 
-Floors, top to bottom: entry points → listeners and endpoints → pipeline and stages → domain
-packages → base values. A module may import its own floor or any floor below, never above; no
+Floors, top to bottom: entry points → listeners → pipeline and stages (with the gateway's own
+``/_gateway`` endpoints, which the route stage answers: SPEC §3.2) → domain packages → base
+values. A module may import its own floor or any floor below, never above; no
 circle at all (``TYPE_CHECKING`` imports count: an outside reader draws them too); a domain or
 base module imports neither the server (aiohttp) nor the per-request context; and no import sits
 inside a function to dodge a circle (the few lazy imports that exist keep the CLI's start-up
@@ -51,12 +52,12 @@ FLOORS: dict[int, tuple[str, ...]] = {
         "gateway.logs",
         "gateway.metrics",
         "gateway.upstream",
+        "gateway.facts",
     ),
     1: (
         "gateway.state",
         "gateway.config",
         "gateway.errors",
-        "gateway.facts",
         "gateway.crypto",
         "gateway.random_batches",
         "gateway",
