@@ -20,7 +20,7 @@ def misplaced(tests: Path, source: Path) -> list[str]:
     for path in sorted(tests.glob("test_*.py")):
         module = path.name.removeprefix("test_")
         if path.name not in ABOUT_THE_TREE and not (source / module).is_file():
-            found.append(f"{path.name}: gateway/{module} is not a top-level module; move it under its package")
+            found.append(f"{path.name}: gateway/{module} is not top-level; move it to its package's folder")
     # A folder holding no Python file (only a __pycache__ left by a removed folder) is not a test.
     for folder in sorted(p for p in tests.iterdir() if p.is_dir() and any(p.glob("*.py"))):
         if not (source / folder.name / "__init__.py").is_file():
@@ -48,8 +48,8 @@ def test_a_stray_test_file_or_folder_is_reported(tmp_path: Path) -> None:
     (tests / "upstream" / "test_pools.py").touch()
     (tests / "__pycache__").mkdir()
     assert misplaced(tests, source) == [
-        "test_access_log.py: gateway/access_log.py is not a top-level module; move it under its package",
-        "test_routing_extra.py: gateway/routing_extra.py is not a top-level module; move it under its package",
+        "test_access_log.py: gateway/access_log.py is not top-level; move it to its package's folder",
+        "test_routing_extra.py: gateway/routing_extra.py is not top-level; move it to its package's folder",
         "upstream/: gateway/upstream/ is not a package",
         "upstream/: no __init__.py (test modules of the same name would collide)",
     ]
