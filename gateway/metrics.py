@@ -45,7 +45,7 @@ class _RouteLatency:
 
     def publish(self) -> None:
         # prometheus-client has no public setter for a histogram's buckets; the conformance test
-        # (tests/unit/test_metrics_tally.py) compares the output with its own observe().
+        # (tests/unit/test_metrics.py) compares the output with its own observe().
         for value, count in zip(self.child._buckets, self.buckets, strict=True):
             value.set(float(count))
         self.child._sum.set(self.total)
