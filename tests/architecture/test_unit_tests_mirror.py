@@ -9,9 +9,7 @@ from pathlib import Path
 import gateway
 
 SOURCE = Path(gateway.__file__).parent
-UNIT_TESTS = Path(__file__).parent
-# Tests of the test tree itself: they test no module of gateway/.
-ABOUT_THE_TREE = frozenset(("test_layout.py",))
+UNIT_TESTS = Path(__file__).parents[1] / "unit"
 
 
 def misplaced(tests: Path, source: Path) -> list[str]:
@@ -19,7 +17,7 @@ def misplaced(tests: Path, source: Path) -> list[str]:
     found = []
     for path in sorted(tests.glob("test_*.py")):
         module = path.name.removeprefix("test_")
-        if path.name not in ABOUT_THE_TREE and not (source / module).is_file():
+        if not (source / module).is_file():
             found.append(f"{path.name}: gateway/{module} is not top-level; move it to its package's folder")
     # A folder holding no Python file (only a __pycache__ left by a removed folder) is not a test.
     for folder in sorted(p for p in tests.iterdir() if p.is_dir() and any(p.glob("*.py"))):
@@ -42,7 +40,7 @@ def test_a_stray_test_file_or_folder_is_reported(tmp_path: Path) -> None:
     (source / "routing.py").touch()
     (tests / "logs").mkdir(parents=True)
     (tests / "logs" / "__init__.py").touch()
-    for name in ("test_routing.py", "test_layout.py", "test_access_log.py", "test_routing_extra.py"):
+    for name in ("test_routing.py", "test_access_log.py", "test_routing_extra.py"):
         (tests / name).touch()
     (tests / "upstream").mkdir()  # no such package, and no __init__.py
     (tests / "upstream" / "test_pools.py").touch()
