@@ -31,6 +31,7 @@ import structlog
 from aiohttp import WSCloseCode
 
 from gateway.auth.sessions import EXPIRED, session_end, stream_deadline
+from gateway.killswitch.checks import refusal_for
 from gateway.killswitch.model import isolated_error
 
 if TYPE_CHECKING:
@@ -38,39 +39,11 @@ if TYPE_CHECKING:
 
     from gateway.context import RequestContext
     from gateway.killswitch.matcher import SwitchIndex
-    from gateway.killswitch.model import Switch
     from gateway.state.sync import SnapshotBacked
 
 CLOSE_GRACE = 0.5  # seconds a client gets to answer the close frame before the socket is aborted
 
 log = structlog.get_logger("gateway.killswitch")
-
-
-def acting_tenants(ctx: RequestContext) -> tuple[str, ...]:
-    """The acting tenant and, when different, the token's own tenant: isolating a tenant covers
-    its users acting elsewhere under a grant as well as anyone acting in it."""
-    claims_tenant = ctx.claims.tenant if ctx.claims is not None else None
-    if ctx.tenant is None:
-        return (claims_tenant,) if claims_tenant else ()
-    if claims_tenant is None or claims_tenant == ctx.tenant:
-        return (ctx.tenant,)
-    return (ctx.tenant, claims_tenant)
-
-
-def refusal_for(index: SwitchIndex, ctx: RequestContext, *, websocket: bool, now: float) -> Switch | None:
-    """Every scope at once (used on requests already past the pipeline)."""
-    if ctx.target is None or index.empty:
-        return None
-    method = ctx.request.method
-    hit = index.refusal(
-        method,
-        ctx.target.path,
-        ctx.route,
-        websocket=websocket,
-        now=now,
-        case_insensitive=ctx.runtime.config.routes_case_insensitive,
-    )
-    return hit or index.tenant_refusal(acting_tenants(ctx), method, websocket=websocket, now=now)
 
 
 class StreamRegistry:
@@ -94,7 +67,13 @@ class StreamRegistry:
         # Re-checked only when a new set was applied since the pipeline's checks (cheap path).
         if index is not None and index is not ctx.killswitch_index and not index.empty:
             now = time.time()
-            switch = refusal_for(index, ctx, websocket=websocket, now=now)
+            switch = refusal_for(
+                index,
+                ctx,
+                websocket=websocket,
+                now=now,
+                case_insensitive=ctx.runtime.config.routes_case_insensitive,
+            )
             if switch is not None:
                 raise isolated_error(switch, now)
         return _Tracked(self, ctx, websocket)
@@ -107,7 +86,13 @@ class StreamRegistry:
         cut = 0
         for key, tracked in list(self._open.items()):
             ctx, websocket = tracked.ctx, tracked.websocket
-            switch = refusal_for(index, ctx, websocket=websocket, now=now)
+            switch = refusal_for(
+                index,
+                ctx,
+                websocket=websocket,
+                now=now,
+                case_insensitive=ctx.runtime.config.routes_case_insensitive,
+            )
             if switch is None:
                 continue
             transport = ctx.request.transport
@@ -205,7 +190,7 @@ STREAMS = StreamRegistry()
 """One per process: the proxy registers here, the switch registry cuts from here, the revocation
 and grant snapshots end sessions from here."""
 
-__all__ = ["STREAMS", "StreamRegistry", "acting_tenants", "refusal_for"]
+__all__ = ["STREAMS", "StreamRegistry"]
 
 
 class _Tracked:
