@@ -82,3 +82,6 @@ class RequestFacts(Protocol):
 
     @property
     def killswitch_id(self) -> str | None: ...
+
+    @property
+    def killswitch_index(self) -> object | None: ...

@@ -114,7 +114,9 @@ async def proxy_request(
     inject_identity(ctx, headers)
     if wants_websocket(request) and ctx.route.websocket:
         # SPEC §9: cut when a switch engages; App. C: closed (1008) when its session ends.
-        with STREAMS.track(ctx, websocket=True) as stream:
+        with STREAMS.track(
+            ctx, runtime.services, runtime.config, request.transport, websocket=True
+        ) as stream:
             return await _proxy_websocket(ctx, headers, stream.attach)
 
     if ctx.route.auth == "webhook" and ctx.body is None:
@@ -144,7 +146,8 @@ async def proxy_request(
         METRICS.upstream_errors.labels(ctx.route.upstream, error.slug).inc()
         raise
     try:
-        with STREAMS.track(ctx):  # SPEC §9: re-checked now, and cut if a switch engages mid-stream
+        # SPEC §9: re-checked now, and cut if a switch engages mid-stream
+        with STREAMS.track(ctx, runtime.services, runtime.config, request.transport):
             return await _stream_response(ctx, upstream, checks)
     finally:
         upstream.release()
