@@ -17,7 +17,7 @@ from gateway.errors import GatewayError, InternalError
 from gateway.http1.downstream import LeanDownstream
 from gateway.http1.problem import send_problem
 from gateway.http1.request import LeanRequest
-from gateway.pipeline import RESPONSE_CHECKS, run_stages
+from gateway.pipeline import RESPONSE_CHECKS, UPSTREAM_HEADER_HOOKS, run_stages
 from gateway.runtime import Runtime
 from gateway.upstream.proxy import proxy_request
 
@@ -75,7 +75,7 @@ class LeanPublicHandler:
         if early is not None:
             await _send_early(ctx, down, early)
             return
-        answer = await proxy_request(ctx, RESPONSE_CHECKS)
+        answer = await proxy_request(ctx, RESPONSE_CHECKS, UPSTREAM_HEADER_HOOKS)
         if answer is not down:  # a WebSocket is aiohttp's; anything else was written already
             await _send_early(ctx, down, answer)
 

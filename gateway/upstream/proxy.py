@@ -1,7 +1,9 @@
 """Forwarding one request to its upstream and streaming the answer back (SPEC §10).
 
-Bodies stream both ways in chunks (constant memory); the response check hook runs on the
-upstream's status and headers before a single byte of its body reaches the client.
+Bodies stream both ways in chunks (constant memory); the upstream header hooks add to what is
+sent, and the response checks run on the upstream's status and headers before a single byte of
+its body reaches the client. Both lists live in ``gateway.pipeline``; the listener hands them
+in, so the proxy imports no stage.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from gateway.context import RequestContext
 from gateway.errors import InternalError, PayloadTooLarge, UpstreamTimeout, UpstreamUnavailable
 from gateway.http1.downstream import LeanDownstream
+from gateway.http_continue import send_continue
 from gateway.killswitch.streams import STREAMS
 from gateway.metrics import METRICS
-from gateway.middleware.tenancy import inject_identity
 from gateway.tracing.context import TRACEPARENT, TRACESTATE
 from gateway.upstream.forwarding import downstream_response_headers, upstream_request_headers
 from gateway.upstream.pools import IDEMPOTENT_METHODS, UpstreamResponse
@@ -27,7 +29,9 @@ CHUNK = 64 * 1024
 ResponseCheck = Callable[[RequestContext, int, "CIMultiDict[str] | CIMultiDictProxy[str]"], Awaitable[None]]
 """Runs on the upstream's status and headers before a byte of its body reaches the client;
 raising a ``GatewayError`` withholds the body (the upstream connection is then closed)."""
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+UpstreamHeaderHook = Callable[[RequestContext, CIMultiDict[str]], None]
+"""Adds to the headers sent upstream (the verified identity, SPEC §7); the list is
+``gateway.pipeline.UPSTREAM_HEADER_HOOKS``, handed in by the listener."""
 
 
 class _HeadWithBodyResponse(web.StreamResponse):
@@ -74,18 +78,8 @@ def wants_websocket(request: web.BaseRequest) -> bool:
     )
 
 
-def send_continue(ctx: RequestContext) -> None:
-    """App. B: 100-continue only once every check has passed, so a refused client never uploads."""
-    request = ctx.request
-    if ctx.continue_sent or request.version < (1, 1):
-        return
-    if request.headers.get("Expect", "").lower() == "100-continue" and request.transport is not None:
-        request.transport.write(_CONTINUE)
-        ctx.continue_sent = True
-
-
 async def proxy_request(
-    ctx: RequestContext, checks: Sequence[ResponseCheck] = ()
+    ctx: RequestContext, checks: Sequence[ResponseCheck] = (), header_hooks: Sequence[UpstreamHeaderHook] = ()
 ) -> web.StreamResponse | LeanDownstream:
     assert ctx.route is not None and ctx.target is not None
     request = ctx.request
@@ -110,8 +104,9 @@ async def proxy_request(
     if trace[TRACESTATE] is not None:
         headers["tracestate"] = trace[TRACESTATE]
     # The identity the upstream acts on comes from the verified token (and a grant), never the
-    # client: X-Tenant-ID is the acting tenant, signed with the rest in X-Gateway-Context.
-    inject_identity(ctx, headers)
+    # client (gateway.pipeline.UPSTREAM_HEADER_HOOKS).
+    for hook in header_hooks:
+        hook(ctx, headers)
     if wants_websocket(request) and ctx.route.websocket:
         # SPEC §9: cut when a switch engages; App. C: closed (1008) when its session ends.
         with STREAMS.track(
