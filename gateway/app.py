@@ -148,7 +148,7 @@ class PublicHandler:
             response = self._client_gone(ctx)  # an answer nobody will read: logged as what it was
         observe_answer(ctx, response.status)
         if ctx.route is not None and ctx.route.audit:
-            audit_access(ctx, response.status)
+            audit_access(ctx, response.status, ctx.runtime.services.audit)
         return response
 
     @staticmethod

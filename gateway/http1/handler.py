@@ -59,7 +59,7 @@ class LeanPublicHandler:
             status = CLIENT_GONE if protocol.client_gone else down.status
             self._finish(ctx, down, status, ctx.outcome)
             if ctx.route is not None and ctx.route.audit:
-                audit_access(ctx, status)
+                audit_access(ctx, status, ctx.runtime.services.audit)
             return down.keep_alive and not protocol.client_gone
         finally:
             # The context and the request point at each other (and the answer writer at the

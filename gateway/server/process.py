@@ -33,7 +33,8 @@ from gateway.http1.handler import LeanPublicHandler
 from gateway.http1.protocol import LeanServer
 from gateway.killswitch import STREAMS, KillSwitchRegistry
 from gateway.listener import CUT_GRACE, GuardedServer
-from gateway.logs.access_log import ACCESS_LOGGER, GatewayAccessLogger, flush_access_logs, pseudonym_key
+from gateway.logs.access_log import ACCESS_LOGGER, flush_access_logs, pseudonym_key
+from gateway.logs.aiohttp_access import GatewayAccessLogger
 from gateway.logs.setup import configure_logging
 from gateway.metrics import METRICS
 from gateway.ratelimit.limiter import RateLimitBackend
