@@ -6,13 +6,14 @@ else chunked on HTTP/1.1 or close-delimited on HTTP/1.0; no body for HEAD, 1xx, 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from http import HTTPStatus
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 from aiohttp.helpers import rfc822_formatted_time
 from multidict import CIMultiDict, CIMultiDictProxy
+
+from gateway.exchange import Headers
 
 if TYPE_CHECKING:
     from gateway.http1.protocol import LeanProtocol
@@ -22,7 +23,6 @@ REASONS = {status.value: status.phrase for status in HTTPStatus}
 _MULTIDICTS = (CIMultiDict, CIMultiDictProxy)  # a tuple: isinstance with a union rebuilds it
 _EMPTY_BODY_STATUS = frozenset((204, 304))
 _FRAMING = frozenset(("content-length", "transfer-encoding"))
-Headers = Mapping[str, str] | CIMultiDict[str] | CIMultiDictProxy[str]
 
 
 class ResponseStarted(ConnectionResetError):

@@ -14,6 +14,7 @@ from gateway.app import CLIENT_GONE, begin_request, observe_answer
 from gateway.audit.access import audit_access
 from gateway.context import RequestContext
 from gateway.errors import GatewayError, InternalError
+from gateway.exchange import AnswerWriter
 from gateway.http1.downstream import LeanDownstream
 from gateway.http1.problem import send_problem
 from gateway.http1.request import LeanRequest
@@ -112,10 +113,10 @@ class LeanPublicHandler:
 
 
 async def _send_early(
-    ctx: RequestContext, down: LeanDownstream, early: web.StreamResponse | LeanDownstream
+    ctx: RequestContext, down: LeanDownstream, early: web.StreamResponse | AnswerWriter
 ) -> None:
-    if isinstance(early, LeanDownstream):
-        return  # streamed by the endpoint itself
+    if not isinstance(early, web.StreamResponse):
+        return  # streamed by the endpoint itself (through ctx.downstream)
     for name, value in ctx.response_headers.items():
         early.headers.setdefault(name, value)
     ctx.status = early.status

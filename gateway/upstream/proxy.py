@@ -17,12 +17,12 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.context import RequestContext
 from gateway.errors import InternalError, PayloadTooLarge, UpstreamTimeout, UpstreamUnavailable
-from gateway.http1.downstream import LeanDownstream
+from gateway.exchange import AnswerWriter, ServerRequest
 from gateway.http_continue import send_continue
 from gateway.killswitch.streams import STREAMS
 from gateway.metrics import METRICS
 from gateway.tracing.context import TRACEPARENT, TRACESTATE
-from gateway.upstream.forwarding import downstream_response_headers, upstream_request_headers
+from gateway.upstream.forwarding import downstream_response_headers, upstream_request_headers, wants_websocket
 from gateway.upstream.pools import IDEMPOTENT_METHODS, UpstreamResponse
 
 CHUNK = 64 * 1024
@@ -50,7 +50,7 @@ class _BodyLimit:
         self.limit = limit
         self.exceeded = False
 
-    async def stream(self, request: web.BaseRequest) -> AsyncIterator[bytes]:
+    async def stream(self, request: ServerRequest) -> AsyncIterator[bytes]:
         seen = 0
         async for chunk in request.content.iter_chunked(CHUNK):
             seen += len(chunk)
@@ -64,23 +64,15 @@ async def _once(body: bytes) -> AsyncIterator[bytes]:
     yield body
 
 
-def _has_body(request: web.BaseRequest) -> bool:
+def _has_body(request: ServerRequest) -> bool:
     if request.headers.get("Transfer-Encoding", "").lower().strip() == "chunked":
         return True
     return request.content_length not in (None, 0)
 
 
-def wants_websocket(request: web.BaseRequest) -> bool:
-    return (
-        request.method == "GET"
-        and request.headers.get("Upgrade", "").lower() == "websocket"
-        and "upgrade" in request.headers.get("Connection", "").lower()
-    )
-
-
 async def proxy_request(
     ctx: RequestContext, checks: Sequence[ResponseCheck] = (), header_hooks: Sequence[UpstreamHeaderHook] = ()
-) -> web.StreamResponse | LeanDownstream:
+) -> web.StreamResponse | AnswerWriter:
     assert ctx.route is not None and ctx.target is not None
     request = ctx.request
     runtime = ctx.runtime
@@ -150,7 +142,7 @@ async def proxy_request(
 
 async def _stream_response(
     ctx: RequestContext, upstream: UpstreamResponse, checks: Sequence[ResponseCheck]
-) -> web.StreamResponse | LeanDownstream:
+) -> web.StreamResponse | AnswerWriter:
     ctx.status = upstream.status
     try:
         for check in checks:
@@ -192,11 +184,11 @@ async def _stream_response(
 
 async def _stream_lean(
     ctx: RequestContext,
-    down: LeanDownstream,
+    down: AnswerWriter,
     upstream: UpstreamResponse,
     headers: CIMultiDict[str],
     whole: bytes | None,
-) -> LeanDownstream:
+) -> AnswerWriter:
     """The same answer on the lean listener: one write when the body is all here, else the head
     at once and the body as it comes, each chunk waiting for the client to take the last."""
     length = upstream.headers.get("Content-Length")
