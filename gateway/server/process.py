@@ -48,6 +48,7 @@ from gateway.tenancy.grants import SupportGrants
 from gateway.tenancy.keys import ContextKeys
 from gateway.tracing import flush_exported_spans
 from gateway.upstream.pools import UpstreamRegistry
+from gateway.upstream.transports import open_transport
 
 log = structlog.get_logger("gateway.server.process")
 RELOAD_CHANNEL = "config.reload"
@@ -68,7 +69,7 @@ class GatewayProcess:
         self.instance_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.store: StateStore = open_store(config.state.url)
         self.status = GatewayStatus(instance_id=self.instance_id, store_description=self.store.describe())
-        self.registry = UpstreamRegistry()
+        self.registry = UpstreamRegistry(open_transport)
         self.audit = AuditTrail(
             self.store,
             spool_dir=Path(config.audit.spool_dir),
