@@ -16,8 +16,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from gateway.exchange import Headers
 
 if TYPE_CHECKING:
-    from gateway.http1.protocol import LeanProtocol
-    from gateway.http1.request import LeanRequest
+    from gateway.http1.request import LeanConnection, LeanRequest
 
 REASONS = {status.value: status.phrase for status in HTTPStatus}
 _MULTIDICTS = (CIMultiDict, CIMultiDictProxy)  # a tuple: isinstance with a union rebuilds it
@@ -34,7 +33,7 @@ class LeanDownstream:
 
     __slots__ = ("_chunked", "_empty", "_protocol", "_request", "body_length", "keep_alive", "status")
 
-    def __init__(self, protocol: LeanProtocol, request: LeanRequest) -> None:
+    def __init__(self, protocol: LeanConnection, request: LeanRequest) -> None:
         self._protocol = protocol
         self._request = request
         self.status = 0  # 0: nothing sent yet
@@ -48,7 +47,7 @@ class LeanDownstream:
         return self.status != 0
 
     @property
-    def protocol(self) -> LeanProtocol:
+    def protocol(self) -> LeanConnection:
         return self._protocol
 
     @property
