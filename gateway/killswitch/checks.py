@@ -63,6 +63,22 @@ def check_gateway_endpoint(index: SwitchIndex | None, facts: RequestFacts, *, ca
         refuse_unidentified(index, facts, None, case_insensitive=case_insensitive)
 
 
+def check_endpoint_tenant(index: SwitchIndex | None, method: str, tenant: str) -> None:
+    """Appendix C: a tenant switch covers that tenant's calls to ``/_gateway/*`` as well.
+
+    SECURITY: without it an isolated tenant's admin could plant persistence during the isolation
+    (a 24 h support grant, a re-enrolled second factor) or export the trail being investigated.
+    ``read-only`` lets their GETs through (grant list, audit export), like everywhere else.
+    """
+    index = loaded_index(index)
+    if index.empty:
+        return
+    now = time.time()
+    switch = index.tenant_refusal((tenant,), method, websocket=False, now=now)
+    if switch is not None:
+        raise isolated_error(switch, now)
+
+
 def acting_tenants(facts: RequestFacts) -> tuple[str, ...]:
     """The acting tenant and, when different, the token's own tenant: isolating a tenant covers
     its users acting elsewhere under a grant as well as anyone acting in it."""
@@ -95,6 +111,7 @@ def refusal_for(
 __all__ = [
     "SPARED_PATHS",
     "acting_tenants",
+    "check_endpoint_tenant",
     "check_gateway_endpoint",
     "loaded_index",
     "refusal_for",

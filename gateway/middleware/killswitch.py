@@ -3,11 +3,9 @@
 ``check_killswitch`` runs right after route matching and covers the scopes that need no
 identity (global, module, route, integration, endpoint); ``check_tenant_killswitch`` runs once
 the acting tenant is known (after tenancy, so support users under a grant are covered).
-The gateway's own endpoints are answered inside ``resolve_route``; it calls
-``gateway.killswitch.checks.check_gateway_endpoint`` first, so a global switch spares only
-health and ready. Those that act for a tenant (grants, MFA, the tenant's audit export) learn the
-tenant only when they verify the token; ``check_endpoint_tenant`` is called there, once, for all
-of them (Appendix C). The checks themselves are ``gateway.killswitch.checks``.
+The gateway's own endpoints are checked by ``gateway.killswitch.checks`` directly:
+``check_gateway_endpoint`` in ``resolve_route`` (a global switch spares only health and ready),
+``check_endpoint_tenant`` where those acting for a tenant verify the token (Appendix C).
 """
 
 from __future__ import annotations
@@ -35,22 +33,6 @@ async def check_killswitch(ctx: RequestContext) -> web.StreamResponse | None:
             index, ctx, ctx.route, case_insensitive=ctx.runtime.config.routes_case_insensitive
         )
     return None
-
-
-def check_endpoint_tenant(ctx: RequestContext, tenant: str) -> None:
-    """Appendix C: a tenant switch covers that tenant's calls to ``/_gateway/*`` as well.
-
-    SECURITY: without it an isolated tenant's admin could plant persistence during the isolation
-    (a 24 h support grant, a re-enrolled second factor) or export the trail being investigated.
-    ``read-only`` lets their GETs through (grant list, audit export), like everywhere else.
-    """
-    index = loaded_index(ctx.runtime.services.killswitches.index)
-    if index.empty:
-        return
-    now = time.time()
-    switch = index.tenant_refusal((tenant,), ctx.request.method, websocket=False, now=now)
-    if switch is not None:
-        raise isolated_error(switch, now)
 
 
 async def check_tenant_killswitch(ctx: RequestContext) -> web.StreamResponse | None:
