@@ -22,7 +22,7 @@ from gateway.http1.request import LeanRequest
 from gateway.listener import HSTS, GuardedRequestHandler, identity_headers
 from gateway.logs import context as log_context
 from gateway.metrics import METRICS
-from gateway.pipeline import RESPONSE_CHECKS, run_stages
+from gateway.pipeline import RESPONSE_CHECKS, UPSTREAM_HEADER_HOOKS, run_stages
 from gateway.runtime import Runtime
 from gateway.tracing.context import continued_trace, new_trace
 from gateway.upstream.proxy import proxy_request
@@ -148,7 +148,7 @@ class PublicHandler:
             response = self._client_gone(ctx)  # an answer nobody will read: logged as what it was
         observe_answer(ctx, response.status)
         if ctx.route is not None and ctx.route.audit:
-            audit_access(ctx, response.status)
+            audit_access(ctx, response.status, ctx.runtime.services.audit)
         return response
 
     @staticmethod
@@ -181,7 +181,7 @@ class PublicHandler:
             for name, value in ctx.response_headers.items():
                 early.headers.setdefault(name, value)
             return early
-        return await proxy_request(ctx, RESPONSE_CHECKS)
+        return await proxy_request(ctx, RESPONSE_CHECKS, UPSTREAM_HEADER_HOOKS)
 
 
 def _gone(protocol: object) -> bool:

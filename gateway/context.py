@@ -9,13 +9,12 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from gateway.exchange import AnswerWriter, ServerRequest
 from gateway.random_batches import RandomBatches
 
 if TYPE_CHECKING:
     from gateway.auth.jwt import VerifiedClaims
     from gateway.config import RouteConfig
-    from gateway.http1.downstream import LeanDownstream
-    from gateway.http1.request import LeanRequest
     from gateway.ratelimit.deferred import DeferredPreAuth
     from gateway.ratelimit.lockout import Subject
     from gateway.routing import CanonicalTarget
@@ -60,7 +59,7 @@ def request_id_for(incoming: str | None) -> str:
 
 @dataclass(slots=True)
 class RequestContext:
-    request: web.BaseRequest | LeanRequest
+    request: ServerRequest  # aiohttp's web.BaseRequest or the lean listener's LeanRequest
     runtime: Runtime
     request_id: str
     client_ip: str
@@ -86,7 +85,7 @@ class RequestContext:
     # the pre_auth stage's hit, deferred to go with the route stage's in one store call
     # (gateway.ratelimit.deferred: settled alone whenever that cannot be)
     deferred_pre_auth: DeferredPreAuth | None = None
-    downstream: LeanDownstream | None = None  # the lean listener's answer writer (None on aiohttp's)
+    downstream: AnswerWriter | None = None  # the lean listener's answer writer (None on aiohttp's)
     # W3C trace context (gateway.tracing.context: trace id, this span's id, the traceparent and
     # tracestate sent upstream, the trusted caller's span id); set by begin_request
     trace: Trace = ("", "", "", None, None)

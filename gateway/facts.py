@@ -31,6 +31,12 @@ class RequestView(Protocol):
     @property
     def headers(self) -> Mapping[str, str]: ...
 
+    @property
+    def version(self) -> tuple[int, int]: ...
+
+    @property
+    def host(self) -> str: ...
+
 
 class RequestFacts(Protocol):
     """One request as the pipeline has established it so far (SPEC §3): who, for whom, where."""
@@ -82,3 +88,6 @@ class RequestFacts(Protocol):
 
     @property
     def killswitch_id(self) -> str | None: ...
+
+    @property
+    def killswitch_index(self) -> object | None: ...

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import time
 from bisect import bisect_left
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -21,11 +21,9 @@ from prometheus_client import (
 )
 from prometheus_client import multiprocess as prom_multiprocess
 
+from gateway.facts import RequestFacts
 from gateway.ratelimit.metrics import SHADOW_REFUSALS
 from gateway.traffic.recorder import TRAFFIC, Counters, TrafficRecorder
-
-if TYPE_CHECKING:
-    from gateway.context import RequestContext
 
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _BOUNDS = (*(float(b) for b in _BUCKETS), float("inf"))  # prometheus-client's upper bounds, +Inf last
@@ -125,7 +123,7 @@ class GatewayMetrics:
             child = self._refusal_children[slug] = self.gateway_errors.labels(slug)
         child.inc()
 
-    def observe_request(self, ctx: RequestContext) -> None:
+    def observe_request(self, ctx: RequestFacts) -> None:
         route = ctx.route.name if ctx.route is not None else "-"
         key = (route, ctx.status or 0)
         if self.tallied:

@@ -19,10 +19,10 @@ from gateway.middleware.killswitch import check_killswitch, check_tenant_killswi
 from gateway.middleware.rate_limit import check_login_outcome, limit_pre_auth, limit_route
 from gateway.middleware.request_hygiene import check_request_hygiene
 from gateway.middleware.route import resolve_route
-from gateway.middleware.tenancy import apply_tenancy, check_tenant_echo
+from gateway.middleware.tenancy import apply_tenancy, check_tenant_echo, inject_identity
 from gateway.middleware.webhook import verify_webhook
 from gateway.ratelimit.deferred import settle_pre_auth
-from gateway.upstream.proxy import ResponseCheck
+from gateway.upstream.proxy import ResponseCheck, UpstreamHeaderHook
 
 Stage = Callable[[RequestContext], Awaitable[web.StreamResponse | None]]
 
@@ -39,6 +39,11 @@ PIPELINE: tuple[Stage, ...] = (
     check_tenant_killswitch,  # §3.3 / §9: tenant switches, once the acting tenant is known
     limit_route,  # §3.7 / §8: route policies (user, tenant, route, header, body); login lockouts
     verify_webhook,  # §10: auth: webhook routes, HMAC over the raw body
+)
+
+# Added, in order, to the headers of every forwarded request (WebSocket upgrades included).
+UPSTREAM_HEADER_HOOKS: tuple[UpstreamHeaderHook, ...] = (
+    inject_identity,  # §7: tenant, user, roles and the signed X-Gateway-Context (auth: jwt routes)
 )
 
 # SPEC §3.9: response checks, in order, on every proxied (non-WebSocket) response.

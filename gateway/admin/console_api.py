@@ -15,11 +15,11 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.admin.context import ActorKey, RolesKey, RuntimeKey
-from gateway.admin.killswitch_api import switch_targets
 from gateway.config import GatewayConfig
 from gateway.json_body import json_response
-from gateway.killswitch.model import MODES, SCOPES
+from gateway.killswitch.model import MODES
 from gateway.killswitch.registry import HEARTBEAT, LIVE_WINDOW
+from gateway.killswitch.scopes import SCOPES, known_targets
 from gateway.ratelimit.policies import PRE_AUTH_POLICY
 from gateway.traffic.recorder import TRAFFIC
 
@@ -42,7 +42,7 @@ async def list_instances(request: web.Request) -> web.Response:
 
 
 async def get_targets(request: web.Request) -> web.Response:
-    targets = switch_targets(request.app[RuntimeKey]().config)
+    targets = known_targets(request.app[RuntimeKey]().config)
     return json_response({"scopes": list(SCOPES), "modes": list(MODES), **targets})
 
 

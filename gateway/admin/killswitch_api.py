@@ -19,6 +19,7 @@ from gateway.errors import BadRequest, NotFound, StoreUnavailable
 from gateway.json_body import json_response, read_json_object
 from gateway.killswitch.model import Switch, audit_trails, parse_ttl, validate_spec
 from gateway.killswitch.registry import KillSwitchRegistry
+from gateway.killswitch.scopes import SCOPE_BY_NAME
 from gateway.traffic.dry_run import dry_run
 from gateway.traffic.recorder import TRAFFIC
 
@@ -27,22 +28,11 @@ def _registry(request: web.Request) -> KillSwitchRegistry:
     return request.app[RuntimeKey]().services.killswitches
 
 
-def switch_targets(config: GatewayConfig) -> dict[str, list[str]]:
-    """The names a module, route or integration switch may target in the running config (the
-    engage check below and the console's pickers)."""
-    return {
-        "module": sorted({r.module for r in config.routes if r.module}),
-        "route": sorted(r.name for r in config.routes),
-        "integration": sorted(
-            {*config.integrations, *(r.integration for r in config.routes if r.integration)}
-        ),
-    }
-
-
 def _check_target_exists(config: GatewayConfig, switch: Switch) -> None:
     """A typo must not "isolate" nothing: module, route and integration targets name something
     the running config has (the answer lists what exists)."""
-    known = switch_targets(config).get(switch.scope)
+    rule = SCOPE_BY_NAME[switch.scope]
+    known = None if rule.known_targets is None else rule.known_targets(config)
     if known is not None and switch.target not in known:
         raise BadRequest(f"No {switch.scope} of that name", extensions={"known": known})
 

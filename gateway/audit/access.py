@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import structlog
 
-from gateway.context import RequestContext
+from gateway.audit.trail import AuditTrail
+from gateway.facts import RequestFacts
 
 log = structlog.get_logger("gateway.audit")
 ACCESS_EVENT = "data.accessed"
 
 
-def audit_access(ctx: RequestContext, status: int) -> None:
-    """File one ``data.accessed`` record when the route asks for it and a tenant is known.
+def audit_access(ctx: RequestFacts, status: int, trail: AuditTrail) -> None:
+    """File one ``data.accessed`` record in ``trail`` (the request's runtime's) when the route
+    asks for it and a tenant is known.
 
     Queued, never awaited (``gateway.audit.writer``): the connection is not held by the
     store, so a hung Redis cannot delay the next request on a keep-alive connection."""
@@ -25,7 +27,7 @@ def audit_access(ctx: RequestContext, status: int) -> None:
     if route is None or not route.audit or ctx.tenant is None or ctx.target is None:
         return
     try:
-        ctx.runtime.services.audit.submit(
+        trail.submit(
             ACCESS_EVENT,
             tenants=[ctx.tenant],
             actor=ctx.user,

@@ -24,6 +24,7 @@ from typing import Any
 from gateway.audit.incidents import validate_incident
 from gateway.cli import operator_client
 from gateway.cli.operator_client import EXIT_OK, EXIT_REMOTE_ERROR, EXIT_UNREACHABLE, EXIT_USAGE
+from gateway.killswitch.scopes import SCOPES
 
 
 @dataclass(frozen=True)
@@ -43,9 +44,7 @@ def add_incident_commands(commands: Any) -> None:
         help="kill switch, session revocation and key rotation in one step, tagged with the incident",
     )
     contain.add_argument("--incident", required=True, help="the incident id, e.g. INC-2026-041")
-    contain.add_argument(
-        "--scope", choices=("global", "module", "route", "tenant", "integration", "endpoint")
-    )
+    contain.add_argument("--scope", choices=SCOPES)
     contain.add_argument("--target", help="what the switch isolates (module name, tenant, 'POST /api/x/*')")
     contain.add_argument("--mode", choices=("block", "read-only"), default="block")
     contain.add_argument("--reason", help='why (default: "incident <ID>")')

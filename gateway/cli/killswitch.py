@@ -15,8 +15,7 @@ from typing import Any
 
 from gateway.cli import operator_client
 from gateway.cli.operator_client import EXIT_OK, EXIT_REMOTE_ERROR, EXIT_USAGE
-
-SCOPES = ("global", "module", "route", "tenant", "integration", "endpoint")
+from gateway.killswitch.scopes import SCOPES, target_help
 
 
 def add_killswitch_commands(commands: Any) -> None:
@@ -25,7 +24,7 @@ def add_killswitch_commands(commands: Any) -> None:
 
     engage = verbs.add_parser("engage", help="engage a switch; returns once every instance enforces it")
     engage.add_argument("--scope", required=True, choices=SCOPES)
-    engage.add_argument("--target", help="module, route, tenant, integration, or 'METHOD /glob'")
+    engage.add_argument("--target", help=target_help())
     engage.add_argument("--mode", required=True, choices=("block", "read-only"))
     engage.add_argument("--reason", required=True)
     engage.add_argument("--incident", help="incident id, shown to refused clients and in the audit trail")

@@ -16,9 +16,9 @@ from gateway.auth.jwt import TokenRejected, VerifiedClaims, has_mfa, mfa_fresh
 from gateway.context import RequestContext
 from gateway.errors import BadRequest, Forbidden, GatewayError, InvalidToken, MfaRequired, MissingToken
 from gateway.json_body import json_response, read_json_object
+from gateway.killswitch.checks import check_endpoint_tenant
 from gateway.metrics import METRICS
 from gateway.middleware.authenticate import REALM, bearer_token, ensure_not_revoked, invalid_token
-from gateway.middleware.killswitch import check_endpoint_tenant
 from gateway.tenancy.resolve import TENANT_ID_RE
 
 
@@ -40,7 +40,7 @@ async def authenticated_claims(ctx: RequestContext) -> VerifiedClaims:
     ensure_not_revoked(ctx, claims)
     ctx.claims, ctx.user, ctx.tenant = claims, claims.subject, claims.tenant
     # Every tenant-acting endpoint under /_gateway/ passes here: one place for their isolation.
-    check_endpoint_tenant(ctx, claims.tenant)
+    check_endpoint_tenant(ctx.runtime.services.killswitches.index, ctx.request.method, claims.tenant)
     return claims
 
 

@@ -6,7 +6,6 @@ else chunked on HTTP/1.1 or close-delimited on HTTP/1.0; no body for HEAD, 1xx, 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from http import HTTPStatus
 from typing import TYPE_CHECKING
 
@@ -14,15 +13,15 @@ from aiohttp import web
 from aiohttp.helpers import rfc822_formatted_time
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from gateway.exchange import Headers
+
 if TYPE_CHECKING:
-    from gateway.http1.protocol import LeanProtocol
-    from gateway.http1.request import LeanRequest
+    from gateway.http1.request import LeanConnection, LeanRequest
 
 REASONS = {status.value: status.phrase for status in HTTPStatus}
 _MULTIDICTS = (CIMultiDict, CIMultiDictProxy)  # a tuple: isinstance with a union rebuilds it
 _EMPTY_BODY_STATUS = frozenset((204, 304))
 _FRAMING = frozenset(("content-length", "transfer-encoding"))
-Headers = Mapping[str, str] | CIMultiDict[str] | CIMultiDictProxy[str]
 
 
 class ResponseStarted(ConnectionResetError):
@@ -34,7 +33,7 @@ class LeanDownstream:
 
     __slots__ = ("_chunked", "_empty", "_protocol", "_request", "body_length", "keep_alive", "status")
 
-    def __init__(self, protocol: LeanProtocol, request: LeanRequest) -> None:
+    def __init__(self, protocol: LeanConnection, request: LeanRequest) -> None:
         self._protocol = protocol
         self._request = request
         self.status = 0  # 0: nothing sent yet
@@ -48,7 +47,7 @@ class LeanDownstream:
         return self.status != 0
 
     @property
-    def protocol(self) -> LeanProtocol:
+    def protocol(self) -> LeanConnection:
         return self._protocol
 
     @property

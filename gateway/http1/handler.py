@@ -14,10 +14,11 @@ from gateway.app import CLIENT_GONE, begin_request, observe_answer
 from gateway.audit.access import audit_access
 from gateway.context import RequestContext
 from gateway.errors import GatewayError, InternalError
+from gateway.exchange import AnswerWriter
 from gateway.http1.downstream import LeanDownstream
 from gateway.http1.problem import send_problem
 from gateway.http1.request import LeanRequest
-from gateway.pipeline import RESPONSE_CHECKS, run_stages
+from gateway.pipeline import RESPONSE_CHECKS, UPSTREAM_HEADER_HOOKS, run_stages
 from gateway.runtime import Runtime
 from gateway.upstream.proxy import proxy_request
 
@@ -59,7 +60,7 @@ class LeanPublicHandler:
             status = CLIENT_GONE if protocol.client_gone else down.status
             self._finish(ctx, down, status, ctx.outcome)
             if ctx.route is not None and ctx.route.audit:
-                audit_access(ctx, status)
+                audit_access(ctx, status, ctx.runtime.services.audit)
             return down.keep_alive and not protocol.client_gone
         finally:
             # The context and the request point at each other (and the answer writer at the
@@ -75,7 +76,7 @@ class LeanPublicHandler:
         if early is not None:
             await _send_early(ctx, down, early)
             return
-        answer = await proxy_request(ctx, RESPONSE_CHECKS)
+        answer = await proxy_request(ctx, RESPONSE_CHECKS, UPSTREAM_HEADER_HOOKS)
         if answer is not down:  # a WebSocket is aiohttp's; anything else was written already
             await _send_early(ctx, down, answer)
 
@@ -112,10 +113,10 @@ class LeanPublicHandler:
 
 
 async def _send_early(
-    ctx: RequestContext, down: LeanDownstream, early: web.StreamResponse | LeanDownstream
+    ctx: RequestContext, down: LeanDownstream, early: web.StreamResponse | AnswerWriter
 ) -> None:
-    if isinstance(early, LeanDownstream):
-        return  # streamed by the endpoint itself
+    if not isinstance(early, web.StreamResponse):
+        return  # streamed by the endpoint itself (through ctx.downstream)
     for name, value in ctx.response_headers.items():
         early.headers.setdefault(name, value)
     ctx.status = early.status

@@ -13,7 +13,7 @@ import functools
 import socket
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp._cookie_helpers import parse_cookie_header
 from aiohttp.http import HttpVersion
@@ -23,7 +23,36 @@ from yarl import URL
 
 if TYPE_CHECKING:
     from gateway.context import RequestContext
-    from gateway.http1.protocol import LeanProtocol
+
+
+class LeanConnection(Protocol):
+    """What a request and its answer writer use of their connection (``protocol.LeanProtocol``),
+    so this module and ``downstream.py`` need not import the protocol that builds them."""
+
+    @property
+    def transport(self) -> asyncio.Transport | None: ...
+
+    @property
+    def remote(self) -> str | None: ...
+
+    @property
+    def client_gone(self) -> bool: ...
+
+    @property
+    def drain_cut(self) -> bool: ...
+
+    @property
+    def writing_paused(self) -> bool: ...
+
+    def write(self, data: bytes) -> None: ...
+
+    def writelines(self, data: tuple[bytes, ...]) -> None: ...
+
+    async def drain(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+    def may_keep_alive(self, request: LeanRequest) -> bool: ...
 
 
 @functools.cache
@@ -49,7 +78,7 @@ class LeanRequest:
 
     def __init__(
         self,
-        protocol: LeanProtocol,
+        protocol: LeanConnection,
         method: str,
         raw_path: str,
         version: HttpVersion,

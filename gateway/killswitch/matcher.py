@@ -1,7 +1,8 @@
 """A switch set compiled once per version, so checking a request costs a few dict lookups
 however many switches are engaged (issue 7: 1,000 active switches ≈ the cost of a few).
 
-* global: one list; module / route / integration / tenant: dicts keyed by the exact target;
+* global: one list; module / route / integration / tenant: dicts keyed by the exact target
+  (which scope matches how is the table in ``scopes.py``);
 * endpoint globs: hash tables per method and glob shape (``_Globs``); a request costs one
   lookup per shape, not one comparison per glob. With case-insensitive routing the tables are
   keyed by case-folded segments and the path is case-folded too (SPEC §9: switches see what
@@ -16,7 +17,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
-from gateway.killswitch.model import METHODS, SAFE_METHODS, Switch, glob_segments
+from gateway.killswitch.model import SAFE_METHODS, Switch
+from gateway.killswitch.scopes import KEYED_SCOPES, METHODS, ROUTE_FIELD_SCOPES, SCOPE_BY_NAME, glob_segments
 
 _Entry = tuple[str, Switch]  # (method or "*", switch)
 
@@ -124,23 +126,31 @@ def _first_of(switches: Sequence[Switch] | None, method: str, websocket: bool, n
 class SwitchIndex:
     """Immutable: a new version builds a new index and swaps one reference."""
 
-    __slots__ = ("_by", "_endpoints", "_glob_tables", "_global", "empty", "switches", "version")
+    __slots__ = ("_by", "_by_route", "_endpoints", "_glob_tables", "_global", "empty", "switches", "version")
 
     def __init__(self, switches: Iterable[Switch], version: int) -> None:
         self.switches: tuple[Switch, ...] = tuple(sorted(switches, key=lambda s: (s.created_at, s.id)))
         self.version = version
         self.empty = not self.switches
-        by: dict[str, dict[str, list[Switch]]] = {s: {} for s in ("module", "route", "integration", "tenant")}
+        by: dict[str, dict[str, list[Switch]]] = {scope: {} for scope in KEYED_SCOPES}
         self._global: list[Switch] = []
         self._endpoints: list[Switch] = []
         for switch in self.switches:
-            if switch.scope == "global":
+            matching = SCOPE_BY_NAME[switch.scope].matching
+            if matching == "every request":
                 self._global.append(switch)
-            elif switch.scope == "endpoint":
+            elif matching == "path glob":
                 self._endpoints.append(switch)
             else:
                 by[switch.scope].setdefault(switch.target, []).append(switch)
         self._by = by
+        # (route attribute, switches by target) for the route-field scopes that have switches,
+        # in the order the scope table ranks them: a request skips the empty ones for free.
+        self._by_route: tuple[tuple[str, dict[str, list[Switch]]], ...] = tuple(
+            (rule.route_field, by[rule.name])
+            for rule in ROUTE_FIELD_SCOPES
+            if rule.route_field is not None and by[rule.name]
+        )
         self._glob_tables: tuple[dict[str, _Globs], dict[str, _Globs]] = ({}, {})  # by letter-case mode
 
     def _globs(self, fold: bool, method: str) -> _Globs:
@@ -172,18 +182,11 @@ class SwitchIndex:
             return None
         if not spare_global and (hit := _first_of(self._global, method, websocket, now)):
             return hit
-        by = self._by
         if route is not None:
-            if hit := _first_of(by["route"].get(route.name), method, websocket, now):
-                return hit
-            if route.module is not None and (
-                hit := _first_of(by["module"].get(route.module), method, websocket, now)
-            ):
-                return hit
-            if route.integration is not None and (
-                hit := _first_of(by["integration"].get(route.integration), method, websocket, now)
-            ):
-                return hit
+            for field, by_target in self._by_route:
+                value = getattr(route, field)
+                if value is not None and (hit := _first_of(by_target.get(value), method, websocket, now)):
+                    return hit
         if self._endpoints:
             return self._endpoint_refusal(method, path, websocket, now, case_insensitive)
         return None

@@ -1,31 +1,26 @@
 """The kill switch object (SPEC §9, App. B): what is isolated, how, why, until when.
 
-A switch names a *scope* and a *target*; the matcher (``matcher.py``) compiles a set of them
-into an index. Validation happens here, once, when a switch is engaged, so every instance can
-trust what it loads from the store.
+A switch names a *scope* (the table of scopes is ``scopes.py``) and a *target*; the matcher
+(``matcher.py``) compiles a set of them into an index. Validation happens here, once, when a
+switch is engaged, so every instance can trust what it loads from the store.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from gateway.audit.incidents import validate_incident
-from gateway.audit.record import SYSTEM_TENANT, format_time, validate_tenant
+from gateway.audit.record import SYSTEM_TENANT, format_time
 from gateway.config.values import parse_duration
-from gateway.errors import GatewayError, Isolated
-from gateway.routing import normalise_target
+from gateway.errors import Isolated
+from gateway.killswitch.scopes import SCOPE_BY_NAME, SCOPES, Scope
 
-Scope = Literal["global", "module", "route", "tenant", "integration", "endpoint"]
 Mode = Literal["block", "read-only"]
-SCOPES: tuple[Scope, ...] = ("global", "module", "route", "tenant", "integration", "endpoint")
 MODES: tuple[Mode, ...] = ("block", "read-only")
 SAFE_METHODS = frozenset(("GET", "HEAD", "OPTIONS"))
-METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "*"))
 MAX_TTL = 366 * 86400.0
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 _MAX_REASON = 500
 
 
@@ -116,49 +111,7 @@ def validate_spec(data: dict[str, Any]) -> Switch:
 
 
 def normalise_switch_target(scope: str, target: object) -> str:
-    if scope == "global":
-        if target not in (None, "", "*"):
-            raise ValueError("a global switch takes no target (or '*')")
-        return "*"
-    if not isinstance(target, str) or not target:
-        raise ValueError(f"a {scope} switch needs a target")
-    if scope == "tenant":
-        return validate_tenant(target)
-    if scope == "endpoint":
-        method, path = parse_endpoint(target)
-        return f"{method} {path}"
-    if not _NAME_RE.fullmatch(target):
-        raise ValueError(f"{scope} target must be a name of letters, digits, '-', '_' or '.'")
-    return target
-
-
-def parse_endpoint(target: str) -> tuple[str, str]:
-    """``"POST /api/finance/*"`` → ``("POST", "/api/finance/*")``: the path canonicalised like a
-    request path (SPEC §4), so a glob written with ``//`` or ``%66`` still names what requests see."""
-    method, _, path = target.strip().partition(" ")
-    method, path = method.upper(), path.strip()
-    if method not in METHODS:
-        raise ValueError("endpoint target must be 'METHOD /path' (METHOD an HTTP method or '*')")
-    if not path.startswith("/"):
-        raise ValueError("endpoint path must start with '/'")
-    try:
-        canonical = normalise_target(path, host=None)
-    except GatewayError as exc:
-        raise ValueError(f"endpoint path: {exc.detail}") from None
-    if canonical.query:
-        raise ValueError("endpoint path must not carry a query")
-    segments = glob_segments(canonical.path)
-    if "**" in segments[:-1]:
-        raise ValueError("'**' may only be the last segment of an endpoint path")
-    if any(("*" in s and s not in ("*", "**")) for s in segments):
-        raise ValueError("'*' and '**' must be whole segments")
-    return method, canonical.path
-
-
-def glob_segments(path: str) -> list[str]:
-    """Segments of a canonical path; a trailing slash does not make a segment of its own."""
-    stripped = path.strip("/")
-    return stripped.split("/") if stripped else []
+    return SCOPE_BY_NAME[scope].normalise_target(target)
 
 
 def isolated_error(switch: Switch, now: float) -> Isolated:
@@ -179,14 +132,10 @@ def isolated_error(switch: Switch, now: float) -> Isolated:
 __all__ = [
     "MODES",
     "SAFE_METHODS",
-    "SCOPES",
     "Mode",
-    "Scope",
     "Switch",
-    "glob_segments",
     "isolated_error",
     "normalise_switch_target",
-    "parse_endpoint",
     "parse_ttl",
     "validate_spec",
 ]
@@ -195,6 +144,6 @@ __all__ = [
 def audit_trails(switch: Switch) -> list[str]:
     """Where a switch's engage/release/expiry records go: a tenant switch in that tenant's own
     trail (it sees it in its export) and in _system, where operators find every switch."""
-    if switch.scope == "tenant" and switch.target:
+    if SCOPE_BY_NAME[switch.scope].matching == "acting tenant" and switch.target:
         return [switch.target, SYSTEM_TENANT]
     return [SYSTEM_TENANT]

@@ -18,6 +18,10 @@ WebSocket can then run for hours. The proxy registers each one here while it str
 A stream whose session ended gets a WebSocket close frame (1008 policy violation) when it is a
 WebSocket, its connection aborted otherwise (a cut body is the only honest signal left once the
 head has gone out).
+
+Domain code: a stream is its ``RequestFacts`` plus what the caller hands over when it registers
+it (the runtime's services and config, the client connection to abort); this module imports
+neither the per-request context nor aiohttp.
 """
 
 from __future__ import annotations
@@ -25,52 +29,60 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
-from aiohttp import WSCloseCode
 
 from gateway.auth.sessions import EXPIRED, session_end, stream_deadline
+from gateway.facts import RequestFacts
+from gateway.killswitch.checks import refusal_for
 from gateway.killswitch.model import isolated_error
 
 if TYPE_CHECKING:
-    from aiohttp import web
-
-    from gateway.context import RequestContext
+    from gateway.auth.revocation import RevocationEpochs
+    from gateway.config import GatewayConfig
     from gateway.killswitch.matcher import SwitchIndex
-    from gateway.killswitch.model import Switch
     from gateway.state.sync import SnapshotBacked
+    from gateway.tenancy.grants import SupportGrants
 
 CLOSE_GRACE = 0.5  # seconds a client gets to answer the close frame before the socket is aborted
+POLICY_VIOLATION = 1008  # RFC 6455 §7.4.1 close code
+
+
+class Abortable(Protocol):
+    """The client connection of a stream (asyncio's transport, on either listener)."""
+
+    def abort(self) -> None: ...
+
+
+class ClosableSocket(Protocol):
+    """The client's WebSocket once accepted (aiohttp's ``WebSocketResponse``)."""
+
+    @property
+    def closed(self) -> bool: ...
+
+    async def close(self, *, code: int = ..., message: bytes = ...) -> bool: ...
+
+
+class SwitchSource(Protocol):
+    @property
+    def index(self) -> SwitchIndex | None: ...
+
+
+class StreamServices(Protocol):
+    """What a stream needs of its runtime's services (``gateway.runtime.RuntimeServices``)."""
+
+    @property
+    def killswitches(self) -> SwitchSource: ...
+
+    @property
+    def revocations(self) -> RevocationEpochs: ...
+
+    @property
+    def grants(self) -> SupportGrants: ...
+
 
 log = structlog.get_logger("gateway.killswitch")
-
-
-def acting_tenants(ctx: RequestContext) -> tuple[str, ...]:
-    """The acting tenant and, when different, the token's own tenant: isolating a tenant covers
-    its users acting elsewhere under a grant as well as anyone acting in it."""
-    claims_tenant = ctx.claims.tenant if ctx.claims is not None else None
-    if ctx.tenant is None:
-        return (claims_tenant,) if claims_tenant else ()
-    if claims_tenant is None or claims_tenant == ctx.tenant:
-        return (ctx.tenant,)
-    return (ctx.tenant, claims_tenant)
-
-
-def refusal_for(index: SwitchIndex, ctx: RequestContext, *, websocket: bool, now: float) -> Switch | None:
-    """Every scope at once (used on requests already past the pipeline)."""
-    if ctx.target is None or index.empty:
-        return None
-    method = ctx.request.method
-    hit = index.refusal(
-        method,
-        ctx.target.path,
-        ctx.route,
-        websocket=websocket,
-        now=now,
-        case_insensitive=ctx.runtime.config.routes_case_insensitive,
-    )
-    return hit or index.tenant_refusal(acting_tenants(ctx), method, websocket=websocket, now=now)
 
 
 class StreamRegistry:
@@ -85,19 +97,31 @@ class StreamRegistry:
     def __len__(self) -> int:
         return len(self._open)
 
-    def track(self, ctx: RequestContext, *, websocket: bool = False) -> _Tracked:
+    def track(
+        self,
+        facts: RequestFacts,
+        services: StreamServices,
+        config: GatewayConfig,
+        connection: Abortable | None,
+        *,
+        websocket: bool = False,
+    ) -> _Tracked:
         """Register a proxied response while it streams (a ``with`` block). On entry the current
         switch set is checked once more: a switch applied while this request was being
         authenticated or waiting for its upstream refuses it here (503), before a byte of the
-        answer is sent."""
-        index = ctx.runtime.services.killswitches.index
+        answer is sent. ``services`` and ``config`` are the runtime the request started with;
+        ``connection`` is what a cut aborts."""
+        index = services.killswitches.index
         # Re-checked only when a new set was applied since the pipeline's checks (cheap path).
-        if index is not None and index is not ctx.killswitch_index and not index.empty:
+        if index is not None and index is not facts.killswitch_index and not index.empty:
             now = time.time()
-            switch = refusal_for(index, ctx, websocket=websocket, now=now)
+            case_insensitive = config.routes_case_insensitive
+            switch = refusal_for(
+                index, facts, websocket=websocket, now=now, case_insensitive=case_insensitive
+            )
             if switch is not None:
                 raise isolated_error(switch, now)
-        return _Tracked(self, ctx, websocket)
+        return _Tracked(self, facts, services, config, connection, websocket)
 
     def cut(self, index: SwitchIndex) -> int:
         """Abort every tracked stream ``index`` refuses; returns how many."""
@@ -106,18 +130,20 @@ class StreamRegistry:
         now = time.time()
         cut = 0
         for key, tracked in list(self._open.items()):
-            ctx, websocket = tracked.ctx, tracked.websocket
-            switch = refusal_for(index, ctx, websocket=websocket, now=now)
+            facts, websocket = tracked.facts, tracked.websocket
+            case_insensitive = tracked.config.routes_case_insensitive
+            switch = refusal_for(
+                index, facts, websocket=websocket, now=now, case_insensitive=case_insensitive
+            )
             if switch is None:
                 continue
-            transport = ctx.request.transport
-            if transport is not None:
+            if tracked.connection is not None:
                 # SECURITY: an exfiltration already streaming must not outlive the isolation.
-                transport.abort()
+                tracked.connection.abort()
             self._open.pop(key, None)
             cut += 1
             log.info(
-                "killswitch_cut_stream", request_id=ctx.request_id, switch=switch.id, websocket=websocket
+                "killswitch_cut_stream", request_id=facts.request_id, switch=switch.id, websocket=websocket
             )
         return cut
 
@@ -135,13 +161,13 @@ class StreamRegistry:
         now = time.time()
         ended = 0
         for tracked in list(self._open.values()):
-            ctx = tracked.ctx
-            if ctx.claims is None:
+            facts = tracked.facts
+            if facts.claims is None:
                 continue  # auth: none / webhook routes: no session to end
-            services = ctx.runtime.services
-            live = services.grants.live_ids() if ctx.grant is not None else frozenset()
+            services = tracked.services
+            live = services.grants.live_ids() if facts.grant is not None else frozenset()
             reason = session_end(
-                ctx.claims, ctx.grant, revocations=services.revocations, live_grants=live, now=now
+                facts.claims, facts.grant, revocations=services.revocations, live_grants=live, now=now
             )
             if reason is None and tracked.deadline <= now:
                 reason = EXPIRED
@@ -173,65 +199,74 @@ class StreamRegistry:
             self._arm(following)
 
     def _end(self, tracked: _Tracked, reason: str) -> None:
-        ctx = tracked.ctx
-        self._open.pop(id(ctx), None)
-        transport = ctx.request.transport
+        facts = tracked.facts
+        self._open.pop(id(facts), None)
+        connection = tracked.connection
         socket = tracked.socket
         if socket is not None and not socket.closed:
-            task = asyncio.get_running_loop().create_task(_close_socket(socket, transport))
+            task = asyncio.get_running_loop().create_task(_close_socket(socket, connection))
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
-        elif transport is not None:
+        elif connection is not None:
             # SECURITY: a revoked or expired session must not keep reading a stream it opened.
-            transport.abort()
+            connection.abort()
         log.info(
-            "session_ended_stream", request_id=ctx.request_id, reason=reason, websocket=tracked.websocket
+            "session_ended_stream", request_id=facts.request_id, reason=reason, websocket=tracked.websocket
         )
 
 
-async def _close_socket(socket: web.WebSocketResponse, transport: asyncio.Transport | None) -> None:
+async def _close_socket(socket: ClosableSocket, connection: Abortable | None) -> None:
     """A close frame (1008) first, so the client learns why; the connection is aborted when the
     client does not answer within ``CLOSE_GRACE`` (no data flows meanwhile: a closing socket
     sends nothing more)."""
     try:
         async with asyncio.timeout(CLOSE_GRACE):
-            await socket.close(code=WSCloseCode.POLICY_VIOLATION, message=b"session ended")
+            await socket.close(code=POLICY_VIOLATION, message=b"session ended")
     except (TimeoutError, ConnectionError, RuntimeError):
-        if transport is not None:
-            transport.abort()
+        if connection is not None:
+            connection.abort()
 
 
 STREAMS = StreamRegistry()
 """One per process: the proxy registers here, the switch registry cuts from here, the revocation
 and grant snapshots end sessions from here."""
 
-__all__ = ["STREAMS", "StreamRegistry", "acting_tenants", "refusal_for"]
+__all__ = ["STREAMS", "Abortable", "ClosableSocket", "StreamRegistry", "StreamServices"]
 
 
 class _Tracked:
     """The registration of one stream; a plain class, not @contextmanager (hot path: every
     proxied response enters one, and the generator machinery cost more than the check)."""
 
-    __slots__ = ("_registry", "ctx", "deadline", "socket", "websocket")
+    __slots__ = ("_registry", "config", "connection", "deadline", "facts", "services", "socket", "websocket")
 
-    def __init__(self, registry: StreamRegistry, ctx: RequestContext, websocket: bool) -> None:
-        self._registry, self.ctx, self.websocket = registry, ctx, websocket
+    def __init__(
+        self,
+        registry: StreamRegistry,
+        facts: RequestFacts,
+        services: StreamServices,
+        config: GatewayConfig,
+        connection: Abortable | None,
+        websocket: bool,
+    ) -> None:
+        self._registry, self.facts, self.websocket = registry, facts, websocket
+        self.services, self.config, self.connection = services, config, connection
         self.deadline = math.inf
-        self.socket: web.WebSocketResponse | None = None
+        self.socket: ClosableSocket | None = None
 
     def __enter__(self) -> _Tracked:
-        ctx, registry = self.ctx, self._registry
-        registry._open[id(ctx)] = self
-        claims = ctx.claims
+        facts, registry = self.facts, self._registry
+        registry._open[id(facts)] = self
+        claims = facts.claims
         if claims is not None:
-            leeway = ctx.runtime.config.auth.leeway
-            self.deadline = stream_deadline(claims, ctx.grant, leeway=leeway, now=time.time())
+            leeway = self.config.auth.leeway
+            self.deadline = stream_deadline(claims, facts.grant, leeway=leeway, now=time.time())
             registry._arm(self.deadline)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._registry._open.pop(id(self.ctx), None)
+        self._registry._open.pop(id(self.facts), None)
 
-    def attach(self, socket: web.WebSocketResponse) -> None:
+    def attach(self, socket: ClosableSocket) -> None:
         """The client's WebSocket, once accepted: a session end then closes it with a frame."""
         self.socket = socket

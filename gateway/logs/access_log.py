@@ -1,4 +1,5 @@
-"""The access log: one typed JSON line per request, written by an aiohttp access logger.
+"""The access log: one typed JSON line per request (``AccessLogWriter.write_entry``), called by
+the lean listener and by aiohttp's access logger (``gateway.logs.aiohttp_access``).
 
 Typed fields the gateway produces itself are emitted as they are (cheap); the only free text,
 the path and query, goes through the redactor. Users appear as keyed pseudonyms and client
@@ -19,11 +20,9 @@ from typing import TextIO
 
 import orjson
 import structlog
-from aiohttp import web
-from aiohttp.abc import AbstractAccessLogger
 
-from gateway.context import ContextKey, RequestContext
 from gateway.crypto import Keyring
+from gateway.facts import RequestFacts
 from gateway.logs.refusals import RefusalAggregator
 from gateway.redaction.processor import Pseudonymizer, Redactor, truncate_ip
 from gateway.tracing.context import TRACE_ID
@@ -102,13 +101,9 @@ class AccessLogWriter:
         """The keyed pseudonym the access log uses for ``user`` (the console's traffic view)."""
         return self._pseudonymizer(user)
 
-    def write(self, request: web.BaseRequest, response: web.StreamResponse, elapsed: float) -> None:
-        ctx = request.get(ContextKey)
-        if ctx is not None:
-            self.write_entry(ctx, response.status, response.body_length, elapsed)
-
-    def write_entry(self, ctx: RequestContext, status: int, body_length: int, elapsed: float) -> None:
-        """One line for one answered (or cut) request; both listeners end up here."""
+    def write_entry(self, ctx: RequestFacts, status: int, body_length: int, elapsed: float) -> None:
+        """One line for one answered (or cut) request; both listeners end up here (aiohttp's
+        through ``gateway.logs.aiohttp_access``)."""
         now = time.time()
         client_ip = truncate_ip(ctx.client_ip) if self._pseudonymize else ctx.client_ip
         route = ctx.route.name if ctx.route is not None else None
@@ -198,16 +193,3 @@ class AccessLogWriter:
         stream.flush()  # whatever was written as text goes first: lines keep their order
         binary.write(data)
         binary.flush()
-
-
-class GatewayAccessLogger(AbstractAccessLogger):
-    """aiohttp creates one per connection; the writer comes from the request's runtime."""
-
-    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        ctx = request.get(ContextKey)
-        if ctx is not None and ctx.runtime.access_log.enabled:
-            ctx.runtime.access_log.write(request, response, time)
-
-    @property
-    def enabled(self) -> bool:
-        return True

@@ -18,6 +18,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.context import RequestContext
 from gateway.errors import BadRequest, LockedOut, PayloadTooLarge, RateLimited
+from gateway.http_continue import send_continue
 from gateway.middleware.webhook import DEFAULT_MAX_BODY as WEBHOOK_MAX_BODY
 from gateway.ratelimit.body_fields import counted_fields
 from gateway.ratelimit.deferred import DeferredPreAuth, settle_pre_auth
@@ -25,7 +26,6 @@ from gateway.ratelimit.headers import POLICY_HEADER, STATE_HEADER, retry_after, 
 from gateway.ratelimit.limiter import Verdict
 from gateway.ratelimit.policies import LimitItem
 from gateway.ratelimit.service import RateLimitRuntime
-from gateway.upstream.proxy import send_continue
 
 DEFAULT_MAX_BODY = 64 * 1024  # a login form or JSON body; routes may set max_body
 # SECURITY: counted bodies are held in memory before any authentication; a route's large

@@ -21,7 +21,7 @@ from multidict import CIMultiDictProxy
 from gateway.context import RequestContext
 from gateway.errors import BadRequest, GatewayError, NotImplementedCoding
 from gateway.routing import method_not_allowed
-from gateway.upstream.proxy import wants_websocket
+from gateway.upstream.forwarding import wants_websocket
 
 _WEBSOCKET_KEY_BYTES = 16  # RFC 6455 §4.1: base64 of a random 16-byte nonce
 _WEBSOCKET_VERSION = "13"

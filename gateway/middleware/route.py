@@ -9,7 +9,7 @@ from aiohttp import web
 from gateway.context import RequestContext
 from gateway.endpoints.table import is_gateway_endpoint, serve_gateway_endpoint
 from gateway.errors import BadRequest
-from gateway.middleware.killswitch import check_gateway_endpoint
+from gateway.killswitch.checks import check_gateway_endpoint
 from gateway.routing import canonical_target, method_not_allowed
 
 # RFC 3986 host (reg-name or IP literal) and optional port; anything else in Host is an attack on
@@ -49,7 +49,11 @@ async def resolve_route(ctx: RequestContext) -> web.StreamResponse | None:
         raise method_not_allowed()
     ctx.target = canonical_target(request.raw_path, host=checked_host(request))
     if is_gateway_endpoint(ctx.target.path):
-        check_gateway_endpoint(ctx)  # SPEC §9: a global switch spares only health and ready
+        # SPEC §9: a global switch spares only health and ready
+        runtime = ctx.runtime
+        check_gateway_endpoint(
+            runtime.services.killswitches.index, ctx, case_insensitive=runtime.config.routes_case_insensitive
+        )
         return await serve_gateway_endpoint(ctx)
     ctx.route = ctx.runtime.routes.match(ctx.target.path, request.method)
     return None

@@ -10,8 +10,8 @@ from aiohttp import web
 from gateway.auth.webhooks import verify_signature
 from gateway.context import RequestContext
 from gateway.errors import InvalidToken, PayloadTooLarge
+from gateway.http_continue import send_continue
 from gateway.metrics import METRICS
-from gateway.upstream.proxy import send_continue
 
 DEFAULT_MAX_BODY = 1024 * 1024
 _CHALLENGE = 'Signature realm="shopino-webhooks"'

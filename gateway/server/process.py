@@ -33,7 +33,8 @@ from gateway.http1.handler import LeanPublicHandler
 from gateway.http1.protocol import LeanServer
 from gateway.killswitch import STREAMS, KillSwitchRegistry
 from gateway.listener import CUT_GRACE, GuardedServer
-from gateway.logs.access_log import ACCESS_LOGGER, GatewayAccessLogger, flush_access_logs, pseudonym_key
+from gateway.logs.access_log import ACCESS_LOGGER, flush_access_logs, pseudonym_key
+from gateway.logs.aiohttp_access import GatewayAccessLogger
 from gateway.logs.setup import configure_logging
 from gateway.metrics import METRICS
 from gateway.ratelimit.limiter import RateLimitBackend
@@ -47,6 +48,7 @@ from gateway.tenancy.grants import SupportGrants
 from gateway.tenancy.keys import ContextKeys
 from gateway.tracing import flush_exported_spans
 from gateway.upstream.pools import UpstreamRegistry
+from gateway.upstream.transports import open_transport
 
 log = structlog.get_logger("gateway.server.process")
 RELOAD_CHANNEL = "config.reload"
@@ -67,7 +69,7 @@ class GatewayProcess:
         self.instance_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.store: StateStore = open_store(config.state.url)
         self.status = GatewayStatus(instance_id=self.instance_id, store_description=self.store.describe())
-        self.registry = UpstreamRegistry()
+        self.registry = UpstreamRegistry(open_transport)
         self.audit = AuditTrail(
             self.store,
             spool_dir=Path(config.audit.spool_dir),

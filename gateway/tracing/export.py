@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 from opentelemetry import trace as otel_trace
@@ -27,12 +27,10 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
+from gateway.facts import RequestFacts
 from gateway.redaction.processor import Redactor, truncate_ip
 from gateway.tracing.context import PARENT_ID, SPAN_ID, TRACE_ID, TRACEPARENT
 from gateway.tracing.schema import traces_url
-
-if TYPE_CHECKING:
-    from gateway.context import RequestContext
 
 log = structlog.get_logger("gateway.tracing")
 SCHEDULE_DELAY_MS = 1000  # spans wait at most about a second for their batch
@@ -115,7 +113,7 @@ class SpanRecorder:
         self._routes: dict[str, str] = {}  # route prefix → http.route template
         self._warned = False
 
-    def record(self, ctx: RequestContext, status: int) -> None:
+    def record(self, ctx: RequestFacts, status: int) -> None:
         """One span for a finished request. Never raises: telemetry must not fail a request."""
         try:
             self._record(ctx, status)
@@ -124,7 +122,7 @@ class SpanRecorder:
                 self._warned = True  # once per runtime; the error's class only
                 log.warning("span_export_failed", error=type(error).__name__)
 
-    def _record(self, ctx: RequestContext, status: int) -> None:
+    def _record(self, ctx: RequestFacts, status: int) -> None:
         end = time.time_ns()
         start = end - int((time.monotonic() - ctx.started) * 1e9)
         trace = ctx.trace
@@ -143,7 +141,7 @@ class SpanRecorder:
             span.set_status(Status(StatusCode.ERROR))
         span.end(end_time=end)
 
-    def _attributes(self, ctx: RequestContext, status: int) -> tuple[dict[str, Any], str]:
+    def _attributes(self, ctx: RequestFacts, status: int) -> tuple[dict[str, Any], str]:
         request = ctx.request
         method = request.method if request.method in KNOWN_METHODS else "_OTHER"
         major, minor = request.version

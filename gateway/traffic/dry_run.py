@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from gateway.config import GatewayConfig
 from gateway.killswitch.matcher import SwitchIndex
 from gateway.killswitch.model import Switch
+from gateway.killswitch.scopes import SCOPE_BY_NAME
 from gateway.routing import PROBE_PATHS
 from gateway.traffic.recorder import DRY_RUN_WINDOW, UNTRACKED, Key, TrafficRecorder
 
@@ -43,16 +44,17 @@ def _totals(recorder: TrafficRecorder) -> dict[Key, int]:
 
 def dry_run(switch: Switch, config: GatewayConfig, recorder: TrafficRecorder, now: float) -> DryRun:
     index = SwitchIndex([switch], version=0)
+    matching = SCOPE_BY_NAME[switch.scope].matching
     routes = {r.name: r for r in config.routes}
     refused = requests = untracked = 0
     for (route_name, tenant, method, path), n in _totals(recorder).items():
         requests += n
-        if path in PROBE_PATHS:
+        if path in PROBE_PATHS:  # a global switch spares the probes (SPEC §9)
             continue
-        if not method or (path == UNTRACKED and switch.scope == "endpoint"):
+        if not method or (path == UNTRACKED and matching == "path glob"):
             untracked += n  # counted without its key (or its path): no scope (or no glob) can place it
             continue
-        if switch.scope == "tenant":
+        if matching == "acting tenant":
             hit = tenant and index.tenant_refusal((tenant,), method, websocket=False, now=now)
         else:
             route = routes.get(route_name) if route_name else None

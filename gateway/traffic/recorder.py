@@ -35,12 +35,9 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import pairwise
-from typing import TYPE_CHECKING
 
+from gateway.facts import RequestFacts
 from gateway.redaction.processor import truncate_ip
-
-if TYPE_CHECKING:
-    from gateway.context import RequestContext
 
 DRY_RUN_WINDOW = 300
 BUCKET_S = 10
@@ -90,7 +87,7 @@ class TrafficRecorder:
         self._refusals: deque[_Refusals] = deque(maxlen=buckets)
 
     # -- hot path -----------------------------------------------------------------------------
-    def observe(self, ctx: RequestContext) -> None:
+    def observe(self, ctx: RequestFacts) -> None:
         second = int(self._clock())
         if second != self._second:
             self._turn(second, ctx)
@@ -125,7 +122,7 @@ class TrafficRecorder:
             paths[path] = key
         return key
 
-    def _refused(self, ctx: RequestContext) -> None:
+    def _refused(self, ctx: RequestFacts) -> None:
         bucket = self._refusals[-1]
         slug = ctx.refusal or ""
         bucket.statuses[slug] = ctx.status
@@ -142,7 +139,7 @@ class TrafficRecorder:
         users[user] = users.get(user, 0) + 1
 
     # -- once a second / once a bucket ----------------------------------------------------------
-    def _turn(self, second: int, ctx: RequestContext) -> None:
+    def _turn(self, second: int, ctx: RequestFacts) -> None:
         """A new second: its slot is emptied before reuse; a new bucket: a counter snapshot."""
         slot = second % DRY_RUN_WINDOW
         if self._stamps[slot] != second:

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.config.model import IPNetwork
+from gateway.exchange import ServerRequest
 
 # RFC 9110 §7.6.1 plus the de-facto Proxy-Connection: never forwarded in either direction.
 HOP_BY_HOP = frozenset(
@@ -189,3 +190,12 @@ def downstream_response_headers(
     if tls:
         out["Strict-Transport-Security"] = "max-age=31536000; includeSubDomains"
     return out
+
+
+def wants_websocket(request: ServerRequest) -> bool:
+    """A WebSocket upgrade the proxy would carry through (SPEC §10)."""
+    return (
+        request.method == "GET"
+        and request.headers.get("Upgrade", "").lower() == "websocket"
+        and "upgrade" in request.headers.get("Connection", "").lower()
+    )

@@ -1,8 +1,10 @@
 """Upstream pools: round robin with passive ejection, behind one small transport interface.
 
 ``UpstreamTransport`` is the seam ARCHITECTURE.md asks for: the proxy only calls ``send`` and
-``websocket``; today's implementation is aiohttp's client (one keep-alive pool per upstream),
-and a leaner httptools transport can replace it without touching the pipeline.
+``websocket``. Two implementations keep one keep-alive pool per upstream: a lean one on
+httptools (``transport_httptools.py``, the default) and aiohttp's client
+(``transport_aiohttp.py``); ``transports.open_transport`` picks one per upstream config and is
+handed to ``UpstreamRegistry`` by the server, so this module imports neither.
 """
 
 from __future__ import annotations
@@ -120,19 +122,15 @@ class UpstreamTransport(Protocol):
 class UpstreamRegistry:
     """Pools survive reloads when their upstream's config is unchanged (no cold pools)."""
 
-    def __init__(self) -> None:
+    def __init__(self, open_transport: Callable[[UpstreamConfig], UpstreamTransport]) -> None:
+        self._open = open_transport  # gateway.upstream.transports.open_transport in the server
         self._pools: dict[UpstreamConfig, UpstreamTransport] = {}
 
     def pools_for(self, configs: dict[str, UpstreamConfig]) -> dict[str, UpstreamTransport]:
-        from gateway.upstream.transport_aiohttp import AiohttpTransport
-        from gateway.upstream.transport_httptools import HttptoolsTransport
-
         result: dict[str, UpstreamTransport] = {}
         for name, config in configs.items():
             if config not in self._pools:
-                # httptools: ~3x less CPU per request than aiohttp's client (bench/transport_bench.py)
-                kind = HttptoolsTransport if config.transport == "httptools" else AiohttpTransport
-                self._pools[config] = kind(config)
+                self._pools[config] = self._open(config)
             result[name] = self._pools[config]
         return result
 

@@ -1,7 +1,9 @@
 """Forwarding one request to its upstream and streaming the answer back (SPEC §10).
 
-Bodies stream both ways in chunks (constant memory); the response check hook runs on the
-upstream's status and headers before a single byte of its body reaches the client.
+Bodies stream both ways in chunks (constant memory); the upstream header hooks add to what is
+sent, and the response checks run on the upstream's status and headers before a single byte of
+its body reaches the client. Both lists live in ``gateway.pipeline``; the listener hands them
+in, so the proxy imports no stage.
 """
 
 from __future__ import annotations
@@ -15,19 +17,21 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.context import RequestContext
 from gateway.errors import InternalError, PayloadTooLarge, UpstreamTimeout, UpstreamUnavailable
-from gateway.http1.downstream import LeanDownstream
+from gateway.exchange import AnswerWriter, ServerRequest
+from gateway.http_continue import send_continue
 from gateway.killswitch.streams import STREAMS
 from gateway.metrics import METRICS
-from gateway.middleware.tenancy import inject_identity
 from gateway.tracing.context import TRACEPARENT, TRACESTATE
-from gateway.upstream.forwarding import downstream_response_headers, upstream_request_headers
+from gateway.upstream.forwarding import downstream_response_headers, upstream_request_headers, wants_websocket
 from gateway.upstream.pools import IDEMPOTENT_METHODS, UpstreamResponse
 
 CHUNK = 64 * 1024
 ResponseCheck = Callable[[RequestContext, int, "CIMultiDict[str] | CIMultiDictProxy[str]"], Awaitable[None]]
 """Runs on the upstream's status and headers before a byte of its body reaches the client;
 raising a ``GatewayError`` withholds the body (the upstream connection is then closed)."""
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+UpstreamHeaderHook = Callable[[RequestContext, CIMultiDict[str]], None]
+"""Adds to the headers sent upstream (the verified identity, SPEC §7); the list is
+``gateway.pipeline.UPSTREAM_HEADER_HOOKS``, handed in by the listener."""
 
 
 class _HeadWithBodyResponse(web.StreamResponse):
@@ -46,7 +50,7 @@ class _BodyLimit:
         self.limit = limit
         self.exceeded = False
 
-    async def stream(self, request: web.BaseRequest) -> AsyncIterator[bytes]:
+    async def stream(self, request: ServerRequest) -> AsyncIterator[bytes]:
         seen = 0
         async for chunk in request.content.iter_chunked(CHUNK):
             seen += len(chunk)
@@ -60,33 +64,15 @@ async def _once(body: bytes) -> AsyncIterator[bytes]:
     yield body
 
 
-def _has_body(request: web.BaseRequest) -> bool:
+def _has_body(request: ServerRequest) -> bool:
     if request.headers.get("Transfer-Encoding", "").lower().strip() == "chunked":
         return True
     return request.content_length not in (None, 0)
 
 
-def wants_websocket(request: web.BaseRequest) -> bool:
-    return (
-        request.method == "GET"
-        and request.headers.get("Upgrade", "").lower() == "websocket"
-        and "upgrade" in request.headers.get("Connection", "").lower()
-    )
-
-
-def send_continue(ctx: RequestContext) -> None:
-    """App. B: 100-continue only once every check has passed, so a refused client never uploads."""
-    request = ctx.request
-    if ctx.continue_sent or request.version < (1, 1):
-        return
-    if request.headers.get("Expect", "").lower() == "100-continue" and request.transport is not None:
-        request.transport.write(_CONTINUE)
-        ctx.continue_sent = True
-
-
 async def proxy_request(
-    ctx: RequestContext, checks: Sequence[ResponseCheck] = ()
-) -> web.StreamResponse | LeanDownstream:
+    ctx: RequestContext, checks: Sequence[ResponseCheck] = (), header_hooks: Sequence[UpstreamHeaderHook] = ()
+) -> web.StreamResponse | AnswerWriter:
     assert ctx.route is not None and ctx.target is not None
     request = ctx.request
     runtime = ctx.runtime
@@ -110,11 +96,14 @@ async def proxy_request(
     if trace[TRACESTATE] is not None:
         headers["tracestate"] = trace[TRACESTATE]
     # The identity the upstream acts on comes from the verified token (and a grant), never the
-    # client: X-Tenant-ID is the acting tenant, signed with the rest in X-Gateway-Context.
-    inject_identity(ctx, headers)
+    # client (gateway.pipeline.UPSTREAM_HEADER_HOOKS).
+    for hook in header_hooks:
+        hook(ctx, headers)
     if wants_websocket(request) and ctx.route.websocket:
         # SPEC §9: cut when a switch engages; App. C: closed (1008) when its session ends.
-        with STREAMS.track(ctx, websocket=True) as stream:
+        with STREAMS.track(
+            ctx, runtime.services, runtime.config, request.transport, websocket=True
+        ) as stream:
             return await _proxy_websocket(ctx, headers, stream.attach)
 
     if ctx.route.auth == "webhook" and ctx.body is None:
@@ -144,7 +133,8 @@ async def proxy_request(
         METRICS.upstream_errors.labels(ctx.route.upstream, error.slug).inc()
         raise
     try:
-        with STREAMS.track(ctx):  # SPEC §9: re-checked now, and cut if a switch engages mid-stream
+        # SPEC §9: re-checked now, and cut if a switch engages mid-stream
+        with STREAMS.track(ctx, runtime.services, runtime.config, request.transport):
             return await _stream_response(ctx, upstream, checks)
     finally:
         upstream.release()
@@ -152,7 +142,7 @@ async def proxy_request(
 
 async def _stream_response(
     ctx: RequestContext, upstream: UpstreamResponse, checks: Sequence[ResponseCheck]
-) -> web.StreamResponse | LeanDownstream:
+) -> web.StreamResponse | AnswerWriter:
     ctx.status = upstream.status
     try:
         for check in checks:
@@ -194,11 +184,11 @@ async def _stream_response(
 
 async def _stream_lean(
     ctx: RequestContext,
-    down: LeanDownstream,
+    down: AnswerWriter,
     upstream: UpstreamResponse,
     headers: CIMultiDict[str],
     whole: bytes | None,
-) -> LeanDownstream:
+) -> AnswerWriter:
     """The same answer on the lean listener: one write when the body is all here, else the head
     at once and the body as it comes, each chunk waiting for the client to take the last."""
     length = upstream.headers.get("Content-Length")

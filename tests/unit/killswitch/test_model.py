@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from gateway.killswitch.model import Switch, isolated_error, parse_endpoint, parse_ttl, validate_spec
+from gateway.killswitch.model import Switch, isolated_error, parse_ttl, validate_spec
+from gateway.killswitch.scopes import parse_endpoint
 
 
 def spec(**fields: Any) -> dict[str, Any]:

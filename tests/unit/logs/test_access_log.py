@@ -51,13 +51,9 @@ def finished_request(request_id: str) -> tuple[dict[object, object], SimpleNames
     return request, SimpleNamespace(status=200, body_length=42)
 
 
-class FakeRequest(dict[object, object]):
-    method = "GET"
-
-
 def log_one(writer: AccessLogWriter, request_id: str) -> None:
     fields, response = finished_request(request_id)
-    writer.write(FakeRequest(fields), response, 0.0015)  # type: ignore[arg-type]
+    writer.write_entry(fields[ContextKey], response.status, response.body_length, 0.0015)  # type: ignore[arg-type]
 
 
 def lines_of(stream: CountingStream) -> list[dict[str, object]]:
@@ -119,7 +115,7 @@ async def test_client_ips_stay_truncated_however_many_and_however_often() -> Non
     for ip in [*ips, *ips[:10]]:
         fields, response = finished_request("r")
         fields[ContextKey].client_ip = ip  # type: ignore[attr-defined]
-        writer.write(FakeRequest(fields), response, 0.001)  # type: ignore[arg-type]
+        writer.write_entry(fields[ContextKey], response.status, response.body_length, 0.001)  # type: ignore[arg-type]
     await settle()
     seen = [line["client_ip"] for line in lines_of(stream)]
     expected = [ip.rsplit(".", 1)[0] + ".0" for ip in [*ips, *ips[:10]]]
@@ -138,7 +134,7 @@ def test_identity_fields_stay_masked_on_repeat_requests() -> None:
         for _ in range(3):
             fields, response = finished_request("r")
             fields[ContextKey].tenant = "bob@globex.example"  # type: ignore[attr-defined]
-            writer.write(FakeRequest(fields), response, 0.001)  # type: ignore[arg-type]
+            writer.write_entry(fields[ContextKey], response.status, response.body_length, 0.001)  # type: ignore[arg-type]
     users = {line["user"] for line in lines_of(pseudonymized)}
     assert len(users) == 1 and next(iter(users)).startswith("u_")
     for stream in (pseudonymized, plain):
@@ -154,7 +150,7 @@ def refused(writer: AccessLogWriter, client_ip: str, slug: str = "rate-limited")
     ctx = fields[ContextKey]
     ctx.refusal, ctx.client_ip, ctx.user, ctx.tenant = slug, client_ip, None, None  # type: ignore[attr-defined]
     response.status = 429
-    writer.write(FakeRequest(fields), response, 0.0001)  # type: ignore[arg-type]
+    writer.write_entry(fields[ContextKey], response.status, response.body_length, 0.0001)  # type: ignore[arg-type]
 
 
 async def test_a_flood_of_refusals_gets_ten_full_lines_a_second_and_an_exact_count() -> None:
