@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
-
 import orjson
 from aiohttp import web
 
 from gateway.admin.context import ActorKey, AuditKey, RequestIdKey, RevocationsKey
 from gateway.audit import CONTENT_TYPES, SYSTEM_TRAIL, AuditTrail, parse_time_bound, validate_tenant
 from gateway.audit.record import format_time
+from gateway.endpoints.download import stream_export
 from gateway.errors import BadRequest
 from gateway.json_body import json_response
 
@@ -31,30 +30,6 @@ def _bounds(request: web.Request) -> tuple[float | None, float | None]:
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
     return since, until
-
-
-def export_headers(tenant: str, fmt: str) -> dict[str, str]:
-    return {
-        "Content-Type": CONTENT_TYPES[fmt],
-        "Content-Disposition": f'attachment; filename="audit-{tenant}.{fmt}"',
-        "Cache-Control": "no-store",
-    }
-
-
-async def stream_export(
-    request: web.BaseRequest,
-    chunks: AsyncIterator[bytes],
-    tenant: str,
-    fmt: str,
-    extra_headers: Mapping[str, str] | None = None,
-) -> web.StreamResponse:
-    """Stream an audit export as a download, chunk by chunk (constant memory)."""
-    response = web.StreamResponse(headers={**export_headers(tenant, fmt), **(extra_headers or {})})
-    await response.prepare(request)
-    async for chunk in chunks:
-        await response.write(chunk)
-    await response.write_eof()
-    return response
 
 
 async def export_audit(request: web.Request) -> web.StreamResponse:

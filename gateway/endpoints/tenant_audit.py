@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.admin.audit_api import export_headers, stream_export
 from gateway.context import RequestContext
+from gateway.endpoints.download import export_headers, stream_export
 from gateway.endpoints.mfa import fresh_tenant_admin
 from gateway.errors import BadRequest
 from gateway.json_body import json_response

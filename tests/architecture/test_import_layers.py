@@ -27,17 +27,20 @@ FLOORS: dict[int, tuple[str, ...]] = {
         "gateway.app",
         "gateway.listener",
         "gateway.http1",
-        "gateway.endpoints",
         "gateway.admin",
         "gateway.console",
+        "gateway.logs.aiohttp_access",  # aiohttp's access-logger hook for the aiohttp listener
     ),
     3: (
         "gateway.pipeline",
         "gateway.middleware",
-        "gateway.upstream.proxy",
+        "gateway.upstream",
         "gateway.context",
+        "gateway.exchange",
+        "gateway.http_continue",
         "gateway.runtime",
         "gateway.json_body",
+        "gateway.endpoints",
     ),
     2: (
         "gateway.auth",
@@ -51,7 +54,6 @@ FLOORS: dict[int, tuple[str, ...]] = {
         "gateway.routing",
         "gateway.logs",
         "gateway.metrics",
-        "gateway.upstream",
         "gateway.facts",
     ),
     1: (
