@@ -7,7 +7,9 @@ Measures, with time.perf_counter over many iterations on one core:
   status, duration, pseudonymised user, truncated IP, masked query), alone and with the work
   that produces those fields (pseudonym, IP truncation, query masking) and an orjson render;
 - redact_text on free-text messages without PII (a repeated one, which the clean-string cache
-  answers, and distinct ones, which it cannot) and with PII.
+  answers, and distinct ones, which it cannot) and with PII;
+- the processor on events holding ints: small ones (under the digit gate: no scan) and a
+  national id logged as an int (scanned like text, and masked).
 The budget in ARCHITECTURE.md is "logging ≤ 5 µs" per request; nothing here asserts on it.
 
 ``--linearity`` (Appendix C, bounded redaction): for each adversarial shape of the pattern

@@ -6,9 +6,9 @@ RateLimit values, which change once a second. So the answer is rendered once per
 one renderer (``gateway.problem.refusal_headers`` and ``problem_body``, with a marker for the
 request id), split at the marker, and each refusal joins the parts around its id: one
 transport write, no aiohttp ``Response`` and no multidict per refusal; each is still counted
-(``gateway.problem.note_refusal``). The head's
-framing lines (Content-Length, Date, Connection) are added by the same rules as
-``LeanDownstream._head``. Anything a template cannot express falls back to that general path.
+(``gateway.problem.note_refusal``). The head's framing lines (Content-Length, Date,
+Connection) are added by the same rules as ``LeanDownstream._head``. Anything a template
+cannot express falls back to that general path.
 """
 
 from __future__ import annotations
