@@ -7,7 +7,9 @@ Measures, with time.perf_counter over many iterations on one core:
   status, duration, pseudonymised user, truncated IP, masked query), alone and with the work
   that produces those fields (pseudonym, IP truncation, query masking) and an orjson render;
 - redact_text on free-text messages without PII (a repeated one, which the clean-string cache
-  answers, and distinct ones, which it cannot) and with PII.
+  answers, and distinct ones, which it cannot) and with PII;
+- the processor on events holding ints: small ones (under the digit gate: no scan) and a
+  national id logged as an int (scanned like text, and masked).
 The budget in ARCHITECTURE.md is "logging ≤ 5 µs" per request; nothing here asserts on it.
 
 ``--linearity`` (Appendix C, bounded redaction): for each adversarial shape of the pattern
@@ -124,6 +126,13 @@ def main() -> None:
         "free text with PII (email+card / phone+cnic+iban / bearer)",
         n,
         lambda i: REDACTOR.redact_text(pii[i % 3]),
+    )
+    # Ints below the digit gate skip the scan; an id-sized int is scanned (and masked) like text.
+    small_ints = {"event": "order_synced", "order": 48213, "items": [3, 12, 250], "bytes": 1834}
+    bench("event with small ints (under the digit gate)", n, lambda i: PROCESSOR(None, "info", small_ints))
+    id_ints = {"event": "kyc_checked", "nid": 3520212345671, "ids": [{"nid": 3520212345671}]}
+    bench(
+        "event with a national id as an int (scanned, masked)", n, lambda i: PROCESSOR(None, "info", id_ints)
     )
 
 

@@ -1,4 +1,5 @@
-"""The public request handler: request id, the pipeline, the proxy, one error renderer."""
+"""The public request handler: request id, the pipeline, the proxy; refusals through the one
+renderer (``gateway.problem``)."""
 
 from __future__ import annotations
 
@@ -8,64 +9,21 @@ from collections.abc import Callable
 import structlog
 from aiohttp import ClientConnectionResetError, web
 
+from gateway.answer_headers import identity_headers
 from gateway.audit.access import audit_access
 from gateway.context import ContextKey, RequestContext, request_id_for
-from gateway.errors import (
-    GatewayError,
-    InternalError,
-    Isolated,
-    RequestTimeout,
-    problem_body,
-    problem_headers,
-)
+from gateway.errors import GatewayError, InternalError
 from gateway.http1.request import LeanRequest
-from gateway.listener import HSTS, GuardedRequestHandler, identity_headers
+from gateway.listener import GuardedRequestHandler
 from gateway.logs import context as log_context
 from gateway.metrics import METRICS
 from gateway.pipeline import RESPONSE_CHECKS, UPSTREAM_HEADER_HOOKS, run_stages
+from gateway.problem import render_problem
 from gateway.runtime import Runtime
 from gateway.tracing.context import continued_trace, new_trace
 from gateway.upstream.proxy import proxy_request
 
 log = structlog.get_logger("gateway.public")
-
-
-def render_problem(error: GatewayError, ctx: RequestContext | None, request_id: str) -> web.Response:
-    """The one place a refusal becomes a response (SPEC §13); the lean listener writes the same
-    head and body from templates made here too (``gateway.http1.problem``)."""
-    headers = problem_response_headers(error, ctx, request_id)
-    if ctx is not None:
-        note_refusal(error, ctx)
-    else:
-        METRICS.count_refusal(error.slug)
-    response = web.Response(status=error.status, body=problem_body(error, request_id), headers=headers)
-    if isinstance(error, RequestTimeout):
-        response.force_close()  # the rest of the body is never read: the connection cannot be reused
-    return response
-
-
-def problem_response_headers(
-    error: GatewayError, ctx: RequestContext | None, request_id: str
-) -> dict[str, str]:
-    """A refusal's headers, in the order they go out."""
-    headers = problem_headers(error)
-    headers["X-Request-ID"] = request_id
-    headers["X-Content-Type-Options"] = "nosniff"
-    if ctx is not None:
-        if ctx.runtime.tls:
-            headers["Strict-Transport-Security"] = HSTS
-        for name, value in ctx.response_headers.items():
-            headers.setdefault(name, value)
-    return headers
-
-
-def note_refusal(error: GatewayError, ctx: RequestContext) -> None:
-    """What the access line and the metrics record of every refusal (each one counted)."""
-    ctx.status = error.status
-    ctx.refusal = error.slug
-    if isinstance(error, Isolated):
-        ctx.killswitch_id = error.switch_id
-    METRICS.count_refusal(error.slug)
 
 
 def begin_request(request: web.BaseRequest | LeanRequest, runtime: Runtime) -> RequestContext:

@@ -1,19 +1,14 @@
-"""One error family for everything the gateway refuses, and the one problem+json renderer.
+"""One error family for everything the gateway refuses.
 
-Stages raise a ``GatewayError`` subclass; exactly one place (``render_problem``) turns it into
-an RFC 9457 body. ``detail`` must be safe to show a client: it never contains header values,
-token contents, internal addresses or stack traces.
+Stages raise a ``GatewayError`` subclass; exactly one module (``gateway.problem``) turns it
+into an RFC 9457 problem+json answer and counts it. ``detail`` must be safe to show a client:
+it never contains header values, token contents, internal addresses or stack traces.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any, ClassVar
-
-import orjson
-
-PROBLEM_CONTENT_TYPE = "application/problem+json"
-TYPE_PREFIX = "urn:shopino-gateway:"
 
 
 class GatewayError(Exception):
@@ -136,22 +131,3 @@ class UpstreamTimeout(GatewayError):
 
 class InternalError(GatewayError):
     status, slug, title = 500, "internal", "Internal error"
-
-
-def problem_body(error: GatewayError, request_id: str | None) -> bytes:
-    """The RFC 9457 body for ``error``; extensions never override the standard members."""
-    body: dict[str, Any] = dict(error.extensions)
-    body.update(
-        type=TYPE_PREFIX + error.slug,
-        title=error.title,
-        status=error.status,
-        detail=error.detail,
-        request_id=request_id,
-    )
-    return orjson.dumps(body)
-
-
-def problem_headers(error: GatewayError) -> dict[str, str]:
-    headers = {"Content-Type": PROBLEM_CONTENT_TYPE, "Cache-Control": "no-store"}
-    headers.update(error.headers)
-    return headers

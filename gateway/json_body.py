@@ -1,4 +1,5 @@
-"""Small JSON request bodies (admin calls, the MFA step): bounded, an object, or a 400/413."""
+"""Small JSON request bodies (admin calls, the MFA step): bounded (``gateway.request_body``), an
+object, or a 400/413."""
 
 from __future__ import annotations
 
@@ -7,17 +8,14 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from gateway.errors import BadRequest, PayloadTooLarge
+from gateway.errors import BadRequest
+from gateway.request_body import read_bounded_body
 
 MAX_JSON_BODY = 4096
 
 
 async def read_json_object(request: web.BaseRequest, limit: int = MAX_JSON_BODY) -> dict[str, Any]:
-    if (request.content_length or 0) > limit:
-        raise PayloadTooLarge("The request body is too large")
-    raw = await request.content.read(limit + 1)
-    if len(raw) > limit:
-        raise PayloadTooLarge("The request body is too large")
+    raw = await read_bounded_body(request, limit, "The request body is too large")
     try:
         data = orjson.loads(raw or b"{}")
     except orjson.JSONDecodeError:

@@ -20,17 +20,12 @@ from aiohttp.http import HttpVersion11
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 
+from gateway.answer_headers import identity_headers
 from gateway.auth.jwt import TokenMemo
 from gateway.context import ContextKey, request_id_for
-from gateway.errors import (
-    BadRequest,
-    GatewayError,
-    HeadersTooLarge,
-    RequestTimeout,
-    problem_body,
-    problem_headers,
-)
+from gateway.errors import BadRequest, GatewayError, HeadersTooLarge, RequestTimeout
 from gateway.middleware.request_hygiene import parser_refusal
+from gateway.problem import problem_headers, problem_response
 
 if TYPE_CHECKING:
     from gateway.http1.request import LeanRequest
@@ -194,7 +189,7 @@ class GuardedRequestHandler(RequestHandler):
         request._cache.pop("version", None)
         request._version = HttpVersion11
         headers["Connection"] = "close"
-        response = web.Response(status=error.status, body=problem_body(error, request_id), headers=headers)
+        response = problem_response(error, request_id, headers)
         response.force_close()
         return response
 
@@ -269,14 +264,3 @@ class GuardedServer(web.Server):
         handler = GuardedRequestHandler(self, loop=self._loop, **self._kwargs)
         handler._guard_server = self
         return handler
-
-
-HSTS = "max-age=31536000; includeSubDomains"
-# SECURITY: fingerprinting — neither aiohttp's nor Python's version is disclosed; HSTS on TLS.
-_PLAIN = {"Server": "shopino-gateway", "X-Content-Type-Options": "nosniff"}
-_IDENTITY = {False: _PLAIN, True: {**_PLAIN, "Strict-Transport-Security": HSTS}}
-
-
-def identity_headers(*, tls: bool) -> dict[str, str]:
-    """The headers every answer of the public listener carries (App. C). Shared: do not modify."""
-    return _IDENTITY[tls]

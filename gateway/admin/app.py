@@ -29,6 +29,7 @@ from gateway.admin.killswitch_api import add_killswitch_routes
 from gateway.admin.lockouts_api import add_lockout_routes
 from gateway.admin.mfa_freeze_api import add_mfa_freeze_routes
 from gateway.admin.sessions_api import add_session_routes
+from gateway.answer_headers import HSTS
 from gateway.audit import AuditTrail
 from gateway.auth.revocation import RevocationEpochs
 from gateway.auth.signing import SigningKeys
@@ -42,12 +43,10 @@ from gateway.errors import (
     InternalError,
     MethodNotAllowed,
     NotFound,
-    problem_body,
-    problem_headers,
 )
 from gateway.json_body import json_response
-from gateway.listener import HSTS
 from gateway.metrics import render_metrics
+from gateway.problem import problem_headers, problem_response
 from gateway.runtime import Runtime
 
 log = structlog.get_logger("gateway.admin")
@@ -118,8 +117,7 @@ def _gateway_headers(request: web.Request, response: web.StreamResponse) -> None
 
 
 def _problem(error: GatewayError, request_id: str) -> web.Response:
-    headers = problem_headers(error)
-    return web.Response(status=error.status, body=problem_body(error, request_id), headers=headers)
+    return problem_response(error, request_id, problem_headers(error))
 
 
 async def get_config(request: web.Request) -> web.Response:

@@ -3,11 +3,12 @@
 A flood of refusals (429s over a ``pre_auth`` limit, 401s of a token sprayer) answers the same
 head and body again and again; only the request id differs, plus Retry-After and the
 RateLimit values, which change once a second. So the answer is rendered once per shape by the
-one renderer (``gateway.app.problem_response_headers`` and ``gateway.errors.problem_body``,
-with a marker for the request id), split at the marker, and each refusal joins the parts around
-its id: one transport write, no aiohttp ``Response`` and no multidict per refusal. The head's
-framing lines (Content-Length, Date, Connection) are added by the same rules as
-``LeanDownstream._head``. Anything a template cannot express falls back to that general path.
+one renderer (``gateway.problem.refusal_headers`` and ``problem_body``, with a marker for the
+request id), split at the marker, and each refusal joins the parts around its id: one
+transport write, no aiohttp ``Response`` and no multidict per refusal; each is still counted
+(``gateway.problem.note_refusal``). The head's framing lines (Content-Length, Date,
+Connection) are added by the same rules as ``LeanDownstream._head``. Anything a template
+cannot express falls back to that general path.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from typing import TYPE_CHECKING
 
 from aiohttp.helpers import rfc822_formatted_time
 
-from gateway.app import note_refusal, problem_response_headers, render_problem
-from gateway.errors import GatewayError, RequestTimeout, problem_body
+from gateway.errors import GatewayError, RequestTimeout
 from gateway.http1.downstream import REASONS
+from gateway.problem import note_refusal, problem_body, refusal_headers, render_problem
 
 if TYPE_CHECKING:
     from gateway.context import RequestContext
@@ -127,7 +128,7 @@ def _template_for(error: GatewayError, ctx: RequestContext, version: tuple[int, 
 def _build(error: GatewayError, ctx: RequestContext, version: tuple[int, int]) -> _Template | None:
     body = problem_body(error, _MARKER).split(_MARKER_BYTES)
     lines = [f"HTTP/{version[0]}.{version[1]} {error.status} {REASONS.get(error.status, '')}\r\n"]
-    for name, value in problem_response_headers(error, ctx, _MARKER).items():
+    for name, value in refusal_headers(error, ctx, _MARKER).items():
         if name.lower() in _OWN_LINES:
             return None  # a framing or connection line of a stage's own: the general path decides
         lines.append(f"{name}: {value}\r\n")

@@ -37,12 +37,11 @@ from gateway.errors import (
     HeadersTooLarge,
     NotImplementedCoding,
     RequestTimeout,
-    problem_body,
-    problem_headers,
 )
 from gateway.http1.downstream import REASONS
 from gateway.http1.request import LeanRequest
 from gateway.listener import awaiting_continue, drain
+from gateway.problem import count_refusal, problem_body, problem_headers
 from gateway.routing import method_not_allowed
 
 if TYPE_CHECKING:
@@ -574,6 +573,7 @@ class LeanProtocol(asyncio.Protocol):
         headers["X-Request-ID"] = request_id
         headers.update(self._guard.identity_headers)
         body = problem_body(error, request_id)
+        count_refusal(error)
         lines = [f"HTTP/1.1 {error.status} {REASONS.get(error.status, '')}\r\n"]
         lines.extend(f"{name}: {value}\r\n" for name, value in headers.items())
         lines.append(f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")

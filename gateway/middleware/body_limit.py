@@ -1,4 +1,5 @@
-"""``max_body`` per route (SPEC §10): a declared length over the limit is refused up front.
+"""``max_body`` per route (SPEC §10): framing and a declared length over the limit are refused
+up front (``gateway.request_body``, the one bounded body reader).
 
 Chunked bodies are counted while they stream (``gateway.upstream.proxy._BodyLimit``).
 """
@@ -8,15 +9,9 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.context import RequestContext
-from gateway.errors import BadRequest, PayloadTooLarge
+from gateway.request_body import refuse_unframed_or_oversized
 
 
 async def enforce_body_limit(ctx: RequestContext) -> web.StreamResponse | None:
-    request = ctx.request
-    # SECURITY: request smuggling — a body framed two ways is refused, not guessed at.
-    if "Content-Length" in request.headers and "Transfer-Encoding" in request.headers:
-        raise BadRequest("Conflicting body framing")
-    limit = ctx.route.max_body if ctx.route else None
-    if limit is not None and (request.content_length or 0) > limit:
-        raise PayloadTooLarge("The request body is larger than this route allows")
+    refuse_unframed_or_oversized(ctx.request, ctx.route.max_body if ctx.route else None)
     return None

@@ -17,7 +17,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.context import RequestContext
-from gateway.errors import BadRequest, LockedOut, PayloadTooLarge, RateLimited
+from gateway.errors import BadRequest, LockedOut, RateLimited
 from gateway.http_continue import send_continue
 from gateway.middleware.webhook import DEFAULT_MAX_BODY as WEBHOOK_MAX_BODY
 from gateway.ratelimit.body_fields import counted_fields
@@ -26,6 +26,7 @@ from gateway.ratelimit.headers import POLICY_HEADER, STATE_HEADER, retry_after, 
 from gateway.ratelimit.limiter import Verdict
 from gateway.ratelimit.policies import LimitItem
 from gateway.ratelimit.service import RateLimitRuntime
+from gateway.request_body import read_bounded_body, refuse_declared_oversize
 
 DEFAULT_MAX_BODY = 64 * 1024  # a login form or JSON body; routes may set max_body
 # SECURITY: counted bodies are held in memory before any authentication; a route's large
@@ -195,18 +196,11 @@ async def read_body_fields(ctx: RequestContext, counted: frozenset[str]) -> dict
         else:
             limit = min(route.max_body or DEFAULT_MAX_BODY, COUNTED_BODY_CAP)
     if ctx.body is None:
-        if (request.content_length or 0) > limit:
-            raise PayloadTooLarge("The request body is larger than this route allows")
+        refuse_declared_oversize(request, limit)
         if not request.body_exists:
             return {}
         send_continue(ctx)  # every check that needs no body has passed
-        chunks, size = [], 0
-        async for chunk in request.content.iter_chunked(64 * 1024):
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge("The request body is larger than this route allows")
-            chunks.append(chunk)
-        ctx.body = b"".join(chunks)  # forwarded intact by the proxy
+        ctx.body = await read_bounded_body(request, limit)  # forwarded intact by the proxy
     return counted_fields(content_types[0] if content_types else "", ctx.body, counted)
 
 

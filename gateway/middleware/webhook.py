@@ -1,6 +1,7 @@
 """SPEC §10: routes with ``auth: webhook`` verify the provider's HMAC over the raw body.
 
-The body is read once (bounded by ``max_body``, default 1 MiB) and forwarded byte for byte.
+The body is read once (``gateway.request_body``, bounded by ``max_body``, default 1 MiB) and
+forwarded byte for byte.
 """
 
 from __future__ import annotations
@@ -9,25 +10,14 @@ from aiohttp import web
 
 from gateway.auth.webhooks import verify_signature
 from gateway.context import RequestContext
-from gateway.errors import InvalidToken, PayloadTooLarge
+from gateway.errors import InvalidToken
 from gateway.http_continue import send_continue
 from gateway.metrics import METRICS
+from gateway.request_body import read_bounded_body, refuse_declared_oversize
 
 DEFAULT_MAX_BODY = 1024 * 1024
 _CHALLENGE = 'Signature realm="shopino-webhooks"'
-
-
-async def read_bounded_body(request: web.BaseRequest, limit: int) -> bytes:
-    if (request.content_length or 0) > limit:
-        raise PayloadTooLarge("The webhook body is larger than this route allows")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.content.iter_chunked(64 * 1024):
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge("The webhook body is larger than this route allows")
-        chunks.append(chunk)
-    return b"".join(chunks)
+_TOO_LARGE = "The webhook body is larger than this route allows"
 
 
 async def verify_webhook(ctx: RequestContext) -> web.StreamResponse | None:
@@ -37,11 +27,10 @@ async def verify_webhook(ctx: RequestContext) -> web.StreamResponse | None:
     runtime = ctx.runtime
     config = runtime.config.integrations[route.integration]
     limit = route.max_body or DEFAULT_MAX_BODY
-    if (ctx.request.content_length or 0) > limit:
-        raise PayloadTooLarge("The webhook body is larger than this route allows")
+    refuse_declared_oversize(ctx.request, limit, _TOO_LARGE)
     send_continue(ctx)  # every check that needs no body has passed
     # A body:FIELD rate limit may have read it already (same bytes, same bound).
-    body = ctx.body if ctx.body is not None else await read_bounded_body(ctx.request, limit)
+    body = ctx.body if ctx.body is not None else await read_bounded_body(ctx.request, limit, _TOO_LARGE)
     secrets = runtime.services.integrations.secrets_for(config.name, config.secret_bytes)
     # SECURITY: forged webhooks (fake orders, refunds) — HMAC over the exact bytes received.
     if not verify_signature(config, secrets, body, ctx.request.headers):

@@ -10,12 +10,18 @@ Speed (this runs on every log line): every regex starts with a literal or a char
 so ``re`` skips ahead to possible first characters instead of trying each alternative at each
 position; boundary look-behinds therefore sit *after* the first character. Credentials are
 matched on a lower-cased copy for the same reason (no case-insensitive alternation), and the
-digit passes only run when the text holds 7 digits close together.
+digit passes only run when the text holds 7 digits close together (fewer only if a national
+id in ``NATIONAL_IDS`` is shorter).
+
+To mask a new national id, add one row to ``NATIONAL_IDS`` below: the digit passes, the digit
+gate and the processor's integer gate are all built from that table.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 MASK = "[REDACTED]"  # values of masked keys and query-string values
 EMAIL = "[email]"
@@ -27,6 +33,33 @@ JWT = "[jwt]"
 BEARER = "[bearer]"
 WC_KEY = "[wc-key]"
 EXTRA = "[redacted]"  # matches of logging.redact.extra_patterns
+
+
+# --- national ids: to add one, add a row to NATIONAL_IDS -----------------------------------
+@dataclass(frozen=True, slots=True)
+class NationalId:
+    """A national id number, masked in free text and in logged integers alike.
+
+    ``groups``: its digit groups as written with separators (one space or dash between them);
+    the digits written without separators are matched too, as a whole run of their own.
+    ``first``: the digits a run *without* separators may start with (a bare run is the more
+    ambiguous form). ``check``: its checksum, if it has one (``luhn_valid``-like).
+    """
+
+    placeholder: str
+    groups: tuple[int, ...]
+    first: str = "0123456789"
+    check: Callable[[str], bool] | None = None
+
+    @property
+    def digits(self) -> int:
+        return sum(self.groups)
+
+
+NATIONAL_IDS: tuple[NationalId, ...] = (
+    # Pakistan CNIC 35202-1234567-1; without dashes the first digit is the province (1-7).
+    NationalId(CNIC, (5, 7, 1), first="1234567"),
+)
 
 # --- masked keys -------------------------------------------------------------------------
 # Masked-key rule (a key's *value* becomes ``[REDACTED]``). The key is normalised first:
@@ -137,9 +170,6 @@ EMAIL_LOCAL_RUN_RE = re.compile(r"[A-Za-z0-9._%+-]+")
 # of domain characters after the anchor, and those runs never overlap ("@" and "%" end them).
 EMAIL_DOMAIN_RE = re.compile(r"[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
 
-# Gate for passes 3-5 (after a cheap count of 7+ digits): phones, cards, CNICs and IBANs all
-# hold 7+ digits at most a few characters apart.
-DIGITS_GATE_RE = re.compile(r"[0-9](?:[^0-9]{0,4}[0-9]){6}")
 
 # Pass 3: IBAN candidates (ISO 13616), found by their check digits (so the scan skips to
 # digits): two letters at a boundary, two digits, then 11-30 alphanumerics in groups split by
@@ -147,23 +177,21 @@ DIGITS_GATE_RE = re.compile(r"[0-9](?:[^0-9]{0,4}[0-9]){6}")
 # Confirmed by the length table and mod-97 in code.
 IBAN_RE = re.compile(r"[0-9](?<=(?<![A-Za-z0-9])[A-Za-z]{2}[0-9])[0-9](?: ?[A-Za-z0-9]){11,30}")
 
-# Pass 4: dashed CNIC and phone numbers. The first character is consumed by a shared class;
-# each alternative checks it with a look-behind. Nothing may follow but a non-digit.
-NUMBER_RE = re.compile(
-    r"[0-9+](?<![A-Za-z0-9][0-9+])(?:"
-    r"(?<=[0-9])([0-9]{4}[ -][0-9]{7}[ -][0-9])"  # group 1: CNIC 12345-1234567-1
-    r"|(?<=\+)[1-9](?:[ .()-]{0,2}[0-9]){7,14}"  # E.164, loose grouping "+1 (415) 555-2671"
+# Pass 4: national ids written in groups, and phone numbers. The first character is consumed
+# by a shared class; each alternative checks it with a look-behind. Nothing may follow but a
+# non-digit. The national-id alternatives come first, one named group each (``DigitPasses``).
+_PHONE_ALTERNATIVES = (
+    r"(?<=\+)[1-9](?:[ .()-]{0,2}[0-9]){7,14}"  # E.164, loose grouping "+1 (415) 555-2671"
     r"|(?<=0)0[ -]?92[ -]?3(?:[ -]?[0-9]){9}|(?<=9)2[ -]?3(?:[ -]?[0-9]){9}"  # 0092 3xx, 92 3xx
     r"|(?<=0)3[0-9]{2}(?:[ -]?[0-9]){7}"  # Pakistan national 03xx-xxxxxxx
     r"|(?<=0)0[ -]?880[ -]?1[3-9](?:[ -]?[0-9]){8}|(?<=8)80[ -]?1[3-9](?:[ -]?[0-9]){8}"  # 00880, 880
     r"|(?<=0)1[3-9](?:[ -]?[0-9]){8}"  # Bangladesh national 01x, 11 digits
-    r")(?![0-9])"
 )
 
-# Pass 5: digit runs that could hold a card or a bare CNIC: groups of 3+ digits joined by one
-# space or dash, 13+ digits in all (the look-ahead keeps ordinary numbers off the Python
-# callback). Which groups form a card is decided by Luhn in code.
-DIGITS_RE = re.compile(r"[0-9](?<![A-Za-z0-9][0-9])(?=(?:[ -]?[0-9]){12})[0-9]{2,}(?:[ -][0-9]{3,})*")
+# Pass 5: digit runs that could hold a card or a bare national id: groups of 3+ digits joined
+# by one space or dash, 13+ digits in all (or the shortest national id's length; the look-ahead
+# keeps ordinary numbers off the Python callback). Which groups form a card is decided by Luhn
+# in code.
 DIGIT_GROUP_RE = re.compile(r"[0-9]+")
 
 # Registered IBAN lengths (ISO 13616 registry, incl. the partial/experimental African ones).
@@ -202,8 +230,9 @@ def iban_valid(compact: str) -> bool:
     return rearranged.isdigit() and int(rearranged) % 97 == 1
 
 
-def scan_builtin_patterns(text: str) -> str:
-    """Mask every built-in kind in ``text``; returns ``text`` itself when nothing matched."""
+def scan_builtin_patterns(text: str, digit_passes: DigitPasses | None = None) -> str:
+    """Mask every built-in kind in ``text``; returns ``text`` itself when nothing matched.
+    ``digit_passes``: those built from another national-id table (default: ``DIGIT_PASSES``)."""
     lowered = text.lower()
     if _may_hold_credential(lowered) and CREDENTIAL_RE.search(lowered) is not None:
         text = _mask_credentials(text, lowered)
@@ -211,12 +240,7 @@ def scan_builtin_patterns(text: str) -> str:
         text = mask_jwts(text)
     if "@" in text or "%40" in text:
         text = mask_emails(text)
-    encoded = text.encode("utf-8", "surrogatepass")
-    if len(encoded) - len(encoded.translate(None, b"0123456789")) >= 7 and DIGITS_GATE_RE.search(text):
-        text = _mask_ibans(text)
-        text = NUMBER_RE.sub(_number_repl, text)
-        text = DIGITS_RE.sub(_digits_repl, text)
-    return text
+    return (digit_passes or DIGIT_PASSES).mask(text)
 
 
 def mask_jwts(text: str) -> str:
@@ -308,10 +332,6 @@ def _credential_placeholder(original: str, lowered: str) -> str:
     return original[: value.end()] + MASK if value else MASK
 
 
-def _number_repl(match: re.Match[str]) -> str:
-    return CNIC if match.group(1) else PHONE
-
-
 def _mask_ibans(text: str) -> str:
     # A manual search loop rather than re.sub: when a candidate fails, the real IBAN may start
     # at its next group ("AB12 GB82 WEST…"), which re.sub would already have skipped.
@@ -341,41 +361,127 @@ def _iban_length(candidate: str) -> int:
     return 0
 
 
-def _digits_repl(match: re.Match[str]) -> str:
-    return _mask_digit_run(match.group())
+_CARD_DIGITS = (13, 19)  # card numbers (PANs) are 13 to 19 digits long
+_PHONE_DIGITS = 7  # the shortest phone form above (E.164 "+1" + 7) holds 7+ digits
 
 
-def _mask_digit_run(run: str) -> str:
-    """Mask each card/CNIC made of whole digit groups in a run of digit groups.
+class DigitPasses:
+    """Passes 3-5 of ``scan_builtin_patterns`` (IBANs, grouped ids and phones, digit runs),
+    compiled once from a national-id table; the gates follow the shortest id in it."""
 
-    Windows are aligned to groups so a card next to other numbers ("qty 3 4111 1111 1111
-    1111") is still found, while one long non-Luhn number is left alone.
-    """
-    groups = [(g.start(), g.end()) for g in DIGIT_GROUP_RE.finditer(run)]
-    parts, done, first = [], 0, 0
-    while first < len(groups):
-        found = _window_at(run, groups, first)
-        if found is None:
-            first += 1
-            continue
-        last, placeholder = found
-        parts += (run[done : groups[first][0]], placeholder)
-        done, first = groups[last][1], last + 1
-    return "".join(parts) + run[done:] if parts else run
+    def __init__(self, national_ids: Iterable[NationalId]) -> None:
+        ids = tuple(national_ids)
+        shortest = min((nid.digits for nid in ids), default=_CARD_DIGITS[0])
+        self.gate_digits = min(_PHONE_DIGITS, shortest)  # fewer digits than this: nothing to mask
+        # Hold 7+ digits (or the shortest id's) at most a few characters apart.
+        self._gate_re = re.compile(rf"[0-9](?:[^0-9]{{0,4}}[0-9]){{{self.gate_digits - 1}}}")
+        grouped = [(f"nid{i}", nid) for i, nid in enumerate(ids) if len(nid.groups) > 1]
+        self._grouped = dict(grouped)
+        # Ids of 3+ digit groups can be the start of a card written in groups ("4111 1111 1111"
+        # of "4111 1111 1111 1111"): then pass 5, which sees the same run, masks the card.
+        self._card_prefixes = {name for name, nid in grouped if min(nid.groups) >= 3}
+        alternatives = [
+            rf"(?<=[0-9])(?P<{name}>[0-9]{{{nid.groups[0] - 1}}}"
+            + "".join(rf"[ -][0-9]{{{size}}}" for size in nid.groups[1:])
+            + ")"
+            for name, nid in grouped
+        ]
+        self._number_re = re.compile(
+            r"[0-9+](?<![A-Za-z0-9][0-9+])(?:"
+            + "|".join((*alternatives, _PHONE_ALTERNATIVES))
+            + r")(?![0-9])"
+        )
+        self._bare: dict[int, tuple[NationalId, ...]] = {}
+        for nid in ids:
+            self._bare[nid.digits] = (*self._bare.get(nid.digits, ()), nid)
+        self._min_run = min(_CARD_DIGITS[0], shortest)
+        self._max_run = max(_CARD_DIGITS[1], *(nid.digits for nid in ids))
+        self._digits_re = re.compile(
+            rf"[0-9](?<![A-Za-z0-9][0-9])(?=(?:[ -]?[0-9]){{{self._min_run - 1}}})"
+            r"[0-9]{2,}(?:[ -][0-9]{3,})*"
+        )
+        # Bound once: re.sub takes them per call.
+        self._number_repl = self._number_placeholder
+        self._digits_repl = self._digit_run_placeholder
+
+    def mask(self, text: str) -> str:
+        encoded = text.encode("utf-8", "surrogatepass")
+        if len(encoded) - len(encoded.translate(None, b"0123456789")) < self.gate_digits:
+            return text
+        if self._gate_re.search(text) is None:
+            return text
+        text = _mask_ibans(text)
+        text = self._number_re.sub(self._number_repl, text)
+        return self._digits_re.sub(self._digits_repl, text)
+
+    def _number_placeholder(self, match: re.Match[str]) -> str:
+        name = match.lastgroup
+        if name is None:
+            return PHONE
+        nid = self._grouped[name]
+        if name in self._card_prefixes and _starts_a_card(match):
+            return match.group()
+        if nid.check is not None and not nid.check(match.group(name).replace(" ", "").replace("-", "")):
+            return match.group()
+        return nid.placeholder
+
+    def _digit_run_placeholder(self, match: re.Match[str]) -> str:
+        return self._mask_digit_run(match.group())
+
+    def _mask_digit_run(self, run: str) -> str:
+        """Mask each card or national id made of whole digit groups in a run of digit groups.
+
+        Windows are aligned to groups so a card next to other numbers ("qty 3 4111 1111 1111
+        1111") is still found, while one long non-Luhn number is left alone.
+        """
+        groups = [(g.start(), g.end()) for g in DIGIT_GROUP_RE.finditer(run)]
+        parts, done, first = [], 0, 0
+        while first < len(groups):
+            found = self._window_at(run, groups, first)
+            if found is None:
+                first += 1
+                continue
+            last, placeholder = found
+            parts += (run[done : groups[first][0]], placeholder)
+            done, first = groups[last][1], last + 1
+        return "".join(parts) + run[done:] if parts else run
+
+    def _window_at(self, run: str, groups: list[tuple[int, int]], first: int) -> tuple[int, str] | None:
+        total, lasts = 0, []
+        for last in range(first, len(groups)):
+            total += groups[last][1] - groups[last][0]
+            if total > self._max_run:
+                break
+            if total >= self._min_run:
+                lasts.append(last)
+        for last in reversed(lasts):  # the longest candidate first
+            digits = "".join(run[a:b] for a, b in groups[first : last + 1])
+            if first == last:  # a national id without separators is a group of its own
+                for nid in self._bare.get(len(digits), ()):
+                    if digits[0] in nid.first and (nid.check is None or nid.check(digits)):
+                        return last, nid.placeholder
+            if _CARD_DIGITS[0] <= len(digits) <= _CARD_DIGITS[1] and luhn_valid(digits):
+                return last, CARD
+        return None
 
 
-def _window_at(run: str, groups: list[tuple[int, int]], first: int) -> tuple[int, str] | None:
-    total, lasts = 0, []
-    for last in range(first, len(groups)):
-        total += groups[last][1] - groups[last][0]
-        if total > 19:
-            break
-        if total >= 13:
-            lasts.append(last)
-    for last in reversed(lasts):  # the longest candidate first
-        digits = "".join(run[a:b] for a, b in groups[first : last + 1])
-        if first == last and len(digits) == 13 and digits[0] in "1234567":
-            return last, CNIC  # bare CNIC: 13 digits, the first is the province (1-7)
-        if luhn_valid(digits):
-            return last, CARD
-    return None
+_GROUPS_AFTER_RE = re.compile(r"(?:[ -][0-9]{3,})+")
+
+
+def _starts_a_card(match: re.Match[str]) -> bool:
+    """Whether the digit groups right after ``match`` complete it into a Luhn-valid card."""
+    after = _GROUPS_AFTER_RE.match(match.string, match.end())
+    if after is None:
+        return False
+    digits = DIGIT_GROUP_RE.findall(match.group())
+    for group in DIGIT_GROUP_RE.findall(after.group()):
+        digits.append(group)
+        joined = "".join(digits)
+        if len(joined) > _CARD_DIGITS[1]:
+            return False
+        if len(joined) >= _CARD_DIGITS[0] and luhn_valid(joined):
+            return True
+    return False
+
+
+DIGIT_PASSES = DigitPasses(NATIONAL_IDS)

@@ -1,7 +1,8 @@
 """Log redaction (SPEC §11): masked keys at any depth, PII and secret patterns in any string,
 query-string masking, keyed pseudonyms and truncated client IPs. Pure Python, no aiohttp.
 
-The masked-key rule and the pattern table live in ``redaction_patterns``.
+The masked-key rule, the pattern regexes and the national-id table live in
+``gateway.redaction.patterns``.
 """
 
 from __future__ import annotations
@@ -47,10 +48,18 @@ _TRUSTED_SCALARS = frozenset({int, float, bool})
 _PSEUDONYM_RE = re.compile(r"u_[0-9a-f]{16}")
 
 _SAFE_SCALARS = (float, bool, type(None), dt.datetime, dt.date, dt.time, dt.timedelta, uuid.UUID)
-# Ints of 7+ digits are scanned like text: every digit pattern (the digit gate) needs 7 digits,
-# and a number can hold one — SECURITY: the old 13-digit cut let 923001234567 (a Pakistani
-# mobile written without "+", 12 digits) through unmasked.
-_BIG_INT = 10**6
+
+
+# SECURITY: PII logged as an int (a national id, a mobile number) — ints with as many digits as
+# the digit gate (7, or the shortest id in patterns.NATIONAL_IDS) are scanned like text; smaller
+# ones cannot hold a digit pattern and skip the scan. The bound follows the table, so a new,
+# shorter national id is never skipped (a fixed 13-digit cut once let 923001234567, a Pakistani
+# mobile without "+", through unmasked).
+def _int_gate(digit_passes: pat.DigitPasses) -> int:
+    """The smallest magnitude an int needs to hold a pattern: 10 ** (digits - 1)."""
+    return 10 ** (digit_passes.gate_digits - 1)
+
+
 DEFAULT_MAX_SCAN = 2048  # logging.redact.max_scan
 _MAX_DEPTH = 32
 _CACHE_LIMIT = 4096
@@ -79,8 +88,11 @@ class Redactor:
         extra_keys: Iterable[str] = (),
         extra_patterns: Iterable[str] = (),
         max_scan: int = DEFAULT_MAX_SCAN,
+        digit_passes: pat.DigitPasses = pat.DIGIT_PASSES,
     ) -> None:
         self._max_scan = max_scan
+        self._digit_passes = digit_passes
+        self.big_int = _int_gate(digit_passes)  # ints from this magnitude on are scanned
         self._extra_keys = tuple(words for words in map(pat.key_words, extra_keys) if words)
         self._extra_patterns = tuple(_compile_extra(i, p) for i, p in enumerate(extra_patterns))
         # key -> (masked?, key as shown); strings known to need no change. Both bounded:
@@ -126,7 +138,7 @@ class Redactor:
         if not _is_pseudonym(text):
             for pattern in self._extra_patterns:
                 out = pattern.sub(pat.EXTRA, out)
-            out = pat.scan_builtin_patterns(out)
+            out = pat.scan_builtin_patterns(out, self._digit_passes)
         if out == text and len(text) <= _CLEAN_CACHE_MAX_LEN:
             if len(self._clean) >= _CACHE_LIMIT:
                 self._clean.clear()
@@ -151,7 +163,8 @@ class Redactor:
         if kind is str:
             return self.redact_text(obj)  # type: ignore[arg-type]
         if kind is int:
-            return obj if -_BIG_INT < obj < _BIG_INT else self._redact_big_int(obj)  # type: ignore[operator]
+            big = self.big_int
+            return obj if -big < obj < big else self._redact_big_int(obj)  # type: ignore[operator]
         if isinstance(obj, _SAFE_SCALARS):
             return obj
         if _depth >= _MAX_DEPTH:
@@ -258,6 +271,7 @@ class RedactionProcessor:
         # are inlined, so a typical access line costs dict and set probes, not method calls.
         redactor = self._redactor
         trusted, keys, clean, shaped = self._trusted, redactor._keys, redactor._clean, self._shaped
+        big = redactor.big_int
         out: EventDict = {}
         for key, value in event_dict.items():
             kind = type(value)
@@ -271,7 +285,7 @@ class RedactionProcessor:
                 out[shown] = pat.MASK
             elif kind is str:
                 out[shown] = value if value in clean else redactor.redact_text(value)
-            elif kind is float or (kind is int and -_BIG_INT < value < _BIG_INT):
+            elif kind is float or (kind is int and -big < value < big):
                 out[shown] = value
             else:
                 out[shown] = redactor.redact_value(value)

@@ -40,6 +40,8 @@ FLOORS: dict[int, tuple[str, ...]] = {
         "gateway.http_continue",
         "gateway.runtime",
         "gateway.json_body",
+        "gateway.request_body",
+        "gateway.problem",
         "gateway.endpoints",
     ),
     2: (
@@ -60,6 +62,7 @@ FLOORS: dict[int, tuple[str, ...]] = {
         "gateway.state",
         "gateway.config",
         "gateway.errors",
+        "gateway.answer_headers",
         "gateway.crypto",
         "gateway.random_batches",
         "gateway",

@@ -323,7 +323,7 @@ async def test_security_state_outlives_a_store_reset(
             assert "degraded" in states, states
         # After a FLUSHALL the store never stops answering: degraded lasts only as long as the
         # write-back (about 20 ms, the "ms" of store.restored), which a sweep may not land in.
-        # tests/unit/state/test_restore.py and test_health_ready.py pin that window down.
+        # tests/unit/state/test_restore.py and tests/unit/endpoints/test_health.py pin that window down.
     if loaders:
         assert sent > 50
 

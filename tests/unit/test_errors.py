@@ -1,19 +1,12 @@
-"""SPEC §13 and Appendix B "Problem types": one error family, one problem+json rendering."""
+"""SPEC §13 and Appendix B "Problem types": one error family (rendered by gateway.problem,
+tests/unit/test_problem.py)."""
 
 from __future__ import annotations
 
-import orjson
 import pytest
 
 from gateway import errors
-from gateway.errors import (
-    GatewayError,
-    Isolated,
-    MethodNotAllowed,
-    RateLimited,
-    problem_body,
-    problem_headers,
-)
+from gateway.errors import GatewayError, Isolated
 
 # SPEC Appendix B "Problem types", verbatim: slug → status.
 SPEC_PROBLEM_TYPES = {
@@ -117,58 +110,6 @@ def test_detail_defaults_to_title() -> None:
     assert Isolated("Finance is isolated").detail == "Finance is isolated"
 
 
-def test_problem_body_shape() -> None:
-    error = RateLimited("Slow down", extensions={"retry_after": 30})
-    body = orjson.loads(problem_body(error, "req-123"))
-    assert body == {
-        "type": "urn:shopino-gateway:rate-limited",
-        "title": "Too many requests",
-        "status": 429,
-        "detail": "Slow down",
-        "request_id": "req-123",
-        "retry_after": 30,
-    }
-
-
-def test_problem_body_without_request_id_is_null() -> None:
-    body = orjson.loads(problem_body(errors.NotReady(), None))
-    assert body["request_id"] is None
-    assert body["type"] == "urn:shopino-gateway:not-ready"
-    assert body["status"] == 503
-
-
-@pytest.mark.parametrize("slug", sorted(SPEC_PROBLEM_TYPES))
-def test_problem_body_type_is_the_urn_of_the_slug(slug: str) -> None:
-    class_name = next(name for name, s in CLASSES.items() if s == slug)
-    body = orjson.loads(problem_body(getattr(errors, class_name)(), "r"))
-    assert body["type"] == f"urn:shopino-gateway:{slug}"
-    assert body["status"] == SPEC_PROBLEM_TYPES[slug]
-    assert set(body) == {"type", "title", "status", "detail", "request_id"}
-
-
-def test_extensions_cannot_override_standard_members() -> None:
-    error = Isolated(
-        "Tenant isolated",
-        extensions={
-            "type": "urn:evil",
-            "title": "Fine",
-            "status": 200,
-            "detail": "<stack trace>",
-            "request_id": "forged",
-            "incident": "INC-42",
-        },
-    )
-    body = orjson.loads(problem_body(error, "req-1"))
-    assert body == {
-        "type": "urn:shopino-gateway:isolated",
-        "title": "Isolated by an incident response switch",
-        "status": 503,
-        "detail": "Tenant isolated",
-        "request_id": "req-1",
-        "incident": "INC-42",
-    }
-
-
 def test_error_copies_its_mappings() -> None:
     ext = {"incident": "INC-1"}
     hdrs = {"Retry-After": "5"}
@@ -177,19 +118,3 @@ def test_error_copies_its_mappings() -> None:
     hdrs["Retry-After"] = "999"
     assert error.extensions == {"incident": "INC-1"}
     assert error.headers == {"Retry-After": "5"}
-
-
-def test_problem_headers_content_type_and_no_store() -> None:
-    assert problem_headers(errors.NotFound()) == {
-        "Content-Type": "application/problem+json",
-        "Cache-Control": "no-store",
-    }
-
-
-def test_problem_headers_include_the_errors_headers() -> None:
-    limited = problem_headers(RateLimited(headers={"Retry-After": "30"}))
-    assert limited["Retry-After"] == "30"
-    assert limited["Content-Type"] == "application/problem+json"
-    assert limited["Cache-Control"] == "no-store"
-    refused = problem_headers(MethodNotAllowed(headers={"Allow": "GET, HEAD"}))
-    assert refused["Allow"] == "GET, HEAD"

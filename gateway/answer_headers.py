@@ -1,0 +1,15 @@
+"""The headers every answer of the gateway carries (App. C "every answer is the gateway's"):
+its own Server, nosniff and, on TLS listeners, HSTS. A leaf module: the listeners, the
+problem renderer and the admin app all take them from here."""
+
+from __future__ import annotations
+
+HSTS = "max-age=31536000; includeSubDomains"
+# SECURITY: fingerprinting — neither aiohttp's nor Python's version is disclosed; HSTS on TLS.
+_PLAIN = {"Server": "shopino-gateway", "X-Content-Type-Options": "nosniff"}
+_IDENTITY = {False: _PLAIN, True: {**_PLAIN, "Strict-Transport-Security": HSTS}}
+
+
+def identity_headers(*, tls: bool) -> dict[str, str]:
+    """The headers every answer of the public listener carries (App. C). Shared: do not modify."""
+    return _IDENTITY[tls]
