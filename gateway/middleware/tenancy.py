@@ -23,12 +23,12 @@ import structlog
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy, istr
 
+from gateway.auth.bearer import invalid_token
 from gateway.auth.jwt import VerifiedClaims
 from gateway.context import RequestContext
 from gateway.errors import Forbidden, StoreUnavailable, TenantLeakBlocked, TenantMismatch
 from gateway.logs import context as log_context
 from gateway.metrics import METRICS
-from gateway.middleware.authenticate import invalid_token
 from gateway.tenancy import context as signed_context
 from gateway.tenancy.grants import SUPPORT_ROLE
 from gateway.tenancy.resolve import TENANT_ID_RE, TenantNotNamed
