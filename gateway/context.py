@@ -12,7 +12,7 @@ from aiohttp import web
 from gateway.random_batches import RandomBatches
 
 if TYPE_CHECKING:
-    from gateway.auth.jwt import VerifiedClaims
+    from gateway.auth.jwt import TokenMemo, VerifiedClaims
     from gateway.config import RouteConfig
     from gateway.http1.downstream import LeanDownstream
     from gateway.http1.request import LeanRequest
@@ -91,6 +91,9 @@ class RequestContext:
     # tracestate sent upstream, the trusted caller's span id); set by begin_request
     trace: Trace = ("", "", "", None, None)
     killswitch_id: str | None = None  # the switch that refused this request (span attribute)
+    # the connection's last bearer token and its digest (the listener's, handed over by
+    # begin_request; None where the connection keeps none): the authentication stage's
+    token_memo: TokenMemo | None = None
 
 
 ContextKey = web.RequestKey("gateway_context", RequestContext)

@@ -46,8 +46,7 @@ async def authenticate(ctx: RequestContext) -> web.StreamResponse | None:
         METRICS.auth_failures.labels("missing_token").inc()
         raise MissingToken("A bearer token is required", headers={"WWW-Authenticate": REALM})
     try:
-        memo = getattr(ctx.request.protocol, "token_memo", None)
-        claims = runtime.verifier.verify_cached(token, memo)
+        claims = runtime.verifier.verify_cached(token, ctx.token_memo)
         if claims is None:
             # SECURITY: signature flood — pre_auth sheds it before any ES256 work, even when
             # its hit was deferred to go with the route stage's (only cached tokens skip this).
