@@ -63,6 +63,7 @@ INTEGRATIONS_HASH = "integration-secrets"
 INTEGRATIONS_CHANNEL = "integration-secrets"
 WOOCOMMERCE_HEADER = "X-WC-Webhook-Signature"
 DEFAULT_HMAC_HEADER = "X-Signature"
+DEFAULT_MAX_BODY = 1024 * 1024  # a webhook route's body bound without ``max_body`` (SPEC §10)
 
 _ALGORITHMS: Mapping[str, Callable[[], Any]] = {
     "sha256": hashlib.sha256,

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.auth.webhooks import verify_signature
+from gateway.auth.webhooks import DEFAULT_MAX_BODY, verify_signature
 from gateway.context import RequestContext
 from gateway.errors import InvalidToken, PayloadTooLarge
 from gateway.metrics import METRICS
 from gateway.upstream.proxy import send_continue
 
-DEFAULT_MAX_BODY = 1024 * 1024
 _CHALLENGE = 'Signature realm="shopino-webhooks"'
 
 

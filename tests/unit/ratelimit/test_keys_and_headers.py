@@ -7,6 +7,7 @@ import hashlib
 
 import pytest
 
+from gateway.ratelimit import headers
 from gateway.ratelimit.body_fields import counted_fields
 from gateway.ratelimit.headers import policy_header, retry_after, state_header
 from gateway.ratelimit.keys import ValueHasher, canonical_username, derive_hash_key
@@ -86,17 +87,13 @@ def test_hash_memo_is_bounded_and_changes_no_hash() -> None:
 
 
 def test_refusal_values_are_formatted_once_per_bucket_and_second() -> None:
-    from gateway.middleware import rate_limit
-    from gateway.ratelimit.model import RateLimitRule
-    from gateway.ratelimit.policies import compile_rule
-
     (ip,) = compile_rule("pre_auth", "pre_auth", 0, RateLimitRule(key="ip", limit="5/minute"))
     (user,) = compile_rule("policy:api", "api", 0, RateLimitRule(key="user", limit="5/minute"))
-    assert rate_limit._refusal_values(ip, 0, 41.2) == (state_header("pre_auth", 0, 41.2), 42)
-    assert rate_limit._refusal_values(ip, 0, 41.9) is rate_limit._refusal_values(ip, 0, 41.05)
-    assert rate_limit._refusal_values(ip, 0, 40.9) == ('"pre_auth";r=0;t=41', 41)  # the next second
-    assert rate_limit._refusal_values(user, 0, 41.2) == ('"api";r=0;t=42', 42)  # never another bucket's
-    assert rate_limit._refusal_values(ip, 0, 0.0) == ('"pre_auth";r=0;t=0', 1)  # Retry-After >= 1
+    assert headers.refusal_values(ip, 0, 41.2) == (state_header("pre_auth", 0, 41.2), 42)
+    assert headers.refusal_values(ip, 0, 41.9) is headers.refusal_values(ip, 0, 41.05)
+    assert headers.refusal_values(ip, 0, 40.9) == ('"pre_auth";r=0;t=41', 41)  # the next second
+    assert headers.refusal_values(user, 0, 41.2) == ('"api";r=0;t=42', 42)  # never another bucket's
+    assert headers.refusal_values(ip, 0, 0.0) == ('"pre_auth";r=0;t=0', 1)  # Retry-After >= 1
     for second in range(3000):
-        rate_limit._refusal_values(ip, 0, float(second))
-    assert len(rate_limit._refusals) <= 1024
+        headers.refusal_values(ip, 0, float(second))
+    assert len(headers._refusals) <= 1024
