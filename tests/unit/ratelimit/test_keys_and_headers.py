@@ -10,7 +10,7 @@ import pytest
 from gateway.ratelimit import headers
 from gateway.ratelimit.body_fields import counted_fields
 from gateway.ratelimit.headers import policy_header, retry_after, state_header
-from gateway.ratelimit.keys import ValueHasher, canonical_username, derive_hash_key
+from gateway.ratelimit.keys import KeySpec, ValueHasher, canonical_username, derive_hash_key, key_error
 from gateway.ratelimit.model import RateLimitRule
 from gateway.ratelimit.policies import compile_rule
 
@@ -97,3 +97,24 @@ def test_refusal_values_are_formatted_once_per_bucket_and_second() -> None:
     for second in range(3000):
         headers.refusal_values(ip, 0, float(second))
     assert len(headers._refusals) <= 1024
+
+
+@pytest.mark.parametrize(
+    ("key", "pre_auth", "problem", "spec"),
+    [
+        ("ip", True, None, KeySpec("ip")),
+        ("header:X-Api-Key", True, None, KeySpec("header", "x-api-key")),  # headers: any case
+        ("user", True, "pre_auth rules count by ip, route or header:NAME (no identity or body yet)", None),
+        ("body:username", False, None, KeySpec("body", "username")),
+        ("body:user name", False, "body:FIELD needs a field name (letters, digits, '_', '.', '-')", None),
+        ("header:", False, "header:NAME needs a header name", None),
+        ("header:\u212a", False, "header:NAME needs a header name", None),  # Kelvin sign: lower() is "k"
+        ("ip:1.2.3.4", False, "expected ip, user, tenant, route, header:NAME or body:FIELD", None),
+    ],
+)
+def test_one_key_grammar_validates_and_parses(
+    key: str, pre_auth: bool, problem: str | None, spec: KeySpec | None
+) -> None:
+    assert key_error(key, pre_auth=pre_auth) == problem
+    if spec is not None:
+        assert KeySpec.parse(key) == spec
