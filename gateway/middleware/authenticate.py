@@ -18,7 +18,7 @@ from gateway.errors import MfaRequired, MissingToken
 from gateway.logs import context as log_context
 from gateway.metrics import METRICS
 from gateway.middleware.cors import check_cookie_origin
-from gateway.ratelimit.deferred import settle_pre_auth
+from gateway.middleware.deferred_pre_auth import settle_pre_auth
 
 log = structlog.get_logger("gateway.auth")
 

@@ -16,8 +16,9 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.context import RequestContext
 from gateway.errors import LockedOut, PayloadTooLarge, RateLimited
+from gateway.middleware.deferred_pre_auth import settle_pre_auth
 from gateway.ratelimit.body_fields import counted_body_limit, counted_content_type, counted_fields
-from gateway.ratelimit.deferred import DeferredPreAuth, settle_pre_auth
+from gateway.ratelimit.deferred import DeferredPreAuth
 from gateway.ratelimit.headers import POLICY_HEADER, STATE_HEADER, refusal_values, retry_after, state_header
 from gateway.ratelimit.limiter import Verdict
 from gateway.ratelimit.policies import counted_checks

@@ -20,12 +20,10 @@ import re
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from gateway.crypto import Keyring
-
-if TYPE_CHECKING:
-    from gateway.context import RequestContext
+from gateway.facts import RequestFacts
 
 HEADER_NAME_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}\Z")  # an RFC 9110 token
 FIELD_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}\Z")
@@ -142,25 +140,25 @@ class KeySpec:
     def needs_body(self) -> bool:
         return self.kind == "body"
 
-    def raw_value(self, ctx: RequestContext, fields: Mapping[str, Any] | None) -> str | None:
+    def raw_value(self, facts: RequestFacts, fields: Mapping[str, Any] | None) -> str | None:
         """The value to count, ``ABSENT`` for a missing header/field, None when the rule does not
         apply (no user or tenant on an anonymous request: those are counted by ``ip``)."""
         kind = self.kind
         if kind == "ip":
-            return ip_subject(ctx.client_ip)  # SECURITY: the trusted_proxies rule, never a spoofable header
+            return ip_subject(facts.client_ip)  # SECURITY: the trusted_proxies rule, never a spoofable header
         if kind == "user":
             # SECURITY: a ``sub`` is unique only within its issuer; two tenants' IdPs may both
             # issue "42", and one must not exhaust (or share) the other's quota.
-            claims = ctx.claims
-            if ctx.user is None or claims is None:
-                return ctx.user
-            return f"{claims.issuer}\x00{ctx.user}"
+            claims = facts.claims
+            if facts.user is None or claims is None:
+                return facts.user
+            return f"{claims.issuer}\x00{facts.user}"
         if kind == "tenant":
-            return ctx.tenant
+            return facts.tenant
         if kind == "route":
-            return ctx.route.name if ctx.route is not None else ABSENT
+            return facts.route.name if facts.route is not None else ABSENT
         if kind == "header":
-            return ctx.request.headers.get(self.name, ABSENT)
+            return facts.request.headers.get(self.name, ABSENT)
         value = fields.get(self.name) if fields is not None else None
         if isinstance(value, str):
             return canonical_username(value)
