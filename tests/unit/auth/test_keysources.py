@@ -27,6 +27,7 @@ from gateway.auth.keysources import (
     parse_jwks,
 )
 from gateway.config.model import AuthConfig, IssuerConfig
+from gateway.jwks_client import fetch_jwks
 from tests.support.timing import Clock
 
 KEY_1 = ec.generate_private_key(ec.SECP256R1())
@@ -90,7 +91,9 @@ async def served(aiohttp_server: Any) -> tuple[JwksServer, Any]:
 
 
 def remote(server: Any, clock: Clock | None = None, refresh: float = 600.0) -> RemoteJwks:
-    return RemoteJwks(str(server.make_url("/jwks")), refresh, clock=clock or Clock(1000.0), timeout=0.3)
+    return RemoteJwks(
+        str(server.make_url("/jwks")), refresh, fetch=fetch_jwks, clock=clock or Clock(1000.0), timeout=0.3
+    )
 
 
 async def test_rotation_picked_up_on_unknown_kid(served: tuple[JwksServer, Any]) -> None:
@@ -172,7 +175,7 @@ async def test_server_down_keeps_cached_keys_and_verifies(served: tuple[JwksServ
     _, server = served
     url = str(server.make_url("/jwks"))
     config = IssuerConfig(issuer="https://idp.example", audience=("erp",), jwks_url=url)
-    verifier = JwtVerifier(AuthConfig(issuers=(config,)))
+    verifier = JwtVerifier(AuthConfig(issuers=(config,)), fetch_jwks=fetch_jwks)
     await verifier.start()
     try:
         await server.close()  # the IdP goes away
@@ -203,7 +206,7 @@ async def test_never_loaded_source_answers_no_key(served: tuple[JwksServer, Any]
 def test_remote_url_checked() -> None:
     for url in ("file:///etc/passwd", "ftp://idp/jwks", "/relative"):
         with pytest.raises(KeySourceError):
-            RemoteJwks(url, 600)
+            RemoteJwks(url, 600, fetch=fetch_jwks)
 
 
 def test_jwks_parsing_skips_unusable_keys(caplog: pytest.LogCaptureFixture) -> None:
