@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -333,3 +335,34 @@ def test_a_placeholder_jwks_file_is_refused_by_name(tmp_path: Path, text: str, w
     path.write_text(text)
     with pytest.raises(KeySourceError, match=why):
         StaticKeys.from_jwks_file(path)
+
+
+async def test_remote_jwks_downloads_only_through_the_fetch_it_is_given() -> None:
+    calls: list[tuple[str, float, int]] = []
+    answers: list[bytes | Exception] = [json.dumps({"keys": [jwk(KEY_1, "k1")]}).encode(), TimeoutError()]
+
+    async def fetch(url: str, timeout: float, max_bytes: int) -> bytes:
+        calls.append((url, timeout, max_bytes))
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    clock = Clock(1000.0)
+    source = RemoteJwks(
+        "https://idp.example/jwks?x=1", 600, fetch=fetch, clock=clock, timeout=0.5, max_bytes=4096
+    )
+    assert await source.refresh() and await source.key_for("k1")
+    clock.now += 31
+    assert await source.key_for("k2") == ()  # refetched (the throttle passed), failed: cached keys kept
+    assert calls == [("https://idp.example/jwks?x=1", 0.5, 4096)] * 2 and await source.key_for("k1")
+
+
+def test_the_auth_package_imports_no_http_library() -> None:
+    # A fresh interpreter: what importing the domain pulls in, not what this test run has loaded.
+    code = (
+        "import sys, gateway.auth.jwt, gateway.auth.keysources, gateway.auth.bearer;"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'aiohttp' or m == 'gateway.context'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

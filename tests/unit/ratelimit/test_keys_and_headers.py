@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import subprocess
+import sys
 
 import pytest
 
@@ -118,3 +120,13 @@ def test_one_key_grammar_validates_and_parses(
     assert key_error(key, pre_auth=pre_auth) == problem
     if spec is not None:
         assert KeySpec.parse(key) == spec
+
+
+def test_rate_limit_domain_modules_import_no_context_or_stage() -> None:
+    # A fresh interpreter: keys, the deferral and lockouts read a RequestFacts, never the context.
+    code = (
+        "import sys, gateway.ratelimit.keys, gateway.ratelimit.deferred, gateway.ratelimit.lockout;"
+        "print(sorted(m for m in sys.modules if m == 'gateway.context' or m[:18] == 'gateway.middleware'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
