@@ -11,10 +11,17 @@ import time
 import structlog
 from aiohttp import web
 
-from gateway.auth.bearer import REALM, bearer_token, invalid_token, refuse_revoked
-from gateway.auth.jwt import TokenRejected, has_mfa, mfa_fresh
+from gateway.auth.bearer import (
+    REALM,
+    bearer_token,
+    invalid_token,
+    mfa_required,
+    mfa_shortfall,
+    refuse_revoked,
+)
+from gateway.auth.jwt import TokenRejected, has_mfa
 from gateway.context import RequestContext
-from gateway.errors import MfaRequired, MissingToken
+from gateway.errors import MissingToken
 from gateway.logs import context as log_context
 from gateway.metrics import METRICS
 from gateway.middleware.cors import check_cookie_origin
@@ -64,30 +71,8 @@ async def authenticate(ctx: RequestContext) -> web.StreamResponse | None:
     log_context.bind(tenant=claims.tenant)
     # The common case (MFA-backed, no max age) needs no refusal to be built.
     if route.mfa and (route.mfa_max_age is not None or not has_mfa(claims, runtime.config.mfa.accepted_amr)):
-        _require_mfa(ctx, route.mfa_max_age)
+        shortfall = mfa_shortfall(claims, runtime.config.mfa.accepted_amr, route.mfa_max_age, time.time())
+        if shortfall is not None:
+            METRICS.auth_failures.labels(shortfall).inc()
+            raise mfa_required(shortfall, route.mfa_max_age)
     return None
-
-
-def _require_mfa(ctx: RequestContext, max_age: float | None) -> None:
-    claims = ctx.claims
-    assert claims is not None
-    accepted = ctx.runtime.config.mfa.accepted_amr
-    if not has_mfa(claims, accepted):
-        METRICS.auth_failures.labels("mfa_missing").inc()
-        raise MfaRequired(
-            "This route needs a multi-factor authenticated token",
-            headers={
-                "WWW-Authenticate": f'{REALM}, error="insufficient_user_authentication", '
-                'error_description="A multi-factor authentication is required"'
-            },
-        )
-    if max_age is not None and not mfa_fresh(claims, max_age, time.time()):
-        METRICS.auth_failures.labels("mfa_stale").inc()
-        # RFC 9470 §3: max_age tells the client how recent the authentication must be.
-        raise MfaRequired(
-            "This route needs a recent multi-factor authentication",
-            headers={
-                "WWW-Authenticate": f'{REALM}, error="insufficient_user_authentication", '
-                f'error_description="A more recent authentication is required", max_age={int(max_age)}'
-            },
-        )
