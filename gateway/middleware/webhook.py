@@ -7,13 +7,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.auth.webhooks import DEFAULT_MAX_BODY, verify_signature
+from gateway.auth.webhooks import DEFAULT_MAX_BODY, invalid_signature
 from gateway.context import RequestContext
-from gateway.errors import InvalidToken, PayloadTooLarge
+from gateway.errors import PayloadTooLarge
 from gateway.metrics import METRICS
 from gateway.upstream.proxy import send_continue
-
-_CHALLENGE = 'Signature realm="shopino-webhooks"'
 
 
 async def read_bounded_body(request: web.BaseRequest, limit: int) -> bytes:
@@ -41,10 +39,9 @@ async def verify_webhook(ctx: RequestContext) -> web.StreamResponse | None:
     send_continue(ctx)  # every check that needs no body has passed
     # A body:FIELD rate limit may have read it already (same bytes, same bound).
     body = ctx.body if ctx.body is not None else await read_bounded_body(ctx.request, limit)
-    secrets = runtime.services.integrations.secrets_for(config.name, config.secret_bytes)
     # SECURITY: forged webhooks (fake orders, refunds) — HMAC over the exact bytes received.
-    if not verify_signature(config, secrets, body, ctx.request.headers):
+    if not runtime.services.integrations.verify(config, body, ctx.request.headers):
         METRICS.auth_failures.labels("webhook_signature").inc()
-        raise InvalidToken("The webhook signature is not valid", headers={"WWW-Authenticate": _CHALLENGE})
+        raise invalid_signature()
     ctx.body = body
     return None
