@@ -1,13 +1,15 @@
 """SPEC §3.6 / §7: the acting tenant, route roles and support grants; the identity the upstream
 sees; and the response check that withholds another tenant's data.
 
-Who may act where is decided by ``gateway.tenancy.policy`` (the rules and their reasons);
-this stage applies its decisions: the acting tenant and grant, the audit record, the refusal.
+Who may act where is decided by ``gateway.tenancy.policy`` (the rules and their reasons), and
+``gateway.tenancy.records`` files the audit records; this stage applies the decisions (the
+acting tenant and grant on the context, the refusals) and chooses what a failed record means.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NoReturn
 
 import structlog
 from aiohttp import web
@@ -22,10 +24,10 @@ from gateway.metrics import METRICS
 from gateway.tenancy import context as signed_context
 from gateway.tenancy.grants import SUPPORT_ROLE, Grant
 from gateway.tenancy.policy import REVOKED, identity_ok, named_tenant, roles_allow, support_grant
-from gateway.tenancy.resolve import TENANT_ID_RE, TenantNotNamed
+from gateway.tenancy.records import record_grant_use, record_leak, record_mismatch
+from gateway.tenancy.resolve import TenantNotNamed
 
 log = structlog.get_logger("gateway.tenancy")
-_MAX_CLAIMED = 4  # tenants named in one leak record (the upstream chooses them)
 # istr: multidict keeps their case-folded form, so adding them costs no case folding per request.
 TENANT_HEADER = istr(signed_context.TENANT_HEADER)
 USER_HEADER = istr(signed_context.USER_HEADER)
@@ -49,14 +51,13 @@ async def apply_tenancy(ctx: RequestContext) -> web.StreamResponse | None:
             named = named_tenant(template, ctx.target.path, ctx.request.host, own)
         except TenantNotNamed:
             await _refuse_mismatch(ctx, own, None)
-    config = ctx.runtime.config
     if named is None:
         ctx.tenant = own
-        if route.roles and not roles_allow(route.roles, claims, config.tenancy.support, config.mfa.issuer):
+        if route.roles and not _roles_allow(ctx, route.roles, claims):
             METRICS.auth_failures.labels("role_missing").inc()
             raise Forbidden("Your roles do not allow this route")
         return None
-    services = ctx.runtime.services
+    config, services = ctx.runtime.config, ctx.runtime.services
     grant = support_grant(
         claims,
         named,
@@ -71,56 +72,27 @@ async def apply_tenancy(ctx: RequestContext) -> web.StreamResponse | None:
         raise invalid_token()
     if grant is None:
         await _refuse_mismatch(ctx, own, named)
-        return None  # not reached: _refuse_mismatch raises
     _act_under_grant(ctx, claims, named, grant)
     return None
 
 
+def _roles_allow(ctx: RequestContext, roles: tuple[str, ...], claims: VerifiedClaims) -> bool:
+    config = ctx.runtime.config
+    return roles_allow(roles, claims, config.tenancy.support, config.mfa.issuer)
+
+
 def _act_under_grant(ctx: RequestContext, claims: VerifiedClaims, tenant: str, grant: Grant) -> None:
-    """Act in ``tenant`` under ``grant``; support access that cannot be audited is refused."""
-    assert ctx.route is not None and ctx.target is not None
     ctx.tenant, ctx.grant = tenant, grant
     log_context.bind(tenant=tenant)
-    try:
-        ctx.runtime.services.audit.submit(
-            "grant.used",
-            tenants=[tenant],
-            actor=claims.subject,
-            request_id=ctx.request_id,
-            details={
-                "grant": grant.id,
-                "support_tenant": claims.tenant,
-                "method": ctx.request.method,
-                "path": ctx.target.path,
-                "route": ctx.route.name,
-                "module": ctx.route.module,
-            },
-        )
-    except (OSError, ValueError):
+    if not record_grant_use(ctx.runtime.services.audit, ctx, claims, tenant, grant):
         # SECURITY: support access that cannot be accounted for is not granted (fail closed).
         log.error("grant_audit_failed", request_id=ctx.request_id)
-        raise StoreUnavailable("Support access cannot be audited right now") from None
+        raise StoreUnavailable("Support access cannot be audited right now")
 
 
-async def _refuse_mismatch(ctx: RequestContext, own: str, named: str | None) -> None:
-    assert ctx.route is not None and ctx.target is not None
+async def _refuse_mismatch(ctx: RequestContext, own: str, named: str | None) -> NoReturn:
     METRICS.auth_failures.labels("tenant_mismatch").inc()
-    tenants = [own] if named is None else [own, named]  # App. B: both trails
-    try:
-        ctx.runtime.services.audit.submit(
-            "tenant.mismatch",
-            tenants=tenants,
-            actor=ctx.user,
-            request_id=ctx.request_id,
-            details={
-                "token_tenant": own,
-                "requested_tenant": named,
-                "method": ctx.request.method,
-                "path": ctx.target.path,
-                "route": ctx.route.name,
-            },
-        )
-    except (OSError, ValueError):
+    if not record_mismatch(ctx.runtime.services.audit, ctx, own, named):
         log.error("tenant_mismatch_audit_failed", request_id=ctx.request_id)
     raise TenantMismatch("This request names a tenant your token does not act for")
 
@@ -163,26 +135,9 @@ async def check_tenant_echo(
 
 
 async def _block_leak(ctx: RequestContext, status: int, reason: str, echoes: Sequence[str]) -> None:
-    assert ctx.route is not None and ctx.target is not None and ctx.tenant is not None
-    claimed = [e[:128] for e in echoes[:_MAX_CLAIMED]]
-    others = [c for c in dict.fromkeys(claimed) if c != ctx.tenant and TENANT_ID_RE.fullmatch(c)]
+    assert ctx.route is not None
     log.warning("tenant_leak_blocked", reason=reason, route=ctx.route.name, upstream_status=status)
-    try:
-        ctx.runtime.services.audit.submit(
-            "tenant.leak_blocked",
-            tenants=[ctx.tenant, *others],  # the acting tenant and whoever the data claims to be
-            actor=ctx.user,
-            request_id=ctx.request_id,
-            details={
-                "reason": reason,
-                "claimed_tenants": claimed,
-                "upstream_status": status,
-                "method": ctx.request.method,
-                "path": ctx.target.path,
-                "route": ctx.route.name,
-            },
-        )
-    except (OSError, ValueError):
+    if not record_leak(ctx.runtime.services.audit, ctx, reason, echoes, status):
         log.error("tenant_leak_audit_failed", request_id=ctx.request_id)
     raise TenantLeakBlocked(
         "The upstream's answer did not carry the request's tenant; it was withheld"
