@@ -105,9 +105,7 @@ async def limit_route(ctx: RequestContext) -> web.StreamResponse | None:
     if not route.login:
         _apply(ctx, await limited)
         return None
-    username = fields.get(compiled.login.username_field) if fields is not None else None
-    subjects = rl.lockouts.subjects(ctx.client_ip, username if isinstance(username, str) else None)
-    ctx.login_subjects = subjects
+    subjects = ctx.login_subjects = rl.lockouts.attempt_subjects(ctx.client_ip, fields)
     verdict, locked = await asyncio.gather(limited, rl.lockouts.locked_for(subjects))
     if locked is not None:
         if verdict is not None and verdict.shadow:
