@@ -129,8 +129,11 @@ class PublicHandler:
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         protocol = request.protocol
-        guarded = isinstance(protocol, GuardedRequestHandler)
-        ctx = begin_request(request, self._current_runtime(), protocol.token_memo if guarded else None)
+        if isinstance(protocol, GuardedRequestHandler):
+            guarded, memo = True, protocol.token_memo
+        else:
+            guarded, memo = False, None
+        ctx = begin_request(request, self._current_runtime(), memo)
         if guarded:
             protocol.request_started(request)
         try:
