@@ -11,6 +11,7 @@ from aiohttp import ClientConnectionResetError, web
 
 from gateway.answer_headers import identity_headers
 from gateway.audit.access import audit_access
+from gateway.auth.jwt import TokenMemo
 from gateway.context import ContextKey, RequestContext, request_id_for
 from gateway.errors import GatewayError, InternalError
 from gateway.http1.request import LeanRequest
@@ -26,8 +27,11 @@ from gateway.upstream.proxy import proxy_request
 log = structlog.get_logger("gateway.public")
 
 
-def begin_request(request: web.BaseRequest | LeanRequest, runtime: Runtime) -> RequestContext:
-    """The request's context, bound to the request and to this task's log lines."""
+def begin_request(
+    request: web.BaseRequest | LeanRequest, runtime: Runtime, token_memo: TokenMemo | None
+) -> RequestContext:
+    """The request's context, bound to the request and to this task's log lines; ``token_memo``
+    is the connection's (its listener keeps one per connection) for the authentication stage."""
     headers = request.headers
     request_id = request_id_for(headers.get("X-Request-ID"))
     peer = request.remote or ""
@@ -46,7 +50,15 @@ def begin_request(request: web.BaseRequest | LeanRequest, runtime: Runtime) -> R
         else new_trace()
     )
     ctx = RequestContext(
-        request, runtime, request_id, client_ip, peer, trusted, response_headers=own, trace=trace
+        request,
+        runtime,
+        request_id,
+        client_ip,
+        peer,
+        trusted,
+        response_headers=own,
+        trace=trace,
+        token_memo=token_memo,
     )
     request[ContextKey] = ctx
     # Every log line of this request carries its id (requests on one keep-alive connection
@@ -74,9 +86,12 @@ class PublicHandler:
         self._current_runtime = current_runtime
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
-        ctx = begin_request(request, self._current_runtime())
         protocol = request.protocol
-        guarded = isinstance(protocol, GuardedRequestHandler)
+        if isinstance(protocol, GuardedRequestHandler):
+            guarded, memo = True, protocol.token_memo
+        else:
+            guarded, memo = False, None
+        ctx = begin_request(request, self._current_runtime(), memo)
         if guarded:
             protocol.request_started(request)
         try:

@@ -13,7 +13,7 @@ from gateway.exchange import AnswerWriter, ServerRequest
 from gateway.random_batches import RandomBatches
 
 if TYPE_CHECKING:
-    from gateway.auth.jwt import VerifiedClaims
+    from gateway.auth.jwt import TokenMemo, VerifiedClaims
     from gateway.config import RouteConfig
     from gateway.ratelimit.deferred import DeferredPreAuth
     from gateway.ratelimit.lockout import Subject
@@ -83,13 +83,17 @@ class RequestContext:
     killswitch_index: object | None = None  # the switch set this request was checked against
     login_subjects: list[Subject] | None = None  # login: true routes: IP and username counted
     # the pre_auth stage's hit, deferred to go with the route stage's in one store call
-    # (gateway.ratelimit.deferred: settled alone whenever that cannot be)
-    deferred_pre_auth: DeferredPreAuth | None = None
+    # (gateway.ratelimit.deferred: settled alone whenever that cannot be, by
+    # gateway.middleware.deferred_pre_auth)
+    deferred_pre_auth: DeferredPreAuth[RequestContext] | None = None
     downstream: AnswerWriter | None = None  # the lean listener's answer writer (None on aiohttp's)
     # W3C trace context (gateway.tracing.context: trace id, this span's id, the traceparent and
     # tracestate sent upstream, the trusted caller's span id); set by begin_request
     trace: Trace = ("", "", "", None, None)
     killswitch_id: str | None = None  # the switch that refused this request (span attribute)
+    # the connection's last bearer token and its digest (the listener's, handed over by
+    # begin_request; None where the connection keeps none): the authentication stage's
+    token_memo: TokenMemo | None = None
 
 
 ContextKey = web.RequestKey("gateway_context", RequestContext)

@@ -25,6 +25,7 @@ from gateway.auth.webhooks import IntegrationSecrets
 from gateway.config import ConfigError, GatewayConfig
 from gateway.config.model import IssuerConfig
 from gateway.crypto import Keyring
+from gateway.jwks_client import fetch_jwks
 from gateway.killswitch import KillSwitchRegistry
 from gateway.logs.access_log import AccessLogWriter
 from gateway.redaction.processor import Redactor
@@ -202,7 +203,9 @@ def build_admin_verifier(config: GatewayConfig) -> JwtVerifier | None:
         return None
     try:
         return JwtVerifier(
-            dataclasses.replace(config.auth, issuers=issuers), tenant_claim=config.tenancy.claim
+            dataclasses.replace(config.auth, issuers=issuers),
+            tenant_claim=config.tenancy.claim,
+            fetch_jwks=fetch_jwks,
         )
     except ValueError as exc:
         raise ConfigError([f"admin.jwt_issuers: {exc}"]) from None
@@ -219,7 +222,9 @@ def build_verifier(config: GatewayConfig, signing: SigningKeys | None) -> JwtVer
     )
     extra = [(own, signing)] if signing is not None else []
     try:
-        return JwtVerifier(config.auth, tenant_claim=config.tenancy.claim, extra_issuers=extra)
+        return JwtVerifier(
+            config.auth, tenant_claim=config.tenancy.claim, extra_issuers=extra, fetch_jwks=fetch_jwks
+        )
     except ValueError as exc:  # KeySourceError included: unreadable or invalid key files
         raise ConfigError([f"auth.issuers: {exc}"]) from None
 

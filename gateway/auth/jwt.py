@@ -32,12 +32,12 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
-import aiohttp
 import jwt
 from jwt.exceptions import InvalidJTIError, InvalidSubjectError
 
 from gateway.auth.keysources import (
     ASYMMETRIC_ALGORITHMS,
+    FetchJwks,
     KeyCandidate,
     KeySource,
     PublicKey,
@@ -204,7 +204,7 @@ class JwtVerifier:
         tenant_claim: str = "tid",
         extra_issuers: Sequence[tuple[IssuerConfig, KeySource]] = (),
         clock: Callable[[], float] = time.time,
-        session_factory: Callable[[], aiohttp.ClientSession] | None = None,
+        fetch_jwks: FetchJwks | None = None,
         cache_size: int = 10_000,
     ) -> None:
         self._auth, self._tenant_claim, self._clock = auth, tenant_claim, clock
@@ -213,21 +213,21 @@ class JwtVerifier:
         self._remote: list[RemoteJwks] = []
         self._issuers: dict[str, _Issuer] = {}
         for config in auth.issuers:
-            self._add(config, self._source_for(config, session_factory))
+            self._add(config, self._source_for(config, fetch_jwks))
         for config, source in extra_issuers:
             self._add(config, source)
         self._cache: OrderedDict[bytes, _Cached] = OrderedDict()
         self._cache_size = cache_size
 
-    def _source_for(
-        self, config: IssuerConfig, session_factory: Callable[[], aiohttp.ClientSession] | None
-    ) -> KeySource:
+    def _source_for(self, config: IssuerConfig, fetch_jwks: FetchJwks | None) -> KeySource:
         if config.jwks_file:
             return StaticKeys.from_jwks_file(config.jwks_file)
         if config.public_key_file:
             return StaticKeys.from_pem_file(config.public_key_file)
         if config.jwks_url:
-            remote = RemoteJwks(config.jwks_url, config.jwks_refresh, session_factory=session_factory)
+            if fetch_jwks is None:
+                raise ValueError(f"issuer {config.issuer!r}: a jwks_url needs a JWKS fetcher (fetch_jwks)")
+            remote = RemoteJwks(config.jwks_url, config.jwks_refresh, fetch=fetch_jwks)
             self._remote.append(remote)
             return remote
         raise ValueError(f"issuer {config.issuer!r} has no key source")

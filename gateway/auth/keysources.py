@@ -21,13 +21,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
-import aiohttp
 import jwt
 import orjson
 from cryptography import x509
@@ -250,8 +249,14 @@ class StaticKeys:
         return self.keys.lookup(kid)
 
 
-def _default_session() -> aiohttp.ClientSession:
-    return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=FETCH_TIMEOUT))
+class FetchJwks(Protocol):
+    """How a ``RemoteJwks`` downloads its document (the HTTP client is the caller's, at the
+    edge: ``gateway.jwks_client.fetch_jwks``). GET ``url`` without following redirects, within
+    ``timeout`` seconds, and return the body; raise ``KeySourceError("HTTP status N")`` for any
+    status but 200 and ``KeySourceError("body too large")`` past ``max_bytes`` (declared or
+    received, decompressed). Any other exception is a failed fetch too (logged by type)."""
+
+    def __call__(self, url: str, timeout: float, max_bytes: int) -> Awaitable[bytes]: ...
 
 
 class RemoteJwks:
@@ -266,7 +271,7 @@ class RemoteJwks:
         url: str,
         refresh: float,
         *,
-        session_factory: Callable[[], aiohttp.ClientSession] | None = None,
+        fetch: FetchJwks,
         clock: Callable[[], float] = time.monotonic,
         min_refetch: float = UNKNOWN_KID_REFETCH,
         max_bytes: int = MAX_JWKS_BYTES,
@@ -279,9 +284,9 @@ class RemoteJwks:
             raise KeySourceError("jwks_refresh must be positive")
         self.url, self.refresh_interval = url, refresh
         self._where = f"{parts.scheme}://{parts.netloc}{parts.path}"  # logs never carry the query
-        self._session_factory = session_factory or _default_session
+        self._fetch_document = fetch
         self._clock, self._min_refetch, self._max_bytes = clock, min_refetch, max_bytes
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._timeout = timeout
         self.keys = KeySet()
         self.loaded = False
         self.fetches = 0  # attempts, for tests and metrics
@@ -319,7 +324,8 @@ class RemoteJwks:
     async def _fetch(self) -> bool:
         self.fetches += 1
         try:
-            keys, skipped = parse_jwks(orjson.loads(await self._download()))
+            document = await self._fetch_document(self.url, self._timeout, self._max_bytes)
+            keys, skipped = parse_jwks(orjson.loads(document))
             if not keys:
                 raise KeySourceError("no usable signature verification key")
         except Exception as exc:
@@ -339,27 +345,6 @@ class RemoteJwks:
         self._failing = False
         self.keys, self.loaded = keys, True
         return True
-
-    async def _download(self) -> bytes:
-        async with (
-            self._session_factory() as session,
-            session.get(
-                self.url,
-                allow_redirects=False,  # SECURITY: a redirect must not move key trust to another host
-                timeout=self._timeout,
-                headers={"Accept": "application/json"},
-            ) as response,
-        ):
-            if response.status != 200:
-                raise KeySourceError(f"HTTP status {response.status}")
-            if (response.content_length or 0) > self._max_bytes:
-                raise KeySourceError("body too large")
-            body = bytearray()
-            async for chunk in response.content.iter_chunked(16384):
-                body += chunk
-                if len(body) > self._max_bytes:  # counts decompressed bytes: no gzip bombs
-                    raise KeySourceError("body too large")
-            return bytes(body)
 
     async def refresh_loop(self) -> None:
         """Refresh forever: every ``refresh`` s, or sooner (≤ 30 s) while fetches fail."""
@@ -388,7 +373,7 @@ class RemoteJwks:
 
 # fmt: off
 __all__ = [
-    "ASYMMETRIC_ALGORITHMS", "KeyCandidate", "KeyEntry", "KeySet", "KeySource", "KeySourceError",
+    "ASYMMETRIC_ALGORITHMS", "FetchJwks", "KeyCandidate", "KeyEntry", "KeySet", "KeySource", "KeySourceError",
     "PublicKey", "RemoteJwks", "StaticKeys", "algorithms_for_key", "parse_jwks",
 ]
 # fmt: on

@@ -53,7 +53,7 @@ import orjson
 
 from gateway import crypto
 from gateway.crypto import DecryptionError, Keyring
-from gateway.errors import NotReady, StoreUnavailable
+from gateway.errors import InvalidToken, NotReady, StoreUnavailable
 from gateway.state.base import StateStore
 from gateway.state.sync import SnapshotBacked, SyncedSnapshot
 
@@ -63,6 +63,8 @@ INTEGRATIONS_HASH = "integration-secrets"
 INTEGRATIONS_CHANNEL = "integration-secrets"
 WOOCOMMERCE_HEADER = "X-WC-Webhook-Signature"
 DEFAULT_HMAC_HEADER = "X-Signature"
+DEFAULT_MAX_BODY = 1024 * 1024  # a webhook route's body bound without ``max_body`` (SPEC §10)
+CHALLENGE = 'Signature realm="shopino-webhooks"'
 
 _ALGORITHMS: Mapping[str, Callable[[], Any]] = {
     "sha256": hashlib.sha256,
@@ -204,6 +206,11 @@ def verify_signature(
     return verified
 
 
+def invalid_signature() -> InvalidToken:
+    """The one refusal of a webhook whose signature does not verify (the reason is not told)."""
+    return InvalidToken("The webhook signature is not valid", headers={"WWW-Authenticate": CHALLENGE})
+
+
 # -- rotating secrets ----------------------------------------------------------------------------
 class IntegrationSecretsUnavailable(NotReady):
     """The stored secrets were never loaded: we cannot tell whether the configured secret has been
@@ -308,6 +315,11 @@ class IntegrationSecrets(SnapshotBacked):
         if self._clock() < record.previous_until:
             result.append(configured if record.previous is None else record.previous)
         return result
+
+    def verify(self, config: IntegrationConfig, body: bytes, headers: Mapping[str, str]) -> bool:
+        """``verify_signature`` under the secrets ``config``'s integration accepts right now.
+        Raises ``IntegrationSecretsUnavailable`` before the first successful load."""
+        return verify_signature(config, self.secrets_for(config.name, config.secret_bytes), body, headers)
 
     # -- writing -------------------------------------------------------------------------------
     async def rotate(self, name: str, new_secret: bytes | None, grace: float) -> bytes:

@@ -12,19 +12,19 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from gateway.auth.bearer import REALM, bearer_token, ensure_not_revoked, invalid_token
 from gateway.auth.jwt import TokenRejected, VerifiedClaims, has_mfa, mfa_fresh
 from gateway.context import RequestContext
 from gateway.errors import BadRequest, Forbidden, GatewayError, InvalidToken, MfaRequired, MissingToken
 from gateway.json_body import json_response, read_json_object
 from gateway.killswitch.checks import check_endpoint_tenant
 from gateway.metrics import METRICS
-from gateway.middleware.authenticate import REALM, bearer_token, ensure_not_revoked, invalid_token
 from gateway.tenancy.resolve import TENANT_ID_RE
 
 
 async def authenticated_claims(ctx: RequestContext) -> VerifiedClaims:
     """A valid token of a trusted issuer (any factor), or a 401; 503 while its tenant is isolated."""
-    token = bearer_token(ctx.request)
+    token = bearer_token(ctx.request.headers)
     if token is None:
         raise MissingToken("A first-factor bearer token is required", headers={"WWW-Authenticate": REALM})
     try:
@@ -37,7 +37,7 @@ async def authenticated_claims(ctx: RequestContext) -> VerifiedClaims:
         # either: no MFA enrolment, grant or audit export under them.
         METRICS.auth_failures.labels("bad_identity").inc()
         raise invalid_token()
-    ensure_not_revoked(ctx, claims)
+    ensure_not_revoked(ctx.runtime.services.revocations, claims, ctx.request_id)
     ctx.claims, ctx.user, ctx.tenant = claims, claims.subject, claims.tenant
     # Every tenant-acting endpoint under /_gateway/ passes here: one place for their isolation.
     check_endpoint_tenant(ctx.runtime.services.killswitches.index, ctx.request.method, claims.tenant)

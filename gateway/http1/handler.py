@@ -31,7 +31,7 @@ class LeanPublicHandler:
 
     async def handle(self, request: LeanRequest) -> bool:
         """Answer one request; False when the connection must close afterwards."""
-        ctx = begin_request(request, self._current_runtime())
+        ctx = begin_request(request, self._current_runtime(), request.protocol.token_memo)
         down = ctx.downstream = LeanDownstream(request.protocol, request)
         try:
             protocol = request.protocol

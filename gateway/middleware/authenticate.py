@@ -7,47 +7,34 @@ The reason a token was refused is logged and counted; the client only learns tha
 from __future__ import annotations
 
 import time
-from typing import NoReturn
 
 import structlog
 from aiohttp import web
 
-from gateway.auth.jwt import TokenRejected, VerifiedClaims, has_mfa, mfa_fresh
+from gateway.auth.bearer import (
+    REALM,
+    bearer_token,
+    invalid_token,
+    mfa_required,
+    mfa_shortfall,
+    refuse_revoked,
+)
+from gateway.auth.jwt import TokenRejected, has_mfa
 from gateway.context import RequestContext
-from gateway.errors import InvalidToken, MfaRequired, MissingToken
+from gateway.errors import MissingToken
 from gateway.logs import context as log_context
 from gateway.metrics import METRICS
 from gateway.middleware.cors import check_cookie_origin
-from gateway.ratelimit.deferred import settle_pre_auth
+from gateway.middleware.deferred_pre_auth import settle_pre_auth
 
 log = structlog.get_logger("gateway.auth")
-REALM = 'Bearer realm="shopino"'
-
-
-def invalid_token() -> InvalidToken:
-    """RFC 6750 ``invalid_token``: the one refusal for every bad token; the reason is logged and
-    counted by the caller, never told to the client."""
-    return InvalidToken(
-        "The bearer token is not valid", headers={"WWW-Authenticate": f'{REALM}, error="invalid_token"'}
-    )
-
-
-def bearer_token(request: web.BaseRequest) -> str | None:
-    """The token of an ``Authorization: Bearer`` header, if any."""
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() == "bearer":
-        token = token.strip()
-        if token:
-            return token
-    return None
 
 
 def _request_token(ctx: RequestContext, cookie_name: str | None) -> str | None:
     """The header's bearer token; else, with ``auth.token_cookie`` set, the cookie's, once the
     request has passed the CSRF rule. With both, the header authenticates and the cookie is
     never read: it neither authenticates nor falls back when the header's token is refused."""
-    token = bearer_token(ctx.request)
+    token = bearer_token(ctx.request.headers)
     if token is None and cookie_name:
         token = ctx.request.cookies.get(cookie_name) or None
         if token is not None:
@@ -66,8 +53,7 @@ async def authenticate(ctx: RequestContext) -> web.StreamResponse | None:
         METRICS.auth_failures.labels("missing_token").inc()
         raise MissingToken("A bearer token is required", headers={"WWW-Authenticate": REALM})
     try:
-        memo = getattr(ctx.request.protocol, "token_memo", None)
-        claims = runtime.verifier.verify_cached(token, memo)
+        claims = runtime.verifier.verify_cached(token, ctx.token_memo)
         if claims is None:
             # SECURITY: signature flood — pre_auth sheds it before any ES256 work, even when
             # its hit was deferred to go with the route stage's (only cached tokens skip this).
@@ -78,49 +64,15 @@ async def authenticate(ctx: RequestContext) -> web.StreamResponse | None:
         log.info("token_rejected", reason=rejected.reason, request_id=ctx.request_id)
         raise invalid_token() from None
     if runtime.services.revocations.is_revoked(claims.tenant, claims.subject, claims.issued_at):
-        _refuse_revoked(ctx)  # ensure_not_revoked, inline: this runs on every request
+        refuse_revoked(ctx.request_id)  # ensure_not_revoked, inline: this runs on every request
     ctx.claims = claims
     ctx.user = claims.subject
     ctx.tenant = claims.tenant
     log_context.bind(tenant=claims.tenant)
     # The common case (MFA-backed, no max age) needs no refusal to be built.
     if route.mfa and (route.mfa_max_age is not None or not has_mfa(claims, runtime.config.mfa.accepted_amr)):
-        _require_mfa(ctx, route.mfa_max_age)
+        shortfall = mfa_shortfall(claims, runtime.config.mfa.accepted_amr, route.mfa_max_age, time.time())
+        if shortfall is not None:
+            METRICS.auth_failures.labels(shortfall).inc()
+            raise mfa_required(shortfall, route.mfa_max_age)
     return None
-
-
-def ensure_not_revoked(ctx: RequestContext, claims: VerifiedClaims) -> None:
-    """SPEC §5: tokens issued at or before a revocation are refused (memory only, no store call)."""
-    if ctx.runtime.services.revocations.is_revoked(claims.tenant, claims.subject, claims.issued_at):
-        _refuse_revoked(ctx)
-
-
-def _refuse_revoked(ctx: RequestContext) -> NoReturn:
-    METRICS.auth_failures.labels("revoked").inc()
-    log.info("token_rejected", reason="revoked", request_id=ctx.request_id)
-    raise invalid_token()
-
-
-def _require_mfa(ctx: RequestContext, max_age: float | None) -> None:
-    claims = ctx.claims
-    assert claims is not None
-    accepted = ctx.runtime.config.mfa.accepted_amr
-    if not has_mfa(claims, accepted):
-        METRICS.auth_failures.labels("mfa_missing").inc()
-        raise MfaRequired(
-            "This route needs a multi-factor authenticated token",
-            headers={
-                "WWW-Authenticate": f'{REALM}, error="insufficient_user_authentication", '
-                'error_description="A multi-factor authentication is required"'
-            },
-        )
-    if max_age is not None and not mfa_fresh(claims, max_age, time.time()):
-        METRICS.auth_failures.labels("mfa_stale").inc()
-        # RFC 9470 §3: max_age tells the client how recent the authentication must be.
-        raise MfaRequired(
-            "This route needs a recent multi-factor authentication",
-            headers={
-                "WWW-Authenticate": f'{REALM}, error="insufficient_user_authentication", '
-                f'error_description="A more recent authentication is required", max_age={int(max_age)}'
-            },
-        )

@@ -9,56 +9,24 @@ the attempt. ``check_login_outcome`` runs on the upstream's status: 401/403 are 
 from __future__ import annotations
 
 import asyncio
-import math
-from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.context import RequestContext
-from gateway.errors import BadRequest, LockedOut, RateLimited
+from gateway.errors import LockedOut, RateLimited
 from gateway.http_continue import send_continue
-from gateway.middleware.webhook import DEFAULT_MAX_BODY as WEBHOOK_MAX_BODY
-from gateway.ratelimit.body_fields import counted_fields
-from gateway.ratelimit.deferred import DeferredPreAuth, settle_pre_auth
-from gateway.ratelimit.headers import POLICY_HEADER, STATE_HEADER, retry_after, state_header
+from gateway.middleware.deferred_pre_auth import settle_pre_auth
+from gateway.ratelimit.body_fields import counted_body_limit, counted_content_type, counted_fields
+from gateway.ratelimit.deferred import DeferredPreAuth
+from gateway.ratelimit.headers import POLICY_HEADER, STATE_HEADER, refusal_values, retry_after, state_header
 from gateway.ratelimit.limiter import Verdict
-from gateway.ratelimit.policies import LimitItem
-from gateway.ratelimit.service import RateLimitRuntime
+from gateway.ratelimit.policies import counted_checks
 from gateway.request_body import read_bounded_body, refuse_declared_oversize
 
-DEFAULT_MAX_BODY = 64 * 1024  # a login form or JSON body; routes may set max_body
-# SECURITY: counted bodies are held in memory before any authentication; a route's large
-# max_body (an upload route with a body: key) must not let a flood pin that much per request.
-COUNTED_BODY_CAP = 1024 * 1024
 _FAILURE_STATUSES = frozenset((401, 403))
 _SAFE_METHODS = frozenset(("GET", "HEAD", "OPTIONS"))
-_REFUSAL_LIMIT = 1024  # (item, remaining, second) shapes remembered; a handful per second in practice
-# id(item), remaining, whole seconds to the reset -> (the item, (RateLimit value, Retry-After seconds))
-_refusals: dict[tuple[int, int, int], tuple[LimitItem, tuple[str, int]]] = {}
-
-
-def _checks(
-    ctx: RequestContext, rl: RateLimitRuntime, items: tuple[LimitItem, ...], fields: Mapping[str, Any] | None
-) -> list[tuple[LimitItem, str]]:
-    method = ctx.request.method
-    digest = rl.backend.hash
-    checks = []
-    # The items of one rule ("50/second;2000/minute") share one key object and sit side by side:
-    # its value is read, canonicalised and hashed once, not once per item.
-    last_key: object = None
-    hashed: str | None = None
-    for item in items:
-        if not item.applies(method):
-            continue
-        if item.key is not last_key:
-            last_key = item.key
-            value = item.key.raw_value(ctx, fields)
-            hashed = None if value is None else digest(value)
-        if hashed is not None:
-            checks.append((item, hashed))
-    return checks
 
 
 def _apply(ctx: RequestContext, verdict: Verdict | None) -> None:
@@ -75,7 +43,7 @@ def _apply(ctx: RequestContext, verdict: Verdict | None) -> None:
         headers[STATE_HEADER] = state_header(item.policy, verdict.remaining, verdict.reset_in)
         return
     ctx.ratelimit = "limited"
-    state, wait = _refusal_values(item, verdict.remaining, verdict.reset_in)
+    state, wait = refusal_values(item, verdict.remaining, verdict.reset_in)
     headers[STATE_HEADER] = state
     raise RateLimited(
         "Too many requests; retry later",
@@ -84,25 +52,11 @@ def _apply(ctx: RequestContext, verdict: Verdict | None) -> None:
     )
 
 
-def _refusal_values(item: LimitItem, remaining: int, reset_in: float) -> tuple[str, int]:
-    """The RateLimit value and Retry-After of a refusal: both change only with the whole seconds
-    to the reset, so a flood formats them once per bucket and second, not once per request."""
-    key = (id(item), remaining, math.ceil(reset_in))
-    known = _refusals.get(key)
-    if known is not None and known[0] is item:  # the id of an item a reload dropped may be reused
-        return known[1]
-    values = state_header(item.policy, remaining, reset_in), retry_after(reset_in)
-    if len(_refusals) >= _REFUSAL_LIMIT:
-        _refusals.clear()  # SECURITY: memory exhaustion — bounded, whatever varies
-    _refusals[key] = (item, values)
-    return values
-
-
 async def limit_pre_auth(ctx: RequestContext) -> web.StreamResponse | None:
     rl = ctx.runtime.rate_limits
     if rl is None or not rl.compiled.pre_auth:
         return None
-    checks = _checks(ctx, rl, rl.compiled.pre_auth, None)
+    checks = counted_checks(ctx, rl.backend.hash, rl.compiled.pre_auth, None)
     if not checks:
         return None
     known = rl.backend.refused_from_memory(checks, "pre_auth")
@@ -139,7 +93,7 @@ async def limit_route(ctx: RequestContext) -> web.StreamResponse | None:
     if not items and counted is None:
         return None  # the common case: nothing to count, nothing to read
     fields = await read_body_fields(ctx, counted) if counted is not None else None
-    checks = _checks(ctx, rl, items, fields)
+    checks = counted_checks(ctx, rl.backend.hash, items, fields)
     if ctx.deferred_pre_auth is not None:
         if checks:  # both stages in one store call, pre_auth's items decided first
             deferred, ctx.deferred_pre_auth = ctx.deferred_pre_auth.checks, None
@@ -152,9 +106,7 @@ async def limit_route(ctx: RequestContext) -> web.StreamResponse | None:
     if not route.login:
         _apply(ctx, await limited)
         return None
-    username = fields.get(compiled.login.username_field) if fields is not None else None
-    subjects = rl.lockouts.subjects(ctx.client_ip, username if isinstance(username, str) else None)
-    ctx.login_subjects = subjects
+    subjects = ctx.login_subjects = rl.lockouts.attempt_subjects(ctx.client_ip, fields)
     verdict, locked = await asyncio.gather(limited, rl.lockouts.locked_for(subjects))
     if locked is not None:
         if verdict is not None and verdict.shadow:
@@ -184,24 +136,15 @@ async def read_body_fields(ctx: RequestContext, counted: frozenset[str]) -> dict
     """Read the body whole (bounded), keep the exact bytes for the proxy, and read the counted
     fields from it (``gateway.ratelimit.body_fields``: one reading, or a 400)."""
     request = ctx.request
-    content_types = request.headers.getall("Content-Type", ())
-    if len(content_types) > 1:
-        # SECURITY: frameworks take the first or the last Content-Type: two readings of one body.
-        raise BadRequest("A request with a rate-limited body has more than one Content-Type")
-    route = ctx.route
-    limit = DEFAULT_MAX_BODY
-    if route is not None:  # a webhook route keeps its own default: the signature stage reuses ctx.body
-        if route.auth == "webhook":
-            limit = route.max_body or WEBHOOK_MAX_BODY
-        else:
-            limit = min(route.max_body or DEFAULT_MAX_BODY, COUNTED_BODY_CAP)
+    content_type = counted_content_type(request.headers.getall("Content-Type", ()))
     if ctx.body is None:
+        limit = counted_body_limit(ctx.route)
         refuse_declared_oversize(request, limit)
         if not request.body_exists:
             return {}
         send_continue(ctx)  # every check that needs no body has passed
         ctx.body = await read_bounded_body(request, limit)  # forwarded intact by the proxy
-    return counted_fields(content_types[0] if content_types else "", ctx.body, counted)
+    return counted_fields(content_type, ctx.body, counted)
 
 
 async def check_login_outcome(

@@ -19,6 +19,9 @@ The rule, for counted names only (other fields are the upstream's business):
 - a multipart body the parser finds defective (no boundary, unterminated) → 400.
 Everything else keeps its lenient reading (declared charsets for JSON and urlencoded forms,
 ``NaN``, UTF-16/32 JSON, a JSON object sent under another type), as before.
+
+Before any of that, ``counted_content_type`` refuses a body with two Content-Types and
+``counted_body_limit`` says how much of it may be held in memory to be read at all.
 """
 
 from __future__ import annotations
@@ -27,21 +30,48 @@ import email.errors
 import email.policy
 import email.utils
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from email.message import Message
 from email.parser import BytesParser
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
+from gateway.auth.webhooks import DEFAULT_MAX_BODY as WEBHOOK_MAX_BODY
 from gateway.errors import BadRequest
+
+if TYPE_CHECKING:
+    from gateway.config.model import RouteConfig
 
 _UTF8 = frozenset(("utf-8", "utf8"))
 _PLAIN_TRANSFER = frozenset(("7bit", "8bit", "binary"))
 _REFUSAL = "A rate-limited body field is ambiguous"  # one client-safe detail for every case
 
 
+DEFAULT_MAX_BODY = 64 * 1024  # a login form or JSON body; routes may set max_body
+# SECURITY: counted bodies are held in memory before any authentication; a route's large
+# max_body (an upload route with a body: key) must not let a flood pin that much per request.
+COUNTED_BODY_CAP = 1024 * 1024
+
+
 class AmbiguousField(BadRequest):
     """A counted body field has more than one possible reading (Appendix C) → 400 bad-request."""
+
+
+def counted_content_type(content_types: Sequence[str]) -> str:
+    """The one Content-Type of a body whose fields are counted ("" without one)."""
+    if len(content_types) > 1:
+        # SECURITY: frameworks take the first or the last Content-Type: two readings of one body.
+        raise BadRequest("A request with a rate-limited body has more than one Content-Type")
+    return content_types[0] if content_types else ""
+
+
+def counted_body_limit(route: RouteConfig | None) -> int:
+    """How many body bytes may be read to count its fields on ``route``."""
+    if route is None:
+        return DEFAULT_MAX_BODY
+    if route.auth == "webhook":  # it keeps its own default: the signature stage reuses the body
+        return route.max_body or WEBHOOK_MAX_BODY
+    return min(route.max_body or DEFAULT_MAX_BODY, COUNTED_BODY_CAP)
 
 
 def counted_fields(content_type: str, body: bytes, names: frozenset[str]) -> dict[str, Any]:

@@ -5,6 +5,10 @@ fields), for the most restrictive item of a request: ``"api";q=50;w=1`` and ``"a
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gateway.ratelimit.policies import LimitItem
 
 POLICY_HEADER = "RateLimit-Policy"
 STATE_HEADER = "RateLimit"
@@ -31,3 +35,22 @@ def seconds_until(delta: float) -> int:
 def retry_after(delta: float) -> int:
     """Retry-After is at least 1: "0" would invite an immediate retry storm."""
     return max(1, math.ceil(delta))
+
+
+_REFUSAL_LIMIT = 1024  # (item, remaining, second) shapes remembered; a handful per second in practice
+# id(item), remaining, whole seconds to the reset -> (the item, (RateLimit value, Retry-After seconds))
+_refusals: dict[tuple[int, int, int], tuple[LimitItem, tuple[str, int]]] = {}
+
+
+def refusal_values(item: LimitItem, remaining: int, reset_in: float) -> tuple[str, int]:
+    """The RateLimit value and Retry-After of a refusal: both change only with the whole seconds
+    to the reset, so a flood formats them once per bucket and second, not once per request."""
+    key = (id(item), remaining, math.ceil(reset_in))
+    known = _refusals.get(key)
+    if known is not None and known[0] is item:  # the id of an item a reload dropped may be reused
+        return known[1]
+    values = state_header(item.policy, remaining, reset_in), retry_after(reset_in)
+    if len(_refusals) >= _REFUSAL_LIMIT:
+        _refusals.clear()  # SECURITY: memory exhaustion — bounded, whatever varies
+    _refusals[key] = (item, values)
+    return values

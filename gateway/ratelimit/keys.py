@@ -1,5 +1,9 @@
 """What a rule counts: ``ip``, ``user``, ``tenant``, ``route``, ``header:NAME``, ``body:FIELD``.
 
+The key grammar lives here once: ``key_error`` says why a config key is not valid (the config
+schema reports it with its key path), ``KeySpec.parse`` turns a valid one into what the stages
+apply, and both split a key with ``split_key``.
+
 Every value is hashed (keyed BLAKE2b) before it becomes part of a store key, so usernames,
 API keys and e-mail addresses never sit in Redis in clear text, and a value of any length or
 alphabet makes a key of fixed shape. The hashing key is derived from the master key, so every
@@ -12,18 +16,49 @@ import functools
 import hashlib
 import ipaddress
 import os
+import re
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from gateway.crypto import Keyring
+from gateway.facts import RequestFacts
 
-if TYPE_CHECKING:
-    from gateway.context import RequestContext
-
+HEADER_NAME_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}\Z")  # an RFC 9110 token
+FIELD_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}\Z")
+PRE_AUTH_KEYS = ("ip", "route")  # nothing else is known before authentication
+_PLAIN_KEYS = ("ip", "user", "tenant", "route")
 ABSENT = "-"  # one shared bucket for requests lacking the header or field (never a free pass)
 _HKDF_INFO = b"shopino-gateway rate-limit keys"
+
+
+def split_key(key: str) -> tuple[str, str]:
+    """A rule key's kind and, for ``header:NAME`` and ``body:FIELD``, its name (as written)."""
+    kind, _, name = key.partition(":")
+    return kind, name
+
+
+def key_error(key: str, *, pre_auth: bool) -> str | None:
+    """Why ``key`` is not a valid rule key, or None."""
+    if pre_auth:
+        if key in PRE_AUTH_KEYS or key.startswith("header:"):
+            return _name_error(key)
+        return "pre_auth rules count by ip, route or header:NAME (no identity or body yet)"
+    if key in _PLAIN_KEYS:
+        return None
+    if key.startswith(("header:", "body:")):
+        return _name_error(key)
+    return "expected ip, user, tenant, route, header:NAME or body:FIELD"
+
+
+def _name_error(key: str) -> str | None:
+    kind, name = split_key(key)
+    if kind == "header" and not HEADER_NAME_RE.match(name):
+        return "header:NAME needs a header name"
+    if kind == "body" and not FIELD_NAME_RE.match(name):
+        return "body:FIELD needs a field name (letters, digits, '_', '.', '-')"
+    return None
 
 
 def canonical_username(value: str) -> str:
@@ -97,32 +132,33 @@ class KeySpec:
 
     @classmethod
     def parse(cls, key: str) -> KeySpec:
-        kind, _, name = key.partition(":")
+        """A key ``key_error`` accepted, as the stages apply it (header names in lower case)."""
+        kind, name = split_key(key)
         return cls(kind, name.lower() if kind == "header" else name)
 
     @property
     def needs_body(self) -> bool:
         return self.kind == "body"
 
-    def raw_value(self, ctx: RequestContext, fields: Mapping[str, Any] | None) -> str | None:
+    def raw_value(self, facts: RequestFacts, fields: Mapping[str, Any] | None) -> str | None:
         """The value to count, ``ABSENT`` for a missing header/field, None when the rule does not
         apply (no user or tenant on an anonymous request: those are counted by ``ip``)."""
         kind = self.kind
         if kind == "ip":
-            return ip_subject(ctx.client_ip)  # SECURITY: the trusted_proxies rule, never a spoofable header
+            return ip_subject(facts.client_ip)  # SECURITY: the trusted_proxies rule, never a spoofable header
         if kind == "user":
             # SECURITY: a ``sub`` is unique only within its issuer; two tenants' IdPs may both
             # issue "42", and one must not exhaust (or share) the other's quota.
-            claims = ctx.claims
-            if ctx.user is None or claims is None:
-                return ctx.user
-            return f"{claims.issuer}\x00{ctx.user}"
+            claims = facts.claims
+            if facts.user is None or claims is None:
+                return facts.user
+            return f"{claims.issuer}\x00{facts.user}"
         if kind == "tenant":
-            return ctx.tenant
+            return facts.tenant
         if kind == "route":
-            return ctx.route.name if ctx.route is not None else ABSENT
+            return facts.route.name if facts.route is not None else ABSENT
         if kind == "header":
-            return ctx.request.headers.get(self.name, ABSENT)
+            return facts.request.headers.get(self.name, ABSENT)
         value = fields.get(self.name) if fields is not None else None
         if isinstance(value, str):
             return canonical_username(value)

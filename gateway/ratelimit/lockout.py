@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -80,6 +80,12 @@ class LockoutService:
         if username is not None:
             found.append(Subject("user", self.username_hash(username)))
         return found
+
+    def attempt_subjects(self, ip: str, fields: Mapping[str, Any] | None) -> list[Subject]:
+        """What a login attempt counts: its IP, and the ``username_field`` of its body when that
+        is a string (a number or a list names no username; the IP still counts)."""
+        username = fields.get(self.config.username_field) if fields is not None else None
+        return self.subjects(ip, username if isinstance(username, str) else None)
 
     def username_hash(self, username: str) -> str:
         return self._backend.hash(canonical_username(username))

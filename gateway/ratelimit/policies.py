@@ -10,13 +10,15 @@ reading a moving window's list).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Any
 
 from limits import RateLimitItem, parse_many
 
 from gateway.config.model import GatewayConfig, RouteConfig
+from gateway.facts import RequestFacts
 from gateway.ratelimit.headers import policy_header
 from gateway.ratelimit.keys import KeySpec
 from gateway.ratelimit.model import LoginProtectionConfig, RateLimitRule, StoreFailureMode
@@ -73,6 +75,32 @@ class CompiledLimits:
     @property
     def empty(self) -> bool:
         return not self.pre_auth and not self.by_route
+
+
+def counted_checks(
+    facts: RequestFacts,
+    digest: Callable[[str], str],
+    items: tuple[LimitItem, ...],
+    fields: Mapping[str, Any] | None,
+) -> list[tuple[LimitItem, str]]:
+    """The items that apply to this request, each with the hashed value it counts (an item
+    whose key does not apply, such as ``user`` on an anonymous request, is left out)."""
+    method = facts.request.method
+    checks = []
+    # The items of one rule ("50/second;2000/minute") share one key object and sit side by side:
+    # its value is read, canonicalised and hashed once, not once per item.
+    last_key: object = None
+    hashed: str | None = None
+    for item in items:
+        if not item.applies(method):
+            continue
+        if item.key is not last_key:
+            last_key = item.key
+            value = item.key.raw_value(facts, fields)
+            hashed = None if value is None else digest(value)
+        if hashed is not None:
+            checks.append((item, hashed))
+    return checks
 
 
 def _rule_id(scope: str, index: int, rule: RateLimitRule) -> str:

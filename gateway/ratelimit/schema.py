@@ -13,6 +13,7 @@ from typing import Any
 from limits import parse_many
 
 from gateway.config.reader import Node
+from gateway.ratelimit.keys import FIELD_NAME_RE, key_error, split_key
 from gateway.ratelimit.model import (
     RULE_MODES,
     STRATEGIES,
@@ -21,33 +22,7 @@ from gateway.ratelimit.model import (
     RateLimitsConfig,
 )
 
-_HEADER_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}\Z")  # an RFC 9110 token
-_FIELD_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}\Z")
 _POLICY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
-PRE_AUTH_KEYS = ("ip", "route")  # nothing else is known before authentication
-_PLAIN_KEYS = ("ip", "user", "tenant", "route")
-
-
-def key_error(key: str, *, pre_auth: bool) -> str | None:
-    """Why ``key`` is not a valid rule key, or None."""
-    if pre_auth:
-        if key in PRE_AUTH_KEYS or key.startswith("header:"):
-            return _part_error(key)
-        return "pre_auth rules count by ip, route or header:NAME (no identity or body yet)"
-    if key in _PLAIN_KEYS:
-        return None
-    if key.startswith(("header:", "body:")):
-        return _part_error(key)
-    return "expected ip, user, tenant, route, header:NAME or body:FIELD"
-
-
-def _part_error(key: str) -> str | None:
-    kind, _, name = key.partition(":")
-    if kind == "header" and not _HEADER_RE.match(name):
-        return "header:NAME needs a header name"
-    if kind == "body" and not _FIELD_RE.match(name):
-        return "body:FIELD needs a field name (letters, digits, '_', '.', '-')"
-    return None
 
 
 def _rule(raw: Any, path: str, node: Node, *, pre_auth: bool, methods: frozenset[str]) -> RateLimitRule:
@@ -94,7 +69,7 @@ def _login(node: Node) -> LoginProtectionConfig:
         base_lockout=node.duration("base_lockout", 60.0),
         max_lockout=node.duration("max_lockout", 86400.0),
     )
-    if not _FIELD_RE.match(result.username_field):
+    if not FIELD_NAME_RE.match(result.username_field):
         node.report.error(node.child_path("username_field"), "expected a field name")
     for name in ("window", "base_lockout", "max_lockout"):
         if getattr(result, name) < 1:
@@ -148,6 +123,6 @@ def _check_stripped_header_keys(config: Any, report: Any) -> None:
     rule_sets += [(f"rate_limits.policies.{name}", rules) for name, rules in policies.items()]
     for path, rules in rule_sets:
         for index, rule in enumerate(rules):
-            kind, _, name = rule.key.partition(":")
+            kind, name = split_key(rule.key)
             if kind == "header" and name.lower() in stripped:
                 report.error(f"{path}[{index}].key", f"{name} is stripped from client requests (tenancy)")

@@ -19,10 +19,11 @@ import orjson
 from aiohttp import web
 from aiohttp.test_utils import RawTestServer, TestClient
 
-from gateway.app import begin_request, render_problem
+from gateway.app import begin_request
 from gateway.config import GatewayConfig, parse_config
 from gateway.context import RequestContext
 from gateway.errors import GatewayError
+from gateway.problem import render_problem
 from gateway.routing import RouteTable
 from gateway.runtime import Runtime
 from gateway.upstream.forwarding import TrustedProxies
@@ -76,7 +77,7 @@ async def stage_client(
     runtime = stage_runtime(config_text)
 
     async def handle(request: web.BaseRequest) -> web.StreamResponse:
-        ctx = begin_request(request, runtime)
+        ctx = begin_request(request, runtime, None)
         try:
             for stage in stages:
                 early = await stage(ctx)

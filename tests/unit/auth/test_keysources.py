@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ from gateway.auth.keysources import (
     parse_jwks,
 )
 from gateway.config.model import AuthConfig, IssuerConfig
+from gateway.jwks_client import fetch_jwks
 from tests.support.timing import Clock
 
 KEY_1 = ec.generate_private_key(ec.SECP256R1())
@@ -90,7 +93,9 @@ async def served(aiohttp_server: Any) -> tuple[JwksServer, Any]:
 
 
 def remote(server: Any, clock: Clock | None = None, refresh: float = 600.0) -> RemoteJwks:
-    return RemoteJwks(str(server.make_url("/jwks")), refresh, clock=clock or Clock(1000.0), timeout=0.3)
+    return RemoteJwks(
+        str(server.make_url("/jwks")), refresh, fetch=fetch_jwks, clock=clock or Clock(1000.0), timeout=0.3
+    )
 
 
 async def test_rotation_picked_up_on_unknown_kid(served: tuple[JwksServer, Any]) -> None:
@@ -172,7 +177,7 @@ async def test_server_down_keeps_cached_keys_and_verifies(served: tuple[JwksServ
     _, server = served
     url = str(server.make_url("/jwks"))
     config = IssuerConfig(issuer="https://idp.example", audience=("erp",), jwks_url=url)
-    verifier = JwtVerifier(AuthConfig(issuers=(config,)))
+    verifier = JwtVerifier(AuthConfig(issuers=(config,)), fetch_jwks=fetch_jwks)
     await verifier.start()
     try:
         await server.close()  # the IdP goes away
@@ -203,7 +208,7 @@ async def test_never_loaded_source_answers_no_key(served: tuple[JwksServer, Any]
 def test_remote_url_checked() -> None:
     for url in ("file:///etc/passwd", "ftp://idp/jwks", "/relative"):
         with pytest.raises(KeySourceError):
-            RemoteJwks(url, 600)
+            RemoteJwks(url, 600, fetch=fetch_jwks)
 
 
 def test_jwks_parsing_skips_unusable_keys(caplog: pytest.LogCaptureFixture) -> None:
@@ -330,3 +335,34 @@ def test_a_placeholder_jwks_file_is_refused_by_name(tmp_path: Path, text: str, w
     path.write_text(text)
     with pytest.raises(KeySourceError, match=why):
         StaticKeys.from_jwks_file(path)
+
+
+async def test_remote_jwks_downloads_only_through_the_fetch_it_is_given() -> None:
+    calls: list[tuple[str, float, int]] = []
+    answers: list[bytes | Exception] = [json.dumps({"keys": [jwk(KEY_1, "k1")]}).encode(), TimeoutError()]
+
+    async def fetch(url: str, timeout: float, max_bytes: int) -> bytes:
+        calls.append((url, timeout, max_bytes))
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    clock = Clock(1000.0)
+    source = RemoteJwks(
+        "https://idp.example/jwks?x=1", 600, fetch=fetch, clock=clock, timeout=0.5, max_bytes=4096
+    )
+    assert await source.refresh() and await source.key_for("k1")
+    clock.now += 31
+    assert await source.key_for("k2") == ()  # refetched (the throttle passed), failed: cached keys kept
+    assert calls == [("https://idp.example/jwks?x=1", 0.5, 4096)] * 2 and await source.key_for("k1")
+
+
+def test_the_auth_package_imports_no_http_library() -> None:
+    # A fresh interpreter: what importing the domain pulls in, not what this test run has loaded.
+    code = (
+        "import sys, gateway.auth.jwt, gateway.auth.keysources, gateway.auth.bearer;"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'aiohttp' or m == 'gateway.context'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

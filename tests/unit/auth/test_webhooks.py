@@ -19,6 +19,7 @@ from gateway.auth.webhooks import (
     IntegrationConfig,
     IntegrationSecrets,
     IntegrationSecretsUnavailable,
+    invalid_signature,
     verify_signature,
 )
 from gateway.crypto import ENV_VAR, Keyring
@@ -281,6 +282,24 @@ async def test_not_loaded_fails_closed(store: StateStore) -> None:
     integrations = IntegrationSecrets(store, KEYRING)
     with pytest.raises(IntegrationSecretsUnavailable):
         integrations.secrets_for("woocommerce", WOO.secret_bytes)
+    with pytest.raises(IntegrationSecretsUnavailable):
+        integrations.verify(WOO, BODY, signed(WOO.secret_bytes))
+
+
+async def test_a_webhook_verifies_under_the_secrets_accepted_now(
+    secrets_factory: Callable[..., Awaitable[IntegrationSecrets]],
+) -> None:
+    clock = Clock(1_700_000_000.0)
+    integrations = await secrets_factory(clock=clock)
+    old = WOO.secret_bytes
+    assert integrations.verify(WOO, BODY, signed(old))
+    new = await integrations.rotate("woocommerce", b"brand-new-secret-2", 60)
+    assert integrations.verify(WOO, BODY, signed(new)) and integrations.verify(WOO, BODY, signed(old))
+    clock.now += 61  # the grace is over: the configured secret no longer verifies
+    assert integrations.verify(WOO, BODY, signed(new)) and not integrations.verify(WOO, BODY, signed(old))
+    refusal = invalid_signature()
+    assert refusal.status == 401
+    assert refusal.headers == {"WWW-Authenticate": 'Signature realm="shopino-webhooks"'}
 
 
 async def test_second_instance_on_redis_sees_rotation_via_pubsub(redis_url: str) -> None:

@@ -13,7 +13,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.ratelimit.body_fields import AmbiguousField, counted_fields
+from gateway.config.model import RouteConfig
+from gateway.errors import BadRequest
+from gateway.ratelimit.body_fields import (
+    COUNTED_BODY_CAP,
+    DEFAULT_MAX_BODY,
+    AmbiguousField,
+    counted_body_limit,
+    counted_content_type,
+    counted_fields,
+)
 
 NAMES = frozenset({"username"})
 BOUNDARY = "XX-boundary-7c1"
@@ -158,3 +167,22 @@ def test_a_second_occurrence_is_always_refused(
     pairs = [("username", first), *list(other.items())[:gap], ("username", second)]
     with pytest.raises(AmbiguousField):
         counted_fields(*_encode(kind, pairs), NAMES)
+
+
+def test_a_counted_body_has_at_most_one_content_type() -> None:
+    assert counted_content_type(()) == ""
+    assert counted_content_type((MULTIPART,)) == MULTIPART
+    # SECURITY: frameworks take the first or the last of two: two readings of one body.
+    with pytest.raises(BadRequest, match="more than one Content-Type"):
+        counted_content_type(("application/json", "application/x-www-form-urlencoded"))
+
+
+def test_the_counted_body_bound_caps_a_routes_max_body_but_not_a_webhooks() -> None:
+    def route(**fields: object) -> RouteConfig:
+        return RouteConfig(name="r", prefix="/r/", upstream="u", **fields)  # type: ignore[arg-type]
+
+    assert counted_body_limit(None) == counted_body_limit(route()) == DEFAULT_MAX_BODY
+    assert counted_body_limit(route(max_body=1000)) == 1000
+    assert counted_body_limit(route(max_body=50 * COUNTED_BODY_CAP)) == COUNTED_BODY_CAP
+    assert counted_body_limit(route(auth="webhook")) == 1024 * 1024  # the signature stage's default
+    assert counted_body_limit(route(auth="webhook", max_body=50 * COUNTED_BODY_CAP)) == 50 * COUNTED_BODY_CAP

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import subprocess
+import sys
 
 import pytest
 
+from gateway.ratelimit import headers
 from gateway.ratelimit.body_fields import counted_fields
 from gateway.ratelimit.headers import policy_header, retry_after, state_header
-from gateway.ratelimit.keys import ValueHasher, canonical_username, derive_hash_key
+from gateway.ratelimit.keys import KeySpec, ValueHasher, canonical_username, derive_hash_key, key_error
 from gateway.ratelimit.model import RateLimitRule
 from gateway.ratelimit.policies import compile_rule
 
@@ -86,17 +89,44 @@ def test_hash_memo_is_bounded_and_changes_no_hash() -> None:
 
 
 def test_refusal_values_are_formatted_once_per_bucket_and_second() -> None:
-    from gateway.middleware import rate_limit
-    from gateway.ratelimit.model import RateLimitRule
-    from gateway.ratelimit.policies import compile_rule
-
     (ip,) = compile_rule("pre_auth", "pre_auth", 0, RateLimitRule(key="ip", limit="5/minute"))
     (user,) = compile_rule("policy:api", "api", 0, RateLimitRule(key="user", limit="5/minute"))
-    assert rate_limit._refusal_values(ip, 0, 41.2) == (state_header("pre_auth", 0, 41.2), 42)
-    assert rate_limit._refusal_values(ip, 0, 41.9) is rate_limit._refusal_values(ip, 0, 41.05)
-    assert rate_limit._refusal_values(ip, 0, 40.9) == ('"pre_auth";r=0;t=41', 41)  # the next second
-    assert rate_limit._refusal_values(user, 0, 41.2) == ('"api";r=0;t=42', 42)  # never another bucket's
-    assert rate_limit._refusal_values(ip, 0, 0.0) == ('"pre_auth";r=0;t=0', 1)  # Retry-After >= 1
+    assert headers.refusal_values(ip, 0, 41.2) == (state_header("pre_auth", 0, 41.2), 42)
+    assert headers.refusal_values(ip, 0, 41.9) is headers.refusal_values(ip, 0, 41.05)
+    assert headers.refusal_values(ip, 0, 40.9) == ('"pre_auth";r=0;t=41', 41)  # the next second
+    assert headers.refusal_values(user, 0, 41.2) == ('"api";r=0;t=42', 42)  # never another bucket's
+    assert headers.refusal_values(ip, 0, 0.0) == ('"pre_auth";r=0;t=0', 1)  # Retry-After >= 1
     for second in range(3000):
-        rate_limit._refusal_values(ip, 0, float(second))
-    assert len(rate_limit._refusals) <= 1024
+        headers.refusal_values(ip, 0, float(second))
+    assert len(headers._refusals) <= 1024
+
+
+@pytest.mark.parametrize(
+    ("key", "pre_auth", "problem", "spec"),
+    [
+        ("ip", True, None, KeySpec("ip")),
+        ("header:X-Api-Key", True, None, KeySpec("header", "x-api-key")),  # headers: any case
+        ("user", True, "pre_auth rules count by ip, route or header:NAME (no identity or body yet)", None),
+        ("body:username", False, None, KeySpec("body", "username")),
+        ("body:user name", False, "body:FIELD needs a field name (letters, digits, '_', '.', '-')", None),
+        ("header:", False, "header:NAME needs a header name", None),
+        ("header:\u212a", False, "header:NAME needs a header name", None),  # Kelvin sign: lower() is "k"
+        ("ip:1.2.3.4", False, "expected ip, user, tenant, route, header:NAME or body:FIELD", None),
+    ],
+)
+def test_one_key_grammar_validates_and_parses(
+    key: str, pre_auth: bool, problem: str | None, spec: KeySpec | None
+) -> None:
+    assert key_error(key, pre_auth=pre_auth) == problem
+    if spec is not None:
+        assert KeySpec.parse(key) == spec
+
+
+def test_rate_limit_domain_modules_import_no_context_or_stage() -> None:
+    # A fresh interpreter: keys, the deferral and lockouts read a RequestFacts, never the context.
+    code = (
+        "import sys, gateway.ratelimit.keys, gateway.ratelimit.deferred, gateway.ratelimit.lockout;"
+        "print(sorted(m for m in sys.modules if m == 'gateway.context' or m[:18] == 'gateway.middleware'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

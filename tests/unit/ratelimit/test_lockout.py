@@ -115,3 +115,13 @@ async def test_the_bounded_listing_caps_the_store_reads_and_says_so(lockouts: Lo
     assert {(e["kind"], e["subject"]) for e in first} < subjects  # the same records, only fewer
     listed, truncated = await lockouts.list_bounded(len(everything))
     assert {(e["kind"], e["subject"]) for e in listed} == subjects and truncated is False
+
+
+async def test_an_attempt_counts_its_ip_and_a_string_username_only(lockouts: LockoutService) -> None:
+    ip_only = lockouts.subjects("198.51.100.9", None)
+    assert lockouts.attempt_subjects("198.51.100.9", None) == ip_only
+    assert lockouts.attempt_subjects("198.51.100.9", {"username": 42}) == ip_only  # no username
+    assert lockouts.attempt_subjects("198.51.100.9", {"user": "dave"}) == ip_only  # another field
+    assert lockouts.attempt_subjects("198.51.100.9", {"username": " Dave "}) == lockouts.subjects(
+        "198.51.100.9", "dave"
+    )
