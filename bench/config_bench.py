@@ -34,7 +34,7 @@ from jwt.algorithms import ECAlgorithm
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the project, for `gateway`
 
-from gateway.config import load_config  # noqa: E402
+from gateway.config_schema import load_config  # noqa: E402
 from gateway.server.process import GatewayProcess  # noqa: E402
 
 SHIPPED = ROOT / "config" / "gateway.yaml"

@@ -13,7 +13,7 @@ from gateway.random_batches import RandomBatches
 
 if TYPE_CHECKING:
     from gateway.auth.jwt import VerifiedClaims
-    from gateway.config import RouteConfig
+    from gateway.config.model import RouteConfig
     from gateway.http1.downstream import LeanDownstream
     from gateway.http1.request import LeanRequest
     from gateway.ratelimit.deferred import DeferredPreAuth

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from gateway.admin.context import ActorKey, RolesKey, RuntimeKey
 from gateway.admin.killswitch_api import switch_targets
-from gateway.config import GatewayConfig
+from gateway.config_model import GatewayConfig
 from gateway.json_body import json_response
 from gateway.killswitch.model import MODES, SCOPES
 from gateway.killswitch.registry import HEARTBEAT, LIVE_WINDOW

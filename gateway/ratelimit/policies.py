@@ -16,7 +16,8 @@ from types import MappingProxyType
 
 from limits import RateLimitItem, parse_many
 
-from gateway.config.model import GatewayConfig, RouteConfig
+from gateway.config.model import RouteConfig
+from gateway.config_model import GatewayConfig
 from gateway.ratelimit.headers import policy_header
 from gateway.ratelimit.keys import KeySpec
 from gateway.ratelimit.model import LoginProtectionConfig, RateLimitRule, StoreFailureMode

@@ -16,16 +16,14 @@ import uuid
 from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import unquote_plus
 
 from structlog.processors import format_exc_info
 from structlog.typing import EventDict, WrappedLogger
 
+from gateway.config.model import DEFAULT_MAX_SCAN, RedactConfig
 from gateway.redaction import patterns as pat
-
-if TYPE_CHECKING:
-    from gateway.config.model import RedactConfig
 
 __all__ = [
     "TRUSTED_FIELDS",
@@ -51,7 +49,6 @@ _SAFE_SCALARS = (float, bool, type(None), dt.datetime, dt.date, dt.time, dt.time
 # and a number can hold one — SECURITY: the old 13-digit cut let 923001234567 (a Pakistani
 # mobile written without "+", 12 digits) through unmasked.
 _BIG_INT = 10**6
-DEFAULT_MAX_SCAN = 2048  # logging.redact.max_scan
 _MAX_DEPTH = 32
 _CACHE_LIMIT = 4096
 _NUMBER_CHARS = "0123456789 \t-+.()/"

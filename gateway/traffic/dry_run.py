@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gateway.config import GatewayConfig
+from gateway.config_model import GatewayConfig
 from gateway.endpoints.health import HEALTH, READY
 from gateway.killswitch.matcher import SwitchIndex
 from gateway.killswitch.model import Switch
