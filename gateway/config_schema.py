@@ -4,6 +4,12 @@ It calls each section's builder (the core ones in ``gateway.config``, each featu
 feature in ``gateway/<feature>/schema.py``, Kong's habit) in a fixed order, then the cross-field
 validators that read more than one section. It is the one module that knows every feature's
 schema, so it sits above them: features import the floor (``gateway.config``), never this.
+
+Why not pydantic v2 or msgspec (issue 17, measured 2026-12-07 on the rate_limits section):
+msgspec stops at the first error, and we must report every error at once. pydantic collects
+them all, but messages need a translation table, range errors lose one bound, and a model's
+cross-field check is skipped when a field fails. Validation is ~0.65 ms of a ~17 ms load; YAML
+parsing is ~16 ms. pydantic would save ≤0.4 ms per load and add 60-130 ms to start-up imports.
 """
 
 from __future__ import annotations
