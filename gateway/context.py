@@ -14,7 +14,7 @@ from gateway.random_batches import RandomBatches
 
 if TYPE_CHECKING:
     from gateway.auth.jwt import TokenMemo, VerifiedClaims
-    from gateway.config import RouteConfig
+    from gateway.config.model import RouteConfig
     from gateway.ratelimit.deferred import DeferredPreAuth
     from gateway.ratelimit.lockout import Subject
     from gateway.routing import CanonicalTarget

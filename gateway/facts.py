@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from gateway.auth.jwt import VerifiedClaims
-    from gateway.config import RouteConfig
+    from gateway.config.model import RouteConfig
     from gateway.routing import CanonicalTarget
     from gateway.tenancy.grants import Grant
     from gateway.tracing.context import Trace

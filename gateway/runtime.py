@@ -22,8 +22,9 @@ from gateway.auth.mfa_freeze import MfaEnrolmentFreeze
 from gateway.auth.revocation import RevocationEpochs
 from gateway.auth.signing import SigningKeys
 from gateway.auth.webhooks import IntegrationSecrets
-from gateway.config import ConfigError, GatewayConfig
+from gateway.config.errors import ConfigError
 from gateway.config.model import IssuerConfig
+from gateway.config_model import GatewayConfig
 from gateway.crypto import Keyring
 from gateway.jwks_client import fetch_jwks
 from gateway.killswitch import KillSwitchRegistry

@@ -34,7 +34,8 @@ from gateway.audit import AuditTrail
 from gateway.auth.revocation import RevocationEpochs
 from gateway.auth.signing import SigningKeys
 from gateway.auth.webhooks import IntegrationSecrets
-from gateway.config import ConfigError, effective_config
+from gateway.config.effective import effective_config
+from gateway.config.errors import ConfigError
 from gateway.console.assets import API_CSP, add_console_routes, console_headers, is_console_request
 from gateway.context import request_id_for
 from gateway.errors import (

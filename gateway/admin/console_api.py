@@ -15,7 +15,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.admin.context import ActorKey, RolesKey, RuntimeKey
-from gateway.config import GatewayConfig
+from gateway.config_model import GatewayConfig
 from gateway.json_body import json_response
 from gateway.killswitch.model import MODES
 from gateway.killswitch.registry import HEARTBEAT, LIVE_WINDOW

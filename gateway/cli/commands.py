@@ -20,7 +20,9 @@ from gateway.cli.incident import add_incident_commands
 from gateway.cli.killswitch import add_killswitch_commands
 from gateway.cli.lockouts import add_lockout_commands
 from gateway.cli.mfa import add_mfa_commands
-from gateway.config import ConfigError, default_config_path, effective_config, load_config
+from gateway.config.effective import effective_config
+from gateway.config.errors import ConfigError
+from gateway.config_schema import default_config_path, load_config
 
 EXIT_OK, EXIT_USAGE, EXIT_REMOTE_ERROR, EXIT_UNREACHABLE = 0, 1, 2, 3
 

@@ -1,23 +1,22 @@
-"""The frozen, typed configuration objects. Built once by ``gateway.config.schema``."""
+"""The frozen, typed configuration objects of each section, built once by the section builders
+(``gateway.config.core``, ``gateway.config.routes`` and each feature's ``schema.py``).
+
+This module is the floor: it imports no feature package (features import it). The whole
+config, which holds the features' own section types too, is ``gateway.config_model``.
+"""
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
-
-from gateway.ratelimit.model import RateLimitsConfig
-from gateway.redaction.processor import DEFAULT_MAX_SCAN
-from gateway.tenancy.model import TenancyConfig
-from gateway.tracing.model import ObservabilityConfig
-
-if TYPE_CHECKING:  # a runtime import would be circular (gateway.auth imports this module)
-    from gateway.auth.webhooks import IntegrationConfig
+from typing import Literal
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 TlsMode = Literal["off", "self-signed", "files"]
 AuthMode = Literal["jwt", "none", "webhook"]
+# App. C bounded redaction: characters of one log field scanned and kept. Set here, below the
+# redaction processor that uses it as its default, so the floor imports nothing from features.
+DEFAULT_MAX_SCAN = 2048  # logging.redact.max_scan
 
 
 @dataclass(frozen=True)
@@ -185,27 +184,3 @@ class AuditConfig:
     anchor_every: float = 3600.0  # App. C: each trail's head is signed at least this often
     queue_size: int = 10_000  # records queued in memory before they are spilled to the spool
     write_timeout: float = 1.0  # an audit append slower than this spills to the spool (store sick)
-
-
-@dataclass(frozen=True)
-class GatewayConfig:
-    listen: ListenConfig
-    admin: AdminConfig
-    state: StateConfig
-    trusted_proxies: tuple[IPNetwork, ...]
-    upstreams: Mapping[str, UpstreamConfig]
-    routes: tuple[RouteConfig, ...]
-    routes_case_insensitive: bool
-    cors: Mapping[str, CorsPolicy]
-    logging: LoggingConfig
-    audit: AuditConfig = field(default_factory=AuditConfig)
-    auth: AuthConfig = field(default_factory=AuthConfig)
-    integrations: Mapping[str, IntegrationConfig] = field(default_factory=dict)
-    mfa: MfaConfig = field(default_factory=MfaConfig)
-    killswitch: KillSwitchConfig = field(default_factory=KillSwitchConfig)
-    rate_limits: RateLimitsConfig = field(default_factory=RateLimitsConfig)
-    tenancy: TenancyConfig = field(default_factory=TenancyConfig)
-    observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
-    source: str = "<memory>"
-    secret_paths: frozenset[str] = frozenset()
-    secret_values: frozenset[str] = field(default=frozenset(), repr=False)

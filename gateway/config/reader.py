@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 from gateway.config.values import interpolate_env, parse_duration, parse_size
 
 T = TypeVar("T")
+D = TypeVar("D")  # a default may be of another type than the parsed value, e.g. None
 _MISSING: Any = object()
 
 #: Where the gateway listens is not a secret (``ss -ltn`` shows it, every client connects to it),
@@ -83,7 +84,7 @@ class Node:
                 self.report.secret_paths.add(path)
         return value
 
-    def convert(self, key: str, default: T, parse: Callable[[Any], T]) -> T:
+    def convert(self, key: str, default: D, parse: Callable[[Any], T]) -> T | D:
         value = self.raw(key, default)
         if value is default or value is None:
             return default
@@ -135,7 +136,7 @@ class Node:
 
         return self.convert(key, default, parse)
 
-    def duration(self, key: str, default: float) -> float:
+    def duration(self, key: str, default: D) -> float | D:
         return self.convert(key, default, parse_duration)
 
     def size(self, key: str, default: Any) -> Any:

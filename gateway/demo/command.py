@@ -21,7 +21,8 @@ from pathlib import Path
 import uvloop
 
 import gateway
-from gateway.config import ConfigError, load_config
+from gateway.config.errors import ConfigError
+from gateway.config_schema import load_config
 from gateway.demo.walkthrough import banner
 from gateway.tenancy.keys import ENV_VAR as CONTEXT_KEY_ENV
 from gateway.tenancy.keys import PREVIOUS_ENV_VAR as PREVIOUS_CONTEXT_KEY_ENV

@@ -20,7 +20,7 @@ from gateway.errors import GatewayError
 from gateway.routing import normalise_target
 
 if TYPE_CHECKING:
-    from gateway.config import GatewayConfig
+    from gateway.config_model import GatewayConfig
 
 Scope = Literal["global", "module", "route", "tenant", "integration", "endpoint"]
 Matching = Literal["every request", "route field", "acting tenant", "path glob"]

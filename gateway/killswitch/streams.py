@@ -40,7 +40,7 @@ from gateway.killswitch.model import isolated_error
 
 if TYPE_CHECKING:
     from gateway.auth.revocation import RevocationEpochs
-    from gateway.config import GatewayConfig
+    from gateway.config_model import GatewayConfig
     from gateway.killswitch.matcher import SwitchIndex
     from gateway.state.sync import SnapshotBacked
     from gateway.tenancy.grants import SupportGrants

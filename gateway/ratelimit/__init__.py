@@ -4,5 +4,5 @@
 ``policies`` (config → compiled items, once per runtime), ``limiter`` (storages, strategies,
 failure mode, circuit breaker; once per process), ``lockout`` (login failures and lockouts in
 the state store), ``headers`` (RateLimit-Policy / RateLimit). Kept import-light on purpose:
-``gateway.config.model`` imports ``gateway.ratelimit.model``.
+``gateway.config_model`` imports ``gateway.ratelimit.model``.
 """

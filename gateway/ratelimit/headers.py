@@ -5,10 +5,7 @@ fields), for the most restrictive item of a request: ``"api";q=50;w=1`` and ``"a
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from gateway.ratelimit.policies import LimitItem
+from typing import Protocol
 
 POLICY_HEADER = "RateLimit-Policy"
 STATE_HEADER = "RateLimit"
@@ -37,12 +34,19 @@ def retry_after(delta: float) -> int:
     return max(1, math.ceil(delta))
 
 
+class NamedItem(Protocol):
+    """What the headers need of a limit item (``policies.LimitItem``): the policy it belongs to."""
+
+    @property
+    def policy(self) -> str: ...
+
+
 _REFUSAL_LIMIT = 1024  # (item, remaining, second) shapes remembered; a handful per second in practice
 # id(item), remaining, whole seconds to the reset -> (the item, (RateLimit value, Retry-After seconds))
-_refusals: dict[tuple[int, int, int], tuple[LimitItem, tuple[str, int]]] = {}
+_refusals: dict[tuple[int, int, int], tuple[NamedItem, tuple[str, int]]] = {}
 
 
-def refusal_values(item: LimitItem, remaining: int, reset_in: float) -> tuple[str, int]:
+def refusal_values(item: NamedItem, remaining: int, reset_in: float) -> tuple[str, int]:
     """The RateLimit value and Retry-After of a refusal: both change only with the whole seconds
     to the reset, so a flood formats them once per bucket and second, not once per request."""
     key = (id(item), remaining, math.ceil(reset_in))

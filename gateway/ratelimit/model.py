@@ -1,5 +1,5 @@
 """The frozen ``rate_limits`` config objects (SPEC §8, Appendix A). No gateway imports here:
-``gateway.config.model`` imports this module, so it must not import the config package back."""
+``gateway.config_model`` imports this module, so it must not import the config package back."""
 
 from __future__ import annotations
 

@@ -17,7 +17,8 @@ from typing import Any
 
 from limits import RateLimitItem, parse_many
 
-from gateway.config.model import GatewayConfig, RouteConfig
+from gateway.config.model import RouteConfig
+from gateway.config_model import GatewayConfig
 from gateway.facts import RequestFacts
 from gateway.ratelimit.headers import policy_header
 from gateway.ratelimit.keys import KeySpec

@@ -1,4 +1,4 @@
-"""The ``rate_limits`` section builder and its cross-checks (called by ``gateway.config.schema``).
+"""The ``rate_limits`` section builder and its cross-checks (called by ``gateway.config_schema``).
 
 Limit strings are parsed here with the ``limits`` library, so a typo is a start-up error with
 its key path, never a surprise at the first request.

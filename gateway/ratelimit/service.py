@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gateway.audit import AuditTrail
-from gateway.config.model import GatewayConfig
+from gateway.config_model import GatewayConfig
 from gateway.ratelimit.limiter import RateLimitBackend
 from gateway.ratelimit.lockout import LockoutService
 from gateway.ratelimit.lockout_memory import LockoutMemory

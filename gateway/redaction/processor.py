@@ -17,16 +17,14 @@ import uuid
 from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import unquote_plus
 
 from structlog.processors import format_exc_info
 from structlog.typing import EventDict, WrappedLogger
 
+from gateway.config.model import DEFAULT_MAX_SCAN, RedactConfig
 from gateway.redaction import patterns as pat
-
-if TYPE_CHECKING:
-    from gateway.config.model import RedactConfig
 
 __all__ = [
     "TRUSTED_FIELDS",
@@ -60,7 +58,6 @@ def _int_gate(digit_passes: pat.DigitPasses) -> int:
     return 10 ** (digit_passes.gate_digits - 1)
 
 
-DEFAULT_MAX_SCAN = 2048  # logging.redact.max_scan
 _MAX_DEPTH = 32
 _CACHE_LIMIT = 4096
 _NUMBER_CHARS = "0123456789 \t-+.()/"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import uvloop
 
-from gateway.config import GatewayConfig
+from gateway.config_model import GatewayConfig
 from gateway.server.process import serve
 from gateway.server.workers import supervise
 

@@ -26,7 +26,9 @@ from gateway.auth.mfa_freeze import MfaEnrolmentFreeze
 from gateway.auth.revocation import RevocationEpochs
 from gateway.auth.signing import SigningKeys
 from gateway.auth.webhooks import IntegrationSecrets
-from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.config.errors import ConfigError
+from gateway.config_model import GatewayConfig
+from gateway.config_schema import load_config
 from gateway.crypto import Keyring
 from gateway.errors import StoreUnavailable
 from gateway.http1.handler import LeanPublicHandler

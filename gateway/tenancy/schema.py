@@ -1,17 +1,15 @@
 """The ``tenancy`` section builder, the route fields it adds, and their cross-checks (called
-by ``gateway.config.schema``)."""
+by ``gateway.config_schema``)."""
 
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
 
+from gateway.config.model import RouteConfig
 from gateway.config.reader import Node, Report
 from gateway.tenancy.model import BUILTIN_STRIP_HEADERS, DEFAULT_SUPPORT_TENANT, SupportConfig, TenancyConfig
 from gateway.tenancy.resolve import TENANT_ID_RE, compile_tenant_from, covers_route
-
-if TYPE_CHECKING:
-    from gateway.config.model import GatewayConfig
 
 _HEADER_RE = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}")  # an RFC 9110 token
 _CLAIM_RE = re.compile(r"[A-Za-z0-9_.:/-]{1,64}")
@@ -69,8 +67,8 @@ def route_tenancy_fields(node: Node) -> dict[str, object]:
     }
 
 
-def check_tenancy_routes(config: GatewayConfig, report: Report) -> None:
-    for index, route in enumerate(config.routes):
+def check_tenancy_routes(routes: Sequence[RouteConfig], case_insensitive: bool, report: Report) -> None:
+    for index, route in enumerate(routes):
         path = f"routes[{index}]"
         needs_identity = {
             "roles": bool(route.roles),
@@ -82,5 +80,5 @@ def check_tenancy_routes(config: GatewayConfig, report: Report) -> None:
                 report.error(f"{path}.{key}", "only routes with auth: jwt have a tenant and roles")
         if route.tenant_from is not None and route.prefix:
             template = compile_tenant_from(route.tenant_from)
-            if not covers_route(template, route.prefix, config.routes_case_insensitive):
+            if not covers_route(template, route.prefix, case_insensitive):
                 report.error(f"{path}.tenant_from", f"the template never matches paths under {route.prefix}")

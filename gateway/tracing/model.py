@@ -1,5 +1,5 @@
 """The frozen ``observability`` config (SPEC Appendix C). No gateway imports here:
-``gateway.config.model`` imports this module."""
+``gateway.config_model`` imports this module."""
 
 from __future__ import annotations
 

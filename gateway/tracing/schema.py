@@ -1,4 +1,4 @@
-"""The ``observability`` section builder (called by ``gateway.config.schema``)."""
+"""The ``observability`` section builder (called by ``gateway.config_schema``)."""
 
 from __future__ import annotations
 

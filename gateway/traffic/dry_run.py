@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gateway.config import GatewayConfig
+from gateway.config_model import GatewayConfig
 from gateway.killswitch.matcher import SwitchIndex
 from gateway.killswitch.model import Switch
 from gateway.killswitch.scopes import SCOPE_BY_NAME

@@ -21,7 +21,9 @@ import pytest
 import yaml
 
 from gateway.auth.keysources import StaticKeys
-from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.config.errors import ConfigError
+from gateway.config_model import GatewayConfig
+from gateway.config_schema import load_config
 from gateway.crypto import Keyring
 from gateway.demo.issuer import DEFAULT_ISSUER
 from gateway.server.tls import self_signed_certificate

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from gateway.auth.keysources import KeySourceError, StaticKeys
-from gateway.config import load_config
+from gateway.config_schema import load_config
 from gateway.crypto import Keyring, KeyringError
 from gateway.demo.issuer import DemoIssuer
 from gateway.tenancy.keys import ContextKeyError, check_key

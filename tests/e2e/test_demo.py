@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pyotp
 
-from gateway.config import MASK
+from gateway.config.effective import MASK
 from gateway.demo.walkthrough import DEMO_ADMIN_TOKEN, DEMO_INCIDENT
 from tests.support.demo_proc import DemoProc, split_steps, this_checkout_env
 

@@ -176,7 +176,7 @@ def test_without_an_endpoint_the_exporter_is_never_imported() -> None:
     code = (
         "import sys\n"
         "import gateway.cli.commands, gateway.app, gateway.http1.handler, gateway.upstream.proxy\n"
-        "from gateway.config import parse_config\n"
+        "from gateway.config_schema import parse_config\n"
         "from gateway.runtime import GatewayStatus, _span_recorder\n"
         "config = parse_config(open('config/gateway.yaml').read())\n"
         "assert config.observability.otlp_endpoint is None\n"

@@ -20,7 +20,8 @@ from aiohttp import web
 from aiohttp.test_utils import RawTestServer, TestClient
 
 from gateway.app import begin_request
-from gateway.config import GatewayConfig, parse_config
+from gateway.config_model import GatewayConfig
+from gateway.config_schema import parse_config
 from gateway.context import RequestContext
 from gateway.errors import GatewayError
 from gateway.problem import render_problem

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.config import ConfigError, parse_config
+from gateway.config.errors import ConfigError
+from gateway.config_schema import parse_config
 
 
 def test_anchor_every_defaults_to_an_hour() -> None:

@@ -13,14 +13,10 @@ from typing import Any
 import pytest
 import yaml
 
-from gateway.config import (
-    ConfigError,
-    GatewayConfig,
-    default_config_path,
-    effective_config,
-    load_config,
-    parse_config,
-)
+from gateway.config.effective import effective_config
+from gateway.config.errors import ConfigError
+from gateway.config_model import GatewayConfig
+from gateway.config_schema import default_config_path, load_config, parse_config
 
 ROOT = Path(__file__).resolve().parents[3]
 SHIPPED = ROOT / "config" / "gateway.yaml"

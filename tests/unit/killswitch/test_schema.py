@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.config import ConfigError, parse_config
+from gateway.config.errors import ConfigError
+from gateway.config_schema import parse_config
 
 BASE = (
     "upstreams:\n  erp:\n    urls: ['http://127.0.0.1:9000']\n"

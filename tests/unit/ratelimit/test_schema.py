@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from gateway.config import ConfigError, parse_config
+from gateway.config.errors import ConfigError
+from gateway.config_schema import parse_config
 from gateway.ratelimit.policies import compile_limits
 
 BASE = {

@@ -9,7 +9,8 @@ import pytest
 import redis.asyncio
 import yaml
 
-from gateway.config import ConfigError, parse_config
+from gateway.config.errors import ConfigError
+from gateway.config_schema import parse_config
 from gateway.ratelimit.limiter import KEY_PREFIX, RateLimitBackend
 from gateway.ratelimit.metrics import DECISIONS, SHADOW_REFUSALS
 from gateway.ratelimit.model import RateLimitRule

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.config import parse_config
+from gateway.config_schema import parse_config
 from gateway.redaction import patterns as pat
 from gateway.redaction.processor import RedactionProcessor, Redactor
 

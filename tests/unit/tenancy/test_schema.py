@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from gateway.config import ConfigError, parse_config
+from gateway.config.errors import ConfigError
+from gateway.config_schema import parse_config
 
 UPSTREAM = {"upstreams": {"erp": {"urls": ["http://127.0.0.1:9000"]}}}
 
@@ -151,7 +152,7 @@ def test_support_identities_are_checked(support: dict[str, object], expected: st
 
 
 def test_shipped_config_has_tenancy() -> None:
-    from gateway.config import load_config
+    from gateway.config_schema import load_config
     from gateway.demo.command import shipped_config_path
 
     config = load_config(shipped_config_path())

@@ -8,7 +8,8 @@ import sys
 import pytest
 import yaml
 
-from gateway.config import ConfigError, parse_config
+from gateway.config.errors import ConfigError
+from gateway.config_schema import parse_config
 from gateway.tracing.schema import EXTRA_HINT, OTEL_MODULES, traces_url
 
 BASE = {

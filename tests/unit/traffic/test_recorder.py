@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from gateway.config import GatewayConfig, parse_config
+from gateway.config_model import GatewayConfig
+from gateway.config_schema import parse_config
 from gateway.killswitch.model import validate_spec
 from gateway.traffic.dry_run import dry_run
 from gateway.traffic.recorder import BUCKET_S, DRY_RUN_WINDOW, TrafficRecorder
