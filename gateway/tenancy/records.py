@@ -7,6 +7,7 @@ whether it could; what a failure means (refuse, or only log) is the caller's dec
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from gateway.audit.trail import AuditTrail
 from gateway.auth.jwt import VerifiedClaims
@@ -18,53 +19,47 @@ _MAX_CLAIMED = 4  # tenants named in one leak record (the upstream chooses them)
 _SUBMIT_ERRORS = (OSError, ValueError)  # AuditTrail.submit: spool full, or a record it refuses
 
 
+def _where(facts: RequestFacts) -> dict[str, str]:
+    """The request's method, canonical path and route, as every tenancy record names them."""
+    route, target = facts.route, facts.target
+    assert route is not None and target is not None
+    return {"method": facts.request.method, "path": target.path, "route": route.name}
+
+
+def _file(
+    audit: AuditTrail,
+    event: str,
+    facts: RequestFacts,
+    tenants: list[str],
+    actor: str | None,
+    details: dict[str, Any],
+) -> bool:
+    try:
+        audit.submit(event, tenants=tenants, actor=actor, request_id=facts.request_id, details=details)
+    except _SUBMIT_ERRORS:
+        return False
+    return True
+
+
 def record_grant_use(
     audit: AuditTrail, facts: RequestFacts, claims: VerifiedClaims, tenant: str, grant: Grant
 ) -> bool:
     """``grant.used`` in the granting tenant's trail."""
-    route, target = facts.route, facts.target
-    assert route is not None and target is not None
-    try:
-        audit.submit(
-            "grant.used",
-            tenants=[tenant],
-            actor=claims.subject,
-            request_id=facts.request_id,
-            details={
-                "grant": grant.id,
-                "support_tenant": claims.tenant,
-                "method": facts.request.method,
-                "path": target.path,
-                "route": route.name,
-                "module": route.module,
-            },
-        )
-    except _SUBMIT_ERRORS:
-        return False
-    return True
+    assert facts.route is not None
+    details = {
+        "grant": grant.id,
+        "support_tenant": claims.tenant,
+        **_where(facts),
+        "module": facts.route.module,
+    }
+    return _file(audit, "grant.used", facts, [tenant], claims.subject, details)
 
 
 def record_mismatch(audit: AuditTrail, facts: RequestFacts, own: str, named: str | None) -> bool:
     """``tenant.mismatch`` in the token's tenant's trail and the named tenant's (App. B: both)."""
-    route, target = facts.route, facts.target
-    assert route is not None and target is not None
-    try:
-        audit.submit(
-            "tenant.mismatch",
-            tenants=[own] if named is None else [own, named],
-            actor=facts.user,
-            request_id=facts.request_id,
-            details={
-                "token_tenant": own,
-                "requested_tenant": named,
-                "method": facts.request.method,
-                "path": target.path,
-                "route": route.name,
-            },
-        )
-    except _SUBMIT_ERRORS:
-        return False
-    return True
+    tenants = [own] if named is None else [own, named]
+    details = {"token_tenant": own, "requested_tenant": named, **_where(facts)}
+    return _file(audit, "tenant.mismatch", facts, tenants, facts.user, details)
 
 
 def record_leak(
@@ -72,25 +67,10 @@ def record_leak(
 ) -> bool:
     """``tenant.leak_blocked`` in the acting tenant's trail and those the answer claimed (valid
     ids only, at most four: the upstream chooses them)."""
-    route, target, tenant = facts.route, facts.target, facts.tenant
-    assert route is not None and target is not None and tenant is not None
+    tenant = facts.tenant
+    assert tenant is not None
     claimed = [e[:128] for e in echoes[:_MAX_CLAIMED]]
     others = [c for c in dict.fromkeys(claimed) if c != tenant and TENANT_ID_RE.fullmatch(c)]
-    try:
-        audit.submit(
-            "tenant.leak_blocked",
-            tenants=[tenant, *others],  # the acting tenant and whoever the data claims to be
-            actor=facts.user,
-            request_id=facts.request_id,
-            details={
-                "reason": reason,
-                "claimed_tenants": claimed,
-                "upstream_status": status,
-                "method": facts.request.method,
-                "path": target.path,
-                "route": route.name,
-            },
-        )
-    except _SUBMIT_ERRORS:
-        return False
-    return True
+    details = {"reason": reason, "claimed_tenants": claimed, "upstream_status": status, **_where(facts)}
+    # the acting tenant and whoever the data claims to be
+    return _file(audit, "tenant.leak_blocked", facts, [tenant, *others], facts.user, details)
