@@ -8,8 +8,9 @@ content type and the headers every problem carries (``problem_headers``), and th
   aiohttp listener; the lean listener writes the same bytes from templates that
   ``gateway.http1.problem`` builds once per shape with ``problem_body`` and ``refusal_headers``,
   and counts each refusal with ``note_refusal`` (no per-refusal rendering: a measured saving).
-- A refusal with no context (the HTTP parser's on either listener, the admin API):
-  ``problem_response`` (aiohttp), or ``count_refusal`` beside the lean listener's raw write.
+- A refusal with no context (the HTTP parser's on either listener): ``problem_response``
+  (aiohttp), or ``count_refusal`` beside the lean listener's raw write. The admin API renders
+  with ``problem_response`` too, uncounted: its refusals are not public traffic.
 """
 
 from __future__ import annotations
@@ -55,9 +56,14 @@ def count_refusal(error: GatewayError) -> None:
     METRICS.count_refusal(error.slug)
 
 
-def problem_response(error: GatewayError, request_id: str | None, headers: dict[str, str]) -> web.Response:
-    """``error`` as an aiohttp response with ``headers`` (from ``problem_headers``), counted."""
-    METRICS.count_refusal(error.slug)
+def problem_response(
+    error: GatewayError, request_id: str | None, headers: dict[str, str], *, traffic: bool = True
+) -> web.Response:
+    """``error`` as an aiohttp response with ``headers`` (from ``problem_headers``), counted when
+    it refused public ``traffic`` (the admin API's refusals are not: they would mix operators'
+    401s into the public refusal rate that dashboards and alerts watch)."""
+    if traffic:
+        METRICS.count_refusal(error.slug)
     response = web.Response(status=error.status, body=problem_body(error, request_id), headers=headers)
     if isinstance(error, RequestTimeout):
         response.force_close()  # the rest of the body is never read: the connection cannot be reused

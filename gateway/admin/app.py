@@ -118,7 +118,7 @@ def _gateway_headers(request: web.Request, response: web.StreamResponse) -> None
 
 
 def _problem(error: GatewayError, request_id: str) -> web.Response:
-    return problem_response(error, request_id, problem_headers(error))
+    return problem_response(error, request_id, problem_headers(error), traffic=False)
 
 
 async def get_config(request: web.Request) -> web.Response:
