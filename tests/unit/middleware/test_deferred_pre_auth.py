@@ -8,13 +8,14 @@ request is counted once, however its hit was sent."""
 from __future__ import annotations
 
 import pytest
+from prometheus_client import REGISTRY
 
 from gateway.demo.issuer import DemoIssuer
 from tests.support.issuers import mint
 from tests.support.stage_server import problem_type
 from tests.unit.middleware.conftest import EchoUpstream, Gateway, GatewayFactory, bearer
 
-PRE_AUTH = 3
+PRE_AUTH = 4
 CONFIG = (
     "routes:\n"
     "  - {name: api, prefix: /api, upstream: erp, rate_limit: [roomy], max_body: 16}\n"
@@ -30,10 +31,10 @@ async def gw(gateway: GatewayFactory, redis_url: str) -> Gateway:
     return await gateway(CONFIG, state_url=redis_url)
 
 
-async def use_up_pre_auth(gw: Gateway, token: str) -> None:
-    """``PRE_AUTH`` requests of the same (cached after the first) token: each one's hit rides
-    with the route stage's."""
-    for _ in range(PRE_AUTH):
+async def use_up_pre_auth(gw: Gateway, token: str, requests: int = PRE_AUTH) -> None:
+    """``requests`` of the same (cached after the first) token, all let through: each one's
+    hit rides with the route stage's."""
+    for _ in range(requests):
         async with gw.client.get("/api/orders", headers=bearer(token)) as response:
             assert response.status == 200
 
@@ -73,6 +74,25 @@ async def test_over_pre_auth_a_new_token_is_refused_before_its_signature_check(
     assert len(echo_upstream.seen) == PRE_AUTH
 
 
+def signature_failures() -> float:
+    """What ``/metrics`` reports of signatures checked and found bad."""
+    value = REGISTRY.get_sample_value("shopino_gateway_auth_failures_total", {"reason": "bad_signature"})
+    return value or 0.0
+
+
+async def test_over_pre_auth_a_forged_token_costs_no_signature_check(gw: Gateway, issuer: DemoIssuer) -> None:
+    # SECURITY: a signature flood is shed by pre_auth before any ES256 work.
+    forger = DemoIssuer(issuer=issuer.issuer, audience=issuer.audience, kid=issuer.kid)
+    forged = mint(forger, "acme", ["clerk"])
+    before = signature_failures()
+    async with gw.client.get("/api/orders", headers=bearer(forged)) as response:  # under the limit
+        assert response.status == 401
+    assert signature_failures() == before + 1  # checked, and found forged
+    await use_up_pre_auth(gw, mint(issuer, "acme", ["clerk"]), PRE_AUTH - 1)
+    await assert_rate_limited(gw, headers=bearer(forged))
+    assert signature_failures() == before + 1  # refused without being checked
+
+
 async def test_over_pre_auth_an_oversized_body_is_refused_by_pre_auth(
     gw: Gateway, issuer: DemoIssuer
 ) -> None:
@@ -89,7 +109,8 @@ async def test_every_request_is_counted_once_however_its_hit_was_sent(
         assert response.status == 401
     async with gw.client.get("/api/orders", headers=bearer(token)) as response:  # settled alone
         assert response.status == 200
-    async with gw.client.get("/api/orders", headers=bearer(token)) as response:  # rides along
-        assert response.status == 200
+    for _ in range(PRE_AUTH - 2):
+        async with gw.client.get("/api/orders", headers=bearer(token)) as response:  # rides along
+            assert response.status == 200
     await assert_rate_limited(gw, headers=bearer(token))
-    assert len(echo_upstream.seen) == 2
+    assert len(echo_upstream.seen) == PRE_AUTH - 1

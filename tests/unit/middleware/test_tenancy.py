@@ -80,6 +80,25 @@ async def test_the_acting_tenant_is_the_tokens_and_client_identity_headers_never
         verify_context(forwarded, "GET", "/api/admin", keys)
 
 
+@pytest.mark.parametrize(
+    ("tenant", "roles", "user"),
+    [
+        ("acme", ["clerk,tenant-admin"], "alice"),  # one role that reads as two upstream
+        ("acme,globex", ["clerk"], "alice"),  # a tenant that reads as two
+        ("acme", ["clerk"], "alice\r\nX-Tenant-ID: globex"),  # header injection
+        ("", ["clerk"], "alice"),
+    ],
+)
+async def test_a_signed_identity_that_cannot_be_a_header_safely_is_refused(
+    gw: Gateway, issuer: DemoIssuer, echo_upstream: EchoUpstream, tenant: str, roles: list[str], user: str
+) -> None:
+    token = mint(issuer, tenant, roles, user_id=user)
+    async with gw.client.get("/api/orders", headers=bearer(token)) as response:
+        assert response.status == 401
+        assert (await response.json())["type"] == problem_type("invalid-token")
+    assert echo_upstream.seen == []
+
+
 async def test_an_auth_none_route_gets_no_identity_and_none_of_the_clients(
     gw: Gateway, echo_upstream: EchoUpstream
 ) -> None:
