@@ -7,7 +7,9 @@ request every stage lets through goes to a real loopback upstream through the re
 
 from __future__ import annotations
 
+import functools
 import itertools
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -19,6 +21,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.context import RequestContext
+from gateway.demo.identities import DemoUser, make_user
 from gateway.demo.issuer import DemoIssuer
 from gateway.pipeline import RESPONSE_CHECKS, UPSTREAM_HEADER_HOOKS, run_stages
 from gateway.runtime import Runtime
@@ -119,3 +122,22 @@ async def gateway(
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+def mint(
+    issuer: DemoIssuer,
+    tenant: str,
+    roles: list[str],
+    amr: tuple[str, ...] = ("pwd", "otp"),
+    *,
+    user_id: str | None = None,
+) -> str:
+    """``tests.support.issuers.mint``'s token (10 minutes, MFA-backed by default), each user
+    built once: building one hashes its password (scrypt, ~0.1 s), which no stage reads."""
+    user = _user(user_id or f"user-{tenant}", tenant, tuple(roles))
+    return issuer.mint(user, amr=amr, ttl=600, auth_time=int(time.time()))
+
+
+@functools.lru_cache(maxsize=64)
+def _user(user_id: str, tenant: str, roles: tuple[str, ...]) -> DemoUser:
+    return make_user(user_id, tenant, roles, "irrelevant-pw")

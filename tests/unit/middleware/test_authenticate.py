@@ -16,9 +16,9 @@ from gateway.demo.identities import make_user
 from gateway.demo.issuer import DemoIssuer
 from gateway.middleware.authenticate import authenticate
 from gateway.pipeline import PIPELINE
-from tests.support.issuers import AUD, TENANT_IDP, mint
+from tests.support.issuers import AUD, TENANT_IDP
 from tests.support.stage_server import problem_type
-from tests.unit.middleware.conftest import EchoUpstream, Gateway, GatewayFactory, bearer
+from tests.unit.middleware.conftest import EchoUpstream, Gateway, GatewayFactory, bearer, mint
 
 CONFIG = (
     "routes:\n"

@@ -11,9 +11,8 @@ import pytest
 from prometheus_client import REGISTRY
 
 from gateway.demo.issuer import DemoIssuer
-from tests.support.issuers import mint
 from tests.support.stage_server import problem_type
-from tests.unit.middleware.conftest import EchoUpstream, Gateway, GatewayFactory, bearer
+from tests.unit.middleware.conftest import EchoUpstream, Gateway, GatewayFactory, bearer, mint
 
 PRE_AUTH = 4
 CONFIG = (

@@ -17,9 +17,8 @@ from gateway.killswitch.model import validate_spec
 from gateway.middleware.killswitch import check_killswitch, check_tenant_killswitch
 from gateway.middleware.tenancy import apply_tenancy
 from gateway.pipeline import PIPELINE
-from tests.support.issuers import mint
 from tests.support.stage_server import problem_type
-from tests.unit.middleware.conftest import EchoUpstream, Gateway, GatewayFactory, bearer
+from tests.unit.middleware.conftest import EchoUpstream, Gateway, GatewayFactory, bearer, mint
 
 CONFIG = (
     "routes:\n"

@@ -12,10 +12,9 @@ import pytest
 from gateway.demo.issuer import DemoIssuer
 from gateway.middleware.rate_limit import check_login_outcome, limit_pre_auth, limit_route
 from gateway.pipeline import PIPELINE, RESPONSE_CHECKS
-from tests.support.issuers import mint
 from tests.support.redis_server import RedisServer
 from tests.support.stage_server import problem_type
-from tests.unit.middleware.conftest import EchoUpstream, GatewayFactory, bearer
+from tests.unit.middleware.conftest import EchoUpstream, GatewayFactory, bearer, mint
 
 ROUTES = (
     "routes:\n"

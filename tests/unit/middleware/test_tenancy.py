@@ -14,9 +14,8 @@ from gateway.demo.issuer import DemoIssuer
 from gateway.middleware.tenancy import apply_tenancy, check_tenant_echo, inject_identity
 from gateway.pipeline import PIPELINE, RESPONSE_CHECKS, UPSTREAM_HEADER_HOOKS
 from gateway.tenancy import ContextInvalid, verify_context
-from tests.support.issuers import mint
 from tests.support.stage_server import problem_type
-from tests.unit.middleware.conftest import EchoUpstream, Gateway, GatewayFactory, bearer
+from tests.unit.middleware.conftest import EchoUpstream, Gateway, GatewayFactory, bearer, mint
 
 CONFIG = (
     "routes:\n"
