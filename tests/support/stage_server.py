@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import orjson
 from aiohttp import web
@@ -121,6 +121,14 @@ async def runtime_client(
     return await aiohttp_client(server)
 
 
+class _Snapshot(Protocol):
+    """A process service holding state read from the store (revocations, switches ...)."""
+
+    async def start(self) -> None: ...
+
+    async def wait_loaded(self, timeout: float | None = None) -> None: ...
+
+
 @asynccontextmanager
 async def gateway_runtime(
     config_text: str, *, state_url: str, workdir: Path, unloaded: tuple[str, ...] = ()
@@ -135,7 +143,7 @@ async def gateway_runtime(
     )
     process = GatewayProcess(config, None, workdir=workdir, demo=True)
     services = process.services
-    snapshots = {
+    snapshots: dict[str, _Snapshot] = {
         "signing": services.signing,
         "revocations": services.revocations,
         "integrations": services.integrations,
