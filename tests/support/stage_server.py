@@ -5,15 +5,23 @@ low-level server, as the public listener does, without the rest of the gateway.
 The handler builds the request's context with ``gateway.app.begin_request``, runs the given
 stages in order as ``gateway.pipeline.run_stages`` does (an early answer ends the run), and
 renders a refusal with ``gateway.app.render_problem``, the one problem+json renderer. A request
-that every stage lets through gets 200 and a JSON summary of what the stages set on its context.
+that every stage lets through gets 200 and a JSON summary of what the stages set on its context
+(``stage_client``), or whatever the caller's ``answer`` gives (``runtime_client``: e.g. the
+real proxy with ``gateway.pipeline``'s header hooks and response checks).
+
+The request-shape stages run on ``stage_runtime``, a stand-in built from a real config; the
+stages that need identity, the store or the switch set run on ``gateway_runtime``: the
+runtime a real ``GatewayProcess`` builds, its services started on a real store, no listener.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, cast
+from pathlib import Path
+from typing import Any, Protocol, cast
 
 import orjson
 from aiohttp import web
@@ -27,9 +35,11 @@ from gateway.errors import GatewayError
 from gateway.problem import render_problem
 from gateway.routing import RouteTable
 from gateway.runtime import Runtime
+from gateway.server.process import GatewayProcess
 from gateway.upstream.forwarding import TrustedProxies
 
 Stage = Callable[[RequestContext], Awaitable[web.StreamResponse | None]]
+Answer = Callable[[RequestContext], Awaitable[web.StreamResponse]]
 AiohttpClient = Callable[..., Awaitable[TestClient[Any, Any]]]
 
 UPSTREAMS = "upstreams:\n  erp:\n    urls: ['http://127.0.0.1:9']\n"
@@ -75,7 +85,18 @@ async def stage_client(
 ) -> TestClient[Any, Any]:
     """A client of a loopback server whose every request runs ``stages`` with ``config_text``
     (routes, cors, listen, auth ...; an upstream ``erp`` is always defined)."""
-    runtime = stage_runtime(config_text)
+    return await runtime_client(aiohttp_client, stage_runtime(config_text), *stages)
+
+
+async def _passed(ctx: RequestContext) -> web.StreamResponse:
+    return passed(ctx)
+
+
+async def runtime_client(
+    aiohttp_client: AiohttpClient, runtime: Runtime, *stages: Stage, answer: Answer = _passed
+) -> TestClient[Any, Any]:
+    """A client of a loopback server whose every request runs ``stages`` on ``runtime``; a
+    request they all let through is answered by ``answer`` (its refusals rendered alike)."""
 
     async def handle(request: web.BaseRequest) -> web.StreamResponse:
         ctx = begin_request(request, runtime, None)
@@ -84,9 +105,9 @@ async def stage_client(
                 early = await stage(ctx)
                 if early is not None:
                     return early
+            return await answer(ctx)
         except GatewayError as error:
             return render_problem(error, ctx, ctx.request_id)
-        return passed(ctx)
 
     limits = runtime.config.listen.limits
     # The public listener's parser limits (gateway.server.process): above the gateway's own, so
@@ -98,6 +119,50 @@ async def stage_client(
         max_line_size=max(16384, limits.max_header_bytes + 1024),
     )
     return await aiohttp_client(server)
+
+
+class _Snapshot(Protocol):
+    """A process service holding state read from the store (revocations, switches ...)."""
+
+    async def start(self) -> None: ...
+
+    async def wait_loaded(self, timeout: float | None = None) -> None: ...
+
+
+@asynccontextmanager
+async def gateway_runtime(
+    config_text: str, *, state_url: str, workdir: Path, unloaded: tuple[str, ...] = ()
+) -> AsyncIterator[GatewayProcess]:
+    """A real ``GatewayProcess`` for ``config_text`` (plus ``state.url`` and an audit spool in
+    ``workdir``; demo keys: an ephemeral master and context key), with every service a request
+    reads started and loaded, and no listener; stopped on exit. ``process.runtime()`` is the
+    runtime the stages read; its services engage switches, revoke, rotate as operators do.
+    ``unloaded`` names process services (e.g. ``"killswitches"``) left not started: never loaded."""
+    config = parse_config(
+        f"state: {{url: '{state_url}'}}\naudit: {{spool_dir: '{workdir / 'spool'}'}}\n" + config_text
+    )
+    process = GatewayProcess(config, None, workdir=workdir, demo=True)
+    services = process.services
+    snapshots: dict[str, _Snapshot] = {
+        "signing": services.signing,
+        "revocations": services.revocations,
+        "integrations": services.integrations,
+        "killswitches": services.killswitches,
+        "grants": services.grants,
+    }
+    started = [snapshot for name, snapshot in snapshots.items() if name not in unloaded]
+    try:
+        await process.store.open()
+        for snapshot in started:
+            await snapshot.start()
+        if services.lockout_memory is not None and "lockout_memory" not in unloaded:
+            await services.lockout_memory.start()
+        for snapshot in started:
+            await snapshot.wait_loaded(5.0)
+        await process.runtime().verifier.start()
+        yield process
+    finally:
+        await process.stop()
 
 
 @dataclass(frozen=True)
