@@ -59,6 +59,7 @@ FLOORS: dict[int, tuple[str, ...]] = {
         "gateway.logs",
         "gateway.metrics",
         "gateway.facts",
+        "gateway.origins",  # App. B origin rules: CORS answers and the CSRF rule for cookie tokens
         "gateway.config_model",  # the whole config's type: every feature's config values
     ),
     1: (
