@@ -21,10 +21,10 @@ from gateway.auth.bearer import (
 )
 from gateway.auth.jwt import TokenRejected, has_mfa
 from gateway.context import RequestContext
+from gateway.deferred_pre_auth import settle_pre_auth
 from gateway.errors import MissingToken
 from gateway.logs import context as log_context
 from gateway.metrics import METRICS
-from gateway.middleware.deferred_pre_auth import settle_pre_auth
 from gateway.origins import check_cookie_origin
 
 log = structlog.get_logger("gateway.auth")

@@ -15,9 +15,9 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.context import RequestContext
+from gateway.deferred_pre_auth import settle_pre_auth
 from gateway.errors import LockedOut, RateLimited
 from gateway.http_continue import send_continue
-from gateway.middleware.deferred_pre_auth import settle_pre_auth
 from gateway.ratelimit.body_fields import counted_body_limit, counted_content_type, counted_fields
 from gateway.ratelimit.deferred import DeferredPreAuth
 from gateway.ratelimit.headers import POLICY_HEADER, STATE_HEADER, refusal_values, retry_after, state_header
