@@ -60,6 +60,7 @@ FLOORS: dict[int, tuple[str, ...]] = {
         "gateway.logs",
         "gateway.metrics",
         "gateway.facts",
+        "gateway.hygiene",  # App. C request hygiene over header values
         "gateway.origins",  # App. B origin rules: CORS answers and the CSRF rule for cookie tokens
         "gateway.config_model",  # the whole config's type: every feature's config values
     ),
