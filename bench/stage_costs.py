@@ -37,7 +37,11 @@ STAGES: tuple[tuple[str, float | None, tuple[str, ...]], ...] = (
     ),
     ("rate limits (both stages, store)", 15, ("ratelimit/", "rate_limit.py", "limits/")),
     ("authentication (JWT, MFA, revocation)", None, ("authenticate.py", "auth/", "jwt/")),
-    ("tenancy (identity headers, signed context)", None, ("middleware/tenancy.py", "tenancy/")),
+    (
+        "tenancy (identity headers, signed context)",
+        None,
+        ("middleware/tenancy.py", "tenant_echo.py", "tenancy/"),
+    ),
     ("kill switch", None, ("middleware/killswitch.py", "killswitch/")),
     ("routing (canonical path, route match)", None, ("middleware/route.py", "routing.py")),
     (

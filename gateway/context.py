@@ -84,7 +84,7 @@ class RequestContext:
     login_subjects: list[Subject] | None = None  # login: true routes: IP and username counted
     # the pre_auth stage's hit, deferred to go with the route stage's in one store call
     # (gateway.ratelimit.deferred: settled alone whenever that cannot be, by
-    # gateway.middleware.deferred_pre_auth)
+    # gateway.deferred_pre_auth)
     deferred_pre_auth: DeferredPreAuth[RequestContext] | None = None
     downstream: AnswerWriter | None = None  # the lean listener's answer writer (None on aiohttp's)
     # W3C trace context (gateway.tracing.context: trace id, this span's id, the traceparent and

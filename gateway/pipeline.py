@@ -11,16 +11,17 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from gateway.context import RequestContext
+from gateway.deferred_pre_auth import settle_pre_auth
 from gateway.middleware.authenticate import authenticate
 from gateway.middleware.body_limit import enforce_body_limit
 from gateway.middleware.cors import apply_cors
-from gateway.middleware.deferred_pre_auth import settle_pre_auth
 from gateway.middleware.header_limits import enforce_header_limits
 from gateway.middleware.killswitch import check_killswitch, check_tenant_killswitch
 from gateway.middleware.rate_limit import check_login_outcome, limit_pre_auth, limit_route
 from gateway.middleware.request_hygiene import check_request_hygiene
 from gateway.middleware.route import resolve_route
-from gateway.middleware.tenancy import apply_tenancy, check_tenant_echo, inject_identity
+from gateway.middleware.tenancy import apply_tenancy, inject_identity
+from gateway.middleware.tenant_echo import check_tenant_echo
 from gateway.middleware.webhook import verify_webhook
 from gateway.upstream.proxy import ResponseCheck, UpstreamHeaderHook
 

@@ -21,11 +21,11 @@ from gateway.auth.bearer import (
 )
 from gateway.auth.jwt import TokenRejected, has_mfa
 from gateway.context import RequestContext
+from gateway.deferred_pre_auth import settle_pre_auth
 from gateway.errors import MissingToken
 from gateway.logs import context as log_context
 from gateway.metrics import METRICS
-from gateway.middleware.cors import check_cookie_origin
-from gateway.middleware.deferred_pre_auth import settle_pre_auth
+from gateway.origins import check_cookie_origin
 
 log = structlog.get_logger("gateway.auth")
 
@@ -34,11 +34,14 @@ def _request_token(ctx: RequestContext, cookie_name: str | None) -> str | None:
     """The header's bearer token; else, with ``auth.token_cookie`` set, the cookie's, once the
     request has passed the CSRF rule. With both, the header authenticates and the cookie is
     never read: it neither authenticates nor falls back when the header's token is refused."""
-    token = bearer_token(ctx.request.headers)
+    request = ctx.request
+    token = bearer_token(request.headers)
     if token is None and cookie_name:
-        token = ctx.request.cookies.get(cookie_name) or None
-        if token is not None:
-            check_cookie_origin(ctx)  # App. B CSRF, before any work on the token
+        token = request.cookies.get(cookie_name) or None
+        if token is not None:  # App. B CSRF, before any work on the token
+            route = ctx.route
+            policy = ctx.runtime.config.cors.get(route.cors) if route is not None and route.cors else None
+            check_cookie_origin(request.method, request.headers, policy)
     return token
 
 

@@ -3,7 +3,8 @@
 ``limit_pre_auth`` counts ``rate_limits.pre_auth`` by client IP before any token is verified
 (the cheap shed); ``limit_route`` counts the route's policies once user and acting tenant are
 known, and on ``login: true`` routes refuses locked IPs and usernames before the upstream sees
-the attempt. ``check_login_outcome`` runs on the upstream's status: 401/403 are failures.
+the attempt; ``check_login_outcome`` hands the upstream's status to the lockouts. What a verdict
+writes and raises is ``gateway.ratelimit.verdicts``.
 """
 
 from __future__ import annotations
@@ -15,41 +16,13 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.context import RequestContext
-from gateway.errors import LockedOut, RateLimited
+from gateway.deferred_pre_auth import settle_pre_auth
 from gateway.http_continue import send_continue
-from gateway.middleware.deferred_pre_auth import settle_pre_auth
 from gateway.ratelimit.body_fields import counted_body_limit, counted_content_type, counted_fields
 from gateway.ratelimit.deferred import DeferredPreAuth
-from gateway.ratelimit.headers import POLICY_HEADER, STATE_HEADER, refusal_values, retry_after, state_header
-from gateway.ratelimit.limiter import Verdict
 from gateway.ratelimit.policies import counted_checks
+from gateway.ratelimit.verdicts import apply_verdict, refuse_locked, refuse_pre_auth
 from gateway.request_body import read_bounded_body, refuse_declared_oversize
-
-_FAILURE_STATUSES = frozenset((401, 403))
-_SAFE_METHODS = frozenset(("GET", "HEAD", "OPTIONS"))
-
-
-def _apply(ctx: RequestContext, verdict: Verdict | None) -> None:
-    if verdict is None:  # on_store_failure: allow while the store is down
-        return
-    if verdict.shadow:  # App. C: a shadow rule over its limit is reported, never refuses
-        ctx.ratelimit = "shadow"
-    item = verdict.item
-    if item.shadow:  # a stage of shadow items only: they never speak in headers
-        return
-    headers = ctx.response_headers
-    headers[POLICY_HEADER] = item.policy_header
-    if verdict.allowed:
-        headers[STATE_HEADER] = state_header(item.policy, verdict.remaining, verdict.reset_in)
-        return
-    ctx.ratelimit = "limited"
-    state, wait = refusal_values(item, verdict.remaining, verdict.reset_in)
-    headers[STATE_HEADER] = state
-    raise RateLimited(
-        "Too many requests; retry later",
-        headers={"Retry-After": str(wait)},
-        extensions={"retry_after": wait},
-    )
 
 
 async def limit_pre_auth(ctx: RequestContext) -> web.StreamResponse | None:
@@ -61,25 +34,16 @@ async def limit_pre_auth(ctx: RequestContext) -> web.StreamResponse | None:
         return None
     known = rl.backend.refused_from_memory(checks, "pre_auth")
     if known is not None:
-        _apply(ctx, known)  # raises: a flood costs no deferral bookkeeping
+        apply_verdict(ctx, known)  # raises: a flood costs no deferral bookkeeping
     route = ctx.route
     # Not known full (just asked): the deferral only needs the script to take these items.
     if route is not None and route.name in rl.compiled.deferrable and rl.backend.script_takes(checks):
         # One store call per request: the hit goes with the route stage's (limit_route), or
         # alone first the moment anything else would happen (settle_pre_auth).
-        ctx.deferred_pre_auth = DeferredPreAuth(checks, _refuse_pre_auth)
+        ctx.deferred_pre_auth = DeferredPreAuth(checks, refuse_pre_auth)
         return None
-    _refuse_pre_auth(ctx, await rl.backend.check(checks, rl.compiled, "pre_auth", state=False))
+    refuse_pre_auth(ctx, await rl.backend.check(checks, rl.compiled, "pre_auth", state=False))
     return None
-
-
-def _refuse_pre_auth(ctx: RequestContext, verdict: Verdict | None) -> None:
-    if verdict is None:
-        return
-    if not verdict.allowed:
-        _apply(ctx, verdict)  # raises; an allowed pre_auth item adds no headers of its own
-    elif verdict.shadow:
-        ctx.ratelimit = "shadow"
 
 
 async def limit_route(ctx: RequestContext) -> web.StreamResponse | None:
@@ -98,33 +62,19 @@ async def limit_route(ctx: RequestContext) -> web.StreamResponse | None:
         if checks:  # both stages in one store call, pre_auth's items decided first
             deferred, ctx.deferred_pre_auth = ctx.deferred_pre_auth.checks, None
             before, verdict = await rl.backend.check_in_order(deferred, checks, compiled)
-            _refuse_pre_auth(ctx, before)
-            _apply(ctx, verdict)  # a deferrable route is never a login route
+            refuse_pre_auth(ctx, before)
+            apply_verdict(ctx, verdict)  # a deferrable route is never a login route
             return None
         await settle_pre_auth(ctx)
     limited = rl.backend.check(checks, compiled, "route") if checks else _nothing()
     if not route.login:
-        _apply(ctx, await limited)
+        apply_verdict(ctx, await limited)
         return None
     subjects = ctx.login_subjects = rl.lockouts.attempt_subjects(ctx.client_ip, fields)
     verdict, locked = await asyncio.gather(limited, rl.lockouts.locked_for(subjects))
     if locked is not None:
-        if verdict is not None and verdict.shadow:
-            ctx.ratelimit = "shadow"
-        # SPEC §8: every response of a route with a policy carries them (not a shadow item's)
-        if verdict is not None and not verdict.item.shadow:
-            ctx.response_headers[POLICY_HEADER] = verdict.item.policy_header
-            ctx.response_headers[STATE_HEADER] = state_header(
-                verdict.item.policy, verdict.remaining, verdict.reset_in
-            )
-        wait = retry_after(locked)
-        # SECURITY: credential stuffing — a locked IP or username never reaches the upstream.
-        raise LockedOut(
-            "Too many failed attempts; retry later",
-            headers={"Retry-After": str(wait)},
-            extensions={"retry_after": wait},
-        )
-    _apply(ctx, verdict)
+        refuse_locked(ctx, verdict, locked)
+    apply_verdict(ctx, verdict)
     return None
 
 
@@ -155,9 +105,4 @@ async def check_login_outcome(
     rl = ctx.runtime.rate_limits
     if subjects is None or rl is None:
         return
-    if status in _FAILURE_STATUSES:
-        await rl.lockouts.record_failure(subjects, ctx.request_id)
-    elif 200 <= status < 400 and ctx.request.method not in _SAFE_METHODS:
-        # SECURITY: only a login attempt can succeed. A GET of the login page (a 200 with a
-        # body naming the victim) must not wipe the victim's failure count.
-        await rl.lockouts.record_success(subjects)
+    await rl.lockouts.record_outcome(subjects, status, ctx.request.method, ctx.request_id)

@@ -6,7 +6,7 @@ On a route where nothing between the two stages reads a body or writes a record
 instead of calling the store; the route stage sends both stages' items in one script call that
 decides pre_auth's first (``RateLimitBackend.check_in_order``). Whatever else happens first —
 a full token verification (the work pre_auth exists to shed), a refusal, an early answer —
-settles it alone before (``gateway.middleware.deferred_pre_auth.settle_pre_auth``), so its 429
+settles it alone before (``gateway.deferred_pre_auth.settle_pre_auth``), so its 429
 comes first as when it ran in place. The value carries the pre_auth stage's refusal, so no
 stage needs another's internals.
 """

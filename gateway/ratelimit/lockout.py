@@ -38,6 +38,8 @@ from gateway.state.generation import StoreGeneration
 
 log = structlog.get_logger("gateway.ratelimit")
 T = TypeVar("T")
+_FAILURE_STATUSES = frozenset((401, 403))  # the upstream refused the credentials
+_SAFE_METHODS = frozenset(("GET", "HEAD", "OPTIONS"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +153,18 @@ class LockoutService:
                 return await self._generation.check()
         except (StoreUnavailable, TimeoutError):
             return True
+
+    async def record_outcome(
+        self, subjects: list[Subject], status: int, method: str, request_id: str
+    ) -> None:
+        """The upstream's answer (``status``) to a login route's request: 401/403 count as a
+        failed attempt; a success (2xx/3xx) of an attempt resets the username's count."""
+        if status in _FAILURE_STATUSES:
+            await self.record_failure(subjects, request_id)
+        elif 200 <= status < 400 and method not in _SAFE_METHODS:
+            # SECURITY: only a login attempt can succeed. A GET of the login page (a 200 with a
+            # body naming the victim) must not wipe the victim's failure count.
+            await self.record_success(subjects)
 
     async def record_failure(self, subjects: list[Subject], request_id: str) -> None:
         window = self.config.window

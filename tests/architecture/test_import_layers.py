@@ -41,6 +41,7 @@ FLOORS: dict[int, tuple[str, ...]] = {
         "gateway.runtime",
         "gateway.json_body",
         "gateway.request_body",
+        "gateway.deferred_pre_auth",  # settles a deferred pre_auth hit for the stages and the runner
         "gateway.problem",
         "gateway.config_schema",  # assembles every feature's schema.py into one config
         "gateway.jwks_client",  # the aiohttp download behind auth's key sources
@@ -59,6 +60,8 @@ FLOORS: dict[int, tuple[str, ...]] = {
         "gateway.logs",
         "gateway.metrics",
         "gateway.facts",
+        "gateway.hygiene",  # App. C request hygiene over header values
+        "gateway.origins",  # App. B origin rules: CORS answers and the CSRF rule for cookie tokens
         "gateway.config_model",  # the whole config's type: every feature's config values
     ),
     1: (
@@ -207,6 +210,26 @@ def test_domain_and_base_do_not_import_the_server_or_the_context(module: str) ->
         if t == "aiohttp" or any(t == s or t.startswith(s + ".") for s in SERVER_MODULES)
     )
     assert bad == [], f"{module} imports {bad}"
+
+
+def _stage_imports(graph: dict[str, set[str]]) -> list[str]:
+    return [
+        f"{m} imports {t}"
+        for m, targets in sorted(graph.items())
+        if m.startswith("gateway.middleware.")
+        for t in sorted(targets)
+        if t.startswith("gateway.middleware.")
+    ]
+
+
+def test_no_stage_imports_another_stage() -> None:
+    """``gateway/middleware/`` holds the pipeline's stages only, each a thin adapter over the
+    domain: what two stages share lives below them (the domain) or beside them
+    (``gateway/deferred_pre_auth.py``), never in one stage that the other imports."""
+    assert _stage_imports(GRAPH) == []
+    planted = {m: set(t) for m, t in GRAPH.items()}
+    planted["gateway.middleware.authenticate"].add("gateway.middleware.cors")
+    assert _stage_imports(planted) == ["gateway.middleware.authenticate imports gateway.middleware.cors"]
 
 
 def test_no_import_inside_a_function_except_the_cli_start_up() -> None:

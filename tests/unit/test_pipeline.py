@@ -12,7 +12,8 @@ from gateway.middleware.killswitch import check_killswitch, check_tenant_killswi
 from gateway.middleware.rate_limit import check_login_outcome, limit_pre_auth, limit_route
 from gateway.middleware.request_hygiene import check_request_hygiene
 from gateway.middleware.route import resolve_route
-from gateway.middleware.tenancy import apply_tenancy, check_tenant_echo
+from gateway.middleware.tenancy import apply_tenancy
+from gateway.middleware.tenant_echo import check_tenant_echo
 from gateway.middleware.webhook import verify_webhook
 
 

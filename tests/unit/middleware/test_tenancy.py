@@ -11,7 +11,8 @@ import pytest
 from multidict import CIMultiDict
 
 from gateway.demo.issuer import DemoIssuer
-from gateway.middleware.tenancy import apply_tenancy, check_tenant_echo, inject_identity
+from gateway.middleware.tenancy import apply_tenancy, inject_identity
+from gateway.middleware.tenant_echo import check_tenant_echo
 from gateway.pipeline import PIPELINE, RESPONSE_CHECKS, UPSTREAM_HEADER_HOOKS
 from gateway.tenancy import ContextInvalid, verify_context
 from tests.support.stage_server import problem_type

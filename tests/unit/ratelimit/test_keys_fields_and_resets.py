@@ -1,5 +1,6 @@
 """Rate-limit keying and counted fields at their edges: body-field parsing differentials,
-IPv6 buckets, user keys per issuer, Retry-After with several full items, success resets."""
+IPv6 buckets, user keys per issuer, Retry-After with several full items (which attempt resets a
+username is tested with the lockouts, tests/unit/ratelimit/test_lockout.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from gateway.middleware.rate_limit import check_login_outcome
 from gateway.ratelimit.body_fields import AmbiguousField, counted_fields
 from gateway.ratelimit.keys import KeySpec, ip_subject
 from gateway.ratelimit.limiter import RateLimitBackend
@@ -82,27 +82,3 @@ async def test_retry_after_names_the_full_item_that_frees_last(items: ItemFactor
         assert not refused.allowed and refused.item is per_minute and refused.reset_in > 50
     finally:
         await backend.close()
-
-
-class _Lockouts:
-    def __init__(self) -> None:
-        self.calls: list[str] = []
-
-    async def record_failure(self, subjects: object, request_id: str) -> None:
-        self.calls.append("failure")
-
-    async def record_success(self, subjects: object) -> None:
-        self.calls.append("success")
-
-
-@pytest.mark.parametrize(("method", "expected"), [("GET", []), ("HEAD", []), ("POST", ["success"])])
-async def test_only_a_login_attempt_can_reset_a_username(method: str, expected: list[str]) -> None:
-    lockouts = _Lockouts()
-    ctx: Any = SimpleNamespace(
-        login_subjects=["subject"],
-        request=SimpleNamespace(method=method),
-        request_id="r",
-        runtime=SimpleNamespace(rate_limits=SimpleNamespace(lockouts=lockouts)),
-    )
-    await check_login_outcome(ctx, 200, {})  # type: ignore[arg-type]
-    assert lockouts.calls == expected

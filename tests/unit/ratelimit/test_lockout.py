@@ -59,6 +59,37 @@ async def test_success_resets_the_username_but_never_the_ip(lockouts: LockoutSer
     assert await lockouts.locked_for(other_ip) is None
 
 
+@pytest.mark.parametrize(
+    ("method", "resets"), [("GET", False), ("HEAD", False), ("OPTIONS", False), ("POST", True)]
+)
+async def test_only_a_login_attempt_can_reset_a_username(
+    lockouts: LockoutService, method: str, resets: bool
+) -> None:
+    await lockouts.record_failure(lockouts.subjects("198.51.100.9", "dave"), "r")  # 1 of 2 for dave
+    await lockouts.record_outcome(lockouts.subjects("198.51.100.9", "dave"), 200, method, "r")
+    await lockouts.record_failure(lockouts.subjects("203.0.113.2", "dave"), "r")  # 2 of 2, unless reset
+    assert (await lockouts.locked_for(lockouts.subjects("203.0.113.3", "dave")) is None) == resets
+
+
+@pytest.mark.parametrize("status", [401, 403])
+async def test_a_refused_login_counts_as_a_failure(lockouts: LockoutService, status: int) -> None:
+    subjects = lockouts.subjects("198.51.100.10", "erin")
+    await lockouts.record_outcome(subjects, status, "POST", "r1")
+    assert await lockouts.locked_for(subjects) is None
+    await lockouts.record_outcome(subjects, status, "POST", "r2")
+    assert await lockouts.locked_for(subjects) is not None
+
+
+@pytest.mark.parametrize("status", [100, 404, 429, 500, 502])
+async def test_other_answers_neither_count_nor_reset(lockouts: LockoutService, status: int) -> None:
+    subjects = lockouts.subjects("198.51.100.11", "frank")
+    await lockouts.record_failure(subjects, "r")
+    await lockouts.record_outcome(subjects, status, "POST", "r")
+    assert await lockouts.locked_for(subjects) is None  # not a second failure
+    await lockouts.record_failure(subjects, "r")  # not reset either: this is the second
+    assert await lockouts.locked_for(subjects) is not None
+
+
 async def test_clear_forgets_lock_failures_and_level(lockouts: LockoutService) -> None:
     subjects = lockouts.subjects("198.51.100.9", "dave")
     for _ in range(3):

@@ -1,7 +1,9 @@
 """Settling a deferred ``pre_auth`` hit (``gateway.ratelimit.deferred``) alone, now: called by
 the authentication stage before a full token check, by the route rate-limit stage, and by the
 pipeline runner before an early answer. A helper of those stages, not a stage itself: it
-clears the context's deferral and applies the pre_auth stage's refusal to the context.
+clears the context's deferral and applies the pre_auth stage's refusal to the context. It lives
+beside ``middleware/``, on the stages' floor, because that folder holds stages only and no stage
+imports another (``tests/architecture/test_import_layers.py``).
 """
 
 from __future__ import annotations

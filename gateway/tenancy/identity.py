@@ -1,0 +1,52 @@
+"""SPEC §7: the identity the upstream sees, from the verified token, the acting tenant and the
+support grant it acts under: the tenant, user and roles headers and their signed
+``X-Gateway-Context`` (``gateway.tenancy.context``); and the tenant an upstream answer must echo.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from multidict import istr
+
+from gateway.auth.jwt import VerifiedClaims
+from gateway.tenancy import context as signed_context
+from gateway.tenancy.context import ContextSigner
+from gateway.tenancy.grants import SUPPORT_ROLE, Grant
+
+# istr: multidict keeps their case-folded form, so adding them costs no case folding per request.
+TENANT_HEADER = istr(signed_context.TENANT_HEADER)
+USER_HEADER = istr(signed_context.USER_HEADER)
+ROLES_HEADER = istr(signed_context.ROLES_HEADER)
+CONTEXT_HEADER = istr(signed_context.CONTEXT_HEADER)
+
+
+def identity_headers(
+    signer: ContextSigner,
+    method: str,
+    target: str,
+    tenant: str,
+    claims: VerifiedClaims,
+    grant: Grant | None,
+    request_id: str,
+) -> tuple[tuple[istr, str], ...]:
+    """The four identity headers of a request to ``target`` acting in ``tenant``, the last one
+    the signed context over them."""
+    # SECURITY: a token's roles hold in the token's own tenant. Acting in another tenant under a
+    # grant, a support user is "support" there and nothing more: a "tenant-admin" or "finance"
+    # role from the support organisation's tenant must not reach the granting tenant's backend.
+    roles = SUPPORT_ROLE if grant is not None else claims.roles_text
+    user = claims.subject
+    signed = signer.sign_joined(method, target, tenant, user, roles, request_id)
+    return ((TENANT_HEADER, tenant), (USER_HEADER, user), (ROLES_HEADER, roles), (CONTEXT_HEADER, signed))
+
+
+def echo_fault(tenant: str, echoes: Sequence[str], required: bool) -> str | None:
+    """Why an upstream answer carrying these ``X-Tenant-ID`` ``echoes`` must not reach a client
+    acting in ``tenant`` (``"missing"``, only when the route requires an echo, or
+    ``"mismatch"``); ``None`` when it may."""
+    if not echoes:
+        return "missing" if required else None
+    if any(echo != tenant for echo in echoes):
+        return "mismatch"
+    return None
