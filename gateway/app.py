@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import cast
 
 import structlog
 from aiohttp import ClientConnectionResetError, web
@@ -87,21 +88,22 @@ class PublicHandler:
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         protocol = request.protocol
+        guarded: GuardedRequestHandler | None  # the same connection, None when unguarded
         if isinstance(protocol, GuardedRequestHandler):
-            guarded, memo = True, protocol.token_memo
+            guarded, memo = protocol, protocol.token_memo
         else:
-            guarded, memo = False, None
+            guarded, memo = None, None
         ctx = begin_request(request, self._current_runtime(), memo)
-        if guarded:
-            protocol.request_started(request)
+        if guarded is not None:
+            guarded.request_started(request)
         try:
             response = await self._run(ctx)
         except asyncio.CancelledError:
-            if guarded and protocol.drain_cut:
-                self._log_cut(ctx, protocol, "drain-timeout")
+            if guarded is not None and guarded.drain_cut:
+                self._log_cut(ctx, guarded, request, "drain-timeout")
             raise
         except GatewayError as error:
-            response = self._client_gone(ctx) if _gone(protocol) else self._refuse(error, ctx)
+            response = self._client_gone(ctx) if _gone(protocol) else self._refuse(error, ctx, request)
         except (ConnectionResetError, ClientConnectionResetError):
             if not _gone(protocol):
                 # A response had begun and broke off: the connection is cut, nothing to answer.
@@ -113,10 +115,10 @@ class PublicHandler:
                 response = self._client_gone(ctx)
             else:
                 log.exception("request_failed", request_id=ctx.request_id)
-                response = self._refuse(InternalError(), ctx)
+                response = self._refuse(InternalError(), ctx, request)
         finally:
-            if guarded:
-                protocol.request_finished()
+            if guarded is not None:
+                guarded.request_finished()
         if _gone(protocol) and response.status != CLIENT_GONE:
             response = self._client_gone(ctx)  # an answer nobody will read: logged as what it was
         observe_answer(ctx, response.status)
@@ -134,16 +136,20 @@ class PublicHandler:
         return web.Response(status=CLIENT_GONE)
 
     @staticmethod
-    def _log_cut(ctx: RequestContext, protocol: GuardedRequestHandler, reason: str) -> None:
-        """A request cancelled at the end of the drain: aiohttp logs nothing for it, so here."""
+    def _log_cut(
+        ctx: RequestContext, protocol: GuardedRequestHandler, request: web.BaseRequest, reason: str
+    ) -> None:
+        """A request cancelled at the end of the drain: aiohttp logs nothing for it, so here.
+        ``request`` is ``ctx.request``, as aiohttp's type (its access logger wants that)."""
         ctx.status = CLIENT_GONE
         ctx.outcome = reason
         METRICS.observe_request(ctx)
-        protocol.log_access(ctx.request, web.Response(status=CLIENT_GONE), ctx.started)
+        protocol.log_access(request, web.Response(status=CLIENT_GONE), ctx.started)
 
     @staticmethod
-    def _refuse(error: GatewayError, ctx: RequestContext) -> web.StreamResponse:
-        if ctx.status and ctx.request.writer is not None and ctx.request.writer.output_size > 0:
+    def _refuse(error: GatewayError, ctx: RequestContext, request: web.BaseRequest) -> web.StreamResponse:
+        """``request`` is ``ctx.request``, as aiohttp's type: its writer shows a begun answer."""
+        if ctx.status and request.writer is not None and request.writer.output_size > 0:
             raise ConnectionResetError("response already started")
         return render_problem(error, ctx, ctx.request_id)
 
@@ -154,7 +160,9 @@ class PublicHandler:
             for name, value in ctx.response_headers.items():
                 early.headers.setdefault(name, value)
             return early
-        return await proxy_request(ctx, RESPONSE_CHECKS, UPSTREAM_HEADER_HOOKS)
+        # cast: on this listener ``ctx.downstream`` is None, so the proxy answers with aiohttp's
+        # ``StreamResponse``, never the lean listener's ``AnswerWriter``.
+        return cast(web.StreamResponse, await proxy_request(ctx, RESPONSE_CHECKS, UPSTREAM_HEADER_HOOKS))
 
 
 def _gone(protocol: object) -> bool:

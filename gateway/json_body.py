@@ -9,12 +9,12 @@ import orjson
 from aiohttp import web
 
 from gateway.errors import BadRequest
-from gateway.request_body import read_bounded_body
+from gateway.request_body import BodyRequest, read_bounded_body
 
 MAX_JSON_BODY = 4096
 
 
-async def read_json_object(request: web.BaseRequest, limit: int = MAX_JSON_BODY) -> dict[str, Any]:
+async def read_json_object(request: BodyRequest, limit: int = MAX_JSON_BODY) -> dict[str, Any]:
     raw = await read_bounded_body(request, limit, "The request body is too large")
     try:
         data = orjson.loads(raw or b"{}")

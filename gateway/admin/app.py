@@ -52,7 +52,7 @@ from gateway.runtime import Runtime
 
 log = structlog.get_logger("gateway.admin")
 Reloader = Callable[[str, str | None], Awaitable[Runtime]]
-ReloadKey = web.AppKey("reload", Reloader)
+ReloadKey = web.AppKey[Reloader]("reload")  # a callable type: the type argument, not a class
 
 
 @web.middleware

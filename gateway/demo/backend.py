@@ -55,7 +55,9 @@ def verified_context(request: web.BaseRequest) -> VerifiedContext | None:
     """The gateway's signed assertion, verified once per request (None without keys).
 
     The ONE place the backend trusts the gateway. Raises ``ContextInvalid``."""
-    keys = request.app[CONTEXT_KEYS] if isinstance(request, web.Request) else ()
+    if not isinstance(request, web.Request):
+        return None  # no application, so no context keys
+    keys = request.app[CONTEXT_KEYS]
     if not keys:
         return None
     cached = request.get(VERIFIED)

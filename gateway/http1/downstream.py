@@ -6,6 +6,7 @@ else chunked on HTTP/1.1 or close-delimited on HTTP/1.0; no body for HEAD, 1xx, 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from http import HTTPStatus
 from typing import TYPE_CHECKING
 
@@ -80,7 +81,7 @@ class LeanDownstream:
             headers = CIMultiDict(headers)  # a plain mapping: its names become case-insensitive
         # Case-insensitive lookups in C, and the lines joined by one map(): no Python-level
         # lower() and formatting per header (the upstream's answer passes here on every request).
-        pairs = headers.items()
+        pairs: Iterable[tuple[str, str]] = headers.items()
         if "Content-Length" in headers or "Transfer-Encoding" in headers:
             # framing is this writer's, never a stage's or an upstream's
             pairs = [(name, value) for name, value in pairs if name.lower() not in _FRAMING]

@@ -22,6 +22,7 @@ from multidict import CIMultiDictProxy, MultiDictProxy
 from yarl import URL
 
 if TYPE_CHECKING:
+    from gateway.auth.jwt import TokenMemo
     from gateway.context import RequestContext
 
 
@@ -40,6 +41,9 @@ class LeanConnection(Protocol):
 
     @property
     def drain_cut(self) -> bool: ...
+
+    @property
+    def token_memo(self) -> TokenMemo | None: ...
 
     @property
     def writing_paused(self) -> bool: ...

@@ -63,7 +63,7 @@ PEERS_EVERY = 5  # beats between two reads of every peer's heartbeat (the instan
 log = logging.getLogger(__name__)
 
 
-class KillSwitchRegistry(SnapshotBacked):
+class KillSwitchRegistry(SnapshotBacked[SwitchIndex]):
     def __init__(
         self,
         store: StateStore,

@@ -245,6 +245,7 @@ def scan_builtin_patterns(text: str, digit_passes: DigitPasses | None = None) ->
 
 def mask_jwts(text: str) -> str:
     """Replace each JWT (``JWT_RE``) with ``[jwt]``; linear (see ``JWT_RE``)."""
+    parts: list[str]
     parts, done, pos = [], 0, 0
     while (start := JWT_START_RE.search(text, pos)) is not None:
         found = JWT_RE.match(text, start.start())
@@ -283,6 +284,7 @@ def mask_emails(text: str) -> str:
             spans.append([start, domain.end(), run.start()])
     if not spans:
         return text
+    parts: list[str]
     parts, done = [], 0
     for start, end, _ in spans:
         parts += (text[done:start], EMAIL)
@@ -310,6 +312,7 @@ def _mask_credentials(text: str, lowered: str) -> str:
         # A few non-ASCII letters change length when lower-cased, so spans found in the copy
         # would not fit; fall back to a case-insensitive scan of the text itself.
         return _CREDENTIAL_RE_I.sub(lambda m: _credential_placeholder(m.group(), m.group().lower()), text)
+    parts: list[str]
     parts, done = [], 0
     for match in CREDENTIAL_RE.finditer(lowered):
         start, end = match.span()
@@ -335,6 +338,7 @@ def _credential_placeholder(original: str, lowered: str) -> str:
 def _mask_ibans(text: str) -> str:
     # A manual search loop rather than re.sub: when a candidate fails, the real IBAN may start
     # at its next group ("AB12 GB82 WEST…"), which re.sub would already have skipped.
+    parts: list[str]
     parts, done, pos = [], 0, 0
     while (match := IBAN_RE.search(text, pos)) is not None:
         start = match.start() - 2  # the country code before the check digits
@@ -435,6 +439,7 @@ class DigitPasses:
         1111") is still found, while one long non-Luhn number is left alone.
         """
         groups = [(g.start(), g.end()) for g in DIGIT_GROUP_RE.finditer(run)]
+        parts: list[str]
         parts, done, first = [], 0, 0
         while first < len(groups):
             found = self._window_at(run, groups, first)

@@ -45,8 +45,8 @@ def supervise(count: int, run_worker: Callable[[int], None], drain_timeout: floa
     def on_signal(signum: int, _frame: object) -> None:
         pending.append(signum)
 
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(signum, on_signal)
+    for handled in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(handled, on_signal)
     for index in range(count):
         start(index)
     log.info("workers_started", count=count, pids=[p.pid for p in workers.values()])

@@ -17,7 +17,7 @@ import builtins
 import math
 from collections.abc import AsyncIterator, Collection, Mapping
 from types import TracebackType
-from typing import Self
+from typing import Self, overload
 
 import orjson
 
@@ -247,6 +247,10 @@ def tombstone_key(key: str) -> str:
     return f"restore-tombstones:{key}"
 
 
+@overload
+def ttl_ms(ttl: float) -> int: ...
+@overload
+def ttl_ms(ttl: float | None) -> int | None: ...
 def ttl_ms(ttl: float | None) -> int | None:
     """A ttl in whole milliseconds (at least 1), rejecting zero and negative ttls."""
     if ttl is None:

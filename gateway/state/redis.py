@@ -344,7 +344,7 @@ class RedisStore(StateStore):
 
     @_guarded
     async def compare_and_set(self, key: str, expected: bytes | None, value: bytes) -> bytes | None:
-        args = ["0", b""] if expected is None else ["1", expected]
+        args: list[str | bytes] = ["0", b""] if expected is None else ["1", expected]
         stored = await self._script(_COMPARE_AND_SET)(keys=[self._k(key)], args=[*args, value])
         return None if stored is None else bytes(stored)
 

@@ -69,7 +69,7 @@ class SyncedSnapshot(Generic[T]):
         self._resync, self._retry = resync, retry
         self._loaded = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._watchers: list[Callable[[], None]] = []
+        self._watchers: list[Callable[[], object]] = []  # what they return is ignored
         self._replaced = 0  # local writes so far (see reload)
         self._loading = 0  # loads in flight
         self._patches: list[tuple[int, Callable[[T], T]]] = []  # (write number, patch) since then
@@ -78,7 +78,7 @@ class SyncedSnapshot(Generic[T]):
     def loaded(self) -> bool:
         return self._loaded.is_set()
 
-    def watch(self, callback: Callable[[], None]) -> None:
+    def watch(self, callback: Callable[[], object]) -> None:
         """Call ``callback()`` (synchronously, in the loop) after every new value."""
         if callback not in self._watchers:
             self._watchers.append(callback)
@@ -207,14 +207,15 @@ class SyncedSnapshot(Generic[T]):
                 await listener
 
 
-class SnapshotBacked:
-    """Lifecycle of a service whose state is one ``SyncedSnapshot`` held in ``self._snapshot``.
+class SnapshotBacked(Generic[T]):
+    """Lifecycle of a service whose state is one ``SyncedSnapshot`` held in ``self._snapshot``
+    (``SnapshotBacked[V]``: a snapshot of ``V`` values).
 
     Stopping only ends the refresher: the last value stays readable (a stopped instance must
     not forget a revocation or a rotated secret).
     """
 
-    _snapshot: SyncedSnapshot[object]
+    _snapshot: SyncedSnapshot[T]
 
     async def start(self) -> None:
         await self._snapshot.start()
@@ -229,7 +230,7 @@ class SnapshotBacked:
         """Load now; True on success (a failure keeps the last value)."""
         return await self._snapshot.reload()
 
-    def watch(self, callback: Callable[[], None]) -> None:
+    def watch(self, callback: Callable[[], object]) -> None:
         """Call ``callback()`` after every new value of the snapshot (``SyncedSnapshot.watch``)."""
         self._snapshot.watch(callback)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import Final
 
 from gateway.random_batches import RandomBatches
 
@@ -21,7 +22,12 @@ from gateway.random_batches import RandomBatches
 # the trusted caller's span id (this span's parent) or None). A plain tuple: built 256 at a
 # time in a comprehension and read by index on the hot path (access line, proxy).
 Trace = tuple[str, str, str, str | None, str | None]
-TRACE_ID, SPAN_ID, TRACEPARENT, TRACESTATE, PARENT_ID = range(5)
+# Final: each index is a literal to the type checker, so ``trace[SPAN_ID]`` is typed ``str``.
+TRACE_ID: Final = 0
+SPAN_ID: Final = 1
+TRACEPARENT: Final = 2
+TRACESTATE: Final = 3
+PARENT_ID: Final = 4
 
 # W3C Trace Context level 1, version 00 only: exactly 55 characters, lower-case hex fields.
 _TRACEPARENT_RE = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})\Z")

@@ -78,9 +78,16 @@ class UpstreamResponse(Protocol):
     read to the end) and is safe to call twice.
     """
 
-    status: int
-    reason: str
-    headers: CIMultiDict[str] | CIMultiDictProxy[str]
+    # Read-only to the proxy, so an implementation may hold a narrower headers type
+    # (aiohttp's client: always a ``CIMultiDictProxy``).
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def reason(self) -> str: ...
+
+    @property
+    def headers(self) -> CIMultiDict[str] | CIMultiDictProxy[str]: ...
 
     def iter_chunks(self) -> AsyncIterator[bytes]: ...
 
@@ -126,7 +133,7 @@ class UpstreamRegistry:
         self._open = open_transport  # gateway.upstream.transports.open_transport in the server
         self._pools: dict[UpstreamConfig, UpstreamTransport] = {}
 
-    def pools_for(self, configs: dict[str, UpstreamConfig]) -> dict[str, UpstreamTransport]:
+    def pools_for(self, configs: Mapping[str, UpstreamConfig]) -> dict[str, UpstreamTransport]:
         result: dict[str, UpstreamTransport] = {}
         for name, config in configs.items():
             if config not in self._pools:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
+from typing import cast
 
 import aiohttp
 from aiohttp import web
@@ -166,7 +167,8 @@ async def _stream_response(
     if length is not None and length.isdigit():
         response.content_length = int(length)
     ctx.status = upstream.status
-    await response.prepare(ctx.request)
+    # cast: ``ctx.downstream`` is None, so this is aiohttp's listener and its ``web.BaseRequest``.
+    await response.prepare(cast(web.BaseRequest, ctx.request))
     if whole is not None:
         await response.write_eof(whole)
         return response
@@ -237,7 +239,8 @@ async def _proxy_websocket(
     # App. C "every answer is the gateway's": the 101 too (aiohttp would name its own version).
     downstream.headers.update(ctx.response_headers)
     ctx.status = 101
-    await downstream.prepare(request)
+    # cast: a WebSocket is upgraded by aiohttp's server, so the request is its ``web.BaseRequest``.
+    await downstream.prepare(cast(web.BaseRequest, request))
     accepted(downstream)
     try:
         await asyncio.gather(_pump(upstream, downstream), _pump(downstream, upstream))
