@@ -32,7 +32,7 @@ from gateway.config_schema import load_config
 from gateway.crypto import Keyring
 from gateway.errors import StoreUnavailable
 from gateway.http1.handler import LeanPublicHandler
-from gateway.http1.protocol import LeanServer
+from gateway.http1.server import LeanServer
 from gateway.killswitch import STREAMS, KillSwitchRegistry
 from gateway.listener import CUT_GRACE, GuardedServer
 from gateway.logs.access_log import ACCESS_LOGGER, flush_access_logs, pseudonym_key
