@@ -52,7 +52,14 @@ STAGES: tuple[tuple[str, float | None, tuple[str, ...]], ...] = (
     (
         "upstream leg (request out, answer in)",
         10,
-        ("transport_httptools.py", "forwarding.py:upstream", "upstream.py"),
+        (
+            "transport_httptools.py",
+            "httptools_connection.py",
+            "httptools_pool.py",
+            "request_head.py",
+            "forwarding.py:upstream",
+            "upstream.py",
+        ),
     ),
     (
         "response to the client",

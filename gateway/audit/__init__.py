@@ -8,6 +8,7 @@ Features write through ``AuditTrail.record``; features that keep per-tenant data
 from __future__ import annotations
 
 from gateway.audit.export import CONTENT_TYPES, FORMATS, parse_time_bound
+from gateway.audit.purge import register_tenant_data, registered_tenant_data
 from gateway.audit.record import (
     CHECKPOINT_EVENT,
     FIELDS,
@@ -17,7 +18,7 @@ from gateway.audit.record import (
     compute_hash,
     validate_tenant,
 )
-from gateway.audit.trail import AuditTrail, register_tenant_data, registered_tenant_data
+from gateway.audit.trail import AuditTrail
 from gateway.audit.verify import VerifyResult, iter_export_records, verify_records
 
 SYSTEM_TRAIL = SYSTEM_TENANT  # the name some callers use for the global trail

@@ -12,7 +12,8 @@ returns is the one the record claims; a mismatch means the lease was lost and is
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -128,3 +129,8 @@ class ChainWriter:
         async for _ in self.store.log_read(stream_name(tenant), start_seq=start, end_seq=end):
             found += 1
         return found
+
+
+def closing_reader(iterator: AsyncIterator[Any]) -> contextlib.AbstractAsyncContextManager[Any]:
+    # Close a half-read log_read generator at once instead of leaving it to the GC.
+    return contextlib.aclosing(iterator) if hasattr(iterator, "aclose") else contextlib.nullcontext()

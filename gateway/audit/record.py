@@ -42,6 +42,7 @@ FIELDS: tuple[str, ...] = (
 )
 GENESIS_HASH = "0" * 64
 SYSTEM_TENANT = "_system"
+GATEWAY_ACTOR = "gateway"  # the actor of the records the gateway files itself (checkpoints, anchors)
 CHECKPOINT_EVENT = "audit.checkpoint"
 PURGED_EVENT = "tenant.purged"
 # Events whose details say which prefix of the trail was removed and the hash of its last record.
@@ -192,6 +193,7 @@ def decode_record(raw: bytes) -> dict[str, Any] | None:
 __all__ = [
     "CHECKPOINT_EVENT",
     "FIELDS",
+    "GATEWAY_ACTOR",
     "GENESIS_HASH",
     "PURGED_EVENT",
     "SYSTEM_TENANT",

@@ -31,8 +31,8 @@ import orjson
 import pyotp
 import segno
 
+from gateway.audit.purge import register_tenant_data
 from gateway.audit.record import validate_tenant
-from gateway.audit.trail import register_tenant_data
 from gateway.auth import recovery
 from gateway.auth.mfa_freeze import MfaEnrolmentFreeze
 from gateway.auth.signing import SigningKeys

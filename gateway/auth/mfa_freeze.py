@@ -40,7 +40,7 @@ import orjson
 import structlog
 
 from gateway.audit import SYSTEM_TRAIL, AuditTrail
-from gateway.audit.trail import register_tenant_data
+from gateway.audit.purge import register_tenant_data
 from gateway.errors import BadRequest, Conflict, MfaEnrolmentFrozen, StoreUnavailable
 from gateway.state.base import StateStore
 from gateway.state.generation import MARKER_KEY, StoreGeneration

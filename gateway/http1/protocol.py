@@ -12,14 +12,18 @@ Requests are queued as their heads complete (each with its own body stream) and 
 at a time by one task per connection; while one waits behind another, reading pauses, so a
 pipelining client cannot queue without bound. A WebSocket upgrade or CONNECT hands the rest of
 the connection to aiohttp's guarded handler, which serves it as before.
+
+This module is the per-request path: the connection's callbacks, the parser's callbacks, flow
+control and the queue. The cold parts sit beside it: the factory and the drain (``server.py``),
+the timers (``deadlines.py``), the hand-over to aiohttp (``upgrade.py``) and the answer to a
+parser refusal (``refusals.py``); the timer and hand-over methods are mixed into the connection
+class, so no call layer is added.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
-import re
 import socket
 from typing import TYPE_CHECKING, Protocol, cast
 
@@ -30,26 +34,17 @@ from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.auth.jwt import TokenMemo
-from gateway.context import request_id_for
-from gateway.errors import (
-    BadRequest,
-    GatewayError,
-    HeadersTooLarge,
-    NotImplementedCoding,
-    RequestTimeout,
-)
-from gateway.http1.downstream import REASONS
+from gateway.errors import BadRequest, GatewayError, HeadersTooLarge, NotImplementedCoding
+from gateway.http1.deadlines import ConnectionDeadlines
+from gateway.http1.refusals import ParserRefusal, Refused, answer_refusal, parser_error
 from gateway.http1.request import LeanRequest
-from gateway.listener import awaiting_continue, drain
-from gateway.problem import count_refusal, problem_body, problem_headers
-from gateway.routing import method_not_allowed
+from gateway.http1.upgrade import Upgrade, UpgradeHandOver
 
 if TYPE_CHECKING:
     from gateway.listener import GuardedServer
 
 log = structlog.get_logger("gateway.listener")
 
-LINGER = 10.0  # seconds an unread body is drained after an early answer (aiohttp's lingering_time)
 BODY_BUFFER = 2**16  # a body stream pauses reading above twice this (aiohttp's default)
 # RFC 9110 singletons aiohttp's strict parser refuses twice (400); llhttp itself refuses a second
 # Content-Length and Transfer-Encoding, the rest are checked here.
@@ -68,9 +63,6 @@ _SINGLETONS = frozenset(
     )
 )
 _SINGLETON_LENGTHS = frozenset(len(name) for name in _SINGLETONS)
-_CODING_REFUSAL = re.compile(
-    r"Invalid `Transfer-Encoding` header value|Request has invalid `Transfer-Encoding`"
-)
 _VERSIONS = {"1.1": HttpVersion11, "1.0": HttpVersion10}
 
 
@@ -80,78 +72,29 @@ class RequestHandler(Protocol):
         ...
 
 
-class _Refused(Exception):
-    """Raised inside a parser callback: llhttp stops, the connection answers ``error`` and closes."""
+class Listener(Protocol):
+    """What a connection reads of its listener (``server.LeanServer``)."""
 
-    def __init__(self, error: GatewayError) -> None:
-        self.error = error
-
-
-class _ParserRefusal:
-    __slots__ = ("error",)
-
-    def __init__(self, error: GatewayError) -> None:
-        self.error = error
-
-
-class _Upgrade:
-    """A WebSocket upgrade or CONNECT: the connection goes to aiohttp once it is this one's turn."""
-
-    __slots__ = ("head", "tail")
-
-    def __init__(self, head: bytes, tail: bytes) -> None:
-        self.head, self.tail = head, tail
+    handler: RequestHandler
+    guarded: GuardedServer
+    keepalive_timeout: float
+    max_line_size: int
+    max_field_size: int
+    max_unframed: int
+    max_headers: int
+    connections: set[LeanProtocol]
+    closing: bool
 
 
-class LeanServer:
-    """The protocol factory of the public listener; counters live on the guarded aiohttp server
-    it hands upgrades to, so both kinds of connection share one cap and one set of figures."""
-
-    def __init__(
-        self,
-        handler: RequestHandler,
-        guarded: GuardedServer,
-        *,
-        keepalive_timeout: float,
-        max_line_size: int,
-        max_field_size: int,
-        max_headers: int,
-    ) -> None:
-        self.handler = handler
-        self.guarded = guarded
-        self.keepalive_timeout = keepalive_timeout
-        self.max_line_size = max_line_size
-        self.max_field_size = max_field_size
-        # A head (or a trailer section) past this is refused while it still grows: more than any
-        # head the gateway's own header limits would let through.
-        self.max_unframed = max_line_size + max_field_size
-        self.max_headers = max_headers
-        self.connections: set[LeanProtocol] = set()
-        self.closing = False
-
-    def __call__(self) -> LeanProtocol:
-        return LeanProtocol(self)
-
-    async def shutdown(self, timeout: float, cut_grace: float) -> None:
-        """One drain (App. C): idle connections close now, busy ones after their answer; what is
-        still running after ``timeout`` is cut and logged 499 ``drain-timeout``."""
-        self.closing = True
-        for connection in list(self.connections):
-            connection.close_when_idle()
-        await drain(list(self.connections), timeout, cut_grace)
-        for connection in list(self.connections):
-            connection.abort()
-
-
-class LeanProtocol(asyncio.Protocol):
-    def __init__(self, server: LeanServer) -> None:
+class LeanProtocol(ConnectionDeadlines, UpgradeHandOver, asyncio.Protocol):
+    def __init__(self, server: Listener) -> None:
         self._server = server
         self._guard = server.guarded
         self._loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.remote: str | None = None
         self._parser = httptools.HttpRequestParser(self)
-        self._queue: collections.deque[LeanRequest | _ParserRefusal | _Upgrade] = collections.deque()
+        self._queue: collections.deque[LeanRequest | ParserRefusal | Upgrade] = collections.deque()
         self._task: asyncio.Task[None] | None = None
         self._wakeup: asyncio.Future[None] | None = None
         self._done: asyncio.Future[None] | None = None
@@ -161,7 +104,7 @@ class LeanProtocol(asyncio.Protocol):
         self._raw_headers: list[tuple[bytes, bytes]] = []
         self._singletons: set[bytes] = set()
         self._parsing: LeanRequest | None = None  # the request whose body is arriving
-        self._upgrade: _Upgrade | None = None
+        self._upgrade: Upgrade | None = None
         self._dead = False  # a parser refusal is queued: nothing more is read
         self._head_open = False  # a head has begun and is not complete yet
         # Bytes fed since the parser last showed progress (a new message, a body piece, a chunk):
@@ -343,28 +286,28 @@ class LeanProtocol(asyncio.Protocol):
     def on_url(self, url: bytes) -> None:
         self._url += url
         if len(self._url) > self._server.max_line_size:
-            raise _Refused(HeadersTooLarge("The request head is too large"))
+            raise Refused(HeadersTooLarge("The request head is too large"))
 
     def on_header(self, name: bytes, value: bytes) -> None:
         value = value.rstrip(b" \t")  # llhttp strips the OWS before a value, not after
         # Last-resort limits (the gateway's own, lower ones answer first in the pipeline): llhttp
         # has none, and a head must not grow without bound while its deadline runs.
         if len(name) + len(value) > self._server.max_field_size:
-            raise _Refused(HeadersTooLarge("The request head is too large"))
+            raise Refused(HeadersTooLarge("The request head is too large"))
         if len(name) in _SINGLETON_LENGTHS:
             lower = name.lower()
             if lower in _SINGLETONS:
                 # SECURITY: a second Host/Content-Type/... is read differently by each hop.
                 if lower in self._singletons:
                     if lower == b"transfer-encoding":  # App. C: codings beyond one chunked → 501
-                        raise _Refused(NotImplementedCoding("Only the chunked transfer coding is supported"))
-                    raise _Refused(BadRequest("The request could not be parsed"))
+                        raise Refused(NotImplementedCoding("Only the chunked transfer coding is supported"))
+                    raise Refused(BadRequest("The request could not be parsed"))
                 self._singletons.add(lower)
         headers = self._headers
         headers.append((name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape")))
         self._raw_headers.append((name, value))
         if len(headers) > self._server.max_headers:
-            raise _Refused(HeadersTooLarge("The request head is too large"))
+            raise Refused(HeadersTooLarge("The request head is too large"))
 
     def on_headers_complete(self) -> None:
         self._head_open = False
@@ -374,12 +317,12 @@ class LeanProtocol(asyncio.Protocol):
         parser = self._parser
         version = _VERSIONS.get(parser.get_http_version())
         if version is None:
-            raise _Refused(BadRequest("The request could not be parsed"))
+            raise Refused(BadRequest("The request could not be parsed"))
         if version is HttpVersion11 and b"host" not in self._singletons:
-            raise _Refused(BadRequest("The request could not be parsed"))  # as aiohttp: Host is required
+            raise Refused(BadRequest("The request could not be parsed"))  # as aiohttp: Host is required
         method = parser.get_method().decode("ascii")
         if parser.should_upgrade():
-            self._upgrade = _Upgrade(self._head_bytes(method, version), b"")
+            self._upgrade = Upgrade(self._head_bytes(method, version), b"")
             return
         headers = CIMultiDictProxy(CIMultiDict(self._headers))
         content = EMPTY_PAYLOAD
@@ -420,24 +363,8 @@ class LeanProtocol(asyncio.Protocol):
         if parsing is not None:
             parsing.content.feed_eof()
 
-    def _head_bytes(self, method: str, version: tuple[int, int]) -> bytes:
-        """The head as aiohttp's parser must see it again (only names and values llhttp accepted)."""
-        lines = [b"%s %s HTTP/%d.%d\r\n" % (method.encode(), self._url, version[0], version[1])]
-        lines.extend(b"%s: %s\r\n" % pair for pair in self._raw_headers)
-        lines.append(b"\r\n")
-        return b"".join(lines)
-
-    def _upgrade_at(self, tail: bytes) -> None:
-        upgrade = self._upgrade
-        if upgrade is None:  # cannot happen: llhttp reports an upgrade only after its head
-            self._refuse_parse(httptools.HttpParserError("upgrade"), b"")
-            return
-        upgrade.tail = tail
-        self._update_reading()
-        self._enqueue(upgrade)
-
     def _refuse_parse(self, exc: Exception, data: bytes) -> None:
-        self._refuse(_parser_error(exc, data), type(exc).__name__)
+        self._refuse(parser_error(exc, data), type(exc).__name__)
 
     def _refuse(self, error: GatewayError, cause: str) -> None:
         # SECURITY: never log or echo the parser's message: it can quote a header value.
@@ -459,10 +386,10 @@ class LeanProtocol(asyncio.Protocol):
             )
             parsing.content.set_exception(body_error)
             return
-        self._enqueue(_ParserRefusal(error))
+        self._enqueue(ParserRefusal(error))
 
     # -- the queue and the connection's task --------------------------------------------------
-    def _enqueue(self, item: LeanRequest | _ParserRefusal | _Upgrade) -> None:
+    def _enqueue(self, item: LeanRequest | ParserRefusal | Upgrade) -> None:
         self._queue.append(item)
         if len(self._queue) > 1 and not self._queue_paused:
             # Pipelining: one request waits, reading stops until its turn.
@@ -496,7 +423,7 @@ class LeanProtocol(asyncio.Protocol):
                         self._update_reading()
                     if not queue and self._parsing is None:
                         self._arm_keepalive_timer()
-                elif isinstance(item, _ParserRefusal):
+                elif isinstance(item, ParserRefusal):
                     self._answer_refusal(item.error)
                     return
                 else:
@@ -528,22 +455,6 @@ class LeanProtocol(asyncio.Protocol):
                 done.set_result(None)
         return keep and self.transport is not None
 
-    def _may_linger(self, request: LeanRequest) -> bool:
-        # A body that stalled (408) is not waited for: that is the point of body_timeout.
-        timed_out = isinstance(request.content.exception(), RequestTimeout)
-        return self.transport is not None and not timed_out and not self._server.closing and not self._dead
-
-    def _linger(self) -> None:
-        """Answered before the body was read (413, a refusal after 100-continue was skipped…): the
-        rest of the body is read and dropped for up to LINGER seconds before closing, as aiohttp
-        does. Closing a socket with unread bytes sends a reset, which can destroy the answer
-        before the client has read it."""
-        self._lingering = True
-        self._body_paused = self._queue_paused = False
-        self._update_reading()
-        self._cancel_timers()
-        self._keepalive_timer = self._loop.call_later(LINGER, self._close)
-
     def _close(self) -> None:
         if self.transport is not None:
             self.transport.close()  # after what is buffered has been written
@@ -567,116 +478,5 @@ class LeanProtocol(asyncio.Protocol):
             self._task.cancel()
 
     def _answer_refusal(self, error: GatewayError) -> None:
-        """The parser's refusal, as the gateway's problem+json over HTTP/1.1 (App. C); then close."""
-        request_id = request_id_for(None)
-        headers = problem_headers(error)
-        headers["X-Request-ID"] = request_id
-        headers.update(self._guard.identity_headers)
-        body = problem_body(error, request_id)
-        count_refusal(error)
-        lines = [f"HTTP/1.1 {error.status} {REASONS.get(error.status, '')}\r\n"]
-        lines.extend(f"{name}: {value}\r\n" for name, value in headers.items())
-        lines.append(f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
-        if self.transport is not None:
-            self.transport.write("".join(lines).encode("latin-1") + body)
+        answer_refusal(self.transport, error, self._guard.identity_headers)
         self._close()
-
-    def _hand_over(self, upgrade: _Upgrade) -> None:
-        """The rest of this connection is aiohttp's (WebSocket, CONNECT): its guarded handler is
-        given the transport and the bytes exactly as the next parser must see them."""
-        transport = self.transport
-        assert transport is not None
-        self._cancel_timers()
-        self._server.connections.discard(self)
-        self._guard.open_connections -= 1  # the handler counts itself in connection_made
-        self.transport = None
-        handler = self._guard()
-        transport.set_protocol(handler)
-        handler.connection_made(transport)
-        with contextlib.suppress(AttributeError, NotImplementedError, RuntimeError):
-            transport.resume_reading()
-        if self._writing_paused:
-            handler.pause_writing()
-        handler.data_received(upgrade.head + upgrade.tail)
-
-    # -- timers ----------------------------------------------------------------------------------
-    def _arm_head_timer(self) -> None:
-        timeout = self._guard.header_timeout
-        if timeout > 0:
-            self._head_timer = self._loop.call_later(timeout, self._head_timed_out)
-
-    def _cancel_head_timer(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
-
-    def _head_timed_out(self) -> None:
-        self._head_timer = None
-        if self.current is not None or self._queue:
-            self._arm_head_timer()  # a pipelined head waits for its turn; the deadline is for idle heads
-            return
-        # SECURITY: slowloris — a request head must arrive whole within header_timeout.
-        self._guard.header_timeouts += 1
-        self._close()
-
-    def _arm_keepalive_timer(self) -> None:
-        """Lazy: one timer stays armed across requests and, when it fires, looks at how long the
-        connection has really been idle (a timer per request was a measurable cost)."""
-        timeout = self._server.keepalive_timeout
-        if timeout <= 0:
-            return
-        self._idle_since = now = self._loop.time()
-        if self._keepalive_timer is None:
-            self._keepalive_timer = self._loop.call_at(now + timeout, self._keepalive_expired)
-
-    def _keepalive_expired(self) -> None:
-        self._keepalive_timer = None
-        if self.current is not None or self._queue or self._head_open:
-            return  # busy (the next idle period arms it again) or under the header deadline
-        deadline = self._idle_since + self._server.keepalive_timeout
-        if self._loop.time() >= deadline:
-            self._close()
-        else:
-            self._keepalive_timer = self._loop.call_at(deadline, self._keepalive_expired)
-
-    def _cancel_timers(self) -> None:
-        for timer in (self._head_timer, self._keepalive_timer, self._body_timer):
-            if timer is not None:
-                timer.cancel()
-        self._head_timer = self._keepalive_timer = self._body_timer = None
-
-    def _body_timer_fired(self) -> None:
-        self._body_timer = None
-        request = self.current
-        if request is None:
-            return
-        payload = request.content
-        if payload.is_eof() or payload.exception() is not None:
-            return
-        now = self._loop.time()
-        if self._body_paused or awaiting_continue(request):
-            # The gateway is not reading (a slow upstream holds back the body) or has not asked
-            # for the body yet (100-continue): the client is not the one stalling.
-            self._body_deadline = now + self._guard.body_timeout
-        if now < self._body_deadline:
-            self._body_timer = self._loop.call_at(self._body_deadline, self._body_timer_fired)
-            return
-        # SECURITY: slow body (slowloris on the body) — a declared body that stops arriving would
-        # hold this connection and an upstream connection for as long as the client likes.
-        self._guard.body_timeouts += 1
-        payload.set_exception(RequestTimeout("The request body did not arrive in time"))
-
-
-def _parser_error(exc: Exception, data: bytes) -> GatewayError:
-    """The App. C answer to what the parser refused (see request_hygiene.parser_refusal)."""
-    cause = exc.__context__
-    if isinstance(cause, _Refused):
-        return cause.error
-    if isinstance(exc, httptools.HttpParserInvalidMethodError):
-        # llhttp knows no TRACK: no route can list it, so it is 405 like TRACE/CONNECT.
-        if data.startswith(b"TRACK ") or b"\nTRACK " in data:
-            return method_not_allowed()
-        return BadRequest("The request could not be parsed")
-    if _CODING_REFUSAL.match(str(exc)):
-        return NotImplementedCoding("Only the chunked transfer coding is supported")
-    return BadRequest("The request could not be parsed")  # TE with CL, two CLs, bad chunking…

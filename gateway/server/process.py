@@ -1,47 +1,46 @@
-"""One gateway process: listeners, TLS, the state store, reload, graceful drain (SPEC §2, §14)."""
+"""One gateway process: listeners, TLS, the state store, reload, graceful drain (SPEC §2, §14).
+
+Beside it: the lean listener's start and drain (``lean_listener``), reload (``reload``) and the
+background tasks (``maintenance``), mixed into ``GatewayProcess``.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import os
 import signal
 import socket
-import ssl
-import time
 import uuid
 from pathlib import Path
 
-import orjson
 import structlog
 from aiohttp import web
 
 from gateway.admin.app import make_admin_app
 from gateway.app import PublicHandler
-from gateway.audit import SYSTEM_TRAIL, AuditTrail
+from gateway.audit import AuditTrail
 from gateway.audit.anchors import AnchorHeads, Anchoring, AnchorKeyArchive, LastAnchors
-from gateway.auth.jwt import JwtVerifier
 from gateway.auth.mfa_freeze import MfaEnrolmentFreeze
 from gateway.auth.revocation import RevocationEpochs
 from gateway.auth.signing import SigningKeys
 from gateway.auth.webhooks import IntegrationSecrets
 from gateway.config.errors import ConfigError
 from gateway.config_model import GatewayConfig
-from gateway.config_schema import load_config
 from gateway.crypto import Keyring
 from gateway.errors import StoreUnavailable
-from gateway.http1.handler import LeanPublicHandler
-from gateway.http1.protocol import LeanServer
+from gateway.http1.server import LeanServer
 from gateway.killswitch import STREAMS, KillSwitchRegistry
-from gateway.listener import CUT_GRACE, GuardedServer
+from gateway.listener import GuardedServer
 from gateway.logs.access_log import ACCESS_LOGGER, flush_access_logs, pseudonym_key
 from gateway.logs.aiohttp_access import GatewayAccessLogger
-from gateway.logs.setup import configure_logging
 from gateway.metrics import METRICS
 from gateway.ratelimit.limiter import RateLimitBackend
 from gateway.ratelimit.lockout_memory import LockoutMemory
 from gateway.runtime import GatewayStatus, ProcessServices, Runtime, build_runtime, build_verifier
+from gateway.server.lean_listener import LeanListener
+from gateway.server.maintenance import Maintenance
+from gateway.server.reload import ConfigReload, freeze_long_lived
 from gateway.server.tls import server_ssl_context
 from gateway.state import StateStore, open_store
 from gateway.state.generation import StoreGeneration
@@ -53,11 +52,9 @@ from gateway.upstream.pools import UpstreamRegistry
 from gateway.upstream.transports import open_transport
 
 log = structlog.get_logger("gateway.server.process")
-RELOAD_CHANNEL = "config.reload"
-STORE_PROBE_INTERVAL = 1.0
 
 
-class GatewayProcess:
+class GatewayProcess(LeanListener, ConfigReload, Maintenance):
     def __init__(
         self,
         config: GatewayConfig,
@@ -261,50 +258,6 @@ class GatewayProcess:
             state=self.store.kind,
         )
 
-    async def _start_lean(
-        self,
-        guarded: GuardedServer,
-        config: GatewayConfig,
-        ssl_context: ssl.SSLContext | None,
-        *,
-        reuse_port: bool,
-    ) -> None:
-        """The lean HTTP/1.1 listener; ``guarded`` (never listening itself) takes the connections
-        handed to aiohttp (WebSocket, CONNECT) and shares its counters and its drain."""
-        limits = config.listen.limits
-        lean = LeanServer(
-            LeanPublicHandler(self.runtime),
-            guarded,
-            keepalive_timeout=limits.keepalive_timeout,
-            # The same last-resort parser limits as aiohttp's (above the gateway's own, App. B).
-            max_line_size=max(16384, limits.max_header_bytes + 1024),
-            max_field_size=max(limits.max_header_bytes, limits.max_header_line) + 1024,
-            max_headers=limits.max_headers + 16,
-        )
-        server = await asyncio.get_running_loop().create_server(
-            lean,
-            config.listen.host,
-            config.listen.port,
-            reuse_port=reuse_port or None,
-            backlog=1024,
-            ssl=ssl_context,
-        )
-        self._lean = (lean, guarded, server)
-        for sock in server.sockets:
-            address = sock.getsockname()
-            if isinstance(address, tuple):
-                self.public_port = int(address[1])
-                break
-
-    async def _stop_lean(self) -> None:
-        """One drain for the lean listener and the connections it handed to aiohttp (App. C)."""
-        if self._lean is None:
-            return
-        lean, guarded, server = self._lean
-        server.close()
-        timeout = self._runtime.config.listen.drain_timeout
-        await asyncio.gather(lean.shutdown(timeout, CUT_GRACE), guarded.shutdown(timeout))
-
     def _warn_about_insecure_settings(self, config: GatewayConfig) -> None:
         if config.listen.tls.mode == "off":
             log.warning("tls_disabled", detail="listen.tls is off: traffic to the gateway is plain text")
@@ -317,165 +270,6 @@ class GatewayProcess:
                 detail="$SHOPINO_GATEWAY_CONTEXT_KEY is not set: X-Gateway-Context is signed with a key "
                 "derived from the master key, which no backend can verify",
             )
-
-    async def reload(self, actor: str | None = "signal:SIGHUP", request_id: str | None = None) -> Runtime:
-        """Build a new runtime from the config file and swap it; raises ``ConfigError``.
-
-        ``actor`` None means a peer worker asked (its origin already audited the reload)."""
-        async with self._reload_lock:
-            if self.config_path is None:
-                raise ConfigError(["<file>: this gateway was started without a config file"])
-            try:
-                config = load_config(self.config_path)
-            except ConfigError as exc:
-                METRICS.reloads.labels("rejected").inc()
-                self.status.last_reload_error = "; ".join(exc.errors)
-                log.error("config_reload_rejected", errors=exc.errors)
-                if actor is not None:
-                    await self.audit.record(
-                        "config.reload_rejected",
-                        tenants=[SYSTEM_TRAIL],
-                        actor=actor,
-                        request_id=request_id,
-                        details={"errors": exc.errors},
-                    )
-                raise
-            old = self._runtime
-            configure_logging(config.logging)
-            if (config.listen, config.admin, config.state) != (
-                old.config.listen,
-                old.config.admin,
-                old.config.state,
-            ):
-                log.warning("config_reload_partial", detail="listen, admin and state apply at restart")
-            verifier = build_verifier(config, self.services.signing)
-            await verifier.start()
-            self._runtime = build_runtime(
-                config,
-                registry=self.registry,
-                status=self.status,
-                generation=old.generation + 1,
-                process=self.services,
-                verifier=verifier,
-            )
-            self._tasks.append(
-                asyncio.create_task(_retire_later(old.verifier, old.config.listen.drain_timeout))
-            )
-            self.status.reloads += 1
-            self.status.last_reload_error = None
-            METRICS.reloads.labels("applied").inc()
-            log.info("config_reloaded", generation=self._runtime.generation)
-            if actor is not None:
-                await self.audit.record(
-                    "config.reloaded",
-                    tenants=[SYSTEM_TRAIL],
-                    actor=actor,
-                    request_id=request_id,
-                    details={"generation": self._runtime.generation, "source": str(self.config_path)},
-                )
-            self._tasks.append(
-                asyncio.create_task(
-                    self.registry.retire_unused(
-                        lambda: self._runtime.config.upstreams, old.config.listen.drain_timeout
-                    )
-                )
-            )
-            return self._runtime
-
-    async def reload_everywhere(self, actor: str, request_id: str | None) -> Runtime:
-        """Admin reload: this worker first (so errors come back), then every other worker."""
-        runtime = await self.reload(actor, request_id)
-        if self.store.shared:
-            with contextlib.suppress(StoreUnavailable):
-                await self.store.publish(RELOAD_CHANNEL, orjson.dumps({"from": self.instance_id}))
-        return runtime
-
-    async def _follow_reloads(self) -> None:
-        while True:
-            try:
-                subscription = await self.store.subscribe(RELOAD_CHANNEL)
-                try:
-                    async for _, message in subscription:
-                        if orjson.loads(message).get("from") != self.instance_id:
-                            with contextlib.suppress(ConfigError):
-                                await self.reload(actor=None)
-                finally:
-                    await subscription.close()
-            except StoreUnavailable:
-                await asyncio.sleep(STORE_PROBE_INTERVAL)
-
-    async def _watch_store(self) -> None:
-        while True:
-            try:
-                # One GET of the generation marker is the probe (as cheap as PING) and notices a
-                # store reset; a pending one is handled here, off the request path (App. C).
-                await self.restorer.probe()
-                healthy = True
-            except StoreUnavailable:
-                healthy = False
-                METRICS.store_errors.inc()
-            if healthy != self.status.store_healthy:
-                log.info("state_store_health", healthy=healthy, store=self.status.store_description)
-            self.status.store_healthy = healthy
-            # Ready once the store answered and the signing keys are held (SPEC §11).
-            services = self.services
-            loaded = healthy and services.signing.loaded and services.revocations.loaded
-            loaded = loaded and services.integrations.loaded
-            loaded = loaded and services.killswitches.loaded  # SPEC §11: switches held before ready
-            loaded = loaded and services.grants.loaded
-            self.status.snapshot_loaded = self.status.snapshot_loaded or loaded
-            self.status.store_checked_at = time.time()
-            METRICS.store_healthy.set(1 if healthy else 0)
-            await self.restorer.wait(STORE_PROBE_INTERVAL)  # woken early by a reported reset
-
-    async def _reencrypt_under_primary(self) -> None:
-        """Master-key rotation (SPEC App. B): values under an older key are rewritten under the
-        first one, so the old key can be dropped from the environment afterwards."""
-        while True:
-            try:
-                signing = await self.services.signing.reencrypt()
-                mfa = await self._runtime.services.mfa.reencrypt()
-            except StoreUnavailable:
-                await asyncio.sleep(STORE_PROBE_INTERVAL)
-                continue
-            log.info(
-                "master_key_reencrypted",
-                signing_records=signing,
-                mfa_records=mfa,
-                primary=self.services.keyring.primary_id,
-            )
-            return
-
-    async def _maintain_audit(self) -> None:
-        """Replay spooled audit records once the store is back; apply retention hourly."""
-        next_retention = 0.0
-        while True:
-            try:
-                await self.audit.replay_spool()
-                if time.monotonic() >= next_retention:
-                    retention = self._runtime.config.audit.retention
-                    await self.audit.apply_retention_all(retention)
-                    next_retention = time.monotonic() + 3600
-            except StoreUnavailable:
-                pass
-            METRICS.audit_spooled.set(self.audit.spooled_count)
-            METRICS.audit_queued.set(self.audit.queued_count)
-            await asyncio.sleep(STORE_PROBE_INTERVAL)
-
-    async def _anchor_audit_heads(self) -> None:
-        """App. C: sign every trail's head once the signing keys are held, then every
-        ``audit.anchor_every``; a task of its own, so many trails never delay spool replay."""
-        while True:
-            try:
-                if self.services.signing.loaded:
-                    await self.audit.anchor_all()
-                    await asyncio.sleep(self._runtime.config.audit.anchor_every)
-                    continue
-            except StoreUnavailable:
-                pass
-            except Exception:  # a bug must not end anchoring for the life of the process
-                log.exception("audit.anchor_failed")
-            await asyncio.sleep(STORE_PROBE_INTERVAL)
 
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests finish (up to drain_timeout), release all."""
@@ -532,24 +326,6 @@ async def serve(config: GatewayConfig, config_path: Path | None, *, workdir: Pat
         await process.stop()
         flush_access_logs()  # a forked worker exits through os._exit: no atexit hooks run
         flush_exported_spans()  # likewise the OTLP spans still batched (App. C)
-
-
-def freeze_long_lived() -> None:
-    """Move what is alive now (modules, config, the runtime) out of the collector's sight.
-
-    It lives as long as the process, yet every full collection walked all of it, on the
-    request path, for milliseconds at a time; frozen, it costs nothing. Called at start-up and
-    again once a reload's old runtime is gone (unfrozen first, so it can be collected)."""
-    gc.unfreeze()
-    gc.collect()
-    gc.freeze()
-
-
-async def _retire_later(verifier: JwtVerifier, delay: float) -> None:
-    """Once the old runtime has drained: stop its verifier, let the runtime go, freeze the new one."""
-    await asyncio.sleep(delay)
-    await verifier.stop()
-    freeze_long_lived()
 
 
 async def _reload_quietly(process: GatewayProcess) -> None:

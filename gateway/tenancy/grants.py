@@ -34,8 +34,8 @@ from typing import Any
 
 import orjson
 
+from gateway.audit.purge import register_tenant_data
 from gateway.audit.record import format_time, validate_tenant
-from gateway.audit.trail import register_tenant_data
 from gateway.errors import Conflict, NotReady
 from gateway.state.base import StateStore
 from gateway.state.generation import StoreGeneration

@@ -15,7 +15,7 @@ import pytest
 import redis.asyncio
 
 from gateway.audit import AuditTrail
-from gateway.audit import trail as trail_module
+from gateway.audit import purge as purge_module
 from gateway.errors import StoreUnavailable
 from gateway.state import StateStore, open_store
 
@@ -125,7 +125,7 @@ async def trail(store: StateStore, tmp_path: Path, clock: FakeClock) -> AsyncIte
 def tenant_registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     """An empty purge registry for this test (the real one is module-global)."""
     registry: list[str] = []
-    monkeypatch.setattr(trail_module, "_TENANT_DATA", registry)
+    monkeypatch.setattr(purge_module, "_TENANT_DATA", registry)
     yield registry
 
 

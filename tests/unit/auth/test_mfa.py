@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.audit.trail import registered_tenant_data
+from gateway.audit.purge import registered_tenant_data
 from gateway.auth import mfa as mfa_module
 from gateway.auth import recovery
 from gateway.auth.mfa import MFA_PREFIX_TEMPLATE, InvalidCode, MfaService

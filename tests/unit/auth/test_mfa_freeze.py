@@ -17,7 +17,7 @@ import pyotp
 import pytest
 
 from gateway.audit import SYSTEM_TRAIL, AuditTrail
-from gateway.audit.trail import registered_tenant_data
+from gateway.audit.purge import registered_tenant_data
 from gateway.auth.mfa import MfaService
 from gateway.auth.mfa_freeze import (
     ALLOW_PREFIX_TEMPLATE,

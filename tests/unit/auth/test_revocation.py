@@ -15,7 +15,7 @@ from typing import Any, cast
 import orjson
 import pytest
 
-from gateway.audit.trail import registered_tenant_data
+from gateway.audit.purge import registered_tenant_data
 from gateway.auth.revocation import (
     REVOCATION_INDEX,
     RevocationEpochs,

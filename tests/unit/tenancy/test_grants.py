@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from gateway.audit import AuditTrail
-from gateway.audit.trail import registered_tenant_data
+from gateway.audit.purge import registered_tenant_data
 from gateway.errors import Conflict
 from gateway.state import StateStore
 from gateway.tenancy.grants import (

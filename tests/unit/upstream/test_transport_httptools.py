@@ -512,7 +512,7 @@ async def test_server_closing_an_idle_connection_is_survived(
 async def test_connections_idle_too_long_are_retired_not_reused(
     raw_server: Any, make_transport: MakeTransport, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("gateway.upstream.transport_httptools.IDLE_TTL", 0.05)
+    monkeypatch.setattr("gateway.upstream.httptools_connection.IDLE_TTL", 0.05)
     server = await raw(raw_server, answer_each(OK))
     transport = make_transport(server.url)
     await asyncio.gather(fetch(transport), fetch(transport))  # two parked connections

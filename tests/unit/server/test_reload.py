@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from gateway.server.process import freeze_long_lived
+from gateway.server.reload import freeze_long_lived
 
 
 class Node:
