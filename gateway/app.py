@@ -1,5 +1,5 @@
 """The public request handler: request id, the pipeline, the proxy; refusals through the one
-renderer (``gateway.problem``)."""
+renderer (``gateway.http.problem``)."""
 
 from __future__ import annotations
 
@@ -10,17 +10,17 @@ from typing import cast
 import structlog
 from aiohttp import ClientConnectionResetError, web
 
-from gateway.answer_headers import identity_headers
 from gateway.audit.access import audit_access
 from gateway.auth.jwt import TokenMemo
 from gateway.context import ContextKey, RequestContext, request_id_for
 from gateway.errors import GatewayError, InternalError
+from gateway.http.answer_headers import identity_headers
+from gateway.http.problem import render_problem
 from gateway.http1.request import LeanRequest
 from gateway.listener import GuardedRequestHandler
 from gateway.logs import context as log_context
 from gateway.metrics import METRICS
 from gateway.pipeline import RESPONSE_CHECKS, UPSTREAM_HEADER_HOOKS, run_stages
-from gateway.problem import render_problem
 from gateway.runtime import Runtime
 from gateway.tracing.context import continued_trace, new_trace
 from gateway.upstream.proxy import proxy_request

@@ -1,6 +1,6 @@
 """One error family for everything the gateway refuses.
 
-Stages raise a ``GatewayError`` subclass; exactly one module (``gateway.problem``) turns it
+Stages raise a ``GatewayError`` subclass; exactly one module (``gateway.http.problem``) turns it
 into an RFC 9457 problem+json answer and counts it. ``detail`` must be safe to show a client:
 it never contains header values, token contents, internal addresses or stack traces.
 """

@@ -20,12 +20,12 @@ from aiohttp.http import HttpVersion11
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 
-from gateway.answer_headers import identity_headers
 from gateway.auth.jwt import TokenMemo
 from gateway.context import ContextKey, request_id_for
 from gateway.errors import BadRequest, GatewayError, HeadersTooLarge, RequestTimeout
+from gateway.http.answer_headers import identity_headers
+from gateway.http.problem import problem_headers, problem_response
 from gateway.middleware.request_hygiene import parser_refusal
-from gateway.problem import problem_headers, problem_response
 
 if TYPE_CHECKING:
     from gateway.http1.request import LeanRequest

@@ -29,7 +29,6 @@ from gateway.admin.killswitch_api import add_killswitch_routes
 from gateway.admin.lockouts_api import add_lockout_routes
 from gateway.admin.mfa_freeze_api import add_mfa_freeze_routes
 from gateway.admin.sessions_api import add_session_routes
-from gateway.answer_headers import HSTS
 from gateway.audit import AuditTrail
 from gateway.auth.revocation import RevocationEpochs
 from gateway.auth.signing import SigningKeys
@@ -45,9 +44,10 @@ from gateway.errors import (
     MethodNotAllowed,
     NotFound,
 )
-from gateway.json_body import json_response
+from gateway.http.answer_headers import HSTS
+from gateway.http.json_body import json_response
+from gateway.http.problem import problem_headers, problem_response
 from gateway.metrics import render_metrics
-from gateway.problem import problem_headers, problem_response
 from gateway.runtime import Runtime
 
 log = structlog.get_logger("gateway.admin")

@@ -10,7 +10,7 @@ from gateway.audit import CONTENT_TYPES, SYSTEM_TRAIL, AuditTrail, parse_time_bo
 from gateway.audit.record import format_time
 from gateway.endpoints.download import stream_export
 from gateway.errors import BadRequest
-from gateway.json_body import json_response
+from gateway.http.json_body import json_response
 
 
 def tenant_param(value: str | None, name: str = "tenant") -> str:

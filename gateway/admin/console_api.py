@@ -16,7 +16,7 @@ from aiohttp import web
 
 from gateway.admin.context import ActorKey, RolesKey, RuntimeKey
 from gateway.config_model import GatewayConfig
-from gateway.json_body import json_response
+from gateway.http.json_body import json_response
 from gateway.killswitch.model import MODES
 from gateway.killswitch.registry import HEARTBEAT, LIVE_WINDOW
 from gateway.killswitch.scopes import SCOPES, known_targets

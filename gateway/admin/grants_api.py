@@ -12,7 +12,7 @@ from gateway.admin.audit_api import tenant_param
 from gateway.admin.context import ActorKey, AuditKey, RequestIdKey, RuntimeKey
 from gateway.admin.incidents_api import incident_field
 from gateway.errors import NotFound
-from gateway.json_body import json_response, read_json_object
+from gateway.http.json_body import json_response, read_json_object
 from gateway.tenancy.grants import grants_of
 
 

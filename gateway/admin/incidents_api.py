@@ -14,7 +14,7 @@ from aiohttp import web
 from gateway.admin.context import AuditKey
 from gateway.audit.incidents import validate_incident
 from gateway.errors import BadRequest, NotFound
-from gateway.json_body import json_response
+from gateway.http.json_body import json_response
 
 
 def incident_field(data: dict[str, Any]) -> str | None:

@@ -9,7 +9,7 @@ from aiohttp import web
 from gateway.admin.context import ActorKey, AuditKey, IntegrationsKey, RequestIdKey, RuntimeKey
 from gateway.audit import SYSTEM_TRAIL
 from gateway.errors import BadRequest, NotFound
-from gateway.json_body import read_json_object
+from gateway.http.json_body import read_json_object
 
 
 async def rotate_integration(request: web.Request) -> web.Response:

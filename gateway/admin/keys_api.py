@@ -10,7 +10,7 @@ from gateway.admin.context import ActorKey, AuditKey, RequestIdKey, RuntimeKey, 
 from gateway.admin.incidents_api import incident_field, reason_field
 from gateway.audit import SYSTEM_TRAIL
 from gateway.errors import BadRequest
-from gateway.json_body import read_json_object
+from gateway.http.json_body import read_json_object
 
 
 async def rotate_keys(request: web.Request) -> web.Response:

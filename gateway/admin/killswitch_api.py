@@ -16,7 +16,7 @@ from aiohttp import web
 from gateway.admin.context import ActorKey, AuditKey, RequestIdKey, RuntimeKey
 from gateway.config_model import GatewayConfig
 from gateway.errors import BadRequest, NotFound, StoreUnavailable
-from gateway.json_body import json_response, read_json_object
+from gateway.http.json_body import json_response, read_json_object
 from gateway.killswitch.model import Switch, audit_trails, parse_ttl, validate_spec
 from gateway.killswitch.registry import KillSwitchRegistry
 from gateway.killswitch.scopes import SCOPE_BY_NAME

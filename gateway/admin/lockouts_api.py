@@ -21,7 +21,7 @@ from gateway.admin.auth import GATEWAY_ADMIN, INCIDENT_RESPONDER
 from gateway.admin.context import ActorKey, AuditKey, RequestIdKey, RolesKey, RuntimeKey
 from gateway.audit import SYSTEM_TRAIL
 from gateway.errors import BadRequest
-from gateway.json_body import json_response
+from gateway.http.json_body import json_response
 from gateway.ratelimit.keys import canonical_username, ip_subject
 from gateway.ratelimit.lockout import Subject
 from gateway.redaction.processor import truncate_ip

@@ -18,7 +18,7 @@ from gateway.admin.context import ActorKey, RequestIdKey, RuntimeKey
 from gateway.auth.mfa_freeze import ALLOW_TTL_DEFAULT, ALLOW_TTL_MAX, REASON_MAX, MfaEnrolmentFreeze
 from gateway.config.values import parse_duration
 from gateway.errors import BadRequest, NotFound
-from gateway.json_body import json_response, read_json_object
+from gateway.http.json_body import json_response, read_json_object
 
 
 def _freeze(request: web.Request) -> MfaEnrolmentFreeze:

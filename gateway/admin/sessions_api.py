@@ -12,7 +12,7 @@ from gateway.admin.audit_api import tenant_param
 from gateway.admin.context import ActorKey, AuditKey, RequestIdKey, RevocationsKey
 from gateway.admin.incidents_api import incident_field, reason_field
 from gateway.errors import BadRequest
-from gateway.json_body import read_json_object
+from gateway.http.json_body import read_json_object
 
 
 async def revoke_sessions(request: web.Request) -> web.Response:

@@ -16,7 +16,7 @@ from gateway.config.values import parse_duration
 from gateway.context import RequestContext
 from gateway.endpoints.mfa import fresh_tenant_admin
 from gateway.errors import BadRequest, NotFound, TenantMismatch
-from gateway.json_body import json_response, read_json_object
+from gateway.http.json_body import json_response, read_json_object
 from gateway.state.bounded import within
 from gateway.tenancy.grants import GRANT_ID_RE, grants_of, validate_grant_request
 from gateway.tenancy.resolve import TENANT_ID_RE

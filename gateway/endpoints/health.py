@@ -8,7 +8,7 @@ from aiohttp import web
 
 from gateway.context import RequestContext
 from gateway.errors import NotReady
-from gateway.json_body import json_response
+from gateway.http.json_body import json_response
 
 
 async def health(ctx: RequestContext) -> web.StreamResponse:

@@ -16,7 +16,7 @@ from gateway.auth.bearer import REALM, bearer_token, ensure_not_revoked, invalid
 from gateway.auth.jwt import TokenRejected, VerifiedClaims, has_mfa, mfa_fresh
 from gateway.context import RequestContext
 from gateway.errors import BadRequest, Forbidden, GatewayError, InvalidToken, MfaRequired, MissingToken
-from gateway.json_body import json_response, read_json_object
+from gateway.http.json_body import json_response, read_json_object
 from gateway.killswitch.checks import check_endpoint_tenant
 from gateway.metrics import METRICS
 from gateway.tenancy.resolve import TENANT_ID_RE

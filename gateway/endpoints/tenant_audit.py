@@ -12,7 +12,7 @@ from gateway.context import RequestContext
 from gateway.endpoints.download import export_headers, stream_export
 from gateway.endpoints.mfa import fresh_tenant_admin
 from gateway.errors import BadRequest
-from gateway.json_body import json_response
+from gateway.http.json_body import json_response
 from gateway.state.bounded import bounded_iter
 
 

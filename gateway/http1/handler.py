@@ -14,7 +14,7 @@ from gateway.app import CLIENT_GONE, begin_request, observe_answer
 from gateway.audit.access import audit_access
 from gateway.context import RequestContext
 from gateway.errors import GatewayError, InternalError
-from gateway.exchange import AnswerWriter
+from gateway.http.exchange import AnswerWriter
 from gateway.http1.downstream import LeanDownstream
 from gateway.http1.problem import send_problem
 from gateway.http1.request import LeanRequest

@@ -3,10 +3,10 @@
 A flood of refusals (429s over a ``pre_auth`` limit, 401s of a token sprayer) answers the same
 head and body again and again; only the request id differs, plus Retry-After and the
 RateLimit values, which change once a second. So the answer is rendered once per shape by the
-one renderer (``gateway.problem.refusal_headers`` and ``problem_body``, with a marker for the
+one renderer (``gateway.http.problem.refusal_headers`` and ``problem_body``, with a marker for the
 request id), split at the marker, and each refusal joins the parts around its id: one
 transport write, no aiohttp ``Response`` and no multidict per refusal; each is still counted
-(``gateway.problem.note_refusal``). The head's framing lines (Content-Length, Date,
+(``gateway.http.problem.note_refusal``). The head's framing lines (Content-Length, Date,
 Connection) are added by the same rules as ``LeanDownstream._head``. Anything a template
 cannot express falls back to that general path.
 """
@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 from aiohttp.helpers import rfc822_formatted_time
 
 from gateway.errors import GatewayError, RequestTimeout
+from gateway.http.problem import note_refusal, problem_body, refusal_headers, render_problem
 from gateway.http1.downstream import REASONS
-from gateway.problem import note_refusal, problem_body, refusal_headers, render_problem
 
 if TYPE_CHECKING:
     from gateway.context import RequestContext

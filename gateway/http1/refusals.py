@@ -12,8 +12,8 @@ import httptools
 
 from gateway.context import request_id_for
 from gateway.errors import BadRequest, GatewayError, NotImplementedCoding
+from gateway.http.problem import count_refusal, problem_body, problem_headers
 from gateway.http1.downstream import REASONS
-from gateway.problem import count_refusal, problem_body, problem_headers
 from gateway.routing import method_not_allowed
 
 _CODING_REFUSAL = re.compile(

@@ -1,5 +1,5 @@
 """``max_body`` per route (SPEC §10): framing and a declared length over the limit are refused
-up front (``gateway.request_body``, the one bounded body reader).
+up front (``gateway.http.request_body``, the one bounded body reader).
 
 Chunked bodies are counted while they stream (``gateway.upstream.proxy._BodyLimit``).
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.context import RequestContext
-from gateway.request_body import refuse_unframed_or_oversized
+from gateway.http.request_body import refuse_unframed_or_oversized
 
 
 async def enforce_body_limit(ctx: RequestContext) -> web.StreamResponse | None:

@@ -17,12 +17,12 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.context import RequestContext
 from gateway.deferred_pre_auth import settle_pre_auth
-from gateway.http_continue import send_continue
+from gateway.http.expect_continue import send_continue
+from gateway.http.request_body import read_bounded_body, refuse_declared_oversize
 from gateway.ratelimit.body_fields import counted_body_limit, counted_content_type, counted_fields
 from gateway.ratelimit.deferred import DeferredPreAuth
 from gateway.ratelimit.policies import counted_checks
 from gateway.ratelimit.verdicts import apply_verdict, refuse_locked, refuse_pre_auth
-from gateway.request_body import read_bounded_body, refuse_declared_oversize
 
 
 async def limit_pre_auth(ctx: RequestContext) -> web.StreamResponse | None:

@@ -1,6 +1,6 @@
 """SPEC §10: routes with ``auth: webhook`` verify the provider's HMAC over the raw body.
 
-The body is read once (``gateway.request_body``, bounded by ``max_body``, default 1 MiB) and
+The body is read once (``gateway.http.request_body``, bounded by ``max_body``, default 1 MiB) and
 forwarded byte for byte.
 """
 
@@ -10,9 +10,9 @@ from aiohttp import web
 
 from gateway.auth.webhooks import DEFAULT_MAX_BODY, invalid_signature
 from gateway.context import RequestContext
-from gateway.http_continue import send_continue
+from gateway.http.expect_continue import send_continue
+from gateway.http.request_body import read_bounded_body, refuse_declared_oversize
 from gateway.metrics import METRICS
-from gateway.request_body import read_bounded_body, refuse_declared_oversize
 
 _TOO_LARGE = "The webhook body is larger than this route allows"
 

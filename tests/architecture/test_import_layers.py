@@ -36,13 +36,9 @@ FLOORS: dict[int, tuple[str, ...]] = {
         "gateway.middleware",
         "gateway.upstream",
         "gateway.context",
-        "gateway.exchange",
-        "gateway.http_continue",
         "gateway.runtime",
-        "gateway.json_body",
-        "gateway.request_body",
         "gateway.deferred_pre_auth",  # settles a deferred pre_auth hit for the stages and the runner
-        "gateway.problem",
+        "gateway.http",
         "gateway.config_schema",  # assembles every feature's schema.py into one config
         "gateway.jwks_client",  # the aiohttp download behind auth's key sources
         "gateway.endpoints",
@@ -68,7 +64,7 @@ FLOORS: dict[int, tuple[str, ...]] = {
         "gateway.state",
         "gateway.config",
         "gateway.errors",
-        "gateway.answer_headers",
+        "gateway.http.answer_headers",
         "gateway.crypto",
         "gateway.random_batches",
         "gateway",

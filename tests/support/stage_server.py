@@ -32,7 +32,7 @@ from gateway.config_model import GatewayConfig
 from gateway.config_schema import parse_config
 from gateway.context import RequestContext
 from gateway.errors import GatewayError
-from gateway.problem import render_problem
+from gateway.http.problem import render_problem
 from gateway.routing import RouteTable
 from gateway.runtime import Runtime
 from gateway.server.process import GatewayProcess

@@ -1,5 +1,5 @@
-"""SPEC §13 and Appendix B "Problem types": one error family (rendered by gateway.problem,
-tests/unit/test_problem.py)."""
+"""SPEC §13 and Appendix B "Problem types": one error family (rendered by gateway.http.problem,
+tests/unit/http/test_problem.py)."""
 
 from __future__ import annotations
 

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
-from gateway.answer_headers import HSTS
 from gateway.errors import GatewayError, Isolated, RequestTimeout
+from gateway.http.answer_headers import HSTS
 from gateway.metrics import METRICS
 
 if TYPE_CHECKING:

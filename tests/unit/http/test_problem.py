@@ -1,4 +1,4 @@
-"""gateway/problem.py, the one problem+json renderer (SPEC §13, App. B): the document, its type
+"""gateway/http/problem.py, the one problem+json renderer (SPEC §13, App. B): the document, its type
 URIs and headers; and every public refusal counted, whichever listener answers it (the aiohttp
 and the lean public listeners, their HTTP parsers; the admin API renders alike but is not
 public traffic), over real sockets to a real gateway."""
@@ -16,7 +16,7 @@ import pytest
 
 from gateway import errors
 from gateway.errors import Isolated, MethodNotAllowed, RateLimited
-from gateway.problem import PROBLEM_CONTENT_TYPE, TYPE_PREFIX, problem_body, problem_headers
+from gateway.http.problem import PROBLEM_CONTENT_TYPE, TYPE_PREFIX, problem_body, problem_headers
 from tests.support.gateway_proc import ADMIN_TOKEN, GatewayProc
 from tests.support.raw_http import raw_request
 from tests.support.upstream import Upstream

@@ -1,4 +1,4 @@
-"""gateway/request_body.py, the one bounded body reader: at every place that used to read or
+"""gateway/http/request_body.py, the one bounded body reader: at every place that used to read or
 refuse a body on its own (the route's max_body stage, the webhook signature stage, counted body
 fields, the JSON calls of the admin API), an oversized body is refused 413 with that place's
 detail, declared or chunked, and a stalled body 408; over real sockets, on both listeners."""
@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import orjson
 import pytest
 
-from gateway.request_body import TOO_LARGE_FOR_ROUTE
+from gateway.http.request_body import TOO_LARGE_FOR_ROUTE
 from tests.support.gateway_proc import ADMIN_TOKEN, GatewayProc
 from tests.support.raw_http import raw_request
 from tests.support.upstream import Upstream
@@ -20,7 +20,7 @@ from tests.support.upstream import Upstream
 WEBHOOK_TOO_LARGE = "The webhook body is larger than this route allows"
 JSON_TOO_LARGE = "The request body is too large"
 LIMIT = 1024  # every public route below: max_body 1KiB
-ADMIN_JSON_LIMIT = 4096  # gateway.json_body.MAX_JSON_BODY
+ADMIN_JSON_LIMIT = 4096  # gateway.http.json_body.MAX_JSON_BODY
 
 
 def _config(upstream: Upstream, server: str) -> dict[str, object]:

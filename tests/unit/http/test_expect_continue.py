@@ -1,4 +1,4 @@
-"""gateway.http_continue: the interim 100 answer, once, only when asked for, on HTTP/1.1."""
+"""gateway.http.expect_continue: the interim 100 answer, once, only when asked for, on HTTP/1.1."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 import socket
 from types import SimpleNamespace
 
-from gateway.http_continue import send_continue
+from gateway.http.expect_continue import send_continue
 
 
 async def _sent(version: tuple[int, int], expect: str | None, times: int = 1) -> bytes:

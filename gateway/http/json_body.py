@@ -1,4 +1,4 @@
-"""Small JSON request bodies (admin calls, the MFA step): bounded (``gateway.request_body``), an
+"""Small JSON request bodies (admin calls, the MFA step): bounded (``gateway.http.request_body``), an
 object, or a 400/413."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import orjson
 from aiohttp import web
 
 from gateway.errors import BadRequest
-from gateway.request_body import BodyRequest, read_bounded_body
+from gateway.http.request_body import BodyRequest, read_bounded_body
 
 MAX_JSON_BODY = 4096
 
