@@ -310,7 +310,7 @@ class SigningKeys:
     async def key_for(self, kid: str | None) -> Candidates:
         """The KeySource protocol of the JWT verifier: ``[(public key, ("ES256",))]`` for a kid
         that is still verifiable, ``[]`` otherwise (revoked, retired or unknown)."""
-        key = self._find(kid)
+        key = self._find(kid) if kid is not None else None  # no kid names no key (as known_keys)
         if key is None and kid not in self._keys:
             # A key rotated in on another instance moments ago may not have reached us yet.
             # SECURITY: throttled, so tokens with random kids cannot hammer the store.
@@ -321,7 +321,7 @@ class SigningKeys:
                     await self.load()
                 except StoreUnavailable:
                     log.warning("signing keys: store unavailable while looking up an unknown kid")
-                key = self._find(kid)
+                key = self._find(kid) if kid is not None else None
         return () if key is None else key.candidates
 
     def known_keys(self, kid: str | None) -> Candidates | None:

@@ -9,6 +9,7 @@ from aiohttp import web
 from gateway.context import RequestContext
 from gateway.endpoints.table import is_gateway_endpoint, serve_gateway_endpoint
 from gateway.errors import BadRequest
+from gateway.exchange import ServerRequest
 from gateway.killswitch.checks import check_gateway_endpoint
 from gateway.routing import canonical_target, method_not_allowed
 
@@ -22,7 +23,7 @@ _VALID_HOSTS: set[str] = set()
 VALID_HOSTS_MAX = 1024
 
 
-def checked_host(request: web.BaseRequest) -> str | None:
+def checked_host(request: ServerRequest) -> str | None:
     hosts = request.headers.getall("Host", ())
     if len(hosts) > 1:
         raise BadRequest("More than one Host header")

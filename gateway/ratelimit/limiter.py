@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -156,7 +156,10 @@ class RateLimitBackend:
     def __init__(self, state_url: str, *, probe_timeout: float = 0.5) -> None:
         self.hash = ValueHasher(derive_hash_key())
         self.memory = MemoryStorage()
-        self._local = {name: cls(self.memory) for name, cls in STRATEGIES.items()}
+        # limits leaves STRATEGIES unannotated and mypy joins its three concrete classes into
+        # the abstract base; typed as the classes they are, they type-check when instantiated.
+        strategies: Mapping[str, type[RateLimiter]] = STRATEGIES
+        self._local = {name: cls(self.memory) for name, cls in strategies.items()}
         self._pool: ConnectionPool | None = None
         self._sentinels: list[Any] = []  # sentinel clients, closed with the backend
         self.shared: RedisStorage | None = None
@@ -176,9 +179,10 @@ class RateLimitBackend:
                 implementation="redispy",
                 wrap_exceptions=True,
                 key_prefix=KEY_PREFIX,
-                connection_pool=self._pool,
+                # limits types **options as float | str | bool, yet documents connection_pool.
+                connection_pool=self._pool,  # type: ignore[arg-type]
             )
-            self._remote = {name: cls(self.shared) for name, cls in STRATEGIES.items()}
+            self._remote = {name: cls(self.shared) for name, cls in strategies.items()}
             self.breaker = CircuitBreaker(self.shared, probe_timeout)
             self._pipelined = PipelinedHits(self.shared)
             if target.scheme != "redis+sentinel":  # sentinel discovery stays with redis-py

@@ -17,6 +17,8 @@ got in) but never an IP's: one valid account must not launder a stuffing source.
 from __future__ import annotations
 
 import asyncio
+import builtins
+import functools
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -180,7 +182,7 @@ class LockoutService:
         for subject, failures in zip(subjects, counts, strict=True):
             limit = self.config.failures_per_ip if subject.kind == "ip" else self.config.failures_per_username
             if failures >= limit:
-                await self._guarded(lambda s=subject, n=failures: self._lock(s, n, request_id))
+                await self._guarded(functools.partial(self._lock, subject, failures, request_id))
 
     async def record_success(self, subjects: list[Subject]) -> None:
         users = [s.key("fail") for s in subjects if s.kind == "user"]  # never the IP (module doc)
@@ -236,7 +238,8 @@ class LockoutService:
         """Every active lockout; raises ``StoreUnavailable``."""
         return (await self.list_bounded(None))[0]
 
-    async def list_bounded(self, limit: int | None) -> tuple[list[dict[str, Any]], bool]:
+    # builtins: the method ``list`` above shadows the type in the rest of the class.
+    async def list_bounded(self, limit: int | None) -> tuple[builtins.list[dict[str, Any]], bool]:
         """At most ``limit`` active lockouts (the first by store key) and whether more exist.
 
         One GET per listed key: during a credential-stuffing wave there may be thousands, and

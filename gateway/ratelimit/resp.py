@@ -204,7 +204,8 @@ class RespClient:
         """Send one command (coalesced with the others of this loop iteration); its reply.
         ``deadline`` (``loop.time()``): ``StoreTimeout`` if the reply (and a reconnect before
         it) is not in by then."""
-        return await self.send(hiredis.pack_command(args), deadline)
+        # hiredis' stub types the argument Tuple[X] (one element); it packs a tuple of any length.
+        return await self.send(hiredis.pack_command(args), deadline)  # type: ignore[arg-type]
 
     async def send(self, command: bytes, deadline: float = NO_DEADLINE) -> Any:
         """``call`` for a command already in RESP framing (the stage script frames its fixed
@@ -266,7 +267,8 @@ class RespClient:
             commands.append(("CLIENT", "SETNAME", target.options["client_name"]))
         commands.append(("TIME",))
         futures = [conn.send(hiredis.pack_command(command)) for command in commands]
-        replies = await asyncio.gather(*futures, return_exceptions=True)
+        # Any: a reply or an exception (raised just below), so the TIME reply unpacks after it.
+        replies: list[Any] = await asyncio.gather(*futures, return_exceptions=True)
         for reply in replies:
             if isinstance(reply, ReplyError):
                 # SECURITY: secret disclosure — only the error code (NOAUTH, WRONGPASS...).

@@ -24,6 +24,7 @@ round trip — no store call per request. Before the first load ``find`` raises 
 from __future__ import annotations
 
 import asyncio
+import builtins
 import logging
 import re
 import secrets
@@ -346,7 +347,7 @@ class SupportGrants(SnapshotBacked):
     @staticmethod
     def _collect(
         tenant: str, fields: Mapping[str, bytes], now: float, into: dict[tuple[str, str], tuple[Grant, ...]]
-    ) -> list[str]:
+    ) -> builtins.list[str]:  # builtins: the method ``list`` above shadows the type here
         """Add the tenant's live grants to ``into``; return the ids of expired ones (records this
         module cannot parse are skipped, never deleted: they may be a bug worth inspecting)."""
         dead: list[str] = []
