@@ -87,6 +87,8 @@ class Listener(Protocol):
 
 
 class LeanProtocol(ConnectionDeadlines, UpgradeHandOver, asyncio.Protocol):
+    _server: Listener  # all of it; each base class names the part it reads
+
     def __init__(self, server: Listener) -> None:
         self._server = server
         self._guard = server.guarded
