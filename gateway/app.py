@@ -14,22 +14,22 @@ from gateway.audit.access import audit_access
 from gateway.auth.jwt import TokenMemo
 from gateway.context import ContextKey, RequestContext, request_id_for
 from gateway.errors import GatewayError, InternalError
+from gateway.exchange import ServerRequest
 from gateway.http.answer_headers import identity_headers
 from gateway.http.problem import render_problem
-from gateway.http1.request import LeanRequest
 from gateway.listener import GuardedRequestHandler
 from gateway.logs import context as log_context
 from gateway.metrics import METRICS
 from gateway.pipeline import RESPONSE_CHECKS, UPSTREAM_HEADER_HOOKS, run_stages
+from gateway.proxy import proxy_request
 from gateway.runtime import Runtime
 from gateway.tracing.context import continued_trace, new_trace
-from gateway.upstream.proxy import proxy_request
 
 log = structlog.get_logger("gateway.public")
 
 
 def begin_request(
-    request: web.BaseRequest | LeanRequest, runtime: Runtime, token_memo: TokenMemo | None
+    request: web.BaseRequest | ServerRequest, runtime: Runtime, token_memo: TokenMemo | None
 ) -> RequestContext:
     """The request's context, bound to the request and to this task's log lines; ``token_memo``
     is the connection's (its listener keeps one per connection) for the authentication stage."""

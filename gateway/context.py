@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from gateway.http.exchange import AnswerWriter, ServerRequest
+from gateway.exchange import AnswerWriter, ServerRequest
 from gateway.random_batches import RandomBatches
 
 if TYPE_CHECKING:

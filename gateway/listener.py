@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import structlog
 from aiohttp import http_exceptions, web
@@ -23,12 +23,10 @@ from aiohttp.web_protocol import RequestHandler
 from gateway.auth.jwt import TokenMemo
 from gateway.context import ContextKey, request_id_for
 from gateway.errors import BadRequest, GatewayError, HeadersTooLarge, RequestTimeout
+from gateway.exchange import ServerRequest
 from gateway.http.answer_headers import identity_headers
 from gateway.http.problem import problem_headers, problem_response
 from gateway.middleware.request_hygiene import parser_refusal
-
-if TYPE_CHECKING:
-    from gateway.http1.request import LeanRequest
 
 log = structlog.get_logger("gateway.listener")
 
@@ -197,7 +195,7 @@ class GuardedRequestHandler(RequestHandler):
 CUT_GRACE = 0.5  # seconds cut requests get to unwind (their upstream exchange is cancelled)
 
 
-def awaiting_continue(request: web.BaseRequest | LeanRequest) -> bool:
+def awaiting_continue(request: ServerRequest) -> bool:
     """An ``Expect: 100-continue`` request whose body the gateway has not asked for yet."""
     if request.headers.get("Expect", "").lower() != "100-continue":
         return False

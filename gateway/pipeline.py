@@ -23,7 +23,7 @@ from gateway.middleware.route import resolve_route
 from gateway.middleware.tenancy import apply_tenancy, inject_identity
 from gateway.middleware.tenant_echo import check_tenant_echo
 from gateway.middleware.webhook import verify_webhook
-from gateway.upstream.proxy import ResponseCheck, UpstreamHeaderHook
+from gateway.proxy import ResponseCheck, UpstreamHeaderHook
 
 Stage = Callable[[RequestContext], Awaitable[web.StreamResponse | None]]
 

@@ -1,5 +1,4 @@
 """What both public listeners (and the admin API) share to read a request and write an answer:
 the one problem+json renderer that counts refusals (``problem``), the one bounded body reader
 (``request_body``) and small JSON bodies (``json_body``), ``100 Continue`` only after the checks
-(``expect_continue``), the headers every answer carries (``answer_headers``), and the request and
-answer-writer Protocols the context is typed by (``exchange``)."""
+(``expect_continue``) and the headers every answer carries (``answer_headers``)."""

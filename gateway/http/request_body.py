@@ -10,7 +10,7 @@ route stage refuses what is known too large up front with the same rules.
 - Body timeout (App. C ``listen.limits.body_timeout``): the listener fails a stalled body's
   stream with ``RequestTimeout``; it reaches the reader's caller as is, answered 408.
 The proxy's streamed upload counts its bytes against the same route limit as it forwards them
-(``gateway.upstream.proxy``): it never holds the body.
+(``gateway.proxy``): it never holds the body.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from aiohttp import web
 from aiohttp.helpers import rfc822_formatted_time
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from gateway.http.exchange import Headers
+from gateway.exchange import Headers
 
 if TYPE_CHECKING:
     from gateway.http1.request import LeanConnection, LeanRequest

@@ -1,5 +1,5 @@
 """The access log: one typed JSON line per request (``AccessLogWriter.write_entry``), called by
-the lean listener and by aiohttp's access logger (``gateway.logs.aiohttp_access``).
+the lean listener and by aiohttp's access logger (``gateway.aiohttp_access_log``).
 
 Typed fields the gateway produces itself are emitted as they are (cheap); the only free text,
 the path and query, goes through the redactor. Users appear as keyed pseudonyms and client
@@ -103,7 +103,7 @@ class AccessLogWriter:
 
     def write_entry(self, ctx: RequestFacts, status: int, body_length: int, elapsed: float) -> None:
         """One line for one answered (or cut) request; both listeners end up here (aiohttp's
-        through ``gateway.logs.aiohttp_access``)."""
+        through ``gateway.aiohttp_access_log``)."""
         now = time.time()
         client_ip = truncate_ip(ctx.client_ip) if self._pseudonymize else ctx.client_ip
         route = ctx.route.name if ctx.route is not None else None

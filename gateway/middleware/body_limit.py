@@ -1,7 +1,7 @@
 """``max_body`` per route (SPEC §10): framing and a declared length over the limit are refused
 up front (``gateway.http.request_body``, the one bounded body reader).
 
-Chunked bodies are counted while they stream (``gateway.upstream.proxy._BodyLimit``).
+Chunked bodies are counted while they stream (``gateway.proxy._BodyLimit``).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from aiohttp import web
 from gateway.context import RequestContext
 from gateway.endpoints.table import is_gateway_endpoint, serve_gateway_endpoint
 from gateway.errors import BadRequest
-from gateway.http.exchange import ServerRequest
+from gateway.exchange import ServerRequest
 from gateway.killswitch.checks import check_gateway_endpoint
 from gateway.routing import canonical_target, method_not_allowed
 

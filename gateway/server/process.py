@@ -18,6 +18,7 @@ import structlog
 from aiohttp import web
 
 from gateway.admin.app import make_admin_app
+from gateway.aiohttp_access_log import GatewayAccessLogger
 from gateway.app import PublicHandler
 from gateway.audit import AuditTrail
 from gateway.audit.anchors import AnchorHeads, Anchoring, AnchorKeyArchive, LastAnchors
@@ -33,7 +34,6 @@ from gateway.http1.server import LeanServer
 from gateway.killswitch import STREAMS, KillSwitchRegistry
 from gateway.listener import GuardedServer
 from gateway.logs.access_log import ACCESS_LOGGER, flush_access_logs, pseudonym_key
-from gateway.logs.aiohttp_access import GatewayAccessLogger
 from gateway.metrics import METRICS
 from gateway.ratelimit.limiter import RateLimitBackend
 from gateway.ratelimit.lockout_memory import LockoutMemory

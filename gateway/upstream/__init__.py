@@ -1,2 +1,3 @@
 """The upstream side: who the client is and what the upstream is told (``forwarding``), the
-proxy step (``proxy``), the pools and balancing (``pools``) and the two transports behind them."""
+pools and balancing (``pools``) and the two transports behind them. The proxy step that drives
+them for one request is ``gateway.proxy``."""

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.config.model import IPNetwork
-from gateway.http.exchange import ServerRequest
+from gateway.exchange import ServerRequest
 
 # RFC 9110 §7.6.1 plus the de-facto Proxy-Connection: never forwarded in either direction.
 HOP_BY_HOP = frozenset(

@@ -29,13 +29,15 @@ FLOORS: dict[int, tuple[str, ...]] = {
         "gateway.http1",
         "gateway.admin",
         "gateway.console",
-        "gateway.logs.aiohttp_access",  # aiohttp's access-logger hook for the aiohttp listener
+        "gateway.aiohttp_access_log",  # aiohttp's access-logger hook for the aiohttp listener
     ),
     3: (
         "gateway.pipeline",
         "gateway.middleware",
         "gateway.upstream",
+        "gateway.proxy",
         "gateway.context",
+        "gateway.exchange",  # the request and answer-writer Protocols the context is typed by
         "gateway.runtime",
         "gateway.deferred_pre_auth",  # settles a deferred pre_auth hit for the stages and the runner
         "gateway.http",

@@ -175,7 +175,7 @@ def test_without_an_endpoint_the_exporter_is_never_imported() -> None:
     for its own optional metrics whenever the package is installed; that is not the gateway's.)"""
     code = (
         "import sys\n"
-        "import gateway.cli.commands, gateway.app, gateway.http1.handler, gateway.upstream.proxy\n"
+        "import gateway.cli.commands, gateway.app, gateway.http1.handler, gateway.proxy\n"
         "from gateway.config_schema import parse_config\n"
         "from gateway.runtime import GatewayStatus, _span_recorder\n"
         "config = parse_config(open('config/gateway.yaml').read())\n"

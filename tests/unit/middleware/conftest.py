@@ -24,9 +24,9 @@ from gateway.context import RequestContext
 from gateway.demo.identities import DemoUser, make_user
 from gateway.demo.issuer import DemoIssuer
 from gateway.pipeline import RESPONSE_CHECKS, UPSTREAM_HEADER_HOOKS, run_stages
+from gateway.proxy import proxy_request
 from gateway.runtime import Runtime
 from gateway.server.process import GatewayProcess
-from gateway.upstream.proxy import proxy_request
 from tests.support.issuers import AUD, TENANT_IDP
 from tests.support.stage_server import AiohttpClient, gateway_runtime, runtime_client
 

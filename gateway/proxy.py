@@ -18,7 +18,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.context import RequestContext
 from gateway.errors import InternalError, PayloadTooLarge, UpstreamTimeout, UpstreamUnavailable
-from gateway.http.exchange import AnswerWriter, ServerRequest
+from gateway.exchange import AnswerWriter, ServerRequest
 from gateway.http.expect_continue import send_continue
 from gateway.killswitch.streams import STREAMS
 from gateway.metrics import METRICS

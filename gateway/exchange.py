@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 from aiohttp.streams import StreamReader
 from multidict import CIMultiDict, CIMultiDictProxy, MultiMapping
@@ -62,6 +62,11 @@ class ServerRequest(Protocol):
 
     @property
     def cookies(self) -> Mapping[str, str]: ...
+
+    # The request carries its context under ``ContextKey`` (aiohttp's request is a mapping).
+    def get(self, key: Any, /) -> Any: ...
+
+    def __setitem__(self, key: Any, value: Any, /) -> None: ...
 
 
 class AnswerWriter(Protocol):
