@@ -7,6 +7,9 @@ the context already has every attribute, so passing it costs nothing per request
 frozen value built for each request would (about a microsecond on the hot path).
 
 Add a member here only when a domain function needs it; keep members read-only (properties).
+The claims, grant and trace members are typed by views declared here (what domain code reads of
+``auth.jwt.VerifiedClaims``, ``tenancy.grants.Grant`` and ``tracing.context.Trace``), so this
+module imports no domain package and every domain package may import it.
 """
 
 from __future__ import annotations
