@@ -10,7 +10,6 @@ from typing import cast
 import structlog
 from aiohttp import ClientConnectionResetError, web
 
-from gateway.audit.access import audit_access
 from gateway.auth.jwt import TokenMemo
 from gateway.context import ContextKey, RequestContext, request_id_for
 from gateway.errors import GatewayError, InternalError
@@ -19,6 +18,7 @@ from gateway.http.answer_headers import identity_headers
 from gateway.http.problem import render_problem
 from gateway.listener import GuardedRequestHandler
 from gateway.logs import context as log_context
+from gateway.logs.access_audit import audit_access
 from gateway.metrics import METRICS
 from gateway.pipeline import RESPONSE_CHECKS, UPSTREAM_HEADER_HOOKS, run_stages
 from gateway.proxy import proxy_request

@@ -7,6 +7,9 @@ the context already has every attribute, so passing it costs nothing per request
 frozen value built for each request would (about a microsecond on the hot path).
 
 Add a member here only when a domain function needs it; keep members read-only (properties).
+The claims, grant and trace members are typed by views declared here (what domain code reads of
+``auth.jwt.VerifiedClaims``, ``tenancy.grants.Grant`` and ``tracing.context.Trace``), so this
+module imports no domain package and every domain package may import it.
 """
 
 from __future__ import annotations
@@ -15,11 +18,12 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from gateway.auth.jwt import VerifiedClaims
     from gateway.config.model import RouteConfig
     from gateway.routing import CanonicalTarget
-    from gateway.tenancy.grants import Grant
-    from gateway.tracing.context import Trace
+
+# The request's W3C trace, as ``gateway.tracing.context.Trace`` spells it (trace id, span id,
+# traceparent, tracestate, parent id); written out here so this module imports no domain package.
+TraceFacts = tuple[str, str, str, str | None, str | None]
 
 
 class RequestView(Protocol):
@@ -36,6 +40,39 @@ class RequestView(Protocol):
 
     @property
     def host(self) -> str: ...
+
+
+class ClaimsView(Protocol):
+    """What domain logic reads of a request's verified token (``gateway.auth.jwt.VerifiedClaims``)."""
+
+    @property
+    def issuer(self) -> str: ...
+
+    @property
+    def subject(self) -> str: ...
+
+    @property
+    def tenant(self) -> str: ...
+
+    @property
+    def issued_at(self) -> int: ...
+
+    @property
+    def expires_at(self) -> int: ...
+
+
+class GrantView(Protocol):
+    """What domain logic reads of the support grant a request acts under
+    (``gateway.tenancy.grants.Grant``)."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def tenant(self) -> str: ...
+
+    @property
+    def expires_at(self) -> float: ...
 
 
 class RequestFacts(Protocol):
@@ -60,7 +97,7 @@ class RequestFacts(Protocol):
     def route(self) -> RouteConfig | None: ...
 
     @property
-    def claims(self) -> VerifiedClaims | None: ...
+    def claims(self) -> ClaimsView | None: ...
 
     @property
     def user(self) -> str | None: ...
@@ -69,10 +106,10 @@ class RequestFacts(Protocol):
     def tenant(self) -> str | None: ...
 
     @property
-    def grant(self) -> Grant | None: ...
+    def grant(self) -> GrantView | None: ...
 
     @property
-    def trace(self) -> Trace: ...
+    def trace(self) -> TraceFacts: ...
 
     @property
     def status(self) -> int: ...

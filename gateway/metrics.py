@@ -21,6 +21,7 @@ from prometheus_client import (
 )
 from prometheus_client import multiprocess as prom_multiprocess
 
+from gateway.auth.metrics import AUTH_FAILURES
 from gateway.facts import RequestFacts
 from gateway.ratelimit.metrics import SHADOW_REFUSALS
 from gateway.traffic.recorder import TRAFFIC, Counters, TrafficRecorder
@@ -101,9 +102,7 @@ class GatewayMetrics:
             multiprocess_mode="livemin",
         )
 
-        self.auth_failures = Counter(
-            "shopino_gateway_auth_failures", "Refused authentications, by reason", ("reason",)
-        )
+        self.auth_failures = AUTH_FAILURES  # counted by auth and tenancy without importing this module
         self.audit_spooled = Gauge(
             "shopino_gateway_audit_spooled_records",
             "Audit records waiting on local disk for the store to return",

@@ -51,6 +51,10 @@ VOUCHING_EVENTS = frozenset({CHECKPOINT_EVENT, PURGED_EVENT})
 # Tenant ids become stream names and key prefixes ("mfa:{tenant}:"): a ':' would let purging
 # tenant "a" match keys of tenant "a:b", so the separator is excluded along with whitespace.
 _TENANT_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._@-]{0,127}")
+# The tenant id syntax of the whole gateway (tenancy, MFA, grants): a named tenant must be one the
+# gateway can file records for. SECURITY: "_system" is the gateway's own trail (switches, key
+# rotations, reloads), never a tenant a token may act for, name, grant in, or have records filed under.
+TENANT_ID_RE = re.compile(rf"(?!{SYSTEM_TENANT}\Z){_TENANT_RE.pattern}")
 _INT64 = 2**63
 
 
@@ -197,6 +201,7 @@ __all__ = [
     "GENESIS_HASH",
     "PURGED_EVENT",
     "SYSTEM_TENANT",
+    "TENANT_ID_RE",
     "VOUCHING_EVENTS",
     "build_record",
     "canonical_bytes",

@@ -13,9 +13,9 @@ from typing import NoReturn
 import structlog
 
 from gateway.auth.jwt import VerifiedClaims, has_mfa, mfa_fresh
+from gateway.auth.metrics import AUTH_FAILURES
 from gateway.auth.revocation import RevocationEpochs
 from gateway.errors import InvalidToken, MfaRequired
-from gateway.metrics import METRICS
 
 log = structlog.get_logger("gateway.auth")
 REALM = 'Bearer realm="shopino"'
@@ -47,7 +47,7 @@ def ensure_not_revoked(revocations: RevocationEpochs, claims: VerifiedClaims, re
 
 
 def refuse_revoked(request_id: str) -> NoReturn:
-    METRICS.auth_failures.labels("revoked").inc()
+    AUTH_FAILURES.labels("revoked").inc()
     log.info("token_rejected", reason="revoked", request_id=request_id)
     raise invalid_token()
 

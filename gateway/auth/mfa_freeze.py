@@ -41,11 +41,11 @@ import structlog
 
 from gateway.audit import SYSTEM_TRAIL, AuditTrail
 from gateway.audit.purge import register_tenant_data
+from gateway.audit.record import TENANT_ID_RE
 from gateway.errors import BadRequest, Conflict, MfaEnrolmentFrozen, StoreUnavailable
 from gateway.state.base import StateStore
 from gateway.state.generation import MARKER_KEY, StoreGeneration
 from gateway.state.sync import cancel_until_done
-from gateway.tenancy.resolve import TENANT_ID_RE
 
 FREEZE_KEY = "security:mfa_enrolment_freeze"
 # Per-user allowances to enrol during a freeze; per tenant, so a tenant purge removes them.

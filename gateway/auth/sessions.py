@@ -14,6 +14,9 @@ session. A stream opened with a token already past its ``exp`` (accepted inside 
 when the leeway runs out, ``exp + leeway``, the instant the gateway would refuse that token:
 closing it at once would turn the leeway into a refusal of every stream opened in that window.
 A stream under a support grant ends at the grant's expiry when that comes first (no leeway).
+
+Claims and grant are typed by what these functions read of them (``gateway.facts``'s views), so
+auth does not import tenancy, the package that issues grants.
 """
 
 from __future__ import annotations
@@ -21,16 +24,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from gateway.auth.jwt import VerifiedClaims
     from gateway.auth.revocation import RevocationEpochs
-    from gateway.tenancy.grants import Grant
+    from gateway.facts import ClaimsView, GrantView
 
 REVOKED = "session-revoked"
 GRANT_ENDED = "grant-ended"
 EXPIRED = "token-expired"
 
 
-def stream_deadline(claims: VerifiedClaims, grant: Grant | None, *, leeway: float, now: float) -> float:
+def stream_deadline(claims: ClaimsView, grant: GrantView | None, *, leeway: float, now: float) -> float:
     """Unix time at which a stream opened now with ``claims`` (under ``grant``) must end."""
     end = float(claims.expires_at)
     if end <= now:
@@ -41,8 +43,8 @@ def stream_deadline(claims: VerifiedClaims, grant: Grant | None, *, leeway: floa
 
 
 def session_end(
-    claims: VerifiedClaims,
-    grant: Grant | None,
+    claims: ClaimsView,
+    grant: GrantView | None,
     *,
     revocations: RevocationEpochs,
     live_grants: frozenset[str],

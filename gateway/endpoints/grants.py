@@ -11,6 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.audit.record import TENANT_ID_RE
 from gateway.auth.jwt import VerifiedClaims
 from gateway.config.values import parse_duration
 from gateway.context import RequestContext
@@ -19,7 +20,6 @@ from gateway.errors import BadRequest, NotFound, TenantMismatch
 from gateway.http.json_body import json_response, read_json_object
 from gateway.state.bounded import within
 from gateway.tenancy.grants import GRANT_ID_RE, grants_of, validate_grant_request
-from gateway.tenancy.resolve import TENANT_ID_RE
 
 GRANTS_PATH = "/_gateway/grants"
 GRANT_ITEM_PREFIX = GRANTS_PATH + "/"

@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from gateway.audit.record import TENANT_ID_RE
 from gateway.auth.bearer import REALM, bearer_token, ensure_not_revoked, invalid_token
 from gateway.auth.jwt import TokenRejected, VerifiedClaims, has_mfa, mfa_fresh
 from gateway.context import RequestContext
@@ -19,7 +20,6 @@ from gateway.errors import BadRequest, Forbidden, GatewayError, InvalidToken, Mf
 from gateway.http.json_body import json_response, read_json_object
 from gateway.killswitch.checks import check_endpoint_tenant
 from gateway.metrics import METRICS
-from gateway.tenancy.resolve import TENANT_ID_RE
 
 
 async def authenticated_claims(ctx: RequestContext) -> VerifiedClaims:

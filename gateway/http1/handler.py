@@ -11,13 +11,13 @@ import structlog
 from aiohttp import ClientConnectionResetError, web
 
 from gateway.app import CLIENT_GONE, begin_request, observe_answer
-from gateway.audit.access import audit_access
 from gateway.context import RequestContext
 from gateway.errors import GatewayError, InternalError
 from gateway.exchange import AnswerWriter
 from gateway.http1.downstream import LeanDownstream
 from gateway.http1.problem import send_problem
 from gateway.http1.request import LeanRequest
+from gateway.logs.access_audit import audit_access
 from gateway.pipeline import RESPONSE_CHECKS, UPSTREAM_HEADER_HOOKS, run_stages
 from gateway.proxy import proxy_request
 from gateway.runtime import Runtime

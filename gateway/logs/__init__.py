@@ -1,2 +1,3 @@
-"""Logging: the structlog setup, the access log, the per-request log fields and flood-proof
-refusal lines (SPEC §11). Redaction itself is its own package (``gateway.redaction``)."""
+"""Logging: the structlog setup, the access log, the per-request log fields, flood-proof refusal
+lines (SPEC §11) and the access records of ``audit: true`` routes (``access_audit``). Redaction
+itself is its own package (``gateway.redaction``)."""

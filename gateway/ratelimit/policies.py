@@ -13,17 +13,28 @@ import hashlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
 from limits import RateLimitItem, parse_many
 
 from gateway.config.model import RouteConfig
-from gateway.config_model import GatewayConfig
 from gateway.facts import RequestFacts
 from gateway.ratelimit.headers import policy_header
 from gateway.ratelimit.keys import KeySpec
-from gateway.ratelimit.model import LoginProtectionConfig, RateLimitRule, StoreFailureMode
+from gateway.ratelimit.model import LoginProtectionConfig, RateLimitRule, RateLimitsConfig, StoreFailureMode
 from gateway.ratelimit.script_args import bulk_strings, item_args
+
+
+class LimitedConfig(Protocol):
+    """What rate limiting reads of the whole config: ``gateway.config_model.GatewayConfig``
+    holds this package's section (``rate_limits``), so it sits above and is not imported here."""
+
+    @property
+    def rate_limits(self) -> RateLimitsConfig: ...
+
+    @property
+    def routes(self) -> tuple[RouteConfig, ...]: ...
+
 
 PRE_AUTH_POLICY = "pre_auth"
 SHADOW_STRICTNESS = 1 << 62  # above any quota
@@ -159,7 +170,7 @@ def _counted_fields(
     return frozenset(names)
 
 
-def compile_limits(config: GatewayConfig) -> CompiledLimits:
+def compile_limits(config: LimitedConfig) -> CompiledLimits:
     settings = config.rate_limits
     policies = {
         name: _compile_rules(f"policy:{name}", name, rules) for name, rules in settings.policies.items()

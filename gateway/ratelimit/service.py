@@ -6,11 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gateway.audit import AuditTrail
-from gateway.config_model import GatewayConfig
 from gateway.ratelimit.limiter import RateLimitBackend
 from gateway.ratelimit.lockout import LockoutService
 from gateway.ratelimit.lockout_memory import LockoutMemory
-from gateway.ratelimit.policies import CompiledLimits, compile_limits
+from gateway.ratelimit.policies import CompiledLimits, LimitedConfig, compile_limits
 from gateway.state import StateStore
 from gateway.state.generation import StoreGeneration
 
@@ -23,7 +22,7 @@ class RateLimitRuntime:
 
 
 def build_rate_limit_runtime(
-    config: GatewayConfig,
+    config: LimitedConfig,
     backend: RateLimitBackend,
     store: StateStore,
     audit: AuditTrail,

@@ -19,11 +19,12 @@ import functools
 import re
 from typing import Final, Literal
 
+from gateway.audit.record import TENANT_ID_RE
 from gateway.auth.jwt import VerifiedClaims
 from gateway.auth.revocation import RevocationEpochs
 from gateway.tenancy.grants import Grant, SupportGrants
 from gateway.tenancy.model import SupportConfig
-from gateway.tenancy.resolve import TENANT_ID_RE, TenantTemplate
+from gateway.tenancy.resolve import TenantTemplate
 from gateway.tenancy.support import is_support_identity, roles_that_count
 
 # SECURITY: identity values become upstream header values and MAC fields: no control characters

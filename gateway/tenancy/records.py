@@ -9,11 +9,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from gateway.audit.record import TENANT_ID_RE
 from gateway.audit.trail import AuditTrail
 from gateway.auth.jwt import VerifiedClaims
 from gateway.facts import RequestFacts
 from gateway.tenancy.grants import Grant
-from gateway.tenancy.resolve import TENANT_ID_RE
 
 _MAX_CLAIMED = 4  # tenants named in one leak record (the upstream chooses them)
 _SUBMIT_ERRORS = (OSError, ValueError)  # AuditTrail.submit: spool full, or a record it refuses

@@ -13,9 +13,9 @@ import structlog
 
 from gateway.audit.trail import AuditTrail
 from gateway.auth.jwt import VerifiedClaims
+from gateway.auth.metrics import AUTH_FAILURES
 from gateway.errors import StoreUnavailable, TenantLeakBlocked, TenantMismatch
 from gateway.facts import RequestFacts
-from gateway.metrics import METRICS
 from gateway.tenancy.grants import Grant
 from gateway.tenancy.records import record_grant_use, record_leak, record_mismatch
 
@@ -35,7 +35,7 @@ def account_grant_use(
 def refuse_mismatch(audit: AuditTrail, facts: RequestFacts, own: str, named: str | None) -> NoReturn:
     """403 ``tenant-mismatch``: the request names a tenant (``None``: one it could not name) its
     token's tenant ``own`` does not act for."""
-    METRICS.auth_failures.labels("tenant_mismatch").inc()
+    AUTH_FAILURES.labels("tenant_mismatch").inc()
     if not record_mismatch(audit, facts, own, named):
         log.error("tenant_mismatch_audit_failed", request_id=facts.request_id)
     raise TenantMismatch("This request names a tenant your token does not act for")

@@ -14,12 +14,9 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Literal
 
+from gateway.audit.record import TENANT_ID_RE
+
 PLACEHOLDER = "{tenant}"
-# The audit trail's tenant id syntax: a named tenant must be one the gateway can file records for.
-# SECURITY: "_system" is the gateway's own trail (switches, key rotations, reloads), never a tenant
-# a token may act for, name, grant in, or have records filed under.
-SYSTEM_TRAIL = "_system"
-TENANT_ID_RE = re.compile(rf"(?!{SYSTEM_TRAIL}\Z)[A-Za-z0-9_][A-Za-z0-9._@-]{{0,127}}")
 _HOST_LITERAL_RE = re.compile(r"[A-Za-z0-9.-]*")
 _PATH_LITERAL_RE = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:@/%-]*")
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from gateway.audit.record import TENANT_ID_RE
 from gateway.config.model import RouteConfig
 from gateway.config.reader import Node, Report
 from gateway.tenancy.model import BUILTIN_STRIP_HEADERS, DEFAULT_SUPPORT_TENANT, SupportConfig, TenancyConfig
-from gateway.tenancy.resolve import TENANT_ID_RE, compile_tenant_from, covers_route
+from gateway.tenancy.resolve import compile_tenant_from, covers_route
 
 _HEADER_RE = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}")  # an RFC 9110 token
 _CLAIM_RE = re.compile(r"[A-Za-z0-9_.:/-]{1,64}")

@@ -3,7 +3,8 @@
 Floors, top to bottom: entry points → listeners → pipeline and stages (with the gateway's own
 ``/_gateway`` endpoints, which the route stage answers: SPEC §3.2) → domain packages → base
 values. A module may import its own floor or any floor below, never above; no
-circle at all (``TYPE_CHECKING`` imports count: an outside reader draws them too); a domain or
+circle at all (``TYPE_CHECKING`` imports count: an outside reader draws them too), nor between
+the domain floor's packages; a domain or
 base module imports neither the server (aiohttp) nor the per-request context; and no import sits
 inside a function to dodge a circle (the few lazy imports that exist keep the CLI's start-up
 fast and are listed here with that reason).
@@ -178,6 +179,29 @@ def test_every_module_has_a_floor() -> None:
 
 def test_no_import_circle() -> None:
     assert _cycles(GRAPH) == []
+
+
+def _domain_packages(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """The domain floor's modules grouped by package (``gateway.<first part>``): package → the
+    other domain packages its modules import."""
+
+    def package(module: str) -> str:
+        return ".".join(module.split(".")[:2])
+
+    packages: dict[str, set[str]] = {package(m): set() for m in graph if floor_of(m) == 2}
+    for m, targets in graph.items():
+        if floor_of(m) == 2:
+            packages[package(m)] |= {package(t) for t in targets if floor_of(t) == 2} - {package(m)}
+    return packages
+
+
+def test_no_circle_between_domain_packages() -> None:
+    """A circle through modules of different packages (auth → tenancy → auth) is no module circle
+    but still ties the packages together: neither can be read, tested or moved without the other."""
+    assert _cycles(_domain_packages(GRAPH)) == []
+    planted = {m: set(t) for m, t in GRAPH.items()}
+    planted["gateway.audit.record"].add("gateway.auth.jwt")  # auth files audit records
+    assert any({"gateway.audit", "gateway.auth"} <= set(c) for c in _cycles(_domain_packages(planted)))
 
 
 def test_no_lazy_import_hides_a_circle() -> None:

@@ -4,6 +4,9 @@ by whom and when (SPEC §11 "what was touched").
 
 The query string is left out: it carries search terms and ids that may be personal data, and
 the canonical path already names what was reached.
+
+An adapter from the request's facts to the trail, kept out of ``gateway.audit`` so the trail's
+package reads nothing of a request (``gateway.facts``). Its log lines keep the audit logger's name.
 """
 
 from __future__ import annotations
