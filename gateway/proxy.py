@@ -72,8 +72,11 @@ def _has_body(request: ServerRequest) -> bool:
 
 
 async def proxy_request(
-    ctx: RequestContext, checks: Sequence[ResponseCheck] = (), header_hooks: Sequence[UpstreamHeaderHook] = ()
+    ctx: RequestContext, checks: Sequence[ResponseCheck], header_hooks: Sequence[UpstreamHeaderHook]
 ) -> web.StreamResponse | AnswerWriter:
+    """Forward ``ctx``'s request upstream and stream the answer back. ``checks`` and
+    ``header_hooks`` are ``pipeline.RESPONSE_CHECKS`` and ``pipeline.UPSTREAM_HEADER_HOOKS``, and
+    required: a caller that forgot the hooks would forward without the identity headers."""
     assert ctx.route is not None and ctx.target is not None
     request = ctx.request
     runtime = ctx.runtime
