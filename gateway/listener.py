@@ -21,10 +21,10 @@ from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 
 from gateway.auth.jwt import TokenMemo
-from gateway.context import ContextKey, request_id_for
+from gateway.context import request_id_for
 from gateway.errors import BadRequest, GatewayError, HeadersTooLarge, RequestTimeout
-from gateway.exchange import ServerRequest
 from gateway.http.answer_headers import identity_headers
+from gateway.http.body_deadline import body_deadline
 from gateway.http.problem import problem_headers, problem_response
 from gateway.middleware.request_hygiene import parser_refusal
 
@@ -119,18 +119,22 @@ class GuardedRequestHandler(RequestHandler):
         if request is None:
             return
         payload = request.content
-        if payload.is_eof() or payload.exception() is not None:
-            return
         now = self._loop.time()
-        if self._reading_paused or awaiting_continue(request):
-            # The gateway is not reading (a slow upstream holds back the body) or has not asked
-            # for the body yet (100-continue): the client is not the one stalling.
-            self._body_deadline = now + self._guard_server.body_timeout
-        if now < self._body_deadline:
-            self._body_timer = self._loop.call_at(self._body_deadline, self._body_timer_fired)
+        due = body_deadline(
+            request,
+            payload,
+            held_back=self._reading_paused,
+            deadline=self._body_deadline,
+            timeout=self._guard_server.body_timeout,
+            now=now,
+        )
+        if due is None:
             return
-        # SECURITY: slow body (slowloris on the body) — a declared body that stops arriving would
-        # hold this connection and an upstream connection for as long as the client likes.
+        self._body_deadline = due
+        if now < due:
+            self._body_timer = self._loop.call_at(due, self._body_timer_fired)
+            return
+        # SECURITY: slow body (slowloris on the body) — see gateway.http.body_deadline.
         # Whichever reader waits (the proxy's upload, a stage reading the body) gets the error,
         # the answer is 408, and the rest of the body is not waited for (no lingering).
         self._guard_server.body_timeouts += 1
@@ -193,14 +197,6 @@ class GuardedRequestHandler(RequestHandler):
 
 
 CUT_GRACE = 0.5  # seconds cut requests get to unwind (their upstream exchange is cancelled)
-
-
-def awaiting_continue(request: ServerRequest) -> bool:
-    """An ``Expect: 100-continue`` request whose body the gateway has not asked for yet."""
-    if request.headers.get("Expect", "").lower() != "100-continue":
-        return False
-    ctx = request.get(ContextKey)
-    return ctx is None or not ctx.continue_sent
 
 
 class Drainable(Protocol):

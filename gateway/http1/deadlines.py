@@ -15,8 +15,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.errors import RequestTimeout
+from gateway.http.body_deadline import body_deadline
 from gateway.http1.request import LeanRequest
-from gateway.listener import awaiting_continue
 
 if TYPE_CHECKING:
     from gateway.listener import GuardedServer
@@ -122,17 +122,21 @@ class ConnectionDeadlines:
         if request is None:
             return
         payload = request.content
-        if payload.is_eof() or payload.exception() is not None:
-            return
         now = self._loop.time()
-        if self._body_paused or awaiting_continue(request):
-            # The gateway is not reading (a slow upstream holds back the body) or has not asked
-            # for the body yet (100-continue): the client is not the one stalling.
-            self._body_deadline = now + self._guard.body_timeout
-        if now < self._body_deadline:
-            self._body_timer = self._loop.call_at(self._body_deadline, self._body_timer_fired)
+        due = body_deadline(
+            request,
+            payload,
+            held_back=self._body_paused,
+            deadline=self._body_deadline,
+            timeout=self._guard.body_timeout,
+            now=now,
+        )
+        if due is None:
             return
-        # SECURITY: slow body (slowloris on the body) — a declared body that stops arriving would
-        # hold this connection and an upstream connection for as long as the client likes.
+        self._body_deadline = due
+        if now < due:
+            self._body_timer = self._loop.call_at(due, self._body_timer_fired)
+            return
+        # SECURITY: slow body (slowloris on the body) — see gateway.http.body_deadline.
         self._guard.body_timeouts += 1
         payload.set_exception(RequestTimeout("The request body did not arrive in time"))
