@@ -21,8 +21,8 @@ if TYPE_CHECKING:
     from gateway.config.model import RouteConfig
     from gateway.routing import CanonicalTarget
 
-# The request's W3C trace, as ``gateway.tracing.context.Trace`` spells it (trace id, span id,
-# traceparent, tracestate, parent id); written out here so this module imports no domain package.
+# The request's W3C trace (trace id, span id, traceparent, tracestate, parent id):
+# ``gateway.tracing.context.Trace`` is this type.
 TraceFacts = tuple[str, str, str, str | None, str | None]
 
 

@@ -16,12 +16,13 @@ import re
 from collections.abc import Sequence
 from typing import Final
 
+from gateway.facts import TraceFacts
 from gateway.random_batches import RandomBatches
 
 # (trace id, span id, the traceparent sent upstream, tracestate sent upstream or None,
 # the trusted caller's span id (this span's parent) or None). A plain tuple: built 256 at a
 # time in a comprehension and read by index on the hot path (access line, proxy).
-Trace = tuple[str, str, str, str | None, str | None]
+Trace = TraceFacts  # one spelling, in gateway.facts (which imports no domain package)
 # Final: each index is a literal to the type checker, so ``trace[SPAN_ID]`` is typed ``str``.
 TRACE_ID: Final = 0
 SPAN_ID: Final = 1
