@@ -1,10 +1,10 @@
-"""SPEC §3.4 / §3.7 / §8: the rate-limit stages and the login-failure response check.
+"""SPEC §3.4 / §3.7 / §8: the rate-limit stages.
 
 ``limit_pre_auth`` counts ``rate_limits.pre_auth`` by client IP before any token is verified
 (the cheap shed); ``limit_route`` counts the route's policies once user and acting tenant are
 known, and on ``login: true`` routes refuses locked IPs and usernames before the upstream sees
-the attempt; ``check_login_outcome`` hands the upstream's status to the lockouts. What a verdict
-writes and raises is ``gateway.ratelimit.verdicts``.
+the attempt (the upstream's answer to it is ``login_outcome.check_login_outcome``). What a
+verdict writes and raises is ``gateway.ratelimit.verdicts``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import asyncio
 from typing import Any
 
 from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.context import RequestContext
 from gateway.deferred_pre_auth import settle_pre_auth
@@ -95,14 +94,3 @@ async def read_body_fields(ctx: RequestContext, counted: frozenset[str]) -> dict
         send_continue(ctx)  # every check that needs no body has passed
         ctx.body = await read_bounded_body(request, limit)  # forwarded intact by the proxy
     return counted_fields(content_type, ctx.body, counted)
-
-
-async def check_login_outcome(
-    ctx: RequestContext, status: int, headers: CIMultiDict[str] | CIMultiDictProxy[str]
-) -> None:
-    """RESPONSE_CHECKS entry: upstream 401/403 on a login route count as failures."""
-    subjects = ctx.login_subjects
-    rl = ctx.runtime.rate_limits
-    if subjects is None or rl is None:
-        return
-    await rl.lockouts.record_outcome(subjects, status, ctx.request.method, ctx.request_id)

@@ -9,7 +9,8 @@ from gateway.middleware.body_limit import enforce_body_limit
 from gateway.middleware.cors import apply_cors
 from gateway.middleware.header_limits import enforce_header_limits
 from gateway.middleware.killswitch import check_killswitch, check_tenant_killswitch
-from gateway.middleware.rate_limit import check_login_outcome, limit_pre_auth, limit_route
+from gateway.middleware.login_outcome import check_login_outcome
+from gateway.middleware.rate_limit import limit_pre_auth, limit_route
 from gateway.middleware.request_hygiene import check_request_hygiene
 from gateway.middleware.route import resolve_route
 from gateway.middleware.tenancy import apply_tenancy

@@ -10,7 +10,8 @@ from __future__ import annotations
 import pytest
 
 from gateway.demo.issuer import DemoIssuer
-from gateway.middleware.rate_limit import check_login_outcome, limit_pre_auth, limit_route
+from gateway.middleware.login_outcome import check_login_outcome
+from gateway.middleware.rate_limit import limit_pre_auth, limit_route
 from gateway.pipeline import PIPELINE, RESPONSE_CHECKS
 from tests.support.redis_server import RedisServer
 from tests.support.stage_server import problem_type
