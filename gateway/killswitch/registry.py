@@ -282,17 +282,11 @@ class KillSwitchRegistry(SnapshotBacked[SwitchIndex]):
             expires_at=None if ttl is None else now + ttl,
             actor=actor,
         )
-        await self._write(switch)  # hash before version (module docstring)
-        version = await self._store.incr(VERSION_KEY)
-        switch = replace(switch, version=version)
-        await self._write(switch)
-        await self._announce(version)
-        return switch
+        return await self._publish(switch)
 
     async def release(self, switch_id: str) -> tuple[Switch, int] | None:
         """Remove a switch; returns it and the set version without it, None if unknown."""
-        raw = await self._store.hget(SWITCHES_KEY, switch_id)
-        switch = _parse(switch_id, raw) if raw is not None else None
+        switch = await self._stored(switch_id)
         if switch is None or not await self._store.hdel(SWITCHES_KEY, switch_id):
             return None
         version = await self._store.incr(VERSION_KEY)
@@ -302,17 +296,23 @@ class KillSwitchRegistry(SnapshotBacked[SwitchIndex]):
     async def extend(self, switch_id: str, ttl: float) -> Switch | None:
         """Set an active switch to expire ``ttl`` seconds from now (the console's "extend"); the
         id stays, the version is bumped so every instance applies the new expiry. None if unknown."""
-        raw = await self._store.hget(SWITCHES_KEY, switch_id)
-        switch = _parse(switch_id, raw) if raw is not None else None
+        switch = await self._stored(switch_id)
         if switch is None or not switch.active(self._clock()):
             return None
-        extended = replace(switch, expires_at=self._clock() + ttl)
-        await self._write(extended)  # hash before version (module docstring)
+        return await self._publish(replace(switch, expires_at=self._clock() + ttl))
+
+    async def _stored(self, switch_id: str) -> Switch | None:
+        raw = await self._store.hget(SWITCHES_KEY, switch_id)
+        return _parse(switch_id, raw) if raw is not None else None
+
+    async def _publish(self, switch: Switch) -> Switch:
+        """Write ``switch``, bump the set's version, write it again with that version, announce."""
+        await self._write(switch)  # hash before version (module docstring)
         version = await self._store.incr(VERSION_KEY)
-        extended = replace(extended, version=version)
-        await self._write(extended)
+        switch = replace(switch, version=version)
+        await self._write(switch)
         await self._announce(version)
-        return extended
+        return switch
 
     async def _write(self, switch: Switch) -> None:
         await self._store.hset(SWITCHES_KEY, switch.id, orjson.dumps(switch.to_record()))
