@@ -12,7 +12,7 @@ import urllib.request
 from typing import Any
 
 from gateway.cli import operator_client
-from gateway.cli.operator_client import EXIT_OK, EXIT_REMOTE_ERROR, EXIT_UNREACHABLE, EXIT_USAGE
+from gateway.cli.operator_client import EXIT_OK, EXIT_REMOTE_ERROR, EXIT_USAGE
 
 EXIT_TAMPERED = 4
 
@@ -81,10 +81,7 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
         print(f"error {error.code}: {_detail(body)}", file=sys.stderr)
         return EXIT_REMOTE_ERROR
     except (OSError, urllib.error.URLError) as exc:
-        print(
-            f"error: the gateway's admin API is unreachable ({getattr(exc, 'reason', exc)})", file=sys.stderr
-        )
-        return EXIT_UNREACHABLE
+        return operator_client.report_unreachable(exc)
     return EXIT_OK
 
 
@@ -142,10 +139,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except (OSError, urllib.error.URLError) as exc:
-        print(
-            f"error: the gateway's admin API is unreachable ({getattr(exc, 'reason', exc)})", file=sys.stderr
-        )
-        return EXIT_UNREACHABLE
+        return operator_client.report_unreachable(exc)
     if status >= 400:
         print(f"error {status}: {data.get('detail', '')}", file=sys.stderr)
         return EXIT_REMOTE_ERROR

@@ -92,6 +92,12 @@ class VerbFailed(Exception):
         self.exit_code = exit_code
 
 
+def report_unreachable(exc: OSError | urllib.error.URLError) -> int:
+    """Say on stderr that the admin API did not answer; the exit code for it."""
+    print(f"error: the gateway's admin API is unreachable ({getattr(exc, 'reason', exc)})", file=sys.stderr)
+    return EXIT_UNREACHABLE
+
+
 def checked_call(
     args: argparse.Namespace,
     method: str,
@@ -108,9 +114,7 @@ def checked_call(
         print(f"error: {exc}", file=sys.stderr)
         raise VerbFailed(EXIT_USAGE) from None
     except (OSError, urllib.error.URLError) as exc:
-        reason = getattr(exc, "reason", exc)
-        print(f"error: the gateway's admin API is unreachable ({reason})", file=sys.stderr)
-        raise VerbFailed(EXIT_UNREACHABLE) from None
+        raise VerbFailed(report_unreachable(exc)) from None
     if not 200 <= status < 300 and status not in allowed:  # a refused redirect is an error too
         if args.json:
             print(json.dumps(data, indent=2, sort_keys=True))
