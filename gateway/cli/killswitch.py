@@ -139,20 +139,22 @@ def _propagation(data: dict[str, Any]) -> str:
     return line
 
 
+def _describe_change(verb: str, data: dict[str, Any], details: str, version: object) -> str:
+    """One engaged, released or extended switch, and how far the change has reached."""
+    return (
+        f"{verb} {data.get('id')}: {data.get('scope')} {data.get('target')}{details} "
+        f"(version {version})\n{_propagation(data)}"
+    )
+
+
 def _describe_engaged(data: dict[str, Any]) -> str:
     expires = f", expires {data['expires_at']}" if data.get("expires_at") else ""
     incident = f", incident {data['incident']}" if data.get("incident") else ""
-    return (
-        f"engaged {data.get('id')}: {data.get('scope')} {data.get('target')} {data.get('mode')}"
-        f"{incident}{expires} (version {data.get('version')})\n{_propagation(data)}"
-    )
+    return _describe_change("engaged", data, f" {data.get('mode')}{incident}{expires}", data.get("version"))
 
 
 def _describe_released(data: dict[str, Any]) -> str:
-    return (
-        f"released {data.get('id')}: {data.get('scope')} {data.get('target')} "
-        f"(version {data.get('released_version')})\n{_propagation(data)}"
-    )
+    return _describe_change("released", data, "", data.get("released_version"))
 
 
 def _describe_dry_run(data: dict[str, Any]) -> str:
@@ -164,10 +166,7 @@ def _describe_dry_run(data: dict[str, Any]) -> str:
 
 
 def _describe_extended(data: dict[str, Any]) -> str:
-    return (
-        f"extended {data.get('id')}: {data.get('scope')} {data.get('target')} until "
-        f"{data.get('expires_at')} (version {data.get('version')})\n{_propagation(data)}"
-    )
+    return _describe_change("extended", data, f" until {data.get('expires_at')}", data.get("version"))
 
 
 def _describe_instances(data: dict[str, Any]) -> str:
