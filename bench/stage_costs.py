@@ -33,9 +33,18 @@ STAGES: tuple[tuple[str, float | None, tuple[str, ...]], ...] = (
     (
         "logging (access log, metrics)",
         5,
-        ("access_log.py", "refusal_log.py", "metrics.py", "log_context.py", "prometheus_client/"),
+        (
+            "logs/",
+            "aiohttp_access_log.py",
+            "metrics.py",
+            "prometheus_client/",
+        ),
     ),
-    ("rate limits (both stages, store)", 15, ("ratelimit/", "rate_limit.py", "limits/")),
+    (
+        "rate limits (both stages, store)",
+        15,
+        ("ratelimit/", "rate_limit.py", "login_outcome.py", "deferred_pre_auth.py", "limits/"),
+    ),
     ("authentication (JWT, MFA, revocation)", None, ("authenticate.py", "auth/", "jwt/")),
     (
         "tenancy (identity headers, signed context)",
@@ -47,7 +56,15 @@ STAGES: tuple[tuple[str, float | None, tuple[str, ...]], ...] = (
     (
         "other stages (limits of the head, hygiene, body, CORS)",
         None,
-        ("header_limits.py", "request_hygiene.py", "body_limit.py", "cors.py", "webhook.py"),
+        (
+            "header_limits.py",
+            "request_hygiene.py",
+            "hygiene.py",
+            "body_limit.py",
+            "cors.py",
+            "origins.py",
+            "webhook.py",
+        ),
     ),
     (
         "upstream leg (request out, answer in)",
@@ -58,7 +75,7 @@ STAGES: tuple[tuple[str, float | None, tuple[str, ...]], ...] = (
             "httptools_pool.py",
             "request_head.py",
             "forwarding.py:upstream",
-            "upstream.py",
+            "upstream/pools.py",
         ),
     ),
     (
@@ -94,7 +111,7 @@ def shares(raw: Path) -> dict[str, float]:
     counts: collections.Counter[str] = collections.Counter()
     for line in raw.read_text().splitlines():
         stack, _, n = line.rpartition(" ")
-        if not stack:
+        if not stack or not n.isdigit():  # a line cut short when py-spy was stopped mid-write
             continue
         counts[classify(stack.split(";"))] += int(n)
     total = sum(counts.values()) or 1
