@@ -7,9 +7,9 @@ The reason a token was refused is logged and counted; the client only learns tha
 from __future__ import annotations
 
 import time
+from typing import NoReturn
 
 import structlog
-from aiohttp import web
 
 from gateway.auth.bearer import (
     REALM,
@@ -19,12 +19,13 @@ from gateway.auth.bearer import (
     mfa_shortfall,
     refuse_revoked,
 )
-from gateway.auth.jwt import TokenRejected, has_mfa
+from gateway.auth.jwt import TokenRejected, VerifiedClaims, has_mfa
 from gateway.context import RequestContext
 from gateway.deferred_pre_auth import settle_pre_auth
 from gateway.errors import MissingToken
 from gateway.logs import context as log_context
 from gateway.metrics import METRICS
+from gateway.middleware import StageResult
 from gateway.origins import check_cookie_origin
 
 log = structlog.get_logger("gateway.auth")
@@ -45,27 +46,53 @@ def _request_token(ctx: RequestContext, cookie_name: str | None) -> str | None:
     return token
 
 
-async def authenticate(ctx: RequestContext) -> web.StreamResponse | None:
+def authenticate(ctx: RequestContext) -> StageResult:
+    """A cached token (every request of a session) is checked without waiting; a missing
+    token or one to verify in full returns the coroutine that settles pre_auth first."""
     route = ctx.route
     if route is None or route.auth != "jwt":
         return None  # auth: none, or auth: webhook (its own signature check, next stage)
     runtime = ctx.runtime
     token = _request_token(ctx, runtime.config.auth.token_cookie)
     if token is None:
-        await settle_pre_auth(ctx)  # an anonymous flood is refused by pre_auth, as ever
-        METRICS.auth_failures.labels("missing_token").inc()
-        raise MissingToken("A bearer token is required", headers={"WWW-Authenticate": REALM})
+        return _refuse_missing(ctx)
     try:
         claims = runtime.verifier.verify_cached(token, ctx.token_memo)
-        if claims is None:
-            # SECURITY: signature flood — pre_auth sheds it before any ES256 work, even when
-            # its hit was deferred to go with the route stage's (only cached tokens skip this).
-            await settle_pre_auth(ctx)
-            claims = await runtime.verifier.verify(token)
     except TokenRejected as rejected:
-        METRICS.auth_failures.labels(rejected.reason).inc()
-        log.info("token_rejected", reason=rejected.reason, request_id=ctx.request_id)
-        raise invalid_token() from None
+        _refuse_rejected(ctx, rejected)
+    if claims is None:
+        return _verify_in_full(ctx, token)
+    _admit(ctx, claims)
+    return None
+
+
+async def _refuse_missing(ctx: RequestContext) -> None:
+    await settle_pre_auth(ctx)  # an anonymous flood is refused by pre_auth, as ever
+    METRICS.auth_failures.labels("missing_token").inc()
+    raise MissingToken("A bearer token is required", headers={"WWW-Authenticate": REALM})
+
+
+async def _verify_in_full(ctx: RequestContext, token: str) -> None:
+    try:
+        # SECURITY: signature flood — pre_auth sheds it before any ES256 work, even when its hit
+        # was deferred to go with the route stage's (only cached tokens skip this).
+        await settle_pre_auth(ctx)
+        claims = await ctx.runtime.verifier.verify(token)
+    except TokenRejected as rejected:
+        _refuse_rejected(ctx, rejected)
+    _admit(ctx, claims)
+
+
+def _refuse_rejected(ctx: RequestContext, rejected: TokenRejected) -> NoReturn:
+    METRICS.auth_failures.labels(rejected.reason).inc()
+    log.info("token_rejected", reason=rejected.reason, request_id=ctx.request_id)
+    raise invalid_token() from None
+
+
+def _admit(ctx: RequestContext, claims: VerifiedClaims) -> None:
+    """Revocation and MFA over verified claims; on success the context holds the identity."""
+    route, runtime = ctx.route, ctx.runtime
+    assert route is not None
     if runtime.services.revocations.is_revoked(claims.tenant, claims.subject, claims.issued_at):
         refuse_revoked(ctx.request_id)  # ensure_not_revoked, inline: this runs on every request
     ctx.claims = claims
@@ -78,4 +105,3 @@ async def authenticate(ctx: RequestContext) -> web.StreamResponse | None:
         if shortfall is not None:
             METRICS.auth_failures.labels(shortfall).inc()
             raise mfa_required(shortfall, route.mfa_max_age)
-    return None

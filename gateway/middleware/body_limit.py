@@ -12,6 +12,6 @@ from gateway.context import RequestContext
 from gateway.http.request_body import refuse_unframed_or_oversized
 
 
-async def enforce_body_limit(ctx: RequestContext) -> web.StreamResponse | None:
+def enforce_body_limit(ctx: RequestContext) -> web.StreamResponse | None:
     refuse_unframed_or_oversized(ctx.request, ctx.route.max_body if ctx.route else None)
     return None

@@ -12,7 +12,7 @@ from gateway.context import RequestContext
 from gateway.origins import origin_allowed, preflight_headers
 
 
-async def apply_cors(ctx: RequestContext) -> web.StreamResponse | None:
+def apply_cors(ctx: RequestContext) -> web.StreamResponse | None:
     route = ctx.route
     if route is None or route.cors is None:
         return None

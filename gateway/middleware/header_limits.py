@@ -13,7 +13,7 @@ from gateway.context import RequestContext
 from gateway.errors import HeadersTooLarge
 
 
-async def enforce_header_limits(ctx: RequestContext) -> web.StreamResponse | None:
+def enforce_header_limits(ctx: RequestContext) -> web.StreamResponse | None:
     limits = ctx.runtime.config.listen.limits
     raw = ctx.request.raw_headers
     if len(raw) > limits.max_headers:

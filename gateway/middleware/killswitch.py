@@ -25,7 +25,7 @@ from gateway.killswitch.checks import (
 from gateway.killswitch.model import isolated_error
 
 
-async def check_killswitch(ctx: RequestContext) -> web.StreamResponse | None:
+def check_killswitch(ctx: RequestContext) -> web.StreamResponse | None:
     index = loaded_index(ctx.runtime.services.killswitches.index)
     ctx.killswitch_index = index  # later checks skip what this set already cleared
     if not index.empty:
@@ -35,7 +35,7 @@ async def check_killswitch(ctx: RequestContext) -> web.StreamResponse | None:
     return None
 
 
-async def check_tenant_killswitch(ctx: RequestContext) -> web.StreamResponse | None:
+def check_tenant_killswitch(ctx: RequestContext) -> web.StreamResponse | None:
     index = loaded_index(ctx.runtime.services.killswitches.index)
     same_set = index is ctx.killswitch_index
     if same_set and (index.empty or not (tenants := acting_tenants(ctx))):

@@ -31,7 +31,7 @@ _PARSER_CODING_REFUSAL = re.compile(
 )
 
 
-async def check_request_hygiene(ctx: RequestContext) -> web.StreamResponse | None:
+def check_request_hygiene(ctx: RequestContext) -> web.StreamResponse | None:
     headers = ctx.request.headers
     check_singletons(headers, ctx.runtime.config.auth.token_cookie)
     check_transfer_coding(headers.getall("Transfer-Encoding", ()))

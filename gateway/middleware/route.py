@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import re
 
-from aiohttp import web
-
 from gateway.context import RequestContext
 from gateway.endpoints.table import is_gateway_endpoint, serve_gateway_endpoint
 from gateway.errors import BadRequest
 from gateway.exchange import ServerRequest
 from gateway.killswitch.checks import check_gateway_endpoint
+from gateway.middleware import StageResult
 from gateway.routing import canonical_target, method_not_allowed
 
 # RFC 3986 host (reg-name or IP literal) and optional port; anything else in Host is an attack on
@@ -43,7 +42,7 @@ def checked_host(request: ServerRequest) -> str | None:
     return host
 
 
-async def resolve_route(ctx: RequestContext) -> web.StreamResponse | None:
+def resolve_route(ctx: RequestContext) -> StageResult:
     request = ctx.request
     if request.method == "CONNECT" and not request.raw_path.startswith("/"):
         # SECURITY: open proxy — an authority-form CONNECT names no route that could list it.
@@ -55,6 +54,6 @@ async def resolve_route(ctx: RequestContext) -> web.StreamResponse | None:
         check_gateway_endpoint(
             runtime.services.killswitches.index, ctx, case_insensitive=runtime.config.routes_case_insensitive
         )
-        return await serve_gateway_endpoint(ctx)
+        return serve_gateway_endpoint(ctx)  # awaited by the pipeline runner
     ctx.route = ctx.runtime.routes.match(ctx.target.path, request.method)
     return None

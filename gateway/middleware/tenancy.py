@@ -20,7 +20,7 @@ from gateway.tenancy.refusals import account_grant_use, refuse_mismatch
 from gateway.tenancy.resolve import TenantNotNamed
 
 
-async def apply_tenancy(ctx: RequestContext) -> web.StreamResponse | None:
+def apply_tenancy(ctx: RequestContext) -> web.StreamResponse | None:
     route, claims = ctx.route, ctx.claims
     if route is None or route.auth != "jwt" or claims is None:
         return None  # auth: none / webhook: no identity, nothing to check

@@ -3,7 +3,16 @@ costly ones"): this pins it, so a stage moved in ``gateway/pipeline.py`` fails h
 
 from __future__ import annotations
 
+import asyncio
+import types
+from typing import cast
+
+import pytest
+from aiohttp import web
+
 from gateway import pipeline
+from gateway.context import RequestContext
+from gateway.middleware import StageResult
 from gateway.middleware.authenticate import authenticate
 from gateway.middleware.body_limit import enforce_body_limit
 from gateway.middleware.cors import apply_cors
@@ -49,3 +58,35 @@ def test_response_checks_run_in_the_spec_order() -> None:
     # §3.9: the tenant echo first (a leaked answer is withheld), then the login outcome
     spec_order = (check_tenant_echo, check_login_outcome)
     assert spec_order == pipeline.RESPONSE_CHECKS
+
+
+async def test_the_runner_awaits_a_stage_that_returns_a_coroutine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plain stage answers at once; one that has to wait returns a coroutine, awaited for the
+    same answer (``None`` goes on, a response ends the run); a later stage never runs."""
+    ran: list[str] = []
+    answer = web.Response(status=204)
+
+    def plain(ctx: RequestContext) -> None:
+        ran.append("plain")
+
+    async def waits(ctx: RequestContext) -> None:
+        await asyncio.sleep(0)
+        ran.append("waits")
+
+    def slow_path(ctx: RequestContext) -> StageResult:
+        async def answers() -> web.StreamResponse:
+            await asyncio.sleep(0)
+            ran.append("answers")
+            return answer
+
+        return answers()
+
+    def never(ctx: RequestContext) -> None:
+        ran.append("never")
+
+    monkeypatch.setattr(pipeline, "PIPELINE", (plain, waits, slow_path, never))
+    ctx = cast(RequestContext, types.SimpleNamespace(deferred_pre_auth=None))
+    assert await pipeline.run_stages(ctx) is answer
+    assert ran == ["plain", "waits", "answers"]
+    assert await pipeline.run_stage(plain, ctx) is None
+    assert await pipeline.run_stage(slow_path, ctx) is answer

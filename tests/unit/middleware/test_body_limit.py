@@ -15,6 +15,7 @@ from gateway.errors import BadRequest
 from gateway.middleware.body_limit import enforce_body_limit
 from gateway.middleware.route import resolve_route
 from tests.support.stage_server import AiohttpClient, send_raw, stage_client, stage_runtime
+from tests.unit.middleware.conftest import awaited
 
 MAX_BODY = 100
 CONFIG = (
@@ -26,7 +27,7 @@ CONFIG = (
 
 @pytest.fixture
 async def client(aiohttp_client: AiohttpClient) -> TestClient[Any, Any]:
-    return await stage_client(aiohttp_client, CONFIG, resolve_route, enforce_body_limit)
+    return await stage_client(aiohttp_client, CONFIG, awaited(resolve_route), awaited(enforce_body_limit))
 
 
 async def test_a_body_at_the_limit_passes(client: TestClient[Any, Any]) -> None:
@@ -86,6 +87,6 @@ async def test_the_stage_refuses_a_body_framed_two_ways_itself() -> None:
     request = make_mocked_request("POST", "/api/file", headers=headers)
     ctx = RequestContext(request, stage_runtime(CONFIG), "rid", "127.0.0.1", "127.0.0.1", False)
     with pytest.raises(BadRequest) as refused:
-        await enforce_body_limit(ctx)
+        enforce_body_limit(ctx)
     assert refused.value.slug == "bad-request"
     assert refused.value.detail == "Conflicting body framing"

@@ -11,6 +11,7 @@ from aiohttp.test_utils import TestClient
 
 from gateway.middleware.header_limits import enforce_header_limits
 from tests.support.stage_server import AiohttpClient, send_raw, stage_client
+from tests.unit.middleware.conftest import awaited
 
 MAX_HEADERS, MAX_LINE, MAX_BYTES = 10, 1024, 4096
 CONFIG = (
@@ -24,7 +25,7 @@ TOKEN = "eyJhbGciOiJFUzI1NiJ9.SECRET-TOKEN-MARK"
 
 @pytest.fixture
 async def client(aiohttp_client: AiohttpClient) -> TestClient[Any, Any]:
-    return await stage_client(aiohttp_client, CONFIG, enforce_header_limits)
+    return await stage_client(aiohttp_client, CONFIG, awaited(enforce_header_limits))
 
 
 def head(fields: list[tuple[str, str]]) -> str:
