@@ -7,6 +7,8 @@ covered by ``GuardedRequestHandler.handle_error``.
 
 from __future__ import annotations
 
+from itertools import chain
+
 from aiohttp import web
 
 from gateway.context import RequestContext
@@ -20,6 +22,13 @@ def enforce_header_limits(ctx: RequestContext) -> web.StreamResponse | None:
         raise HeadersTooLarge("Too many request header fields")
     # name + ": " + value + CRLF, as on the wire
     line_limit = limits.max_header_line
+    # Every name and value summed in C: when all of them together fit one line's limit, no
+    # single line can exceed it, and the total decides alone (the common case: no loop here).
+    total = sum(map(len, chain.from_iterable(raw)))
+    if total <= line_limit:
+        if total + 4 * len(raw) > limits.max_header_bytes:
+            raise HeadersTooLarge("The request header section is too large")
+        return None
     size = 0
     for name, value in raw:
         line = len(name) + len(value)

@@ -81,3 +81,20 @@ async def test_a_section_at_max_header_bytes_passes_and_one_byte_more_is_refused
     assert answer.status == 431
     assert answer.json()["type"] == "urn:shopino-gateway:headers-too-large"
     assert answer.json()["detail"] == "The request header section is too large"
+
+
+async def test_a_section_over_max_header_bytes_is_refused_when_a_line_may_be_longer(
+    aiohttp_client: AiohttpClient,
+) -> None:
+    # max_header_line above max_header_bytes: the section limit alone decides, every field fits.
+    config = (
+        "routes:\n  - {name: api, prefix: /api, upstream: erp}\n"
+        "listen: {limits: {max_headers: 10, max_header_line: 8192, max_header_bytes: 1024}}\n"
+    )
+    client = await stage_client(aiohttp_client, config, awaited(enforce_header_limits))
+    fields = [HOST, ("X-Fill", "v" * (1024 - section_size([HOST]) - len("X-Fill") - 4))]
+    assert section_size(fields) == 1024
+    assert (await send_raw(client, head(fields))).status == 200
+    answer = await send_raw(client, head([HOST, ("X-Fill", fields[1][1] + "v")]))
+    assert answer.status == 431
+    assert answer.json()["detail"] == "The request header section is too large"
