@@ -96,6 +96,9 @@ class Redactor:
         # keys and messages can come from clients (headers, query), so a flood only resets them.
         self._keys: dict[str, tuple[bool, str]] = {}
         self._clean: set[str] = set()
+        # query -> its redacted form (which holds no value: every one is masked). Bounded like
+        # the caches above; a client's query string repeats across its requests.
+        self._queries: dict[str, str] = {}
 
     @classmethod
     def from_config(cls, config: RedactConfig) -> Redactor:
@@ -196,6 +199,17 @@ class Redactor:
         """Mask every query-string value; keep keys, but pattern-mask them (``a=1`` -> ``a=[REDACTED]``)."""
         if not query:
             return query
+        known = self._queries.get(query)
+        if known is not None:
+            return known
+        shown = self._redact_query(query)
+        if len(query) <= _CLEAN_CACHE_MAX_LEN:
+            if len(self._queries) >= _CACHE_LIMIT:
+                self._queries.clear()
+            self._queries[query] = shown
+        return shown
+
+    def _redact_query(self, query: str) -> str:
         prefix = "?" if query.startswith("?") else ""
         parts = []
         for field in query[len(prefix) :].split("&"):

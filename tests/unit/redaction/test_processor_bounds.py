@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from gateway.config_schema import parse_config
 from gateway.redaction import patterns as pat
-from gateway.redaction.processor import RedactionProcessor, Redactor
+from gateway.redaction.processor import _CACHE_LIMIT, RedactionProcessor, Redactor
 
 # The e-mail regex as it was: the reference the anchored scan must agree with (short inputs only,
 # it is quadratic on long ones).
@@ -117,3 +117,21 @@ def test_numbers_that_hold_a_phone_or_id_are_masked(number: int, placeholder: st
 def test_max_scan_is_configured_under_logging_redact() -> None:
     assert parse_config("logging: {}\n").logging.redact.max_scan == 2048
     assert parse_config("logging: {redact: {max_scan: 4KiB}}\n").logging.redact.max_scan == 4096
+
+
+def test_redacted_queries_are_remembered_within_a_bound() -> None:
+    """A query's redaction is remembered (the same answer, every value masked) and the memory
+    starts over at its cap, however many queries a client invents; long ones are not kept."""
+    redactor = Redactor()
+    first = redactor.redact_query("limit=4&email=ali@mail.com")
+    assert first == "limit=[REDACTED]&email=[REDACTED]"
+    assert redactor.redact_query("limit=4&email=ali@mail.com") == first
+    for n in range(_CACHE_LIMIT + 10):
+        assert redactor.redact_query(f"k{n}=v") == f"k{n}=[REDACTED]"
+    assert len(redactor._queries) <= _CACHE_LIMIT
+    overlong = "a=" + "x" * 300
+    assert redactor.redact_query(overlong) == "a=[REDACTED]"
+    assert overlong not in redactor._queries
+    # Keys are still pattern-masked (decoded first), remembered or not.
+    shown = redactor.redact_query("ali%40mail.com=1")
+    assert "ali" not in shown and redactor.redact_query("ali%40mail.com=1") == shown
