@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import io
+import random
 from types import SimpleNamespace
 
 import orjson
 
 from gateway.context import ContextKey
-from gateway.logs.access_log import FLUSH_DELAY, AccessLogWriter, flush_access_logs
+from gateway.logs.access_log import FLUSH_DELAY, AccessLogWriter, flush_access_logs, milliseconds
 from gateway.redaction.processor import Redactor
 
 
@@ -198,3 +199,14 @@ def test_answered_requests_are_never_thinned() -> None:
         log_one(writer, f"req-{index}")
     writer.flush()
     assert len(lines_of(stream)) == 50
+
+
+def test_duration_ms_is_round_to_three_places_bit_for_bit() -> None:
+    """``milliseconds`` is ``round(elapsed * 1000, 3)`` for every duration: typical ones, exact
+    ties at the third place (where it defers to ``round``), tiny ones and streams of hours."""
+    random.seed(13)
+    cases = [random.random() * 10 ** random.uniform(-7, 4) for _ in range(200_000)]
+    cases += [n / 1e6 for n in range(20_000)] + [(n + 0.5) / 1e6 for n in range(20_000)]
+    cases += [0.0, 5e-7, 1.5e-6, 2.5e-6, 0.0125, 3600.0, 9000.000_000_5, 86400.123_456_789, 1e9]
+    for elapsed in cases:
+        assert repr(milliseconds(elapsed)) == repr(round(elapsed * 1000, 3)), elapsed
