@@ -29,6 +29,15 @@ def bind(**fields: str) -> None:
         current.update(fields)
 
 
+def bind_tenant(tenant: str) -> None:
+    """``bind(tenant=tenant)``, without building keyword arguments (every authenticated request)."""
+    current = _FIELDS.get()
+    if current is None:
+        _FIELDS.set({"tenant": tenant})
+    else:
+        current["tenant"] = tenant
+
+
 def current_fields() -> dict[str, str]:
     return dict(_FIELDS.get() or {})
 

@@ -98,7 +98,7 @@ def _admit(ctx: RequestContext, claims: VerifiedClaims) -> None:
     ctx.claims = claims
     ctx.user = claims.subject
     ctx.tenant = claims.tenant
-    log_context.bind(tenant=claims.tenant)
+    log_context.bind_tenant(claims.tenant)
     # The common case (MFA-backed, no max age) needs no refusal to be built.
     if route.mfa and (route.mfa_max_age is not None or not has_mfa(claims, runtime.config.mfa.accepted_amr)):
         shortfall = mfa_shortfall(claims, runtime.config.mfa.accepted_amr, route.mfa_max_age, time.time())

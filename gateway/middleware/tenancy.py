@@ -59,7 +59,7 @@ def apply_tenancy(ctx: RequestContext) -> web.StreamResponse | None:
     if grant is None:
         refuse_mismatch(services.audit, ctx, own, named)
     ctx.tenant, ctx.grant = named, grant
-    log_context.bind(tenant=named)
+    log_context.bind_tenant(named)
     account_grant_use(services.audit, ctx, claims, named, grant)
     return None
 
