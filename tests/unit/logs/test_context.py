@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import io
 import logging
 from collections.abc import Iterator
@@ -70,3 +71,21 @@ async def test_tasks_see_their_own_request_only() -> None:
     one, two = await asyncio.gather(handle("a", "acme"), handle("b", "globex"))
     assert one == {"request_id": "a", "tenant": "acme"}
     assert two == {"request_id": "b", "tenant": "globex"}
+
+
+def test_bind_tenant_is_bind_with_the_tenant_field() -> None:
+    async def request() -> tuple[dict[str, str], dict[str, str]]:
+        log_context.begin_request("req-1")
+        log_context.bind_tenant("acme")
+        bound = log_context.current_fields()
+        log_context.bind(tenant="acme")
+        return bound, log_context.current_fields()
+
+    bound, via_bind = asyncio.run(request())
+    assert bound == via_bind == {"request_id": "req-1", "tenant": "acme"}
+
+    def fresh() -> dict[str, str]:
+        log_context.bind_tenant("acme")  # nothing bound yet in this context: a new dict
+        return log_context.current_fields()
+
+    assert contextvars.Context().run(fresh) == {"tenant": "acme"}
