@@ -132,6 +132,7 @@ class AccessLogWriter:
             return
         target = ctx.target
         path = target.path if target is not None else "-"
+        clean = self._clean  # probed inline, as for the tenant below: a call only on a miss
         line: dict[str, object] = {
             "timestamp": self._stamp(now),
             "level": "info",
@@ -139,7 +140,7 @@ class AccessLogWriter:
             "request_id": ctx.request_id,
             "method": ctx.request.method,
             "route": route,
-            "path": self._redactor.redact_text(path),
+            "path": path if path in clean else self._redactor.redact_text(path),
             "status": status,
             "duration_ms": milliseconds(elapsed),
             "bytes": body_length,
@@ -158,9 +159,9 @@ class AccessLogWriter:
             if self._pseudonymize:
                 line["user"] = self._pseudonyms.get(user) or self._pseudonymizer(user)
             else:
-                line["user"] = user if user in self._clean else self._redactor.redact_text(user)
+                line["user"] = user if user in clean else self._redactor.redact_text(user)
         if tenant is not None:
-            line["tenant"] = tenant if tenant in self._clean else self._redactor.redact_text(tenant)
+            line["tenant"] = tenant if tenant in clean else self._redactor.redact_text(tenant)
         self._append(line)
 
     def _append(self, line: dict[str, object]) -> None:
