@@ -260,8 +260,9 @@ class _Tracked:
         claims = facts.claims
         if claims is not None:
             leeway = self.config.auth.leeway
-            self.deadline = stream_deadline(claims, facts.grant, leeway=leeway, now=time.time())
-            registry._arm(self.deadline)
+            deadline = self.deadline = stream_deadline(claims, facts.grant, leeway=leeway, now=time.time())
+            if deadline < registry._timer_at:  # _arm's own first test, without the call
+                registry._arm(deadline)
         return self
 
     def __exit__(self, *exc: object) -> None:
