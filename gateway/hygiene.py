@@ -9,20 +9,23 @@ import binascii
 from base64 import b64decode
 from collections.abc import Sequence
 
-from multidict import CIMultiDictProxy
+from multidict import CIMultiDictProxy, istr
 
 from gateway.errors import BadRequest, NotImplementedCoding
 
 _WEBSOCKET_KEY_BYTES = 16  # RFC 6455 §4.1: base64 of a random 16-byte nonce
 _WEBSOCKET_VERSION = "13"
+# istr: multidict looks them up without case-folding the name on every request.
+_AUTHORIZATION = istr("Authorization")
+_COOKIE = istr("Cookie")
 
 
 def check_singletons(headers: CIMultiDictProxy[str], token_cookie: str | None) -> None:
     # SECURITY: tenant confusion — the gateway verifies one credential, a backend that reads
     # another (the last Authorization, the first of two token cookies) acts for someone else.
-    if len(headers.getall("Authorization", ())) > 1:
+    if len(headers.getall(_AUTHORIZATION, ())) > 1:
         raise BadRequest("More than one Authorization header")
-    if token_cookie and cookie_count(headers.getall("Cookie", ()), token_cookie) > 1:
+    if token_cookie and cookie_count(headers.getall(_COOKIE, ()), token_cookie) > 1:
         raise BadRequest("The token cookie is present more than once")
 
 

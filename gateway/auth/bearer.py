@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import NoReturn
 
 import structlog
+from multidict import istr
 
 from gateway.auth.jwt import VerifiedClaims, has_mfa, mfa_fresh
 from gateway.auth.metrics import AUTH_FAILURES
@@ -18,6 +19,7 @@ from gateway.auth.revocation import RevocationEpochs
 from gateway.errors import InvalidToken, MfaRequired
 
 log = structlog.get_logger("gateway.auth")
+_AUTHORIZATION = istr("Authorization")  # istr: no case folding per request
 REALM = 'Bearer realm="shopino"'
 
 
@@ -31,7 +33,7 @@ def invalid_token() -> InvalidToken:
 
 def bearer_token(headers: Mapping[str, str]) -> str | None:
     """The token of an ``Authorization: Bearer`` header, if any."""
-    header = headers.get("Authorization", "")
+    header = headers.get(_AUTHORIZATION, "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() == "bearer":
         token = token.strip()

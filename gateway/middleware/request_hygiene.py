@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 
 from aiohttp import http_exceptions, web
+from multidict import istr
 
 from gateway.context import RequestContext
 from gateway.errors import BadRequest, GatewayError, NotImplementedCoding
@@ -24,6 +25,7 @@ from gateway.upstream.forwarding import wants_websocket
 # How aiohttp's parsers (C and pure Python) word the refusals ``parser_refusal`` maps; the
 # end-to-end tests send each case, so a change of wording in aiohttp is noticed there.
 # llhttp knows no TRACK: it refuses the request line, quoting it.
+_TRANSFER_ENCODING = istr("Transfer-Encoding")  # istr: no case folding per request
 _TRACK_LINE = re.compile(r"Invalid method encountered:\s+b'TRACK ")
 _PARSER_CODING_REFUSAL = re.compile(
     r"Invalid `Transfer-Encoding` header value|Request has invalid `Transfer-Encoding`"
@@ -34,7 +36,7 @@ _PARSER_CODING_REFUSAL = re.compile(
 def check_request_hygiene(ctx: RequestContext) -> web.StreamResponse | None:
     headers = ctx.request.headers
     check_singletons(headers, ctx.runtime.config.auth.token_cookie)
-    check_transfer_coding(headers.getall("Transfer-Encoding", ()))
+    check_transfer_coding(headers.getall(_TRANSFER_ENCODING, ()))
     if wants_websocket(ctx.request):
         if ctx.request.version < (1, 1):
             raise BadRequest("A WebSocket handshake needs HTTP/1.1")  # RFC 6455 §4.1

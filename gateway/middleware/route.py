@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from multidict import istr
+
 from gateway.context import RequestContext
 from gateway.endpoints.table import is_gateway_endpoint, serve_gateway_endpoint
 from gateway.errors import BadRequest
@@ -20,10 +22,11 @@ _HOST_RE = re.compile(r"^(?:\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9._-]{1,253})(?::[0
 # characters each), and the memo starts over at its cap however many a client invents.
 _VALID_HOSTS: set[str] = set()
 VALID_HOSTS_MAX = 1024
+_HOST = istr("Host")  # istr: no case folding per request
 
 
 def checked_host(request: ServerRequest) -> str | None:
-    hosts = request.headers.getall("Host", ())
+    hosts = request.headers.getall(_HOST, ())
     if len(hosts) > 1:
         raise BadRequest("More than one Host header")
     if not hosts:
