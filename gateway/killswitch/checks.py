@@ -56,7 +56,7 @@ def check_gateway_endpoint(index: SwitchIndex | None, facts: RequestFacts, *, ca
     if facts.target.path in PROBE_PATHS:  # SPEC §9: probes keep answering
         return
     index = loaded_index(index)
-    if not index.empty:
+    if index.unidentified:
         refuse_unidentified(index, facts, None, case_insensitive=case_insensitive)
 
 

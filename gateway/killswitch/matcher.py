@@ -126,7 +126,17 @@ def _first_of(switches: Sequence[Switch] | None, method: str, websocket: bool, n
 class SwitchIndex:
     """Immutable: a new version builds a new index and swaps one reference."""
 
-    __slots__ = ("_by", "_by_route", "_endpoints", "_glob_tables", "_global", "empty", "switches", "version")
+    __slots__ = (
+        "_by",
+        "_by_route",
+        "_endpoints",
+        "_glob_tables",
+        "_global",
+        "empty",
+        "switches",
+        "unidentified",
+        "version",
+    )
 
     def __init__(self, switches: Iterable[Switch], version: int) -> None:
         self.switches: tuple[Switch, ...] = tuple(sorted(switches, key=lambda s: (s.created_at, s.id)))
@@ -152,6 +162,9 @@ class SwitchIndex:
             if rule.route_field is not None and by[rule.name]
         )
         self._glob_tables: tuple[dict[str, _Globs], dict[str, _Globs]] = ({}, {})  # by letter-case mode
+        # Whether ``refusal`` can find anything at all: with only tenant switches engaged (an
+        # isolated tenant, the usual incident), the identity-free check is skipped outright.
+        self.unidentified = bool(self._global or self._by_route or self._endpoints)
 
     def _globs(self, fold: bool, method: str) -> _Globs:
         # One table set per method keeps a GET from meeting POST-only globs. Methods no switch
@@ -201,6 +214,16 @@ class SwitchIndex:
             if hit := _first_refusal(entries, method, websocket, now):
                 return hit
         return None
+
+    def names_tenant(self, tenants: Iterable[str]) -> bool:
+        """Whether a tenant switch (active or not) targets one of ``tenants``: when none does,
+        ``tenant_refusal`` finds nothing, so a caller can skip its clock and header work."""
+        by_tenant = self._by["tenant"]
+        if by_tenant:
+            for tenant in tenants:
+                if tenant in by_tenant:
+                    return True
+        return False
 
     def tenant_refusal(
         self, tenants: Iterable[str], method: str, *, websocket: bool, now: float

@@ -28,7 +28,7 @@ from gateway.killswitch.model import isolated_error
 def check_killswitch(ctx: RequestContext) -> web.StreamResponse | None:
     index = loaded_index(ctx.runtime.services.killswitches.index)
     ctx.killswitch_index = index  # later checks skip what this set already cleared
-    if not index.empty:
+    if index.unidentified:  # a global, route-field or endpoint switch: else nothing can match
         refuse_unidentified(
             index, ctx, ctx.route, case_insensitive=ctx.runtime.config.routes_case_insensitive
         )
@@ -38,7 +38,7 @@ def check_killswitch(ctx: RequestContext) -> web.StreamResponse | None:
 def check_tenant_killswitch(ctx: RequestContext) -> web.StreamResponse | None:
     index = loaded_index(ctx.runtime.services.killswitches.index)
     same_set = index is ctx.killswitch_index
-    if same_set and (index.empty or not (tenants := acting_tenants(ctx))):
+    if same_set and (index.empty or not (tenants := acting_tenants(ctx)) or not index.names_tenant(tenants)):
         return None  # the common case: nothing to check, so no clock or header work either
     now = time.time()
     websocket = wants_websocket(ctx.request.headers)

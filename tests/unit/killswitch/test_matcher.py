@@ -159,3 +159,40 @@ def test_a_thousand_non_matching_switches_cost_about_as_much_as_a_few() -> None:
     assert not refused(many, "GET", "/api/orders/123/lines", ORDERS)
     _cost(few, 2000), _cost(many, 2000)  # warm up
     assert _cost(many) < 3 * _cost(few)  # a linear scan would be ~100x
+
+
+@pytest.mark.parametrize(
+    "switches, unidentified",
+    [
+        ([], False),
+        ([switch("tenant", "acme")], False),
+        ([switch("tenant", "acme"), switch("global", None)], True),
+        ([switch("module", "finance")], True),
+        ([switch("route", "orders-api")], True),
+        ([switch("integration", "woocommerce")], True),
+        ([switch("endpoint", "POST /api/other/**")], True),
+    ],
+)
+def test_unidentified_says_whether_the_identity_free_check_can_find_anything(
+    switches: list[Switch], unidentified: bool
+) -> None:
+    """The stages skip ``refusal`` when ``unidentified`` is false: it must then find nothing,
+    for any method, path, route or WebSocket (so the skip can never let a switched request by)."""
+    index = SwitchIndex(switches, 1)
+    assert index.unidentified is unidentified
+    if not unidentified:
+        for method, path, route, websocket in itertools.product(
+            ("GET", "POST", "HEAD"), ("/", "/api/finance/x"), (FINANCE, ORDERS, HOOKS, None), (False, True)
+        ):
+            assert not refused(index, method, path, route, websocket=websocket)
+
+
+def test_names_tenant_is_true_wherever_tenant_refusal_could_refuse() -> None:
+    active, expired = switch("tenant", "acme"), switch("tenant", "gone", expires_at=NOW - 1)
+    index = SwitchIndex([active, expired, switch("module", "finance")], 1)
+    assert index.names_tenant(("acme",)) and index.names_tenant(("other", "acme"))
+    assert index.names_tenant(("gone",))  # named, though expired: tenant_refusal decides that
+    assert not index.names_tenant(("other",)) and not index.names_tenant(())
+    assert not index.names_tenant(("ACME",))  # exact, as tenant_refusal matches
+    assert index.tenant_refusal(("other",), "POST", websocket=True, now=NOW) is None
+    assert not SwitchIndex([switch("global", None)], 1).names_tenant(("acme",))
