@@ -90,6 +90,7 @@ class LeanRequest:
         raw_headers: tuple[tuple[bytes, bytes], ...],
         content: StreamReader | EmptyStreamReader,
         keep_alive: bool,
+        content_length: int | None,
     ) -> None:
         self.protocol = protocol
         self.transport: asyncio.Transport | None = protocol.transport
@@ -101,9 +102,7 @@ class LeanRequest:
         self.raw_headers = raw_headers
         self.content = content
         self.keep_alive = keep_alive
-        length = headers.get("Content-Length")
-        # The parser has checked it is digits only (llhttp is strict), so int() cannot fail.
-        self.content_length: int | None = None if length is None else int(length)
+        self.content_length = content_length  # the parser's, already checked as digits only
         self.ctx: RequestContext | None = None
 
     @property
