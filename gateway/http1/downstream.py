@@ -122,7 +122,8 @@ class LeanDownstream:
         probe = "".join(lines)
         if "\n" in probe or "\r" in probe:
             raise ValueError("a response header contains a line break")
-        text = "\r\n".join(lines) + "\r\n\r\n"
+        lines += ("", "")  # the head's closing CRLF CRLF comes out of the one join
+        text = "\r\n".join(lines)
         self.status = status
         self.keep_alive = keep_alive
         self._empty = empty
