@@ -428,7 +428,8 @@ class LeanProtocol(ConnectionDeadlines, UpgradeHandOver, asyncio.Protocol):
                     # One request, handled here rather than in a helper coroutine: a coroutine
                     # layer costs on its creation and on every resumption of the request.
                     self.current = item
-                    self._cancel_head_timer()
+                    if self._head_timer is not None:  # nearly always cancelled at the head's end
+                        self._cancel_head_timer()
                     timeout = self._guard.body_timeout
                     content = item.content
                     if timeout > 0 and content is not EMPTY_PAYLOAD and not content.is_eof():
