@@ -439,7 +439,13 @@ class LeanProtocol(ConnectionDeadlines, UpgradeHandOver, asyncio.Protocol):
                     try:
                         keep = await self._server.handler.handle(item)
                     finally:
-                        self._request_ended()
+                        self.current = None
+                        if self._body_timer is not None:
+                            self._body_timer.cancel()
+                            self._body_timer = None
+                        done, self._done = self._done, None
+                        if done is not None and not done.done():
+                            done.set_result(None)
                     if not keep or self.transport is None:
                         if self._parsing is item and self._may_linger(item):
                             self._linger()
@@ -463,15 +469,6 @@ class LeanProtocol(ConnectionDeadlines, UpgradeHandOver, asyncio.Protocol):
                 raise
         finally:
             self._task = None
-
-    def _request_ended(self) -> None:
-        self.current = None
-        if self._body_timer is not None:
-            self._body_timer.cancel()
-            self._body_timer = None
-        done, self._done = self._done, None
-        if done is not None and not done.done():
-            done.set_result(None)
 
     def _close(self) -> None:
         if self.transport is not None:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from aiohttp._cookie_helpers import parse_cookie_header
 from aiohttp.http import HttpVersion
 from aiohttp.streams import EMPTY_PAYLOAD, EmptyStreamReader, StreamReader
-from multidict import CIMultiDictProxy, MultiDictProxy
+from multidict import CIMultiDictProxy, MultiDictProxy, istr
 from yarl import URL
 
 if TYPE_CHECKING:
@@ -57,6 +57,9 @@ class LeanConnection(Protocol):
     def abort(self) -> None: ...
 
     def may_keep_alive(self, request: LeanRequest) -> bool: ...
+
+
+_HOST = istr("Host")  # an istr: looked up without lower-casing it per request
 
 
 @functools.cache
@@ -111,7 +114,7 @@ class LeanRequest:
 
     @property
     def host(self) -> str:
-        host = self.headers.get("Host")
+        host = self.headers.get(_HOST)
         return host if host is not None else _fqdn()
 
     @property
