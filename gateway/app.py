@@ -27,7 +27,9 @@ from gateway.runtime import Runtime
 from gateway.tracing.context import continued_trace, new_trace
 
 log = structlog.get_logger("gateway.public")
-_REQUEST_ID = istr("X-Request-ID")  # an istr: looked up without lower-casing it per request
+# istr names: a multidict looks them up without lower-casing them on every request
+_REQUEST_ID, _FORWARDED_FOR = istr("X-Request-ID"), istr("X-Forwarded-For")
+_TRACEPARENT, _TRACESTATE = istr("traceparent"), istr("tracestate")
 
 
 def begin_request(
@@ -41,14 +43,14 @@ def begin_request(
     proxies = runtime.trusted_proxies
     trusted = peer in proxies
     # SECURITY: IP spoofing past limits — only a trusted peer's X-Forwarded-For is read at all.
-    client_ip = proxies.client_ip(peer, headers.getall("X-Forwarded-For", ())) if trusted else peer
+    client_ip = proxies.client_ip(peer, headers.getall(_FORWARDED_FOR, ())) if trusted else peer
     # App. C: every answer (gateway endpoints, early answers, refusals, proxied ones) carries
     # its request id (first: gateway.http1.problem relies on it), the gateway's Server, nosniff
     # and, on TLS, HSTS — neither aiohttp's nor the upstream's version is disclosed.
     own = {"X-Request-ID": request_id, **IDENTITY_BY_TLS[runtime.tls]}
     # App. C: a trusted peer's trace is continued; anyone else's traceparent is never read.
     trace = (
-        continued_trace(headers.getall("traceparent", ()), headers.getall("tracestate", ()))
+        continued_trace(headers.getall(_TRACEPARENT, ()), headers.getall(_TRACESTATE, ()))
         if trusted
         else new_trace()
     )
