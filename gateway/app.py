@@ -9,12 +9,13 @@ from typing import cast
 
 import structlog
 from aiohttp import ClientConnectionResetError, web
+from multidict import istr
 
 from gateway.auth.jwt import TokenMemo
 from gateway.context import ContextKey, RequestContext, request_id_for
 from gateway.errors import GatewayError, InternalError
 from gateway.exchange import ServerRequest
-from gateway.http.answer_headers import identity_headers
+from gateway.http.answer_headers import IDENTITY_BY_TLS
 from gateway.http.problem import render_problem
 from gateway.listener import GuardedRequestHandler
 from gateway.logs import context as log_context
@@ -26,6 +27,9 @@ from gateway.runtime import Runtime
 from gateway.tracing.context import continued_trace, new_trace
 
 log = structlog.get_logger("gateway.public")
+# istr names: a multidict looks them up without lower-casing them on every request
+_REQUEST_ID, _FORWARDED_FOR = istr("X-Request-ID"), istr("X-Forwarded-For")
+_TRACEPARENT, _TRACESTATE = istr("traceparent"), istr("tracestate")
 
 
 def begin_request(
@@ -34,19 +38,19 @@ def begin_request(
     """The request's context, bound to the request and to this task's log lines; ``token_memo``
     is the connection's (its listener keeps one per connection) for the authentication stage."""
     headers = request.headers
-    request_id = request_id_for(headers.get("X-Request-ID"))
+    request_id = request_id_for(headers.get(_REQUEST_ID))
     peer = request.remote or ""
     proxies = runtime.trusted_proxies
     trusted = peer in proxies
     # SECURITY: IP spoofing past limits — only a trusted peer's X-Forwarded-For is read at all.
-    client_ip = proxies.client_ip(peer, headers.getall("X-Forwarded-For", ())) if trusted else peer
+    client_ip = proxies.client_ip(peer, headers.getall(_FORWARDED_FOR, ())) if trusted else peer
     # App. C: every answer (gateway endpoints, early answers, refusals, proxied ones) carries
     # its request id (first: gateway.http1.problem relies on it), the gateway's Server, nosniff
     # and, on TLS, HSTS — neither aiohttp's nor the upstream's version is disclosed.
-    own = {"X-Request-ID": request_id, **identity_headers(tls=runtime.tls)}
+    own = {"X-Request-ID": request_id, **IDENTITY_BY_TLS[runtime.tls]}
     # App. C: a trusted peer's trace is continued; anyone else's traceparent is never read.
     trace = (
-        continued_trace(headers.getall("traceparent", ()), headers.getall("tracestate", ()))
+        continued_trace(headers.getall(_TRACEPARENT, ()), headers.getall(_TRACESTATE, ()))
         if trusted
         else new_trace()
     )

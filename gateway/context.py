@@ -26,20 +26,30 @@ if TYPE_CHECKING:
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._~:-]{1,64}\Z")
 
 
-# The variant nibble of a version 4 UUID (RFC 9562: binary 10xx) for each random hex digit.
-_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
 _BATCH = 256  # ids made per os.urandom call: a system call per request was measurable
+# The variant digit of a version 4 UUID (RFC 9562: binary 10xx) for each random hex digit.
+_VARIANT = bytes.maketrans(b"0123456789abcdef", b"89ab89ab89ab89ab")
+_ID = 37  # one id's text and the space after it in a batch's text
+# (first hex digit of a run, its length, where it lands in the id's text): 8-4-3-3-12 of the 32
+# random digits; digit 12 is replaced by the version (4), digit 16 is the variant's source.
+_RUNS = ((0, 8, 0), (8, 4, 9), (13, 3, 15), (17, 3, 20), (20, 12, 24))
 
 
 def _request_ids(h: str) -> list[str]:
     """Version 4 UUIDs in their usual text form from 32 hex digits each (the same 122 random
-    bits as ``uuid4()``), formatted in one comprehension rather than a call chain per request."""
-    v = _VARIANT
-    return [
-        f"{h[i : i + 8]}-{h[i + 8 : i + 12]}-4{h[i + 13 : i + 16]}-{v[h[i + 16]]}{h[i + 17 : i + 20]}-"
-        f"{h[i + 20 : i + 32]}"
-        for i in range(0, 32 * _BATCH, 32)
-    ]
+    bits as ``uuid4()``). The batch's text is written column by column (a strided copy per
+    character position, each over the whole batch), then split once: a few dozen C-level
+    operations per batch instead of a formatting per id."""
+    n = len(h) // 32
+    digits = h.encode("ascii")
+    text = bytearray(b"-" * (_ID * n))  # the four dashes stay where no digit is written
+    for first, length, at in _RUNS:
+        for k in range(length):
+            text[at + k :: _ID] = digits[first + k :: 32]
+    text[14::_ID] = b"4" * n
+    text[19::_ID] = digits[16::32].translate(_VARIANT)
+    text[36::_ID] = b" " * n
+    return text.decode("ascii").split()
 
 
 _POOL = RandomBatches(16 * _BATCH, _request_ids)

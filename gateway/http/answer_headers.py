@@ -7,9 +7,10 @@ from __future__ import annotations
 HSTS = "max-age=31536000; includeSubDomains"
 # SECURITY: fingerprinting — neither aiohttp's nor Python's version is disclosed; HSTS on TLS.
 _PLAIN = {"Server": "shopino-gateway", "X-Content-Type-Options": "nosniff"}
-_IDENTITY = {False: _PLAIN, True: {**_PLAIN, "Strict-Transport-Security": HSTS}}
+IDENTITY_BY_TLS = {False: _PLAIN, True: {**_PLAIN, "Strict-Transport-Security": HSTS}}
+"""``identity_headers`` as a table, for the per-request path (no call). Shared: do not modify."""
 
 
 def identity_headers(*, tls: bool) -> dict[str, str]:
     """The headers every answer of the public listener carries (App. C). Shared: do not modify."""
-    return _IDENTITY[tls]
+    return IDENTITY_BY_TLS[tls]

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 from aiohttp.helpers import rfc822_formatted_time
-from multidict import CIMultiDict, CIMultiDictProxy
+from aiohttp.http import HttpVersion11
+from multidict import CIMultiDict, CIMultiDictProxy, istr
 
 from gateway.exchange import Headers
 
@@ -20,9 +21,14 @@ if TYPE_CHECKING:
     from gateway.http1.request import LeanConnection, LeanRequest
 
 REASONS = {status.value: status.phrase for status in HTTPStatus}
+# The usual status lines, made once: no number formatting per answer (anything else is formatted).
+_STATUS_LINES_11 = {status: f"HTTP/1.1 {status} {phrase}" for status, phrase in REASONS.items()}
 _MULTIDICTS = (CIMultiDict, CIMultiDictProxy)  # a tuple: isinstance with a union rebuilds it
 _EMPTY_BODY_STATUS = frozenset((204, 304))
 _FRAMING = frozenset(("content-length", "transfer-encoding"))
+# istr keys: a multidict looks them up without lower-casing the name on every call
+_CONTENT_LENGTH, _TRANSFER_ENCODING = istr("Content-Length"), istr("Transfer-Encoding")
+_DATE, _CONNECTION = istr("Date"), istr("Connection")
 
 
 class ResponseStarted(ConnectionResetError):
@@ -82,14 +88,17 @@ class LeanDownstream:
         # Case-insensitive lookups in C, and the lines joined by one map(): no Python-level
         # lower() and formatting per header (the upstream's answer passes here on every request).
         pairs: Iterable[tuple[str, str]] = headers.items()
-        if "Content-Length" in headers or "Transfer-Encoding" in headers:
+        if _CONTENT_LENGTH in headers or _TRANSFER_ENCODING in headers:
             # framing is this writer's, never a stage's or an upstream's
             pairs = [(name, value) for name, value in pairs if name.lower() not in _FRAMING]
-        has_date = "Date" in headers
-        connection = headers.getall("Connection", ())
+        has_date = _DATE in headers
+        connection = headers.getall(_CONNECTION, ())
         if connection:
             keep_alive = keep_alive and not any("close" in value.lower() for value in connection)
-        lines = [f"HTTP/{version.major}.{version.minor} {status} {reason or REASONS.get(status, '')}"]
+        first = _STATUS_LINES_11.get(status) if version is HttpVersion11 else None
+        if first is None or (reason is not None and reason != REASONS[status]):
+            first = f"HTTP/{version.major}.{version.minor} {status} {reason or REASONS.get(status, '')}"
+        lines = [first]
         lines += map(": ".join, pairs)
         if content_length is not None:
             if status not in _EMPTY_BODY_STATUS:
@@ -113,7 +122,8 @@ class LeanDownstream:
         probe = "".join(lines)
         if "\n" in probe or "\r" in probe:
             raise ValueError("a response header contains a line break")
-        text = "\r\n".join(lines) + "\r\n\r\n"
+        lines += ("", "")  # the head's closing CRLF CRLF comes out of the one join
+        text = "\r\n".join(lines)
         self.status = status
         self.keep_alive = keep_alive
         self._empty = empty
@@ -135,7 +145,8 @@ class LeanDownstream:
         else:
             self.body_length = len(body)
             self._protocol.write(head + body)
-        await self._protocol.drain()
+        if self._protocol.writing_paused:  # nearly never for a small answer: no coroutine for nothing
+            await self._protocol.drain()
 
     async def start(
         self, status: int, reason: str | None, headers: Headers, content_length: int | None

@@ -31,7 +31,7 @@ import httptools
 import structlog
 from aiohttp.http import HttpVersion10, HttpVersion11
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy, istr
 
 from gateway.auth.jwt import TokenMemo
 from gateway.errors import BadRequest, GatewayError, HeadersTooLarge, NotImplementedCoding
@@ -64,6 +64,7 @@ _SINGLETONS = frozenset(
 )
 _SINGLETON_LENGTHS = frozenset(len(name) for name in _SINGLETONS)
 _VERSIONS = {"1.1": HttpVersion11, "1.0": HttpVersion10}
+_CONTENT_LENGTH = istr("Content-Length")  # an istr: looked up without lower-casing it each time
 
 
 class RequestHandler(Protocol):
@@ -92,6 +93,9 @@ class LeanProtocol(ConnectionDeadlines, UpgradeHandOver, asyncio.Protocol):
     def __init__(self, server: Listener) -> None:
         self._server = server
         self._guard = server.guarded
+        # read for every header field: fixed for the listener's life, so kept here
+        self._max_field_size = server.max_field_size
+        self._max_headers = server.max_headers
         self._loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.remote: str | None = None
@@ -102,7 +106,6 @@ class LeanProtocol(ConnectionDeadlines, UpgradeHandOver, asyncio.Protocol):
         self._done: asyncio.Future[None] | None = None
         # the head being parsed
         self._url = b""
-        self._headers: list[tuple[str, str]] = []
         self._raw_headers: list[tuple[bytes, bytes]] = []
         self._singletons: set[bytes] = set()
         self._parsing: LeanRequest | None = None  # the request whose body is arriving
@@ -116,7 +119,8 @@ class LeanProtocol(ConnectionDeadlines, UpgradeHandOver, asyncio.Protocol):
         self._lingering = False  # answered; the rest of the body is read and dropped
         self._idle_since = 0.0  # when the last answer ended (the keep-alive timer checks it)
         # flow control
-        self._writing_paused = False
+        # a plain attribute (read after every answer write: no property call)
+        self.writing_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
         self._body_paused = False
         self._queue_paused = False
@@ -195,12 +199,8 @@ class LeanProtocol(ConnectionDeadlines, UpgradeHandOver, asyncio.Protocol):
             raise ConnectionResetError("Connection lost")
         transport.writelines(data)
 
-    @property
-    def writing_paused(self) -> bool:
-        return self._writing_paused
-
     async def drain(self) -> None:
-        if not self._writing_paused:
+        if not self.writing_paused:
             return
         if self.transport is None:
             raise ConnectionResetError("Connection lost")
@@ -209,21 +209,22 @@ class LeanProtocol(ConnectionDeadlines, UpgradeHandOver, asyncio.Protocol):
         await self._drain_waiter
 
     def pause_writing(self) -> None:
-        self._writing_paused = True
+        self.writing_paused = True
 
     def resume_writing(self) -> None:
-        self._writing_paused = False
+        self.writing_paused = False
         waiter, self._drain_waiter = self._drain_waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
     def may_keep_alive(self, request: LeanRequest) -> bool:
         """Whether the connection can carry another request after this one's answer."""
+        content = request.content
         return (
             request.keep_alive
             and not self._server.closing
-            and request.content.is_eof()  # a body not read to its end leaves the stream out of step
-            and request.content.exception() is None
+            # a body not read to its end leaves the stream out of step (no body: nothing to ask)
+            and (content is EMPTY_PAYLOAD or (content.is_eof() and content.exception() is None))
         )
 
     # -- reading (aiohttp's StreamReader calls these for body backpressure) ------------------
@@ -281,7 +282,6 @@ class LeanProtocol(ConnectionDeadlines, UpgradeHandOver, asyncio.Protocol):
         self._head_open = True
         self._unframed = 0
         self._url = b""
-        self._headers = []
         self._raw_headers = []
         self._singletons = set()
 
@@ -294,7 +294,7 @@ class LeanProtocol(ConnectionDeadlines, UpgradeHandOver, asyncio.Protocol):
         value = value.rstrip(b" \t")  # llhttp strips the OWS before a value, not after
         # Last-resort limits (the gateway's own, lower ones answer first in the pipeline): llhttp
         # has none, and a head must not grow without bound while its deadline runs.
-        if len(name) + len(value) > self._server.max_field_size:
+        if len(name) + len(value) > self._max_field_size:
             raise Refused(HeadersTooLarge("The request head is too large"))
         if len(name) in _SINGLETON_LENGTHS:
             lower = name.lower()
@@ -305,10 +305,9 @@ class LeanProtocol(ConnectionDeadlines, UpgradeHandOver, asyncio.Protocol):
                         raise Refused(NotImplementedCoding("Only the chunked transfer coding is supported"))
                     raise Refused(BadRequest("The request could not be parsed"))
                 self._singletons.add(lower)
-        headers = self._headers
-        headers.append((name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape")))
-        self._raw_headers.append((name, value))
-        if len(headers) > self._server.max_headers:
+        raw = self._raw_headers
+        raw.append((name, value))
+        if len(raw) > self._max_headers:
             raise Refused(HeadersTooLarge("The request head is too large"))
 
     def on_headers_complete(self) -> None:
@@ -320,15 +319,26 @@ class LeanProtocol(ConnectionDeadlines, UpgradeHandOver, asyncio.Protocol):
         version = _VERSIONS.get(parser.get_http_version())
         if version is None:
             raise Refused(BadRequest("The request could not be parsed"))
-        if version is HttpVersion11 and b"host" not in self._singletons:
+        singletons = self._singletons
+        if version is HttpVersion11 and b"host" not in singletons:
             raise Refused(BadRequest("The request could not be parsed"))  # as aiohttp: Host is required
         method = parser.get_method().decode("ascii")
         if parser.should_upgrade():
             self._upgrade = Upgrade(self._head_bytes(method, version), b"")
             return
-        headers = CIMultiDictProxy(CIMultiDict(self._headers))
+        raw = self._raw_headers
+        # Decoded once, all together, now that the head is whole (one comprehension, no call
+        # per header).
+        headers = CIMultiDictProxy(
+            CIMultiDict(
+                [(n.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape")) for n, v in raw]
+            )
+        )
+        # The singleton check saw every Content-Length and Transfer-Encoding (one each at most):
+        # a set lookup instead of a case-insensitive search of the headers.
+        length = headers[_CONTENT_LENGTH] if b"content-length" in singletons else None
         content = EMPTY_PAYLOAD
-        if "Transfer-Encoding" in headers or headers.get("Content-Length", "0") != "0":
+        if b"transfer-encoding" in singletons or (length is not None and length != "0"):
             content = StreamReader(self, BODY_BUFFER, loop=self._loop)  # type: ignore[arg-type]
         request = LeanRequest(
             self,
@@ -336,9 +346,11 @@ class LeanProtocol(ConnectionDeadlines, UpgradeHandOver, asyncio.Protocol):
             self._url.decode("utf-8", "surrogateescape"),
             version,
             headers,
-            tuple(self._raw_headers),
+            tuple(raw),
             content,
             parser.should_keep_alive(),
+            # The parser has checked it is digits only (llhttp is strict), so int() cannot fail.
+            None if length is None else int(length),
         )
         if content is not EMPTY_PAYLOAD:
             self._parsing = request
@@ -413,7 +425,28 @@ class LeanProtocol(ConnectionDeadlines, UpgradeHandOver, asyncio.Protocol):
                     continue
                 item = queue[0]
                 if isinstance(item, LeanRequest):
-                    if not await self._handle(item):
+                    # One request, handled here rather than in a helper coroutine: a coroutine
+                    # layer costs on its creation and on every resumption of the request.
+                    self.current = item
+                    if self._head_timer is not None:  # nearly always cancelled at the head's end
+                        self._cancel_head_timer()
+                    timeout = self._guard.body_timeout
+                    content = item.content
+                    if timeout > 0 and content is not EMPTY_PAYLOAD and not content.is_eof():
+                        self._body_deadline = self._loop.time() + timeout
+                        self._body_timer = self._loop.call_at(self._body_deadline, self._body_timer_fired)
+                    keep = False
+                    try:
+                        keep = await self._server.handler.handle(item)
+                    finally:
+                        self.current = None
+                        if self._body_timer is not None:
+                            self._body_timer.cancel()
+                            self._body_timer = None
+                        done, self._done = self._done, None
+                        if done is not None and not done.done():
+                            done.set_result(None)
+                    if not keep or self.transport is None:
                         if self._parsing is item and self._may_linger(item):
                             self._linger()
                         else:
@@ -436,26 +469,6 @@ class LeanProtocol(ConnectionDeadlines, UpgradeHandOver, asyncio.Protocol):
                 raise
         finally:
             self._task = None
-
-    async def _handle(self, request: LeanRequest) -> bool:
-        self.current = request
-        self._cancel_head_timer()
-        timeout = self._guard.body_timeout
-        if timeout > 0 and not request.content.is_eof():
-            self._body_deadline = self._loop.time() + timeout
-            self._body_timer = self._loop.call_at(self._body_deadline, self._body_timer_fired)
-        keep = False
-        try:
-            keep = await self._server.handler.handle(request)
-        finally:
-            self.current = None
-            if self._body_timer is not None:
-                self._body_timer.cancel()
-                self._body_timer = None
-            done, self._done = self._done, None
-            if done is not None and not done.done():
-                done.set_result(None)
-        return keep and self.transport is not None
 
     def _close(self) -> None:
         if self.transport is not None:

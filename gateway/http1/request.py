@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from aiohttp._cookie_helpers import parse_cookie_header
 from aiohttp.http import HttpVersion
 from aiohttp.streams import EMPTY_PAYLOAD, EmptyStreamReader, StreamReader
-from multidict import CIMultiDictProxy, MultiDictProxy
+from multidict import CIMultiDictProxy, MultiDictProxy, istr
 from yarl import URL
 
 if TYPE_CHECKING:
@@ -59,6 +59,9 @@ class LeanConnection(Protocol):
     def may_keep_alive(self, request: LeanRequest) -> bool: ...
 
 
+_HOST = istr("Host")  # an istr: looked up without lower-casing it per request
+
+
 @functools.cache
 def _fqdn() -> str:
     return socket.getfqdn()  # what aiohttp answers for a request without Host (HTTP/1.0)
@@ -90,6 +93,7 @@ class LeanRequest:
         raw_headers: tuple[tuple[bytes, bytes], ...],
         content: StreamReader | EmptyStreamReader,
         keep_alive: bool,
+        content_length: int | None,
     ) -> None:
         self.protocol = protocol
         self.transport: asyncio.Transport | None = protocol.transport
@@ -101,9 +105,7 @@ class LeanRequest:
         self.raw_headers = raw_headers
         self.content = content
         self.keep_alive = keep_alive
-        length = headers.get("Content-Length")
-        # The parser has checked it is digits only (llhttp is strict), so int() cannot fail.
-        self.content_length: int | None = None if length is None else int(length)
+        self.content_length = content_length  # the parser's, already checked as digits only
         self.ctx: RequestContext | None = None
 
     @property
@@ -112,7 +114,7 @@ class LeanRequest:
 
     @property
     def host(self) -> str:
-        host = self.headers.get("Host")
+        host = self.headers.get(_HOST)
         return host if host is not None else _fqdn()
 
     @property

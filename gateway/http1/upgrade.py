@@ -42,7 +42,7 @@ class UpgradeHandOver:
     _url: bytes
     _raw_headers: list[tuple[bytes, bytes]]
     _upgrade: Upgrade | None
-    _writing_paused: bool
+    writing_paused: bool
     _cancel_timers: Callable[[], None]
     _update_reading: Callable[[], None]
     _enqueue: Callable[[Any], None]
@@ -78,6 +78,6 @@ class UpgradeHandOver:
         handler.connection_made(transport)
         with contextlib.suppress(AttributeError, NotImplementedError, RuntimeError):
             transport.resume_reading()
-        if self._writing_paused:
+        if self.writing_paused:
             handler.pause_writing()
         handler.data_received(upgrade.head + upgrade.tail)

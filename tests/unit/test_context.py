@@ -48,3 +48,17 @@ def test_a_harmless_client_id_is_kept(incoming: str) -> None:
 @pytest.mark.parametrize("incoming", [None, "", "x" * 65, "a b", "id\n", "<script>", "ünï"])
 def test_anything_else_gets_a_fresh_uuid(incoming: str | None) -> None:
     assert uuid.UUID(request_id_for(incoming)).version == 4
+
+
+def test_a_batch_of_ids_is_the_random_digits_in_uuid_form() -> None:
+    # The batch is written column by column; each id must still be exactly its own 32 random
+    # digits with the version digit (4) and the variant digit (89ab from digit 16) in place.
+    from gateway.context import _request_ids
+
+    digits = os.urandom(16 * 256).hex()
+    ids = _request_ids(digits)
+    assert len(ids) == 256
+    for n, text in enumerate(ids):
+        h = digits[32 * n : 32 * n + 32]
+        variant = "89ab"[int(h[16], 16) & 3]
+        assert text == f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{variant}{h[17:20]}-{h[20:]}"
