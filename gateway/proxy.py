@@ -103,7 +103,7 @@ async def proxy_request(
     # client (gateway.pipeline.UPSTREAM_HEADER_HOOKS).
     for hook in header_hooks:
         hook(ctx, headers)
-    if wants_websocket(request) and ctx.route.websocket:
+    if ctx.route.websocket and wants_websocket(request):  # the route's flag first: one load
         # SPEC §9: cut when a switch engages; App. C: closed (1008) when its session ends.
         with STREAMS.track(
             ctx, runtime.services, runtime.config, request.transport, websocket=True
@@ -113,9 +113,9 @@ async def proxy_request(
     if ctx.route.auth == "webhook" and ctx.body is None:
         # SECURITY: fail closed should the signature stage ever be skipped (it once was, in dev).
         raise InternalError("The webhook signature was not checked")
-    limit = _BodyLimit(ctx.route.max_body)
     has_body = _has_body(request)
-    body_source: AsyncIterable[bytes] | None = limit.stream(request) if has_body else None
+    limit = _BodyLimit(ctx.route.max_body) if has_body else None  # nothing to count without a body
+    body_source: AsyncIterable[bytes] | None = limit.stream(request) if limit is not None else None
     if ctx.body is not None:  # already read (and verified) whole: forward the same bytes
         headers["Content-Length"] = str(len(ctx.body))
         body_source = _once(ctx.body)
@@ -129,7 +129,7 @@ async def proxy_request(
             retryable=request.method in IDEMPOTENT_METHODS and not has_body,
         )
     except (UpstreamUnavailable, UpstreamTimeout) as error:
-        if limit.exceeded:
+        if limit is not None and limit.exceeded:
             raise PayloadTooLarge("The request body is larger than this route allows") from None
         if (body_error := request.content.exception()) is not None:
             # The client's body failed (body_timeout, a hang-up), not the upstream: say so.

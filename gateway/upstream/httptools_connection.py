@@ -26,7 +26,7 @@ from collections.abc import AsyncIterable
 from typing import Protocol
 
 import httptools
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.errors import BadRequest, UpstreamTimeout, UpstreamUnavailable
 
@@ -39,6 +39,8 @@ _PHRASES = {status.value: status.phrase for status in http.HTTPStatus}
 _HEAD_END = b"\r\n\r\n"
 _CRLF = b"\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
+# Until a final head is parsed: empty and read-only (the parsed head gets a dict of its own).
+_NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
 
 
 class _StopParsing(Exception):
@@ -63,9 +65,9 @@ class UpstreamConnection(asyncio.Protocol):
 
     __slots__ = (
         "_body_sent", "_buffered", "_chunks", "_complete", "_deadline", "_error", "_got_bytes",
-        "_head_bytes", "_head_done", "_head_log", "_header_bytes", "_header_count", "_keep_alive",
-        "_loop", "_messages", "_parser", "_pool", "_read_timeout", "_reading_paused", "_reason",
-        "_timer", "_until_close", "_waiter", "_writing_paused", "alive", "headers", "idle",
+        "_head_bytes", "_head_done", "_head_log", "_header_bytes", "_interim_headers", "_keep_alive",
+        "_loop", "_messages", "_parser", "_pool", "_raw_headers", "_read_timeout", "_reading_paused",
+        "_reason", "_timer", "_until_close", "_waiter", "_writing_paused", "alive", "headers", "idle",
         "idle_since", "reason", "reused", "status", "transport",
     )  # fmt: skip
     transport: asyncio.Transport
@@ -79,17 +81,23 @@ class UpstreamConnection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._writing_paused = self._reading_paused = False
         self._chunks: deque[bytes] = deque()
+        # The (name, value) pairs as llhttp hands them over; an interim 1xx head's pairs stay
+        # (``_interim_headers`` of them), so the MAX_HEADERS cap counts every head of the answer.
+        self._raw_headers: list[tuple[bytes, bytes]] = []
         self.begin(head_request=False)
 
     def begin(self, *, head_request: bool) -> None:
         """Forget the previous exchange before a request is written."""
         self.idle = False
         self.status, self.reason, self._reason = 0, "", b""
-        self.headers: CIMultiDict[str] = CIMultiDict()
+        self.headers: CIMultiDict[str] | CIMultiDictProxy[str] = (
+            _NO_HEADERS  # built once the final head is complete
+        )
+        self._raw_headers.clear()
         self._head_done = self._complete = self._keep_alive = self._until_close = False
         self._body_sent = self._got_bytes = False
         self._error: Exception | None = None
-        self._head_bytes = self._header_bytes = self._header_count = self._messages = 0
+        self._head_bytes = self._header_bytes = self._interim_headers = self._messages = 0
         self._head_log = bytearray() if head_request else None
         self._chunks.clear()
         self._buffered = 0
@@ -157,25 +165,31 @@ class UpstreamConnection(asyncio.Protocol):
             raise _StopParsing
         self._messages += 1
         if self._messages > 1:  # the previous message was an interim 1xx
-            self.headers, self._reason = CIMultiDict(), b""
+            self._interim_headers, self._reason = len(self._raw_headers), b""
 
     def on_status(self, status: bytes) -> None:
         self._reason += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._header_count += 1
+        # Called per header line: only collected here, decoded in one pass once the head is whole.
+        raw = self._raw_headers
+        raw.append((name, value))
         self._header_bytes += len(name) + len(value) + 4
-        if self._header_count > MAX_HEADERS or self._header_bytes > MAX_HEAD_BYTES:
+        if len(raw) > MAX_HEADERS or self._header_bytes > MAX_HEAD_BYTES:
             self._error = UpstreamUnavailable("The upstream response head is too large")
             raise _StopParsing
-        # llhttp keeps trailing whitespace; RFC 9110 §5.5 excludes it from the value.
-        self.headers.add(name.decode("latin-1"), value.rstrip(b" \t").decode("latin-1"))
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
         if status < 200 and status != 101:
             return  # interim (100 Continue, 103 Early Hints): the final response follows
-        headers = self.headers
+        raw = self._raw_headers
+        if self._interim_headers:
+            raw = raw[self._interim_headers :]
+        # llhttp keeps trailing whitespace; RFC 9110 §5.5 excludes it from the value.
+        headers = self.headers = CIMultiDict(
+            [(name.decode("latin-1"), value.rstrip(b" \t").decode("latin-1")) for name, value in raw]
+        )
         length = headers.get("Content-Length")
         coding = headers.get("Transfer-Encoding")
         if length is not None and (
@@ -214,27 +228,30 @@ class UpstreamConnection(asyncio.Protocol):
             self._finish()
 
     # ---------------------------------------------------------------- waiting
-    async def _wait(self) -> None:
-        """Until the next event; ``read_timeout`` of silence sets an ``UpstreamTimeout``."""
+    def _wait(self) -> asyncio.Future[None]:
+        """A future the next event resolves (awaited directly: no coroutine frame per wait);
+        ``read_timeout`` of silence sets an ``UpstreamTimeout``."""
         loop = self._loop
         self._deadline = loop.time() + self._read_timeout
         if self._timer is None:  # one timer per connection, re-armed lazily: no handle per wait
             self._timer = loop.call_at(self._deadline, self._on_timer)
         waiter = self._waiter = loop.create_future()
-        try:
-            await waiter
-        finally:
-            self._waiter = None
+        return waiter
 
     def _wake(self) -> None:
         waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if waiter is not None:
+            self._waiter = None  # the waiter is answered: nobody waits on the upstream any more
+            if not waiter.done():
+                waiter.set_result(None)
 
     def _on_timer(self) -> None:
         self._timer = None
-        if self._waiter is None or self._complete:
-            return  # nobody waits on the upstream (a slow client is not the upstream's fault)
+        waiter = self._waiter
+        if waiter is None or waiter.done() or self._complete:
+            # Nobody waits on the upstream (a slow client is not the upstream's fault); a done
+            # waiter was cancelled, and its exchange closes the connection.
+            return
         if self._loop.time() < self._deadline:
             self._timer = self._loop.call_at(self._deadline, self._on_timer)
             return
@@ -259,12 +276,13 @@ class UpstreamConnection(asyncio.Protocol):
         self._complete = True
 
     # ---------------------------------------------------------------- the exchange
-    async def send_request(self, head: bytes, body: AsyncIterable[bytes] | None, length: int | None) -> None:
+    def send_head(self, head: bytes) -> None:
+        """Write a bodiless request: no coroutine, the head is all there is."""
+        self._write([head])
+        self._body_sent = True
+
+    async def send_request(self, head: bytes, body: AsyncIterable[bytes], length: int | None) -> None:
         """Write the head and stream the body (``length`` None: chunked), honouring flow control."""
-        if body is None:
-            self._write([head])
-            self._body_sent = True
-            return
         pending: bytes | None = head  # rides in the same write as the first chunk
         sent = 0
         async for chunk in body:
@@ -296,11 +314,15 @@ class UpstreamConnection(asyncio.Protocol):
         if self.alive and not self.transport.is_closing():  # else connection_lost says why
             self.transport.writelines(pieces)
 
-    async def read_head(self) -> None:
-        while not self._head_done:
-            if self._error is not None:
-                raise self._error
-            await self._wait()
+    def head_pending(self) -> asyncio.Future[None] | None:
+        """``None`` once the response head is here; else what to await before asking again.
+        Raises what broke the exchange. (A loop over this in the caller: one coroutine frame
+        fewer per request than an ``async def read_head``.)"""
+        if self._head_done:
+            return None
+        if self._error is not None:
+            raise self._error
+        return self._wait()
 
     async def read_chunk(self) -> bytes:
         """The next piece of body; ``b""`` at its end."""
@@ -341,12 +363,15 @@ class UpstreamConnection(asyncio.Protocol):
             and not self.transport.is_closing()
         )
 
-    def park(self) -> None:
+    def park(self) -> float:
+        """Mark the connection idle; returns the loop time it was parked at."""
         self.idle = self.reused = True
-        self.idle_since = self._loop.time()
+        now = self.idle_since = self._loop.time()
+        return now
 
-    def expired(self) -> bool:
-        return self._loop.time() - self.idle_since > IDLE_TTL
+    def expired(self, now: float | None = None) -> bool:
+        """Idle longer than IDLE_TTL (at ``now``, a loop time the caller read already)."""
+        return (self._loop.time() if now is None else now) - self.idle_since > IDLE_TTL
 
     def close(self) -> None:
         self._cancel_timer()
