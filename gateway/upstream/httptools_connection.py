@@ -278,7 +278,8 @@ class UpstreamConnection(asyncio.Protocol):
     # ---------------------------------------------------------------- the exchange
     def send_head(self, head: bytes) -> None:
         """Write a bodiless request: no coroutine, the head is all there is."""
-        self._write([head])
+        if self.alive and not self.transport.is_closing():  # else connection_lost says why
+            self.transport.write(head)  # one piece: writelines would copy it in a join first
         self._body_sent = True
 
     async def send_request(self, head: bytes, body: AsyncIterable[bytes], length: int | None) -> None:
