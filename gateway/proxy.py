@@ -66,7 +66,8 @@ async def _once(body: bytes) -> AsyncIterator[bytes]:
 
 
 def _has_body(request: ServerRequest) -> bool:
-    if request.headers.get("Transfer-Encoding", "").lower().strip() == "chunked":
+    coding = request.headers.get("Transfer-Encoding")
+    if coding is not None and coding.lower().strip() == "chunked":
         return True
     return request.content_length not in (None, 0)
 

@@ -136,8 +136,6 @@ def upstream_request_headers(
     """Headers for the upstream: hop-by-hop removed, forwarding headers set or appended."""
     named_hop = connection_tokens(incoming)
     never = _never_forwarded(drop)
-    if named_hop:  # names the client listed in Connection: one set lookup per header, not two
-        never = never | named_hop
     kept: list[tuple[str, str]] = []
     for name, value in incoming.items():
         lower = name.lower()
@@ -145,35 +143,32 @@ def upstream_request_headers(
             # SECURITY: CGI/WSGI backends read X_Tenant_ID and X_Forwarded_For as X-Tenant-ID and
             # X-Forwarded-For (see tenancy.model.HeaderNameSet): every check sees the '-' spelling.
             lower = lower.replace("_", "-")
-        if lower in never:
+        if lower in never or lower in named_hop:
             continue
         if not peer_trusted and (lower.startswith(FORWARDING_PREFIX) or lower in FORWARDING_HEADERS):
             # SECURITY: forged X-Forwarded-*/Forwarded from an untrusted peer are dropped.
             continue
         kept.append((name, value))
+    out: CIMultiDict[str] = CIMultiDict(kept)
     node = f'"[{peer_ip}]"' if ":" in peer_ip else peer_ip
     # SECURITY: RFC 7239 quoted-string escaping — a '"' in Host must not inject a forged for=.
     quoted_host = host.replace("\\", "\\\\").replace('"', '\\"')
     element = f"for={node};proto={scheme}" + (f';host="{quoted_host}"' if host else "")
-    if not peer_trusted:
-        # None of the client's forwarding headers (nor Host) is left: ours are appended to the
-        # pairs, in the order setting them one by one gave, and the dict is built once.
-        kept.append(("X-Forwarded-For", peer_ip))
-        kept.append(("X-Forwarded-Proto", scheme))
-        if host:
-            kept.append(("X-Forwarded-Host", host))
-        kept.append(("Forwarded", element))
-        kept.append(("Host", upstream_host))
-        return CIMultiDict(kept)
-    out: CIMultiDict[str] = CIMultiDict(kept)
-    prior_xff = out.popall("X-Forwarded-For", [])
-    out["X-Forwarded-For"] = ", ".join([*prior_xff, peer_ip])
-    if "X-Forwarded-Proto" not in out:
+    if not peer_trusted:  # none of the client's forwarding headers is left: ours alone
+        out["X-Forwarded-For"] = peer_ip
         out["X-Forwarded-Proto"] = scheme
-    if "X-Forwarded-Host" not in out and host:
-        out["X-Forwarded-Host"] = host
-    prior_fwd = out.popall("Forwarded", [])
-    out["Forwarded"] = ", ".join([*prior_fwd, element])
+        if host:
+            out["X-Forwarded-Host"] = host
+        out["Forwarded"] = element
+    else:
+        prior_xff = out.popall("X-Forwarded-For", [])
+        out["X-Forwarded-For"] = ", ".join([*prior_xff, peer_ip])
+        if "X-Forwarded-Proto" not in out:
+            out["X-Forwarded-Proto"] = scheme
+        if "X-Forwarded-Host" not in out and host:
+            out["X-Forwarded-Host"] = host
+        prior_fwd = out.popall("Forwarded", [])
+        out["Forwarded"] = ", ".join([*prior_fwd, element])
     out["Host"] = upstream_host
     return out
 
@@ -200,9 +195,10 @@ def downstream_response_headers(
 ) -> CIMultiDict[str]:
     """Response headers for the client: hop-by-hop and backend fingerprints removed."""
     dropped = _response_dropped(upstream)
-    out: CIMultiDict[str] = CIMultiDict(
-        [(name, value) for name, value in upstream.items() if name.lower() not in dropped]
-    )
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in upstream.items():  # add() per pair: measured cheaper than a list built once
+        if name.lower() not in dropped:
+            out.add(name, value)
     out.setdefault("X-Content-Type-Options", "nosniff")
     if tls:
         out["Strict-Transport-Security"] = "max-age=31536000; includeSubDomains"
