@@ -197,13 +197,16 @@ async def _stream_lean(
 ) -> AnswerWriter:
     """The same answer on the lean listener: one write when the body is all here, else the head
     at once and the body as it comes, each chunk waiting for the client to take the last."""
-    length = upstream.headers.get("Content-Length")
     if whole is not None:
-        if length is not None and length.isdigit() and ctx.request.method == "HEAD":
-            await down.start(upstream.status, upstream.reason or None, headers, int(length))
-        else:
-            await down.send_whole(upstream.status, upstream.reason or None, headers, whole)
+        # Content-Length is looked up only where it is used: a HEAD answer, or a streamed body.
+        if ctx.request.method == "HEAD":
+            length = upstream.headers.get("Content-Length")
+            if length is not None and length.isdigit():
+                await down.start(upstream.status, upstream.reason or None, headers, int(length))
+                return down
+        await down.send_whole(upstream.status, upstream.reason or None, headers, whole)
         return down
+    length = upstream.headers.get("Content-Length")
     content_length = int(length) if length is not None and length.isdigit() else None
     await down.start(upstream.status, upstream.reason or None, headers, content_length)
     try:
