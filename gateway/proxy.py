@@ -66,7 +66,8 @@ async def _once(body: bytes) -> AsyncIterator[bytes]:
 
 
 def _has_body(request: ServerRequest) -> bool:
-    if request.headers.get("Transfer-Encoding", "").lower().strip() == "chunked":
+    coding = request.headers.get("Transfer-Encoding")
+    if coding is not None and coding.lower().strip() == "chunked":
         return True
     return request.content_length not in (None, 0)
 
@@ -103,7 +104,7 @@ async def proxy_request(
     # client (gateway.pipeline.UPSTREAM_HEADER_HOOKS).
     for hook in header_hooks:
         hook(ctx, headers)
-    if wants_websocket(request) and ctx.route.websocket:
+    if ctx.route.websocket and wants_websocket(request):  # the route's flag first: one load
         # SPEC §9: cut when a switch engages; App. C: closed (1008) when its session ends.
         with STREAMS.track(
             ctx, runtime.services, runtime.config, request.transport, websocket=True
@@ -113,9 +114,9 @@ async def proxy_request(
     if ctx.route.auth == "webhook" and ctx.body is None:
         # SECURITY: fail closed should the signature stage ever be skipped (it once was, in dev).
         raise InternalError("The webhook signature was not checked")
-    limit = _BodyLimit(ctx.route.max_body)
     has_body = _has_body(request)
-    body_source: AsyncIterable[bytes] | None = limit.stream(request) if has_body else None
+    limit = _BodyLimit(ctx.route.max_body) if has_body else None  # nothing to count without a body
+    body_source: AsyncIterable[bytes] | None = limit.stream(request) if limit is not None else None
     if ctx.body is not None:  # already read (and verified) whole: forward the same bytes
         headers["Content-Length"] = str(len(ctx.body))
         body_source = _once(ctx.body)
@@ -129,7 +130,7 @@ async def proxy_request(
             retryable=request.method in IDEMPOTENT_METHODS and not has_body,
         )
     except (UpstreamUnavailable, UpstreamTimeout) as error:
-        if limit.exceeded:
+        if limit is not None and limit.exceeded:
             raise PayloadTooLarge("The request body is larger than this route allows") from None
         if (body_error := request.content.exception()) is not None:
             # The client's body failed (body_timeout, a hang-up), not the upstream: say so.
@@ -196,13 +197,16 @@ async def _stream_lean(
 ) -> AnswerWriter:
     """The same answer on the lean listener: one write when the body is all here, else the head
     at once and the body as it comes, each chunk waiting for the client to take the last."""
-    length = upstream.headers.get("Content-Length")
     if whole is not None:
-        if length is not None and length.isdigit() and ctx.request.method == "HEAD":
-            await down.start(upstream.status, upstream.reason or None, headers, int(length))
-        else:
-            await down.send_whole(upstream.status, upstream.reason or None, headers, whole)
+        # Content-Length is looked up only where it is used: a HEAD answer, or a streamed body.
+        if ctx.request.method == "HEAD":
+            length = upstream.headers.get("Content-Length")
+            if length is not None and length.isdigit():
+                await down.start(upstream.status, upstream.reason or None, headers, int(length))
+                return down
+        await down.send_whole(upstream.status, upstream.reason or None, headers, whole)
         return down
+    length = upstream.headers.get("Content-Length")
     content_length = int(length) if length is not None and length.isdigit() else None
     await down.start(upstream.status, upstream.reason or None, headers, content_length)
     try:

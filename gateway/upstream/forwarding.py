@@ -173,19 +173,32 @@ def upstream_request_headers(
     return out
 
 
+# Never passed on to the client: hop-by-hop, backend fingerprints, and Content-Length (set by the
+# response object from the upstream's value).
+_RESPONSE_DROPPED = HOP_BY_HOP | RESPONSE_STRIPPED | {"content-length"}
+# The same with the usual Connection values' names: fixed keys, nothing a peer can grow.
+_USUAL_RESPONSE_DROPPED = {value: _RESPONSE_DROPPED | tokens for value, tokens in _USUAL_TOKENS.items()}
+
+
+def _response_dropped(upstream: CIMultiDictProxy[str] | CIMultiDict[str]) -> frozenset[str]:
+    """Every lower-case name a response header is dropped by: one set lookup per header."""
+    values = upstream.getall("Connection", ())
+    if not values:
+        return _RESPONSE_DROPPED
+    if len(values) == 1 and (known := _USUAL_RESPONSE_DROPPED.get(values[0])) is not None:
+        return known  # "keep-alive" on nearly every upstream answer
+    return _RESPONSE_DROPPED | connection_tokens(upstream)
+
+
 def downstream_response_headers(
     upstream: CIMultiDictProxy[str] | CIMultiDict[str], *, tls: bool
 ) -> CIMultiDict[str]:
     """Response headers for the client: hop-by-hop and backend fingerprints removed."""
-    named_hop = connection_tokens(upstream)
+    dropped = _response_dropped(upstream)
     out: CIMultiDict[str] = CIMultiDict()
-    for name, value in upstream.items():
-        lower = name.lower()
-        if lower in HOP_BY_HOP or lower in named_hop or lower in RESPONSE_STRIPPED:
-            continue
-        if lower == "content-length":
-            continue  # set by the response object from the upstream's value
-        out.add(name, value)
+    for name, value in upstream.items():  # add() per pair: measured cheaper than a list built once
+        if name.lower() not in dropped:
+            out.add(name, value)
     out.setdefault("X-Content-Type-Options", "nosniff")
     if tls:
         out["Strict-Transport-Security"] = "max-age=31536000; includeSubDomains"

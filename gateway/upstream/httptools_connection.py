@@ -168,7 +168,8 @@ class UpstreamConnection(asyncio.Protocol):
         if self._header_count > MAX_HEADERS or self._header_bytes > MAX_HEAD_BYTES:
             self._error = UpstreamUnavailable("The upstream response head is too large")
             raise _StopParsing
-        # llhttp keeps trailing whitespace; RFC 9110 §5.5 excludes it from the value.
+        # llhttp keeps trailing whitespace; RFC 9110 §5.5 excludes it from the value. Added one
+        # by one: measured cheaper than collecting the pairs and building the dict at the end.
         self.headers.add(name.decode("latin-1"), value.rstrip(b" \t").decode("latin-1"))
 
     def on_headers_complete(self) -> None:
@@ -214,27 +215,30 @@ class UpstreamConnection(asyncio.Protocol):
             self._finish()
 
     # ---------------------------------------------------------------- waiting
-    async def _wait(self) -> None:
-        """Until the next event; ``read_timeout`` of silence sets an ``UpstreamTimeout``."""
+    def _wait(self) -> asyncio.Future[None]:
+        """A future the next event resolves (awaited directly: no coroutine frame per wait);
+        ``read_timeout`` of silence sets an ``UpstreamTimeout``."""
         loop = self._loop
         self._deadline = loop.time() + self._read_timeout
         if self._timer is None:  # one timer per connection, re-armed lazily: no handle per wait
             self._timer = loop.call_at(self._deadline, self._on_timer)
         waiter = self._waiter = loop.create_future()
-        try:
-            await waiter
-        finally:
-            self._waiter = None
+        return waiter
 
     def _wake(self) -> None:
         waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if waiter is not None:
+            self._waiter = None  # the waiter is answered: nobody waits on the upstream any more
+            if not waiter.done():
+                waiter.set_result(None)
 
     def _on_timer(self) -> None:
         self._timer = None
-        if self._waiter is None or self._complete:
-            return  # nobody waits on the upstream (a slow client is not the upstream's fault)
+        waiter = self._waiter
+        if waiter is None or waiter.done() or self._complete:
+            # Nobody waits on the upstream (a slow client is not the upstream's fault); a done
+            # waiter was cancelled, and its exchange closes the connection.
+            return
         if self._loop.time() < self._deadline:
             self._timer = self._loop.call_at(self._deadline, self._on_timer)
             return
@@ -259,12 +263,14 @@ class UpstreamConnection(asyncio.Protocol):
         self._complete = True
 
     # ---------------------------------------------------------------- the exchange
-    async def send_request(self, head: bytes, body: AsyncIterable[bytes] | None, length: int | None) -> None:
+    def send_head(self, head: bytes) -> None:
+        """Write a bodiless request: no coroutine, the head is all there is."""
+        if self.alive and not self.transport.is_closing():  # else connection_lost says why
+            self.transport.write(head)  # one piece: writelines would copy it in a join first
+        self._body_sent = True
+
+    async def send_request(self, head: bytes, body: AsyncIterable[bytes], length: int | None) -> None:
         """Write the head and stream the body (``length`` None: chunked), honouring flow control."""
-        if body is None:
-            self._write([head])
-            self._body_sent = True
-            return
         pending: bytes | None = head  # rides in the same write as the first chunk
         sent = 0
         async for chunk in body:
@@ -296,11 +302,15 @@ class UpstreamConnection(asyncio.Protocol):
         if self.alive and not self.transport.is_closing():  # else connection_lost says why
             self.transport.writelines(pieces)
 
-    async def read_head(self) -> None:
-        while not self._head_done:
-            if self._error is not None:
-                raise self._error
-            await self._wait()
+    def head_pending(self) -> asyncio.Future[None] | None:
+        """``None`` once the response head is here; else what to await before asking again.
+        Raises what broke the exchange. (A loop over this in the caller: one coroutine frame
+        fewer per request than an ``async def read_head``.)"""
+        if self._head_done:
+            return None
+        if self._error is not None:
+            raise self._error
+        return self._wait()
 
     async def read_chunk(self) -> bytes:
         """The next piece of body; ``b""`` at its end."""
@@ -341,12 +351,15 @@ class UpstreamConnection(asyncio.Protocol):
             and not self.transport.is_closing()
         )
 
-    def park(self) -> None:
+    def park(self) -> float:
+        """Mark the connection idle; returns the loop time it was parked at."""
         self.idle = self.reused = True
-        self.idle_since = self._loop.time()
+        now = self.idle_since = self._loop.time()
+        return now
 
-    def expired(self) -> bool:
-        return self._loop.time() - self.idle_since > IDLE_TTL
+    def expired(self, now: float | None = None) -> bool:
+        """Idle longer than IDLE_TTL (at ``now``, a loop time the caller read already)."""
+        return (self._loop.time() if now is None else now) - self.idle_since > IDLE_TTL
 
     def close(self) -> None:
         self._cancel_timer()

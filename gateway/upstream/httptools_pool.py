@@ -74,8 +74,12 @@ class EndpointPool:
     ) -> HttptoolsResponse:
         conn.begin(head_request=head_request)
         try:
-            await conn.send_request(head, body, length)
-            await conn.read_head()
+            if body is None:
+                conn.send_head(head)
+            else:
+                await conn.send_request(head, body, length)
+            while (pending := conn.head_pending()) is not None:
+                await pending
         except BaseException:  # cancelled, timed out or broken: half an exchange is never reused
             conn.close()
             raise
@@ -87,10 +91,10 @@ class EndpointPool:
             # request's answer (response desync): only a fully consumed exchange is reused.
             conn.close()
             return
-        conn.park()
+        now = conn.park()
         idle = self._idle
         idle.append(conn)
-        if len(idle) > self._max_idle or idle[0].expired():
+        if len(idle) > self._max_idle or idle[0].expired(now):
             coldest = idle.popleft()  # the cap, or one stale sweep per release
             coldest.idle = False
             coldest.close()

@@ -51,6 +51,11 @@ class Balancer:
         )
 
     def order(self, now: float | None = None) -> list[Endpoint]:
+        endpoints = self.endpoints
+        if len(endpoints) == 1:
+            # One endpoint: healthy or ejected, it is the whole order (see the last line) — no
+            # clock read and no lists per request. The caller only iterates it.
+            return endpoints
         now = time.monotonic() if now is None else now
         start = self._next % len(self.endpoints)
         self._next += 1

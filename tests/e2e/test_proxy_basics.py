@@ -10,7 +10,7 @@ import pytest
 from yarl import URL
 
 from tests.support.gateway_proc import GatewayProc
-from tests.support.raw_http import raw_request
+from tests.support.raw_http import connect, raw_request, read_head, read_response
 from tests.support.upstream import Upstream
 
 
@@ -72,6 +72,21 @@ async def test_response_hygiene(shared_gateway: GatewayProc, http: aiohttp.Clien
         assert "X-Internal" not in response.headers
         assert "Keep-Alive" not in response.headers
         assert response.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_head_answer_keeps_the_upstream_content_length_and_no_body(shared_gateway: GatewayProc) -> None:
+    """A HEAD answer announces the length a GET would get, sends no body, and the next answer on
+    the same connection is read in step."""
+    with connect(shared_gateway.port) as sock:
+        sock.sendall(b"HEAD /stream?bytes=1234 HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, headers, rest = read_head(sock)
+        assert status.startswith("HTTP/1.1 200 ")
+        assert headers["content-length"] == "1234"
+        assert rest == b""
+        sock.sendall(b"GET /stream?bytes=5 HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, headers, body = read_response(sock)  # a leaked HEAD body would be read here
+        assert status.startswith("HTTP/1.1 200 ")
+        assert body == b"s" * 5
 
 
 async def test_request_id_kept_when_safe_and_replaced_otherwise(

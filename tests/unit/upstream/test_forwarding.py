@@ -13,6 +13,8 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.tenancy.model import BUILTIN_STRIP_HEADERS, HeaderNameSet
 from gateway.upstream.forwarding import (
+    HOP_BY_HOP,
+    RESPONSE_STRIPPED,
     TrustedProxies,
     connection_tokens,
     downstream_response_headers,
@@ -490,3 +492,49 @@ def test_underscore_spellings_are_judged_as_the_dash_spellings_they_become_in_cg
     assert not {"x_forwarded_for", "x_forwarded_prefix", "x_http_method_override", "x_tenant_id"} & names
     assert "x-tenant_id" not in names and "keep_alive" not in names
     assert out.getall("X-Forwarded-For") == [CLIENT]
+
+
+def _reference_downstream(upstream: CIMultiDict[str]) -> list[tuple[str, str]]:
+    """The filter as first written: three set lookups and a Content-Length test per header."""
+    named_hop = connection_tokens(upstream)
+    kept: list[tuple[str, str]] = []
+    for name, value in upstream.items():
+        lower = name.lower()
+        if (
+            lower in HOP_BY_HOP
+            or lower in named_hop
+            or lower in RESPONSE_STRIPPED
+            or lower == "content-length"
+        ):
+            continue
+        kept.append((name, value))
+    return kept
+
+
+@pytest.mark.parametrize(
+    "connection",
+    [
+        (),
+        ("keep-alive",),
+        ("Keep-Alive",),
+        ("close",),
+        ("Close",),
+        ("close, X-Hop",),
+        ("keep-alive", "X-Hop"),
+    ],
+)
+def test_response_filter_keeps_exactly_what_the_reference_keeps(connection: tuple[str, ...]) -> None:
+    """The precomputed dropped-name sets (one per usual Connection value) drop the same names."""
+    pairs = [("Connection", value) for value in connection] + [
+        ("Server", "nginx"),
+        ("close", "a header named like a token"),
+        ("X-Hop", "named in Connection"),
+        ("content-LENGTH", "3"),
+        ("Keep-Alive", "timeout=5"),
+        ("Set-Cookie", "a=1"),
+        ("Date", "today"),
+        ("Set-Cookie", "b=2"),
+    ]
+    upstream = CIMultiDict(pairs)
+    out = downstream_response_headers(upstream, tls=False)
+    assert list(out.items()) == [*_reference_downstream(upstream), ("X-Content-Type-Options", "nosniff")]

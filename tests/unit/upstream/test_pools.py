@@ -29,6 +29,15 @@ def test_single_endpoint_is_always_returned() -> None:
     assert [urls(balancer.order(now=T0)) for _ in range(3)] == [["1"]] * 3
 
 
+def test_a_single_ejected_endpoint_is_still_tried() -> None:
+    """With every endpoint ejected the order is all of them; with one, that one."""
+    balancer = make(1, max_fails=1, eject_for=10.0)
+    balancer.failed(balancer.endpoints[0], now=T0)
+    assert balancer.endpoints[0].ejected_until > T0 + 1
+    assert urls(balancer.order(now=T0 + 1)) == ["1"]
+    assert urls(balancer.order()) == ["1"]
+
+
 def test_ejected_after_max_fails_consecutive_failures() -> None:
     balancer = make(3, max_fails=3, eject_for=10.0)
     bad = balancer.endpoints[1]

@@ -432,6 +432,17 @@ async def test_interim_responses_are_skipped(raw_server: Any, make_transport: Ma
     assert server.connections == 1
 
 
+async def test_interim_heads_count_towards_the_header_cap(
+    raw_server: Any, make_transport: MakeTransport
+) -> None:
+    """MAX_HEADERS caps the whole answer: 1xx heads cannot each bring 200 more headers."""
+    interim = b"HTTP/1.1 103 Early Hints\r\n" + b"Link: </a.css>\r\n" * 150 + b"\r\n"
+    final = b"HTTP/1.1 200 OK\r\n" + b"X-H: v\r\n" * 60 + b"Content-Length: 0\r\n\r\n"
+    server = await raw(raw_server, answer_each(interim + final))
+    with pytest.raises(UpstreamUnavailable, match="too large"):
+        await fetch(make_transport(server.url))
+
+
 async def test_missing_reason_falls_back_to_the_standard_phrase(
     raw_server: Any, make_transport: MakeTransport
 ) -> None:
