@@ -19,7 +19,7 @@ from limits import RateLimitItem, parse_many
 
 from gateway.config.model import RouteConfig
 from gateway.facts import RequestFacts
-from gateway.ratelimit.headers import policy_header
+from gateway.ratelimit.headers import policy_header, state_head
 from gateway.ratelimit.keys import KeySpec
 from gateway.ratelimit.model import LoginProtectionConfig, RateLimitRule, RateLimitsConfig, StoreFailureMode
 from gateway.ratelimit.script_args import bulk_strings, item_args
@@ -54,6 +54,7 @@ class LimitItem:
     window: int  # seconds
     strictness: tuple[int, int]  # (quota, -window): the smallest is the most restrictive
     policy_header: str  # precomputed RateLimit-Policy value
+    state_head: str  # the RateLimit value's constant start (headers.state_head)
     # The stage script's per-item arguments (stage_script.item_args), as strings built once:
     # a number handed to redis.call is formatted by sprintf inside Redis, a string is not.
     store_args: tuple[str, ...] = ()
@@ -104,7 +105,8 @@ def counted_checks(
     last_key: object = None
     hashed: str | None = None
     for item in items:
-        if not item.applies(method):
+        methods = item.methods  # item.applies(method), inline: once per item and request
+        if methods is not None and method not in methods:
             continue
         if item.key is not last_key:
             last_key = item.key
@@ -145,6 +147,7 @@ def compile_rule(scope: str, policy: str, index: int, rule: RateLimitRule) -> li
                 # A shadow item is never the stage's strictest while an enforced one is there.
                 strictness=(SHADOW_STRICTNESS, 0) if shadow else (parsed.amount, -window),
                 policy_header=policy_header(policy, parsed.amount, window),
+                state_head=state_head(policy),
                 store_args=store_args,
                 store_resp=bulk_strings(store_args),
                 key_head=f"{parsed.namespace}/{prefix}/",
