@@ -41,11 +41,11 @@ from gateway.ratelimit.metrics import DECISIONS, SHADOW_REFUSALS, STORE_FAILURES
 from gateway.ratelimit.pipelined import PIPELINED, PipelinedHits, ScriptsMissing
 from gateway.ratelimit.policies import CompiledLimits, LimitItem
 from gateway.ratelimit.resp import RespClient, RespError
+from gateway.ratelimit.script_args import KEY_PREFIX
 from gateway.ratelimit.stage_script import StageScript
 from gateway.state.redis_url import RedisTarget, parse_redis_url
 
 log = structlog.get_logger("gateway.ratelimit")
-KEY_PREFIX = "sgw:rl"
 PROBE_INTERVAL = 1.0
 STORE_ERRORS = (StorageError, RedisError, OSError, TimeoutError, StoreUnavailable, RespError)
 

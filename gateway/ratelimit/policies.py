@@ -22,7 +22,7 @@ from gateway.facts import RequestFacts
 from gateway.ratelimit.headers import policy_header, state_head
 from gateway.ratelimit.keys import KeySpec
 from gateway.ratelimit.model import LoginProtectionConfig, RateLimitRule, RateLimitsConfig, StoreFailureMode
-from gateway.ratelimit.script_args import bulk_strings, item_args
+from gateway.ratelimit.script_args import bulk_strings, item_args, key_framing
 
 
 class LimitedConfig(Protocol):
@@ -63,6 +63,11 @@ class LimitItem:
     # split once here so the stage script's keys cost one concatenation per request.
     key_head: str = ""
     key_tail: str = ""
+    # The stage script's key framing (script_args.key_framing): the bytes of the store key
+    # before and after the value, and the key's byte length less the value's.
+    store_key_head: bytes = b""
+    store_key_tail: bytes = b""
+    store_key_size: int = 0
     # ``mode: shadow``: counted exactly like an enforced item (same keys), reported when over,
     # never the reason for a refusal nor the source of RateLimit headers
     shadow: bool = False
@@ -133,6 +138,9 @@ def compile_rule(scope: str, policy: str, index: int, rule: RateLimitRule) -> li
     for parsed in parse_many(rule.limit):
         window = int(parsed.get_expiry())
         store_args = item_args(rule.strategy, parsed.amount, window, rule.cost, shadow)
+        key_head = f"{parsed.namespace}/{prefix}/"
+        key_tail = f"/{parsed.amount}/{parsed.multiples}/{parsed.GRANULARITY.name}"
+        store_key_head, store_key_tail, store_key_size = key_framing(key_head, key_tail)
         items.append(
             LimitItem(
                 policy=policy,
@@ -150,8 +158,11 @@ def compile_rule(scope: str, policy: str, index: int, rule: RateLimitRule) -> li
                 state_head=state_head(policy),
                 store_args=store_args,
                 store_resp=bulk_strings(store_args),
-                key_head=f"{parsed.namespace}/{prefix}/",
-                key_tail=f"/{parsed.amount}/{parsed.multiples}/{parsed.GRANULARITY.name}",
+                key_head=key_head,
+                key_tail=key_tail,
+                store_key_head=store_key_head,
+                store_key_tail=store_key_tail,
+                store_key_size=store_key_size,
                 shadow=shadow,
             )
         )
