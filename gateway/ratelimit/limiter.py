@@ -390,7 +390,8 @@ class RateLimitBackend:
         else:
             shadow_first = _judge(first, decisions[:split])[1]
             allowed, shadow = _judge(second, decisions[split:])
-        before = self._fast_verdict(first, "pre_auth", _strictest(first), True, None, None, shadow_first)
+        static_first = _strictest(first) if len(first) > 1 else 0  # one pre_auth item, mostly
+        before = self._fast_verdict(first, "pre_auth", static_first, True, None, None, shadow_first)
         if binding is not None:
             binding -= split
         after = self._fast_verdict(second, "route", static, allowed, binding, stats, shadow)

@@ -309,7 +309,7 @@ class StageScript:
             reply = await self.client.send(command, deadline=deadline)
         if reply[0] == b"late":
             raise LateReply("the store ran the stage after its deadline; nothing was counted")
-        decisions = [bool(flag) for flag in reply[0]]
+        decisions = list(map(bool, reply[0]))  # no comprehension frame per request
         binding = reply[1]
         if binding == 0:
             return decisions, None, None
