@@ -20,8 +20,20 @@ def policy_header(policy: str, quota: int, window: int) -> str:
     return f"{_sf_string(policy)};q={quota};w={window}"
 
 
+def state_head(policy: str) -> str:
+    """The constant start of a policy's ``RateLimit`` value, ``"api";r=`` (built once per item)."""
+    return f"{_sf_string(policy)};r="
+
+
 def state_header(policy: str, remaining: int, reset_in: float) -> str:
-    return f"{_sf_string(policy)};r={max(0, remaining)};t={seconds_until(reset_in)}"
+    return state_value(state_head(policy), remaining, reset_in)
+
+
+def state_value(head: str, remaining: int, reset_in: float) -> str:
+    """``state_header`` from the item's precomputed ``state_head``: on every admitted request of
+    a limited route, so the quoting and the two ``max`` calls are not redone each time."""
+    wait = math.ceil(reset_in)  # seconds_until, inline
+    return f"{head}{remaining if remaining > 0 else 0};t={wait if wait > 0 else 0}"
 
 
 def seconds_until(delta: float) -> int:

@@ -19,15 +19,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import structlog
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import STRATEGIES, RateLimiter
 from limits.errors import StorageError
 from limits.util import WindowStats
+from prometheus_client import Counter
 from redis.asyncio import ConnectionPool, SSLConnection
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
@@ -40,11 +40,11 @@ from gateway.ratelimit.metrics import DECISIONS, SHADOW_REFUSALS, STORE_FAILURES
 from gateway.ratelimit.pipelined import PIPELINED, PipelinedHits, ScriptsMissing
 from gateway.ratelimit.policies import CompiledLimits, LimitItem
 from gateway.ratelimit.resp import RespClient, RespError
+from gateway.ratelimit.script_args import KEY_PREFIX
 from gateway.ratelimit.stage_script import StageScript
 from gateway.state.redis_url import RedisTarget, parse_redis_url
 
 log = structlog.get_logger("gateway.ratelimit")
-KEY_PREFIX = "sgw:rl"
 PROBE_INTERVAL = 1.0
 STORE_ERRORS = (StorageError, RedisError, OSError, TimeoutError, StoreUnavailable, RespError)
 
@@ -52,9 +52,10 @@ EXACT_RESET = frozenset(("moving-window", "fixed-window"))
 DENY_CACHE_LIMIT = 100_000
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    """The outcome of one stage: allowed or not, and the binding item's window state."""
+class Verdict(NamedTuple):
+    """The outcome of one stage: allowed or not, and the binding item's window state. A
+    NamedTuple, immutable like the frozen dataclass it was, built without a ``__setattr__``
+    call per field (two are built on every request)."""
 
     allowed: bool
     item: LimitItem
@@ -96,6 +97,15 @@ def _strictest(checks: Sequence[tuple[LimitItem, str]]) -> int:
         if candidate < strictness:
             best, strictness = index, candidate
     return best
+
+
+def _increment_of(child: Counter) -> Callable[[float], None]:
+    """The counter child's value's own ``inc``: what ``Counter.inc`` calls after checking that
+    the child is no labelled parent and the amount is not negative — both hold by construction
+    here (a ``labels()`` child, amount 1), and the checks were two calls per decision. The same
+    value object either way (a process's or the multiprocess file's), so the same samples."""
+    increment: Callable[[float], None] = child._value.inc
+    return increment
 
 
 def _judge(checks: Sequence[tuple[LimitItem, str]], decisions: Sequence[bool]) -> tuple[bool, bool]:
@@ -169,7 +179,8 @@ class RateLimitBackend:
         self._stage_script: StageScript | None = None
         # (prefix, quota, window, value) → monotonic time until which that bucket is full.
         self._full_until: dict[tuple[str, int, int, str], float] = {}
-        self._decisions: dict[tuple[str, str], Any] = {}
+        # (stage, result) → its decisions counter's increment (``_increment_of``)
+        self._decisions: dict[tuple[str, str], Callable[[float], None]] = {}
         STORE_UP.set(1)  # memory is always up; the breaker lowers it while Redis is away
         if not state_url.startswith("local:"):
             target = parse_redis_url(state_url)
@@ -311,6 +322,8 @@ class RateLimitBackend:
     def refused_from_memory(self, checks: Sequence[tuple[LimitItem, str]], stage: str) -> Verdict | None:
         """The verdict of a bucket known to be full (counted as ``limited``), else None: a flood
         is refused before anything else is decided about the request."""
+        if not self._full_until:  # nothing is known full (the common case): no call
+            return None
         known = self._known_full(checks)
         if known is not None:
             self._count(stage, "limited")
@@ -320,8 +333,8 @@ class RateLimitBackend:
         """Whether the stage script can take these items now: it is in use, the store is up and
         they are script items. Sliding-window-counter items and redis-py (sentinel) stores keep
         a call per stage."""
-        fast = self._stage_script
-        return fast is not None and not self.store_down and fast.supports(checks)
+        fast, breaker = self._stage_script, self.breaker  # the breaker exists when the script does
+        return fast is not None and breaker is not None and not breaker.open and fast.supports(checks)
 
     def can_defer(self, checks: Sequence[tuple[LimitItem, str]]) -> bool:
         """Whether a stage's hit may wait to ride along with a later stage's in one store call
@@ -342,16 +355,20 @@ class RateLimitBackend:
         ``check(first)`` followed, when it admits, by ``check(second)`` — which is what runs
         whenever one call cannot do it. The second verdict is None when the first refused."""
         fast = self._stage_script
-        combined = (
-            fast is not None
-            and first
-            and second
-            and self.can_defer(first)
-            and self.can_defer(second)  # a known-full route bucket is answered from memory
-        )
-        if not combined:
+        breaker = self.breaker
+        # can_defer(first) and can_defer(second), spelt out: this runs on every request.
+        if (
+            fast is None
+            or breaker is None
+            or breaker.open
+            or not first
+            or not second
+            or not fast.supports(first)
+            or not fast.supports(second)
+            # a known-full bucket of either stage is answered from memory
+            or (self._full_until and (self._known_full(first) or self._known_full(second)))
+        ):
             return await self._in_turn(first, second, settings)
-        assert fast is not None
         split = len(first)
         static = _strictest(second)
         wanted = None if second[static][0].shadow else static  # shadow items never speak in headers
@@ -373,7 +390,8 @@ class RateLimitBackend:
         else:
             shadow_first = _judge(first, decisions[:split])[1]
             allowed, shadow = _judge(second, decisions[split:])
-        before = self._fast_verdict(first, "pre_auth", _strictest(first), True, None, None, shadow_first)
+        static_first = _strictest(first) if len(first) > 1 else 0  # one pre_auth item, mostly
+        before = self._fast_verdict(first, "pre_auth", static_first, True, None, None, shadow_first)
         if binding is not None:
             binding -= split
         after = self._fast_verdict(second, "route", static, allowed, binding, stats, shadow)
@@ -469,10 +487,12 @@ class RateLimitBackend:
         )
 
     def _count(self, stage: str, result: str) -> None:
-        child = self._decisions.get((stage, result))
-        if child is None:  # labels() hashes and locks on every call: look each child up once
-            child = self._decisions[(stage, result)] = DECISIONS.labels(stage, result)
-        child.inc()
+        increment = self._decisions.get((stage, result))
+        if increment is None:
+            # labels() hashes and locks on every call: each child is looked up once, at its
+            # first decision (as before: the same _created timestamp, no series before it).
+            increment = self._decisions[(stage, result)] = _increment_of(DECISIONS.labels(stage, result))
+        increment(1)
 
     async def close(self) -> None:
         if self.breaker is not None:

@@ -19,10 +19,10 @@ from limits import RateLimitItem, parse_many
 
 from gateway.config.model import RouteConfig
 from gateway.facts import RequestFacts
-from gateway.ratelimit.headers import policy_header
+from gateway.ratelimit.headers import policy_header, state_head
 from gateway.ratelimit.keys import KeySpec
 from gateway.ratelimit.model import LoginProtectionConfig, RateLimitRule, RateLimitsConfig, StoreFailureMode
-from gateway.ratelimit.script_args import bulk_strings, item_args
+from gateway.ratelimit.script_args import bulk_strings, item_args, key_framing
 
 
 class LimitedConfig(Protocol):
@@ -54,6 +54,7 @@ class LimitItem:
     window: int  # seconds
     strictness: tuple[int, int]  # (quota, -window): the smallest is the most restrictive
     policy_header: str  # precomputed RateLimit-Policy value
+    state_head: str  # the RateLimit value's constant start (headers.state_head)
     # The stage script's per-item arguments (stage_script.item_args), as strings built once:
     # a number handed to redis.call is formatted by sprintf inside Redis, a string is not.
     store_args: tuple[str, ...] = ()
@@ -62,6 +63,11 @@ class LimitItem:
     # split once here so the stage script's keys cost one concatenation per request.
     key_head: str = ""
     key_tail: str = ""
+    # The stage script's key framing (script_args.key_framing): the bytes of the store key
+    # before and after the value, and the key's byte length less the value's.
+    store_key_head: bytes = b""
+    store_key_tail: bytes = b""
+    store_key_size: int = 0
     # ``mode: shadow``: counted exactly like an enforced item (same keys), reported when over,
     # never the reason for a refusal nor the source of RateLimit headers
     shadow: bool = False
@@ -104,7 +110,8 @@ def counted_checks(
     last_key: object = None
     hashed: str | None = None
     for item in items:
-        if not item.applies(method):
+        methods = item.methods  # item.applies(method), inline: once per item and request
+        if methods is not None and method not in methods:
             continue
         if item.key is not last_key:
             last_key = item.key
@@ -131,6 +138,9 @@ def compile_rule(scope: str, policy: str, index: int, rule: RateLimitRule) -> li
     for parsed in parse_many(rule.limit):
         window = int(parsed.get_expiry())
         store_args = item_args(rule.strategy, parsed.amount, window, rule.cost, shadow)
+        key_head = f"{parsed.namespace}/{prefix}/"
+        key_tail = f"/{parsed.amount}/{parsed.multiples}/{parsed.GRANULARITY.name}"
+        store_key_head, store_key_tail, store_key_size = key_framing(key_head, key_tail)
         items.append(
             LimitItem(
                 policy=policy,
@@ -145,10 +155,14 @@ def compile_rule(scope: str, policy: str, index: int, rule: RateLimitRule) -> li
                 # A shadow item is never the stage's strictest while an enforced one is there.
                 strictness=(SHADOW_STRICTNESS, 0) if shadow else (parsed.amount, -window),
                 policy_header=policy_header(policy, parsed.amount, window),
+                state_head=state_head(policy),
                 store_args=store_args,
                 store_resp=bulk_strings(store_args),
-                key_head=f"{parsed.namespace}/{prefix}/",
-                key_tail=f"/{parsed.amount}/{parsed.multiples}/{parsed.GRANULARITY.name}",
+                key_head=key_head,
+                key_tail=key_tail,
+                store_key_head=store_key_head,
+                store_key_tail=store_key_tail,
+                store_key_size=store_key_size,
                 shadow=shadow,
             )
         )

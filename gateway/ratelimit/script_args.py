@@ -4,6 +4,7 @@ compiled item. A leaf module: ``policies`` builds them without importing the scr
 from __future__ import annotations
 
 KINDS = {"moving-window": "m", "fixed-window": "f"}
+KEY_PREFIX = "sgw:rl"  # the first part of every rate-limit store key (limits' ``key_prefix``)
 
 
 def bulk_strings(args: tuple[str, ...]) -> bytes:
@@ -28,3 +29,13 @@ def item_args(strategy: str, quota: int, window: int, cost: int, shadow: bool = 
     if shadow:
         kind = kind.upper()
     return (kind, str(quota), str(window), str(cost), str(quota - cost), str(quota - 1))
+
+
+def key_framing(key_head: str, key_tail: str) -> tuple[bytes, bytes, int]:
+    """An item's store key (``KEY_PREFIX:key_head<value>key_tail``) split around its value, for
+    RESP framing: the bytes before the value, the bytes after it with the bulk string's CRLF,
+    and the key's length in bytes less the value's. Built once per compiled item, so framing a
+    key costs the value's encoding and a concatenation per request."""
+    head = f"{KEY_PREFIX}:{key_head}".encode()
+    tail = key_tail.encode()
+    return head, tail + b"\r\n", len(head) + len(tail)

@@ -14,8 +14,9 @@ The binding item is chosen as ``RateLimitBackend._run`` chooses it: the refusing
 refusing item that frees last when several refuse, else the statically strictest one.
 
 Timestamps are the client's ``time.time()``, the very double ``limits`` sends (it sends the
-``repr``; this path sends ``float.hex()``, which Lua's ``tonumber`` (C's ``strtod``) reads back
-to the same double at a third of ``repr``'s cost), compared as numbers and pushed as a Lua
+``repr``; this path sends the double's 8 bytes, ``struct.pack('<d')``, which Redis' Lua reads
+back with its ``struct.unpack('<d')`` bit for bit, at a fraction of ``repr``'s or even
+``float.hex()``'s cost), compared as numbers and pushed as a Lua
 number, as the library's Lua pushes them, so the lists hold
 the same bytes whichever path wrote them (Redis formats that number, %.17g or shortest form by
 version). Redis' CPU goes mostly
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import struct
 import time
 from collections.abc import Sequence
 from time import time as wall_clock
@@ -38,7 +40,7 @@ from limits.util import WindowStats
 
 from gateway.ratelimit.policies import LimitItem
 from gateway.ratelimit.resp import ReplyError, RespClient, RespError
-from gateway.ratelimit.script_args import bulk_strings
+from gateway.ratelimit.script_args import KEY_PREFIX, bulk_strings
 
 ARGS_PER_ITEM = 6  # script_args.item_args
 HEAD = 16  # list entries one LRANGE reads for the window state's first probes
@@ -49,7 +51,7 @@ STAGE_SCRIPT = """
 -- strings (kind m/f; M/F: a shadow item, counted alike but never refusing). Arguments reach
 -- redis.call as strings where they can: Redis formats a Lua number argument with sprintf on
 -- every call (the timestamp stays a number).
-local now = tonumber(ARGV[1])
+local now = struct.unpack('<d', ARGV[1])  -- the client's double, its 8 bytes as they are
 local wanted = tonumber(ARGV[2])
 local barrier = tonumber(ARGV[4])
 local call = redis.call
@@ -57,7 +59,7 @@ local call = redis.call
 -- A stage whose caller has given up (store_timeout: a hung or slow Redis, the commands queued
 -- behind it) is not counted: the gateway already answered it by its failure mode.
 local clock = call('time')
-if tonumber(clock[1]) + tonumber(clock[2]) / 1000000 > tonumber(ARGV[3]) then
+if tonumber(clock[1]) + tonumber(clock[2]) / 1000000 > struct.unpack('<d', ARGV[3]) then
     return {'late'}
 end
 
@@ -121,13 +123,16 @@ local function state(i)
     local target = now - expiry
     local high = limit - 1
     local head = call('lrange', key, '0', high < HEAD and ARGV[b + 6] or 'HEAD_END')
+    -- fewer than HEAD entries: that is the whole list, and LINDEX past its end is nil (the
+    -- script runs atomically, nothing changes the list meanwhile), so no probe needs a call
+    local whole = #head < HEAD
     local low, index, oldest = 0, nil, nil
     while low <= high do
         local mid = math.floor((low + high) / 2)
         local raw
         if mid < HEAD then
             raw = head[mid + 1]
-        else
+        elseif not whole then
             raw = call('lindex', key, string.format('%d', mid))
         end
         local value = raw and tonumber(raw)
@@ -191,6 +196,19 @@ return {decisions, binding, remaining, basis}
 """.replace("HEAD_END", str(HEAD - 1)).replace("HEAD", str(HEAD))
 
 
+_pack_double = struct.Struct("<d").pack
+
+
+def _bulk_int(number: int) -> bytes:
+    """An integer argument as ``hiredis.pack_command`` frames it (its decimal text)."""
+    text = str(number).encode()
+    return b"$%d\r\n%b\r\n" % (len(text), text)
+
+
+_SMALL = tuple(_bulk_int(number) for number in range(64))  # the wanted item and the barrier
+_LENGTHS = tuple(b"$%d\r\n" % size for size in range(256))  # a key's bulk-string length
+
+
 class LateReply(RespError):
     """Redis reached the stage after its deadline and counted nothing."""
 
@@ -204,6 +222,9 @@ class StageScript:
         self._source = STAGE_SCRIPT.encode()
         self._sha = hashlib.sha1(self._source, usedforsecurity=False).hexdigest()
         self._command_head = bulk_strings(("EVALSHA", self._sha))
+        self._heads: dict[int, bytes] = {}  # item count → the command's framed head
+        # the items frame their keys for script_args.KEY_PREFIX (LimitItem.store_key_head)
+        self._items_framed = key_prefix == KEY_PREFIX
 
     def frame(
         self,
@@ -217,18 +238,33 @@ class StageScript:
         framing, byte for byte what ``hiredis.pack_command`` makes of those arguments (a test
         holds them equal). Framing ~36 arguments one by one was ~7 % of a request's
         instructions; the items' fixed arguments come framed (``LimitItem.store_resp``)."""
-        prefix = self._key_prefix
         count = len(checks)
-        # EVALSHA, the sha, numkeys, the keys, four scalars, six arguments per item
-        parts = [b"*%d\r\n%b$%d\r\n%d\r\n" % (count * 7 + 7, self._command_head, len(str(count)), count)]
-        for item, value in checks:
-            key = f"{prefix}:{item.key_head}{value}{item.key_tail}".encode()
-            parts.append(b"$%d\r\n%b\r\n" % (len(key), key))
-        # exact doubles in hex (see the module's docstring); ASCII, so characters are bytes
-        moment, late = now.hex(), late_after.hex()
-        parts.append(
-            f"${len(moment)}\r\n{moment}\r\n${len(str(wanted))}\r\n{wanted}\r\n"
-            f"${len(late)}\r\n{late}\r\n${len(str(barrier))}\r\n{barrier}\r\n".encode()
+        head = self._heads.get(count)
+        if head is None:  # EVALSHA, the sha, numkeys; one per item count (a handful per config)
+            head = b"*%d\r\n%b%b" % (count * 7 + 7, self._command_head, _bulk_int(count))
+            self._heads[count] = head
+        parts = [head]
+        if self._items_framed:
+            for item, value in checks:
+                raw = value.encode()
+                size = item.store_key_size + len(raw)
+                framed = _LENGTHS[size] if size < len(_LENGTHS) else b"$%d\r\n" % size
+                parts += (framed, item.store_key_head, raw, item.store_key_tail)
+        else:  # another key prefix than the items were framed for (script_args.KEY_PREFIX)
+            prefix = self._key_prefix
+            for item, value in checks:
+                key = f"{prefix}:{item.key_head}{value}{item.key_tail}".encode()
+                parts.append(b"$%d\r\n%b\r\n" % (len(key), key))
+        # the two doubles as their exact 8 bytes (see the module's docstring)
+        parts += (
+            b"$8\r\n",
+            _pack_double(now),
+            b"\r\n",
+            _SMALL[wanted] if 0 <= wanted < len(_SMALL) else _bulk_int(wanted),
+            b"$8\r\n",
+            _pack_double(late_after),
+            b"\r\n",
+            _SMALL[barrier] if 0 <= barrier < len(_SMALL) else _bulk_int(barrier),
         )
         for item, _ in checks:
             parts.append(item.store_resp)
@@ -273,7 +309,7 @@ class StageScript:
             reply = await self.client.send(command, deadline=deadline)
         if reply[0] == b"late":
             raise LateReply("the store ran the stage after its deadline; nothing was counted")
-        decisions = [bool(flag) for flag in reply[0]]
+        decisions = list(map(bool, reply[0]))  # no comprehension frame per request
         binding = reply[1]
         if binding == 0:
             return decisions, None, None

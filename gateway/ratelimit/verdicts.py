@@ -11,7 +11,14 @@ from __future__ import annotations
 from typing import NoReturn, Protocol
 
 from gateway.errors import LockedOut, RateLimited
-from gateway.ratelimit.headers import POLICY_HEADER, STATE_HEADER, refusal_values, retry_after, state_header
+from gateway.ratelimit.headers import (
+    POLICY_HEADER,
+    STATE_HEADER,
+    refusal_values,
+    retry_after,
+    state_header,
+    state_value,
+)
 from gateway.ratelimit.limiter import Verdict
 
 
@@ -34,7 +41,7 @@ def apply_verdict(ctx: LimitedRequest, verdict: Verdict | None) -> None:
     headers = ctx.response_headers
     headers[POLICY_HEADER] = item.policy_header
     if verdict.allowed:
-        headers[STATE_HEADER] = state_header(item.policy, verdict.remaining, verdict.reset_in)
+        headers[STATE_HEADER] = state_value(item.state_head, verdict.remaining, verdict.reset_in)
         return
     ctx.ratelimit = "limited"
     state, wait = refusal_values(item, verdict.remaining, verdict.reset_in)

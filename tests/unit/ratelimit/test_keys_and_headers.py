@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import math
 import subprocess
 import sys
 
@@ -11,7 +12,7 @@ import pytest
 
 from gateway.ratelimit import headers
 from gateway.ratelimit.body_fields import counted_fields
-from gateway.ratelimit.headers import policy_header, retry_after, state_header
+from gateway.ratelimit.headers import policy_header, retry_after, state_header, state_value
 from gateway.ratelimit.keys import KeySpec, ValueHasher, canonical_username, derive_hash_key, key_error
 from gateway.ratelimit.model import RateLimitRule
 from gateway.ratelimit.policies import compile_rule
@@ -57,6 +58,16 @@ def test_header_formats_follow_the_draft() -> None:
     assert state_header("api", 12, 0.2) == '"api";r=12;t=1'
     assert state_header("api", -3, -1.0) == '"api";r=0;t=0'
     assert retry_after(0.0) == 1 and retry_after(59.1) == 60
+
+
+def test_an_items_precomputed_state_head_renders_what_state_header_renders() -> None:
+    """``apply_verdict`` renders ``RateLimit`` from the item's ``state_head``: the very value."""
+    (item,) = compile_rule("policy:api", "a.b-c_d", 0, RateLimitRule(key="ip", limit="5/second"))
+    for remaining in (-2, -1, 0, 1, 49, 10**6):
+        for reset_in in (-3.5, -0.0, 0.0, 1e-9, 0.5, 1.0, 1.0000001, 59.99, 3600.0):
+            expected = f'"a.b-c_d";r={max(0, remaining)};t={max(0, math.ceil(reset_in))}'
+            assert state_value(item.state_head, remaining, reset_in) == expected
+            assert state_header(item.policy, remaining, reset_in) == expected
 
 
 def test_body_fields_from_json_and_forms_only() -> None:

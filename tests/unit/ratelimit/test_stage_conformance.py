@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -469,3 +470,64 @@ async def test_one_call_on_a_hung_store_falls_back_stage_by_stage(
         if redis_server.paused:
             redis_server.resume()
         await backend.close()
+
+
+# Lists longer than the script's LRANGE head (stage_script.HEAD): the window state's binary
+# search probes past it (LINDEX), or knows the list ended inside it. Ordered lists, and
+# unordered ones as instances with skewed clocks write them.
+LONG_LIMITS = ("17/second", "24/second", "50/second", "100/2seconds")
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    limit=st.sampled_from(LONG_LIMITS),
+    fresh=st.integers(0, 110),  # entries inside the window
+    stale=st.integers(0, 40),  # and older ones
+    swaps=st.integers(0, 6),  # neighbours swapped: an unordered list
+    seed=st.integers(0, 2**32),
+    cost=st.integers(1, 2),
+)
+def test_the_window_state_of_long_lists_is_limits_own(
+    redis_url: str,
+    items: ItemFactory,
+    limit: str,
+    fresh: int,
+    stale: int,
+    swaps: int,
+    seed: int,
+    cost: int,
+) -> None:
+    (item,) = items(limit, cost=cost, index=40)
+    run = next(_values)
+    fast_value, ref_value = f"fast-{run}", f"ref-{run}"
+    clock = FakeClock()
+    rng = random.Random(seed)
+    window = item.window
+    ages = sorted(
+        [rng.uniform(0.0, window * 0.95) for _ in range(fresh)]
+        + [rng.uniform(window * 1.05, window * 3) for _ in range(stale)]
+    )
+    for _ in range(swaps if len(ages) > 1 else 0):
+        at = rng.randrange(len(ages) - 1)
+        ages[at], ages[at + 1] = ages[at + 1], ages[at]
+    entries = ages  # newest first: the list's head, as LPUSH in turn leaves it
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(stage_script, "time", clock)
+        patch.setattr("limits.aio.storage.redis.redispy.time", clock)
+        asyncio.run(_drive_long(redis_url, item, entries, fast_value, ref_value, clock))
+
+
+async def _drive_long(
+    url: str, item: LimitItem, ages: list[float], fast: str, ref: str, clock: FakeClock
+) -> None:
+    paths = Paths.open(url)
+    try:
+        if ages:
+            for value in (fast, ref):  # RPUSH in order: index 0 holds the first age
+                await paths.client.rpush(key_of(item, value), *(clock.now - age for age in ages))
+        got = await paths.script.run([(item, fast)], 0)
+        expected = await reference_stage(paths, [(item, ref)], 0, clock.time)
+        assert_same(got, expected, [(item, fast)])
+        await assert_same_data(paths.client, [item], fast, ref)
+    finally:
+        await paths.close()

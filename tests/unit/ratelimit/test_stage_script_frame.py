@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import random
+import struct
 import time
 
 import hiredis
@@ -37,9 +38,9 @@ SCRIPT = StageScript(RespClient(parse_redis_url("redis://127.0.0.1:1/0")), KEY_P
 def reference(
     checks: list[tuple[LimitItem, str]], now: float, wanted: int, late: float, barrier: int
 ) -> bytes:
-    args: list[str | int] = ["EVALSHA", SCRIPT._sha, len(checks)]
+    args: list[str | int | bytes] = ["EVALSHA", SCRIPT._sha, len(checks)]
     args += [f"{KEY_PREFIX}:{item.item.key_for(item.prefix, value)}" for item, value in checks]
-    args += [now.hex(), wanted, late.hex(), barrier]
+    args += [struct.pack("<d", now), wanted, struct.pack("<d", late), barrier]
     for item, _ in checks:
         args += item.store_args
     return hiredis.pack_command(tuple(args))
@@ -70,9 +71,10 @@ def test_a_multibyte_value_is_framed_by_its_byte_length() -> None:
     assert len(key) == len(f"{KEY_PREFIX}:{item.item.key_for(item.prefix, 'ü')}") + 1
 
 
-async def test_redis_lua_reads_a_hex_timestamp_as_the_very_double(redis_url: str) -> None:
-    """The script gets ``float.hex()`` where limits sends ``repr``: Redis' Lua must read both as
-    the same number, and push it as the same bytes (the list entries both paths compare)."""
+async def test_redis_lua_reads_a_packed_timestamp_as_the_very_double(redis_url: str) -> None:
+    """The script gets the double's 8 bytes where limits sends ``repr``: Redis' Lua must read
+    both as the same number, and push it as the same bytes (the list entries both paths
+    compare)."""
     client = redis.asyncio.Redis.from_url(redis_url)
     rng = random.Random(7)
     moments = [time.time(), 0.1, 1e9 + 0.5, *(rng.uniform(1.6e9, 2.2e9) for _ in range(200))]
@@ -80,14 +82,14 @@ async def test_redis_lua_reads_a_hex_timestamp_as_the_very_double(redis_url: str
         for moment in moments:
             same, pushed_hex, pushed_repr = await client.eval(
                 "redis.call('del', KEYS[1], KEYS[2])"
-                " redis.call('lpush', KEYS[1], tonumber(ARGV[1]))"
+                " redis.call('lpush', KEYS[1], (struct.unpack('<d', ARGV[1])))"
                 " redis.call('lpush', KEYS[2], tonumber(ARGV[2]))"
-                " return {tonumber(ARGV[1]) == tonumber(ARGV[2]) and 1 or 0,"
+                " return {struct.unpack('<d', ARGV[1]) == tonumber(ARGV[2]) and 1 or 0,"
                 " redis.call('lindex', KEYS[1], 0), redis.call('lindex', KEYS[2], 0)}",
                 2,
-                "frame:hex",
+                "frame:packed",
                 "frame:repr",
-                moment.hex(),
+                struct.pack("<d", moment),
                 repr(moment),
             )
             assert same == 1, moment
