@@ -18,6 +18,8 @@ _WEBSOCKET_VERSION = "13"
 # istr: multidict looks them up without case-folding the name on every request.
 _AUTHORIZATION = istr("Authorization")
 _COOKIE = istr("Cookie")
+_SEC_WEBSOCKET_KEY = istr("Sec-WebSocket-Key")
+_SEC_WEBSOCKET_VERSION = istr("Sec-WebSocket-Version")
 
 
 def check_singletons(headers: CIMultiDictProxy[str], token_cookie: str | None) -> None:
@@ -51,10 +53,10 @@ def check_transfer_coding(codings: Sequence[str]) -> None:
 
 def check_websocket_handshake(headers: CIMultiDictProxy[str]) -> None:
     """RFC 6455 §4.1/§4.2.1: refused here (400) rather than failing at the upstream (502)."""
-    keys = headers.getall("Sec-WebSocket-Key", ())
+    keys = headers.getall(_SEC_WEBSOCKET_KEY, ())
     if len(keys) != 1 or not _valid_websocket_key(keys[0]):
         raise BadRequest("Invalid WebSocket handshake: Sec-WebSocket-Key")
-    versions = headers.getall("Sec-WebSocket-Version", ())
+    versions = headers.getall(_SEC_WEBSOCKET_VERSION, ())
     if len(versions) != 1 or versions[0].strip() != _WEBSOCKET_VERSION:
         # RFC 6455 §4.4: tell the client which version this server speaks.
         raise BadRequest(

@@ -6,7 +6,7 @@ the same lists. The CORS stage (``middleware/cors.py``) and the authentication s
 
 from __future__ import annotations
 
-from multidict import MultiMapping
+from multidict import MultiMapping, istr
 
 from gateway.config.model import CorsPolicy
 from gateway.errors import Forbidden
@@ -16,6 +16,7 @@ SAFE_METHODS = frozenset(("GET", "HEAD", "OPTIONS"))
 # Never a write origin: "null" is what sandboxed frames, file: pages and some redirects send
 # (any site can produce it), and "*" is a wildcard in a policy, not an origin.
 _NOT_ORIGINS = frozenset(("null", "*"))
+_UPGRADE, _ORIGIN = istr("Upgrade"), istr("Origin")  # istr: no case folding per request
 
 
 def preflight_headers(policy: CorsPolicy, origin: str, method: str, requested: str) -> dict[str, str]:
@@ -49,9 +50,9 @@ def check_cookie_origin(method: str, headers: MultiMapping[str], policy: CorsPol
     """
     # SECURITY: cross-site WebSocket hijacking: the browser sends the cookie on a cross-site
     # upgrade (a GET) as well, and the socket then reads and writes as the user.
-    if method in SAFE_METHODS and "websocket" not in headers.get("Upgrade", "").lower():
+    if method in SAFE_METHODS and "websocket" not in headers.get(_UPGRADE, "").lower():
         return
-    origins = headers.getall("Origin", ())
+    origins = headers.getall(_ORIGIN, ())
     # SECURITY: CSRF. No Origin (Referer is not consulted: it is stripped by policies and
     # proxies, and a fallback would be a second, weaker rule), several, "null" or one not listed.
     if (

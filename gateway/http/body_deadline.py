@@ -10,14 +10,17 @@ for yet (``Expect: 100-continue`` before the checks passed) is not the client's 
 from __future__ import annotations
 
 from aiohttp.streams import EmptyStreamReader, StreamReader
+from multidict import istr
 
 from gateway.context import ContextKey
 from gateway.exchange import ServerRequest
 
+_EXPECT = istr("Expect")  # istr: no case folding per request
+
 
 def awaiting_continue(request: ServerRequest) -> bool:
     """An ``Expect: 100-continue`` request whose body the gateway has not asked for yet."""
-    if request.headers.get("Expect", "").lower() != "100-continue":
+    if request.headers.get(_EXPECT, "").lower() != "100-continue":
         return False
     ctx = request.get(ContextKey)
     return ctx is None or not ctx.continue_sent

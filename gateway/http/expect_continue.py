@@ -7,9 +7,12 @@ imports the other.
 
 from __future__ import annotations
 
+from multidict import istr
+
 from gateway.context import RequestContext
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_EXPECT = istr("Expect")  # istr: no case folding per request
 
 
 def send_continue(ctx: RequestContext) -> None:
@@ -17,6 +20,6 @@ def send_continue(ctx: RequestContext) -> None:
     request = ctx.request
     if ctx.continue_sent or request.version < (1, 1):
         return
-    if request.headers.get("Expect", "").lower() == "100-continue" and request.transport is not None:
+    if request.headers.get(_EXPECT, "").lower() == "100-continue" and request.transport is not None:
         request.transport.write(_CONTINUE)
         ctx.continue_sent = True

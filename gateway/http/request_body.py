@@ -18,12 +18,14 @@ from __future__ import annotations
 from typing import Protocol
 
 from aiohttp import StreamReader
-from multidict import CIMultiDictProxy
+from multidict import CIMultiDictProxy, istr
 
 from gateway.errors import BadRequest, PayloadTooLarge
 
 TOO_LARGE_FOR_ROUTE = "The request body is larger than this route allows"
 _CHUNK = 64 * 1024
+# istr: multidict looks them up without case-folding the name on every request.
+_CONTENT_LENGTH, _TRANSFER_ENCODING = istr("Content-Length"), istr("Transfer-Encoding")
 
 
 class BodyRequest(Protocol):
@@ -43,7 +45,7 @@ def refuse_unframed_or_oversized(request: BodyRequest, limit: int | None) -> Non
     """The route stage's check, before any byte is read: framing, then the declared length."""
     headers = request.headers
     # SECURITY: request smuggling — a body framed two ways is refused, not guessed at.
-    if "Content-Length" in headers and "Transfer-Encoding" in headers:
+    if _CONTENT_LENGTH in headers and _TRANSFER_ENCODING in headers:
         raise BadRequest("Conflicting body framing")
     if limit is not None and (request.content_length or 0) > limit:
         raise PayloadTooLarge(TOO_LARGE_FOR_ROUTE)

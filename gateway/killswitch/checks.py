@@ -10,11 +10,15 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 
+from multidict import istr
+
 from gateway.errors import NotReady
 from gateway.facts import RequestFacts
 from gateway.killswitch.matcher import RouteFacts, SwitchIndex
 from gateway.killswitch.model import Switch, isolated_error
 from gateway.routing import PROBE_PATHS
+
+_UPGRADE = istr("Upgrade")  # istr: a multidict looks it up without case folding
 
 
 def loaded_index(index: SwitchIndex | None) -> SwitchIndex:
@@ -28,7 +32,7 @@ def loaded_index(index: SwitchIndex | None) -> SwitchIndex:
 def wants_websocket(headers: Mapping[str, str]) -> bool:
     # SECURITY: any upgrade asking for websocket counts, whatever else Connection says, so a
     # read-only switch cannot be dodged by a header the proxy would still upgrade on.
-    return "websocket" in headers.get("Upgrade", "").lower()
+    return "websocket" in headers.get(_UPGRADE, "").lower()
 
 
 def refuse_unidentified(

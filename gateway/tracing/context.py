@@ -6,14 +6,16 @@ Anything else — an untrusted peer, a missing, repeated or invalid header — s
 Either way the upstream gets ``00-<trace id>-<the gateway's own span id>-<flags>``.
 
 On the hot path of every request: new traces come ready-made, 256 at a time, from one
-``os.urandom`` call formatted in one comprehension (ids and the header value), so a request
-pays one ``list.pop``. The ids are not secrets; urandom is simply the cheapest batch source.
+``os.urandom`` call whose hex digits are copied into the batch's traceparent text column by
+column and split (ids and the header value), so a request pays one ``list.pop``. The ids are not
+secrets; urandom is simply the cheapest batch source.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from itertools import repeat
 from typing import Final
 
 from gateway.facts import TraceFacts
@@ -44,12 +46,37 @@ NEW_FLAGS = "01"  # a trace started here is sampled: its id is in the access lin
 _BATCH = 256
 
 
+# One new trace's traceparent and the space after it in a batch's text: 56 characters, seven
+# 8-byte units. The trace id starts at 3 and the span id at 36: 8-byte views of the text from
+# offsets 3 and 4 put each on unit boundaries.
+_TRACEPARENT_TEXT = b"00-" + b"0" * 32 + b"-" + b"0" * 16 + b"-" + NEW_FLAGS.encode("ascii") + b" "
+_UNITS = len(_TRACEPARENT_TEXT) // 8  # 7
+
+
 def _new_traces(h: str) -> list[Trace]:
-    return [
-        (t, s, f"00-{t}-{s}-{NEW_FLAGS}", None, None)
-        for i in range(0, 48 * _BATCH, 48)
-        for t, s in ((h[i : i + 32], h[i + 32 : i + 48]),)
-    ]
+    """Traces from 48 hex digits each: the first 32 the trace id, the next 16 the span id
+    (exactly ``(t, s, f"00-{t}-{s}-01", None, None)``). The batch's traceparent text is written
+    8 digits at a time as strided copies (six, each over the whole batch), then split twice: at
+    the spaces into traceparents and at the dashes into ids, a few dozen C-level operations per
+    batch instead of slicing and formatting per trace (about a fifth fewer instructions)."""
+    n = len(h) // 48
+    text = bytearray(_TRACEPARENT_TEXT * n)
+    size = len(text) - 8  # each view: whole 8-byte units, from its offset, inside the text
+    with (
+        memoryview(h.encode("ascii")).cast("Q") as digits,  # six units per trace
+        memoryview(text) as whole,
+        whole[3 : 3 + size].cast("Q") as trace_ids,  # unit 7k + j: trace k's digits 8j..8j+7
+        whole[4 : 4 + size].cast("Q") as span_ids,  # unit 7k + 4 + j: span k's digits 8j..8j+7
+    ):
+        for j in range(4):
+            trace_ids[j::_UNITS] = digits[j::6]
+        span_ids[4::_UNITS] = digits[4::6]
+        span_ids[5::_UNITS] = digits[5::6]
+    del text[-1]  # the last space: no empty traceparent after it
+    traceparents = text.decode("ascii")
+    # "00", trace id, span id, "01 00", trace id, span id, ..., "01": ids at 1 and 2 mod 3
+    fields = traceparents.split("-")
+    return list(zip(fields[1::3], fields[2::3], traceparents.split(" "), repeat(None), repeat(None)))
 
 
 # An all-zero trace or span id is invalid: sixteen zero digits anywhere in a batch (about 2^-52

@@ -3,7 +3,8 @@ at a time: the unit tests of ``gateway/middleware/`` send real HTTP requests thr
 low-level server, as the public listener does, without the rest of the gateway.
 
 The handler builds the request's context with ``gateway.app.begin_request``, runs the given
-stages in order as ``gateway.pipeline.run_stages`` does (an early answer ends the run), and
+stages in order as ``gateway.pipeline.run_stages`` does (each by ``gateway.pipeline.run_stage``:
+a plain stage's answer as is, a coroutine it returns awaited; an early answer ends the run), and
 renders a refusal with ``gateway.app.render_problem``, the one problem+json renderer. A request
 that every stage lets through gets 200 and a JSON summary of what the stages set on its context
 (``stage_client``), or whatever the caller's ``answer`` gives (``runtime_client``: e.g. the
@@ -33,12 +34,12 @@ from gateway.config_schema import parse_config
 from gateway.context import RequestContext
 from gateway.errors import GatewayError
 from gateway.http.problem import render_problem
+from gateway.pipeline import Stage, run_stage
 from gateway.routing import RouteTable
 from gateway.runtime import Runtime
 from gateway.server.process import GatewayProcess
 from gateway.upstream.forwarding import TrustedProxies
 
-Stage = Callable[[RequestContext], Awaitable[web.StreamResponse | None]]
 Answer = Callable[[RequestContext], Awaitable[web.StreamResponse]]
 AiohttpClient = Callable[..., Awaitable[TestClient[Any, Any]]]
 
@@ -102,7 +103,7 @@ async def runtime_client(
         ctx = begin_request(request, runtime, None)
         try:
             for stage in stages:
-                early = await stage(ctx)
+                early = await run_stage(stage, ctx)
                 if early is not None:
                     return early
             return await answer(ctx)

@@ -23,22 +23,12 @@ from aiohttp.test_utils import TestClient, TestServer
 from gateway.context import RequestContext
 from gateway.demo.identities import DemoUser, make_user
 from gateway.demo.issuer import DemoIssuer
-from gateway.pipeline import RESPONSE_CHECKS, UPSTREAM_HEADER_HOOKS, Stage, run_stage, run_stages
+from gateway.pipeline import RESPONSE_CHECKS, UPSTREAM_HEADER_HOOKS, run_stages
 from gateway.proxy import proxy_request
 from gateway.runtime import Runtime
 from gateway.server.process import GatewayProcess
 from tests.support.issuers import AUD, TENANT_IDP
 from tests.support.stage_server import AiohttpClient, gateway_runtime, runtime_client
-
-
-def awaited(stage: Stage) -> Callable[[RequestContext], Awaitable[web.StreamResponse | None]]:
-    """``stage`` as ``tests.support.stage_server`` runs one (awaited): a plain ``def`` stage
-    answers without a coroutine, so it is run the way ``gateway.pipeline.run_stages`` runs it."""
-
-    async def run(ctx: RequestContext) -> web.StreamResponse | None:
-        return await run_stage(stage, ctx)
-
-    return run
 
 
 @dataclass

@@ -15,7 +15,6 @@ from gateway.errors import BadRequest
 from gateway.middleware.body_limit import enforce_body_limit
 from gateway.middleware.route import resolve_route
 from tests.support.stage_server import AiohttpClient, send_raw, stage_client, stage_runtime
-from tests.unit.middleware.conftest import awaited
 
 MAX_BODY = 100
 CONFIG = (
@@ -27,7 +26,7 @@ CONFIG = (
 
 @pytest.fixture
 async def client(aiohttp_client: AiohttpClient) -> TestClient[Any, Any]:
-    return await stage_client(aiohttp_client, CONFIG, awaited(resolve_route), awaited(enforce_body_limit))
+    return await stage_client(aiohttp_client, CONFIG, resolve_route, enforce_body_limit)
 
 
 async def test_a_body_at_the_limit_passes(client: TestClient[Any, Any]) -> None:

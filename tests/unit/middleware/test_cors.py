@@ -13,7 +13,6 @@ from aiohttp.test_utils import TestClient
 from gateway.middleware.cors import apply_cors
 from gateway.middleware.route import resolve_route
 from tests.support.stage_server import AiohttpClient, stage_client
-from tests.unit.middleware.conftest import awaited
 
 APP = "https://app.shopino.example"
 EVIL = "https://evil.example"
@@ -37,7 +36,7 @@ CORS_HEADERS = (
 
 @pytest.fixture
 async def client(aiohttp_client: AiohttpClient) -> TestClient[Any, Any]:
-    return await stage_client(aiohttp_client, CONFIG, awaited(resolve_route), awaited(apply_cors))
+    return await stage_client(aiohttp_client, CONFIG, resolve_route, apply_cors)
 
 
 def preflight(origin: str, method: str = "POST", requested: str = "Authorization") -> dict[str, str]:

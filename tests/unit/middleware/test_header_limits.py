@@ -11,7 +11,6 @@ from aiohttp.test_utils import TestClient
 
 from gateway.middleware.header_limits import enforce_header_limits
 from tests.support.stage_server import AiohttpClient, send_raw, stage_client
-from tests.unit.middleware.conftest import awaited
 
 MAX_HEADERS, MAX_LINE, MAX_BYTES = 10, 1024, 4096
 CONFIG = (
@@ -25,7 +24,7 @@ TOKEN = "eyJhbGciOiJFUzI1NiJ9.SECRET-TOKEN-MARK"
 
 @pytest.fixture
 async def client(aiohttp_client: AiohttpClient) -> TestClient[Any, Any]:
-    return await stage_client(aiohttp_client, CONFIG, awaited(enforce_header_limits))
+    return await stage_client(aiohttp_client, CONFIG, enforce_header_limits)
 
 
 def head(fields: list[tuple[str, str]]) -> str:
@@ -91,7 +90,7 @@ async def test_a_section_over_max_header_bytes_is_refused_when_a_line_may_be_lon
         "routes:\n  - {name: api, prefix: /api, upstream: erp}\n"
         "listen: {limits: {max_headers: 10, max_header_line: 8192, max_header_bytes: 1024}}\n"
     )
-    client = await stage_client(aiohttp_client, config, awaited(enforce_header_limits))
+    client = await stage_client(aiohttp_client, config, enforce_header_limits)
     fields = [HOST, ("X-Fill", "v" * (1024 - section_size([HOST]) - len("X-Fill") - 4))]
     assert section_size(fields) == 1024
     assert (await send_raw(client, head(fields))).status == 200

@@ -14,7 +14,6 @@ from aiohttp.test_utils import TestClient
 from gateway.errors import MethodNotAllowed, NotImplementedCoding
 from gateway.middleware.request_hygiene import check_request_hygiene, parser_refusal
 from tests.support.stage_server import AiohttpClient, send_raw, stage_client
-from tests.unit.middleware.conftest import awaited
 
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 
@@ -87,7 +86,7 @@ HANDSHAKE = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version:
 
 @pytest.fixture
 async def client(aiohttp_client: AiohttpClient) -> TestClient[Any, Any]:
-    return await stage_client(aiohttp_client, STAGE_CONFIG, awaited(check_request_hygiene))
+    return await stage_client(aiohttp_client, STAGE_CONFIG, check_request_hygiene)
 
 
 def request(fields: str, *, method: str = "GET", version: str = "1.1") -> str:

@@ -16,7 +16,6 @@ from gateway.errors import BadRequest
 from gateway.middleware import route
 from gateway.middleware.route import VALID_HOSTS_MAX, checked_host, resolve_route
 from tests.support.stage_server import AiohttpClient, send_raw, stage_client
-from tests.unit.middleware.conftest import awaited
 
 CONFIG = (
     "routes:\n"
@@ -27,7 +26,7 @@ CONFIG = (
 
 @pytest.fixture
 async def client(aiohttp_client: AiohttpClient) -> TestClient[Any, Any]:
-    return await stage_client(aiohttp_client, CONFIG, awaited(resolve_route))
+    return await stage_client(aiohttp_client, CONFIG, resolve_route)
 
 
 def get(target: str, host: str = "shop.example") -> str:

@@ -3,6 +3,7 @@ a trusted caller's trace continued with the gateway's own span, anything else re
 
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
@@ -104,3 +105,34 @@ def test_a_missing_repeated_or_invalid_traceparent_starts_a_new_trace(traceparen
 )
 def test_tracestate_is_passed_on_only_when_valid(values: list[str], expected: str | None) -> None:
     assert clean_tracestate(values) == expected
+
+
+def test_a_batch_of_new_traces_is_the_random_digits_in_traceparent_form() -> None:
+    # The batch is written 8 digits at a time into one text and split; each trace must still be
+    # exactly its own 48 random digits: 32 for the trace id, then 16 for the span id.
+    from gateway.tracing.context import _new_traces
+
+    digits = os.urandom(24 * 256).hex()
+    traces = _new_traces(digits)
+    assert traces == [
+        (t, s, f"00-{t}-{s}-01", None, None)
+        for t, s in ((digits[i : i + 32], digits[i + 32 : i + 48]) for i in range(0, 48 * 256, 48))
+    ]
+    # A fixed input, spelled out: the first and last trace of a batch of two.
+    two = "0123456789abcdef" * 6
+    assert _new_traces(two[:48] + two[48:][::-1]) == [
+        (
+            "0123456789abcdef0123456789abcdef",
+            "0123456789abcdef",
+            "00-0123456789abcdef0123456789abcdef-0123456789abcdef-01",
+            None,
+            None,
+        ),
+        (
+            "fedcba9876543210fedcba9876543210",
+            "fedcba9876543210",
+            "00-fedcba9876543210fedcba9876543210-fedcba9876543210-01",
+            None,
+            None,
+        ),
+    ]
