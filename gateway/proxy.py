@@ -9,8 +9,8 @@ in, so the proxy imports no stage.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
-from typing import cast
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, Sequence
+from typing import Any, cast
 
 import aiohttp
 from aiohttp import web
@@ -27,9 +27,14 @@ from gateway.upstream.forwarding import downstream_response_headers, upstream_re
 from gateway.upstream.pools import IDEMPOTENT_METHODS, UpstreamResponse
 
 CHUNK = 64 * 1024
-ResponseCheck = Callable[[RequestContext, int, "CIMultiDict[str] | CIMultiDictProxy[str]"], Awaitable[None]]
+ResponseCheck = Callable[
+    [RequestContext, int, "CIMultiDict[str] | CIMultiDictProxy[str]"], "Coroutine[Any, Any, None] | None"
+]
 """Runs on the upstream's status and headers before a byte of its body reaches the client;
-raising a ``GatewayError`` withholds the body (the upstream connection is then closed)."""
+raising a ``GatewayError`` withholds the body (the upstream connection is then closed). Like a
+pipeline stage (``gateway.pipeline``), a check that never waits is a plain function returning
+None; one that has to wait (the store) returns a coroutine, which the proxy awaits for the same
+outcome: a plain call costs far less than a coroutine created, awaited and finished."""
 UpstreamHeaderHook = Callable[[RequestContext, CIMultiDict[str]], None]
 """Adds to the headers sent upstream (the verified identity, SPEC §7); the list is
 ``gateway.pipeline.UPSTREAM_HEADER_HOOKS``, handed in by the listener."""
@@ -151,7 +156,9 @@ async def _stream_response(
     ctx.status = upstream.status
     try:
         for check in checks:
-            await check(ctx, upstream.status, upstream.headers)
+            waiting = check(ctx, upstream.status, upstream.headers)
+            if waiting is not None:  # the check has to wait (a login route's outcome)
+                await waiting
     except BaseException:
         # SECURITY: a withheld body (another tenant's data) must not stay on a pooled connection
         # where anything could read it: the connection is closed, never reused.

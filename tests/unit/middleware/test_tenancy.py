@@ -7,6 +7,8 @@ an answer for another tenant (or none, where an echo is required) is withheld (5
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 from multidict import CIMultiDict
 
@@ -41,6 +43,12 @@ def test_the_stages_run_in_the_pipeline() -> None:
     assert apply_tenancy in PIPELINE
     assert inject_identity in UPSTREAM_HEADER_HOOKS
     assert check_tenant_echo in RESPONSE_CHECKS
+
+
+def test_the_echo_check_never_waits() -> None:
+    """A plain function, as gateway.proxy.ResponseCheck allows: no coroutine per answer (the
+    withheld answers below show it still refuses by raising)."""
+    assert not inspect.iscoroutinefunction(check_tenant_echo)
 
 
 @pytest.fixture
