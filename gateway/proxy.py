@@ -96,8 +96,9 @@ async def proxy_request(
         upstream_host="",
         # SECURITY: identity spoofing — client-supplied identity headers (the built-in four and
         # tenancy.strip_headers) never reach an upstream (SPEC §7), in any letter case and
-        # however often repeated (the set is lower-case, the match case-insensitive).
-        drop=runtime.strip_headers,
+        # however often repeated (the set is lower-case, the match case-insensitive): the
+        # runtime's set holds them, built once from strip_headers (never_forwarded_names).
+        never_forwarded=runtime.never_forwarded,
     )
     headers["X-Request-ID"] = ctx.request_id
     # App. C: the trace goes on with the gateway's own span as the upstream's parent.

@@ -6,7 +6,6 @@ The client IP is the socket peer unless that peer is a trusted proxy; only then 
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 from collections.abc import Iterable, Sequence
 
@@ -115,12 +114,13 @@ _USUAL_TOKENS = {
 }
 
 
-@functools.lru_cache(maxsize=16)  # one entry per runtime's strip_headers
-def _never_forwarded(drop: frozenset[str]) -> frozenset[str]:
+def never_forwarded_names(strip_headers: frozenset[str]) -> frozenset[str]:
     """Every lower-case name a request header is dropped by, whoever the peer: one set lookup
-    per header instead of five. ``expect``: the gateway itself answers 100-continue (App. B).
-    ``traceparent`` / ``tracestate``: the proxy sets its own (App. C, gateway.tracing.context)."""
-    return HOP_BY_HOP | OVERRIDE_HEADERS | drop | {"host", "expect", "traceparent", "tracestate"}
+    per header instead of five. ``strip_headers``: the client identity headers (SPEC §7,
+    lower-case). ``expect``: the gateway itself answers 100-continue (App. B).
+    ``traceparent`` / ``tracestate``: the proxy sets its own (App. C, gateway.tracing.context).
+    Built once per runtime (``Runtime.never_forwarded``), not per request."""
+    return HOP_BY_HOP | OVERRIDE_HEADERS | strip_headers | {"host", "expect", "traceparent", "tracestate"}
 
 
 def upstream_request_headers(
@@ -131,11 +131,13 @@ def upstream_request_headers(
     scheme: str,
     host: str,
     upstream_host: str,
-    drop: frozenset[str] = frozenset(),
+    never_forwarded: frozenset[str],
 ) -> CIMultiDict[str]:
-    """Headers for the upstream: hop-by-hop removed, forwarding headers set or appended."""
+    """Headers for the upstream: hop-by-hop removed, forwarding headers set or appended.
+    ``never_forwarded`` is ``never_forwarded_names(strip_headers)`` (the runtime holds it);
+    required, so no caller can forget the identity headers it must drop."""
     named_hop = connection_tokens(incoming)
-    never = _never_forwarded(drop)
+    never = never_forwarded
     kept: list[tuple[str, str]] = []
     for name, value in incoming.items():
         lower = name.lower()
