@@ -9,12 +9,12 @@ in, so the proxy imports no stage.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
-from typing import cast
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, Sequence
+from typing import Any, cast
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy, istr
 
 from gateway.context import RequestContext
 from gateway.errors import InternalError, PayloadTooLarge, UpstreamTimeout, UpstreamUnavailable
@@ -27,9 +27,21 @@ from gateway.upstream.forwarding import downstream_response_headers, upstream_re
 from gateway.upstream.pools import IDEMPOTENT_METHODS, UpstreamResponse
 
 CHUNK = 64 * 1024
-ResponseCheck = Callable[[RequestContext, int, "CIMultiDict[str] | CIMultiDictProxy[str]"], Awaitable[None]]
+# istr: multidict looks these up (and sets them) without case-folding the name on every request.
+_CONTENT_LENGTH = istr("Content-Length")
+_TRANSFER_ENCODING = istr("Transfer-Encoding")
+_CACHE_CONTROL = istr("Cache-Control")
+_X_REQUEST_ID = istr("X-Request-ID")
+_TRACEPARENT = istr("traceparent")
+_TRACESTATE = istr("tracestate")
+ResponseCheck = Callable[
+    [RequestContext, int, "CIMultiDict[str] | CIMultiDictProxy[str]"], "Coroutine[Any, Any, None] | None"
+]
 """Runs on the upstream's status and headers before a byte of its body reaches the client;
-raising a ``GatewayError`` withholds the body (the upstream connection is then closed)."""
+raising a ``GatewayError`` withholds the body (the upstream connection is then closed). Like a
+pipeline stage (``gateway.pipeline``), a check that never waits is a plain function returning
+None; one that has to wait (the store) returns a coroutine, which the proxy awaits for the same
+outcome: a plain call costs far less than a coroutine created, awaited and finished."""
 UpstreamHeaderHook = Callable[[RequestContext, CIMultiDict[str]], None]
 """Adds to the headers sent upstream (the verified identity, SPEC §7); the list is
 ``gateway.pipeline.UPSTREAM_HEADER_HOOKS``, handed in by the listener."""
@@ -66,7 +78,7 @@ async def _once(body: bytes) -> AsyncIterator[bytes]:
 
 
 def _has_body(request: ServerRequest) -> bool:
-    coding = request.headers.get("Transfer-Encoding")
+    coding = request.headers.get(_TRANSFER_ENCODING)
     if coding is not None and coding.lower().strip() == "chunked":
         return True
     return request.content_length not in (None, 0)
@@ -91,15 +103,16 @@ async def proxy_request(
         upstream_host="",
         # SECURITY: identity spoofing — client-supplied identity headers (the built-in four and
         # tenancy.strip_headers) never reach an upstream (SPEC §7), in any letter case and
-        # however often repeated (the set is lower-case, the match case-insensitive).
-        drop=runtime.strip_headers,
+        # however often repeated (the set is lower-case, the match case-insensitive): the
+        # runtime's set holds them, built once from strip_headers (never_forwarded_names).
+        never_forwarded=runtime.never_forwarded,
     )
-    headers["X-Request-ID"] = ctx.request_id
+    headers[_X_REQUEST_ID] = ctx.request_id
     # App. C: the trace goes on with the gateway's own span as the upstream's parent.
     trace = ctx.trace
-    headers["traceparent"] = trace[TRACEPARENT]
+    headers[_TRACEPARENT] = trace[TRACEPARENT]
     if trace[TRACESTATE] is not None:
-        headers["tracestate"] = trace[TRACESTATE]
+        headers[_TRACESTATE] = trace[TRACESTATE]
     # The identity the upstream acts on comes from the verified token (and a grant), never the
     # client (gateway.pipeline.UPSTREAM_HEADER_HOOKS).
     for hook in header_hooks:
@@ -118,7 +131,7 @@ async def proxy_request(
     limit = _BodyLimit(ctx.route.max_body) if has_body else None  # nothing to count without a body
     body_source: AsyncIterable[bytes] | None = limit.stream(request) if limit is not None else None
     if ctx.body is not None:  # already read (and verified) whole: forward the same bytes
-        headers["Content-Length"] = str(len(ctx.body))
+        headers[_CONTENT_LENGTH] = str(len(ctx.body))
         body_source = _once(ctx.body)
     send_continue(ctx)
     try:
@@ -151,7 +164,9 @@ async def _stream_response(
     ctx.status = upstream.status
     try:
         for check in checks:
-            await check(ctx, upstream.status, upstream.headers)
+            waiting = check(ctx, upstream.status, upstream.headers)
+            if waiting is not None:  # the check has to wait (a login route's outcome)
+                await waiting
     except BaseException:
         # SECURITY: a withheld body (another tenant's data) must not stay on a pooled connection
         # where anything could read it: the connection is closed, never reused.
@@ -159,15 +174,15 @@ async def _stream_response(
         raise
     headers = downstream_response_headers(upstream.headers, tls=ctx.runtime.tls)
     headers.update(ctx.response_headers)
-    if ctx.claims is not None and "Cache-Control" not in headers:
+    if ctx.claims is not None and _CACHE_CONTROL not in headers:
         # SECURITY: a shared cache must not keep one user's answer for the next (App. C).
-        headers["Cache-Control"] = "private"
+        headers[_CACHE_CONTROL] = "private"
     whole = upstream.whole_body()
     if ctx.downstream is not None:
         return await _stream_lean(ctx, ctx.downstream, upstream, headers, whole)
     kind = web.StreamResponse if whole is None else _HeadWithBodyResponse
     response = kind(status=upstream.status, reason=upstream.reason or None, headers=headers)
-    length = upstream.headers.get("Content-Length")
+    length = upstream.headers.get(_CONTENT_LENGTH)
     if length is not None and length.isdigit():
         response.content_length = int(length)
     ctx.status = upstream.status
@@ -200,13 +215,13 @@ async def _stream_lean(
     if whole is not None:
         # Content-Length is looked up only where it is used: a HEAD answer, or a streamed body.
         if ctx.request.method == "HEAD":
-            length = upstream.headers.get("Content-Length")
+            length = upstream.headers.get(_CONTENT_LENGTH)
             if length is not None and length.isdigit():
                 await down.start(upstream.status, upstream.reason or None, headers, int(length))
                 return down
         await down.send_whole(upstream.status, upstream.reason or None, headers, whole)
         return down
-    length = upstream.headers.get("Content-Length")
+    length = upstream.headers.get(_CONTENT_LENGTH)
     content_length = int(length) if length is not None and length.isdigit() else None
     await down.start(upstream.status, upstream.reason or None, headers, content_length)
     try:

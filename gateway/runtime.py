@@ -37,7 +37,7 @@ from gateway.state.generation import StoreGeneration
 from gateway.tenancy.grants import SupportGrants
 from gateway.tenancy.keys import ContextKeys
 from gateway.tenancy.resolve import TenantTemplate, compile_templates
-from gateway.upstream.forwarding import TrustedProxies
+from gateway.upstream.forwarding import TrustedProxies, never_forwarded_names
 from gateway.upstream.pools import UpstreamRegistry, UpstreamTransport
 
 if TYPE_CHECKING:  # imported lazily: the limiter loads prometheus_client, which must wait for
@@ -114,6 +114,9 @@ class Runtime:
     admin_verifier: JwtVerifier | None
     rate_limits: RateLimitRuntime  # compiled policies + lockouts for this config
     strip_headers: frozenset[str]  # SPEC §7: lower-case client headers never forwarded
+    # strip_headers with hop-by-hop, override and the gateway's own names (Host, Expect, trace):
+    # every lower-case request header name the proxy drops, built once here, not per request.
+    never_forwarded: frozenset[str]
     tenant_templates: Mapping[str, TenantTemplate]  # route name → compiled tenant_from
     spans: SpanRecorder | None = None  # App. C: OTLP span export (observability.otlp_endpoint)
 
@@ -128,6 +131,7 @@ def build_runtime(
     verifier: JwtVerifier,
 ) -> Runtime:
     tls = config.listen.tls.mode != "off"
+    strip_headers = config.tenancy.strip_set()
     return Runtime(
         config=config,
         generation=generation,
@@ -146,7 +150,8 @@ def build_runtime(
         ),
         verifier=verifier,
         admin_verifier=build_admin_verifier(config),
-        strip_headers=config.tenancy.strip_set(),
+        strip_headers=strip_headers,
+        never_forwarded=never_forwarded_names(strip_headers),
         tenant_templates=compile_templates(
             ((r.name, r.tenant_from) for r in config.routes), case_insensitive=config.routes_case_insensitive
         ),

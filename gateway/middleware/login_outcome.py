@@ -6,17 +6,23 @@ successful write resets the username's count. The rule is
 
 from __future__ import annotations
 
+from collections.abc import Coroutine
+from typing import Any
+
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.context import RequestContext
 
 
-async def check_login_outcome(
+def check_login_outcome(
     ctx: RequestContext, status: int, headers: CIMultiDict[str] | CIMultiDictProxy[str]
-) -> None:
-    """RESPONSE_CHECKS entry: upstream 401/403 on a login route count as failures."""
+) -> Coroutine[Any, Any, None] | None:
+    """RESPONSE_CHECKS entry: upstream 401/403 on a login route count as failures. Only a login
+    route's answer waits (on the store), so only then is there a coroutine to await."""
     subjects = ctx.login_subjects
+    if subjects is None:  # not a login route: every other answer
+        return None
     rl = ctx.runtime.rate_limits
-    if subjects is None or rl is None:
-        return
-    await rl.lockouts.record_outcome(subjects, status, ctx.request.method, ctx.request_id)
+    if rl is None:
+        return None
+    return rl.lockouts.record_outcome(subjects, status, ctx.request.method, ctx.request_id)

@@ -13,10 +13,11 @@ from gateway.tenancy.identity import TENANT_HEADER, echo_fault
 from gateway.tenancy.refusals import block_leak
 
 
-async def check_tenant_echo(
+def check_tenant_echo(
     ctx: RequestContext, status: int, headers: CIMultiDict[str] | CIMultiDictProxy[str]
 ) -> None:
-    """RESPONSE_CHECKS entry, for ``auth: jwt`` routes with an acting tenant."""
+    """RESPONSE_CHECKS entry, for ``auth: jwt`` routes with an acting tenant. It never waits, so
+    it is a plain function (no coroutine to create and finish per answer)."""
     route, tenant = ctx.route, ctx.tenant
     if route is None or route.auth != "jwt" or tenant is None:
         return

@@ -6,11 +6,10 @@ The client IP is the socket peer unless that peer is a trusted proxy; only then 
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 from collections.abc import Iterable, Sequence
 
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy, istr
 
 from gateway.config.model import IPNetwork
 from gateway.exchange import ServerRequest
@@ -41,6 +40,14 @@ OVERRIDE_HEADERS = frozenset(
     ("x-http-method-override", "x-http-method", "x-method-override", "x-original-url", "x-rewrite-url")
 )
 RESPONSE_STRIPPED = frozenset(("server", "x-powered-by"))
+# istr: multidict looks these up (and sets them) without case-folding the name on every request.
+_CONNECTION = istr("Connection")
+_UPGRADE = istr("Upgrade")
+_HOST = istr("Host")
+_FORWARDED = istr("Forwarded")
+_X_FORWARDED_FOR = istr("X-Forwarded-For")
+_X_FORWARDED_PROTO = istr("X-Forwarded-Proto")
+_X_FORWARDED_HOST = istr("X-Forwarded-Host")
 
 
 _MEMO_LIMIT = 4096  # distinct peer and hop addresses remembered per runtime
@@ -97,7 +104,7 @@ class TrustedProxies:
 
 
 def connection_tokens(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str] | frozenset[str]:
-    values = headers.getall("Connection", ())
+    values = headers.getall(_CONNECTION, ())
     if not values:
         return _NO_TOKENS  # the common case (HTTP/1.1 keep-alive): nothing to parse
     if len(values) == 1 and (known := _USUAL_TOKENS.get(values[0])) is not None:
@@ -115,12 +122,13 @@ _USUAL_TOKENS = {
 }
 
 
-@functools.lru_cache(maxsize=16)  # one entry per runtime's strip_headers
-def _never_forwarded(drop: frozenset[str]) -> frozenset[str]:
+def never_forwarded_names(strip_headers: frozenset[str]) -> frozenset[str]:
     """Every lower-case name a request header is dropped by, whoever the peer: one set lookup
-    per header instead of five. ``expect``: the gateway itself answers 100-continue (App. B).
-    ``traceparent`` / ``tracestate``: the proxy sets its own (App. C, gateway.tracing.context)."""
-    return HOP_BY_HOP | OVERRIDE_HEADERS | drop | {"host", "expect", "traceparent", "tracestate"}
+    per header instead of five. ``strip_headers``: the client identity headers (SPEC §7,
+    lower-case). ``expect``: the gateway itself answers 100-continue (App. B).
+    ``traceparent`` / ``tracestate``: the proxy sets its own (App. C, gateway.tracing.context).
+    Built once per runtime (``Runtime.never_forwarded``), not per request."""
+    return HOP_BY_HOP | OVERRIDE_HEADERS | strip_headers | {"host", "expect", "traceparent", "tracestate"}
 
 
 def upstream_request_headers(
@@ -131,11 +139,13 @@ def upstream_request_headers(
     scheme: str,
     host: str,
     upstream_host: str,
-    drop: frozenset[str] = frozenset(),
+    never_forwarded: frozenset[str],
 ) -> CIMultiDict[str]:
-    """Headers for the upstream: hop-by-hop removed, forwarding headers set or appended."""
+    """Headers for the upstream: hop-by-hop removed, forwarding headers set or appended.
+    ``never_forwarded`` is ``never_forwarded_names(strip_headers)`` (the runtime holds it);
+    required, so no caller can forget the identity headers it must drop."""
     named_hop = connection_tokens(incoming)
-    never = _never_forwarded(drop)
+    never = never_forwarded
     kept: list[tuple[str, str]] = []
     for name, value in incoming.items():
         lower = name.lower()
@@ -155,21 +165,21 @@ def upstream_request_headers(
     quoted_host = host.replace("\\", "\\\\").replace('"', '\\"')
     element = f"for={node};proto={scheme}" + (f';host="{quoted_host}"' if host else "")
     if not peer_trusted:  # none of the client's forwarding headers is left: ours alone
-        out["X-Forwarded-For"] = peer_ip
-        out["X-Forwarded-Proto"] = scheme
+        out[_X_FORWARDED_FOR] = peer_ip
+        out[_X_FORWARDED_PROTO] = scheme
         if host:
-            out["X-Forwarded-Host"] = host
-        out["Forwarded"] = element
+            out[_X_FORWARDED_HOST] = host
+        out[_FORWARDED] = element
     else:
-        prior_xff = out.popall("X-Forwarded-For", [])
-        out["X-Forwarded-For"] = ", ".join([*prior_xff, peer_ip])
-        if "X-Forwarded-Proto" not in out:
-            out["X-Forwarded-Proto"] = scheme
-        if "X-Forwarded-Host" not in out and host:
-            out["X-Forwarded-Host"] = host
-        prior_fwd = out.popall("Forwarded", [])
-        out["Forwarded"] = ", ".join([*prior_fwd, element])
-    out["Host"] = upstream_host
+        prior_xff = out.popall(_X_FORWARDED_FOR, [])
+        out[_X_FORWARDED_FOR] = ", ".join([*prior_xff, peer_ip])
+        if _X_FORWARDED_PROTO not in out:
+            out[_X_FORWARDED_PROTO] = scheme
+        if _X_FORWARDED_HOST not in out and host:
+            out[_X_FORWARDED_HOST] = host
+        prior_fwd = out.popall(_FORWARDED, [])
+        out[_FORWARDED] = ", ".join([*prior_fwd, element])
+    out[_HOST] = upstream_host
     return out
 
 
@@ -182,7 +192,7 @@ _USUAL_RESPONSE_DROPPED = {value: _RESPONSE_DROPPED | tokens for value, tokens i
 
 def _response_dropped(upstream: CIMultiDictProxy[str] | CIMultiDict[str]) -> frozenset[str]:
     """Every lower-case name a response header is dropped by: one set lookup per header."""
-    values = upstream.getall("Connection", ())
+    values = upstream.getall(_CONNECTION, ())
     if not values:
         return _RESPONSE_DROPPED
     if len(values) == 1 and (known := _USUAL_RESPONSE_DROPPED.get(values[0])) is not None:
@@ -209,6 +219,6 @@ def wants_websocket(request: ServerRequest) -> bool:
     """A WebSocket upgrade the proxy would carry through (SPEC §10)."""
     return (
         request.method == "GET"
-        and request.headers.get("Upgrade", "").lower() == "websocket"
-        and "upgrade" in request.headers.get("Connection", "").lower()
+        and request.headers.get(_UPGRADE, "").lower() == "websocket"
+        and "upgrade" in request.headers.get(_CONNECTION, "").lower()
     )

@@ -26,7 +26,7 @@ from collections.abc import AsyncIterable
 from typing import Protocol
 
 import httptools
-from multidict import CIMultiDict
+from multidict import CIMultiDict, istr
 
 from gateway.errors import BadRequest, UpstreamTimeout, UpstreamUnavailable
 
@@ -38,6 +38,9 @@ IDLE_TTL = 30.0  # like AiohttpTransport's keepalive_timeout: retire before most
 _PHRASES = {status.value: status.phrase for status in http.HTTPStatus}
 _HEAD_END = b"\r\n\r\n"
 _CRLF = b"\r\n"
+# istr: multidict looks these up without case-folding the name on every response.
+_CONTENT_LENGTH = istr("Content-Length")
+_TRANSFER_ENCODING = istr("Transfer-Encoding")
 _LAST_CHUNK = b"0\r\n\r\n"
 
 
@@ -177,11 +180,11 @@ class UpstreamConnection(asyncio.Protocol):
         if status < 200 and status != 101:
             return  # interim (100 Continue, 103 Early Hints): the final response follows
         headers = self.headers
-        length = headers.get("Content-Length")
-        coding = headers.get("Transfer-Encoding")
+        length = headers.get(_CONTENT_LENGTH)
+        coding = headers.get(_TRANSFER_ENCODING)
         if length is not None and (
             coding is not None
-            or len(headers.getall("Content-Length")) > 1
+            or len(headers.getall(_CONTENT_LENGTH)) > 1
             or not (length.isascii() and length.isdigit())
         ):
             # SECURITY: an ambiguous body length is how response smuggling desyncs a pool

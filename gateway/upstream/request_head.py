@@ -3,9 +3,12 @@ alone, and no CR, LF or NUL smuggled into a line (request smuggling, header inje
 
 from __future__ import annotations
 
-from multidict import CIMultiDict
+from multidict import CIMultiDict, istr
 
 _BODY_METHODS = frozenset(("POST", "PUT", "PATCH"))
+# istr: multidict looks these up without case-folding the name on every request.
+_CONTENT_LENGTH = istr("Content-Length")
+_TRANSFER_ENCODING = istr("Transfer-Encoding")
 
 
 def request_head(
@@ -13,13 +16,13 @@ def request_head(
 ) -> tuple[bytes, int | None]:
     """The request head, and the body's declared length (None: chunked, or no body)."""
     length: int | None = None
-    if "Content-Length" in headers or "Transfer-Encoding" in headers:
+    if _CONTENT_LENGTH in headers or _TRANSFER_ENCODING in headers:
         # SECURITY: framing is ours alone. A forwarded Transfer-Encoding beside our own, or a
         # Content-Length that does not describe the body, lets the upstream read the body two
         # ways (request smuggling, RFC 9112 §6.3).
         headers = headers.copy()
-        declared = headers.popall("Content-Length", [])
-        headers.popall("Transfer-Encoding", None)
+        declared = headers.popall(_CONTENT_LENGTH, [])
+        headers.popall(_TRANSFER_ENCODING, None)
         if has_body and len(declared) == 1 and declared[0].isascii() and declared[0].isdigit():
             length = int(declared[0])
     lines = [f"{method} {target} HTTP/1.1"]

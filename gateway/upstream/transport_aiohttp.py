@@ -7,7 +7,7 @@ import ssl
 from collections.abc import AsyncIterable, AsyncIterator
 
 import aiohttp
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy, istr
 from yarl import URL
 
 from gateway.config.model import UpstreamConfig
@@ -15,6 +15,7 @@ from gateway.errors import UpstreamTimeout, UpstreamUnavailable
 from gateway.upstream.pools import Balancer
 
 CHUNK = 64 * 1024
+_HOST = istr("Host")  # istr: set without case-folding the name on every request
 
 
 class AiohttpResponse:
@@ -104,7 +105,7 @@ class AiohttpTransport:
         session = self._get_session()
         last_error: Exception | None = None
         for endpoint in self.balancer.order():
-            headers["Host"] = endpoint.host_header
+            headers[_HOST] = endpoint.host_header
             url = URL(endpoint.url + target, encoded=True)
             try:
                 response = await session.request(
@@ -137,7 +138,7 @@ class AiohttpTransport:
         session = self._get_session()
         last_error: Exception | None = None
         for endpoint in self.balancer.order():
-            headers["Host"] = endpoint.host_header
+            headers[_HOST] = endpoint.host_header
             base = URL(endpoint.url)
             scheme = "wss" if base.scheme == "https" else "ws"
             url = URL(f"{scheme}://{base.raw_authority}{target}", encoded=True)

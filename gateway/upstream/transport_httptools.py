@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterable
 
 import aiohttp
-from multidict import CIMultiDict
+from multidict import CIMultiDict, istr
 
 from gateway.config.model import UpstreamConfig
 from gateway.errors import UpstreamUnavailable
@@ -32,6 +32,8 @@ from gateway.upstream.httptools_pool import ConnectFailed, EndpointPool, Httptoo
 from gateway.upstream.pools import IDEMPOTENT_METHODS, Balancer
 from gateway.upstream.request_head import request_head
 from gateway.upstream.transport_aiohttp import AiohttpTransport, upstream_ssl_context
+
+_HOST = istr("Host")  # istr: set without case-folding the name on every request
 
 
 class HttptoolsTransport:
@@ -55,7 +57,7 @@ class HttptoolsTransport:
     ) -> HttptoolsResponse:
         last_error: Exception | None = None
         for endpoint in self.balancer.order():
-            headers["Host"] = endpoint.host_header
+            headers[_HOST] = endpoint.host_header
             head, length = request_head(method, target, headers, has_body=body is not None)
             pool = self._pools[endpoint.url]
             conn = pool.take_idle()

@@ -7,8 +7,13 @@ reaches the upstream; with the store down, ``on_store_failure`` decides (allow, 
 
 from __future__ import annotations
 
-import pytest
+from types import SimpleNamespace
+from typing import cast
 
+import pytest
+from multidict import CIMultiDict
+
+from gateway.context import RequestContext
 from gateway.demo.issuer import DemoIssuer
 from gateway.middleware.login_outcome import check_login_outcome
 from gateway.middleware.rate_limit import limit_pre_auth, limit_route
@@ -40,6 +45,13 @@ def limits(pre_auth: str = "[]", *, on_store_failure: str = "local") -> str:
 def test_the_stages_run_in_the_pipeline() -> None:
     assert PIPELINE.index(limit_pre_auth) < PIPELINE.index(limit_route)
     assert check_login_outcome in RESPONSE_CHECKS
+
+
+def test_the_login_outcome_waits_only_on_a_login_route() -> None:
+    """Any other route's answer gets no coroutine to await (gateway.proxy.ResponseCheck); a login
+    route's does, and the lockout tests below show it is awaited (the failures count)."""
+    not_login = cast(RequestContext, SimpleNamespace(login_subjects=None))
+    assert check_login_outcome(not_login, 401, CIMultiDict()) is None
 
 
 async def test_pre_auth_over_its_limit_is_refused_with_retry_after(

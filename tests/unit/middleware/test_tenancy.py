@@ -7,6 +7,8 @@ an answer for another tenant (or none, where an echo is required) is withheld (5
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 from multidict import CIMultiDict
 
@@ -15,6 +17,7 @@ from gateway.middleware.tenancy import apply_tenancy, inject_identity
 from gateway.middleware.tenant_echo import check_tenant_echo
 from gateway.pipeline import PIPELINE, RESPONSE_CHECKS, UPSTREAM_HEADER_HOOKS
 from gateway.tenancy import ContextInvalid, verify_context
+from gateway.upstream.forwarding import HOP_BY_HOP, never_forwarded_names
 from tests.support.stage_server import problem_type
 from tests.unit.middleware.conftest import EchoUpstream, Gateway, GatewayFactory, bearer, mint
 
@@ -41,6 +44,21 @@ def test_the_stages_run_in_the_pipeline() -> None:
     assert apply_tenancy in PIPELINE
     assert inject_identity in UPSTREAM_HEADER_HOOKS
     assert check_tenant_echo in RESPONSE_CHECKS
+
+
+async def test_the_runtime_drops_every_identity_header_and_hop_by_hop_name(gw: Gateway) -> None:
+    """SECURITY: the set the proxy drops by is built once per runtime; it must hold every
+    client identity header (tenancy.strip_headers) and every hop-by-hop name."""
+    runtime = gw.runtime
+    assert runtime.never_forwarded == never_forwarded_names(runtime.strip_headers)
+    assert {name.lower() for name in IDENTITY} <= runtime.never_forwarded
+    assert runtime.never_forwarded >= HOP_BY_HOP
+
+
+def test_the_echo_check_never_waits() -> None:
+    """A plain function, as gateway.proxy.ResponseCheck allows: no coroutine per answer (the
+    withheld answers below show it still refuses by raising)."""
+    assert not inspect.iscoroutinefunction(check_tenant_echo)
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from gateway.upstream.forwarding import (
     TrustedProxies,
     connection_tokens,
     downstream_response_headers,
+    never_forwarded_names,
     upstream_request_headers,
 )
 
@@ -142,7 +143,7 @@ def upstream(
         scheme=scheme,
         host=host,
         upstream_host=upstream_host,
-        drop=drop,
+        never_forwarded=never_forwarded_names(drop),
     )
 
 
