@@ -71,8 +71,9 @@ def inject_identity(ctx: RequestContext, headers: CIMultiDict[str]) -> None:
         return
     assert ctx.target is not None
     signer = ctx.runtime.services.context_keys.signer
-    # Added, not set: ``headers`` comes from upstream_request_headers(drop=runtime.strip_headers),
-    # which removed every client copy of these four names (they are always in that set).
+    # Added, not set: ``headers`` comes from upstream_request_headers (never_forwarded=
+    # runtime.never_forwarded), which removed every client copy of these four names (they are
+    # always in that set).
     headers.extend(
         identity_headers(
             signer, ctx.request.method, ctx.target.upstream_target, tenant, claims, ctx.grant, ctx.request_id
