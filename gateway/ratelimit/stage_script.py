@@ -291,7 +291,24 @@ class StageScript:
         seconds the call fails (``StoreTimeout``) and Redis no longer counts the stage (its caller
         has given up). ``barrier``: the first that many items are a stage of their own, decided
         first; when one of them refuses, the rest are not hit and the decisions stop there (two
-        stages in one call, counted as if one ran after the other). Raises ``RespError``."""
+        stages in one call, counted as if one ran after the other). Raises ``RespError``.
+        ``call``'s answer in ``limits``' terms (the limiter reads ``call``'s directly)."""
+        decisions, binding, remaining, reset = await self.call(checks, wanted, timeout, barrier)
+        if binding is None:
+            return list(map(bool, decisions)), None, None
+        return list(map(bool, decisions)), binding, WindowStats(reset, remaining)
+
+    async def call(
+        self,
+        checks: Sequence[tuple[LimitItem, str]],
+        wanted: int | None,
+        timeout: float = 1.0,
+        barrier: int = 0,
+    ) -> tuple[list[int], int | None, int, float]:
+        """``run``, its reply as it comes: the decisions (1 admitted, 0 over), the binding item's
+        index (None: none asked for and none refused), its remaining count and its reset time
+        (``time.time()`` seconds; both 0 without a binding item). No ``WindowStats`` nor bool
+        list is built per request: the limiter reads these where it needs them."""
         deadline = asyncio.get_running_loop().time() + timeout
         now = time.time()  # the hits' timestamp, read as limits reads it
         # Redis' clock: counts nothing after. Its own wall-clock read, so a test that moves the
@@ -309,14 +326,13 @@ class StageScript:
             reply = await self.client.send(command, deadline=deadline)
         if reply[0] == b"late":
             raise LateReply("the store ran the stage after its deadline; nothing was counted")
-        decisions = list(map(bool, reply[0]))  # no comprehension frame per request
         binding = reply[1]
         if binding == 0:
-            return decisions, None, None
+            return reply[0], None, 0, 0.0
         item = checks[binding - 1][0]
         basis = reply[3]
         if item.strategy == "fixed-window":  # basis: the PTTL in ms
             reset = now + basis / 1000
         else:  # basis: the oldest entry inside the window (as Lua's tostring wrote it), or none
             reset = (now if basis is None else float(basis)) + item.window
-        return decisions, binding - 1, WindowStats(reset, reply[2])
+        return reply[0], binding - 1, reply[2], reset
