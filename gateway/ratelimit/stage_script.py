@@ -206,6 +206,11 @@ def _bulk_int(number: int) -> bytes:
 
 
 _SMALL = tuple(_bulk_int(number) for number in range(64))  # the wanted item and the barrier
+# Framed store keys remembered (StageScript.frame): the values of the last moments' clients,
+# users and tenants; cleared when full, so a flood of fresh values costs memory up to this only.
+KEY_CACHE_LIMIT = 8192
+
+
 _LENGTHS = tuple(b"$%d\r\n" % size for size in range(256))  # a key's bulk-string length
 
 
@@ -223,6 +228,8 @@ class StageScript:
         self._sha = hashlib.sha1(self._source, usedforsecurity=False).hexdigest()
         self._command_head = bulk_strings(("EVALSHA", self._sha))
         self._heads: dict[int, bytes] = {}  # item count → the command's framed head
+        # (key head, key tail, value) → the framed key (bounded: KEY_CACHE_LIMIT)
+        self._framed_keys: dict[tuple[bytes, bytes, str], bytes] = {}
         # the items frame their keys for script_args.KEY_PREFIX (LimitItem.store_key_head)
         self._items_framed = key_prefix == KEY_PREFIX
 
@@ -244,17 +251,35 @@ class StageScript:
             head = b"*%d\r\n%b%b" % (count * 7 + 7, self._command_head, _bulk_int(count))
             self._heads[count] = head
         parts = [head]
+        args = []  # the items' fixed arguments, after the keys and the four stage arguments
         if self._items_framed:
+            framed_keys = self._framed_keys
             for item, value in checks:
-                raw = value.encode()
-                size = item.store_key_size + len(raw)
-                framed = _LENGTHS[size] if size < len(_LENGTHS) else b"$%d\r\n" % size
-                parts += (framed, item.store_key_head, raw, item.store_key_tail)
+                # (head, tail, value) names the key exactly: two items of one rule share a head
+                key = (item.store_key_head, item.store_key_tail, value)
+                framed = framed_keys.get(key)
+                if framed is None:  # framed here, not in a call: a flood of fresh values pays little
+                    raw = value.encode()
+                    size = item.store_key_size + len(raw)
+                    framed = b"".join(
+                        (
+                            _LENGTHS[size] if size < 256 else b"$%d\r\n" % size,
+                            item.store_key_head,
+                            raw,
+                            item.store_key_tail,
+                        )
+                    )
+                    if len(framed_keys) >= KEY_CACHE_LIMIT:
+                        framed_keys.clear()  # SECURITY: memory exhaustion — values vary freely
+                    framed_keys[key] = framed
+                parts.append(framed)
+                args.append(item.store_resp)
         else:  # another key prefix than the items were framed for (script_args.KEY_PREFIX)
             prefix = self._key_prefix
             for item, value in checks:
-                key = f"{prefix}:{item.key_head}{value}{item.key_tail}".encode()
-                parts.append(b"$%d\r\n%b\r\n" % (len(key), key))
+                key_bytes = f"{prefix}:{item.key_head}{value}{item.key_tail}".encode()
+                parts.append(b"$%d\r\n%b\r\n" % (len(key_bytes), key_bytes))
+                args.append(item.store_resp)
         # the two doubles as their exact 8 bytes (see the module's docstring)
         parts += (
             b"$8\r\n",
@@ -266,8 +291,7 @@ class StageScript:
             b"\r\n",
             _SMALL[barrier] if 0 <= barrier < len(_SMALL) else _bulk_int(barrier),
         )
-        for item, _ in checks:
-            parts.append(item.store_resp)
+        parts += args
         return b"".join(parts)
 
     @staticmethod
