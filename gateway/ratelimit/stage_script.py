@@ -340,14 +340,14 @@ class StageScript:
         late_after = wall_clock() + timeout + self.client.clock_offset
         command = self.frame(checks, now, 0 if wanted is None else wanted + 1, late_after, barrier)
         try:
-            reply = await self.client.send(command, deadline=deadline)
+            reply = await self.client.submit(command, deadline)
         except ReplyError as error:
             if not str(error).startswith("NOSCRIPT"):
                 raise
             # A NOSCRIPT reply means the script did not run: nothing was counted, so loading it
             # and running once more cannot count twice (Redis restarted or SCRIPT FLUSH).
             await self.client.call("SCRIPT", "LOAD", self._source, deadline=deadline)
-            reply = await self.client.send(command, deadline=deadline)
+            reply = await self.client.submit(command, deadline)
         if reply[0] == b"late":
             raise LateReply("the store ran the stage after its deadline; nothing was counted")
         binding = reply[1]
