@@ -12,19 +12,22 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from aiohttp import web
-
+from gateway.config.model import RouteConfig
 from gateway.context import RequestContext
 from gateway.deferred_pre_auth import settle_pre_auth
 from gateway.http.expect_continue import send_continue
 from gateway.http.request_body import read_bounded_body, refuse_declared_oversize
+from gateway.middleware import StageResult
 from gateway.ratelimit.body_fields import counted_body_limit, counted_content_type, counted_fields
-from gateway.ratelimit.deferred import DeferredPreAuth
+from gateway.ratelimit.deferred import Checks, DeferredPreAuth
 from gateway.ratelimit.policies import counted_checks
+from gateway.ratelimit.service import RateLimitRuntime as RateLimits
 from gateway.ratelimit.verdicts import apply_verdict, refuse_locked, refuse_pre_auth
 
 
-async def limit_pre_auth(ctx: RequestContext) -> web.StreamResponse | None:
+def limit_pre_auth(ctx: RequestContext) -> StageResult:
+    """A plain function (``gateway.pipeline``): a deferred hit, a route without pre_auth items
+    and a refusal from memory never wait; only a hit sent now returns a coroutine."""
     rl = ctx.runtime.rate_limits
     if rl is None or not rl.compiled.pre_auth:
         return None
@@ -41,40 +44,71 @@ async def limit_pre_auth(ctx: RequestContext) -> web.StreamResponse | None:
         # alone first the moment anything else would happen (settle_pre_auth).
         ctx.deferred_pre_auth = DeferredPreAuth(checks, refuse_pre_auth)
         return None
+    return _pre_auth_now(ctx, rl, checks)
+
+
+async def _pre_auth_now(ctx: RequestContext, rl: RateLimits, checks: Checks) -> None:
     refuse_pre_auth(ctx, await rl.backend.check(checks, rl.compiled, "pre_auth", state=False))
-    return None
 
 
-async def limit_route(ctx: RequestContext) -> web.StreamResponse | None:
+def limit_route(ctx: RequestContext) -> StageResult:
+    """A plain function (``gateway.pipeline``): a coroutine only when the store or the body has
+    to be waited for; a route with nothing to count returns at once."""
     rl = ctx.runtime.rate_limits
     route = ctx.route
     if rl is None or route is None:
         return None
     compiled = rl.compiled
-    items = compiled.by_route.get(route.name, ())
     counted = compiled.counted_fields.get(route.name)
-    if not items and counted is None:
+    if counted is not None:  # the body is read first (body:FIELD items, login protection)
+        return _limit_with_body(ctx, rl, route, counted)
+    items = compiled.by_route.get(route.name)
+    if not items:
         return None  # the common case: nothing to count, nothing to read
-    fields = await read_body_fields(ctx, counted) if counted is not None else None
-    checks = counted_checks(ctx, rl.backend.hash, items, fields)
+    checks = counted_checks(ctx, rl.backend.hash, items, None)
+    deferred = ctx.deferred_pre_auth
+    if deferred is not None and checks:  # both stages in one store call, pre_auth's items first
+        ctx.deferred_pre_auth = None
+        return _limit_both(ctx, rl, deferred.checks, checks)
+    if deferred is None and not checks and not route.login:
+        return None  # no item applies (an anonymous request, user/tenant keys): no store call
+    return _limit_checked(ctx, rl, route, checks, None)
+
+
+async def _limit_both(ctx: RequestContext, rl: RateLimits, deferred: Checks, checks: Checks) -> None:
+    before, verdict = await rl.backend.check_in_order(deferred, checks, rl.compiled)
+    refuse_pre_auth(ctx, before)
+    apply_verdict(ctx, verdict)  # a deferrable route is never a login route
+
+
+async def _limit_with_body(
+    ctx: RequestContext, rl: RateLimits, route: RouteConfig, counted: frozenset[str]
+) -> None:
+    fields = await read_body_fields(ctx, counted)
+    checks = counted_checks(ctx, rl.backend.hash, rl.compiled.by_route.get(route.name, ()), fields)
+    await _limit_checked(ctx, rl, route, checks, fields)
+
+
+async def _limit_checked(
+    ctx: RequestContext, rl: RateLimits, route: RouteConfig, checks: Checks, fields: dict[str, Any] | None
+) -> None:
     if ctx.deferred_pre_auth is not None:
         if checks:  # both stages in one store call, pre_auth's items decided first
             deferred, ctx.deferred_pre_auth = ctx.deferred_pre_auth.checks, None
-            before, verdict = await rl.backend.check_in_order(deferred, checks, compiled)
+            before, verdict = await rl.backend.check_in_order(deferred, checks, rl.compiled)
             refuse_pre_auth(ctx, before)
             apply_verdict(ctx, verdict)  # a deferrable route is never a login route
-            return None
+            return
         await settle_pre_auth(ctx)
-    limited = rl.backend.check(checks, compiled, "route") if checks else _nothing()
+    limited = rl.backend.check(checks, rl.compiled, "route") if checks else _nothing()
     if not route.login:
         apply_verdict(ctx, await limited)
-        return None
+        return
     subjects = ctx.login_subjects = rl.lockouts.attempt_subjects(ctx.client_ip, fields)
     verdict, locked = await asyncio.gather(limited, rl.lockouts.locked_for(subjects))
     if locked is not None:
         refuse_locked(ctx, verdict, locked)
     apply_verdict(ctx, verdict)
-    return None
 
 
 async def _nothing() -> None:

@@ -102,15 +102,17 @@ class ValueHasher:
     hashes of recent short values are remembered: a flood from one IP, a busy user or tenant
     asks for the same one on every request."""
 
-    __slots__ = ("_keyed", "_memo")
+    __slots__ = ("_keyed", "memo")
 
     def __init__(self, key: bytes) -> None:
         # Keyed once: copying the keyed state skips the key block's compression per value.
         self._keyed = hashlib.blake2b(key=key[:64], digest_size=12)
-        self._memo: dict[str, str] = {}
+        # value → its hash; read directly by policies.counted_checks (one dict lookup, no call
+        # per item), written here only
+        self.memo: dict[str, str] = {}
 
     def __call__(self, value: str) -> str:
-        memo = self._memo
+        memo = self.memo
         hashed = memo.get(value)
         if hashed is None:
             digest = self._keyed.copy()

@@ -26,6 +26,7 @@ import asyncio
 import ssl
 import time
 from collections import deque
+from collections.abc import Awaitable
 from typing import Any, cast
 
 import hiredis
@@ -210,9 +211,18 @@ class RespClient:
     async def send(self, command: bytes, deadline: float = NO_DEADLINE) -> Any:
         """``call`` for a command already in RESP framing (the stage script frames its fixed
         parts once per compiled item)."""
+        return await self.submit(command, deadline)
+
+    def submit(self, command: bytes, deadline: float = NO_DEADLINE) -> Awaitable[Any]:
+        """``send``, not a coroutine: on an open connection (nearly always) the reply's future
+        itself, so a caller awaits no extra frame; else the coroutine that connects first."""
         conn = self._conn
         if conn is None or conn.closed:
-            conn = await self._connect_by(deadline)
+            return self._connect_and_send(command, deadline)
+        return conn.send(command, deadline)
+
+    async def _connect_and_send(self, command: bytes, deadline: float) -> Any:
+        conn = await self._connect_by(deadline)
         return await conn.send(command, deadline)
 
     async def _connect_by(self, deadline: float) -> RespProtocol:

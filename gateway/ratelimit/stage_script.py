@@ -206,6 +206,11 @@ def _bulk_int(number: int) -> bytes:
 
 
 _SMALL = tuple(_bulk_int(number) for number in range(64))  # the wanted item and the barrier
+# Framed store keys remembered (StageScript.frame): the values of the last moments' clients,
+# users and tenants; cleared when full, so a flood of fresh values costs memory up to this only.
+KEY_CACHE_LIMIT = 8192
+
+
 _LENGTHS = tuple(b"$%d\r\n" % size for size in range(256))  # a key's bulk-string length
 
 
@@ -223,6 +228,8 @@ class StageScript:
         self._sha = hashlib.sha1(self._source, usedforsecurity=False).hexdigest()
         self._command_head = bulk_strings(("EVALSHA", self._sha))
         self._heads: dict[int, bytes] = {}  # item count → the command's framed head
+        # (key head, key tail, value) → the framed key (bounded: KEY_CACHE_LIMIT)
+        self._framed_keys: dict[tuple[bytes, bytes, str], bytes] = {}
         # the items frame their keys for script_args.KEY_PREFIX (LimitItem.store_key_head)
         self._items_framed = key_prefix == KEY_PREFIX
 
@@ -244,17 +251,35 @@ class StageScript:
             head = b"*%d\r\n%b%b" % (count * 7 + 7, self._command_head, _bulk_int(count))
             self._heads[count] = head
         parts = [head]
+        args = []  # the items' fixed arguments, after the keys and the four stage arguments
         if self._items_framed:
+            framed_keys = self._framed_keys
             for item, value in checks:
-                raw = value.encode()
-                size = item.store_key_size + len(raw)
-                framed = _LENGTHS[size] if size < len(_LENGTHS) else b"$%d\r\n" % size
-                parts += (framed, item.store_key_head, raw, item.store_key_tail)
+                # (head, tail, value) names the key exactly: two items of one rule share a head
+                key = (item.store_key_head, item.store_key_tail, value)
+                framed = framed_keys.get(key)
+                if framed is None:  # framed here, not in a call: a flood of fresh values pays little
+                    raw = value.encode()
+                    size = item.store_key_size + len(raw)
+                    framed = b"".join(
+                        (
+                            _LENGTHS[size] if size < 256 else b"$%d\r\n" % size,
+                            item.store_key_head,
+                            raw,
+                            item.store_key_tail,
+                        )
+                    )
+                    if len(framed_keys) >= KEY_CACHE_LIMIT:
+                        framed_keys.clear()  # SECURITY: memory exhaustion — values vary freely
+                    framed_keys[key] = framed
+                parts.append(framed)
+                args.append(item.store_resp)
         else:  # another key prefix than the items were framed for (script_args.KEY_PREFIX)
             prefix = self._key_prefix
             for item, value in checks:
-                key = f"{prefix}:{item.key_head}{value}{item.key_tail}".encode()
-                parts.append(b"$%d\r\n%b\r\n" % (len(key), key))
+                key_bytes = f"{prefix}:{item.key_head}{value}{item.key_tail}".encode()
+                parts.append(b"$%d\r\n%b\r\n" % (len(key_bytes), key_bytes))
+                args.append(item.store_resp)
         # the two doubles as their exact 8 bytes (see the module's docstring)
         parts += (
             b"$8\r\n",
@@ -266,8 +291,7 @@ class StageScript:
             b"\r\n",
             _SMALL[barrier] if 0 <= barrier < len(_SMALL) else _bulk_int(barrier),
         )
-        for item, _ in checks:
-            parts.append(item.store_resp)
+        parts += args
         return b"".join(parts)
 
     @staticmethod
@@ -291,7 +315,24 @@ class StageScript:
         seconds the call fails (``StoreTimeout``) and Redis no longer counts the stage (its caller
         has given up). ``barrier``: the first that many items are a stage of their own, decided
         first; when one of them refuses, the rest are not hit and the decisions stop there (two
-        stages in one call, counted as if one ran after the other). Raises ``RespError``."""
+        stages in one call, counted as if one ran after the other). Raises ``RespError``.
+        ``call``'s answer in ``limits``' terms (the limiter reads ``call``'s directly)."""
+        decisions, binding, remaining, reset = await self.call(checks, wanted, timeout, barrier)
+        if binding is None:
+            return list(map(bool, decisions)), None, None
+        return list(map(bool, decisions)), binding, WindowStats(reset, remaining)
+
+    async def call(
+        self,
+        checks: Sequence[tuple[LimitItem, str]],
+        wanted: int | None,
+        timeout: float = 1.0,
+        barrier: int = 0,
+    ) -> tuple[list[int], int | None, int, float]:
+        """``run``, its reply as it comes: the decisions (1 admitted, 0 over), the binding item's
+        index (None: none asked for and none refused), its remaining count and its reset time
+        (``time.time()`` seconds; both 0 without a binding item). No ``WindowStats`` nor bool
+        list is built per request: the limiter reads these where it needs them."""
         deadline = asyncio.get_running_loop().time() + timeout
         now = time.time()  # the hits' timestamp, read as limits reads it
         # Redis' clock: counts nothing after. Its own wall-clock read, so a test that moves the
@@ -299,24 +340,23 @@ class StageScript:
         late_after = wall_clock() + timeout + self.client.clock_offset
         command = self.frame(checks, now, 0 if wanted is None else wanted + 1, late_after, barrier)
         try:
-            reply = await self.client.send(command, deadline=deadline)
+            reply = await self.client.submit(command, deadline)
         except ReplyError as error:
             if not str(error).startswith("NOSCRIPT"):
                 raise
             # A NOSCRIPT reply means the script did not run: nothing was counted, so loading it
             # and running once more cannot count twice (Redis restarted or SCRIPT FLUSH).
             await self.client.call("SCRIPT", "LOAD", self._source, deadline=deadline)
-            reply = await self.client.send(command, deadline=deadline)
+            reply = await self.client.submit(command, deadline)
         if reply[0] == b"late":
             raise LateReply("the store ran the stage after its deadline; nothing was counted")
-        decisions = list(map(bool, reply[0]))  # no comprehension frame per request
         binding = reply[1]
         if binding == 0:
-            return decisions, None, None
+            return reply[0], None, 0, 0.0
         item = checks[binding - 1][0]
         basis = reply[3]
         if item.strategy == "fixed-window":  # basis: the PTTL in ms
             reset = now + basis / 1000
         else:  # basis: the oldest entry inside the window (as Lua's tostring wrote it), or none
             reset = (now if basis is None else float(basis)) + item.window
-        return decisions, binding - 1, WindowStats(reset, reply[2])
+        return reply[0], binding - 1, reply[2], reset

@@ -94,9 +94,9 @@ def test_hash_memo_is_bounded_and_changes_no_hash() -> None:
     assert first == [digest(ip) for ip in addresses] == [ValueHasher(key)(ip) for ip in addresses]
     assert digest("203.0.113.5") == fresh("203.0.113.5")
     # SECURITY: memory exhaustion — attacker-chosen values are remembered up to a bound, long ones never.
-    assert 0 < len(digest._memo) <= 4096
+    assert 0 < len(digest.memo) <= 4096
     digest("h" * 129)
-    assert "h" * 129 not in digest._memo and all(len(value) <= 128 for value in digest._memo)
+    assert "h" * 129 not in digest.memo and all(len(value) <= 128 for value in digest.memo)
 
 
 def test_refusal_values_are_formatted_once_per_bucket_and_second() -> None:

@@ -71,6 +71,24 @@ async def test_a_dropped_connection_fails_pending_and_reconnects(redis_server: R
         await fast.close()
 
 
+async def test_submit_awaits_the_reply_future_once_connected(redis_url: str) -> None:
+    """Before a connection (or after a loss) ``submit`` connects first; on an open one it hands
+    back the reply's future itself (no coroutine per stage call), with the same reply."""
+    fast = RespClient(parse_redis_url(redis_url))
+    ping = b"*1\r\n$4\r\nPING\r\n"
+    try:
+        first = fast.submit(ping)
+        assert asyncio.iscoroutine(first) and await first == b"PONG"
+        pending = fast.submit(ping)
+        assert isinstance(pending, asyncio.Future) and await pending == b"PONG"
+        fast.abort()
+        await asyncio.sleep(0)
+        again = fast.submit(ping)
+        assert asyncio.iscoroutine(again) and await again == b"PONG"  # reconnected
+    finally:
+        await fast.close()
+
+
 async def test_a_hung_redis_fails_every_pending_command_by_the_earliest_deadline(
     redis_server: RedisServer,
 ) -> None:

@@ -18,7 +18,7 @@ from gateway.ratelimit.limiter import KEY_PREFIX
 from gateway.ratelimit.model import RateLimitRule
 from gateway.ratelimit.policies import LimitItem, compile_rule
 from gateway.ratelimit.resp import RespClient
-from gateway.ratelimit.stage_script import StageScript
+from gateway.ratelimit.stage_script import KEY_CACHE_LIMIT, StageScript
 from gateway.state.redis_url import parse_redis_url
 
 EXAMPLES = 30 if os.environ.get("CI") == "true" else 200
@@ -61,6 +61,23 @@ def test_the_frame_is_what_hiredis_packs(
 ) -> None:
     # st.text covers non-ASCII key values (a user's sub in any script): the length is in bytes
     assert SCRIPT.frame(picks, now, wanted, late, barrier) == reference(picks, now, wanted, late, barrier)
+
+
+def test_remembered_keys_frame_alike_and_stay_bounded() -> None:
+    """A key framed from the cache is the same bytes; the two items of one rule (one key head)
+    keep their own keys; a flood of fresh values (attacker-chosen header values) holds at most
+    ``KEY_CACHE_LIMIT`` keys."""
+    script = StageScript(RespClient(parse_redis_url("redis://127.0.0.1:1/0")), KEY_PREFIX)
+    checks = [(item, "v") for item in ITEMS]
+    assert ITEMS[1].store_key_head == ITEMS[2].store_key_head  # 50/second and 2000/minute
+    first = script.frame(checks, 1.5, 1, 2.5, 0)
+    assert script.frame(checks, 1.5, 1, 2.5, 0) == first == reference(checks, 1.5, 1, 2.5, 0)
+    # SECURITY: memory exhaustion — values vary freely; the cache is cleared when full.
+    for n in range(KEY_CACHE_LIMIT + 100):
+        flood = [(ITEMS[-1], f"fresh-{n}")]
+        assert script.frame(flood, 1.5, 0, 2.5, 0) == reference(flood, 1.5, 0, 2.5, 0)
+        assert len(script._framed_keys) <= KEY_CACHE_LIMIT
+    assert script.frame(checks, 1.5, 1, 2.5, 0) == first
 
 
 def test_a_multibyte_value_is_framed_by_its_byte_length() -> None:
