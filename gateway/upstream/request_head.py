@@ -6,6 +6,7 @@ from __future__ import annotations
 from gateway.upstream.forwarding import UpstreamHeaders
 
 _BODY_METHODS = frozenset(("POST", "PUT", "PATCH"))
+_END = ("", "")
 
 
 def request_head(
@@ -50,6 +51,7 @@ def request_head(
         # SECURITY: CR/LF in the target, a name or a value would inject headers or a whole second
         # request (CWE-113), a space in the target a second request line; aiohttp refuses both.
         raise ValueError("A request line or header contains CR, LF, NUL or a stray space")
-    text = "\r\n".join(lines) + "\r\n\r\n"
+    lines += _END  # two empty lines: the head's closing CRLF CRLF, no second copy of the text
+    text = "\r\n".join(lines)
     # aiohttp decodes incoming heads as UTF-8 with surrogateescape: this restores the bytes.
     return text.encode("utf-8", "surrogateescape"), length
