@@ -20,11 +20,11 @@ import time
 from pathlib import Path
 
 import uvloop
-from multidict import CIMultiDict
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gateway.config.model import UpstreamConfig
+from gateway.upstream.forwarding import UpstreamHeaders
 from gateway.upstream.transport_aiohttp import AiohttpTransport
 from gateway.upstream.transport_httptools import HttptoolsTransport
 
@@ -77,7 +77,7 @@ async def _round(transport: Transport, requests: int, concurrency: int) -> tuple
         while remaining > 0:
             remaining -= 1
             response = await transport.send(
-                "GET", "/api/v1/orders?page=2", CIMultiDict(HEADERS), None, retryable=True
+                "GET", "/api/v1/orders?page=2", UpstreamHeaders.of(HEADERS), None, retryable=True
             )
             try:
                 size = 0

@@ -23,7 +23,12 @@ from gateway.http.expect_continue import send_continue
 from gateway.killswitch.streams import STREAMS
 from gateway.metrics import METRICS
 from gateway.tracing.context import TRACEPARENT, TRACESTATE
-from gateway.upstream.forwarding import downstream_response_headers, upstream_request_headers, wants_websocket
+from gateway.upstream.forwarding import (
+    UpstreamHeaders,
+    downstream_response_headers,
+    upstream_request_headers,
+    wants_websocket,
+)
 from gateway.upstream.pools import IDEMPOTENT_METHODS, UpstreamResponse
 
 CHUNK = 64 * 1024
@@ -31,7 +36,6 @@ CHUNK = 64 * 1024
 _CONTENT_LENGTH = istr("Content-Length")
 _TRANSFER_ENCODING = istr("Transfer-Encoding")
 _CACHE_CONTROL = istr("Cache-Control")
-_X_REQUEST_ID = istr("X-Request-ID")
 _TRACEPARENT = istr("traceparent")
 _TRACESTATE = istr("tracestate")
 ResponseCheck = Callable[
@@ -42,9 +46,11 @@ raising a ``GatewayError`` withholds the body (the upstream connection is then c
 pipeline stage (``gateway.pipeline``), a check that never waits is a plain function returning
 None; one that has to wait (the store) returns a coroutine, which the proxy awaits for the same
 outcome: a plain call costs far less than a coroutine created, awaited and finished."""
-UpstreamHeaderHook = Callable[[RequestContext, CIMultiDict[str]], None]
-"""Adds to the headers sent upstream (the verified identity, SPEC §7); the list is
-``gateway.pipeline.UPSTREAM_HEADER_HOOKS``, handed in by the listener."""
+UpstreamHeaderHook = Callable[[RequestContext, UpstreamHeaders], None]
+"""Appends to the (name, value) pairs sent upstream (the verified identity, SPEC §7); the list
+is ``gateway.pipeline.UPSTREAM_HEADER_HOOKS``, handed in by the listener. A hook only appends,
+and only names the gateway owns (every client copy is gone already, ``Runtime.never_forwarded``),
+never Content-Length or Transfer-Encoding: ``UpstreamHeaders.framed`` does not look at them."""
 
 
 class _HeadWithBodyResponse(web.StreamResponse):
@@ -84,6 +90,29 @@ def _has_body(request: ServerRequest) -> bool:
     return request.content_length not in (None, 0)
 
 
+def _set_content_length(headers: UpstreamHeaders, value: str) -> None:
+    """What a CIMultiDict set does: the first Content-Length (any letter case) takes ``value``,
+    the others go; none there, it is appended. Only bodies read whole (webhooks) come here."""
+    headers.framed = True
+    first = -1
+    host_at = headers.host_at
+    kept: list[tuple[str, str]] = []
+    for index, pair in enumerate(headers):
+        if pair[0].lower() == "content-length":
+            if first >= 0:
+                if index < headers.host_at:
+                    host_at -= 1  # Host's place stays before the same pair
+                continue
+            first = len(kept)
+        kept.append(pair)
+    if first < 0:
+        headers.append((_CONTENT_LENGTH, value))
+        return
+    kept[first] = (_CONTENT_LENGTH, value)
+    headers[:] = kept
+    headers.host_at = host_at
+
+
 async def proxy_request(
     ctx: RequestContext, checks: Sequence[ResponseCheck], header_hooks: Sequence[UpstreamHeaderHook]
 ) -> web.StreamResponse | AnswerWriter:
@@ -94,25 +123,27 @@ async def proxy_request(
     request = ctx.request
     runtime = ctx.runtime
     transport = runtime.upstreams[ctx.route.upstream]
+    # (name, value) pairs in wire order, not a CIMultiDict: each header below is a list append,
+    # and the transport joins them once (request_head).
     headers = upstream_request_headers(
         request.headers,
         peer_ip=ctx.peer_ip,
         peer_trusted=ctx.peer_trusted,
         scheme=runtime.scheme,
         host=request.host,
-        upstream_host="",
+        request_id=ctx.request_id,
         # SECURITY: identity spoofing — client-supplied identity headers (the built-in four and
         # tenancy.strip_headers) never reach an upstream (SPEC §7), in any letter case and
         # however often repeated (the set is lower-case, the match case-insensitive): the
         # runtime's set holds them, built once from strip_headers (never_forwarded_names).
         never_forwarded=runtime.never_forwarded,
     )
-    headers[_X_REQUEST_ID] = ctx.request_id
-    # App. C: the trace goes on with the gateway's own span as the upstream's parent.
+    # App. C: the trace goes on with the gateway's own span as the upstream's parent (the
+    # client's traceparent and tracestate are never forwarded: appended, not set).
     trace = ctx.trace
-    headers[_TRACEPARENT] = trace[TRACEPARENT]
-    if trace[TRACESTATE] is not None:
-        headers[_TRACESTATE] = trace[TRACESTATE]
+    headers.append((_TRACEPARENT, trace[TRACEPARENT]))
+    if (state := trace[TRACESTATE]) is not None:
+        headers.append((_TRACESTATE, state))
     # The identity the upstream acts on comes from the verified token (and a grant), never the
     # client (gateway.pipeline.UPSTREAM_HEADER_HOOKS).
     for hook in header_hooks:
@@ -131,7 +162,7 @@ async def proxy_request(
     limit = _BodyLimit(ctx.route.max_body) if has_body else None  # nothing to count without a body
     body_source: AsyncIterable[bytes] | None = limit.stream(request) if limit is not None else None
     if ctx.body is not None:  # already read (and verified) whole: forward the same bytes
-        headers[_CONTENT_LENGTH] = str(len(ctx.body))
+        _set_content_length(headers, str(len(ctx.body)))
         body_source = _once(ctx.body)
     send_continue(ctx)
     try:
@@ -236,7 +267,7 @@ async def _stream_lean(
 
 
 async def _proxy_websocket(
-    ctx: RequestContext, headers: CIMultiDict[str], accepted: Callable[[web.WebSocketResponse], None]
+    ctx: RequestContext, headers: UpstreamHeaders, accepted: Callable[[web.WebSocketResponse], None]
 ) -> web.StreamResponse:
     assert ctx.route is not None and ctx.target is not None
     request = ctx.request
@@ -244,7 +275,7 @@ async def _proxy_websocket(
     offered = tuple(
         p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()
     )
-    upstream_headers = CIMultiDict(headers)
+    upstream_headers = CIMultiDict(headers.with_host_slot())  # Host in place, as over HTTP
     for name in (
         "Sec-WebSocket-Key",
         "Sec-WebSocket-Version",

@@ -7,7 +7,6 @@ this stage sets the acting tenant and grant on the context. The echo check: ``te
 from __future__ import annotations
 
 from aiohttp import web
-from multidict import CIMultiDict
 
 from gateway.auth.bearer import invalid_token
 from gateway.context import RequestContext
@@ -18,6 +17,7 @@ from gateway.tenancy.identity import identity_headers
 from gateway.tenancy.policy import REVOKED, identity_ok, named_tenant, roles_allow, support_grant
 from gateway.tenancy.refusals import account_grant_use, refuse_mismatch
 from gateway.tenancy.resolve import TenantNotNamed
+from gateway.upstream.forwarding import UpstreamHeaders
 
 
 def apply_tenancy(ctx: RequestContext) -> web.StreamResponse | None:
@@ -64,14 +64,14 @@ def apply_tenancy(ctx: RequestContext) -> web.StreamResponse | None:
     return None
 
 
-def inject_identity(ctx: RequestContext, headers: CIMultiDict[str]) -> None:
+def inject_identity(ctx: RequestContext, headers: UpstreamHeaders) -> None:
     """SPEC §7: the acting identity and its signed context, for ``auth: jwt`` routes only."""
     claims, tenant = ctx.claims, ctx.tenant
     if claims is None or tenant is None or ctx.route is None or ctx.route.auth != "jwt":
         return
     assert ctx.target is not None
     signer = ctx.runtime.services.context_keys.signer
-    # Added, not set: ``headers`` comes from upstream_request_headers (never_forwarded=
+    # Appended, not set: ``headers`` comes from upstream_request_headers (never_forwarded=
     # runtime.never_forwarded), which removed every client copy of these four names (they are
     # always in that set).
     headers.extend(

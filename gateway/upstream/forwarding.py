@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Sequence
+from typing import Final
 
 from multidict import CIMultiDict, CIMultiDictProxy, istr
 
@@ -131,6 +132,41 @@ def never_forwarded_names(strip_headers: frozenset[str]) -> frozenset[str]:
     return HOP_BY_HOP | OVERRIDE_HEADERS | strip_headers | {"host", "expect", "traceparent", "tracestate"}
 
 
+HOST_SLOT: Final[tuple[str, str]] = (_HOST, "")
+"""The ``Host`` pair's stand-in where a ``CIMultiDict`` is built from the pairs (the aiohttp
+transport and the WebSocket path): each sets its endpoint's own on it, in place."""
+_X_REQUEST_ID = istr("X-Request-ID")
+_FRAMING_NAMES = frozenset(("content-length", "transfer-encoding"))
+
+
+class UpstreamHeaders(list[tuple[str, str]]):
+    """The request headers for the upstream as (name, value) pairs in wire order: a list append
+    costs a fraction of a ``CIMultiDict`` set, and the transport joins the pairs once.
+
+    ``host_at``: where the endpoint's ``Host`` goes (the transport knows it, not the proxy);
+    ``framed``: a pair may name Content-Length or Transfer-Encoding, so the head must drop them
+    (``request_head``: framing is the gateway's alone). Whoever removes pairs keeps both true;
+    the header hooks only append names the gateway owns (never framing)."""
+
+    __slots__ = ("framed", "host_at")
+    host_at: int
+    framed: bool
+
+    @classmethod
+    def of(cls, pairs: Iterable[tuple[str, str]], host_at: int | None = None) -> UpstreamHeaders:
+        """Pairs from anywhere (tests, benches): ``framed`` found by looking at every name."""
+        out = cls(pairs)
+        out.host_at = len(out) if host_at is None else host_at
+        out.framed = any(name.lower() in _FRAMING_NAMES for name, _ in out)
+        return out
+
+    def with_host_slot(self) -> list[tuple[str, str]]:
+        """The pairs with ``HOST_SLOT`` where Host goes: what a ``CIMultiDict`` is built from."""
+        pairs = list(self)
+        pairs.insert(self.host_at, HOST_SLOT)
+        return pairs
+
+
 def upstream_request_headers(
     incoming: CIMultiDictProxy[str],
     *,
@@ -138,49 +174,88 @@ def upstream_request_headers(
     peer_trusted: bool,
     scheme: str,
     host: str,
-    upstream_host: str,
+    request_id: str,
     never_forwarded: frozenset[str],
-) -> CIMultiDict[str]:
-    """Headers for the upstream: hop-by-hop removed, forwarding headers set or appended.
+) -> UpstreamHeaders:
+    """The headers for the upstream: hop-by-hop removed, forwarding headers set or appended,
+    Host's place marked, and ``X-Request-ID`` (in place of the client's first one, else after
+    Host). The pairs are the items a ``CIMultiDict`` built and set the same way would hold.
     ``never_forwarded`` is ``never_forwarded_names(strip_headers)`` (the runtime holds it);
     required, so no caller can forget the identity headers it must drop."""
     named_hop = connection_tokens(incoming)
     never = never_forwarded
-    kept: list[tuple[str, str]] = []
+    out = UpstreamHeaders()
+    own_id = framed = False
     for name, value in incoming.items():
-        lower = name.lower()
-        if "_" in lower:
+        lower = key = name.lower()
+        if "_" in key:
             # SECURITY: CGI/WSGI backends read X_Tenant_ID and X_Forwarded_For as X-Tenant-ID and
             # X-Forwarded-For (see tenancy.model.HeaderNameSet): every check sees the '-' spelling.
-            lower = lower.replace("_", "-")
-        if lower in never or lower in named_hop:
+            key = key.replace("_", "-")
+        if key in never or key in named_hop:
             continue
-        if not peer_trusted and (lower.startswith(FORWARDING_PREFIX) or lower in FORWARDING_HEADERS):
+        if not peer_trusted and (key.startswith(FORWARDING_PREFIX) or key in FORWARDING_HEADERS):
             # SECURITY: forged X-Forwarded-*/Forwarded from an untrusted peer are dropped.
             continue
-        kept.append((name, value))
-    out: CIMultiDict[str] = CIMultiDict(kept)
+        # The name itself from here, as a CIMultiDict matches it (letter case only).
+        if lower == "x-request-id":
+            # Ours replaces the client's first and drops the rest (a CIMultiDict set).
+            if not own_id:
+                out.append((_X_REQUEST_ID, request_id))
+                own_id = True
+            continue
+        if lower == "content-length":
+            framed = True  # Transfer-Encoding is hop-by-hop: never here
+        out.append((name, value))
     node = f'"[{peer_ip}]"' if ":" in peer_ip else peer_ip
     # SECURITY: RFC 7239 quoted-string escaping — a '"' in Host must not inject a forged for=.
     quoted_host = host.replace("\\", "\\\\").replace('"', '\\"')
     element = f"for={node};proto={scheme}" + (f';host="{quoted_host}"' if host else "")
     if not peer_trusted:  # none of the client's forwarding headers is left: ours alone
-        out[_X_FORWARDED_FOR] = peer_ip
-        out[_X_FORWARDED_PROTO] = scheme
+        out.append((_X_FORWARDED_FOR, peer_ip))
+        out.append((_X_FORWARDED_PROTO, scheme))
         if host:
-            out[_X_FORWARDED_HOST] = host
-        out[_FORWARDED] = element
+            out.append((_X_FORWARDED_HOST, host))
+        out.append((_FORWARDED, element))
     else:
-        prior_xff = out.popall(_X_FORWARDED_FOR, [])
-        out[_X_FORWARDED_FOR] = ", ".join([*prior_xff, peer_ip])
-        if _X_FORWARDED_PROTO not in out:
-            out[_X_FORWARDED_PROTO] = scheme
-        if _X_FORWARDED_HOST not in out and host:
-            out[_X_FORWARDED_HOST] = host
-        prior_fwd = out.popall(_FORWARDED, [])
-        out[_FORWARDED] = ", ".join([*prior_fwd, element])
-    out[_HOST] = upstream_host
+        _extend_forwarding(out, peer_ip, scheme, host, element)
+    out.host_at = len(out)
+    out.framed = framed
+    if not own_id:
+        out.append((_X_REQUEST_ID, request_id))
     return out
+
+
+def _extend_forwarding(
+    pairs: list[tuple[str, str]], peer_ip: str, scheme: str, host: str, element: str
+) -> None:
+    """A trusted peer's forwarding headers with this hop added: its X-Forwarded-For and
+    Forwarded lines joined into one each at the end, its X-Forwarded-Proto and -Host kept (ours
+    added when it sent none). Names match as a CIMultiDict matches them (letter case only)."""
+    kept: list[tuple[str, str]] = []
+    prior_xff: list[str] = []
+    prior_fwd: list[str] = []
+    has_proto = has_host = False
+    for pair in pairs:
+        lower = pair[0].lower()
+        if lower == "x-forwarded-for":
+            prior_xff.append(pair[1])
+            continue
+        if lower == "forwarded":
+            prior_fwd.append(pair[1])
+            continue
+        if lower == "x-forwarded-proto":
+            has_proto = True
+        elif lower == "x-forwarded-host":
+            has_host = True
+        kept.append(pair)
+    kept.append((_X_FORWARDED_FOR, ", ".join([*prior_xff, peer_ip])))
+    if not has_proto:
+        kept.append((_X_FORWARDED_PROTO, scheme))
+    if not has_host and host:
+        kept.append((_X_FORWARDED_HOST, host))
+    kept.append((_FORWARDED, ", ".join([*prior_fwd, element])))
+    pairs[:] = kept
 
 
 # Never passed on to the client: hop-by-hop, backend fingerprints, and Content-Length (set by the

@@ -20,6 +20,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from gateway.config.model import UpstreamConfig
+from gateway.upstream.forwarding import UpstreamHeaders
 
 # RFC 9110 §9.2.2; a request with a body is never retried (it may have been half consumed).
 IDEMPOTENT_METHODS = frozenset(("GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"))
@@ -110,7 +111,9 @@ class UpstreamResponse(Protocol):
 
 class UpstreamTransport(Protocol):
     """One pool per upstream. Errors before a response head are ``UpstreamUnavailable`` (connect
-    failure: the next endpoint is tried when ``retryable``) or ``UpstreamTimeout``."""
+    failure: the next endpoint is tried when ``retryable``) or ``UpstreamTimeout``. ``send``'s
+    ``headers``: (name, value) pairs in wire order, with the place the endpoint's Host goes
+    (``forwarding.UpstreamHeaders``)."""
 
     balancer: Balancer
 
@@ -118,7 +121,7 @@ class UpstreamTransport(Protocol):
         self,
         method: str,
         target: str,
-        headers: CIMultiDict[str],
+        headers: UpstreamHeaders,
         body: AsyncIterable[bytes] | None,
         *,
         retryable: bool,

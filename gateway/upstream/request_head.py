@@ -3,30 +3,42 @@ alone, and no CR, LF or NUL smuggled into a line (request smuggling, header inje
 
 from __future__ import annotations
 
-from multidict import CIMultiDict, istr
+from gateway.upstream.forwarding import UpstreamHeaders
 
 _BODY_METHODS = frozenset(("POST", "PUT", "PATCH"))
-# istr: multidict looks these up without case-folding the name on every request.
-_CONTENT_LENGTH = istr("Content-Length")
-_TRANSFER_ENCODING = istr("Transfer-Encoding")
+_END = ("", "")
 
 
 def request_head(
-    method: str, target: str, headers: CIMultiDict[str], *, has_body: bool
+    method: str, target: str, headers: UpstreamHeaders, host: str, *, has_body: bool
 ) -> tuple[bytes, int | None]:
-    """The request head, and the body's declared length (None: chunked, or no body)."""
-    length: int | None = None
-    if _CONTENT_LENGTH in headers or _TRANSFER_ENCODING in headers:
+    """The request head, and the body's declared length (None: chunked, or no body).
+    ``Host: host`` goes where ``headers.host_at`` says."""
+    declared: list[str] = []
+    lines = [f"{method} {target} HTTP/1.1"]
+    host_line = "Host: " + host
+    if headers.framed:
         # SECURITY: framing is ours alone. A forwarded Transfer-Encoding beside our own, or a
         # Content-Length that does not describe the body, lets the upstream read the body two
-        # ways (request smuggling, RFC 9112 §6.3).
-        headers = headers.copy()
-        declared = headers.popall(_CONTENT_LENGTH, [])
-        headers.popall(_TRANSFER_ENCODING, None)
-        if has_body and len(declared) == 1 and declared[0].isascii() and declared[0].isdigit():
-            length = int(declared[0])
-    lines = [f"{method} {target} HTTP/1.1"]
-    lines += map(": ".join, headers.items())  # (name, value) pairs: no frame per header
+        # ways (request smuggling, RFC 9112 §6.3). Exact, by the whole name in any letter case.
+        host_at = headers.host_at
+        for index, pair in enumerate(headers):
+            if index == host_at:
+                lines.append(host_line)
+            lower = pair[0].lower()
+            if lower == "content-length":
+                declared.append(pair[1])
+            elif lower != "transfer-encoding":
+                lines.append(": ".join(pair))
+        if host_at >= len(headers):
+            lines.append(host_line)
+    else:
+        # No framing name among the pairs (``UpstreamHeaders.framed``): joined in C, no loop.
+        lines += map(": ".join, headers)  # (name, value) pairs: no frame per header
+        lines.insert(headers.host_at + 1, host_line)
+    length: int | None = None
+    if has_body and len(declared) == 1 and declared[0].isascii() and declared[0].isdigit():
+        length = int(declared[0])
     if not has_body:
         if method in _BODY_METHODS:
             lines.append("Content-Length: 0")
@@ -39,6 +51,7 @@ def request_head(
         # SECURITY: CR/LF in the target, a name or a value would inject headers or a whole second
         # request (CWE-113), a space in the target a second request line; aiohttp refuses both.
         raise ValueError("A request line or header contains CR, LF, NUL or a stray space")
-    text = "\r\n".join(lines) + "\r\n\r\n"
+    lines += _END  # two empty lines: the head's closing CRLF CRLF, no second copy of the text
+    text = "\r\n".join(lines)
     # aiohttp decodes incoming heads as UTF-8 with surrogateescape: this restores the bytes.
     return text.encode("utf-8", "surrogateescape"), length

@@ -12,6 +12,7 @@ from yarl import URL
 
 from gateway.config.model import UpstreamConfig
 from gateway.errors import UpstreamTimeout, UpstreamUnavailable
+from gateway.upstream.forwarding import UpstreamHeaders
 from gateway.upstream.pools import Balancer
 
 CHUNK = 64 * 1024
@@ -97,21 +98,24 @@ class AiohttpTransport:
         self,
         method: str,
         target: str,
-        headers: CIMultiDict[str],
+        headers: UpstreamHeaders,
         body: AsyncIterable[bytes] | None,
         *,
         retryable: bool,
     ) -> AiohttpResponse:
         session = self._get_session()
         last_error: Exception | None = None
+        # The CIMultiDict the pairs describe, Host in its place: the slow path pays for the copy,
+        # the httptools path joins the pairs as they are.
+        multi: CIMultiDict[str] = CIMultiDict(headers.with_host_slot())
         for endpoint in self.balancer.order():
-            headers[_HOST] = endpoint.host_header
+            multi[_HOST] = endpoint.host_header
             url = URL(endpoint.url + target, encoded=True)
             try:
                 response = await session.request(
                     method,
                     url,
-                    headers=headers,
+                    headers=multi,
                     data=body,
                     allow_redirects=False,
                     compress=None,

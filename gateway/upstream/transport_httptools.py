@@ -23,17 +23,16 @@ from __future__ import annotations
 from collections.abc import AsyncIterable
 
 import aiohttp
-from multidict import CIMultiDict, istr
+from multidict import CIMultiDict
 
 from gateway.config.model import UpstreamConfig
 from gateway.errors import UpstreamUnavailable
+from gateway.upstream.forwarding import UpstreamHeaders
 from gateway.upstream.httptools_connection import StaleConnection
 from gateway.upstream.httptools_pool import ConnectFailed, EndpointPool, HttptoolsResponse
 from gateway.upstream.pools import IDEMPOTENT_METHODS, Balancer
 from gateway.upstream.request_head import request_head
 from gateway.upstream.transport_aiohttp import AiohttpTransport, upstream_ssl_context
-
-_HOST = istr("Host")  # istr: set without case-folding the name on every request
 
 
 class HttptoolsTransport:
@@ -50,15 +49,15 @@ class HttptoolsTransport:
         self,
         method: str,
         target: str,
-        headers: CIMultiDict[str],
+        headers: UpstreamHeaders,
         body: AsyncIterable[bytes] | None,
         *,
         retryable: bool,
     ) -> HttptoolsResponse:
         last_error: Exception | None = None
+        has_body = body is not None
         for endpoint in self.balancer.order():
-            headers[_HOST] = endpoint.host_header
-            head, length = request_head(method, target, headers, has_body=body is not None)
+            head, length = request_head(method, target, headers, endpoint.host_header, has_body=has_body)
             pool = self._pools[endpoint.url]
             conn = pool.take_idle()
             try:

@@ -14,6 +14,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from gateway.tenancy.model import BUILTIN_STRIP_HEADERS, HeaderNameSet
 from gateway.upstream.forwarding import (
     HOP_BY_HOP,
+    HOST_SLOT,
     RESPONSE_STRIPPED,
     TrustedProxies,
     connection_tokens,
@@ -27,6 +28,7 @@ TRUSTED_NETS = [ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("fd00::
 PROXIES = TrustedProxies(TRUSTED_NETS)
 LB = "10.0.0.5"  # a trusted load balancer
 CLIENT = "203.0.113.7"
+REQUEST_ID = "r-test"
 
 
 def headers(*pairs: tuple[str, str]) -> CIMultiDictProxy[str]:
@@ -136,14 +138,20 @@ def upstream(
     upstream_host: str = "erp.internal:9000",
     drop: frozenset[str] = frozenset(),
 ) -> CIMultiDict[str]:
-    return upstream_request_headers(
+    """The pairs as the transport sends them (Host in its slot), less the request id."""
+    pairs = upstream_request_headers(
         incoming,
         peer_ip=peer,
         peer_trusted=trusted,
         scheme=scheme,
         host=host,
-        upstream_host=upstream_host,
+        request_id=REQUEST_ID,
         never_forwarded=never_forwarded_names(drop),
+    )
+    return CIMultiDict(
+        ("Host", upstream_host) if pair is HOST_SLOT else pair
+        for pair in pairs.with_host_slot()
+        if pair != ("X-Request-ID", REQUEST_ID)
     )
 
 

@@ -31,6 +31,7 @@ from multidict import CIMultiDict
 
 from gateway.config.model import UpstreamConfig, UpstreamTls
 from gateway.errors import BadRequest, PayloadTooLarge, UpstreamTimeout, UpstreamUnavailable
+from gateway.upstream.forwarding import UpstreamHeaders
 from gateway.upstream.transport_httptools import HttptoolsResponse, HttptoolsTransport
 
 MiB = 1024 * 1024
@@ -175,7 +176,9 @@ async def fetch(
     body: AsyncIterator[bytes] | None = None,
     retryable: bool = True,
 ) -> tuple[HttptoolsResponse, bytes]:
-    response = await transport.send(method, target, CIMultiDict(headers or {}), body, retryable=retryable)
+    response = await transport.send(
+        method, target, UpstreamHeaders.of((headers or {}).items()), body, retryable=retryable
+    )
     try:
         return response, b"".join([chunk async for chunk in response.iter_chunks()])
     finally:
@@ -273,7 +276,7 @@ async def test_get_round_trip_with_headers_and_body(app_upstream: str, make_tran
 async def test_exact_request_bytes_on_the_wire(raw_server: Any, make_transport: MakeTransport) -> None:
     server = await raw(raw_server, answer_each(OK))
     transport = make_transport(server.url)
-    headers = CIMultiDict([("X-A", "1"), ("X-A", "2"), ("Content-Length", "5")])
+    headers = UpstreamHeaders.of([("X-A", "1"), ("X-A", "2"), ("Content-Length", "5")])
     response = await transport.send("POST", "/p?q=1", headers, chunks_of(b"hello", 2), retryable=False)
     response.release()
     await fetch(transport, "/g")
@@ -572,7 +575,7 @@ async def test_reused_connection_closed_before_answering_is_not_replayed(
 
 async def test_half_read_response_is_never_reused(app_upstream: str, make_transport: MakeTransport) -> None:
     transport = make_transport(app_upstream)
-    response = await transport.send("GET", "/big?bytes=2000000", CIMultiDict(), None, retryable=True)
+    response = await transport.send("GET", "/big?bytes=2000000", UpstreamHeaders.of(()), None, retryable=True)
     stream = response.iter_chunks()
     assert (await anext(stream)).startswith(b"z")
     response.release()
@@ -586,7 +589,7 @@ async def test_half_read_response_is_never_reused(app_upstream: str, make_transp
 async def test_unread_small_body_is_not_reused_either(raw_server: Any, make_transport: MakeTransport) -> None:
     server = await raw(raw_server, answer_each(OK))
     transport = make_transport(server.url)
-    response = await transport.send("GET", "/", CIMultiDict(), None, retryable=True)
+    response = await transport.send("GET", "/", UpstreamHeaders.of(()), None, retryable=True)
     response.release()  # the body may sit complete in our buffer: unread is unread, not reused
     _, body = await fetch(transport)
     assert body == b"ok"
@@ -675,7 +678,7 @@ async def test_slow_body_times_out_from_iter_chunks(raw_server: Any, make_transp
 
     server = await raw_server(handler)
     transport = make_transport(server.url, read_timeout=0.2)
-    response = await transport.send("GET", "/", CIMultiDict(), None, retryable=True)
+    response = await transport.send("GET", "/", UpstreamHeaders.of(()), None, retryable=True)
     received = []
     with pytest.raises(UpstreamTimeout, match="mid-response"):
         async for chunk in response.iter_chunks():
@@ -717,7 +720,7 @@ async def test_connection_broken_mid_body(raw_server: Any, make_transport: MakeT
         await writer.drain()
 
     server = await raw_server(handler)
-    response = await make_transport(server.url).send("GET", "/", CIMultiDict(), None, retryable=True)
+    response = await make_transport(server.url).send("GET", "/", UpstreamHeaders.of(()), None, retryable=True)
     with pytest.raises(UpstreamUnavailable, match="broke"):
         async for _ in response.iter_chunks():
             pass
@@ -822,7 +825,7 @@ async def test_50_mb_download_and_upload_in_constant_memory(
     transport = make_transport(server.url)
     tracemalloc.start()
     try:
-        response = await transport.send("GET", "/", CIMultiDict(), None, retryable=True)
+        response = await transport.send("GET", "/", UpstreamHeaders.of(()), None, retryable=True)
         downloaded = 0
         await asyncio.sleep(0.2)  # a slow client: the upstream must wait, not fill our memory
         async for chunk in response.iter_chunks():
