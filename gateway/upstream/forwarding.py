@@ -265,6 +265,11 @@ _RESPONSE_DROPPED = HOP_BY_HOP | RESPONSE_STRIPPED | {"content-length"}
 _USUAL_RESPONSE_DROPPED = {value: _RESPONSE_DROPPED | tokens for value, tokens in _USUAL_TOKENS.items()}
 
 
+# istr: set without case-folding the name on every answer (the same spelling goes out).
+_X_CONTENT_TYPE_OPTIONS = istr("X-Content-Type-Options")
+_STRICT_TRANSPORT_SECURITY = istr("Strict-Transport-Security")
+
+
 def _response_dropped(upstream: CIMultiDictProxy[str] | CIMultiDict[str]) -> frozenset[str]:
     """Every lower-case name a response header is dropped by: one set lookup per header."""
     values = upstream.getall(_CONNECTION, ())
@@ -284,9 +289,9 @@ def downstream_response_headers(
     for name, value in upstream.items():  # add() per pair: measured cheaper than a list built once
         if name.lower() not in dropped:
             out.add(name, value)
-    out.setdefault("X-Content-Type-Options", "nosniff")
+    out.setdefault(_X_CONTENT_TYPE_OPTIONS, "nosniff")
     if tls:
-        out["Strict-Transport-Security"] = "max-age=31536000; includeSubDomains"
+        out[_STRICT_TRANSPORT_SECURITY] = "max-age=31536000; includeSubDomains"
     return out
 
 

@@ -462,6 +462,19 @@ async def test_response_headers_decode_as_latin1(raw_server: Any, make_transport
     assert response.headers["X-Name"] == "café"
 
 
+@pytest.mark.parametrize("name", [b"X-Caf\xe9", b"X-Caf\xc3\xa9", b"X-\x7f", b"X-A B"])
+async def test_a_header_name_outside_the_token_characters_is_refused(
+    raw_server: Any, make_transport: MakeTransport, name: bytes
+) -> None:
+    """Names are read with the default codec (UpstreamConnection.on_header), which equals latin-1
+    only for ASCII: llhttp must go on refusing any non-token byte in a name (RFC 9110 §5.1)."""
+    server = await raw(
+        raw_server, answer_each(b"HTTP/1.1 200 OK\r\n" + name + b": v\r\nContent-Length: 0\r\n\r\n")
+    )
+    with pytest.raises(UpstreamUnavailable, match="malformed"):
+        await fetch(make_transport(server.url))
+
+
 # ---------------------------------------------------------------- keep-alive pool
 async def test_keep_alive_reuses_one_connection(app_upstream: str, make_transport: MakeTransport) -> None:
     transport = make_transport(app_upstream)
