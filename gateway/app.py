@@ -47,7 +47,7 @@ def begin_request(
     # App. C: every answer (gateway endpoints, early answers, refusals, proxied ones) carries
     # its request id (first: gateway.http1.problem relies on it), the gateway's Server, nosniff
     # and, on TLS, HSTS — neither aiohttp's nor the upstream's version is disclosed.
-    own = {"X-Request-ID": request_id, **IDENTITY_BY_TLS[runtime.tls]}
+    own: dict[str, str] = {_REQUEST_ID: request_id, **IDENTITY_BY_TLS[runtime.tls]}
     # App. C: a trusted peer's trace is continued; anyone else's traceparent is never read.
     trace = (
         continued_trace(headers.getall(_TRACEPARENT, ()), headers.getall(_TRACESTATE, ()))

@@ -4,10 +4,17 @@ problem renderer and the admin app all take them from here."""
 
 from __future__ import annotations
 
+from multidict import istr
+
 HSTS = "max-age=31536000; includeSubDomains"
 # SECURITY: fingerprinting — neither aiohttp's nor Python's version is disclosed; HSTS on TLS.
-_PLAIN = {"Server": "shopino-gateway", "X-Content-Type-Options": "nosniff"}
-IDENTITY_BY_TLS = {False: _PLAIN, True: {**_PLAIN, "Strict-Transport-Security": HSTS}}
+# istr keys: an answer's headers are a CIMultiDict, which takes an istr without case-folding it
+# again (these are added to every answer); in a plain dict they are the same strings.
+_PLAIN: dict[str, str] = {istr("Server"): "shopino-gateway", istr("X-Content-Type-Options"): "nosniff"}
+IDENTITY_BY_TLS: dict[bool, dict[str, str]] = {
+    False: _PLAIN,
+    True: {**_PLAIN, istr("Strict-Transport-Security"): HSTS},
+}
 """``identity_headers`` as a table, for the per-request path (no call). Shared: do not modify."""
 
 

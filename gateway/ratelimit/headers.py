@@ -7,8 +7,11 @@ from __future__ import annotations
 import math
 from typing import Protocol
 
-POLICY_HEADER = "RateLimit-Policy"
-STATE_HEADER = "RateLimit"
+from multidict import istr
+
+# istr: the names go into a CIMultiDict on every limited answer, which then skips case-folding.
+POLICY_HEADER = istr("RateLimit-Policy")
+STATE_HEADER = istr("RateLimit")
 
 
 def _sf_string(text: str) -> str:
