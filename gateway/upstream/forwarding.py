@@ -197,14 +197,16 @@ def upstream_request_headers(
         if not peer_trusted and (key.startswith(FORWARDING_PREFIX) or key in FORWARDING_HEADERS):
             # SECURITY: forged X-Forwarded-*/Forwarded from an untrusted peer are dropped.
             continue
-        # The name itself from here, as a CIMultiDict matches it (letter case only).
-        if lower == "x-request-id":
-            # Ours replaces the client's first and drops the rest (a CIMultiDict set).
-            if not own_id:
+        if key == "x-request-id":
+            # Ours replaces the client's first and drops the rest (a CIMultiDict set). SECURITY:
+            # an X_Request_ID would reach a CGI/WSGI backend as a second id beside ours: dropped.
+            if lower == key and not own_id:
                 out.append((_X_REQUEST_ID, request_id))
                 own_id = True
             continue
-        if lower == "content-length":
+        if key == "content-length":
+            if lower != key:  # Content_Length: not framing, and a CGI backend might read it as such
+                continue
             framed = True  # Transfer-Encoding is hop-by-hop: never here
         out.append((name, value))
     node = f'"[{peer_ip}]"' if ":" in peer_ip else peer_ip

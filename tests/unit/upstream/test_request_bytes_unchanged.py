@@ -1,7 +1,8 @@
 """The upstream request head from (name, value) pairs is byte for byte the head the CIMultiDict
 chain wrote (issue 13): same order, spelling and values; the same CIMultiDict for the aiohttp
 transport. The reference below is the former code, frozen: the forwarding headers
-(``upstream_request_headers``), what ``proxy_request`` set on them, and ``request_head``."""
+(``upstream_request_headers``), what ``proxy_request`` set on them, and ``request_head`` — with
+one change made on purpose (underscore spellings of X-Request-ID and Content-Length dropped)."""
 
 from __future__ import annotations
 
@@ -51,6 +52,10 @@ def _old_forwarding(
         if lower in NEVER or lower in named_hop:
             continue
         if not peer_trusted and (lower.startswith(FORWARDING_PREFIX) or lower in FORWARDING_HEADERS):
+            continue
+        if lower in ("x-request-id", "content-length") and "_" in name:
+            # The one change made on purpose since: X_Request_ID / Content_Length would reach a
+            # CGI/WSGI backend as a second request id or a length (now dropped, review finding).
             continue
         kept.append((name, value))
     out: CIMultiDict[str] = CIMultiDict(kept)
@@ -321,3 +326,13 @@ def test_the_identity_hook_appends_only_names_the_gateway_owns() -> None:
     assert names == {h.lower() for h in BUILTIN_STRIP_HEADERS}
     assert names <= NEVER
     assert not names & {"content-length", "transfer-encoding", "host"}
+
+
+def test_underscore_spellings_of_the_request_id_and_length_never_reach_the_upstream() -> None:
+    """A CGI/WSGI backend reads X_Request_ID as X-Request-ID: a second id beside the gateway's
+    (the one its signed context names) would let a client confuse the backend's correlation."""
+    _, (head, _) = Case(
+        [("X_Request_ID", "client-id"), ("content_length", "99"), ("A", "1")], method="POST", has_body=True
+    ).new()
+    assert b"client-id" not in head and b"99" not in head
+    assert f"X-Request-ID: {REQUEST_ID}\r\n".encode() in head
