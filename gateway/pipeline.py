@@ -11,6 +11,7 @@ share of the pipeline.
 
 from __future__ import annotations
 
+from inspect import isawaitable
 from types import CoroutineType
 from typing import Any
 
@@ -83,6 +84,11 @@ async def run_stages(ctx: RequestContext) -> web.StreamResponse | None:
                 early = await early
                 if early is None:
                     continue
+            elif isawaitable(early):
+                # Only on an early answer, never on the common path. A stage that waits through
+                # another awaitable (a bare Future) would otherwise pass for an answer: its check
+                # never finished. Refused loudly (a 500), never sent.
+                raise TypeError(f"stage {stage.__qualname__} returned an awaitable, not a coroutine")
             break
     except Exception:
         # SPEC §3.4: a request over its pre_auth limit is refused by it (429), whatever a later

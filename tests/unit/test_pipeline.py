@@ -90,3 +90,23 @@ async def test_the_runner_awaits_a_stage_that_returns_a_coroutine(monkeypatch: p
     assert ran == ["plain", "waits", "answers"]
     assert await pipeline.run_stage(plain, ctx) is None
     assert await pipeline.run_stage(slow_path, ctx) is answer
+
+
+async def test_a_stage_returning_another_awaitable_is_an_error_not_an_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A bare Future (say, a store reply handed back as it is) is not an answer: the run fails
+    rather than skip the check, and no later stage runs."""
+    ran: list[str] = []
+
+    def hands_back_a_future(ctx: RequestContext) -> StageResult:
+        return cast(StageResult, asyncio.get_running_loop().create_future())
+
+    def never(ctx: RequestContext) -> None:
+        ran.append("never")
+
+    monkeypatch.setattr(pipeline, "PIPELINE", (hands_back_a_future, never))
+    ctx = cast(RequestContext, types.SimpleNamespace(deferred_pre_auth=None))
+    with pytest.raises(TypeError, match="hands_back_a_future"):
+        await pipeline.run_stages(ctx)
+    assert ran == []
