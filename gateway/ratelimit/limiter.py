@@ -203,7 +203,7 @@ class RateLimitBackend:
             self.breaker = CircuitBreaker(self.shared, probe_timeout)
             self._pipelined = PipelinedHits(self.shared)
             if target.scheme != "redis+sentinel":  # sentinel discovery stays with redis-py
-                self._stage_script = StageScript(RespClient(target), KEY_PREFIX)
+                self._stage_script = StageScript(RespClient(target))
 
     @property
     def store_down(self) -> bool:

@@ -40,7 +40,7 @@ from limits.util import WindowStats
 
 from gateway.ratelimit.policies import LimitItem
 from gateway.ratelimit.resp import ReplyError, RespClient, RespError
-from gateway.ratelimit.script_args import KEY_PREFIX, bulk_strings
+from gateway.ratelimit.script_args import bulk_strings
 
 ARGS_PER_ITEM = 6  # script_args.item_args
 HEAD = 16  # list entries one LRANGE reads for the window state's first probes
@@ -221,17 +221,15 @@ class LateReply(RespError):
 class StageScript:
     """Runs a whole stage as one ``EVALSHA`` on the coalescing RESP connection."""
 
-    def __init__(self, client: RespClient, key_prefix: str) -> None:
+    def __init__(self, client: RespClient) -> None:
         self.client = client
-        self._key_prefix = key_prefix
         self._source = STAGE_SCRIPT.encode()
         self._sha = hashlib.sha1(self._source, usedforsecurity=False).hexdigest()
         self._command_head = bulk_strings(("EVALSHA", self._sha))
         self._heads: dict[int, bytes] = {}  # item count → the command's framed head
         # (key head, key tail, value) → the framed key (bounded: KEY_CACHE_LIMIT)
+        # Keys are the items' own (LimitItem.store_key_head: script_args.KEY_PREFIX, limits' keys).
         self._framed_keys: dict[tuple[bytes, bytes, str], bytes] = {}
-        # the items frame their keys for script_args.KEY_PREFIX (LimitItem.store_key_head)
-        self._items_framed = key_prefix == KEY_PREFIX
 
     def frame(
         self,
@@ -252,34 +250,27 @@ class StageScript:
             self._heads[count] = head
         parts = [head]
         args = []  # the items' fixed arguments, after the keys and the four stage arguments
-        if self._items_framed:
-            framed_keys = self._framed_keys
-            for item, value in checks:
-                # (head, tail, value) names the key exactly: two items of one rule share a head
-                key = (item.store_key_head, item.store_key_tail, value)
-                framed = framed_keys.get(key)
-                if framed is None:  # framed here, not in a call: a flood of fresh values pays little
-                    raw = value.encode()
-                    size = item.store_key_size + len(raw)
-                    framed = b"".join(
-                        (
-                            _LENGTHS[size] if size < 256 else b"$%d\r\n" % size,
-                            item.store_key_head,
-                            raw,
-                            item.store_key_tail,
-                        )
+        framed_keys = self._framed_keys
+        for item, value in checks:
+            # (head, tail, value) names the key exactly: two items of one rule share a head
+            key = (item.store_key_head, item.store_key_tail, value)
+            framed = framed_keys.get(key)
+            if framed is None:  # framed here, not in a call: a flood of fresh values pays little
+                raw = value.encode()
+                size = item.store_key_size + len(raw)
+                framed = b"".join(
+                    (
+                        _LENGTHS[size] if size < 256 else b"$%d\r\n" % size,
+                        item.store_key_head,
+                        raw,
+                        item.store_key_tail,
                     )
-                    if len(framed_keys) >= KEY_CACHE_LIMIT:
-                        framed_keys.clear()  # SECURITY: memory exhaustion — values vary freely
-                    framed_keys[key] = framed
-                parts.append(framed)
-                args.append(item.store_resp)
-        else:  # another key prefix than the items were framed for (script_args.KEY_PREFIX)
-            prefix = self._key_prefix
-            for item, value in checks:
-                key_bytes = f"{prefix}:{item.key_head}{value}{item.key_tail}".encode()
-                parts.append(b"$%d\r\n%b\r\n" % (len(key_bytes), key_bytes))
-                args.append(item.store_resp)
+                )
+                if len(framed_keys) >= KEY_CACHE_LIMIT:
+                    framed_keys.clear()  # SECURITY: memory exhaustion — values vary freely
+                framed_keys[key] = framed
+            parts.append(framed)
+            args.append(item.store_resp)
         # the two doubles as their exact 8 bytes (see the module's docstring)
         parts += (
             b"$8\r\n",

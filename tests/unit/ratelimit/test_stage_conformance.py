@@ -141,7 +141,7 @@ class Paths:
 
     @classmethod
     def open(cls, url: str) -> Paths:
-        script = StageScript(RespClient(parse_redis_url(url)), KEY_PREFIX)
+        script = StageScript(RespClient(parse_redis_url(url)))
         pool = redis.asyncio.ConnectionPool.from_url(url)
         storage = RedisStorage(
             "async+redis://", implementation="redispy", key_prefix=KEY_PREFIX, connection_pool=pool

@@ -32,7 +32,7 @@ ITEMS: tuple[LimitItem, ...] = tuple(
     item for index, rule in enumerate(RULES) for item in compile_rule("policy:p", "p", index, rule)
 )
 # A client that is never connected: framing needs no Redis.
-SCRIPT = StageScript(RespClient(parse_redis_url("redis://127.0.0.1:1/0")), KEY_PREFIX)
+SCRIPT = StageScript(RespClient(parse_redis_url("redis://127.0.0.1:1/0")))
 
 
 def reference(
@@ -67,7 +67,7 @@ def test_remembered_keys_frame_alike_and_stay_bounded() -> None:
     """A key framed from the cache is the same bytes; the two items of one rule (one key head)
     keep their own keys; a flood of fresh values (attacker-chosen header values) holds at most
     ``KEY_CACHE_LIMIT`` keys."""
-    script = StageScript(RespClient(parse_redis_url("redis://127.0.0.1:1/0")), KEY_PREFIX)
+    script = StageScript(RespClient(parse_redis_url("redis://127.0.0.1:1/0")))
     checks = [(item, "v") for item in ITEMS]
     assert ITEMS[1].store_key_head == ITEMS[2].store_key_head  # 50/second and 2000/minute
     first = script.frame(checks, 1.5, 1, 2.5, 0)
