@@ -88,7 +88,7 @@ async def run_stages(ctx: RequestContext) -> web.StreamResponse | None:
                 # Only on an early answer, never on the common path. A stage that waits through
                 # another awaitable (a bare Future) would otherwise pass for an answer: its check
                 # never finished. Refused loudly (a 500), never sent.
-                raise TypeError(f"stage {stage.__qualname__} returned an awaitable, not a coroutine")
+                raise _not_an_answer(stage)
             break
     except Exception:
         # SPEC §3.4: a request over its pre_auth limit is refused by it (429), whatever a later
@@ -106,4 +106,10 @@ async def run_stage(stage: Stage, ctx: RequestContext) -> web.StreamResponse | N
     early = stage(ctx)
     if type(early) is CoroutineType:
         return await early  # type: ignore[no-any-return]
+    if isawaitable(early):
+        raise _not_an_answer(stage)
     return early  # type: ignore[return-value]
+
+
+def _not_an_answer(stage: Stage) -> TypeError:
+    return TypeError(f"stage {stage.__qualname__} returned an awaitable, not a coroutine")
