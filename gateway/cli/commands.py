@@ -199,7 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mint = token.add_parser("mint", help="mint a signed test token")
     mint.add_argument("--key", required=True, help="private key PEM (EC P-256, RSA or Ed25519)")
-    mint.add_argument("--kid")
+    mint.add_argument(
+        "--kid",
+        help="the key id for the token's header; write --kid=VALUE when it starts with '-' "
+        "(an RFC 7638 thumbprint can)",
+    )
     mint.add_argument("--iss", required=True)
     mint.add_argument("--aud", required=True)
     mint.add_argument("--sub", required=True)

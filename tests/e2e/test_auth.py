@@ -212,8 +212,9 @@ async def test_totp_step_end_to_end(auth_gateway, issuer: DemoIssuer, tmp_path: 
             "mint",
             "--key",
             str(key_file),
-            "--kid",
-            issuer.kid,
+            # The thumbprint is base64url and may start with "-", which argparse would read as an
+            # option (1 run in 64 failed that way); the "=" form binds it to --kid.
+            f"--kid={issuer.kid}",
             "--iss",
             ISS,
             "--aud",
