@@ -106,6 +106,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="another source tree (e.g. `git archive REV | tar -x -C DIR`): adds the contestant "
         "gateway-full@base, the same workload on that tree's code, for a before/after in one run",
     )
+    parser.add_argument(
+        "--also-python",
+        help="a second interpreter (e.g. a venv of Debian's PGO-built /usr/bin/python3 with the "
+        "project installed): adds the contestant gateway-full@also-python, the same workload and "
+        "code on that interpreter, for both interpreters against HAProxy in one run",
+    )
     parser.add_argument("--results-dir", type=Path, default=BENCH_DIR / "results")
     parser.add_argument(
         "--keep-workdir", action="store_true", help="keep the temporary configs and logs for inspection"
@@ -124,6 +130,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                 f"gateway-full on the code of {root}",
                 lambda env: start_gateway_full(
                     dataclasses.replace(env, project_root=root), "gateway-full@base"
+                ),
+            )
+        )
+    if args.also_python is not None:
+        also = args.also_python
+        args.contestants.append(
+            Contestant(
+                "gateway-full@also-python",
+                f"gateway-full on {also}",
+                lambda env: start_gateway_full(
+                    dataclasses.replace(env, python=also), "gateway-full@also-python"
                 ),
             )
         )
@@ -335,6 +352,11 @@ def environment_notes(args: argparse.Namespace) -> list[str]:
         f"- date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}; git: {git}",
         f"- machine: {os.cpu_count()} CPUs ({cpu_model}), kernel {platform.release()}",
         f"- Python contestants run on {args.python}: {python_versions(args.python)}",
+        *(
+            [f"- gateway-full@also-python runs on {args.also_python}: {python_versions(args.also_python)}"]
+            if args.also_python
+            else []
+        ),
         f"- "
         f"{command_output([which('nginx') or 'nginx', '-v'])}; "
         f"{command_output([which('haproxy') or 'haproxy', '-v'])}; "

@@ -4,6 +4,7 @@ renderer (``gateway.http.problem``)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import cast
 
@@ -30,6 +31,11 @@ log = structlog.get_logger("gateway.public")
 # istr names: a multidict looks them up without lower-casing them on every request
 _REQUEST_ID, _FORWARDED_FOR = istr("X-Request-ID"), istr("X-Forwarded-For")
 _TRACEPARENT, _TRACESTATE = istr("traceparent"), istr("tracestate")
+# Each answer's own headers (App. C): the request id first (gateway.http1.problem relies on it),
+# then the identity headers; a copy per request, its id filled in.
+_OWN_BY_TLS: dict[bool, dict[str, str]] = {
+    tls: {_REQUEST_ID: "", **identity} for tls, identity in IDENTITY_BY_TLS.items()
+}
 
 
 def begin_request(
@@ -37,6 +43,16 @@ def begin_request(
 ) -> RequestContext:
     """The request's context, bound to the request and to this task's log lines; ``token_memo``
     is the connection's (its listener keeps one per connection) for the authentication stage."""
+    ctx = new_context(request, runtime, token_memo)
+    request[ContextKey] = ctx
+    return ctx
+
+
+def new_context(
+    request: web.BaseRequest | ServerRequest, runtime: Runtime, token_memo: TokenMemo | None
+) -> RequestContext:
+    """``begin_request`` without binding the context to the request: the lean listener sets its
+    request's ``ctx`` slot itself (no ``__setitem__`` call per request)."""
     headers = request.headers
     request_id = request_id_for(headers.get(_REQUEST_ID))
     peer = request.remote or ""
@@ -47,25 +63,15 @@ def begin_request(
     # App. C: every answer (gateway endpoints, early answers, refusals, proxied ones) carries
     # its request id (first: gateway.http1.problem relies on it), the gateway's Server, nosniff
     # and, on TLS, HSTS — neither aiohttp's nor the upstream's version is disclosed.
-    own: dict[str, str] = {_REQUEST_ID: request_id, **IDENTITY_BY_TLS[runtime.tls]}
+    own = _OWN_BY_TLS[runtime.tls].copy()  # the request id's place first, its value set here
+    own[_REQUEST_ID] = request_id
     # App. C: a trusted peer's trace is continued; anyone else's traceparent is never read.
     trace = (
         continued_trace(headers.getall(_TRACEPARENT, ()), headers.getall(_TRACESTATE, ()))
         if trusted
         else new_trace()
     )
-    ctx = RequestContext(
-        request,
-        runtime,
-        request_id,
-        client_ip,
-        peer,
-        trusted,
-        response_headers=own,
-        trace=trace,
-        token_memo=token_memo,
-    )
-    request[ContextKey] = ctx
+    ctx = RequestContext(request, runtime, request_id, client_ip, peer, trusted, own, trace, token_memo)
     # Every log line of this request carries its id (requests on one keep-alive connection
     # share a task, so the previous request's bindings are cleared first).
     log_context.begin_request(request_id)
@@ -75,13 +81,20 @@ def begin_request(
 CLIENT_GONE = 499  # nginx's "client closed request": not an answer anyone received, never a 5xx
 
 
-def observe_answer(ctx: RequestContext, status: int) -> None:
+def observe_answer(ctx: RequestContext, status: int, body_length: int | None) -> None:
     """What both listeners record of every answered request: metrics, then the span (App. C:
-    off by default, and then the ``None`` test is all it costs)."""
+    off by default, and then the ``None`` test is all it costs), then, given the answer's
+    ``body_length``, the access line (the lean listener's; aiohttp's listener passes None, its
+    access logger writes the line). One call at the end of a request, not one per record."""
+    runtime = ctx.runtime
     METRICS.observe_request(ctx)
-    spans = ctx.runtime.spans
+    spans = runtime.spans
     if spans is not None:
         spans.record(ctx, status)
+    if body_length is not None:
+        writer = runtime.access_log
+        if writer.enabled:
+            writer.write_entry(ctx, status, body_length, time.monotonic() - ctx.started)
 
 
 class PublicHandler:
@@ -125,7 +138,7 @@ class PublicHandler:
                 guarded.request_finished()
         if _gone(protocol) and response.status != CLIENT_GONE:
             response = self._client_gone(ctx)  # an answer nobody will read: logged as what it was
-        observe_answer(ctx, response.status)
+        observe_answer(ctx, response.status, None)
         if ctx.route is not None and ctx.route.audit:
             audit_access(ctx, response.status, ctx.runtime.services.audit)
         return response

@@ -9,6 +9,7 @@ imports another (``tests/architecture/test_import_layers.py``).
 from __future__ import annotations
 
 from gateway.context import RequestContext
+from gateway.ratelimit.verdicts import refuse_pre_auth
 
 
 async def settle_pre_auth(ctx: RequestContext) -> None:
@@ -19,4 +20,4 @@ async def settle_pre_auth(ctx: RequestContext) -> None:
     ctx.deferred_pre_auth = None
     rl = ctx.runtime.rate_limits
     assert rl is not None
-    deferred.refuse(ctx, await rl.backend.check(deferred.checks, rl.compiled, "pre_auth", state=False))
+    refuse_pre_auth(ctx, await rl.backend.check(deferred, rl.compiled, "pre_auth", state=False))

@@ -79,6 +79,20 @@ class AnswerWriter(Protocol):
         self, status: int, reason: str | None, headers: Headers, body: bytes, *, force_close: bool = False
     ) -> None: ...
 
+    def write_whole(
+        self, status: int, reason: str | None, headers: Headers, body: bytes, *, force_close: bool = False
+    ) -> bool:
+        """``send_whole`` without a coroutine; True: await ``drain()`` before writing again."""
+        ...
+
+    def write_whole_pairs(
+        self, status: int, reason: str | None, names: tuple[str, ...], values: tuple[str, ...], body: bytes
+    ) -> bool:
+        """``write_whole`` of the headers ``names[i]: values[i]``, in that order."""
+        ...
+
+    async def drain(self) -> None: ...
+
     async def start(
         self, status: int, reason: str | None, headers: Headers, content_length: int | None
     ) -> None: ...

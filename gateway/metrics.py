@@ -23,7 +23,7 @@ from prometheus_client import multiprocess as prom_multiprocess
 
 from gateway.auth.metrics import AUTH_FAILURES
 from gateway.facts import RequestFacts
-from gateway.ratelimit.metrics import SHADOW_REFUSALS
+from gateway.ratelimit.metrics import SHADOW_REFUSALS, publish_decisions
 from gateway.traffic.recorder import TRAFFIC, Counters, TrafficRecorder
 
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -217,4 +217,5 @@ def render_metrics() -> tuple[bytes, str]:
         prom_multiprocess.MultiProcessCollector(registry)
         return generate_latest(registry), CONTENT_TYPE_LATEST
     METRICS.publish()
+    publish_decisions()
     return generate_latest(), CONTENT_TYPE_LATEST

@@ -9,13 +9,15 @@ in, so the proxy imports no stage.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, Mapping, Sequence
+from operator import itemgetter
 from typing import Any, cast
 
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy, istr
 
+from gateway.bounded_memo import remember
 from gateway.context import RequestContext
 from gateway.errors import InternalError, PayloadTooLarge, UpstreamTimeout, UpstreamUnavailable
 from gateway.exchange import AnswerWriter, ServerRequest
@@ -36,6 +38,7 @@ CHUNK = 64 * 1024
 _CONTENT_LENGTH = istr("Content-Length")
 _TRANSFER_ENCODING = istr("Transfer-Encoding")
 _CACHE_CONTROL = istr("Cache-Control")
+_CONNECTION = istr("Connection")
 _TRACEPARENT = istr("traceparent")
 _TRACESTATE = istr("tracestate")
 ResponseCheck = Callable[
@@ -164,7 +167,10 @@ async def proxy_request(
     if ctx.body is not None:  # already read (and verified) whole: forward the same bytes
         _set_content_length(headers, str(len(ctx.body)))
         body_source = _once(ctx.body)
-    send_continue(ctx)
+    if has_body:
+        # RFC 9110 §10.1.1: a server may skip the 100 where the framing says there is no content
+        # (as read_body_fields does): the usual bodiless request costs no look for Expect.
+        send_continue(ctx)
     try:
         upstream = await transport.send(
             request.method,
@@ -203,14 +209,32 @@ async def _stream_response(
         # where anything could read it: the connection is closed, never reused.
         upstream.discard()
         raise
-    headers = downstream_response_headers(upstream.headers, tls=ctx.runtime.tls)
-    headers.update(ctx.response_headers)
-    if ctx.claims is not None and _CACHE_CONTROL not in headers:
-        # SECURITY: a shared cache must not keep one user's answer for the next (App. C).
-        headers[_CACHE_CONTROL] = "private"
     whole = upstream.whole_body()
-    if ctx.downstream is not None:
-        return await _stream_lean(ctx, ctx.downstream, upstream, headers, whole)
+    received, own = upstream.headers, ctx.response_headers
+    private, tls = ctx.claims is not None, ctx.runtime.tls
+    if (down := ctx.downstream) is not None:
+        if whole is not None and ctx.request.method != "HEAD":
+            # The common answer, head and body in one write, without a coroutine for it; its
+            # headers by the plan for its names (_plan_for): no multidict built, no name looked up.
+            names = tuple(received.keys())
+            if len(names) == len(received):  # each name once: the values line up with the names
+                key = (names, received.get(_CONNECTION), tuple(own), private, tls)
+                try:
+                    plan = _PLANS[key]
+                except KeyError:
+                    plan = _plan_for(key)
+                if plan is not None:
+                    out, pick, constants = plan
+                    values = pick((*received.values(), *own.values(), *constants))
+                    if down.write_whole_pairs(upstream.status, upstream.reason or None, out, values, whole):
+                        await down.drain()
+                    return down
+            headers = _answer_headers(received, own, private, tls)
+            if down.write_whole(upstream.status, upstream.reason or None, headers, whole):
+                await down.drain()
+            return down
+        return await _stream_lean(ctx, down, upstream, _answer_headers(received, own, private, tls), whole)
+    headers = _answer_headers(received, own, private, tls)
     kind = web.StreamResponse if whole is None else _HeadWithBodyResponse
     response = kind(status=upstream.status, reason=upstream.reason or None, headers=headers)
     length = upstream.headers.get(_CONTENT_LENGTH)
@@ -234,6 +258,64 @@ async def _stream_response(
     return response
 
 
+def _answer_headers(
+    received: CIMultiDict[str] | CIMultiDictProxy[str], own: Mapping[str, str], private: bool, tls: bool
+) -> CIMultiDict[str]:
+    """A proxied answer's headers for the client: the upstream's that may pass, then the
+    gateway's own (``ctx.response_headers``) in their place or after them, and on an
+    authenticated answer (``private``) a Cache-Control unless the upstream sent one."""
+    headers = downstream_response_headers(received, tls=tls)
+    headers.update(own)
+    if private:
+        # SECURITY: a shared cache must not keep one user's answer for the next (App. C). One
+        # call: added at the end unless a Cache-Control is there (the upstream's is kept).
+        headers.setdefault(_CACHE_CONTROL, "private")
+    return headers
+
+
+# A proxied answer's headers depend on its values only as copies: which headers pass, in what
+# order, under which spelling, and what the gateway adds, is decided by the upstream's names in
+# order, its Connection value (the names it lists are dropped), the gateway's own names and the
+# two facts above. So ``_answer_headers`` runs once per such key, on stand-in values, and leaves a
+# plan: the names out, and which value goes with each (an upstream's, an own one, or a constant
+# the merge set), picked per answer by one C call. The upstream's names and Connection value are
+# in the key, so it is bounded, and a key too long is never kept: SECURITY: memory exhaustion.
+_PlanKey = tuple[tuple[str, ...], "str | None", tuple[str, ...], bool, bool]
+_Plan = tuple[tuple[str, ...], Callable[[tuple[str, ...]], tuple[str, ...]], tuple[str, ...]]
+_PLANS: dict[_PlanKey, _Plan | None] = {}
+_PLANS_LIMIT = 256
+_PLAN_KEY_MAX = 4096  # characters of names and Connection value a remembered key may hold
+
+
+def _plan_for(key: _PlanKey) -> _Plan | None:
+    names, connection, own_names, private, tls = key
+    width = len(names) + len(own_names)
+    # A stand-in names its value's place; the Connection value is the real one (it decides).
+    marks = [f"\0{index}" for index in range(width)]
+    place = {mark: index for index, mark in enumerate(marks)}
+    stand_ins = marks[: len(names)]
+    if connection is not None:  # the one name (each is there once) the lookup matched
+        stand_ins[place[CIMultiDict(zip(names, stand_ins, strict=True))[_CONNECTION]]] = connection
+    received: CIMultiDict[str] = CIMultiDict(zip(names, stand_ins, strict=True))
+    merged = _answer_headers(received, dict(zip(own_names, marks[len(names) :], strict=True)), private, tls)
+    out: list[str] = []
+    sources: list[int] = []
+    constants: list[str] = []
+    for name, value in merged.items():
+        where = place.get(value)
+        if where is None:  # a value the merge set itself (nosniff, HSTS, private)
+            where = width + len(constants)
+            constants.append(value)
+        out.append(name)
+        sources.append(where)
+    # itemgetter of one place gives the value, not a tuple: such an answer keeps the general way
+    plan = (tuple(out), itemgetter(*sources), tuple(constants)) if len(sources) > 1 else None
+    size = sum(map(len, names)) + sum(map(len, own_names)) + len(connection or "")
+    if size <= _PLAN_KEY_MAX:
+        remember(_PLANS, _PLANS_LIMIT, key, plan)  # the upstream's names
+    return plan
+
+
 async def _stream_lean(
     ctx: RequestContext,
     down: AnswerWriter,
@@ -243,13 +325,12 @@ async def _stream_lean(
 ) -> AnswerWriter:
     """The same answer on the lean listener: one write when the body is all here, else the head
     at once and the body as it comes, each chunk waiting for the client to take the last."""
-    if whole is not None:
+    if whole is not None:  # a HEAD answer (any other whole body is _stream_response's)
         # Content-Length is looked up only where it is used: a HEAD answer, or a streamed body.
-        if ctx.request.method == "HEAD":
-            length = upstream.headers.get(_CONTENT_LENGTH)
-            if length is not None and length.isdigit():
-                await down.start(upstream.status, upstream.reason or None, headers, int(length))
-                return down
+        length = upstream.headers.get(_CONTENT_LENGTH)
+        if length is not None and length.isdigit():
+            await down.start(upstream.status, upstream.reason or None, headers, int(length))
+            return down
         await down.send_whole(upstream.status, upstream.reason or None, headers, whole)
         return down
     length = upstream.headers.get(_CONTENT_LENGTH)

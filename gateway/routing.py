@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 from urllib.parse import quote
 
+from gateway.bounded_memo import remember
 from gateway.errors import BadRequest, MethodNotAllowed, NotFound
 
 MAX_PATH_LENGTH = 8 * 1024
@@ -106,7 +107,7 @@ _TARGET_MEMO_LENGTH = 256  # longer targets are canonicalised every time, never 
 _targets: dict[str, CanonicalTarget] = {}
 
 
-def canonical_target(raw_target: str, *, host: str | None) -> CanonicalTarget:
+def canonical_target(raw_target: str, host: str | None) -> CanonicalTarget:
     """``normalise_target``, remembered for recent origin-form targets (their result depends on
     the target alone); a refused target is never remembered, so it is refused every time."""
     target = _targets.get(raw_target)
@@ -114,9 +115,7 @@ def canonical_target(raw_target: str, *, host: str | None) -> CanonicalTarget:
         return target
     target = normalise_target(raw_target, host=host)
     if raw_target.startswith("/") and len(raw_target) <= _TARGET_MEMO_LENGTH:
-        if len(_targets) >= _TARGET_MEMO_LIMIT:
-            _targets.clear()  # SECURITY: memory exhaustion — attacker-chosen targets, bounded
-        _targets[raw_target] = target
+        remember(_targets, _TARGET_MEMO_LIMIT, raw_target, target)  # attacker-chosen targets
     return target
 
 
@@ -226,10 +225,15 @@ class _Entry(Generic[R]):
     allow: str
 
 
-class RouteTable(Generic[R]):
-    """Longest-prefix route lookup; everything is precomputed so ``match`` is a few dict gets."""
+_MATCH_MEMO_LIMIT = 1024  # paths whose route a table remembers (as _TARGET_MEMO_LIMIT)
+_MATCH_MEMO_LENGTH = 256  # longer paths are looked up every time, never held
 
-    __slots__ = ("_by_key", "_max_key_length", "case_insensitive", "routes")
+
+class RouteTable(Generic[R]):
+    """Longest-prefix route lookup; everything is precomputed so ``match`` is a few dict gets,
+    and a path seen recently costs one (the route a path names depends on the path alone)."""
+
+    __slots__ = ("_by_key", "_matched", "_max_key_length", "case_insensitive", "routes")
 
     def __init__(self, routes: Iterable[R], case_insensitive: bool = False) -> None:
         self.routes: tuple[R, ...] = tuple(routes)
@@ -245,9 +249,26 @@ class RouteTable(Generic[R]):
             by_key[key] = _Entry(route, route.methods, allow)
         self._by_key = by_key
         self._max_key_length = max((len(k) for k in by_key), default=0)
+        self._matched: dict[str, _Entry[R]] = {}  # path → its entry (never a 404)
 
     def match(self, path: str, method: str) -> R:
         """The route with the longest prefix covering ``path``; 404 or 405 otherwise."""
+        entry = self._matched.get(path)
+        if entry is None:
+            entry = self._entry(path)
+            if len(path) <= _MATCH_MEMO_LENGTH:
+                remember(self._matched, _MATCH_MEMO_LIMIT, path, entry)  # attacker-chosen paths
+        # SECURITY: no fall-through to a shorter prefix; a method-restricted route must not be
+        # bypassed by a catch-all route that allows every method.
+        if entry.methods is None:
+            if method in UNLISTED_METHODS:
+                raise method_not_allowed(entry.allow)
+        elif method not in entry.methods:
+            raise method_not_allowed(entry.allow)
+        return entry.route
+
+    def _entry(self, path: str) -> _Entry[R]:
+        """The entry with the longest prefix covering ``path``; 404 when none does."""
         if not path.startswith("/"):
             raise NotFound("no route for this path")
         key = path.casefold() if self.case_insensitive else path
@@ -260,14 +281,7 @@ class RouteTable(Generic[R]):
             if not key:
                 raise NotFound("no route for this path")
             key = key[: key.rfind("/")]  # drop the last segment: next shorter boundary
-        # SECURITY: no fall-through to a shorter prefix; a method-restricted route must not be
-        # bypassed by a catch-all route that allows every method.
-        if entry.methods is None:
-            if method in UNLISTED_METHODS:
-                raise method_not_allowed(entry.allow)
-        elif method not in entry.methods:
-            raise method_not_allowed(entry.allow)
-        return entry.route
+        return entry
 
 
 def method_not_allowed(allow: str = DEFAULT_ALLOW) -> MethodNotAllowed:

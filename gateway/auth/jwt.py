@@ -8,12 +8,19 @@ gateway's own claim rules. Every refusal is a ``TokenRejected`` whose ``reason``
 Time: pyjwt checks ``exp``/``nbf``/``iat`` against the wall clock, and the verifier checks them
 again against its ``clock`` (the same clock in production), which also drives the cache.
 
-Cache: verified claims are cached by SHA-256 of the token (LRU, ``cache_size`` entries) until
-``exp``. A hit re-checks ``exp`` against the clock and that the verifying key is still served
-by its issuer's key source (so a revoked or retired key ends its cached tokens too): while
-the source answers with the same candidate list object as when the token was verified, the key
-set is unchanged; otherwise the verifying key is searched in the new answer. A connection may
-keep a ``TokenMemo``, so the same token string on its next request is not hashed again.
+Cache: verified claims are cached by token hash (LRU, ``cache_size`` entries) until ``exp``:
+the key is the BLAKE2b digest of the token's signature segment, and the entry holds the token's
+signed part (``header.payload``), compared in full on every hit, so a hit is the very same token
+(equal digests of the signature segment and an equal signed part) while the cache never holds a
+token that could be replayed (the signature is kept only as its digest). Hashing the ~90
+characters of an ES256 signature instead of the whole token (several hundred) was the costliest
+step of a cached-token request; BLAKE2b (CPython's own, 512-bit) rather than OpenSSL's SHA-256,
+whose per-call context set-up and copies cost more than hashing 90 bytes. A hit re-checks
+``exp`` against the clock and that the verifying key is still served by its issuer's key source
+(so a revoked or retired key ends its cached tokens too): while the source answers with the
+same candidate list object as when the token was verified, the key set is unchanged; otherwise
+the verifying key is searched in the new answer. A connection may keep a ``TokenMemo``, so the
+same token string on its next request is not hashed again.
 Refusals are not cached: an attacker picks the tokens, so a negative cache would only hold
 their garbage, and every refusal before the signature check is already cheap.
 """
@@ -67,6 +74,7 @@ _SHAPE = re.compile(r"[A-Za-z0-9_\-]+={0,2}\.[A-Za-z0-9_\-]+={0,2}\.[A-Za-z0-9_\
 _KID = re.compile(r"[A-Za-z0-9._~+/=:@#\-]{1,128}")
 _MAX_CANDIDATES = 8  # bounds the signature checks one token can cost
 log = logging.getLogger(__name__)
+_blake2b = hashlib.blake2b
 
 
 class TokenRejected(Exception):
@@ -96,10 +104,16 @@ class VerifiedClaims:
     # request of its session, so these are computed on the first one only.
     amr_set: frozenset[str] = field(init=False, repr=False, compare=False)
     roles_text: str = field(init=False, repr=False, compare=False)  # X-User-Roles, as signed
+    # What a later stage derives from these claims alone, made on the token's first request and
+    # kept with its claims (so never past the token's cache entry, and each request still passes
+    # authentication's expiry and revocation checks first): gateway.tenancy.identity's own
+    # identity (its check and its headers). Set with object.__setattr__; None until then.
+    derived: Any = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "amr_set", frozenset(self.amr))
         object.__setattr__(self, "roles_text", ",".join(self.roles))
+        object.__setattr__(self, "derived", None)
 
 
 @dataclass(frozen=True)
@@ -118,6 +132,17 @@ class _Cached:
     # What the key source answered for the kid: while it answers with this very object, the
     # key set is unchanged (sources hand out one candidate list per kid and key set).
     candidates: Sequence[KeyCandidate]
+    # The token's signed part (``header.payload``): a hit must present exactly this beside a
+    # signature segment of the entry's digest (``_cache_key``).
+    signed: str
+
+
+def _cache_key(token: str) -> tuple[bytes, str]:
+    """(BLAKE2b of the signature segment, the signed part) of an ASCII token: the cache's key
+    and what an entry must match besides. Together they name one token exactly; the entry keeps
+    the signed part, which without its signature is no credential."""
+    signed, _, signature = token.rpartition(".")
+    return _blake2b(signature.encode("ascii")).digest(), signed
 
 
 class TokenMemo:
@@ -126,11 +151,12 @@ class TokenMemo:
     again (the digest was the costliest step of a cached-token request). Each connection holds
     its own, for as long as it is open; the verifier's cache stays keyed by digest."""
 
-    __slots__ = ("digest", "token")
+    __slots__ = ("digest", "signed", "token")
 
     def __init__(self) -> None:
         self.token: str | None = None
         self.digest = b""
+        self.signed = ""
 
 
 def _freeze(value: Any) -> Any:
@@ -209,6 +235,7 @@ class JwtVerifier:
     ) -> None:
         self._auth, self._tenant_claim, self._clock = auth, tenant_claim, clock
         self._leeway = float(auth.leeway)
+        self._max_token_bytes = auth.max_token_bytes
         self._require = ["exp", "iat", "sub", "iss", "aud", tenant_claim]
         self._remote: list[RemoteJwks] = []
         self._issuers: dict[str, _Issuer] = {}
@@ -254,18 +281,26 @@ class JwtVerifier:
         (the common case, every request of a session); ``None``: call ``verify``. Raises
         ``TokenRejected`` as ``verify`` would. ``memo``: the connection's, if it keeps one."""
         if memo is not None and token == memo.token:
-            digest = memo.digest
+            digest, signed = memo.digest, memo.signed
         else:
-            if not isinstance(token, str) or len(token) > self._auth.max_token_bytes or not token.isascii():
+            if not isinstance(token, str) or len(token) > self._max_token_bytes or not token.isascii():
                 return None  # verify() says why
-            digest = hashlib.sha256(token.encode("ascii")).digest()
+            digest, signed = _cache_key(token)
             if memo is not None:
-                memo.token, memo.digest = token, digest
+                memo.token, memo.digest, memo.signed = token, digest, signed
         cached = self._cache.get(digest)
-        if cached is None:
+        if cached is None or cached.signed != signed:
             return None
         keys = cached.issuer.source.known_keys(cached.kid)
-        return None if keys is None else self._still_valid(digest, cached, keys)
+        if keys is None:
+            return None
+        claims = cached.claims
+        # _still_valid's common case, inline (every request of a session): unexpired, and the
+        # key source answered with the very object it did when the token was verified.
+        if keys is cached.candidates and claims.expires_at > self._clock() - self._leeway:
+            self._cache.move_to_end(digest)
+            return claims
+        return self._still_valid(digest, cached, keys)
 
     async def verify(self, token: str) -> VerifiedClaims:
         if not isinstance(token, str):
@@ -275,9 +310,9 @@ class JwtVerifier:
             raise TokenRejected("oversized")
         if not token.isascii():
             raise TokenRejected("malformed")
-        digest = hashlib.sha256(token.encode("ascii")).digest()
+        digest, signed = _cache_key(token)
         cached = self._cache.get(digest)
-        if cached is not None:
+        if cached is not None and cached.signed == signed:
             # The very same string passed every check below when it was cached; the shape regex
             # is the costliest of them on a hit, so it runs on misses only.
             keys = await cached.issuer.source.key_for(cached.kid)
@@ -322,7 +357,7 @@ class JwtVerifier:
                 log.error("jwt: unexpected %s while verifying a token", type(exc).__name__)
                 raise TokenRejected("malformed") from None
             claims = self._claims(verified, issuer.config.issuer)
-            self._remember(digest, _Cached(claims, issuer, kid, key, answered))
+            self._remember(digest, _Cached(claims, issuer, kid, key, answered, signed))
             return claims
         raise TokenRejected("bad_signature")
 

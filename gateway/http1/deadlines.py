@@ -90,17 +90,10 @@ class ConnectionDeadlines:
         self._guard.header_timeouts += 1
         self._close()
 
-    def _arm_keepalive_timer(self) -> None:
-        """Lazy: one timer stays armed across requests and, when it fires, looks at how long the
-        connection has really been idle (a timer per request was a measurable cost)."""
-        timeout = self._server.keepalive_timeout
-        if timeout <= 0:
-            return
-        self._idle_since = now = self._loop.time()
-        if self._keepalive_timer is None:
-            self._keepalive_timer = self._loop.call_at(now + timeout, self._keepalive_expired)
-
     def _keepalive_expired(self) -> None:
+        """The keep-alive timer is lazy: the connection's task arms it after an answer only when
+        none is armed (setting ``_idle_since`` every time), and when it fires it looks at how long
+        the connection has really been idle (a timer per request was a measurable cost)."""
         self._keepalive_timer = None
         if self.current is not None or self._queue or self._head_open:
             return  # busy (the next idle period arms it again) or under the header deadline

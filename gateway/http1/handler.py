@@ -4,13 +4,12 @@ one error renderer as ``gateway.app.PublicHandler``, answering through a ``LeanD
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 
 import structlog
 from aiohttp import ClientConnectionResetError, web
 
-from gateway.app import CLIENT_GONE, begin_request, observe_answer
+from gateway.app import CLIENT_GONE, new_context, observe_answer
 from gateway.context import RequestContext
 from gateway.errors import GatewayError, InternalError
 from gateway.exchange import AnswerWriter
@@ -31,7 +30,7 @@ class LeanPublicHandler:
 
     async def handle(self, request: LeanRequest) -> bool:
         """Answer one request; False when the connection must close afterwards."""
-        ctx = begin_request(request, self._current_runtime(), request.protocol.token_memo)
+        ctx = request.ctx = new_context(request, self._current_runtime(), request.protocol.token_memo)
         down = ctx.downstream = LeanDownstream(request.protocol, request)
         try:
             protocol = request.protocol
@@ -47,7 +46,8 @@ class LeanPublicHandler:
                         await _send_early(ctx, down, answer)
             except asyncio.CancelledError:
                 if protocol.drain_cut:
-                    self._finish(ctx, down, CLIENT_GONE, "drain-timeout")
+                    ctx.status, ctx.outcome = CLIENT_GONE, "drain-timeout"
+                    observe_answer(ctx, CLIENT_GONE, down.body_length)
                 raise
             except GatewayError as error:
                 if not protocol.client_gone and not await self._refuse(error, ctx, down):
@@ -66,7 +66,7 @@ class LeanPublicHandler:
             if protocol.client_gone:
                 self._client_gone(ctx)  # an answer nobody will read: logged as what it was
             status = CLIENT_GONE if protocol.client_gone else down.status
-            self._finish(ctx, down, status, ctx.outcome)
+            observe_answer(ctx, status, down.body_length)
             if ctx.route is not None and ctx.route.audit:
                 audit_access(ctx, status, ctx.runtime.services.audit)
             return down.keep_alive and not protocol.client_gone
@@ -98,16 +98,6 @@ class LeanPublicHandler:
         except ConnectionResetError:
             return False
         return True
-
-    @staticmethod
-    def _finish(ctx: RequestContext, down: LeanDownstream, status: int, outcome: str | None) -> None:
-        if status == CLIENT_GONE:
-            ctx.status, ctx.outcome = CLIENT_GONE, outcome
-        observe_answer(ctx, status)
-        writer = ctx.runtime.access_log
-        if writer.enabled:
-            elapsed = time.monotonic() - ctx.started
-            writer.write_entry(ctx, status, down.body_length, elapsed)
 
 
 async def _send_early(

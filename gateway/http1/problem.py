@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp.helpers import rfc822_formatted_time
 
+from gateway.bounded_memo import remember
 from gateway.errors import GatewayError, RequestTimeout
 from gateway.http.problem import note_refusal, problem_body, refusal_headers, render_problem
 from gateway.http1.downstream import REASONS
@@ -119,10 +120,7 @@ def _template_for(error: GatewayError, ctx: RequestContext, version: tuple[int, 
     except TypeError:
         return None  # an extension value that cannot be hashed (a list): the general path
     template = _build(error, ctx, version)
-    if len(_templates) >= _TEMPLATE_LIMIT:
-        _templates.clear()  # SECURITY: memory exhaustion — a bounded cache, whatever varies
-    _templates[key] = template
-    return template
+    return remember(_templates, _TEMPLATE_LIMIT, key, template)
 
 
 def _build(error: GatewayError, ctx: RequestContext, version: tuple[int, int]) -> _Template | None:

@@ -34,6 +34,7 @@ from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from multidict import CIMultiDict, CIMultiDictProxy, istr
 
 from gateway.auth.jwt import TokenMemo
+from gateway.bounded_memo import remember
 from gateway.errors import BadRequest, GatewayError, HeadersTooLarge, NotImplementedCoding
 from gateway.http1.deadlines import ConnectionDeadlines
 from gateway.http1.refusals import ParserRefusal, Refused, answer_refusal, parser_error
@@ -62,9 +63,34 @@ _SINGLETONS = frozenset(
         b"user-agent",
     )
 )
-_SINGLETON_LENGTHS = frozenset(len(name) for name in _SINGLETONS)
+# Each singleton's bit in the mask of those a head has shown (an int per head, not a set).
+_SINGLETON_BITS = {name: 1 << index for index, name in enumerate(sorted(_SINGLETONS))}
+_HOST_BIT = _SINGLETON_BITS[b"host"]
+_CONTENT_LENGTH_BIT = _SINGLETON_BITS[b"content-length"]
+_TRANSFER_ENCODING_BIT = _SINGLETON_BITS[b"transfer-encoding"]
+# The usual methods' text, looked up rather than decoded per request (llhttp's others are decoded).
+_METHODS = {
+    method.encode(): method for method in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")
+}
 _VERSIONS = {"1.1": HttpVersion11, "1.0": HttpVersion10}
+_new_request = object.__new__
 _CONTENT_LENGTH = istr("Content-Length")  # an istr: looked up without lower-casing it each time
+# A header name as the client spelt it → its key in the request's headers and its singleton bit
+# (0: none). Names repeat from request to request: one lookup per field instead of decoding the
+# name, lower-casing it for the singleton check and a multidict folding it again; an istr key is
+# one the multidict takes as it is. SECURITY: memory — client-chosen names, so bounded (only
+# names up to _NAME_MEMO_LENGTH bytes are held, at most _NAME_MEMO_LIMIT of them).
+_NAMES: dict[bytes, tuple[istr, int]] = {}
+_NAME_MEMO_LIMIT = 1024
+_NAME_MEMO_LENGTH = 64
+
+
+def _learn_name(name: bytes) -> tuple[istr, int]:
+    # Header names are tokens (llhttp refuses anything else), so ASCII: the escape is never used.
+    known = (istr(name.decode("utf-8", "surrogateescape")), _SINGLETON_BITS.get(name.lower(), 0))
+    if len(name) <= _NAME_MEMO_LENGTH:
+        remember(_NAMES, _NAME_MEMO_LIMIT, name, known)
+    return known
 
 
 class RequestHandler(Protocol):
@@ -106,8 +132,11 @@ class LeanProtocol(ConnectionDeadlines, UpgradeHandOver, asyncio.Protocol):
         self._done: asyncio.Future[None] | None = None
         # the head being parsed
         self._url = b""
-        self._raw_headers: list[tuple[bytes, bytes]] = []
-        self._singletons: set[bytes] = set()
+        # The head's fields decoded as they arrive (UTF-8, surrogate escapes for other bytes, so
+        # the wire bytes are recovered exactly: ``request.encoded``).
+        self._header_pairs: list[tuple[str, str]] = []
+        self._header_size = 0  # the head's names and values, in bytes (LeanRequest.header_size)
+        self._singletons = 0  # _SINGLETON_BITS of the fields seen in this head
         self._parsing: LeanRequest | None = None  # the request whose body is arriving
         self._upgrade: Upgrade | None = None
         self._dead = False  # a parser refusal is queued: nothing more is read
@@ -282,8 +311,9 @@ class LeanProtocol(ConnectionDeadlines, UpgradeHandOver, asyncio.Protocol):
         self._head_open = True
         self._unframed = 0
         self._url = b""
-        self._raw_headers = []
-        self._singletons = set()
+        self._header_pairs = []
+        self._header_size = 0
+        self._singletons = 0
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -294,20 +324,31 @@ class LeanProtocol(ConnectionDeadlines, UpgradeHandOver, asyncio.Protocol):
         value = value.rstrip(b" \t")  # llhttp strips the OWS before a value, not after
         # Last-resort limits (the gateway's own, lower ones answer first in the pipeline): llhttp
         # has none, and a head must not grow without bound while its deadline runs.
-        if len(name) + len(value) > self._max_field_size:
+        size = len(name) + len(value)
+        if size > self._max_field_size:
             raise Refused(HeadersTooLarge("The request head is too large"))
-        if len(name) in _SINGLETON_LENGTHS:
-            lower = name.lower()
-            if lower in _SINGLETONS:
-                # SECURITY: a second Host/Content-Type/... is read differently by each hop.
-                if lower in self._singletons:
-                    if lower == b"transfer-encoding":  # App. C: codings beyond one chunked → 501
-                        raise Refused(NotImplementedCoding("Only the chunked transfer coding is supported"))
-                    raise Refused(BadRequest("The request could not be parsed"))
-                self._singletons.add(lower)
-        raw = self._raw_headers
-        raw.append((name, value))
-        if len(raw) > self._max_headers:
+        self._header_size += size  # the header limits stage reads the sum (no second pass)
+        known = _NAMES.get(name)
+        if known is None:
+            known = _learn_name(name)
+        key, bit = known
+        if bit:
+            # SECURITY: a second Host/Content-Type/... is read differently by each hop.
+            if self._singletons & bit:
+                if bit == _TRANSFER_ENCODING_BIT:  # App. C: codings beyond one chunked → 501
+                    raise Refused(NotImplementedCoding("Only the chunked transfer coding is supported"))
+                raise Refused(BadRequest("The request could not be parsed"))
+            self._singletons |= bit
+        # Decoded here, in the call each field costs anyway (at the head's end it took a
+        # comprehension, a frame per head). A strict decode first: the same text for valid UTF-8
+        # (nearly every value), and cheaper per call than naming the codec and error handler.
+        try:
+            text = value.decode()
+        except UnicodeDecodeError:
+            text = value.decode("utf-8", "surrogateescape")
+        pairs = self._header_pairs
+        pairs.append((key, text))
+        if len(pairs) > self._max_headers:
             raise Refused(HeadersTooLarge("The request head is too large"))
 
     def on_headers_complete(self) -> None:
@@ -320,38 +361,40 @@ class LeanProtocol(ConnectionDeadlines, UpgradeHandOver, asyncio.Protocol):
         if version is None:
             raise Refused(BadRequest("The request could not be parsed"))
         singletons = self._singletons
-        if version is HttpVersion11 and b"host" not in singletons:
+        if version is HttpVersion11 and not singletons & _HOST_BIT:
             raise Refused(BadRequest("The request could not be parsed"))  # as aiohttp: Host is required
-        method = parser.get_method().decode("ascii")
+        raw_method = parser.get_method()
+        method = _METHODS.get(raw_method) or raw_method.decode("ascii")
         if parser.should_upgrade():
             self._upgrade = Upgrade(self._head_bytes(method, version), b"")
             return
-        raw = self._raw_headers
-        # Decoded once, all together, now that the head is whole (one comprehension, no call
-        # per header).
-        headers = CIMultiDictProxy(
-            CIMultiDict(
-                [(n.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape")) for n, v in raw]
-            )
-        )
+        headers = CIMultiDictProxy(CIMultiDict(self._header_pairs))
         # The singleton check saw every Content-Length and Transfer-Encoding (one each at most):
         # a set lookup instead of a case-insensitive search of the headers.
-        length = headers[_CONTENT_LENGTH] if b"content-length" in singletons else None
+        length = headers[_CONTENT_LENGTH] if singletons & _CONTENT_LENGTH_BIT else None
         content = EMPTY_PAYLOAD
-        if b"transfer-encoding" in singletons or (length is not None and length != "0"):
+        if singletons & _TRANSFER_ENCODING_BIT or (length is not None and length != "0"):
             content = StreamReader(self, BODY_BUFFER, loop=self._loop)  # type: ignore[arg-type]
-        request = LeanRequest(
-            self,
-            method,
-            self._url.decode("utf-8", "surrogateescape"),
-            version,
-            headers,
-            tuple(raw),
-            content,
-            parser.should_keep_alive(),
-            # The parser has checked it is digits only (llhttp is strict), so int() cannot fail.
-            None if length is None else int(length),
-        )
+        url = self._url
+        try:
+            target = url.decode()
+        except UnicodeDecodeError:
+            target = url.decode("utf-8", "surrogateescape")
+        # Every field of the request (LeanRequest has no __init__: no frame per request).
+        request = _new_request(LeanRequest)
+        request.protocol = self
+        request.transport = self.transport
+        request.remote = self.remote
+        request.method = method
+        request.raw_path = target
+        request.version = version
+        request.headers = headers
+        request.content = content
+        request.keep_alive = parser.should_keep_alive()
+        # The parser has checked it is digits only (llhttp is strict), so int() cannot fail.
+        request.content_length = None if length is None else int(length)
+        request.header_size = self._header_size
+        request.ctx = None
         if content is not EMPTY_PAYLOAD:
             self._parsing = request
         self._enqueue(request)
@@ -416,11 +459,16 @@ class LeanProtocol(ConnectionDeadlines, UpgradeHandOver, asyncio.Protocol):
 
     async def _serve(self) -> None:
         queue = self._queue
+        loop = self._loop
+        # Fixed for the listener's life: read once per task, not once per request.
+        handle = self._server.handler.handle
+        body_timeout = self._guard.body_timeout
+        keepalive_timeout = self._server.keepalive_timeout
         try:
             while self.transport is not None:
                 if not queue:
-                    self._wakeup = self._loop.create_future()
-                    await self._wakeup
+                    self._wakeup = wakeup = loop.create_future()
+                    await wakeup
                     self._wakeup = None
                     continue
                 item = queue[0]
@@ -430,22 +478,22 @@ class LeanProtocol(ConnectionDeadlines, UpgradeHandOver, asyncio.Protocol):
                     self.current = item
                     if self._head_timer is not None:  # nearly always cancelled at the head's end
                         self._cancel_head_timer()
-                    timeout = self._guard.body_timeout
                     content = item.content
-                    if timeout > 0 and content is not EMPTY_PAYLOAD and not content.is_eof():
-                        self._body_deadline = self._loop.time() + timeout
-                        self._body_timer = self._loop.call_at(self._body_deadline, self._body_timer_fired)
+                    if body_timeout > 0 and content is not EMPTY_PAYLOAD and not content.is_eof():
+                        self._body_deadline = loop.time() + body_timeout
+                        self._body_timer = loop.call_at(self._body_deadline, self._body_timer_fired)
                     keep = False
                     try:
-                        keep = await self._server.handler.handle(item)
+                        keep = await handle(item)
                     finally:
                         self.current = None
                         if self._body_timer is not None:
                             self._body_timer.cancel()
                             self._body_timer = None
-                        done, self._done = self._done, None
-                        if done is not None and not done.done():
-                            done.set_result(None)
+                        if self._done is not None:
+                            done, self._done = self._done, None
+                            if not done.done():
+                                done.set_result(None)
                     if not keep or self.transport is None:
                         if self._parsing is item and self._may_linger(item):
                             self._linger()
@@ -456,8 +504,14 @@ class LeanProtocol(ConnectionDeadlines, UpgradeHandOver, asyncio.Protocol):
                     if self._queue_paused and len(queue) <= 1:
                         self._queue_paused = False
                         self._update_reading()
-                    if not queue and self._parsing is None:
-                        self._arm_keepalive_timer()
+                    if not queue and self._parsing is None and keepalive_timeout > 0:
+                        # _arm_keepalive_timer, inline (every request): the idle period starts
+                        # now; the one lazy timer is armed only when none is.
+                        self._idle_since = now = loop.time()
+                        if self._keepalive_timer is None:
+                            self._keepalive_timer = loop.call_at(
+                                now + keepalive_timeout, self._keepalive_expired
+                            )
                 elif isinstance(item, ParserRefusal):
                     self._answer_refusal(item.error)
                     return

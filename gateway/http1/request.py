@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import socket
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -67,46 +67,54 @@ def _fqdn() -> str:
     return socket.getfqdn()  # what aiohttp answers for a request without Host (HTTP/1.0)
 
 
+def encoded(pairs: Iterable[tuple[str, str]]) -> tuple[tuple[bytes, bytes], ...]:
+    """Fields decoded as the connection decodes them (UTF-8, surrogate escapes for anything
+    else) back to their bytes on the wire: the escapes make the decoding lossless."""
+    return tuple(
+        (name.encode("utf-8", "surrogateescape"), value.encode("utf-8", "surrogateescape"))
+        for name, value in pairs
+    )
+
+
 class LeanRequest:
+    """Built by the connection when a head is complete (``protocol.LeanProtocol``), which sets
+    every field below itself: no __init__ call per request."""
+
     __slots__ = (
         "content",
         "content_length",
         "ctx",
+        "header_size",
         "headers",
         "keep_alive",
         "method",
         "protocol",
-        "raw_headers",
         "raw_path",
         "remote",
         "transport",
         "version",
     )
 
-    def __init__(
-        self,
-        protocol: LeanConnection,
-        method: str,
-        raw_path: str,
-        version: HttpVersion,
-        headers: CIMultiDictProxy[str],
-        raw_headers: tuple[tuple[bytes, bytes], ...],
-        content: StreamReader | EmptyStreamReader,
-        keep_alive: bool,
-        content_length: int | None,
-    ) -> None:
-        self.protocol = protocol
-        self.transport: asyncio.Transport | None = protocol.transport
-        self.remote: str | None = protocol.remote
-        self.method = method
-        self.raw_path = raw_path
-        self.version = version
-        self.headers = headers
-        self.raw_headers = raw_headers
-        self.content = content
-        self.keep_alive = keep_alive
-        self.content_length = content_length  # the parser's, already checked as digits only
-        self.ctx: RequestContext | None = None
+    protocol: LeanConnection
+    transport: asyncio.Transport | None  # the connection's, when the head completed
+    remote: str | None
+    method: str
+    raw_path: str
+    version: HttpVersion
+    headers: CIMultiDictProxy[str]
+    content: StreamReader | EmptyStreamReader
+    keep_alive: bool
+    content_length: int | None  # the parser's, already checked as digits only
+    # Every header name's and value's length, summed while parsing: what the header limits stage
+    # would otherwise add up again (``header_limits.enforce_header_limits``).
+    header_size: int
+    ctx: RequestContext | None
+
+    @property
+    def raw_headers(self) -> tuple[tuple[bytes, bytes], ...]:
+        """The fields as they came (after the value's trailing whitespace): read only off the
+        common path (the header limits stage's per-field check), so not kept per request."""
+        return encoded(self.headers.items())
 
     @property
     def body_exists(self) -> bool:

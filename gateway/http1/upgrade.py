@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import httptools
 
+from gateway.http1.request import encoded
+
 if TYPE_CHECKING:
     from gateway.listener import GuardedServer
 
@@ -40,7 +42,7 @@ class UpgradeHandOver:
     _guard: GuardedServer
     transport: asyncio.Transport | None
     _url: bytes
-    _raw_headers: list[tuple[bytes, bytes]]
+    _header_pairs: list[tuple[str, str]]
     _upgrade: Upgrade | None
     writing_paused: bool
     _cancel_timers: Callable[[], None]
@@ -51,7 +53,7 @@ class UpgradeHandOver:
     def _head_bytes(self, method: str, version: tuple[int, int]) -> bytes:
         """The head as aiohttp's parser must see it again (only names and values llhttp accepted)."""
         lines = [b"%s %s HTTP/%d.%d\r\n" % (method.encode(), self._url, version[0], version[1])]
-        lines.extend(b"%s: %s\r\n" % pair for pair in self._raw_headers)
+        lines.extend(b"%s: %s\r\n" % pair for pair in encoded(self._header_pairs))
         lines.append(b"\r\n")
         return b"".join(lines)
 

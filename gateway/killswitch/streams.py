@@ -89,7 +89,8 @@ class StreamRegistry:
     """The set of proxied responses currently streaming in this process."""
 
     def __init__(self) -> None:
-        self._open: dict[int, _Tracked] = {}
+        # The open streams, an insertion-ordered set: a stream is its own key (no id() call).
+        self._open: dict[_Tracked, None] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf  # Unix time the timer is armed for
         self._closing: set[asyncio.Task[None]] = set()  # close handshakes in progress (kept referenced)
@@ -121,7 +122,17 @@ class StreamRegistry:
             )
             if switch is not None:
                 raise isolated_error(switch, now)
-        return _Tracked(self, facts, services, config, connection, websocket)
+        # _Tracked's fields set here, without an __init__ frame (every proxied response).
+        tracked = _new_tracked(_Tracked)
+        tracked._registry = self
+        tracked.facts = facts
+        tracked.services = services
+        tracked.config = config
+        tracked.connection = connection
+        tracked.websocket = websocket
+        tracked.deadline = math.inf
+        tracked.socket = None
+        return tracked
 
     def cut(self, index: SwitchIndex) -> int:
         """Abort every tracked stream ``index`` refuses; returns how many."""
@@ -129,7 +140,7 @@ class StreamRegistry:
             return 0
         now = time.time()
         cut = 0
-        for key, tracked in list(self._open.items()):
+        for tracked in list(self._open):
             facts, websocket = tracked.facts, tracked.websocket
             case_insensitive = tracked.config.routes_case_insensitive
             switch = refusal_for(
@@ -140,7 +151,7 @@ class StreamRegistry:
             if tracked.connection is not None:
                 # SECURITY: an exfiltration already streaming must not outlive the isolation.
                 tracked.connection.abort()
-            self._open.pop(key, None)
+            self._open.pop(tracked, None)
             cut += 1
             log.info(
                 "killswitch_cut_stream", request_id=facts.request_id, switch=switch.id, websocket=websocket
@@ -160,7 +171,7 @@ class StreamRegistry:
             return 0
         now = time.time()
         ended = 0
-        for tracked in list(self._open.values()):
+        for tracked in list(self._open):
             facts = tracked.facts
             if facts.claims is None:
                 continue  # auth: none / webhook routes: no session to end
@@ -190,7 +201,7 @@ class StreamRegistry:
         self._timer, self._timer_at = None, math.inf
         now = time.time()
         following = math.inf
-        for tracked in list(self._open.values()):
+        for tracked in list(self._open):
             if tracked.deadline <= now:
                 self._end(tracked, EXPIRED)
             else:
@@ -200,7 +211,7 @@ class StreamRegistry:
 
     def _end(self, tracked: _Tracked, reason: str) -> None:
         facts = tracked.facts
-        self._open.pop(id(facts), None)
+        self._open.pop(tracked, None)
         connection = tracked.connection
         socket = tracked.socket
         if socket is not None and not socket.closed:
@@ -227,6 +238,8 @@ async def _close_socket(socket: ClosableSocket, connection: Abortable | None) ->
             connection.abort()
 
 
+_new_tracked = object.__new__
+
 STREAMS = StreamRegistry()
 """One per process: the proxy registers here, the switch registry cuts from here, the revocation
 and grant snapshots end sessions from here."""
@@ -236,37 +249,35 @@ __all__ = ["STREAMS", "Abortable", "ClosableSocket", "StreamRegistry", "StreamSe
 
 class _Tracked:
     """The registration of one stream; a plain class, not @contextmanager (hot path: every
-    proxied response enters one, and the generator machinery cost more than the check)."""
+    proxied response enters one, and the generator machinery cost more than the check).
+    ``StreamRegistry.track`` sets every field (no __init__ call per response)."""
 
     __slots__ = ("_registry", "config", "connection", "deadline", "facts", "services", "socket", "websocket")
 
-    def __init__(
-        self,
-        registry: StreamRegistry,
-        facts: RequestFacts,
-        services: StreamServices,
-        config: GatewayConfig,
-        connection: Abortable | None,
-        websocket: bool,
-    ) -> None:
-        self._registry, self.facts, self.websocket = registry, facts, websocket
-        self.services, self.config, self.connection = services, config, connection
-        self.deadline = math.inf
-        self.socket: ClosableSocket | None = None
+    _registry: StreamRegistry
+    facts: RequestFacts
+    services: StreamServices
+    config: GatewayConfig
+    connection: Abortable | None
+    websocket: bool
+    deadline: float
+    socket: ClosableSocket | None
 
     def __enter__(self) -> _Tracked:
-        facts, registry = self.facts, self._registry
-        registry._open[id(facts)] = self
-        claims = facts.claims
+        registry = self._registry
+        registry._open[self] = None
+        claims = self.facts.claims
         if claims is not None:
             leeway = self.config.auth.leeway
-            deadline = self.deadline = stream_deadline(claims, facts.grant, leeway=leeway, now=time.time())
+            deadline = self.deadline = stream_deadline(
+                claims, self.facts.grant, leeway=leeway, now=time.time()
+            )
             if deadline < registry._timer_at:  # _arm's own first test, without the call
                 registry._arm(deadline)
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self._registry._open.pop(id(self.facts), None)
+    def __exit__(self, exc_type: object, exc: object, traceback: object) -> None:
+        self._registry._open.pop(self, None)
 
     def attach(self, socket: ClosableSocket) -> None:
         """The client's WebSocket, once accepted: a session end then closes it with a frame."""

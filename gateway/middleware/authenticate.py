@@ -19,7 +19,7 @@ from gateway.auth.bearer import (
     mfa_shortfall,
     refuse_revoked,
 )
-from gateway.auth.jwt import TokenRejected, VerifiedClaims, has_mfa
+from gateway.auth.jwt import TokenRejected, VerifiedClaims
 from gateway.context import RequestContext
 from gateway.deferred_pre_auth import settle_pre_auth
 from gateway.errors import MissingToken
@@ -31,18 +31,18 @@ from gateway.origins import check_cookie_origin
 log = structlog.get_logger("gateway.auth")
 
 
-def _request_token(ctx: RequestContext, cookie_name: str | None) -> str | None:
-    """The header's bearer token; else, with ``auth.token_cookie`` set, the cookie's, once the
+def _cookie_token(ctx: RequestContext, cookie_name: str | None) -> str | None:
+    """Without a bearer header: with ``auth.token_cookie`` set, the cookie's token, once the
     request has passed the CSRF rule. With both, the header authenticates and the cookie is
     never read: it neither authenticates nor falls back when the header's token is refused."""
+    if not cookie_name:
+        return None
     request = ctx.request
-    token = bearer_token(request.headers)
-    if token is None and cookie_name:
-        token = request.cookies.get(cookie_name) or None
-        if token is not None:  # App. B CSRF, before any work on the token
-            route = ctx.route
-            policy = ctx.runtime.config.cors.get(route.cors) if route is not None and route.cors else None
-            check_cookie_origin(request.method, request.headers, policy)
+    token = request.cookies.get(cookie_name) or None
+    if token is not None:  # App. B CSRF, before any work on the token
+        route = ctx.route
+        policy = ctx.runtime.config.cors.get(route.cors) if route is not None and route.cors else None
+        check_cookie_origin(request.method, request.headers, policy)
     return token
 
 
@@ -53,9 +53,11 @@ def authenticate(ctx: RequestContext) -> StageResult:
     if route is None or route.auth != "jwt":
         return None  # auth: none, or auth: webhook (its own signature check, next stage)
     runtime = ctx.runtime
-    token = _request_token(ctx, runtime.config.auth.token_cookie)
+    token = bearer_token(ctx.request.headers)  # the header's; the cookie's only without one
     if token is None:
-        return _refuse_missing(ctx)
+        token = _cookie_token(ctx, runtime.config.auth.token_cookie)
+        if token is None:
+            return _refuse_missing(ctx)
     try:
         claims = runtime.verifier.verify_cached(token, ctx.token_memo)
     except TokenRejected as rejected:
@@ -99,8 +101,10 @@ def _admit(ctx: RequestContext, claims: VerifiedClaims) -> None:
     ctx.user = claims.subject
     ctx.tenant = claims.tenant
     log_context.bind_tenant(claims.tenant)
-    # The common case (MFA-backed, no max age) needs no refusal to be built.
-    if route.mfa and (route.mfa_max_age is not None or not has_mfa(claims, runtime.config.mfa.accepted_amr)):
+    # The common case (MFA-backed, no max age) needs no refusal to be built; has_mfa, inline.
+    if route.mfa and (
+        route.mfa_max_age is not None or claims.amr_set.isdisjoint(runtime.config.mfa.accepted_amr)
+    ):
         shortfall = mfa_shortfall(claims, runtime.config.mfa.accepted_amr, route.mfa_max_age, time.time())
         if shortfall is not None:
             METRICS.auth_failures.labels(shortfall).inc()

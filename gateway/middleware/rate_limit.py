@@ -19,8 +19,9 @@ from gateway.http.expect_continue import send_continue
 from gateway.http.request_body import read_bounded_body, refuse_declared_oversize
 from gateway.middleware import StageResult
 from gateway.ratelimit.body_fields import counted_body_limit, counted_content_type, counted_fields
-from gateway.ratelimit.deferred import Checks, DeferredPreAuth
-from gateway.ratelimit.policies import counted_checks
+from gateway.ratelimit.deferred import Checks
+from gateway.ratelimit.limiter import Verdict
+from gateway.ratelimit.policies import address_checks, counted_checks, identity_checks
 from gateway.ratelimit.service import RateLimitRuntime as RateLimits
 from gateway.ratelimit.verdicts import apply_verdict, refuse_locked, refuse_pre_auth
 
@@ -29,20 +30,27 @@ def limit_pre_auth(ctx: RequestContext) -> StageResult:
     """A plain function (``gateway.pipeline``): a deferred hit, a route without pre_auth items
     and a refusal from memory never wait; only a hit sent now returns a coroutine."""
     rl = ctx.runtime.rate_limits
-    if rl is None or not rl.compiled.pre_auth:
+    if rl is None:
         return None
-    checks = counted_checks(ctx, rl.backend.hash, rl.compiled.pre_auth, None)
+    compiled = rl.compiled
+    if not compiled.pre_auth:
+        return None
+    if compiled.pre_auth_by_address:  # ip keys only: the address's checks, remembered
+        checks = address_checks(ctx, rl.backend.hash, compiled.pre_auth, compiled.address_memo)
+    else:
+        checks = counted_checks(ctx, rl.backend.hash, compiled.pre_auth, None)
     if not checks:
         return None
     known = rl.backend.refused_from_memory(checks, "pre_auth")
     if known is not None:
         apply_verdict(ctx, known)  # raises: a flood costs no deferral bookkeeping
     route = ctx.route
-    # Not known full (just asked): the deferral only needs the script to take these items.
-    if route is not None and route.name in rl.compiled.deferrable and rl.backend.script_takes(checks):
+    # Not known full (just asked), and a deferrable route's items are all script items: the
+    # deferral only needs the script in use and the store up.
+    if route is not None and route.name in compiled.deferrable and rl.backend.script_up():
         # One store call per request: the hit goes with the route stage's (limit_route), or
         # alone first the moment anything else would happen (settle_pre_auth).
-        ctx.deferred_pre_auth = DeferredPreAuth(checks, refuse_pre_auth)
+        ctx.deferred_pre_auth = checks
         return None
     return _pre_auth_now(ctx, rl, checks)
 
@@ -65,19 +73,25 @@ def limit_route(ctx: RequestContext) -> StageResult:
     items = compiled.by_route.get(route.name)
     if not items:
         return None  # the common case: nothing to count, nothing to read
-    checks = counted_checks(ctx, rl.backend.hash, items, None)
+    if route.name in compiled.by_identity:  # user and tenant keys: the identity's checks, remembered
+        checks = identity_checks(ctx, rl.backend.hash, route.name, items, compiled.identity_memo)
+    else:
+        checks = counted_checks(ctx, rl.backend.hash, items, None)
     deferred = ctx.deferred_pre_auth
     if deferred is not None and checks:  # both stages in one store call, pre_auth's items first
         ctx.deferred_pre_auth = None
-        return _limit_both(ctx, rl, deferred.checks, checks)
+        # every item of the route applies (mostly): its most restrictive one is known
+        strictest = compiled.strictest[route.name] if len(checks) == len(items) else None
+        # the limiter's own coroutine, the verdicts applied by _apply_both: no coroutine of ours
+        return rl.backend.decide_in_order(deferred, checks, compiled, ctx, _apply_both, strictest)
     if deferred is None and not checks and not route.login:
         return None  # no item applies (an anonymous request, user/tenant keys): no store call
     return _limit_checked(ctx, rl, route, checks, None)
 
 
-async def _limit_both(ctx: RequestContext, rl: RateLimits, deferred: Checks, checks: Checks) -> None:
-    before, verdict = await rl.backend.check_in_order(deferred, checks, rl.compiled)
-    refuse_pre_auth(ctx, before)
+def _apply_both(ctx: RequestContext, before: Verdict | None, verdict: Verdict | None) -> None:
+    if before is not None and (before.shadow or not before.allowed):  # else refuse_pre_auth does nothing
+        refuse_pre_auth(ctx, before)
     apply_verdict(ctx, verdict)  # a deferrable route is never a login route
 
 
@@ -94,10 +108,8 @@ async def _limit_checked(
 ) -> None:
     if ctx.deferred_pre_auth is not None:
         if checks:  # both stages in one store call, pre_auth's items decided first
-            deferred, ctx.deferred_pre_auth = ctx.deferred_pre_auth.checks, None
-            before, verdict = await rl.backend.check_in_order(deferred, checks, rl.compiled)
-            refuse_pre_auth(ctx, before)
-            apply_verdict(ctx, verdict)  # a deferrable route is never a login route
+            deferred, ctx.deferred_pre_auth = ctx.deferred_pre_auth, None
+            await rl.backend.decide_in_order(deferred, checks, rl.compiled, ctx, _apply_both)
             return
         await settle_pre_auth(ctx)
     limited = rl.backend.check(checks, rl.compiled, "route") if checks else _nothing()

@@ -26,6 +26,7 @@ from gateway.upstream.forwarding import wants_websocket
 # end-to-end tests send each case, so a change of wording in aiohttp is noticed there.
 # llhttp knows no TRACK: it refuses the request line, quoting it.
 _TRANSFER_ENCODING = istr("Transfer-Encoding")  # istr: no case folding per request
+_UPGRADE = istr("Upgrade")
 _TRACK_LINE = re.compile(r"Invalid method encountered:\s+b'TRACK ")
 _PARSER_CODING_REFUSAL = re.compile(
     r"Invalid `Transfer-Encoding` header value|Request has invalid `Transfer-Encoding`"
@@ -34,11 +35,15 @@ _PARSER_CODING_REFUSAL = re.compile(
 
 
 def check_request_hygiene(ctx: RequestContext) -> web.StreamResponse | None:
-    headers = ctx.request.headers
+    request = ctx.request
+    headers = request.headers
     check_singletons(headers, ctx.runtime.config.auth.token_cookie)
-    check_transfer_coding(headers.getall(_TRANSFER_ENCODING, ()))
-    if wants_websocket(ctx.request):
-        if ctx.request.version < (1, 1):
+    codings = headers.getall(_TRANSFER_ENCODING, ())
+    if codings:  # check_transfer_coding passes no coding at all: no call for it
+        check_transfer_coding(codings)
+    # wants_websocket needs an Upgrade header: without one (nearly every request) no call.
+    if _UPGRADE in headers and wants_websocket(request):
+        if request.version < (1, 1):
             raise BadRequest("A WebSocket handshake needs HTTP/1.1")  # RFC 6455 §4.1
         check_websocket_handshake(headers)
     return None

@@ -13,8 +13,8 @@ from gateway.context import RequestContext
 from gateway.errors import Forbidden
 from gateway.logs import context as log_context
 from gateway.metrics import METRICS
-from gateway.tenancy.identity import identity_headers
-from gateway.tenancy.policy import REVOKED, identity_ok, named_tenant, roles_allow, support_grant
+from gateway.tenancy.identity import identity_headers, own_identity
+from gateway.tenancy.policy import REVOKED, named_tenant, roles_allow, support_grant
 from gateway.tenancy.refusals import account_grant_use, refuse_mismatch
 from gateway.tenancy.resolve import TenantNotNamed
 from gateway.upstream.forwarding import UpstreamHeaders
@@ -25,7 +25,8 @@ def apply_tenancy(ctx: RequestContext) -> web.StreamResponse | None:
     if route is None or route.auth != "jwt" or claims is None:
         return None  # auth: none / webhook: no identity, nothing to check
     assert ctx.target is not None
-    if not identity_ok(claims.tenant, claims.subject, claims.roles):
+    identity = claims.derived  # the token's OwnIdentity, once made (own_identity)
+    if not (identity if identity is not None else own_identity(claims)).ok:
         METRICS.auth_failures.labels("bad_identity").inc()
         raise invalid_token()
     own = claims.tenant

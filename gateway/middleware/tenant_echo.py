@@ -22,6 +22,8 @@ def check_tenant_echo(
     if route is None or route.auth != "jwt" or tenant is None:
         return
     echoes = headers.getall(TENANT_HEADER, ())
+    if not echoes and not route.require_tenant_echo:
+        return  # echo_fault's answer without the call: no echo, and none required
     fault = echo_fault(tenant, echoes, route.require_tenant_echo)
     if fault is not None:
         block_leak(ctx.runtime.services.audit, ctx, status, fault, echoes)

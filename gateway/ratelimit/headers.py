@@ -9,6 +9,8 @@ from typing import Protocol
 
 from multidict import istr
 
+from gateway.bounded_memo import remember
+
 # istr: the names go into a CIMultiDict on every limited answer, which then skips case-folding.
 POLICY_HEADER = istr("RateLimit-Policy")
 STATE_HEADER = istr("RateLimit")
@@ -69,7 +71,5 @@ def refusal_values(item: NamedItem, remaining: int, reset_in: float) -> tuple[st
     if known is not None and known[0] is item:  # the id of an item a reload dropped may be reused
         return known[1]
     values = state_header(item.policy, remaining, reset_in), retry_after(reset_in)
-    if len(_refusals) >= _REFUSAL_LIMIT:
-        _refusals.clear()  # SECURITY: memory exhaustion — bounded, whatever varies
-    _refusals[key] = (item, values)
+    remember(_refusals, _REFUSAL_LIMIT, key, (item, values))
     return values

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.bounded_memo import remember
 from gateway.crypto import Keyring
 from gateway.facts import RequestFacts
 
@@ -30,6 +31,15 @@ FIELD_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}\Z")
 PRE_AUTH_KEYS = ("ip", "route")  # nothing else is known before authentication
 _PLAIN_KEYS = ("ip", "user", "tenant", "route")
 ABSENT = "-"  # one shared bucket for requests lacking the header or field (never a free pass)
+# The kinds whose value ``KeySpec.raw_value`` reads from the verified identity alone — the
+# user, the acting tenant and the token's issuer — and from nothing else of the request: items
+# counting only these count the same values for every request of one identity
+# (``policies.identity_checks``).
+IDENTITY_KINDS = frozenset(("user", "tenant"))
+# The kind whose value ``raw_value`` reads from the client's address alone (``facts.client_ip``,
+# through ``ip_subject``): items counting only it count one value per address
+# (``policies.address_checks``).
+ADDRESS_KIND = "ip"
 _HKDF_INFO = b"shopino-gateway rate-limit keys"
 
 
@@ -119,9 +129,7 @@ class ValueHasher:
             digest.update(value.encode("utf-8", "surrogatepass"))
             hashed = digest.hexdigest()
             if len(value) <= _HASH_MEMO_LENGTH:
-                if len(memo) >= _HASH_MEMO_LIMIT:
-                    memo.clear()  # SECURITY: memory exhaustion — attacker-chosen values, bounded
-                memo[value] = hashed
+                remember(memo, _HASH_MEMO_LIMIT, value, hashed)  # attacker-chosen values
         return hashed
 
 

@@ -20,14 +20,13 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import structlog
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import STRATEGIES, RateLimiter
 from limits.errors import StorageError
 from limits.util import WindowStats
-from prometheus_client import Counter
 from redis.asyncio import ConnectionPool, SSLConnection
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
@@ -36,10 +35,18 @@ from redis.exceptions import RedisError
 
 from gateway.errors import StoreUnavailable
 from gateway.ratelimit.keys import ValueHasher, derive_hash_key
-from gateway.ratelimit.metrics import DECISIONS, SHADOW_REFUSALS, STORE_FAILURES, STORE_UP
+from gateway.ratelimit.metrics import (
+    DECISION_TALLIES,
+    SHADOW_REFUSALS,
+    STORE_FAILURES,
+    STORE_UP,
+    TALLIED,
+    decision_tally,
+)
 from gateway.ratelimit.pipelined import PIPELINED, PipelinedHits, ScriptsMissing
 from gateway.ratelimit.policies import CompiledLimits, LimitItem
-from gateway.ratelimit.resp import RespClient, RespError
+from gateway.ratelimit.policies import strictest as _strictest
+from gateway.ratelimit.resp import ReplyError, RespClient, RespError
 from gateway.ratelimit.script_args import KEY_PREFIX
 from gateway.ratelimit.stage_script import StageScript
 from gateway.state.redis_url import RedisTarget, parse_redis_url
@@ -94,24 +101,12 @@ def _redis_pool(target: RedisTarget) -> tuple[ConnectionPool, list[Any]]:
     return ConnectionPool(host=host, port=port, db=target.db, **kwargs), []
 
 
-def _strictest(checks: Sequence[tuple[LimitItem, str]]) -> int:
-    """The index of the most restrictive item (the first on a tie, as ``min`` picks): a plain
-    loop, this runs on every request."""
-    best, strictness = 0, checks[0][0].strictness
-    for index in range(1, len(checks)):
-        candidate = checks[index][0].strictness
-        if candidate < strictness:
-            best, strictness = index, candidate
-    return best
+S = TypeVar("S")  # what a verdict is applied to (decide_in_order's ``subject``)
+R = TypeVar("R")
 
 
-def _increment_of(child: Counter) -> Callable[[float], None]:
-    """The counter child's value's own ``inc``: what ``Counter.inc`` calls after checking that
-    the child is no labelled parent and the amount is not negative — both hold by construction
-    here (a ``labels()`` child, amount 1), and the checks were two calls per decision. The same
-    value object either way (a process's or the multiprocess file's), so the same samples."""
-    increment: Callable[[float], None] = child._value.inc
-    return increment
+def _both(_: object, before: Verdict | None, after: Verdict | None) -> tuple[Verdict | None, Verdict | None]:
+    return before, after
 
 
 def _judge(checks: Sequence[tuple[LimitItem, str]], decisions: Sequence[int]) -> tuple[bool, bool]:
@@ -185,8 +180,8 @@ class RateLimitBackend:
         self._stage_script: StageScript | None = None
         # (prefix, quota, window, value) → monotonic time until which that bucket is full.
         self._full_until: dict[tuple[str, int, int, str], float] = {}
-        # (stage, result) → its decisions counter's increment (``_increment_of``)
-        self._decisions: dict[tuple[str, str], Callable[[float], None]] = {}
+        # (stage, result) → its decisions' tally (the process's: metrics.DECISION_TALLIES)
+        self._decisions = DECISION_TALLIES
         STORE_UP.set(1)  # memory is always up; the breaker lowers it while Redis is away
         if not state_url.startswith("local:"):
             target = parse_redis_url(state_url)
@@ -231,8 +226,18 @@ class RateLimitBackend:
             try:
                 fast = self._stage_script
                 if fast is not None and fast.supports(checks):
-                    # Bounded by the connection's deadline watch (RespProtocol): no timer per call.
-                    return await self._run_fast(fast, checks, stage, state, settings.store_timeout)
+                    # The whole stage in one store call, its reply's future awaited here: no
+                    # coroutine per level between the stage and the reply (each costs on creation
+                    # and on every resumption). Bounded by the connection's deadline watch
+                    # (RespProtocol): no timer per call.
+                    static = _strictest(checks)
+                    wanted = static if state and not checks[static][0].shadow else None  # shadow: no headers
+                    pending, deadline, command = fast.start(checks, wanted, settings.store_timeout)
+                    try:
+                        reply = await pending
+                    except ReplyError as error:
+                        reply = await fast.retry(error, command, deadline)
+                    return self._fast_stage(checks, stage, static, fast.read(reply))
                 async with asyncio.timeout(settings.store_timeout):
                     return await self._run(self._remote, checks, stage, "shared", state)
             except STORE_ERRORS as error:
@@ -286,18 +291,16 @@ class RateLimitBackend:
         self._count(stage, "fallback")
         return await self._run(self._local, checks, stage, "local", state)
 
-    async def _run_fast(
+    def _fast_stage(
         self,
-        fast: StageScript,
         checks: Sequence[tuple[LimitItem, str]],
         stage: str,
-        state: bool,
-        timeout: float,
+        static: int,
+        answer: tuple[bytes, int | None, int, float],
     ) -> Verdict:
-        """The whole stage in one store call; the same verdicts as ``_run`` on the shared store."""
-        static = _strictest(checks)
-        wanted = static if state and not checks[static][0].shadow else None  # shadow: no headers
-        decisions, binding, remaining, reset = await fast.call(checks, wanted, timeout)
+        """One stage's verdict from its stage-script answer (``StageScript.read``): the same
+        verdicts as ``_run`` on the shared store."""
+        decisions, binding, remaining, reset = answer
         if all(decisions):  # the common case, inline: every item admitted
             return self._fast_verdict(checks, stage, static, True, binding, remaining, reset)
         allowed, shadow = _judge(checks, decisions)
@@ -341,8 +344,14 @@ class RateLimitBackend:
         """Whether the stage script can take these items now: it is in use, the store is up and
         they are script items. Sliding-window-counter items and redis-py (sentinel) stores keep
         a call per stage."""
+        fast = self._stage_script
+        return fast is not None and self.script_up() and fast.supports(checks)
+
+    def script_up(self) -> bool:
+        """``script_takes`` for items known to be script items (``CompiledLimits.deferrable``'s
+        routes): the stage script is in use and the store is up."""
         fast, breaker = self._stage_script, self.breaker  # the breaker exists when the script does
-        return fast is not None and breaker is not None and not breaker.open and fast.supports(checks)
+        return fast is not None and breaker is not None and not breaker.open
 
     def can_defer(self, checks: Sequence[tuple[LimitItem, str]]) -> bool:
         """Whether a stage's hit may wait to ride along with a later stage's in one store call
@@ -363,6 +372,28 @@ class RateLimitBackend:
         ``check(first)`` followed, when it admits, by ``check(second)`` — which is what runs
         whenever one call cannot do it. The second verdict is None when the first refused."""
         fast = self._stage_script
+        if fast is None or not fast.supports(first) or not fast.supports(second):
+            return await self._in_turn(first, second, settings)
+        return await self.decide_in_order(first, second, settings, None, _both)
+
+    async def decide_in_order(
+        self,
+        first: Sequence[tuple[LimitItem, str]],
+        second: Sequence[tuple[LimitItem, str]],
+        settings: CompiledLimits,
+        subject: S,
+        then: Callable[[S, Verdict | None, Verdict | None], R],
+        strictest: int | None = None,
+    ) -> R:
+        """``check_in_order``, its two verdicts handed to ``then(subject, first's, second's)``
+        and ``then``'s answer returned (``strictest``: the index of ``second``'s most restrictive
+        item when the caller knows it, ``CompiledLimits.strictest``): a rate-limit stage applies
+        them to its request here, so its one coroutine is this one, awaiting the store's reply
+        future itself (no coroutine per level between the stage and the reply). Every item of
+        both stages is a script item: ``check_in_order`` asks, and the stages defer only on
+        routes compiled so (``CompiledLimits.deferrable``), so no request pays that question
+        again."""
+        fast = self._stage_script
         breaker = self.breaker
         # can_defer(first) and can_defer(second), spelt out: this runs on every request.
         if (
@@ -371,40 +402,43 @@ class RateLimitBackend:
             or breaker.open
             or not first
             or not second
-            or not fast.supports(first)
-            or not fast.supports(second)
             # a known-full bucket of either stage is answered from memory
             or (self._full_until and (self._known_full(first) or self._known_full(second)))
         ):
-            return await self._in_turn(first, second, settings)
+            before, after = await self._in_turn(first, second, settings)
+            return then(subject, before, after)
         split = len(first)
-        static = _strictest(second)
+        static = _strictest(second) if strictest is None else strictest
         wanted = None if second[static][0].shadow else static  # shadow items never speak in headers
+        checks = [*first, *second]
         try:
-            decisions, binding, remaining, reset = await fast.call(
-                [*first, *second],
-                None if wanted is None else split + wanted,
-                settings.store_timeout,
-                barrier=split,
+            pending, deadline, command = fast.start(
+                checks, None if wanted is None else split + wanted, settings.store_timeout, split
             )
+            try:
+                reply = await pending  # the reply's future itself, on an open connection
+            except ReplyError as error:
+                reply = await fast.retry(error, command, deadline)
+            decisions, binding, remaining, reset = fast.read(reply)
         except STORE_ERRORS as error:
             self._store_failed(error)
-            return await self._in_turn(first, second, settings)  # the failure mode, stage by stage
+            before, after = await self._in_turn(first, second, settings)  # the failure mode, stage by stage
+            return then(subject, before, after)
         if len(decisions) == split:  # the barrier held: the first stage refused
             _, shadow_first = _judge(first, decisions)
             verdict = self._fast_verdict(first, "pre_auth", 0, False, binding, remaining, reset, shadow_first)
-            return verdict, None
+            return then(subject, verdict, None)
+        static_first = _strictest(first) if len(first) > 1 else 0  # one pre_auth item, mostly
         if all(decisions):  # the common case, no slicing: every item of both stages admitted
             shadow_first, allowed, shadow = False, True, False
         else:
             shadow_first = _judge(first, decisions[:split])[1]
             allowed, shadow = _judge(second, decisions[split:])
-        static_first = _strictest(first) if len(first) > 1 else 0  # one pre_auth item, mostly
         before = self._fast_verdict(first, "pre_auth", static_first, True, None, 0, 0.0, shadow_first)
         if binding is not None:
             binding -= split
         after = self._fast_verdict(second, "route", static, allowed, binding, remaining, reset, shadow)
-        return before, after
+        return then(subject, before, after)
 
     async def _in_turn(
         self,
@@ -496,12 +530,12 @@ class RateLimitBackend:
         )
 
     def _count(self, stage: str, result: str) -> None:
-        increment = self._decisions.get((stage, result))
-        if increment is None:
-            # labels() hashes and locks on every call: each child is looked up once, at its
-            # first decision (as before: the same _created timestamp, no series before it).
-            increment = self._decisions[(stage, result)] = _increment_of(DECISIONS.labels(stage, result))
-        increment(1)
+        tally = self._decisions.get((stage, result))
+        if tally is None:  # labels() hashes and locks: once per (stage, result) and process
+            tally = decision_tally(stage, result)
+        tally.count += 1
+        if not TALLIED:  # several workers: a scrape on any of them reads the shared files
+            tally.publish()
 
     async def close(self) -> None:
         if self.breaker is not None:

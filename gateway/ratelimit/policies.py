@@ -10,19 +10,20 @@ reading a moving window's list).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Protocol
 
 from limits import RateLimitItem, parse_many
 
+from gateway.bounded_memo import remember
 from gateway.config.model import RouteConfig
 from gateway.facts import RequestFacts
 from gateway.ratelimit.headers import policy_header, state_head
-from gateway.ratelimit.keys import KeySpec, ValueHasher
+from gateway.ratelimit.keys import ADDRESS_KIND, IDENTITY_KINDS, KeySpec, ValueHasher
 from gateway.ratelimit.model import LoginProtectionConfig, RateLimitRule, RateLimitsConfig, StoreFailureMode
-from gateway.ratelimit.script_args import bulk_strings, item_args, key_framing
+from gateway.ratelimit.script_args import bulk_strings, item_args, key_framing, pack_item
 
 
 class LimitedConfig(Protocol):
@@ -37,6 +38,10 @@ class LimitedConfig(Protocol):
 
 
 PRE_AUTH_POLICY = "pre_auth"
+IDENTITY_MEMO_LIMIT = 4096  # (route, identity) pairs remembered: the last moments' users
+ADDRESS_MEMO_LIMIT = 4096  # client addresses remembered (address_checks)
+# (route name, user, tenant, issuer): what a route's identity-keyed checks are read from
+Identity = tuple[str, str | None, str | None, str | None]
 SHADOW_STRICTNESS = 1 << 62  # above any quota
 _STRATEGY_TAGS = {"moving-window": "mw", "sliding-window-counter": "swc", "fixed-window": "fw"}
 
@@ -55,10 +60,12 @@ class LimitItem:
     strictness: tuple[int, int]  # (quota, -window): the smallest is the most restrictive
     policy_header: str  # precomputed RateLimit-Policy value
     state_head: str  # the RateLimit value's constant start (headers.state_head)
-    # The stage script's per-item arguments (stage_script.item_args), as strings built once:
+    # The stage script's per-item arguments (script_args.item_args), as strings built once:
     # a number handed to redis.call is formatted by sprintf inside Redis, a string is not.
     store_args: tuple[str, ...] = ()
-    store_resp: bytes = b""  # store_args framed for the wire (script_args.bulk_strings)
+    # store_args packed into the script's one argument per item (script_args.pack_item), framed
+    # for the wire (script_args.bulk_strings)
+    store_resp: bytes = b""
     # ``item.key_for(prefix, value)`` is ``key_head + value + key_tail`` (limits' key grammar),
     # split once here so the stage script's keys cost one concatenation per request.
     key_head: str = ""
@@ -68,6 +75,10 @@ class LimitItem:
     store_key_head: bytes = b""
     store_key_tail: bytes = b""
     store_key_size: int = 0
+    # value → its framed store key (stage_script.StageScript.frame, bounded there): a busy
+    # client, user or tenant is framed once, not once per request. Not part of the item's
+    # identity (no equality, no hash).
+    store_keys: dict[str, bytes] = field(default_factory=dict, compare=False, repr=False)
     # ``mode: shadow``: counted exactly like an enforced item (same keys), reported when over,
     # never the reason for a refusal nor the source of RateLimit headers
     shadow: bool = False
@@ -87,8 +98,30 @@ class CompiledLimits:
     on_store_failure: StoreFailureMode
     store_timeout: float
     # routes whose pre_auth hit may be sent with the route stage's in one store call: nothing
-    # between the two stages there reads a body or writes an audit record (deferred_pre_auth)
+    # between the two stages there reads a body or writes an audit record (deferred_pre_auth),
+    # and the stage script takes every item of both stages (no sliding-window counter), so the
+    # pair never needs to be split back into two stages per request
     deferrable: frozenset[str] = frozenset()
+    # route name → the index of its most restrictive item in ``by_route`` (the smallest
+    # strictness, the first on a tie: ``policies.strictest``), for a request every item
+    # of its route applies to (the common case), so no request searches for it
+    strictest: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    # routes whose items all count identity keys (``keys.IDENTITY_KINDS``) for every method: a
+    # request's checks there are those of its identity (``identity_checks``)
+    by_identity: frozenset[str] = frozenset()
+    # every pre_auth item counts the client's address (``keys.ADDRESS_KIND``) for every method:
+    # a request's pre_auth checks are those of its address (``address_checks``)
+    pre_auth_by_address: bool = False
+    # client address → its pre_auth checks (``address_checks``, bounded there: addresses are the
+    # clients'). Not part of the value (no equality, no hash).
+    address_memo: dict[str, tuple[tuple[LimitItem, str], ...]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+    # route and identity → its checks there (``identity_checks``, bounded there: users and
+    # tenants are the tokens'). Not part of the value (no equality, no hash).
+    identity_memo: dict[Identity, tuple[tuple[LimitItem, str], ...]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @property
     def empty(self) -> bool:
@@ -128,6 +161,45 @@ def counted_checks(
     return checks
 
 
+def identity_checks(
+    facts: RequestFacts,
+    hasher: ValueHasher,
+    route: str,
+    items: tuple[LimitItem, ...],
+    memo: dict[Identity, tuple[tuple[LimitItem, str], ...]],
+) -> Sequence[tuple[LimitItem, str]]:
+    """``counted_checks`` on a route whose items all count identity keys for every method
+    (``CompiledLimits.by_identity``): their values are read from the user, the acting tenant
+    and the token's issuer alone (``keys.IDENTITY_KINDS``), so the checks are remembered per
+    route and identity (``memo``: the runtime's ``CompiledLimits.identity_memo``, its items
+    hashed by its backend's one hasher). A busy user's are worked out once, not per request."""
+    claims = facts.claims
+    identity = (route, facts.user, facts.tenant, None if claims is None else claims.issuer)
+    checks = memo.get(identity)
+    if checks is None:  # shared by the identity's requests: a tuple, never changed
+        checks = tuple(counted_checks(facts, hasher, items, None))
+        remember(memo, IDENTITY_MEMO_LIMIT, identity, checks)  # identities vary freely
+    return checks
+
+
+def address_checks(
+    facts: RequestFacts,
+    hasher: ValueHasher,
+    items: tuple[LimitItem, ...],
+    memo: dict[str, tuple[tuple[LimitItem, str], ...]],
+) -> Sequence[tuple[LimitItem, str]]:
+    """``counted_checks`` of pre_auth items that all count the client's address for every
+    method (``CompiledLimits.pre_auth_by_address``): their values are read from
+    ``facts.client_ip`` alone, so the checks are remembered per address (``memo``: the
+    runtime's ``CompiledLimits.address_memo``, hashed by its backend's one hasher)."""
+    address = facts.client_ip
+    checks = memo.get(address)
+    if checks is None:  # shared by the address's requests: a tuple, never changed
+        checks = tuple(counted_checks(facts, hasher, items, None))
+        remember(memo, ADDRESS_MEMO_LIMIT, address, checks)  # SECURITY: addresses vary freely
+    return checks
+
+
 def _rule_id(scope: str, index: int, rule: RateLimitRule) -> str:
     methods = ",".join(sorted(rule.methods)) if rule.methods is not None else "*"
     text = f"{scope}\x00{index}\x00{rule.key}\x00{rule.strategy}\x00{methods}\x00{rule.cost}"
@@ -163,7 +235,7 @@ def compile_rule(scope: str, policy: str, index: int, rule: RateLimitRule) -> li
                 policy_header=policy_header(policy, parsed.amount, window),
                 state_head=state_head(policy),
                 store_args=store_args,
-                store_resp=bulk_strings(store_args),
+                store_resp=bulk_strings((pack_item(store_args),)) if store_args else b"",
                 key_head=key_head,
                 key_tail=key_tail,
                 store_key_head=store_key_head,
@@ -190,6 +262,18 @@ def _counted_fields(
     return frozenset(names)
 
 
+def strictest(checks: Sequence[tuple[LimitItem, object]]) -> int:
+    """The index of the most restrictive item (the smallest strictness, the first on a tie, as
+    ``min`` picks) among ``(item, value)`` checks: a plain loop, the limiter asks on every
+    request; ``compile_limits`` asks once per route."""
+    best, strictness = 0, checks[0][0].strictness
+    for index in range(1, len(checks)):
+        candidate = checks[index][0].strictness
+        if candidate < strictness:
+            best, strictness = index, candidate
+    return best
+
+
 def compile_limits(config: LimitedConfig) -> CompiledLimits:
     settings = config.rate_limits
     policies = {
@@ -198,6 +282,8 @@ def compile_limits(config: LimitedConfig) -> CompiledLimits:
     by_route: dict[str, tuple[LimitItem, ...]] = {}
     counted: dict[str, frozenset[str]] = {}
     deferrable: set[str] = set()
+    pre_auth = _compile_rules("pre_auth", PRE_AUTH_POLICY, settings.pre_auth)
+    scripted_pre_auth = all(item.store_args for item in pre_auth)
     for route in config.routes:
         items = tuple(item for name in route.rate_limit for item in policies.get(name, ()))
         if items:
@@ -205,14 +291,31 @@ def compile_limits(config: LimitedConfig) -> CompiledLimits:
         fields = _counted_fields(route, items, settings.login)
         if fields:
             counted[route.name] = fields
-        elif items and route.auth == "jwt" and not route.login and route.tenant_from is None:
+        elif (
+            items
+            and route.auth == "jwt"
+            and not route.login
+            and route.tenant_from is None
+            and scripted_pre_auth
+            and all(item.store_args for item in items)
+        ):
             deferrable.add(route.name)
+    by_identity = frozenset(
+        name
+        for name, items in by_route.items()
+        if all(item.key.kind in IDENTITY_KINDS and item.methods is None for item in items)
+    )
     return CompiledLimits(
-        pre_auth=_compile_rules("pre_auth", PRE_AUTH_POLICY, settings.pre_auth),
+        pre_auth=pre_auth,
         by_route=MappingProxyType(by_route),
         counted_fields=MappingProxyType(counted),
         login=settings.login,
         on_store_failure=settings.on_store_failure,
         store_timeout=settings.store_timeout,
         deferrable=frozenset(deferrable) if settings.pre_auth else frozenset(),
+        strictest=MappingProxyType(
+            {name: strictest([(item, "") for item in items]) for name, items in by_route.items()}
+        ),
+        by_identity=by_identity,
+        pre_auth_by_address=all(item.key.kind == ADDRESS_KIND and item.methods is None for item in pre_auth),
     )

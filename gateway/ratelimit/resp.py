@@ -200,6 +200,9 @@ class RespClient:
         self._tls = tls_context(target)
         self._conn: RespProtocol | None = None
         self._lock: asyncio.Lock | None = None
+        # The connection's clock offset (``RespProtocol.clock_offset``), kept here as a plain
+        # attribute: read on every stage call. 0 before the first connection and after close.
+        self.clock_offset = 0.0
 
     async def call(self, *args: str | bytes | int | float, deadline: float = NO_DEADLINE) -> Any:
         """Send one command (coalesced with the others of this loop iteration); its reply.
@@ -221,6 +224,15 @@ class RespClient:
             return self._connect_and_send(command, deadline)
         return conn.send(command, deadline)
 
+    def deadline_after(self, timeout: float) -> float:
+        """The loop time ``timeout`` seconds from now, read from the open connection's own loop:
+        ``asyncio.get_running_loop()`` costs a ``getpid`` system call per call on CPython 3.11
+        (its fork check), and this runs on every request."""
+        conn = self._conn
+        if conn is None or conn.closed:
+            return asyncio.get_running_loop().time() + timeout
+        return conn._loop.time() + timeout
+
     async def _connect_and_send(self, command: bytes, deadline: float) -> Any:
         conn = await self._connect_by(deadline)
         return await conn.send(command, deadline)
@@ -240,6 +252,7 @@ class RespClient:
         async with self._lock:  # one connect for every caller that found the connection gone
             if self._conn is None or self._conn.closed:
                 self._conn = await self._open()
+                self.clock_offset = self._conn.clock_offset
             return self._conn
 
     async def _open(self) -> RespProtocol:
@@ -293,10 +306,6 @@ class RespClient:
         # and a stage run just after its caller's 503 would have been counted).
         conn.clock_offset = int(seconds) + int(micros) / 1e6 - time.time()
 
-    @property
-    def clock_offset(self) -> float:
-        return self._conn.clock_offset if self._conn is not None else 0.0
-
     def abort(self) -> None:
         """Drop the connection (after a timeout its replies can no longer be trusted to come)."""
         if self._conn is not None:
@@ -304,6 +313,7 @@ class RespClient:
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None
+        self.clock_offset = 0.0
         if conn is not None and conn.transport is not None and not conn.closed:
             conn.transport.close()
             conn.closed = True

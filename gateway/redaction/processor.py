@@ -123,6 +123,12 @@ class Redactor:
         life. Hot paths probe it before calling ``redact_text`` (a method call per field)."""
         return self._clean
 
+    @property
+    def known_queries(self) -> Mapping[str, str]:
+        """Query strings already redacted → their redacted form (never empty): a bounded cache,
+        one dict object for the redactor's life. Hot paths probe it before ``redact_query``."""
+        return self._queries
+
     def is_masked_key(self, key: str) -> bool:
         return self.classify_key(key)[0]
 

@@ -11,14 +11,40 @@ from multidict import istr
 
 from gateway.auth.jwt import VerifiedClaims
 from gateway.tenancy import context as signed_context
-from gateway.tenancy.context import ContextSigner
+from gateway.tenancy.context import ContextSigner, identity_tail
 from gateway.tenancy.grants import SUPPORT_ROLE, Grant
+from gateway.tenancy.policy import identity_ok
 
 # istr: multidict keeps their case-folded form, so adding them costs no case folding per request.
 TENANT_HEADER = istr(signed_context.TENANT_HEADER)
 USER_HEADER = istr(signed_context.USER_HEADER)
 ROLES_HEADER = istr(signed_context.ROLES_HEADER)
 CONTEXT_HEADER = istr(signed_context.CONTEXT_HEADER)
+
+
+class OwnIdentity:
+    """A token's identity in its own tenant, derived from its claims alone, once per token (kept
+    in ``VerifiedClaims.derived``; ``own_identity``): whether it may become upstream headers
+    (``policy.identity_ok``), its three plain identity headers and its part of the signed
+    context (``context.identity_tail``). Only what varies per request (method, target, request
+    id, time) is signed per request."""
+
+    __slots__ = ("headers", "ok", "tail")
+
+    def __init__(self, claims: VerifiedClaims) -> None:
+        tenant, user, roles = claims.tenant, claims.subject, claims.roles_text
+        self.ok = identity_ok(tenant, user, claims.roles)
+        self.headers = ((TENANT_HEADER, tenant), (USER_HEADER, user), (ROLES_HEADER, roles))
+        self.tail = identity_tail(tenant, user, roles)
+
+
+def own_identity(claims: VerifiedClaims) -> OwnIdentity:
+    """The claims' ``OwnIdentity``, made on the token's first request."""
+    own: OwnIdentity | None = claims.derived
+    if own is None:
+        own = OwnIdentity(claims)
+        object.__setattr__(claims, "derived", own)
+    return own
 
 
 def identity_headers(
@@ -32,6 +58,11 @@ def identity_headers(
 ) -> tuple[tuple[istr, str], ...]:
     """The four identity headers of a request to ``target`` acting in ``tenant``, the last one
     the signed context over them."""
+    if grant is None and tenant == claims.tenant:  # the token's own tenant: every request but grants
+        own: OwnIdentity | None = claims.derived
+        if own is None:
+            own = own_identity(claims)
+        return (*own.headers, (CONTEXT_HEADER, signer.sign_tail(method, target, own.tail, request_id)))
     # SECURITY: a token's roles hold in the token's own tenant. Acting in another tenant under a
     # grant, a support user is "support" there and nothing more: a "tenant-admin" or "finance"
     # role from the support organisation's tenant must not reach the granting tenant's backend.

@@ -12,6 +12,7 @@ from typing import Final
 
 from multidict import CIMultiDict, CIMultiDictProxy, istr
 
+from gateway.bounded_memo import remember
 from gateway.config.model import IPNetwork
 from gateway.exchange import ServerRequest
 
@@ -184,48 +185,109 @@ def upstream_request_headers(
     required, so no caller can forget the identity headers it must drop."""
     named_hop = connection_tokens(incoming)
     never = never_forwarded
+    classes = _NAME_CLASSES.get(never)
+    if classes is None:
+        classes = _classes_for(never)
+    # Names the client's Connection header lists are dropped too; "keep-alive" (the usual one)
+    # is hop-by-hop, so never forwarded anyway: no name needs looking at for it.
+    listed = bool(named_hop) and not named_hop <= never
     out = UpstreamHeaders()
     own_id = framed = False
     for name, value in incoming.items():
-        lower = key = name.lower()
-        if "_" in key:
-            # SECURITY: CGI/WSGI backends read X_Tenant_ID and X_Forwarded_For as X-Tenant-ID and
-            # X-Forwarded-For (see tenancy.model.HeaderNameSet): every check sees the '-' spelling.
-            key = key.replace("_", "-")
-        if key in never or key in named_hop:
+        try:
+            kind = classes[name]
+        except KeyError:
+            kind = _learn_class(classes, never, name)
+        if kind == _DROP or (listed and _dash_key(name) in named_hop):
             continue
-        if not peer_trusted and (key.startswith(FORWARDING_PREFIX) or key in FORWARDING_HEADERS):
-            # SECURITY: forged X-Forwarded-*/Forwarded from an untrusted peer are dropped.
-            continue
-        if key == "x-request-id":
-            # Ours replaces the client's first and drops the rest (a CIMultiDict set). SECURITY:
-            # an X_Request_ID would reach a CGI/WSGI backend as a second id beside ours: dropped.
-            if lower == key and not own_id:
+        if kind == _FORWARDING:
+            if not peer_trusted:
+                # SECURITY: forged X-Forwarded-*/Forwarded from an untrusted peer are dropped.
+                continue
+        elif kind == _REQUEST_ID:
+            # Ours replaces the client's first and drops the rest (a CIMultiDict set).
+            if not own_id:
                 out.append((_X_REQUEST_ID, request_id))
                 own_id = True
             continue
-        if key == "content-length":
-            if lower != key:  # Content_Length: not framing, and a CGI backend might read it as such
-                continue
+        elif kind == _LENGTH:
             framed = True  # Transfer-Encoding is hop-by-hop: never here
         out.append((name, value))
-    node = f'"[{peer_ip}]"' if ":" in peer_ip else peer_ip
-    # SECURITY: RFC 7239 quoted-string escaping — a '"' in Host must not inject a forged for=.
-    quoted_host = host.replace("\\", "\\\\").replace('"', '\\"')
-    element = f"for={node};proto={scheme}" + (f';host="{quoted_host}"' if host else "")
     if not peer_trusted:  # none of the client's forwarding headers is left: ours alone
-        out.append((_X_FORWARDED_FOR, peer_ip))
-        out.append((_X_FORWARDED_PROTO, scheme))
-        if host:
-            out.append((_X_FORWARDED_HOST, host))
-        out.append((_FORWARDED, element))
+        key = (peer_ip, scheme, host)
+        try:
+            out += _FORWARDING_TAILS[key]
+        except KeyError:
+            out += _forwarding_tail(key)
     else:
-        _extend_forwarding(out, peer_ip, scheme, host, element)
+        _extend_forwarding(out, peer_ip, scheme, host, _forwarded_element(peer_ip, scheme, host))
     out.host_at = len(out)
     out.framed = framed
     if not own_id:
         out.append((_X_REQUEST_ID, request_id))
     return out
+
+
+# What a client's header name means to ``upstream_request_headers`` (the checks below, in order).
+_FORWARD, _DROP, _FORWARDING, _REQUEST_ID, _LENGTH = range(5)
+# never_forwarded set → {name as the client spelt it → its class}: a dict lookup per header
+# instead of lower-casing it and four set lookups (names repeat from request to request).
+_NAME_CLASSES: dict[frozenset[str], dict[str, int]] = {}
+_CLASSES_LIMIT = 1024
+
+
+def _dash_key(name: str) -> str:
+    """The name every check sees. SECURITY: CGI/WSGI backends read X_Tenant_ID and
+    X_Forwarded_For as X-Tenant-ID and X-Forwarded-For (see tenancy.model.HeaderNameSet): every
+    check sees the '-' spelling."""
+    return name.lower().replace("_", "-")
+
+
+def _classes_for(never: frozenset[str]) -> dict[str, int]:
+    if len(_NAME_CLASSES) >= 8:
+        _NAME_CLASSES.clear()  # sets of runtimes reloaded away
+    classes = _NAME_CLASSES[never] = {}
+    return classes
+
+
+def _learn_class(classes: dict[str, int], never: frozenset[str], name: str) -> int:
+    return remember(classes, _CLASSES_LIMIT, name, _name_class(never, name))  # the client's names
+
+
+def _name_class(never: frozenset[str], name: str) -> int:
+    key = _dash_key(name)
+    if key in never:
+        return _DROP
+    if key.startswith(FORWARDING_PREFIX) or key in FORWARDING_HEADERS:
+        return _FORWARDING  # dropped from an untrusted peer
+    # SECURITY: an X_Request_ID or Content_Length would reach a CGI/WSGI backend as a second id
+    # beside ours, or as a length that is not framing: dropped.
+    if key == "x-request-id":
+        return _REQUEST_ID if "_" not in name else _DROP
+    if key == "content-length":
+        return _LENGTH if "_" not in name else _DROP
+    return _FORWARD
+
+
+def _forwarded_element(peer_ip: str, scheme: str, host: str) -> str:
+    node = f'"[{peer_ip}]"' if ":" in peer_ip else peer_ip
+    # SECURITY: RFC 7239 quoted-string escaping — a '"' in Host must not inject a forged for=.
+    quoted_host = host.replace("\\", "\\\\").replace('"', '\\"')
+    return f"for={node};proto={scheme}" + (f';host="{quoted_host}"' if host else "")
+
+
+# (peer, scheme, Host) → an untrusted peer's forwarding headers: peers and hosts repeat.
+_FORWARDING_TAILS: dict[tuple[str, str, str], tuple[tuple[str, str], ...]] = {}
+_TAILS_LIMIT = 1024
+
+
+def _forwarding_tail(key: tuple[str, str, str]) -> tuple[tuple[str, str], ...]:
+    peer_ip, scheme, host = key
+    pairs = [(_X_FORWARDED_FOR, peer_ip), (_X_FORWARDED_PROTO, scheme)]
+    if host:
+        pairs.append((_X_FORWARDED_HOST, host))
+    pairs.append((_FORWARDED, _forwarded_element(peer_ip, scheme, host)))
+    return remember(_FORWARDING_TAILS, _TAILS_LIMIT, key, tuple(pairs))  # Host is the client's
 
 
 def _extend_forwarding(
@@ -263,8 +325,17 @@ def _extend_forwarding(
 # Never passed on to the client: hop-by-hop, backend fingerprints, and Content-Length (set by the
 # response object from the upstream's value).
 _RESPONSE_DROPPED = HOP_BY_HOP | RESPONSE_STRIPPED | {"content-length"}
-# The same with the usual Connection values' names: fixed keys, nothing a peer can grow.
-_USUAL_RESPONSE_DROPPED = {value: _RESPONSE_DROPPED | tokens for value, tokens in _USUAL_TOKENS.items()}
+# name as received → kept under one of the fixed sets below: a dict lookup per header instead of
+# lower-casing it (names repeat from answer to answer, as the same str with its hash cached when
+# the httptools transport hands them). One memo per set; none for a set a peer's tokens built.
+_Kept = dict[str, bool]
+_KEPT_LIMIT = 1024
+# The fixed sets with their memos, for no Connection header and for the usual values' names:
+# fixed keys, nothing a peer can grow.
+_PLAIN_RESPONSE_DROPPED: tuple[frozenset[str], _Kept | None] = (_RESPONSE_DROPPED, {})
+_USUAL_RESPONSE_DROPPED: dict[str, tuple[frozenset[str], _Kept | None]] = {
+    value: (_RESPONSE_DROPPED | tokens, {}) for value, tokens in _USUAL_TOKENS.items()
+}
 
 
 # istr: set without case-folding the name on every answer (the same spelling goes out).
@@ -272,25 +343,37 @@ _X_CONTENT_TYPE_OPTIONS = istr("X-Content-Type-Options")
 _STRICT_TRANSPORT_SECURITY = istr("Strict-Transport-Security")
 
 
-def _response_dropped(upstream: CIMultiDictProxy[str] | CIMultiDict[str]) -> frozenset[str]:
-    """Every lower-case name a response header is dropped by: one set lookup per header."""
-    values = upstream.getall(_CONNECTION, ())
-    if not values:
-        return _RESPONSE_DROPPED
-    if len(values) == 1 and (known := _USUAL_RESPONSE_DROPPED.get(values[0])) is not None:
-        return known  # "keep-alive" on nearly every upstream answer
-    return _RESPONSE_DROPPED | connection_tokens(upstream)
+def _learn_kept(kept: _Kept, dropped: frozenset[str], name: str) -> bool:
+    return remember(kept, _KEPT_LIMIT, name, name.lower() not in dropped)  # the upstream's names
 
 
 def downstream_response_headers(
     upstream: CIMultiDictProxy[str] | CIMultiDict[str], *, tls: bool
 ) -> CIMultiDict[str]:
     """Response headers for the client: hop-by-hop and backend fingerprints removed."""
-    dropped = _response_dropped(upstream)
+    # Every lower-case name a response header is dropped by (one set lookup per header), and
+    # the memo of which names that set keeps when it is one of the fixed sets.
+    values = upstream.getall(_CONNECTION, ())
+    if not values:
+        dropped, kept = _PLAIN_RESPONSE_DROPPED
+    elif len(values) == 1 and (known := _USUAL_RESPONSE_DROPPED.get(values[0])) is not None:
+        dropped, kept = known  # "keep-alive" on nearly every upstream answer
+    else:
+        dropped, kept = _RESPONSE_DROPPED | connection_tokens(upstream), None
     out: CIMultiDict[str] = CIMultiDict()
-    for name, value in upstream.items():  # add() per pair: measured cheaper than a list built once
-        if name.lower() not in dropped:
-            out.add(name, value)
+    # add() per pair: measured cheaper than a list built once
+    if kept is None:
+        for name, value in upstream.items():
+            if name.lower() not in dropped:
+                out.add(name, value)
+    else:
+        for name, value in upstream.items():
+            try:
+                keep = kept[name]
+            except KeyError:
+                keep = _learn_kept(kept, dropped, name)
+            if keep:
+                out.add(name, value)
     out.setdefault(_X_CONTENT_TYPE_OPTIONS, "nosniff")
     if tls:
         out[_STRICT_TRANSPORT_SECURITY] = "max-age=31536000; includeSubDomains"
@@ -299,8 +382,12 @@ def downstream_response_headers(
 
 def wants_websocket(request: ServerRequest) -> bool:
     """A WebSocket upgrade the proxy would carry through (SPEC §10)."""
+    if request.method != "GET":
+        return False
+    headers = request.headers
+    upgrade = headers.get(_UPGRADE)  # None on nearly every request: nothing to lower-case
     return (
-        request.method == "GET"
-        and request.headers.get(_UPGRADE, "").lower() == "websocket"
-        and "upgrade" in request.headers.get(_CONNECTION, "").lower()
+        upgrade is not None
+        and upgrade.lower() == "websocket"
+        and "upgrade" in headers.get(_CONNECTION, "").lower()
     )

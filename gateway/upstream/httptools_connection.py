@@ -8,8 +8,12 @@ client's answer to another):
   failed;
 - bytes arriving while idle, or after a complete response, close the connection;
 - HEAD: llhttp cannot be told the request method, so the parser is stopped right after the head
-  and replaced; the connection is reused only if the head ended exactly where the received bytes
-  end (nothing that could be a body followed it);
+  and the connection is never reused: an upstream that sends a body to HEAD anyway (aiohttp's
+  ``StreamResponse.write`` does) may send it in a later segment, after the connection went back
+  to the pool, where it would be read as the next request's response;
+- the head is capped (``MAX_HEADERS`` headers, ``MAX_HEAD_BYTES`` bytes, 1xx heads included) as
+  it is parsed; an answer whose first buffer holds a head too small to reach either cap skips
+  the per-header count (``_SMALL_HEAD``);
 - a reused connection that dies before any response byte (the server closed it between requests,
   a race every keep-alive client has) raises ``StaleConnection``, which the transport retries
   once on a fresh connection when it is safe (``gateway.upstream.transport_httptools``).
@@ -28,12 +32,12 @@ from typing import Protocol
 import httptools
 from multidict import CIMultiDict, istr
 
+from gateway.bounded_memo import remember
 from gateway.errors import BadRequest, UpstreamTimeout, UpstreamUnavailable
 
 MAX_HEAD_BYTES = 64 * 1024
 MAX_HEADERS = 200
 READ_HIGH_WATER = 256 * 1024  # unread body above this pauses the socket: constant memory
-IDLE_TTL = 30.0  # like AiohttpTransport's keepalive_timeout: retire before most servers do
 
 _PHRASES = {status.value: status.phrase for status in http.HTTPStatus}
 _HEAD_END = b"\r\n\r\n"
@@ -42,6 +46,25 @@ _CRLF = b"\r\n"
 _CONTENT_LENGTH = istr("Content-Length")
 _TRANSFER_ENCODING = istr("Transfer-Encoding")
 _LAST_CHUNK = b"0\r\n\r\n"
+# A head within this many bytes cannot reach either cap: a header line takes 4 bytes at least
+# ("X:" CRLF) after a status line of 12 ("HTTP/1.1 200"), and its count below stays under
+# MAX_HEAD_BYTES. Such a head is parsed without counting (``UpstreamConnection.data_received``).
+_SMALL_HEAD = 12 + 4 * MAX_HEADERS
+# Header names (bytes as received) → their ``istr``: no decode per header, and a CIMultiDict takes
+# an ``istr`` without case-folding it. Bounded: an upstream inventing names cannot grow it.
+_NAMES: dict[bytes, istr] = {}
+_NAMES_LIMIT = 1024
+# Header values as received → their text (trailing whitespace dropped): most of an answer's values
+# repeat answer after answer (Server, Content-Type, Connection, a fixed page's Content-Length), and
+# a lookup costs less than the strip and decode (~300 instructions a header). Bounded, and short
+# values only: an upstream inventing values cannot make it hold more than _VALUES_LIMIT values of
+# _VALUE_MEMO_MAX bytes.
+_VALUES: dict[bytes, str] = {}
+_VALUES_LIMIT = 1024
+_VALUE_MEMO_MAX = 64
+_SET_COOKIE = b"set-cookie"
+# The usual reason phrases, decoded once: the bytes of an answer's reason usually are one of these.
+_REASONS = {status.phrase.encode(): status.phrase for status in http.HTTPStatus}
 
 
 class _StopParsing(Exception):
@@ -65,11 +88,11 @@ class UpstreamConnection(asyncio.Protocol):
     it (sending the body, awaiting the head or the next body chunk)."""
 
     __slots__ = (
-        "_body_sent", "_buffered", "_chunks", "_complete", "_deadline", "_error", "_got_bytes",
-        "_head_bytes", "_head_done", "_head_log", "_header_bytes", "_header_count", "_keep_alive",
-        "_loop", "_messages", "_parser", "_pool", "_read_timeout", "_reading_paused", "_reason",
-        "_timer", "_until_close", "_waiter", "_writing_paused", "alive", "headers", "idle",
-        "idle_since", "reason", "reused", "status", "transport",
+        "_body_sent", "_buffered", "_chunks", "_complete", "_counting", "_deadline", "_error",
+        "_got_bytes", "_head_bytes", "_head_done", "_head_request", "_header_bytes", "_header_count",
+        "_keep_alive", "_loop", "_messages", "_parser", "_pool", "_read_timeout", "_reading_paused",
+        "_reason", "_timer", "_waiter", "_writing_paused", "alive", "headers", "idle", "idle_until",
+        "reason", "reused", "status", "transport",
     )  # fmt: skip
     transport: asyncio.Transport
 
@@ -77,25 +100,46 @@ class UpstreamConnection(asyncio.Protocol):
         self._pool, self._loop, self._read_timeout = pool, loop, read_timeout
         self._parser = httptools.HttpResponseParser(self)
         self.alive = self.idle = self.reused = False
-        self.idle_since = self._deadline = 0.0
+        self.idle_until = self._deadline = 0.0
         self._waiter: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._writing_paused = self._reading_paused = False
         self._chunks: deque[bytes] = deque()
+        self._error: Exception | None = None
+        self._buffered = self.status = 0
+        self.reason = ""
+        self._counting = True
+        self._header_bytes = self._header_count = 0
         self.begin(head_request=False)
 
     def begin(self, *, head_request: bool) -> None:
-        """Forget the previous exchange before a request is written."""
+        """Forget the previous exchange before a request is written. (What a reusable exchange
+        leaves as it found it, ``reusable`` checks: no error, no body left. ``status``, ``reason``
+        and the head caps' counts are set before they are read.)"""
         self.idle = False
-        self.status, self.reason, self._reason = 0, "", b""
+        self._reason = b""
         self.headers: CIMultiDict[str] = CIMultiDict()
-        self._head_done = self._complete = self._keep_alive = self._until_close = False
-        self._body_sent = self._got_bytes = False
-        self._error: Exception | None = None
-        self._head_bytes = self._header_bytes = self._header_count = self._messages = 0
-        self._head_log = bytearray() if head_request else None
-        self._chunks.clear()
-        self._buffered = 0
+        self._head_done = self._complete = self._keep_alive = self._body_sent = self._got_bytes = False
+        self._error = None
+        self._head_bytes = self._messages = 0
+        self._head_request = head_request
+        if self._chunks:
+            self._chunks.clear()
+            self._buffered = 0
+
+    def start(self, head: bytes, *, head_request: bool) -> asyncio.Future[None]:
+        """``begin`` and write a bodiless request (the head is all there is); returns what to
+        await before asking ``head_pending``. Nothing can have answered yet: no check first."""
+        self.begin(head_request=head_request)
+        if self.alive and not self.transport.is_closing():  # else connection_lost says why
+            self.transport.write(head)  # one piece: writelines would copy it in a join first
+        self._body_sent = True
+        loop = self._loop  # _wait, inlined: once per request
+        self._deadline = loop.time() + self._read_timeout
+        if self._timer is None:
+            self._timer = loop.call_at(self._deadline, self._on_timer)
+        waiter = self._waiter = loop.create_future()
+        return waiter
 
     # ---------------------------------------------------------------- asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -108,8 +152,8 @@ class UpstreamConnection(asyncio.Protocol):
         was_idle = self.idle
         self._pool.forget(self)
         if not self._complete and not was_idle:
-            if self._head_done and self._until_close and exc is None:
-                self._finish()  # RFC 9112 §6.3 (8): the close is this body's only delimiter
+            if self._head_done and exc is None and _close_delimited(self.headers):
+                self._complete = True  # RFC 9112 §6.3 (8): the close is this body's only delimiter
             elif self._error is None:
                 self._error = (
                     StaleConnection()
@@ -127,10 +171,20 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.close()
             return
         self._got_bytes = True
-        if self._head_log is not None:
-            self._head_log += data
         if not self._head_done:
-            self._head_bytes += len(data)
+            seen = self._head_bytes
+            self._head_bytes = seen + len(data)
+            if seen:  # the head goes on in this buffer
+                if not self._counting:
+                    self._count_from_here(seen)
+            elif len(data) <= _SMALL_HEAD or (
+                data.find(_HEAD_END, 0, _SMALL_HEAD) >= 0 and data[0] > 13  # no CR/LF before it
+            ):
+                # The first head ends within _SMALL_HEAD bytes: it cannot reach a cap, so its
+                # headers are not counted (on_message_begin starts counting at a second head).
+                self._counting = False
+            else:
+                self._counting, self._header_count, self._header_bytes = True, 0, 0
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -143,7 +197,20 @@ class UpstreamConnection(asyncio.Protocol):
             self._error = UpstreamUnavailable("The upstream response head is too large")
         if self._error is not None:
             self.transport.close()
-        self._wake()
+        waiter = self._waiter  # _wake, inlined: once per buffer
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _count_from_here(self, seen: int) -> None:
+        """Count the head's headers from now on (a second head, or one spread over buffers).
+        What came before fitted in _SMALL_HEAD bytes: its headers are in ``headers`` (a header
+        llhttp still holds is counted when it comes), its bytes at most ``seen`` and that bound,
+        plus 1 per header for the counting's separators (``on_header``)."""
+        count = len(self.headers)
+        self._counting, self._header_count = True, count
+        self._header_bytes = min(seen, _SMALL_HEAD) + count
 
     def pause_writing(self) -> None:
         self._writing_paused = True
@@ -160,53 +227,60 @@ class UpstreamConnection(asyncio.Protocol):
             raise _StopParsing
         self._messages += 1
         if self._messages > 1:  # the previous message was an interim 1xx
+            if not self._counting:  # its head was small; this one may not be
+                self._count_from_here(self._head_bytes)
             self.headers, self._reason = CIMultiDict(), b""
 
     def on_status(self, status: bytes) -> None:
         self._reason += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._header_count += 1
-        self._header_bytes += len(name) + len(value) + 4
-        if self._header_count > MAX_HEADERS or self._header_bytes > MAX_HEAD_BYTES:
-            self._error = UpstreamUnavailable("The upstream response head is too large")
-            raise _StopParsing
-        # llhttp keeps trailing whitespace; RFC 9110 §5.5 excludes it from the value. Added one
-        # by one: measured cheaper than collecting the pairs and building the dict at the end.
-        # The name is a token (llhttp refuses any other byte, test_transport_httptools pins it),
-        # so ASCII: the default codec's fast path reads it as latin-1 would, without the codec
-        # name being parsed per header. Values may hold any byte: latin-1 keeps each as is.
-        self.headers.add(name.decode(), value.rstrip(b" \t").decode("latin-1"))
+        if self._counting:
+            self._header_count += 1
+            self._header_bytes += len(name) + len(value) + 4
+            if self._header_count > MAX_HEADERS or self._header_bytes > MAX_HEAD_BYTES:
+                self._error = UpstreamUnavailable("The upstream response head is too large")
+                raise _StopParsing
+        # Added one by one: measured cheaper than collecting the pairs and building the dict at
+        # the end. The memos by subscript: cheaper than a .get call (no miss is the usual case).
+        try:
+            key = _NAMES[name]
+        except KeyError:
+            key = _name_key(name)
+        try:
+            text = _VALUES[value]
+        except KeyError:
+            text = _value_text(name, value)
+        self.headers.add(key, text)
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
         if status < 200 and status != 101:
             return  # interim (100 Continue, 103 Early Hints): the final response follows
         headers = self.headers
-        length = headers.get(_CONTENT_LENGTH)
-        coding = headers.get(_TRANSFER_ENCODING)
-        if length is not None and (
-            coding is not None
-            or len(headers.getall(_CONTENT_LENGTH)) > 1
-            or not (length.isascii() and length.isdigit())
+        lengths = headers.getall(_CONTENT_LENGTH, None)
+        if lengths is not None and (
+            len(lengths) > 1
+            # isdecimal: 0-9 alone within latin-1 (isdigit would take '²'), as isascii+isdigit
+            or not lengths[0].isdecimal()
+            or _TRANSFER_ENCODING in headers
         ):
             # SECURITY: an ambiguous body length is how response smuggling desyncs a pool
             # (RFC 9112 §6.3); llhttp refuses these too, this holds if it ever grows lenient.
             self._error = UpstreamUnavailable("The upstream sent an ambiguous response length")
             raise _StopParsing
         self.status = status
-        self.reason = self._reason.decode("latin-1") or _PHRASES.get(status, "")
+        reason = self._reason
+        self.reason = _REASONS.get(reason) or reason.decode("latin-1") or _PHRASES.get(status, "")
         self._keep_alive = self._parser.should_keep_alive()
-        chunked = coding is not None and coding.rstrip(" \t").lower().endswith("chunked")
-        self._until_close = length is None and not chunked
         self._head_done = True
-        if self._head_log is not None:
-            # HEAD: llhttp would wait for the body Content-Length announces. Stop it here, use a
-            # fresh parser next time, and reuse the connection only if no byte followed the head.
-            self._keep_alive = self._keep_alive and _head_ends_data(self._head_log, self._messages)
-            self._head_log = None
-            self._parser = httptools.HttpResponseParser(self)
-            self._finish()
+        if self._head_request:
+            # HEAD: llhttp would wait for the body Content-Length announces. Stop it here and
+            # close the connection after this answer. SECURITY: whether a body follows the head
+            # cannot be known from the bytes received so far; a later segment would be read as
+            # the next request's response on a reused connection (response desync).
+            self._keep_alive = False
+            self._complete = True
             raise _StopParsing
 
     def on_body(self, body: bytes) -> None:
@@ -217,8 +291,11 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.pause_reading()
 
     def on_message_complete(self) -> None:
+        # The timer stays armed: the next exchange on this connection moves ``_deadline`` and
+        # reuses it, so a kept-alive connection costs one timer per ``read_timeout``, not one per
+        # request. Fired with nobody waiting, it just lapses; close() cancels it.
         if self._head_done:  # else an interim 1xx ended
-            self._finish()
+            self._complete = True
 
     # ---------------------------------------------------------------- waiting
     def _wait(self) -> asyncio.Future[None]:
@@ -262,19 +339,7 @@ class UpstreamConnection(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
 
-    def _finish(self) -> None:
-        # The timer stays armed: the next exchange on this connection moves ``_deadline`` and
-        # reuses it, so a kept-alive connection costs one timer per ``read_timeout``, not one per
-        # request. Fired with nobody waiting, it just lapses; close() cancels it.
-        self._complete = True
-
     # ---------------------------------------------------------------- the exchange
-    def send_head(self, head: bytes) -> None:
-        """Write a bodiless request: no coroutine, the head is all there is."""
-        if self.alive and not self.transport.is_closing():  # else connection_lost says why
-            self.transport.write(head)  # one piece: writelines would copy it in a join first
-        self._body_sent = True
-
     async def send_request(self, head: bytes, body: AsyncIterable[bytes], length: int | None) -> None:
         """Write the head and stream the body (``length`` None: chunked), honouring flow control."""
         pending: bytes | None = head  # rides in the same write as the first chunk
@@ -333,6 +398,10 @@ class UpstreamConnection(asyncio.Protocol):
         """Everything of the body, if the message is complete already; else ``None``."""
         if not self._complete or self._error is not None:
             return None
+        chunks = self._chunks
+        if len(chunks) == 1 and not self._reading_paused:  # the usual small answer: one piece
+            self._buffered = 0
+            return chunks.popleft()
         return self._take_buffered()
 
     def _take_buffered(self) -> bytes:
@@ -357,31 +426,33 @@ class UpstreamConnection(asyncio.Protocol):
             and not self.transport.is_closing()
         )
 
-    def park(self) -> float:
-        """Mark the connection idle; returns the loop time it was parked at."""
-        self.idle = self.reused = True
-        now = self.idle_since = self._loop.time()
-        return now
-
-    def expired(self, now: float | None = None) -> bool:
-        """Idle longer than IDLE_TTL (at ``now``, a loop time the caller read already)."""
-        return (self._loop.time() if now is None else now) - self.idle_since > IDLE_TTL
-
     def close(self) -> None:
         self._cancel_timer()
         if self.alive:
             self.transport.close()
 
 
-def _head_ends_data(data: bytearray, heads: int) -> bool:
-    """Whether the ``heads``-th blank line ends ``data`` exactly.
+def _name_key(name: bytes) -> istr:
+    """The ``istr`` of a header name llhttp passed. A name is a token (llhttp refuses any other
+    byte, test_transport_httptools pins it), so ASCII: the default codec reads it as latin-1
+    would."""
+    return remember(_NAMES, _NAMES_LIMIT, name, istr(name.decode()))  # names are the upstream's
 
-    A head holds no empty line, so the n-th CRLFCRLF from the start lies at or before the end of
-    the n-th head; landing on the end of ``data`` proves no byte followed the final head."""
-    end = 0
-    for _ in range(heads):
-        found = data.find(_HEAD_END, end)
-        if found < 0:
-            return False
-        end = found + len(_HEAD_END)
-    return end == len(data)
+
+def _value_text(name: bytes, value: bytes) -> str:
+    """The text of a header value llhttp passed. llhttp keeps trailing whitespace; RFC 9110 §5.5
+    excludes it from the value. Values may hold any byte: latin-1 keeps each as is."""
+    text = value.rstrip(b" \t").decode("latin-1")
+    # SECURITY: a cookie is a session secret: it lives as long as its answer, never in a memo
+    # that outlives it (a memory dump would find the last 1,024 of them).
+    if len(value) <= _VALUE_MEMO_MAX and name.lower() != _SET_COOKIE:
+        remember(_VALUES, _VALUES_LIMIT, value, text)  # the upstream's values
+    return text
+
+
+def _close_delimited(headers: CIMultiDict[str]) -> bool:
+    """Whether the body ends only when the connection does (no length, not chunked): asked only
+    when the connection is lost, so the head's parse does not work it out for every answer."""
+    coding = headers.get(_TRANSFER_ENCODING)
+    chunked = coding is not None and coding.rstrip(" \t").lower().endswith("chunked")
+    return _CONTENT_LENGTH not in headers and not chunked

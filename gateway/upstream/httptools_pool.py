@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterable
+from collections.abc import AsyncGenerator, AsyncIterable, Callable
 from functools import partial
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -16,6 +17,8 @@ from yarl import URL
 
 from gateway.config.model import UpstreamConfig
 from gateway.upstream.httptools_connection import UpstreamConnection
+
+IDLE_TTL = 30.0  # like AiohttpTransport's keepalive_timeout: retire before most servers do
 
 
 class ConnectFailed(Exception):
@@ -25,8 +28,8 @@ class ConnectFailed(Exception):
 class EndpointPool:
     """Idle keep-alive connections to one endpoint, reused last-in first-out (hot ones stay warm)."""
 
-    __slots__ = ("_closed", "_connect_timeout", "_host", "_idle", "_max_idle", "_port", "_read_timeout",
-                 "_server_hostname", "_ssl", "live")  # fmt: skip
+    __slots__ = ("_clock", "_closed", "_connect_timeout", "_host", "_idle", "_max_idle", "_port",
+                 "_read_timeout", "_server_hostname", "_ssl", "live")  # fmt: skip
 
     def __init__(self, url: str, config: UpstreamConfig, ssl_context: ssl.SSLContext | None) -> None:
         parsed = URL(url)  # config validation guarantees http(s)://host:port without a path
@@ -41,18 +44,26 @@ class EndpointPool:
         self._idle: deque[UpstreamConnection] = deque()
         self.live: set[UpstreamConnection] = set()
         self._closed = False
+        # The loop's clock (uvloop's is not time.monotonic), taken at the first connect: before
+        # it no connection is idle, so this one is never read.
+        self._clock: Callable[[], float] = time.monotonic
 
     def take_idle(self) -> UpstreamConnection | None:
-        while self._idle:
-            conn = self._idle.pop()
+        idle = self._idle
+        if not idle:
+            return None
+        now = self._clock()
+        while idle:
+            conn = idle.pop()
             conn.idle = False
-            if conn.alive and not conn.expired():
+            if conn.alive and conn.idle_until >= now:
                 return conn
             conn.close()  # expired: the ones below it are older still and go the same way
         return None
 
     async def connect(self) -> UpstreamConnection:
         loop = asyncio.get_running_loop()
+        self._clock = loop.time
         factory = partial(UpstreamConnection, self, loop, self._read_timeout)
         try:
             async with asyncio.timeout(self._connect_timeout):
@@ -72,14 +83,18 @@ class EndpointPool:
         *,
         head_request: bool,
     ) -> HttptoolsResponse:
-        conn.begin(head_request=head_request)
+        """One request and its answer's head on ``conn``. (``HttptoolsTransport.send`` has the
+        bodiless case inline: one coroutine frame fewer per request.)"""
         try:
             if body is None:
-                conn.send_head(head)
+                pending: asyncio.Future[None] | None = conn.start(head, head_request=head_request)
             else:
+                conn.begin(head_request=head_request)
                 await conn.send_request(head, body, length)
-            while (pending := conn.head_pending()) is not None:
+                pending = conn.head_pending()
+            while pending is not None:
                 await pending
+                pending = conn.head_pending()
         except BaseException:  # cancelled, timed out or broken: half an exchange is never reused
             conn.close()
             raise
@@ -91,10 +106,12 @@ class EndpointPool:
             # request's answer (response desync): only a fully consumed exchange is reused.
             conn.close()
             return
-        now = conn.park()
+        conn.idle = conn.reused = True
+        now = self._clock()
+        conn.idle_until = now + IDLE_TTL
         idle = self._idle
         idle.append(conn)
-        if len(idle) > self._max_idle or idle[0].expired(now):
+        if len(idle) > self._max_idle or idle[0].idle_until < now:
             coldest = idle.popleft()  # the cap, or one stale sweep per release
             coldest.idle = False
             coldest.close()
@@ -135,7 +152,8 @@ class HttptoolsResponse:
             yield chunk
 
     def whole_body(self) -> bytes | None:
-        return self._conn.take_complete_body() if self._conn is not None else None
+        conn = self._conn
+        return conn.take_complete_body() if conn is not None else None
 
     def release(self) -> None:
         conn, self._conn = self._conn, None

@@ -70,6 +70,7 @@ FLOORS: dict[int, tuple[str, ...]] = {
         "gateway.http.answer_headers",
         "gateway.crypto",
         "gateway.random_batches",
+        "gateway.bounded_memo",  # the bound every client-keyed memo of the hot path keeps
         "gateway",
     ),
 }

@@ -212,6 +212,15 @@ async def test_expect_continue_sent_once_checks_pass(shared_gateway: GatewayProc
     assert b"200 OK" in first + rest
 
 
+async def test_expect_continue_skipped_without_content(shared_gateway: GatewayProc) -> None:
+    """RFC 9110 §10.1.1: no content framed, no 100 (Continue): the final answer alone."""
+    with socket.create_connection(("127.0.0.1", shared_gateway.port), timeout=5) as sock:
+        sock.sendall(b"GET /echo HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\r\n")
+        data = sock.recv(65536)
+    assert data.startswith(b"HTTP/1.1 200"), data[:40]
+    assert b"100 Continue" not in data
+
+
 async def test_websocket_echo_through_gateway(
     shared_gateway: GatewayProc, http: aiohttp.ClientSession
 ) -> None:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import types
 import uuid
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.context import new_request_id, request_id_for
 
@@ -62,3 +65,58 @@ def test_a_batch_of_ids_is_the_random_digits_in_uuid_form() -> None:
         h = digits[32 * n : 32 * n + 32]
         variant = "89ab"[int(h[16], 16) & 3]
         assert text == f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{variant}{h[17:20]}-{h[20:]}"
+
+
+def test_a_new_context_holds_every_fields_declared_default() -> None:
+    """``RequestContext.__init__`` is written by hand (positional, no keyword parsing): every
+    field it does not take must start at its declared default, each context with its own dict."""
+    from dataclasses import MISSING, fields
+
+    from gateway.context import RequestContext
+
+    taken = {"request", "runtime", "request_id", "client_ip", "peer_ip", "peer_trusted", "started"}
+    args = (object(), object(), "rid", "10.0.0.1", "10.0.0.2", True)
+    ctx, other = RequestContext(*args), RequestContext(*args)  # type: ignore[arg-type]
+    assert (ctx.request, ctx.runtime) == args[:2] and ctx.peer_trusted is True
+    assert (ctx.request_id, ctx.client_ip, ctx.peer_ip) == ("rid", "10.0.0.1", "10.0.0.2")
+    assert isinstance(ctx.started, float)
+    for spec in fields(RequestContext):
+        if spec.name in taken:
+            continue
+        default = spec.default_factory() if spec.default is MISSING else spec.default  # type: ignore[misc]
+        assert getattr(ctx, spec.name) == default, spec.name
+    assert ctx.response_headers is not other.response_headers
+    headers: dict[str, str] = {"X-Request-ID": "rid"}
+    trace = ("t", "s", "p", None, None)
+    given = RequestContext(*args, headers, trace, None)  # type: ignore[arg-type]
+    assert given.response_headers is headers and given.trace == trace and given.token_memo is None
+
+
+_EXAMPLES = 50 if os.environ.get("CI") == "true" else 300
+
+
+@settings(max_examples=_EXAMPLES, deadline=None)
+@given(incoming=st.none() | st.text(max_size=70) | st.from_regex(r"[A-Za-z0-9._~:-]{1,66}", fullmatch=True))
+def test_a_new_context_decides_its_request_id_as_request_id_for(incoming: str | None) -> None:
+    """``new_context`` takes the request id inline (no ``request_id_for`` call per request): a
+    client id kept by one is kept by the other, anything else gets a fresh version 4 UUID, and the
+    answer's own headers start with it, then the identity headers."""
+    from multidict import CIMultiDict, CIMultiDictProxy
+
+    from gateway.app import new_context
+    from gateway.http.answer_headers import IDENTITY_BY_TLS
+    from gateway.upstream.forwarding import TrustedProxies
+
+    headers = CIMultiDict() if incoming is None else CIMultiDict({"X-Request-ID": incoming})
+    request = types.SimpleNamespace(headers=CIMultiDictProxy(headers), remote="10.0.0.1")
+    for tls in (False, True):
+        runtime = types.SimpleNamespace(trusted_proxies=TrustedProxies([]), tls=tls)
+        ctx = new_context(request, runtime, None)  # type: ignore[arg-type]
+        if request_id_for(incoming) == incoming:
+            assert ctx.request_id == incoming
+        else:
+            assert uuid.UUID(ctx.request_id).version == 4 and str(uuid.UUID(ctx.request_id)) == ctx.request_id
+        assert list(ctx.response_headers.items()) == [
+            ("X-Request-ID", ctx.request_id),
+            *IDENTITY_BY_TLS[tls].items(),
+        ]

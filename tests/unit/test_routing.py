@@ -359,3 +359,30 @@ def test_remembered_targets_equal_fresh_ones_and_stay_bounded() -> None:
         routing.canonical_target(f"/p{i}", host=None)
     routing.canonical_target("/" + "l" * 300, host=None)
     assert len(routing._targets) <= 1024 and "/" + "l" * 300 not in routing._targets
+
+
+def test_a_remembered_path_still_has_each_method_checked_and_the_memory_stays_bounded(
+    table: RouteTable[Route],
+) -> None:
+    """A table remembers which route a path names, never a method's verdict: the path's second
+    request with another method is judged afresh (no fall-through, TRACE refused as before)."""
+    assert table.match("/api/fin/x", "GET").name == "fin"
+    assert "/api/fin/x" in table._matched
+    with pytest.raises(MethodNotAllowed) as caught:
+        table.match("/api/fin/x", "DELETE")
+    assert caught.value.headers == {"Allow": "GET, POST"}
+    assert table.match("/api/x", "GET").name == "api"
+    with pytest.raises(MethodNotAllowed):
+        table.match("/api/x", "TRACE")
+    # A 404 is never remembered (nothing to remember it as), nor a path over the length bound.
+    strict = RouteTable([Route("api", "/api")])
+    for _ in range(2):
+        with pytest.raises(NotFound):
+            strict.match("/other", "GET")
+    assert "/other" not in strict._matched
+    assert table.match("/" + "l" * 300, "GET").name == "root"
+    assert "/" + "l" * 300 not in table._matched
+    # SECURITY: memory exhaustion — attacker-chosen paths are remembered up to a bound.
+    for i in range(3000):
+        assert table.match(f"/api/p{i}", "GET").name == "api"
+    assert len(table._matched) <= 1024

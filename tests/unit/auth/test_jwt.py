@@ -303,7 +303,9 @@ async def test_a_connections_token_memo_never_answers_for_another_token(
     memo = TokenMemo()
     first = await verifier.verify(first_token)
     assert verifier.verify_cached(first_token, memo) is first
-    assert memo.token == first_token and memo.digest == hashlib.sha256(first_token.encode()).digest()
+    signed, _, signature = first_token.rpartition(".")
+    assert memo.token == first_token and memo.signed == signed
+    assert memo.digest == hashlib.blake2b(signature.encode()).digest()
     # SECURITY: the memo only spares re-hashing the very same string; any other token, a
     # one-character edit included, is looked up by its own digest.
     tampered = first_token[:-2] + ("AA" if first_token[-2:] != "AA" else "BB")
@@ -315,6 +317,30 @@ async def test_a_connections_token_memo_never_answers_for_another_token(
     clock.now += 700  # past exp + leeway: a memo hit still checks expiry
     with pytest.raises(TokenRejected, match="expired"):
         verifier.verify_cached(first_token, memo)
+
+
+async def test_a_cached_tokens_signature_under_another_signed_part_is_never_a_hit(
+    verifier: JwtVerifier,
+) -> None:
+    """SECURITY: the cache is keyed by the digest of the signature segment; a hit also needs the
+    very signed part (header.payload) that was verified. A token that reuses a cached token's
+    signature with other claims (a raised role, another tenant, a later exp), or the same
+    signature with the original signed part edited by a character, is never answered from the
+    cache: verify_cached leaves it to verify(), which refuses its signature."""
+    good = token(jti="victim")
+    claims_ = await verifier.verify(good)
+    head, payload, signature = good.split(".")
+    raised = b64json(claims(jti="victim", roles=["tenant-admin"], tid="t2"))
+    edited = payload[:-1] + ("A" if payload[-1] != "A" else "B")
+    memo = TokenMemo()
+    for forged in (f"{head}.{raised}.{signature}", f"{head}.{edited}.{signature}", f"{payload}.{signature}"):
+        for m in (None, memo):
+            assert verifier.verify_cached(forged, m) is None
+        with pytest.raises(TokenRejected):
+            await verifier.verify(forged)
+    # The genuine token is still cached (a forged one neither evicted nor replaced it).
+    assert verifier.verify_cached(good, memo) is claims_
+    assert await verifier.verify(good) is claims_
 
 
 class AnsweringSource:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import io
 import random
 from types import SimpleNamespace
@@ -10,7 +11,13 @@ from types import SimpleNamespace
 import orjson
 
 from gateway.context import ContextKey
-from gateway.logs.access_log import FLUSH_DELAY, AccessLogWriter, flush_access_logs, milliseconds
+from gateway.logs.access_log import (
+    FLUSH_DELAY,
+    AccessLogWriter,
+    _UtcStamp,
+    flush_access_logs,
+    milliseconds,
+)
 from gateway.redaction.processor import Redactor
 
 
@@ -210,3 +217,18 @@ def test_duration_ms_is_round_to_three_places_bit_for_bit() -> None:
     cases += [0.0, 5e-7, 1.5e-6, 2.5e-6, 0.0125, 3600.0, 9000.000_000_5, 86400.123_456_789, 1e9]
     for elapsed in cases:
         assert repr(milliseconds(elapsed)) == repr(round(elapsed * 1000, 3)), elapsed
+
+
+def test_the_stamp_is_rfc3339_utc_with_its_milliseconds_cut_not_rounded() -> None:
+    """The stamp's milliseconds come from a table: for every millisecond, at and around the
+    second's edges, and across seconds in any order, exactly the datetime spelling with the
+    milliseconds truncated (as ``int((now - second) * 1000):03d`` always gave them)."""
+    stamp = _UtcStamp()
+    random.seed(7)
+    base = 1_767_225_599  # 2025-12-31T23:59:59Z: the next second is another day and year
+    cases = [base + ms / 1000 for ms in range(1000)] + [base + 1 + ms / 1000 + 0.0004 for ms in range(1000)]
+    cases += [base + random.random() * 5 for _ in range(5000)] + [0.0, 0.9999, 1.0005, base + 0.9999999]
+    for now in cases:
+        second = int(now)
+        day = datetime.datetime.fromtimestamp(second, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        assert stamp(now) == f"{day}.{int((now - second) * 1000):03d}+00:00", now

@@ -4,14 +4,19 @@ is read, and a body framed two ways (400 ``bad-request``, request smuggling)."""
 
 from __future__ import annotations
 
+import os
+import types
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, make_mocked_request
-from multidict import CIMultiDict
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.context import RequestContext
-from gateway.errors import BadRequest
+from gateway.errors import BadRequest, GatewayError
+from gateway.http.request_body import refuse_unframed_or_oversized
 from gateway.middleware.body_limit import enforce_body_limit
 from gateway.middleware.route import resolve_route
 from tests.support.stage_server import AiohttpClient, send_raw, stage_client, stage_runtime
@@ -89,3 +94,37 @@ async def test_the_stage_refuses_a_body_framed_two_ways_itself() -> None:
         enforce_body_limit(ctx)
     assert refused.value.slug == "bad-request"
     assert refused.value.detail == "Conflicting body framing"
+
+
+MAX_EXAMPLES = 50 if os.environ.get("CI") == "true" else 300
+_FRAMING = st.lists(
+    st.tuples(
+        st.sampled_from(
+            ["Content-Length", "content-length", "Transfer-Encoding", "TRANSFER-ENCODING", "Host"]
+        ),
+        st.sampled_from(["0", "5", "100", "101", "chunked", "x"]),
+    ),
+    max_size=3,
+)
+
+
+def _decision(check: Any, *args: Any) -> tuple[str, str] | None:
+    try:
+        check(*args)
+    except GatewayError as refused:
+        return refused.slug, refused.detail
+    return None
+
+
+@settings(max_examples=MAX_EXAMPLES, deadline=None)
+@given(framing=_FRAMING, limit=st.sampled_from([None, 0, 5, 100]))
+def test_the_stage_decides_as_the_full_check(framing: list[tuple[str, str]], limit: int | None) -> None:
+    """The stage skips the check when no Content-Length is declared: it must refuse exactly
+    what ``refuse_unframed_or_oversized`` refuses, for any framing headers and limit."""
+    headers = CIMultiDictProxy(CIMultiDict(framing))
+    declared = headers.get("Content-Length")
+    length = int(declared) if declared is not None and declared.isdigit() else None
+    request = types.SimpleNamespace(headers=headers, content_length=length)
+    route = None if limit is None else types.SimpleNamespace(max_body=limit)
+    ctx = types.SimpleNamespace(request=request, route=route)
+    assert _decision(enforce_body_limit, ctx) == _decision(refuse_unframed_or_oversized, request, limit)

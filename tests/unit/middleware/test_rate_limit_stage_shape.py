@@ -9,13 +9,16 @@ from types import SimpleNamespace
 from typing import Any
 
 from gateway.middleware.rate_limit import limit_pre_auth, limit_route
-from gateway.ratelimit.limiter import RateLimitBackend
+from gateway.ratelimit.limiter import RateLimitBackend, _strictest
 from gateway.ratelimit.model import RateLimitRule, RateLimitsConfig
 from gateway.ratelimit.policies import compile_limits
 
 API = SimpleNamespace(name="api", rate_limit=("api",), auth="jwt", login=False, tenant_from=None)
 # tenant_from: a route whose pre_auth hit is not deferred (policies.compile_limits)
 SPLIT = SimpleNamespace(name="split", rate_limit=("api",), auth="jwt", login=False, tenant_from="header")
+# a route counting a sliding-window counter: not deferred (policies.compile_limits)
+COUNTER = SimpleNamespace(name="counter", rate_limit=("counter",), auth="jwt", login=False, tenant_from=None)
+SWC = "sliding-window-counter"
 BARE = SimpleNamespace(name="bare", rate_limit=(), auth="jwt", login=False, tenant_from=None)
 CONFIG = SimpleNamespace(
     rate_limits=RateLimitsConfig(
@@ -94,3 +97,77 @@ async def test_a_hit_sent_now_is_a_coroutine(redis_url: str) -> None:
         assert ctx.response_headers["RateLimit"] == '"api";r=49;t=60'
     finally:
         await backend.close()
+
+
+def test_only_routes_whose_items_the_stage_script_takes_are_deferrable() -> None:
+    """A sliding-window counter is not a script item: a route counting one (or any route, when
+    pre_auth counts one) keeps two stages, so the deferred pair's path never asks per request
+    whether the script takes its items (``RateLimitBackend.decide_in_order``)."""
+    counter = SimpleNamespace(
+        name="counter", rate_limit=("counter",), auth="jwt", login=False, tenant_from=None
+    )
+    policies = {
+        "api": (RateLimitRule(key="user", limit="50/minute"),),
+        "counter": (
+            RateLimitRule(key="user", limit="50/minute"),
+            RateLimitRule(key="tenant", limit="500/minute", strategy="sliding-window-counter"),
+        ),
+    }
+    rules = RateLimitsConfig(pre_auth=CONFIG.rate_limits.pre_auth, policies=policies)
+    compiled = compile_limits(SimpleNamespace(rate_limits=rules, routes=(API, counter)))
+    assert compiled.deferrable == frozenset({"api"})
+    pre_auth = (RateLimitRule(key="ip", limit="1000/minute", strategy="sliding-window-counter"),)
+    rules = RateLimitsConfig(pre_auth=pre_auth, policies=policies)
+    assert compile_limits(SimpleNamespace(rate_limits=rules, routes=(API, counter))).deferrable == frozenset()
+
+
+async def test_a_route_counting_a_sliding_window_counter_sends_pre_auth_at_once(redis_url: str) -> None:
+    counter = SimpleNamespace(
+        name="counter", rate_limit=("counter",), auth="jwt", login=False, tenant_from=None
+    )
+    config = SimpleNamespace(
+        rate_limits=RateLimitsConfig(
+            pre_auth=CONFIG.rate_limits.pre_auth,
+            policies={
+                "counter": (RateLimitRule(key="user", limit="2/minute", strategy="sliding-window-counter"),)
+            },
+        ),
+        routes=(counter,),
+    )
+    backend = RateLimitBackend(redis_url)
+    try:
+        ctx = context(backend, counter)
+        ctx.runtime.rate_limits.compiled = compile_limits(config)
+        waiting = limit_pre_auth(ctx)
+        assert asyncio.iscoroutine(waiting)  # sent now, not deferred
+        assert await waiting is None and ctx.deferred_pre_auth is None
+        authenticated(ctx, "carol")
+        assert await limit_route(ctx) is None
+        assert ctx.response_headers["RateLimit"].startswith('"counter";r=1')
+    finally:
+        await backend.close()
+
+
+def test_each_routes_precomputed_strictest_item_is_the_limiters_own_choice() -> None:
+    """``CompiledLimits.strictest`` stands in for ``limiter._strictest`` when every item of the
+    route applies: the same index, ties (the first) and shadow items included."""
+    policies = {
+        "api": (
+            RateLimitRule(key="user", limit="50/second;2000/minute"),
+            RateLimitRule(key="tenant", limit="1000/second"),
+        ),
+        "tie": (RateLimitRule(key="user", limit="5/minute"), RateLimitRule(key="tenant", limit="5/minute")),
+        "window": (RateLimitRule(key="user", limit="5/second"), RateLimitRule(key="tenant", limit="5/hour")),
+        "shadowed": (
+            RateLimitRule(key="user", limit="1/second", mode="shadow"),
+            RateLimitRule(key="tenant", limit="9/hour"),
+        ),
+    }
+    routes = tuple(
+        SimpleNamespace(name=name, rate_limit=(name,), auth="jwt", login=False, tenant_from=None)
+        for name in policies
+    )
+    compiled = compile_limits(SimpleNamespace(rate_limits=RateLimitsConfig(policies=policies), routes=routes))
+    for name, items in compiled.by_route.items():
+        assert compiled.strictest[name] == _strictest([(item, "v") for item in items]), name
+    assert [compiled.strictest[name] for name in policies] == [0, 0, 1, 1]

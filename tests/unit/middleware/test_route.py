@@ -128,3 +128,35 @@ async def test_an_authority_form_connect_is_refused_as_an_open_proxy(client: Tes
     answer = await send_raw(client, "CONNECT internal.example:443 HTTP/1.1\r\nHost: internal.example:443")
     assert answer.status == 405
     assert answer.json()["type"] == "urn:shopino-gateway:method-not-allowed"
+
+
+def _ctx(*hosts: str, target: str = "/api/orders") -> Any:
+    from tests.support.stage_server import stage_runtime
+
+    request = _request(*hosts)
+    request.method, request.raw_path = "GET", target
+    return types.SimpleNamespace(request=request, runtime=stage_runtime(CONFIG), target=None, route=None)
+
+
+def test_the_stage_refuses_two_hosts_even_when_each_value_is_remembered() -> None:
+    """The stage checks a remembered Host inline; a second Host line still goes to the full
+    check (aiohttp's parser refuses it first; a listener that did not would meet this)."""
+    checked_host(_request("api.example"))  # type: ignore[arg-type]
+    assert "api.example" in route._VALID_HOSTS
+    ctx = _ctx("api.example")
+    assert resolve_route(ctx) is None and ctx.route.name == "api"
+    with pytest.raises(BadRequest, match="More than one Host"):
+        resolve_route(_ctx("api.example", "api.example"))
+    with pytest.raises(BadRequest, match="Invalid Host"):
+        resolve_route(_ctx('api.example"x'))
+
+
+def test_no_gateway_endpoint_is_hidden_by_the_stages_first_look() -> None:
+    """The stage looks a path up among the gateway's endpoints only when its second character
+    can start one: every endpoint (and item endpoint, with an id) passes that look."""
+    from gateway.endpoints.table import GATEWAY_ENDPOINTS, GATEWAY_ITEM_ENDPOINTS, is_gateway_endpoint
+
+    paths = [*GATEWAY_ENDPOINTS, *(prefix + "some-id" for prefix in GATEWAY_ITEM_ENDPOINTS)]
+    assert paths and all(is_gateway_endpoint(path) for path in paths)
+    assert all(path[1:2] in route._ENDPOINT_SECOND for path in paths)
+    assert "/api/orders"[1:2] not in route._ENDPOINT_SECOND

@@ -111,10 +111,37 @@ async def test_a_signed_identity_that_cannot_be_a_header_safely_is_refused(
     gw: Gateway, issuer: DemoIssuer, echo_upstream: EchoUpstream, tenant: str, roles: list[str], user: str
 ) -> None:
     token = mint(issuer, tenant, roles, user_id=user)
-    async with gw.client.get("/api/orders", headers=bearer(token)) as response:
-        assert response.status == 401
-        assert (await response.json())["type"] == problem_type("invalid-token")
+    for _ in range(2):  # and again with the token cached (its identity's check is kept with it)
+        async with gw.client.get("/api/orders", headers=bearer(token)) as response:
+            assert response.status == 401
+            assert (await response.json())["type"] == problem_type("invalid-token")
     assert echo_upstream.seen == []
+
+
+async def test_each_request_of_a_cached_token_gets_its_own_signed_context(
+    gw: Gateway, issuer: DemoIssuer, echo_upstream: EchoUpstream
+) -> None:
+    """The identity headers are derived once per token; the context MAC is still made per
+    request, over that request's method, target and id (and time)."""
+    token = mint(issuer, "acme", ["clerk"], user_id="alice")
+    keys = gw.runtime.services.context_keys.verification_keys()
+    sent = []
+    for method, target in (("GET", "/api/orders?page=1"), ("POST", "/api/orders"), ("GET", "/api/x")):
+        async with gw.client.request(method, target, headers=bearer(token)) as response:
+            assert response.status == 200
+            sent.append((method, target, response.headers["X-Request-ID"]))
+    contexts = set()
+    for (method, target, request_id), seen in zip(sent, echo_upstream.seen, strict=True):
+        forwarded = CIMultiDict(seen[2])
+        verified = verify_context(forwarded, method, target, keys)
+        assert (verified.tenant, verified.user, verified.roles) == ("acme", "alice", ("clerk",))
+        assert verified.request_id == request_id
+        contexts.add(forwarded["X-Gateway-Context"])
+        for other_method, other_target, _ in sent:
+            if (other_method, other_target) != (method, target):
+                with pytest.raises(ContextInvalid):
+                    verify_context(forwarded, other_method, other_target, keys)
+    assert len(contexts) == 3
 
 
 async def test_an_auth_none_route_gets_no_identity_and_none_of_the_clients(

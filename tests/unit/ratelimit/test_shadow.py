@@ -12,7 +12,7 @@ import yaml
 from gateway.config.errors import ConfigError
 from gateway.config_schema import parse_config
 from gateway.ratelimit.limiter import KEY_PREFIX, RateLimitBackend
-from gateway.ratelimit.metrics import DECISIONS, SHADOW_REFUSALS
+from gateway.ratelimit.metrics import DECISIONS, SHADOW_REFUSALS, publish_decisions
 from gateway.ratelimit.model import RateLimitRule
 from gateway.ratelimit.policies import LimitItem, compile_limits, compile_rule
 from tests.unit.ratelimit.conftest import settings, without_stage_script
@@ -31,6 +31,7 @@ def _rule(
 
 
 def _shadow_refusals(stage: str) -> float:
+    publish_decisions()  # what a scrape reads (render_metrics publishes first)
     return DECISIONS.labels(stage, "shadow_refused")._value.get()
 
 

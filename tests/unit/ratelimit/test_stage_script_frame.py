@@ -40,9 +40,12 @@ def reference(
 ) -> bytes:
     args: list[str | int | bytes] = ["EVALSHA", SCRIPT._sha, len(checks)]
     args += [f"{KEY_PREFIX}:{item.item.key_for(item.prefix, value)}" for item, value in checks]
-    args += [struct.pack("<d", now), wanted, struct.pack("<d", late), barrier]
-    for item, _ in checks:
-        args += item.store_args
+    args.append(struct.pack("<ddII", now, late, wanted, barrier))  # the script's ARGV[1]
+    for item, _ in checks:  # one argument per item: the script's ITEM struct
+        kind, limit, expiry, amount, index, trim = item.store_args
+        texts = (expiry, amount, index, trim)
+        numbers = struct.pack("<cddd", kind.encode(), int(limit), int(expiry), int(amount))
+        args.append(numbers + b"".join(bytes((len(text),)) + text.encode() for text in texts))
     return hiredis.pack_command(tuple(args))
 
 
@@ -76,7 +79,7 @@ def test_remembered_keys_frame_alike_and_stay_bounded() -> None:
     for n in range(KEY_CACHE_LIMIT + 100):
         flood = [(ITEMS[-1], f"fresh-{n}")]
         assert script.frame(flood, 1.5, 0, 2.5, 0) == reference(flood, 1.5, 0, 2.5, 0)
-        assert len(script._framed_keys) <= KEY_CACHE_LIMIT
+        assert len(ITEMS[-1].store_keys) <= KEY_CACHE_LIMIT
     assert script.frame(checks, 1.5, 1, 2.5, 0) == first
 
 

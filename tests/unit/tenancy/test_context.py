@@ -10,7 +10,7 @@ import pytest
 from multidict import CIMultiDict
 
 from gateway.tenancy import ContextInvalid, ReplayCache, VerifiedContext, sign_context, verify_context
-from gateway.tenancy.context import ContextSigner
+from gateway.tenancy.context import ContextSigner, identity_tail
 
 KEY = "s3cret-context-key"
 NOW = 1_800_000_000
@@ -39,6 +39,27 @@ def test_mac_is_exactly_appendix_b() -> None:
     # The gateway's per-request spelling, roles already joined, signs the same bytes.
     joined = ContextSigner(KEY).sign_joined("POST", "/t/acme/x?y=1", "acme", "alice", "a,b", "rid", now=NOW)
     assert joined == value
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["k", KEY, "x" * 63, "x" * 64, "x" * 65, b"\xff" * 200, "schlüssel-ключ"],
+)
+def test_the_signers_mac_is_the_stdlib_hmac_for_any_key(key: str | bytes) -> None:
+    """The signer's MAC is the stdlib's HMAC-SHA256 for keys shorter than, as long as, and longer
+    than a block, str or bytes; and the timestamp's per-second text never carries over to another
+    second."""
+    raw = key.encode() if isinstance(key, str) else key
+    signer = ContextSigner(key)
+    target, user = "/t/acme/x?q=r%C3%A9sum%C3%A9", "zoë"
+    for now in (NOW, NOW + 0.999, NOW + 1, NOW, NOW - 86_400.5):
+        ts = str(int(now))
+        message = "\n".join(["v1", ts, "PUT", target, "acme", user, "a,b", "rid-9"]).encode()
+        mac = hmac.new(raw, message, hashlib.sha256).digest()
+        expected = f"v1.{ts}." + base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+        assert signer.sign("PUT", target, "acme", user, ("a", "b"), "rid-9", now=now) == expected
+        tail = identity_tail("acme", user, "a,b")
+        assert signer.sign_tail("PUT", target, tail, "rid-9", now=now) == expected
 
 
 def test_valid_context_verifies() -> None:

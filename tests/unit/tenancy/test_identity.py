@@ -7,7 +7,7 @@ import pytest
 from multidict import CIMultiDict
 
 from gateway.auth.jwt import VerifiedClaims
-from gateway.tenancy.context import ContextSigner, verify_context
+from gateway.tenancy.context import ContextInvalid, ContextSigner, verify_context
 from gateway.tenancy.grants import Grant
 from gateway.tenancy.identity import echo_fault, identity_headers
 
@@ -51,6 +51,39 @@ def test_under_a_grant_only_the_support_role_is_forwarded_and_signed() -> None:
     assert headers["X-Tenant-ID"] == "acme"
     assert headers["X-User-Roles"] == "support"
     assert roles == ("support",)
+
+
+def _claims(user: str, roles: tuple[str, ...]) -> VerifiedClaims:
+    return VerifiedClaims("https://id.example", user, "acme", ("erp",), roles, (), None, 1, 2, None, {})
+
+
+def test_an_identity_is_derived_once_per_token_and_its_context_signed_per_request() -> None:
+    signer, alice, bob = ContextSigner(KEY), _claims("alice", ("clerk",)), _claims("bob", ("buyer",))
+    first = identity_headers(signer, "GET", "/a", "acme", alice, None, "r1")
+    derived = alice.derived
+    assert derived is not None and bob.derived is None
+    second = identity_headers(signer, "POST", "/b?c=1", "acme", alice, None, "r2")
+    assert alice.derived is derived  # made once, on the token's first request
+    assert (
+        first[:3]
+        == second[:3]
+        == (
+            ("X-Tenant-ID", "acme"),
+            ("X-User-ID", "alice"),
+            ("X-User-Roles", "clerk"),
+        )
+    )
+    for pairs, method, target, rid in ((first, "GET", "/a", "r1"), (second, "POST", "/b?c=1", "r2")):
+        headers = CIMultiDict(pairs)
+        headers["X-Request-ID"] = rid
+        assert verify_context(headers, method, target, KEY).user == "alice"
+        with pytest.raises(ContextInvalid):  # bound to its own request
+            verify_context(headers, "GET", "/a" if target != "/a" else "/b?c=1", KEY)
+    # Another token's claims never see this one's identity.
+    assert identity_headers(signer, "GET", "/a", "acme", bob, None, "r1")[1:3] == (
+        ("X-User-ID", "bob"),
+        ("X-User-Roles", "buyer"),
+    )
 
 
 @pytest.mark.parametrize(

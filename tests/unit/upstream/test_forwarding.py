@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.tenancy.model import BUILTIN_STRIP_HEADERS, HeaderNameSet
+from gateway.upstream import forwarding
 from gateway.upstream.forwarding import (
     HOP_BY_HOP,
     HOST_SLOT,
@@ -547,3 +548,100 @@ def test_response_filter_keeps_exactly_what_the_reference_keeps(connection: tupl
     upstream = CIMultiDict(pairs)
     out = downstream_response_headers(upstream, tls=False)
     assert list(out.items()) == [*_reference_downstream(upstream), ("X-Content-Type-Options", "nosniff")]
+
+
+NOSNIFF = ("X-Content-Type-Options", "nosniff")
+
+
+def test_response_filter_memo_answers_each_connection_value_apart() -> None:
+    """The names a fixed set keeps are remembered per set: a header named ``close`` is kept
+    without a Connection header and dropped under ``Connection: close``, whichever came first."""
+    for _ in range(2):
+        for connection in ((), ("close",), ("keep-alive",), ()):
+            upstream = CIMultiDict([*(("Connection", value) for value in connection), ("close", "x")])
+            out = downstream_response_headers(upstream, tls=False)
+            assert list(out.items()) == [
+                *_reference_downstream(upstream),
+                ("X-Content-Type-Options", "nosniff"),
+            ]
+
+
+def test_response_filter_memo_stays_bounded() -> None:
+    """Header names are the upstream's to invent: the memo of kept names cannot grow without end,
+    and answers stay right across its clearing."""
+    limit = forwarding._KEPT_LIMIT
+    for start in range(0, 3 * limit, 500):
+        upstream = CIMultiDict([(f"X-N{i}", "v") for i in range(start, start + 500)] + [("Server", "s")])
+        out = downstream_response_headers(upstream, tls=False)
+        assert list(out.items()) == [*_reference_downstream(upstream), ("X-Content-Type-Options", "nosniff")]
+        assert all(
+            len(memo) <= limit for _, memo in forwarding._USUAL_RESPONSE_DROPPED.values() if memo is not None
+        )
+        assert len(forwarding._PLAIN_RESPONSE_DROPPED[1] or {}) <= limit
+
+
+def _names_sent(
+    pairs: list[tuple[str, str]], never: frozenset[str], *, host: str = "shop.example"
+) -> list[str]:
+    out = upstream_request_headers(
+        headers(*pairs),
+        peer_ip=CLIENT,
+        peer_trusted=False,
+        scheme="https",
+        host=host,
+        request_id=REQUEST_ID,
+        never_forwarded=never,
+    )
+    return [name for name, _ in out]
+
+
+def test_header_name_classes_are_remembered_per_never_forwarded_set() -> None:
+    """A reload may strip other identity headers: what one runtime's set dropped, another's keeps,
+    whichever was asked first."""
+    strict = never_forwarded_names(frozenset({"x-internal-token"}))
+    lax = never_forwarded_names(frozenset())
+    pairs = [("X-Internal-Token", "t"), ("X_Internal_Token", "t"), ("Accept", "*/*")]
+    for _ in range(2):
+        assert _names_sent(pairs, lax)[:3] == ["X-Internal-Token", "X_Internal_Token", "Accept"]
+        assert _names_sent(pairs, strict)[:1] == ["Accept"] and "X-Internal-Token" not in _names_sent(
+            pairs, strict
+        )
+
+
+def test_names_listed_in_connection_are_dropped_past_the_remembered_class() -> None:
+    """``Connection: close, X-Listed`` drops a header named Close or X_Listed even though its name
+    was remembered as forwarded when no Connection header listed it."""
+    never = never_forwarded_names(frozenset())
+    pairs = [("Close", "1"), ("X_Listed", "2"), ("Accept", "*/*")]
+    assert _names_sent(pairs, never)[:3] == ["Close", "X_Listed", "Accept"]
+    listed = [("Connection", "close, X-Listed"), *pairs]
+    assert _names_sent(listed, never)[0] == "Accept"
+    assert _names_sent([("Connection", "keep-alive"), *pairs], never)[:3] == ["Close", "X_Listed", "Accept"]
+
+
+def test_remembered_forwarding_headers_follow_each_peer_and_host_and_stay_bounded() -> None:
+    never = never_forwarded_names(frozenset())
+    for i in range(3 * forwarding._TAILS_LIMIT):
+        host = f'h{i}"x.example'
+        out = upstream_request_headers(
+            headers(("Accept", "*/*")),
+            peer_ip=f"203.0.{i % 256}.{i // 256}",
+            peer_trusted=False,
+            scheme="https" if i % 2 else "http",
+            host=host,
+            request_id=REQUEST_ID,
+            never_forwarded=never,
+        )
+        assert dict(out)["X-Forwarded-Host"] == host
+        scheme = "https" if i % 2 else "http"
+        assert (
+            dict(out)["Forwarded"] == f'for=203.0.{i % 256}.{i // 256};proto={scheme};host="h{i}\\"x.example"'
+        )
+        assert len(forwarding._FORWARDING_TAILS) <= forwarding._TAILS_LIMIT
+    for i in range(3 * forwarding._CLASSES_LIMIT):
+        assert _names_sent([(f"X-N{i}", "v"), ("X-Tenant-ID", "evil")], BUILTIN_NEVER)[0] == f"X-N{i}"
+        assert "X-Tenant-ID" not in _names_sent([("X-Tenant-ID", "evil")], BUILTIN_NEVER)
+        assert all(len(classes) <= forwarding._CLASSES_LIMIT for classes in forwarding._NAME_CLASSES.values())
+
+
+BUILTIN_NEVER = never_forwarded_names(frozenset(h.lower() for h in BUILTIN_STRIP_HEADERS))

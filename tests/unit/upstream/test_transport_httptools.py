@@ -27,7 +27,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from multidict import CIMultiDict
+from multidict import CIMultiDict, istr
 
 from gateway.config.model import UpstreamConfig, UpstreamTls
 from gateway.errors import BadRequest, PayloadTooLarge, UpstreamTimeout, UpstreamUnavailable
@@ -387,7 +387,7 @@ async def test_close_delimited_response(raw_server: Any, make_transport: MakeTra
     assert server.connections == 2
 
 
-async def test_head_response_has_no_body_and_the_connection_stays_in_step(
+async def test_head_response_has_no_body_and_its_connection_is_not_reused(
     app_upstream: str, make_transport: MakeTransport
 ) -> None:
     transport = make_transport(app_upstream)
@@ -396,7 +396,8 @@ async def test_head_response_has_no_body_and_the_connection_stays_in_step(
     _, after = await fetch(transport, "/after-head")
     _, again = await fetch(transport, "/again")
     first, second = json.loads(after), json.loads(again)
-    assert first["path_qs"] == "/after-head" and first["peer"] == second["peer"]  # reused, in step
+    assert first["path_qs"] == "/after-head" and second["path_qs"] == "/again"
+    assert first["peer"] == second["peer"]  # the GETs share a connection: the pool still reuses
 
 
 async def test_head_response_followed_by_stray_bytes_is_not_reused(
@@ -412,6 +413,40 @@ async def test_head_response_followed_by_stray_bytes_is_not_reused(
     response, body = await fetch(transport, "/")
     assert body == smuggled  # read as the GET's own body, on a fresh connection
     assert server.connections == 2
+
+
+async def test_head_body_sent_in_a_later_segment_never_reaches_the_next_request(
+    raw_server: Any, make_transport: MakeTransport
+) -> None:
+    """SECURITY: the head alone arrives first, so nothing in it shows a body will follow; the
+    forged answer comes once the next request is on its way. (Seen with aiohttp upstreams, whose
+    ``StreamResponse.write`` sends a HEAD's body in its own segment.)"""
+    forged = b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nforged!"
+    genuine = b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\ngenuine"
+
+    def bind(server: RawServer) -> RawHandler:
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while True:
+                request = await server.read_request(reader)
+                if request.startswith(b"HEAD "):
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(forged))
+                    await writer.drain()
+                    await asyncio.sleep(0.2)  # the client's next request is written by now
+                    writer.write(forged)
+                else:
+                    writer.write(genuine)
+                await writer.drain()
+
+        return handler
+
+    server = await raw(raw_server, bind)
+    transport = make_transport(server.url)
+    response, body = await fetch(transport, "/", method="HEAD")
+    assert response.status == 200 and body == b""
+    for _ in range(3):
+        response, body = await fetch(transport, "/")
+        assert body == b"genuine"
+    assert server.connections == 2  # the HEAD's own, then one kept alive for the three GETs
 
 
 @pytest.mark.parametrize("code", [204, 304])
@@ -444,6 +479,91 @@ async def test_interim_heads_count_towards_the_header_cap(
     server = await raw(raw_server, answer_each(interim + final))
     with pytest.raises(UpstreamUnavailable, match="too large"):
         await fetch(make_transport(server.url))
+
+
+def interim_then(final_headers: int) -> bytes:
+    """A small 103 (one header: it skips the per-header count) and a final head holding
+    ``final_headers`` headers besides its Content-Length."""
+    interim = b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n"
+    return interim + b"HTTP/1.1 200 OK\r\n" + b"X-H: v\r\n" * final_headers + b"Content-Length: 0\r\n\r\n"
+
+
+async def test_a_small_interim_head_still_counts_towards_the_header_cap(
+    raw_server: Any, make_transport: MakeTransport
+) -> None:
+    """The interim head is too small to be counted as it is parsed; the final head is, from the
+    interim's own count: 1 + 199 + 1 headers are one too many, 1 + 198 + 1 are not."""
+    server = await raw(raw_server, answer_each(interim_then(199)))
+    with pytest.raises(UpstreamUnavailable, match="too large"):
+        await fetch(make_transport(server.url))
+    server = await raw(raw_server, answer_each(interim_then(198)))
+    response, _ = await fetch(make_transport(server.url))
+    assert response.status == 200 and len(response.headers) == 199
+
+
+async def test_blank_lines_before_a_head_do_not_pass_it_off_as_small(
+    raw_server: Any, make_transport: MakeTransport
+) -> None:
+    """llhttp skips CR LF before a status line: an empty line at the start must not count as the
+    end of a small head (no header of the long one would be counted)."""
+    too_many = b"HTTP/1.1 200 OK\r\n" + b"X-H: v\r\n" * 201 + b"Content-Length: 0\r\n\r\n"
+    server = await raw(raw_server, answer_each(b"\r\n\r\n" + too_many))
+    with pytest.raises(UpstreamUnavailable, match="too large"):
+        await fetch(make_transport(server.url))
+
+
+@pytest.mark.parametrize(("later", "refused"), [(50, True), (49, False)])
+async def test_a_head_spread_over_reads_is_counted_from_its_first_bytes(
+    raw_server: Any, make_transport: MakeTransport, later: int, refused: bool
+) -> None:
+    """The first read (150 headers in under _SMALL_HEAD bytes) is not counted as it is parsed;
+    the next one is, from what the first held: 150 + ``later`` + Content-Length."""
+    first = b"HTTP/1.1 200 OK\r\n" + b"X:a\r\n" * 150
+    assert len(first) <= 12 + 4 * 200
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(first)
+        await writer.drain()
+        await asyncio.sleep(0.05)  # two reads on the client's side
+        writer.write(b"X:a\r\n" * later + b"Content-Length: 2\r\n\r\nok")
+        await writer.drain()
+        await reader.read()
+
+    server = await raw_server(handler)
+    if refused:
+        with pytest.raises(UpstreamUnavailable, match="too large"):
+            await fetch(make_transport(server.url))
+    else:
+        response, body = await fetch(make_transport(server.url))
+        assert (len(response.headers), body) == (200, b"ok")
+
+
+@pytest.mark.parametrize(("size", "refused"), [(64700, True), (64500, False)])
+async def test_a_head_spread_over_reads_is_capped_in_bytes_from_its_first_bytes(
+    raw_server: Any, make_transport: MakeTransport, size: int, refused: bool
+) -> None:
+    """A first read of 99 short headers (809 bytes, not counted as parsed), then one of ``size``
+    bytes: the bytes the first read held still count towards MAX_HEAD_BYTES (≈ 915 + size)."""
+    first = b"HTTP/1.1 200 OK\r\n" + b"X:aaaa\r\n" * 99
+    assert len(first) <= 12 + 4 * 200
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(first)
+        await writer.drain()
+        await asyncio.sleep(0.05)  # two reads on the client's side
+        writer.write(b"Y:" + b"y" * size + b"\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        await reader.read()
+
+    server = await raw_server(handler)
+    if refused:
+        with pytest.raises(UpstreamUnavailable, match="too large"):
+            await fetch(make_transport(server.url))
+    else:
+        _, body = await fetch(make_transport(server.url))
+        assert body == b"ok"
 
 
 async def test_missing_reason_falls_back_to_the_standard_phrase(
@@ -539,7 +659,7 @@ async def test_server_closing_an_idle_connection_is_survived(
 async def test_connections_idle_too_long_are_retired_not_reused(
     raw_server: Any, make_transport: MakeTransport, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("gateway.upstream.httptools_connection.IDLE_TTL", 0.05)
+    monkeypatch.setattr("gateway.upstream.httptools_pool.IDLE_TTL", 0.05)
     server = await raw(raw_server, answer_each(OK))
     transport = make_transport(server.url)
     await asyncio.gather(fetch(transport), fetch(transport))  # two parked connections
@@ -941,3 +1061,41 @@ async def test_websocket_is_delegated_to_aiohttp_with_the_same_balancer(
     finally:
         await socket_.close()
     assert transport._websockets is not None and transport._websockets.balancer is transport.balancer
+
+
+def test_the_header_name_memo_stays_bounded() -> None:
+    """Header names are the upstream's to invent: their memo cannot grow without end."""
+    from gateway.upstream import httptools_connection as module
+
+    for i in range(3 * module._NAMES_LIMIT):
+        key = module._name_key(b"X-N%d" % i)
+        assert key == f"X-N{i}" and isinstance(key, istr)
+        assert len(module._NAMES) <= module._NAMES_LIMIT
+
+
+def test_the_header_value_memo_stays_bounded_and_keeps_the_text() -> None:
+    """Header values are the upstream's to invent: their memo holds at most its bound of short
+    values, and a value's text is the same whether it came from the memo or not."""
+    from gateway.upstream import httptools_connection as module
+
+    for i in range(3 * module._VALUES_LIMIT):
+        raw = b"v%d" % i + bytes([0xE9]) + b" \t"
+        for _ in range(2):  # a miss, then (unless just emptied) a hit
+            text = module._VALUES.get(raw) or module._value_text(b"X-V", raw)
+            assert text == raw.rstrip(b" \t").decode("latin-1")
+        assert len(module._VALUES) <= module._VALUES_LIMIT
+    long_value = b"x" * (module._VALUE_MEMO_MAX + 1)
+    assert module._value_text(b"X-V", long_value) == long_value.decode()
+    assert long_value not in module._VALUES  # a long value is never kept
+
+
+@pytest.mark.parametrize("name", [b"Set-Cookie", b"set-cookie", b"SET-COOKIE"])
+def test_a_cookie_value_is_never_kept_in_the_value_memo(name: bytes) -> None:
+    """SECURITY: a session cookie lives as long as its answer, not in a memo that outlives it."""
+    from gateway.upstream import httptools_connection as module
+
+    cookie = b"sid=4f1c9e2a; HttpOnly"
+    assert module._value_text(name, cookie) == cookie.decode()
+    assert cookie not in module._VALUES
+    assert module._value_text(b"Content-Type", b"text/plain") == "text/plain"
+    assert b"text/plain" in module._VALUES  # other short values are kept
