@@ -410,10 +410,9 @@ class RateLimitBackend:
         split = len(first)
         static = _strictest(second) if strictest is None else strictest
         wanted = None if second[static][0].shadow else static  # shadow items never speak in headers
-        checks = [*first, *second]
         try:
             pending, deadline, command = fast.start(
-                checks, None if wanted is None else split + wanted, settings.store_timeout, split
+                first, None if wanted is None else split + wanted, settings.store_timeout, split, second
             )
             try:
                 reply = await pending  # the reply's future itself, on an open connection

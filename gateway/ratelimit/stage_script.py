@@ -257,6 +257,11 @@ _REPLY_SIZE = _REPLY.size
 # clients, users and tenants; cleared when full, so a flood of fresh values costs memory up to
 # this only.
 KEY_CACHE_LIMIT = 4096
+# Framed checks tuples remembered (StageScript.frame): the remembered addresses' and identities'
+# (policies.ADDRESS_MEMO_LIMIT + IDENTITY_MEMO_LIMIT); cleared when full.
+FRAMED_LIMIT = 8192
+# (the checks, their keys framed, their items' arguments framed)
+_Framed = tuple[Sequence[tuple[LimitItem, str]], bytes, bytes]
 
 
 _LENGTHS = tuple(b"$%d\r\n" % size for size in range(256))  # a key's bulk-string length
@@ -275,6 +280,7 @@ class StageScript:
         self._sha = hashlib.sha1(self._source, usedforsecurity=False).hexdigest()
         self._command_head = bulk_strings(("EVALSHA", self._sha))
         self._heads: dict[int, bytes] = {}  # item count → the command's framed head
+        self._framed: dict[int, _Framed] = {}  # id of a remembered checks tuple → it, framed
 
     def frame(
         self,
@@ -283,19 +289,39 @@ class StageScript:
         wanted: int,
         late_after: float,
         barrier: int,
+        more: Sequence[tuple[LimitItem, str]] = (),
     ) -> bytes:
         """``EVALSHA sha numkeys keys… stamp items…`` in RESP framing, byte for byte what
-        ``hiredis.pack_command`` makes of those arguments (a test holds them equal): the stamp
-        packs ``now``, ``late_after``, ``wanted`` and ``barrier`` (``struct '<ddII'``), each item
-        is one packed argument (``LimitItem.store_resp``, framed once per compiled item) and each
-        key is framed once per item and value (``LimitItem.store_keys``)."""
-        count = len(checks)
+        ``hiredis.pack_command`` makes of those arguments (a test holds them equal), for the
+        items of ``checks`` followed by those of ``more`` (a second stage's, ``barrier`` items
+        after the first's): the stamp packs ``now``, ``late_after``, ``wanted`` and ``barrier``
+        (``struct '<ddII'``), each item is one packed argument (``LimitItem.store_resp``, framed
+        once per compiled item) and each key is framed once per item and value
+        (``LimitItem.store_keys``)."""
+        count = len(checks) + len(more)
         head = self._heads.get(count)
         if head is None:  # EVALSHA, the sha, numkeys; one per item count (a handful per config)
             head = b"*%d\r\n%b%b" % (count * 2 + 4, self._command_head, _bulk_int(count))
             self._heads[count] = head
-        parts = [head]
-        args = []  # the items' packed arguments, after the keys and the stamp
+        stamp = _pack_stamp(_STAMP_HEAD, now, late_after, wanted, barrier, b"\r\n")
+        # A remembered checks tuple (policies.address_checks, identity_checks: the same object
+        # for every request of its address or identity) is framed once; the entry holds the
+        # tuple, so its id names no other object while it is remembered.
+        known = self._framed.get(id(checks))
+        if known is None:
+            known = self._frame_checks(checks)
+        if not more:
+            return b"".join((head, known[1], stamp, known[2]))
+        then = self._framed.get(id(more))
+        if then is None:
+            then = self._frame_checks(more)
+        return b"".join((head, known[1], then[1], stamp, known[2], then[2]))
+
+    def _frame_checks(self, checks: Sequence[tuple[LimitItem, str]]) -> _Framed:
+        """The keys and the items' arguments of ``checks``, framed (``frame``); remembered when
+        ``checks`` is a tuple, which the memos that hand out checks never change."""
+        keys = []
+        args = []
         for item, value in checks:
             # Keys are the items' own (LimitItem.store_key_head: script_args.KEY_PREFIX, limits'
             # keys), remembered per item: two items of one rule share a head, not a key.
@@ -312,11 +338,12 @@ class StageScript:
                     )
                 )
                 remember(item.store_keys, KEY_CACHE_LIMIT, value, framed)  # values vary freely
-            parts.append(framed)
+            keys.append(framed)
             args.append(item.store_resp)
-        parts.append(_pack_stamp(_STAMP_HEAD, now, late_after, wanted, barrier, b"\r\n"))
-        parts += args
-        return b"".join(parts)
+        known = (checks, b"".join(keys), b"".join(args))
+        if type(checks) is tuple:  # a list is the caller's, built for this request alone
+            remember(self._framed, FRAMED_LIMIT, id(checks), known)
+        return known
 
     @staticmethod
     def supports(checks: Sequence[tuple[LimitItem, str]]) -> bool:
@@ -352,18 +379,20 @@ class StageScript:
         wanted: int | None,
         timeout: float,
         barrier: int = 0,
+        more: Sequence[tuple[LimitItem, str]] = (),
     ) -> tuple[Awaitable[Any], float, bytes]:
         """``call``'s first half, no coroutine: the command sent (coalesced with this loop
         iteration's others). The reply's awaitable, the deadline (loop time) and the command;
         the caller awaits the first (``retry`` on a ``ReplyError``) and hands the reply to
-        ``read``. So a stage's one coroutine awaits the reply's future itself."""
+        ``read``. So a stage's one coroutine awaits the reply's future itself. ``more``: a second
+        stage's items, after ``checks`` (``barrier`` is then ``len(checks)``)."""
         client = self.client
         deadline = client.deadline_after(timeout)
         now = time.time()  # the hits' timestamp, read as limits reads it
         # Redis' clock: counts nothing after. Its own wall-clock read, so a test that moves the
         # hits' clock (the conformance test) never makes a stage look late.
         late_after = wall_clock() + timeout + client.clock_offset
-        command = self.frame(checks, now, 0 if wanted is None else wanted + 1, late_after, barrier)
+        command = self.frame(checks, now, 0 if wanted is None else wanted + 1, late_after, barrier, more)
         return client.submit(command, deadline), deadline, command
 
     async def retry(self, error: ReplyError, command: bytes, deadline: float) -> Any:

@@ -18,9 +18,10 @@ from gateway.ratelimit.limiter import KEY_PREFIX
 from gateway.ratelimit.model import RateLimitRule
 from gateway.ratelimit.policies import LimitItem, compile_rule
 from gateway.ratelimit.resp import RespClient
-from gateway.ratelimit.stage_script import KEY_CACHE_LIMIT, StageScript
+from gateway.ratelimit.stage_script import FRAMED_LIMIT, KEY_CACHE_LIMIT, StageScript
 from gateway.state.redis_url import parse_redis_url
 
+Checks = list[tuple[LimitItem, str]]
 EXAMPLES = 30 if os.environ.get("CI") == "true" else 200
 RULES = (
     RateLimitRule(key="ip", limit="100000/second", strategy="fixed-window"),
@@ -64,6 +65,50 @@ def test_the_frame_is_what_hiredis_packs(
 ) -> None:
     # st.text covers non-ASCII key values (a user's sub in any script): the length is in bytes
     assert SCRIPT.frame(picks, now, wanted, late, barrier) == reference(picks, now, wanted, late, barrier)
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(
+    stages=st.lists(
+        st.tuples(
+            st.lists(st.tuples(st.sampled_from(ITEMS), st.text(max_size=20)), min_size=1, max_size=4),
+            st.lists(st.tuples(st.sampled_from(ITEMS), st.text(max_size=20)), max_size=4),
+            st.booleans(),
+        ),
+        min_size=1,
+        max_size=8,
+    ),
+    now=st.floats(min_value=0, max_value=4e9, allow_nan=False),
+    wanted=st.integers(min_value=0, max_value=8),
+)
+def test_two_stages_framed_from_remembered_tuples_are_what_hiredis_packs(
+    stages: list[tuple[Checks, Checks, bool]], now: float, wanted: int
+) -> None:
+    """A stage's checks tuple is framed once and reused (the memos hand out one tuple per address
+    and identity), a second stage's follow the first's: every frame is still the very bytes of
+    the two stages' items in one command, whatever was framed before it."""
+    script = StageScript(RespClient(parse_redis_url("redis://127.0.0.1:1/0")))
+    remembered = [(tuple(first), tuple(second)) for first, second, _ in stages]
+    for _ in range(2):  # the second round frames every tuple from the memo
+        for (first, second, as_lists), (kept_first, kept_second) in zip(stages, remembered, strict=True):
+            one, two = (first, second) if as_lists else (kept_first, kept_second)
+            expected = reference([*first, *second], now, wanted, now + 1, len(first))
+            assert script.frame(one, now, wanted, now + 1, len(first), two) == expected
+            alone = reference(first, now, wanted, now + 1, 0)
+            assert script.frame(one, now, wanted, now + 1, 0) == alone
+
+
+def test_framed_tuples_stay_bounded_and_lists_are_never_remembered() -> None:
+    """SECURITY: memory exhaustion — addresses and identities vary freely: at most
+    ``FRAMED_LIMIT`` framed tuples are held; a caller's list (built for one request) is never kept."""
+    script = StageScript(RespClient(parse_redis_url("redis://127.0.0.1:1/0")))
+    for n in range(20):
+        script.frame([(ITEMS[0], f"list-{n}")], 1.5, 0, 2.5, 0)
+    assert not script._framed
+    for n in range(FRAMED_LIMIT + 100):
+        checks = ((ITEMS[0], f"client-{n}"),)
+        assert script.frame(checks, 1.5, 0, 2.5, 0) == reference(list(checks), 1.5, 0, 2.5, 0)
+        assert len(script._framed) <= FRAMED_LIMIT
 
 
 def test_remembered_keys_frame_alike_and_stay_bounded() -> None:
