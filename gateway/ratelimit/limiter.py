@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, TypeVar
 
@@ -33,14 +34,15 @@ from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from gateway.bounded_memo import remember
 from gateway.errors import StoreUnavailable
 from gateway.ratelimit.keys import ValueHasher, derive_hash_key
 from gateway.ratelimit.metrics import (
-    DECISION_TALLIES,
     SHADOW_REFUSALS,
     STORE_FAILURES,
     STORE_UP,
     TALLIED,
+    DecisionTally,
     decision_tally,
 )
 from gateway.ratelimit.pipelined import PIPELINED, PipelinedHits, ScriptsMissing
@@ -57,6 +59,9 @@ STORE_ERRORS = (StorageError, RedisError, OSError, TimeoutError, StoreUnavailabl
 
 EXACT_RESET = frozenset(("moving-window", "fixed-window"))
 DENY_CACHE_LIMIT = 100_000
+# Items whose admitted verdict is remembered (RateLimitBackend._fast_verdict): a config's items,
+# a few per reload; cleared when full.
+ADMITTED_LIMIT = 1024
 
 
 class Verdict(NamedTuple):
@@ -180,8 +185,10 @@ class RateLimitBackend:
         self._stage_script: StageScript | None = None
         # (prefix, quota, window, value) → monotonic time until which that bucket is full.
         self._full_until: dict[tuple[str, int, int, str], float] = {}
-        # (stage, result) → its decisions' tally (the process's: metrics.DECISION_TALLIES)
-        self._decisions = DECISION_TALLIES
+        # id of an item → its verdict when admitted with no window state (_fast_verdict)
+        self._admitted: dict[int, Verdict] = {}
+        # stage → result → its decisions' tally (the process's: metrics.decision_tally)
+        self._tallies: defaultdict[str, dict[str, DecisionTally]] = defaultdict(dict)
         STORE_UP.set(1)  # memory is always up; the breaker lowers it while Redis is away
         if not state_url.startswith("local:"):
             target = parse_redis_url(state_url)
@@ -323,7 +330,16 @@ class RateLimitBackend:
         if shadow:
             self._count(stage, "shadow_refused")
         if binding is None:  # admitted, and no window state asked for
-            return _verdict(Verdict, (True, checks[static][0], -1, 0.0, "shared", shadow))
+            item = checks[static][0]
+            if shadow:
+                return _verdict(Verdict, (True, item, -1, 0.0, "shared", True))
+            # The same verdict for every such answer of the item (pre_auth's, on every request):
+            # built once. The entry holds the item, so its id names no other object meanwhile.
+            admitted = self._admitted.get(id(item))
+            if admitted is None:
+                admitted = _verdict(Verdict, (True, item, -1, 0.0, "shared", False))
+                remember(self._admitted, ADMITTED_LIMIT, id(item), admitted)
+            return admitted
         item, value = checks[binding]
         reset_in = reset - time.time()
         if not allowed:
@@ -529,9 +545,10 @@ class RateLimitBackend:
         )
 
     def _count(self, stage: str, result: str) -> None:
-        tally = self._decisions.get((stage, result))
+        # stage → result → tally: two lookups of interned names, no (stage, result) key built
+        tally = self._tallies[stage].get(result)
         if tally is None:  # labels() hashes and locks: once per (stage, result) and process
-            tally = decision_tally(stage, result)
+            tally = self._tallies[stage][result] = decision_tally(stage, result)
         tally.count += 1
         if not TALLIED:  # several workers: a scrape on any of them reads the shared files
             tally.publish()
