@@ -89,13 +89,14 @@ def test_two_stages_framed_from_remembered_tuples_are_what_hiredis_packs(
     the two stages' items in one command, whatever was framed before it."""
     script = StageScript(RespClient(parse_redis_url("redis://127.0.0.1:1/0")))
     remembered = [(tuple(first), tuple(second)) for first, second, _ in stages]
-    for _ in range(2):  # the second round frames every tuple from the memo
+    for turn in range(2):  # the second round frames every tuple from the memo, at another time
+        at, want = now + turn, (wanted + turn) % 9
         for (first, second, as_lists), (kept_first, kept_second) in zip(stages, remembered, strict=True):
             one, two = (first, second) if as_lists else (kept_first, kept_second)
-            expected = reference([*first, *second], now, wanted, now + 1, len(first))
-            assert script.frame(one, now, wanted, now + 1, len(first), two) == expected
-            alone = reference(first, now, wanted, now + 1, 0)
-            assert script.frame(one, now, wanted, now + 1, 0) == alone
+            expected = reference([*first, *second], at, want, at + 1, len(first))
+            assert script.frame(one, at, want, at + 1, len(first), two) == expected
+            alone = reference(first, at, want, at + 1, 0)
+            assert script.frame(one, at, want, at + 1, 0) == alone
 
 
 def test_framed_tuples_stay_bounded_and_lists_are_never_remembered() -> None:
