@@ -72,7 +72,7 @@ def test_haproxy_passes_tls_through_to_ready_gateways(tmp_path: Path, upstream: 
                 break
             except (OSError, ssl.SSLError):
                 alive = proxy.poll() is None and time.monotonic() < deadline
-                assert alive, (tmp_path / "haproxy.log").read_text() + gateway.logs.setup()
+                assert alive, (tmp_path / "haproxy.log").read_text() + gateway.logs()
                 time.sleep(0.2)
         # L4: the certificate the client sees is the gateway's own, not the proxy's.
         expected = x509.load_pem_x509_certificate(cert.read_bytes()).public_bytes(Encoding.DER)

@@ -13,6 +13,7 @@ import aiohttp
 
 from tests.support.gateway_proc import ADMIN_TOKEN, GatewayProc
 from tests.support.raw_http import connect
+from tests.support.timing import eventually, wait_for
 from tests.support.upstream import Upstream
 
 DRAIN = 2.0
@@ -54,7 +55,7 @@ def test_hang_ups_are_499_client_closed_never_5xx(gateway_factory, upstream: Ups
     # While the gateway waits for a slow upstream.
     with connect(gw.port) as sock:
         sock.sendall(b"GET /slow?seconds=1 HTTP/1.1\r\nHost: x\r\n\r\n")
-        time.sleep(0.3)
+        assert wait_for(lambda: upstream.sleeping == 1, 10)  # the gateway is waiting for it
     for path in ("/sink", "/slow"):
         line = wait_for_line(gw, path)
         assert line["status"] == 499, line
@@ -73,7 +74,7 @@ async def test_drain_timeout_bounds_the_drain_once_and_logs_the_cut(
     gw = gateway_factory(gone_config(upstream))
     async with aiohttp.ClientSession() as http:
         slow = asyncio.create_task(http.get(f"{gw.url}/slow?seconds=6"))
-        await asyncio.sleep(0.5)
+        await eventually(lambda: upstream.sleeping == 1, timeout=10)  # in flight before SIGTERM
         started = time.monotonic()
         gw.signal(signal.SIGTERM)
         assert gw.proc is not None

@@ -67,6 +67,21 @@ async def wait_ready(http: aiohttp.ClientSession, *gateways: GatewayProc, timeou
             await asyncio.sleep(0.05)
 
 
+async def wait_heartbeats(
+    http: aiohttp.ClientSession, gw: GatewayProc, ids: set[str], timeout: float = 10
+) -> None:
+    """Until ``gw`` lists a heartbeat of every one of ``ids``: only an instance with a heartbeat
+    in the store is waited for. (An instance beats when it applies its first load, so this is
+    usually at once; a beat lost to a slow store comes a period later.)"""
+    deadline = time.monotonic() + timeout
+    while True:
+        status, listing = await admin(http, gw, "GET", "/admin/killswitch")
+        if status == 200 and ids <= {i["instance"] for i in listing["instances"]}:
+            return
+        assert time.monotonic() < deadline, f"no heartbeat of {ids} within {timeout}s: {listing}"
+        await asyncio.sleep(0.05)
+
+
 @pytest.fixture
 async def pair(
     gateway_factory: Factory,
@@ -89,7 +104,7 @@ async def test_engaged_on_one_enforced_on_the_other_within_a_second(
 ) -> None:
     a, b = pair
     ids = {await instance_of(http, a), await instance_of(http, b)}
-    await asyncio.sleep(1.2)  # both heartbeats in the store: both are live instances
+    await wait_heartbeats(http, a, ids)  # both heartbeats in the store: both are live instances
     assert await status_of(http, b.url + "/api/finance/x") == 200
     started = time.monotonic()
     post = asyncio.create_task(engage(http, a, scope="module", target="finance"))
@@ -115,7 +130,7 @@ async def test_a_paused_instance_is_named_lagging_after_two_seconds(
 ) -> None:
     a, b = pair
     paused = await instance_of(http, b)
-    await asyncio.sleep(1.2)
+    await wait_heartbeats(http, a, {paused})  # a live instance, so A waits for its ack
     b.signal(signal.SIGSTOP)
     try:
         started = time.monotonic()

@@ -58,7 +58,8 @@ async def test_shadow_rules_report_but_never_refuse_and_enforced_rules_still_do(
     assert both[0][1]["RateLimit-Policy"] == '"strict";q=4;w=60'  # headers from the enforced rule only
     assert len(upstream.requests) == 10
 
-    lines = {line["path"]: line for line in gw.access_lines()}
+    paths = [f"/watched/{n}" for n in range(6)] + [f"/both/{n}" for n in range(5)]
+    lines = {line["path"]: line for line in gw.access_lines(paths=paths)}
     # /watched/0, /1 within both shadow limits; /2 over "watch" (2/min); later also over pre_auth
     assert [lines[f"/watched/{n}"].get("ratelimit") for n in range(6)] == [None, None] + ["shadow"] * 4
     assert [lines[f"/both/{n}"].get("ratelimit") for n in range(5)] == ["shadow"] * 4 + ["limited"]

@@ -11,6 +11,7 @@ import pytest
 
 from tests.support.gateway_proc import GatewayProc
 from tests.support.raw_http import connect, exchange, read_response
+from tests.support.timing import wait_for
 from tests.support.upstream import Upstream
 
 BODY_TIMEOUT = 1.0
@@ -34,15 +35,6 @@ def slow_gateway(request, gateway_factory, upstream: Upstream) -> Iterator[tuple
     transport = getattr(request, "param", "httptools")
     config = slow_body_config(upstream, transport)
     yield gateway_factory(config, env={"WC_SECRET": WEBHOOK_SECRET}), upstream
-
-
-def wait_for(predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,12 +27,27 @@ if TYPE_CHECKING:
     from tests.support.upstream import Upstream
 
 ADMIN_TOKEN = "test-admin-token"
+# How long a test waits for a log line it needs: generous, since waiting ends when the line
+# arrives; only a missing line costs the whole wait.
+LOG_WAIT = 15.0
+
+
+# Ports free_port() handed out lately: a server given one may not have bound it yet.
+_HANDED_OUT: deque[int] = deque(maxlen=256)
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port nothing is bound to, and none this process handed out lately: the kernel
+    may offer a port to two bind(0) calls in a row (measured: 8 pairs in 100,000), and two
+    servers of one test (a demo's three ports, a Sentinel cluster's five) then got one port
+    before either had bound it."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.append(port)
+            return port
 
 
 def insecure_client_context() -> ssl.SSLContext:
@@ -147,11 +163,29 @@ class GatewayProc:
         time.sleep(FLUSH_DELAY * 3)
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def access_lines(self) -> list[dict[str, Any]]:
-        """The access log lines written so far, parsed."""
+    def logs_with(self, *needles: str, timeout: float = LOG_WAIT) -> str:
+        """``logs()`` once every needle is in it. A line the test needs may reach the file well
+        after the answer that caused it: access lines wait ``FLUSH_DELAY`` for the gateway's
+        event loop, and on a loaded host the gateway may get the CPU much later than that.
+        After ``timeout`` the log is returned as it is, for the caller's assertion to report."""
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.logs()
+            if all(needle in text for needle in needles) or time.monotonic() > deadline:
+                return text
+            time.sleep(0.05)
+
+    def access_lines(self, *, paths: Collection[str] = (), timeout: float = LOG_WAIT) -> list[dict[str, Any]]:
+        """The access log lines written so far, parsed; first waiting (up to ``timeout``) until
+        each of ``paths`` has its line (see ``logs_with``)."""
         import json
 
-        return [json.loads(line) for line in self.logs().splitlines() if '"event":"access"' in line]
+        deadline = time.monotonic() + timeout
+        while True:
+            lines = [json.loads(line) for line in self.logs().splitlines() if '"event":"access"' in line]
+            if set(paths) <= {line["path"] for line in lines} or time.monotonic() > deadline:
+                return lines
+            time.sleep(0.05)
 
     def signal(self, signum: int) -> None:
         assert self.proc is not None

@@ -22,3 +22,14 @@ async def eventually(check: Callable[[], bool], timeout: float = 3.0, interval: 
     async with asyncio.timeout(timeout):
         while not check():
             await asyncio.sleep(interval)
+
+
+def wait_for(check: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
+    """Whether ``check()`` holds within ``timeout`` seconds (polled): for synchronous tests,
+    which wait for what they need instead of sleeping a fixed time."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(interval)
+    return check()

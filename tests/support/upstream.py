@@ -6,7 +6,7 @@ echo, also under a tenant prefix such as ``/t/acme/ws``),
 ``/leaky`` (answers with Server/X-Powered-By/hop-by-hop headers), ``POST /login`` (JSON or form
 ``username``/``password`` checked against ``accounts``: 200 or 401; every attempt is counted),
 ``/cached?value=V`` (answers with ``Cache-Control: V``). ``open_connections()`` counts the
-connections the upstream holds open right now.
+connections the upstream holds open right now, ``sleeping`` the ``/slow`` requests it holds.
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ class Upstream:
         self.requests: list[dict[str, Any]] = []
         self.accounts: dict[str, str] = {}  # username → password for POST /login
         self.login_attempts: list[tuple[str, bool]] = []  # (username, succeeded)
+        # /slow requests being slept on now: a test knows its request is in flight, not guesses.
+        self.sleeping = 0
         self._loop = asyncio.new_event_loop()
         self._runner: web.AppRunner | None = None
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -82,7 +84,11 @@ class Upstream:
         return response
 
     async def slow(self, request: web.Request) -> web.Response:
-        await asyncio.sleep(float(request.query.get("seconds", "1")))
+        self.sleeping += 1
+        try:
+            await asyncio.sleep(float(request.query.get("seconds", "1")))
+        finally:
+            self.sleeping -= 1
         return web.json_response({"slept": True, "upstream": self.name})
 
     async def leaky(self, request: web.Request) -> web.Response:

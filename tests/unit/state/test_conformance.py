@@ -4,14 +4,18 @@ real redis-server). A feature written against StateStore must behave the same on
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import orjson
 import pytest
 
 from gateway.state import StateStore, open_store
 from gateway.state.bounded import BoundedStore
+
+T = TypeVar("T")
 
 
 @pytest.fixture(params=["local", "redis", "bounded-redis"])
@@ -40,16 +44,35 @@ async def test_only_if_absent(store: StateStore) -> None:
     assert await store.get("k") == b"first"
 
 
+async def within_ttl(ttl: float, steps: Callable[[str], Awaitable[T]], attempts: int = 5) -> tuple[str, T]:
+    """``steps(key)`` on a fresh key, until one run took less than ``ttl`` from its start to its
+    end (less a margin for the store's own clock); that key and what the run returned. What a
+    run finds of a short-lived key says something only if the key cannot have expired meanwhile:
+    on a loaded host a stall between a write and the next call may outlast a TTL of 0.2 s."""
+    for attempt in range(attempts):
+        key = f"short{attempt}"
+        started = time.monotonic()
+        result = await steps(key)
+        if time.monotonic() - started < ttl - 0.02:
+            return key, result
+    raise AssertionError(f"no run of {attempts} finished within {ttl}s")
+
+
 async def test_ttl_expires_and_absent_after_expiry(store: StateStore) -> None:
-    await store.set("short", b"v", ttl=0.15)
     await store.set("long", b"v", ttl=60)
-    assert await store.get("short") == b"v"
+
+    async def set_and_get(key: str) -> bytes | None:
+        await store.set(key, b"v", ttl=0.15)
+        return await store.get(key)
+
+    short, value = await within_ttl(0.15, set_and_get)
+    assert value == b"v"
     await asyncio.sleep(0.3)
-    assert await store.get("short") is None
+    assert await store.get(short) is None
     assert await store.get("long") == b"v"
     assert await store.keys("short") == []
     # an expired key is absent for only_if_absent too
-    assert await store.set("short", b"again", only_if_absent=True) is True
+    assert await store.set(short, b"again", only_if_absent=True) is True
 
 
 async def test_set_without_ttl_clears_ttl(store: StateStore) -> None:
@@ -74,12 +97,16 @@ async def test_incr_is_atomic_and_ttl_set_on_create_only(store: StateStore) -> N
     results = await asyncio.gather(*(store.incr("c") for _ in range(200)))
     assert sorted(results) == list(range(1, 201))
 
-    assert await store.incr("w", ttl=0.2) == 1
-    await asyncio.sleep(0.1)
-    assert await store.incr("w", ttl=0.2) == 2  # does not extend the window
+    async def incr_twice(key: str) -> tuple[int, int]:
+        first = await store.incr(key, ttl=0.2)
+        await asyncio.sleep(0.1)
+        return first, await store.incr(key, ttl=0.2)
+
+    w, counts = await within_ttl(0.2, incr_twice)
+    assert counts == (1, 2)  # does not extend the window
     await asyncio.sleep(0.2)
-    assert await store.get("w") is None
-    assert await store.incr("w", ttl=0.2) == 1
+    assert await store.get(w) is None
+    assert await store.incr(w, ttl=0.2) == 1
 
 
 async def test_incr_on_non_integer(store: StateStore) -> None:

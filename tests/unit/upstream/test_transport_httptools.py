@@ -824,8 +824,11 @@ async def test_read_timeout_restarts_with_each_exchange_on_a_kept_alive_connecti
     raw_server: Any, make_transport: MakeTransport
 ) -> None:
     # The read timer outlives an exchange (one timer per connection, not per request): an earlier
-    # exchange's deadline must neither cut a later one short nor leave it unbounded.
-    delays = [0.0, 0.35, 10.0]
+    # exchange's deadline must neither cut a later one short nor leave it unbounded. The second
+    # exchange (0.3 s after the first, 0.25 s long) ends 0.15 s past the first one's deadline and
+    # 0.15 s before its own: either margin survives a late timer on a loaded host (0.35 s long,
+    # it had 0.05 s to its own deadline).
+    delays = [0.0, 0.25, 10.0]
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         for delay in delays:
@@ -837,7 +840,7 @@ async def test_read_timeout_restarts_with_each_exchange_on_a_kept_alive_connecti
     server = await raw_server(handler)
     transport = make_transport(server.url, read_timeout=0.4)
     assert (await fetch(transport))[1] == b"ok"
-    await asyncio.sleep(0.2)
+    await asyncio.sleep(0.3)
     assert (await fetch(transport))[1] == b"ok"  # 0.55 s after the first exchange began
     started = time.monotonic()
     with pytest.raises(UpstreamTimeout):
