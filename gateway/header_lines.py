@@ -12,9 +12,10 @@ def header_line(name: str, value: str) -> str:
 
 
 def line_pair(line: str) -> tuple[str, str]:
-    """The (name, value) pair of a ``header_line``. A name is a token (RFC 9110 §5.1: the
-    listeners' parsers refuse any other byte, the gateway's own names are constants), so the
-    first ':' ends it."""
+    """The (name, value) pair of a ``header_line``. No name holds a ':': a client's name is what
+    the listener's parser read up to the first ':' of its line (llhttp and aiohttp both; RFC
+    9110 §5.1 makes it a token), and the gateway's own names are constants. So the first ':'
+    ends the name, and whatever the value holds (colons, blanks) comes back as it was."""
     name, _, value = line.partition(":")
     return name, value[1:]
 
