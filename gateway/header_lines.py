@@ -5,10 +5,16 @@ module: the identity the tenancy makes and the proxy's own headers take the form
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+pair_line: Callable[[tuple[str, str]], str] = ": ".join
+"""The header line ``name: value`` of a (name, value) pair (no CRLF); a call into C, no frame:
+the proxy makes one per forwarded client header."""
+
 
 def header_line(name: str, value: str) -> str:
     """The header line ``name: value`` (no CRLF)."""
-    return name + ": " + value
+    return pair_line((name, value))
 
 
 def line_pair(line: str) -> tuple[str, str]:

@@ -15,7 +15,7 @@ from multidict import CIMultiDict, CIMultiDictProxy, istr
 from gateway.bounded_memo import remember
 from gateway.config.model import IPNetwork
 from gateway.exchange import ServerRequest
-from gateway.header_lines import header_line, line_pair
+from gateway.header_lines import header_line, line_pair, pair_line
 
 # RFC 9110 §7.6.1 plus the de-facto Proxy-Connection: never forwarded in either direction.
 HOP_BY_HOP = frozenset(
@@ -204,7 +204,8 @@ def upstream_request_headers(
     listed = bool(named_hop) and not named_hop <= never
     out = UpstreamHeaders()
     own_id = framed = False
-    for name, value in incoming.items():
+    for pair in incoming.items():
+        name = pair[0]
         try:
             kind = classes[name]
         except KeyError:
@@ -223,7 +224,7 @@ def upstream_request_headers(
             continue
         elif kind == _LENGTH:
             framed = True  # Transfer-Encoding is hop-by-hop: never here
-        out.append(header_line(name, value))
+        out.append(pair_line(pair))
     if not peer_trusted:  # none of the client's forwarding headers is left: ours alone
         key = (peer_ip, scheme, host)
         try:
