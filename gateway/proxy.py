@@ -21,6 +21,7 @@ from gateway.bounded_memo import remember
 from gateway.context import RequestContext
 from gateway.errors import InternalError, PayloadTooLarge, UpstreamTimeout, UpstreamUnavailable
 from gateway.exchange import AnswerWriter, ServerRequest
+from gateway.header_lines import header_line, line_name
 from gateway.http.expect_continue import send_continue
 from gateway.killswitch.streams import STREAMS
 from gateway.metrics import METRICS
@@ -39,8 +40,9 @@ _CONTENT_LENGTH = istr("Content-Length")
 _TRANSFER_ENCODING = istr("Transfer-Encoding")
 _CACHE_CONTROL = istr("Cache-Control")
 _CONNECTION = istr("Connection")
-_TRACEPARENT = istr("traceparent")
-_TRACESTATE = istr("tracestate")
+# The trace's header lines up to their value: one concatenation per request each.
+_TRACEPARENT_PREFIX = header_line("traceparent", "")
+_TRACESTATE_PREFIX = header_line("tracestate", "")
 ResponseCheck = Callable[
     [RequestContext, int, "CIMultiDict[str] | CIMultiDictProxy[str]"], "Coroutine[Any, Any, None] | None"
 ]
@@ -50,7 +52,7 @@ pipeline stage (``gateway.pipeline``), a check that never waits is a plain funct
 None; one that has to wait (the store) returns a coroutine, which the proxy awaits for the same
 outcome: a plain call costs far less than a coroutine created, awaited and finished."""
 UpstreamHeaderHook = Callable[[RequestContext, UpstreamHeaders], None]
-"""Appends to the (name, value) pairs sent upstream (the verified identity, SPEC §7); the list
+"""Appends to the ``Name: value`` lines sent upstream (the verified identity, SPEC §7); the list
 is ``gateway.pipeline.UPSTREAM_HEADER_HOOKS``, handed in by the listener. A hook only appends,
 and only names the gateway owns (every client copy is gone already, ``Runtime.never_forwarded``),
 never Content-Length or Transfer-Encoding: ``UpstreamHeaders.framed`` does not look at them."""
@@ -99,19 +101,20 @@ def _set_content_length(headers: UpstreamHeaders, value: str) -> None:
     headers.framed = True
     first = -1
     host_at = headers.host_at
-    kept: list[tuple[str, str]] = []
-    for index, pair in enumerate(headers):
-        if pair[0].lower() == "content-length":
+    kept: list[str] = []
+    for index, line in enumerate(headers):
+        if line_name(line).lower() == "content-length":
             if first >= 0:
                 if index < headers.host_at:
-                    host_at -= 1  # Host's place stays before the same pair
+                    host_at -= 1  # Host's place stays before the same line
                 continue
             first = len(kept)
-        kept.append(pair)
+        kept.append(line)
+    own = header_line(_CONTENT_LENGTH, value)
     if first < 0:
-        headers.append((_CONTENT_LENGTH, value))
+        headers.append(own)
         return
-    kept[first] = (_CONTENT_LENGTH, value)
+    kept[first] = own
     headers[:] = kept
     headers.host_at = host_at
 
@@ -126,7 +129,7 @@ async def proxy_request(
     request = ctx.request
     runtime = ctx.runtime
     transport = runtime.upstreams[ctx.route.upstream]
-    # (name, value) pairs in wire order, not a CIMultiDict: each header below is a list append,
+    # ``Name: value`` lines in wire order, not a CIMultiDict: each header below is a list append,
     # and the transport joins them once (request_head).
     headers = upstream_request_headers(
         request.headers,
@@ -144,9 +147,9 @@ async def proxy_request(
     # App. C: the trace goes on with the gateway's own span as the upstream's parent (the
     # client's traceparent and tracestate are never forwarded: appended, not set).
     trace = ctx.trace
-    headers.append((_TRACEPARENT, trace[TRACEPARENT]))
+    headers.append(_TRACEPARENT_PREFIX + trace[TRACEPARENT])
     if (state := trace[TRACESTATE]) is not None:
-        headers.append((_TRACESTATE, state))
+        headers.append(_TRACESTATE_PREFIX + state)
     # The identity the upstream acts on comes from the verified token (and a grant), never the
     # client (gateway.pipeline.UPSTREAM_HEADER_HOOKS).
     for hook in header_hooks:

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from multidict import istr
 
 from gateway.auth.jwt import VerifiedClaims
+from gateway.header_lines import header_line
 from gateway.tenancy import context as signed_context
 from gateway.tenancy.context import ContextSigner, identity_tail
 from gateway.tenancy.grants import SUPPORT_ROLE, Grant
@@ -29,12 +30,13 @@ class OwnIdentity:
     context (``context.identity_tail``). Only what varies per request (method, target, request
     id, time) is signed per request."""
 
-    __slots__ = ("headers", "ok", "tail")
+    __slots__ = ("lines", "ok", "tail")
 
     def __init__(self, claims: VerifiedClaims) -> None:
         tenant, user, roles = claims.tenant, claims.subject, claims.roles_text
         self.ok = identity_ok(tenant, user, claims.roles)
-        self.headers = ((TENANT_HEADER, tenant), (USER_HEADER, user), (ROLES_HEADER, roles))
+        # As upstream header lines (``forwarding.UpstreamHeaders``): joined once per token.
+        self.lines = _identity_lines(tenant, user, roles)
         self.tail = identity_tail(tenant, user, roles)
 
 
@@ -55,21 +57,33 @@ def identity_headers(
     claims: VerifiedClaims,
     grant: Grant | None,
     request_id: str,
-) -> tuple[tuple[istr, str], ...]:
-    """The four identity headers of a request to ``target`` acting in ``tenant``, the last one
-    the signed context over them."""
+) -> tuple[str, ...]:
+    """The four identity headers of a request to ``target`` acting in ``tenant`` as upstream
+    header lines (``forwarding.UpstreamHeaders``), the last one the signed context over them."""
     if grant is None and tenant == claims.tenant:  # the token's own tenant: every request but grants
         own: OwnIdentity | None = claims.derived
         if own is None:
             own = own_identity(claims)
-        return (*own.headers, (CONTEXT_HEADER, signer.sign_tail(method, target, own.tail, request_id)))
+        return (*own.lines, _CONTEXT_PREFIX + signer.sign_tail(method, target, own.tail, request_id))
     # SECURITY: a token's roles hold in the token's own tenant. Acting in another tenant under a
     # grant, a support user is "support" there and nothing more: a "tenant-admin" or "finance"
     # role from the support organisation's tenant must not reach the granting tenant's backend.
     roles = SUPPORT_ROLE if grant is not None else claims.roles_text
     user = claims.subject
     signed = signer.sign_joined(method, target, tenant, user, roles, request_id)
-    return ((TENANT_HEADER, tenant), (USER_HEADER, user), (ROLES_HEADER, roles), (CONTEXT_HEADER, signed))
+    return (*_identity_lines(tenant, user, roles), _CONTEXT_PREFIX + signed)
+
+
+def _identity_lines(tenant: str, user: str, roles: str) -> tuple[str, str, str]:
+    return (
+        header_line(TENANT_HEADER, tenant),
+        header_line(USER_HEADER, user),
+        header_line(ROLES_HEADER, roles),
+    )
+
+
+# The signed context's line up to its value: one concatenation per request.
+_CONTEXT_PREFIX = header_line(CONTEXT_HEADER, "")
 
 
 def echo_fault(tenant: str, echoes: Sequence[str], required: bool) -> str | None:

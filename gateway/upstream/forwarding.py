@@ -15,6 +15,7 @@ from multidict import CIMultiDict, CIMultiDictProxy, istr
 from gateway.bounded_memo import remember
 from gateway.config.model import IPNetwork
 from gateway.exchange import ServerRequest
+from gateway.header_lines import header_line, line_pair, pair_line
 
 # RFC 9110 §7.6.1 plus the de-facto Proxy-Connection: never forwarded in either direction.
 HOP_BY_HOP = frozenset(
@@ -136,17 +137,22 @@ def never_forwarded_names(strip_headers: frozenset[str]) -> frozenset[str]:
 HOST_SLOT: Final[tuple[str, str]] = (_HOST, "")
 """The ``Host`` pair's stand-in where a ``CIMultiDict`` is built from the pairs (the aiohttp
 transport and the WebSocket path): each sets its endpoint's own on it, in place."""
-_X_REQUEST_ID = istr("X-Request-ID")
 _FRAMING_NAMES = frozenset(("content-length", "transfer-encoding"))
 
 
-class UpstreamHeaders(list[tuple[str, str]]):
-    """The request headers for the upstream as (name, value) pairs in wire order: a list append
-    costs a fraction of a ``CIMultiDict`` set, and the transport joins the pairs once.
+# Our X-Request-ID line up to its value: one concatenation per request.
+_REQUEST_ID_PREFIX = header_line("X-Request-ID", "")
+
+
+class UpstreamHeaders(list[str]):
+    """The request headers for the upstream as ``Name: value`` lines in wire order (no CRLF):
+    the transport joins them into the head as they are, and the lines that repeat from request
+    to request (the forwarding headers, a token's identity) are made once, not per request
+    (the per-pair join was half of the head's cost). ``pairs()`` gives the (name, value) view.
 
     ``host_at``: where the endpoint's ``Host`` goes (the transport knows it, not the proxy);
-    ``framed``: a pair may name Content-Length or Transfer-Encoding, so the head must drop them
-    (``request_head``: framing is the gateway's alone). Whoever removes pairs keeps both true;
+    ``framed``: a line may name Content-Length or Transfer-Encoding, so the head must drop them
+    (``request_head``: framing is the gateway's alone). Whoever removes lines keeps both true;
     the header hooks only append names the gateway owns (never framing)."""
 
     __slots__ = ("framed", "host_at")
@@ -156,14 +162,19 @@ class UpstreamHeaders(list[tuple[str, str]]):
     @classmethod
     def of(cls, pairs: Iterable[tuple[str, str]], host_at: int | None = None) -> UpstreamHeaders:
         """Pairs from anywhere (tests, benches): ``framed`` found by looking at every name."""
-        out = cls(pairs)
+        pairs = list(pairs)
+        out = cls(header_line(name, value) for name, value in pairs)
         out.host_at = len(out) if host_at is None else host_at
-        out.framed = any(name.lower() in _FRAMING_NAMES for name, _ in out)
+        out.framed = any(name.lower() in _FRAMING_NAMES for name, _ in pairs)
         return out
+
+    def pairs(self) -> list[tuple[str, str]]:
+        """The (name, value) pairs of the lines, in order."""
+        return [line_pair(line) for line in self]
 
     def with_host_slot(self) -> list[tuple[str, str]]:
         """The pairs with ``HOST_SLOT`` where Host goes: what a ``CIMultiDict`` is built from."""
-        pairs = list(self)
+        pairs = self.pairs()
         pairs.insert(self.host_at, HOST_SLOT)
         return pairs
 
@@ -180,7 +191,7 @@ def upstream_request_headers(
 ) -> UpstreamHeaders:
     """The headers for the upstream: hop-by-hop removed, forwarding headers set or appended,
     Host's place marked, and ``X-Request-ID`` (in place of the client's first one, else after
-    Host). The pairs are the items a ``CIMultiDict`` built and set the same way would hold.
+    Host). The lines hold the items a ``CIMultiDict`` built and set the same way would hold.
     ``never_forwarded`` is ``never_forwarded_names(strip_headers)`` (the runtime holds it);
     required, so no caller can forget the identity headers it must drop."""
     named_hop = connection_tokens(incoming)
@@ -193,7 +204,8 @@ def upstream_request_headers(
     listed = bool(named_hop) and not named_hop <= never
     out = UpstreamHeaders()
     own_id = framed = False
-    for name, value in incoming.items():
+    for pair in incoming.items():
+        name = pair[0]
         try:
             kind = classes[name]
         except KeyError:
@@ -207,12 +219,12 @@ def upstream_request_headers(
         elif kind == _REQUEST_ID:
             # Ours replaces the client's first and drops the rest (a CIMultiDict set).
             if not own_id:
-                out.append((_X_REQUEST_ID, request_id))
+                out.append(_REQUEST_ID_PREFIX + request_id)
                 own_id = True
             continue
         elif kind == _LENGTH:
             framed = True  # Transfer-Encoding is hop-by-hop: never here
-        out.append((name, value))
+        out.append(pair_line(pair))
     if not peer_trusted:  # none of the client's forwarding headers is left: ours alone
         key = (peer_ip, scheme, host)
         try:
@@ -224,7 +236,7 @@ def upstream_request_headers(
     out.host_at = len(out)
     out.framed = framed
     if not own_id:
-        out.append((_X_REQUEST_ID, request_id))
+        out.append(_REQUEST_ID_PREFIX + request_id)
     return out
 
 
@@ -276,50 +288,50 @@ def _forwarded_element(peer_ip: str, scheme: str, host: str) -> str:
     return f"for={node};proto={scheme}" + (f';host="{quoted_host}"' if host else "")
 
 
-# (peer, scheme, Host) → an untrusted peer's forwarding headers: peers and hosts repeat.
-_FORWARDING_TAILS: dict[tuple[str, str, str], tuple[tuple[str, str], ...]] = {}
+# (peer, scheme, Host) → an untrusted peer's forwarding header lines: peers and hosts repeat.
+_FORWARDING_TAILS: dict[tuple[str, str, str], tuple[str, ...]] = {}
 _TAILS_LIMIT = 1024
 
 
-def _forwarding_tail(key: tuple[str, str, str]) -> tuple[tuple[str, str], ...]:
+def _forwarding_tail(key: tuple[str, str, str]) -> tuple[str, ...]:
     peer_ip, scheme, host = key
     pairs = [(_X_FORWARDED_FOR, peer_ip), (_X_FORWARDED_PROTO, scheme)]
     if host:
         pairs.append((_X_FORWARDED_HOST, host))
     pairs.append((_FORWARDED, _forwarded_element(peer_ip, scheme, host)))
-    return remember(_FORWARDING_TAILS, _TAILS_LIMIT, key, tuple(pairs))  # Host is the client's
+    lines = tuple(header_line(name, value) for name, value in pairs)
+    return remember(_FORWARDING_TAILS, _TAILS_LIMIT, key, lines)  # Host is the client's
 
 
-def _extend_forwarding(
-    pairs: list[tuple[str, str]], peer_ip: str, scheme: str, host: str, element: str
-) -> None:
+def _extend_forwarding(lines: list[str], peer_ip: str, scheme: str, host: str, element: str) -> None:
     """A trusted peer's forwarding headers with this hop added: its X-Forwarded-For and
     Forwarded lines joined into one each at the end, its X-Forwarded-Proto and -Host kept (ours
     added when it sent none). Names match as a CIMultiDict matches them (letter case only)."""
-    kept: list[tuple[str, str]] = []
+    kept: list[str] = []
     prior_xff: list[str] = []
     prior_fwd: list[str] = []
     has_proto = has_host = False
-    for pair in pairs:
-        lower = pair[0].lower()
+    for line in lines:
+        name, value = line_pair(line)
+        lower = name.lower()
         if lower == "x-forwarded-for":
-            prior_xff.append(pair[1])
+            prior_xff.append(value)
             continue
         if lower == "forwarded":
-            prior_fwd.append(pair[1])
+            prior_fwd.append(value)
             continue
         if lower == "x-forwarded-proto":
             has_proto = True
         elif lower == "x-forwarded-host":
             has_host = True
-        kept.append(pair)
-    kept.append((_X_FORWARDED_FOR, ", ".join([*prior_xff, peer_ip])))
+        kept.append(line)
+    kept.append(header_line(_X_FORWARDED_FOR, ", ".join([*prior_xff, peer_ip])))
     if not has_proto:
-        kept.append((_X_FORWARDED_PROTO, scheme))
+        kept.append(header_line(_X_FORWARDED_PROTO, scheme))
     if not has_host and host:
-        kept.append((_X_FORWARDED_HOST, host))
-    kept.append((_FORWARDED, ", ".join([*prior_fwd, element])))
-    pairs[:] = kept
+        kept.append(header_line(_X_FORWARDED_HOST, host))
+    kept.append(header_line(_FORWARDED, ", ".join([*prior_fwd, element])))
+    lines[:] = kept
 
 
 # Never passed on to the client: hop-by-hop, backend fingerprints, and Content-Length (set by the

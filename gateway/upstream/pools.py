@@ -112,7 +112,7 @@ class UpstreamResponse(Protocol):
 class UpstreamTransport(Protocol):
     """One pool per upstream. Errors before a response head are ``UpstreamUnavailable`` (connect
     failure: the next endpoint is tried when ``retryable``) or ``UpstreamTimeout``. ``send``'s
-    ``headers``: (name, value) pairs in wire order, with the place the endpoint's Host goes
+    ``headers``: ``Name: value`` lines in wire order, with the place the endpoint's Host goes
     (``forwarding.UpstreamHeaders``)."""
 
     balancer: Balancer

@@ -3,6 +3,7 @@ alone, and no CR, LF or NUL smuggled into a line (request smuggling, header inje
 
 from __future__ import annotations
 
+from gateway.header_lines import line_pair
 from gateway.upstream.forwarding import UpstreamHeaders
 
 _BODY_METHODS = frozenset(("POST", "PUT", "PATCH"))
@@ -22,19 +23,20 @@ def request_head(
         # Content-Length that does not describe the body, lets the upstream read the body two
         # ways (request smuggling, RFC 9112 §6.3). Exact, by the whole name in any letter case.
         host_at = headers.host_at
-        for index, pair in enumerate(headers):
+        for index, line in enumerate(headers):
             if index == host_at:
                 lines.append(host_line)
-            lower = pair[0].lower()
+            name, value = line_pair(line)
+            lower = name.lower()
             if lower == "content-length":
-                declared.append(pair[1])
+                declared.append(value)
             elif lower != "transfer-encoding":
-                lines.append(": ".join(pair))
+                lines.append(line)
         if host_at >= len(headers):
             lines.append(host_line)
     else:
-        # No framing name among the pairs (``UpstreamHeaders.framed``): joined in C, no loop.
-        lines += map(": ".join, headers)  # (name, value) pairs: no frame per header
+        # No framing name among the lines (``UpstreamHeaders.framed``): taken as they are.
+        lines += headers
         lines.insert(headers.host_at + 1, host_line)
     length: int | None = None
     if has_body and len(declared) == 1 and declared[0].isascii() and declared[0].isdigit():

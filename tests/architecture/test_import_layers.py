@@ -68,6 +68,7 @@ FLOORS: dict[int, tuple[str, ...]] = {
         "gateway.config",
         "gateway.errors",
         "gateway.http.answer_headers",
+        "gateway.header_lines",  # the upstream request's header lines (identity, forwarding)
         "gateway.crypto",
         "gateway.random_batches",
         "gateway.bounded_memo",  # the bound every client-keyed memo of the hot path keeps

@@ -7,6 +7,7 @@ import pytest
 from multidict import CIMultiDict
 
 from gateway.auth.jwt import VerifiedClaims
+from gateway.header_lines import line_pair
 from gateway.tenancy.context import ContextInvalid, ContextSigner, verify_context
 from gateway.tenancy.grants import Grant
 from gateway.tenancy.identity import echo_fault, identity_headers
@@ -29,9 +30,8 @@ GRANT = Grant("g-1", "acme", "sam", ("inventory",), 0.0, 100.0, "alice")
 
 
 def _verified(tenant: str, grant: Grant | None) -> tuple[CIMultiDict[str], tuple[str, ...]]:
-    headers = CIMultiDict(
-        identity_headers(ContextSigner(KEY), "POST", "/inv/items?a=1", tenant, SAM, grant, "rid-1")
-    )
+    lines = identity_headers(ContextSigner(KEY), "POST", "/inv/items?a=1", tenant, SAM, grant, "rid-1")
+    headers = CIMultiDict(map(line_pair, lines))
     headers["X-Request-ID"] = "rid-1"
     return headers, verify_context(headers, "POST", "/inv/items?a=1", KEY).roles
 
@@ -64,25 +64,17 @@ def test_an_identity_is_derived_once_per_token_and_its_context_signed_per_reques
     assert derived is not None and bob.derived is None
     second = identity_headers(signer, "POST", "/b?c=1", "acme", alice, None, "r2")
     assert alice.derived is derived  # made once, on the token's first request
-    assert (
-        first[:3]
-        == second[:3]
-        == (
-            ("X-Tenant-ID", "acme"),
-            ("X-User-ID", "alice"),
-            ("X-User-Roles", "clerk"),
-        )
-    )
-    for pairs, method, target, rid in ((first, "GET", "/a", "r1"), (second, "POST", "/b?c=1", "r2")):
-        headers = CIMultiDict(pairs)
+    assert first[:3] == second[:3] == ("X-Tenant-ID: acme", "X-User-ID: alice", "X-User-Roles: clerk")
+    for lines, method, target, rid in ((first, "GET", "/a", "r1"), (second, "POST", "/b?c=1", "r2")):
+        headers = CIMultiDict(map(line_pair, lines))
         headers["X-Request-ID"] = rid
         assert verify_context(headers, method, target, KEY).user == "alice"
         with pytest.raises(ContextInvalid):  # bound to its own request
             verify_context(headers, "GET", "/a" if target != "/a" else "/b?c=1", KEY)
     # Another token's claims never see this one's identity.
     assert identity_headers(signer, "GET", "/a", "acme", bob, None, "r1")[1:3] == (
-        ("X-User-ID", "bob"),
-        ("X-User-Roles", "buyer"),
+        "X-User-ID: bob",
+        "X-User-Roles: buyer",
     )
 
 

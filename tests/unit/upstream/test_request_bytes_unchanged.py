@@ -1,4 +1,4 @@
-"""The upstream request head from (name, value) pairs is byte for byte the head the CIMultiDict
+"""The upstream request head from ``Name: value`` lines is byte for byte the head the CIMultiDict
 chain wrote (issue 13): same order, spelling and values; the same CIMultiDict for the aiohttp
 transport. The reference below is the former code, frozen: the forwarding headers
 (``upstream_request_headers``), what ``proxy_request`` set on them, and ``request_head`` — with
@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from multidict import CIMultiDict, CIMultiDictProxy, istr
 
 from gateway.auth.jwt import VerifiedClaims
+from gateway.header_lines import header_line, line_name
 from gateway.proxy import _set_content_length
 from gateway.tenancy.context import ContextSigner
 from gateway.tenancy.identity import identity_headers
@@ -141,7 +142,7 @@ class Case:
         return headers, _old_head(self.method, "/api/v1/orders?page=2", headers, has_body=self.has_body)
 
     def new(self) -> tuple[CIMultiDict[str], tuple[bytes, int | None]]:
-        """What proxy_request and the transports do with the pairs."""
+        """What proxy_request and the transports do with the header lines."""
         pairs = upstream_request_headers(
             self.incoming,
             peer_ip=self.peer,
@@ -151,11 +152,11 @@ class Case:
             request_id=REQUEST_ID,
             never_forwarded=NEVER,
         )
-        pairs.append((istr("traceparent"), "00-trace-span-01"))
+        pairs.append(header_line(istr("traceparent"), "00-trace-span-01"))
         if self.tracestate is not None:
-            pairs.append((istr("tracestate"), self.tracestate))
+            pairs.append(header_line(istr("tracestate"), self.tracestate))
         if self.identity:
-            pairs.extend(IDENTITY)
+            pairs.extend(header_line(name, value) for name, value in IDENTITY)
         if self.whole_body is not None:
             _set_content_length(pairs, str(len(self.whole_body)))
         head = request_head(
@@ -321,8 +322,8 @@ def test_the_identity_hook_appends_only_names_the_gateway_owns() -> None:
     claims = VerifiedClaims(
         "https://id.example", "sam", "acme", ("erp",), ("buyer",), (), None, 1, 2, None, {}
     )
-    pairs = identity_headers(ContextSigner("k" * 32), "GET", "/x", "acme", claims, None, "rid")
-    names = {name.lower() for name, _ in pairs}
+    lines = identity_headers(ContextSigner("k" * 32), "GET", "/x", "acme", claims, None, "rid")
+    names = {line_name(line).lower() for line in lines}
     assert names == {h.lower() for h in BUILTIN_STRIP_HEADERS}
     assert names <= NEVER
     assert not names & {"content-length", "transfer-encoding", "host"}
