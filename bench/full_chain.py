@@ -140,9 +140,12 @@ def full_chain_config(
     extra_routes: int = 0,
     admin_token_sha256: str | None = None,
     pre_auth_limit: str = "100000/second",
+    rate_limits: bool = True,
 ) -> str:
     """The workload's config; ``extra_routes`` more routes (``/m000``…, module ``m000``…) and a
-    static admin token for benches that grow the world around the measured route."""
+    static admin token for benches that grow the world around the measured route.
+    ``rate_limits=False``: the same chain without the Redis-backed limits (no ``pre_auth``, no
+    route policy), what the store round trip costs is the difference."""
     admin: dict[str, object] = {"listen": f"{LOOPBACK}:{admin_port}"}
     if admin_token_sha256 is not None:
         admin["tokens"] = [{"name": "bench", "sha256": admin_token_sha256}]
@@ -150,22 +153,20 @@ def full_chain_config(
         {"name": f"r-m{i:03d}", "prefix": f"/m{i:03d}", "module": f"m{i:03d}", "upstream": "app"}
         for i in range(extra_routes)
     ]
+    erp_route: dict[str, object] = {
+        "name": "erp",
+        "prefix": "/erp",
+        "module": "erp",
+        "upstream": "app",
+        "auth": "jwt",
+        "rate_limit": ["api"],
+    }
     config: dict[str, object] = {
         "listen": {"host": LOOPBACK, "port": port, "tls": "off", "workers": 1, **listen_server()},
         "admin": admin,
         "state": {"url": state_url},
         "upstreams": {"app": {"urls": [f"http://{LOOPBACK}:{upstream_port}"]}},
-        "routes": [
-            {
-                "name": "erp",
-                "prefix": "/erp",
-                "module": "erp",
-                "upstream": "app",
-                "auth": "jwt",
-                "rate_limit": ["api"],
-            },
-            *routes,
-        ],
+        "routes": [erp_route, *routes],
         "auth": {
             "issuers": [
                 {
@@ -190,6 +191,9 @@ def full_chain_config(
         "logging": {"level": "info", "access_log": True, "pseudonymize": True},
         "audit": {"spool_dir": str(rundir / "audit-spool")},
     }
+    if not rate_limits:
+        del config["rate_limits"]
+        del erp_route["rate_limit"]
     return yaml.safe_dump(config, sort_keys=False)
 
 
@@ -210,6 +214,7 @@ def prepare_gateway_full(
     admin_token_sha256: str | None = None,
     redis_name: str = REDIS_NAME,
     pre_auth_limit: str = "100000/second",
+    rate_limits: bool = True,
 ) -> Prepared:
     """Redis on the load CPU, the config and the environment of one full-chain gateway."""
     if env.jwt.signing_key is None:
@@ -229,6 +234,7 @@ def prepare_gateway_full(
         extra_routes=extra_routes,
         admin_token_sha256=admin_token_sha256,
         pre_auth_limit=pre_auth_limit,
+        rate_limits=rate_limits,
     )
     cfg.write_text(config)
     pythonpath = os.pathsep.join(filter(None, [str(env.project_root), os.environ.get("PYTHONPATH")]))
@@ -242,18 +248,19 @@ def prepare_gateway_full(
     return Prepared(port, admin_port, argv, environ, state_url)
 
 
-def start_gateway_full(env: BenchEnv, name: str = "gateway-full") -> Running:
+def start_gateway_full(env: BenchEnv, name: str = "gateway-full", *, rate_limits: bool = True) -> Running:
     """The workload's gateway from ``env.project_root``'s code (another tree's for a before/after
-    run: ``run_proxy_bench.py --base-root``), with a Redis of its own."""
+    run: ``run_proxy_bench.py --base-root``), with a Redis of its own; ``rate_limits=False``:
+    without the Redis-backed limits (``full_chain_config``)."""
     redis_name = REDIS_NAME if name == "gateway-full" else f"redis-{name}"
-    prepared = prepare_gateway_full(env, name, redis_name=redis_name)
+    prepared = prepare_gateway_full(env, name, redis_name=redis_name, rate_limits=rate_limits)
     port = prepared.port
     workload = make_workload(env.workdir, env.jwt.signing_key)  # type: ignore[arg-type]
     proc = env.launcher.start(
         name, prepared.argv, cpu=env.proxy_cpu, env=prepared.environ, cwd=env.project_root
     )
     wait_ready(env.launcher, name, proc, health_probe(port), START_TIMEOUT)
-    verify_full_chain_does_the_job(port, workload)
+    verify_full_chain_does_the_job(port, workload, rate_limits=rate_limits)
     return Running(
         port=port,
         pid=proc.pid,
@@ -271,7 +278,9 @@ def _get(port: int, token: str | None) -> tuple[int, bytes]:
     return http_get(port, FULL_PATH, headers)
 
 
-def verify_full_chain_does_the_job(port: int, workload: FullChainWorkload) -> None:
+def verify_full_chain_does_the_job(
+    port: int, workload: FullChainWorkload, *, rate_limits: bool = True
+) -> None:
     status, body = _get(port, workload.tokens[0])
     if status != 200 or body != BODY.encode():
         raise StartFailed(f"verification failed: valid token -> {status} {body[:80]!r}")
@@ -279,6 +288,8 @@ def verify_full_chain_does_the_job(port: int, workload: FullChainWorkload) -> No
         status, _ = _get(port, token)
         if status != 401:
             raise StartFailed(f"verification failed: {label} -> {status}, expected 401")
+    if not rate_limits:
+        return
     # The user limit is counted in Redis: its RateLimit remaining falls request by request.
     # (Not a 429 probe: under callgrind 51 requests take longer than the 1 s window.)
     remaining = [_remaining(port, workload.probe_token) for _ in range(4)]

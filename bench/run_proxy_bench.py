@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 import platform
 import resource
@@ -58,6 +59,12 @@ CONTESTANTS = (
         "gateway-full",
         "the issue-13 workload: whole chain, Redis limits, 2,000 users in 50 tenants (full_chain.py)",
         start_gateway_full,
+    ),
+    Contestant(
+        "gateway-full-nolimits",
+        "the same workload without the Redis-backed limits (no pre_auth, no route policy): the "
+        "store round trip's cost is the difference to gateway-full",
+        functools.partial(start_gateway_full, name="gateway-full-nolimits", rate_limits=False),
     ),
 )
 PACKAGES = {"wrk": "wrk", "nginx": "nginx", "haproxy": "haproxy"}
