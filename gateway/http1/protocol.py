@@ -68,6 +68,13 @@ _SINGLETON_BITS = {name: 1 << index for index, name in enumerate(sorted(_SINGLET
 _HOST_BIT = _SINGLETON_BITS[b"host"]
 _CONTENT_LENGTH_BIT = _SINGLETON_BITS[b"content-length"]
 _TRANSFER_ENCODING_BIT = _SINGLETON_BITS[b"transfer-encoding"]
+# Not singletons (they may repeat): the bit only records that the head had a field llhttp reads
+# as Connection. Without one, llhttp keeps a connection alive for HTTP/1.1 only (1.0, 0.9 and 2.0
+# need "keep-alive") and upgrades only CONNECT, so such a head's version and upgrade are known
+# from should_keep_alive() and the method: get_http_version() formats a string per call (~2.8k
+# instructions). tests/unit/http1/test_protocol.py holds llhttp to this.
+_CONNECTION_BIT = 1 << len(_SINGLETON_BITS)
+_FIELD_BITS = {**_SINGLETON_BITS, b"connection": _CONNECTION_BIT, b"proxy-connection": _CONNECTION_BIT}
 # The usual methods' text, looked up rather than decoded per request (llhttp's others are decoded).
 _METHODS = {
     method.encode(): method for method in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")
@@ -75,7 +82,7 @@ _METHODS = {
 _VERSIONS = {"1.1": HttpVersion11, "1.0": HttpVersion10}
 _new_request = object.__new__
 _CONTENT_LENGTH = istr("Content-Length")  # an istr: looked up without lower-casing it each time
-# A header name as the client spelt it → its key in the request's headers and its singleton bit
+# A header name as the client spelt it → its key in the request's headers and its _FIELD_BITS bit
 # (0: none). Names repeat from request to request: one lookup per field instead of decoding the
 # name, lower-casing it for the singleton check and a multidict folding it again; an istr key is
 # one the multidict takes as it is. SECURITY: memory — client-chosen names, so bounded (only
@@ -87,7 +94,7 @@ _NAME_MEMO_LENGTH = 64
 
 def _learn_name(name: bytes) -> tuple[istr, int]:
     # Header names are tokens (llhttp refuses anything else), so ASCII: the escape is never used.
-    known = (istr(name.decode("utf-8", "surrogateescape")), _SINGLETON_BITS.get(name.lower(), 0))
+    known = (istr(name.decode("utf-8", "surrogateescape")), _FIELD_BITS.get(name.lower(), 0))
     if len(name) <= _NAME_MEMO_LENGTH:
         remember(_NAMES, _NAME_MEMO_LIMIT, name, known)
     return known
@@ -136,7 +143,7 @@ class LeanProtocol(ConnectionDeadlines, UpgradeHandOver, asyncio.Protocol):
         # the wire bytes are recovered exactly: ``request.encoded``).
         self._header_pairs: list[tuple[str, str]] = []
         self._header_size = 0  # the head's names and values, in bytes (LeanRequest.header_size)
-        self._singletons = 0  # _SINGLETON_BITS of the fields seen in this head
+        self._singletons = 0  # _FIELD_BITS of the fields seen in this head
         self._parsing: LeanRequest | None = None  # the request whose body is arriving
         self._upgrade: Upgrade | None = None
         self._dead = False  # a parser refusal is queued: nothing more is read
@@ -334,7 +341,7 @@ class LeanProtocol(ConnectionDeadlines, UpgradeHandOver, asyncio.Protocol):
         key, bit = known
         if bit:
             # SECURITY: a second Host/Content-Type/... is read differently by each hop.
-            if self._singletons & bit:
+            if self._singletons & bit and bit != _CONNECTION_BIT:
                 if bit == _TRANSFER_ENCODING_BIT:  # App. C: codings beyond one chunked → 501
                     raise Refused(NotImplementedCoding("Only the chunked transfer coding is supported"))
                 raise Refused(BadRequest("The request could not be parsed"))
@@ -357,15 +364,22 @@ class LeanProtocol(ConnectionDeadlines, UpgradeHandOver, asyncio.Protocol):
             self._head_timer.cancel()
             self._head_timer = None
         parser = self._parser
-        version = _VERSIONS.get(parser.get_http_version())
-        if version is None:
-            raise Refused(BadRequest("The request could not be parsed"))
         singletons = self._singletons
+        keep_alive = parser.should_keep_alive()
+        raw_method = parser.get_method()
+        if keep_alive and not singletons & _CONNECTION_BIT and raw_method != b"CONNECT":
+            version = HttpVersion11  # see _CONNECTION_BIT; nearly every request
+            upgrade = False
+        else:
+            read = _VERSIONS.get(parser.get_http_version())
+            if read is None:
+                raise Refused(BadRequest("The request could not be parsed"))
+            version = read
+            upgrade = parser.should_upgrade()
         if version is HttpVersion11 and not singletons & _HOST_BIT:
             raise Refused(BadRequest("The request could not be parsed"))  # as aiohttp: Host is required
-        raw_method = parser.get_method()
         method = _METHODS.get(raw_method) or raw_method.decode("ascii")
-        if parser.should_upgrade():
+        if upgrade:
             self._upgrade = Upgrade(self._head_bytes(method, version), b"")
             return
         headers = CIMultiDictProxy(CIMultiDict(self._header_pairs))
@@ -390,7 +404,7 @@ class LeanProtocol(ConnectionDeadlines, UpgradeHandOver, asyncio.Protocol):
         request.version = version
         request.headers = headers
         request.content = content
-        request.keep_alive = parser.should_keep_alive()
+        request.keep_alive = keep_alive
         # The parser has checked it is digits only (llhttp is strict), so int() cannot fail.
         request.content_length = None if length is None else int(length)
         request.header_size = self._header_size

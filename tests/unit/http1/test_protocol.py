@@ -10,6 +10,7 @@ import os
 import types
 from typing import Any
 
+import httptools
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -298,3 +299,114 @@ def test_the_name_memo_is_bounded() -> None:
         protocol_module._learn_name(b"X-%d" % index)
     assert 0 < len(protocol_module._NAMES) <= protocol_module._NAME_MEMO_LIMIT
     assert protocol_module._learn_name(b"HOST") == ("HOST", protocol_module._HOST_BIT)
+
+
+class _LlhttpReads:
+    """What llhttp itself reports when a head completes: the reference for the connection's
+    reading of the version, keep-alive and upgrade without ``get_http_version``."""
+
+    def __init__(self) -> None:
+        self.parser = httptools.HttpRequestParser(self)
+        self.read: tuple[str, bool, bool] | None = None
+
+    def on_headers_complete(self) -> None:
+        parser = self.parser
+        self.read = (parser.get_http_version(), parser.should_keep_alive(), parser.should_upgrade())
+
+
+def _llhttp_reads(head: bytes) -> tuple[str, bool, bool] | None:
+    reads = _LlhttpReads()
+    try:
+        reads.parser.feed_data(head)
+    except httptools.HttpParserUpgrade:
+        pass
+    except httptools.HttpParserError:
+        return None
+    return reads.read
+
+
+_CONNECTION_NAMES = (b"connection", b"proxy-connection", b"upgrade", b"keep-alive", b"x-connection")
+_CONNECTION_VALUES = (b"keep-alive", b"close", b"upgrade", b"Upgrade, keep-alive", b"websocket", b"x", b"")
+
+
+@settings(max_examples=_EXAMPLES, deadline=None)
+@given(
+    method=st.sampled_from([b"GET", b"POST", b"CONNECT", b"OPTIONS", b"PROPFIND"]),
+    version=st.sampled_from([b"1.1", b"1.0", b"0.9", b"2.0", b"1.2", b"3.0"]),
+    fields=st.lists(
+        st.tuples(
+            st.builds(_spelt, st.sampled_from(_CONNECTION_NAMES), st.lists(st.booleans(), max_size=20)),
+            st.sampled_from(_CONNECTION_VALUES),
+        ),
+        max_size=3,
+    ),
+)
+def test_version_keep_alive_and_upgrade_are_what_llhttp_reports(
+    method: bytes, version: bytes, fields: list[tuple[bytes, bytes]]
+) -> None:
+    """A head without a Connection (or Proxy-Connection) field has its version and upgrade
+    read from llhttp's keep-alive and the method, not from ``get_http_version``: for any mix of
+    those fields, version, keep-alive and upgrade are exactly what llhttp reports (a head read
+    as HTTP/1.1 when it is 1.0 would keep alive a connection the client closes, and lose the
+    Host requirement's exemption)."""
+    _assert_reads_as_llhttp(method, version, fields)
+
+
+@pytest.mark.parametrize(
+    ("method", "version", "fields"),
+    [
+        (b"GET", b"1.1", []),
+        (b"GET", b"1.0", []),
+        (b"GET", b"1.0", [(b"Connection", b"keep-alive")]),
+        (b"GET", b"1.0", [(b"Proxy-Connection", b"keep-alive")]),
+        (b"GET", b"1.0", [(b"PROXY-CONNECTION", b"keep-alive"), (b"Connection", b"keep-alive")]),
+        (b"GET", b"1.1", [(b"Connection", b"close")]),
+        (b"GET", b"1.1", [(b"Connection", b"upgrade"), (b"Upgrade", b"websocket")]),
+        (b"GET", b"1.1", [(b"Proxy-Connection", b"upgrade"), (b"Upgrade", b"websocket")]),
+        (b"CONNECT", b"1.1", []),
+        (b"GET", b"2.0", [(b"Connection", b"keep-alive")]),
+    ],
+)
+def test_heads_that_look_like_http_1_1_are_read_as_llhttp_reads_them(
+    method: bytes, version: bytes, fields: list[tuple[bytes, bytes]]
+) -> None:
+    _assert_reads_as_llhttp(method, version, fields)
+
+
+def _assert_reads_as_llhttp(method: bytes, version: bytes, fields: list[tuple[bytes, bytes]]) -> None:
+    target = b"gw:443" if method == b"CONNECT" else b"/x"
+    head = (
+        method
+        + b" "
+        + target
+        + b" HTTP/"
+        + version
+        + b"\r\nHost: gw\r\n"
+        + b"".join(name + b": " + value + b"\r\n" for name, value in fields)
+        + b"\r\n"
+    )
+    expected = _llhttp_reads(head)
+
+    async def parse() -> tuple[object, ...]:
+        protocol, _, queued = _connection()
+        protocol.data_received(head)
+        upgrade = protocol._upgrade
+        item = queued[-1] if queued else None
+        protocol._task = None
+        protocol.connection_lost(None)
+        if upgrade is not None:
+            return ("upgrade", upgrade.head.split(b"\r\n", 1)[0].rsplit(b"/", 1)[1].decode())
+        if isinstance(item, LeanRequest):
+            return ("passed", f"{item.version[0]}.{item.version[1]}", item.keep_alive)
+        assert item is not None
+        return ("refused", item.error.status)
+
+    outcome = asyncio.run(parse())
+    if expected is None:
+        assert outcome[0] == "refused"
+    elif expected[0] not in ("1.0", "1.1"):
+        assert outcome == ("refused", 400)
+    elif expected[2]:
+        assert outcome == ("upgrade", expected[0])
+    else:
+        assert outcome == ("passed", expected[0], expected[1])
