@@ -38,6 +38,7 @@ from gateway.bounded_memo import remember
 from gateway.errors import StoreUnavailable
 from gateway.ratelimit.keys import ValueHasher, derive_hash_key
 from gateway.ratelimit.metrics import (
+    DECISION_TALLIES,
     SHADOW_REFUSALS,
     STORE_FAILURES,
     STORE_UP,
@@ -187,8 +188,8 @@ class RateLimitBackend:
         self._full_until: dict[tuple[str, int, int, str], float] = {}
         # id of an item → its verdict when admitted with no window state (_fast_verdict)
         self._admitted: dict[int, Verdict] = {}
-        # stage → result → its decisions' tally (the process's: metrics.decision_tally)
-        self._tallies: defaultdict[str, dict[str, DecisionTally]] = defaultdict(dict)
+        # stage → result → its decisions' tally (the process's, shared by every backend)
+        self._tallies: defaultdict[str, dict[str, DecisionTally]] = DECISION_TALLIES
         STORE_UP.set(1)  # memory is always up; the breaker lowers it while Redis is away
         if not state_url.startswith("local:"):
             target = parse_redis_url(state_url)
@@ -545,10 +546,9 @@ class RateLimitBackend:
         )
 
     def _count(self, stage: str, result: str) -> None:
-        # stage → result → tally: two lookups of interned names, no (stage, result) key built
         tally = self._tallies[stage].get(result)
         if tally is None:  # labels() hashes and locks: once per (stage, result) and process
-            tally = self._tallies[stage][result] = decision_tally(stage, result)
+            tally = decision_tally(stage, result)
         tally.count += 1
         if not TALLIED:  # several workers: a scrape on any of them reads the shared files
             tally.publish()

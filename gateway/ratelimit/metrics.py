@@ -10,6 +10,7 @@ With several workers each decision writes through to the shared files at once.""
 from __future__ import annotations
 
 import os
+from collections import defaultdict
 
 from prometheus_client import Counter, Gauge
 
@@ -59,18 +60,21 @@ class DecisionTally:
             self.published = self.count
 
 
-# (stage, result) → its tally, for every backend of the process (DECISIONS is the process's too)
-DECISION_TALLIES: dict[tuple[str, str], DecisionTally] = {}
+# stage → result → its tally, for every backend of the process (DECISIONS is the process's too).
+# Nested, so a count looks up two interned names and builds no (stage, result) key.
+DECISION_TALLIES: defaultdict[str, dict[str, DecisionTally]] = defaultdict(dict)
 
 
 def decision_tally(stage: str, result: str) -> DecisionTally:
-    tally = DECISION_TALLIES.get((stage, result))
+    tallies = DECISION_TALLIES[stage]
+    tally = tallies.get(result)
     if tally is None:
-        tally = DECISION_TALLIES[(stage, result)] = DecisionTally(stage, result)
+        tally = tallies[result] = DecisionTally(stage, result)
     return tally
 
 
 def publish_decisions() -> None:
     """Bring DECISIONS up to date with the tallies (before every scrape)."""
-    for tally in DECISION_TALLIES.values():
-        tally.publish()
+    for tallies in DECISION_TALLIES.values():
+        for tally in tallies.values():
+            tally.publish()
