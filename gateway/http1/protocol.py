@@ -143,7 +143,7 @@ class LeanProtocol(ConnectionDeadlines, UpgradeHandOver, asyncio.Protocol):
         # the wire bytes are recovered exactly: ``request.encoded``).
         self._header_pairs: list[tuple[str, str]] = []
         self._header_size = 0  # the head's names and values, in bytes (LeanRequest.header_size)
-        self._singletons = 0  # _FIELD_BITS of the fields seen in this head
+        self._fields_seen = 0  # _FIELD_BITS of the fields seen in this head
         self._parsing: LeanRequest | None = None  # the request whose body is arriving
         self._upgrade: Upgrade | None = None
         self._dead = False  # a parser refusal is queued: nothing more is read
@@ -320,7 +320,7 @@ class LeanProtocol(ConnectionDeadlines, UpgradeHandOver, asyncio.Protocol):
         self._url = b""
         self._header_pairs = []
         self._header_size = 0
-        self._singletons = 0
+        self._fields_seen = 0
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -341,11 +341,11 @@ class LeanProtocol(ConnectionDeadlines, UpgradeHandOver, asyncio.Protocol):
         key, bit = known
         if bit:
             # SECURITY: a second Host/Content-Type/... is read differently by each hop.
-            if self._singletons & bit and bit != _CONNECTION_BIT:
+            if self._fields_seen & bit and bit != _CONNECTION_BIT:
                 if bit == _TRANSFER_ENCODING_BIT:  # App. C: codings beyond one chunked → 501
                     raise Refused(NotImplementedCoding("Only the chunked transfer coding is supported"))
                 raise Refused(BadRequest("The request could not be parsed"))
-            self._singletons |= bit
+            self._fields_seen |= bit
         # Decoded here, in the call each field costs anyway (at the head's end it took a
         # comprehension, a frame per head). A strict decode first: the same text for valid UTF-8
         # (nearly every value), and cheaper per call than naming the codec and error handler.
@@ -364,10 +364,10 @@ class LeanProtocol(ConnectionDeadlines, UpgradeHandOver, asyncio.Protocol):
             self._head_timer.cancel()
             self._head_timer = None
         parser = self._parser
-        singletons = self._singletons
+        seen = self._fields_seen
         keep_alive = parser.should_keep_alive()
         raw_method = parser.get_method()
-        if keep_alive and not singletons & _CONNECTION_BIT and raw_method != b"CONNECT":
+        if keep_alive and not seen & _CONNECTION_BIT and raw_method != b"CONNECT":
             version = HttpVersion11  # see _CONNECTION_BIT; nearly every request
             upgrade = False
         else:
@@ -376,7 +376,7 @@ class LeanProtocol(ConnectionDeadlines, UpgradeHandOver, asyncio.Protocol):
                 raise Refused(BadRequest("The request could not be parsed"))
             version = read
             upgrade = parser.should_upgrade()
-        if version is HttpVersion11 and not singletons & _HOST_BIT:
+        if version is HttpVersion11 and not seen & _HOST_BIT:
             raise Refused(BadRequest("The request could not be parsed"))  # as aiohttp: Host is required
         method = _METHODS.get(raw_method) or raw_method.decode("ascii")
         if upgrade:
@@ -385,9 +385,9 @@ class LeanProtocol(ConnectionDeadlines, UpgradeHandOver, asyncio.Protocol):
         headers = CIMultiDictProxy(CIMultiDict(self._header_pairs))
         # The singleton check saw every Content-Length and Transfer-Encoding (one each at most):
         # a set lookup instead of a case-insensitive search of the headers.
-        length = headers[_CONTENT_LENGTH] if singletons & _CONTENT_LENGTH_BIT else None
+        length = headers[_CONTENT_LENGTH] if seen & _CONTENT_LENGTH_BIT else None
         content = EMPTY_PAYLOAD
-        if singletons & _TRANSFER_ENCODING_BIT or (length is not None and length != "0"):
+        if seen & _TRANSFER_ENCODING_BIT or (length is not None and length != "0"):
             content = StreamReader(self, BODY_BUFFER, loop=self._loop)  # type: ignore[arg-type]
         url = self._url
         try:
